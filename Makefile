@@ -1,0 +1,37 @@
+# `make dev` and `make test` install what is missing (a virtualenv in .venv with
+# the package and its test extras), then do their job.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install dev test bench lint serve migrate clean
+
+install: $(INSTALLED)
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "relay needs Python 3.11 or newer on PATH" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(INSTALLED): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	@touch $@
+
+dev: $(INSTALLED)
+	$(BIN)/relay dev
+
+test: $(INSTALLED)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check relay tests bench
+	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/mypy relay
+
+clean:
+	rm -rf $(VENV) .dev .pytest_cache

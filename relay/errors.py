@@ -1,0 +1,140 @@
+"""The exceptions relay raises, each carrying its HTTP status and OpenAI error fields.
+
+    RelayError                      500 server_error
+    ├── InvalidRequestError         400 invalid_request_error
+    │   ├── UnsupportedMediaTypeError   415
+    │   ├── PayloadTooLargeError        413
+    │   └── UnprocessableError          422
+    ├── AuthenticationError         401
+    ├── PermissionDeniedError       403
+    ├── NotFoundError               404
+    │   └── ModelNotFoundError          404 model_not_found
+    ├── MethodNotAllowedError       405
+    ├── ConflictError               409
+    ├── RateLimitError              429 rate_limit_exceeded (+ Retry-After)
+    ├── UpstreamError               502
+    │   └── UpstreamTimeoutError        504
+    └── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack)
+
+One middleware (`relay.api.error_mapping`) turns these into
+`{"error": {"message", "type", "param", "code"}}`; nothing else shapes errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class RelayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+class InvalidRequestError(RelayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class UnprocessableError(InvalidRequestError):
+    status = 422
+    code = "unprocessable_entity"
+
+
+class AuthenticationError(RelayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_token"
+
+
+class PermissionDeniedError(RelayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class NotFoundError(RelayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class MethodNotAllowedError(RelayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class ConflictError(RelayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class RateLimitError(RelayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(RelayError):
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class DependencyUnavailableError(RelayError):
+    status = 503
+    type = "service_unavailable"
+    code = "dependency_unavailable"
+
+
+def error_body(
+    message: str, type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object; the one shape every relay error takes on the wire."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_json(error: RelayError) -> bytes:
+    return orjson.dumps(error.body())
