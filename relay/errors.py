@@ -77,6 +77,11 @@ class AuthenticationError(RelayError):
     type = "invalid_request_error"
     code = "invalid_token"
 
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # RFC 9110: a 401 names the scheme the client should use.
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="relay"')
+
 
 class PermissionDeniedError(RelayError):
     status = 403

@@ -1,0 +1,1 @@
+"""The HTTP surface: handlers and middlewares only; rules live in relay.services."""

@@ -1,0 +1,45 @@
+"""Who may call what: a JWT for /v1, the admin token for /admin."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from relay.appkeys import AUTHENTICATOR, CALLER, SETTINGS
+from relay.errors import AuthenticationError
+from relay.services.auth import bearer_token
+
+# /v1 routes anyone may call (by route name); every other /v1 route needs a JWT.
+PUBLIC_V1_ROUTES = frozenset({"get_attestation_report"})
+
+
+def _matched(request: web.Request) -> bool:
+    return request.match_info.http_exception is None
+
+
+@web.middleware
+async def access_control_middleware(
+    request: web.Request, handler: web.Handler
+) -> web.StreamResponse:
+    # Unknown routes and wrong methods fall through to their 404/405.
+    if _matched(request) and request.method != "OPTIONS":
+        path = request.path
+        if path.startswith("/v1/") and request.match_info.route.name not in PUBLIC_V1_ROUTES:
+            authenticator = request.app[AUTHENTICATOR]
+            request[CALLER] = await authenticator.authenticate(request.headers.get("Authorization"))
+        elif path == "/admin" or path.startswith("/admin/"):
+            check_admin(request)
+    return await handler(request)
+
+
+def check_admin(request: web.Request) -> None:
+    expected = request.app[SETTINGS].admin_token.encode()
+    given = bearer_token(request.headers.get("Authorization")).encode()
+    # compare_digest takes the same time wherever the first difference is.
+    if not expected or not hmac.compare_digest(given, expected):
+        raise AuthenticationError("Invalid admin token.", code="invalid_admin_token")
+
+
+def setup_access_control(app: web.Application) -> None:
+    app.middlewares.append(access_control_middleware)

@@ -1,0 +1,63 @@
+"""One log line per request: ids, route, status, sizes and timings — never content."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from relay.appkeys import CALLER, FIRST_BYTE_AT, REQUEST_ID, STARTED_AT
+
+log = logging.getLogger("relay.access")
+
+
+def route_of(request: web.Request) -> str:
+    """The route pattern (`/admin/clients/{client_id}`), not the path with its values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(unmatched)"
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    request[STARTED_AT] = started = time.monotonic()
+    status, sent = 500, 0
+    try:
+        response = await handler(request)
+        status = response.status
+        sent = (
+            response.body_length
+            if response.prepared
+            else len(getattr(response, "body", b"") or b"")
+        )
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        now = time.monotonic()
+        first_byte = request.get(FIRST_BYTE_AT)
+        caller = request.get(CALLER)
+        log.info(
+            "request",
+            extra={
+                "request_id": request.get(REQUEST_ID),
+                "client_id": caller.client.id if caller else None,
+                "method": request.method,
+                "route": route_of(request),
+                "status": status,
+                "bytes_in": request.content_length or 0,
+                "bytes_out": sent,
+                "ttfb_ms": round((first_byte - started) * 1000, 2) if first_byte else None,
+                "duration_ms": round((now - started) * 1000, 2),
+            },
+        )
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    request[FIRST_BYTE_AT] = time.monotonic()
+
+
+def setup_access_log(app: web.Application) -> None:
+    app.middlewares.append(access_log_middleware)
+    app.on_response_prepare.append(_on_prepare)

@@ -1,0 +1,77 @@
+"""The admin API for API clients (the admin token is checked by access_control)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from relay.api.body import json_response, query_int, read_json_object
+from relay.appkeys import CLIENTS
+from relay.services.apikeys import ApiKey
+from relay.stores.clients import Client
+
+
+def client_json(client: Client, key: ApiKey | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "object": "client",
+        "id": client.id,
+        "name": client.name,
+        "key_id": client.key_id,
+        "key_version": client.key_version,
+        "scopes": list(client.scopes),
+        "status": client.status,
+        "limits": client.limits,
+        "store_history": client.store_history,
+        "metadata": client.metadata,
+        "created_at": int(client.created_at.timestamp()),
+        "updated_at": int(client.updated_at.timestamp()),
+    }
+    if key is not None:
+        data["api_key"] = str(key)  # shown once; only its bcrypt hash is kept
+    return data
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    limit = query_int(request, "limit", default=20, low=1, high=100)
+    clients, has_more = await request.app[CLIENTS].list_page(
+        limit=limit, after=request.query.get("after") or None
+    )
+    return json_response(
+        {
+            "object": "list",
+            "data": [client_json(client) for client in clients],
+            "first_id": clients[0].id if clients else None,
+            "last_id": clients[-1].id if clients else None,
+            "has_more": has_more,
+        }
+    )
+
+
+async def create_client(request: web.Request) -> web.Response:
+    client, key = await request.app[CLIENTS].create(await read_json_object(request))
+    return json_response(
+        client_json(client, key), status=201, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def get_client(request: web.Request) -> web.Response:
+    client = await request.app[CLIENTS].get(request.match_info["client_id"])
+    return json_response(client_json(client))
+
+
+async def update_client(request: web.Request) -> web.Response:
+    data = await read_json_object(request)
+    client = await request.app[CLIENTS].update(request.match_info["client_id"], data)
+    return json_response(client_json(client))
+
+
+async def delete_client(request: web.Request) -> web.Response:
+    client_id = request.match_info["client_id"]
+    await request.app[CLIENTS].delete(client_id)
+    return json_response({"object": "client.deleted", "id": client_id, "deleted": True})
+
+
+async def regenerate_client_key(request: web.Request) -> web.Response:
+    client, key = await request.app[CLIENTS].regenerate_key(request.match_info["client_id"])
+    return json_response(client_json(client, key), headers={"Cache-Control": "no-store"})

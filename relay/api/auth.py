@@ -1,0 +1,45 @@
+"""The token exchange and the caller's view of itself."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from relay.api.body import json_response, read_json_object
+from relay.appkeys import AUTHENTICATOR, CALLER
+from relay.errors import InvalidRequestError
+
+# RFC 6749 §5.1: responses carrying tokens must not be cached.
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+async def create_token(request: web.Request) -> web.Response:
+    data = await read_json_object(request)
+    api_key = data.get("api_key")
+    if not isinstance(api_key, str) or not api_key:
+        raise InvalidRequestError("api_key is required.", param="api_key")
+    _, issued = await request.app[AUTHENTICATOR].exchange(api_key)
+    return json_response(
+        {
+            "access_token": issued.access_token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+            "scope": issued.claims.scope,
+        },
+        headers=_NO_STORE,
+    )
+
+
+async def get_me(request: web.Request) -> web.Response:
+    caller = request[CALLER]
+    return json_response(
+        {
+            "object": "client",
+            "id": caller.client.id,
+            "name": caller.client.name,
+            "scopes": list(caller.client.scopes),
+            "token_expires_at": caller.claims.expires_at,
+            "token_expires_in": max(0, caller.claims.expires_at - int(time.time())),
+        }
+    )

@@ -1,0 +1,59 @@
+"""Reading request bodies and query parameters into checked values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from relay.appkeys import SETTINGS
+from relay.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw body, refused with 413 past RELAY_MAX_BODY_BYTES (the app's client_max_size)."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.") from None
+
+
+def parse_json_object(body: bytes, content_type: str) -> dict[str, Any]:
+    if content_type != "application/json":
+        raise UnsupportedMediaTypeError("Send the body as 'Content-Type: application/json'.")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return data
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    return parse_json_object(await read_body(request), request.content_type)
+
+
+def query_int(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{name} must be a whole number.", param=name) from None
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be between {low} and {high}.", param=name)
+    return value
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )

@@ -1,0 +1,39 @@
+"""GET /health: each backend's status and round-trip time, bounded by a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from relay import __version__
+from relay.api.body import json_response
+from relay.appkeys import DATABASE, REDIS, SETTINGS
+
+
+async def probe(check: Callable[[], Awaitable[Any]], timeout: float) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            await check()
+    except Exception as exc:
+        return {"status": "down", "error": type(exc).__name__}
+    return {"status": "ok", "latency_ms": round((time.monotonic() - started) * 1000, 2)}
+
+
+async def get_health(request: web.Request) -> web.Response:
+    timeout = request.app[SETTINGS].health_timeout
+    postgres, redis = await asyncio.gather(
+        probe(request.app[DATABASE].ping, timeout),
+        probe(request.app[REDIS].ping, timeout),
+    )
+    checks = {"postgres": postgres, "redis": redis}
+    healthy = all(check["status"] == "ok" for check in checks.values())
+    return json_response(
+        {"status": "ok" if healthy else "down", "version": __version__, "checks": checks},
+        status=200 if healthy else 503,
+        headers={"Cache-Control": "no-store"},
+    )

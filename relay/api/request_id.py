@@ -1,0 +1,39 @@
+"""X-Request-Id: kept from the client when sane, made up otherwise, echoed on the response."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from aiohttp import web
+
+from relay.appkeys import REQUEST_ID
+
+HEADER = "X-Request-Id"
+_SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    given = request.headers.get(HEADER, "")
+    request_id = given if _SANE.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[HEADER] = request_id
+        raise
+    if not response.prepared:
+        response.headers[HEADER] = request_id
+    return response
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    # Streams are prepared inside the handler, before the middleware sees them.
+    if REQUEST_ID in request:
+        response.headers.setdefault(HEADER, request[REQUEST_ID])
+
+
+def setup_request_id(app: web.Application) -> None:
+    app.middlewares.append(request_id_middleware)
+    app.on_response_prepare.append(_on_prepare)

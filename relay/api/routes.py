@@ -1,0 +1,27 @@
+"""The route table: every endpoint relay serves, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from relay.api import admin, auth, health
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_routes(
+        [
+            web.get("/health", health.get_health, name="get_health", allow_head=True),
+            web.post("/auth/token", auth.create_token, name="create_token"),
+            web.get("/v1/me", auth.get_me, name="get_me"),
+            web.get("/admin/clients", admin.list_clients, name="list_clients"),
+            web.post("/admin/clients", admin.create_client, name="create_client"),
+            web.get("/admin/clients/{client_id}", admin.get_client, name="get_client"),
+            web.patch("/admin/clients/{client_id}", admin.update_client, name="update_client"),
+            web.delete("/admin/clients/{client_id}", admin.delete_client, name="delete_client"),
+            web.post(
+                "/admin/clients/{client_id}/regenerate-key",
+                admin.regenerate_client_key,
+                name="regenerate_client_key",
+            ),
+        ]
+    )

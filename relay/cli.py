@@ -1,0 +1,80 @@
+"""The `relay` command: serve, migrate, dev, clients, simulate, verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from relay import __version__
+from relay.config import ConfigError, load_settings
+from relay.logs import setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gateway (settings from RELAY_* variables)")
+    commands.add_parser("migrate", help="apply pending database migrations and exit")
+    commands.add_parser(
+        "dev", help="run relay locally with private PostgreSQL, Redis and simulator"
+    )
+    from relay.commands import clients
+
+    clients.add_arguments(commands.add_parser("clients", help="manage API clients"))
+    try:
+        from relay.simulator import command as simulate
+    except ImportError:
+        simulate = None  # type: ignore[assignment]
+    if simulate is not None:
+        simulate.add_arguments(
+            commands.add_parser("simulate", help="serve an OpenAI-compatible simulator")
+        )
+    try:
+        from relay.proofs import command as verify
+    except ImportError:
+        verify = None  # type: ignore[assignment]
+    if verify is not None:
+        verify.add_arguments(
+            commands.add_parser("verify", help="check receipts and a report offline")
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "simulate":
+        from relay.simulator import command as simulate
+
+        return simulate.run(args)
+    if args.command == "verify":
+        from relay.proofs import command as verify
+
+        return verify.run(args)
+    if args.command == "dev":
+        from relay.commands import dev
+
+        return dev.run()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        from relay.commands import serve
+
+        return serve.run(settings)
+    if args.command == "migrate":
+        from relay.stores.migrations import migrate
+
+        applied = asyncio.run(migrate(settings.database_url))
+        print(
+            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
+        )
+        return 0
+    from relay.commands import clients
+
+    return clients.run(settings, args)

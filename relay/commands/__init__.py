@@ -1,0 +1,1 @@
+"""The `relay` subcommands that are not owned by a domain package."""

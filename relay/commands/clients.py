@@ -1,0 +1,78 @@
+"""`relay clients …`: the admin API's client operations from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+
+from relay.api.admin import client_json
+from relay.config import Settings
+from relay.errors import RelayError
+from relay.services.apikeys import KeyHasher
+from relay.services.clients import ClientService
+from relay.stores.clients import ClientStore
+from relay.stores.database import Database
+from relay.stores.migrations import migrate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a client and print its API key once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="append", default=[], dest="scopes")
+    create.add_argument("--no-history", action="store_true", help="do not store its conversations")
+    listing = actions.add_parser("list", help="list clients")
+    listing.add_argument("--limit", type=int, default=100)
+    for name, text in (
+        ("disable", "refuse the client's key and tokens at once"),
+        ("enable", "let a disabled client back in"),
+        ("regenerate-key", "issue a new key; the old key and its tokens stop working"),
+        ("delete", "delete the client and everything it stored"),
+    ):
+        actions.add_parser(name, help=text).add_argument("client_id")
+
+
+@asynccontextmanager
+async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
+    await migrate(settings.database_url)
+    database = await Database.open(settings.database_url, size=2, timeout=settings.database_timeout)
+    try:
+        hasher = await asyncio.get_running_loop().run_in_executor(
+            None, KeyHasher, settings.bcrypt_rounds
+        )
+        yield ClientService(ClientStore(database), hasher)
+    finally:
+        await database.close()
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> object:
+    async with client_service(settings) as clients:
+        if args.action == "create":
+            body = {"name": args.name, "scopes": args.scopes, "store_history": not args.no_history}
+            client, key = await clients.create(body)
+            return client_json(client, key)
+        if args.action == "list":
+            page, _ = await clients.list_page(limit=args.limit, after=None)
+            return [client_json(client) for client in page]
+        if args.action in ("disable", "enable"):
+            status = "disabled" if args.action == "disable" else "active"
+            return client_json(await clients.update(args.client_id, {"status": status}))
+        if args.action == "regenerate-key":
+            return client_json(*await clients.regenerate_key(args.client_id))
+        await clients.delete(args.client_id)
+        return {"id": args.client_id, "deleted": True}
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(_run(settings, args))
+    except RelayError as exc:
+        print(f"relay clients {args.action}: {exc.message}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0

@@ -1,0 +1,205 @@
+"""The one frozen `Settings` object, read once from `RELAY_*` variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Secret(str):
+    """A string whose repr never shows its value, so settings can be logged safely."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self else "Secret('')"
+
+
+MIN_SECRET_BYTES = 32
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _integer(raw: str) -> int:
+    return int(raw)
+
+
+def _number(raw: str) -> float:
+    return float(raw)
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _optional_int(raw: str) -> int | None:
+    return int(raw) if raw.strip() else None
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(part for part in raw.replace(",", " ").split() if part)
+
+
+def setting(env: str, default: Any, parse: Callable[[str], Any] = _text, **kwargs: Any) -> Any:
+    """Declare a field read from the environment variable `env`."""
+    return field(default=default, metadata={"env": env, "parse": parse, **kwargs})
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = setting("RELAY_ENV", "development", choices=("development", "production"))
+    host: str = setting("RELAY_HOST", "127.0.0.1")
+    port: int = setting("RELAY_PORT", 8080, _integer, minimum=0, maximum=65535)
+    unix_socket: str = setting("RELAY_UNIX_SOCKET", "")
+    database_url: str = setting("RELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay")
+    database_pool_size: int = setting("RELAY_DATABASE_POOL_SIZE", 20, _integer, minimum=1)
+    database_timeout: float = setting("RELAY_DATABASE_TIMEOUT", 5.0, _number, minimum=0.1)
+    redis_url: str = setting("RELAY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_timeout: float = setting("RELAY_REDIS_TIMEOUT", 0.25, _number, minimum=0.01)
+    jwt_secret: Secret = setting("RELAY_JWT_SECRET", Secret(""), Secret)
+    jwt_ttl: int = setting("RELAY_JWT_TTL", 3600, _integer, minimum=60, maximum=86400 * 7)
+    jwt_issuer: str = setting("RELAY_JWT_ISSUER", "relay")
+    jwt_audience: str = setting("RELAY_JWT_AUDIENCE", "relay-api")
+    admin_token: Secret = setting("RELAY_ADMIN_TOKEN", Secret(""), Secret)
+    bcrypt_rounds: int = setting("RELAY_BCRYPT_ROUNDS", 12, _integer, minimum=4, maximum=16)
+    state_dir: str = setting("RELAY_STATE_DIR", "")
+    max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", 4 * 1024 * 1024, _integer, minimum=1024)
+    log_level: str = setting(
+        "RELAY_LOG_LEVEL", "INFO", str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    log_format: str = setting("RELAY_LOG_FORMAT", "json", str.lower, choices=("json", "text"))
+    health_timeout: float = setting("RELAY_HEALTH_TIMEOUT", 2.0, _number, minimum=0.05)
+    run_migrations: bool = setting("RELAY_RUN_MIGRATIONS", True, _flag)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `environ` (default: the process environment).
+
+        `RELAY_ENV_FILE` names an optional KEY=VALUE file; real environment
+        variables win over it.
+        """
+        source = dict(os.environ if environ is None else environ)
+        env_file = source.get("RELAY_ENV_FILE")
+        if env_file:
+            source = {**read_env_file(Path(env_file)), **source}
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            name = spec.metadata["env"]
+            if name in source:
+                values[spec.name] = _parse(spec, source[name])
+        if not source.get("RELAY_STATE_DIR"):
+            values["state_dir"] = source.get("STATE_DIRECTORY", "").split(":")[0] or (
+                "/var/lib/relay" if values.get("env") == "production" else ".relay-state"
+            )
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not self.production:
+            return
+        for name, value in (
+            ("RELAY_JWT_SECRET", self.jwt_secret),
+            ("RELAY_ADMIN_TOKEN", self.admin_token),
+        ):
+            if len(value.encode()) < MIN_SECRET_BYTES:
+                state = "is missing" if not value else "is shorter than 32 bytes"
+                raise ConfigError(f"{name} {state}; production needs a random secret of 32+ bytes")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
+    name = spec.metadata["env"]
+    try:
+        value = spec.metadata["parse"](raw.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+    choices = spec.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    if "minimum" in spec.metadata and value < spec.metadata["minimum"]:
+        raise ConfigError(f"{name} must be at least {spec.metadata['minimum']}")
+    if "maximum" in spec.metadata and value > spec.metadata["maximum"]:
+        raise ConfigError(f"{name} must be at most {spec.metadata['maximum']}")
+    return value
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a systemd-style EnvironmentFile: KEY=VALUE lines, # comments, optional quotes."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"RELAY_ENV_FILE={path} cannot be read: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise ConfigError(f"RELAY_ENV_FILE={path}:{number} is not KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def with_development_secrets(settings: Settings) -> Settings:
+    """In development, fill a missing JWT secret or admin token from the state dir.
+
+    Each is generated once and kept (mode 0600) so restarting relay does not
+    invalidate tokens or change the admin token.
+    """
+    if settings.production:
+        return settings
+    changes: dict[str, Secret] = {}
+    if not settings.jwt_secret:
+        changes["jwt_secret"] = Secret(kept_secret(settings.state_path / "jwt_secret"))
+    if not settings.admin_token:
+        changes["admin_token"] = Secret(kept_secret(settings.state_path / "admin_token"))
+    return settings.replace(**changes) if changes else settings
+
+
+def kept_secret(path: Path) -> str:
+    """Read the secret stored at `path`, creating it (mode 0600) on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"{path} holds a secret shorter than 32 bytes; delete it") from None
+        return value
+    value = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    return with_development_secrets(Settings.from_env(environ))

@@ -1,0 +1,90 @@
+"""Start-up and shutdown of each resource, one `cleanup_ctx` generator per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as redis
+from aiohttp import web
+
+from relay.appkeys import (
+    AUTHENTICATOR,
+    CLIENT_CACHE,
+    CLIENTS,
+    DATABASE,
+    NOTIFICATIONS,
+    REDIS,
+    SETTINGS,
+)
+from relay.services.apikeys import KeyHasher
+from relay.services.auth import Authenticator
+from relay.services.client_cache import ClientCache
+from relay.services.clients import ClientService
+from relay.services.tokens import TokenIssuer
+from relay.stores.clients import ClientStore
+from relay.stores.database import Database
+from relay.stores.migrations import migrate
+from relay.stores.notifications import Notifications
+
+log = logging.getLogger(__name__)
+
+
+async def database_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.run_migrations:
+        applied = await migrate(settings.database_url)
+        log.info("migrations checked", extra={"applied": len(applied)})
+    database = await Database.open(
+        settings.database_url, size=settings.database_pool_size, timeout=settings.database_timeout
+    )
+    app[DATABASE] = database
+    yield
+    await database.close()
+
+
+async def redis_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        health_check_interval=30,
+    )
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def notifications_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    notifications = Notifications(settings.database_url, timeout=settings.database_timeout)
+    app[NOTIFICATIONS] = notifications
+    app[CLIENT_CACHE] = ClientCache(ClientStore(app[DATABASE]), notifications)
+    task = asyncio.create_task(notifications.run(), name="relay-notifications")
+    # Until LISTEN is in place every lookup goes to the database, which is
+    # correct but slower; waiting briefly means the cache works from the start.
+    await notifications.wait_live(settings.database_timeout)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def auth_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+    # Building the hasher computes a dummy bcrypt hash: keep it off the loop.
+    hasher = await loop.run_in_executor(None, KeyHasher, settings.bcrypt_rounds)
+    clients = ClientService(ClientStore(app[DATABASE]), hasher)
+    tokens = TokenIssuer(
+        settings.jwt_secret,
+        ttl=settings.jwt_ttl,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    app[CLIENTS] = clients
+    app[AUTHENTICATOR] = Authenticator(tokens, clients, app[CLIENT_CACHE])
+    yield

@@ -1,0 +1,48 @@
+"""Recognising callers: bearer JWT → an active client at the current key version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.errors import AuthenticationError
+from relay.services.client_cache import ClientCache
+from relay.services.clients import ClientService
+from relay.services.tokens import Claims, IssuedToken, TokenIssuer
+from relay.stores.clients import Client
+
+
+@dataclass(frozen=True)
+class Caller:
+    client: Client
+    claims: Claims
+
+
+def bearer_token(authorization: str | None) -> str:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError(
+            "Send an access token as 'Authorization: Bearer <token>' (from POST /auth/token).",
+            code="missing_token",
+        )
+    return token.strip()
+
+
+class Authenticator:
+    def __init__(self, tokens: TokenIssuer, clients: ClientService, cache: ClientCache) -> None:
+        self.tokens = tokens
+        self.clients = clients
+        self.cache = cache
+
+    async def exchange(self, api_key: str) -> tuple[Client, IssuedToken]:
+        """Trade an API key for an access token. Every refusal looks and takes the same."""
+        client = await self.clients.authenticate_key(api_key)
+        if client is None:
+            raise AuthenticationError("Invalid API key.", code="invalid_api_key")
+        return client, self.tokens.issue(client)
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        claims = self.tokens.verify(bearer_token(authorization))
+        client = await self.cache.get(claims.client_id)
+        if client is None or not client.active or client.key_version != claims.key_version:
+            raise AuthenticationError("The access token has been revoked.", code="token_revoked")
+        return Caller(client, claims)

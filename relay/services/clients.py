@@ -1,0 +1,160 @@
+"""Managing API clients: creation, validation of their fields, key rotation."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from relay.errors import InvalidRequestError, NotFoundError
+from relay.services.apikeys import ApiKey, KeyHasher
+from relay.stores.clients import Client, ClientStore, KeyIdTaken
+
+STATUSES = ("active", "disabled")
+# Per-client overrides of the rate-limit defaults in settings.
+LIMIT_NAMES = ("requests_per_minute", "chat_requests_per_minute", "tokens_per_minute")
+_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:*/@+-]{0,127}$")
+_MAX_SCOPES = 64
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidRequestError(
+            "name must be a non-empty string of at most 200 characters.", param="name"
+        )
+    return value.strip()
+
+
+def _scopes(value: Any) -> list[str]:
+    if (
+        not isinstance(value, list)
+        or len(value) > _MAX_SCOPES
+        or not all(isinstance(scope, str) and _SCOPE.match(scope) for scope in value)
+    ):
+        raise InvalidRequestError(
+            f"scopes must be a list of at most {_MAX_SCOPES} strings of letters, digits, _.:*/@+-.",
+            param="scopes",
+        )
+    return list(dict.fromkeys(value))
+
+
+def _status(value: Any) -> str:
+    if value not in STATUSES:
+        raise InvalidRequestError("status must be 'active' or 'disabled'.", param="status")
+    return str(value)
+
+
+def _limits(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise InvalidRequestError("limits must be an object.", param="limits")
+    limits = {}
+    for name, limit in value.items():
+        if name not in LIMIT_NAMES:
+            raise InvalidRequestError(
+                f"unknown limit {name!r}; known: {', '.join(LIMIT_NAMES)}.", param=f"limits.{name}"
+            )
+        if limit is None:
+            continue  # null drops the override, back to the default
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 10**9:
+            raise InvalidRequestError(f"{name} must be a whole number ≥ 0.", param=f"limits.{name}")
+        limits[name] = limit
+    return limits
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequestError("store_history must be true or false.", param="store_history")
+    return value
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or len(value) > 32:
+        raise InvalidRequestError(
+            "metadata must be an object with at most 32 keys.", param="metadata"
+        )
+    return value
+
+
+_FIELDS = {
+    "name": _name,
+    "scopes": _scopes,
+    "status": _status,
+    "limits": _limits,
+    "store_history": _flag,
+    "metadata": _metadata,
+}
+
+
+def client_fields(data: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+    """Validate a create or patch body; unknown fields are an error, not ignored."""
+    unknown = set(data) - set(_FIELDS)
+    if unknown:
+        field = sorted(unknown)[0]
+        raise InvalidRequestError(f"Unknown field {field!r}.", param=field)
+    if creating and "name" not in data:
+        raise InvalidRequestError("name is required.", param="name")
+    if not creating and not data:
+        raise InvalidRequestError("Nothing to change.")
+    return {field: _FIELDS[field](value) for field, value in data.items()}
+
+
+class ClientService:
+    def __init__(self, store: ClientStore, hasher: KeyHasher) -> None:
+        self.store = store
+        self.hasher = hasher
+
+    async def create(self, data: dict[str, Any]) -> tuple[Client, ApiKey]:
+        fields = client_fields(data, creating=True)
+        for _ in range(3):
+            key = ApiKey.new()
+            try:
+                client = await self.store.create(
+                    key_id=key.key_id, key_hash=await self.hasher.hash(key.secret), **fields
+                )
+            except KeyIdTaken:
+                continue
+            return client, key
+        raise RuntimeError("could not find a free key id")
+
+    async def get(self, client_id: str) -> Client:
+        client = await self.store.get(client_id)
+        if client is None:
+            raise NotFoundError(f"No client {client_id!r}.")
+        return client
+
+    async def list_page(self, *, limit: int, after: str | None) -> tuple[list[Client], bool]:
+        return await self.store.list_page(limit=limit, after=after)
+
+    async def update(self, client_id: str, data: dict[str, Any]) -> Client:
+        client = await self.store.update(client_id, client_fields(data, creating=False))
+        if client is None:
+            raise NotFoundError(f"No client {client_id!r}.")
+        return client
+
+    async def regenerate_key(self, client_id: str) -> tuple[Client, ApiKey]:
+        for _ in range(3):
+            key = ApiKey.new()
+            try:
+                client = await self.store.replace_key(
+                    client_id, key_id=key.key_id, key_hash=await self.hasher.hash(key.secret)
+                )
+            except KeyIdTaken:
+                continue
+            if client is None:
+                raise NotFoundError(f"No client {client_id!r}.")
+            return client, key
+        raise RuntimeError("could not find a free key id")
+
+    async def delete(self, client_id: str) -> None:
+        if not await self.store.delete(client_id):
+            raise NotFoundError(f"No client {client_id!r}.")
+
+    async def authenticate_key(self, text: str) -> Client | None:
+        """The active client owning this key, or None — always after one bcrypt check."""
+        key = ApiKey.parse(text)
+        client = await self.store.get_by_key_id(key.key_id) if key else None
+        matches = await self.hasher.check(
+            key.secret if key else text[:72], client.key_hash if client else None
+        )
+        if matches and client is not None and client.active:
+            return client
+        return None

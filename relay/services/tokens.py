@@ -1,0 +1,89 @@
+"""Access tokens: HS256 JWTs issued for a client and verified with pinned algorithms."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from relay.errors import AuthenticationError
+from relay.stores.clients import Client
+
+ALGORITHM = "HS256"
+_REQUIRED = ["sub", "iat", "exp", "jti", "iss", "aud", "key_version"]
+
+
+@dataclass(frozen=True)
+class Claims:
+    client_id: str
+    key_version: int
+    expires_at: int
+    token_id: str
+    scope: str
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+    claims: Claims
+
+
+class TokenIssuer:
+    def __init__(self, secret: str, *, ttl: int, issuer: str, audience: str) -> None:
+        self._secret = secret
+        self.ttl = ttl
+        self.issuer = issuer
+        self.audience = audience
+
+    def issue(self, client: Client, now: int | None = None) -> IssuedToken:
+        issued_at = int(time.time()) if now is None else now
+        payload: dict[str, Any] = {
+            "sub": client.id,
+            "iat": issued_at,
+            "exp": issued_at + self.ttl,
+            "jti": uuid.uuid4().hex,
+            "scope": " ".join(client.scopes),
+            "key_version": client.key_version,
+            "iss": self.issuer,
+            "aud": self.audience,
+        }
+        token = jwt.encode(payload, self._secret, algorithm=ALGORITHM)
+        return IssuedToken(token, self.ttl, _claims(payload))
+
+    def verify(self, token: str) -> Claims:
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": _REQUIRED},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationError(
+                "The access token has expired.", code="token_expired"
+            ) from None
+        except jwt.PyJWTError:
+            raise AuthenticationError("The access token is invalid.") from None
+        try:
+            return _claims(payload)
+        except (TypeError, ValueError, KeyError):
+            raise AuthenticationError("The access token is invalid.") from None
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    version = payload["key_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError("key_version")
+    return Claims(
+        client_id=str(payload["sub"]),
+        key_version=version,
+        expires_at=int(payload["exp"]),
+        token_id=str(payload["jti"]),
+        scope=str(payload.get("scope", "")),
+    )

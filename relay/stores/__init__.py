@@ -1,0 +1,1 @@
+"""SQL, one aggregate per module, over an aiopg pool."""

@@ -1,0 +1,150 @@
+"""SQL for the `clients` aggregate."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from relay.stores.database import Database, UniqueViolation, fetch_all, fetch_one
+
+_COLUMNS = (
+    "id, name, key_id, key_hash, key_version, scopes, status, limits, store_history,"
+    " metadata, created_at, updated_at"
+)
+_JSON_COLUMNS = frozenset({"limits", "metadata"})
+UPDATABLE = frozenset({"name", "scopes", "status", "limits", "store_history", "metadata"})
+
+
+class KeyIdTaken(Exception):
+    """The random key id collided with an existing one (astronomically rare; retry)."""
+
+
+@dataclass(frozen=True)
+class Client:
+    id: str
+    name: str
+    key_id: str
+    key_hash: str = field(repr=False)
+    key_version: int
+    scopes: tuple[str, ...]
+    status: str
+    limits: dict[str, int]
+    store_history: bool
+    metadata: dict[str, Any]
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Client:
+        return cls(**{**row, "id": str(row["id"]), "scopes": tuple(row["scopes"])})
+
+
+def _db_value(column: str, value: Any) -> Any:
+    return orjson.dumps(value).decode() if column in _JSON_COLUMNS else value
+
+
+def is_client_id(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+class ClientStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, *, name: str, key_id: str, key_hash: str, **values: Any) -> Client:
+        columns = {"name": name, "key_id": key_id, "key_hash": key_hash}
+        columns.update({key: _db_value(key, value) for key, value in values.items()})
+        names = ", ".join(columns)
+        marks = ", ".join(["%s"] * len(columns))
+        async with self.db.cursor() as cur:
+            try:
+                row = await fetch_one(
+                    cur,
+                    f"INSERT INTO clients ({names}) VALUES ({marks}) RETURNING {_COLUMNS}",
+                    tuple(columns.values()),
+                )
+            except UniqueViolation as exc:
+                raise KeyIdTaken from exc
+        assert row is not None
+        return Client.from_row(row)
+
+    async def get(self, client_id: str) -> Client | None:
+        if not is_client_id(client_id):
+            return None
+        async with self.db.cursor() as cur:
+            row = await fetch_one(
+                cur, f"SELECT {_COLUMNS} FROM clients WHERE id = %s", (client_id,)
+            )
+        return Client.from_row(row) if row else None
+
+    async def get_by_key_id(self, key_id: str) -> Client | None:
+        async with self.db.cursor() as cur:
+            row = await fetch_one(
+                cur, f"SELECT {_COLUMNS} FROM clients WHERE key_id = %s", (key_id,)
+            )
+        return Client.from_row(row) if row else None
+
+    async def list_page(self, *, limit: int, after: str | None = None) -> tuple[list[Client], bool]:
+        """Clients oldest first; `after` is the id of the last client of the previous page."""
+        where, args = "", [limit + 1]
+        if after:
+            where = "WHERE (created_at, id) > (SELECT created_at, id FROM clients WHERE id = %s)"
+            args.insert(0, after)
+        async with self.db.cursor() as cur:
+            rows = await fetch_all(
+                cur,
+                f"SELECT {_COLUMNS} FROM clients {where} ORDER BY created_at, id LIMIT %s",
+                tuple(args),
+            )
+        return [Client.from_row(row) for row in rows[:limit]], len(rows) > limit
+
+    async def update(self, client_id: str, changes: dict[str, Any]) -> Client | None:
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if not is_client_id(client_id):
+            return None
+        sets = ", ".join(f"{column} = %s" for column in changes)
+        values = [_db_value(column, value) for column, value in changes.items()]
+        async with self.db.cursor() as cur:
+            row = await fetch_one(
+                cur,
+                f"UPDATE clients SET {sets}, updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
+                (*values, client_id),
+            )
+        return Client.from_row(row) if row else None
+
+    async def replace_key(self, client_id: str, *, key_id: str, key_hash: str) -> Client | None:
+        """Store a new key; the version bump revokes every token of the old one."""
+        if not is_client_id(client_id):
+            return None
+        async with self.db.cursor() as cur:
+            try:
+                row = await fetch_one(
+                    cur,
+                    "UPDATE clients SET key_id = %s, key_hash = %s, key_version = key_version + 1,"
+                    f" updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
+                    (key_id, key_hash, client_id),
+                )
+            except UniqueViolation as exc:
+                raise KeyIdTaken from exc
+        return Client.from_row(row) if row else None
+
+    async def delete(self, client_id: str) -> bool:
+        if not is_client_id(client_id):
+            return False
+        async with self.db.cursor() as cur:
+            await cur.execute("DELETE FROM clients WHERE id = %s", (client_id,))
+            return bool(cur.rowcount)

@@ -1,0 +1,136 @@
+"""The PostgreSQL driver boundary: the only module that imports aiopg or psycopg2.
+
+Stores get cursors from `Database`; a server that is down or too slow becomes
+`DependencyUnavailableError` (503) here, once, instead of in every store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from relay.errors import DependencyUnavailableError
+
+log = logging.getLogger(__name__)
+
+Cursor = aiopg.Cursor
+Connection = aiopg.Connection
+
+UniqueViolation = psycopg2.errors.UniqueViolation
+ForeignKeyViolation = psycopg2.errors.ForeignKeyViolation
+QueryError = psycopg2.Error
+# Errors that mean "the server is not there", as opposed to a bad query.
+_UNAVAILABLE = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def unavailable(exc: BaseException) -> DependencyUnavailableError:
+    log.warning("postgres unavailable", extra={"error": type(exc).__name__})
+    return DependencyUnavailableError("The database is unavailable; try again shortly.")
+
+
+class Database:
+    """A pool of autocommit connections; transactions are explicit."""
+
+    def __init__(self, pool: aiopg.Pool, dsn: str, timeout: float) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.timeout = timeout
+
+    @classmethod
+    async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
+        try:
+            pool = await aiopg.create_pool(dsn, minsize=1, maxsize=size, timeout=timeout)
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc) from exc
+        return cls(pool, dsn, timeout)
+
+    async def close(self) -> None:
+        self.pool.close()
+        await self.pool.wait_closed()
+
+    @asynccontextmanager
+    async def cursor(self) -> AsyncIterator[Cursor]:
+        """A cursor in autocommit mode: each statement commits on its own."""
+        try:
+            async with self.pool.acquire() as conn, conn.cursor() as cur:
+                yield cur
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Cursor]:
+        """A cursor inside BEGIN … COMMIT; an exception rolls back."""
+        async with self.cursor() as cur, cur.begin():
+            yield cur
+
+    async def ping(self) -> None:
+        async with self.cursor() as cur:
+            await cur.execute("SELECT 1")
+
+    def pool_stats(self) -> dict[str, int]:
+        return {"size": self.pool.size, "free": self.pool.freesize, "max": self.pool.maxsize}
+
+
+async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
+    """A connection of its own, outside the pool (LISTEN, migrations)."""
+    try:
+        return await aiopg.connect(dsn, timeout=timeout, **options)
+    except _UNAVAILABLE as exc:
+        raise unavailable(exc) from exc
+
+
+async def fetch_all(cur: Cursor, query: str, args: Any = None) -> list[dict[str, Any]]:
+    await cur.execute(query, args)
+    names = [column.name for column in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def fetch_one(cur: Cursor, query: str, args: Any = None) -> dict[str, Any] | None:
+    rows = await fetch_all(cur, query, args)
+    return rows[0] if rows else None
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
+    """CREATE DATABASE (used by tests, `relay dev` and the benchmark)."""
+    conn = await connect(admin_dsn, timeout=30)
+    try:
+        async with conn.cursor() as cur:
+            sql = f"CREATE DATABASE {quote_identifier(name)}"
+            if template:
+                sql += f" TEMPLATE {quote_identifier(template)}"
+            await cur.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await connect(admin_dsn, timeout=30)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server URL pointing at database `name`."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    params["dbname"] = name
+    return psycopg2.extensions.make_dsn(**params)

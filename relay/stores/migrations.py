@@ -1,0 +1,106 @@
+"""Applies the numbered SQL files in `sql/`, each once, in order, under an advisory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay.stores.database import Cursor, connect, fetch_all
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every relay instance.
+_LOCK_ID = 0x72656C6179  # "relay"
+_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+class MigrationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations_dir() -> Path:
+    """`sql/` beside the package in a checkout, else where setup.cfg installs it."""
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "sql",
+        Path(sys.prefix) / "share" / "relay" / "sql",
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise MigrationError("cannot find relay's sql/ migrations directory")
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    found = []
+    for path in sorted((directory or migrations_dir()).glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNN_verb_noun.sql")
+        found.append(Migration(int(match.group(1)), path.name, path.read_text()))
+    versions = [migration.version for migration in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a number")
+    return found
+
+
+async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) -> list[str]:
+    """Apply pending migrations; return the names applied. Safe to run concurrently."""
+    migrations = load_migrations(directory)
+    conn = await connect(dsn, timeout=timeout)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+            try:
+                return await _apply(cur, migrations)
+            finally:
+                await cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+    finally:
+        await conn.close()
+
+
+async def _apply(cur: Cursor, migrations: list[Migration]) -> list[str]:
+    await cur.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version integer PRIMARY KEY,
+               name text NOT NULL,
+               checksum text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    rows = await fetch_all(cur, "SELECT version, name, checksum FROM schema_migrations")
+    applied = {row["version"]: row for row in rows}
+    known = {migration.version for migration in migrations}
+    for version in sorted(set(applied) - known):
+        log.warning("database has a migration this relay does not know", extra={"version": version})
+    done = []
+    for migration in migrations:
+        recorded = applied.get(migration.version)
+        if recorded:
+            if recorded["checksum"] != migration.checksum:
+                raise MigrationError(
+                    f"{migration.name} was edited after it was applied; "
+                    "add a new migration instead of changing an applied one"
+                )
+            continue
+        async with cur.begin():
+            await cur.execute(migration.sql)
+            await cur.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+        log.info("migration applied", extra={"migration": migration.name})
+        done.append(migration.name)
+    return done

@@ -1,0 +1,47 @@
+"""What a test does through relay's API, written once: admin calls and the token exchange."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ADMIN_TOKEN
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def create_client(http: TestClient, **fields: Any) -> dict[str, Any]:
+    response = await http.post(
+        "/admin/clients", json={"name": "test client", **fields}, headers=ADMIN
+    )
+    assert response.status == 201, await response.text()
+    return await response.json()
+
+
+async def exchange(http: TestClient, api_key: str) -> str:
+    response = await http.post("/auth/token", json={"api_key": api_key})
+    assert response.status == 200, await response.text()
+    return (await response.json())["access_token"]
+
+
+async def client_with_token(http: TestClient, **fields: Any) -> tuple[dict[str, Any], str]:
+    client = await create_client(http, **fields)
+    return client, await exchange(http, client["api_key"])
+
+
+async def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is `status` in OpenAI's error shape (and has `code`, when given)."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
