@@ -1,0 +1,1 @@
+"""Provider adapters, the routing table and the streaming pipe."""

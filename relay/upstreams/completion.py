@@ -1,0 +1,180 @@
+"""What a chat completion said: the summary of one answer and the accumulator that builds it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+_MALFORMED_BODY = {
+    "message": "the upstream answer is not a chat completion object",
+    "type": "upstream_error",
+    "code": "malformed_response",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionSummary:
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    refusal: str = ""
+    model: str | None = None
+    response_id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class _ToolCall:
+    __slots__ = ("arguments", "call_id", "name")
+
+    def __init__(self) -> None:
+        self.call_id = ""
+        # Fragments are joined once at the end: repeated str += would copy the arguments each time.
+        self.name: list[str] = []
+        self.arguments: list[str] = []
+
+    def as_dict(self) -> dict[str, Any]:
+        function = {"name": "".join(self.name), "arguments": "".join(self.arguments)}
+        return {"id": self.call_id, "type": "function", "function": function}
+
+
+class _Choice:
+    __slots__ = ("finish_reason", "refusal", "text", "tool_calls")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.refusal: list[str] = []
+        self.tool_calls: dict[int, _ToolCall] = {}
+        self.finish_reason: str | None = None
+
+
+class CompletionAccumulator:
+    """Folds chat completion objects, whole or streamed as chunks, into one answer.
+
+    A streamed chunk's `delta` and a whole answer's `message` are read alike, so streamed
+    and non-streamed answers are summarised by the same rules. Choice 0 is the answer.
+    """
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+        self.model: str | None = None
+        self.response_id: str | None = None
+        self.error: dict[str, Any] | None = None
+        self.first_content_at: float | None = None
+        self._choices: dict[int, _Choice] = {}
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """Take in one `chat.completion` or `chat.completion.chunk` object (or an error)."""
+        if self.response_id is None and isinstance(rid := obj.get("id"), str):
+            self.response_id = rid
+        if self.model is None and isinstance(model := obj.get("model"), str):
+            self.model = model
+        if (error := obj.get("error")) is not None:
+            self.error = error if isinstance(error, dict) else {"message": str(error)}
+        # The usage chunk carries `"choices": []` (or null); other chunks carry `"usage": null`.
+        if isinstance(usage := obj.get("usage"), dict):
+            self.usage = usage
+        if isinstance(choices := obj.get("choices"), list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    self._apply_choice(choice)
+
+    def _apply_choice(self, choice: dict[str, Any]) -> None:
+        index = choice.get("index", 0)
+        if not isinstance(index, int):
+            index = 0
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _Choice()
+        part = choice.get("delta")
+        if part is None:
+            part = choice.get("message")
+        if isinstance(part, dict):
+            saw_content = False
+            if isinstance(content := part.get("content"), str) and content:
+                state.text.append(content)
+                saw_content = True
+            if isinstance(refusal := part.get("refusal"), str) and refusal:
+                state.refusal.append(refusal)
+                saw_content = True
+            if isinstance(calls := part.get("tool_calls"), list) and calls:
+                self._merge_tool_calls(state, calls)
+                saw_content = True
+            if saw_content and self.first_content_at is None:
+                self.first_content_at = time.monotonic()
+        if isinstance(finish_reason := choice.get("finish_reason"), str):
+            state.finish_reason = finish_reason
+
+    @staticmethod
+    def _merge_tool_calls(state: _Choice, calls: list[Any]) -> None:
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            # Streamed fragments name their call by `index`; a whole message lists calls in order.
+            index = call.get("index", position)
+            if not isinstance(index, int):
+                index = position
+            entry = state.tool_calls.get(index)
+            if entry is None:
+                entry = state.tool_calls[index] = _ToolCall()
+            if not entry.call_id and isinstance(call_id := call.get("id"), str):
+                entry.call_id = call_id
+            if isinstance(function := call.get("function"), dict):
+                # Concatenated like the OpenAI SDK does: the name may come in fragments too.
+                if isinstance(name := function.get("name"), str):
+                    entry.name.append(name)
+                if isinstance(arguments := function.get("arguments"), str):
+                    entry.arguments.append(arguments)
+
+    def choice_text(self, index: int) -> str:
+        state = self._choices.get(index)
+        return "".join(state.text) if state else ""
+
+    @property
+    def text(self) -> str:
+        return self.choice_text(0)
+
+    @property
+    def refusal(self) -> str:
+        state = self._choices.get(0)
+        return "".join(state.refusal) if state else ""
+
+    @property
+    def finish_reason(self) -> str | None:
+        state = self._choices.get(0)
+        return state.finish_reason if state else None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        state = self._choices.get(0)
+        if not state:
+            return []
+        return [state.tool_calls[i].as_dict() for i in sorted(state.tool_calls)]
+
+    def summary(self) -> CompletionSummary:
+        return CompletionSummary(
+            text=self.text,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            tool_calls=self.tool_calls,
+            refusal=self.refusal,
+            model=self.model,
+            response_id=self.response_id,
+            error=self.error,
+        )
+
+
+def summarize_completion(body: bytes) -> CompletionSummary:
+    """Summarise a non-streamed answer; a body that is not a JSON object yields an error summary."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        return CompletionSummary(error=dict(_MALFORMED_BODY))
+    accumulator = CompletionAccumulator()
+    accumulator.apply(obj)
+    return accumulator.summary()

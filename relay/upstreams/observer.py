@@ -1,0 +1,63 @@
+"""The stream observer: what relay learns from the SSE bytes it pipes to a client."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from relay.upstreams.completion import (
+    CompletionAccumulator,
+    CompletionSummary,
+    summarize_completion,
+)
+from relay.upstreams.sse import SSEDecoder
+
+__all__ = ["CompletionSummary", "StreamObserver", "summarize_completion"]
+
+
+class StreamObserver(CompletionAccumulator):
+    """Fed every chunk exactly as written to the client; never alters or re-encodes it.
+
+    Hashes and counts the bytes, splits SSE events across any chunk boundary, and folds
+    each `data` event into the answer (text, finish reason, usage, tool calls, error).
+    `event_count` counts every dispatched data event, `[DONE]` and malformed ones included.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hash = hashlib.sha256()
+        self._decoder = SSEDecoder(self._on_data)
+        self.byte_count = 0
+        self.done = False
+        self.event_count = 0
+        self.malformed_events = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def feed(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.byte_count += len(chunk)
+        self._decoder.feed(chunk)
+
+    def close(self) -> None:
+        """End of stream: per the SSE spec an event without its closing blank line is dropped."""
+        self._decoder.close()
+
+    def _on_data(self, payload: bytes) -> None:
+        self.event_count += 1
+        # Only a short payload can be a sloppily spaced [DONE]; JSON chunks skip the strip.
+        if payload == b"[DONE]" or (len(payload) < 16 and payload.strip() == b"[DONE]"):
+            self.done = True
+            return
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            obj = None
+        # A malformed event is counted, not raised: the client still gets every byte.
+        if isinstance(obj, dict):
+            self.apply(obj)
+        else:
+            self.malformed_events += 1

@@ -1,0 +1,87 @@
+"""The incremental Server-Sent Events decoder: raw bytes in, each event's `data` out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_BOM = b"\xef\xbb\xbf"
+_CR = 0x0D
+_LF = 0x0A
+
+
+class SSEDecoder:
+    """Splits an event stream into events across arbitrary chunk boundaries (WHATWG SSE rules).
+
+    Only `data` matters to relay: the data lines of each dispatched event, joined with
+    LF, go to `on_data` as bytes. Comments and the other fields are skipped undecoded.
+    """
+
+    __slots__ = ("_at_start", "_data", "_on_data", "_skip_lf", "_tail")
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self._on_data = on_data
+        self._tail = bytearray()  # the start of a line whose end has not arrived yet
+        self._data: list[bytes] = []  # data lines of the event being read
+        self._skip_lf = False
+        self._at_start = True
+
+    def feed(self, chunk: bytes) -> None:
+        # Fast path for the usual chunk, one whole `data: …\n\n` event and nothing pending.
+        if (
+            chunk.endswith(b"\n\n")
+            and chunk.startswith(b"data: ")
+            and not self._tail
+            and not self._data
+            and not self._skip_lf
+            and chunk.find(b"\n") == len(chunk) - 2
+            and b"\r" not in chunk
+        ):
+            self._at_start = False
+            self._on_data(chunk[6:-2])
+            return
+        if self._skip_lf and chunk:
+            # The last chunk ended in CR: a LF opening this one finishes that same line ending.
+            self._skip_lf = False
+            if chunk[0] == _LF:
+                chunk = chunk[1:]
+        # Only the new bytes are searched, so a long line fed in small pieces stays linear.
+        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+        if not end:
+            self._tail += chunk
+            return
+        size = len(chunk)
+        if self._tail:
+            block = b"".join((self._tail, chunk[:end]))
+            self._tail = bytearray(chunk[end:])
+        elif end == size:
+            block = chunk
+        else:
+            block = chunk[:end]
+            self._tail += chunk[end:]
+        self._skip_lf = end == size and chunk[-1] == _CR
+        if self._at_start:
+            self._at_start = False
+            if block.startswith(_BOM):
+                block = block[3:]
+        self._read_lines(block)
+
+    def close(self) -> None:
+        """End of stream: an unterminated line or an event without its blank line is dropped."""
+        self._tail.clear()
+        self._data.clear()
+        self._skip_lf = False
+
+    def _read_lines(self, block: bytes) -> None:
+        data = self._data
+        # bytes.splitlines breaks at exactly the SSE line endings: LF, CRLF and CR.
+        for line in block.splitlines():
+            if not line:
+                if data:
+                    payload = data[0] if len(data) == 1 else b"\n".join(data)
+                    data.clear()
+                    self._on_data(payload)
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b" ", 5) else line[5:])
+            elif line == b"data":
+                data.append(b"")
+            # Anything else is a comment (":…") or a field relay does not read (event, id, retry).

@@ -1,0 +1,401 @@
+"""The stream observer and completion summaries: SSE split anywhere, answers read the same."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.upstreams.observer import CompletionSummary, StreamObserver, summarize_completion
+
+USAGE = {
+    "prompt_tokens": 12,
+    "completion_tokens": 5,
+    "total_tokens": 17,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+}
+PIECES = ["Héllo", ", wörld", " — 日本", " 🙂", "!"]
+
+
+def chunk(choices: Any, **extra: Any) -> dict[str, Any]:
+    """One `chat.completion.chunk` object with the fields OpenAI sends, in its order."""
+    return {
+        "id": "chatcmpl-AbC123",
+        "object": "chat.completion.chunk",
+        "created": 1731000000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "service_tier": "default",
+        "system_fingerprint": "fp_0ba0d124f1",
+        "choices": choices,
+        "usage": None,
+        **extra,
+    }
+
+
+def delta(content: dict[str, Any], finish_reason: str | None = None, index: int = 0) -> dict:
+    return {"index": index, "delta": content, "logprobs": None, "finish_reason": finish_reason}
+
+
+def event(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def openai_stream(pieces: list[str] = PIECES, usage: bool = True) -> bytes:
+    """A stream as OpenAI writes it: role chunk, content, finish, usage chunk, [DONE]."""
+    events = [event(chunk([delta({"role": "assistant", "content": "", "refusal": None})]))]
+    events += [event(chunk([delta({"content": piece})])) for piece in pieces]
+    events.append(event(chunk([delta({}, "stop")])))
+    if usage:
+        events.append(event(chunk([], usage=USAGE)))
+    events.append(b"data: [DONE]\n\n")
+    return b"".join(events)
+
+
+def observe(*chunks: bytes) -> StreamObserver:
+    observer = StreamObserver()
+    for piece in chunks:
+        observer.feed(piece)
+    observer.close()
+    return observer
+
+
+def state(observer: StreamObserver) -> tuple[Any, ...]:
+    """Everything the observer learned except timing."""
+    return (
+        observer.summary(),
+        observer.sha256,
+        observer.byte_count,
+        observer.done,
+        observer.event_count,
+        observer.malformed_events,
+    )
+
+
+STREAM = openai_stream()
+WHOLE = observe(STREAM)
+
+
+def test_a_whole_openai_stream_is_read_in_full() -> None:
+    assert WHOLE.text == "".join(PIECES)
+    assert WHOLE.finish_reason == "stop"
+    assert WHOLE.usage == USAGE
+    assert WHOLE.model == "gpt-4o-mini-2024-07-18"
+    assert WHOLE.response_id == "chatcmpl-AbC123"
+    assert WHOLE.done is True
+    assert WHOLE.error is None
+    assert WHOLE.tool_calls == []
+    assert WHOLE.refusal == ""
+    assert WHOLE.event_count == len(PIECES) + 4
+    assert WHOLE.malformed_events == 0
+    assert WHOLE.first_content_at is not None
+
+
+def test_the_hash_and_count_cover_the_exact_bytes_fed() -> None:
+    assert WHOLE.sha256 == hashlib.sha256(STREAM).hexdigest()
+    assert WHOLE.byte_count == len(STREAM)
+    assert StreamObserver().sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_split_at_every_byte_position_changes_nothing() -> None:
+    expected = state(WHOLE)
+    for cut in range(len(STREAM) + 1):
+        assert state(observe(STREAM[:cut], STREAM[cut:])) == expected, cut
+
+
+def test_one_event_per_chunk_changes_nothing() -> None:
+    events = [part + b"\n\n" for part in STREAM.split(b"\n\n")[:-1]]
+    assert b"".join(events) == STREAM
+    assert state(observe(*events)) == state(WHOLE)
+    assert state(observe(events[0][:9], events[0][9:], *events[1:])) == state(WHOLE)
+
+
+def test_one_byte_at_a_time_changes_nothing() -> None:
+    bytewise = [STREAM[i : i + 1] for i in range(len(STREAM))]
+    assert state(observe(*bytewise)) == state(WHOLE)
+
+
+def test_random_splits_change_nothing() -> None:
+    rng = random.Random(20261123)
+    expected = state(WHOLE)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 40)))
+        bounds = [0, *cuts, len(STREAM)]
+        pieces = [STREAM[a:b] for a, b in itertools.pairwise(bounds)]
+        if rng.random() < 0.2:
+            pieces.insert(rng.randrange(len(pieces)), b"")
+        assert state(observe(*pieces)) == expected, cuts
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"], ids=["crlf", "cr"])
+def test_crlf_and_cr_line_endings_read_like_lf(ending: bytes) -> None:
+    stream = STREAM.replace(b"\n", ending)
+    for pieces in ([stream], [stream[i : i + 1] for i in range(len(stream))]):
+        observer = observe(*pieces)
+        assert observer.summary() == WHOLE.summary()
+        assert (observer.done, observer.event_count) == (True, WHOLE.event_count)
+        assert observer.sha256 == hashlib.sha256(stream).hexdigest()
+
+
+def test_a_crlf_split_between_chunks_is_one_line_ending() -> None:
+    first = b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\r'
+    observer = observe(first, b"\n\r", b"\n", b"data: [DONE]\r", b"\n\r\n")
+    assert (observer.text, observer.done, observer.event_count) == ("a", True, 2)
+
+
+def test_mixed_line_endings_in_one_stream() -> None:
+    stream = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\r\n\n'
+        b'data: {"choices":[{"index":0,"delta":{"content":"b"}}]}\r\r'
+        b'data: {"choices":[{"index":0,"delta":{"content":"c"}}]}\n\r\n'
+    )
+    assert observe(stream).text == "abc"
+
+
+def test_a_multibyte_character_split_across_chunks_is_kept_whole() -> None:
+    body = event(chunk([delta({"content": "🙂"})]))
+    emoji = body.index("🙂".encode())
+    for cut in range(emoji + 1, emoji + 4):
+        assert observe(body[:cut], body[cut:]).text == "🙂"
+
+
+def test_comment_lines_are_ignored_but_hashed() -> None:
+    stream = (
+        b": OPENROUTER PROCESSING\n\n"
+        + STREAM[: STREAM.index(b"data:", 10)]
+        + b": ping - 2025-11-23 10:00:00.000000+00:00\r\n\r\n"
+        + STREAM[STREAM.index(b"data:", 10) :]
+    )
+    observer = observe(stream)
+    assert observer.summary() == WHOLE.summary()
+    assert observer.event_count == WHOLE.event_count
+    assert observer.byte_count == len(stream)
+
+
+def test_other_fields_are_tolerated() -> None:
+    stream = (
+        b"retry: 3000\nid: 7\nevent: message\n"
+        b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+        b"event: ping\n\n"
+        b"id\n\n"
+    )
+    observer = observe(stream)
+    assert (observer.text, observer.event_count, observer.malformed_events) == ("x", 1, 0)
+
+
+def test_json_with_spaces_and_data_without_a_space_are_read() -> None:
+    stream = (
+        b'data: {"id": "r1", "model": "m", "choices": [{"index": 0, "delta": {"content": "a"}, '
+        b'"finish_reason": null}]}\n\n'
+        b'data:{"choices": [{"index": 0, "delta": {"content": " b"}, "finish_reason": "length"}]}'
+        b"\n\n"
+        b"data:  [DONE]\n\n"
+    )
+    observer = observe(stream)
+    assert (observer.text, observer.finish_reason) == ("a b", "length")
+    assert (observer.response_id, observer.model, observer.done) == ("r1", "m", True)
+
+
+def test_a_usage_chunk_with_null_choices_is_read() -> None:
+    stream = STREAM.replace(b'"choices":[],', b'"choices":null,')
+    assert stream != STREAM
+    assert observe(stream).summary() == WHOLE.summary()
+
+
+def test_a_stream_without_usage_still_completes() -> None:
+    observer = observe(openai_stream(usage=False))
+    assert observer.usage is None
+    assert (observer.text, observer.finish_reason, observer.done) == ("".join(PIECES), "stop", True)
+
+
+def test_multi_line_data_is_joined_with_newlines() -> None:
+    stream = (
+        b'data: {"choices": [\ndata: {"index": 0, "delta": {"content": "two lines"}}\ndata: ]}\n\n'
+    )
+    observer = observe(stream)
+    assert (observer.text, observer.event_count, observer.malformed_events) == ("two lines", 1, 0)
+
+
+def test_malformed_events_are_counted_and_reading_goes_on() -> None:
+    bad = b'data: {"choices": [\n\ndata: not json\n\ndata: 42\n\ndata:\n\ndata: [1, 2]\n\n'
+    cut = STREAM.index(b"data:", 10)
+    observer = observe(STREAM[:cut] + bad + STREAM[cut:])
+    assert observer.malformed_events == 5
+    assert observer.event_count == WHOLE.event_count + 5
+    assert observer.summary() == WHOLE.summary()
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"choices": "x"},
+        {"choices": [None, 3, {"delta": [1]}, {"index": [0], "delta": {"content": 5}}]},
+        {"choices": [{"delta": {"tool_calls": {"a": 1}}}, {"message": "x"}]},
+        {"choices": [{"delta": {"tool_calls": [None, {"index": "x", "function": "f"}]}}]},
+        {"choices": [{"finish_reason": 3, "delta": {"refusal": 1}}]},
+        {"usage": [], "model": 1, "id": None, "error": None},
+    ],
+)
+def test_odd_shapes_never_raise(obj: dict[str, Any]) -> None:
+    observer = observe(event(obj))
+    assert observer.malformed_events == 0
+    assert observer.text == ""
+    assert observer.finish_reason is None
+
+
+def test_a_mid_stream_error_event_is_recorded() -> None:
+    error = {"message": "The server had an error", "type": "server_error", "code": None}
+    first_two = b"\n\n".join(STREAM.split(b"\n\n")[:2]) + b"\n\n"
+    observer = observe(first_two + event({"error": error}))
+    assert observer.error == error
+    assert observer.text == PIECES[0]
+    assert observer.done is False
+    assert observe(event({"error": "overloaded"})).error == {"message": "overloaded"}
+
+
+def test_tool_call_fragments_are_assembled() -> None:
+    def call(index: int, **fields: Any) -> bytes:
+        return event(chunk([delta({"tool_calls": [{"index": index, **fields}]})]))
+
+    stream = b"".join(
+        [
+            event(chunk([delta({"role": "assistant", "content": None})])),
+            call(
+                0, id="call_1", type="function", function={"name": "get_weather", "arguments": ""}
+            ),
+            call(0, function={"arguments": '{"city": '}),
+            call(1, id="call_2", type="function", function={"name": "get_time", "arguments": ""}),
+            call(0, function={"arguments": '"Paris"}'}),
+            call(1, function={"arguments": "{}"}),
+            event(chunk([delta({}, "tool_calls")])),
+            b"data: [DONE]\n\n",
+        ]
+    )
+    observer = observe(stream)
+    assert observer.tool_calls == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+    ]
+    assert (observer.finish_reason, observer.text) == ("tool_calls", "")
+    assert observer.first_content_at is not None
+
+
+def test_a_refusal_is_collected_apart_from_text() -> None:
+    stream = event(chunk([delta({"refusal": "I can't "})])) + event(
+        chunk([delta({"refusal": "help with that."}, "stop")])
+    )
+    observer = observe(stream)
+    assert (observer.refusal, observer.text) == ("I can't help with that.", "")
+
+
+def test_each_choice_keeps_its_own_text() -> None:
+    stream = event(chunk([delta({"content": "a"}, index=0), delta({"content": "b"}, index=1)]))
+    stream += event(chunk([delta({"content": "c"}, index=1), delta({}, "stop", index=0)]))
+    observer = observe(stream)
+    assert (observer.text, observer.choice_text(1), observer.finish_reason) == ("a", "bc", "stop")
+
+
+def test_time_to_first_token_waits_for_content() -> None:
+    observer = StreamObserver()
+    observer.feed(event(chunk([delta({"role": "assistant", "content": ""})])))
+    assert observer.first_content_at is None
+    observer.feed(event(chunk([delta({"content": "Hi"})])))
+    assert observer.first_content_at is not None
+
+
+def test_an_incomplete_trailing_event_is_discarded_at_close() -> None:
+    complete = event(chunk([delta({"content": "kept"})]))
+    dangling = event(chunk([delta({"content": " lost"})]))[:-1]
+    observer = StreamObserver()
+    observer.feed(complete + dangling + b"data: [DO")
+    observer.close()
+    assert (observer.text, observer.event_count, observer.done) == ("kept", 1, False)
+    assert observer.byte_count == len(complete + dangling) + 9
+
+
+def test_done_without_its_blank_line_is_not_seen() -> None:
+    assert observe(b"data: [DONE]\n").done is False
+    assert observe(b"data: [DONE]\n\n").done is True
+
+
+def test_a_leading_byte_order_mark_is_skipped() -> None:
+    stream = b"\xef\xbb\xbf" + STREAM
+    assert observe(stream[:2], stream[2:]).summary() == WHOLE.summary()
+
+
+def test_a_long_line_in_tiny_pieces_is_read() -> None:
+    text = "x" * 200_000
+    body = event(chunk([delta({"content": text})]))
+    observer = observe(*(body[i : i + 7] for i in range(0, len(body), 7)))
+    assert observer.text == text
+
+
+def completion_body(message: dict[str, Any], finish_reason: str = "stop") -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-XyZ",
+            "object": "chat.completion",
+            "created": 1731000000,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+            ],
+            "usage": USAGE,
+            "service_tier": "default",
+            "system_fingerprint": "fp_0ba0d124f1",
+        }
+    )
+
+
+def test_a_completion_body_is_summarised() -> None:
+    body = completion_body({"role": "assistant", "content": "Hello!", "refusal": None})
+    assert summarize_completion(body) == CompletionSummary(
+        text="Hello!",
+        finish_reason="stop",
+        usage=USAGE,
+        model="gpt-4o-mini-2024-07-18",
+        response_id="chatcmpl-XyZ",
+    )
+
+
+def test_a_completion_with_tool_calls_is_summarised() -> None:
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": '{"x": 1}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "b", "arguments": "{}"}},
+    ]
+    body = completion_body(
+        {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    )
+    summary = summarize_completion(body)
+    assert (summary.tool_calls, summary.finish_reason, summary.text) == (calls, "tool_calls", "")
+
+
+def test_a_streamed_and_a_whole_answer_summarise_alike() -> None:
+    body = completion_body({"role": "assistant", "content": "".join(PIECES)})
+    whole = summarize_completion(body)
+    assert whole.text == WHOLE.summary().text
+    assert whole.usage == WHOLE.summary().usage
+    assert whole.finish_reason == WHOLE.summary().finish_reason
+
+
+def test_an_error_body_is_summarised_as_its_error() -> None:
+    error = {"message": "bad key", "type": "invalid_request_error", "param": None, "code": "x"}
+    assert summarize_completion(orjson.dumps({"error": error})) == CompletionSummary(error=error)
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not json", b"[]", b"null", b'{"choices": ', b"\xff\xfe", b'"text"']
+)
+def test_a_garbage_body_gives_an_empty_summary_with_an_error(body: bytes) -> None:
+    summary = summarize_completion(body)
+    assert summary.error is not None
+    assert summary.error["code"] == "malformed_response"
+    assert (summary.text, summary.usage, summary.tool_calls) == ("", None, [])
