@@ -1,0 +1,44 @@
+"""The private PostgreSQL and Redis servers start, answer, and survive a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg2
+import redis
+
+from relay.devservers import PostgresServer, RedisServer
+
+
+def test_postgres_restart_keeps_port_and_data(tmp_path: Path) -> None:
+    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+        with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+            cur.execute("CREATE TABLE kept (v text)")
+            cur.execute("INSERT INTO kept VALUES ('still here')")
+        conn.close()
+        port = pg.port
+
+        pg.stop()
+        pg.start()
+
+        assert pg.port == port
+        with psycopg2.connect(pg.url_for("postgres")) as conn, conn.cursor() as cur:
+            cur.execute("SELECT v FROM kept")
+            assert cur.fetchall() == [("still here",)]
+        conn.close()
+
+
+def test_redis_restart_keeps_port(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.ping() is True
+        port = server.port
+
+        server.stop()
+        server.start()
+
+        assert server.port == port
+        assert client.ping() is True  # redis-py reconnects on its own
+        client.close()
