@@ -1,0 +1,129 @@
+"""Prometheus metrics: the module-level instruments every layer records into.
+
+Instruments live in prometheus-client's default registry, once per process,
+so the many apps a test session builds share them. Values that belong to one
+app (its PostgreSQL pool) are read at scrape time by `render`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "CONTENT_TYPE",
+    "FIRST_TOKEN_SECONDS",
+    "HISTORY_BATCH_SIZE",
+    "HISTORY_COMMIT_SECONDS",
+    "OPEN_STREAMS",
+    "RATE_LIMITED",
+    "REDIS_ERRORS",
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "TOKENS",
+    "UPSTREAM_SECONDS",
+    "observe_request",
+    "render",
+]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# LLM answers stream for minutes; the default buckets stop at 10 s.
+_LONG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
+
+REQUESTS = Counter(
+    "relay_http_requests_total",
+    "HTTP requests answered, by route pattern, method and status.",
+    ("route", "method", "status"),
+)
+REQUEST_SECONDS = Histogram(
+    "relay_http_request_duration_seconds",
+    "Time from request to the last byte of the answer, by route pattern.",
+    ("route",),
+    buckets=_LONG_BUCKETS,
+)
+UPSTREAM_SECONDS = Histogram(
+    "relay_upstream_response_seconds",
+    "Time until a provider's response headers arrived.",
+    ("upstream", "model"),
+    buckets=_WAIT_BUCKETS,
+)
+FIRST_TOKEN_SECONDS = Histogram(
+    "relay_time_to_first_token_seconds",
+    "Time from request to the first content token sent to the client.",
+    ("model",),
+    buckets=_WAIT_BUCKETS,
+)
+OPEN_STREAMS = Gauge("relay_open_streams", "Streams being relayed right now.")
+TOKENS = Counter(
+    "relay_tokens_total",
+    "Tokens relayed, by model and direction (in: prompt, out: completion).",
+    ("model", "direction"),
+)
+RATE_LIMITED = Counter(
+    "relay_rate_limited_total", "Requests refused by a rate limit, by bucket.", ("bucket",)
+)
+HISTORY_BATCH_SIZE = Histogram(
+    "relay_history_commit_batch_size",
+    "History rows written per group commit.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+HISTORY_COMMIT_SECONDS = Histogram(
+    "relay_history_commit_seconds",
+    "Time one history group commit took.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+REDIS_ERRORS = Counter("relay_redis_errors_total", "Redis commands that failed.")
+
+# Any token is a valid HTTP method; unknown ones share a label so a client
+# cannot grow the series without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Record one answered request under its route pattern (never the raw path)."""
+    method = method if method in _METHODS else "OTHER"
+    REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+    REQUEST_SECONDS.labels(route=route).observe(seconds)
+
+
+class PoolCollector(Collector):
+    """The PostgreSQL pool's connection counts, read when scraped."""
+
+    def __init__(self, stats: Mapping[str, int]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "relay_postgres_pool_connections",
+            "PostgreSQL pool connections by state (open, idle, in_use, max).",
+            labels=("state",),
+        )
+        size, free = self._stats.get("size", 0), self._stats.get("free", 0)
+        family.add_metric(("open",), size)
+        family.add_metric(("idle",), free)
+        family.add_metric(("in_use",), size - free)
+        family.add_metric(("max",), self._stats.get("max", 0))
+        yield family
+
+
+def render(pool_stats: Mapping[str, int] | None = None) -> bytes:
+    """The Prometheus text exposition of the process's metrics and this app's pool."""
+    text = generate_latest(REGISTRY)
+    if pool_stats is not None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(PoolCollector(pool_stats))
+        text += generate_latest(registry)
+    return text
