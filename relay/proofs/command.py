@@ -1,0 +1,77 @@
+"""`relay verify`: check a report and receipts offline, printing each check that holds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from relay.proofs.report import parse_nonce
+from relay.proofs.verify import VerificationError, iter_checks
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report", type=Path, required=True, help="attestation report (JSON, as served)"
+    )
+    parser.add_argument(
+        "--receipt",
+        type=Path,
+        action="append",
+        required=True,
+        help="receipt file: a JSON object, a JSON list or one object per line; "
+        "repeat in log order to check the chain",
+    )
+    parser.add_argument("--request-body", type=Path, help="the exact bytes you sent (last receipt)")
+    parser.add_argument(
+        "--response-body", type=Path, help="the exact bytes you received (last receipt)"
+    )
+    parser.add_argument("--nonce", help="the 64-hex nonce you asked the report for")
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """0 when every check holds, 1 on the first failed check, 2 on unusable input."""
+    out = out or sys.stdout
+    try:
+        report = _json_object(args.report.read_bytes(), args.report)
+        receipts = [receipt for path in args.receipt for receipt in load_receipts(path)]
+        nonce = parse_nonce(args.nonce)
+        request_body = args.request_body.read_bytes() if args.request_body else None
+        response_body = args.response_body.read_bytes() if args.response_body else None
+    except (OSError, ValueError) as exc:
+        print(f"FAIL {exc}", file=out)
+        return EXIT_UNUSABLE
+    try:
+        for check in iter_checks(report, receipts, request_body, response_body, nonce):
+            print(("ok  " if check.held else "note ") + check.text, file=out)
+    except VerificationError as exc:
+        print(f"FAIL {exc.message}", file=out)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def load_receipts(path: Path) -> list[dict[str, Any]]:
+    """Receipts from a file holding one JSON object, a JSON list, or JSON lines."""
+    data = path.read_bytes()
+    try:
+        whole = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return [_json_object(line, path) for line in data.splitlines() if line.strip()]
+    items = whole if isinstance(whole, list) else [whole]
+    return [_json_object(item, path) for item in items]
+
+
+def _json_object(value: Any, path: Path) -> dict[str, Any]:
+    if isinstance(value, bytes):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return value

@@ -1,0 +1,98 @@
+"""Receipts: the signed, hash-chained record of one answer relay relayed."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from types import NoneType
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay.proofs.canonical import canonical_json
+from relay.proofs.identity import public_key_hex
+
+RECEIPT_VERSION = 1
+
+# Field → the exact types it may hold (bool is never accepted where int is meant).
+RECEIPT_SCHEMA: dict[str, tuple[type, ...]] = {
+    "version": (int,),
+    "receipt_id": (str,),
+    "client_key_id": (str,),
+    "conversation_id": (str, NoneType),
+    "model": (str,),
+    "upstream": (str,),
+    "endpoint": (str,),
+    "status": (int,),  # the HTTP status the client saw
+    "stream": (bool,),
+    "completed": (bool,),
+    "served_at": (str,),
+    "request_sha256": (str,),
+    "forwarded_sha256": (str,),
+    "response_sha256": (str,),
+    "prev_receipt_sha256": (str, NoneType),
+    "signing_public_key": (str,),
+}
+SIGNED_FIELDS = tuple(RECEIPT_SCHEMA)
+RECEIPT_FIELDS = (*SIGNED_FIELDS, "signature")
+HASH_FIELDS = ("request_sha256", "forwarded_sha256", "response_sha256", "prev_receipt_sha256")
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+
+
+def sign_receipt(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Validate the body, fill version and signing_public_key, and sign it."""
+    if "signature" in fields:
+        raise ValueError("receipt fields must not carry a signature already")
+    body = dict(fields)
+    body.setdefault("version", RECEIPT_VERSION)
+    public = public_key_hex(key.public_key())
+    if body.setdefault("signing_public_key", public) != public:
+        raise ValueError("signing_public_key does not match the signing key")
+    check_receipt_body(body)
+    return {**body, "signature": key.sign(canonical_json(body)).hex()}
+
+
+def check_receipt_body(body: dict[str, Any]) -> None:
+    """Raise ValueError unless body has exactly the receipt fields with the right types."""
+    missing = [name for name in SIGNED_FIELDS if name not in body]
+    extra = sorted(set(body) - set(SIGNED_FIELDS))
+    if missing or extra:
+        raise ValueError(f"receipt fields: missing {missing}, unexpected {extra}")
+    for name, allowed in RECEIPT_SCHEMA.items():
+        if type(body[name]) not in allowed:
+            kinds = " or ".join(kind.__name__ for kind in allowed)
+            raise ValueError(f"receipt field {name} must be {kinds}")
+    if body["version"] != RECEIPT_VERSION:
+        raise ValueError(f"receipt version must be {RECEIPT_VERSION}")
+    for name in HASH_FIELDS:
+        if body[name] is not None and not _SHA256_HEX.fullmatch(body[name]):
+            raise ValueError(f"receipt field {name} must be 64 lowercase hex characters")
+    if not _RFC3339_UTC.fullmatch(body["served_at"]):
+        raise ValueError("served_at must be an RFC 3339 UTC time like 2026-01-02T03:04:05.678Z")
+
+
+def signing_payload(receipt: dict[str, Any]) -> bytes:
+    """The bytes the signature covers: canonical JSON of every field but the signature."""
+    return canonical_json({name: value for name, value in receipt.items() if name != "signature"})
+
+
+def receipt_sha256(receipt: dict[str, Any]) -> str:
+    """Hash of the whole signed receipt; the next receipt's prev_receipt_sha256."""
+    return sha256_hex(canonical_json(receipt))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_client_key_id(key_id: str) -> str:
+    # Receipts travel to third parties; the key id itself is not theirs to see.
+    return sha256_hex(b"relay-client-key-id:" + key_id.encode())
+
+
+def served_at_now() -> str:
+    """The current time in the RFC 3339 UTC form receipts use (milliseconds, Z)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

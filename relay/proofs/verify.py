@@ -1,0 +1,200 @@
+"""Offline verification of reports and receipts, importable by client code.
+
+Each `verify_*` raises VerificationError on the first thing that does not hold
+and otherwise returns a one-line description of what did. Checking the Intel
+quote's own signature chain needs Intel's PCS collateral and is left to tools
+such as dcap-qvl; here the quote is only checked to carry the right report_data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from relay.proofs.quote import describe_quote, quote_report_data
+from relay.proofs.receipt import check_receipt_body, receipt_sha256, sha256_hex, signing_payload
+
+BODY_FIELDS = ("request_sha256", "forwarded_sha256", "response_sha256")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+class VerificationError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Check(NamedTuple):
+    held: bool  # False: a note about something that could not be checked here
+    text: str
+
+
+def verify_receipt_signature(receipt: dict[str, Any]) -> str:
+    rid = _rid(receipt)
+    try:
+        check_receipt_body({k: v for k, v in receipt.items() if k != "signature"})
+        key = Ed25519PublicKey.from_public_bytes(_hex(receipt["signing_public_key"], 32))
+        key.verify(_hex(receipt.get("signature"), 64), signing_payload(receipt))
+    except (ValueError, TypeError) as exc:
+        raise VerificationError(f"signature: receipt {rid} is malformed: {exc}") from None
+    except InvalidSignature:
+        raise VerificationError(f"signature: receipt {rid} does not verify under its key") from None
+    return f"signature  receipt {rid} signed by {receipt['signing_public_key'][:16]}…"
+
+
+def verify_receipt_key(receipt: dict[str, Any], report: dict[str, Any]) -> str:
+    if report.get("signing_algo") != "ed25519":
+        raise VerificationError(f"key: report's signing_algo is {report.get('signing_algo')!r}")
+    if receipt.get("signing_public_key") != report.get("signing_public_key"):
+        raise VerificationError(f"key: receipt {_rid(receipt)} was signed by another key")
+    return f"key  receipt {_rid(receipt)} signed by the reported key"
+
+
+def verify_report_data(report: dict[str, Any], nonce: bytes | None = None) -> str:
+    try:
+        key = _hex(report.get("signing_public_key"), 32)
+        reported_nonce = _hex(report.get("request_nonce"), 32)
+        report_data = _hex(report.get("report_data"), 64)
+    except ValueError as exc:
+        raise VerificationError(f"report_data: report is malformed: {exc}") from None
+    if report_data != key + reported_nonce:
+        raise VerificationError("report_data: it is not signing key ‖ request_nonce")
+    if nonce is not None and reported_nonce != nonce:
+        raise VerificationError("report_data: the report answers another nonce than yours")
+    fresh = "your nonce" if nonce is not None else "a nonce you did not choose: no freshness"
+    return f"report_data  = signing key ‖ {fresh}"
+
+
+def verify_quote_report_data(report: dict[str, Any]) -> str | None:
+    """The quote's own report_data field; None when there is no quote or its layout is unknown."""
+    tee_type, quote_hex = report.get("tee_type"), report.get("intel_quote")
+    if tee_type == "none":
+        if quote_hex is not None:
+            raise VerificationError("quote: tee_type is none but the report carries a quote")
+        return None
+    if tee_type != "tdx":
+        raise VerificationError(f"quote: unknown tee_type {tee_type!r}")
+    try:
+        quote = _hex(quote_hex, None)
+        quoted = quote_report_data(quote)
+    except ValueError as exc:
+        raise VerificationError(f"quote: intel_quote is malformed: {exc}") from None
+    if quoted is None:
+        return None
+    if quoted.hex() != str(report.get("report_data")).lower():
+        raise VerificationError("quote: the quote's report_data differs from the report's")
+    return f"quote  TDX quote ({describe_quote(quote)}) carries this report_data"
+
+
+def verify_key_custody(report: dict[str, Any]) -> str | None:
+    """dstack's binding: GetKey's secp256k1 key signed the Ed25519 key. None if absent."""
+    custody = report.get("key_custody") or {}
+    binding = custody.get("binding") if isinstance(custody, dict) else None
+    if not binding:
+        return None
+    expected = "relay-receipt-key:" + str(report.get("signing_public_key"))
+    if binding.get("message") != expected:
+        raise VerificationError("custody: the binding names another signing key")
+    try:
+        point = _hex(custody.get("derived_public_key"), None)
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), point)
+        signature = _hex(binding.get("signature"), None)
+        key.verify(signature, expected.encode(), ec.ECDSA(hashes.SHA256()))
+    except (ValueError, TypeError, InvalidSignature):
+        raise VerificationError("custody: the binding signature does not verify") from None
+    return "custody  dstack-derived key signed the receipt key"
+
+
+def verify_body(receipt: dict[str, Any], field: str, data: bytes) -> str:
+    name = field if field.endswith("_sha256") else f"{field}_sha256"
+    if name not in BODY_FIELDS:
+        raise VerificationError(f"body: {field!r} is not one of {', '.join(BODY_FIELDS)}")
+    label = name.removesuffix("_sha256")
+    if sha256_hex(data) != receipt.get(name):
+        raise VerificationError(f"{label} body: sha256 differs from receipt {_rid(receipt)}")
+    return f"{label} body  sha256 matches receipt {_rid(receipt)} ({len(data)} bytes)"
+
+
+def verify_chain(receipts: list[dict[str, Any]]) -> str:
+    if not receipts:
+        raise VerificationError("chain: no receipts")
+    for before, after in pairwise(receipts):
+        try:
+            expected = receipt_sha256(before)
+        except ValueError as exc:
+            raise VerificationError(f"chain: receipt {_rid(before)} is malformed: {exc}") from None
+        if after.get("prev_receipt_sha256") != expected:
+            raise VerificationError(
+                f"chain: receipt {_rid(after)} does not follow {_rid(before)} "
+                "(a receipt between them is missing or one was altered)"
+            )
+    start = receipts[0].get("prev_receipt_sha256")
+    origin = "the start of the log" if start is None else f"{str(start)[:16]}…"
+    return f"chain  {len(receipts)} receipt(s) linked in order after {origin}"
+
+
+def iter_checks(
+    report: dict[str, Any],
+    receipts: list[dict[str, Any]],
+    request_body: bytes | None = None,
+    response_body: bytes | None = None,
+    nonce: bytes | None = None,
+) -> Iterator[Check]:
+    """Every check in order; bodies belong to the last receipt. Raises on the first failure."""
+    if not receipts:
+        raise VerificationError("chain: no receipts")
+    for receipt in receipts:
+        yield Check(True, verify_receipt_signature(receipt))
+        yield Check(True, verify_receipt_key(receipt, report))
+    yield Check(True, verify_report_data(report, nonce))
+    quoted = verify_quote_report_data(report)
+    if report.get("tee_type") == "none":
+        yield Check(False, "quote  tee_type none: no TEE vouches for this key, only the host")
+    elif quoted is None:
+        yield Check(False, "quote  layout not known here: its report_data was not checked")
+    else:
+        yield Check(True, quoted)
+        yield Check(False, "quote  Intel's signature over it is not checked offline (dcap-qvl)")
+    custody = verify_key_custody(report)
+    if custody:
+        yield Check(True, custody)
+        yield Check(False, "custody  the signature chain is not checked against the KMS root here")
+    last = receipts[-1]
+    if request_body is not None:
+        yield Check(True, verify_body(last, "request", request_body))
+    if response_body is not None:
+        yield Check(True, verify_body(last, "response", response_body))
+    yield Check(True, verify_chain(receipts))
+
+
+def verify_all(
+    report: dict[str, Any],
+    receipts: list[dict[str, Any]],
+    request_body: bytes | None = None,
+    response_body: bytes | None = None,
+    nonce: bytes | None = None,
+) -> list[str]:
+    """The lines that held; raises VerificationError on the first failure."""
+    checks = iter_checks(report, receipts, request_body, response_body, nonce)
+    return [check.text for check in checks if check.held]
+
+
+def _hex(value: Any, size: int | None) -> bytes:
+    # Strict: bytes.fromhex would also accept spaces inside the string.
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
+        raise ValueError("expected a hex string")
+    data = bytes.fromhex(value)
+    if size is not None and len(data) != size:
+        raise ValueError(f"expected {size} bytes, got {len(data)}")
+    return data
+
+
+def _rid(receipt: Any) -> str:
+    return str(receipt.get("receipt_id", "?")) if isinstance(receipt, dict) else "?"

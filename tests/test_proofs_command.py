@@ -1,0 +1,136 @@
+"""`relay verify` through run(args): what a client sees on good and tampered files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.proofs.command import add_arguments, run
+from relay.proofs.keyfile import FileKeyProvider
+from relay.proofs.report import build_report
+from tests.test_proofs_receipt import REQUEST, RESPONSE, make_chain
+
+NONCE_HEX = "cd" * 32
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="relay verify")
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+async def files(tmp_path: Path) -> dict[str, Any]:
+    identity = await FileKeyProvider(tmp_path / "state").load()
+    report = await build_report(identity, bytes.fromhex(NONCE_HEX), None)
+    receipts = make_chain(identity.private_key, 3)
+    paths = {
+        "report": tmp_path / "report.json",
+        "receipt": tmp_path / "receipt.json",
+        "chain": tmp_path / "chain.jsonl",
+        "request": tmp_path / "request.bin",
+        "response": tmp_path / "response.bin",
+    }
+    paths["report"].write_bytes(orjson.dumps(report))
+    paths["receipt"].write_bytes(orjson.dumps(receipts[-1]))
+    paths["chain"].write_bytes(b"\n".join(orjson.dumps(r) for r in receipts) + b"\n")
+    paths["request"].write_bytes(REQUEST)
+    paths["response"].write_bytes(RESPONSE)
+    return {"paths": paths, "receipts": receipts, "tmp": tmp_path}
+
+
+def good_args(paths: dict[str, Path], *extra: str) -> list[str]:
+    return [
+        "--report", str(paths["report"]),
+        "--receipt", str(paths["chain"]),
+        "--request-body", str(paths["request"]),
+        "--response-body", str(paths["response"]),
+        "--nonce", NONCE_HEX,
+        *extra,
+    ]  # fmt: skip
+
+
+async def test_good_files_verify_and_each_check_is_printed(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(parse(*good_args(files["paths"]))) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    for check in ("signature", "key", "report_data", "request body", "response body", "chain"):
+        assert f"ok  {check}" in out
+    assert "note quote  tee_type none" in out
+
+
+async def test_a_tampered_response_fails_with_a_non_zero_exit(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    response = files["paths"]["response"]
+    data = bytearray(response.read_bytes())
+    data[-3] ^= 0x20
+    response.write_bytes(bytes(data))
+    assert run(parse(*good_args(files["paths"]))) == 1
+    out = capsys.readouterr().out
+    assert "FAIL response body" in out
+    assert "ok  signature" in out  # what held before the failure is still shown
+
+
+async def test_a_tampered_receipt_fails(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    receipt = dict(files["receipts"][-1], completed=False)
+    files["paths"]["receipt"].write_bytes(orjson.dumps(receipt))
+    args = parse(
+        "--report", str(files["paths"]["report"]), "--receipt", str(files["paths"]["receipt"])
+    )
+    assert run(args) == 1
+    assert "FAIL signature" in capsys.readouterr().out
+
+
+async def test_a_receipt_missing_from_the_chain_fails(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, _, last = files["receipts"]
+    tmp: Path = files["tmp"]
+    (tmp / "a.json").write_bytes(orjson.dumps(first))
+    (tmp / "c.json").write_bytes(orjson.dumps(last))
+    args = parse(
+        "--report",
+        str(files["paths"]["report"]),
+        "--receipt",
+        str(tmp / "a.json"),
+        "--receipt",
+        str(tmp / "c.json"),
+    )
+    assert run(args) == 1
+    assert "FAIL chain" in capsys.readouterr().out
+
+
+async def test_receipts_as_a_json_list_verify(files: dict[str, Any]) -> None:
+    listed = files["tmp"] / "list.json"
+    listed.write_bytes(orjson.dumps(files["receipts"]))
+    args = parse("--report", str(files["paths"]["report"]), "--receipt", str(listed))
+    assert run(args) == 0
+
+
+async def test_a_wrong_nonce_fails(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(parse(*good_args(files["paths"])[:-2], "--nonce", "ee" * 32)) == 1
+    assert "FAIL report_data" in capsys.readouterr().out
+
+
+async def test_unusable_input_exits_2(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(parse(*good_args(files["paths"])[:-2], "--nonce", "xyz")) == 2
+    missing = parse(
+        "--report", str(files["tmp"] / "nope.json"), "--receipt", str(files["paths"]["receipt"])
+    )
+    assert run(missing) == 2
+    files["paths"]["report"].write_text("not json")
+    assert run(parse(*good_args(files["paths"]))) == 2
+    assert capsys.readouterr().out.count("FAIL") == 3
