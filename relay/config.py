@@ -83,6 +83,10 @@ class Settings:
     )
     log_format: str = setting("RELAY_LOG_FORMAT", "json", str.lower, choices=("json", "text"))
     health_timeout: float = setting("RELAY_HEALTH_TIMEOUT", 2.0, _number, minimum=0.05)
+    force_https: bool = setting("RELAY_FORCE_HTTPS", False, _flag)
+    cors_origins: tuple[str, ...] = setting("RELAY_CORS_ORIGINS", (), _words)
+    metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret)
+    drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, _number, minimum=0)
     run_migrations: bool = setting("RELAY_RUN_MIGRATIONS", True, _flag)
 
     @property

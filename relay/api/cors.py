@@ -1,0 +1,104 @@
+"""CORS for browser clients, from the origins in RELAY_CORS_ORIGINS only."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from relay.appkeys import SETTINGS
+
+# relay's own response headers a browser script may read.
+EXPOSED = ", ".join(
+    (
+        "X-Request-Id",
+        "X-Receipt-Id",
+        "Relay-Conversation-Id",
+        "Retry-After",
+        "X-RateLimit-Limit-Requests",
+        "X-RateLimit-Remaining-Requests",
+        "X-RateLimit-Reset-Requests",
+        "X-RateLimit-Limit-Tokens",
+        "X-RateLimit-Remaining-Tokens",
+        "X-RateLimit-Reset-Tokens",
+    )
+)
+ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-Id"
+MAX_AGE = "600"
+_TOKEN_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
+
+
+def normalise_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def allowed_origin(request: web.Request) -> str | None:
+    """The value for Access-Control-Allow-Origin, or None when this origin gets no CORS."""
+    origin = request.headers.get("Origin")
+    allowed = request.app[SETTINGS].cors_origins
+    if not origin or not allowed:
+        return None
+    if "*" in allowed:
+        return "*"
+    wanted = normalise_origin(origin)
+    return origin if any(normalise_origin(o) == wanted for o in allowed) else None
+
+
+def _allowed_methods(request: web.Request) -> set[str] | None:
+    """Methods the requested path answers, or None when no route has that path."""
+    exc = request.match_info.http_exception
+    if exc is None:
+        return {request.method}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return set(exc.allowed_methods)
+    return None
+
+
+@web.middleware
+async def preflight_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Answer OPTIONS for known paths before auth, and preflights for allowed origins."""
+    if request.method != "OPTIONS":
+        return await handler(request)
+    methods = _allowed_methods(request)
+    if methods is None:
+        return await handler(request)  # an unknown path stays a 404
+    methods.discard("OPTIONS")
+    allow = ", ".join(sorted(methods | {"OPTIONS"}))
+    response = web.Response(status=204, headers={"Allow": allow})
+    origin = allowed_origin(request)
+    wanted = request.headers.get("Access-Control-Request-Method")
+    if origin is not None and wanted in methods:
+        asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+        # Echo what the browser asks for (the OpenAI SDK adds its own headers);
+        # only well-formed header names, and only for an allowed origin.
+        headers = asked if asked and _TOKEN_LIST.match(asked) else ALLOWED_HEADERS
+        response.headers.update(
+            {
+                "Access-Control-Allow-Methods": allow,
+                "Access-Control-Allow-Headers": headers,
+                "Access-Control-Max-Age": MAX_AGE,
+            }
+        )
+    return response
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    if not request.app[SETTINGS].cors_origins:
+        return
+    # Caches must not hand one origin's answer to another.
+    vary = response.headers.get("Vary")
+    if not vary:
+        response.headers["Vary"] = "Origin"
+    elif "origin" not in vary.lower():
+        response.headers["Vary"] = f"{vary}, Origin"
+    origin = allowed_origin(request)
+    if origin is None:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    if request.method != "OPTIONS":
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED
+
+
+def setup_cors(app: web.Application) -> None:
+    app.middlewares.append(preflight_middleware)
+    app.on_response_prepare.append(_on_prepare)

@@ -1,0 +1,128 @@
+"""Security headers on every answer, and CORS only for the configured origins."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from relay.api.cors import setup_cors
+from relay.api.security_headers import setup_security_headers
+from relay.appkeys import SETTINGS
+from relay.config import Settings
+from tests.api_calls import assert_error
+
+APP_ORIGIN = "https://app.example.com"
+
+
+def assert_security_headers(response, hsts: bool = False) -> None:
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert ("Strict-Transport-Security" in response.headers) is hsts
+
+
+async def test_security_headers_on_answers_and_errors(http):
+    assert_security_headers(await http.get("/health"))
+    assert_security_headers(await http.get("/no/such/route"))
+    assert_security_headers(await http.get("/v1/me"))
+    assert_security_headers(await http.delete("/health"))
+
+
+async def test_hsts_only_when_https_is_forced(make_client, make_settings):
+    http = await make_client(make_settings(force_https=True))
+    response = await http.get("/health")
+    assert_security_headers(response, hsts=True)
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert_security_headers(await http.get("/v1/me"), hsts=True)
+
+
+async def test_security_headers_on_a_stream(aiohttp_client):
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app[SETTINGS] = Settings(force_https=True, cors_origins=(APP_ORIGIN,))
+    setup_security_headers(app)
+    setup_cors(app)
+    app.router.add_post("/stream", stream)
+    http = await aiohttp_client(app)
+    response = await http.post("/stream", headers={"Origin": APP_ORIGIN})
+    assert await response.read() == b"data: [DONE]\n\n"
+    assert_security_headers(response, hsts=True)
+    assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+
+
+async def test_no_cors_headers_unless_configured(http):
+    response = await http.get("/health", headers={"Origin": APP_ORIGIN})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    preflight = await http.options(
+        "/v1/me", headers={"Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET"}
+    )
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+
+
+async def test_cors_for_a_configured_origin(make_client, make_settings):
+    http = await make_client(make_settings(cors_origins=(APP_ORIGIN + "/",)))
+    response = await http.get("/health", headers={"Origin": APP_ORIGIN})
+    assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert "Origin" in response.headers["Vary"]
+    exposed = response.headers["Access-Control-Expose-Headers"].lower()
+    for name in ("x-request-id", "x-receipt-id", "relay-conversation-id", "retry-after"):
+        assert name in exposed
+    assert "x-ratelimit-remaining-requests" in exposed
+    # Errors carry CORS too, or a browser could not read why it was refused.
+    error = await http.get("/v1/me", headers={"Origin": APP_ORIGIN})
+    await assert_error(error, 401)
+    assert error.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+
+
+async def test_other_origins_get_no_cors(make_client, make_settings):
+    http = await make_client(make_settings(cors_origins=(APP_ORIGIN,)))
+    response = await http.get("/health", headers={"Origin": "https://evil.example.com"})
+    assert response.status == 200
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Access-Control-Expose-Headers" not in response.headers
+    assert "Origin" in response.headers["Vary"]
+    preflight = await http.options(
+        "/v1/me",
+        headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"},
+    )
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    assert "Access-Control-Allow-Methods" not in preflight.headers
+
+
+async def test_preflight_needs_no_credentials(make_client, make_settings):
+    http = await make_client(make_settings(cors_origins=(APP_ORIGIN,)))
+    response = await http.options(
+        "/v1/me",
+        headers={
+            "Origin": APP_ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, x-stainless-os",
+        },
+    )
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert "GET" in response.headers["Access-Control-Allow-Methods"]
+    assert response.headers["Access-Control-Allow-Headers"] == "authorization, x-stainless-os"
+    assert int(response.headers["Access-Control-Max-Age"]) > 0
+    assert_security_headers(response)
+
+
+async def test_preflight_for_an_unknown_path_is_a_404(make_client, make_settings):
+    http = await make_client(make_settings(cors_origins=(APP_ORIGIN,)))
+    response = await http.options(
+        "/no/such/route", headers={"Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET"}
+    )
+    await assert_error(response, 404)
+
+
+async def test_preflight_for_a_method_the_route_lacks(make_client, make_settings):
+    http = await make_client(make_settings(cors_origins=(APP_ORIGIN,)))
+    response = await http.options(
+        "/v1/me", headers={"Origin": APP_ORIGIN, "Access-Control-Request-Method": "DELETE"}
+    )
+    assert response.status == 204
+    assert "Access-Control-Allow-Methods" not in response.headers
