@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from relay.appkeys import CALLER, FIRST_BYTE_AT, REQUEST_ID, STARTED_AT
+from relay.metrics import observe_request
 
 log = logging.getLogger("relay.access")
 
@@ -38,13 +39,15 @@ async def access_log_middleware(request: web.Request, handler: web.Handler) -> w
         now = time.monotonic()
         first_byte = request.get(FIRST_BYTE_AT)
         caller = request.get(CALLER)
+        route = route_of(request)
+        observe_request(route, request.method, status, now - started)
         log.info(
             "request",
             extra={
                 "request_id": request.get(REQUEST_ID),
                 "client_id": caller.client.id if caller else None,
                 "method": request.method,
-                "route": route_of(request),
+                "route": route,
                 "status": status,
                 "bytes_in": request.content_length or 0,
                 "bytes_out": sent,

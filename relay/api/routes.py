@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api import admin, auth, health
+from relay.api import admin, auth, health, metrics
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_routes(
         [
             web.get("/health", health.get_health, name="get_health", allow_head=True),
+            web.get("/metrics", metrics.get_metrics, name="get_metrics"),
             web.post("/auth/token", auth.create_token, name="create_token"),
             web.get("/v1/me", auth.get_me, name="get_me"),
             web.get("/admin/clients", admin.list_clients, name="list_clients"),
