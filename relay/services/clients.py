@@ -122,6 +122,9 @@ class ClientService:
         return client
 
     async def list_page(self, *, limit: int, after: str | None) -> tuple[list[Client], bool]:
+        # An unknown cursor would silently end the listing (or, not being a uuid, fail in SQL).
+        if after is not None and await self.store.get(after) is None:
+            raise InvalidRequestError(f"after={after!r} names no client.", param="after")
         return await self.store.list_page(limit=limit, after=after)
 
     async def update(self, client_id: str, data: dict[str, Any]) -> Client:

@@ -124,6 +124,13 @@ async def drop_database(admin_dsn: str, name: str) -> None:
     conn = await connect(admin_dsn, timeout=30)
     try:
         async with conn.cursor() as cur:
+            # Refuse new connections first: a client that reconnects between FORCE's
+            # termination of sessions and the drop itself would make the drop fail.
+            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if await cur.fetchone():
+                await cur.execute(
+                    f"ALTER DATABASE {quote_identifier(name)} ALLOW_CONNECTIONS false"
+                )
             await cur.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)} WITH (FORCE)")
     finally:
         await conn.close()
