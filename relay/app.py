@@ -7,6 +7,7 @@ from aiohttp import web
 from relay.api.access_control import setup_access_control
 from relay.api.access_log import setup_access_log
 from relay.api.cors import setup_cors
+from relay.api.drain import setup_drain
 from relay.api.error_mapping import setup_error_mapping
 from relay.api.request_id import setup_request_id
 from relay.api.routes import setup_routes
@@ -19,6 +20,8 @@ from relay.lifecycle import auth_context, database_context, notifications_contex
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    # Counted from the first middleware on, so a graceful stop waits for all of it.
+    setup_drain(app)
     # Outermost first: the request id and access log see every answer, errors included.
     setup_request_id(app)
     setup_access_log(app)

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from relay.drain import InFlight
+
 if TYPE_CHECKING:
 
     pass
@@ -17,6 +19,7 @@ NOTIFICATIONS = web.AppKey("notifications", "Notifications")
 CLIENTS = web.AppKey("clients", "ClientService")
 CLIENT_CACHE = web.AppKey("client_cache", "ClientCache")
 AUTHENTICATOR = web.AppKey("authenticator", "Authenticator")
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", "Caller")

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.api.body import json_response
-from relay.appkeys import DATABASE, REDIS, SETTINGS
+from relay.appkeys import DATABASE, IN_FLIGHT, REDIS, SETTINGS
 
 
 async def probe(check: Callable[[], Awaitable[Any]], timeout: float) -> dict[str, Any]:
@@ -25,6 +25,13 @@ async def probe(check: Callable[[], Awaitable[Any]], timeout: float) -> dict[str
 
 
 async def get_health(request: web.Request) -> web.Response:
+    if request.app[IN_FLIGHT].draining.is_set():
+        # A load balancer takes this instance out while its streams finish.
+        return json_response(
+            {"status": "draining", "version": __version__},
+            status=503,
+            headers={"Cache-Control": "no-store"},
+        )
     timeout = request.app[SETTINGS].health_timeout
     postgres, redis = await asyncio.gather(
         probe(request.app[DATABASE].ping, timeout),

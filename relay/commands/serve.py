@@ -1,4 +1,4 @@
-"""`relay serve`: run the gateway on uvloop until SIGINT or SIGTERM."""
+"""`relay serve`: run the gateway on uvloop; on SIGINT or SIGTERM drain, clean up, exit 0."""
 
 from __future__ import annotations
 
@@ -10,9 +10,18 @@ import uvloop
 from aiohttp import web
 
 from relay.app import create_app
+from relay.appkeys import IN_FLIGHT
 from relay.config import Settings
+from relay.drain import InFlight
+from relay.systemd import Notifier
 
 log = logging.getLogger(__name__)
+
+# After the drain deadline, streams get this long (at most the drain timeout)
+# to send a final event and end; whatever still runs after it is cancelled.
+GRACE_SECONDS = 5.0
+# By the time the runner shuts down, drain() has already waited.
+SHUTDOWN_SECONDS = 1.0
 
 
 async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.BaseSite]:
@@ -28,19 +37,50 @@ async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.Bas
 
 async def serve(settings: Settings, app: web.Application | None = None) -> None:
     app = app or create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    notifier = Notifier.from_env()
+    await runner.setup()  # runs start-up: migrations, pools
+    watchdog = asyncio.create_task(notifier.watchdog(), name="relay-watchdog")
     try:
         sites = await start_sites(runner, settings)
         log.info("relay listening", extra={"sites": [site.name for site in sites]})
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        notifier.notify("READY=1", "STATUS=serving")
         await stop.wait()
-        log.info("relay stopping")
+        notifier.notify("STOPPING=1", "STATUS=draining")
+        await drain(app[IN_FLIGHT], sites, settings.drain_timeout)
     finally:
+        # Cleanup contexts run here: pending history and receipts are committed.
         await runner.cleanup()
+        watchdog.cancel()
+        log.info("relay stopped")
+
+
+async def drain(in_flight: InFlight, sites: list[web.BaseSite], timeout: float) -> None:
+    """Stop accepting, then wait for what is in flight, at most `timeout` seconds."""
+    in_flight.draining.set()
+    for site in sites:
+        await site.stop()
+    log.info(
+        "relay draining",
+        extra={"requests": in_flight.requests, "streams": in_flight.streams, "timeout_s": timeout},
+    )
+    if await in_flight.wait_idle(timeout):
+        return
+    log.warning(
+        "drain timeout passed; ending open streams",
+        extra={"requests": in_flight.requests, "streams": in_flight.streams},
+    )
+    in_flight.deadline.set()
+    await in_flight.wait_idle(min(GRACE_SECONDS, timeout))
 
 
 def run(settings: Settings) -> int:

@@ -1,0 +1,61 @@
+"""Graceful stop: what is still in flight, and the events that tell it relay is stopping.
+
+Every request is counted by `relay.api.drain`'s middleware, so `relay serve`
+waits for it on SIGTERM. Long-lived handlers also wrap their stream in
+`app[IN_FLIGHT].track()`, which counts it in `relay_open_streams` and hands
+back the `deadline` event: once it is set the drain timeout has passed, and
+the stream should send a final error event and end. Long polls watch
+`draining` and answer early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from relay.metrics import OPEN_STREAMS
+
+
+class InFlight:
+    """Counts requests and streams in progress; carries the draining and deadline events."""
+
+    def __init__(self) -> None:
+        self.draining = asyncio.Event()
+        self.deadline = asyncio.Event()
+        self.requests = 0
+        self.streams = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Count one request until its answer is complete (the middleware does this)."""
+        self.requests += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.requests -= 1
+            if self.requests == 0:
+                self._idle.set()
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[asyncio.Event]:
+        """Count one open stream; yields `deadline`, set when it must end now."""
+        self.streams += 1
+        OPEN_STREAMS.inc()
+        try:
+            yield self.deadline
+        finally:
+            self.streams -= 1
+            OPEN_STREAMS.dec()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; False when `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,163 @@
+"""`relay serve` under SIGTERM and systemd: drain, notify, exit 0 (a real subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from relay.appkeys import IN_FLIGHT as IN_FLIGHT_KEY
+from relay.drain import InFlight
+from relay.metrics import OPEN_STREAMS
+from relay.systemd import Notifier
+from tests.api_calls import ADMIN
+from tests.relay_process import (
+    NotifySocket,
+    RelayProcess,
+    connection_refused,
+    exchange,
+    start_slow_upload,
+)
+
+
+@pytest.fixture
+async def relay_process(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., RelayProcess]]:
+    started: list[RelayProcess] = []
+
+    def make(**settings: str) -> RelayProcess:
+        relay = RelayProcess(database_url, redis_url, tmp_path, settings)
+        started.append(relay)
+        return relay
+
+    yield make
+    for relay in started:
+        relay.kill()
+
+
+async def create_api_key(port: int) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"http://127.0.0.1:{port}/admin/clients", json={"name": "drain"}, headers=ADMIN
+        ) as response:
+            assert response.status == 201, await response.text()
+            return (await response.json())["api_key"]
+
+
+async def test_sigterm_lets_a_request_in_flight_finish(relay_process):
+    notify = NotifySocket.abstract()
+    relay = relay_process(NOTIFY_SOCKET=notify.address, RELAY_DRAIN_TIMEOUT="20")
+    relay.start()
+    try:
+        await notify.wait_for("READY=1")
+        api_key = await create_api_key(relay.port)
+        kept_alive = await asyncio.open_connection("127.0.0.1", relay.port)
+        assert (await exchange(*kept_alive, "GET", "/health")).status == 200
+        upload = await start_slow_upload(relay.port, "/auth/token", {"api_key": api_key})
+        await asyncio.sleep(0.3)  # the handler is now reading the body
+
+        relay.terminate()
+        await notify.wait_for("STOPPING=1")
+        assert await connection_refused(relay.port)
+        health = await exchange(*kept_alive, "GET", "/health")
+        assert health.status == 503
+        assert health.json()["status"] == "draining"
+        assert health.headers["connection"] == "close"
+        assert relay.running, "relay must wait for the request in flight"
+
+        answer = await upload.finish()
+        assert answer.status == 200, answer.body
+        assert answer.json()["token_type"] == "Bearer"
+        assert await relay.wait(15) == 0, relay.logs()
+    finally:
+        notify.close()
+    assert "relay stopped" in relay.logs()
+
+
+async def test_drain_ends_after_the_timeout(relay_process):
+    notify = NotifySocket.abstract()
+    relay = relay_process(NOTIFY_SOCKET=notify.address, RELAY_DRAIN_TIMEOUT="0.5")
+    relay.start()
+    try:
+        await notify.wait_for("READY=1")
+        upload = await start_slow_upload(relay.port, "/auth/token", {"api_key": "rk_x_y"})
+        await asyncio.sleep(0.3)
+        relay.terminate()
+        # The upload never finishes; relay still stops, soon after the drain timeout.
+        assert await relay.wait(10) == 0, relay.logs()
+        upload.writer.close()
+    finally:
+        notify.close()
+    assert "drain timeout passed" in relay.logs()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="relay-") as name:
+        yield Path(name)
+
+
+async def test_unix_socket_and_watchdog(relay_process, short_dir):
+    directory = short_dir
+    notify = NotifySocket(str(directory / "notify"))
+    socket_path = directory / "relay.sock"
+    relay = relay_process(
+        NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="200000", RELAY_UNIX_SOCKET=str(socket_path)
+    )
+    relay.start()
+    try:
+        await notify.wait_for("READY=1")
+        async with aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(socket_path))
+        ) as session:
+            async with session.get("http://relay/health") as response:
+                assert response.status == 200
+                assert (await response.json())["status"] == "ok"
+        notify.received.clear()
+        lines = await notify.wait_for("WATCHDOG=1", timeout=2)
+        assert "WATCHDOG=1" in lines
+        relay.terminate()
+        await notify.wait_for("STOPPING=1")
+        assert await relay.wait(15) == 0, relay.logs()
+    finally:
+        notify.close()
+
+
+async def test_health_says_draining(http):
+    in_flight = http.app[IN_FLIGHT_KEY]
+    in_flight.draining.set()
+    response = await http.get("/health")
+    assert response.status == 503
+    assert (await response.json())["status"] == "draining"
+
+
+async def test_in_flight_counts_streams_and_waits():
+    in_flight = InFlight()
+    before = OPEN_STREAMS._value.get()
+    with in_flight.request(), in_flight.track() as deadline:
+        assert in_flight.streams == 1
+        assert OPEN_STREAMS._value.get() == before + 1
+        assert not deadline.is_set()
+        assert not await in_flight.wait_idle(0.01)
+    assert OPEN_STREAMS._value.get() == before
+    assert await in_flight.wait_idle(0.01)
+
+
+def test_notifier_respects_watchdog_pid():
+    mine = Notifier.from_env(
+        {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    )
+    assert mine.watchdog_seconds == 30
+    assert mine.address == "\0x"
+    other = Notifier.from_env(
+        {"NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "0"}
+    )
+    assert other.watchdog_seconds is None  # another process is the one watched
+    assert not Notifier.from_env({}).notify("READY=1")
