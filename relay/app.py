@@ -9,12 +9,22 @@ from relay.api.access_log import setup_access_log
 from relay.api.cors import setup_cors
 from relay.api.drain import setup_drain
 from relay.api.error_mapping import setup_error_mapping
+from relay.api.rate_limit import setup_rate_limit
 from relay.api.request_id import setup_request_id
 from relay.api.routes import setup_routes
 from relay.api.security_headers import setup_security_headers
-from relay.appkeys import SETTINGS
+from relay.appkeys import ANSWER_HOOKS, SETTINGS
 from relay.config import Settings
-from relay.lifecycle import auth_context, database_context, notifications_context, redis_context
+from relay.lifecycle import (
+    auth_context,
+    database_context,
+    notifications_context,
+    rate_limit_context,
+    redis_context,
+    upstreams_context,
+)
+from relay.services.answers import AnswerHooks
+from relay.services.chat import count_answer
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -30,6 +40,12 @@ def create_app(settings: Settings) -> web.Application:
     # Before access control: a preflight carries no credentials.
     setup_cors(app)
     setup_access_control(app)
+    # After access control: a client's limits need the caller it identified.
+    setup_rate_limit(app)
     setup_routes(app)
-    app.cleanup_ctx.extend([database_context, redis_context, notifications_context, auth_context])
+    app[ANSWER_HOOKS] = AnswerHooks(after=[count_answer])
+    app.cleanup_ctx.extend(
+        [database_context, redis_context, notifications_context, auth_context, upstreams_context]
+    )
+    app.cleanup_ctx.append(rate_limit_context)  # after redis_context: it uses the client
     return app

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import aiohttp
 from aiohttp import web
+from redis.asyncio import Redis
 
+from relay.config import Settings
 from relay.drain import InFlight
+from relay.services.answers import AnswerHooks
+from relay.services.auth import Authenticator, Caller
+from relay.services.client_cache import ClientCache
+from relay.services.clients import ClientService
+from relay.services.ratelimit import RateLimiter, Verdict
+from relay.stores.database import Database
+from relay.stores.notifications import Notifications
+from relay.upstreams.routing import ModelRouter
 
-if TYPE_CHECKING:
-
-    pass
-
-SETTINGS = web.AppKey("settings", "Settings")
-DATABASE = web.AppKey("database", "Database")
-REDIS = web.AppKey("redis", "Redis")
-NOTIFICATIONS = web.AppKey("notifications", "Notifications")
-CLIENTS = web.AppKey("clients", "ClientService")
-CLIENT_CACHE = web.AppKey("client_cache", "ClientCache")
-AUTHENTICATOR = web.AppKey("authenticator", "Authenticator")
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+REDIS = web.AppKey("redis", Redis)
+NOTIFICATIONS = web.AppKey("notifications", Notifications)
+CLIENTS = web.AppKey("clients", ClientService)
+CLIENT_CACHE = web.AppKey("client_cache", ClientCache)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+ROUTER = web.AppKey("router", ModelRouter)
+UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
+ANSWER_HOOKS = web.AppKey("answer_hooks", AnswerHooks)
 
 REQUEST_ID = web.RequestKey("request_id", str)
-CALLER = web.RequestKey("caller", "Caller")
+CALLER = web.RequestKey("caller", Caller)
 STARTED_AT = web.RequestKey("started_at", float)
 FIRST_BYTE_AT = web.RequestKey("first_byte_at", float)
+# What the rate limiter said, for the x-ratelimit-* headers of any response.
+RATE_LIMIT = web.RequestKey("rate_limit", Verdict)

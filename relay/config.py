@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from relay.upstreams.config import Upstream, UpstreamConfigError, parse_upstreams
 
 
 class ConfigError(Exception):
@@ -54,7 +57,22 @@ def _words(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.replace(",", " ").split() if part)
 
 
-def setting(env: str, default: Any, parse: Callable[[str], Any] = _text, **kwargs: Any) -> Any:
+def _networks(raw: str) -> tuple[str, ...]:
+    networks = []
+    for word in _words(raw):
+        if word == "unix":
+            networks.append(word)
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(word, strict=False)))
+        except ValueError:
+            raise ValueError(f"{word!r} is not a CIDR (like 10.0.0.0/8) or 'unix'") from None
+    return tuple(networks)
+
+
+def setting(
+    env: str, default: Any, parse: Callable[[str], Any] | None = _text, **kwargs: Any
+) -> Any:
     """Declare a field read from the environment variable `env`."""
     return field(default=default, metadata={"env": env, "parse": parse, **kwargs})
 
@@ -70,6 +88,25 @@ class Settings:
     database_timeout: float = setting("RELAY_DATABASE_TIMEOUT", 5.0, _number, minimum=0.1)
     redis_url: str = setting("RELAY_REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_timeout: float = setting("RELAY_REDIS_TIMEOUT", 0.25, _number, minimum=0.01)
+    # Rate limits (relay.services.ratelimit): per-minute defaults a client's
+    # `limits` may override; "off" only for measuring what limiting costs.
+    rate_limits: bool = setting("RELAY_RATE_LIMITS", True, _flag)
+    rate_limit_requests_per_minute: int = setting(
+        "RELAY_RATE_LIMIT_REQUESTS_PER_MINUTE", 100, _integer, minimum=0
+    )
+    rate_limit_chat_per_minute: int = setting(
+        "RELAY_RATE_LIMIT_CHAT_PER_MINUTE", 10, _integer, minimum=0
+    )
+    rate_limit_tokens_per_minute: int = setting(
+        "RELAY_RATE_LIMIT_TOKENS_PER_MINUTE", 100_000, _integer, minimum=0
+    )
+    rate_limit_token_exchanges_per_minute: int = setting(
+        "RELAY_RATE_LIMIT_TOKEN_EXCHANGES_PER_MINUTE", 10, _integer, minimum=0
+    )
+    # Proxies whose X-Forwarded-For is believed: CIDRs, and "unix" for a unix-socket peer.
+    trusted_proxies: tuple[str, ...] = setting("RELAY_TRUSTED_PROXIES", (), _networks)
+    # Keys client ids into Redis key names (HMAC); every instance must share it.
+    identity_hash_key: Secret = setting("RELAY_IDENTITY_HASH_KEY", Secret(""), Secret)
     jwt_secret: Secret = setting("RELAY_JWT_SECRET", Secret(""), Secret)
     jwt_ttl: int = setting("RELAY_JWT_TTL", 3600, _integer, minimum=60, maximum=86400 * 7)
     jwt_issuer: str = setting("RELAY_JWT_ISSUER", "relay")
@@ -88,6 +125,8 @@ class Settings:
     metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret)
     drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, _number, minimum=0)
     run_migrations: bool = setting("RELAY_RUN_MIGRATIONS", True, _flag)
+    # Parsed in from_env (it may name variables holding provider keys): see relay.upstreams.config.
+    upstreams: tuple[Upstream, ...] = setting("RELAY_UPSTREAMS", (), None)
 
     @property
     def production(self) -> bool:
@@ -111,8 +150,13 @@ class Settings:
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
             name = spec.metadata["env"]
-            if name in source:
+            if name in source and spec.metadata["parse"] is not None:
                 values[spec.name] = _parse(spec, source[name])
+        if source.get("RELAY_UPSTREAMS"):
+            try:
+                values["upstreams"] = parse_upstreams(source["RELAY_UPSTREAMS"], source)
+            except UpstreamConfigError as exc:
+                raise ConfigError(f"RELAY_UPSTREAMS: {exc}") from None
         if not source.get("RELAY_STATE_DIR"):
             values["state_dir"] = source.get("STATE_DIRECTORY", "").split(":")[0] or (
                 "/var/lib/relay" if values.get("env") == "production" else ".relay-state"
@@ -127,6 +171,7 @@ class Settings:
         for name, value in (
             ("RELAY_JWT_SECRET", self.jwt_secret),
             ("RELAY_ADMIN_TOKEN", self.admin_token),
+            ("RELAY_IDENTITY_HASH_KEY", self.identity_hash_key),
         ):
             if len(value.encode()) < MIN_SECRET_BYTES:
                 state = "is missing" if not value else "is shorter than 32 bytes"
@@ -174,10 +219,10 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def with_development_secrets(settings: Settings) -> Settings:
-    """In development, fill a missing JWT secret or admin token from the state dir.
+    """In development, fill a missing JWT secret, admin token or identity key from the state dir.
 
     Each is generated once and kept (mode 0600) so restarting relay does not
-    invalidate tokens or change the admin token.
+    invalidate tokens, change the admin token or forget rate-limit buckets.
     """
     if settings.production:
         return settings
@@ -186,6 +231,10 @@ def with_development_secrets(settings: Settings) -> Settings:
         changes["jwt_secret"] = Secret(kept_secret(settings.state_path / "jwt_secret"))
     if not settings.admin_token:
         changes["admin_token"] = Secret(kept_secret(settings.state_path / "admin_token"))
+    if not settings.identity_hash_key:
+        # Kept too: a new key would orphan every rate-limit bucket in Redis.
+        path = settings.state_path / "identity_hash_key"
+        changes["identity_hash_key"] = Secret(kept_secret(path))
     return settings.replace(**changes) if changes else settings
 
 

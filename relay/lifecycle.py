@@ -16,18 +16,24 @@ from relay.appkeys import (
     CLIENTS,
     DATABASE,
     NOTIFICATIONS,
+    RATE_LIMITER,
     REDIS,
+    ROUTER,
     SETTINGS,
+    UPSTREAM_SESSION,
 )
 from relay.services.apikeys import KeyHasher
 from relay.services.auth import Authenticator
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
+from relay.services.ratelimit import RateLimiter
 from relay.services.tokens import TokenIssuer
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database
 from relay.stores.migrations import migrate
 from relay.stores.notifications import Notifications
+from relay.upstreams.forwarder import create_session
+from relay.upstreams.routing import ModelRouter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,14 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     yield
     await client.aclose()
+
+
+async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:
+    limiter = RateLimiter.from_settings(app[SETTINGS], app[REDIS])
+    app[RATE_LIMITER] = limiter
+    await limiter.start()  # loads the script; a missing Redis only degrades limiting
+    yield
+    await limiter.close()
 
 
 async def notifications_context(app: web.Application) -> AsyncIterator[None]:
@@ -88,3 +102,11 @@ async def auth_context(app: web.Application) -> AsyncIterator[None]:
     app[CLIENTS] = clients
     app[AUTHENTICATOR] = Authenticator(tokens, clients, app[CLIENT_CACHE])
     yield
+
+
+async def upstreams_context(app: web.Application) -> AsyncIterator[None]:
+    app[ROUTER] = ModelRouter(app[SETTINGS].upstreams)
+    session = create_session()
+    app[UPSTREAM_SESSION] = session
+    yield
+    await session.close()

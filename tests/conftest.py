@@ -11,19 +11,22 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_sync
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import create_app
 from relay.config import Secret, Settings
 from relay.devservers import PostgresServer, RedisServer
+from relay.simulator import SIMULATOR_STATE, SimulatorConfig, SimulatorState, create_simulator_app
 from relay.stores.database import create_database, drop_database, with_database
 from relay.stores.migrations import migrate
+from relay.upstreams.config import Upstream
 
 ADMIN_TOKEN = "test-admin-token-" + "a" * 32
 JWT_SECRET = "test-jwt-secret-" + "s" * 32
@@ -87,8 +90,42 @@ def redis_url(redis_server_url: str) -> str:
     return redis_server_url
 
 
+SIMULATOR_KEY = "sim-provider-key"
+
+
+@dataclass
+class Simulator:
+    """relay's OpenAI-compatible simulator, served for real: the one party tests fake."""
+
+    server: TestServer
+    config: SimulatorConfig
+    state: SimulatorState
+
+    def upstream(self, **changes: Any) -> Upstream:
+        fields: dict[str, Any] = {
+            "name": "simulator",
+            "base_url": str(self.server.make_url("/v1")),
+            "api_key": SIMULATOR_KEY,
+            # gpt-sim is renamed on the way (body rewritten); sim-large passes as sent.
+            "models": {"gpt-sim": "sim-small", "sim-large": "sim-large"},
+            "timeout_s": 5.0,
+            "connect_timeout_s": 2.0,
+        }
+        return Upstream(**{**fields, **changes})
+
+
 @pytest.fixture
-def make_settings(database_url: str, redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+async def simulator(aiohttp_server: Callable[..., Any]) -> Simulator:
+    config = SimulatorConfig(api_key=SIMULATOR_KEY)
+    app = create_simulator_app(config)
+    server = await aiohttp_server(app)
+    return Simulator(server, config, app[SIMULATOR_STATE])
+
+
+@pytest.fixture
+def make_settings(
+    database_url: str, redis_url: str, tmp_path: Path, simulator: Simulator
+) -> Callable[..., Settings]:
     def make(**changes: Any) -> Settings:
         base = Settings(
             env="development",
@@ -99,6 +136,7 @@ def make_settings(database_url: str, redis_url: str, tmp_path: Path) -> Callable
             bcrypt_rounds=4,
             state_dir=str(tmp_path / "state"),
             log_level="DEBUG",
+            upstreams=(simulator.upstream(),),
         )
         return base.replace(**changes)
 
@@ -117,7 +155,10 @@ def make_client(
     """Start a relay app for `settings` and return an HTTP test client for it."""
 
     async def make(settings: Settings, app: web.Application | None = None) -> TestClient:
-        return await aiohttp_client(app or create_app(settings))
+        # As in production (relay.commands.serve): a client hanging up cancels its handler.
+        return await aiohttp_client(
+            app or create_app(settings), server_kwargs={"handler_cancellation": True}
+        )
 
     return make
 

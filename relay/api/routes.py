@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api import admin, auth, health, metrics
+from relay.api import admin, auth, chat, health, metrics
 
 
 def setup_routes(app: web.Application) -> None:
@@ -14,6 +14,10 @@ def setup_routes(app: web.Application) -> None:
             web.get("/metrics", metrics.get_metrics, name="get_metrics"),
             web.post("/auth/token", auth.create_token, name="create_token"),
             web.get("/v1/me", auth.get_me, name="get_me"),
+            web.get("/v1/models", chat.list_models, name="list_models"),
+            web.post(
+                "/v1/chat/completions", chat.create_chat_completion, name="create_chat_completion"
+            ),
             web.get("/admin/clients", admin.list_clients, name="list_clients"),
             web.post("/admin/clients", admin.create_client, name="create_client"),
             web.get("/admin/clients/{client_id}", admin.get_client, name="get_client"),

@@ -28,7 +28,11 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     try:
         authorize(request, config.api_key)
         if config.first_byte_delay > 0:
-            await asyncio.sleep(config.first_byte_delay)
+            try:
+                await asyncio.sleep(config.first_byte_delay)
+            except asyncio.CancelledError:
+                state.request_abandoned()
+                raise
         if config.error_status is not None:
             raise simulated_error(config.error_status)
         chat = parse_chat_request(body, config.models)

@@ -32,10 +32,16 @@ class SimulatorState:
     streams_completed: int = 0
     streams_disconnected: int = 0
     streams_cut: int = 0
+    # Requests whose client hung up before the simulator answered (its handler was cancelled).
+    abandoned: int = 0
     _waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False, compare=False)
 
     def record(self, request: ReceivedRequest) -> None:
         self.requests.append(request)
+        self._changed()
+
+    def request_abandoned(self) -> None:
+        self.abandoned += 1
         self._changed()
 
     def stream_opened(self) -> None:

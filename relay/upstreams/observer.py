@@ -37,6 +37,12 @@ class StreamObserver(CompletionAccumulator):
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    def sha256_with(self, tail: bytes) -> str:
+        """The hash of all bytes once `tail` is fed too (receipts are signed before it is sent)."""
+        digest = self._hash.copy()
+        digest.update(tail)
+        return digest.hexdigest()
+
     def feed(self, chunk: bytes) -> None:
         self._hash.update(chunk)
         self.byte_count += len(chunk)

@@ -1,0 +1,173 @@
+"""POST /v1/chat/completions and GET /v1/models: OpenAI's API, relayed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+
+from relay.api.body import json_response, parse_json_object, read_body
+from relay.appkeys import ANSWER_HOOKS, CALLER, REQUEST_ID, ROUTER, STARTED_AT, UPSTREAM_SESSION
+from relay.errors import RelayError
+from relay.metrics import OPEN_STREAMS, UPSTREAM_SECONDS
+from relay.services.answers import Answer, AnswerHooks
+from relay.services.chat import check_chat_completion, forwarded_body
+from relay.upstreams.forwarder import open_provider_response, read_whole
+from relay.upstreams.observer import StreamObserver, summarize_completion
+from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
+
+log = logging.getLogger(__name__)
+# Commits of answers whose client left mid-way; referenced until they finish.
+_background: set[asyncio.Task[None]] = set()
+
+
+async def list_models(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    models = [
+        {
+            "id": route.model,
+            "object": "model",
+            "created": router.created,
+            "owned_by": route.upstream.name,
+        }
+        for route in router.allowed(request[CALLER].client.scopes)
+    ]
+    return json_response({"object": "list", "data": models})
+
+
+async def new_answer(request: web.Request, endpoint: str) -> Answer:
+    """Read, check and route a chat completion request; nothing is sent yet."""
+    caller = request[CALLER]
+    body = await read_body(request)
+    data = parse_json_object(body, request.content_type)
+    chat = check_chat_completion(data)
+    route = request.app[ROUTER].resolve(chat.model, caller.client.scopes)
+    return Answer(
+        request_id=request[REQUEST_ID],
+        client=caller.client,
+        endpoint=endpoint,
+        route=route,
+        stream=chat.stream,
+        request=data,
+        request_body=body,
+        forwarded_body=forwarded_body(body, data, route),
+        started_at=time.time(),
+        store=chat.store and caller.client.store_history,
+    )
+
+
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    answer = await new_answer(request, "/v1/chat/completions")
+    return await relay_answer(request, answer)
+
+
+async def relay_answer(request: web.Request, answer: Answer) -> web.StreamResponse:
+    """Forward the answer's request and relay the provider's reply to the client."""
+    hooks = request.app[ANSWER_HOOKS]
+    upstream = answer.route.upstream
+    try:
+        async with open_provider_response(
+            request.app[UPSTREAM_SESSION], upstream, answer.forwarded_body
+        ) as provider:
+            UPSTREAM_SECONDS.labels(upstream=upstream.name, model=answer.route.model).observe(
+                time.monotonic() - request[STARTED_AT]
+            )
+            if answer.stream:
+                return await _relay_stream(request, answer, provider, hooks)
+            return await _relay_whole(request, answer, provider, hooks)
+    except RelayError as error:
+        answer.status, answer.http_status = "failed", error.status
+        answer.latency_ms = _elapsed_ms(request)
+        await _commit_quietly(hooks, answer)
+        raise
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the client's connection closes.
+        answer.status = "cancelled"
+        answer.latency_ms = _elapsed_ms(request)
+        task = asyncio.create_task(_commit_quietly(hooks, answer))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        raise
+    finally:
+        await hooks.run_after(answer)
+
+
+async def _relay_whole(
+    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+) -> web.Response:
+    body = await read_whole(provider)
+    answer.summary = summarize_completion(body)
+    answer.response_sha256 = hashlib.sha256(body).hexdigest()
+    answer.response_bytes = len(body)
+    answer.latency_ms = _elapsed_ms(request)
+    # Committed before the client gets a byte: an answer it saw is in history.
+    await hooks.run_commit(answer)
+    headers = {
+        **answer.headers,
+        "Content-Type": provider.headers.get("Content-Type", "application/json"),
+    }
+    return web.Response(body=body, headers=headers)
+
+
+async def _relay_stream(
+    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
+    await response.prepare(request)
+    observer = StreamObserver()
+    OPEN_STREAMS.inc()
+    try:
+        result = await pipe_stream(response, provider, observer)
+    finally:
+        OPEN_STREAMS.dec()
+        _summarise(request, answer, observer)
+    answer.status = result.status
+    if result.status == "cancelled":
+        await _commit_quietly(hooks, answer)
+        return response
+    final = result.final
+    if result.status == "cut":
+        final = error_event("The provider broke off the answer.", "upstream_error", "upstream_cut")
+    answer.response_sha256 = observer.sha256_with(final)
+    answer.response_bytes = observer.byte_count + len(final)
+    try:
+        await hooks.run_commit(answer)
+    except RelayError as error:
+        log.warning(
+            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
+        )
+        # Never a silent loss: the client gets an error instead of the end.
+        final = error_event(
+            "The answer could not be saved, so relay cannot confirm it; please retry.",
+            error.type,
+            error.code or "not_committed",
+        )
+    await end_stream(response, observer, final)
+    return response
+
+
+def _elapsed_ms(request: web.Request) -> float:
+    return round((time.monotonic() - request[STARTED_AT]) * 1000, 2)
+
+
+def _summarise(request: web.Request, answer: Answer, observer: StreamObserver) -> None:
+    answer.summary = observer.summary()
+    answer.response_sha256 = observer.sha256
+    answer.response_bytes = observer.byte_count
+    answer.latency_ms = _elapsed_ms(request)
+    if observer.first_content_at is not None:
+        answer.first_token_ms = round((observer.first_content_at - request[STARTED_AT]) * 1000, 2)
+
+
+async def _commit_quietly(hooks: AnswerHooks, answer: Answer) -> None:
+    """Record an answer whose end the client will not see; a failure is only logged."""
+    try:
+        await hooks.run_commit(answer)
+    except RelayError as error:
+        log.warning(
+            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
+        )

@@ -1,0 +1,83 @@
+"""What relay knows about one relayed answer when it ends, and who is told about it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from relay.stores.clients import Client
+from relay.upstreams.completion import CompletionSummary
+from relay.upstreams.routing import Route
+
+log = logging.getLogger(__name__)
+
+# complete: the client got the whole answer; cut: the provider broke off;
+# cancelled: the client left; failed: the provider refused or was unreachable.
+STATUSES = ("complete", "cut", "cancelled", "failed")
+
+AnswerHook = Callable[["Answer"], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Answer:
+    request_id: str
+    client: Client
+    endpoint: str
+    route: Route
+    stream: bool
+    request: dict[str, Any]  # the parsed request body
+    request_body: bytes  # exactly as received
+    forwarded_body: bytes  # exactly as sent to the provider
+    started_at: float  # time.time() when the request arrived
+    store: bool  # content may be kept (request's `store` and the client's store_history)
+    conversation_id: str | None = None
+    receipt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    status: str = "complete"
+    http_status: int = 200
+    summary: CompletionSummary = field(default_factory=CompletionSummary)
+    response_sha256: str = ""  # the exact bytes the client receives, its final event included
+    response_bytes: int = 0
+    latency_ms: float = 0.0
+    first_token_ms: float | None = None
+    # Response headers that describe the answer (conversation id, receipt id).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def request_sha256(self) -> str:
+        return hashlib.sha256(self.request_body).hexdigest()
+
+    @cached_property
+    def forwarded_sha256(self) -> str:
+        return hashlib.sha256(self.forwarded_body).hexdigest()
+
+    @property
+    def total_tokens(self) -> int | None:
+        usage = self.summary.usage or {}
+        total = usage.get("total_tokens")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+@dataclass
+class AnswerHooks:
+    """`commit` hooks must succeed before the client receives the end of an answer
+    (history and receipts); `after` hooks run once the answer has ended (token
+    debits, metrics) and their failures are logged, never shown to the client."""
+
+    commit: list[AnswerHook] = field(default_factory=list)
+    after: list[AnswerHook] = field(default_factory=list)
+
+    async def run_commit(self, answer: Answer) -> None:
+        for hook in self.commit:
+            await hook(answer)
+
+    async def run_after(self, answer: Answer) -> None:
+        for hook in self.after:
+            try:
+                await hook(answer)
+            except Exception:
+                log.exception("answer hook failed", extra={"request_id": answer.request_id})

@@ -1,0 +1,53 @@
+"""The rules of a chat completion request: what relay checks and what it changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.errors import InvalidRequestError
+from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS
+from relay.services.answers import Answer
+from relay.upstreams.routing import Route
+
+
+@dataclass(frozen=True)
+class ChatCompletionRequest:
+    model: str
+    stream: bool
+    store: bool  # false when the request says "store": false
+
+
+def check_chat_completion(data: dict[str, Any]) -> ChatCompletionRequest:
+    """Only what relay must know; every other field goes to the provider untouched."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model is required and must be a string.", param="model")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list.", param="messages")
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError("stream must be true or false.", param="stream")
+    return ChatCompletionRequest(model, bool(stream), data.get("store") is not False)
+
+
+def forwarded_body(body: bytes, data: dict[str, Any], route: Route) -> bytes:
+    """The bytes sent to the provider: the client's own when the model id is the
+    provider's, else the same object with only `model` replaced (key order kept)."""
+    if route.provider_model == route.model:
+        return body
+    return orjson.dumps({**data, "model": route.provider_model})
+
+
+async def count_answer(answer: Answer) -> None:
+    """After-hook: tokens and time to first token, by public model id."""
+    usage = answer.summary.usage or {}
+    for direction, key in (("in", "prompt_tokens"), ("out", "completion_tokens")):
+        count = usage.get(key)
+        if isinstance(count, int) and count > 0:
+            TOKENS.labels(model=answer.route.model, direction=direction).inc(count)
+    if answer.first_token_ms is not None:
+        FIRST_TOKEN_SECONDS.labels(model=answer.route.model).observe(answer.first_token_ms / 1000)

@@ -1,0 +1,113 @@
+"""The providers relay forwards to, read from `RELAY_UPSTREAMS` (a JSON file or inline JSON)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+KINDS = ("openai",)
+
+
+class UpstreamConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    base_url: str
+    models: Mapping[str, str]  # public model id → the provider's model id
+    api_key: str = field(default="", repr=False)
+    kind: str = "openai"
+    timeout_s: float = 600.0  # longest wait for the provider's headers, then between bytes
+    connect_timeout_s: float = 10.0
+
+    @property
+    def chat_completions_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+def _positive(entry: Mapping[str, Any], key: str, default: float) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise UpstreamConfigError(f"{key} must be a positive number of seconds")
+    return float(value)
+
+
+def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
+    if not isinstance(entry, dict):
+        raise UpstreamConfigError("each upstream must be an object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise UpstreamConfigError("each upstream needs a name")
+    unknown = set(entry) - {
+        "name", "kind", "base_url", "api_key", "api_key_env", "models", "timeout_s",
+        "connect_timeout_s",
+    }  # fmt: skip
+    if unknown:
+        raise UpstreamConfigError(f"upstream {name!r}: unknown field {sorted(unknown)[0]!r}")
+    kind = entry.get("kind", "openai")
+    if kind not in KINDS:
+        raise UpstreamConfigError(f"upstream {name!r}: kind must be one of {', '.join(KINDS)}")
+    base_url = entry.get("base_url")
+    if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
+        raise UpstreamConfigError(f"upstream {name!r}: base_url must be an http(s) URL")
+    if "api_key" in entry and "api_key_env" in entry:
+        raise UpstreamConfigError(f"upstream {name!r}: give api_key or api_key_env, not both")
+    api_key = entry.get("api_key", "")
+    if "api_key_env" in entry:
+        variable = entry["api_key_env"]
+        if not isinstance(variable, str) or not environ.get(variable):
+            raise UpstreamConfigError(f"upstream {name!r}: api_key_env {variable!r} is not set")
+        api_key = environ[variable]
+    if not isinstance(api_key, str):
+        raise UpstreamConfigError(f"upstream {name!r}: api_key must be a string")
+    models = entry.get("models")
+    if (
+        not isinstance(models, dict)
+        or not models
+        or not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in models.items())
+    ):
+        raise UpstreamConfigError(
+            f"upstream {name!r}: models must map public model ids to provider model ids"
+        )
+    return Upstream(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        api_key=api_key,
+        models=dict(models),
+        timeout_s=_positive(entry, "timeout_s", 600.0),
+        connect_timeout_s=_positive(entry, "connect_timeout_s", 10.0),
+    )
+
+
+def parse_upstreams(text: str, environ: Mapping[str, str]) -> tuple[Upstream, ...]:
+    """Inline JSON when the value starts with `[`, otherwise the path of a JSON file."""
+    text = text.strip()
+    if not text:
+        return ()
+    if not text.startswith("["):
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise UpstreamConfigError(f"cannot read {text}: {exc.strerror}") from None
+    try:
+        entries = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamConfigError(f"not valid JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise UpstreamConfigError("must be a JSON list of upstreams")
+    upstreams = tuple(_upstream(entry, environ) for entry in entries)
+    names = [upstream.name for upstream in upstreams]
+    if len(set(names)) != len(names):
+        raise UpstreamConfigError("two upstreams share a name")
+    public = [model for upstream in upstreams for model in upstream.models]
+    if len(set(public)) != len(public):
+        raise UpstreamConfigError("a public model id is served by two upstreams")
+    return upstreams

@@ -1,0 +1,130 @@
+"""Sending a request to a provider over one shared, pooled aiohttp ClientSession."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import orjson
+
+from relay import __version__
+from relay.errors import RelayError, UpstreamError, UpstreamTimeoutError, error_body
+from relay.upstreams.config import Upstream
+
+log = logging.getLogger(__name__)
+
+# Provider responses relay reads whole (errors, non-streamed answers) are bounded.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_ERROR_BODY_BYTES = 64 * 1024
+# Headers of a provider refusal worth passing on to the client.
+_PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms", "x-should-retry")
+
+
+class ProviderRefusal(RelayError):
+    """A provider's 4xx, passed through in OpenAI's shape with the provider's status."""
+
+    def __init__(self, status: int, body: dict[str, object], headers: dict[str, str]) -> None:
+        error = body["error"]
+        assert isinstance(error, dict)
+        super().__init__(str(error.get("message") or "The provider refused the request."))
+        self.status = status
+        self.type = str(error.get("type") or "invalid_request_error")
+        self.code = error.get("code") if isinstance(error.get("code"), str) else None  # type: ignore[assignment]
+        self.param = error.get("param") if isinstance(error.get("param"), str) else None  # type: ignore[assignment]
+        self.headers = headers
+
+
+def create_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=0,  # relay's own limits bound concurrency; the pool must not queue streams
+        keepalive_timeout=60,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": f"relay/{__version__}"},
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        # Redirects would resend the body elsewhere; a provider should not need them.
+        raise_for_status=False,
+    )
+
+
+async def _refusal(response: aiohttp.ClientResponse, upstream: Upstream) -> RelayError:
+    """Turn a provider's non-200 answer into the error relay gives its client."""
+    try:
+        raw = await response.content.read(_ERROR_BODY_BYTES)
+        body = orjson.loads(raw)
+    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+        body = None
+    status = response.status
+    log.info("provider refused", extra={"upstream": upstream.name, "upstream_status": status})
+    if status in (401, 403):
+        # The provider rejected relay's credentials: the client can do nothing about it.
+        return UpstreamError("The provider rejected relay's credentials.", code="upstream_auth")
+    if 400 <= status < 500:
+        if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+            reason = response.reason or "error"
+            body = error_body(f"The provider answered {status} {reason}.", "invalid_request_error")
+        headers = {
+            name: response.headers[name]
+            for name in _PASSED_ERROR_HEADERS
+            if name in response.headers
+        }
+        return ProviderRefusal(status, body, headers)
+    return UpstreamError(f"The provider failed with status {status}.", code="upstream_error")
+
+
+@asynccontextmanager
+async def open_provider_response(
+    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST `body` to the provider; yield its 200 response, raise a RelayError otherwise.
+
+    Leaving the block closes the response; one not read to the end closes its
+    connection, which is how the provider learns the client has gone.
+    """
+    headers = {"Content-Type": "application/json"}
+    if upstream.api_key:
+        headers["Authorization"] = f"Bearer {upstream.api_key}"
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=upstream.connect_timeout_s, sock_read=upstream.timeout_s
+    )
+    try:
+        response = await session.post(
+            upstream.chat_completions_url,
+            data=body,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+        )
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeoutError("The provider did not answer in time.") from None
+    except aiohttp.ClientError as exc:
+        log.warning(
+            "provider unreachable", extra={"upstream": upstream.name, "error": type(exc).__name__}
+        )
+        raise UpstreamError(
+            "The provider could not be reached.", code="upstream_unreachable"
+        ) from None
+    try:
+        if response.status != 200:
+            raise await _refusal(response, upstream)
+        yield response
+    finally:
+        response.close()
+
+
+async def read_whole(response: aiohttp.ClientResponse) -> bytes:
+    """The full body of a non-streamed answer, bounded, with read failures mapped."""
+    try:
+        body = await response.content.read(MAX_RESPONSE_BYTES + 1)
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeoutError("The provider stopped answering.") from None
+    except aiohttp.ClientError:
+        raise UpstreamError("The provider broke off its answer.", code="upstream_cut") from None
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise UpstreamError("The provider's answer is too large.", code="upstream_too_large")
+    return body

@@ -1,0 +1,119 @@
+"""The streaming pipe: provider SSE bytes to the client as they arrive, observed, not re-encoded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from relay.upstreams.observer import StreamObserver
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+}
+_DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+def error_event(message: str, type: str, code: str) -> bytes:
+    """The final event of a stream that cannot end normally; OpenAI's SDK raises on it."""
+    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def last_event_end(buffer: bytes) -> int:
+    """The index just past the last complete SSE event in `buffer` (0 if none).
+
+    Only whole events go to the client, so a provider that breaks off mid-event
+    never leaves the client holding half an event glued to relay's error event.
+    """
+    end = 0
+    for terminator in _EVENT_ENDS:
+        at = buffer.rfind(terminator)
+        if at >= 0:
+            end = max(end, at + len(terminator))
+    return end
+
+
+def end_of_stream_at(buffer: bytes) -> int:
+    """Where the `data: [DONE]` line starts in `buffer`, or -1.
+
+    Only a line that is exactly the [DONE] event counts, not the word in content.
+    """
+    start = buffer.find(b"[DONE]")
+    while start >= 0:
+        line_start = max(buffer.rfind(b"\n", 0, start), buffer.rfind(b"\r", 0, start)) + 1
+        line_end = start + len(b"[DONE]")
+        if buffer[line_start:line_end] in _DONE_LINES:
+            return line_start
+        start = buffer.find(b"[DONE]", line_end)
+    return -1
+
+
+@dataclass
+class PipeResult:
+    """How the provider's stream went. `final` holds the bytes not yet sent:
+    the `[DONE]` event of a complete stream, held back so that history and the
+    receipt are committed before the client sees the end."""
+
+    status: str  # complete | cut | cancelled
+    observer: StreamObserver
+    final: bytes = b""
+
+
+async def pipe_stream(
+    response: web.StreamResponse, provider: aiohttp.ClientResponse, observer: StreamObserver
+) -> PipeResult:
+    """Copy the provider's event stream to `response` (already prepared) as it arrives.
+
+    `observer` is fed exactly the bytes written, so it hashes what the client received.
+    """
+    pending = b""  # an event not yet complete
+    held = b""  # from `data: [DONE]` on
+    try:
+        async for chunk in provider.content.iter_any():
+            if held:
+                held += chunk
+                continue
+            buffer = pending + chunk if pending else chunk
+            boundary = last_event_end(buffer)
+            whole, pending = buffer[:boundary], buffer[boundary:]
+            done_at = end_of_stream_at(whole)
+            if done_at >= 0:
+                whole, held = whole[:done_at], whole[done_at:] + pending
+                pending = b""
+            if whole:
+                observer.feed(whole)
+                await response.write(whole)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        provider.close()  # the client left: stop paying for tokens nobody reads
+        return PipeResult("cancelled", observer)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        log.info("provider broke off a stream", extra={"error": type(exc).__name__})
+        return PipeResult("cut", observer)
+    if held:
+        return PipeResult("complete", observer, held)
+    # Ended without [DONE]: complete only if the answer itself said it was finished.
+    if observer.finish_reason is not None and not pending.strip():
+        return PipeResult("complete", observer, pending)
+    return PipeResult("cut", observer)
+
+
+async def end_stream(response: web.StreamResponse, observer: StreamObserver, final: bytes) -> bool:
+    """Send the last bytes and close the stream; False if the client had already left."""
+    try:
+        if final:
+            observer.feed(final)
+            await response.write(final)
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        return False
+    observer.close()
+    return True

@@ -1,0 +1,55 @@
+"""Which provider serves a public model id, and which models a client may use."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from relay.errors import ModelNotFoundError, PermissionDeniedError
+from relay.upstreams.config import Upstream
+
+# A client holding any `model:` scope may use only the models those scopes name
+# (`model:*` for all); a client without one may use every model.
+MODEL_SCOPE = "model:"
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str  # the public id the client asked for
+    upstream: Upstream
+    provider_model: str
+
+
+def model_allowed(scopes: Iterable[str], model: str) -> bool:
+    granted = [scope[len(MODEL_SCOPE) :] for scope in scopes if scope.startswith(MODEL_SCOPE)]
+    return not granted or "*" in granted or model in granted
+
+
+class ModelRouter:
+    def __init__(self, upstreams: Iterable[Upstream]) -> None:
+        self.created = int(time.time())  # what /v1/models reports as `created`
+        self.routes = {
+            model: Route(model, upstream, provider_model)
+            for upstream in upstreams
+            for model, provider_model in upstream.models.items()
+        }
+
+    def resolve(self, model: str, scopes: Iterable[str]) -> Route:
+        route = self.routes.get(model)
+        if route is None:
+            raise ModelNotFoundError(
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+            )
+        if not model_allowed(scopes, model):
+            raise PermissionDeniedError(
+                f"This client may not use the model `{model}`.",
+                param="model",
+                code="model_not_allowed",
+            )
+        return route
+
+    def allowed(self, scopes: Iterable[str]) -> list[Route]:
+        scopes = tuple(scopes)
+        return [route for model, route in self.routes.items() if model_allowed(scopes, model)]

@@ -1,0 +1,185 @@
+"""POST /v1/chat/completions, not streamed: routing, forwarding, errors."""
+
+import orjson
+import pytest
+
+from relay.simulator import completion_text
+from tests.api_calls import assert_error, bearer, client_with_token
+from tests.conftest import SIMULATOR_KEY
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+async def token(http):
+    _, token = await client_with_token(http)
+    return token
+
+
+async def post_chat(http, token, body, **kwargs):
+    return await http.post("/v1/chat/completions", json=body, headers=bearer(token), **kwargs)
+
+
+async def test_answer_comes_back_as_the_provider_sent_it(http, token, simulator):
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    assert response.status == 200, await response.text()
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == completion_text(simulator.config.tokens)
+    assert body["usage"]["completion_tokens"] == simulator.config.tokens
+
+
+async def test_only_model_and_provider_auth_change_on_the_way(http, token, simulator):
+    sent = {
+        "model": "gpt-sim",
+        "messages": MESSAGES,
+        "temperature": 0.25,
+        "seed": 7,
+        "user": "u-1",
+        "tools": [
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        ],
+        "response_format": {"type": "json_object"},
+        "metadata": {"nested": [1, 2.5, None, "é"]},
+    }
+    response = await post_chat(http, token, sent)
+    assert response.status == 200
+    received = simulator.state.requests[-1]
+    assert received.json() == {**sent, "model": "sim-small"}
+    assert list(received.json()) == list(sent)  # key order kept
+    assert received.headers["Authorization"] == f"Bearer {SIMULATOR_KEY}"
+
+
+async def test_bytes_are_forwarded_untouched_when_the_model_id_needs_no_rewrite(
+    http, token, simulator
+):
+    raw = (
+        b'{"messages": [{"role":"user","content":"hi \\u00e9"}],   "model":"sim-large", "x": 1.50}'
+    )
+    response = await http.post(
+        "/v1/chat/completions",
+        data=raw,
+        headers={**bearer(token), "Content-Type": "application/json"},
+    )
+    assert response.status == 200, await response.text()
+    assert simulator.state.requests[-1].body == raw
+
+
+async def test_unknown_model_is_404_model_not_found(http, token):
+    response = await post_chat(http, token, {"model": "gpt-nope", "messages": MESSAGES})
+    error = await assert_error(response, 404, "model_not_found")
+    assert error["param"] == "model"
+
+
+async def test_a_model_outside_the_clients_scopes_is_403(http, simulator):
+    _, token = await client_with_token(http, scopes=["model:sim-large"])
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 403, "model_not_allowed")
+    assert not simulator.state.requests
+    allowed = await post_chat(http, token, {"model": "sim-large", "messages": MESSAGES})
+    assert allowed.status == 200
+
+
+async def test_models_lists_what_the_client_may_use(http):
+    _, everything = await client_with_token(http)
+    _, limited = await client_with_token(http, scopes=["chat", "model:sim-large"])
+    response = await http.get("/v1/models", headers=bearer(everything))
+    body = await response.json()
+    assert body["object"] == "list"
+    assert sorted(model["id"] for model in body["data"]) == ["gpt-sim", "sim-large"]
+    for model in body["data"]:
+        assert set(model) == {"id", "object", "created", "owned_by"}
+        assert model["object"] == "model" and isinstance(model["created"], int)
+    response = await http.get("/v1/models", headers=bearer(limited))
+    assert [model["id"] for model in (await response.json())["data"]] == ["sim-large"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MESSAGES}, "model"),
+        ({"model": 3, "messages": MESSAGES}, "model"),
+        ({"model": "gpt-sim"}, "messages"),
+        ({"model": "gpt-sim", "messages": []}, "messages"),
+        ({"model": "gpt-sim", "messages": "hi"}, "messages"),
+        ({"model": "gpt-sim", "messages": MESSAGES, "stream": "yes"}, "stream"),
+    ],
+)
+async def test_malformed_requests_are_400_and_never_forwarded(http, token, simulator, body, param):
+    response = await post_chat(http, token, body)
+    error = await assert_error(response, 400)
+    assert error["param"] == param
+    assert not simulator.state.requests
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [
+        (b"{not json", "application/json", 400),
+        (b"[1, 2]", "application/json", 400),
+        (b"model=gpt-sim", "application/x-www-form-urlencoded", 415),
+    ],
+)
+async def test_bodies_that_are_not_a_json_object(http, token, data, content_type, status):
+    response = await http.post(
+        "/v1/chat/completions", data=data, headers={**bearer(token), "Content-Type": content_type}
+    )
+    await assert_error(response, status)
+
+
+@pytest.mark.parametrize("status", [400, 404, 422, 429])
+async def test_provider_4xx_passes_through_in_the_error_shape(http, token, simulator, status):
+    simulator.config.error_status = status
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    error = await assert_error(response, status)
+    assert error["message"]
+
+
+async def test_provider_rejecting_relays_own_key_is_a_502_not_the_clients_401(
+    http, token, simulator
+):
+    simulator.config.api_key = "some-other-key"
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 502, "upstream_auth")
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_provider_5xx_is_a_502(http, token, simulator, status):
+    simulator.config.error_status = status
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 502)
+
+
+async def test_provider_too_slow_is_a_504(make_settings, make_client, simulator):
+    settings = make_settings(upstreams=(simulator.upstream(timeout_s=0.2),))
+    http = await make_client(settings)
+    _, token = await client_with_token(http)
+    simulator.config.first_byte_delay = 2
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 504, "upstream_timeout")
+
+
+async def test_provider_refusing_connections_is_a_502(make_settings, make_client, simulator):
+    from relay.devservers import free_port
+
+    dead = simulator.upstream(base_url=f"http://127.0.0.1:{free_port()}/v1")
+    http = await make_client(make_settings(upstreams=(dead,)))
+    _, token = await client_with_token(http)
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 502, "upstream_unreachable")
+
+
+async def test_provider_hanging_up_without_answer_is_a_502(http, token, simulator):
+    simulator.config.cut_after = 1
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 502)
+
+
+async def test_max_tokens_and_finish_reason_come_from_the_provider(http, token):
+    response = await post_chat(
+        http, token, {"model": "gpt-sim", "messages": MESSAGES, "max_tokens": 3}
+    )
+    body = orjson.loads(await response.read())
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 3

@@ -1,0 +1,133 @@
+"""Streamed chat completions: bytes through unchanged, ends, cuts and departures."""
+
+import asyncio
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from relay.simulator import completion_text
+from tests.api_calls import bearer, client_with_token
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def events(raw: bytes) -> list[bytes]:
+    return [line[len(b"data: ") :] for line in raw.split(b"\n\n") if line.startswith(b"data: ")]
+
+
+def content_of(raw: bytes) -> str:
+    text = []
+    for data in events(raw):
+        if data == b"[DONE]":
+            continue
+        chunk = orjson.loads(data)
+        for choice in chunk.get("choices") or []:
+            text.append(choice["delta"].get("content") or "")
+    return "".join(text)
+
+
+@pytest.fixture
+async def token(http):
+    _, token = await client_with_token(http)
+    return token
+
+
+async def stream(http, token, timeout=None, **extra):
+    body = {"model": "gpt-sim", "messages": MESSAGES, "stream": True, **extra}
+    return await http.post(
+        "/v1/chat/completions", json=body, headers=bearer(token), timeout=timeout
+    )
+
+
+async def test_stream_arrives_with_sse_headers_and_ends_with_done(http, token, simulator):
+    response = await stream(http, token)
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "X-Request-Id" in response.headers
+    raw = await response.read()
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert content_of(raw) == completion_text(simulator.config.tokens)
+
+
+async def test_usage_chunk_only_when_asked(http, token):
+    plain = await (await stream(http, token)).read()
+    assert all(b'"usage":{' not in data for data in events(plain))
+    asked = await (await stream(http, token, stream_options={"include_usage": True})).read()
+    usage_chunks = [orjson.loads(d) for d in events(asked) if d != b"[DONE]" and b'"usage":{' in d]
+    assert len(usage_chunks) == 1 and usage_chunks[0]["choices"] == []
+
+
+# A provider whose events are split across chunks in awkward places, with
+# comments, CRLF line ends, spaces after separators and [DONE] split in two.
+AWKWARD_CHUNKS = [
+    b": keep-alive\n\n",
+    b'data: {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel',
+    b"lo \xc3",
+    b'\xa9t\xc3\xa9"}, "finish_reason": null}]}\r\n\r\n',
+    b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" [DONE] is a word"},"finish_reason":null}]}\n\n',
+    b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n',
+    b"\ndata: [DO",
+    b"NE]\n\n",
+]
+
+
+@pytest.fixture
+async def awkward_provider(aiohttp_server):
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in AWKWARD_CHUNKS:
+            await response.write(chunk)
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return await aiohttp_server(app)
+
+
+async def test_bytes_reach_the_client_exactly_as_the_provider_sent_them(
+    make_settings, make_client, simulator, awkward_provider
+):
+    upstream = simulator.upstream(name="awkward", base_url=str(awkward_provider.make_url("/v1")))
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    _, token = await client_with_token(http)
+    response = await stream(http, token)
+    assert await response.read() == b"".join(AWKWARD_CHUNKS)
+
+
+async def test_a_provider_breaking_off_ends_the_stream_with_an_error_event(http, token, simulator):
+    simulator.config.cut_after = 3
+    raw = await (await stream(http, token)).read()
+    assert b"[DONE]" not in raw
+    last = orjson.loads(events(raw)[-1])
+    assert last["error"]["code"] == "upstream_cut"
+    assert content_of(b"\n\n".join(b"data: " + e for e in events(raw)[:-1])) == completion_text(3)
+
+
+async def test_a_client_leaving_closes_the_provider_request(http, token, simulator):
+    simulator.config.tokens = 500
+    simulator.config.token_delay = 0.02
+    response = await stream(http, token)
+    await response.content.readany()
+    response.close()
+    await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=5)
+    assert simulator.state.streams_completed == 0
+
+
+async def test_a_client_leaving_before_the_first_byte_closes_the_provider_request(
+    http, token, simulator
+):
+    simulator.config.first_byte_delay = 0.5
+    with pytest.raises(asyncio.TimeoutError):
+        await stream(http, token, timeout=aiohttp.ClientTimeout(total=0.1))
+    # The provider's connection closes while it is still thinking (a real one
+    # stops generating then); the simulator's handler is cancelled mid-wait.
+    await simulator.state.wait_for(lambda state: state.abandoned == 1, timeout=5)
+    assert simulator.state.streams_open == simulator.state.streams_completed == 0
