@@ -68,9 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve.run(settings)
     if args.command == "migrate":
-        from relay.stores.migrations import migrate
+        from relay.errors import RelayError
+        from relay.stores.migrations import MigrationError, migrate
 
-        applied = asyncio.run(migrate(settings.database_url))
+        try:
+            applied = asyncio.run(migrate(settings.database_url))
+        except (MigrationError, RelayError) as exc:
+            print(f"relay migrate: {exc}", file=sys.stderr)
+            return 1
         print(
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
         )

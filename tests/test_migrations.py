@@ -1,0 +1,149 @@
+"""Migrations apply each file once, refuse an edited applied file, and tolerate a race."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.stores.database import connect, fetch_all
+from relay.stores.migrations import MigrationError, load_migrations, migrate, migrations_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def recorded(dsn: str) -> list[dict]:
+    conn = await connect(dsn, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            return await fetch_all(
+                cur, "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+            )
+    finally:
+        conn.close()
+
+
+async def table_names(dsn: str) -> set[str]:
+    conn = await connect(dsn, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            rows = await fetch_all(
+                cur, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+    finally:
+        conn.close()
+    return {row["tablename"] for row in rows}
+
+
+async def test_applies_every_file_once_and_then_nothing(empty_database_url):
+    names = [migration.name for migration in load_migrations()]
+    assert names and names[0] == "001_create_clients.sql"
+
+    assert await migrate(empty_database_url) == names
+    assert await migrate(empty_database_url) == []
+
+    rows = await recorded(empty_database_url)
+    assert [row["name"] for row in rows] == names
+    assert {"clients", "schema_migrations"} <= await table_names(empty_database_url)
+
+
+async def test_an_edited_applied_file_is_refused(empty_database_url, tmp_path):
+    sql = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), sql)
+    await migrate(empty_database_url, sql)
+
+    first = sorted(sql.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- an innocent-looking edit\n")
+
+    with pytest.raises(MigrationError, match=first.name):
+        await migrate(empty_database_url, sql)
+
+
+async def test_a_new_file_is_applied_after_the_others(empty_database_url, tmp_path):
+    sql = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), sql)
+    await migrate(empty_database_url, sql)
+
+    (sql / "999_create_extra.sql").write_text("CREATE TABLE extra (id int);")
+    assert await migrate(empty_database_url, sql) == ["999_create_extra.sql"]
+    assert "extra" in await table_names(empty_database_url)
+
+
+async def test_a_failing_file_rolls_back_alone(empty_database_url, tmp_path):
+    sql = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), sql)
+    (sql / "998_create_half.sql").write_text("CREATE TABLE half (id int); SELECT 1/0;")
+
+    with pytest.raises(Exception, match="division by zero"):
+        await migrate(empty_database_url, sql)
+
+    names = [row["name"] for row in await recorded(empty_database_url)]
+    assert "998_create_half.sql" not in names
+    assert names == [migration.name for migration in load_migrations()]
+    assert "half" not in await table_names(empty_database_url)
+
+
+@pytest.mark.parametrize("name", ["1_short.sql", "002-dashes.sql", "003_Capital.sql"])
+def test_badly_named_files_are_refused(tmp_path, name):
+    (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(MigrationError):
+        load_migrations(tmp_path)
+
+
+def test_two_files_with_one_number_are_refused(tmp_path):
+    (tmp_path / "001_create_a.sql").write_text("SELECT 1;")
+    (tmp_path / "001_create_b.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError):
+        load_migrations(tmp_path)
+
+
+async def test_concurrent_migrations_apply_once(empty_database_url):
+    names = [migration.name for migration in load_migrations()]
+
+    results = await asyncio.gather(*(migrate(empty_database_url) for _ in range(4)))
+
+    assert sorted(result for result in results if result) == [names]
+    assert sum(1 for result in results if not result) == 3
+    assert [row["name"] for row in await recorded(empty_database_url)] == names
+
+
+def test_relay_migrate_command(empty_database_url, tmp_path):
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": empty_database_url,
+        "RELAY_STATE_DIR": str(tmp_path / "state"),
+    }
+    command = [sys.executable, "-m", "relay", "migrate"]
+
+    first = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("applied ")
+    assert "001_create_clients.sql" in first.stdout
+
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "applied 0 migration(s)"
+
+
+def test_relay_migrate_command_without_a_database(tmp_path):
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere",
+        "RELAY_STATE_DIR": str(tmp_path / "state"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "migrate"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "relay migrate: The database is unavailable" in done.stderr
+    assert "Traceback" not in done.stderr
