@@ -1,0 +1,154 @@
+"""Requests relay cannot serve still get the error shape, and every answer has a request id."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.api_calls import ADMIN, assert_error
+
+MAX_BODY = 2048
+GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture
+async def small(make_client, make_settings):
+    """relay with a small body limit."""
+    return await make_client(make_settings(max_body_bytes=MAX_BODY))
+
+
+@pytest.mark.parametrize("path", ["/nope", "/v1/nope", "/admin/nope", "/auth/token/x", "/"])
+async def test_unknown_route_is_404(http, path):
+    error = await assert_error(await http.get(path), 404)
+    assert error["code"] == "unknown_url"
+
+
+@pytest.mark.parametrize(
+    "method,path,allowed",
+    [
+        ("GET", "/auth/token", {"POST"}),
+        ("DELETE", "/auth/token", {"POST"}),
+        ("POST", "/health", {"GET", "HEAD"}),
+        ("PUT", "/admin/clients", {"GET", "HEAD", "POST"}),
+        ("POST", "/v1/me", {"GET", "HEAD"}),
+    ],
+)
+async def test_wrong_method_is_405_with_allow(http, method, path, allowed):
+    response = await http.request(method, path)
+    await assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == allowed
+
+
+@pytest.mark.parametrize("body", [b"{", b"{'api_key': 1}", b"", b"\xff\xfe", b"nul\x00l"])
+async def test_malformed_json_is_400(http, body):
+    response = await http.post(
+        "/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
+    await assert_error(response, 400)
+
+
+@pytest.mark.parametrize("body", [b"[]", b'["api_key"]', b'"rk_x"', b"42", b"null"])
+async def test_json_that_is_not_an_object_is_400(http, body):
+    response = await http.post(
+        "/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
+    await assert_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+async def test_non_json_content_type_is_415(http, content_type):
+    response = await http.post(
+        "/auth/token", data=b'{"api_key": "x"}', headers={"Content-Type": content_type}
+    )
+    await assert_error(response, 415)
+
+
+async def test_json_with_charset_is_accepted(http):
+    response = await http.post(
+        "/auth/token",
+        data=b'{"api_key": "rk_nope"}',
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    await assert_error(response, 401, "invalid_api_key")
+
+
+async def test_body_over_the_limit_with_content_length_is_413(small):
+    body = b'{"api_key": "' + b"x" * (MAX_BODY * 2) + b'"}'
+    response = await small.post(
+        "/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
+    await assert_error(response, 413)
+
+
+async def test_chunked_body_over_the_limit_is_413(small):
+    async def chunks():
+        yield b'{"api_key": "'
+        for _ in range(8):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = await small.post(
+        "/admin/clients", data=chunks(), headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
+    await assert_error(response, 413)
+
+
+async def test_a_body_just_under_the_limit_is_read(small):
+    padding = MAX_BODY - len(b'{"api_key": ""}') - 1
+    body = b'{"api_key": "' + b"x" * padding + b'"}'
+    response = await small.post(
+        "/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
+    await assert_error(response, 401, "invalid_api_key")
+
+
+async def test_request_id_is_kept_when_sane(http):
+    response = await http.get("/health", headers={"X-Request-Id": "mobile-42.abc:7"})
+    assert response.headers["X-Request-Id"] == "mobile-42.abc:7"
+
+
+@pytest.mark.parametrize("given", ["", "has space", "x" * 129, "semi;colon", "ünïcode"])
+async def test_request_id_is_replaced_when_not_sane(http, given):
+    response = await http.get("/health", headers={"X-Request-Id": given})
+    assert GENERATED_ID.match(response.headers["X-Request-Id"])
+
+
+async def test_request_id_is_generated_and_unique(http):
+    first = (await http.get("/health")).headers["X-Request-Id"]
+    second = (await http.get("/health")).headers["X-Request-Id"]
+    assert GENERATED_ID.match(first) and GENERATED_ID.match(second)
+    assert first != second
+
+
+@pytest.mark.parametrize(
+    "method,path,status",
+    [
+        ("GET", "/nope", 404),
+        ("DELETE", "/auth/token", 405),
+        ("GET", "/v1/me", 401),
+        ("GET", "/admin/clients", 401),
+        ("POST", "/auth/token", 415),
+    ],
+)
+async def test_errors_carry_the_request_id(http, method, path, status):
+    response = await http.request(method, path, headers={"X-Request-Id": "trace-me"})
+    await assert_error(response, status)
+    assert response.headers["X-Request-Id"] == "trace-me"
+
+    response = await http.request(method, path)
+    await assert_error(response, status)
+    assert GENERATED_ID.match(response.headers["X-Request-Id"])
+
+
+async def test_too_large_carries_the_request_id(small):
+    response = await small.post(
+        "/auth/token",
+        data=b"x" * (MAX_BODY * 2),
+        headers={"Content-Type": "application/json", "X-Request-Id": "big-one"},
+    )
+    await assert_error(response, 413)
+    assert response.headers["X-Request-Id"] == "big-one"
