@@ -1,0 +1,194 @@
+"""Settings come from an injected environment, are checked strictly and never show secrets."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from relay.config import ConfigError, Settings, load_settings
+
+STRONG = "p" * 32
+PRODUCTION = {
+    "RELAY_ENV": "production",
+    "RELAY_JWT_SECRET": "j" * 40,
+    "RELAY_ADMIN_TOKEN": "a" * 40,
+    "RELAY_IDENTITY_HASH_KEY": "i" * 40,
+    "RELAY_STATE_DIR": "/nonexistent/relay-state",
+}
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings.env == "development"
+    assert settings.production is False
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8080
+    assert settings.jwt_ttl == 3600
+    assert settings.max_body_bytes == 4 * 1024 * 1024
+    assert settings.log_level == "INFO"
+    assert settings.database_url.startswith("postgresql://")
+    assert settings.redis_url.startswith("redis://")
+    assert settings.state_dir == ".relay-state"
+    assert settings.jwt_secret == "" and settings.admin_token == ""
+
+
+def test_values_are_read_and_parsed():
+    settings = Settings.from_env(
+        {
+            "RELAY_HOST": "0.0.0.0",
+            "RELAY_PORT": " 9000 ",
+            "RELAY_DATABASE_URL": "postgresql://u@db/relay",
+            "RELAY_REDIS_URL": "redis://cache:6379/1",
+            "RELAY_JWT_TTL": "600",
+            "RELAY_MAX_BODY_BYTES": "65536",
+            "RELAY_LOG_LEVEL": "debug",
+            "RELAY_STATE_DIR": "/tmp/somewhere",
+            "RELAY_RUN_MIGRATIONS": "no",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert (settings.host, settings.port) == ("0.0.0.0", 9000)
+    assert settings.database_url == "postgresql://u@db/relay"
+    assert settings.redis_url == "redis://cache:6379/1"
+    assert settings.jwt_ttl == 600
+    assert settings.max_body_bytes == 65536
+    assert settings.log_level == "DEBUG"
+    assert settings.state_dir == "/tmp/somewhere"
+    assert settings.run_migrations is False
+
+
+def test_settings_are_frozen():
+    settings = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_production_with_strong_secrets_loads():
+    settings = Settings.from_env(PRODUCTION)
+    assert settings.production
+    assert settings.state_dir == "/nonexistent/relay-state"
+
+
+def test_production_state_dir_defaults_to_var_lib():
+    env = {key: value for key, value in PRODUCTION.items() if key != "RELAY_STATE_DIR"}
+    assert Settings.from_env(env).state_dir == "/var/lib/relay"
+    systemd = {**env, "STATE_DIRECTORY": "/var/lib/relay-a:/var/lib/other"}
+    assert Settings.from_env(systemd).state_dir == "/var/lib/relay-a"
+
+
+@pytest.mark.parametrize("name", ["RELAY_JWT_SECRET", "RELAY_ADMIN_TOKEN"])
+@pytest.mark.parametrize("value", [None, "", "tiny-s3cr3t", "x" * 31])
+def test_production_refuses_weak_secrets(name, value):
+    env = dict(PRODUCTION)
+    if value is None:
+        del env[name]
+    else:
+        env[name] = value
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    message = str(raised.value)
+    assert name in message
+    assert "missing" in message if not value else "shorter than 32 bytes" in message
+    if value:
+        assert value not in message.replace(name, "")
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("RELAY_PORT", "eighty"),
+        ("RELAY_PORT", "70000"),
+        ("RELAY_PORT", "-1"),
+        ("RELAY_JWT_TTL", "1.5"),
+        ("RELAY_JWT_TTL", "10"),
+        ("RELAY_MAX_BODY_BYTES", "lots"),
+        ("RELAY_HEALTH_TIMEOUT", "soon"),
+        ("RELAY_RUN_MIGRATIONS", "maybe"),
+        ("RELAY_ENV", "staging"),
+        ("RELAY_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_env_file_is_read_and_real_environment_wins(tmp_path: Path):
+    env_file = tmp_path / "relay.env"
+    env_file.write_text(
+        "# relay settings\n"
+        "\n"
+        "RELAY_PORT=9100\n"
+        'RELAY_HOST="10.0.0.1"\n'
+        "export RELAY_JWT_TTL='900'\n"
+        "RELAY_LOG_LEVEL=WARNING\n"
+    )
+    settings = Settings.from_env({"RELAY_ENV_FILE": str(env_file), "RELAY_LOG_LEVEL": "ERROR"})
+    assert settings.port == 9100
+    assert settings.host == "10.0.0.1"
+    assert settings.jwt_ttl == 900
+    assert settings.log_level == "ERROR"
+
+
+def test_env_file_problems_name_the_variable(tmp_path: Path):
+    with pytest.raises(ConfigError, match="RELAY_ENV_FILE"):
+        Settings.from_env({"RELAY_ENV_FILE": str(tmp_path / "missing.env")})
+    broken = tmp_path / "broken.env"
+    broken.write_text("RELAY_PORT=1\nnot a setting\n")
+    with pytest.raises(ConfigError, match=r"RELAY_ENV_FILE=.*broken.env:2"):
+        Settings.from_env({"RELAY_ENV_FILE": str(broken)})
+
+
+def test_development_secrets_are_generated_once_and_kept(tmp_path: Path):
+    state = tmp_path / "state"
+    env = {"RELAY_STATE_DIR": str(state)}
+
+    first = load_settings(env)
+    second = load_settings(env)
+
+    assert len(first.jwt_secret) >= 32 and len(first.admin_token) >= 32
+    assert first.jwt_secret != first.admin_token
+    assert second.jwt_secret == first.jwt_secret
+    assert second.admin_token == first.admin_token
+    for name in ("jwt_secret", "admin_token"):
+        path = state / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_text().strip() == getattr(first, name)
+
+
+def test_given_development_secrets_are_used_as_is(tmp_path: Path):
+    env = {
+        "RELAY_STATE_DIR": str(tmp_path / "state"),
+        "RELAY_JWT_SECRET": STRONG,
+        "RELAY_ADMIN_TOKEN": "short-is-fine-in-development",
+    }
+    settings = load_settings(env)
+    assert settings.jwt_secret == STRONG
+    assert settings.admin_token == "short-is-fine-in-development"
+    assert not (tmp_path / "state" / "jwt_secret").exists()
+
+
+def test_production_never_generates_secrets(tmp_path: Path):
+    env = {**PRODUCTION, "RELAY_STATE_DIR": str(tmp_path / "state")}
+    del env["RELAY_JWT_SECRET"]
+    with pytest.raises(ConfigError, match="RELAY_JWT_SECRET"):
+        load_settings(env)
+    assert not (tmp_path / "state" / "jwt_secret").exists()
+
+
+def test_repr_shows_no_secret(tmp_path: Path):
+    settings = load_settings(
+        {
+            "RELAY_STATE_DIR": str(tmp_path / "state"),
+            "RELAY_JWT_SECRET": "jwt-" + STRONG,
+            "RELAY_ADMIN_TOKEN": "admin-" + STRONG,
+        }
+    )
+    text = repr(settings) + str(settings)
+    assert STRONG not in text
+    assert "**********" in text
+    generated = load_settings({"RELAY_STATE_DIR": str(tmp_path / "other")})
+    assert generated.jwt_secret not in repr(generated)
+    assert generated.admin_token not in repr(generated)
