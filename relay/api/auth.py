@@ -9,6 +9,7 @@ from aiohttp import web
 from relay.api.body import json_response, read_json_object
 from relay.appkeys import AUTHENTICATOR, CALLER
 from relay.errors import InvalidRequestError
+from relay.services.auth import Caller
 
 # RFC 6749 §5.1: responses carrying tokens must not be cached.
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -19,7 +20,8 @@ async def create_token(request: web.Request) -> web.Response:
     api_key = data.get("api_key")
     if not isinstance(api_key, str) or not api_key:
         raise InvalidRequestError("api_key is required.", param="api_key")
-    _, issued = await request.app[AUTHENTICATOR].exchange(api_key)
+    client, issued = await request.app[AUTHENTICATOR].exchange(api_key)
+    request[CALLER] = Caller(client, issued.claims)  # so the access line names the client
     return json_response(
         {
             "access_token": issued.access_token,
