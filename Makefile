@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install dev test bench lint serve migrate clean
+.PHONY: install dev test bench lint serve migrate clean deploy-tools verify-deploy
 
 install: $(INSTALLED)
 
@@ -22,11 +22,23 @@ $(INSTALLED): setup.cfg pyproject.toml | $(BIN)/python
 dev: $(INSTALLED)
 	$(BIN)/relay dev
 
-test: $(INSTALLED)
+test: $(INSTALLED) deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The deployment checks (tests/test_deploy.py) need systemd-analyze and a
+# compose client; install them from Debian when missing (as root).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+deploy-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || $(APT_INSTALL) systemd \
+		|| { apt-get update -qq && $(APT_INSTALL) systemd; }
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
+		|| $(APT_INSTALL) docker-compose || { apt-get update -qq && $(APT_INSTALL) docker-compose; }
+
+verify-deploy: $(INSTALLED) deploy-tools
+	$(BIN)/pytest -q tests/test_deploy.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check relay tests bench
