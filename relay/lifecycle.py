@@ -11,6 +11,7 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from relay.appkeys import (
+    ANSWER_HOOKS,
     AUTHENTICATOR,
     CLIENT_CACHE,
     CLIENTS,
@@ -68,6 +69,10 @@ async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:
     limiter = RateLimiter.from_settings(app[SETTINGS], app[REDIS])
     app[RATE_LIMITER] = limiter
     await limiter.start()  # loads the script; a missing Redis only degrades limiting
+    # Each answer's real usage is charged to the tokens-per-minute bucket.
+    app[ANSWER_HOOKS].after.append(
+        lambda answer: limiter.debit_tokens(answer.client, answer.tokens_used)
+    )
     yield
     await limiter.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -39,8 +40,11 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    with PostgresServer(tmp_path_factory.mktemp("postgres") / "data", fast=True) as server:
-        yield server.url
+    # Not under pytest's temp tree: that is private to root (postgres could not
+    # reach it) and pruned by concurrent pytest runs.
+    with tempfile.TemporaryDirectory(prefix="relay-test-pg-") as scratch:
+        with PostgresServer(Path(scratch) / "data", fast=True) as server:
+            yield server.url
 
 
 @pytest.fixture(scope="session")

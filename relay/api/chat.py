@@ -11,9 +11,17 @@ import aiohttp
 from aiohttp import web
 
 from relay.api.body import json_response, parse_json_object, read_body
-from relay.appkeys import ANSWER_HOOKS, CALLER, REQUEST_ID, ROUTER, STARTED_AT, UPSTREAM_SESSION
+from relay.appkeys import (
+    ANSWER_HOOKS,
+    CALLER,
+    IN_FLIGHT,
+    REQUEST_ID,
+    ROUTER,
+    STARTED_AT,
+    UPSTREAM_SESSION,
+)
 from relay.errors import RelayError
-from relay.metrics import OPEN_STREAMS, UPSTREAM_SECONDS
+from relay.metrics import UPSTREAM_SECONDS
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.upstreams.forwarder import open_provider_response, read_whole
@@ -119,18 +127,23 @@ async def _relay_stream(
     response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
     await response.prepare(request)
     observer = StreamObserver()
-    OPEN_STREAMS.inc()
-    try:
-        result = await pipe_stream(response, provider, observer)
-    finally:
-        OPEN_STREAMS.dec()
-        _summarise(request, answer, observer)
+    with request.app[IN_FLIGHT].track() as deadline:
+        # Past the drain timeout of a graceful stop, relay stops reading the provider.
+        stopper = asyncio.create_task(deadline.wait())
+        stopper.add_done_callback(lambda task: task.cancelled() or provider.close())
+        try:
+            result = await pipe_stream(response, provider, observer)
+        finally:
+            stopper.cancel()
+            _summarise(request, answer, observer)
     answer.status = result.status
     if result.status == "cancelled":
         await _commit_quietly(hooks, answer)
         return response
     final = result.final
-    if result.status == "cut":
+    if result.status == "cut" and deadline.is_set():
+        final = error_event("relay is restarting; please retry.", "server_error", "shutting_down")
+    elif result.status == "cut":
         final = error_event("The provider broke off the answer.", "upstream_error", "upstream_cut")
     answer.response_sha256 = observer.sha256_with(final)
     answer.response_bytes = observer.byte_count + len(final)

@@ -56,10 +56,14 @@ class Answer:
         return hashlib.sha256(self.forwarded_body).hexdigest()
 
     @property
-    def total_tokens(self) -> int | None:
+    def tokens_used(self) -> int:
+        """The provider's total_tokens; without usage (a stream that did not ask for it,
+        a cut), about four bytes a token of what went in and came out."""
         usage = self.summary.usage or {}
         total = usage.get("total_tokens")
-        return total if isinstance(total, int) and not isinstance(total, bool) else None
+        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+            return total
+        return (len(self.forwarded_body) + len(self.summary.text.encode()) + 3) // 4
 
 
 @dataclass
