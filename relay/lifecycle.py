@@ -97,7 +97,9 @@ async def auth_context(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     # Building the hasher computes a dummy bcrypt hash: keep it off the loop.
     hasher = await loop.run_in_executor(None, KeyHasher, settings.bcrypt_rounds)
-    clients = ClientService(ClientStore(app[DATABASE]), hasher)
+    clients = ClientService(
+        ClientStore(app[DATABASE]), hasher, on_change=app[CLIENT_CACHE].invalidate
+    )
     tokens = TokenIssuer(
         settings.jwt_secret,
         ttl=settings.jwt_ttl,

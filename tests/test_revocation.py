@@ -120,3 +120,30 @@ async def test_losing_the_listener_drops_the_cache(make_client, settings):
     assert pids and listener not in pids
 
     assert await me_status(http, token) == 401
+
+
+async def test_the_instance_making_the_change_refuses_without_waiting_for_notify(
+    make_client, settings
+):
+    http = await make_client(settings)
+    client, token = await client_with_token(http)
+    assert await me_status(http, token) == 200  # cached
+
+    # With the trigger off no NOTIFY is sent: only the local invalidation can refuse.
+    await sql(http, "ALTER TABLE clients DISABLE TRIGGER clients_notify_change")
+    try:
+        response = await http.patch(
+            f"/admin/clients/{client['id']}", json={"status": "disabled"}, headers=ADMIN
+        )
+        assert response.status == 200
+        assert await me_status(http, token) == 401
+
+        response = await http.patch(
+            f"/admin/clients/{client['id']}", json={"status": "active"}, headers=ADMIN
+        )
+        assert await me_status(http, token) == 200
+        response = await http.post(f"/admin/clients/{client['id']}/regenerate-key", headers=ADMIN)
+        assert response.status == 200
+        assert await me_status(http, token) == 401
+    finally:
+        await sql(http, "ALTER TABLE clients ENABLE TRIGGER clients_notify_change")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from relay.errors import InvalidRequestError, NotFoundError
@@ -98,9 +99,17 @@ def client_fields(data: dict[str, Any], *, creating: bool) -> dict[str, Any]:
 
 
 class ClientService:
-    def __init__(self, store: ClientStore, hasher: KeyHasher) -> None:
+    def __init__(
+        self,
+        store: ClientStore,
+        hasher: KeyHasher,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.hasher = hasher
+        # This instance's cache forgets a changed client before the call returns;
+        # other instances (and this one, again) hear of it by NOTIFY, a moment later.
+        self._on_change = on_change or (lambda client_id: None)
 
     async def create(self, data: dict[str, Any]) -> tuple[Client, ApiKey]:
         fields = client_fields(data, creating=True)
@@ -131,6 +140,7 @@ class ClientService:
         client = await self.store.update(client_id, client_fields(data, creating=False))
         if client is None:
             raise NotFoundError(f"No client {client_id!r}.")
+        self._on_change(client.id)
         return client
 
     async def regenerate_key(self, client_id: str) -> tuple[Client, ApiKey]:
@@ -144,12 +154,14 @@ class ClientService:
                 continue
             if client is None:
                 raise NotFoundError(f"No client {client_id!r}.")
+            self._on_change(client.id)
             return client, key
         raise RuntimeError("could not find a free key id")
 
     async def delete(self, client_id: str) -> None:
         if not await self.store.delete(client_id):
             raise NotFoundError(f"No client {client_id!r}.")
+        self._on_change(client_id)
 
     async def authenticate_key(self, text: str) -> Client | None:
         """The active client owning this key, or None — always after one bcrypt check."""

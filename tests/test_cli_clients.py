@@ -1,0 +1,115 @@
+"""`relay clients …` manages the same clients as the admin API, from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api_calls import assert_error, bearer, exchange
+from tests.test_revocation import eventually_status
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def relay_cli(database_url, tmp_path):
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": database_url,
+        "RELAY_STATE_DIR": str(tmp_path / "cli-state"),
+        "RELAY_BCRYPT_ROUNDS": "4",
+    }
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", "clients", *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if ok:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    return run
+
+
+def output(done: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(done.stdout)
+
+
+async def test_create_list_disable_enable(http, relay_cli):
+    created = output(relay_cli("create", "--name", "cli app", "--scope", "chat"))
+    assert created["name"] == "cli app"
+    assert created["scopes"] == ["chat"]
+    assert created["api_key"].startswith("rk_")
+
+    listed = relay_cli("list")
+    assert created["api_key"] not in listed.stdout
+    assert created["api_key"].split("_")[2] not in listed.stdout
+    assert [client["id"] for client in output(listed)] == [created["id"]]
+
+    token = await exchange(http, created["api_key"])
+    assert (await http.get("/v1/me", headers=bearer(token))).status == 200
+
+    disabled = output(relay_cli("disable", created["id"]))
+    assert disabled["status"] == "disabled"
+    assert "api_key" not in disabled
+    response = await http.post("/auth/token", json={"api_key": created["api_key"]})
+    await assert_error(response, 401, "invalid_api_key")
+    # Another process made the change: relay hears of it by NOTIFY, a moment later.
+    assert await eventually_status(http, token, 401) == 401
+
+    assert output(relay_cli("enable", created["id"]))["status"] == "active"
+    assert await eventually_status(http, token, 200) == 200
+
+
+async def test_regenerate_key(http, relay_cli):
+    created = output(relay_cli("create", "--name", "rotating"))
+    old_token = await exchange(http, created["api_key"])
+
+    renewed = output(relay_cli("regenerate-key", created["id"]))
+
+    assert renewed["id"] == created["id"]
+    assert renewed["api_key"].startswith("rk_") and renewed["api_key"] != created["api_key"]
+    assert renewed["key_version"] == 2
+    response = await http.post("/auth/token", json={"api_key": created["api_key"]})
+    await assert_error(response, 401, "invalid_api_key")
+    assert await eventually_status(http, old_token, 401) == 401
+    new_token = await exchange(http, renewed["api_key"])
+    assert (await http.get("/v1/me", headers=bearer(new_token))).status == 200
+
+
+def test_create_without_history(relay_cli):
+    created = output(relay_cli("create", "--name", "private", "--no-history"))
+    assert created["store_history"] is False
+
+
+@pytest.mark.parametrize("action", ["disable", "enable", "regenerate-key", "delete"])
+def test_unknown_client_is_an_error(relay_cli, action):
+    done = relay_cli(action, str(uuid.uuid4()), ok=False)
+    assert done.returncode == 1
+    assert "No client" in done.stderr
+    assert done.stdout == ""
+
+
+def test_invalid_name_is_an_error(relay_cli):
+    done = relay_cli("create", "--name", "   ", ok=False)
+    assert done.returncode == 1
+    assert "name" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_delete(relay_cli):
+    created = output(relay_cli("create", "--name", "short-lived"))
+    assert output(relay_cli("delete", created["id"])) == {"id": created["id"], "deleted": True}
+    assert output(relay_cli("list")) == []
