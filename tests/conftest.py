@@ -154,9 +154,14 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def make_client(
+    database_url: str,
     aiohttp_client: Callable[..., Any],
 ) -> Callable[..., Any]:
-    """Start a relay app for `settings` and return an HTTP test client for it."""
+    """Start a relay app for `settings` and return an HTTP test client for it.
+
+    Asking for database_url first makes pytest close the apps before it drops
+    their database, not the other way round.
+    """
 
     async def make(settings: Settings, app: web.Application | None = None) -> TestClient:
         # As in production (relay.commands.serve): a client hanging up cancels its handler.
