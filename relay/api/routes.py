@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api import admin, auth, chat, health, metrics
+from relay.api import admin, auth, chat, health, metrics, openapi
 
 
 def setup_routes(app: web.Application) -> None:
@@ -12,6 +12,9 @@ def setup_routes(app: web.Application) -> None:
         [
             web.get("/health", health.get_health, name="get_health", allow_head=True),
             web.get("/metrics", metrics.get_metrics, name="get_metrics"),
+            web.get("/openapi.json", openapi.get_openapi, name="get_openapi"),
+            web.get("/docs", openapi.get_docs, name="get_docs"),
+            web.get("/docs/{asset}", openapi.get_docs_asset, name="get_docs_asset"),
             web.post("/auth/token", auth.create_token, name="create_token"),
             web.get("/v1/me", auth.get_me, name="get_me"),
             web.get("/v1/models", chat.list_models, name="list_models"),

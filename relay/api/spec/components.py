@@ -1,0 +1,320 @@
+"""Reusable parts of the OpenAPI description: schemas, error responses, security schemes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_STATUSES: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "The request is malformed or a parameter is invalid."),
+    401: ("Unauthorized", "Credentials are missing, invalid, expired or revoked."),
+    403: ("Forbidden", "The caller may not do this."),
+    404: ("NotFound", "No such resource (or it belongs to another client)."),
+    409: ("Conflict", "The resource is in a state that does not allow this."),
+    413: ("PayloadTooLarge", "The body is larger than RELAY_MAX_BODY_BYTES."),
+    415: ("UnsupportedMediaType", "Send the body as application/json."),
+    422: ("Unprocessable", "The body is well-formed but cannot be acted on."),
+    429: ("TooManyRequests", "A rate limit refused the request; retry after Retry-After."),
+    502: ("BadGateway", "The provider failed or answered with an error."),
+    503: ("ServiceUnavailable", "A dependency (PostgreSQL, Redis) is unavailable."),
+    504: ("GatewayTimeout", "The provider did not answer in time."),
+}
+
+
+def ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _string_header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+HEADERS: dict[str, Any] = {
+    "RequestId": _string_header("This request's id: the client's X-Request-Id, or a new one."),
+    "RetryAfter": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+}
+for _kind in ("requests", "tokens"):
+    for _part, _text in (
+        ("limit", "The limit per window"),
+        ("remaining", "What is left in this window"),
+        ("reset", "When the window resets, as a duration (like 6m0s)"),
+    ):
+        HEADERS[f"RateLimit{_part.title()}{_kind.title()}"] = _string_header(
+            f"{_text}, for {_kind}."
+        )
+
+RATE_LIMIT_HEADERS: dict[str, Any] = {
+    f"x-ratelimit-{part}-{kind}": ref("headers", f"RateLimit{part.title()}{kind.title()}")
+    for kind in ("requests", "tokens")
+    for part in ("limit", "remaining", "reset")
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "additionalProperties": False,
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "examples": ["invalid_request_error"]},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "Check": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
+            "latency_ms": {"type": "number"},
+            "error": {"type": "string"},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "version"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded", "down", "draining"]},
+            "version": {"type": "string"},
+            "checks": {"type": "object", "additionalProperties": ref("schemas", "Check")},
+        },
+    },
+    "TokenRequest": {
+        "type": "object",
+        "required": ["api_key"],
+        "properties": {
+            "api_key": {"type": "string", "minLength": 1, "examples": ["rk_abc123_secret"]}
+        },
+    },
+    "Token": {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in", "scope"],
+        "properties": {
+            "access_token": {"type": "string", "description": "A JWT; send it as a bearer token."},
+            "token_type": {"const": "Bearer"},
+            "expires_in": {"type": "integer", "description": "Seconds until it expires."},
+            "scope": {"type": "string", "description": "The client's scopes, space separated."},
+        },
+    },
+    "Me": {
+        "type": "object",
+        "required": ["object", "id", "name", "scopes", "token_expires_at", "token_expires_in"],
+        "properties": {
+            "object": {"const": "client"},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "token_expires_at": {"type": "integer", "description": "Unix time."},
+            "token_expires_in": {"type": "integer", "description": "Seconds."},
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string", "description": "The upstream serving it."},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("schemas", "Model")},
+        },
+    },
+    "ChatMessage": {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "role": {
+                "type": "string",
+                "enum": ["system", "developer", "user", "assistant", "tool"],
+            },
+            "content": {
+                "description": "Text, or OpenAI's list of content parts.",
+                "oneOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}],
+            },
+            "name": {"type": "string"},
+            "tool_calls": {"type": "array"},
+            "tool_call_id": {"type": "string"},
+        },
+    },
+    "ChatCompletionRequest": {
+        "type": "object",
+        "description": "OpenAI's chat completion request; fields relay does not know pass through.",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "examples": ["sim-small"]},
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "items": ref("schemas", "ChatMessage"),
+            },
+            "stream": {"type": "boolean", "default": False},
+            "stream_options": {
+                "type": "object",
+                "properties": {"include_usage": {"type": "boolean"}},
+            },
+            "store": {
+                "type": "boolean",
+                "default": True,
+                "description": "false keeps this exchange out of relay's history.",
+            },
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "max_completion_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number"},
+            "top_p": {"type": "number"},
+            "tools": {"type": "array"},
+            "tool_choice": {},
+            "user": {"type": "string"},
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "description": "The provider's answer, relayed byte for byte.",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array"},
+            "usage": {"type": ["object", "null"]},
+        },
+    },
+    "Limits": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": "integer", "minimum": 0}
+            for name in ("requests_per_minute", "chat_requests_per_minute", "tokens_per_minute")
+        },
+    },
+    "ClientFields": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "scopes": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:*/@+-]{0,127}$"},
+            },
+            "status": {"type": "string", "enum": ["active", "disabled"]},
+            "limits": ref("schemas", "Limits"),
+            "store_history": {"type": "boolean"},
+            "metadata": {"type": "object", "maxProperties": 32},
+        },
+    },
+    "ClientCreate": {
+        "allOf": [ref("schemas", "ClientFields"), {"type": "object", "required": ["name"]}]
+    },
+    "ClientUpdate": {"allOf": [ref("schemas", "ClientFields"), {"minProperties": 1}]},
+    "Client": {
+        "type": "object",
+        "required": ["object", "id", "name", "key_id", "key_version", "scopes", "status"],
+        "properties": {
+            "object": {"const": "client"},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "key_id": {"type": "string"},
+            "key_version": {"type": "integer"},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "status": {"type": "string", "enum": ["active", "disabled"]},
+            "limits": ref("schemas", "Limits"),
+            "store_history": {"type": "boolean"},
+            "metadata": {"type": "object"},
+            "created_at": {"type": "integer"},
+            "updated_at": {"type": "integer"},
+        },
+    },
+    "ClientWithKey": {
+        "allOf": [
+            ref("schemas", "Client"),
+            {
+                "type": "object",
+                "required": ["api_key"],
+                "properties": {
+                    "api_key": {
+                        "type": "string",
+                        "description": "rk_<key id>_<secret>; shown only in this response.",
+                    }
+                },
+            },
+        ]
+    },
+    "ClientList": {
+        "type": "object",
+        "required": ["object", "data", "has_more"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("schemas", "Client")},
+            "first_id": {"type": ["string", "null"]},
+            "last_id": {"type": ["string", "null"]},
+            "has_more": {"type": "boolean"},
+        },
+    },
+    "ClientDeleted": {
+        "type": "object",
+        "required": ["object", "id", "deleted"],
+        "properties": {
+            "object": {"const": "client.deleted"},
+            "id": {"type": "string"},
+            "deleted": {"const": True},
+        },
+    },
+}
+
+
+def _error_response(status: int, description: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {"X-Request-Id": ref("headers", "RequestId")},
+        "content": {"application/json": {"schema": ref("schemas", "Error")}},
+    }
+    if status in (429, 503):
+        response["headers"]["Retry-After"] = ref("headers", "RetryAfter")
+    return response
+
+
+RESPONSES: dict[str, Any] = {
+    name: _error_response(status, description)
+    for status, (name, description) in ERROR_STATUSES.items()
+}
+
+COMPONENTS: dict[str, Any] = {
+    "schemas": SCHEMAS,
+    "responses": RESPONSES,
+    "headers": HEADERS,
+    "securitySchemes": {
+        "bearerToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT from POST /auth/token.",
+        },
+        "adminToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "RELAY_ADMIN_TOKEN.",
+        },
+        "metricsToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "RELAY_METRICS_TOKEN, when it is set.",
+        },
+    },
+}

@@ -1,0 +1,300 @@
+"""Every endpoint in the OpenAPI description; operationId is the route's name in routes.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.api.spec.components import ERROR_STATUSES, RATE_LIMIT_HEADERS, ref
+
+REQUEST_ID = {
+    "name": "X-Request-Id",
+    "in": "header",
+    "required": False,
+    "description": "Your id for this request (1-128 of A-Za-z0-9._:-); echoed back.",
+    "schema": {"type": "string"},
+}
+CLIENT_ID = {
+    "name": "client_id",
+    "in": "path",
+    "required": True,
+    "description": "The client's id.",
+    "schema": {"type": "string"},
+}
+JWT = [{"bearerToken": []}]
+ADMIN = [{"adminToken": []}]
+NONE: list[dict[str, list[str]]] = [{}]
+# Every JWT route can be refused by the token check, the rate limit or a dependency.
+AUTHENTICATED = (401, 429, 503)
+JSON_BODY = (400, 413, 415)
+
+
+def json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def answer(
+    description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": json_content(schema)}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def operation(
+    operation_id: str,
+    summary: str,
+    *,
+    tag: str,
+    security: list[dict[str, list[str]]],
+    responses: dict[str, Any],
+    errors: tuple[int, ...] = (),
+    parameters: tuple[dict[str, Any], ...] = (),
+    body: dict[str, Any] | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [tag],
+        "security": security,
+        "parameters": [*parameters, REQUEST_ID],
+        "responses": {
+            **responses,
+            **{
+                str(status): ref("responses", ERROR_STATUSES[status][0])
+                for status in sorted(set(errors))
+            },
+        },
+    }
+    if description:
+        spec["description"] = description
+    if body is not None:
+        spec["requestBody"] = {"required": True, "content": json_content(body)}
+    return spec
+
+
+PATHS: dict[str, Any] = {
+    "/health": {
+        "get": operation(
+            "get_health",
+            "Liveness and each backend's status",
+            tag="operations",
+            security=NONE,
+            description="503 when PostgreSQL is down, or `draining` while relay stops.",
+            responses={
+                "200": answer("relay and its backends are up.", ref("schemas", "Health")),
+                "503": answer("A backend is down, or relay is draining.", ref("schemas", "Health")),
+            },
+        )
+    },
+    "/metrics": {
+        "get": operation(
+            "get_metrics",
+            "Prometheus metrics",
+            tag="operations",
+            security=[{}, {"metricsToken": []}],
+            description="Needs the metrics token when RELAY_METRICS_TOKEN is set.",
+            responses={
+                "200": {
+                    "description": "Prometheus text exposition.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+            errors=(401,),
+        )
+    },
+    "/openapi.json": {
+        "get": operation(
+            "get_openapi",
+            "This description",
+            tag="operations",
+            security=NONE,
+            responses={"200": answer("OpenAPI 3.1.", {"type": "object"})},
+        )
+    },
+    "/docs": {
+        "get": operation(
+            "get_docs",
+            "This description, rendered",
+            tag="operations",
+            security=NONE,
+            responses={
+                "200": {
+                    "description": "An HTML page.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        )
+    },
+    "/docs/{asset}": {
+        "get": operation(
+            "get_docs_asset",
+            "The docs page's script and stylesheet",
+            tag="operations",
+            security=NONE,
+            parameters=(
+                {
+                    "name": "asset",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": ["docs.js", "docs.css"]},
+                },
+            ),
+            responses={
+                "200": {
+                    "description": "The asset.",
+                    "content": {
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                    },
+                }
+            },
+            errors=(404,),
+        )
+    },
+    "/auth/token": {
+        "post": operation(
+            "create_token",
+            "Exchange an API key for a JWT",
+            tag="auth",
+            security=NONE,
+            body=ref("schemas", "TokenRequest"),
+            description="A wrong key, an unknown key and a disabled client get the same 401.",
+            responses={"200": answer("A new access token.", ref("schemas", "Token"))},
+            errors=(*JSON_BODY, 401, 429, 503),
+        )
+    },
+    "/v1/me": {
+        "get": operation(
+            "get_me",
+            "The caller's client and token expiry",
+            tag="auth",
+            security=JWT,
+            responses={"200": answer("The caller.", ref("schemas", "Me"), RATE_LIMIT_HEADERS)},
+            errors=AUTHENTICATED,
+        )
+    },
+    "/v1/models": {
+        "get": operation(
+            "list_models",
+            "Models this client may use",
+            tag="chat",
+            security=JWT,
+            responses={
+                "200": answer("The models.", ref("schemas", "ModelList"), RATE_LIMIT_HEADERS)
+            },
+            errors=AUTHENTICATED,
+        )
+    },
+    "/v1/chat/completions": {
+        "post": operation(
+            "create_chat_completion",
+            "Create a chat completion (OpenAI-compatible)",
+            tag="chat",
+            security=JWT,
+            body=ref("schemas", "ChatCompletionRequest"),
+            description=(
+                "Relayed to the upstream serving `model`. With `stream: true` the answer is "
+                "server-sent events exactly as the provider sent them, ending in "
+                "`data: [DONE]`; a failure after the stream began is a final "
+                '`data: {"error": …}` event. Recorded in history unless `store: false`.'
+            ),
+            responses={
+                "200": {
+                    "description": "The completion, or its stream.",
+                    "headers": {
+                        "x-receipt-id": {
+                            "description": "The signed receipt of this answer.",
+                            "schema": {"type": "string"},
+                        },
+                        **RATE_LIMIT_HEADERS,
+                    },
+                    "content": {
+                        **json_content(ref("schemas", "ChatCompletion")),
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                }
+            },
+            errors=(*JSON_BODY, *AUTHENTICATED, 403, 404, 422, 502, 504),
+        )
+    },
+    "/admin/clients": {
+        "get": operation(
+            "list_clients",
+            "List API clients",
+            tag="admin",
+            security=ADMIN,
+            parameters=(
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "description": "The last id of the previous page.",
+                    "schema": {"type": "string"},
+                },
+            ),
+            responses={"200": answer("A page of clients.", ref("schemas", "ClientList"))},
+            errors=(400, 401, 503),
+        ),
+        "post": operation(
+            "create_client",
+            "Create an API client (its key is shown once)",
+            tag="admin",
+            security=ADMIN,
+            body=ref("schemas", "ClientCreate"),
+            responses={"201": answer("The client and its key.", ref("schemas", "ClientWithKey"))},
+            errors=(*JSON_BODY, 401, 503),
+        ),
+    },
+    "/admin/clients/{client_id}": {
+        "get": operation(
+            "get_client",
+            "Read an API client",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            responses={"200": answer("The client.", ref("schemas", "Client"))},
+            errors=(401, 404, 503),
+        ),
+        "patch": operation(
+            "update_client",
+            "Change a client's name, scopes, status, limits or history setting",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            body=ref("schemas", "ClientUpdate"),
+            description="Disabling a client refuses its tokens at once, on every instance.",
+            responses={"200": answer("The changed client.", ref("schemas", "Client"))},
+            errors=(*JSON_BODY, 401, 404, 503),
+        ),
+        "delete": operation(
+            "delete_client",
+            "Delete an API client",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            responses={"200": answer("Deleted.", ref("schemas", "ClientDeleted"))},
+            errors=(401, 404, 503),
+        ),
+    },
+    "/admin/clients/{client_id}/regenerate-key": {
+        "post": operation(
+            "regenerate_client_key",
+            "Issue a new API key; the old key and its tokens stop working",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            responses={
+                "200": answer("The client and its new key.", ref("schemas", "ClientWithKey"))
+            },
+            errors=(401, 404, 503),
+        )
+    },
+}
