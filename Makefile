@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install dev test bench lint serve migrate clean deploy-tools verify-deploy
+.PHONY: install dev test bench lint serve migrate clean deploy-tools verify-deploy schemathesis
 
 install: $(INSTALLED)
 
@@ -39,6 +39,12 @@ deploy-tools:
 
 verify-deploy: $(INSTALLED) deploy-tools
 	$(BIN)/pytest -q tests/test_deploy.py
+
+# A longer schemathesis run than `make test` does: no 5xx for any generated request.
+schemathesis: $(INSTALLED)
+	RELAY_SCHEMATHESIS_EXAMPLES=$${RELAY_SCHEMATHESIS_EXAMPLES:-200} \
+	RELAY_SCHEMATHESIS_PHASES=$${RELAY_SCHEMATHESIS_PHASES:-examples,coverage,fuzzing,stateful} \
+		$(BIN)/pytest -q tests/test_schemathesis.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check relay tests bench

@@ -18,7 +18,8 @@ _MAX_SCOPES = 64
 
 
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in SQL.
+    if not isinstance(value, str) or not value.strip() or len(value) > 200 or "\x00" in value:
         raise InvalidRequestError(
             "name must be a non-empty string of at most 200 characters.", param="name"
         )
@@ -72,7 +73,31 @@ def _metadata(value: Any) -> dict[str, Any]:
         raise InvalidRequestError(
             "metadata must be an object with at most 32 keys.", param="metadata"
         )
+    if not _storable(value):
+        raise InvalidRequestError(
+            "metadata must hold no NUL characters and no numbers beyond 64 bits.",
+            param="metadata",
+        )
     return value
+
+
+def _storable(value: Any) -> bool:
+    """False for what jsonb refuses (NUL) or gives back unanswerable (|n| ≥ 2**63).
+
+    PostgreSQL stores 1e20 as the integer 100000000000000000000, which no
+    64-bit JSON encoder can write back, so large floats are refused too.
+    """
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int | float):
+        return abs(value) < 2**63
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    return True
 
 
 _FIELDS = {

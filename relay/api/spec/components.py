@@ -156,6 +156,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "OpenAI's chat completion request; fields relay does not know pass through.",
         "required": ["model", "messages"],
+        "examples": [{"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}],
         "properties": {
             "model": {"type": "string", "examples": ["sim-small"]},
             "messages": {
