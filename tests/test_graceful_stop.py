@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from relay.appkeys import IN_FLIGHT as IN_FLIGHT_KEY
 from relay.drain import InFlight
 from relay.metrics import OPEN_STREAMS
+from relay.simulator.app import create_simulator_app
+from relay.simulator.config import SimulatorConfig
 from relay.systemd import Notifier
 from tests.api_calls import ADMIN
 from tests.relay_process import (
@@ -161,3 +164,92 @@ def test_notifier_respects_watchdog_pid():
     )
     assert other.watchdog_seconds is None  # another process is the one watched
     assert not Notifier.from_env({}).notify("READY=1")
+
+
+async def start_with_simulator(relay_process, aiohttp_server, tokens: int, **settings: str):
+    """relay serve in front of an in-process simulator pacing tokens 50 ms apart."""
+    simulator = await aiohttp_server(
+        create_simulator_app(SimulatorConfig(tokens=tokens, token_delay=0.05))
+    )
+    upstreams = [
+        {
+            "name": "simulator",
+            "base_url": f"http://127.0.0.1:{simulator.port}/v1",
+            "models": {"sim-small": "sim-small"},
+        }
+    ]
+    notify = NotifySocket.abstract()
+    relay = relay_process(
+        NOTIFY_SOCKET=notify.address, RELAY_UPSTREAMS=orjson.dumps(upstreams).decode(), **settings
+    )
+    relay.start()
+    await notify.wait_for("READY=1")
+    return relay, notify
+
+
+async def exchange_token(session: aiohttp.ClientSession, port: int) -> str:
+    api_key = await create_api_key(port)
+    async with session.post(
+        f"http://127.0.0.1:{port}/auth/token", json={"api_key": api_key}
+    ) as response:
+        return (await response.json())["access_token"]
+
+
+STREAM = {
+    "model": "sim-small",
+    "stream": True,
+    "messages": [{"role": "user", "content": "count"}],
+}
+
+
+async def test_a_stream_in_flight_at_sigterm_completes(relay_process, aiohttp_server):
+    relay, notify = await start_with_simulator(
+        relay_process, aiohttp_server, tokens=30, RELAY_DRAIN_TIMEOUT="20"
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            token = await exchange_token(session, relay.port)
+            async with session.post(
+                f"http://127.0.0.1:{relay.port}/v1/chat/completions",
+                json=STREAM,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                assert response.status == 200
+                first = await response.content.readline()
+                assert first.startswith(b"data: ")
+                relay.terminate()
+                await notify.wait_for("STOPPING=1")
+                assert await connection_refused(relay.port)
+                rest = await response.content.read()
+        events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]"
+        assert len(events) >= 30  # every token arrived
+        assert b'"error"' not in rest
+        assert await relay.wait(15) == 0, relay.logs()
+    finally:
+        notify.close()
+
+
+async def test_a_stream_past_the_drain_timeout_gets_a_final_error(relay_process, aiohttp_server):
+    relay, notify = await start_with_simulator(
+        relay_process, aiohttp_server, tokens=400, RELAY_DRAIN_TIMEOUT="0.5"
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            token = await exchange_token(session, relay.port)
+            async with session.post(
+                f"http://127.0.0.1:{relay.port}/v1/chat/completions",
+                json=STREAM,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                assert response.status == 200
+                await response.content.readline()
+                relay.terminate()
+                rest = await response.content.read()
+        events = [line for line in rest.split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] != b"data: [DONE]"
+        final = orjson.loads(events[-1].removeprefix(b"data: "))
+        assert final["error"]["code"] == "shutting_down"
+        assert await relay.wait(15) == 0, relay.logs()
+    finally:
+        notify.close()
