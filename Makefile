@@ -28,14 +28,16 @@ test: $(INSTALLED) deploy-tools
 bench: $(INSTALLED)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# The deployment checks (tests/test_deploy.py) need systemd-analyze and a
-# compose client; install them from Debian when missing (as root).
+# The deployment checks (tests/test_deploy.py) need systemd-analyze, a compose
+# client and nginx; install them from Debian when missing (as root).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 deploy-tools:
 	@command -v systemd-analyze >/dev/null 2>&1 || $(APT_INSTALL) systemd \
 		|| { apt-get update -qq && $(APT_INSTALL) systemd; }
 	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
 		|| $(APT_INSTALL) docker-compose || { apt-get update -qq && $(APT_INSTALL) docker-compose; }
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || $(APT_INSTALL) nginx-light \
+		|| { apt-get update -qq && $(APT_INSTALL) nginx-light; }
 
 verify-deploy: $(INSTALLED) deploy-tools
 	$(BIN)/pytest -q tests/test_deploy.py

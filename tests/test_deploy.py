@@ -150,3 +150,35 @@ def test_nginx_example_streams_unbuffered():
         'proxy_set_header Connection "";',
     ):
         assert directive in conf, directive
+
+
+def test_nginx_accepts_the_example(tmp_path):
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        pytest.fail("nginx is missing: `make verify-deploy` installs it (apt: nginx-light)")
+    # A throwaway certificate stands in for the operator's.
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=relay.example.com"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    live = "/etc/letsencrypt/live/relay.example.com/"
+    conf = (DEPLOY / "nginx.conf").read_text()
+    conf = conf.replace(live + "fullchain.pem", str(cert)).replace(live + "privkey.pem", str(key))
+    (tmp_path / "relay.conf").write_text(conf)
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n    include {tmp_path}/relay.conf;\n}}\n"
+    )
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-c", str(main), "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr

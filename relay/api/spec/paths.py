@@ -20,9 +20,10 @@ CLIENT_ID = {
     "description": "The client's id.",
     "schema": {"type": "string"},
 }
-JWT = [{"bearerToken": []}]
-ADMIN = [{"adminToken": []}]
-NONE: list[dict[str, list[str]]] = [{}]
+Security = list[dict[str, list[str]]]
+JWT: Security = [{"bearerToken": []}]
+ADMIN: Security = [{"adminToken": []}]
+NONE: Security = [{}]
 # Every JWT route can be refused by the token check, the rate limit or a dependency.
 AUTHENTICATED = (401, 429, 503)
 JSON_BODY = (400, 413, 415)
@@ -46,7 +47,7 @@ def operation(
     summary: str,
     *,
     tag: str,
-    security: list[dict[str, list[str]]],
+    security: Security,
     responses: dict[str, Any],
     errors: tuple[int, ...] = (),
     parameters: tuple[dict[str, Any], ...] = (),
