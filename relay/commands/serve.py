@@ -37,10 +37,13 @@ async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.Bas
 
 async def serve(settings: Settings, app: web.Application | None = None) -> None:
     app = app or create_app(settings)
+    # handler_cancellation: a client that hangs up cancels its handler, which
+    # closes the provider request at once instead of at the next token.
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
+        handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_SECONDS,
     )
     stop = asyncio.Event()
