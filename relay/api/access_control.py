@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.appkeys import AUTHENTICATOR, CALLER, SETTINGS
 from relay.errors import AuthenticationError
@@ -20,7 +21,7 @@ def _matched(request: web.Request) -> bool:
 
 @web.middleware
 async def access_control_middleware(
-    request: web.Request, handler: web.Handler
+    request: web.Request, handler: Handler
 ) -> web.StreamResponse:
     # Unknown routes and wrong methods fall through to their 404/405.
     if _matched(request) and request.method != "OPTIONS":

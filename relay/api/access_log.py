@@ -6,6 +6,7 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.appkeys import CALLER, FIRST_BYTE_AT, REQUEST_ID, STARTED_AT
 from relay.metrics import observe_request
@@ -20,7 +21,7 @@ def route_of(request: web.Request) -> str:
 
 
 @web.middleware
-async def access_log_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[STARTED_AT] = started = time.monotonic()
     status, sent = 500, 0
     try:

@@ -130,7 +130,12 @@ async def _relay_stream(
     with request.app[IN_FLIGHT].track() as deadline:
         # Past the drain timeout of a graceful stop, relay stops reading the provider.
         stopper = asyncio.create_task(deadline.wait())
-        stopper.add_done_callback(lambda task: task.cancelled() or provider.close())
+
+        def stop_reading(task: asyncio.Task[bool]) -> None:
+            if not task.cancelled():
+                provider.close()
+
+        stopper.add_done_callback(stop_reading)
         try:
             result = await pipe_stream(response, provider, observer)
         finally:

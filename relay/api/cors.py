@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.appkeys import SETTINGS
 
@@ -55,7 +56,7 @@ def _allowed_methods(request: web.Request) -> set[str] | None:
 
 
 @web.middleware
-async def preflight_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def preflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer OPTIONS for known paths before auth, and preflights for allowed origins."""
     if request.method != "OPTIONS":
         return await handler(request)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.appkeys import IN_FLIGHT
 from relay.drain import InFlight
 
 
 @web.middleware
-async def drain_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     with request.app[IN_FLIGHT].request():
         return await handler(request)
 

@@ -6,6 +6,7 @@ import logging
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.appkeys import REQUEST_ID
 from relay.errors import (
@@ -49,7 +50,7 @@ def _from_http(exc: web.HTTPException) -> RelayError:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RelayError as error:

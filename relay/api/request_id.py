@@ -6,6 +6,7 @@ import re
 import uuid
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.appkeys import REQUEST_ID
 
@@ -14,7 +15,7 @@ _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(HEADER, "")
     request_id = given if _SANE.match(given) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id

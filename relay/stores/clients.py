@@ -98,7 +98,8 @@ class ClientStore:
 
     async def list_page(self, *, limit: int, after: str | None = None) -> tuple[list[Client], bool]:
         """Clients oldest first; `after` is the id of the last client of the previous page."""
-        where, args = "", [limit + 1]
+        where = ""
+        args: list[Any] = [limit + 1]
         if after:
             where = "WHERE (created_at, id) > (SELECT created_at, id FROM clients WHERE id = %s)"
             args.insert(0, after)

@@ -81,7 +81,7 @@ class Database:
             await cur.execute("SELECT 1")
 
     def pool_stats(self) -> dict[str, int]:
-        return {"size": self.pool.size, "free": self.pool.freesize, "max": self.pool.maxsize}
+        return {"size": self.pool.size, "free": self.pool.freesize, "max": self.pool.maxsize or 0}
 
 
 async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
@@ -94,7 +94,7 @@ async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
 
 async def fetch_all(cur: Cursor, query: str, args: Any = None) -> list[dict[str, Any]]:
     await cur.execute(query, args)
-    names = [column.name for column in cur.description]
+    names = [column.name for column in cur.description or ()]
     return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
 

@@ -31,8 +31,9 @@ class ProviderRefusal(RelayError):
         super().__init__(str(error.get("message") or "The provider refused the request."))
         self.status = status
         self.type = str(error.get("type") or "invalid_request_error")
-        self.code = error.get("code") if isinstance(error.get("code"), str) else None  # type: ignore[assignment]
-        self.param = error.get("param") if isinstance(error.get("param"), str) else None  # type: ignore[assignment]
+        code, param = error.get("code"), error.get("param")
+        self.code = code if isinstance(code, str) else None
+        self.param = param if isinstance(param, str) else None
         self.headers = headers
 
 
