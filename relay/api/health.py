@@ -37,10 +37,16 @@ async def get_health(request: web.Request) -> web.Response:
         probe(request.app[DATABASE].ping, timeout),
         probe(request.app[REDIS].ping, timeout),
     )
+    if redis["status"] != "ok":
+        # relay serves on without Redis (rate limits fall back to in-process
+        # buckets), so an outage degrades it rather than taking it down.
+        redis["status"] = "degraded"
     checks = {"postgres": postgres, "redis": redis}
-    healthy = all(check["status"] == "ok" for check in checks.values())
+    healthy = all(check["status"] in ("ok", "degraded") for check in checks.values())
+    degraded = healthy and any(check["status"] != "ok" for check in checks.values())
+    overall = "degraded" if degraded else "ok" if healthy else "down"
     return json_response(
-        {"status": "ok" if healthy else "down", "version": __version__, "checks": checks},
+        {"status": overall, "version": __version__, "checks": checks},
         status=200 if healthy else 503,
         headers={"Cache-Control": "no-store"},
     )

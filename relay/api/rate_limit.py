@@ -1,0 +1,102 @@
+"""Rate limiting at the door: 429s before any work, and OpenAI's x-ratelimit-* headers."""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from relay.appkeys import CALLER, RATE_LIMIT, RATE_LIMITER
+from relay.errors import RateLimitError
+from relay.metrics import RATE_LIMITED
+from relay.services.ratelimit import Quota, Verdict
+
+CHAT_ROUTES = frozenset({"create_chat_completion", "create_chat"})
+TOKEN_EXCHANGE_ROUTE = "create_token"
+
+
+def duration(ms: int) -> str:
+    """A span the way OpenAI writes resets (Go's time.Duration): 12ms, 1s, 1.5s, 6m0s, 1h0m0s."""
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{minutes}m{seconds}s"
+    return f"{seconds}s"
+
+
+def _quota_headers(kind: str, quota: Quota) -> dict[str, str]:
+    return {
+        f"x-ratelimit-limit-{kind}": str(quota.limit),
+        f"x-ratelimit-remaining-{kind}": str(quota.remaining),
+        f"x-ratelimit-reset-{kind}": duration(quota.reset_ms),
+    }
+
+
+def rate_limit_headers(verdict: Verdict) -> dict[str, str]:
+    headers = _quota_headers("requests", verdict.requests)
+    if verdict.tokens is not None:
+        headers.update(_quota_headers("tokens", verdict.tokens))
+    return headers
+
+
+def refusal(verdict: Verdict) -> RateLimitError:
+    wait = duration(verdict.retry_after_ms)
+    quota = verdict.tokens if verdict.refused_type == "tokens" else verdict.requests
+    limit = f" (limit {quota.limit} per minute)" if quota is not None else ""
+    error = RateLimitError(
+        f"Rate limit reached for {verdict.refused_type}{limit}. Please try again in {wait}.",
+        headers={"Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000)))},
+    )
+    error.type = verdict.refused_type
+    return error
+
+
+async def _check(request: web.Request) -> Verdict | None:
+    limiter = request.app[RATE_LIMITER]
+    if not limiter.enabled or request.match_info.http_exception is not None:
+        return None
+    if request.method == "OPTIONS":
+        return None
+    route = request.match_info.route.name
+    if route == TOKEN_EXCHANGE_ROUTE:
+        # Before the key is checked, so keys cannot be guessed at speed.
+        forwarded = request.headers.getall("X-Forwarded-For", ())
+        return await limiter.check_address(
+            limiter.trusted_proxies.client_address(request.remote, forwarded)
+        )
+    caller = request.get(CALLER)
+    if caller is None:
+        return None
+    return await limiter.check_client(caller.client, chat=route in CHAT_ROUTES)
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    verdict = await _check(request)
+    if verdict is not None:
+        request[RATE_LIMIT] = verdict
+        if not verdict.allowed:
+            RATE_LIMITED.labels(bucket=verdict.refused).inc()
+            raise refusal(verdict)
+    return await handler(request)
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    # Streams are prepared inside the handler, so headers go on here, not in the middleware.
+    verdict = request.get(RATE_LIMIT)
+    if verdict is not None:
+        response.headers.update(rate_limit_headers(verdict))
+
+
+def setup_rate_limit(app: web.Application) -> None:
+    """Install after access control: client limits need the caller it identifies."""
+    app.middlewares.append(rate_limit_middleware)
+    app.on_response_prepare.append(_on_prepare)

@@ -1,0 +1,68 @@
+"""Which address a request came from: the socket peer, or what trusted proxies say it was."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# A unix-socket peer has no address; "unix" in RELAY_TRUSTED_PROXIES trusts it.
+UNIX = "unix"
+
+
+def _address(text: str) -> Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class TrustedProxies:
+    """The proxies whose X-Forwarded-For entries are believed (CIDRs, and "unix")."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        entries = tuple(entries)
+        self.unix = UNIX in entries
+        self.networks = tuple(
+            ipaddress.ip_network(entry, strict=False) for entry in entries if entry != UNIX
+        )
+
+    def __bool__(self) -> bool:
+        return self.unix or bool(self.networks)
+
+    def trusts(self, address: Address) -> bool:
+        return any(address in network for network in self.networks)
+
+    def client_address(self, peer: str | None, forwarded_for: Iterable[str]) -> str:
+        """The right-most address not itself a trusted proxy, starting from the peer.
+
+        Each proxy appends the address it was talked to by, so only entries
+        right of the first untrusted hop were written by proxies we trust;
+        anything further left is whatever the client chose to send.
+        """
+        hop = _address(peer) if peer else None
+        if hop is None:
+            if not self.unix:
+                return str(peer) if peer else UNIX
+            nearest = UNIX
+        elif not self.trusts(hop):
+            return str(hop)
+        else:
+            nearest = str(hop)
+        entries = [entry for header in forwarded_for for entry in header.split(",")]
+        for entry in reversed(entries):
+            if not entry.strip():
+                continue
+            address = _address(entry)
+            if address is None:
+                # Not something a proxy writes: believe only the hop that passed it on.
+                return nearest
+            nearest = str(address)
+            if not self.trusts(address):
+                return nearest
+        return nearest

@@ -1,0 +1,26 @@
+"""Pseudonyms for identities (client ids, addresses) kept outside PostgreSQL: HMAC-SHA256."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+class IdentityHasher:
+    """Keyed hashes, so Redis never holds a raw client id or address.
+
+    Every relay instance sharing a Redis must share the key
+    (RELAY_IDENTITY_HASH_KEY), or they would not find each other's buckets.
+    """
+
+    def __init__(self, key: str) -> None:
+        if not key:
+            raise ValueError("an identity hash key is required")
+        self._key = key.encode()
+
+    def __repr__(self) -> str:
+        return "IdentityHasher(key='***')"
+
+    def pseudonym(self, kind: str, value: str) -> str:
+        # The kind keeps a client id and an address that happen to match apart.
+        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()

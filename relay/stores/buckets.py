@@ -1,0 +1,54 @@
+"""Token buckets: what a request asks of each bucket, and what the buckets answer.
+
+Every bucket refills continuously from empty to full over `REFILL_MS`, so a
+limit of N per minute allows a burst of N and then one more every 60/N s.
+The Redis script and the in-process fallback follow the same rules.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+REFILL_MS = 60_000
+
+
+class Mode(enum.IntEnum):
+    TAKE = 0  # passes with `cost` tokens in the bucket, and takes them
+    GATE = 1  # passes while the level is not below zero; takes nothing
+    DEBIT = 2  # always passes and takes `cost`, so the level may fall below zero
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One bucket's part in a request."""
+
+    key: str
+    capacity: int
+    cost: int = 1
+    mode: Mode = Mode.TAKE
+
+
+@dataclass(frozen=True)
+class Level:
+    """One bucket after a request: whole tokens left, ms until full, ms until it would pass."""
+
+    remaining: int
+    reset_ms: int
+    wait_ms: int  # 0: passed; -1: never (a capacity of zero)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """All-or-nothing: when one bucket refuses, none is charged."""
+
+    allowed: bool
+    levels: tuple[Level, ...]
+
+
+def draw_arguments(draws: list[Draw]) -> list[int]:
+    """The script's ARGV after the refill period: capacity, cost, mode per bucket."""
+    args: list[int] = []
+    for draw in draws:
+        args += [draw.capacity, draw.cost, int(draw.mode)]
+    return args

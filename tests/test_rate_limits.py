@@ -1,0 +1,247 @@
+"""Clients are held to their limits exactly, across instances, and see OpenAI's headers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import redis.asyncio as redis
+
+from relay.appkeys import CLIENTS, RATE_LIMITER
+from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
+
+DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
+REQUEST_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+)
+TOKEN_HEADERS = (
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+
+
+async def _burst(http, count: int, path: str = "/v1/me", **kwargs) -> list[int]:
+    responses = await asyncio.gather(*(http.get(path, **kwargs) for _ in range(count)))
+    for response in responses:
+        await response.read()
+    return [response.status for response in responses]
+
+
+async def test_exactly_the_limit_of_200_concurrent_requests_pass(make_client, make_settings):
+    # 25 a minute refills one every 2.4 s: far longer than the burst takes.
+    http = await make_client(make_settings(rate_limit_requests_per_minute=25))
+    _, token = await client_with_token(http)
+
+    statuses = await _burst(http, 200, headers=bearer(token))
+
+    assert statuses.count(200) == 25
+    assert statuses.count(429) == 175
+
+
+async def test_two_instances_enforce_one_combined_limit(make_client, make_settings):
+    settings = make_settings(rate_limit_requests_per_minute=30)
+    first, second = await make_client(settings), await make_client(settings)
+    _, token = await client_with_token(first)
+
+    # Twenty on one instance, then twenty on the other: the second sees what is left.
+    assert (await _burst(first, 20, headers=bearer(token))).count(200) == 20
+    assert (await _burst(second, 20, headers=bearer(token))).count(200) == 10
+
+
+async def test_two_instances_hit_at_once_pass_exactly_the_limit(make_client, make_settings):
+    settings = make_settings(rate_limit_requests_per_minute=30)
+    first, second = await make_client(settings), await make_client(settings)
+    _, token = await client_with_token(first)
+
+    statuses = await asyncio.gather(
+        _burst(first, 100, headers=bearer(token)), _burst(second, 100, headers=bearer(token))
+    )
+
+    assert statuses[0].count(200) + statuses[1].count(200) == 30
+
+
+async def test_clients_have_separate_buckets(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_requests_per_minute=3))
+    _, first = await client_with_token(http, name="first")
+    _, second = await client_with_token(http, name="second")
+
+    assert sorted(await _burst(http, 4, headers=bearer(first))) == [200, 200, 200, 429]
+    assert (await http.get("/v1/me", headers=bearer(second))).status == 200
+
+
+async def test_refusal_is_429_with_retry_after_and_openai_error(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_requests_per_minute=2))
+    _, token = await client_with_token(http)
+    await _burst(http, 2, headers=bearer(token))
+
+    response = await http.get("/v1/me", headers=bearer(token))
+
+    error = await assert_error(response, 429, "rate_limit_exceeded")
+    assert error["type"] == "requests"
+    assert "requests" in error["message"]
+    # 2 a minute: the next one is back in 30 s (less the time the test took).
+    assert 25 <= int(response.headers["Retry-After"]) <= 30
+    assert response.headers["x-ratelimit-limit-requests"] == "2"
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert response.headers["X-Request-Id"]
+
+
+async def test_every_limited_response_carries_well_formed_headers(make_client, make_settings):
+    http = await make_client(
+        make_settings(rate_limit_requests_per_minute=10, rate_limit_tokens_per_minute=5000)
+    )
+    _, token = await client_with_token(http)
+
+    remaining = []
+    for _ in range(3):
+        response = await http.get("/v1/me", headers=bearer(token))
+        assert response.status == 200
+        for name in REQUEST_HEADERS + TOKEN_HEADERS:
+            assert name in response.headers, name
+        assert DURATION.match(response.headers["x-ratelimit-reset-requests"])
+        assert DURATION.match(response.headers["x-ratelimit-reset-tokens"])
+        assert response.headers["x-ratelimit-limit-requests"] == "10"
+        assert response.headers["x-ratelimit-limit-tokens"] == "5000"
+        assert response.headers["x-ratelimit-remaining-tokens"] == "5000"
+        assert response.headers["x-ratelimit-reset-tokens"] == "0s"
+        remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
+
+    assert remaining == [9, 8, 7]
+    # Three taken at 10 a minute come back in 18 s (6 s each), less the test's own time.
+    reset = response.headers["x-ratelimit-reset-requests"]
+    assert reset.endswith("s") and 17 <= float(reset.removesuffix("s")) <= 18
+
+
+async def test_unlimited_routes_carry_no_rate_limit_headers(http):
+    response = await http.get("/health")
+    assert "x-ratelimit-limit-requests" not in response.headers
+    response = await http.get("/admin/clients", headers=ADMIN)
+    assert response.status == 200
+    assert "x-ratelimit-limit-requests" not in response.headers
+
+
+async def test_a_large_answer_empties_the_token_bucket(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=1000))
+    client, token = await client_with_token(http)
+    assert (await http.get("/v1/me", headers=bearer(token))).status == 200
+
+    # What the chat relay does once an answer is out: debit its real usage.
+    row = await http.app[CLIENTS].get(client["id"])
+    await http.app[RATE_LIMITER].debit_tokens(row, 1500)
+
+    response = await http.get("/v1/me", headers=bearer(token))
+    error = await assert_error(response, 429, "rate_limit_exceeded")
+    assert error["type"] == "tokens"
+    assert response.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert response.headers["x-ratelimit-remaining-tokens"] == "0"
+    # 500 tokens in debt at 1000 a minute: 30 s until the bucket is back at zero.
+    assert 28 <= int(response.headers["Retry-After"]) <= 30
+
+
+async def test_a_debit_within_the_budget_only_lowers_remaining_tokens(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=1000))
+    client, token = await client_with_token(http)
+    row = await http.app[CLIENTS].get(client["id"])
+
+    await http.app[RATE_LIMITER].debit_tokens(row, 400)
+    await http.app[RATE_LIMITER].debit_tokens(row, 0)  # nothing to charge
+
+    response = await http.get("/v1/me", headers=bearer(token))
+    assert response.status == 200
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) in (600, 601)
+    assert DURATION.match(response.headers["x-ratelimit-reset-tokens"])
+
+
+async def test_chat_requests_draw_on_the_chat_bucket_too(make_client, make_settings, simulator):
+    http = await make_client(make_settings(rate_limit_chat_per_minute=2))
+    _, token = await client_with_token(http)
+    chat = {"model": "gpt-sim", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(2):
+        response = await http.post("/v1/chat/completions", json=chat, headers=bearer(token))
+        assert response.status != 429, await response.text()
+        assert response.headers["x-ratelimit-limit-requests"] == "2"
+    forwarded = len(simulator.state.requests)
+
+    response = await http.post("/v1/chat/completions", json=chat, headers=bearer(token))
+
+    error = await assert_error(response, 429, "rate_limit_exceeded")
+    assert error["type"] == "requests"
+    assert len(simulator.state.requests) == forwarded  # nothing went upstream
+    # The general bucket (100 a minute) still has room for other endpoints.
+    response = await http.get("/v1/me", headers=bearer(token))
+    assert response.status == 200
+    assert response.headers["x-ratelimit-limit-requests"] == "100"
+    # Two chats and this one: the refused chat charged no bucket at all.
+    assert response.headers["x-ratelimit-remaining-requests"] == "97"
+
+
+async def test_a_client_override_takes_effect(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_requests_per_minute=100))
+    client, token = await client_with_token(http)
+    assert (await http.get("/v1/me", headers=bearer(token))).headers[
+        "x-ratelimit-limit-requests"
+    ] == "100"
+
+    response = await http.patch(
+        f"/admin/clients/{client['id']}",
+        json={"limits": {"requests_per_minute": 3, "tokens_per_minute": 50}},
+        headers=ADMIN,
+    )
+    assert response.status == 200, await response.text()
+
+    # The cache learns of the change by NOTIFY; give it a moment to arrive.
+    for _ in range(50):
+        response = await http.get("/v1/me", headers=bearer(token))
+        if response.headers["x-ratelimit-limit-requests"] == "3":
+            break
+        await asyncio.sleep(0.05)
+    assert response.headers["x-ratelimit-limit-tokens"] == "50"
+    statuses = [response.status] + await _burst(http, 5, headers=bearer(token))
+    assert statuses.count(200) == 3
+
+
+async def test_a_zero_override_refuses_everything(make_client, make_settings):
+    http = await make_client(make_settings())
+    _, token = await client_with_token(http, limits={"requests_per_minute": 0})
+
+    response = await http.get("/v1/me", headers=bearer(token))
+
+    await assert_error(response, 429, "rate_limit_exceeded")
+    assert response.headers["Retry-After"] == "60"
+
+
+async def test_limits_off_lets_everything_through_without_headers(make_client, make_settings):
+    http = await make_client(make_settings(rate_limits=False, rate_limit_requests_per_minute=2))
+    _, token = await client_with_token(http)
+
+    statuses = await _burst(http, 10, headers=bearer(token))
+
+    assert statuses == [200] * 10
+    response = await http.get("/v1/me", headers=bearer(token))
+    assert "x-ratelimit-limit-requests" not in response.headers
+    row = await http.app[CLIENTS].get((await response.json())["id"])
+    await http.app[RATE_LIMITER].debit_tokens(row, 10**9)  # a no-op, not an error
+    assert (await http.get("/v1/me", headers=bearer(token))).status == 200
+
+
+async def test_redis_holds_no_raw_client_id(make_client, make_settings, redis_url):
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=1000))
+    client, token = await client_with_token(http)
+    await _burst(http, 3, headers=bearer(token))
+    await http.app[RATE_LIMITER].debit_tokens(await http.app[CLIENTS].get(client["id"]), 10)
+
+    async with redis.from_url(redis_url) as connection:
+        keys = [key.decode() for key in await connection.keys("*")]
+        ttls = [await connection.pttl(key) for key in keys]
+        dumped = [str(await connection.hgetall(key)) for key in keys]
+
+    assert keys, "the buckets live in Redis"
+    for text in keys + dumped:
+        assert client["id"] not in text
+        assert client["id"].replace("-", "") not in text
+        assert client["key_id"] not in text
+        assert "127.0.0.1" not in text  # the token-exchange bucket's address is hashed too
+    assert all(0 < ttl <= 61_000 for ttl in ttls), ttls  # idle clients vanish
