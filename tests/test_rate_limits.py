@@ -245,3 +245,39 @@ async def test_redis_holds_no_raw_client_id(make_client, make_settings, redis_ur
         assert client["key_id"] not in text
         assert "127.0.0.1" not in text  # the token-exchange bucket's address is hashed too
     assert all(0 < ttl <= 61_000 for ttl in ttls), ttls  # idle clients vanish
+
+
+async def test_a_streamed_answer_carries_the_headers(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_chat_per_minute=5))
+    _, token = await client_with_token(http)
+    chat = {"model": "gpt-sim", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    response = await http.post("/v1/chat/completions", json=chat, headers=bearer(token))
+
+    assert response.status == 200, await response.text()
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["x-ratelimit-limit-requests"] == "5"
+    assert response.headers["x-ratelimit-remaining-requests"] == "4"
+    for name in TOKEN_HEADERS:
+        assert name in response.headers
+    assert (await response.read()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_real_answers_spend_the_token_budget(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=5))
+    _, token = await client_with_token(http)
+    chat = {"model": "gpt-sim", "messages": [{"role": "user", "content": "hello there"}]}
+
+    response = await http.post("/v1/chat/completions", json=chat, headers=bearer(token))
+    assert response.status == 200, await response.text()
+    used = (await response.json())["usage"]["total_tokens"]
+    assert used > 5
+
+    # The debit follows the answer; the next request finds the bucket in debt.
+    for _ in range(50):
+        response = await http.get("/v1/me", headers=bearer(token))
+        if response.status == 429:
+            break
+        await asyncio.sleep(0.02)
+    error = await assert_error(response, 429, "rate_limit_exceeded")
+    assert error["type"] == "tokens"
