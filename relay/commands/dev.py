@@ -1,0 +1,221 @@
+"""`relay dev`: the whole appliance on one machine, with a demo client ready to try.
+
+Private PostgreSQL and Redis keep their data under `RELAY_DEV_DIR` (default
+`.dev`), the upstream simulator answers unless `RELAY_UPSTREAMS` names real
+providers, and a demo client's key is kept in `.dev/demo-client.json` so every
+run prints the same ready-to-paste `curl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+from aiohttp import web
+
+from relay.app import create_app
+from relay.appkeys import CLIENTS
+from relay.commands.serve import start_sites
+from relay.config import ConfigError, Settings, load_settings
+from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
+from relay.logs import setup_logging
+from relay.services.clients import ClientService
+from relay.stores.database import connect, create_database
+
+DATABASE = "relay"
+SIMULATOR_KEY = "sim"
+SIMULATOR_MODELS = ("sim-small", "sim-large")
+DEMO_FILE = "demo-client.json"
+
+
+def simulator_upstreams(port: int) -> str:
+    return orjson.dumps(
+        [
+            {
+                "name": "simulator",
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "api_key": SIMULATOR_KEY,
+                "models": {model: model for model in SIMULATOR_MODELS},
+            }
+        ]
+    ).decode()
+
+
+async def ensure_database(admin_url: str, name: str) -> None:
+    conn = await connect(admin_url, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            exists = await cur.fetchone() is not None
+    finally:
+        await conn.close()
+    if not exists:
+        await create_database(admin_url, name)
+
+
+@contextlib.asynccontextmanager
+async def simulator(port: int) -> AsyncIterator[bool]:
+    """Serve relay's OpenAI-compatible simulator on `port`; yields False if it is not installed."""
+    try:
+        from relay.simulator import SimulatorConfig, create_simulator_app
+    except ImportError:
+        yield False
+        return
+    runner = web.AppRunner(create_simulator_app(SimulatorConfig(api_key=SIMULATOR_KEY)))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield True
+    finally:
+        await runner.cleanup()
+
+
+def write_private(path: Path, data: Mapping[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+async def demo_key(clients: ClientService, path: Path) -> str:
+    """The demo client's API key: the kept one while it still works, else a new client's."""
+    try:
+        kept = orjson.loads(await asyncio.to_thread(path.read_bytes))
+        api_key = str(kept["api_key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        api_key = ""
+    if api_key and await clients.authenticate_key(api_key) is not None:
+        return api_key
+    client, key = await clients.create({"name": "demo", "metadata": {"created_by": "relay dev"}})
+    await asyncio.to_thread(write_private, path, {"client_id": client.id, "api_key": str(key)})
+    return str(key)
+
+
+def first_model(settings: Settings) -> str:
+    for upstream in getattr(settings, "upstreams", ()):
+        for model in upstream.models:
+            return str(model)
+    return SIMULATOR_MODELS[0]
+
+
+def banner(settings: Settings, api_key: str, key_file: Path, backends: str) -> str:
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    body = shlex.quote(orjson.dumps({"api_key": api_key}).decode())
+    extract = shlex.quote('import json,sys;print(json.load(sys.stdin)["access_token"])')
+    me = (
+        f"TOKEN=$(curl -s -X POST {base}/auth/token -H 'Content-Type: application/json'"
+        f" -d {body} | python3 -c {extract})"
+        f' && curl -s {base}/v1/me -H "Authorization: Bearer $TOKEN"'
+    )
+    chat = orjson.dumps(
+        {"model": first_model(settings), "messages": [{"role": "user", "content": "Hello!"}]}
+    ).decode()
+    completions = (
+        f'curl -s {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN"'
+        f" -H 'Content-Type: application/json' -d {shlex.quote(chat)}"
+    )
+    return "\n".join(
+        [
+            "",
+            f"relay is running at {base}  ({backends})",
+            "",
+            f"  admin token:  {settings.admin_token}",
+            f"  demo API key: {api_key}",
+            f"                (kept in {key_file})",
+            "",
+            "Trade the demo key for a token and ask relay who you are:",
+            "",
+            f"  {me}",
+            "",
+            "Then chat (in the same shell, so $TOKEN is set):",
+            "",
+            f"  {completions}",
+            "",
+            "Ctrl-C stops relay, the simulator, PostgreSQL and Redis.",
+            "",
+        ]
+    )
+
+
+async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: str) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    sim_port = free_port()
+    own_simulator = not env.get("RELAY_UPSTREAMS")
+    if own_simulator:
+        env["RELAY_UPSTREAMS"] = simulator_upstreams(sim_port)
+    async with contextlib.AsyncExitStack() as stack:
+        if own_simulator:
+            if await stack.enter_async_context(simulator(sim_port)):
+                backends += f", simulator :{sim_port}"
+            else:
+                del env["RELAY_UPSTREAMS"]
+                backends += ", no upstream (relay.simulator is missing)"
+        try:
+            settings = load_settings(env)
+        except ConfigError as exc:
+            print(f"relay dev: {exc}", file=sys.stderr)
+            return 2
+        setup_logging(settings.log_level, settings.log_format)
+        await ensure_database(admin_url, DATABASE)
+
+        app = create_app(settings)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await start_sites(runner, settings)
+        key_file = dev_dir / DEMO_FILE
+        api_key = await demo_key(app[CLIENTS], key_file)
+        print(banner(settings, api_key, key_file, backends), flush=True)
+        await stop.wait()
+    return 0
+
+
+def dev_environment(dev_dir: Path, pg: PostgresServer, redis: RedisServer) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "RELAY_ENV": "development",
+            "RELAY_DATABASE_URL": pg.url_for(DATABASE),
+            "RELAY_REDIS_URL": redis.url,
+            "RELAY_STATE_DIR": str(dev_dir / "state"),
+        }
+    )
+    env.setdefault("RELAY_LOG_FORMAT", "text")
+    return env
+
+
+def run() -> int:
+    dev_dir = Path(os.environ.get("RELAY_DEV_DIR") or ".dev").absolute()
+    dev_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pg = PostgresServer(dev_dir / "postgres")
+    redis = RedisServer(dev_dir / "redis")
+    try:
+        print(f"starting PostgreSQL and Redis under {dev_dir} …", flush=True)
+        pg.start()
+        redis.start()
+        backends = f"PostgreSQL :{pg.port}, Redis :{redis.port}"
+        env = dev_environment(dev_dir, pg, redis)
+        return uvloop.run(serve(env, pg.url, dev_dir, backends))
+    except DevServerError as exc:
+        print(f"relay dev: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        redis.stop()
+        pg.stop()

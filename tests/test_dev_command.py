@@ -1,0 +1,169 @@
+"""`relay dev` brings up the appliance, prints a curl that works, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.devservers import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 90.0
+
+
+class DevRun:
+    """`python -m relay dev` in a subprocess, its stdout read line by line on a thread."""
+
+    def __init__(self, dev_dir: Path, port: int) -> None:
+        env = {**os.environ, "RELAY_DEV_DIR": str(dev_dir), "RELAY_PORT": str(port)}
+        env.pop("RELAY_UPSTREAMS", None)
+        env["RELAY_BCRYPT_ROUNDS"] = "4"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "dev"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr.extend(self.proc.stderr)
+
+    def wait_for_banner(self) -> list[str]:
+        """Every stdout line up to the one that says how to stop."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+            if line.startswith("Ctrl-C"):
+                return self.seen
+        raise AssertionError(f"no banner: {self.seen}\n{''.join(self.stderr)[-3000:]}")
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=60)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def processes_using(path: Path) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in text:
+            found.append(text)
+    return found
+
+
+@pytest.fixture
+def dev_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "dev"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def shell(command: str) -> str:
+    done = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_dev_prints_a_working_curl_and_stops_cleanly(dev_dir: Path):
+    port = free_port()
+    run = DevRun(dev_dir, port)
+    try:
+        banner = run.wait_for_banner()
+        me_line = next(line.strip() for line in banner if line.strip().startswith("TOKEN=$("))
+        chat_line = next(line.strip() for line in banner if "/v1/chat/completions" in line)
+        key_line = next(line for line in banner if "demo API key:" in line)
+        admin_line = next(line for line in banner if "admin token:" in line)
+        api_key = key_line.split(":", 1)[1].strip()
+        assert api_key.startswith("rk_")
+        assert f"http://127.0.0.1:{port}/" in me_line
+
+        me = json.loads(shell(me_line))
+        assert me["name"] == "demo"
+        assert me["object"] == "client"
+
+        chat = json.loads(shell(f"{me_line} >/dev/null && {chat_line}"))
+        assert chat["object"] == "chat.completion"
+        assert chat["choices"][0]["message"]["content"]
+
+        kept = dev_dir / "demo-client.json"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert json.loads(kept.read_text()) == {"client_id": me["id"], "api_key": api_key}
+        assert (
+            admin_line.split(":", 1)[1].strip()
+            == (dev_dir / "state/admin_token").read_text().strip()
+        )
+
+        assert run.interrupt() == 0, "".join(run.stderr)[-3000:]
+    finally:
+        run.kill()
+    assert processes_using(dev_dir) == []
+
+    # A second run keeps the data: the same demo client and key.
+    again = DevRun(dev_dir, free_port())
+    try:
+        banner = again.wait_for_banner()
+        assert any(api_key in line for line in banner)
+        assert again.interrupt() == 0
+    finally:
+        again.kill()
+    assert processes_using(dev_dir) == []
+
+
+def test_a_kept_key_that_no_longer_works_is_replaced(dev_dir: Path):
+    dev_dir.mkdir(parents=True)
+    kept = dev_dir / "demo-client.json"
+    stale = "rk_0123456789abcdef_" + "0" * 48
+    kept.write_text(json.dumps({"client_id": "gone", "api_key": stale}))
+    run = DevRun(dev_dir, free_port())
+    try:
+        banner = run.wait_for_banner()
+        assert not any(stale in line for line in banner)
+        fresh = json.loads(kept.read_text())["api_key"]
+        assert fresh != stale and any(fresh in line for line in banner)
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert run.interrupt() == 0
+    finally:
+        run.kill()
+    assert processes_using(dev_dir) == []
