@@ -1,0 +1,173 @@
+"""The phases: each load run against direct, baseline and relay, and the on/off comparisons."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from bench.cores import LOAD_CORE, SERVER_CORE, CoreTimes, peak_rss_mb, process_cpu_seconds
+from bench.figures import RequestFigures, StreamFigures, Usage
+from bench.options import BenchOptions
+from bench.pyload import run_python_load
+from bench.stack import MODEL, Stack, Target, relay_setting_exists
+from bench.streams import run_streams
+from bench.wrk import run_wrk
+
+_MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+BODY = orjson.dumps({"model": MODEL, "messages": _MESSAGES})
+NO_STORE_BODY = orjson.dumps({"model": MODEL, "messages": _MESSAGES, "store": False})
+STREAM_BODY = orjson.dumps({"model": MODEL, "messages": _MESSAGES, "stream": True})
+TARGETS = ("direct", "baseline", "relay")
+# relay's switches for the comparisons: (phase, variable that turns the feature off).
+SWITCHES = (("limits", "RELAY_RATE_LIMITS"), ("receipts", "RELAY_RECEIPTS"))
+
+Figures = TypeVar("Figures", RequestFigures, StreamFigures)
+Results = dict[str, Any]
+
+
+async def measured(target: Target, run: Callable[[], Awaitable[Figures]]) -> Figures:
+    """Run, and record how busy the target's server and both cores were meanwhile."""
+    cores, cpu, started = CoreTimes.now(), process_cpu_seconds(target.server_pid), time.monotonic()
+    figures = await run()
+    wall = time.monotonic() - started
+    now = CoreTimes.now()
+    figures.usage = Usage(
+        server_cpu=round((process_cpu_seconds(target.server_pid) - cpu) / wall, 3),
+        server_core_busy=round(now.busy_since(cores, SERVER_CORE), 3),
+        load_core_busy=round(now.busy_since(cores, LOAD_CORE), 3),
+    )
+    return figures
+
+
+def _cpu(usage: Usage) -> str:
+    return f"  (server cpu {usage.server_cpu:.0%}, load core {usage.load_core_busy:.0%})"
+
+
+class PhaseRunner:
+    def __init__(
+        self, stack: Stack, options: BenchOptions, workdir: Path, say: Callable[[str], None]
+    ) -> None:
+        self.stack = stack
+        self.options = options
+        self.workdir = workdir
+        self.say = say
+
+    async def requests(
+        self, target: Target, body: bytes, *, connections: int, seconds: float
+    ) -> RequestFigures:
+        async def load(duration: float) -> RequestFigures:
+            if self.options.client == "wrk":
+                return await run_wrk(
+                    target, body, connections=connections, seconds=duration, workdir=self.workdir
+                )
+            return await run_python_load(target, body, connections=connections, seconds=duration)
+
+        if self.options.warmup_seconds > 0:
+            await load(self.options.warmup_seconds)
+        figures = await measured(target, lambda: load(seconds))
+        self.say(
+            f"  {target.name:<9} {figures.rps:9.0f} req/s  p50 {figures.p50_ms:7.2f} ms"
+            f"  p99 {figures.p99_ms:7.2f} ms  errors {figures.errors}" + _cpu(figures.usage)
+        )
+        return figures
+
+    async def streams(self, target: Target, concurrency: int) -> StreamFigures:
+        options = self.options
+        figures = await measured(
+            target,
+            lambda: run_streams(
+                target,
+                STREAM_BODY,
+                concurrency=concurrency,
+                stream_duration=options.stream_duration,
+                window=options.stream_seconds,
+                expected_tokens=options.tokens,
+            ),
+        )
+        self.say(
+            f"  {target.name:<9} {figures.tokens_per_s:9.0f} tok/s"
+            f"  ttft p50 {figures.ttft_p50_ms:7.2f} p99 {figures.ttft_p99_ms:7.2f} ms"
+            f"  worst gap {figures.worst_gap_ms:6.1f} ms"
+            f"  errors {figures.errors}" + _cpu(figures.usage)
+        )
+        return figures
+
+    async def run(self) -> Results:
+        options, stack = self.options, self.stack
+        results: Results = {}
+        targets = stack.targets()
+        if "latency" in options.phases:
+            self.say("phase 1: one request at a time")
+            results["latency"] = {
+                name: await self.requests(
+                    targets[name], BODY, connections=1, seconds=options.latency_seconds
+                )
+                for name in TARGETS
+            }
+        if "rate" in options.phases:
+            self.say(f"phase 2: non-streamed, {options.connections} connections")
+            results["rate"] = {name: await self.rate(targets[name]) for name in TARGETS}
+        for phase, concurrency in (
+            ("streams", options.streams),
+            ("many-streams", options.many_streams),
+        ):
+            if phase in options.phases:
+                self.say(
+                    f"phase {phase}: {concurrency} concurrent streams of {options.tokens} tokens"
+                )
+                results[phase] = {
+                    name: await self.streams(targets[name], concurrency) for name in TARGETS
+                }
+        if "history" in options.phases:
+            self.say('history on (default) vs off ("store": false)')
+            relay = stack.relay_target()
+            results["history"] = {
+                "on": await self.rate(relay),
+                "off": await self.rate(relay, NO_STORE_BODY),
+            }
+        # Read before any restart: the process that carried every phase.
+        results["memory"] = {
+            "relay_peak_rss_mb": round(peak_rss_mb(stack.relay_target().server_pid), 1),
+            "baseline_peak_rss_mb": round(peak_rss_mb(targets["baseline"].server_pid), 1),
+        }
+        for phase, variable in SWITCHES:
+            if phase in options.phases:
+                results[phase] = await self.switch(phase, variable)
+        if stack.relay_overrides:
+            stack.start_relay({})
+        return results
+
+    async def rate(self, target: Target, body: bytes = BODY) -> RequestFigures:
+        options = self.options
+        return await self.requests(
+            target, body, connections=options.connections, seconds=options.rate_seconds
+        )
+
+    async def switch(self, phase: str, variable: str) -> Results:
+        """relay at phase 2 with a feature on (the default) and with `variable=off`."""
+        if not relay_setting_exists(variable):
+            self.say(f"{phase}: skipped, relay has no {variable} setting yet")
+            return {"skipped": f"relay.config has no {variable} setting"}
+        self.say(f"{phase} on vs off ({variable}=off)")
+        if self.stack.relay_overrides:
+            self.stack.start_relay({})
+        on = await self.rate(self.stack.relay_target())
+        self.stack.start_relay({variable: "off"})
+        off = await self.rate(self.stack.relay_target())
+        return {"on": on, "off": off}
+
+
+def to_json(results: Results) -> Any:
+    def convert(value: Any) -> Any:
+        if isinstance(value, RequestFigures | StreamFigures):
+            return asdict(value)
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        return value
+
+    return convert(results)

@@ -1,0 +1,204 @@
+"""The one table `make bench` prints (Markdown, so the README can quote it) and the targets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from bench.figures import RequestFigures, StreamFigures
+
+# Issue 3's targets, plus the comparisons issues 4 and 6 ask for.
+ADDED_P50_MS = 1.0
+RATE_OF_BASELINE = 0.70
+TOKENS_OF_BASELINE = 0.90
+MEMORY_MB = 300.0
+HISTORY_ON_OF_OFF = 0.85
+RECEIPTS_ON_OF_OFF = 0.90
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    direct: str = ""
+    baseline: str = ""
+    relay: str = ""
+    of_direct: str = ""
+    of_baseline: str = ""
+    target: str = ""
+    met: bool | None = None
+
+    def cells(self) -> list[str]:
+        verdict = "" if self.met is None else ("met" if self.met else "**missed**")
+        return [
+            self.measure, self.direct, self.baseline, self.relay,
+            self.of_direct, self.of_baseline, self.target, verdict,
+        ]  # fmt: skip
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{part / whole:.0%}" if whole else "—"
+
+
+def _added(relay: float, other: float) -> str:
+    return f"{relay - other:+.2f} ms"
+
+
+F = TypeVar("F", RequestFigures, StreamFigures)
+
+
+def _each(figures: tuple[F, F, F], show: Callable[[F], str]) -> tuple[str, str, str]:
+    """One cell each for direct, baseline and relay."""
+    return show(figures[0]), show(figures[1]), show(figures[2])
+
+
+def _usage(figures: dict[str, Any]) -> Row:
+    """CPU of each target's server process, and of the load core, during the run."""
+    cells = {
+        name: f"{f.usage.server_cpu:.0%} / {f.usage.load_core_busy:.0%}"
+        for name, f in figures.items()
+    }
+    return Row("  cpu: server / load core", cells["direct"], cells["baseline"], cells["relay"])
+
+
+def _latency_rows(figures: dict[str, RequestFigures]) -> list[Row]:
+    d, b, r = figures["direct"], figures["baseline"], figures["relay"]
+    added = r.p50_ms - d.p50_ms
+    return [
+        Row(
+            "1 at a time: p50 ms", _ms(d.p50_ms), _ms(b.p50_ms), _ms(r.p50_ms),
+            _added(r.p50_ms, d.p50_ms), _added(r.p50_ms, b.p50_ms),
+            f"≤ +{ADDED_P50_MS:g} ms over direct", added <= ADDED_P50_MS,
+        ),
+        Row(
+            "  p99 ms", _ms(d.p99_ms), _ms(b.p99_ms), _ms(r.p99_ms),
+            _added(r.p99_ms, d.p99_ms), _added(r.p99_ms, b.p99_ms),
+        ),
+        Row("  errors", str(d.errors), str(b.errors), str(r.errors)),
+        _usage(figures),
+    ]  # fmt: skip
+
+
+def _rate_rows(figures: dict[str, RequestFigures], connections: int) -> list[Row]:
+    d, b, r = figures["direct"], figures["baseline"], figures["relay"]
+    return [
+        Row(
+            f"{connections} connections: req/s", f"{d.rps:.0f}", f"{b.rps:.0f}", f"{r.rps:.0f}",
+            _pct(r.rps, d.rps), _pct(r.rps, b.rps),
+            f"≥ {RATE_OF_BASELINE:.0%} of baseline", r.rps >= RATE_OF_BASELINE * b.rps,
+        ),
+        Row("  p50 / p99 ms", *_each((d, b, r), lambda f: f"{f.p50_ms:.2f} / {f.p99_ms:.2f}")),
+        Row("  errors", str(d.errors), str(b.errors), str(r.errors)),
+        _usage(figures),
+    ]  # fmt: skip
+
+
+def _stream_rows(figures: dict[str, StreamFigures], strict: bool) -> list[Row]:
+    d, b, r = figures["direct"], figures["baseline"], figures["relay"]
+    label = f"{r.concurrency} streams"
+    return [
+        Row(
+            f"{label}: tokens/s", f"{d.tokens_per_s:.0f}", f"{b.tokens_per_s:.0f}",
+            f"{r.tokens_per_s:.0f}", _pct(r.tokens_per_s, d.tokens_per_s),
+            _pct(r.tokens_per_s, b.tokens_per_s),
+            f"≥ {TOKENS_OF_BASELINE:.0%} of baseline" if strict else "",
+            r.tokens_per_s >= TOKENS_OF_BASELINE * b.tokens_per_s if strict else None,
+        ),
+        Row(
+            "  TTFT p50 / p99 ms",
+            *_each((d, b, r), lambda f: f"{f.ttft_p50_ms:.1f} / {f.ttft_p99_ms:.1f}"),
+            _added(r.ttft_p50_ms, d.ttft_p50_ms), _added(r.ttft_p50_ms, b.ttft_p50_ms),
+        ),
+        Row(
+            "  worst gap ms (p99 of streams)",
+            *_each((d, b, r), lambda f: f"{f.worst_gap_ms:.0f} ({f.gap_p99_ms:.0f})"),
+        ),
+        Row("  streams measured", str(d.streams), str(b.streams), str(r.streams)),
+        Row(
+            "  errors", str(d.errors), str(b.errors), str(r.errors),
+            target="0" if strict else "", met=(r.errors == 0) if strict else None,
+        ),
+        _usage(figures),
+    ]  # fmt: skip
+
+
+def _switch_row(name: str, result: dict[str, Any], floor: float | None) -> Row:
+    if "skipped" in result:
+        return Row(f"{name} on vs off", relay=f"not measured: {result['skipped']}")
+    on: RequestFigures = result["on"]
+    off: RequestFigures = result["off"]
+    share = on.rps / off.rps if off.rps else 0.0
+    return Row(
+        f"{name} on vs off: req/s",
+        relay=f"{on.rps:.0f} on / {off.rps:.0f} off",
+        of_baseline=f"on = {share:.0%} of off",
+        target=f"≥ {floor:.0%} of off" if floor is not None else "",
+        met=share >= floor if floor is not None else None,
+    )
+
+
+def table_rows(results: dict[str, Any], connections: int) -> list[Row]:
+    rows: list[Row] = []
+    if "latency" in results:
+        rows += _latency_rows(results["latency"])
+    if "rate" in results:
+        rows += _rate_rows(results["rate"], connections)
+    if "streams" in results:
+        rows += _stream_rows(results["streams"], strict=False)
+    if "many-streams" in results:
+        rows += _stream_rows(results["many-streams"], strict=True)
+    memory = results.get("memory")
+    if memory:
+        relay_mb = memory["relay_peak_rss_mb"]
+        rows.append(
+            Row(
+                "peak RSS MB (VmHWM)", "", f"{memory['baseline_peak_rss_mb']:.0f}",
+                f"{relay_mb:.0f}", target=f"< {MEMORY_MB:.0f} MB",
+                met=relay_mb < MEMORY_MB if "many-streams" in results else None,
+            )
+        )  # fmt: skip
+    if "history" in results:
+        rows.append(_switch_row("history", results["history"], HISTORY_ON_OF_OFF))
+    if "limits" in results:
+        rows.append(_switch_row("rate limits", results["limits"], None))
+    if "receipts" in results:
+        rows.append(_switch_row("receipts", results["receipts"], RECEIPTS_ON_OF_OFF))
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    header = [
+        "measure",
+        "direct",
+        "baseline",
+        "relay",
+        "relay vs direct",
+        "relay vs baseline",
+        "target",
+        "",
+    ]
+    lines = [header, ["---"] * len(header), *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for line in lines:
+        if line[0] == "---":
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        else:
+            out.append(
+                "| "
+                + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+                + " |"
+            )
+    return "\n".join(out)
+
+
+def verdicts(rows: list[Row]) -> list[dict[str, Any]]:
+    return [
+        {"measure": row.measure.strip(), "relay": row.relay, "target": row.target, "met": row.met}
+        for row in rows
+        if row.met is not None
+    ]

@@ -1,0 +1,202 @@
+"""Everything the benchmark measures against: PostgreSQL, Redis, the simulator, the
+baseline proxy and relay, each on its core, plus a relay client and its JWT."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+
+from bench.children import Child, child_environment
+from bench.options import BenchOptions
+from relay.config import Settings
+from relay.devservers import PostgresServer, RedisServer, free_port
+from relay.stores.database import create_database, with_database
+
+HOST = "127.0.0.1"
+CHAT_PATH = "/v1/chat/completions"
+MODEL = "sim-small"  # the same public and provider id: relay forwards the client's bytes
+SIMULATOR_KEY = "sk-bench-" + "0" * 24
+# Limits far above anything the benchmark can reach: "limits on" measures their cost, not refusals.
+_UNREACHABLE_LIMITS = {
+    "RELAY_RATE_LIMIT_REQUESTS_PER_MINUTE": str(10**9),
+    "RELAY_RATE_LIMIT_CHAT_PER_MINUTE": str(10**9),
+    "RELAY_RATE_LIMIT_TOKENS_PER_MINUTE": str(10**12),
+    "RELAY_RATE_LIMIT_TOKEN_EXCHANGES_PER_MINUTE": str(10**6),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way to reach the simulator: its address, request headers and serving process."""
+
+    name: str
+    port: int
+    headers: dict[str, str]
+    server_pid: int
+    path: str = CHAT_PATH
+    host: str = HOST
+
+
+def relay_setting_exists(variable: str) -> bool:
+    """Whether relay's Settings reads `variable` (features land while the bench is written)."""
+    return any(spec.metadata.get("env") == variable for spec in dataclasses.fields(Settings))
+
+
+class Stack:
+    """Started in order by `start()`, stopped in reverse by `close()`."""
+
+    def __init__(self, workdir: Path, options: BenchOptions) -> None:
+        self.workdir = workdir
+        self.options = options
+        self._exit = ExitStack()
+        self.postgres = PostgresServer(workdir / "postgres", fast=options.pg_fast)
+        self.redis = RedisServer(workdir / "redis")
+        self.database_url = ""
+        self.simulator = Child.python(
+            "simulator", self._simulator_args(free_port()), workdir / "simulator.log",
+            server_core=False,
+        )  # fmt: skip
+        self.baseline_port = free_port()
+        self.baseline = Child.python(
+            "baseline",
+            ["bench.baseline_proxy", "--port", str(self.baseline_port), "--upstream", ""],
+            workdir / "baseline.log",
+            server_core=True,
+        )
+        self.relay_port = free_port()
+        self.relay: Child | None = None
+        self.relay_overrides: dict[str, str] = {}
+        self.token = ""
+        self._secrets = {
+            "RELAY_JWT_SECRET": secrets.token_urlsafe(48),
+            "RELAY_ADMIN_TOKEN": secrets.token_urlsafe(48),
+            "RELAY_IDENTITY_HASH_KEY": secrets.token_urlsafe(48),
+        }
+
+    def _simulator_args(self, port: int) -> list[str]:
+        self.simulator_port = port
+        return [
+            "relay", "simulate", "--port", str(port), "--api-key", SIMULATOR_KEY,
+            "--tokens", str(self.options.tokens),
+            "--token-delay-ms", str(self.options.token_delay_ms),
+        ]  # fmt: skip
+
+    @property
+    def simulator_url(self) -> str:
+        return f"http://{HOST}:{self.simulator_port}"
+
+    def start(self) -> None:
+        self._exit.enter_context(self.postgres)
+        self._exit.enter_context(self.redis)
+        name = "relay_bench"
+        asyncio.run(create_database(self.postgres.url, name))
+        self.database_url = with_database(self.postgres.url, name)
+        self.simulator.start(child_environment())
+        self._exit.callback(self.simulator.stop)
+        key = {"Authorization": "Bearer " + SIMULATOR_KEY}
+        self.simulator.wait_ready(self.simulator_url + "/v1/models", key)
+        self.baseline.argv[-1] = self.simulator_url
+        self.baseline.start(child_environment())
+        self._exit.callback(self.baseline.stop)
+        self.baseline.wait_ready(f"http://{HOST}:{self.baseline_port}/v1/models", key)
+        self._exit.callback(self.stop_relay)
+        self.start_relay({})
+
+    def close(self) -> None:
+        self._exit.close()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def relay_environment(self, overrides: dict[str, str]) -> dict[str, str]:
+        upstream = {
+            "name": "simulator",
+            "base_url": self.simulator_url + "/v1",
+            "api_key": SIMULATOR_KEY,
+            "models": {MODEL: MODEL},
+        }
+        return child_environment(
+            RELAY_ENV="development",
+            RELAY_HOST=HOST,
+            RELAY_PORT=str(self.relay_port),
+            RELAY_DATABASE_URL=self.database_url,
+            RELAY_REDIS_URL=self.redis.url,
+            RELAY_STATE_DIR=str(self.workdir / "relay-state"),
+            RELAY_UPSTREAMS=orjson.dumps([upstream]).decode(),
+            # Only the token exchange hashes keys; the default 12 rounds just slows start-up.
+            RELAY_BCRYPT_ROUNDS="4",
+            **_UNREACHABLE_LIMITS,
+            **self._secrets,
+            **overrides,
+        )
+
+    def start_relay(self, overrides: dict[str, str]) -> None:
+        """(Re)start relay with these RELAY_* overrides, then get a client and a JWT."""
+        self.stop_relay()
+        self.relay = Child.python(
+            "relay", ["relay", "serve"], self.workdir / "relay.log", server_core=True
+        )
+        self.relay.start(self.relay_environment(overrides))
+        self.relay_overrides = overrides
+        base = f"http://{HOST}:{self.relay_port}"
+        self.relay.wait_ready(base + "/health")
+        created = _post_json(
+            base + "/admin/clients",
+            {"name": "bench"},
+            {"Authorization": "Bearer " + self._secrets["RELAY_ADMIN_TOKEN"]},
+        )
+        issued = _post_json(base + "/auth/token", {"api_key": created["api_key"]}, {})
+        self.token = issued["access_token"]
+
+    def stop_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+
+    def targets(self) -> dict[str, Target]:
+        simulator = {"Authorization": "Bearer " + SIMULATOR_KEY}
+        assert self.relay is not None and self.simulator.process is not None
+        return {
+            "direct": Target("direct", self.simulator_port, simulator, self.simulator.pid),
+            "baseline": Target("baseline", self.baseline_port, simulator, self.baseline.pid),
+            "relay": self.relay_target(),
+        }
+
+    def relay_target(self) -> Target:
+        assert self.relay is not None
+        headers = {"Authorization": "Bearer " + self.token}
+        return Target("relay", self.relay_port, headers, self.relay.pid)
+
+
+def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=orjson.dumps(body),
+        headers={"Content-Type": "application/json", **headers},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        data: dict[str, Any] = orjson.loads(answer.read())
+        return data
