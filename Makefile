@@ -25,7 +25,11 @@ dev: $(INSTALLED)
 test: $(INSTALLED) deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# wrk drives the non-streamed phases; without it the bench falls back to a slower Python client.
 bench: $(INSTALLED)
+	@command -v wrk >/dev/null 2>&1 || { \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq wrk >/dev/null || \
+		echo "wrk could not be installed; using the Python load generator" >&2; }
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The deployment checks (tests/test_deploy.py) need systemd-analyze, a compose
