@@ -13,11 +13,12 @@ from relay.api.rate_limit import setup_rate_limit
 from relay.api.request_id import setup_request_id
 from relay.api.routes import setup_routes
 from relay.api.security_headers import setup_security_headers
-from relay.appkeys import ANSWER_HOOKS, SETTINGS
+from relay.appkeys import ANSWER_HOOKS, ANSWER_RECORDER, SETTINGS
 from relay.config import Settings
 from relay.lifecycle import (
     auth_context,
     database_context,
+    history_context,
     notifications_context,
     rate_limit_context,
     redis_context,
@@ -25,6 +26,8 @@ from relay.lifecycle import (
 )
 from relay.services.answers import AnswerHooks
 from relay.services.chat import count_answer
+from relay.services.history_part import HistoryPart
+from relay.services.recorder import AnswerRecorder
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -43,9 +46,14 @@ def create_app(settings: Settings) -> web.Application:
     # After access control: a client's limits need the caller it identified.
     setup_rate_limit(app)
     setup_routes(app)
-    app[ANSWER_HOOKS] = AnswerHooks(after=[count_answer])
+    recorder = AnswerRecorder()
+    recorder.add_part(HistoryPart())  # first: other parts (receipts) write in the same commit
+    app[ANSWER_RECORDER] = recorder
+    app[ANSWER_HOOKS] = AnswerHooks(commit=[recorder.record], after=[count_answer])
     app.cleanup_ctx.extend(
         [database_context, redis_context, notifications_context, auth_context, upstreams_context]
     )
     app.cleanup_ctx.append(rate_limit_context)  # after redis_context: it uses the client
+    # Last, so it is cleaned up first: queued answers commit while the pool is open.
+    app.cleanup_ctx.append(history_context)
     return app

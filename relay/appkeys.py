@@ -12,7 +12,9 @@ from relay.services.answers import AnswerHooks
 from relay.services.auth import Authenticator, Caller
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
+from relay.services.history import HistoryService
 from relay.services.ratelimit import RateLimiter, Verdict
+from relay.services.recorder import AnswerRecorder
 from relay.stores.database import Database
 from relay.stores.notifications import Notifications
 from relay.upstreams.routing import ModelRouter
@@ -29,6 +31,8 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 ROUTER = web.AppKey("router", ModelRouter)
 UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
 ANSWER_HOOKS = web.AppKey("answer_hooks", AnswerHooks)
+ANSWER_RECORDER = web.AppKey("answer_recorder", AnswerRecorder)
+HISTORY = web.AppKey("history", HistoryService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", Caller)

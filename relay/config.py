@@ -53,6 +53,15 @@ def _optional_int(raw: str) -> int | None:
     return int(raw) if raw.strip() else None
 
 
+def _positive_or_none(raw: str) -> int | None:
+    if not raw.strip():
+        return None
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1 (leave it unset to keep history forever)")
+    return value
+
+
 def _words(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.replace(",", " ").split() if part)
 
@@ -125,6 +134,14 @@ class Settings:
     metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret)
     drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, _number, minimum=0)
     run_migrations: bool = setting("RELAY_RUN_MIGRATIONS", True, _flag)
+    # History (relay.services.recorder, retention): unset keeps messages forever.
+    history_retention_days: int | None = setting(
+        "RELAY_HISTORY_RETENTION_DAYS", None, _positive_or_none
+    )
+    # POST /v1/chat: the model when none is named ("" = the first configured),
+    # and how many characters of stored conversation go to the provider.
+    default_model: str = setting("RELAY_DEFAULT_MODEL", "")
+    chat_context_chars: int = setting("RELAY_CHAT_CONTEXT_CHARS", 24_000, _integer, minimum=0)
     # Parsed in from_env (it may name variables holding provider keys): see relay.upstreams.config.
     upstreams: tuple[Upstream, ...] = setting("RELAY_UPSTREAMS", (), None)
 

@@ -12,10 +12,12 @@ from aiohttp import web
 
 from relay.appkeys import (
     ANSWER_HOOKS,
+    ANSWER_RECORDER,
     AUTHENTICATOR,
     CLIENT_CACHE,
     CLIENTS,
     DATABASE,
+    HISTORY,
     NOTIFICATIONS,
     RATE_LIMITER,
     REDIS,
@@ -27,10 +29,15 @@ from relay.services.apikeys import KeyHasher
 from relay.services.auth import Authenticator
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
+from relay.services.history import HistoryService
+from relay.services.history_watch import HistoryWatch
 from relay.services.ratelimit import RateLimiter
+from relay.services.retention import HistoryRetention
 from relay.services.tokens import TokenIssuer
 from relay.stores.clients import ClientStore
+from relay.stores.conversations import ConversationStore
 from relay.stores.database import Database
+from relay.stores.messages import MessageStore
 from relay.stores.migrations import migrate
 from relay.stores.notifications import Notifications
 from relay.upstreams.forwarder import create_session
@@ -82,6 +89,10 @@ async def notifications_context(app: web.Application) -> AsyncIterator[None]:
     notifications = Notifications(settings.database_url, timeout=settings.database_timeout)
     app[NOTIFICATIONS] = notifications
     app[CLIENT_CACHE] = ClientCache(ClientStore(app[DATABASE]), notifications)
+    # Built here: its channel must be subscribed before the listener starts.
+    app[HISTORY] = HistoryService(
+        ConversationStore(app[DATABASE]), MessageStore(app[DATABASE]), HistoryWatch(notifications)
+    )
     task = asyncio.create_task(notifications.run(), name="relay-notifications")
     # Until LISTEN is in place every lookup goes to the database, which is
     # correct but slower; waiting briefly means the cache works from the start.
@@ -90,6 +101,23 @@ async def notifications_context(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def history_context(app: web.Application) -> AsyncIterator[None]:
+    """The group-commit writer, and the retention purge when RELAY_HISTORY_RETENTION_DAYS is set."""
+    recorder = app[ANSWER_RECORDER]
+    await recorder.start(app[DATABASE])
+    purge = None
+    if (days := app[SETTINGS].history_retention_days) is not None:
+        retention = HistoryRetention(MessageStore(app[DATABASE]), days)
+        purge = asyncio.create_task(retention.run(), name="relay-history-retention")
+    yield
+    if purge is not None:
+        purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
+    # Answers already queued are committed before the database pool closes.
+    await recorder.close()
 
 
 async def auth_context(app: web.Application) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.api.body import json_response, parse_json_object, read_body
+from relay.api.conversation_header import bind_conversation
 from relay.appkeys import (
     ANSWER_HOOKS,
     CALLER,
@@ -54,7 +55,7 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
     data = parse_json_object(body, request.content_type)
     chat = check_chat_completion(data)
     route = request.app[ROUTER].resolve(chat.model, caller.client.scopes)
-    return Answer(
+    answer = Answer(
         request_id=request[REQUEST_ID],
         client=caller.client,
         endpoint=endpoint,
@@ -66,6 +67,8 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         started_at=time.time(),
         store=chat.store and caller.client.store_history,
     )
+    await bind_conversation(request, answer)
+    return answer
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:

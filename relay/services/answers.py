@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import uuid
@@ -46,6 +47,9 @@ class Answer:
     first_token_ms: float | None = None
     # Response headers that describe the answer (conversation id, receipt id).
     headers: dict[str, str] = field(default_factory=dict)
+    # The assistant's history row, once committed (None when not stored).
+    message_id: int | None = None
+    message_created_at: datetime.datetime | None = None
 
     @cached_property
     def request_sha256(self) -> str:

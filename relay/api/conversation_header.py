@@ -1,0 +1,28 @@
+"""The `Relay-Conversation-Id` header: which conversation a chat completion continues."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from relay.appkeys import HISTORY
+from relay.services.answers import Answer
+
+CONVERSATION_HEADER = "Relay-Conversation-Id"
+
+
+async def bind_conversation(request: web.Request, answer: Answer) -> None:
+    """Continue the named conversation (404 unless it is the caller's) or start one.
+
+    Checked before anything is forwarded; a new conversation's row is written with
+    its first answer, so a request that stores nothing creates nothing.
+    """
+    given = request.headers.get(CONVERSATION_HEADER, "").strip()
+    if given:
+        history = request.app[HISTORY]
+        answer.conversation_id = await history.require_conversation(answer.client.id, given)
+    elif answer.store:
+        answer.conversation_id = str(uuid.uuid4())
+    if answer.conversation_id is not None:
+        answer.headers[CONVERSATION_HEADER] = answer.conversation_id

@@ -1,0 +1,203 @@
+"""Reading a client's history: cursor pages with long-poll, search, conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.errors import InvalidRequestError, NotFoundError
+from relay.services.history_watch import HistoryWatch
+from relay.stores.conversations import ConversationStore
+from relay.stores.messages import MessageStore
+
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    data: list[dict[str, Any]]
+    next_cursor: str
+    has_more: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"data": self.data, "next_cursor": self.next_cursor, "has_more": self.has_more}
+
+
+def _encode(value: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
+
+
+def _decode(text: str, param: str) -> Any:
+    try:
+        return orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(f"{param} is not a cursor relay gave out.", param=param) from None
+
+
+def history_cursor(seq: int) -> str:
+    return _encode({"s": seq})
+
+
+def history_position(cursor: str | None) -> int:
+    """The sequence number a history cursor stands for (0: from the beginning)."""
+    if not cursor:
+        return 0
+    value = _decode(cursor, "after")
+    seq = value.get("s") if isinstance(value, dict) else None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise InvalidRequestError("after is not a cursor relay gave out.", param="after")
+    return seq
+
+
+def conversations_position(cursor: str | None) -> tuple[datetime.datetime, str] | None:
+    if not cursor:
+        return None
+    value = _decode(cursor, "after")
+    try:
+        created_at, conversation_id = value["t"], value["c"]
+        return datetime.datetime.fromisoformat(created_at), str(uuid.UUID(conversation_id))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidRequestError("after is not a cursor relay gave out.", param="after") from None
+
+
+def conversation_id_or_404(text: str) -> str:
+    """A well-formed conversation id; anything else cannot name one of the caller's."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise NotFoundError(
+            "No conversation with that id.", code="conversation_not_found"
+        ) from None
+
+
+def public_message(row: dict[str, Any]) -> dict[str, Any]:
+    usage = None
+    if row["prompt_tokens"] is not None or row["completion_tokens"] is not None:
+        usage = {
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+        }
+    return {
+        "id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "role": row["role"],
+        "content": row["content"],
+        "tool_calls": row["tool_calls"],
+        "tool_call_id": row["tool_call_id"],
+        "model": row["model"],
+        "status": row["status"],
+        "usage": usage,
+        "latency_ms": row["latency_ms"],
+        "request_id": row["request_id"],
+        "created_at": row["created_at"],
+    }
+
+
+class HistoryService:
+    def __init__(
+        self, conversations: ConversationStore, messages: MessageStore, watch: HistoryWatch
+    ) -> None:
+        self.conversations = conversations
+        self.messages = messages
+        self.watch = watch
+
+    async def require_conversation(self, client_id: str, conversation_id: str) -> str:
+        """The id, if it names one of this client's conversations; 404 otherwise."""
+        checked = conversation_id_or_404(conversation_id)
+        if not await self.conversations.exists(client_id, checked):
+            raise NotFoundError("No conversation with that id.", code="conversation_not_found")
+        return checked
+
+    async def page(
+        self,
+        client_id: str,
+        *,
+        after: str | None,
+        limit: int,
+        conversation_id: str | None = None,
+        wait: float = 0.0,
+        stop: asyncio.Event | None = None,
+    ) -> Page:
+        """Messages after the cursor, oldest first; with `wait`, an empty page is held
+        until this client commits something new, the time is up, or `stop` is set."""
+        seq = history_position(after)
+        if conversation_id is not None:
+            conversation_id = await self.require_conversation(client_id, conversation_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            # Registered before reading: a commit between the read and the wait still wakes us.
+            woken = self.watch.waiter(client_id)
+            try:
+                rows = await self.messages.page(
+                    client_id, after_seq=seq, limit=limit + 1, conversation_id=conversation_id
+                )
+                remaining = deadline - loop.time()
+                if rows or remaining <= 0 or (stop is not None and stop.is_set()):
+                    break
+                await _first_of(woken, stop, remaining)
+            finally:
+                self.watch.forget(client_id, woken)
+        data = rows[:limit]
+        next_seq = data[-1]["seq"] if data else seq
+        return Page(
+            [public_message(row) for row in data], history_cursor(next_seq), len(rows) > limit
+        )
+
+    async def search(
+        self, client_id: str, query: str, *, limit: int, conversation_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = query.replace("\x00", " ").strip()
+        if not query:
+            raise InvalidRequestError("q is required.", param="q")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidRequestError(f"q must be at most {MAX_QUERY_CHARS} characters.", param="q")
+        try:
+            query.encode()
+        except UnicodeEncodeError:
+            raise InvalidRequestError("q is not valid text.", param="q") from None
+        if conversation_id is not None:
+            conversation_id = await self.require_conversation(client_id, conversation_id)
+        rows = await self.messages.search(
+            client_id, query, limit=limit, conversation_id=conversation_id
+        )
+        return [
+            {**public_message(row), "rank": row["rank"], "snippet": row["snippet"]} for row in rows
+        ]
+
+    async def list_conversations(self, client_id: str, *, after: str | None, limit: int) -> Page:
+        rows, more = await self.conversations.list_page(
+            client_id, limit=limit, before=conversations_position(after)
+        )
+        cursor = ""
+        if rows:
+            cursor = _encode({"t": rows[-1]["created_at"].isoformat(), "c": str(rows[-1]["id"])})
+        return Page(rows, cursor or (after or ""), more)
+
+    async def get_conversation(self, client_id: str, conversation_id: str) -> dict[str, Any]:
+        found = await self.conversations.get(client_id, conversation_id_or_404(conversation_id))
+        if found is None:
+            raise NotFoundError("No conversation with that id.", code="conversation_not_found")
+        return {**found, "messages": [public_message(row) for row in found["messages"]]}
+
+    async def delete_conversation(self, client_id: str, conversation_id: str) -> None:
+        if not await self.conversations.delete(client_id, conversation_id_or_404(conversation_id)):
+            raise NotFoundError("No conversation with that id.", code="conversation_not_found")
+
+
+async def _first_of(woken: asyncio.Event, stop: asyncio.Event | None, timeout: float) -> None:
+    waits = [asyncio.ensure_future(woken.wait())]
+    if stop is not None:
+        waits.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()

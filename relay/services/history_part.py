@@ -1,0 +1,41 @@
+"""History as a part of every group commit: the conversation and message rows of stored answers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from relay.services.answers import Answer
+from relay.services.turns import title_of, turn_messages
+from relay.stores.database import Cursor
+from relay.stores.history import Turn, notify_clients, write_turns
+
+
+class HistoryPart:
+    """Writes only answers whose content may be kept (`answer.store`)."""
+
+    async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
+        stored = [answer for answer in answers if answer.store]
+        if not stored:
+            return
+        turns = []
+        for answer in stored:
+            if answer.conversation_id is None:
+                # Every path through the API names one; this keeps a stray answer storable.
+                answer.conversation_id = str(uuid.uuid4())
+            messages = turn_messages(answer)
+            turns.append(
+                Turn(
+                    client_id=answer.client.id,
+                    conversation_id=answer.conversation_id,
+                    title=title_of(messages),
+                    model=answer.route.model,
+                    request_id=answer.request_id,
+                    messages=messages,
+                )
+            )
+        written = await write_turns(cur, turns)
+        for answer, rows in zip(stored, written, strict=True):
+            answer.message_id = rows[-1].id
+            answer.message_created_at = rows[-1].created_at
+        await notify_clients(cur, [turn.client_id for turn in turns])

@@ -1,0 +1,45 @@
+"""Long-poll wake-ups: who is waiting for a client's next history commit, woken by NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from relay.stores.history import EVERYONE, HISTORY_CHANNEL
+from relay.stores.notifications import Notifications
+
+
+class HistoryWatch:
+    """Subscribes to the history channel; must be built before the listener starts."""
+
+    def __init__(self, notifications: Notifications) -> None:
+        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        notifications.subscribe(HISTORY_CHANNEL, self._on_notify)
+        # While the listener was down, commits may have gone unannounced.
+        notifications.on_reset(self._wake_everyone)
+
+    def waiter(self, client_id: str) -> asyncio.Event:
+        """An event set at this client's next commit; register before reading, so none is missed."""
+        event = asyncio.Event()
+        self._waiters[client_id].add(event)
+        return event
+
+    def forget(self, client_id: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(client_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[client_id]
+
+    def _on_notify(self, payload: str) -> None:
+        if payload == EVERYONE:
+            self._wake_everyone()
+            return
+        for client_id in payload.split(","):
+            for event in self._waiters.get(client_id, ()):
+                event.set()
+
+    def _wake_everyone(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()

@@ -1,0 +1,151 @@
+"""Group commit: answers from many requests written together, one transaction per batch.
+
+`record` returns only once the answer's batch has committed, so a caller that
+waits for it before sending the end of an answer never shows the client an
+answer that is not durable. A batch is whatever queued while the previous one
+was committing (up to `batch_size`): under load, one commit serves many answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.errors import DependencyUnavailableError
+from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
+from relay.services.answers import Answer
+from relay.stores.database import Cursor, Database
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 256
+QUEUE_SIZE = 4096
+
+
+class RecordPart(Protocol):
+    """One kind of row written for every batch (history, receipts), in the batch's transaction."""
+
+    async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
+        """Write rows for `answers` (in commit order); raising rolls back the whole batch."""
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    answer: Answer
+    done: asyncio.Future[None]
+
+
+def _not_saved() -> DependencyUnavailableError:
+    return DependencyUnavailableError(
+        "The answer could not be saved to history; please retry.", code="history_unavailable"
+    )
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    # A waiter that was cancelled never reads its outcome; read it here so
+    # asyncio does not log "exception was never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+class AnswerRecorder:
+    def __init__(self, *, batch_size: int = BATCH_SIZE, queue_size: int = QUEUE_SIZE) -> None:
+        self.batch_size = batch_size
+        self.queue_size = queue_size
+        self._parts: list[RecordPart] = []
+        self._database: Database | None = None
+        self._queue: asyncio.Queue[_Pending | None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def add_part(self, part: RecordPart) -> None:
+        """Parts write in the order added; add them before the first answer is recorded."""
+        self._parts.append(part)
+
+    async def start(self, database: Database) -> None:
+        self._database = database
+        self._queue = asyncio.Queue(self.queue_size)
+        self._writer = asyncio.create_task(self._run(), name="relay-answer-recorder")
+
+    async def close(self) -> None:
+        """Refuse new answers, commit every one already queued, then stop the writer."""
+        if self._queue is None or self._writer is None or self._closing:
+            return
+        self._closing = True
+        await self._queue.put(None)
+        await self._writer
+        # Only answers that were waiting for room in a full queue can be left.
+        late = []
+        while not self._queue.empty():
+            if (item := self._queue.get_nowait()) is not None:
+                late.append(item)
+        self._fail(late)
+
+    async def record(self, answer: Answer) -> None:
+        """Queue `answer` and return once its batch committed; raise if it did not."""
+        if self._queue is None or self._closing:
+            raise _not_saved()
+        pending = _Pending(answer, asyncio.get_running_loop().create_future())
+        pending.done.add_done_callback(_consume)
+        # A full queue makes callers wait: back-pressure instead of unbounded memory.
+        await self._queue.put(pending)
+        # Shielded: a caller cancelled now (its client left) still gets its answer written.
+        await asyncio.shield(pending.done)
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
+        try:
+            await self._write([pending.answer for pending in batch])
+        except DependencyUnavailableError:
+            self._fail(batch)
+            return
+        except Exception as exc:
+            if len(batch) > 1:
+                # One answer's rows may have spoiled the batch (its client was
+                # deleted meanwhile, say): commit each alone so the others survive.
+                for pending in batch:
+                    await self._commit([pending])
+                return
+            log.warning(
+                "answer not recorded",
+                extra={"request_id": batch[0].answer.request_id, "error": type(exc).__name__},
+            )
+            self._fail(batch)
+            return
+        HISTORY_COMMIT_SECONDS.observe(time.monotonic() - started)
+        HISTORY_BATCH_SIZE.observe(len(batch))
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_result(None)
+
+    async def _write(self, answers: Sequence[Answer]) -> None:
+        assert self._database is not None
+        async with self._database.transaction() as cur:
+            for part in self._parts:
+                await part.write(cur, answers)
+
+    @staticmethod
+    def _fail(batch: list[_Pending]) -> None:
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_exception(_not_saved())

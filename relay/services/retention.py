@@ -1,0 +1,47 @@
+"""History retention: messages past RELAY_HISTORY_RETENTION_DAYS are purged in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+
+from relay.errors import DependencyUnavailableError
+from relay.stores.database import QueryError
+from relay.stores.messages import MessageStore
+
+log = logging.getLogger(__name__)
+
+PURGE_INTERVAL_S = 3600.0
+PURGE_BATCH = 1000
+
+
+class HistoryRetention:
+    def __init__(
+        self,
+        messages: MessageStore,
+        days: int,
+        *,
+        interval_s: float = PURGE_INTERVAL_S,
+        batch: int = PURGE_BATCH,
+    ) -> None:
+        self.messages = messages
+        self.days = days
+        self.interval_s = interval_s
+        self.batch = batch
+
+    async def purge_once(self) -> int:
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=self.days)
+        deleted = await self.messages.purge(cutoff, batch=self.batch)
+        if deleted:
+            log.info("history purged", extra={"messages": deleted, "days": self.days})
+        return deleted
+
+    async def run(self) -> None:
+        """Purge now and every `interval_s`; a failed run is logged and retried next time."""
+        while True:
+            try:
+                await self.purge_once()
+            except (DependencyUnavailableError, QueryError) as exc:
+                log.warning("history purge failed", extra={"error": type(exc).__name__})
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,86 @@
+"""What of one answer goes into history: the new turn of the request and the assistant's reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.services.answers import Answer
+from relay.stores.history import NewMessage
+
+TITLE_CHARS = 120
+_ROLE_CHARS = 32
+
+
+def clean_text(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; one such character must not fail a whole batch."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+def content_text(content: Any) -> str:
+    """A message's text: a string as is, OpenAI content parts joined by their text parts."""
+    if isinstance(content, str):
+        return clean_text(content)
+    if isinstance(content, list):
+        texts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") in ("text", "input_text")
+            and isinstance(part.get("text"), str)
+        ]
+        return clean_text("\n".join(texts))
+    return ""
+
+
+def new_turn(messages: Any) -> list[dict[str, Any]]:
+    """The request's messages after its last assistant message: what this request added."""
+    if not isinstance(messages, list):
+        return []
+    start = 0
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            start = index + 1
+    return [message for message in messages[start:] if isinstance(message, dict)]
+
+
+def _count(usage: dict[str, Any] | None, key: str) -> int | None:
+    value = (usage or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def turn_messages(answer: Answer) -> list[NewMessage]:
+    """The rows one answer adds to history, in order: the new turn, then the reply."""
+    rows = []
+    for message in new_turn(answer.request.get("messages")):
+        role = message.get("role")
+        tool_call_id = message.get("tool_call_id")
+        rows.append(
+            NewMessage(
+                role=clean_text(role)[:_ROLE_CHARS] if isinstance(role, str) else "user",
+                content=content_text(message.get("content")),
+                tool_call_id=clean_text(tool_call_id) if isinstance(tool_call_id, str) else None,
+            )
+        )
+    summary = answer.summary
+    usage = summary.usage
+    rows.append(
+        NewMessage(
+            role="assistant",
+            content=clean_text(summary.text or summary.refusal),
+            status=answer.status,
+            tool_calls=summary.tool_calls or None,
+            prompt_tokens=_count(usage, "prompt_tokens"),
+            completion_tokens=_count(usage, "completion_tokens"),
+            latency_ms=answer.latency_ms,
+        )
+    )
+    return rows
+
+
+def title_of(messages: list[NewMessage]) -> str:
+    """A new conversation's title: its first user message, shortened."""
+    for message in messages:
+        if message.role == "user" and message.content.strip():
+            text = " ".join(message.content.split())
+            return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+    return ""

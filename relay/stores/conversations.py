@@ -1,0 +1,101 @@
+"""SQL for reading and erasing conversations; every query is scoped by client_id."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from relay.stores.database import Database, fetch_all, fetch_one
+
+_COLUMNS = "id, title, created_at, updated_at"
+MESSAGE_COLUMNS = (
+    "id, conversation_id, role, content, tool_calls, tool_call_id, model, prompt_tokens,"
+    " completion_tokens, status, latency_ms, request_id, created_at"
+)
+# A conversation read whole is bounded; GET /v1/history pages through longer ones.
+MAX_MESSAGES = 1000
+
+
+class ConversationStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def exists(self, client_id: str, conversation_id: str) -> bool:
+        async with self.db.cursor() as cur:
+            row = await fetch_one(
+                cur,
+                "SELECT 1 AS found FROM conversations WHERE id = %s AND client_id = %s",
+                (conversation_id, client_id),
+            )
+        return row is not None
+
+    async def list_page(
+        self, client_id: str, *, limit: int, before: tuple[datetime.datetime, str] | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Newest first; `before` is (created_at, id) of the last one of the previous page."""
+        where, args = "client_id = %s", list[object]([client_id])
+        if before is not None:
+            where += " AND (created_at, id) < (%s, %s)"
+            args.extend(before)
+        async with self.db.cursor() as cur:
+            rows = await fetch_all(
+                cur,
+                f"SELECT {_COLUMNS} FROM conversations WHERE {where}"
+                " ORDER BY created_at DESC, id DESC LIMIT %s",
+                (*args, limit + 1),
+            )
+        return rows[:limit], len(rows) > limit
+
+    async def get(self, client_id: str, conversation_id: str) -> dict[str, Any] | None:
+        """The conversation with its most recent messages (oldest first), or None."""
+        async with self.db.cursor() as cur:
+            row = await fetch_one(
+                cur,
+                f"SELECT {_COLUMNS} FROM conversations WHERE id = %s AND client_id = %s",
+                (conversation_id, client_id),
+            )
+            if row is None:
+                return None
+            messages = await fetch_all(
+                cur,
+                f"SELECT * FROM (SELECT seq, {MESSAGE_COLUMNS} FROM messages"
+                " WHERE conversation_id = %s AND client_id = %s ORDER BY seq DESC LIMIT %s) m"
+                " ORDER BY seq",
+                (conversation_id, client_id, MAX_MESSAGES),
+            )
+        return {**row, "messages": messages}
+
+    async def delete(self, client_id: str, conversation_id: str) -> bool:
+        """Erase the conversation; its messages go with it (ON DELETE CASCADE)."""
+        async with self.db.cursor() as cur:
+            await cur.execute(
+                "DELETE FROM conversations WHERE id = %s AND client_id = %s",
+                (conversation_id, client_id),
+            )
+            return bool(cur.rowcount)
+
+    async def context(
+        self, client_id: str, conversation_id: str, budget_chars: int
+    ) -> tuple[str | None, list[dict[str, Any]]]:
+        """The latest system message and the most recent user/assistant messages
+        whose contents fit in `budget_chars` together with it, oldest first."""
+        async with self.db.cursor() as cur:
+            system = await fetch_one(
+                cur,
+                "SELECT content FROM messages WHERE conversation_id = %s AND client_id = %s"
+                " AND role = 'system' ORDER BY seq DESC LIMIT 1",
+                (conversation_id, client_id),
+            )
+            system_text = system["content"][:budget_chars] if system else None
+            left = budget_chars - len(system_text or "")
+            rows = await fetch_all(
+                cur,
+                "SELECT role, content FROM ("
+                "  SELECT seq, role, content,"
+                "    sum(length(content)) OVER (ORDER BY seq DESC) AS running"
+                "  FROM messages WHERE conversation_id = %s AND client_id = %s"
+                "    AND role IN ('user', 'assistant') AND content <> ''"
+                ") recent WHERE running <= %s ORDER BY seq",
+                (conversation_id, client_id, left),
+            )
+        return system_text, rows

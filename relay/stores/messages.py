@@ -1,0 +1,88 @@
+"""SQL for reading history messages (cursor pages, full-text search) and purging old ones."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from relay.stores.conversations import MESSAGE_COLUMNS
+from relay.stores.database import Database, fetch_all
+
+# Snippets mark matches with <mark>…</mark>; the text between is the user's, unescaped.
+_HEADLINE = "StartSel=<mark>, StopSel=</mark>, MaxWords=30, MinWords=10, MaxFragments=2"
+_HEADLINE_CHARS = 100_000  # the part of a message the search vector covers
+
+
+class MessageStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def page(
+        self, client_id: str, *, after_seq: int, limit: int, conversation_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """This client's messages with seq > after_seq, in commit order.
+
+        Sequence numbers of one client are handed out under a row lock held to
+        commit (relay.stores.history), so a row never becomes visible behind one
+        a reader has already passed.
+        """
+        where, args = "client_id = %s AND seq > %s", [client_id, after_seq]
+        if conversation_id is not None:
+            where += " AND conversation_id = %s"
+            args.append(conversation_id)
+        async with self.db.cursor() as cur:
+            return await fetch_all(
+                cur,
+                f"SELECT seq, {MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq LIMIT %s",
+                (*args, limit),
+            )
+
+    async def search(
+        self, client_id: str, query: str, *, limit: int, conversation_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Messages matching a web-search style query, best first, with a snippet."""
+        where, args = "m.client_id = %s AND m.search @@ q.query", [client_id]
+        if conversation_id is not None:
+            where += " AND m.conversation_id = %s"
+            args.append(conversation_id)
+        # The headline is computed in the outer query: only for the rows returned.
+        async with self.db.cursor() as cur:
+            return await fetch_all(
+                cur,
+                f"SELECT {MESSAGE_COLUMNS}, rank,"
+                " ts_headline('english', left(content, %s), query, %s) AS snippet"
+                " FROM ("
+                f"  SELECT m.*, q.query, ts_rank(m.search, q.query) AS rank"
+                "   FROM messages m, websearch_to_tsquery('english', %s) AS q(query)"
+                f"  WHERE {where} ORDER BY rank DESC, m.id DESC LIMIT %s"
+                ") found ORDER BY rank DESC, id DESC",
+                (_HEADLINE_CHARS, _HEADLINE, query, *args, limit),
+            )
+
+    async def purge(self, older_than: datetime.datetime, *, batch: int) -> int:
+        """Delete messages, then conversations, last touched before `older_than`.
+
+        In batches, each its own short transaction, so a large purge never holds
+        locks that would stall the group commit. Returns the messages deleted.
+        """
+        deleted = 0
+        async with self.db.cursor() as cur:
+            while True:
+                await cur.execute(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                    " WHERE created_at < %s ORDER BY created_at LIMIT %s)",
+                    (older_than, batch),
+                )
+                deleted += cur.rowcount
+                if cur.rowcount < batch:
+                    break
+            # A conversation's title is content too: it goes once nothing newer is in it.
+            while True:
+                await cur.execute(
+                    "DELETE FROM conversations WHERE id IN (SELECT id FROM conversations"
+                    " WHERE updated_at < %s LIMIT %s)",
+                    (older_than, batch),
+                )
+                if cur.rowcount < batch:
+                    break
+        return deleted

@@ -1,0 +1,54 @@
+"""What history tests do through relay's API and against its database, written once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from relay.stores.database import connect, fetch_all
+from tests.api_calls import bearer
+
+CONVERSATION = "Relay-Conversation-Id"
+
+
+async def query(database_url: str, sql: str, args: Any = None) -> list[dict[str, Any]]:
+    """Rows straight from PostgreSQL: what is really stored, not what the API says."""
+    conn = await connect(database_url, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            return await fetch_all(cur, sql, args)
+    finally:
+        await conn.close()
+
+
+async def execute(database_url: str, sql: str, args: Any = None) -> None:
+    conn = await connect(database_url, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args)
+    finally:
+        await conn.close()
+
+
+async def stored_messages(database_url: str, client_id: str | None = None) -> list[dict[str, Any]]:
+    where, args = ("WHERE client_id = %s", (client_id,)) if client_id else ("", None)
+    return await query(
+        database_url, f"SELECT * FROM messages {where} ORDER BY client_id, seq", args
+    )
+
+
+async def chat(
+    http: TestClient,
+    token: str,
+    content: str = "Say hello",
+    *,
+    conversation: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Any:
+    headers = bearer(token)
+    if conversation:
+        headers[CONVERSATION] = conversation
+    body = {"model": "gpt-sim", "messages": messages or [{"role": "user", "content": content}]}
+    return await http.post("/v1/chat/completions", json={**body, **extra}, headers=headers)

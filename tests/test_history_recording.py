@@ -1,0 +1,224 @@
+"""Every chat completion lands in history: the new turn, the answer, its status and usage."""
+
+import asyncio
+
+import orjson
+
+from relay.metrics import HISTORY_BATCH_SIZE
+from relay.simulator import completion_text
+from tests.api_calls import ADMIN, assert_error, client_with_token
+from tests.history_calls import CONVERSATION, chat, execute, query, stored_messages
+
+
+async def test_answer_and_its_turn_are_stored_in_a_new_conversation(http, database_url, simulator):
+    client, token = await client_with_token(http)
+    response = await chat(http, token, "What is the capital of France?")
+    assert response.status == 200
+    conversation = response.headers[CONVERSATION]
+    body = await response.json()
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["status"]) for row in rows] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    user, assistant = rows
+    assert user["content"] == "What is the capital of France?"
+    assert assistant["content"] == completion_text(simulator.config.tokens)
+    assert assistant["model"] == "gpt-sim"
+    assert assistant["completion_tokens"] == body["usage"]["completion_tokens"]
+    assert assistant["prompt_tokens"] == body["usage"]["prompt_tokens"]
+    assert assistant["request_id"] == response.headers["X-Request-Id"]
+    assert assistant["latency_ms"] > 0
+    assert {str(row["conversation_id"]) for row in rows} == {conversation}
+    [stored] = await query(
+        database_url, "SELECT * FROM conversations WHERE id = %s", (conversation,)
+    )
+    assert stored["title"] == "What is the capital of France?"
+    assert str(stored["client_id"]) == client["id"]
+
+
+async def test_streamed_answer_is_stored_as_the_text_the_client_read(http, database_url, simulator):
+    client, token = await client_with_token(http)
+    response = await chat(http, token, stream=True, stream_options={"include_usage": True})
+    raw = await response.read()
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert CONVERSATION in response.headers
+    rows = await stored_messages(database_url, client["id"])
+    assert rows[-1]["role"] == "assistant"
+    assert rows[-1]["content"] == completion_text(simulator.config.tokens)
+    assert rows[-1]["completion_tokens"] == simulator.config.tokens
+    assert rows[-1]["status"] == "complete"
+
+
+async def test_a_conversation_continues_with_only_the_new_turn(http, database_url):
+    client, token = await client_with_token(http)
+    first = await chat(
+        http,
+        token,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+        ],
+    )
+    conversation = first.headers[CONVERSATION]
+    answer = (await first.json())["choices"][0]["message"]["content"]
+    second = await chat(
+        http,
+        token,
+        conversation=conversation,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": answer},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "And"}, {"type": "text", "text": "more?"}],
+            },
+        ],
+    )
+    assert second.status == 200
+    assert second.headers[CONVERSATION] == conversation
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["content"]) for row in rows][:4] == [
+        ("system", "Be brief."),
+        ("user", "Hello"),
+        ("assistant", answer),
+        ("user", "And\nmore?"),
+    ]
+    assert len(rows) == 5
+    assert [row["seq"] for row in rows] == [1, 2, 3, 4, 5]
+    assert {str(row["conversation_id"]) for row in rows} == {conversation}
+    [stored] = await query(
+        database_url, "SELECT title FROM conversations WHERE id = %s", (conversation,)
+    )
+    assert stored["title"] == "Hello"
+
+
+async def test_a_conversation_of_another_client_is_404_and_nothing_is_forwarded(http, simulator):
+    _, mine = await client_with_token(http)
+    _, theirs = await client_with_token(http)
+    conversation = (await chat(http, theirs)).headers[CONVERSATION]
+    sent = len(simulator.state.requests)
+    for bad in (conversation, "not-a-uuid", "00000000-0000-0000-0000-000000000000"):
+        response = await chat(http, mine, conversation=bad)
+        await assert_error(response, 404, "conversation_not_found")
+    assert len(simulator.state.requests) == sent
+
+
+async def test_store_false_and_clients_without_history_store_nothing(http, database_url):
+    client, token = await client_with_token(http)
+    response = await chat(http, token, store=False)
+    assert response.status == 200
+    assert CONVERSATION not in response.headers
+    quiet, quiet_token = await client_with_token(http, store_history=False)
+    response = await chat(http, quiet_token, stream=True)
+    assert (await response.read()).endswith(b"data: [DONE]\n\n")
+    assert await stored_messages(database_url, client["id"]) == []
+    assert await stored_messages(database_url, quiet["id"]) == []
+    assert await query(database_url, "SELECT * FROM conversations") == []
+
+
+async def test_a_cut_stream_is_stored_as_cut(http, database_url, simulator):
+    client, token = await client_with_token(http)
+    simulator.config.cut_after = 3
+    response = await chat(http, token, stream=True)
+    raw = await response.read()
+    assert b"[DONE]" not in raw
+    rows = await stored_messages(database_url, client["id"])
+    assert rows[-1]["status"] == "cut"
+    assert rows[-1]["content"] == completion_text(3)
+
+
+async def test_a_provider_failure_is_stored_as_failed(http, database_url, simulator):
+    client, token = await client_with_token(http)
+    simulator.config.error_status = 500
+    response = await chat(http, token)
+    assert response.status == 502
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["status"]) for row in rows] == [
+        ("user", "complete"),
+        ("assistant", "failed"),
+    ]
+
+
+async def test_a_client_that_leaves_mid_stream_is_stored_as_cancelled(
+    http, database_url, simulator
+):
+    client, token = await client_with_token(http)
+    simulator.config.token_delay = 0.05
+    simulator.config.tokens = 200
+    response = await chat(http, token, stream=True)
+    await response.content.readany()
+    response.close()
+    for _ in range(200):
+        if rows := await stored_messages(database_url, client["id"]):
+            break
+        await asyncio.sleep(0.05)
+    assert rows[-1]["status"] == "cancelled"
+
+
+async def test_nul_characters_do_not_stop_an_answer_being_stored(http, database_url):
+    client, token = await client_with_token(http)
+    response = await chat(http, token, "nul \u0000 inside")
+    assert response.status == 200
+    rows = await stored_messages(database_url, client["id"])
+    assert rows[0]["content"] == "nul  inside"
+
+
+async def test_concurrent_answers_share_commits(make_client, make_settings, database_url):
+    """Group commit: many answers, fewer transactions."""
+    http = await make_client(make_settings(rate_limits=False))
+
+    def commits() -> tuple[float, float]:
+        [metric] = HISTORY_BATCH_SIZE.collect()
+        samples = {s.name: s.value for s in metric.samples}
+        return samples["relay_history_commit_batch_size_count"], samples[
+            "relay_history_commit_batch_size_sum"
+        ]
+
+    client, token = await client_with_token(http)
+    before_count, before_sum = commits()
+    responses = await asyncio.gather(*(chat(http, token, f"question {n}") for n in range(60)))
+    assert all(response.status == 200 for response in responses)
+    after_count, after_sum = commits()
+    assert after_sum - before_sum == 60
+    assert after_count - before_count < 60
+    rows = await stored_messages(database_url, client["id"])
+    assert len(rows) == 120
+    assert [row["seq"] for row in rows] == list(range(1, 121))
+
+
+async def test_refused_write_ends_a_stream_with_an_error_instead_of_done(http, database_url):
+    client, token = await client_with_token(http)
+    await execute(
+        database_url,
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
+        " RAISE EXCEPTION 'history writes refused'; END; $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER refuse BEFORE INSERT ON messages"
+        " FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    response = await chat(http, token, stream=True)
+    assert response.status == 200
+    raw = await response.read()
+    assert b"[DONE]" not in raw
+    last = raw.strip().split(b"\n\n")[-1]
+    assert last.startswith(b"data: ")
+    error = orjson.loads(last[len(b"data: ") :])["error"]
+    assert error["code"] == "history_unavailable"
+    response = await chat(http, token)
+    await assert_error(response, 503, "history_unavailable")
+    assert await stored_messages(database_url, client["id"]) == []
+    # Writes accepted again: the next answer is stored.
+    await execute(database_url, "DROP TRIGGER refuse ON messages")
+    response = await chat(http, token)
+    assert response.status == 200
+    assert len(await stored_messages(database_url, client["id"])) == 2
+
+
+async def test_deleting_a_client_deletes_its_history(http, database_url):
+    client, token = await client_with_token(http)
+    await chat(http, token)
+    response = await http.delete(f"/admin/clients/{client['id']}", headers=ADMIN)
+    assert response.status in (200, 204)
+    assert await stored_messages(database_url, client["id"]) == []
+    assert await query(database_url, "SELECT * FROM conversations") == []
