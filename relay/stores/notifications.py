@@ -56,7 +56,9 @@ class Notifications:
         while True:
             try:
                 conn = await self._listen()
-            except DependencyUnavailableError:
+            except Exception as exc:  # down, or broke during LISTEN: keep trying, never give up
+                if not isinstance(exc, DependencyUnavailableError):
+                    log.warning("notification listener failed", extra={"error": type(exc).__name__})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
