@@ -39,7 +39,8 @@ async def stored_row(http, client_id: str) -> dict[str, Any] | None:
 )
 async def test_admin_token_required(http, headers, method, path):
     response = await http.request(method, path, headers=headers, json={"name": "x"})
-    await assert_error(response, 401)
+    error = await assert_error(response, 401, "invalid_admin_token")
+    assert "admin token" in error["message"]
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 

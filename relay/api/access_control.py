@@ -20,9 +20,7 @@ def _matched(request: web.Request) -> bool:
 
 
 @web.middleware
-async def access_control_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def access_control_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # Unknown routes and wrong methods fall through to their 404/405.
     if _matched(request) and request.method != "OPTIONS":
         path = request.path
@@ -36,7 +34,14 @@ async def access_control_middleware(
 
 def check_admin(request: web.Request) -> None:
     expected = request.app[SETTINGS].admin_token.encode()
-    given = bearer_token(request.headers.get("Authorization")).encode()
+    try:
+        given = bearer_token(request.headers.get("Authorization")).encode()
+    except AuthenticationError:
+        # bearer_token's message points at /auth/token, which is no help here.
+        raise AuthenticationError(
+            "Send the admin token as 'Authorization: Bearer <RELAY_ADMIN_TOKEN>'.",
+            code="invalid_admin_token",
+        ) from None
     # compare_digest takes the same time wherever the first difference is.
     if not expected or not hmac.compare_digest(given, expected):
         raise AuthenticationError("Invalid admin token.", code="invalid_admin_token")
