@@ -94,3 +94,28 @@ async def test_postgres_stopped_is_503(make_client, make_settings, tmp_path):
                 break
             await asyncio.sleep(0.05)
         assert status == 200, body
+
+
+async def test_a_redis_that_never_answers_does_not_hang_health(make_client, make_settings):
+    """A black hole (accepts the connection, never replies) is the worst case for a probe."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(-1)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        http = await make_client(
+            make_settings(redis_url=f"redis://127.0.0.1:{port}/0", health_timeout=HEALTH_TIMEOUT)
+        )
+        status, body = await health(http)
+        assert body["checks"]["redis"]["status"] in ("down", "degraded")
+        assert status in (200, 503)
+        assert_ok(body["checks"]["postgres"])
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
