@@ -23,6 +23,7 @@ class Usage:
     server_cpu: float = 0.0  # CPU seconds of the target's server process per wall second
     server_core_busy: float = 0.0  # whole core, other processes included
     load_core_busy: float = 0.0  # load generator + simulator + PostgreSQL + Redis
+    client_cpu: float = 0.0  # this process: the streaming load generator (wrk is a child)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class StreamFigures:
     streams: int  # completed streams that started inside the window
     window_seconds: float
     tokens_per_s: float  # content tokens received inside the window, per second
+    ideal_tokens_per_s: float  # what `concurrency` streams at the simulator's pace would carry
     ttft_p50_ms: float
     ttft_p99_ms: float
     worst_gap_ms: float  # the longest pause between two token reads of any stream

@@ -33,11 +33,13 @@ Results = dict[str, Any]
 async def measured(target: Target, run: Callable[[], Awaitable[Figures]]) -> Figures:
     """Run, and record how busy the target's server and both cores were meanwhile."""
     cores, cpu, started = CoreTimes.now(), process_cpu_seconds(target.server_pid), time.monotonic()
+    client = time.process_time()
     figures = await run()
     wall = time.monotonic() - started
     now = CoreTimes.now()
     figures.usage = Usage(
         server_cpu=round((process_cpu_seconds(target.server_pid) - cpu) / wall, 3),
+        client_cpu=round((time.process_time() - client) / wall, 3),
         server_core_busy=round(now.busy_since(cores, SERVER_CORE), 3),
         load_core_busy=round(now.busy_since(cores, LOAD_CORE), 3),
     )
@@ -45,7 +47,10 @@ async def measured(target: Target, run: Callable[[], Awaitable[Figures]]) -> Fig
 
 
 def _cpu(usage: Usage) -> str:
-    return f"  (server cpu {usage.server_cpu:.0%}, load core {usage.load_core_busy:.0%})"
+    return (
+        f"  (server cpu {usage.server_cpu:.0%}, client cpu {usage.client_cpu:.0%},"
+        f" load core {usage.load_core_busy:.0%})"
+    )
 
 
 class PhaseRunner:
@@ -159,7 +164,18 @@ class PhaseRunner:
         on = await self.rate(self.stack.relay_target())
         self.stack.start_relay({variable: "off"})
         off = await self.rate(self.stack.relay_target())
-        return {"on": on, "off": off}
+        result: Results = {"on": on, "off": off}
+        if phase == "receipts" and "latency" in self.options.phases:
+            # Not a target: relay's own cost one request at a time when nothing is committed
+            # (no history row, no receipt), to tell the proxy path from the database's.
+            self.say('one request at a time, nothing recorded (receipts off, "store": false)')
+            result["latency_unrecorded"] = await self.requests(
+                self.stack.relay_target(),
+                NO_STORE_BODY,
+                connections=1,
+                seconds=self.options.latency_seconds,
+            )
+        return result
 
 
 def to_json(results: Results) -> Any:

@@ -102,8 +102,8 @@ def _stream_rows(figures: dict[str, StreamFigures], strict: bool) -> list[Row]:
     label = f"{r.concurrency} streams"
     return [
         Row(
-            f"{label}: tokens/s", f"{d.tokens_per_s:.0f}", f"{b.tokens_per_s:.0f}",
-            f"{r.tokens_per_s:.0f}", _pct(r.tokens_per_s, d.tokens_per_s),
+            f"{label}: tokens/s (ideal {r.ideal_tokens_per_s:.0f})",
+            f"{d.tokens_per_s:.0f}", f"{b.tokens_per_s:.0f}", f"{r.tokens_per_s:.0f}", _pct(r.tokens_per_s, d.tokens_per_s),
             _pct(r.tokens_per_s, b.tokens_per_s),
             f"≥ {TOKENS_OF_BASELINE:.0%} of baseline" if strict else "",
             r.tokens_per_s >= TOKENS_OF_BASELINE * b.tokens_per_s if strict else None,
@@ -167,6 +167,16 @@ def table_rows(results: dict[str, Any], connections: int) -> list[Row]:
         rows.append(_switch_row("rate limits", results["limits"], None))
     if "receipts" in results:
         rows.append(_switch_row("receipts", results["receipts"], RECEIPTS_ON_OF_OFF))
+        bare = results["receipts"].get("latency_unrecorded")
+        if bare is not None and "latency" in results:
+            direct = results["latency"]["direct"]
+            rows.append(
+                Row(
+                    "1 at a time, nothing recorded: p50 / p99 ms",
+                    relay=f"{bare.p50_ms:.2f} / {bare.p99_ms:.2f}",
+                    of_direct=_added(bare.p50_ms, direct.p50_ms),
+                )
+            )
     return rows
 
 

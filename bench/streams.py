@@ -194,6 +194,9 @@ async def run_streams(
         streams=len(ttft),
         window_seconds=window,
         tokens_per_s=totals.window_tokens / window,
+        ideal_tokens_per_s=concurrency * expected_tokens / stream_duration
+        if stream_duration
+        else 0,
         ttft_p50_ms=percentile(ttft, 50) * 1000,
         ttft_p99_ms=percentile(ttft, 99) * 1000,
         worst_gap_ms=max(gaps, default=0.0) * 1000,
