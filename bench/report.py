@@ -103,7 +103,8 @@ def _stream_rows(figures: dict[str, StreamFigures], strict: bool) -> list[Row]:
     return [
         Row(
             f"{label}: tokens/s (ideal {r.ideal_tokens_per_s:.0f})",
-            f"{d.tokens_per_s:.0f}", f"{b.tokens_per_s:.0f}", f"{r.tokens_per_s:.0f}", _pct(r.tokens_per_s, d.tokens_per_s),
+            f"{d.tokens_per_s:.0f}", f"{b.tokens_per_s:.0f}", f"{r.tokens_per_s:.0f}",
+            _pct(r.tokens_per_s, d.tokens_per_s),
             _pct(r.tokens_per_s, b.tokens_per_s),
             f"≥ {TOKENS_OF_BASELINE:.0%} of baseline" if strict else "",
             r.tokens_per_s >= TOKENS_OF_BASELINE * b.tokens_per_s if strict else None,
