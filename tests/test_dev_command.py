@@ -26,10 +26,11 @@ START_TIMEOUT = 90.0
 class DevRun:
     """`python -m relay dev` in a subprocess, its stdout read line by line on a thread."""
 
-    def __init__(self, dev_dir: Path, port: int) -> None:
+    def __init__(self, dev_dir: Path, port: int, **extra_env: str) -> None:
         env = {**os.environ, "RELAY_DEV_DIR": str(dev_dir), "RELAY_PORT": str(port)}
         env.pop("RELAY_UPSTREAMS", None)
         env["RELAY_BCRYPT_ROUNDS"] = "4"
+        env.update(extra_env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "dev"],
             cwd=REPO,
@@ -163,6 +164,28 @@ def test_a_kept_key_that_no_longer_works_is_replaced(dev_dir: Path):
         fresh = json.loads(kept.read_text())["api_key"]
         assert fresh != stale and any(fresh in line for line in banner)
         assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert run.interrupt() == 0
+    finally:
+        run.kill()
+    assert processes_using(dev_dir) == []
+
+
+def test_given_upstreams_replace_the_simulator(dev_dir: Path):
+    upstreams = json.dumps(
+        [
+            {
+                "name": "elsewhere",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key": "k",
+                "models": {"their-model": "their-model"},
+            }
+        ]
+    )
+    run = DevRun(dev_dir, free_port(), RELAY_UPSTREAMS=upstreams)
+    try:
+        banner = "\n".join(run.wait_for_banner())
+        assert "simulator :" not in banner
+        assert '"model":"their-model"' in banner
         assert run.interrupt() == 0
     finally:
         run.kill()
