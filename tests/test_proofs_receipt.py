@@ -41,7 +41,7 @@ def receipt_fields(prev: str | None = None, **overrides: Any) -> dict[str, Any]:
         "model": "gpt-test",
         "upstream": "simulator",
         "endpoint": "/v1/chat/completions",
-        "status": 200,
+        "status": "complete",
         "stream": True,
         "completed": True,
         "served_at": served_at_now(),
@@ -124,8 +124,8 @@ def test_a_signature_taken_from_another_receipt_fails(key: Ed25519PrivateKey) ->
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("status", True),  # a bool is not an int here
-        ("status", "200"),
+        ("status", 200),  # the answer's outcome, not an HTTP status
+        ("status", "done"),
         ("stream", 1),
         ("completed", None),
         ("conversation_id", 5),

@@ -24,7 +24,7 @@ RECEIPT_SCHEMA: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "upstream": (str,),
     "endpoint": (str,),
-    "status": (int,),  # the HTTP status the client saw
+    "status": (str,),  # one of RECEIPT_STATUSES
     "stream": (bool,),
     "completed": (bool,),
     "served_at": (str,),
@@ -36,6 +36,9 @@ RECEIPT_SCHEMA: dict[str, tuple[type, ...]] = {
 }
 SIGNED_FIELDS = tuple(RECEIPT_SCHEMA)
 RECEIPT_FIELDS = (*SIGNED_FIELDS, "signature")
+# complete: the client got the whole answer; cut: the provider broke off;
+# cancelled: the client left; failed: the provider refused or was unreachable.
+RECEIPT_STATUSES = ("complete", "cut", "cancelled", "failed")
 HASH_FIELDS = ("request_sha256", "forwarded_sha256", "response_sha256", "prev_receipt_sha256")
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -67,6 +70,8 @@ def check_receipt_body(body: dict[str, Any]) -> None:
             raise ValueError(f"receipt field {name} must be {kinds}")
     if body["version"] != RECEIPT_VERSION:
         raise ValueError(f"receipt version must be {RECEIPT_VERSION}")
+    if body["status"] not in RECEIPT_STATUSES:
+        raise ValueError(f"receipt status must be one of {', '.join(RECEIPT_STATUSES)}")
     for name in HASH_FIELDS:
         if body[name] is not None and not _SHA256_HEX.fullmatch(body[name]):
             raise ValueError(f"receipt field {name} must be 64 lowercase hex characters")
