@@ -24,6 +24,7 @@ from relay.lifecycle import (
     redis_context,
     upstreams_context,
 )
+from relay.proofs_lifecycle import attestation_context, receipts_context
 from relay.services.answers import AnswerHooks
 from relay.services.chat import count_answer
 from relay.services.history_part import HistoryPart
@@ -54,6 +55,9 @@ def create_app(settings: Settings) -> web.Application:
         [database_context, redis_context, notifications_context, auth_context, upstreams_context]
     )
     app.cleanup_ctx.append(rate_limit_context)  # after redis_context: it uses the client
+    # First: an unreachable dstack agent stops start-up before anything else opens.
+    app.cleanup_ctx.insert(0, attestation_context)
+    app.cleanup_ctx.append(receipts_context)  # after database_context
     # Last, so it is cleaned up first: queued answers commit while the pool is open.
     app.cleanup_ctx.append(history_context)
     return app

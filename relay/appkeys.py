@@ -9,11 +9,13 @@ from redis.asyncio import Redis
 from relay.config import Settings
 from relay.drain import InFlight
 from relay.services.answers import AnswerHooks
+from relay.services.attestation import Attestation
 from relay.services.auth import Authenticator, Caller
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
 from relay.services.history import HistoryService
 from relay.services.ratelimit import RateLimiter, Verdict
+from relay.services.receipts import ReceiptService
 from relay.services.recorder import AnswerRecorder
 from relay.stores.database import Database
 from relay.stores.notifications import Notifications
@@ -31,6 +33,8 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 ROUTER = web.AppKey("router", ModelRouter)
 UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
 ANSWER_HOOKS = web.AppKey("answer_hooks", AnswerHooks)
+ATTESTATION = web.AppKey("attestation", Attestation)
+RECEIPTS = web.AppKey("receipts", ReceiptService)
 ANSWER_RECORDER = web.AppKey("answer_recorder", AnswerRecorder)
 HISTORY = web.AppKey("history", HistoryService)
 

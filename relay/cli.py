@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from relay import __version__
 from relay.config import ConfigError, load_settings
 from relay.logs import setup_logging
+from relay.proofs import command as verify
+from relay.simulator import command as simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,34 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.commands import clients
 
     clients.add_arguments(commands.add_parser("clients", help="manage API clients"))
-    try:
-        from relay.simulator import command as simulate
-    except ImportError:
-        simulate = None  # type: ignore[assignment]
-    if simulate is not None:
-        simulate.add_arguments(
-            commands.add_parser("simulate", help="serve an OpenAI-compatible simulator")
-        )
-    try:
-        from relay.proofs import command as verify
-    except ImportError:
-        verify = None  # type: ignore[assignment]
-    if verify is not None:
-        verify.add_arguments(
-            commands.add_parser("verify", help="check receipts and a report offline")
-        )
+    simulate.add_arguments(
+        commands.add_parser("simulate", help="serve an OpenAI-compatible simulator")
+    )
+    verify.add_arguments(commands.add_parser("verify", help="check receipts and a report offline"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "simulate":
-        from relay.simulator import command as simulate
-
         return simulate.run(args)
     if args.command == "verify":
-        from relay.proofs import command as verify
-
         return verify.run(args)
     if args.command == "dev":
         from relay.commands import dev
@@ -65,8 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         from relay.commands import serve
+        from relay.errors import RelayError
+        from relay.proofs.keyfile import KeyFileError
 
-        return serve.run(settings)
+        try:
+            return serve.run(settings)
+        except (RelayError, KeyFileError) as exc:
+            # Start-up refused (dstack agent unreachable, unusable key file,
+            # database down): one line naming the cause, not a traceback.
+            print(f"relay serve: {exc}", file=sys.stderr)
+            return 1
     if args.command == "migrate":
         from relay.errors import RelayError
         from relay.stores.migrations import MigrationError, migrate

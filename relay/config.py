@@ -134,6 +134,12 @@ class Settings:
     metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret)
     drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, _number, minimum=0)
     run_migrations: bool = setting("RELAY_RUN_MIGRATIONS", True, _flag)
+    # Receipts and attestation (relay.proofs): dstack derives the signing key in
+    # the TEE; none keeps it in the state dir. Receipts "off" exists only so the
+    # benchmark can show what they cost.
+    attestation: str = setting("RELAY_ATTESTATION", "none", str.lower, choices=("none", "dstack"))
+    dstack_endpoint: str = setting("RELAY_DSTACK_ENDPOINT", "")
+    receipts: bool = setting("RELAY_RECEIPTS", True, _flag)
     # History (relay.services.recorder, retention): unset keeps messages forever.
     history_retention_days: int | None = setting(
         "RELAY_HISTORY_RETENTION_DAYS", None, _positive_or_none

@@ -18,13 +18,15 @@ from relay.appkeys import (
     IN_FLIGHT,
     REQUEST_ID,
     ROUTER,
+    SETTINGS,
     STARTED_AT,
     UPSTREAM_SESSION,
 )
-from relay.errors import RelayError
+from relay.errors import RelayError, error_json
 from relay.metrics import UPSTREAM_SECONDS
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
+from relay.services.receipts import RECEIPT_HEADER
 from relay.upstreams.forwarder import open_provider_response, read_whole
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
@@ -68,6 +70,9 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         store=chat.store and caller.client.store_history,
     )
     await bind_conversation(request, answer)
+    if request.app[SETTINGS].receipts:
+        # Known before the provider is asked, so it is there from the first byte.
+        answer.headers[RECEIPT_HEADER] = answer.receipt_id
     return answer
 
 
@@ -92,6 +97,10 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
             return await _relay_whole(request, answer, provider, hooks)
     except RelayError as error:
         answer.status, answer.http_status = "failed", error.status
+        # The client receives the error body, so that is what the receipt hashes.
+        answer.response_sha256 = hashlib.sha256(error_json(error)).hexdigest()
+        if RECEIPT_HEADER in answer.headers:
+            error.headers.setdefault(RECEIPT_HEADER, answer.receipt_id)
         answer.latency_ms = _elapsed_ms(request)
         await _commit_quietly(hooks, answer)
         raise

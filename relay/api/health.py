@@ -11,7 +11,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.api.body import json_response
-from relay.appkeys import DATABASE, IN_FLIGHT, REDIS, SETTINGS
+from relay.appkeys import ATTESTATION, DATABASE, IN_FLIGHT, REDIS, SETTINGS
 
 
 async def probe(check: Callable[[], Awaitable[Any]], timeout: float) -> dict[str, Any]:
@@ -22,6 +22,18 @@ async def probe(check: Callable[[], Awaitable[Any]], timeout: float) -> dict[str
     except Exception as exc:
         return {"status": "down", "error": type(exc).__name__}
     return {"status": "ok", "latency_ms": round((time.monotonic() - started) * 1000, 2)}
+
+
+def attestation_status(app: web.Application) -> dict[str, Any]:
+    """How receipts are signed; says so plainly when no TEE vouches for the key."""
+    attestation = app[ATTESTATION]
+    status: dict[str, Any] = {
+        "tee_type": attestation.tee_type,
+        "receipts": app[SETTINGS].receipts,
+    }
+    if attestation.warning:
+        status["warning"] = attestation.warning
+    return status
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -46,7 +58,12 @@ async def get_health(request: web.Request) -> web.Response:
     degraded = healthy and any(check["status"] != "ok" for check in checks.values())
     overall = "degraded" if degraded else "ok" if healthy else "down"
     return json_response(
-        {"status": overall, "version": __version__, "checks": checks},
+        {
+            "status": overall,
+            "version": __version__,
+            "checks": checks,
+            "attestation": attestation_status(request.app),
+        },
         status=200 if healthy else 503,
         headers={"Cache-Control": "no-store"},
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api import admin, auth, chat, health, metrics, openapi
+from relay.api import admin, attestation, auth, chat, health, metrics, openapi, receipts
 
 
 def setup_routes(app: web.Application) -> None:
@@ -21,6 +21,13 @@ def setup_routes(app: web.Application) -> None:
             web.post(
                 "/v1/chat/completions", chat.create_chat_completion, name="create_chat_completion"
             ),
+            web.get(
+                "/v1/attestation/report",
+                attestation.get_attestation_report,
+                name="get_attestation_report",
+            ),
+            web.get("/v1/receipts/{receipt_id}", receipts.get_receipt, name="get_receipt"),
+            web.get("/v1/signature/{receipt_id}", receipts.get_signature, name="get_signature"),
             web.get("/admin/clients", admin.list_clients, name="list_clients"),
             web.post("/admin/clients", admin.create_client, name="create_client"),
             web.get("/admin/clients/{client_id}", admin.get_client, name="get_client"),

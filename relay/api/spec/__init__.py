@@ -7,6 +7,7 @@ from typing import Any
 from relay import __version__
 from relay.api.spec.components import COMPONENTS
 from relay.api.spec.paths import PATHS
+from relay.api.spec.proofs import PROOF_PATHS, PROOF_SCHEMAS
 
 DESCRIPTION = """\
 relay is an authenticated gateway in front of LLM providers. Trade an API key
@@ -32,7 +33,11 @@ def build_spec() -> dict[str, Any]:
             {"name": "auth", "description": "The API key → JWT exchange and the caller."},
             {"name": "chat", "description": "OpenAI-compatible chat, relayed to providers."},
             {"name": "admin", "description": "API clients, with the admin token."},
+            {"name": "proofs", "description": "Attestation reports and signed receipts."},
         ],
-        "paths": PATHS,
-        "components": COMPONENTS,
+        "paths": {**PATHS, **PROOF_PATHS},
+        "components": {
+            **COMPONENTS,
+            "schemas": {**COMPONENTS["schemas"], **PROOF_SCHEMAS},
+        },
     }

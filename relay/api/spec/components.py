@@ -86,6 +86,15 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "degraded", "down", "draining"]},
             "version": {"type": "string"},
             "checks": {"type": "object", "additionalProperties": ref("schemas", "Check")},
+            "attestation": {
+                "type": "object",
+                "description": "How receipts are signed; `warning` when no TEE vouches for it.",
+                "properties": {
+                    "tee_type": {"type": "string", "enum": ["tdx", "none"]},
+                    "receipts": {"type": "boolean"},
+                    "warning": {"type": "string"},
+                },
+            },
         },
     },
     "TokenRequest": {

@@ -1,0 +1,29 @@
+"""Start-up and shutdown of the signing identity and of receipts (`cleanup_ctx` generators)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from relay.appkeys import ANSWER_RECORDER, ATTESTATION, DATABASE, RECEIPTS, SETTINGS
+from relay.services.attestation import open_attestation
+from relay.services.receipts import ReceiptService, ReceiptsPart
+from relay.stores.receipts import ReceiptStore
+
+
+async def attestation_context(app: web.Application) -> AsyncIterator[None]:
+    """First of all contexts: an unreachable dstack agent stops start-up before anything opens."""
+    async with open_attestation(app[SETTINGS]) as attestation:
+        app[ATTESTATION] = attestation
+        yield
+
+
+async def receipts_context(app: web.Application) -> AsyncIterator[None]:
+    attestation = app[ATTESTATION]
+    app[RECEIPTS] = ReceiptService(ReceiptStore(app[DATABASE]), attestation)
+    if app[SETTINGS].receipts:
+        # Added to the group commit after history: the chain-head lock, which
+        # every instance queues on, is taken last and held for the shortest time.
+        app[ANSWER_RECORDER].add_part(ReceiptsPart(attestation.identity))
+    yield

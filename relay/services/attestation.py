@@ -1,0 +1,58 @@
+"""The process's signing identity and, in dstack mode, the guest agent that vouches for it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from relay.config import Settings
+from relay.proofs.agent import DstackAgent
+from relay.proofs.dstack_key import DstackKeyProvider
+from relay.proofs.identity import SigningIdentity
+from relay.proofs.keyfile import FileKeyProvider
+from relay.proofs.near import near_signature
+from relay.proofs.report import build_report
+
+log = logging.getLogger(__name__)
+
+NONE_WARNING = (
+    "RELAY_ATTESTATION=none: receipts are signed with a key kept on the host's disk; "
+    "no TEE vouches for the code or the key, so clients cannot verify what ran"
+)
+
+
+@dataclass(frozen=True)
+class Attestation:
+    identity: SigningIdentity
+    agent: DstackAgent | None  # None in none mode: there is no quote to ask for
+    warning: str | None = None
+
+    @property
+    def tee_type(self) -> str:
+        return self.identity.tee_type
+
+    async def report(self, nonce: bytes | None) -> dict[str, Any]:
+        return await build_report(self.identity, nonce, self.agent)
+
+    def near_signature(self, receipt: dict[str, Any]) -> dict[str, str]:
+        return near_signature(receipt, self.identity.private_key)
+
+
+@asynccontextmanager
+async def open_attestation(settings: Settings) -> AsyncIterator[Attestation]:
+    """Load the signing key; raises AttestationUnavailableError if dstack is configured but down."""
+    if settings.attestation == "dstack":
+        # Built only here: the SDK's constructor refuses a missing socket.
+        async with DstackAgent(settings.dstack_endpoint or None) as agent:
+            identity = await DstackKeyProvider(agent).load()
+            log.info("receipt signing key derived in the TEE", extra={"tee_type": "tdx"})
+            yield Attestation(identity, agent)
+        return
+    identity = await FileKeyProvider(settings.state_path).load()
+    warning = NONE_WARNING if settings.production else None
+    if warning:
+        log.warning(warning)
+    yield Attestation(identity, None, warning)

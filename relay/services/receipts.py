@@ -1,0 +1,98 @@
+"""Receipts: signed and chained in every group commit, read back by the client they belong to."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from relay.errors import NotFoundError
+from relay.proofs.canonical import canonical_json
+from relay.proofs.identity import SigningIdentity
+from relay.proofs.receipt import hash_client_key_id, served_at_now, sha256_hex, sign_receipt
+from relay.services.answers import Answer
+from relay.services.attestation import Attestation
+from relay.stores.database import Cursor
+from relay.stores.receipts import ReceiptRow, ReceiptStore, append_receipts, lock_chain_head
+
+RECEIPT_HEADER = "x-receipt-id"
+# An answer that ended before relay wrote a byte of it (client gone while the
+# provider was still answering): the client received exactly nothing.
+_NOTHING_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def receipt_fields(answer: Answer, prev_sha256: str | None) -> dict[str, Any]:
+    """Everything signed about one answer: ids and hashes, never content."""
+    return {
+        "receipt_id": answer.receipt_id,
+        "client_key_id": hash_client_key_id(answer.client.key_id),
+        "conversation_id": answer.conversation_id,
+        "model": answer.route.model,
+        "upstream": answer.route.upstream.name,
+        "endpoint": answer.endpoint,
+        "status": answer.status,
+        "stream": answer.stream,
+        "completed": answer.status == "complete",
+        "served_at": served_at_now(),
+        "request_sha256": answer.request_sha256,
+        "forwarded_sha256": answer.forwarded_sha256,
+        "response_sha256": answer.response_sha256 or _NOTHING_SHA256,
+        "prev_receipt_sha256": prev_sha256,
+    }
+
+
+class ReceiptsPart:
+    """The receipts rows of a group commit (see relay.services.recorder.RecordPart).
+
+    Signed inside the transaction, after the chain-head lock: only then is the
+    previous receipt's hash known. Written for every answer, `store: false` too.
+    """
+
+    def __init__(self, identity: SigningIdentity) -> None:
+        self.identity = identity
+
+    async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
+        if not answers:
+            return
+        head = await lock_chain_head(cur, [answer.receipt_id for answer in answers])
+        seq, prev = head.seq, head.sha256
+        rows: list[ReceiptRow] = []
+        seen = set(head.taken)
+        for answer in answers:
+            if answer.receipt_id in seen:
+                continue
+            seen.add(answer.receipt_id)
+            receipt = sign_receipt(receipt_fields(answer, prev), self.identity.private_key)
+            body = canonical_json(receipt)
+            seq, prev = seq + 1, sha256_hex(body)
+            rows.append(
+                ReceiptRow(
+                    id=answer.receipt_id,
+                    seq=seq,
+                    client_id=answer.client.id,
+                    body=body.decode(),
+                    sha256=prev,
+                    prev_sha256=receipt["prev_receipt_sha256"],
+                )
+            )
+        await append_receipts(cur, rows)
+
+
+class ReceiptService:
+    def __init__(self, store: ReceiptStore, attestation: Attestation) -> None:
+        self.store = store
+        self.attestation = attestation
+
+    async def receipt_body(self, receipt_id: str, client_id: str) -> bytes:
+        """The receipt's exact bytes; NotFoundError unless it is the client's own."""
+        body = await self.store.body_for_client(receipt_id, client_id)
+        if body is None:
+            # The same answer for another client's receipt as for none at all.
+            raise NotFoundError("No such receipt.", code="receipt_not_found")
+        return body.encode()
+
+    async def near_signature(self, receipt_id: str, client_id: str) -> dict[str, str]:
+        receipt = orjson.loads(await self.receipt_body(receipt_id, client_id))
+        return self.attestation.near_signature(receipt)

@@ -1,0 +1,258 @@
+"""Receipts in none mode: every answer gets one, its client alone reads it, and it verifies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay.proofs.near import verify_near_signature
+from relay.proofs.receipt import RECEIPT_FIELDS, hash_client_key_id, receipt_sha256
+from relay.proofs.verify import VerificationError, verify_all, verify_chain
+from relay.stores.database import connect
+from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
+from tests.receipt_calls import NONCE, ask, fetch_receipt, fetch_report, relay_verify
+
+
+@pytest.fixture
+async def caller(http):
+    client, token = await client_with_token(http)
+    return client, token
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_answer_verifies_end_to_end_with_the_clients_own_bytes(
+    http, caller, tmp_path, stream
+):
+    client, token = caller
+    saved = await ask(http, token, stream=stream)
+    assert saved.status == 200
+    if stream:
+        assert saved.response_body.endswith(b"data: [DONE]\n\n")
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    report = await fetch_report(http)
+
+    assert set(receipt) == set(RECEIPT_FIELDS)
+    assert receipt["receipt_id"] == saved.receipt_id
+    assert receipt["client_key_id"] == hash_client_key_id(client["key_id"])
+    assert receipt["status"] == "complete" and receipt["completed"] is True
+    assert receipt["stream"] is stream
+    assert receipt["model"] == "gpt-sim" and receipt["upstream"] == "simulator"
+    assert receipt["endpoint"] == "/v1/chat/completions"
+    assert receipt["request_sha256"] == hashlib.sha256(saved.request_body).hexdigest()
+    assert receipt["response_sha256"] == hashlib.sha256(saved.response_body).hexdigest()
+    # gpt-sim is renamed for the provider: what was forwarded differs from what came in.
+    assert receipt["forwarded_sha256"] != receipt["request_sha256"]
+
+    lines = verify_all(
+        report, [receipt], saved.request_body, saved.response_body, bytes.fromhex(NONCE)
+    )
+    assert any(line.startswith("response body") for line in lines)
+    assert relay_verify(tmp_path / "ok", report, [receipt], saved) == 0
+
+
+async def test_the_receipt_is_served_byte_for_byte_as_stored(http, caller, database_url):
+    _, token = caller
+    saved = await ask(http, token, stream=False)
+    response = await http.get(f"/v1/receipts/{saved.receipt_id}", headers=bearer(token))
+    served = await response.read()
+    assert response.content_type == "application/json"
+    conn = await connect(database_url, timeout=5)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT body, sha256 FROM receipts WHERE id = %s", (saved.receipt_id,)
+            )
+            body, sha256 = await cur.fetchone()
+    finally:
+        await conn.close()
+    assert served == body.encode()
+    assert sha256 == hashlib.sha256(served).hexdigest() == receipt_sha256(orjson.loads(served))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_flipped_byte_in_the_response_fails_verification(
+    http, caller, tmp_path, stream, capsys
+):
+    _, token = caller
+    saved = await ask(http, token, stream=stream)
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    report = await fetch_report(http)
+    flipped = bytearray(saved.response_body)
+    flipped[len(flipped) // 2] ^= 0x01
+    saved.response_body = bytes(flipped)
+    with pytest.raises(VerificationError, match="response body"):
+        verify_all(report, [receipt], saved.request_body, saved.response_body)
+    assert relay_verify(tmp_path, report, [receipt], saved) == 1
+    assert "FAIL response body" in capsys.readouterr().out
+
+
+async def test_a_flipped_byte_in_the_receipt_fails_verification(http, caller, tmp_path, capsys):
+    _, token = caller
+    saved = await ask(http, token, stream=True)
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    report = await fetch_report(http)
+    digest = receipt["forwarded_sha256"]
+    receipt["forwarded_sha256"] = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    with pytest.raises(VerificationError, match="signature"):
+        verify_all(report, [receipt])
+    assert relay_verify(tmp_path, report, [receipt]) == 1
+    assert "FAIL signature" in capsys.readouterr().out
+
+
+async def test_consecutive_receipts_chain_and_a_gap_or_edit_breaks_it(
+    http, caller, tmp_path, capsys
+):
+    _, token = caller
+    receipts = []
+    for stream in (False, True, False):
+        saved = await ask(http, token, stream=stream)
+        receipts.append(await fetch_receipt(http, token, saved.receipt_id))
+    assert receipts[1]["prev_receipt_sha256"] == receipt_sha256(receipts[0])
+    assert "3 receipt(s)" in verify_chain(receipts)
+    report = await fetch_report(http)
+    assert relay_verify(tmp_path / "chain", report, receipts) == 0
+    with pytest.raises(VerificationError, match="chain"):
+        verify_chain([receipts[0], receipts[2]])
+    assert relay_verify(tmp_path / "gap", report, [receipts[0], receipts[2]]) == 1
+    assert "FAIL chain" in capsys.readouterr().out
+    edited = dict(receipts[0], signature=receipts[0]["signature"][::-1])
+    with pytest.raises(VerificationError, match="chain"):
+        verify_chain([edited, receipts[1]])
+
+
+async def test_another_client_gets_404_for_a_receipt_and_its_signature(http, caller):
+    _, token = caller
+    saved = await ask(http, token, stream=False)
+    _, other = await client_with_token(http, name="other")
+    for path in (f"/v1/receipts/{saved.receipt_id}", f"/v1/signature/{saved.receipt_id}"):
+        await assert_error(await http.get(path, headers=bearer(other)), 404, "receipt_not_found")
+        await assert_error(await http.get(path), 401)
+    unknown = await http.get("/v1/receipts/" + "0" * 32, headers=bearer(token))
+    await assert_error(unknown, 404, "receipt_not_found")
+
+
+async def test_the_signature_endpoint_answers_in_nears_shape(http, caller):
+    _, token = caller
+    saved = await ask(http, token, stream=True)
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    response = await http.get(f"/v1/signature/{saved.receipt_id}", headers=bearer(token))
+    assert response.status == 200
+    near = await response.json()
+    assert set(near) == {"text", "signature", "signing_algo", "signing_address"}
+    assert near["text"] == f"{receipt['request_sha256']}:{receipt['response_sha256']}"
+    assert near["signing_algo"] == "ed25519"
+    assert near["signing_address"] == receipt["signing_public_key"]
+    verify_near_signature(near)
+
+
+async def test_an_answer_not_stored_still_gets_a_receipt_of_hashes(http, caller, tmp_path):
+    _, token = caller
+    saved = await ask(http, token, stream=True, store=False)
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    assert receipt["conversation_id"] is None
+    report = await fetch_report(http)
+    assert verify_all(report, [receipt], saved.request_body, saved.response_body)
+
+
+async def test_a_failed_answer_gets_a_receipt_of_the_error_the_client_saw(http, caller, simulator):
+    _, token = caller
+    simulator.config.error_status = 500
+    saved = await ask(http, token, stream=False)
+    assert saved.status >= 500
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    assert receipt["status"] == "failed" and receipt["completed"] is False
+    assert receipt["response_sha256"] == hashlib.sha256(saved.response_body).hexdigest()
+
+
+async def test_a_cut_stream_gets_a_receipt_of_what_arrived(http, caller, simulator):
+    _, token = caller
+    simulator.config.cut_after = 3
+    saved = await ask(http, token, stream=True)
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    assert receipt["status"] == "cut" and receipt["completed"] is False
+    assert receipt["response_sha256"] == hashlib.sha256(saved.response_body).hexdigest()
+
+
+async def test_instances_sharing_a_database_keep_one_chain(make_client, settings, caller):
+    # Two instances (each its own key file: the chain spans keys) answering at once.
+    other = await make_client(settings.replace(state_dir=settings.state_dir + "-b"))
+    client_one = await make_client(settings)
+    _, token = caller
+    answers = await asyncio.gather(
+        *(
+            ask(instance, token, stream=index % 2 == 0)
+            for index, instance in enumerate([client_one, other] * 6)
+        )
+    )
+    ids = {saved.receipt_id for saved in answers}
+    conn = await connect(settings.database_url, timeout=5)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT id, body FROM receipts ORDER BY seq")
+            rows = await cur.fetchall()
+    finally:
+        await conn.close()
+    assert ids <= {row[0] for row in rows}
+    chain = [orjson.loads(row[1]) for row in rows]
+    assert chain[0]["prev_receipt_sha256"] is None
+    assert verify_chain(chain)
+    assert len({receipt["signing_public_key"] for receipt in chain}) == 2
+
+
+async def test_a_deleted_clients_receipts_stay_in_the_chain(http, caller, database_url):
+    client, token = caller
+    first = await ask(http, token, stream=False)
+    _, other_token = await client_with_token(http, name="stays")
+    second = await ask(http, other_token, stream=False)
+    response = await http.delete(f"/admin/clients/{client['id']}", headers=ADMIN)
+    assert response.status in (200, 204)
+    conn = await connect(database_url, timeout=5)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT id, client_id, body FROM receipts ORDER BY seq")
+            rows = await cur.fetchall()
+    finally:
+        await conn.close()
+    assert [row[0] for row in rows] == [first.receipt_id, second.receipt_id]
+    assert rows[0][1] is None  # kept, but no client can read it any more
+    assert verify_chain([orjson.loads(row[2]) for row in rows])
+
+
+async def test_receipts_off_means_no_header_and_no_rows(make_client, make_settings, database_url):
+    http = await make_client(make_settings(receipts=False))
+    _, token = await client_with_token(http)
+    response = await http.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-sim", "messages": [{"role": "user", "content": "hi"}]},
+        headers=bearer(token),
+    )
+    assert response.status == 200
+    assert "x-receipt-id" not in response.headers
+    conn = await connect(database_url, timeout=5)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT count(*) FROM receipts")
+            assert (await cur.fetchone())[0] == 0
+    finally:
+        await conn.close()
+    health = await (await http.get("/health")).json()
+    assert health["attestation"]["receipts"] is False
+
+
+def test_relay_verify_runs_as_a_command(tmp_path: Path) -> None:
+    """The console entry point is wired: `python -m relay verify --help` works."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "verify", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--response-body" in result.stdout
