@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -43,7 +44,8 @@ class DevRun:
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         self.stderr: list[str] = []
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self.stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self.stderr_reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -189,4 +191,19 @@ def test_given_upstreams_replace_the_simulator(dev_dir: Path):
         assert run.interrupt() == 0
     finally:
         run.kill()
+    assert processes_using(dev_dir) == []
+
+
+def test_a_busy_port_is_reported_and_everything_stops(dev_dir: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = DevRun(dev_dir, port)
+        try:
+            assert run.proc.wait(timeout=START_TIMEOUT) == 1
+        finally:
+            run.kill()
+    run.stderr_reader.join(10)
+    assert f"cannot listen on 127.0.0.1:{port}" in "".join(run.stderr)
     assert processes_using(dev_dir) == []

@@ -177,7 +177,15 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await start_sites(runner, settings)
+        try:
+            await start_sites(runner, settings)
+        except OSError as exc:
+            where = settings.unix_socket or f"{settings.host}:{settings.port}"
+            print(
+                f"relay dev: cannot listen on {where}: {exc.strerror}; try RELAY_PORT=…",
+                file=sys.stderr,
+            )
+            return 1
         key_file = dev_dir / DEMO_FILE
         api_key = await demo_key(app[CLIENTS], key_file)
         print(banner(settings, api_key, key_file, backends), flush=True)
