@@ -20,7 +20,7 @@ import uvloop
 from bench.cores import can_pin, pin_self_to_load_core
 from bench.options import BenchOptions, parse_options
 from bench.phases import PhaseRunner, Results, to_json
-from bench.report import render, table_rows, verdicts
+from bench.report import disturbed_runs, render, table_rows, verdicts
 from bench.stack import Stack
 
 
@@ -87,10 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "results": to_json(results),
         "targets": verdicts(rows),
+        "disturbed_runs": disturbed_runs(results),
         "table": table,
     }
     path = write_results(options, document)
     print(table)
+    if document["disturbed_runs"]:
+        say(
+            "warning: other processes used relay's core during "
+            + ", ".join(document["disturbed_runs"])
+        )
+        say("these figures are not relay's alone; rerun on a quiet machine")
     say(f"figures written to {path} ({document['seconds']:.0f} s)")
     return 0
 

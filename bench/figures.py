@@ -24,6 +24,9 @@ class Usage:
     server_core_busy: float = 0.0  # whole core, other processes included
     load_core_busy: float = 0.0  # load generator + simulator + PostgreSQL + Redis
     client_cpu: float = 0.0  # this process: the streaming load generator (wrk is a child)
+    # Server-core time used by neither relay nor the baseline: other work on the machine.
+    # Above a few percent the run was disturbed and its figures are not relay's.
+    foreign_on_server_core: float = 0.0
 
 
 @dataclass

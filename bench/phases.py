@@ -37,11 +37,15 @@ async def measured(target: Target, run: Callable[[], Awaitable[Figures]]) -> Fig
     figures = await run()
     wall = time.monotonic() - started
     now = CoreTimes.now()
+    server_cpu = (process_cpu_seconds(target.server_pid) - cpu) / wall
+    server_core_busy = now.busy_since(cores, SERVER_CORE)
+    ours = server_cpu if target.on_server_core else 0.0
     figures.usage = Usage(
-        server_cpu=round((process_cpu_seconds(target.server_pid) - cpu) / wall, 3),
+        server_cpu=round(server_cpu, 3),
         client_cpu=round((time.process_time() - client) / wall, 3),
-        server_core_busy=round(now.busy_since(cores, SERVER_CORE), 3),
+        server_core_busy=round(server_core_busy, 3),
         load_core_busy=round(now.busy_since(cores, LOAD_CORE), 3),
+        foreign_on_server_core=round(max(0.0, server_core_busy - ours), 3),
     )
     return figures
 
@@ -49,7 +53,8 @@ async def measured(target: Target, run: Callable[[], Awaitable[Figures]]) -> Fig
 def _cpu(usage: Usage) -> str:
     return (
         f"  (server cpu {usage.server_cpu:.0%}, client cpu {usage.client_cpu:.0%},"
-        f" load core {usage.load_core_busy:.0%})"
+        f" load core {usage.load_core_busy:.0%}, others on server core"
+        f" {usage.foreign_on_server_core:.0%})"
     )
 
 

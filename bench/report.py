@@ -213,3 +213,22 @@ def verdicts(rows: list[Row]) -> list[dict[str, Any]]:
         for row in rows
         if row.met is not None
     ]
+
+
+# Loopback networking done in softirq context shows up as a little foreign time even on
+# a quiet machine; more than this means something else ran on relay's core.
+DISTURBED_ABOVE = 0.15
+
+
+def disturbed_runs(results: dict[str, Any], path: str = "") -> list[str]:
+    """Runs during which other processes took a real share of the server core."""
+    found: list[str] = []
+    for key, value in results.items():
+        where = f"{path}/{key}" if path else key
+        if isinstance(value, RequestFigures | StreamFigures):
+            share = value.usage.foreign_on_server_core
+            if share > DISTURBED_ABOVE:
+                found.append(f"{where} ({share:.0%} of the server core)")
+        elif isinstance(value, dict):
+            found += disturbed_runs(value, where)
+    return found

@@ -42,6 +42,7 @@ class Target:
     port: int
     headers: dict[str, str]
     server_pid: int
+    on_server_core: bool = True  # the simulator ("direct") runs on the load core
     path: str = CHAT_PATH
     host: str = HOST
 
@@ -179,7 +180,9 @@ class Stack:
         simulator = {"Authorization": "Bearer " + SIMULATOR_KEY}
         assert self.relay is not None and self.simulator.process is not None
         return {
-            "direct": Target("direct", self.simulator_port, simulator, self.simulator.pid),
+            "direct": Target(
+                "direct", self.simulator_port, simulator, self.simulator.pid, on_server_core=False
+            ),
             "baseline": Target("baseline", self.baseline_port, simulator, self.baseline.pid),
             "relay": self.relay_target(),
         }
