@@ -84,3 +84,17 @@ class CoreTimes:
         if elapsed <= 0:
             return 0.0
         return (self.busy[core] - start.busy[core]) / elapsed
+
+
+def listen_overflows() -> int:
+    """Connections the kernel dropped machine-wide because an accept queue was full.
+
+    A server whose listen backlog overflows makes clients wait for SYN-ACK
+    retransmissions (1 s, then 3 s, …), which shows up as first-token time.
+    """
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0

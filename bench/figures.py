@@ -27,6 +27,7 @@ class Usage:
     # Server-core time used by neither relay nor the baseline: other work on the machine.
     # Above a few percent the run was disturbed and its figures are not relay's.
     foreign_on_server_core: float = 0.0
+    listen_overflows: int = 0  # machine-wide, during the run (see cores.listen_overflows)
 
 
 @dataclass

@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 
 import orjson
 
-from bench.cores import LOAD_CORE, SERVER_CORE, CoreTimes, peak_rss_mb, process_cpu_seconds
+from bench.cores import (
+    LOAD_CORE,
+    SERVER_CORE,
+    CoreTimes,
+    listen_overflows,
+    peak_rss_mb,
+    process_cpu_seconds,
+)
 from bench.figures import RequestFigures, StreamFigures, Usage
 from bench.options import BenchOptions
 from bench.pyload import run_python_load
@@ -33,7 +40,7 @@ Results = dict[str, Any]
 async def measured(target: Target, run: Callable[[], Awaitable[Figures]]) -> Figures:
     """Run, and record how busy the target's server and both cores were meanwhile."""
     cores, cpu, started = CoreTimes.now(), process_cpu_seconds(target.server_pid), time.monotonic()
-    client = time.process_time()
+    client, overflows = time.process_time(), listen_overflows()
     figures = await run()
     wall = time.monotonic() - started
     now = CoreTimes.now()
@@ -46,6 +53,7 @@ async def measured(target: Target, run: Callable[[], Awaitable[Figures]]) -> Fig
         server_core_busy=round(server_core_busy, 3),
         load_core_busy=round(now.busy_since(cores, LOAD_CORE), 3),
         foreign_on_server_core=round(max(0.0, server_core_busy - ours), 3),
+        listen_overflows=listen_overflows() - overflows,
     )
     return figures
 
@@ -54,7 +62,7 @@ def _cpu(usage: Usage) -> str:
     return (
         f"  (server cpu {usage.server_cpu:.0%}, client cpu {usage.client_cpu:.0%},"
         f" load core {usage.load_core_busy:.0%}, others on server core"
-        f" {usage.foreign_on_server_core:.0%})"
+        f" {usage.foreign_on_server_core:.0%}, listen overflows {usage.listen_overflows})"
     )
 
 

@@ -120,6 +120,10 @@ def _stream_rows(figures: dict[str, StreamFigures], strict: bool) -> list[Row]:
         ),
         Row("  streams measured", str(d.streams), str(b.streams), str(r.streams)),
         Row(
+            "  listen-queue overflows",
+            *_each((d, b, r), lambda f: str(f.usage.listen_overflows)),
+        ),
+        Row(
             "  errors", str(d.errors), str(b.errors), str(r.errors),
             target="0" if strict else "", met=(r.errors == 0) if strict else None,
         ),
