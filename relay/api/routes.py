@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api import admin, attestation, auth, chat, health, metrics, openapi, receipts
+from relay.api import (
+    admin,
+    attestation,
+    auth,
+    chat,
+    conversations,
+    health,
+    history,
+    metrics,
+    openapi,
+    receipts,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -20,6 +31,21 @@ def setup_routes(app: web.Application) -> None:
             web.get("/v1/models", chat.list_models, name="list_models"),
             web.post(
                 "/v1/chat/completions", chat.create_chat_completion, name="create_chat_completion"
+            ),
+            web.get("/v1/history", history.list_history, name="list_history"),
+            web.get("/v1/history/search", history.search_history, name="search_history"),
+            web.get(
+                "/v1/conversations", conversations.list_conversations, name="list_conversations"
+            ),
+            web.get(
+                "/v1/conversations/{conversation_id}",
+                conversations.get_conversation,
+                name="get_conversation",
+            ),
+            web.delete(
+                "/v1/conversations/{conversation_id}",
+                conversations.delete_conversation,
+                name="delete_conversation",
             ),
             web.get(
                 "/v1/attestation/report",

@@ -6,6 +6,7 @@ from typing import Any
 
 from relay import __version__
 from relay.api.spec.components import COMPONENTS
+from relay.api.spec.history import HISTORY_PATHS, HISTORY_SCHEMAS
 from relay.api.spec.paths import PATHS
 from relay.api.spec.proofs import PROOF_PATHS, PROOF_SCHEMAS
 
@@ -34,10 +35,11 @@ def build_spec() -> dict[str, Any]:
             {"name": "chat", "description": "OpenAI-compatible chat, relayed to providers."},
             {"name": "admin", "description": "API clients, with the admin token."},
             {"name": "proofs", "description": "Attestation reports and signed receipts."},
+            {"name": "history", "description": "Stored conversations: read, poll, search, erase."},
         ],
-        "paths": {**PATHS, **PROOF_PATHS},
+        "paths": {**PATHS, **PROOF_PATHS, **HISTORY_PATHS},
         "components": {
             **COMPONENTS,
-            "schemas": {**COMPONENTS["schemas"], **PROOF_SCHEMAS},
+            "schemas": {**COMPONENTS["schemas"], **PROOF_SCHEMAS, **HISTORY_SCHEMAS},
         },
     }

@@ -1,0 +1,50 @@
+"""GET /v1/history (cursor pages, long-poll) and GET /v1/history/search."""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+
+from relay.api.body import json_response, query_int
+from relay.appkeys import CALLER, HISTORY, IN_FLIGHT
+from relay.errors import InvalidRequestError
+
+MAX_WAIT_S = 30.0
+
+
+def _wait_seconds(request: web.Request) -> float:
+    raw = request.query.get("wait", "")
+    if not raw:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise InvalidRequestError("wait must be a number of seconds.", param="wait") from None
+    if not math.isfinite(wait) or not 0 <= wait <= MAX_WAIT_S:
+        raise InvalidRequestError(f"wait must be between 0 and {MAX_WAIT_S:g}.", param="wait")
+    return wait
+
+
+async def list_history(request: web.Request) -> web.Response:
+    in_flight = request.app.get(IN_FLIGHT)
+    page = await request.app[HISTORY].page(
+        request[CALLER].client.id,
+        after=request.query.get("after") or None,
+        limit=query_int(request, "limit", default=100, low=1, high=500),
+        conversation_id=request.query.get("conversation_id") or None,
+        wait=_wait_seconds(request),
+        # A graceful stop answers held polls at once instead of waiting them out.
+        stop=in_flight.draining if in_flight is not None else None,
+    )
+    return json_response(page.as_json())
+
+
+async def search_history(request: web.Request) -> web.Response:
+    results = await request.app[HISTORY].search(
+        request[CALLER].client.id,
+        request.query.get("q", ""),
+        limit=query_int(request, "limit", default=20, low=1, high=100),
+        conversation_id=request.query.get("conversation_id") or None,
+    )
+    return json_response({"object": "list", "data": results})

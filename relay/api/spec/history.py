@@ -1,0 +1,237 @@
+"""The OpenAPI description of history: cursor pages, search, conversations and /v1/chat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.api.spec.components import RATE_LIMIT_HEADERS, ref
+from relay.api.spec.paths import AUTHENTICATED, JWT, answer, operation
+
+CONVERSATION_HEADER = {
+    "Relay-Conversation-Id": {
+        "description": "The conversation this answer was stored in.",
+        "schema": {"type": "string", "format": "uuid"},
+    }
+}
+CONVERSATION_ID = {
+    "name": "conversation_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+CONVERSATION_FILTER = {
+    "name": "conversation_id",
+    "in": "query",
+    "required": False,
+    "description": "Only this conversation (404 unless it is yours).",
+    "schema": {"type": "string"},
+}
+NULLABLE_STRING = {"type": ["string", "null"]}
+NULLABLE_INTEGER = {"type": ["integer", "null"]}
+
+
+def _limit(default: int, maximum: int) -> dict[str, Any]:
+    return {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+    }
+
+
+def _after(description: str) -> dict[str, Any]:
+    return {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _page(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor", "has_more"],
+        "properties": {
+            "data": {"type": "array", "items": item},
+            "next_cursor": {"type": "string", "description": "Pass as `after` for what follows."},
+            "has_more": {"type": "boolean"},
+        },
+    }
+
+
+_MESSAGE_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "integer"},
+    "conversation_id": {"type": "string", "format": "uuid"},
+    "role": {"type": "string"},
+    "content": {"type": "string"},
+    "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
+    "tool_call_id": NULLABLE_STRING,
+    "model": NULLABLE_STRING,
+    "status": {"type": "string", "enum": ["complete", "cut", "cancelled", "failed"]},
+    "usage": {
+        "type": ["object", "null"],
+        "properties": {"prompt_tokens": NULLABLE_INTEGER, "completion_tokens": NULLABLE_INTEGER},
+    },
+    "latency_ms": {"type": ["number", "null"]},
+    "request_id": NULLABLE_STRING,
+    "created_at": {"type": "string", "format": "date-time"},
+}
+
+HISTORY_SCHEMAS: dict[str, Any] = {
+    "HistoryMessage": {
+        "type": "object",
+        "required": list(_MESSAGE_PROPERTIES),
+        "properties": _MESSAGE_PROPERTIES,
+    },
+    "HistoryPage": _page(ref("schemas", "HistoryMessage")),
+    "SearchResults": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "allOf": [
+                        ref("schemas", "HistoryMessage"),
+                        {
+                            "type": "object",
+                            "required": ["rank", "snippet"],
+                            "properties": {
+                                "rank": {"type": "number"},
+                                "snippet": {
+                                    "type": "string",
+                                    "description": "Matches within <mark>…</mark>; not escaped.",
+                                },
+                            },
+                        },
+                    ]
+                },
+            },
+        },
+    },
+    "Conversation": {
+        "type": "object",
+        "required": ["id", "title", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "title": {"type": "string", "description": "The first user message, shortened."},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "ConversationList": _page(ref("schemas", "Conversation")),
+    "ConversationWithMessages": {
+        "allOf": [
+            ref("schemas", "Conversation"),
+            {
+                "type": "object",
+                "required": ["messages"],
+                "properties": {
+                    "messages": {
+                        "type": "array",
+                        "description": "Oldest first; at most the latest 1000.",
+                        "items": ref("schemas", "HistoryMessage"),
+                    }
+                },
+            },
+        ]
+    },
+}
+
+HISTORY_PATHS: dict[str, Any] = {
+    "/v1/history": {
+        "get": operation(
+            "list_history",
+            "Your messages after a cursor, oldest first",
+            tag="history",
+            security=JWT,
+            description=(
+                "Follow `next_cursor` to see every stored message exactly once, in commit "
+                "order. With `wait`, an empty page is held until a message of yours is "
+                "committed or the seconds are up."
+            ),
+            parameters=(
+                _after("`next_cursor` of the previous page; none starts at the beginning."),
+                _limit(100, 500),
+                CONVERSATION_FILTER,
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "description": "Long-poll seconds.",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0},
+                },
+            ),
+            responses={
+                "200": answer(
+                    "A page of messages.", ref("schemas", "HistoryPage"), RATE_LIMIT_HEADERS
+                )
+            },
+            errors=(400, *AUTHENTICATED, 404),
+        )
+    },
+    "/v1/history/search": {
+        "get": operation(
+            "search_history",
+            "Full-text search over your messages",
+            tag="history",
+            security=JWT,
+            description="`q` takes web-search syntax: quotes, `or`, `-word`.",
+            parameters=(
+                {
+                    "name": "q",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 1000},
+                },
+                _limit(20, 100),
+                CONVERSATION_FILTER,
+            ),
+            responses={
+                "200": answer(
+                    "Best matches first.", ref("schemas", "SearchResults"), RATE_LIMIT_HEADERS
+                )
+            },
+            errors=(400, *AUTHENTICATED, 404),
+        )
+    },
+    "/v1/conversations": {
+        "get": operation(
+            "list_conversations",
+            "Your conversations, newest first",
+            tag="history",
+            security=JWT,
+            parameters=(_after("`next_cursor` of the previous page."), _limit(20, 100)),
+            responses={
+                "200": answer("A page of conversations.", ref("schemas", "ConversationList"))
+            },
+            errors=(400, *AUTHENTICATED),
+        )
+    },
+    "/v1/conversations/{conversation_id}": {
+        "get": operation(
+            "get_conversation",
+            "One conversation with its messages",
+            tag="history",
+            security=JWT,
+            parameters=(CONVERSATION_ID,),
+            responses={
+                "200": answer("The conversation.", ref("schemas", "ConversationWithMessages"))
+            },
+            errors=(*AUTHENTICATED, 404),
+        ),
+        "delete": operation(
+            "delete_conversation",
+            "Erase a conversation and its messages",
+            tag="history",
+            security=JWT,
+            description="The rows are deleted, not flagged.",
+            parameters=(CONVERSATION_ID,),
+            responses={"204": {"description": "Erased."}},
+            errors=(*AUTHENTICATED, 404),
+        ),
+    },
+}

@@ -1,0 +1,204 @@
+"""GET /v1/history, /v1/history/search and /v1/conversations: what a client reads back."""
+
+import asyncio
+
+import pytest
+
+from tests.api_calls import assert_error, bearer, client_with_token
+from tests.history_calls import CONVERSATION, chat, query
+
+
+@pytest.fixture
+async def http(make_client, make_settings):
+    return await make_client(make_settings(rate_limits=False))
+
+
+async def history(http, token, **params):
+    params = {key: str(value) for key, value in params.items()}
+    return await http.get("/v1/history", params=params, headers=bearer(token))
+
+
+async def test_history_pages_oldest_first_and_the_cursor_moves_on(http):
+    _, token = await client_with_token(http)
+    for n in range(3):
+        assert (await chat(http, token, f"question {n}")).status == 200
+    response = await history(http, token, limit=4)
+    assert response.status == 200
+    page = await response.json()
+    assert set(page) == {"data", "next_cursor", "has_more"}
+    assert page["has_more"] is True
+    assert [m["role"] for m in page["data"]] == ["user", "assistant", "user", "assistant"]
+    assert page["data"][0]["content"] == "question 0"
+    assert page["data"][1]["status"] == "complete"
+    assert page["data"][1]["usage"]["completion_tokens"] > 0
+    rest = await (await history(http, token, after=page["next_cursor"])).json()
+    assert [m["content"] for m in rest["data"] if m["role"] == "user"] == ["question 2"]
+    assert rest["has_more"] is False
+    ids = [m["id"] for m in page["data"] + rest["data"]]
+    assert ids == sorted(ids) and len(ids) == 6
+    empty = await (await history(http, token, after=rest["next_cursor"])).json()
+    assert empty == {"data": [], "next_cursor": rest["next_cursor"], "has_more": False}
+
+
+async def test_history_of_one_conversation(http):
+    _, token = await client_with_token(http)
+    first = (await chat(http, token, "first")).headers[CONVERSATION]
+    await chat(http, token, "second")
+    page = await (await history(http, token, conversation_id=first)).json()
+    assert [m["content"] for m in page["data"] if m["role"] == "user"] == ["first"]
+    assert {m["conversation_id"] for m in page["data"]} == {first}
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"after": "not a cursor"}, "after"),
+        ({"after": "eyJzIjotMX0"}, "after"),  # {"s":-1}
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"wait": 31}, "wait"),
+        ({"wait": -1}, "wait"),
+        ({"wait": "nan"}, "wait"),
+    ],
+)
+async def test_bad_history_parameters_are_400(http, params, param):
+    _, token = await client_with_token(http)
+    error = await assert_error(await history(http, token, **params), 400)
+    assert error["param"] == param
+
+
+async def test_a_long_poll_returns_as_soon_as_a_message_is_committed(http):
+    _, token = await client_with_token(http)
+    start = await (await history(http, token)).json()
+    poll = asyncio.ensure_future(history(http, token, after=start["next_cursor"], wait=20))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    await chat(http, token, "wake up")
+    async with asyncio.timeout(5):
+        response = await poll
+    page = await response.json()
+    assert [m["content"] for m in page["data"]][:1] == ["wake up"]
+
+
+async def test_a_long_poll_with_nothing_new_answers_empty_when_the_time_is_up(http):
+    _, token = await client_with_token(http)
+    await chat(http, token)
+    start = await (await history(http, token)).json()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    page = await (await history(http, token, after=start["next_cursor"], wait=0.5)).json()
+    assert loop.time() - began >= 0.45
+    assert page == {"data": [], "next_cursor": start["next_cursor"], "has_more": False}
+
+
+async def test_conversations_are_listed_read_and_erased(http, database_url):
+    _, token = await client_with_token(http)
+    ids = [(await chat(http, token, f"topic {n}")).headers[CONVERSATION] for n in range(3)]
+    listed = await (
+        await http.get("/v1/conversations", params={"limit": "2"}, headers=bearer(token))
+    ).json()
+    assert [c["id"] for c in listed["data"]] == ids[::-1][:2]  # newest first
+    assert listed["has_more"] is True
+    assert listed["data"][0]["title"] == "topic 2"
+    rest = await (
+        await http.get(
+            "/v1/conversations", params={"after": listed["next_cursor"]}, headers=bearer(token)
+        )
+    ).json()
+    assert [c["id"] for c in rest["data"]] == [ids[0]]
+    assert rest["has_more"] is False
+
+    one = await (await http.get(f"/v1/conversations/{ids[1]}", headers=bearer(token))).json()
+    assert one["id"] == ids[1] and one["title"] == "topic 1"
+    assert [m["role"] for m in one["messages"]] == ["user", "assistant"]
+    assert one["messages"][0]["content"] == "topic 1"
+
+    response = await http.delete(f"/v1/conversations/{ids[1]}", headers=bearer(token))
+    assert response.status == 204
+    # Gone from the database, not flagged.
+    assert (
+        await query(database_url, "SELECT id FROM messages WHERE conversation_id = %s", (ids[1],))
+        == []
+    )
+    assert await query(database_url, "SELECT id FROM conversations WHERE id = %s", (ids[1],)) == []
+    for method in (http.get, http.delete):
+        await assert_error(
+            await method(f"/v1/conversations/{ids[1]}", headers=bearer(token)),
+            404,
+            "conversation_not_found",
+        )
+    # Continuing an erased conversation is refused too.
+    await assert_error(await chat(http, token, conversation=ids[1]), 404)
+
+
+async def test_search_ranks_matches_and_marks_them(http):
+    _, token = await client_with_token(http)
+    await chat(http, token, "How do penguins keep warm in Antarctica?")
+    second = (await chat(http, token, "Penguins and penguins: a penguin colony")).headers[
+        CONVERSATION
+    ]
+    await chat(http, token, "Something else entirely")
+    response = await http.get("/v1/history/search", params={"q": "penguin"}, headers=bearer(token))
+    assert response.status == 200
+    found = (await response.json())["data"]
+    assert [m["content"] for m in found] == [
+        "Penguins and penguins: a penguin colony",
+        "How do penguins keep warm in Antarctica?",
+    ]
+    assert "<mark>" in found[0]["snippet"]
+    assert found[0]["rank"] >= found[1]["rank"]
+    only = await (
+        await http.get(
+            "/v1/history/search",
+            params={"q": '"penguin colony" -warm', "conversation_id": second},
+            headers=bearer(token),
+        )
+    ).json()
+    assert [m["conversation_id"] for m in only["data"]] == [second]
+
+
+HOSTILE = [
+    '"',
+    '"unterminated',
+    "a & | ! <-> :* ()",
+    "-",
+    "or or or",
+    "'; DROP TABLE messages; --",
+    "penguin') OR 1=1 --",
+    "\\",
+    "%",
+    "\u0000penguin\u0000",
+    "x" * 999,
+    "\udcff",
+    "\U0001f427 émoji",
+    "a:*b & !c",
+]
+
+
+@pytest.mark.parametrize("q", HOSTILE)
+async def test_hostile_search_queries_get_results_or_400(http, q):
+    _, token = await client_with_token(http)
+    await chat(http, token, "penguin facts")
+    response = await http.get("/v1/history/search", params={"q": q}, headers=bearer(token))
+    assert response.status in (200, 400), await response.text()
+    if response.status == 200:
+        assert isinstance((await response.json())["data"], list)
+
+
+@pytest.mark.parametrize("q", ["", "   ", "y" * 1001, "z" * 10_000])
+async def test_empty_or_huge_search_queries_are_400(http, q):
+    _, token = await client_with_token(http)
+    response = await http.get("/v1/history/search", params={"q": q}, headers=bearer(token))
+    assert response.status == 400
+
+
+@pytest.mark.parametrize("raw", ["%00", "%ED%A0%80", "%FF%FE", "%C3%28", "penguin%00%00"])
+async def test_undecodable_search_queries_get_results_or_400(http, raw):
+    from yarl import URL
+
+    _, token = await client_with_token(http)
+    await chat(http, token, "penguin facts")
+    url = URL(f"/v1/history/search?q={raw}", encoded=True)
+    response = await http.get(url, headers=bearer(token))
+    assert response.status in (200, 400), await response.text()

@@ -1,0 +1,83 @@
+"""RELAY_HISTORY_RETENTION_DAYS: older messages (and conversations) are purged in the background."""
+
+import asyncio
+
+import pytest
+
+from relay.config import ConfigError, Settings
+from relay.services.retention import HistoryRetention
+from relay.stores.database import Database
+from relay.stores.messages import MessageStore
+from tests.api_calls import bearer, client_with_token
+from tests.history_calls import CONVERSATION, chat, execute, query
+
+
+async def age(database_url: str, conversation: str, days: int) -> None:
+    """Make a conversation and its messages look `days` old."""
+    await execute(
+        database_url,
+        "UPDATE messages SET created_at = now() - make_interval(days => %s)"
+        " WHERE conversation_id = %s",
+        (days, conversation),
+    )
+    await execute(
+        database_url,
+        "UPDATE conversations SET created_at = now() - make_interval(days => %s),"
+        " updated_at = now() - make_interval(days => %s) WHERE id = %s",
+        (days, days, conversation),
+    )
+
+
+async def test_purge_deletes_only_what_is_older_than_the_retention(http, database_url):
+    _, token = await client_with_token(http)
+    old = (await chat(http, token, "old")).headers[CONVERSATION]
+    recent = (await chat(http, token, "recent")).headers[CONVERSATION]
+    # A conversation with old messages and a new one: only the old messages go.
+    mixed = (await chat(http, token, "mixed, old part")).headers[CONVERSATION]
+    await age(database_url, old, 40)
+    await age(database_url, mixed, 40)
+    await chat(http, token, "mixed, new part", conversation=mixed)
+    db = await Database.open(database_url, size=2, timeout=5)
+    try:
+        # A batch of 1 exercises the loop that deletes in batches.
+        deleted = await HistoryRetention(MessageStore(db), 30, batch=1).purge_once()
+    finally:
+        await db.close()
+    assert deleted == 4
+    conversations = {
+        str(row["id"]) for row in await query(database_url, "SELECT id FROM conversations")
+    }
+    assert conversations == {recent, mixed}
+    left = await query(
+        database_url, "SELECT content FROM messages WHERE role = 'user' ORDER BY seq"
+    )
+    assert [row["content"] for row in left] == ["recent", "mixed, new part"]
+    page = await (await http.get("/v1/history", headers=bearer(token))).json()
+    assert len(page["data"]) == 4
+
+
+async def test_relay_purges_in_the_background_when_retention_is_set(
+    make_client, make_settings, database_url
+):
+    http = await make_client(make_settings())
+    _, token = await client_with_token(http)
+    old = (await chat(http, token, "old")).headers[CONVERSATION]
+    await chat(http, token, "recent")
+    await age(database_url, old, 10)
+    # A second instance with retention on purges at start-up (and hourly after).
+    await make_client(make_settings(history_retention_days=7))
+    for _ in range(100):
+        if not await query(database_url, "SELECT 1 FROM conversations WHERE id = %s", (old,)):
+            break
+        await asyncio.sleep(0.05)
+    contents = await query(database_url, "SELECT content FROM messages WHERE role = 'user'")
+    assert [row["content"] for row in contents] == ["recent"]
+
+
+def test_retention_is_off_unless_set_and_must_be_positive():
+    assert Settings.from_env({}).history_retention_days is None
+    assert Settings.from_env({"RELAY_HISTORY_RETENTION_DAYS": ""}).history_retention_days is None
+    assert Settings.from_env({"RELAY_HISTORY_RETENTION_DAYS": "30"}).history_retention_days == 30
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ConfigError, match="RELAY_HISTORY_RETENTION_DAYS"):
+            Settings.from_env({"RELAY_HISTORY_RETENTION_DAYS": bad})
