@@ -14,7 +14,7 @@ from relay.proofs.receipt import RECEIPT_FIELDS, hash_client_key_id, receipt_sha
 from relay.proofs.verify import VerificationError, verify_all, verify_chain
 from relay.stores.database import connect
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
-from tests.receipt_calls import NONCE, ask, fetch_receipt, fetch_report, relay_verify
+from tests.receipt_calls import MESSAGES, NONCE, ask, fetch_receipt, fetch_report, relay_verify
 
 
 @pytest.fixture
@@ -175,6 +175,28 @@ async def test_a_cut_stream_gets_a_receipt_of_what_arrived(http, caller, simulat
     receipt = await fetch_receipt(http, token, saved.receipt_id)
     assert receipt["status"] == "cut" and receipt["completed"] is False
     assert receipt["response_sha256"] == hashlib.sha256(saved.response_body).hexdigest()
+
+
+async def test_a_client_leaving_mid_stream_gets_a_cancelled_receipt(http, caller, simulator):
+    _, token = caller
+    simulator.config.tokens = 500
+    simulator.config.token_delay = 0.02
+    response = await http.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-sim", "messages": MESSAGES, "stream": True},
+        headers=bearer(token),
+    )
+    receipt_id = response.headers["x-receipt-id"]
+    await response.content.readany()
+    response.close()
+    # The commit of an answer whose client left runs in the background.
+    for _ in range(200):
+        found = await http.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
+        if found.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    receipt = await fetch_receipt(http, token, receipt_id)
+    assert receipt["status"] == "cancelled" and receipt["completed"] is False
 
 
 async def test_instances_sharing_a_database_keep_one_chain(make_client, settings, caller):
