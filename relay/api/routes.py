@@ -9,6 +9,7 @@ from relay.api import (
     attestation,
     auth,
     chat,
+    chat_native,
     conversations,
     health,
     history,
@@ -32,6 +33,7 @@ def setup_routes(app: web.Application) -> None:
             web.post(
                 "/v1/chat/completions", chat.create_chat_completion, name="create_chat_completion"
             ),
+            web.post("/v1/chat", chat_native.create_chat, name="create_chat"),
             web.get("/v1/history", history.list_history, name="list_history"),
             web.get("/v1/history/search", history.search_history, name="search_history"),
             web.get(

@@ -151,6 +151,20 @@ class HistoryService:
             [public_message(row) for row in data], history_cursor(next_seq), len(rows) > limit
         )
 
+    async def context(
+        self, client_id: str, conversation_id: str | None, budget_chars: int
+    ) -> tuple[str, str | None, list[dict[str, Any]]]:
+        """(conversation id, its system message, recent messages) for the next turn;
+        a new id, and nothing, when no conversation is named."""
+        if conversation_id is None:
+            return str(uuid.uuid4()), None, []
+        checked = await self.require_conversation(client_id, conversation_id)
+        system, rows = await self.conversations.context(client_id, checked, budget_chars)
+        return checked, system, rows
+
+    async def reserve_message(self) -> tuple[int, datetime.datetime]:
+        return await self.messages.reserve()
+
     async def search(
         self, client_id: str, query: str, *, limit: int, conversation_id: str | None = None
     ) -> list[dict[str, Any]]:

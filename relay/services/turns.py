@@ -72,6 +72,8 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
             prompt_tokens=_count(usage, "prompt_tokens"),
             completion_tokens=_count(usage, "completion_tokens"),
             latency_ms=answer.latency_ms,
+            id=answer.message_id,
+            created_at=answer.message_created_at,
         )
     )
     return rows

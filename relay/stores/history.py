@@ -29,6 +29,9 @@ class NewMessage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: float | None = None
+    # Reserved beforehand (relay.stores.messages) when the answer must name its row before commit.
+    id: int | None = None
+    created_at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMe
             next_seq[turn.client_id] = seq + 1
             rows.append(
                 (
+                    message.id,
                     turn.conversation_id,
                     turn.client_id,
                     seq,
@@ -85,12 +89,19 @@ async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMe
                     message.status,
                     message.latency_ms,
                     turn.request_id,
+                    message.created_at,
                 )
             )
-    values = _values(cur, "(%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)", rows)
+    values = _values(
+        cur,
+        "(COALESCE(%s::bigint, nextval('messages_id_seq')),%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,"
+        "%s,%s,%s,COALESCE(%s::timestamptz, now()))",
+        rows,
+    )
     await cur.execute(
-        "INSERT INTO messages (conversation_id, client_id, seq, role, content, tool_calls,"
-        " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id)"
+        "INSERT INTO messages (id, conversation_id, client_id, seq, role, content, tool_calls,"
+        " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
+        " created_at)"
         f" VALUES {values} RETURNING id, client_id, seq, created_at"
     )
     # RETURNING order is not promised; (client, seq) names each row exactly.
@@ -100,7 +111,7 @@ async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMe
     }
     result, at = [], 0
     for turn in turns:
-        keys = [(turn.client_id, row[2]) for row in rows[at : at + len(turn.messages)]]
+        keys = [(turn.client_id, row[3]) for row in rows[at : at + len(turn.messages)]]
         result.append([written[key] for key in keys])
         at += len(turn.messages)
     return result

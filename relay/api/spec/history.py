@@ -5,14 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from relay.api.spec.components import RATE_LIMIT_HEADERS, ref
+from relay.api.spec.native_chat import NATIVE_CHAT_PATHS, NATIVE_CHAT_SCHEMAS
 from relay.api.spec.paths import AUTHENTICATED, JWT, answer, operation
 
-CONVERSATION_HEADER = {
-    "Relay-Conversation-Id": {
-        "description": "The conversation this answer was stored in.",
-        "schema": {"type": "string", "format": "uuid"},
-    }
-}
 CONVERSATION_ID = {
     "name": "conversation_id",
     "in": "path",
@@ -80,6 +75,7 @@ _MESSAGE_PROPERTIES: dict[str, Any] = {
 }
 
 HISTORY_SCHEMAS: dict[str, Any] = {
+    **NATIVE_CHAT_SCHEMAS,
     "HistoryMessage": {
         "type": "object",
         "required": list(_MESSAGE_PROPERTIES),
@@ -142,6 +138,7 @@ HISTORY_SCHEMAS: dict[str, Any] = {
 }
 
 HISTORY_PATHS: dict[str, Any] = {
+    **NATIVE_CHAT_PATHS,
     "/v1/history": {
         "get": operation(
             "list_history",

@@ -1,0 +1,44 @@
+"""The event stream of POST /v1/chat: aiohttp-sse, every byte on the wire hashed for receipts."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from aiohttp_sse import EventSourceResponse
+
+from relay.errors import RelayError
+
+
+def event_bytes(event: str, data: Any) -> bytes:
+    """One event exactly as EventSourceResponse.send(…, sep="\\n") writes it (JSON is one line)."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def error_data(error: RelayError) -> dict[str, Any]:
+    return error.body()
+
+
+class HashedEventSource(EventSourceResponse):
+    """Counts and hashes what it writes, `: ping` comments included, so a receipt can sign it."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        # POST needs allow_all_methods; "\n" frames events the way OpenAI's do.
+        super().__init__(headers=headers, sep="\n", allow_all_methods=True)
+        self._hash = hashlib.sha256()
+        self.byte_count = 0
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+        self.byte_count += len(data)
+        await super().write(data)
+
+    async def send_event(self, event: str, data: Any) -> None:
+        await self.send(orjson.dumps(data).decode(), event=event)
+
+    def sha256_with(self, tail: bytes) -> str:
+        """The hash of everything written so far followed by `tail`."""
+        digest = self._hash.copy()
+        digest.update(tail)
+        return digest.hexdigest()

@@ -1,0 +1,253 @@
+"""POST /v1/chat: relay keeps the conversation; the client sends only its new message."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from relay.api.body import parse_json_object, read_body
+from relay.api.chat_events import HashedEventSource, error_data, event_bytes
+from relay.api.conversation_header import CONVERSATION_HEADER
+from relay.appkeys import (
+    ANSWER_HOOKS,
+    CALLER,
+    HISTORY,
+    IN_FLIGHT,
+    REQUEST_ID,
+    ROUTER,
+    SETTINGS,
+    STARTED_AT,
+    UPSTREAM_SESSION,
+)
+from relay.errors import PermissionDeniedError, RelayError, UpstreamError, error_json
+from relay.metrics import UPSTREAM_SECONDS
+from relay.services.answers import Answer, AnswerHooks
+from relay.services.native_chat import (
+    answer_object,
+    chat_messages,
+    check_native_chat,
+    provider_request,
+)
+from relay.services.receipts import RECEIPT_HEADER
+from relay.upstreams.deltas import DeltaObserver
+from relay.upstreams.forwarder import open_provider_response
+
+log = logging.getLogger(__name__)
+ENDPOINT = "/v1/chat"
+# Commits of answers whose client left; referenced until they finish.
+_background: set[asyncio.Task[None]] = set()
+
+
+async def create_chat(request: web.Request) -> web.StreamResponse:
+    answer = await _new_answer(request)
+    hooks = request.app[ANSWER_HOOKS]
+    upstream = answer.route.upstream
+    opened = False
+    try:
+        async with open_provider_response(
+            request.app[UPSTREAM_SESSION], upstream, answer.forwarded_body
+        ) as provider:
+            opened = True
+            UPSTREAM_SECONDS.labels(upstream=upstream.name, model=answer.route.model).observe(
+                time.monotonic() - request[STARTED_AT]
+            )
+            if answer.stream:
+                return await _stream(request, answer, provider, hooks)
+            return await _whole(request, answer, provider, hooks)
+    except RelayError as error:
+        if not opened:  # the provider refused or was unreachable; nothing was read
+            answer.status, answer.http_status = "failed", error.status
+            _finish(request, answer, error_json(error))
+            await _commit_quietly(hooks, answer)
+        if CONVERSATION_HEADER in answer.headers:
+            error.headers.setdefault(CONVERSATION_HEADER, answer.headers[CONVERSATION_HEADER])
+        raise
+    except asyncio.CancelledError:
+        answer.status = "cancelled"  # aiohttp cancels the handler when the client leaves
+        answer.latency_ms = _elapsed_ms(request)
+        task = asyncio.create_task(_commit_quietly(hooks, answer))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        raise
+    finally:
+        await hooks.run_after(answer)
+
+
+async def _new_answer(request: web.Request) -> Answer:
+    """Check the request, load the conversation's context, build the provider request."""
+    caller, app = request[CALLER], request.app
+    body = await read_body(request)
+    chat = check_native_chat(parse_json_object(body, request.content_type))
+    if not caller.client.store_history:
+        raise PermissionDeniedError(
+            "This client does not keep history, which /v1/chat needs;"
+            " use /v1/chat/completions instead.",
+            code="history_disabled",
+        )
+    router, settings = app[ROUTER], app[SETTINGS]
+    model = chat.model or settings.default_model or next(iter(router.routes), "")
+    route = router.resolve(model, caller.client.scopes)
+    conversation_id, system, context = await app[HISTORY].context(
+        caller.client.id, chat.conversation_id, settings.chat_context_chars
+    )
+    sent = provider_request(
+        route.model, chat_messages(chat.system or system, context, chat.message)
+    )
+    answer = Answer(
+        request_id=request[REQUEST_ID],
+        client=caller.client,
+        endpoint=ENDPOINT,
+        route=route,
+        stream=chat.stream,
+        request=sent,
+        request_body=body,
+        forwarded_body=orjson.dumps({**sent, "model": route.provider_model}),
+        started_at=time.time(),
+        store=True,
+        conversation_id=conversation_id,
+    )
+    answer.headers[CONVERSATION_HEADER] = conversation_id
+    if settings.receipts:
+        answer.headers[RECEIPT_HEADER] = answer.receipt_id
+    return answer
+
+
+async def _read(provider: aiohttp.ClientResponse, observer: DeltaObserver) -> str:
+    """Feed the provider's stream to `observer`; 'complete' or 'cut'."""
+    try:
+        async for chunk in provider.content.iter_any():
+            observer.feed(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        return "cut"
+    return _outcome(observer)
+
+
+def _outcome(observer: DeltaObserver) -> str:
+    if observer.error is None and (observer.done or observer.finish_reason is not None):
+        return "complete"
+    return "cut"
+
+
+async def _whole(
+    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+) -> web.Response:
+    observer = DeltaObserver()
+    answer.status = await _read(provider, observer)
+    _summarise(request, answer, observer)
+    if answer.status != "complete":
+        error = UpstreamError("The provider broke off the answer.", code="upstream_cut")
+        answer.http_status = error.status
+        _finish(request, answer, error_json(error))
+        await _commit_quietly(hooks, answer)
+        raise error
+    # The body names the message row, so its id is taken first; then the
+    # body is known, hashed for the receipt, committed, and only then sent.
+    answer.message_id, answer.message_created_at = await request.app[HISTORY].reserve_message()
+    body = orjson.dumps(answer_object(answer))
+    _finish(request, answer, body)
+    await hooks.run_commit(answer)
+    return web.Response(body=body, content_type="application/json", headers=answer.headers)
+
+
+async def _stream(
+    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+) -> web.StreamResponse:
+    response = HashedEventSource(headers=answer.headers)
+    await response.prepare(request)
+    observer = DeltaObserver()
+    with request.app[IN_FLIGHT].track() as deadline:
+        # Past the drain timeout of a graceful stop, relay stops reading the provider.
+        stopper = asyncio.create_task(deadline.wait())
+        stopper.add_done_callback(lambda task: None if task.cancelled() else provider.close())
+        try:
+            answer.status = await _relay_deltas(response, provider, observer)
+        finally:
+            stopper.cancel()
+            _summarise(request, answer, observer)
+    if answer.status == "cancelled":
+        answer.response_sha256 = response.sha256_with(b"")
+        answer.response_bytes = response.byte_count
+        await _commit_quietly(hooks, answer)
+        return response
+    response.stop_streaming()  # no ping may slip in between the hash and the last event
+    final = _cut_event(deadline.is_set()) if answer.status == "cut" else b""
+    try:
+        if not final:
+            answer.message_id, answer.message_created_at = await request.app[
+                HISTORY
+            ].reserve_message()
+            final = event_bytes("message.done", answer_object(answer))
+        answer.response_sha256 = response.sha256_with(final)
+        answer.response_bytes = response.byte_count + len(final)
+        await hooks.run_commit(answer)
+    except RelayError as error:
+        log.warning(
+            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
+        )
+        # Never a silent loss: the client gets an error instead of message.done.
+        final = event_bytes("error", error_data(error))
+    try:
+        await response.write(final)
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass
+    return response
+
+
+async def _relay_deltas(
+    response: HashedEventSource, provider: aiohttp.ClientResponse, observer: DeltaObserver
+) -> str:
+    """Pass each content delta on as a `message.delta` event; complete, cut or cancelled."""
+    try:
+        async for chunk in provider.content.iter_any():
+            observer.feed(chunk)
+            for text in observer.take():
+                await response.send_event("message.delta", {"content": text})
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        provider.close()  # the client left: stop paying for tokens nobody reads
+        return "cancelled"
+    except (TimeoutError, aiohttp.ClientError):
+        return "cut"
+    return _outcome(observer)
+
+
+def _cut_event(shutting_down: bool) -> bytes:
+    if shutting_down:
+        error = RelayError("relay is restarting; please retry.", code="shutting_down")
+    else:
+        error = UpstreamError("The provider broke off the answer.", code="upstream_cut")
+    return event_bytes("error", error_data(error))
+
+
+def _elapsed_ms(request: web.Request) -> float:
+    return round((time.monotonic() - request[STARTED_AT]) * 1000, 2)
+
+
+def _summarise(request: web.Request, answer: Answer, observer: DeltaObserver) -> None:
+    answer.summary = observer.summary()
+    answer.latency_ms = _elapsed_ms(request)
+    if observer.first_content_at is not None:
+        answer.first_token_ms = round((observer.first_content_at - request[STARTED_AT]) * 1000, 2)
+
+
+def _finish(request: web.Request, answer: Answer, body: bytes) -> None:
+    """Hash the whole body the client receives (a non-streamed answer or an error)."""
+    answer.response_sha256 = hashlib.sha256(body).hexdigest()
+    answer.response_bytes = len(body)
+    answer.latency_ms = _elapsed_ms(request)
+
+
+async def _commit_quietly(hooks: AnswerHooks, answer: Answer) -> None:
+    """Record an answer whose end the client will not see; a failure is only logged."""
+    try:
+        await hooks.run_commit(answer)
+    except RelayError as error:
+        log.warning(
+            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
+        )

@@ -1,0 +1,85 @@
+"""The rules of POST /v1/chat: what a request says, and the OpenAI request relay builds from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import InvalidRequestError
+from relay.services.answers import Answer
+
+MAX_MESSAGE_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class NativeChat:
+    message: str
+    conversation_id: str | None
+    model: str | None
+    system: str | None
+    stream: bool
+
+
+def _optional_text(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"{name} must be a non-empty string.", param=name)
+    return value
+
+
+def check_native_chat(data: dict[str, Any]) -> NativeChat:
+    message = data.get("message")
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidRequestError("message is required and must be text.", param="message")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise InvalidRequestError(
+            f"message must be at most {MAX_MESSAGE_CHARS} characters.", param="message"
+        )
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError("stream must be true or false.", param="stream")
+    return NativeChat(
+        message=message,
+        conversation_id=_optional_text(data, "conversation_id"),
+        model=_optional_text(data, "model"),
+        system=_optional_text(data, "system"),
+        stream=bool(stream),
+    )
+
+
+def chat_messages(
+    system: str | None, context: list[dict[str, Any]], message: str
+) -> list[dict[str, Any]]:
+    """System first, then the stored context oldest first, then the new user message."""
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.extend({"role": row["role"], "content": row["content"]} for row in context)
+    messages.append({"role": "user", "content": message})
+    return messages
+
+
+def provider_request(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    # Always streamed from the provider: deltas can be passed on, and usage comes at the end.
+    return {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def answer_object(answer: Answer) -> dict[str, Any]:
+    """What /v1/chat answers (and its `message.done` event carries)."""
+    return {
+        "conversation_id": answer.conversation_id,
+        "message": {
+            "id": answer.message_id,
+            "role": "assistant",
+            "content": answer.summary.text,
+            "created_at": answer.message_created_at,
+        },
+        "usage": answer.summary.usage,
+    }

@@ -1,0 +1,32 @@
+"""A stream observer that also hands out each new piece of answer text, for relay's own events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.upstreams.observer import StreamObserver
+
+
+class DeltaObserver(StreamObserver):
+    """Everything StreamObserver learns, plus the content deltas of choice 0 as they come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[str] = []
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        super().apply(obj)
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and isinstance(text := delta.get("content"), str) and text:
+                self._pending.append(text)
+
+    def take(self) -> list[str]:
+        """The content deltas seen since the last call, in order."""
+        taken, self._pending = self._pending, []
+        return taken

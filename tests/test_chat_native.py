@@ -1,0 +1,235 @@
+"""POST /v1/chat: relay keeps the conversation, builds the context, stores both sides."""
+
+import hashlib
+
+import orjson
+import pytest
+
+from relay.simulator import completion_text
+from tests.api_calls import assert_error, bearer, client_with_token
+from tests.history_calls import CONVERSATION, execute, stored_messages
+from tests.receipt_calls import fetch_receipt
+
+
+@pytest.fixture
+async def http(make_client, make_settings):
+    return await make_client(make_settings(rate_limits=False))
+
+
+async def native(http, token, message="Hello there", **fields):
+    return await http.post("/v1/chat", json={"message": message, **fields}, headers=bearer(token))
+
+
+def sse_events(raw: bytes) -> list[tuple[str, dict]]:
+    events = []
+    for block in raw.decode().split("\n\n"):
+        lines = block.split("\n")
+        if block.startswith(":") or not block.strip():
+            continue
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        events.append((lines[0][len("event: ") :], orjson.loads(lines[1][len("data: ") :])))
+    return events
+
+
+async def test_a_message_starts_a_conversation_and_both_sides_are_stored(
+    http, database_url, simulator
+):
+    client, token = await client_with_token(http)
+    response = await native(http, token, "What is relay?")
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert set(body) == {"conversation_id", "message", "usage"}
+    assert response.headers[CONVERSATION] == body["conversation_id"]
+    assert body["message"]["role"] == "assistant"
+    assert body["message"]["content"] == completion_text(simulator.config.tokens)
+    assert body["usage"]["completion_tokens"] == simulator.config.tokens
+    # The provider was asked to stream, with the default (first configured) model.
+    sent = simulator.state.requests[-1].json()
+    assert sent["model"] == "sim-small" and sent["stream"] is True
+    assert sent["messages"] == [{"role": "user", "content": "What is relay?"}]
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["content"]) for row in rows] == [
+        ("user", "What is relay?"),
+        ("assistant", body["message"]["content"]),
+    ]
+    assert rows[1]["id"] == body["message"]["id"]
+    assert rows[1]["created_at"].isoformat() == body["message"]["created_at"]
+    assert str(rows[1]["conversation_id"]) == body["conversation_id"]
+
+
+async def test_the_context_comes_from_the_stored_conversation(http, simulator):
+    _, token = await client_with_token(http)
+    first = await (await native(http, token, "one", system="Answer in French.")).json()
+    conversation = first["conversation_id"]
+    second = await native(http, token, "two", conversation_id=conversation)
+    assert second.status == 200
+    assert (await second.json())["conversation_id"] == conversation
+    assert simulator.state.requests[-1].json()["messages"] == [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": first["message"]["content"]},
+        {"role": "user", "content": "two"},
+    ]
+    # A system given now replaces the stored one for this turn.
+    await native(http, token, "three", conversation_id=conversation, system="Be terse.")
+    assert simulator.state.requests[-1].json()["messages"][0] == {
+        "role": "system",
+        "content": "Be terse.",
+    }
+
+
+async def test_the_context_keeps_the_most_recent_messages_within_the_budget(
+    make_client, make_settings, simulator
+):
+    answer_chars = len(completion_text(simulator.config.tokens))
+    # Room for the system message, one answer and one question: not more.
+    budget = len("sys") + answer_chars + len("question 2")
+    http = await make_client(make_settings(rate_limits=False, chat_context_chars=budget))
+    _, token = await client_with_token(http)
+    conversation = (await (await native(http, token, "question 1", system="sys")).json())[
+        "conversation_id"
+    ]
+    await native(http, token, "question 2", conversation_id=conversation)
+    await native(http, token, "question 3", conversation_id=conversation)
+    messages = simulator.state.requests[-1].json()["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[0]["content"] == "sys"
+    assert messages[1]["content"] == "question 2"
+    assert messages[-1]["content"] == "question 3"
+
+
+async def test_a_streamed_chat_sends_deltas_then_the_stored_answer(http, database_url, simulator):
+    client, token = await client_with_token(http)
+    response = await native(http, token, "Stream it", stream=True)
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["Cache-Control"] == "no-cache"
+    conversation = response.headers[CONVERSATION]
+    raw = await response.read()
+    assert raw.startswith(b"event: message.delta\ndata: {")
+    events = sse_events(raw)
+    deltas = [data["content"] for name, data in events if name == "message.delta"]
+    assert "".join(deltas) == completion_text(simulator.config.tokens)
+    assert len(deltas) == simulator.config.tokens
+    name, done = events[-1]
+    assert name == "message.done"
+    assert done["conversation_id"] == conversation
+    assert done["message"]["content"] == "".join(deltas)
+    assert done["usage"]["completion_tokens"] == simulator.config.tokens
+    rows = await stored_messages(database_url, client["id"])
+    assert rows[-1]["id"] == done["message"]["id"]
+    assert rows[-1]["content"] == done["message"]["content"]
+
+
+async def test_a_refused_write_ends_the_stream_with_an_error_event(http, database_url):
+    client, token = await client_with_token(http)
+    await execute(
+        database_url,
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
+        " RAISE EXCEPTION 'refused'; END; $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER refuse BEFORE INSERT ON messages"
+        " FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    raw = await (await native(http, token, stream=True)).read()
+    events = sse_events(raw)
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["code"] == "history_unavailable"
+    assert "message.done" not in [name for name, _ in events]
+    await assert_error(await native(http, token), 503, "history_unavailable")
+    assert await stored_messages(database_url, client["id"]) == []
+
+
+async def test_a_cut_stream_ends_with_an_error_event_and_is_stored_as_cut(
+    http, database_url, simulator
+):
+    client, token = await client_with_token(http)
+    simulator.config.cut_after = 2
+    events = sse_events(await (await native(http, token, stream=True)).read())
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["code"] == "upstream_cut"
+    rows = await stored_messages(database_url, client["id"])
+    assert rows[-1]["status"] == "cut"
+    assert rows[-1]["content"] == completion_text(2)
+    await assert_error(await native(http, token), 502, "upstream_cut")
+    assert (await stored_messages(database_url, client["id"]))[-1]["status"] == "cut"
+
+
+async def test_a_provider_refusal_is_passed_on_and_stored_as_failed(http, database_url, simulator):
+    client, token = await client_with_token(http)
+    simulator.config.error_status = 503
+    response = await native(http, token)
+    await assert_error(response, 502)
+    assert CONVERSATION in response.headers
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["status"]) for row in rows] == [
+        ("user", "complete"),
+        ("assistant", "failed"),
+    ]
+
+
+async def test_unknown_or_foreign_conversations_are_404_before_forwarding(http, simulator):
+    _, mine = await client_with_token(http)
+    _, theirs = await client_with_token(http)
+    foreign = (await (await native(http, theirs)).json())["conversation_id"]
+    sent = len(simulator.state.requests)
+    for bad in (foreign, "nope", "00000000-0000-0000-0000-000000000000"):
+        await assert_error(
+            await native(http, mine, conversation_id=bad), 404, "conversation_not_found"
+        )
+    assert len(simulator.state.requests) == sent
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({}, 400, "message"),
+        ({"message": ""}, 400, "message"),
+        ({"message": "   "}, 400, "message"),
+        ({"message": 5}, 400, "message"),
+        ({"message": "hi", "stream": "yes"}, 400, "stream"),
+        ({"message": "hi", "system": 3}, 400, "system"),
+        ({"message": "hi", "conversation_id": 3}, 400, "conversation_id"),
+        ({"message": "hi", "model": "no-such-model"}, 404, "model"),
+    ],
+)
+async def test_bad_requests_are_refused(http, simulator, body, status, param):
+    _, token = await client_with_token(http)
+    response = await http.post("/v1/chat", json=body, headers=bearer(token))
+    error = await assert_error(response, status)
+    assert error["param"] == param
+    assert simulator.state.requests == []
+
+
+async def test_a_named_model_and_the_default_model_setting(make_client, make_settings, simulator):
+    http = await make_client(make_settings(rate_limits=False, default_model="sim-large"))
+    _, token = await client_with_token(http)
+    await native(http, token)
+    assert simulator.state.requests[-1].json()["model"] == "sim-large"
+    await native(http, token, model="gpt-sim")
+    assert simulator.state.requests[-1].json()["model"] == "sim-small"
+
+
+async def test_a_client_without_history_cannot_use_it(http):
+    _, token = await client_with_token(http, store_history=False)
+    await assert_error(await native(http, token), 403, "history_disabled")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_receipt_signs_the_exact_bytes_received(http, stream):
+    _, token = await client_with_token(http)
+    response = await native(http, token, stream=stream)
+    raw = await response.read()
+    receipt = await fetch_receipt(http, token, response.headers["x-receipt-id"])
+    assert receipt["endpoint"] == "/v1/chat"
+    assert receipt["response_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert receipt["conversation_id"] == response.headers[CONVERSATION]
+
+
+async def test_the_conversation_can_be_read_back(http):
+    _, token = await client_with_token(http)
+    body = await (await native(http, token, "remember me")).json()
+    conversation = await (
+        await http.get(f"/v1/conversations/{body['conversation_id']}", headers=bearer(token))
+    ).json()
+    assert conversation["title"] == "remember me"
+    assert [m["id"] for m in conversation["messages"]][-1] == body["message"]["id"]
