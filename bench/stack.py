@@ -86,7 +86,7 @@ class Stack:
     def _simulator_args(self, port: int) -> list[str]:
         self.simulator_port = port
         return [
-            "relay", "simulate", "--port", str(port), "--api-key", SIMULATOR_KEY,
+            "bench.simulator", "--port", str(port), "--api-key", SIMULATOR_KEY,
             "--tokens", str(self.options.tokens),
             "--token-delay-ms", str(self.options.token_delay_ms),
         ]  # fmt: skip
