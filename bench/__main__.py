@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -55,8 +56,14 @@ def write_results(options: BenchOptions, document: dict[str, Any]) -> Path:
     return path
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # As an exception, so the Stack's cleanup stops every server it started.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Before any child starts: PostgreSQL, Redis and the simulator inherit the load core.
     pin_self_to_load_core()
     if not can_pin():

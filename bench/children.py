@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -9,11 +11,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.cores import pin_to_server_core, server_core_prefix
 
 _READY_SECONDS = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], object] | None:
+    """A preexec_fn: the kernel sends SIGTERM to the child when the bench dies, even by
+    SIGKILL, so no relay or simulator outlives a killed run (it survives taskset's exec).
+    Resolved before the fork, so the child only makes the call."""
+    if sys.platform != "linux":
+        return None
+    return functools.partial(ctypes.CDLL(None).prctl, _PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildError(RuntimeError):
@@ -45,7 +58,12 @@ class Child:
         argv = (server_core_prefix() + self.argv) if self.server_core else self.argv
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent(),
             )
         if self.server_core and argv is self.argv:
             pin_to_server_core(self.process.pid)
