@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from relay.appkeys import IN_FLIGHT
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, query
 
@@ -202,3 +203,14 @@ async def test_undecodable_search_queries_get_results_or_400(http, raw):
     url = URL(f"/v1/history/search?q={raw}", encoded=True)
     response = await http.get(url, headers=bearer(token))
     assert response.status in (200, 400), await response.text()
+
+
+async def test_a_graceful_stop_answers_a_held_long_poll_at_once(http):
+    _, token = await client_with_token(http)
+    start = await (await history(http, token)).json()
+    poll = asyncio.ensure_future(history(http, token, after=start["next_cursor"], wait=30))
+    await asyncio.sleep(0.2)
+    http.app[IN_FLIGHT].draining.set()
+    async with asyncio.timeout(5):
+        page = await (await poll).json()
+    assert page["data"] == []

@@ -1,11 +1,17 @@
 """Every chat completion lands in history: the new turn, the answer, its status and usage."""
 
 import asyncio
+import dataclasses
+import uuid
 
 import orjson
 
+from relay.appkeys import ANSWER_RECORDER, DATABASE, ROUTER
+from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE
+from relay.services.answers import Answer
 from relay.simulator import completion_text
+from relay.stores.clients import ClientStore
 from tests.api_calls import ADMIN, assert_error, client_with_token
 from tests.history_calls import CONVERSATION, chat, execute, query, stored_messages
 
@@ -222,3 +228,38 @@ async def test_deleting_a_client_deletes_its_history(http, database_url):
     assert response.status in (200, 204)
     assert await stored_messages(database_url, client["id"]) == []
     assert await query(database_url, "SELECT * FROM conversations") == []
+
+
+async def test_one_unwritable_answer_does_not_sink_the_others_in_its_batch(http, database_url):
+    """Its client was deleted meanwhile: that answer fails, the rest of the batch commits."""
+    client, _ = await client_with_token(http)
+    stored_client = await ClientStore(http.app[DATABASE]).get(client["id"])
+    route = http.app[ROUTER].resolve("gpt-sim", ())
+
+    def answer_for(owner, text):
+        return Answer(
+            request_id=text,
+            client=owner,
+            endpoint="/v1/chat/completions",
+            route=route,
+            stream=False,
+            request={"messages": [{"role": "user", "content": text}]},
+            request_body=b"{}",
+            forwarded_body=b"{}",
+            started_at=0.0,
+            store=True,
+            conversation_id=str(uuid.uuid4()),
+        )
+
+    gone = dataclasses.replace(stored_client, id=str(uuid.uuid4()))
+    recorder = http.app[ANSWER_RECORDER]
+    outcomes = await asyncio.gather(
+        recorder.record(answer_for(stored_client, "kept 1")),
+        recorder.record(answer_for(gone, "lost")),
+        recorder.record(answer_for(stored_client, "kept 2")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], DependencyUnavailableError)
+    rows = await stored_messages(database_url, client["id"])
+    assert [row["content"] for row in rows if row["role"] == "user"] == ["kept 1", "kept 2"]
