@@ -22,6 +22,8 @@ class BenchOptions:
     streams: int  # phase 3 concurrency
     many_streams: int  # phase 4 concurrency
     stream_seconds: float  # streaming phases: the steady-state window after the ramp
+    comparison_seconds: float  # each side of an on/off comparison, per round
+    comparison_rounds: int
     tokens: int
     token_delay_ms: float
     warmup_seconds: float
@@ -60,6 +62,8 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
     parser.add_argument("--streams", type=int)
     parser.add_argument("--many-streams", type=int)
     parser.add_argument("--stream-seconds", type=float)
+    parser.add_argument("--comparison-seconds", type=float)
+    parser.add_argument("--comparison-rounds", type=int)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--token-delay-ms", type=float, default=20.0)
     parser.add_argument("--warmup-seconds", type=float)
@@ -93,6 +97,8 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
         streams=int(pick(args.streams, 100, 10)),
         many_streams=int(pick(args.many_streams, 1000, 50)),
         stream_seconds=pick(args.stream_seconds, 8, 1),
+        comparison_seconds=pick(args.comparison_seconds, 5, 1),
+        comparison_rounds=int(pick(args.comparison_rounds, 2, 1)),
         tokens=args.tokens,
         token_delay_ms=args.token_delay_ms,
         warmup_seconds=pick(args.warmup_seconds, 1, 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -89,7 +90,7 @@ class PhaseRunner:
             await load(self.options.warmup_seconds)
         figures = await measured(target, lambda: load(seconds))
         self.say(
-            f"  {target.name:<9} {figures.rps:9.0f} req/s  p50 {figures.p50_ms:7.2f} ms"
+            f"  {target.name:<9.30} {figures.rps:9.0f} req/s  p50 {figures.p50_ms:7.2f} ms"
             f"  p99 {figures.p99_ms:7.2f} ms  errors {figures.errors}" + _cpu(figures.usage)
         )
         return figures
@@ -141,23 +142,18 @@ class PhaseRunner:
                 results[phase] = {
                     name: await self.streams(targets[name], concurrency) for name in TARGETS
                 }
-        if "history" in options.phases:
-            self.say('history on (default) vs off ("store": false)')
-            relay = stack.relay_target()
-            results["history"] = {
-                "on": await self.rate(relay),
-                "off": await self.rate(relay, NO_STORE_BODY),
-            }
-        # Read before any restart: the process that carried every phase.
+        # Read before the comparisons: the process that carried every phase so far.
         results["memory"] = {
             "relay_peak_rss_mb": round(peak_rss_mb(stack.relay_target().server_pid), 1),
             "baseline_peak_rss_mb": round(peak_rss_mb(targets["baseline"].server_pid), 1),
         }
+        if "history" in options.phases:
+            self.say('history on (default) vs off ("store": false)')
+            relay = stack.relay_target()
+            results["history"] = await self.compare((relay, BODY), (relay, NO_STORE_BODY))
         for phase, variable in SWITCHES:
             if phase in options.phases:
                 results[phase] = await self.switch(phase, variable)
-        if stack.relay_overrides:
-            stack.start_relay({})
         return results
 
     async def rate(self, target: Target, body: bytes = BODY) -> RequestFigures:
@@ -166,28 +162,46 @@ class PhaseRunner:
             target, body, connections=options.connections, seconds=options.rate_seconds
         )
 
+    async def compare(self, on: tuple[Target, bytes], off: tuple[Target, bytes]) -> Results:
+        """Phase 2 load on each side, alternating (on, off, off, on, …) so that drift over
+        the run (a growing history table, a neighbour's job) falls on both sides alike."""
+        runs: dict[str, list[RequestFigures]] = {"on": [], "off": []}
+        sides = [("on", on), ("off", off)]
+        for round_ in range(self.options.comparison_rounds):
+            for side, (target, body) in sides if round_ % 2 == 0 else sides[::-1]:
+                runs[side].append(
+                    await self.requests(
+                        target,
+                        body,
+                        connections=self.options.connections,
+                        seconds=self.options.comparison_seconds,
+                    )
+                )
+        return {
+            "on_rps": statistics.fmean(run.rps for run in runs["on"]),
+            "off_rps": statistics.fmean(run.rps for run in runs["off"]),
+            "runs": runs,
+        }
+
     async def switch(self, phase: str, variable: str) -> Results:
-        """relay at phase 2 with a feature on (the default) and with `variable=off`."""
+        """relay with a feature on (the default) against a second relay with `variable=off`."""
         if not relay_setting_exists(variable):
             self.say(f"{phase}: skipped, relay has no {variable} setting yet")
             return {"skipped": f"relay.config has no {variable} setting"}
         self.say(f"{phase} on vs off ({variable}=off)")
-        if self.stack.relay_overrides:
-            self.stack.start_relay({})
-        on = await self.rate(self.stack.relay_target())
-        self.stack.start_relay({variable: "off"})
-        off = await self.rate(self.stack.relay_target())
-        result: Results = {"on": on, "off": off}
-        if phase == "receipts" and "latency" in self.options.phases:
-            # Not a target: relay's own cost one request at a time when nothing is committed
-            # (no history row, no receipt), to tell the proxy path from the database's.
-            self.say('one request at a time, nothing recorded (receipts off, "store": false)')
-            result["latency_unrecorded"] = await self.requests(
-                self.stack.relay_target(),
-                NO_STORE_BODY,
-                connections=1,
-                seconds=self.options.latency_seconds,
-            )
+        relay = self.stack.relay_target()
+        variant = self.stack.start_variant({variable: "off"})
+        try:
+            result = await self.compare((relay, BODY), (variant, BODY))
+            if phase == "receipts" and "latency" in self.options.phases:
+                # Not a target: relay's own cost one request at a time when nothing is
+                # committed (no history row, no receipt): the proxy path without the database.
+                self.say('one request at a time, nothing recorded (receipts off, "store": false)')
+                result["latency_unrecorded"] = await self.requests(
+                    variant, NO_STORE_BODY, connections=1, seconds=self.options.latency_seconds
+                )
+        finally:
+            self.stack.stop_variant(variant)
         return result
 
 
@@ -197,6 +211,8 @@ def to_json(results: Results) -> Any:
             return asdict(value)
         if isinstance(value, dict):
             return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [convert(item) for item in value]
         return value
 
     return convert(results)

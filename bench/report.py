@@ -134,12 +134,12 @@ def _stream_rows(figures: dict[str, StreamFigures], strict: bool) -> list[Row]:
 def _switch_row(name: str, result: dict[str, Any], floor: float | None) -> Row:
     if "skipped" in result:
         return Row(f"{name} on vs off", relay=f"not measured: {result['skipped']}")
-    on: RequestFigures = result["on"]
-    off: RequestFigures = result["off"]
-    share = on.rps / off.rps if off.rps else 0.0
+    on, off = result["on_rps"], result["off_rps"]
+    share = on / off if off else 0.0
+    rounds = len(result["runs"]["on"])
     return Row(
-        f"{name} on vs off: req/s",
-        relay=f"{on.rps:.0f} on / {off.rps:.0f} off",
+        f"{name} on vs off: req/s (mean of {rounds})",
+        relay=f"{on:.0f} on / {off:.0f} off",
         of_baseline=f"on = {share:.0%} of off",
         target=f"≥ {floor:.0%} of off" if floor is not None else "",
         met=share >= floor if floor is not None else None,
@@ -235,4 +235,6 @@ def disturbed_runs(results: dict[str, Any], path: str = "") -> list[str]:
                 found.append(f"{where} ({share:.0%} of the server core)")
         elif isinstance(value, dict):
             found += disturbed_runs(value, where)
+        elif isinstance(value, list):
+            found += disturbed_runs({str(i + 1): item for i, item in enumerate(value)}, where)
     return found

@@ -73,9 +73,9 @@ class Stack:
             workdir / "baseline.log",
             server_core=True,
         )
-        self.relay_port = free_port()
         self.relay: Child | None = None
-        self.relay_overrides: dict[str, str] = {}
+        self.relay_port = 0
+        self._variants: dict[int, Child] = {}  # port → relay started with overrides
         self.token = ""
         self._secrets = {
             "RELAY_JWT_SECRET": secrets.token_urlsafe(48),
@@ -110,7 +110,7 @@ class Stack:
         self._exit.callback(self.baseline.stop)
         self.baseline.wait_ready(f"http://{HOST}:{self.baseline_port}/v1/models", key)
         self._exit.callback(self.stop_relay)
-        self.start_relay({})
+        self.start_relay()
 
     def close(self) -> None:
         self._exit.close()
@@ -131,7 +131,7 @@ class Stack:
     ) -> None:
         self.close()
 
-    def relay_environment(self, overrides: dict[str, str]) -> dict[str, str]:
+    def relay_environment(self, port: int, overrides: dict[str, str]) -> dict[str, str]:
         upstream = {
             "name": "simulator",
             "base_url": self.simulator_url + "/v1",
@@ -141,10 +141,10 @@ class Stack:
         return child_environment(
             RELAY_ENV="development",
             RELAY_HOST=HOST,
-            RELAY_PORT=str(self.relay_port),
+            RELAY_PORT=str(port),
             RELAY_DATABASE_URL=self.database_url,
             RELAY_REDIS_URL=self.redis.url,
-            RELAY_STATE_DIR=str(self.workdir / "relay-state"),
+            RELAY_STATE_DIR=str(self.workdir / f"relay-state-{port}"),
             RELAY_UPSTREAMS=orjson.dumps([upstream]).decode(),
             # Only the token exchange hashes keys; the default 12 rounds just slows start-up.
             RELAY_BCRYPT_ROUNDS="4",
@@ -153,16 +153,20 @@ class Stack:
             **overrides,
         )
 
-    def start_relay(self, overrides: dict[str, str]) -> None:
-        """(Re)start relay with these RELAY_* overrides, then get a client and a JWT."""
-        self.stop_relay()
-        self.relay = Child.python(
-            "relay", ["relay", "serve"], self.workdir / "relay.log", server_core=True
+    def _spawn_relay(self, overrides: dict[str, str]) -> tuple[Child, int]:
+        port = free_port()
+        name = "relay" + "".join(f"-{key}={value}" for key, value in overrides.items())
+        child = Child.python(
+            name, ["relay", "serve"], self.workdir / f"{name}.log", server_core=True
         )
-        self.relay.start(self.relay_environment(overrides))
-        self.relay_overrides = overrides
+        child.start(self.relay_environment(port, overrides))
+        child.wait_ready(f"http://{HOST}:{port}/health")
+        return child, port
+
+    def start_relay(self) -> None:
+        """relay as configured by default, then a client and the JWT every relay accepts."""
+        self.relay, self.relay_port = self._spawn_relay({})
         base = f"http://{HOST}:{self.relay_port}"
-        self.relay.wait_ready(base + "/health")
         created = _post_json(
             base + "/admin/clients",
             {"name": "bench"},
@@ -172,9 +176,22 @@ class Stack:
         self.token = issued["access_token"]
 
     def stop_relay(self) -> None:
-        if self.relay is not None:
-            self.relay.stop()
-            self.relay = None
+        for child in [self.relay, *self._variants.values()]:
+            if child is not None:
+                child.stop()
+        self.relay, self._variants = None, {}
+
+    def start_variant(self, overrides: dict[str, str]) -> Target:
+        """A second relay beside the first (same core, database, Redis and client), with
+        `overrides`: comparisons alternate between the two without restarts in between."""
+        child, port = self._spawn_relay(overrides)
+        self._variants[port] = child
+        return self._relay_target(port, child)
+
+    def stop_variant(self, target: Target) -> None:
+        child = self._variants.pop(target.port, None)
+        if child is not None:
+            child.stop()
 
     def targets(self) -> dict[str, Target]:
         simulator = {"Authorization": "Bearer " + SIMULATOR_KEY}
@@ -189,8 +206,10 @@ class Stack:
 
     def relay_target(self) -> Target:
         assert self.relay is not None
-        headers = {"Authorization": "Bearer " + self.token}
-        return Target("relay", self.relay_port, headers, self.relay.pid)
+        return self._relay_target(self.relay_port, self.relay)
+
+    def _relay_target(self, port: int, child: Child) -> Target:
+        return Target(child.name, port, {"Authorization": "Bearer " + self.token}, child.pid)
 
 
 def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:

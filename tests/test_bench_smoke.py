@@ -34,4 +34,5 @@ def test_bench_runs_every_phase_kind_and_writes_its_figures(tmp_path: Path) -> N
         assert results["streams"][target]["streams"] > 0
         assert results["streams"][target]["errors"] == 0
     assert results["memory"]["relay_peak_rss_mb"] > 0
-    assert set(results["limits"]) in ({"on", "off"}, {"skipped"})
+    limits = results["limits"]
+    assert "skipped" in limits or (limits["on_rps"] > 0 and limits["off_rps"] > 0)
