@@ -32,8 +32,6 @@ from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 
 log = logging.getLogger(__name__)
-# Commits of answers whose client left mid-way; referenced until they finish.
-_background: set[asyncio.Task[None]] = set()
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -108,12 +106,10 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
         # aiohttp cancels the handler when the client's connection closes.
         answer.status = "cancelled"
         answer.latency_ms = _elapsed_ms(request)
-        task = asyncio.create_task(_commit_quietly(hooks, answer))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        hooks.in_background(_commit_quietly(hooks, answer))
         raise
     finally:
-        await hooks.run_after(answer)
+        hooks.after_in_background(answer)
 
 
 async def _relay_whole(

@@ -40,8 +40,6 @@ from relay.upstreams.forwarder import open_provider_response
 
 log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat"
-# Commits of answers whose client left; referenced until they finish.
-_background: set[asyncio.Task[None]] = set()
 
 
 async def create_chat(request: web.Request) -> web.StreamResponse:
@@ -71,12 +69,10 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
     except asyncio.CancelledError:
         answer.status = "cancelled"  # aiohttp cancels the handler when the client leaves
         answer.latency_ms = _elapsed_ms(request)
-        task = asyncio.create_task(_commit_quietly(hooks, answer))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        hooks.in_background(_commit_quietly(hooks, answer))
         raise
     finally:
-        await hooks.run_after(answer)
+        hooks.after_in_background(answer)
 
 
 async def _new_answer(request: web.Request) -> Answer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import logging
@@ -78,6 +79,19 @@ class AnswerHooks:
 
     commit: list[AnswerHook] = field(default_factory=list)
     after: list[AnswerHook] = field(default_factory=list)
+    # Work that outlives its request; referenced here until it finishes.
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def after_in_background(self, answer: Answer) -> None:
+        """Run the after hooks without holding up the answer (a token debit is a
+        Redis round trip the client need not wait for)."""
+        if self.after:
+            self.in_background(self.run_after(answer))
 
     async def run_commit(self, answer: Answer) -> None:
         for hook in self.commit:

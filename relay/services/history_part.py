@@ -14,6 +14,9 @@ from relay.stores.history import Turn, notify_clients, write_turns
 class HistoryPart:
     """Writes only answers whose content may be kept (`answer.store`)."""
 
+    def wants(self, answer: Answer) -> bool:
+        return answer.store
+
     async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
         stored = [answer for answer in answers if answer.store]
         if not stored:

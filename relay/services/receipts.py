@@ -53,6 +53,9 @@ class ReceiptsPart:
     def __init__(self, identity: SigningIdentity) -> None:
         self.identity = identity
 
+    def wants(self, answer: Answer) -> bool:
+        return True  # every answer gets a receipt
+
     async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
         if not answers:
             return

@@ -29,6 +29,9 @@ QUEUE_SIZE = 4096
 class RecordPart(Protocol):
     """One kind of row written for every batch (history, receipts), in the batch's transaction."""
 
+    def wants(self, answer: Answer) -> bool:
+        """Whether this part writes anything for `answer`."""
+
     async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
         """Write rows for `answers` (in commit order); raising rolls back the whole batch."""
 
@@ -89,6 +92,8 @@ class AnswerRecorder:
         """Queue `answer` and return once its batch committed; raise if it did not."""
         if self._queue is None or self._closing:
             raise _not_saved()
+        if not any(part.wants(answer) for part in self._parts):
+            return  # nothing to keep (store: false with receipts off): no transaction
         pending = _Pending(answer, asyncio.get_running_loop().create_future())
         pending.done.add_done_callback(_consume)
         # A full queue makes callers wait: back-pressure instead of unbounded memory.

@@ -13,6 +13,7 @@ from relay.errors import AuthenticationError
 from relay.stores.clients import Client
 
 ALGORITHM = "HS256"
+_MAX_REMEMBERED = 50_000
 _REQUIRED = ["sub", "iat", "exp", "jti", "iss", "aud", "key_version"]
 
 
@@ -38,6 +39,7 @@ class TokenIssuer:
         self.ttl = ttl
         self.issuer = issuer
         self.audience = audience
+        self._verified: dict[str, Claims] = {}
 
     def issue(self, client: Client, now: int | None = None) -> IssuedToken:
         issued_at = int(time.time()) if now is None else now
@@ -55,6 +57,20 @@ class TokenIssuer:
         return IssuedToken(token, self.ttl, _claims(payload))
 
     def verify(self, token: str) -> Claims:
+        """The token's claims, or AuthenticationError. A token's signature and claims
+        never change, so a verified one is remembered and only its expiry rechecked."""
+        claims = self._verified.get(token)
+        if claims is not None:
+            if claims.expires_at > time.time():
+                return claims
+            del self._verified[token]
+        claims = self._decode(token)
+        if len(self._verified) >= _MAX_REMEMBERED:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
+
+    def _decode(self, token: str) -> Claims:
         try:
             payload = jwt.decode(
                 token,

@@ -84,8 +84,9 @@ async def open_provider_response(
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """POST `body` to the provider; yield its 200 response, raise a RelayError otherwise.
 
-    Leaving the block closes the response; one not read to the end closes its
-    connection, which is how the provider learns the client has gone.
+    Leaving the block releases the response: a connection read to the end goes
+    back to the keep-alive pool; one not read to the end is closed, which is how
+    the provider learns the client has gone.
     """
     headers = {"Content-Type": "application/json"}
     if upstream.api_key:
@@ -115,7 +116,7 @@ async def open_provider_response(
             raise await _refusal(response, upstream)
         yield response
     finally:
-        response.close()
+        response.release()
 
 
 async def read_whole(response: aiohttp.ClientResponse) -> bytes:
