@@ -1,0 +1,45 @@
+"""Verified tokens are remembered, but expiry is still checked on every request."""
+
+import datetime
+import time
+
+import pytest
+
+from relay.errors import AuthenticationError
+from relay.services.tokens import TokenIssuer
+from relay.stores.clients import Client
+
+NOW = datetime.datetime.now(datetime.UTC)
+CLIENT = Client(
+    id="00000000-0000-0000-0000-000000000001",
+    name="c",
+    key_id="k",
+    key_hash="h",
+    key_version=1,
+    scopes=(),
+    status="active",
+    limits={},
+    store_history=True,
+    metadata={},
+    created_at=NOW,
+    updated_at=NOW,
+)
+
+
+def test_a_remembered_token_still_expires():
+    issuer = TokenIssuer("s" * 40, ttl=60, issuer="relay", audience="relay-api")
+    issued = issuer.issue(CLIENT, now=int(time.time()) - 59)
+    assert issuer.verify(issued.access_token).client_id == CLIENT.id  # now remembered
+    time.sleep(1.1)
+    with pytest.raises(AuthenticationError) as refused:
+        issuer.verify(issued.access_token)
+    assert refused.value.code == "token_expired"
+
+
+def test_a_token_signed_with_another_secret_is_never_remembered():
+    issuer = TokenIssuer("s" * 40, ttl=60, issuer="relay", audience="relay-api")
+    other = TokenIssuer("t" * 40, ttl=60, issuer="relay", audience="relay-api")
+    forged = other.issue(CLIENT).access_token
+    for _ in range(2):
+        with pytest.raises(AuthenticationError):
+            issuer.verify(forged)
