@@ -193,13 +193,14 @@ class PhaseRunner:
         variant = self.stack.start_variant({variable: "off"})
         try:
             result = await self.compare((relay, BODY), (variant, BODY))
-            if phase == "receipts" and "latency" in self.options.phases:
-                # Not a target: relay's own cost one request at a time when nothing is
-                # committed (no history row, no receipt): the proxy path without the database.
-                self.say('one request at a time, nothing recorded (receipts off, "store": false)')
+            if phase == "receipts":
+                # Not targets: relay with nothing committed (no history row, no receipt), to
+                # tell what the request path costs from what the database writer costs.
+                self.say('nothing recorded (receipts off, "store": false)')
                 result["latency_unrecorded"] = await self.requests(
                     variant, NO_STORE_BODY, connections=1, seconds=self.options.latency_seconds
                 )
+                result["rate_unrecorded"] = await self.rate(variant, NO_STORE_BODY)
         finally:
             self.stack.stop_variant(variant)
         return result

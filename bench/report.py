@@ -146,6 +146,35 @@ def _switch_row(name: str, result: dict[str, Any], floor: float | None) -> Row:
     )
 
 
+def _unrecorded_rows(results: dict[str, Any], connections: int) -> list[Row]:
+    """relay with no history row and no receipt written: not a target, a diagnosis."""
+    rows = []
+    one: RequestFigures | None = results["receipts"].get("latency_unrecorded")
+    if one is not None:
+        direct = results.get("latency", {}).get("direct")
+        baseline = results.get("latency", {}).get("baseline")
+        rows.append(
+            Row(
+                "nothing recorded, 1 at a time: p50 / p99 ms",
+                relay=f"{one.p50_ms:.2f} / {one.p99_ms:.2f}",
+                of_direct=_added(one.p50_ms, direct.p50_ms) if direct else "",
+                of_baseline=_added(one.p50_ms, baseline.p50_ms) if baseline else "",
+            )
+        )
+    many: RequestFigures | None = results["receipts"].get("rate_unrecorded")
+    if many is not None:
+        rate = results.get("rate", {})
+        rows.append(
+            Row(
+                f"nothing recorded, {connections} connections: req/s",
+                relay=f"{many.rps:.0f}",
+                of_direct=_pct(many.rps, rate["direct"].rps) if rate else "",
+                of_baseline=_pct(many.rps, rate["baseline"].rps) if rate else "",
+            )
+        )
+    return rows
+
+
 def table_rows(results: dict[str, Any], connections: int) -> list[Row]:
     rows: list[Row] = []
     if "latency" in results:
@@ -172,16 +201,7 @@ def table_rows(results: dict[str, Any], connections: int) -> list[Row]:
         rows.append(_switch_row("rate limits", results["limits"], None))
     if "receipts" in results:
         rows.append(_switch_row("receipts", results["receipts"], RECEIPTS_ON_OF_OFF))
-        bare = results["receipts"].get("latency_unrecorded")
-        if bare is not None and "latency" in results:
-            direct = results["latency"]["direct"]
-            rows.append(
-                Row(
-                    "1 at a time, nothing recorded: p50 / p99 ms",
-                    relay=f"{bare.p50_ms:.2f} / {bare.p99_ms:.2f}",
-                    of_direct=_added(bare.p50_ms, direct.p50_ms),
-                )
-            )
+        rows += _unrecorded_rows(results, connections)
     return rows
 
 
