@@ -37,9 +37,9 @@ async def write(
             request_id=uuid.uuid4().hex,
             messages=[NewMessage("user", "q"), NewMessage("assistant", "a")],
         )
-        async with db.transaction() as cur:
-            await cur.execute("SELECT pg_sleep(%s)", (rng.random() * 0.02,))
-            written = await write_turns(cur, [turn])
+        async with db.batch() as tx:
+            await tx.execute("SELECT pg_sleep(%s)", (rng.random() * 0.02,))
+            written = await write_turns(tx, [turn])
             # Holding the transaction open after drawing ids and sequence numbers.
             await asyncio.sleep(rng.random() * 0.03)
         ids.extend(row.id for row in written[0])

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from relay.services.answers import Answer
 from relay.services.turns import title_of, turn_messages
-from relay.stores.database import Cursor
+from relay.stores.database import Batch
 from relay.stores.history import Turn, notify_clients, write_turns
 
 
@@ -17,7 +17,7 @@ class HistoryPart:
     def wants(self, answer: Answer) -> bool:
         return answer.store
 
-    async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
+    async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         stored = [answer for answer in answers if answer.store]
         if not stored:
             return
@@ -37,8 +37,8 @@ class HistoryPart:
                     messages=messages,
                 )
             )
-        written = await write_turns(cur, turns)
+        written = await write_turns(tx, turns)
         for answer, rows in zip(stored, written, strict=True):
             answer.message_id = rows[-1].id
             answer.message_created_at = rows[-1].created_at
-        await notify_clients(cur, [turn.client_id for turn in turns])
+        notify_clients(tx, [turn.client_id for turn in turns])

@@ -14,7 +14,7 @@ from relay.proofs.identity import SigningIdentity
 from relay.proofs.receipt import hash_client_key_id, served_at_now, sha256_hex, sign_receipt
 from relay.services.answers import Answer
 from relay.services.attestation import Attestation
-from relay.stores.database import Cursor
+from relay.stores.database import Batch
 from relay.stores.receipts import ReceiptRow, ReceiptStore, append_receipts, lock_chain_head
 
 RECEIPT_HEADER = "x-receipt-id"
@@ -56,10 +56,10 @@ class ReceiptsPart:
     def wants(self, answer: Answer) -> bool:
         return True  # every answer gets a receipt
 
-    async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
+    async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         if not answers:
             return
-        head = await lock_chain_head(cur, [answer.receipt_id for answer in answers])
+        head = await lock_chain_head(tx, [answer.receipt_id for answer in answers])
         seq, prev = head.seq, head.sha256
         rows: list[ReceiptRow] = []
         seen = set(head.taken)
@@ -80,7 +80,7 @@ class ReceiptsPart:
                     prev_sha256=receipt["prev_receipt_sha256"],
                 )
             )
-        await append_receipts(cur, rows)
+        append_receipts(tx, rows)
 
 
 class ReceiptService:

@@ -18,7 +18,7 @@ from typing import Protocol
 from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
-from relay.stores.database import Cursor, Database
+from relay.stores.database import Batch, Database
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ class RecordPart(Protocol):
     def wants(self, answer: Answer) -> bool:
         """Whether this part writes anything for `answer`."""
 
-    async def write(self, cur: Cursor, answers: Sequence[Answer]) -> None:
-        """Write rows for `answers` (in commit order); raising rolls back the whole batch."""
+    async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
+        """Write rows for `answers` (in commit order); raising rolls back the whole batch.
+
+        `tx.defer` what needs no answer back, so it rides with the COMMIT."""
 
 
 @dataclass(eq=False, slots=True)
@@ -145,9 +147,9 @@ class AnswerRecorder:
 
     async def _write(self, answers: Sequence[Answer]) -> None:
         assert self._database is not None
-        async with self._database.transaction() as cur:
+        async with self._database.batch() as tx:
             for part in self._parts:
-                await part.write(cur, answers)
+                await part.write(tx, answers)
 
     @staticmethod
     def _fail(batch: list[_Pending]) -> None:

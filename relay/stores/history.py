@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from relay.stores.database import Cursor
+from relay.stores.database import Batch
 
 # Every instance LISTENs here; the payload names the clients with new messages.
 HISTORY_CHANNEL = "relay_history"
@@ -53,12 +53,12 @@ class WrittenMessage:
     created_at: datetime.datetime
 
 
-def _values(cur: Cursor, template: str, rows: Sequence[tuple[object, ...]]) -> str:
+def _values(tx: Batch, template: str, rows: Sequence[tuple[object, ...]]) -> str:
     """Rows as one VALUES list, each bound by psycopg2 (never by string formatting)."""
-    return ",".join(cur.mogrify(template, row).decode() for row in rows)
+    return ",".join(tx.bind(template, row) for row in rows)
 
 
-async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMessage]]:
+async def write_turns(tx: Batch, turns: Sequence[Turn]) -> list[list[WrittenMessage]]:
     """Insert the turns' conversations and messages; return each turn's rows in order.
 
     Locks are taken in one global order (conversations by id, then sequences by
@@ -66,8 +66,7 @@ async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMe
     """
     if not turns:
         return []
-    await _upsert_conversations(cur, turns)
-    next_seq = await _take_sequences(cur, turns)
+    next_seq = await _upsert_conversations_and_take_sequences(tx, turns)
     rows = []
     for turn in turns:
         for message in turn.messages:
@@ -93,12 +92,12 @@ async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMe
                 )
             )
     values = _values(
-        cur,
+        tx,
         "(COALESCE(%s::bigint, nextval('messages_id_seq')),%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,"
         "%s,%s,%s,COALESCE(%s::timestamptz, now()))",
         rows,
     )
-    await cur.execute(
+    await tx.execute(
         "INSERT INTO messages (id, conversation_id, client_id, seq, role, content, tool_calls,"
         " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
         " created_at)"
@@ -107,7 +106,7 @@ async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMe
     # RETURNING order is not promised; (client, seq) names each row exactly.
     written = {
         (str(client_id), seq): WrittenMessage(id, seq, created_at)
-        for id, client_id, seq, created_at in await cur.fetchall()
+        for id, client_id, seq, created_at in await tx.fetchall()
     }
     result, at = [], 0
     for turn in turns:
@@ -117,43 +116,41 @@ async def write_turns(cur: Cursor, turns: Sequence[Turn]) -> list[list[WrittenMe
     return result
 
 
-async def _upsert_conversations(cur: Cursor, turns: Sequence[Turn]) -> None:
+async def _upsert_conversations_and_take_sequences(
+    tx: Batch, turns: Sequence[Turn]
+) -> dict[str, int]:
+    """Upsert the conversations, then reserve each client's next sequence numbers
+    (row locks held until commit); one round trip for both statements."""
     first: dict[str, Turn] = {}
-    for turn in turns:
-        first.setdefault(turn.conversation_id, turn)
-    rows = [(turn.conversation_id, turn.client_id, turn.title) for _, turn in sorted(first.items())]
-    # The WHERE keeps a foreign conversation untouched; messages' composite key
-    # then refuses the rows, which cannot happen once the id was checked.
-    await cur.execute(
-        "INSERT INTO conversations (id, client_id, title)"
-        f" VALUES {_values(cur, '(%s,%s,%s)', rows)}"
-        " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
-        " WHERE conversations.client_id = EXCLUDED.client_id"
-    )
-
-
-async def _take_sequences(cur: Cursor, turns: Sequence[Turn]) -> dict[str, int]:
-    """Reserve each client's next sequence numbers; the row locks last until commit."""
     counts = Counter[str]()
     for turn in turns:
+        first.setdefault(turn.conversation_id, turn)
         counts[turn.client_id] += len(turn.messages)
-    rows = sorted(counts.items())
-    await cur.execute(
-        "INSERT INTO history_sequences (client_id, last_seq)"
-        f" VALUES {_values(cur, '(%s,%s)', rows)}"
+    conversations = [
+        (turn.conversation_id, turn.client_id, turn.title) for _, turn in sorted(first.items())
+    ]
+    # The WHERE keeps a foreign conversation untouched; messages' composite key
+    # then refuses the rows, which cannot happen once the id was checked.
+    await tx.execute(
+        "INSERT INTO conversations (id, client_id, title)"
+        f" VALUES {_values(tx, '(%s,%s,%s)', conversations)}"
+        " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
+        " WHERE conversations.client_id = EXCLUDED.client_id;"
+        " INSERT INTO history_sequences (client_id, last_seq)"
+        f" VALUES {_values(tx, '(%s,%s)', sorted(counts.items()))}"
         " ON CONFLICT (client_id) DO UPDATE"
         " SET last_seq = history_sequences.last_seq + EXCLUDED.last_seq"
         " RETURNING client_id, last_seq"
     )
     return {
         str(client_id): last_seq - counts[str(client_id)] + 1
-        for client_id, last_seq in await cur.fetchall()
+        for client_id, last_seq in await tx.fetchall()
     }
 
 
-async def notify_clients(cur: Cursor, client_ids: Sequence[str]) -> None:
+def notify_clients(tx: Batch, client_ids: Sequence[str]) -> None:
     """One NOTIFY per batch, delivered on commit, naming the clients with news."""
     payload = ",".join(sorted(set(client_ids)))
     if len(payload) > _PAYLOAD_BYTES:
         payload = EVERYONE
-    await cur.execute("SELECT pg_notify(%s, %s)", (HISTORY_CHANNEL, payload))
+    tx.defer("SELECT pg_notify(%s, %s)", (HISTORY_CHANNEL, payload))

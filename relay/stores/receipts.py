@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.stores.database import Cursor, Database
+from relay.stores.database import Batch, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,31 +25,31 @@ class ReceiptRow:
     prev_sha256: str | None
 
 
-async def lock_chain_head(cur: Cursor, receipt_ids: Sequence[str]) -> ChainHead:
+async def lock_chain_head(tx: Batch, receipt_ids: Sequence[str]) -> ChainHead:
     """Take the chain head's row lock (held until the transaction ends).
 
     Every instance's commit queues here, so receipts link one after the other
     with no fork. The existing-id check rides along: an answer recorded twice
     (its client left while it committed) must not get a second receipt.
     """
-    await cur.execute(
+    await tx.execute(
         "SELECT seq, sha256, ARRAY(SELECT id FROM receipts WHERE id = ANY(%s))"
         " FROM receipt_chain_head WHERE id FOR UPDATE",
         (list(receipt_ids),),
     )
-    row = await cur.fetchone()
+    row = await tx.fetchone()
     if row is None:
         raise RuntimeError("receipt_chain_head has no row; run the migrations")
     seq, sha256, taken = row
     return ChainHead(seq, sha256, frozenset(taken))
 
 
-async def append_receipts(cur: Cursor, rows: Sequence[ReceiptRow]) -> None:
-    """Insert rows (in chain order) and move the head to the last, in one statement."""
+def append_receipts(tx: Batch, rows: Sequence[ReceiptRow]) -> None:
+    """Insert rows (in chain order) and move the head to the last, with the COMMIT."""
     if not rows:
         return
     last = rows[-1]
-    await cur.execute(
+    tx.defer(
         "WITH added AS ("
         " INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256)"
         " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::text[],"
