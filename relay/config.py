@@ -122,7 +122,7 @@ class Settings:
     jwt_audience: str = setting("RELAY_JWT_AUDIENCE", "relay-api")
     admin_token: Secret = setting("RELAY_ADMIN_TOKEN", Secret(""), Secret)
     bcrypt_rounds: int = setting("RELAY_BCRYPT_ROUNDS", 12, _integer, minimum=4, maximum=16)
-    state_dir: str = setting("RELAY_STATE_DIR", "")
+    state_dir: str = setting("RELAY_STATE_DIR", ".relay-state")
     max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", 4 * 1024 * 1024, _integer, minimum=1024)
     log_level: str = setting(
         "RELAY_LOG_LEVEL", "INFO", str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
