@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+_MAX_KNOWN = 100_000
+
 
 class IdentityHasher:
     """Keyed hashes, so Redis never holds a raw client id or address.
@@ -17,10 +19,18 @@ class IdentityHasher:
         if not key:
             raise ValueError("an identity hash key is required")
         self._key = key.encode()
+        # Every request needs its client's pseudonym; an HMAC each time is waste.
+        self._known: dict[tuple[str, str], str] = {}
 
     def __repr__(self) -> str:
         return "IdentityHasher(key='***')"
 
     def pseudonym(self, kind: str, value: str) -> str:
-        # The kind keeps a client id and an address that happen to match apart.
-        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+        known = self._known.get((kind, value))
+        if known is None:
+            # The kind keeps a client id and an address that happen to match apart.
+            known = hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+            if len(self._known) >= _MAX_KNOWN:
+                self._known.clear()
+            self._known[(kind, value)] = known
+        return known
