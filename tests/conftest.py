@@ -164,10 +164,13 @@ def make_client(
     """
 
     async def make(settings: Settings, app: web.Application | None = None) -> TestClient:
-        # As in production (relay.commands.serve): a client hanging up cancels its handler.
-        return await aiohttp_client(
-            app or create_app(settings), server_kwargs={"handler_cancellation": True}
-        )
+        # As in production (relay.commands.serve): a client hanging up cancels its
+        # handler (TestServer always does), and aiohttp's own access log, which
+        # writes raw paths and query strings, is off. aiohttp_client would drop
+        # these runner options, so the server is started here.
+        server = TestServer(app or create_app(settings))
+        await server.start_server(access_log=None)
+        return await aiohttp_client(server)
 
     return make
 

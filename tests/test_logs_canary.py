@@ -1,7 +1,5 @@
-"""At DEBUG, nothing a user wrote to a model reaches the logs: prompts, system text, tool arguments.
-
-Conversation titles join this test when /v1/chat and /v1/conversations land.
-"""
+"""At DEBUG, nothing a user wrote to a model reaches the logs: prompts, system text,
+tool arguments, conversation titles."""
 
 from __future__ import annotations
 
@@ -100,6 +98,37 @@ async def test_chat_content_never_reaches_the_logs(http, captured):
 
     json_lines, text_lines = (stream.getvalue() for stream in captured)
     assert "/v1/chat/completions" in json_lines, "the requests were not logged at all"
+    for output in (json_lines, text_lines):
+        leaked = [line for line in output.splitlines() if CANARY in line]
+        assert not leaked, "\n".join(leaked[:5])
+
+
+async def test_conversation_titles_and_history_never_reach_the_logs(http, captured):
+    _, token = await client_with_token(http)
+    headers = bearer(token)
+    chat = {"message": f"title {CANARY}", "system": f"system {CANARY}", "model": "gpt-sim"}
+    answered = await http.post("/v1/chat", json=chat, headers=headers)
+    assert answered.status == 200, await answered.text()
+    conversation_id = (await answered.json())["conversation_id"]
+    streamed = await http.post("/v1/chat", json={**chat, "stream": True}, headers=headers)
+    assert streamed.status == 200
+    await streamed.read()
+
+    listing = await (await http.get("/v1/conversations", headers=headers)).json()
+    assert any(CANARY in (item.get("title") or "") for item in listing["data"]), listing
+    for path, params in (
+        (f"/v1/conversations/{conversation_id}", {}),
+        ("/v1/history/search", {"q": CANARY}),
+        ("/v1/history", {"conversation_id": conversation_id}),
+    ):
+        response = await http.get(path, params=params, headers=headers)
+        assert response.status == 200, await response.text()
+        assert CANARY in await response.text()
+    deleted = await http.delete(f"/v1/conversations/{conversation_id}", headers=headers)
+    assert deleted.status == 204
+
+    json_lines, text_lines = (stream.getvalue() for stream in captured)
+    assert "/v1/chat" in json_lines, "the requests were not logged at all"
     for output in (json_lines, text_lines):
         leaked = [line for line in output.splitlines() if CANARY in line]
         assert not leaked, "\n".join(leaked[:5])
