@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def revision() -> str:
+    """The commit measured, marked dirty when the tree held uncommitted work."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).parent,
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
 def write_results(options: BenchOptions, document: dict[str, Any]) -> Path:
     options.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -86,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "revision": revision(),
         "machine": machine(),
         "options": {
             key: (str(value) if isinstance(value, Path) else value)

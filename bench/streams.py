@@ -123,7 +123,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._end("connection lost")
+        if self.head is not None:
+            where = "before the response" if self.head == b"" else "in the response head"
+        else:
+            where = "mid-stream"
+        reason = f" ({type(exc).__name__})" if exc is not None else ""
+        self._end(f"connection lost {where}{reason}")
 
 
 def stream_request(target: Target, body: bytes) -> bytes:
