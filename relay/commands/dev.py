@@ -71,7 +71,9 @@ async def simulator(port: int) -> AsyncIterator[bool]:
     except ImportError:
         yield False
         return
-    runner = web.AppRunner(create_simulator_app(SimulatorConfig(api_key=SIMULATOR_KEY)))
+    runner = web.AppRunner(
+        create_simulator_app(SimulatorConfig(api_key=SIMULATOR_KEY, record_requests=False))
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()

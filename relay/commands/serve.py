@@ -22,14 +22,25 @@ log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
 # By the time the runner shuts down, drain() has already waited.
 SHUTDOWN_SECONDS = 1.0
+# aiohttp's default of 128 overflows when a thousand clients connect at once
+# (the kernel caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
 
 
 async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.BaseSite]:
     sites: list[web.BaseSite] = []
     if settings.unix_socket:
-        sites.append(web.UnixSite(runner, settings.unix_socket))
+        sites.append(web.UnixSite(runner, settings.unix_socket, backlog=LISTEN_BACKLOG))
     else:
-        sites.append(web.TCPSite(runner, settings.host, settings.port, reuse_address=True))
+        sites.append(
+            web.TCPSite(
+                runner,
+                settings.host,
+                settings.port,
+                reuse_address=True,
+                backlog=LISTEN_BACKLOG,
+            )
+        )
     for site in sites:
         await site.start()
     return sites

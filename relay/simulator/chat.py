@@ -24,7 +24,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state = request.app[SIMULATOR_STATE]
     body = await request.read()
     # Recorded before any check, so a test sees exactly what was forwarded even if rejected.
-    state.record(ReceivedRequest(body, request.headers))
+    if config.record_requests:
+        state.record(ReceivedRequest(body, request.headers))
     try:
         authorize(request, config.api_key)
         if config.first_byte_delay > 0:

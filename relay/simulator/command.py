@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         cut_after=args.cut_after,
         api_key=args.api_key,
         models=tuple(model for model in args.models.split(",") if model),
+        record_requests=False,
     )
     web.run_app(
         create_simulator_app(config),

@@ -20,3 +20,5 @@ class SimulatorConfig:
     cut_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
     models: tuple[str, ...] = ("sim-small", "sim-large")
+    # Tests read what was forwarded; a long-running `relay simulate` must not grow.
+    record_requests: bool = True
