@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import functools
 import logging
@@ -86,7 +87,7 @@ def _shutdown(proc: subprocess.Popen[bytes], sig: int, leftovers: tuple[Path, ..
         shutil.rmtree(path, ignore_errors=True)
 
 
-class _ServerProcess:
+class _ServerProcess(abc.ABC):
     """One child server on a fixed port, reaped by stop(), by garbage collection or at exit."""
 
     _stop_signal: int = signal.SIGTERM
@@ -98,8 +99,9 @@ class _ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[..., _ServerProcess] | None = None
 
+    @abc.abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the server and wait until it answers."""
 
     def stop(self) -> None:
         if self._finalizer is None:
