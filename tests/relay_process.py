@@ -16,9 +16,12 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 
+from relay.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 
 
@@ -192,3 +195,58 @@ async def connection_refused(port: int, timeout: float = 5.0) -> bool:
                 return True
             writer.close()
             await asyncio.sleep(0.05)
+
+
+async def serve_with_simulator(
+    aiohttp_server: Any,
+    database_url: str,
+    redis_url: str,
+    directory: Path,
+    simulator: SimulatorConfig,
+) -> RelayProcess:
+    """`relay serve` in front of a served simulator (model `sim-small`), once it
+    reports READY=1; the caller kills it. Rate limits are off: load tests load."""
+    provider = await aiohttp_server(create_simulator_app(simulator))
+    upstreams = [
+        {
+            "name": "simulator",
+            "base_url": f"http://127.0.0.1:{provider.port}/v1",
+            "models": {"sim-small": "sim-small"},
+        }
+    ]
+    notify = NotifySocket.abstract()
+    relay = RelayProcess(
+        database_url,
+        redis_url,
+        directory,
+        {
+            "NOTIFY_SOCKET": notify.address,
+            "RELAY_UPSTREAMS": orjson.dumps(upstreams).decode(),
+            "RELAY_RATE_LIMITS": "false",
+            "RELAY_LOG_LEVEL": "WARNING",
+        },
+    )
+    relay.start()
+    try:
+        await notify.wait_for("READY=1")
+    except BaseException:
+        relay.kill()
+        raise
+    finally:
+        notify.close()
+    return relay
+
+
+async def new_client_token(port: int, name: str) -> str:
+    """Create a client through the admin API and trade its key for a JWT."""
+    base = f"http://127.0.0.1:{port}"
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{base}/admin/clients", json={"name": name}, headers=admin
+        ) as response:
+            assert response.status == 201, await response.text()
+            api_key = (await response.json())["api_key"]
+        async with session.post(f"{base}/auth/token", json={"api_key": api_key}) as response:
+            assert response.status == 200, await response.text()
+            return str((await response.json())["access_token"])

@@ -12,10 +12,9 @@ import itertools
 import aiohttp
 import orjson
 
-from relay.simulator import SimulatorConfig, create_simulator_app
-from tests.api_calls import ADMIN
+from relay.simulator import SimulatorConfig
 from tests.history_calls import CONVERSATION, query
-from tests.relay_process import NotifySocket, RelayProcess
+from tests.relay_process import new_client_token, serve_with_simulator
 
 WORKERS = 32
 
@@ -27,47 +26,6 @@ def streamed_text(raw: bytes) -> str:
             for choice in orjson.loads(block[len(b"data: ") :]).get("choices") or []:
                 text.append(choice["delta"].get("content") or "")
     return "".join(text)
-
-
-async def start_relay(aiohttp_server, database_url, redis_url, tmp_path) -> RelayProcess:
-    simulator = await aiohttp_server(
-        create_simulator_app(SimulatorConfig(tokens=12, token_delay=0.002))
-    )
-    upstreams = [
-        {
-            "name": "simulator",
-            "base_url": f"http://127.0.0.1:{simulator.port}/v1",
-            "models": {"sim-small": "sim-small"},
-        }
-    ]
-    notify = NotifySocket.abstract()
-    relay = RelayProcess(
-        database_url,
-        redis_url,
-        tmp_path,
-        {
-            "NOTIFY_SOCKET": notify.address,
-            "RELAY_UPSTREAMS": orjson.dumps(upstreams).decode(),
-            "RELAY_RATE_LIMITS": "false",
-            "RELAY_LOG_LEVEL": "WARNING",
-        },
-    )
-    relay.start()
-    try:
-        await notify.wait_for("READY=1")
-    finally:
-        notify.close()
-    return relay
-
-
-async def token_for(base: str) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{base}/admin/clients", json={"name": "load"}, headers=ADMIN
-        ) as response:
-            api_key = (await response.json())["api_key"]
-        async with session.post(f"{base}/auth/token", json={"api_key": api_key}) as response:
-            return (await response.json())["access_token"]
 
 
 async def worker(
@@ -116,12 +74,18 @@ async def worker(
 async def test_sigkill_under_load_loses_no_answer_a_client_received(
     aiohttp_server, database_url, redis_url, tmp_path
 ):
-    relay = await start_relay(aiohttp_server, database_url, redis_url, tmp_path)
+    relay = await serve_with_simulator(
+        aiohttp_server,
+        database_url,
+        redis_url,
+        tmp_path,
+        SimulatorConfig(tokens=12, token_delay=0.002),
+    )
     base = f"http://127.0.0.1:{relay.port}"
     received: list[tuple[str, str, str]] = []
     stop = asyncio.Event()
     try:
-        token = await token_for(base)
+        token = await new_client_token(relay.port, "load")
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             workers = [

@@ -11,14 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import aiohttp
-import orjson
-
-from relay.simulator.app import create_simulator_app
 from relay.simulator.config import SimulatorConfig
-from tests.api_calls import ADMIN
 from tests.conftest import ADMIN_TOKEN
-from tests.relay_process import NotifySocket, RelayProcess
+from tests.relay_process import new_client_token, serve_with_simulator
 
 CONFIG = """\
 [auth.openapi.bearerToken]
@@ -29,19 +24,6 @@ bearer = "${RELAY_SCHEMATHESIS_ADMIN}"
 """
 
 
-async def client_token(port: int) -> str:
-    base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{base}/admin/clients", json={"name": "schemathesis"}, headers=ADMIN
-        ) as response:
-            assert response.status == 201, await response.text()
-            api_key = (await response.json())["api_key"]
-        async with session.post(f"{base}/auth/token", json={"api_key": api_key}) as response:
-            assert response.status == 200, await response.text()
-            return (await response.json())["access_token"]
-
-
 def schemathesis_command() -> str:
     found = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert found, "schemathesis is a test extra: `make test` installs it"
@@ -49,30 +31,11 @@ def schemathesis_command() -> str:
 
 
 async def test_no_server_errors_anywhere(aiohttp_server, database_url, redis_url, tmp_path):
-    simulator = await aiohttp_server(create_simulator_app(SimulatorConfig(tokens=4)))
-    upstreams = [
-        {
-            "name": "simulator",
-            "base_url": f"http://127.0.0.1:{simulator.port}/v1",
-            "models": {"sim-small": "sim-small"},
-        }
-    ]
-    notify = NotifySocket.abstract()
-    relay = RelayProcess(
-        database_url,
-        redis_url,
-        tmp_path,
-        {
-            "NOTIFY_SOCKET": notify.address,
-            "RELAY_UPSTREAMS": orjson.dumps(upstreams).decode(),
-            "RELAY_RATE_LIMITS": "false",
-            "RELAY_LOG_LEVEL": "WARNING",
-        },
+    relay = await serve_with_simulator(
+        aiohttp_server, database_url, redis_url, tmp_path, SimulatorConfig(tokens=4)
     )
-    relay.start()
     try:
-        await notify.wait_for("READY=1")
-        token = await client_token(relay.port)
+        token = await new_client_token(relay.port, "schemathesis")
         config = tmp_path / "schemathesis.toml"
         config.write_text(CONFIG)
         process = await asyncio.create_subprocess_exec(
@@ -111,4 +74,3 @@ async def test_no_server_errors_anywhere(aiohttp_server, database_url, redis_url
         assert "unhandled error" not in relay.logs()
     finally:
         relay.kill()
-        notify.close()
