@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from relay.metrics import OPEN_STREAMS
 
@@ -41,13 +41,23 @@ class InFlight:
                 self._idle.set()
 
     @contextlib.contextmanager
-    def track(self) -> Iterator[asyncio.Event]:
-        """Count one open stream; yields `deadline`, set when it must end now."""
+    def track(self, on_deadline: Callable[[], object] | None = None) -> Iterator[asyncio.Event]:
+        """Count one open stream; yields `deadline`, set when it must end now.
+
+        `on_deadline` runs once if the deadline passes while the stream is open
+        (a stream closes its provider response, which ends its read loop).
+        """
         self.streams += 1
         OPEN_STREAMS.inc()
+        watcher = None
+        if on_deadline is not None:
+            watcher = asyncio.ensure_future(self.deadline.wait())
+            watcher.add_done_callback(lambda task: task.cancelled() or on_deadline())
         try:
             yield self.deadline
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self.streams -= 1
             OPEN_STREAMS.dec()
 

@@ -135,19 +135,11 @@ async def _relay_stream(
     response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
     await response.prepare(request)
     observer = StreamObserver()
-    with request.app[IN_FLIGHT].track() as deadline:
-        # Past the drain timeout of a graceful stop, relay stops reading the provider.
-        stopper = asyncio.create_task(deadline.wait())
-
-        def stop_reading(task: asyncio.Task[bool]) -> None:
-            if not task.cancelled():
-                provider.close()
-
-        stopper.add_done_callback(stop_reading)
+    # Past the drain timeout of a graceful stop, relay stops reading the provider.
+    with request.app[IN_FLIGHT].track(on_deadline=provider.close) as deadline:
         try:
             result = await pipe_stream(response, provider, observer)
         finally:
-            stopper.cancel()
             _summarise(request, answer, observer)
     answer.status = result.status
     if result.status == "cancelled":

@@ -157,14 +157,11 @@ async def _stream(
     response = HashedEventSource(headers=answer.headers)
     await response.prepare(request)
     observer = DeltaObserver()
-    with request.app[IN_FLIGHT].track() as deadline:
-        # Past the drain timeout of a graceful stop, relay stops reading the provider.
-        stopper = asyncio.create_task(deadline.wait())
-        stopper.add_done_callback(lambda task: None if task.cancelled() else provider.close())
+    # Past the drain timeout of a graceful stop, relay stops reading the provider.
+    with request.app[IN_FLIGHT].track(on_deadline=provider.close) as deadline:
         try:
             answer.status = await _relay_deltas(response, provider, observer)
         finally:
-            stopper.cancel()
             _summarise(request, answer, observer)
     if answer.status == "cancelled":
         answer.response_sha256 = response.sha256_with(b"")
