@@ -39,10 +39,13 @@ async def write(
         )
         async with db.batch() as tx:
             await tx.execute("SELECT pg_sleep(%s)", (rng.random() * 0.02,))
-            written = await write_turns(tx, [turn])
+            write_turns(tx, [turn])
+            await tx.flush()
             # Holding the transaction open after drawing ids and sequence numbers.
             await asyncio.sleep(rng.random() * 0.03)
-        ids.extend(row.id for row in written[0])
+        async with db.cursor() as cur:
+            await cur.execute("SELECT id FROM messages WHERE request_id = %s", (turn.request_id,))
+            ids.extend(row[0] for row in await cur.fetchall())
     return ids
 
 

@@ -225,6 +225,34 @@ async def test_instances_sharing_a_database_keep_one_chain(make_client, settings
     assert len({receipt["signing_public_key"] for receipt in chain}) == 2
 
 
+async def test_an_instance_whose_remembered_chain_head_went_stale_links_on_correctly(
+    make_client, settings, caller
+):
+    """Each instance remembers the head its last commit left; the other moves it on
+    between every two answers, so each commit starts from a stale head."""
+    one = await make_client(settings)
+    other = await make_client(settings.replace(state_dir=settings.state_dir + "-b"))
+    _, token = caller
+    for instance in [one, other] * 3 + [one]:
+        saved = await ask(instance, token, stream=False)
+        assert saved.status == 200
+    conn = await connect(settings.database_url, timeout=5)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT seq, body FROM receipts ORDER BY seq")
+            rows = await cur.fetchall()
+            await cur.execute("SELECT seq, sha256 FROM receipt_chain_head")
+            head = await cur.fetchone()
+    finally:
+        await conn.close()
+    assert [row[0] for row in rows] == list(range(1, 8))
+    chain = [orjson.loads(row[1]) for row in rows]
+    assert verify_chain(chain)
+    keys = [receipt["signing_public_key"] for receipt in chain]
+    assert keys[::2] == [keys[0]] * 4 and keys[1::2] == [keys[1]] * 3 and keys[0] != keys[1]
+    assert head == (7, receipt_sha256(chain[-1]))
+
+
 async def test_a_deleted_clients_receipts_stay_in_the_chain(http, caller, database_url):
     client, token = caller
     first = await ask(http, token, stream=False)

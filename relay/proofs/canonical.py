@@ -20,11 +20,14 @@ def canonical_json(obj: Any) -> bytes:
         raise ValueError(f"not canonical JSON: {exc}") from None
 
 
+_LEAVES = (str, bool, type(None))
+
+
 def _check(value: Any, where: str) -> None:
     # Exact type checks: a float, Decimal, IntEnum or str subclass could encode in
     # more than one way across languages, and canonical means exactly one.
     kind = type(value)
-    if value is None or kind is str or kind is bool:
+    if kind in _LEAVES:
         return
     if kind is int:
         if abs(value) > MAX_SAFE_INTEGER:
@@ -34,10 +37,13 @@ def _check(value: Any, where: str) -> None:
         for key, item in value.items():
             if type(key) is not str:
                 raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
-            _check(item, f"{where}.{key}")
+            # Leaves pass without building their path: a receipt is all leaves.
+            if type(item) not in _LEAVES:
+                _check(item, f"{where}.{key}")
         return
     if kind is list:
         for index, item in enumerate(value):
-            _check(item, f"{where}[{index}]")
+            if type(item) not in _LEAVES:
+                _check(item, f"{where}[{index}]")
         return
     raise ValueError(f"{where}: {kind.__name__} is not allowed in canonical JSON")

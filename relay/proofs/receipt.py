@@ -35,6 +35,7 @@ RECEIPT_SCHEMA: dict[str, tuple[type, ...]] = {
     "signing_public_key": (str,),
 }
 SIGNED_FIELDS = tuple(RECEIPT_SCHEMA)
+_SIGNED_SET = frozenset(SIGNED_FIELDS)
 RECEIPT_FIELDS = (*SIGNED_FIELDS, "signature")
 # complete: the client got the whole answer; cut: the provider broke off;
 # cancelled: the client left; failed: the provider refused or was unreachable.
@@ -45,13 +46,18 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 
 
-def sign_receipt(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
-    """Validate the body, fill version and signing_public_key, and sign it."""
+def sign_receipt(
+    fields: dict[str, Any], key: Ed25519PrivateKey, public: str | None = None
+) -> dict[str, Any]:
+    """Validate the body, fill version and signing_public_key, and sign it.
+
+    `public` is the key's public half in hex, when the caller already knows it.
+    """
     if "signature" in fields:
         raise ValueError("receipt fields must not carry a signature already")
     body = dict(fields)
     body.setdefault("version", RECEIPT_VERSION)
-    public = public_key_hex(key.public_key())
+    public = public or public_key_hex(key.public_key())
     if body.setdefault("signing_public_key", public) != public:
         raise ValueError("signing_public_key does not match the signing key")
     check_receipt_body(body)
@@ -60,9 +66,9 @@ def sign_receipt(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, An
 
 def check_receipt_body(body: dict[str, Any]) -> None:
     """Raise ValueError unless body has exactly the receipt fields with the right types."""
-    missing = [name for name in SIGNED_FIELDS if name not in body]
-    extra = sorted(set(body) - set(SIGNED_FIELDS))
-    if missing or extra:
+    if body.keys() != _SIGNED_SET:
+        missing = [name for name in SIGNED_FIELDS if name not in body]
+        extra = sorted(set(body) - _SIGNED_SET)
         raise ValueError(f"receipt fields: missing {missing}, unexpected {extra}")
     for name, allowed in RECEIPT_SCHEMA.items():
         if type(body[name]) not in allowed:

@@ -48,9 +48,10 @@ class Answer:
     first_token_ms: float | None = None
     # Response headers that describe the answer (conversation id, receipt id).
     headers: dict[str, str] = field(default_factory=dict)
-    # The assistant's history row, once committed (None when not stored).
+    # The assistant's history row, reserved before commit by /v1/chat (which names it).
     message_id: int | None = None
     message_created_at: datetime.datetime | None = None
+    recorded: bool = False  # queued for the group commit (relay.services.recorder)
 
     @cached_property
     def request_sha256(self) -> str:

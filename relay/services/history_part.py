@@ -37,8 +37,5 @@ class HistoryPart:
                     messages=messages,
                 )
             )
-        written = await write_turns(tx, turns)
-        for answer, rows in zip(stored, written, strict=True):
-            answer.message_id = rows[-1].id
-            answer.message_created_at = rows[-1].created_at
+        write_turns(tx, turns)
         notify_clients(tx, [turn.client_id for turn in turns])

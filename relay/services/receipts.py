@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +17,13 @@ from relay.proofs.receipt import hash_client_key_id, served_at_now, sha256_hex, 
 from relay.services.answers import Answer
 from relay.services.attestation import Attestation
 from relay.stores.database import Batch
-from relay.stores.receipts import ReceiptRow, ReceiptStore, append_receipts, lock_chain_head
+from relay.stores.receipts import (
+    ChainHead,
+    ReceiptRow,
+    ReceiptStore,
+    append_receipts,
+    lock_chain_head,
+)
 
 RECEIPT_HEADER = "x-receipt-id"
 # An answer that ended before relay wrote a byte of it (client gone while the
@@ -23,7 +31,7 @@ RECEIPT_HEADER = "x-receipt-id"
 _NOTHING_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-def receipt_fields(answer: Answer, prev_sha256: str | None) -> dict[str, Any]:
+def receipt_fields(answer: Answer, prev_sha256: str | None, served_at: str) -> dict[str, Any]:
     """Everything signed about one answer: ids and hashes, never content."""
     return {
         "receipt_id": answer.receipt_id,
@@ -35,7 +43,7 @@ def receipt_fields(answer: Answer, prev_sha256: str | None) -> dict[str, Any]:
         "status": answer.status,
         "stream": answer.stream,
         "completed": answer.status == "complete",
-        "served_at": served_at_now(),
+        "served_at": served_at,
         "request_sha256": answer.request_sha256,
         "forwarded_sha256": answer.forwarded_sha256,
         "response_sha256": answer.response_sha256 or _NOTHING_SHA256,
@@ -46,12 +54,23 @@ def receipt_fields(answer: Answer, prev_sha256: str | None) -> dict[str, Any]:
 class ReceiptsPart:
     """The receipts rows of a group commit (see relay.services.recorder.RecordPart).
 
-    Signed inside the transaction, after the chain-head lock: only then is the
-    previous receipt's hash known. Written for every answer, `store: false` too.
+    Each receipt names the one before it, so the chain head must be known before
+    a batch is signed. This instance remembers the head its last commit left, so
+    while it is the only one writing receipts a batch needs no round trip to
+    learn it (the whole group commit is then one round trip). A remembered head
+    another instance has moved on makes the batch fail whole (see
+    `append_receipts`); then, and after any failed batch, the head is read under
+    its row lock, and for `SHARED_SECONDS` after another writer was seen, every
+    batch reads it so. Written for every answer, `store: false` too.
     """
+
+    SHARED_SECONDS = 60.0
 
     def __init__(self, identity: SigningIdentity) -> None:
         self.identity = identity
+        self._head: ChainHead | None = None  # as this instance's last commit left it
+        self._verify = True  # read the head under lock: at start, after a failure
+        self._shared_until = 0.0
 
     def wants(self, answer: Answer) -> bool:
         return True  # every answer gets a receipt
@@ -59,15 +78,22 @@ class ReceiptsPart:
     async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         if not answers:
             return
-        head = await lock_chain_head(tx, [answer.receipt_id for answer in answers])
-        seq, prev = head.seq, head.sha256
+        now = time.monotonic()
+        if self._head is None or self._verify or now < self._shared_until:
+            head = await lock_chain_head(tx)
+            if self._head is not None and head != self._head:
+                self._shared_until = now + self.SHARED_SECONDS  # another instance signs too
+        else:
+            head = self._head
+        self._verify = True  # until this batch commits
+        served_at, seq, prev = served_at_now(), head.seq, head.sha256
         rows: list[ReceiptRow] = []
-        seen = set(head.taken)
         for answer in answers:
-            if answer.receipt_id in seen:
-                continue
-            seen.add(answer.receipt_id)
-            receipt = sign_receipt(receipt_fields(answer, prev), self.identity.private_key)
+            receipt = sign_receipt(
+                receipt_fields(answer, prev, served_at),
+                self.identity.private_key,
+                self.identity.public_key_hex,
+            )
             body = canonical_json(receipt)
             seq, prev = seq + 1, sha256_hex(body)
             rows.append(
@@ -80,7 +106,10 @@ class ReceiptsPart:
                     prev_sha256=receipt["prev_receipt_sha256"],
                 )
             )
-        append_receipts(tx, rows)
+        tx.on_commit(functools.partial(self._committed, append_receipts(tx, head, rows)))
+
+    def _committed(self, head: ChainHead) -> None:
+        self._head, self._verify = head, False
 
 
 class ReceiptService:

@@ -35,7 +35,8 @@ class RecordPart(Protocol):
     async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         """Write rows for `answers` (in commit order); raising rolls back the whole batch.
 
-        `tx.defer` what needs no answer back, so it rides with the COMMIT."""
+        `tx.defer` what needs no answer back: a batch whose parts only defer is
+        one round trip. `tx.on_commit` learns that the batch was stored."""
 
 
 @dataclass(eq=False, slots=True)
@@ -91,17 +92,22 @@ class AnswerRecorder:
         self._fail(late)
 
     async def record(self, answer: Answer) -> None:
-        """Queue `answer` and return once its batch committed; raise if it did not."""
+        """Queue `answer` and return once its batch committed; raise if it did not.
+
+        An answer is queued once: recorded again (its client left while it was
+        committing) it is already on its way, as it stands when its batch is written.
+        """
         if self._queue is None or self._closing:
             raise _not_saved()
-        if not any(part.wants(answer) for part in self._parts):
-            return  # nothing to keep (store: false with receipts off): no transaction
+        if answer.recorded or not any(part.wants(answer) for part in self._parts):
+            return  # queued already, or nothing to keep (store: false with receipts off)
+        answer.recorded = True
         pending = _Pending(answer, asyncio.get_running_loop().create_future())
         pending.done.add_done_callback(_consume)
         # A full queue makes callers wait: back-pressure instead of unbounded memory.
         await self._queue.put(pending)
-        # Shielded: a caller cancelled now (its client left) still gets its answer written.
-        await asyncio.shield(pending.done)
+        # A caller cancelled now (its client left) stops waiting; its answer is still written.
+        await pending.done
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -119,7 +125,7 @@ class AnswerRecorder:
                 batch.append(item)
             await self._commit(batch)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[_Pending], *, attempts: int = 2) -> None:
         started = time.monotonic()
         try:
             await self._write([pending.answer for pending in batch])
@@ -127,17 +133,22 @@ class AnswerRecorder:
             self._fail(batch)
             return
         except Exception as exc:
-            if len(batch) > 1:
+            if attempts > 1:
+                # Once more whole: the batch may have met state another instance
+                # changed meanwhile (the receipt chain's head), which parts read
+                # afresh after a failure.
+                await self._commit(batch, attempts=attempts - 1)
+            elif len(batch) > 1:
                 # One answer's rows may have spoiled the batch (its client was
                 # deleted meanwhile, say): commit each alone so the others survive.
                 for pending in batch:
-                    await self._commit([pending])
-                return
-            log.warning(
-                "answer not recorded",
-                extra={"request_id": batch[0].answer.request_id, "error": type(exc).__name__},
-            )
-            self._fail(batch)
+                    await self._commit([pending], attempts=1)
+            else:
+                log.warning(
+                    "answer not recorded",
+                    extra={"request_id": batch[0].answer.request_id, "error": type(exc).__name__},
+                )
+                self._fail(batch)
             return
         HISTORY_COMMIT_SECONDS.observe(time.monotonic() - started)
         HISTORY_BATCH_SIZE.observe(len(batch))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -100,28 +100,43 @@ class Database:
 class Batch:
     """One transaction sent in as few round trips as possible.
 
-    Each round trip to PostgreSQL costs more than most statements do, so BEGIN
-    rides with the first statement and `defer`red statements (whose results
-    nobody reads) ride with COMMIT. Statements are bound by psycopg2's
-    `mogrify`, never by string formatting.
+    Each round trip to PostgreSQL costs more than most statements do, so
+    statements whose results nobody reads are `defer`red: they go with the next
+    `execute` or with the end of the batch, in the order they were given. A
+    batch that never needs an answer mid-way is one round trip: its statements
+    sent together as a single implicit transaction (PostgreSQL runs a
+    multi-statement query atomically and rolls all of it back on an error).
+    Statements are bound by psycopg2's `mogrify`, never by string formatting.
     """
 
     def __init__(self, cur: Cursor) -> None:
         self.cur = cur
-        self._begun = False
+        self._open = False  # BEGIN sent, COMMIT or ROLLBACK not yet
         self._deferred: list[str] = []
+        self._on_commit: list[Callable[[], None]] = []
 
     def bind(self, sql: str, params: Any = None) -> str:
         return sql if params is None else self.cur.mogrify(sql, params).decode()
 
     async def execute(self, sql: str, params: Any = None) -> None:
-        text = self.bind(sql, params)
-        if not self._begun:
-            text, self._begun = "BEGIN; " + text, True
-        await self.cur.execute(text)
+        """Run a statement now (after any deferred ones), inside the transaction."""
+        statements = [*self._deferred, self.bind(sql, params)]
+        if not self._open:
+            statements.insert(0, "BEGIN")
+            self._open = True
+        self._deferred = []
+        await self.cur.execute("; ".join(statements))
+
+    async def flush(self) -> None:
+        """Send the deferred statements now, inside the transaction."""
+        await self.execute("SELECT 1")
 
     def defer(self, sql: str, params: Any = None) -> None:
         self._deferred.append(self.bind(sql, params))
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the transaction has committed (never if it did not)."""
+        self._on_commit.append(callback)
 
     async def fetchall(self) -> list[Any]:
         return list(await self.cur.fetchall())
@@ -130,18 +145,19 @@ class Batch:
         return await self.cur.fetchone()
 
     async def commit(self) -> None:
-        if not self._begun and not self._deferred:
-            return
-        statements = [*self._deferred, "COMMIT"]
-        if not self._begun:
-            statements.insert(0, "BEGIN")
-        self._deferred, self._begun = [], False
-        await self.cur.execute("; ".join(statements))
+        statements, self._deferred = self._deferred, []
+        if self._open:
+            await self.cur.execute("; ".join([*statements, "COMMIT"]))
+            self._open = False
+        elif statements:
+            await self.cur.execute("; ".join(statements))
+        for callback in self._on_commit:
+            callback()
 
     async def rollback(self) -> None:
         self._deferred = []
-        if self._begun:
-            self._begun = False
+        if self._open:
+            self._open = False
             try:
                 await self.cur.execute("ROLLBACK")
             except QueryError:
@@ -155,6 +171,12 @@ async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
         return await aiopg.connect(dsn, timeout=timeout, **options)
     except _UNAVAILABLE as exc:
         raise unavailable(exc) from exc
+
+
+def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays of an `INSERT … SELECT * FROM unnest(%s::…[], …)`,
+    which bind a whole batch as one parameter per column."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def fetch_all(cur: Cursor, query: str, args: Any = None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""SQL for writing history: one batch of turns inside the caller's transaction."""
+"""SQL for writing history: a batch of turns, sent with the commit of the caller's transaction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from relay.stores.database import Batch
+from relay.stores.database import Batch, columns
 
 # Every instance LISTENs here; the payload names the clients with new messages.
 HISTORY_CHANNEL = "relay_history"
@@ -46,38 +46,43 @@ class Turn:
     messages: list[NewMessage]
 
 
-@dataclass(frozen=True, slots=True)
-class WrittenMessage:
-    id: int
-    seq: int
-    created_at: datetime.datetime
+def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
+    """Insert the turns' conversations and messages when `tx` commits.
 
-
-def _values(tx: Batch, template: str, rows: Sequence[tuple[object, ...]]) -> str:
-    """Rows as one VALUES list, each bound by psycopg2 (never by string formatting)."""
-    return ",".join(tx.bind(template, row) for row in rows)
-
-
-async def write_turns(tx: Batch, turns: Sequence[Turn]) -> list[list[WrittenMessage]]:
-    """Insert the turns' conversations and messages; return each turn's rows in order.
-
-    Locks are taken in one global order (conversations by id, then sequences by
-    client id) so batches of several instances never deadlock each other.
+    Each client's messages take the next numbers of its history sequence, in
+    the order given. Locks are taken in one global order (conversations by id,
+    then sequences by client id) so batches of several instances never deadlock.
     """
     if not turns:
-        return []
-    next_seq = await _upsert_conversations_and_take_sequences(tx, turns)
+        return
+    first: dict[str, Turn] = {}
+    counts = Counter[str]()
+    for turn in turns:
+        first.setdefault(turn.conversation_id, turn)
+        counts[turn.client_id] += len(turn.messages)
+    conversations = [first[conversation_id] for conversation_id in sorted(first)]
+    # The WHERE keeps a foreign conversation untouched; messages' composite key
+    # then refuses the rows, which cannot happen once the id was checked.
+    tx.defer(
+        "INSERT INTO conversations (id, client_id, title)"
+        " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[])"
+        " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
+        " WHERE conversations.client_id = EXCLUDED.client_id",
+        columns([(turn.conversation_id, turn.client_id, turn.title) for turn in conversations]),
+    )
+    clients = sorted(counts)
+    left = dict(counts)  # per client: its rows not yet placed, this one included
     rows = []
     for turn in turns:
         for message in turn.messages:
-            seq = next_seq[turn.client_id]
-            next_seq[turn.client_id] = seq + 1
+            left[turn.client_id] -= 1
             rows.append(
                 (
                     message.id,
                     turn.conversation_id,
                     turn.client_id,
-                    seq,
+                    # How far below the client's new last number this row's number is.
+                    left[turn.client_id],
                     message.role,
                     message.content,
                     orjson.dumps(message.tool_calls).decode() if message.tool_calls else None,
@@ -91,61 +96,31 @@ async def write_turns(tx: Batch, turns: Sequence[Turn]) -> list[list[WrittenMess
                     message.created_at,
                 )
             )
-    values = _values(
-        tx,
-        "(COALESCE(%s::bigint, nextval('messages_id_seq')),%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,"
-        "%s,%s,%s,COALESCE(%s::timestamptz, now()))",
-        rows,
-    )
-    await tx.execute(
-        "INSERT INTO messages (id, conversation_id, client_id, seq, role, content, tool_calls,"
-        " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
-        " created_at)"
-        f" VALUES {values} RETURNING id, client_id, seq, created_at"
-    )
-    # RETURNING order is not promised; (client, seq) names each row exactly.
-    written = {
-        (str(client_id), seq): WrittenMessage(id, seq, created_at)
-        for id, client_id, seq, created_at in await tx.fetchall()
-    }
-    result, at = [], 0
-    for turn in turns:
-        keys = [(turn.client_id, row[3]) for row in rows[at : at + len(turn.messages)]]
-        result.append([written[key] for key in keys])
-        at += len(turn.messages)
-    return result
-
-
-async def _upsert_conversations_and_take_sequences(
-    tx: Batch, turns: Sequence[Turn]
-) -> dict[str, int]:
-    """Upsert the conversations, then reserve each client's next sequence numbers
-    (row locks held until commit); one round trip for both statements."""
-    first: dict[str, Turn] = {}
-    counts = Counter[str]()
-    for turn in turns:
-        first.setdefault(turn.conversation_id, turn)
-        counts[turn.client_id] += len(turn.messages)
-    conversations = [
-        (turn.conversation_id, turn.client_id, turn.title) for _, turn in sorted(first.items())
-    ]
-    # The WHERE keeps a foreign conversation untouched; messages' composite key
-    # then refuses the rows, which cannot happen once the id was checked.
-    await tx.execute(
-        "INSERT INTO conversations (id, client_id, title)"
-        f" VALUES {_values(tx, '(%s,%s,%s)', conversations)}"
-        " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
-        " WHERE conversations.client_id = EXCLUDED.client_id;"
+    # The sequence rows stay locked until commit, so one client's numbers commit
+    # in increasing order and `seq > cursor` never passes a row that commits late.
+    tx.defer(
+        "WITH numbered AS ("
         " INSERT INTO history_sequences (client_id, last_seq)"
-        f" VALUES {_values(tx, '(%s,%s)', sorted(counts.items()))}"
+        " SELECT * FROM unnest(%s::uuid[], %s::bigint[])"
         " ON CONFLICT (client_id) DO UPDATE"
         " SET last_seq = history_sequences.last_seq + EXCLUDED.last_seq"
-        " RETURNING client_id, last_seq"
+        " RETURNING client_id, last_seq)"
+        " INSERT INTO messages (id, conversation_id, client_id, seq, role, content, tool_calls,"
+        " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
+        " created_at)"
+        " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
+        " numbered.last_seq - m.back, m.role, m.content, m.tool_calls::jsonb, m.tool_call_id,"
+        " m.model, m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
+        " COALESCE(m.created_at, now())"
+        " FROM unnest(%s::bigint[], %s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[],"
+        " %s::text[], %s::text[], %s::text[], %s::integer[], %s::integer[], %s::text[],"
+        " %s::float8[], %s::text[], %s::timestamptz[])"
+        " WITH ORDINALITY AS m(id, conversation_id, client_id, back, role, content, tool_calls,"
+        " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
+        " created_at, position)"
+        " JOIN numbered ON numbered.client_id = m.client_id ORDER BY m.position",
+        (clients, [counts[client] for client in clients], *columns(rows)),
     )
-    return {
-        str(client_id): last_seq - counts[str(client_id)] + 1
-        for client_id, last_seq in await tx.fetchall()
-    }
 
 
 def notify_clients(tx: Batch, client_ids: Sequence[str]) -> None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from relay.stores.database import Batch, Database
+from relay.stores.database import Batch, Database, columns
 
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
     seq: int
     sha256: str | None  # None before the first receipt
-    taken: frozenset[str]  # which of the asked receipt ids already exist
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiptRow:
+class ReceiptRow(NamedTuple):
+    """A receipts row, its fields in the table's column order."""
+
     id: str
     seq: int
     client_id: str
@@ -25,47 +26,41 @@ class ReceiptRow:
     prev_sha256: str | None
 
 
-async def lock_chain_head(tx: Batch, receipt_ids: Sequence[str]) -> ChainHead:
-    """Take the chain head's row lock (held until the transaction ends).
+async def lock_chain_head(tx: Batch) -> ChainHead:
+    """Read the chain head under its row lock (held until the transaction ends).
 
-    Every instance's commit queues here, so receipts link one after the other
-    with no fork. The existing-id check rides along: an answer recorded twice
-    (its client left while it committed) must not get a second receipt.
+    Every instance's commit that reads the head this way queues here, so
+    receipts link one after the other with no fork.
     """
-    await tx.execute(
-        "SELECT seq, sha256, ARRAY(SELECT id FROM receipts WHERE id = ANY(%s))"
-        " FROM receipt_chain_head WHERE id FOR UPDATE",
-        (list(receipt_ids),),
-    )
+    await tx.execute("SELECT seq, sha256 FROM receipt_chain_head WHERE id FOR UPDATE")
     row = await tx.fetchone()
     if row is None:
         raise RuntimeError("receipt_chain_head has no row; run the migrations")
-    seq, sha256, taken = row
-    return ChainHead(seq, sha256, frozenset(taken))
+    return ChainHead(row[0], row[1])
 
 
-def append_receipts(tx: Batch, rows: Sequence[ReceiptRow]) -> None:
-    """Insert rows (in chain order) and move the head to the last, with the COMMIT."""
+def append_receipts(tx: Batch, after: ChainHead, rows: Sequence[ReceiptRow]) -> ChainHead:
+    """Insert rows (in chain order, numbered on from `after`) and move the head to the
+    last, with the commit; returns the new head.
+
+    `receipts.seq` is unique: if another instance moved the head past `after`
+    meanwhile, the first row collides with its receipt and the transaction fails
+    whole, so a chain built on a stale head is never stored.
+    """
     if not rows:
-        return
+        return after
     last = rows[-1]
     tx.defer(
-        "WITH added AS ("
-        " INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256)"
+        "INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256)"
         " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::text[],"
-        " %s::text[], %s::text[]))"
-        " UPDATE receipt_chain_head SET seq = %s, sha256 = %s WHERE id",
-        (
-            [row.id for row in rows],
-            [row.seq for row in rows],
-            [row.client_id for row in rows],
-            [row.body for row in rows],
-            [row.sha256 for row in rows],
-            [row.prev_sha256 for row in rows],
-            last.seq,
-            last.sha256,
-        ),
+        " %s::text[], %s::text[])",
+        columns(rows),
     )
+    tx.defer(
+        "UPDATE receipt_chain_head SET seq = %s, sha256 = %s WHERE id AND seq = %s",
+        (last.seq, last.sha256, after.seq),
+    )
+    return ChainHead(last.seq, last.sha256)
 
 
 class ReceiptStore:
