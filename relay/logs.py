@@ -1,11 +1,18 @@
-"""Log output: JSON lines (orjson) or text, with structured fields passed as `extra`."""
+"""Log output: JSON lines (orjson) or text, with structured fields passed as `extra`.
+
+relay writes a line per request, so the path from `log.info` to the stream is
+kept short: records skip what relay never prints (caller's file and line,
+thread and process names), and the lines of one event-loop turn reach the
+stream in one write instead of one write each.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -13,6 +20,7 @@ import orjson
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
+    "taskName",
 }
 
 
@@ -21,10 +29,21 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # one strftime a second, not one a line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -47,8 +66,52 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(level: str, fmt: str = "json", stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+class TurnBufferedHandler(logging.StreamHandler[TextIO]):
+    """Lines written during one turn of the running event loop go out together, at
+    the end of that turn; outside a loop (start-up, shutdown) each line at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write([*self._lines, line])
+            return
+        if not self._lines:
+            loop.call_soon(self.flush)
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        self._write(self._lines)
+
+    def _write(self, lines: list[str]) -> None:
+        self.acquire()  # reentrant: emit already holds it
+        try:
+            self._lines = []
+            if lines:
+                self.stream.write("".join(lines))
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream loses the lines
+            pass
+        finally:
+            self.release()
+
+
+def setup_logging(level: str, fmt: str = "json", stream: TextIO | None = None) -> None:
+    # relay's lines never show where in the code, or on which thread, they were logged.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # the documented switch that skips finding the caller
+    handler = TurnBufferedHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
