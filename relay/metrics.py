@@ -7,7 +7,9 @@ app (its PostgreSQL pool) are read at scrape time by `render`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase as Metric_
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "REQUEST_SECONDS",
     "TOKENS",
     "UPSTREAM_SECONDS",
+    "labelled",
     "observe_request",
     "render",
 ]
@@ -92,11 +96,18 @@ REDIS_ERRORS = Counter("relay_redis_errors_total", "Redis commands that failed."
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+@functools.cache
+def labelled(metric: Metric_, *values: str) -> Any:
+    """The child of `metric` for these label values (in declaration order), looked up
+    once: every label relay uses takes few values (route patterns, statuses, models)."""
+    return metric.labels(*values)
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """Record one answered request under its route pattern (never the raw path)."""
     method = method if method in _METHODS else "OTHER"
-    REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-    REQUEST_SECONDS.labels(route=route).observe(seconds)
+    labelled(REQUESTS, route, method, str(status)).inc()
+    labelled(REQUEST_SECONDS, route).observe(seconds)
 
 
 class PoolCollector(Collector):

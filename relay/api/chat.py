@@ -23,7 +23,6 @@ from relay.appkeys import (
     UPSTREAM_SESSION,
 )
 from relay.errors import RelayError, error_json
-from relay.metrics import UPSTREAM_SECONDS
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
@@ -82,14 +81,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 async def relay_answer(request: web.Request, answer: Answer) -> web.StreamResponse:
     """Forward the answer's request and relay the provider's reply to the client."""
     hooks = request.app[ANSWER_HOOKS]
-    upstream = answer.route.upstream
     try:
         async with open_provider_response(
-            request.app[UPSTREAM_SESSION], upstream, answer.forwarded_body
+            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body
         ) as provider:
-            UPSTREAM_SECONDS.labels(upstream=upstream.name, model=answer.route.model).observe(
-                time.monotonic() - request[STARTED_AT]
-            )
             if answer.stream:
                 return await _relay_stream(request, answer, provider, hooks)
             return await _relay_whole(request, answer, provider, hooks)

@@ -26,7 +26,6 @@ from relay.appkeys import (
     UPSTREAM_SESSION,
 )
 from relay.errors import PermissionDeniedError, RelayError, UpstreamError, error_json
-from relay.metrics import UPSTREAM_SECONDS
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.native_chat import (
     answer_object,
@@ -45,16 +44,12 @@ ENDPOINT = "/v1/chat"
 async def create_chat(request: web.Request) -> web.StreamResponse:
     answer = await _new_answer(request)
     hooks = request.app[ANSWER_HOOKS]
-    upstream = answer.route.upstream
     opened = False
     try:
         async with open_provider_response(
-            request.app[UPSTREAM_SESSION], upstream, answer.forwarded_body
+            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body
         ) as provider:
             opened = True
-            UPSTREAM_SECONDS.labels(upstream=upstream.name, model=answer.route.model).observe(
-                time.monotonic() - request[STARTED_AT]
-            )
             if answer.stream:
                 return await _stream(request, answer, provider, hooks)
             return await _whole(request, answer, provider, hooks)

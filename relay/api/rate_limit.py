@@ -9,7 +9,7 @@ from aiohttp.typedefs import Handler
 
 from relay.appkeys import CALLER, RATE_LIMIT, RATE_LIMITER
 from relay.errors import RateLimitError
-from relay.metrics import RATE_LIMITED
+from relay.metrics import RATE_LIMITED, labelled
 from relay.services.ratelimit import Quota, Verdict
 
 CHAT_ROUTES = frozenset({"create_chat_completion", "create_chat"})
@@ -84,7 +84,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if verdict is not None:
         request[RATE_LIMIT] = verdict
         if not verdict.allowed:
-            RATE_LIMITED.labels(bucket=verdict.refused).inc()
+            labelled(RATE_LIMITED, verdict.refused).inc()
             raise refusal(verdict)
     return await handler(request)
 

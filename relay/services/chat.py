@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from relay.errors import InvalidRequestError
-from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS
+from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS, labelled
 from relay.services.answers import Answer
 from relay.upstreams.routing import Route
 
@@ -48,6 +48,6 @@ async def count_answer(answer: Answer) -> None:
     for direction, key in (("in", "prompt_tokens"), ("out", "completion_tokens")):
         count = usage.get(key)
         if isinstance(count, int) and count > 0:
-            TOKENS.labels(model=answer.route.model, direction=direction).inc(count)
+            labelled(TOKENS, answer.route.model, direction).inc(count)
     if answer.first_token_ms is not None:
-        FIRST_TOKEN_SECONDS.labels(model=answer.route.model).observe(answer.first_token_ms / 1000)
+        labelled(FIRST_TOKEN_SECONDS, answer.route.model).observe(answer.first_token_ms / 1000)

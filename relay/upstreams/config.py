@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
 KINDS = ("openai",)
 
@@ -27,9 +30,24 @@ class Upstream:
     timeout_s: float = 600.0  # longest wait for the provider's headers, then between bytes
     connect_timeout_s: float = 10.0
 
-    @property
+    @functools.cached_property
     def chat_completions_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    @functools.cached_property
+    def request_headers(self) -> CIMultiDictProxy[str]:
+        """What relay sends the provider besides the body: the type, and its own key."""
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return CIMultiDictProxy(headers)
+
+    @functools.cached_property
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        # No total: a stream may run for minutes; each read may wait timeout_s.
+        return aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout_s, sock_read=self.timeout_s
+        )
 
 
 def _positive(entry: Mapping[str, Any], key: str, default: float) -> float:

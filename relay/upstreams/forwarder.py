@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +12,9 @@ import orjson
 
 from relay import __version__
 from relay.errors import RelayError, UpstreamError, UpstreamTimeoutError, error_body
+from relay.metrics import UPSTREAM_SECONDS, labelled
 from relay.upstreams.config import Upstream
+from relay.upstreams.routing import Route
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +83,22 @@ async def _refusal(response: aiohttp.ClientResponse, upstream: Upstream) -> Rela
 
 @asynccontextmanager
 async def open_provider_response(
-    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+    session: aiohttp.ClientSession, route: Route, body: bytes
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """POST `body` to the provider; yield its 200 response, raise a RelayError otherwise.
+    """POST `body` to the route's provider; yield its 200 response, raise a RelayError otherwise.
 
     Leaving the block releases the response: a connection read to the end goes
     back to the keep-alive pool; one not read to the end is closed, which is how
     the provider learns the client has gone.
     """
-    headers = {"Content-Type": "application/json"}
-    if upstream.api_key:
-        headers["Authorization"] = f"Bearer {upstream.api_key}"
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=upstream.connect_timeout_s, sock_read=upstream.timeout_s
-    )
+    upstream = route.upstream
+    sent = time.monotonic()
     try:
         response = await session.post(
             upstream.chat_completions_url,
             data=body,
-            headers=headers,
-            timeout=timeout,
+            headers=upstream.request_headers,
+            timeout=upstream.client_timeout,
             allow_redirects=False,
         )
     except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -111,6 +110,7 @@ async def open_provider_response(
         raise UpstreamError(
             "The provider could not be reached.", code="upstream_unreachable"
         ) from None
+    labelled(UPSTREAM_SECONDS, upstream.name, route.model).observe(time.monotonic() - sent)
     try:
         if response.status != 200:
             raise await _refusal(response, upstream)
