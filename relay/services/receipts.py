@@ -13,7 +13,13 @@ import orjson
 from relay.errors import NotFoundError
 from relay.proofs.canonical import canonical_json
 from relay.proofs.identity import SigningIdentity
-from relay.proofs.receipt import hash_client_key_id, served_at_now, sha256_hex, sign_receipt
+from relay.proofs.receipt import (
+    ReceiptSigner,
+    hash_client_key_id,
+    served_at_now,
+    sha256_hex,
+    sign_receipt,
+)
 from relay.services.answers import Answer
 from relay.services.attestation import Attestation
 from relay.stores.database import Batch
@@ -67,7 +73,7 @@ class ReceiptsPart:
     SHARED_SECONDS = 60.0
 
     def __init__(self, identity: SigningIdentity) -> None:
-        self.identity = identity
+        self.signer = ReceiptSigner(identity.private_key)
         self._head: ChainHead | None = None  # as this instance's last commit left it
         self._verify = True  # read the head under lock: at start, after a failure
         self._shared_until = 0.0
@@ -89,11 +95,7 @@ class ReceiptsPart:
         served_at, seq, prev = served_at_now(), head.seq, head.sha256
         rows: list[ReceiptRow] = []
         for answer in answers:
-            receipt = sign_receipt(
-                receipt_fields(answer, prev, served_at),
-                self.identity.private_key,
-                self.identity.public_key_hex,
-            )
+            receipt = sign_receipt(receipt_fields(answer, prev, served_at), self.signer)
             body = canonical_json(receipt)
             seq, prev = seq + 1, sha256_hex(body)
             rows.append(
