@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+import redis.exceptions as redis_errors
 
 from relay.api.rate_limit import duration
 from relay.config import ConfigError, Settings, load_settings
+from relay.devservers import RedisServer
 from relay.services.client_ip import TrustedProxies
 from relay.stores.buckets import Draw, Mode
 from relay.stores.local_buckets import LocalBuckets
@@ -164,3 +167,46 @@ def test_local_buckets_refill_with_time():
     assert local.draw([Draw("k", 2)]).allowed
     now[0] += 120_000
     assert local.draw([Draw("k", 2)]).levels[0].remaining == 1  # full again, capped at 2
+
+
+async def test_concurrent_draws_share_script_runs_and_are_decided_one_after_another(redis_url):
+    async with redis.from_url(redis_url) as connection:
+        shared = RedisBuckets(connection, timeout=5.0)
+        runs = []
+        evalsha = connection.evalsha
+
+        async def counted(*args):
+            runs.append(args)
+            return await evalsha(*args)
+
+        connection.evalsha = counted
+        outcomes = await asyncio.gather(
+            *(shared.draw([Draw("burst", 5), Draw(f"own-{n}", 10)]) for n in range(12))
+        )
+        await shared.close()
+    assert [outcome.allowed for outcome in outcomes] == [True] * 5 + [False] * 7
+    assert [outcome.levels[0].remaining for outcome in outcomes[:5]] == [4, 3, 2, 1, 0]
+    assert len(runs) < len(outcomes)
+
+
+async def test_a_debit_nobody_waits_for_comes_before_the_checks_queued_after_it(redis_url):
+    async with redis.from_url(redis_url) as connection:
+        shared = RedisBuckets(connection, timeout=5.0)
+        failures: list[BaseException] = []
+        shared.charge([Draw("spent", 100, 150, Mode.DEBIT)], failures.append)
+        gate = await shared.draw([Draw("spent", 100, 0, Mode.GATE)])
+        await shared.close()
+    assert not gate.allowed and gate.levels[0].remaining == -50
+    assert failures == []
+
+
+async def test_a_failed_batch_fails_every_call_in_it(tmp_path):
+    server = RedisServer(tmp_path / "redis")  # never started: nothing listens
+    async with redis.from_url(server.url, socket_connect_timeout=0.5) as connection:
+        shared = RedisBuckets(connection, timeout=1.0)
+        failures: list[BaseException] = []
+        shared.charge([Draw("x", 1, 1, Mode.DEBIT)], failures.append)
+        with pytest.raises(redis_errors.ConnectionError):
+            await shared.draw([Draw("x", 1)])
+        await shared.close()
+    assert len(failures) == 1

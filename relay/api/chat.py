@@ -104,7 +104,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
         hooks.in_background(_commit_quietly(hooks, answer))
         raise
     finally:
-        hooks.after_in_background(answer)
+        hooks.run_after(answer)
 
 
 async def _relay_whole(

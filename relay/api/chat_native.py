@@ -67,7 +67,7 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
         hooks.in_background(_commit_quietly(hooks, answer))
         raise
     finally:
-        hooks.after_in_background(answer)
+        hooks.run_after(answer)
 
 
 async def _new_answer(request: web.Request) -> Answer:

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # cancelled: the client left; failed: the provider refused or was unreachable.
 STATUSES = ("complete", "cut", "cancelled", "failed")
 
-AnswerHook = Callable[["Answer"], Awaitable[None]]
+CommitHook = Callable[["Answer"], Awaitable[None]]
+AfterHook = Callable[["Answer"], None]
 
 
 @dataclass(eq=False)
@@ -75,11 +76,12 @@ class Answer:
 @dataclass
 class AnswerHooks:
     """`commit` hooks must succeed before the client receives the end of an answer
-    (history and receipts); `after` hooks run once the answer has ended (token
-    debits, metrics) and their failures are logged, never shown to the client."""
+    (history and receipts); `after` hooks run once the answer has ended, quickly and
+    without waiting on anything (token debits, metrics); their failures are logged,
+    never shown to the client."""
 
-    commit: list[AnswerHook] = field(default_factory=list)
-    after: list[AnswerHook] = field(default_factory=list)
+    commit: list[CommitHook] = field(default_factory=list)
+    after: list[AfterHook] = field(default_factory=list)
     # Work that outlives its request; referenced here until it finishes.
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -88,19 +90,13 @@ class AnswerHooks:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def after_in_background(self, answer: Answer) -> None:
-        """Run the after hooks without holding up the answer (a token debit is a
-        Redis round trip the client need not wait for)."""
-        if self.after:
-            self.in_background(self.run_after(answer))
-
     async def run_commit(self, answer: Answer) -> None:
         for hook in self.commit:
             await hook(answer)
 
-    async def run_after(self, answer: Answer) -> None:
+    def run_after(self, answer: Answer) -> None:
         for hook in self.after:
             try:
-                await hook(answer)
+                hook(answer)
             except Exception:
                 log.exception("answer hook failed", extra={"request_id": answer.request_id})

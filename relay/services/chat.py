@@ -42,7 +42,7 @@ def forwarded_body(body: bytes, data: dict[str, Any], route: Route) -> bytes:
     return orjson.dumps({**data, "model": route.provider_model})
 
 
-async def count_answer(answer: Answer) -> None:
+def count_answer(answer: Answer) -> None:
     """After-hook: tokens and time to first token, by public model id."""
     usage = answer.summary.usage or {}
     for direction, key in (("in", "prompt_tokens"), ("out", "completion_tokens")):

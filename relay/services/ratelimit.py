@@ -8,9 +8,10 @@ Token exchanges draw on one bucket per client address.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 
@@ -55,8 +56,7 @@ class Limits:
         return override if isinstance(override, int) else int(getattr(self, name))
 
 
-@dataclass(frozen=True)
-class Quota:
+class Quota(NamedTuple):
     """One bucket as a client sees it in the x-ratelimit-* headers."""
 
     limit: int
@@ -64,8 +64,7 @@ class Quota:
     reset_ms: int
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     requests: Quota
     tokens: Quota | None
     refused: str | None = None  # the bucket that refused, when one did
@@ -81,10 +80,20 @@ class Verdict:
         return TOKENS if self.refused == TOKENS else "requests"
 
 
-@dataclass(frozen=True)
-class _Bucket:
+class _Bucket(NamedTuple):
     name: str
     draw: Draw
+
+
+class _Plan(NamedTuple):
+    """A client's buckets for one kind of request, worked out once per client row."""
+
+    client: Client  # the row it was made from: a changed client gets a new plan
+    buckets: tuple[_Bucket, ...]
+    draws: tuple[Draw, ...]
+
+
+_MAX_PLANS = 100_000
 
 
 class RateLimiter:
@@ -108,6 +117,7 @@ class RateLimiter:
         self._redis = RedisBuckets(redis, timeout=timeout)
         self.local = LocalBuckets()
         self.link = RedisLink(self._redis.load, timeout=timeout)
+        self._plans: dict[tuple[str, bool], _Plan] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis) -> RateLimiter:
@@ -134,27 +144,45 @@ class RateLimiter:
 
     async def check_client(self, client: Client, *, chat: bool) -> Verdict:
         """Take one request from the client's buckets (and its chat bucket for chat)."""
-        buckets = [self._bucket(client, REQUESTS, "requests_per_minute")]
-        if chat:
-            buckets.append(self._bucket(client, CHAT, "chat_requests_per_minute"))
-        buckets.append(self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.GATE, cost=0))
-        return _verdict(buckets, await self._draw([bucket.draw for bucket in buckets]))
+        plan = self._plans.get((client.id, chat))
+        if plan is None or plan.client is not client:
+            plan = self._plan(client, chat)
+        return _verdict(plan.buckets, await self._draw(plan.draws))
 
     async def check_address(self, address: str) -> Verdict:
         """Take one token exchange from the bucket of the caller's address."""
         key = self._key("address", address, TOKEN_EXCHANGES)
-        buckets = [_Bucket(TOKEN_EXCHANGES, Draw(key, self.limits.token_exchanges_per_minute))]
-        return _verdict(buckets, await self._draw([bucket.draw for bucket in buckets]))
+        bucket = _Bucket(TOKEN_EXCHANGES, Draw(key, self.limits.token_exchanges_per_minute))
+        return _verdict((bucket,), await self._draw((bucket.draw,)))
 
-    async def debit_tokens(self, client: Client, tokens: int) -> None:
-        """Charge an answer's real token usage; never raises (falls back, or logs)."""
+    def debit_tokens(self, client: Client, tokens: int) -> None:
+        """Charge an answer's real token usage, without waiting: the debit rides with
+        the next batch of checks, which it precedes. Never raises."""
         if not self.enabled or tokens <= 0:
             return
-        try:
-            bucket = self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.DEBIT, cost=tokens)
-            await self._draw([bucket.draw])
-        except Exception:  # the answer is already out; losing one debit beats failing it
-            log.exception("token debit failed", extra={"client_id": client.id})
+        draws = (
+            self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.DEBIT, cost=tokens).draw,
+        )
+        if not self.link.up:
+            self.local.draw(draws)
+            return
+
+        def in_process(exc: BaseException) -> None:
+            self.link.lost(exc)
+            self.local.draw(draws)
+
+        self._redis.charge(draws, in_process)
+
+    def _plan(self, client: Client, chat: bool) -> _Plan:
+        buckets = [self._bucket(client, REQUESTS, "requests_per_minute")]
+        if chat:
+            buckets.append(self._bucket(client, CHAT, "chat_requests_per_minute"))
+        buckets.append(self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.GATE, cost=0))
+        plan = _Plan(client, tuple(buckets), tuple(bucket.draw for bucket in buckets))
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[(client.id, chat)] = plan
+        return plan
 
     def _bucket(
         self, client: Client, name: str, limit: str, *, mode: Mode = Mode.TAKE, cost: int = 1
@@ -166,35 +194,34 @@ class RateLimiter:
         # The braces are a Redis Cluster hash tag: one identity's buckets share a slot.
         return f"relay:rl:{{{self._hasher.pseudonym(kind, identity)}}}:{bucket}"
 
-    async def _draw(self, draws: list[Draw]) -> Outcome:
+    async def _draw(self, draws: Sequence[Draw]) -> Outcome:
         if self.link.up:
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await self._redis.draw(draws)
+                return await self._redis.draw(draws)
             except Exception as exc:  # any Redis trouble: limit in-process instead
                 self.link.lost(exc)
         return self.local.draw(draws)
 
 
-def _verdict(buckets: list[_Bucket], outcome: Outcome) -> Verdict:
-    pairs = list(zip(buckets, outcome.levels, strict=True))
-    requests = [(bucket, level) for bucket, level in pairs if bucket.name != TOKENS]
-    tokens = [(bucket, level) for bucket, level in pairs if bucket.name == TOKENS]
-    refused = [(bucket, level) for bucket, level in pairs if level.wait_ms != 0]
-    if refused:
-        # Every bucket must pass, so the client waits for the slowest one.
-        bucket, level = max(refused, key=lambda pair: _wait(pair[1]))
-        shown = [(bucket, level)] if bucket.name != TOKENS else requests
-        return Verdict(
-            requests=_quota(*min(shown, key=_tightness)),
-            tokens=_quota(*tokens[0]) if tokens else None,
-            refused=bucket.name,
-            retry_after_ms=_wait(level),
-        )
-    return Verdict(
-        requests=_quota(*min(requests, key=_tightness)),
-        tokens=_quota(*tokens[0]) if tokens else None,
-    )
+def _verdict(buckets: Sequence[_Bucket], outcome: Outcome) -> Verdict:
+    """What the client is told: the tightest request bucket and the token bucket, and,
+    when refused, the bucket it must wait longest for (every bucket must pass)."""
+    tightest = tokens = refused = None
+    for pair in zip(buckets, outcome.levels, strict=True):
+        bucket, level = pair
+        if bucket.name == TOKENS:
+            tokens = pair
+        elif tightest is None or _tightness(pair) < _tightness(tightest):
+            tightest = pair
+        if level.wait_ms != 0 and (refused is None or _wait(level) > _wait(refused[1])):
+            refused = pair
+    assert tightest is not None, "every check draws on a request bucket"
+    token_quota = _quota(*tokens) if tokens is not None else None
+    if refused is None:
+        return Verdict(_quota(*tightest), token_quota)
+    bucket, level = refused
+    shown = tightest if bucket.name == TOKENS else refused
+    return Verdict(_quota(*shown), token_quota, bucket.name, _wait(level))
 
 
 def _wait(level: Level) -> int:

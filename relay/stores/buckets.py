@@ -8,7 +8,7 @@ The Redis script and the in-process fallback follow the same rules.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 REFILL_MS = 60_000
 
@@ -19,8 +19,7 @@ class Mode(enum.IntEnum):
     DEBIT = 2  # always passes and takes `cost`, so the level may fall below zero
 
 
-@dataclass(frozen=True)
-class Draw:
+class Draw(NamedTuple):
     """One bucket's part in a request."""
 
     key: str
@@ -29,8 +28,7 @@ class Draw:
     mode: Mode = Mode.TAKE
 
 
-@dataclass(frozen=True)
-class Level:
+class Level(NamedTuple):
     """One bucket after a request: whole tokens left, ms until full, ms until it would pass."""
 
     remaining: int
@@ -38,17 +36,8 @@ class Level:
     wait_ms: int  # 0: passed; -1: never (a capacity of zero)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """All-or-nothing: when one bucket refuses, none is charged."""
 
     allowed: bool
     levels: tuple[Level, ...]
-
-
-def draw_arguments(draws: list[Draw]) -> list[int]:
-    """The script's ARGV after the refill period: capacity, cost, mode per bucket."""
-    args: list[int] = []
-    for draw in draws:
-        args += [draw.capacity, draw.cost, int(draw.mode)]
-    return args

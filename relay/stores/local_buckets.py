@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
 
@@ -26,7 +26,7 @@ class LocalBuckets:
     def __len__(self) -> int:
         return len(self._state)
 
-    def draw(self, draws: list[Draw]) -> Outcome:
+    def draw(self, draws: Sequence[Draw]) -> Outcome:
         now = self._clock()
         levels = [self._level(draw, now) for draw in draws]
         waits = [_wait(draw, level) for draw, level in zip(draws, levels, strict=True)]

@@ -1,95 +1,189 @@
-"""Token buckets in Redis: one Lua script checks and charges all of a request's buckets."""
+"""Token buckets in Redis: one Lua script run decides every request that queued meanwhile."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-from relay.stores.buckets import REFILL_MS, Draw, Level, Outcome, draw_arguments
-from relay.stores.script_batch import ScriptBatch
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from relay.stores.buckets import REFILL_MS, Draw, Level, Outcome
 
 # The clock is Redis's own TIME, so every relay instance sees the same time.
 # Each bucket is a hash {l: level, t: ms}; a missing one is full. A bucket is
 # written only when charged, and expires once it would have refilled, so idle
 # clients leave nothing behind. Mirrored by relay.stores.local_buckets.
+#
+# KEYS: the buckets of every call, call after call. ARGV: the refill period,
+# then per call its bucket count and (capacity, cost, mode) per bucket. Calls
+# are decided one after the other, each all-or-nothing, as if each ran alone.
+# The reply, per call: allowed, then (level, ms to full, ms to wait) per bucket.
 SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local period = tonumber(ARGV[1])
-local levels, waits = {}, {}
-local allowed = 1
-for i, key in ipairs(KEYS) do
-  local capacity = tonumber(ARGV[i * 3 - 1])
-  local cost = tonumber(ARGV[i * 3])
-  local mode = tonumber(ARGV[i * 3 + 1])
-  local level = capacity
-  local state = redis.call('HMGET', key, 'l', 't')
-  if state[1] and state[2] then
-    local elapsed = math.max(0, now - tonumber(state[2]))
-    level = math.min(capacity, tonumber(state[1]) + elapsed * capacity / period)
-  end
-  local wait = 0
-  if mode ~= 2 then
-    local need = 0
-    if mode == 0 then need = cost end
-    if capacity <= 0 then
-      wait = -1
-    elseif level < need then
-      wait = math.max(1, math.ceil((need - level) * period / capacity))
+local reply = {}
+local k, a = 0, 2
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local levels, waits = {}, {}
+  local allowed = 1
+  for i = 1, n do
+    local capacity = tonumber(ARGV[a + i * 3 - 2])
+    local cost = tonumber(ARGV[a + i * 3 - 1])
+    local mode = tonumber(ARGV[a + i * 3])
+    local level = capacity
+    local state = redis.call('HMGET', KEYS[k + i], 'l', 't')
+    if state[1] and state[2] then
+      local elapsed = math.max(0, now - tonumber(state[2]))
+      level = math.min(capacity, tonumber(state[1]) + elapsed * capacity / period)
     end
-  end
-  if wait ~= 0 then allowed = 0 end
-  levels[i] = level
-  waits[i] = wait
-end
-local reply = {allowed}
-for i, key in ipairs(KEYS) do
-  local capacity = tonumber(ARGV[i * 3 - 1])
-  local cost = tonumber(ARGV[i * 3])
-  local mode = tonumber(ARGV[i * 3 + 1])
-  local level = levels[i]
-  if allowed == 1 and mode ~= 1 and cost > 0 then
-    level = level - cost
-    local ttl = period
-    if capacity > 0 then
-      ttl = math.ceil((capacity - level) * period / capacity) + 1000
+    local wait = 0
+    if mode ~= 2 then
+      local need = 0
+      if mode == 0 then need = cost end
+      if capacity <= 0 then
+        wait = -1
+      elseif level < need then
+        wait = math.max(1, math.ceil((need - level) * period / capacity))
+      end
     end
-    redis.call('HSET', key, 'l', level, 't', now)
-    redis.call('PEXPIRE', key, ttl)
+    if wait ~= 0 then allowed = 0 end
+    levels[i] = level
+    waits[i] = wait
   end
-  local reset = 0
-  if capacity > 0 and level < capacity then
-    reset = math.ceil((capacity - level) * period / capacity)
+  reply[#reply + 1] = allowed
+  for i = 1, n do
+    local capacity = tonumber(ARGV[a + i * 3 - 2])
+    local cost = tonumber(ARGV[a + i * 3 - 1])
+    local mode = tonumber(ARGV[a + i * 3])
+    local level = levels[i]
+    if allowed == 1 and mode ~= 1 and cost > 0 then
+      level = level - cost
+      local ttl = period
+      if capacity > 0 then
+        ttl = math.ceil((capacity - level) * period / capacity) + 1000
+      end
+      redis.call('HSET', KEYS[k + i], 'l', level, 't', now)
+      redis.call('PEXPIRE', KEYS[k + i], ttl)
+    end
+    local reset = 0
+    if capacity > 0 and level < capacity then
+      reset = math.ceil((capacity - level) * period / capacity)
+    end
+    reply[#reply + 1] = math.floor(level)
+    reply[#reply + 1] = reset
+    reply[#reply + 1] = waits[i]
   end
-  reply[#reply + 1] = math.floor(level)
-  reply[#reply + 1] = reset
-  reply[#reply + 1] = waits[i]
+  k = k + n
+  a = a + 1 + n * 3
 end
 return reply
 """
 
 
+class _Call(NamedTuple):
+    draws: Sequence[Draw]
+    future: asyncio.Future[Outcome] | None  # None: nobody waits (a debit)
+    on_error: Callable[[BaseException], object] | None
+
+
 class RedisBuckets:
-    """Buckets shared by every relay instance on this Redis: one EVALSHA per request."""
+    """Buckets shared by every relay instance on this Redis.
+
+    Calls that arrive while a batch is out go together as the next batch: one
+    EVALSHA, one round trip, however many requests arrived at once. Each batch
+    is bounded by `timeout`, so a caller waits at most for the batch in flight
+    and its own.
+    """
 
     def __init__(self, redis: Redis, *, timeout: float) -> None:
-        self._script = ScriptBatch(redis, SCRIPT, timeout=timeout)
+        self.redis = redis
+        self.timeout = timeout
+        self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
+        self._queue: list[_Call] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
-        await self._script.load()
+        """SCRIPT LOAD, so EVALSHA finds it (Redis forgets scripts when it restarts)."""
+        await self.redis.script_load(SCRIPT)
 
     async def close(self) -> None:
-        await self._script.close()
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
 
-    async def draw(self, draws: list[Draw]) -> Outcome:
-        keys = [draw.key for draw in draws]
-        reply = await self._script.call(keys, [REFILL_MS, *draw_arguments(draws)])
-        return _outcome(reply, len(draws))
+    async def draw(self, draws: Sequence[Draw]) -> Outcome:
+        """Decide one request's draws (all or nothing) and charge them if allowed."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Call(draws, future, None))
+        return await future
+
+    def charge(self, draws: Sequence[Draw], on_error: Callable[[BaseException], object]) -> None:
+        """Queue draws nobody waits for; if their batch fails, `on_error` is told."""
+        self._enqueue(_Call(draws, None, on_error))
+
+    def _enqueue(self, call: _Call) -> None:
+        self._queue.append(call)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send(), name="relay-rate-limit-batch")
+
+    async def _send(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # A caller that stopped waiting (its own timeout) drops out.
+                batch = [call for call in batch if call.future is None or not call.future.done()]
+                if not batch:
+                    continue
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        outcomes = _outcomes(await self._run(batch), batch)
+                except Exception as exc:  # every caller of the batch sees the failure
+                    for call in batch:
+                        if call.future is None:
+                            assert call.on_error is not None
+                            call.on_error(exc)
+                        elif not call.future.done():
+                            call.future.set_exception(exc)
+                    continue
+                for call, outcome in zip(batch, outcomes, strict=True):
+                    if call.future is not None and not call.future.done():
+                        call.future.set_result(outcome)
+        finally:
+            self._sender = None
+
+    async def _run(self, batch: list[_Call]) -> list[int]:
+        keys: list[str] = []
+        args: list[int] = [REFILL_MS]
+        for call in batch:
+            args.append(len(call.draws))
+            for draw in call.draws:
+                keys.append(draw.key)
+                args += (draw.capacity, draw.cost, int(draw.mode))
+        try:
+            reply = await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load()
+            reply = await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+        return list(reply)
 
 
-def _outcome(reply: list[int], count: int) -> Outcome:
-    if len(reply) != 1 + 3 * count:
+def _outcomes(reply: list[Any], batch: list[_Call]) -> list[Outcome]:
+    expected = sum(1 + 3 * len(call.draws) for call in batch)
+    if len(reply) != expected:
         raise ValueError(f"unexpected rate-limit script reply of {len(reply)} items")
-    levels = tuple(
-        Level(int(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(1, len(reply), 3)
-    )
-    return Outcome(bool(reply[0]), levels)
+    outcomes, at = [], 0
+    for call in batch:
+        count = len(call.draws)
+        levels = tuple(
+            Level(int(reply[i]), int(reply[i + 1]), int(reply[i + 2]))
+            for i in range(at + 1, at + 1 + 3 * count, 3)
+        )
+        outcomes.append(Outcome(bool(reply[at]), levels))
+        at += 1 + 3 * count
+    return outcomes
