@@ -191,7 +191,8 @@ class RateLimiter:
         return _Bucket(name, Draw(key, self.limits.of(client, limit), cost, mode))
 
     def _key(self, kind: str, identity: str, bucket: str) -> str:
-        # The braces are a Redis Cluster hash tag: one identity's buckets share a slot.
+        # The braces group one identity's buckets. relay talks to one Redis, not a
+        # Cluster: a script run decides the buckets of many identities at once.
         return f"relay:rl:{{{self._hasher.pseudonym(kind, identity)}}}:{bucket}"
 
     async def _draw(self, draws: Sequence[Draw]) -> Outcome:
