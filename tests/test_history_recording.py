@@ -6,7 +6,7 @@ import uuid
 
 import orjson
 
-from relay.appkeys import ANSWER_RECORDER, DATABASE, ROUTER
+from relay.appkeys import ANSWER_RECORDER, DATABASE, HISTORY, ROUTER
 from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE
 from relay.services.answers import Answer
@@ -263,3 +263,46 @@ async def test_one_unwritable_answer_does_not_sink_the_others_in_its_batch(http,
     assert isinstance(outcomes[1], DependencyUnavailableError)
     rows = await stored_messages(database_url, client["id"])
     assert [row["content"] for row in rows if row["role"] == "user"] == ["kept 1", "kept 2"]
+
+
+async def test_tool_calls_tool_results_and_awkward_text_are_stored_as_given(http, database_url):
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    calls = [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "f", "arguments": '{"q": "a\\"b"}'},
+        }
+    ]
+    answer = Answer(
+        request_id="tools",
+        client=owner,
+        endpoint="/v1/chat/completions",
+        route=http.app[ROUTER].resolve("gpt-sim", ()),
+        stream=False,
+        request={
+            "messages": [
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "call_1", "content": "it's 20\\u00b0C \\\\ «ok»"},
+            ]
+        },
+        request_body=b"{}",
+        forwarded_body=b"{}",
+        started_at=0.0,
+        store=True,
+        conversation_id=str(uuid.uuid4()),
+    )
+    answer.summary = dataclasses.replace(
+        answer.summary, tool_calls=calls, finish_reason="tool_calls"
+    )
+    answer.latency_ms = 12.5
+    reserved_id, reserved_at = await http.app[HISTORY].reserve_message()
+    answer.message_id, answer.message_created_at = reserved_id, reserved_at
+    await http.app[ANSWER_RECORDER].record(answer)
+    tool, assistant = await stored_messages(database_url, client["id"])
+    assert (tool["role"], tool["tool_call_id"]) == ("tool", "call_1")
+    assert tool["content"] == "it's 20\\u00b0C \\\\ «ok»"
+    assert assistant["tool_calls"] == calls
+    assert assistant["latency_ms"] == 12.5
+    assert (assistant["id"], assistant["created_at"]) == (reserved_id, reserved_at)

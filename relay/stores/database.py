@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiopg
+import orjson
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
@@ -173,10 +174,11 @@ async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
         raise unavailable(exc) from exc
 
 
-def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as one list per column: the arrays of an `INSERT … SELECT * FROM unnest(%s::…[], …)`,
-    which bind a whole batch as one parameter per column."""
-    return [list(column) for column in zip(*rows, strict=True)]
+def json_rows(rows: Sequence[Any]) -> str:
+    """Rows (dicts or dataclasses) as one JSON document, bound as the one parameter of
+    `json_to_recordset(%s::json)`: psycopg2 then quotes a single string instead of
+    adapting every value of every row, several times faster for a batch."""
+    return orjson.dumps(rows).decode()
 
 
 async def fetch_all(cur: Cursor, query: str, args: Any = None) -> list[dict[str, Any]]:

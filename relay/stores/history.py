@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from relay.stores.database import Batch, columns
+from relay.stores.database import Batch, json_rows
 
 # Every instance LISTENs here; the payload names the clients with new messages.
 HISTORY_CHANNEL = "relay_history"
@@ -60,41 +58,45 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     for turn in turns:
         first.setdefault(turn.conversation_id, turn)
         counts[turn.client_id] += len(turn.messages)
-    conversations = [first[conversation_id] for conversation_id in sorted(first)]
+    conversations = [
+        {"id": turn.conversation_id, "client_id": turn.client_id, "title": turn.title}
+        for _, turn in sorted(first.items())
+    ]
     # The WHERE keeps a foreign conversation untouched; messages' composite key
     # then refuses the rows, which cannot happen once the id was checked.
     tx.defer(
         "INSERT INTO conversations (id, client_id, title)"
-        " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[])"
+        " SELECT * FROM json_to_recordset(%s::json) AS c(id uuid, client_id uuid, title text)"
         " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
         " WHERE conversations.client_id = EXCLUDED.client_id",
-        columns([(turn.conversation_id, turn.client_id, turn.title) for turn in conversations]),
+        (json_rows(conversations),),
     )
     clients = sorted(counts)
     left = dict(counts)  # per client: its rows not yet placed, this one included
-    rows = []
+    rows: list[dict[str, Any]] = []
     for turn in turns:
         for message in turn.messages:
             left[turn.client_id] -= 1
             rows.append(
-                (
-                    message.id,
-                    turn.conversation_id,
-                    turn.client_id,
+                {
+                    "position": len(rows),
+                    "id": message.id,
+                    "conversation_id": turn.conversation_id,
+                    "client_id": turn.client_id,
                     # How far below the client's new last number this row's number is.
-                    left[turn.client_id],
-                    message.role,
-                    message.content,
-                    orjson.dumps(message.tool_calls).decode() if message.tool_calls else None,
-                    message.tool_call_id,
-                    turn.model,
-                    message.prompt_tokens,
-                    message.completion_tokens,
-                    message.status,
-                    message.latency_ms,
-                    turn.request_id,
-                    message.created_at,
-                )
+                    "back": left[turn.client_id],
+                    "role": message.role,
+                    "content": message.content,
+                    "tool_calls": message.tool_calls,
+                    "tool_call_id": message.tool_call_id,
+                    "model": turn.model,
+                    "prompt_tokens": message.prompt_tokens,
+                    "completion_tokens": message.completion_tokens,
+                    "status": message.status,
+                    "latency_ms": message.latency_ms,
+                    "request_id": turn.request_id,
+                    "created_at": message.created_at,
+                }
             )
     # The sequence rows stay locked until commit, so one client's numbers commit
     # in increasing order and `seq > cursor` never passes a row that commits late.
@@ -109,17 +111,15 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
         " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
         " created_at)"
         " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
-        " numbered.last_seq - m.back, m.role, m.content, m.tool_calls::jsonb, m.tool_call_id,"
-        " m.model, m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
+        " numbered.last_seq - m.back, m.role, m.content, m.tool_calls, m.tool_call_id, m.model,"
+        " m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
         " COALESCE(m.created_at, now())"
-        " FROM unnest(%s::bigint[], %s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[],"
-        " %s::text[], %s::text[], %s::text[], %s::integer[], %s::integer[], %s::text[],"
-        " %s::float8[], %s::text[], %s::timestamptz[])"
-        " WITH ORDINALITY AS m(id, conversation_id, client_id, back, role, content, tool_calls,"
-        " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
-        " created_at, position)"
+        " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
+        " client_id uuid, back bigint, role text, content text, tool_calls jsonb,"
+        " tool_call_id text, model text, prompt_tokens integer, completion_tokens integer,"
+        " status text, latency_ms float8, request_id text, created_at timestamptz)"
         " JOIN numbered ON numbered.client_id = m.client_id ORDER BY m.position",
-        (clients, [counts[client] for client in clients], *columns(rows)),
+        (clients, [counts[client] for client in clients], json_rows(rows)),
     )
 
 

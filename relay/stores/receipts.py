@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from relay.stores.database import Batch, Database, columns
+from relay.stores.database import Batch, Database, json_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,9 +14,8 @@ class ChainHead:
     sha256: str | None  # None before the first receipt
 
 
-class ReceiptRow(NamedTuple):
-    """A receipts row, its fields in the table's column order."""
-
+@dataclass(frozen=True, slots=True)
+class ReceiptRow:
     id: str
     seq: int
     client_id: str
@@ -52,9 +50,9 @@ def append_receipts(tx: Batch, after: ChainHead, rows: Sequence[ReceiptRow]) -> 
     last = rows[-1]
     tx.defer(
         "INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256)"
-        " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::text[],"
-        " %s::text[], %s::text[])",
-        columns(rows),
+        " SELECT * FROM json_to_recordset(%s::json) AS r(id text, seq bigint, client_id uuid,"
+        " body text, sha256 text, prev_sha256 text)",
+        (json_rows(rows),),
     )
     tx.defer(
         "UPDATE receipt_chain_head SET seq = %s, sha256 = %s WHERE id AND seq = %s",
