@@ -195,7 +195,7 @@ class RateLimiter:
         # Cluster: a script run decides the buckets of many identities at once.
         return f"relay:rl:{{{self._hasher.pseudonym(kind, identity)}}}:{bucket}"
 
-    async def _draw(self, draws: Sequence[Draw]) -> Outcome:
+    async def _draw(self, draws: tuple[Draw, ...]) -> Outcome:
         if self.link.up:
             try:
                 return await self._redis.draw(draws)

@@ -18,23 +18,28 @@ from relay.stores.buckets import REFILL_MS, Draw, Level, Outcome
 # clients leave nothing behind. Mirrored by relay.stores.local_buckets.
 #
 # KEYS: the buckets of every call, call after call. ARGV: the refill period,
-# then per call its bucket count and (capacity, cost, mode) per bucket. Calls
-# are decided one after the other, each all-or-nothing, as if each ran alone.
-# The reply, per call: allowed, then (level, ms to full, ms to wait) per bucket.
+# then one spec per call, "capacity,cost,mode" for each of its buckets joined
+# by commas (one argument per call is much cheaper for redis-py to send than
+# three per bucket). Calls are decided one after the other, each
+# all-or-nothing, as if each ran alone. The reply, per call: allowed, then
+# (level, ms to full, ms to wait) per bucket.
 SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local period = tonumber(ARGV[1])
 local reply = {}
-local k, a = 0, 2
-while a <= #ARGV do
-  local n = tonumber(ARGV[a])
+local k = 0
+for c = 2, #ARGV do
+  local caps, costs, modes = {}, {}, {}
+  local n = 0
+  for cap, cost, mode in string.gmatch(ARGV[c], '(-?%d+),(-?%d+),(%d)') do
+    n = n + 1
+    caps[n], costs[n], modes[n] = tonumber(cap), tonumber(cost), tonumber(mode)
+  end
   local levels, waits = {}, {}
   local allowed = 1
   for i = 1, n do
-    local capacity = tonumber(ARGV[a + i * 3 - 2])
-    local cost = tonumber(ARGV[a + i * 3 - 1])
-    local mode = tonumber(ARGV[a + i * 3])
+    local capacity, cost, mode = caps[i], costs[i], modes[i]
     local level = capacity
     local state = redis.call('HMGET', KEYS[k + i], 'l', 't')
     if state[1] and state[2] then
@@ -57,9 +62,7 @@ while a <= #ARGV do
   end
   reply[#reply + 1] = allowed
   for i = 1, n do
-    local capacity = tonumber(ARGV[a + i * 3 - 2])
-    local cost = tonumber(ARGV[a + i * 3 - 1])
-    local mode = tonumber(ARGV[a + i * 3])
+    local capacity, cost, mode = caps[i], costs[i], modes[i]
     local level = levels[i]
     if allowed == 1 and mode ~= 1 and cost > 0 then
       level = level - cost
@@ -79,14 +82,15 @@ while a <= #ARGV do
     reply[#reply + 1] = waits[i]
   end
   k = k + n
-  a = a + 1 + n * 3
 end
 return reply
 """
+_PERIOD = str(REFILL_MS).encode()
+_MAX_ENCODED = 100_000
 
 
 class _Call(NamedTuple):
-    draws: Sequence[Draw]
+    draws: tuple[Draw, ...]
     future: asyncio.Future[Outcome] | None  # None: nobody waits (a debit)
     on_error: Callable[[BaseException], object] | None
 
@@ -106,6 +110,9 @@ class RedisBuckets:
         self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        # Each set of draws as sent: its keys, then its spec. A client's draws
+        # are the same tuple request after request, so this is worked out once.
+        self._encoded: dict[tuple[Draw, ...], list[bytes]] = {}
 
     async def load(self) -> None:
         """SCRIPT LOAD, so EVALSHA finds it (Redis forgets scripts when it restarts)."""
@@ -120,12 +127,12 @@ class RedisBuckets:
     async def draw(self, draws: Sequence[Draw]) -> Outcome:
         """Decide one request's draws (all or nothing) and charge them if allowed."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Call(draws, future, None))
+        self._enqueue(_Call(tuple(draws), future, None))
         return await future
 
     def charge(self, draws: Sequence[Draw], on_error: Callable[[BaseException], object]) -> None:
         """Queue draws nobody waits for; if their batch fails, `on_error` is told."""
-        self._enqueue(_Call(draws, None, on_error))
+        self._enqueue(_Call(tuple(draws), None, on_error))
 
     def _enqueue(self, call: _Call) -> None:
         self._queue.append(call)
@@ -158,19 +165,26 @@ class RedisBuckets:
             self._sender = None
 
     async def _run(self, batch: list[_Call]) -> list[int]:
-        keys: list[str] = []
-        args: list[int] = [REFILL_MS]
+        keys: list[bytes] = []
+        specs: list[bytes] = []
         for call in batch:
-            args.append(len(call.draws))
-            for draw in call.draws:
-                keys.append(draw.key)
-                args += (draw.capacity, draw.cost, int(draw.mode))
+            encoded = self._encoded.get(call.draws) or self._encode(call.draws)
+            keys += encoded[:-1]
+            specs.append(encoded[-1])
         try:
-            reply = await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+            reply = await self.redis.evalsha(self.sha, len(keys), *keys, _PERIOD, *specs)
         except NoScriptError:
             await self.load()
-            reply = await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+            reply = await self.redis.evalsha(self.sha, len(keys), *keys, _PERIOD, *specs)
         return list(reply)
+
+    def _encode(self, draws: tuple[Draw, ...]) -> list[bytes]:
+        spec = ",".join(f"{draw.capacity},{draw.cost},{int(draw.mode)}" for draw in draws)
+        encoded = [*(draw.key.encode() for draw in draws), spec.encode()]
+        if len(self._encoded) >= _MAX_ENCODED:
+            self._encoded.clear()
+        self._encoded[draws] = encoded
+        return encoded
 
 
 def _outcomes(reply: list[Any], batch: list[_Call]) -> list[Outcome]:
