@@ -210,3 +210,15 @@ async def test_a_failed_batch_fails_every_call_in_it(tmp_path):
             await shared.draw([Draw("x", 1)])
         await shared.close()
     assert len(failures) == 1
+
+
+async def test_a_debit_alone_reaches_redis_shortly_and_at_close(redis_url):
+    async with redis.from_url(redis_url) as connection:
+        shared = RedisBuckets(connection, timeout=5.0)
+        shared.charge([Draw("soon", 100, 30, Mode.DEBIT)], pytest.fail)
+        assert await connection.exists("soon") == 0  # not a round trip of its own at once
+        await asyncio.sleep(shared.CHARGE_DELAY * 4)
+        assert float(await connection.hget("soon", "l")) == 70
+        shared.charge([Draw("late", 100, 30, Mode.DEBIT)], pytest.fail)
+        await shared.close()  # relay stopping: what is queued still goes
+        assert float(await connection.hget("late", "l")) == 70

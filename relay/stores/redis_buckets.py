@@ -101,8 +101,12 @@ class RedisBuckets:
     Calls that arrive while a batch is out go together as the next batch: one
     EVALSHA, one round trip, however many requests arrived at once. Each batch
     is bounded by `timeout`, so a caller waits at most for the batch in flight
-    and its own.
+    and its own. Charges nobody waits for (token debits) do not start a batch
+    of their own: they go with the next request's, or after `CHARGE_DELAY`,
+    so a request never queues behind the debit of the one before it.
     """
+
+    CHARGE_DELAY = 0.05
 
     def __init__(self, redis: Redis, *, timeout: float) -> None:
         self.redis = redis
@@ -110,6 +114,7 @@ class RedisBuckets:
         self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._charge_timer: asyncio.TimerHandle | None = None
         # Each set of draws as sent: its keys, then its spec. A client's draws
         # are the same tuple request after request, so this is worked out once.
         self._encoded: dict[tuple[Draw, ...], list[bytes]] = {}
@@ -119,25 +124,39 @@ class RedisBuckets:
         await self.redis.script_load(SCRIPT)
 
     async def close(self) -> None:
+        """Send the charges still queued (a failed send hands them to `on_error`), then stop."""
+        if self._charge_timer is not None:
+            self._charge_timer.cancel()
+            self._charge_timer = None
+        if self._queue and self._sender is None:
+            self._start()
         sender, self._sender = self._sender, None
         if sender is not None:
-            sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
 
     async def draw(self, draws: Sequence[Draw]) -> Outcome:
         """Decide one request's draws (all or nothing) and charge them if allowed."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Call(tuple(draws), future, None))
+        self._queue.append(_Call(tuple(draws), future, None))
+        if self._sender is None:
+            self._start()
         return await future
 
     def charge(self, draws: Sequence[Draw], on_error: Callable[[BaseException], object]) -> None:
         """Queue draws nobody waits for; if their batch fails, `on_error` is told."""
-        self._enqueue(_Call(tuple(draws), None, on_error))
+        self._queue.append(_Call(tuple(draws), None, on_error))
+        if self._sender is None and self._charge_timer is None:
+            self._charge_timer = asyncio.get_running_loop().call_later(
+                self.CHARGE_DELAY, self._send_charges
+            )
 
-    def _enqueue(self, call: _Call) -> None:
-        self._queue.append(call)
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send(), name="relay-rate-limit-batch")
+    def _send_charges(self) -> None:
+        self._charge_timer = None
+        if self._queue and self._sender is None:
+            self._start()
+
+    def _start(self) -> None:
+        self._sender = asyncio.create_task(self._send(), name="relay-rate-limit-batch")
 
     async def _send(self) -> None:
         try:
