@@ -27,7 +27,6 @@ from relay.lifecycle import (
 from relay.proofs_lifecycle import attestation_context, receipts_context
 from relay.services.answers import AnswerHooks
 from relay.services.chat import count_answer
-from relay.services.history_part import HistoryPart
 from relay.services.recorder import AnswerRecorder
 
 
@@ -48,7 +47,6 @@ def create_app(settings: Settings) -> web.Application:
     setup_rate_limit(app)
     setup_routes(app)
     recorder = AnswerRecorder()
-    recorder.add_part(HistoryPart())  # first: other parts (receipts) write in the same commit
     app[ANSWER_RECORDER] = recorder
     app[ANSWER_HOOKS] = AnswerHooks(commit=[recorder.record], after=[count_answer])
     app.cleanup_ctx.extend(

@@ -30,6 +30,7 @@ from relay.services.auth import Authenticator
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
 from relay.services.history import HistoryService
+from relay.services.history_part import HistoryPart
 from relay.services.history_watch import HistoryWatch
 from relay.services.ratelimit import RateLimiter
 from relay.services.retention import HistoryRetention
@@ -106,6 +107,9 @@ async def notifications_context(app: web.Application) -> AsyncIterator[None]:
 async def history_context(app: web.Application) -> AsyncIterator[None]:
     """The group-commit writer, and the retention purge when RELAY_HISTORY_RETENTION_DAYS is set."""
     recorder = app[ANSWER_RECORDER]
+    # After receipts_context's part: a pipelined batch's first statement moves the
+    # receipt chain's head, waiting there for the batch before, holding nothing else.
+    recorder.add_part(HistoryPart())
     await recorder.start(app[DATABASE])
     purge = None
     if (days := app[SETTINGS].history_retention_days) is not None:

@@ -23,7 +23,7 @@ async def receipts_context(app: web.Application) -> AsyncIterator[None]:
     attestation = app[ATTESTATION]
     app[RECEIPTS] = ReceiptService(ReceiptStore(app[DATABASE]), attestation)
     if app[SETTINGS].receipts:
-        # Added to the group commit after history: the chain-head lock, which
-        # every instance queues on, is taken last and held for the shortest time.
+        # The group commit's first part (history_context adds history after it):
+        # a batch waits at the chain head for the batch before it, holding nothing.
         app[ANSWER_RECORDER].add_part(ReceiptsPart(attestation.identity))
     yield

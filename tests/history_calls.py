@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from relay.appkeys import ROUTER
+from relay.services.answers import Answer
+from relay.stores.clients import Client
 from relay.stores.database import connect, fetch_all
 from tests.api_calls import bearer
 
@@ -52,3 +56,21 @@ async def chat(
         headers[CONVERSATION] = conversation
     body = {"model": "gpt-sim", "messages": messages or [{"role": "user", "content": content}]}
     return await http.post("/v1/chat/completions", json={**body, **extra}, headers=headers)
+
+
+def recorded_answer(app: web.Application, client: Client, text: str, **fields: Any) -> Answer:
+    """An answer as the chat relay hands it to the recorder: `text` is its request id
+    and the user's message (unless `fields` say otherwise)."""
+    values: dict[str, Any] = {
+        "request_id": text,
+        "client": client,
+        "endpoint": "/v1/chat/completions",
+        "route": app[ROUTER].resolve("gpt-sim", ()),
+        "stream": False,
+        "request": {"messages": [{"role": "user", "content": text}]},
+        "request_body": text.encode(),
+        "forwarded_body": text.encode(),
+        "started_at": 0.0,
+        "store": True,
+    }
+    return Answer(**{**values, **fields})

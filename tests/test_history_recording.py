@@ -6,14 +6,20 @@ import uuid
 
 import orjson
 
-from relay.appkeys import ANSWER_RECORDER, DATABASE, HISTORY, ROUTER
+from relay.appkeys import ANSWER_RECORDER, DATABASE, HISTORY
 from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE
-from relay.services.answers import Answer
 from relay.simulator import completion_text
 from relay.stores.clients import ClientStore
 from tests.api_calls import ADMIN, assert_error, client_with_token
-from tests.history_calls import CONVERSATION, chat, execute, query, stored_messages
+from tests.history_calls import (
+    CONVERSATION,
+    chat,
+    execute,
+    query,
+    recorded_answer,
+    stored_messages,
+)
 
 
 async def test_answer_and_its_turn_are_stored_in_a_new_conversation(http, database_url, simulator):
@@ -234,29 +240,12 @@ async def test_one_unwritable_answer_does_not_sink_the_others_in_its_batch(http,
     """Its client was deleted meanwhile: that answer fails, the rest of the batch commits."""
     client, _ = await client_with_token(http)
     stored_client = await ClientStore(http.app[DATABASE]).get(client["id"])
-    route = http.app[ROUTER].resolve("gpt-sim", ())
-
-    def answer_for(owner, text):
-        return Answer(
-            request_id=text,
-            client=owner,
-            endpoint="/v1/chat/completions",
-            route=route,
-            stream=False,
-            request={"messages": [{"role": "user", "content": text}]},
-            request_body=b"{}",
-            forwarded_body=b"{}",
-            started_at=0.0,
-            store=True,
-            conversation_id=str(uuid.uuid4()),
-        )
-
     gone = dataclasses.replace(stored_client, id=str(uuid.uuid4()))
     recorder = http.app[ANSWER_RECORDER]
     outcomes = await asyncio.gather(
-        recorder.record(answer_for(stored_client, "kept 1")),
-        recorder.record(answer_for(gone, "lost")),
-        recorder.record(answer_for(stored_client, "kept 2")),
+        recorder.record(recorded_answer(http.app, stored_client, "kept 1")),
+        recorder.record(recorded_answer(http.app, gone, "lost")),
+        recorder.record(recorded_answer(http.app, stored_client, "kept 2")),
         return_exceptions=True,
     )
     assert outcomes[0] is None and outcomes[2] is None
@@ -275,23 +264,16 @@ async def test_tool_calls_tool_results_and_awkward_text_are_stored_as_given(http
             "function": {"name": "f", "arguments": '{"q": "a\\"b"}'},
         }
     ]
-    answer = Answer(
-        request_id="tools",
-        client=owner,
-        endpoint="/v1/chat/completions",
-        route=http.app[ROUTER].resolve("gpt-sim", ()),
-        stream=False,
+    answer = recorded_answer(
+        http.app,
+        owner,
+        "tools",
         request={
             "messages": [
                 {"role": "assistant", "content": None, "tool_calls": calls},
                 {"role": "tool", "tool_call_id": "call_1", "content": "it's 20\\u00b0C \\\\ «ok»"},
             ]
         },
-        request_body=b"{}",
-        forwarded_body=b"{}",
-        started_at=0.0,
-        store=True,
-        conversation_id=str(uuid.uuid4()),
     )
     answer.summary = dataclasses.replace(
         answer.summary, tool_calls=calls, finish_reason="tool_calls"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from aiohttp import web
 
 from relay.appkeys import HISTORY
@@ -15,14 +13,13 @@ CONVERSATION_HEADER = "Relay-Conversation-Id"
 async def bind_conversation(request: web.Request, answer: Answer) -> None:
     """Continue the named conversation (404 unless it is the caller's) or start one.
 
-    Checked before anything is forwarded; a new conversation's row is written with
-    its first answer, so a request that stores nothing creates nothing.
+    Checked before anything is forwarded; a new conversation (every answer that
+    is stored has one) gets its row with its first answer, so a request that
+    stores nothing creates nothing.
     """
     given = request.headers.get(CONVERSATION_HEADER, "").strip()
     if given:
         history = request.app[HISTORY]
         answer.conversation_id = await history.require_conversation(answer.client.id, given)
-    elif answer.store:
-        answer.conversation_id = str(uuid.uuid4())
     if answer.conversation_id is not None:
         answer.headers[CONVERSATION_HEADER] = answer.conversation_id

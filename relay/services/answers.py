@@ -54,6 +54,10 @@ class Answer:
     message_created_at: datetime.datetime | None = None
     recorded: bool = False  # queued for the group commit (relay.services.recorder)
 
+    def __post_init__(self) -> None:
+        if self.store and self.conversation_id is None:
+            self.conversation_id = str(uuid.uuid4())  # what is kept belongs to a conversation
+
     @cached_property
     def request_sha256(self) -> str:
         return hashlib.sha256(self.request_body).hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
 from relay.services.answers import Answer
@@ -23,9 +22,7 @@ class HistoryPart:
             return
         turns = []
         for answer in stored:
-            if answer.conversation_id is None:
-                # Every path through the API names one; this keeps a stray answer storable.
-                answer.conversation_id = str(uuid.uuid4())
+            assert answer.conversation_id is not None, "a stored answer has a conversation"
             messages = turn_messages(answer)
             turns.append(
                 Turn(

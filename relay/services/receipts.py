@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import collections
 import hashlib
 import time
 from collections.abc import Sequence
@@ -60,23 +61,27 @@ def receipt_fields(answer: Answer, prev_sha256: str | None, served_at: str) -> d
 class ReceiptsPart:
     """The receipts rows of a group commit (see relay.services.recorder.RecordPart).
 
-    Each receipt names the one before it, so the chain head must be known before
-    a batch is signed. This instance remembers the head its last commit left, so
-    while it is the only one writing receipts a batch needs no round trip to
-    learn it (the whole group commit is then one round trip). A remembered head
-    another instance has moved on makes the batch fail whole (see
-    `append_receipts`); then, and after any failed batch, the head is read under
-    its row lock, and for `SHARED_SECONDS` after another writer was seen, every
-    batch reads it so. Written for every answer, `store: false` too.
+    Each receipt names the one before it, so a batch must know the chain head
+    before it is signed. This instance remembers the head its last batch left
+    (committed or still committing), so while it is the only one writing
+    receipts a batch needs no round trip to learn it, and the next batch can be
+    signed and sent while the one before commits. The database refuses a batch
+    built on any other head (see `append_receipts`); after such a failure, or
+    any other, the head is read under its row lock, and for `SHARED_SECONDS`
+    after another writer was seen, every batch reads it so. Written for every
+    answer, `store: false` too.
     """
 
     SHARED_SECONDS = 60.0
 
     def __init__(self, identity: SigningIdentity) -> None:
         self.signer = ReceiptSigner(identity.private_key)
-        self._head: ChainHead | None = None  # as this instance's last commit left it
-        self._verify = True  # read the head under lock: at start, after a failure
+        self._head: ChainHead | None = None  # as the batches written so far leave it
+        self._mine: collections.deque[ChainHead] = collections.deque(maxlen=64)  # heads built here
         self._shared_until = 0.0
+        # One batch at a time reads and advances the head: a batch that waits for
+        # it under the row lock holds up the next, which must chain on it.
+        self._building = asyncio.Lock()
 
     def wants(self, answer: Answer) -> bool:
         return True  # every answer gets a receipt
@@ -84,14 +89,17 @@ class ReceiptsPart:
     async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         if not answers:
             return
-        now = time.monotonic()
-        if self._head is None or self._verify or now < self._shared_until:
-            head = await lock_chain_head(tx)
-            if self._head is not None and head != self._head:
-                self._shared_until = now + self.SHARED_SECONDS  # another instance signs too
-        else:
+        async with self._building:
             head = self._head
-        self._verify = True  # until this batch commits
+            now = time.monotonic()
+            if head is None or now < self._shared_until:
+                head = await lock_chain_head(tx)
+                if self._mine and head not in self._mine:
+                    self._shared_until = now + self.SHARED_SECONDS  # another instance signs too
+            self._head = self._sign(tx, answers, head)
+            self._mine.append(self._head)
+
+    def _sign(self, tx: Batch, answers: Sequence[Answer], head: ChainHead) -> ChainHead:
         served_at, seq, prev = served_at_now(), head.seq, head.sha256
         rows: list[ReceiptRow] = []
         for answer in answers:
@@ -108,10 +116,12 @@ class ReceiptsPart:
                     prev_sha256=receipt["prev_receipt_sha256"],
                 )
             )
-        tx.on_commit(functools.partial(self._committed, append_receipts(tx, head, rows)))
+        tx.on_rollback(self._forget)
+        return append_receipts(tx, head, rows)
 
-    def _committed(self, head: ChainHead) -> None:
-        self._head, self._verify = head, False
+    def _forget(self) -> None:
+        # Whatever was built on the failed batch fails too; read the head afresh.
+        self._head = None
 
 
 class ReceiptService:

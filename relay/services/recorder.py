@@ -3,7 +3,12 @@
 `record` returns only once the answer's batch has committed, so a caller that
 waits for it before sending the end of an answer never shows the client an
 answer that is not durable. A batch is whatever queued while the previous one
-was committing (up to `batch_size`): under load, one commit serves many answers.
+was being sent (up to `batch_size`): under load, one commit serves many answers.
+
+Batches are pipelined: the next is sent while the one before commits (at most
+`PIPELINE` at once), so the database never waits for relay between them. They
+are settled in the order they were sent; a batch that failed is tried again
+once whole, after the batches before it settled, then one answer at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
 QUEUE_SIZE = 4096
+PIPELINE = 2
 
 
 class RecordPart(Protocol):
@@ -36,7 +42,8 @@ class RecordPart(Protocol):
         """Write rows for `answers` (in commit order); raising rolls back the whole batch.
 
         `tx.defer` what needs no answer back: a batch whose parts only defer is
-        one round trip. `tx.on_commit` learns that the batch was stored."""
+        one round trip. `tx.on_commit` and `tx.on_rollback` learn its outcome. The
+        next batch may be written before this one's outcome is known."""
 
 
 @dataclass(eq=False, slots=True)
@@ -67,6 +74,7 @@ class AnswerRecorder:
         self._queue: asyncio.Queue[_Pending | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._batches: set[asyncio.Task[None]] = set()  # sent, not yet settled
 
     def add_part(self, part: RecordPart) -> None:
         """Parts write in the order added; add them before the first answer is recorded."""
@@ -111,6 +119,8 @@ class AnswerRecorder:
 
     async def _run(self) -> None:
         assert self._queue is not None
+        slots = asyncio.Semaphore(PIPELINE)
+        previous: asyncio.Future[None] | None = None
         stopping = False
         while not stopping:
             first = await self._queue.get()
@@ -123,9 +133,49 @@ class AnswerRecorder:
                     stopping = True
                     break
                 batch.append(item)
-            await self._commit(batch)
+            await slots.acquire()
+            settled = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._in_turn(batch, previous, settled, slots))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+            previous = settled
+        if previous is not None:
+            await previous  # each batch settles after the one before it: this is the last
 
-    async def _commit(self, batch: list[_Pending], *, attempts: int = 2) -> None:
+    async def _in_turn(
+        self,
+        batch: list[_Pending],
+        previous: asyncio.Future[None] | None,
+        settled: asyncio.Future[None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        """Send the batch at once; settle it once the batch before it has settled."""
+        started = time.monotonic()
+        try:
+            try:
+                await self._write([pending.answer for pending in batch])
+                failure: Exception | None = None
+            except Exception as exc:
+                failure = exc
+            finally:
+                slots.release()
+            if previous is not None:
+                await previous
+            if failure is None:
+                self._committed(batch, started)
+            elif isinstance(failure, DependencyUnavailableError):
+                self._fail(batch)
+            else:
+                # Once more whole: it may have met state another instance changed (the
+                # receipt chain's head) or been built on a batch that failed; parts read
+                # such state afresh after a failure.
+                await self._commit(batch)
+        finally:
+            self._fail(batch)  # only answers not settled above: none unless cancelled
+            settled.set_result(None)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Write the batch on its own; if that fails, each answer on its own."""
         started = time.monotonic()
         try:
             await self._write([pending.answer for pending in batch])
@@ -133,16 +183,11 @@ class AnswerRecorder:
             self._fail(batch)
             return
         except Exception as exc:
-            if attempts > 1:
-                # Once more whole: the batch may have met state another instance
-                # changed meanwhile (the receipt chain's head), which parts read
-                # afresh after a failure.
-                await self._commit(batch, attempts=attempts - 1)
-            elif len(batch) > 1:
+            if len(batch) > 1:
                 # One answer's rows may have spoiled the batch (its client was
                 # deleted meanwhile, say): commit each alone so the others survive.
                 for pending in batch:
-                    await self._commit([pending], attempts=1)
+                    await self._commit([pending])
             else:
                 log.warning(
                     "answer not recorded",
@@ -150,6 +195,10 @@ class AnswerRecorder:
                 )
                 self._fail(batch)
             return
+        self._committed(batch, started)
+
+    @staticmethod
+    def _committed(batch: list[_Pending], started: float) -> None:
         HISTORY_COMMIT_SECONDS.observe(time.monotonic() - started)
         HISTORY_BATCH_SIZE.observe(len(batch))
         for pending in batch:

@@ -115,6 +115,7 @@ class Batch:
         self._open = False  # BEGIN sent, COMMIT or ROLLBACK not yet
         self._deferred: list[str] = []
         self._on_commit: list[Callable[[], None]] = []
+        self._on_rollback: list[Callable[[], None]] = []
 
     def bind(self, sql: str, params: Any = None) -> str:
         return sql if params is None else self.cur.mogrify(sql, params).decode()
@@ -139,6 +140,10 @@ class Batch:
         """Call `callback` once the transaction has committed (never if it did not)."""
         self._on_commit.append(callback)
 
+    def on_rollback(self, callback: Callable[[], None]) -> None:
+        """Call `callback` if the transaction does not commit."""
+        self._on_rollback.append(callback)
+
     async def fetchall(self) -> list[Any]:
         return list(await self.cur.fetchall())
 
@@ -157,6 +162,8 @@ class Batch:
 
     async def rollback(self) -> None:
         self._deferred = []
+        for callback in self._on_rollback:
+            callback()
         if self._open:
             self._open = False
             try:

@@ -41,22 +41,28 @@ def append_receipts(tx: Batch, after: ChainHead, rows: Sequence[ReceiptRow]) -> 
     """Insert rows (in chain order, numbered on from `after`) and move the head to the
     last, with the commit; returns the new head.
 
-    `receipts.seq` is unique: if another instance moved the head past `after`
-    meanwhile, the first row collides with its receipt and the transaction fails
-    whole, so a chain built on a stale head is never stored.
+    The head is locked first, which waits for a transaction still holding it
+    (the batch sent before, committing) and then sees its outcome. It moves only
+    from exactly `after`: from anywhere else its new `seq` is NULL, which the
+    column refuses, and the whole transaction fails. So a chain built on a head
+    that is not the stored one never forks or leaves a gap, batches sent one
+    after another commit their receipts in that order, and a batch whose
+    predecessor rolled back fails too.
     """
     if not rows:
         return after
     last = rows[-1]
+    tx.defer("SELECT FROM receipt_chain_head WHERE id FOR UPDATE")
+    tx.defer(
+        "UPDATE receipt_chain_head SET sha256 = %s,"
+        " seq = CASE WHEN seq = %s AND sha256 IS NOT DISTINCT FROM %s THEN %s END WHERE id",
+        (last.sha256, after.seq, after.sha256, last.seq),
+    )
     tx.defer(
         "INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256)"
         " SELECT * FROM json_to_recordset(%s::json) AS r(id text, seq bigint, client_id uuid,"
         " body text, sha256 text, prev_sha256 text)",
         (json_rows(rows),),
-    )
-    tx.defer(
-        "UPDATE receipt_chain_head SET seq = %s, sha256 = %s WHERE id AND seq = %s",
-        (last.seq, last.sha256, after.seq),
     )
     return ChainHead(last.seq, last.sha256)
 

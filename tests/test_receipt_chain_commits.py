@@ -1,0 +1,121 @@
+"""Batches of receipts sent while the one before still commits: the database keeps the chain."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+
+import orjson
+import pytest
+
+from relay.appkeys import ANSWER_RECORDER, DATABASE
+from relay.errors import DependencyUnavailableError
+from relay.proofs.verify import verify_chain
+from relay.services.answers import Answer
+from relay.stores.clients import ClientStore
+from relay.stores.database import Batch, Database, QueryError
+from relay.stores.receipts import ChainHead, ReceiptRow, append_receipts, lock_chain_head
+from tests.api_calls import client_with_token
+from tests.history_calls import execute, query, recorded_answer
+
+
+def rows_after(head: ChainHead, count: int) -> list[ReceiptRow]:
+    """Stand-in rows (the store does not read bodies), linked from `head`."""
+    rows, seq, prev = [], head.seq, head.sha256
+    for _ in range(count):
+        body = uuid.uuid4().hex
+        sha = hashlib.sha256(body.encode()).hexdigest()
+        seq += 1
+        rows.append(ReceiptRow(uuid.uuid4().hex, seq, None, body, sha, prev))  # no client: NULL
+        prev = sha
+    return rows
+
+
+@pytest.mark.parametrize("first_commits", [True, False], ids=["commits", "rolls-back"])
+async def test_a_batch_chained_on_one_still_committing_waits_for_its_outcome(
+    database_url, first_commits
+):
+    db = await Database.open(database_url, size=2, timeout=10)
+    try:
+        async with db.cursor() as one, db.cursor() as two:
+            first = Batch(one)
+            head = await lock_chain_head(first)
+            first_rows = rows_after(head, 2)
+            after_first = append_receipts(first, head, first_rows)
+            await first.flush()  # its rows are in, its transaction still open
+
+            second = Batch(two)
+            second_rows = rows_after(after_first, 3)
+            append_receipts(second, after_first, second_rows)
+            committing = asyncio.ensure_future(second.commit())
+            await asyncio.sleep(0.3)
+            assert not committing.done(), "the second batch must wait for the first"
+
+            if first_commits:
+                await first.commit()
+                await committing
+                expected = first_rows + second_rows
+            else:
+                await first.rollback()
+                with pytest.raises(QueryError):
+                    await committing
+                await second.rollback()
+                expected = []
+    finally:
+        await db.close()
+    stored = await query(database_url, "SELECT id, seq, prev_sha256 FROM receipts ORDER BY seq")
+    assert [(row["id"], row["seq"], row["prev_sha256"]) for row in stored] == [
+        (row.id, row.seq, row.prev_sha256) for row in expected
+    ]
+
+
+async def test_answers_sent_behind_a_failing_batch_are_recorded_and_the_chain_has_no_gap(
+    http, database_url
+):
+    """The first batch holds the chain head a while, then fails (its history write is
+    refused); the batch sent behind it, chained on it, fails with it, is tried
+    again, and commits."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    await execute(
+        database_url,
+        "CREATE FUNCTION refuse_slowly() RETURNS trigger AS $$ BEGIN"
+        " PERFORM pg_sleep(0.5); RAISE EXCEPTION 'history write refused'; END;"
+        " $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW"
+        " WHEN (NEW.request_id = 'lost') EXECUTE FUNCTION refuse_slowly();",
+    )
+    recorder = http.app[ANSWER_RECORDER]
+    sent: list[list[str]] = []
+    first_sent = asyncio.Event()
+    write = recorder._write
+
+    async def recorded_write(answers):
+        sent.append([answer.request_id for answer in answers])
+        first_sent.set()
+        await write(answers)
+
+    recorder._write = recorded_write
+
+    async def record(answer: Answer) -> str:
+        await recorder.record(answer)
+        return answer.request_id
+
+    lost = asyncio.ensure_future(record(recorded_answer(http.app, owner, "lost")))
+    await first_sent.wait()  # the writer sent it as a batch of its own
+    kept = [
+        asyncio.ensure_future(record(recorded_answer(http.app, owner, f"kept {n}")))
+        for n in range(5)
+    ]
+    outcomes = await asyncio.gather(lost, *kept, return_exceptions=True)
+
+    assert isinstance(outcomes[0], DependencyUnavailableError)
+    assert outcomes[1:] == [f"kept {n}" for n in range(5)]
+    kept_batch = sorted(f"kept {n}" for n in range(5))
+    assert [sorted(batch) for batch in sent].count(kept_batch) >= 2, "kept was sent, then again"
+    stored = await query(database_url, "SELECT seq, body FROM receipts ORDER BY seq")
+    assert [row["seq"] for row in stored] == list(range(1, 6))
+    assert verify_chain([orjson.loads(row["body"]) for row in stored])
+    messages = await query(database_url, "SELECT request_id FROM messages ORDER BY seq")
+    assert {row["request_id"] for row in messages} == set(kept_batch)
