@@ -131,3 +131,32 @@ async def test_a_client_leaving_before_the_first_byte_closes_the_provider_reques
     # stops generating then); the simulator's handler is cancelled mid-wait.
     await simulator.state.wait_for(lambda state: state.abandoned == 1, timeout=5)
     assert simulator.state.streams_open == simulator.state.streams_completed == 0
+
+
+async def test_a_provider_stalling_mid_stream_is_cut_after_its_timeout(
+    make_settings, make_client, simulator
+):
+    http = await make_client(make_settings(upstreams=(simulator.upstream(timeout_s=0.3),)))
+    _, token = await client_with_token(http)
+    simulator.config.tokens = 4
+    simulator.config.token_delay = 2.0  # far longer than the provider may stay silent
+    started = asyncio.get_running_loop().time()
+    raw = await (await stream(http, token)).read()
+    waited = asyncio.get_running_loop().time() - started
+    assert b"[DONE]" not in raw
+    assert orjson.loads(events(raw)[-1])["error"]["code"] == "upstream_cut"
+    assert waited < 1.5, waited  # the silence was cut short, not waited out
+    await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=5)
+
+
+async def test_a_provider_sending_slower_than_its_timeout_overall_is_not_cut(
+    make_settings, make_client, simulator
+):
+    """The timeout bounds each silence, not the whole answer."""
+    http = await make_client(make_settings(upstreams=(simulator.upstream(timeout_s=0.3),)))
+    _, token = await client_with_token(http)
+    simulator.config.tokens = 8
+    simulator.config.token_delay = 0.1  # 0.8 s in all, never 0.3 s of silence
+    raw = await (await stream(http, token)).read()
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert content_of(raw) == completion_text(8)

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import time
 
-import aiohttp
 from aiohttp import web
 
 from relay.api.body import json_response, parse_json_object, read_body
@@ -26,9 +25,10 @@ from relay.errors import RelayError, error_json
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
-from relay.upstreams.forwarder import open_provider_response, read_whole
+from relay.upstreams.forwarder import open_provider_response
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
+from relay.upstreams.reply import ProviderReply
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
 
 
 async def _relay_whole(
-    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+    request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.Response:
-    body = await read_whole(provider)
+    body = await provider.whole()
     answer.summary = summarize_completion(body)
     answer.response_sha256 = hashlib.sha256(body).hexdigest()
     answer.response_bytes = len(body)
@@ -125,7 +125,7 @@ async def _relay_whole(
 
 
 async def _relay_stream(
-    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+    request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
     await response.prepare(request)

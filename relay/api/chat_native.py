@@ -36,6 +36,7 @@ from relay.services.native_chat import (
 from relay.services.receipts import RECEIPT_HEADER
 from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.forwarder import open_provider_response
+from relay.upstreams.reply import ProviderReply
 
 log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat"
@@ -109,10 +110,10 @@ async def _new_answer(request: web.Request) -> Answer:
     return answer
 
 
-async def _read(provider: aiohttp.ClientResponse, observer: DeltaObserver) -> str:
+async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
     """Feed the provider's stream to `observer`; 'complete' or 'cut'."""
     try:
-        async for chunk in provider.content.iter_any():
+        while chunk := await provider.chunk():
             observer.feed(chunk)
     except (TimeoutError, aiohttp.ClientError):
         return "cut"
@@ -126,7 +127,7 @@ def _outcome(observer: DeltaObserver) -> str:
 
 
 async def _whole(
-    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+    request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.Response:
     observer = DeltaObserver()
     answer.status = await _read(provider, observer)
@@ -147,7 +148,7 @@ async def _whole(
 
 
 async def _stream(
-    request: web.Request, answer: Answer, provider: aiohttp.ClientResponse, hooks: AnswerHooks
+    request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.StreamResponse:
     response = HashedEventSource(headers=answer.headers)
     await response.prepare(request)
@@ -189,11 +190,11 @@ async def _stream(
 
 
 async def _relay_deltas(
-    response: HashedEventSource, provider: aiohttp.ClientResponse, observer: DeltaObserver
+    response: HashedEventSource, provider: ProviderReply, observer: DeltaObserver
 ) -> str:
     """Pass each content delta on as a `message.delta` event; complete, cut or cancelled."""
     try:
-        async for chunk in provider.content.iter_any():
+        while chunk := await provider.chunk():
             observer.feed(chunk)
             for text in observer.take():
                 await response.send_event("message.delta", {"content": text})

@@ -44,10 +44,9 @@ class Upstream:
 
     @functools.cached_property
     def client_timeout(self) -> aiohttp.ClientTimeout:
-        # No total: a stream may run for minutes; each read may wait timeout_s.
-        return aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout_s, sock_read=self.timeout_s
-        )
+        # No total: a stream may run for minutes. The waits for headers and then for
+        # bytes (timeout_s) are bounded by relay itself (relay.upstreams.reply).
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)
 
 
 def _positive(entry: Mapping[str, Any], key: str, default: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,12 +15,11 @@ from relay import __version__
 from relay.errors import RelayError, UpstreamError, UpstreamTimeoutError, error_body
 from relay.metrics import UPSTREAM_SECONDS, labelled
 from relay.upstreams.config import Upstream
+from relay.upstreams.reply import ProviderReply
 from relay.upstreams.routing import Route
 
 log = logging.getLogger(__name__)
 
-# Provider responses relay reads whole (errors, non-streamed answers) are bounded.
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _ERROR_BODY_BYTES = 64 * 1024
 # Headers of a provider refusal worth passing on to the client.
 _PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms", "x-should-retry")
@@ -56,11 +56,12 @@ def create_session() -> aiohttp.ClientSession:
     )
 
 
-async def _refusal(response: aiohttp.ClientResponse, upstream: Upstream) -> RelayError:
+async def _refusal(
+    response: aiohttp.ClientResponse, reply: ProviderReply, upstream: Upstream
+) -> RelayError:
     """Turn a provider's non-200 answer into the error relay gives its client."""
     try:
-        raw = await response.content.read(_ERROR_BODY_BYTES)
-        body = orjson.loads(raw)
+        body = orjson.loads(await reply.prefix(_ERROR_BODY_BYTES))
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         body = None
     status = response.status
@@ -84,23 +85,26 @@ async def _refusal(response: aiohttp.ClientResponse, upstream: Upstream) -> Rela
 @asynccontextmanager
 async def open_provider_response(
     session: aiohttp.ClientSession, route: Route, body: bytes
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """POST `body` to the route's provider; yield its 200 response, raise a RelayError otherwise.
+) -> AsyncIterator[ProviderReply]:
+    """POST `body` to the route's provider; yield its 200 reply, raise a RelayError otherwise.
 
-    Leaving the block releases the response: a connection read to the end goes
-    back to the keep-alive pool; one not read to the end is closed, which is how
-    the provider learns the client has gone.
+    The provider has the upstream's `timeout_s` to answer with headers, then as
+    long again for each wait between bytes of the body. Leaving the block
+    releases the response: a connection read to the end goes back to the
+    keep-alive pool; one not read to the end is closed, which is how the
+    provider learns the client has gone.
     """
     upstream = route.upstream
     sent = time.monotonic()
     try:
-        response = await session.post(
-            upstream.chat_completions_url,
-            data=body,
-            headers=upstream.request_headers,
-            timeout=upstream.client_timeout,
-            allow_redirects=False,
-        )
+        async with asyncio.timeout(upstream.timeout_s):
+            response = await session.post(
+                upstream.chat_completions_url,
+                data=body,
+                headers=upstream.request_headers,
+                timeout=upstream.client_timeout,
+                allow_redirects=False,
+            )
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError("The provider did not answer in time.") from None
     except aiohttp.ClientError as exc:
@@ -111,22 +115,10 @@ async def open_provider_response(
             "The provider could not be reached.", code="upstream_unreachable"
         ) from None
     labelled(UPSTREAM_SECONDS, upstream.name, route.model).observe(time.monotonic() - sent)
+    reply = ProviderReply(response, upstream.timeout_s)
     try:
         if response.status != 200:
-            raise await _refusal(response, upstream)
-        yield response
+            raise await _refusal(response, reply, upstream)
+        yield reply
     finally:
-        response.release()
-
-
-async def read_whole(response: aiohttp.ClientResponse) -> bytes:
-    """The full body of a non-streamed answer, bounded, with read failures mapped."""
-    try:
-        body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeoutError("The provider stopped answering.") from None
-    except aiohttp.ClientError:
-        raise UpstreamError("The provider broke off its answer.", code="upstream_cut") from None
-    if len(body) > MAX_RESPONSE_BYTES:
-        raise UpstreamError("The provider's answer is too large.", code="upstream_too_large")
-    return body
+        reply.release()

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from relay.upstreams.observer import StreamObserver
+from relay.upstreams.reply import ProviderReply
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def last_event_end(buffer: bytes) -> int:
     Only whole events go to the client, so a provider that breaks off mid-event
     never leaves the client holding half an event glued to relay's error event.
     """
+    if buffer.endswith(b"\n\n"):  # the usual chunk: whole events, nothing after
+        return len(buffer)
     end = 0
     for terminator in _EVENT_ENDS:
         at = buffer.rfind(terminator)
@@ -69,7 +72,7 @@ class PipeResult:
 
 
 async def pipe_stream(
-    response: web.StreamResponse, provider: aiohttp.ClientResponse, observer: StreamObserver
+    response: web.StreamResponse, provider: ProviderReply, observer: StreamObserver
 ) -> PipeResult:
     """Copy the provider's event stream to `response` (already prepared) as it arrives.
 
@@ -78,7 +81,7 @@ async def pipe_stream(
     pending = b""  # an event not yet complete
     held = b""  # from `data: [DONE]` on
     try:
-        async for chunk in provider.content.iter_any():
+        while chunk := await provider.chunk():
             if held:
                 held += chunk
                 continue

@@ -1,0 +1,101 @@
+"""A provider's answer being read: its body chunk by chunk, each wait for it bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from relay.errors import UpstreamError, UpstreamTimeoutError
+
+# Provider responses relay reads whole (errors, non-streamed answers) are bounded.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class ProviderReply:
+    """The body of a provider's response. A wait for more of it that lasts
+    `idle_timeout` seconds closes the response and raises TimeoutError.
+
+    aiohttp's sock_read would bound the same waits but moves a timer for every
+    chunk that arrives, a few µs each of tens of thousands of tokens a second;
+    here one timer per reply moves only when it fires. Time relay spends on its
+    own side (writing to a slow client) is not waiting for the provider.
+    """
+
+    __slots__ = (
+        "_content",
+        "_loop",
+        "_response",
+        "_seconds",
+        "_timer",
+        "_waiting_since",
+        "expired",
+    )
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+        self._response = response
+        self._content = response.content
+        self._loop = asyncio.get_running_loop()
+        self._seconds = idle_timeout
+        self._waiting_since: float | None = None
+        self.expired = False
+        self._timer = self._loop.call_later(idle_timeout, self._check)
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._response.headers
+
+    async def chunk(self) -> bytes:
+        """The next bytes as they arrive; b"" once the body is complete."""
+        self._waiting_since = self._loop.time()
+        try:
+            return await self._content.readany()
+        except aiohttp.ClientError:
+            if self.expired:
+                raise TimeoutError("the provider stopped sending") from None
+            raise
+        finally:
+            self._waiting_since = None
+
+    async def prefix(self, limit: int) -> bytes:
+        """The body's first `limit` bytes, or all of it if it ends sooner."""
+        parts, size = [], 0
+        while size < limit and (chunk := await self.chunk()):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)[:limit]
+
+    async def whole(self) -> bytes:
+        """The complete body (a non-streamed answer), bounded, with read failures mapped."""
+        parts, size = [], 0
+        try:
+            while chunk := await self.chunk():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise UpstreamError(
+                        "The provider's answer is too large.", code="upstream_too_large"
+                    )
+                parts.append(chunk)
+        except TimeoutError:
+            raise UpstreamTimeoutError("The provider stopped answering.") from None
+        except aiohttp.ClientError:
+            raise UpstreamError("The provider broke off its answer.", code="upstream_cut") from None
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Stop reading: the connection is closed, so the provider learns it at once."""
+        self._response.close()
+
+    def release(self) -> None:
+        self._timer.cancel()
+        self._response.release()
+
+    def _check(self) -> None:
+        since = self._waiting_since
+        now = self._loop.time()
+        if since is not None and now - since >= self._seconds:
+            self.expired = True
+            self._response.close()
+            return
+        self._timer = self._loop.call_at((since or now) + self._seconds, self._check)
