@@ -13,6 +13,7 @@ from relay.proofs.canonical import canonical_json
 from relay.proofs.near import near_signature, verify_near_signature
 from relay.proofs.receipt import (
     RECEIPT_FIELDS,
+    ReceiptSigner,
     hash_client_key_id,
     receipt_sha256,
     served_at_now,
@@ -79,6 +80,15 @@ def test_the_signature_covers_canonical_json_of_every_other_field(key: Ed25519Pr
     receipt = sign_receipt(receipt_fields(), key)
     body = {name: value for name, value in receipt.items() if name != "signature"}
     key.public_key().verify(bytes.fromhex(receipt["signature"]), canonical_json(body))
+
+
+def test_the_signer_gives_the_receipt_and_exactly_its_canonical_bytes(
+    key: Ed25519PrivateKey,
+) -> None:
+    fields = receipt_fields(conversation_id=None)
+    receipt, body = ReceiptSigner(key).signed(fields)
+    assert body == canonical_json(receipt)
+    assert receipt == sign_receipt(fields, key)  # Ed25519 signatures are deterministic
 
 
 def test_receipt_hash_covers_the_whole_signed_receipt(key: Ed25519PrivateKey) -> None:

@@ -12,15 +12,8 @@ from typing import Any
 import orjson
 
 from relay.errors import NotFoundError
-from relay.proofs.canonical import canonical_json
 from relay.proofs.identity import SigningIdentity
-from relay.proofs.receipt import (
-    ReceiptSigner,
-    hash_client_key_id,
-    served_at_now,
-    sha256_hex,
-    sign_receipt,
-)
+from relay.proofs.receipt import ReceiptSigner, hash_client_key_id, served_at_now, sha256_hex
 from relay.services.answers import Answer
 from relay.services.attestation import Attestation
 from relay.stores.database import Batch
@@ -103,19 +96,20 @@ class ReceiptsPart:
         served_at, seq, prev = served_at_now(), head.seq, head.sha256
         rows: list[ReceiptRow] = []
         for answer in answers:
-            receipt = sign_receipt(receipt_fields(answer, prev, served_at), self.signer)
-            body = canonical_json(receipt)
-            seq, prev = seq + 1, sha256_hex(body)
+            _, body = self.signer.signed(receipt_fields(answer, prev, served_at))
+            sha256 = sha256_hex(body)
+            seq += 1
             rows.append(
                 ReceiptRow(
                     id=answer.receipt_id,
                     seq=seq,
                     client_id=answer.client.id,
                     body=body.decode(),
-                    sha256=prev,
-                    prev_sha256=receipt["prev_receipt_sha256"],
+                    sha256=sha256,
+                    prev_sha256=prev,
                 )
             )
+            prev = sha256
         tx.on_rollback(self._forget)
         return append_receipts(tx, head, rows)
 
