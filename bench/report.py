@@ -136,11 +136,15 @@ def _switch_row(name: str, result: dict[str, Any], floor: float | None) -> Row:
         return Row(f"{name} on vs off", relay=f"not measured: {result['skipped']}")
     on, off = result["on_rps"], result["off_rps"]
     share = on / off if off else 0.0
-    rounds = len(result["runs"]["on"])
+    runs = result["runs"]
+    rounds = len(runs["on"])
+    # Each round's on against the off run beside it: how far one round's ratio strays.
+    shares = [a.rps / b.rps for a, b in zip(runs["on"], runs["off"], strict=True) if b.rps]
+    spread = f" (rounds {min(shares):.0%} to {max(shares):.0%})" if len(shares) > 1 else ""
     return Row(
         f"{name} on vs off: req/s (mean of {rounds})",
         relay=f"{on:.0f} on / {off:.0f} off",
-        of_baseline=f"on = {share:.0%} of off",
+        of_baseline=f"on = {share:.0%} of off{spread}",
         target=f"≥ {floor:.0%} of off" if floor is not None else "",
         met=share >= floor if floor is not None else None,
     )
