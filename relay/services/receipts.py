@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from relay.stores.receipts import (
     append_receipts,
     lock_chain_head,
 )
+
+log = logging.getLogger(__name__)
 
 RECEIPT_HEADER = "x-receipt-id"
 # An answer that ended before relay wrote a byte of it (client gone while the
@@ -87,8 +90,10 @@ class ReceiptsPart:
             now = time.monotonic()
             if head is None or now < self._shared_until:
                 head = await lock_chain_head(tx)
-                if self._mine and head not in self._mine:
-                    self._shared_until = now + self.SHARED_SECONDS  # another instance signs too
+                if self._mine and head not in self._mine:  # another instance signs too
+                    if now >= self._shared_until:
+                        log.info("receipt chain shared: reading its head under lock")
+                    self._shared_until = now + self.SHARED_SECONDS
             self._head = self._sign(tx, answers, head)
             self._mine.append(self._head)
 
