@@ -42,8 +42,8 @@ class RecordPart(Protocol):
         """Write rows for `answers` (in commit order); raising rolls back the whole batch.
 
         `tx.defer` what needs no answer back: a batch whose parts only defer is
-        one round trip. `tx.on_commit` and `tx.on_rollback` learn its outcome. The
-        next batch may be written before this one's outcome is known."""
+        one round trip. The next batch may be written before this one's outcome is
+        known; `tx.on_rollback` learns that it failed."""
 
 
 @dataclass(eq=False, slots=True)

@@ -114,7 +114,6 @@ class Batch:
         self.cur = cur
         self._open = False  # BEGIN sent, COMMIT or ROLLBACK not yet
         self._deferred: list[str] = []
-        self._on_commit: list[Callable[[], None]] = []
         self._on_rollback: list[Callable[[], None]] = []
 
     def bind(self, sql: str, params: Any = None) -> str:
@@ -136,10 +135,6 @@ class Batch:
     def defer(self, sql: str, params: Any = None) -> None:
         self._deferred.append(self.bind(sql, params))
 
-    def on_commit(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once the transaction has committed (never if it did not)."""
-        self._on_commit.append(callback)
-
     def on_rollback(self, callback: Callable[[], None]) -> None:
         """Call `callback` if the transaction does not commit."""
         self._on_rollback.append(callback)
@@ -157,8 +152,6 @@ class Batch:
             self._open = False
         elif statements:
             await self.cur.execute("; ".join(statements))
-        for callback in self._on_commit:
-            callback()
 
     async def rollback(self) -> None:
         self._deferred = []
