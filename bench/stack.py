@@ -76,6 +76,7 @@ class Stack:
         self.relay: Child | None = None
         self.relay_port = 0
         self._variants: dict[int, Child] = {}  # port → relay started with overrides
+        self._variants_started = 0
         self.token = ""
         self._secrets = {
             "RELAY_JWT_SECRET": secrets.token_urlsafe(48),
@@ -153,9 +154,9 @@ class Stack:
             **overrides,
         )
 
-    def _spawn_relay(self, overrides: dict[str, str]) -> tuple[Child, int]:
+    def _spawn_relay(self, overrides: dict[str, str], name: str = "relay") -> tuple[Child, int]:
         port = free_port()
-        name = "relay" + "".join(f"-{key}={value}" for key, value in overrides.items())
+        name += "".join(f"-{key}={value}" for key, value in overrides.items())
         child = Child.python(
             name, ["relay", "serve"], self.workdir / f"{name}.log", server_core=True
         )
@@ -182,9 +183,10 @@ class Stack:
         self.relay, self._variants = None, {}
 
     def start_variant(self, overrides: dict[str, str]) -> Target:
-        """A second relay beside the first (same core, database, Redis and client), with
-        `overrides`: comparisons alternate between the two without restarts in between."""
-        child, port = self._spawn_relay(overrides)
+        """A fresh relay beside the first (same core, database, Redis and client), with
+        `overrides`: comparisons alternate between such relays without restarts."""
+        self._variants_started += 1
+        child, port = self._spawn_relay(overrides, name=f"relay-{self._variants_started}")
         self._variants[port] = child
         return self._relay_target(port, child)
 
