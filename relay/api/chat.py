@@ -9,6 +9,7 @@ import time
 
 from aiohttp import web
 
+from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import json_response, parse_json_object, read_body
 from relay.api.conversation_header import bind_conversation
 from relay.appkeys import (
@@ -18,7 +19,6 @@ from relay.appkeys import (
     REQUEST_ID,
     ROUTER,
     SETTINGS,
-    STARTED_AT,
     UPSTREAM_SESSION,
 )
 from relay.errors import RelayError, error_json
@@ -94,14 +94,14 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
         answer.response_sha256 = hashlib.sha256(error_json(error)).hexdigest()
         if RECEIPT_HEADER in answer.headers:
             error.headers.setdefault(RECEIPT_HEADER, answer.receipt_id)
-        answer.latency_ms = _elapsed_ms(request)
-        await _commit_quietly(hooks, answer)
+        answer.latency_ms = elapsed_ms(request)
+        await hooks.commit_quietly(answer)
         raise
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client's connection closes.
         answer.status = "cancelled"
-        answer.latency_ms = _elapsed_ms(request)
-        hooks.in_background(_commit_quietly(hooks, answer))
+        answer.latency_ms = elapsed_ms(request)
+        hooks.in_background(hooks.commit_quietly(answer))
         raise
     finally:
         hooks.run_after(answer)
@@ -114,7 +114,7 @@ async def _relay_whole(
     answer.summary = summarize_completion(body)
     answer.response_sha256 = hashlib.sha256(body).hexdigest()
     answer.response_bytes = len(body)
-    answer.latency_ms = _elapsed_ms(request)
+    answer.latency_ms = elapsed_ms(request)
     # Committed before the client gets a byte: an answer it saw is in history.
     await hooks.run_commit(answer)
     headers = {
@@ -138,7 +138,7 @@ async def _relay_stream(
             _summarise(request, answer, observer)
     answer.status = result.status
     if result.status == "cancelled":
-        await _commit_quietly(hooks, answer)
+        await hooks.commit_quietly(answer)
         return response
     final = result.final
     if result.status == "cut" and deadline.is_set():
@@ -163,24 +163,7 @@ async def _relay_stream(
     return response
 
 
-def _elapsed_ms(request: web.Request) -> float:
-    return round((time.monotonic() - request[STARTED_AT]) * 1000, 2)
-
-
 def _summarise(request: web.Request, answer: Answer, observer: StreamObserver) -> None:
-    answer.summary = observer.summary()
+    note_stream_end(request, answer, observer)
     answer.response_sha256 = observer.sha256
     answer.response_bytes = observer.byte_count
-    answer.latency_ms = _elapsed_ms(request)
-    if observer.first_content_at is not None:
-        answer.first_token_ms = round((observer.first_content_at - request[STARTED_AT]) * 1000, 2)
-
-
-async def _commit_quietly(hooks: AnswerHooks, answer: Answer) -> None:
-    """Record an answer whose end the client will not see; a failure is only logged."""
-    try:
-        await hooks.run_commit(answer)
-    except RelayError as error:
-        log.warning(
-            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
-        )

@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import parse_json_object, read_body
 from relay.api.chat_events import HashedEventSource, error_data, event_bytes
 from relay.api.conversation_header import CONVERSATION_HEADER
@@ -22,7 +23,6 @@ from relay.appkeys import (
     REQUEST_ID,
     ROUTER,
     SETTINGS,
-    STARTED_AT,
     UPSTREAM_SESSION,
 )
 from relay.errors import PermissionDeniedError, RelayError, UpstreamError, error_json
@@ -58,14 +58,14 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
         if not opened:  # the provider refused or was unreachable; nothing was read
             answer.status, answer.http_status = "failed", error.status
             _finish(request, answer, error_json(error))
-            await _commit_quietly(hooks, answer)
+            await hooks.commit_quietly(answer)
         if CONVERSATION_HEADER in answer.headers:
             error.headers.setdefault(CONVERSATION_HEADER, answer.headers[CONVERSATION_HEADER])
         raise
     except asyncio.CancelledError:
         answer.status = "cancelled"  # aiohttp cancels the handler when the client leaves
-        answer.latency_ms = _elapsed_ms(request)
-        hooks.in_background(_commit_quietly(hooks, answer))
+        answer.latency_ms = elapsed_ms(request)
+        hooks.in_background(hooks.commit_quietly(answer))
         raise
     finally:
         hooks.run_after(answer)
@@ -131,12 +131,12 @@ async def _whole(
 ) -> web.Response:
     observer = DeltaObserver()
     answer.status = await _read(provider, observer)
-    _summarise(request, answer, observer)
+    note_stream_end(request, answer, observer)
     if answer.status != "complete":
         error = UpstreamError("The provider broke off the answer.", code="upstream_cut")
         answer.http_status = error.status
         _finish(request, answer, error_json(error))
-        await _commit_quietly(hooks, answer)
+        await hooks.commit_quietly(answer)
         raise error
     # The body names the message row, so its id is taken first; then the
     # body is known, hashed for the receipt, committed, and only then sent.
@@ -158,11 +158,11 @@ async def _stream(
         try:
             answer.status = await _relay_deltas(response, provider, observer)
         finally:
-            _summarise(request, answer, observer)
+            note_stream_end(request, answer, observer)
     if answer.status == "cancelled":
         answer.response_sha256 = response.sha256_with(b"")
         answer.response_bytes = response.byte_count
-        await _commit_quietly(hooks, answer)
+        await hooks.commit_quietly(answer)
         return response
     response.stop_streaming()  # no ping may slip in between the hash and the last event
     final = _cut_event(deadline.is_set()) if answer.status == "cut" else b""
@@ -214,29 +214,8 @@ def _cut_event(shutting_down: bool) -> bytes:
     return event_bytes("error", error_data(error))
 
 
-def _elapsed_ms(request: web.Request) -> float:
-    return round((time.monotonic() - request[STARTED_AT]) * 1000, 2)
-
-
-def _summarise(request: web.Request, answer: Answer, observer: DeltaObserver) -> None:
-    answer.summary = observer.summary()
-    answer.latency_ms = _elapsed_ms(request)
-    if observer.first_content_at is not None:
-        answer.first_token_ms = round((observer.first_content_at - request[STARTED_AT]) * 1000, 2)
-
-
 def _finish(request: web.Request, answer: Answer, body: bytes) -> None:
     """Hash the whole body the client receives (a non-streamed answer or an error)."""
     answer.response_sha256 = hashlib.sha256(body).hexdigest()
     answer.response_bytes = len(body)
-    answer.latency_ms = _elapsed_ms(request)
-
-
-async def _commit_quietly(hooks: AnswerHooks, answer: Answer) -> None:
-    """Record an answer whose end the client will not see; a failure is only logged."""
-    try:
-        await hooks.run_commit(answer)
-    except RelayError as error:
-        log.warning(
-            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
-        )
+    answer.latency_ms = elapsed_ms(request)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from relay.errors import RelayError
 from relay.stores.clients import Client
 from relay.upstreams.completion import CompletionSummary
 from relay.upstreams.routing import Route
@@ -97,6 +98,15 @@ class AnswerHooks:
     async def run_commit(self, answer: Answer) -> None:
         for hook in self.commit:
             await hook(answer)
+
+    async def commit_quietly(self, answer: Answer) -> None:
+        """Record an answer whose end the client will not see; a failure is only logged."""
+        try:
+            await self.run_commit(answer)
+        except RelayError as error:
+            log.warning(
+                "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
+            )
 
     def run_after(self, answer: Answer) -> None:
         for hook in self.after:
