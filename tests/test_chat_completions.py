@@ -1,5 +1,7 @@
 """POST /v1/chat/completions, not streamed: routing, forwarding, errors."""
 
+import socket
+
 import orjson
 import pytest
 
@@ -161,13 +163,15 @@ async def test_provider_too_slow_is_a_504(make_settings, make_client, simulator)
 
 
 async def test_provider_refusing_connections_is_a_502(make_settings, make_client, simulator):
-    from relay.devservers import free_port
-
-    dead = simulator.upstream(base_url=f"http://127.0.0.1:{free_port()}/v1")
-    http = await make_client(make_settings(upstreams=(dead,)))
-    _, token = await client_with_token(http)
-    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
-    await assert_error(response, 502, "upstream_unreachable")
+    # Bound and never listening: connections are refused, and while it is held no
+    # server started meanwhile (relay's own test server, say) can be given the port.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        dead = simulator.upstream(base_url=f"http://127.0.0.1:{held.getsockname()[1]}/v1")
+        http = await make_client(make_settings(upstreams=(dead,)))
+        _, token = await client_with_token(http)
+        response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+        await assert_error(response, 502, "upstream_unreachable")
 
 
 async def test_provider_hanging_up_without_answer_is_a_502(http, token, simulator):
