@@ -115,8 +115,9 @@ class RedisBuckets:
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._charge_timer: asyncio.TimerHandle | None = None
-        # Each set of draws as sent: its keys, then its spec. A client's draws
-        # are the same tuple request after request, so this is worked out once.
+        # Checks as sent: their keys, then their spec. A client's checks draw the
+        # same tuple request after request, so this is worked out once for them
+        # (a debit's cost differs every time: it is encoded afresh).
         self._encoded: dict[tuple[Draw, ...], list[bytes]] = {}
 
     async def load(self) -> None:
@@ -187,7 +188,13 @@ class RedisBuckets:
         keys: list[bytes] = []
         specs: list[bytes] = []
         for call in batch:
-            encoded = self._encoded.get(call.draws) or self._encode(call.draws)
+            encoded = self._encoded.get(call.draws) if call.future is not None else None
+            if encoded is None:
+                encoded = _encode(call.draws)
+                if call.future is not None:
+                    if len(self._encoded) >= _MAX_ENCODED:
+                        self._encoded.clear()
+                    self._encoded[call.draws] = encoded
             keys += encoded[:-1]
             specs.append(encoded[-1])
         try:
@@ -197,13 +204,11 @@ class RedisBuckets:
             reply = await self.redis.evalsha(self.sha, len(keys), *keys, _PERIOD, *specs)
         return list(reply)
 
-    def _encode(self, draws: tuple[Draw, ...]) -> list[bytes]:
-        spec = ",".join(f"{draw.capacity},{draw.cost},{int(draw.mode)}" for draw in draws)
-        encoded = [*(draw.key.encode() for draw in draws), spec.encode()]
-        if len(self._encoded) >= _MAX_ENCODED:
-            self._encoded.clear()
-        self._encoded[draws] = encoded
-        return encoded
+
+def _encode(draws: tuple[Draw, ...]) -> list[bytes]:
+    """A call as the script reads it: each bucket's key, then one spec for them all."""
+    spec = ",".join(f"{draw.capacity},{draw.cost},{int(draw.mode)}" for draw in draws)
+    return [*(draw.key.encode() for draw in draws), spec.encode()]
 
 
 def _outcomes(reply: list[Any], batch: list[_Call]) -> list[Outcome]:
