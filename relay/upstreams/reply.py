@@ -68,20 +68,15 @@ class ProviderReply:
 
     async def whole(self) -> bytes:
         """The complete body (a non-streamed answer), bounded, with read failures mapped."""
-        parts, size = [], 0
         try:
-            while chunk := await self.chunk():
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    raise UpstreamError(
-                        "The provider's answer is too large.", code="upstream_too_large"
-                    )
-                parts.append(chunk)
+            body = await self.prefix(MAX_RESPONSE_BYTES + 1)
         except TimeoutError:
             raise UpstreamTimeoutError("The provider stopped answering.") from None
         except aiohttp.ClientError:
             raise UpstreamError("The provider broke off its answer.", code="upstream_cut") from None
-        return b"".join(parts)
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise UpstreamError("The provider's answer is too large.", code="upstream_too_large")
+        return body
 
     def close(self) -> None:
         """Stop reading: the connection is closed, so the provider learns it at once."""
@@ -98,4 +93,7 @@ class ProviderReply:
             self.expired = True
             self._response.close()
             return
-        self._timer = self._loop.call_at((since or now) + self._seconds, self._check)
+        # Not waiting now: the allowance starts again when relay next asks for bytes.
+        self._timer = self._loop.call_at(
+            (now if since is None else since) + self._seconds, self._check
+        )
