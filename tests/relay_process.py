@@ -21,14 +21,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from relay.devservers import free_port
 from relay.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class NotifySocket:

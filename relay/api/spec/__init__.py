@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay import __version__
+from relay.api.spec.admin import ADMIN_PATHS, ADMIN_SCHEMAS
 from relay.api.spec.components import COMPONENTS
 from relay.api.spec.history import HISTORY_PATHS, HISTORY_SCHEMAS
 from relay.api.spec.paths import PATHS
@@ -37,9 +38,14 @@ def build_spec() -> dict[str, Any]:
             {"name": "proofs", "description": "Attestation reports and signed receipts."},
             {"name": "history", "description": "Stored conversations: read, poll, search, erase."},
         ],
-        "paths": {**PATHS, **PROOF_PATHS, **HISTORY_PATHS},
+        "paths": {**PATHS, **ADMIN_PATHS, **PROOF_PATHS, **HISTORY_PATHS},
         "components": {
             **COMPONENTS,
-            "schemas": {**COMPONENTS["schemas"], **PROOF_SCHEMAS, **HISTORY_SCHEMAS},
+            "schemas": {
+                **COMPONENTS["schemas"],
+                **ADMIN_SCHEMAS,
+                **PROOF_SCHEMAS,
+                **HISTORY_SCHEMAS,
+            },
         },
     }

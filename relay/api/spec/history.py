@@ -6,14 +6,9 @@ from typing import Any
 
 from relay.api.spec.components import RATE_LIMIT_HEADERS, ref
 from relay.api.spec.native_chat import NATIVE_CHAT_PATHS, NATIVE_CHAT_SCHEMAS
-from relay.api.spec.paths import AUTHENTICATED, JWT, answer, operation
+from relay.api.spec.paths import AUTHENTICATED, JWT, answer, operation, path_parameter
 
-CONVERSATION_ID = {
-    "name": "conversation_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-}
+CONVERSATION_ID = path_parameter("conversation_id")
 CONVERSATION_FILTER = {
     "name": "conversation_id",
     "in": "query",

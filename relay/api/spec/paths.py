@@ -1,4 +1,5 @@
-"""Every endpoint in the OpenAPI description; operationId is the route's name in routes.py."""
+"""How an operation is described, and the endpoints of operations, auth and chat; operationId
+is the route's name in routes.py. The other surfaces describe theirs beside it."""
 
 from __future__ import annotations
 
@@ -13,13 +14,6 @@ REQUEST_ID = {
     "description": "Your id for this request (1-128 of A-Za-z0-9._:-); echoed back.",
     "schema": {"type": "string"},
 }
-CLIENT_ID = {
-    "name": "client_id",
-    "in": "path",
-    "required": True,
-    "description": "The client's id.",
-    "schema": {"type": "string"},
-}
 Security = list[dict[str, list[str]]]
 JWT: Security = [{"bearerToken": []}]
 ADMIN: Security = [{"adminToken": []}]
@@ -27,6 +21,14 @@ NONE: Security = [{}]
 # Every JWT route can be refused by the token check, the rate limit or a dependency.
 AUTHENTICATED = (401, 429, 503)
 JSON_BODY = (400, 413, 415)
+
+
+def path_parameter(name: str, description: str = "") -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": name, "in": "path", "required": True}
+    if description:
+        parameter["description"] = description
+    parameter["schema"] = {"type": "string"}
+    return parameter
 
 
 def json_content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -218,84 +220,6 @@ PATHS: dict[str, Any] = {
                 }
             },
             errors=(*JSON_BODY, *AUTHENTICATED, 403, 404, 422, 502, 504),
-        )
-    },
-    "/admin/clients": {
-        "get": operation(
-            "list_clients",
-            "List API clients",
-            tag="admin",
-            security=ADMIN,
-            parameters=(
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                },
-                {
-                    "name": "after",
-                    "in": "query",
-                    "required": False,
-                    "description": "The last id of the previous page.",
-                    "schema": {"type": "string"},
-                },
-            ),
-            responses={"200": answer("A page of clients.", ref("schemas", "ClientList"))},
-            errors=(400, 401, 503),
-        ),
-        "post": operation(
-            "create_client",
-            "Create an API client (its key is shown once)",
-            tag="admin",
-            security=ADMIN,
-            body=ref("schemas", "ClientCreate"),
-            responses={"201": answer("The client and its key.", ref("schemas", "ClientWithKey"))},
-            errors=(*JSON_BODY, 401, 503),
-        ),
-    },
-    "/admin/clients/{client_id}": {
-        "get": operation(
-            "get_client",
-            "Read an API client",
-            tag="admin",
-            security=ADMIN,
-            parameters=(CLIENT_ID,),
-            responses={"200": answer("The client.", ref("schemas", "Client"))},
-            errors=(401, 404, 503),
-        ),
-        "patch": operation(
-            "update_client",
-            "Change a client's name, scopes, status, limits or history setting",
-            tag="admin",
-            security=ADMIN,
-            parameters=(CLIENT_ID,),
-            body=ref("schemas", "ClientUpdate"),
-            description="Disabling a client refuses its tokens at once, on every instance.",
-            responses={"200": answer("The changed client.", ref("schemas", "Client"))},
-            errors=(*JSON_BODY, 401, 404, 503),
-        ),
-        "delete": operation(
-            "delete_client",
-            "Delete an API client",
-            tag="admin",
-            security=ADMIN,
-            parameters=(CLIENT_ID,),
-            responses={"200": answer("Deleted.", ref("schemas", "ClientDeleted"))},
-            errors=(401, 404, 503),
-        ),
-    },
-    "/admin/clients/{client_id}/regenerate-key": {
-        "post": operation(
-            "regenerate_client_key",
-            "Issue a new API key; the old key and its tokens stop working",
-            tag="admin",
-            security=ADMIN,
-            parameters=(CLIENT_ID,),
-            responses={
-                "200": answer("The client and its new key.", ref("schemas", "ClientWithKey"))
-            },
-            errors=(401, 404, 503),
         )
     },
 }

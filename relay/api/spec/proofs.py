@@ -5,17 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from relay.api.spec.components import RATE_LIMIT_HEADERS, ref
-from relay.api.spec.paths import AUTHENTICATED, JWT, NONE, answer, operation
+from relay.api.spec.paths import AUTHENTICATED, JWT, NONE, answer, operation, path_parameter
 
 HEX = {"type": "string", "pattern": "^[0-9a-f]*$"}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-RECEIPT_ID = {
-    "name": "receipt_id",
-    "in": "path",
-    "required": True,
-    "description": "The answer's `x-receipt-id` header.",
-    "schema": {"type": "string"},
-}
+RECEIPT_ID = path_parameter("receipt_id", "The answer's `x-receipt-id` header.")
 
 PROOF_SCHEMAS: dict[str, Any] = {
     "AttestationReport": {

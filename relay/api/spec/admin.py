@@ -1,0 +1,175 @@
+"""The OpenAPI description of relay's admin API: API clients, managed with the admin token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.api.spec.components import ref
+from relay.api.spec.paths import ADMIN, JSON_BODY, answer, operation, path_parameter
+
+CLIENT_ID = path_parameter("client_id", "The client's id.")
+
+ADMIN_SCHEMAS: dict[str, Any] = {
+    "Limits": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": "integer", "minimum": 0}
+            for name in ("requests_per_minute", "chat_requests_per_minute", "tokens_per_minute")
+        },
+    },
+    "ClientFields": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "scopes": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:*/@+-]{0,127}$"},
+            },
+            "status": {"type": "string", "enum": ["active", "disabled"]},
+            "limits": ref("schemas", "Limits"),
+            "store_history": {"type": "boolean"},
+            "metadata": {"type": "object", "maxProperties": 32},
+        },
+    },
+    "ClientCreate": {
+        "allOf": [ref("schemas", "ClientFields"), {"type": "object", "required": ["name"]}]
+    },
+    "ClientUpdate": {"allOf": [ref("schemas", "ClientFields"), {"minProperties": 1}]},
+    "Client": {
+        "type": "object",
+        "required": ["object", "id", "name", "key_id", "key_version", "scopes", "status"],
+        "properties": {
+            "object": {"const": "client"},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "key_id": {"type": "string"},
+            "key_version": {"type": "integer"},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "status": {"type": "string", "enum": ["active", "disabled"]},
+            "limits": ref("schemas", "Limits"),
+            "store_history": {"type": "boolean"},
+            "metadata": {"type": "object"},
+            "created_at": {"type": "integer"},
+            "updated_at": {"type": "integer"},
+        },
+    },
+    "ClientWithKey": {
+        "allOf": [
+            ref("schemas", "Client"),
+            {
+                "type": "object",
+                "required": ["api_key"],
+                "properties": {
+                    "api_key": {
+                        "type": "string",
+                        "description": "rk_<key id>_<secret>; shown only in this response.",
+                    }
+                },
+            },
+        ]
+    },
+    "ClientList": {
+        "type": "object",
+        "required": ["object", "data", "has_more"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("schemas", "Client")},
+            "first_id": {"type": ["string", "null"]},
+            "last_id": {"type": ["string", "null"]},
+            "has_more": {"type": "boolean"},
+        },
+    },
+    "ClientDeleted": {
+        "type": "object",
+        "required": ["object", "id", "deleted"],
+        "properties": {
+            "object": {"const": "client.deleted"},
+            "id": {"type": "string"},
+            "deleted": {"const": True},
+        },
+    },
+}
+
+ADMIN_PATHS: dict[str, Any] = {
+    "/admin/clients": {
+        "get": operation(
+            "list_clients",
+            "List API clients",
+            tag="admin",
+            security=ADMIN,
+            parameters=(
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "description": "The last id of the previous page.",
+                    "schema": {"type": "string"},
+                },
+            ),
+            responses={"200": answer("A page of clients.", ref("schemas", "ClientList"))},
+            errors=(400, 401, 503),
+        ),
+        "post": operation(
+            "create_client",
+            "Create an API client (its key is shown once)",
+            tag="admin",
+            security=ADMIN,
+            body=ref("schemas", "ClientCreate"),
+            responses={"201": answer("The client and its key.", ref("schemas", "ClientWithKey"))},
+            errors=(*JSON_BODY, 401, 503),
+        ),
+    },
+    "/admin/clients/{client_id}": {
+        "get": operation(
+            "get_client",
+            "Read an API client",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            responses={"200": answer("The client.", ref("schemas", "Client"))},
+            errors=(401, 404, 503),
+        ),
+        "patch": operation(
+            "update_client",
+            "Change a client's name, scopes, status, limits or history setting",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            body=ref("schemas", "ClientUpdate"),
+            description="Disabling a client refuses its tokens at once, on every instance.",
+            responses={"200": answer("The changed client.", ref("schemas", "Client"))},
+            errors=(*JSON_BODY, 401, 404, 503),
+        ),
+        "delete": operation(
+            "delete_client",
+            "Delete an API client",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            responses={"200": answer("Deleted.", ref("schemas", "ClientDeleted"))},
+            errors=(401, 404, 503),
+        ),
+    },
+    "/admin/clients/{client_id}/regenerate-key": {
+        "post": operation(
+            "regenerate_client_key",
+            "Issue a new API key; the old key and its tokens stop working",
+            tag="admin",
+            security=ADMIN,
+            parameters=(CLIENT_ID,),
+            responses={
+                "200": answer("The client and its new key.", ref("schemas", "ClientWithKey"))
+            },
+            errors=(401, 404, 503),
+        )
+    },
+}
