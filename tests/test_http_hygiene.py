@@ -17,6 +17,7 @@ def assert_security_headers(response, hsts: bool = False) -> None:
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Server"] == "relay"  # no software names or versions
     assert ("Strict-Transport-Security" in response.headers) is hsts
 
 

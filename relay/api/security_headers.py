@@ -24,6 +24,8 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     # setdefault: a handler that needs a different policy (the docs page) sets its own.
     for name, value in _HEADERS.items():
         response.headers.setdefault(name, value)
+    # Set over aiohttp's own, which names Python, aiohttp and both versions.
+    response.headers["Server"] = "relay"
     if request.app[SETTINGS].force_https:
         response.headers.setdefault("Strict-Transport-Security", HSTS)
 
