@@ -6,13 +6,13 @@ import asyncio
 import datetime
 import hashlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from relay.errors import RelayError
+from relay.ids import uuid7
 from relay.stores.clients import Client
 from relay.upstreams.completion import CompletionSummary
 from relay.upstreams.routing import Route
@@ -40,7 +40,7 @@ class Answer:
     started_at: float  # time.time() when the request arrived
     store: bool  # content may be kept (request's `store` and the client's store_history)
     conversation_id: str | None = None
-    receipt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    receipt_id: str = field(default_factory=lambda: uuid7().hex)
     status: str = "complete"
     http_status: int = 200
     summary: CompletionSummary = field(default_factory=CompletionSummary)
@@ -57,7 +57,7 @@ class Answer:
 
     def __post_init__(self) -> None:
         if self.store and self.conversation_id is None:
-            self.conversation_id = str(uuid.uuid4())  # what is kept belongs to a conversation
+            self.conversation_id = str(uuid7())  # what is kept belongs to a conversation
 
     @cached_property
     def request_sha256(self) -> str:
