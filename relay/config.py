@@ -112,6 +112,10 @@ class Settings:
     rate_limit_token_exchanges_per_minute: int = setting(
         "RELAY_RATE_LIMIT_TOKEN_EXCHANGES_PER_MINUTE", 10, _integer, minimum=0
     )
+    # Each report asks the TEE for a fresh quote: unauthenticated, so per address.
+    rate_limit_attestation_reports_per_minute: int = setting(
+        "RELAY_RATE_LIMIT_ATTESTATION_REPORTS_PER_MINUTE", 30, _integer, minimum=0
+    )
     # Proxies whose X-Forwarded-For is believed: CIDRs, and "unix" for a unix-socket peer.
     trusted_proxies: tuple[str, ...] = setting("RELAY_TRUSTED_PROXIES", (), _networks)
     # Keys client ids into Redis key names (HMAC); every instance must share it.

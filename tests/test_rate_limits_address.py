@@ -104,3 +104,25 @@ async def test_v1_limits_are_per_client_not_per_address(make_client, make_settin
 
     assert me.headers["x-ratelimit-limit-requests"] == "100"
     assert me.headers["x-ratelimit-remaining-requests"] == "99"
+
+
+async def test_attestation_reports_are_limited_per_address(make_client, make_settings):
+    http = await make_client(
+        make_settings(
+            rate_limit_attestation_reports_per_minute=2, rate_limit_token_exchanges_per_minute=5
+        )
+    )
+
+    first = await http.get("/v1/attestation/report")
+    assert first.status == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert (await http.get("/v1/attestation/report", params={"nonce": "ab" * 32})).status == 200
+    # Each report asks the TEE for a quote: a third within the minute is refused.
+    refused = await http.get("/v1/attestation/report", params={"nonce": "cd" * 32})
+
+    error = await assert_error(refused, 429, "rate_limit_exceeded")
+    assert error["type"] == "requests"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
+    # A budget of its own: token exchanges from the same address still go through.
+    assert (await http.post("/auth/token", json=BAD_KEY)).status == 401

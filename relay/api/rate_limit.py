@@ -10,10 +10,14 @@ from aiohttp.typedefs import Handler
 from relay.appkeys import CALLER, RATE_LIMIT, RATE_LIMITER
 from relay.errors import RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
-from relay.services.ratelimit import Quota, Verdict
+from relay.services.ratelimit import ATTESTATION_REPORTS, TOKEN_EXCHANGES, Quota, Verdict
 
 CHAT_ROUTES = frozenset({"create_chat_completion", "create_chat"})
-TOKEN_EXCHANGE_ROUTE = "create_token"
+# Routes without a caller, limited per client address instead, and their buckets.
+ADDRESS_ROUTES = {
+    "create_token": TOKEN_EXCHANGES,  # before the key is checked: no guessing at speed
+    "get_attestation_report": ATTESTATION_REPORTS,  # each one asks the TEE for a quote
+}
 
 
 def duration(ms: int) -> str:
@@ -66,11 +70,11 @@ async def _check(request: web.Request) -> Verdict | None:
     if request.method == "OPTIONS":
         return None
     route = request.match_info.route.name
-    if route == TOKEN_EXCHANGE_ROUTE:
-        # Before the key is checked, so keys cannot be guessed at speed.
+    if route in ADDRESS_ROUTES:
         forwarded = request.headers.getall("X-Forwarded-For", ())
         return await limiter.check_address(
-            limiter.trusted_proxies.client_address(request.remote, forwarded)
+            limiter.trusted_proxies.client_address(request.remote, forwarded),
+            ADDRESS_ROUTES[route],
         )
     caller = request.get(CALLER)
     if caller is None:

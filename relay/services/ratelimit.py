@@ -3,7 +3,8 @@
 A client has three buckets: every /v1 request draws on `requests`, chat
 requests also on `chat`, and answers debit their real token usage from
 `tokens` afterwards (a request is refused while that one is below zero).
-Token exchanges draw on one bucket per client address.
+Token exchanges and attestation reports (unauthenticated) draw on a bucket of
+the caller's address each.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ REQUESTS = "requests"
 CHAT = "chat_requests"
 TOKENS = "tokens"
 TOKEN_EXCHANGES = "token_exchanges"
+ATTESTATION_REPORTS = "attestation_reports"
+ADDRESS_BUCKETS = (TOKEN_EXCHANGES, ATTESTATION_REPORTS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Limits:
     chat_requests_per_minute: int
     tokens_per_minute: int
     token_exchanges_per_minute: int
+    attestation_reports_per_minute: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -49,6 +53,7 @@ class Limits:
             chat_requests_per_minute=settings.rate_limit_chat_per_minute,
             tokens_per_minute=settings.rate_limit_tokens_per_minute,
             token_exchanges_per_minute=settings.rate_limit_token_exchanges_per_minute,
+            attestation_reports_per_minute=settings.rate_limit_attestation_reports_per_minute,
         )
 
     def of(self, client: Client, name: str) -> int:
@@ -149,10 +154,12 @@ class RateLimiter:
             plan = self._plan(client, chat)
         return _verdict(plan.buckets, await self._draw(plan.draws))
 
-    async def check_address(self, address: str) -> Verdict:
-        """Take one token exchange from the bucket of the caller's address."""
-        key = self._key("address", address, TOKEN_EXCHANGES)
-        bucket = _Bucket(TOKEN_EXCHANGES, Draw(key, self.limits.token_exchanges_per_minute))
+    async def check_address(self, address: str, name: str) -> Verdict:
+        """Take one from the caller's address's bucket `name` (one of ADDRESS_BUCKETS)."""
+        if name not in ADDRESS_BUCKETS:
+            raise ValueError(f"{name!r} is not a per-address bucket")
+        limit = getattr(self.limits, f"{name}_per_minute")
+        bucket = _Bucket(name, Draw(self._key("address", address, name), limit))
         return _verdict((bucket,), await self._draw((bucket.draw,)))
 
     def debit_tokens(self, client: Client, tokens: int) -> None:

@@ -122,7 +122,7 @@ PROOF_PATHS: dict[str, Any] = {
             ),
             description="Never cached. Check it offline with `relay verify`.",
             responses={"200": answer("The report.", ref("schemas", "AttestationReport"))},
-            errors=(400, 503),
+            errors=(400, 429, 503),
         )
     },
     "/v1/receipts/{receipt_id}": {
