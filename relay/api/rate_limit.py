@@ -69,12 +69,11 @@ async def _check(request: web.Request) -> Verdict | None:
         return None
     if request.method == "OPTIONS":
         return None
-    route = request.match_info.route.name
-    if route in ADDRESS_ROUTES:
+    route = request.match_info.route.name or ""
+    if (bucket := ADDRESS_ROUTES.get(route)) is not None:
         forwarded = request.headers.getall("X-Forwarded-For", ())
         return await limiter.check_address(
-            limiter.trusted_proxies.client_address(request.remote, forwarded),
-            ADDRESS_ROUTES[route],
+            limiter.trusted_proxies.client_address(request.remote, forwarded), bucket
         )
     caller = request.get(CALLER)
     if caller is None:

@@ -33,7 +33,6 @@ CHAT = "chat_requests"
 TOKENS = "tokens"
 TOKEN_EXCHANGES = "token_exchanges"
 ATTESTATION_REPORTS = "attestation_reports"
-ADDRESS_BUCKETS = (TOKEN_EXCHANGES, ATTESTATION_REPORTS)
 
 
 @dataclass(frozen=True)
@@ -155,10 +154,12 @@ class RateLimiter:
         return _verdict(plan.buckets, await self._draw(plan.draws))
 
     async def check_address(self, address: str, name: str) -> Verdict:
-        """Take one from the caller's address's bucket `name` (one of ADDRESS_BUCKETS)."""
-        if name not in ADDRESS_BUCKETS:
-            raise ValueError(f"{name!r} is not a per-address bucket")
-        limit = getattr(self.limits, f"{name}_per_minute")
+        """Take one from the caller's address's bucket `name`: TOKEN_EXCHANGES or
+        ATTESTATION_REPORTS."""
+        limit = {
+            TOKEN_EXCHANGES: self.limits.token_exchanges_per_minute,
+            ATTESTATION_REPORTS: self.limits.attestation_reports_per_minute,
+        }[name]
         bucket = _Bucket(name, Draw(self._key("address", address, name), limit))
         return _verdict((bucket,), await self._draw((bucket.draw,)))
 
