@@ -83,7 +83,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
     hooks = request.app[ANSWER_HOOKS]
     try:
         async with open_provider_response(
-            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body
+            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body, stream=answer.stream
         ) as provider:
             if answer.stream:
                 return await _relay_stream(request, answer, provider, hooks)

@@ -48,7 +48,7 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
     opened = False
     try:
         async with open_provider_response(
-            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body
+            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body, stream=True
         ) as provider:
             opened = True
             if answer.stream:
@@ -111,9 +111,9 @@ async def _new_answer(request: web.Request) -> Answer:
 
 
 async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
-    """Feed the provider's stream to `observer`; 'complete' or 'cut'."""
+    """Feed the provider's stream to `observer` up to its `[DONE]`; 'complete' or 'cut'."""
     try:
-        while chunk := await provider.chunk():
+        while not observer.done and (chunk := await provider.chunk()):
             observer.feed(chunk)
     except (TimeoutError, aiohttp.ClientError):
         return "cut"
@@ -194,7 +194,7 @@ async def _relay_deltas(
 ) -> str:
     """Pass each content delta on as a `message.delta` event; complete, cut or cancelled."""
     try:
-        while chunk := await provider.chunk():
+        while not observer.done and (chunk := await provider.chunk()):
             observer.feed(chunk)
             for text in observer.take():
                 await response.send_event("message.delta", {"content": text})

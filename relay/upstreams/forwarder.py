@@ -21,6 +21,10 @@ from relay.upstreams.routing import Route
 log = logging.getLogger(__name__)
 
 _ERROR_BODY_BYTES = 64 * 1024
+# What is left of a provider's body once relay has what it needs (the end of a
+# stream after `[DONE]`) is read for this long at most, so the connection can go
+# back to the pool; a provider slower than that has its connection closed.
+_END_GRACE_SECONDS = 1.0
 # Headers of a provider refusal worth passing on to the client.
 _PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms", "x-should-retry")
 
@@ -82,11 +86,29 @@ async def _refusal(
     return UpstreamError(f"The provider failed with status {status}.", code="upstream_error")
 
 
+async def _not_a_stream(reply: ProviderReply, upstream: Upstream) -> RelayError:
+    """A streamed request answered 200 with a JSON body: an error, or a whole answer
+    the client did not ask for. Either way the client cannot read it as a stream."""
+    try:
+        body = orjson.loads(await reply.prefix(_ERROR_BODY_BYTES))
+    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+        body = None
+    log.info("provider answered a stream with JSON", extra={"upstream": upstream.name})
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(message := error.get("message"), str) and message:
+        return UpstreamError(f"The provider failed: {message}", code="upstream_error")
+    return UpstreamError(
+        "The provider answered a streamed request without an event stream.",
+        code="upstream_not_streamed",
+    )
+
+
 @asynccontextmanager
 async def open_provider_response(
-    session: aiohttp.ClientSession, route: Route, body: bytes
+    session: aiohttp.ClientSession, route: Route, body: bytes, *, stream: bool
 ) -> AsyncIterator[ProviderReply]:
-    """POST `body` to the route's provider; yield its 200 reply, raise a RelayError otherwise.
+    """POST `body` to the route's provider; yield its 200 reply, raise a RelayError otherwise
+    (also when a `stream` request is answered with JSON instead of an event stream).
 
     The provider has the upstream's `timeout_s` to answer with headers, then as
     long again for each wait between bytes of the body. Leaving the block
@@ -119,6 +141,9 @@ async def open_provider_response(
     try:
         if response.status != 200:
             raise await _refusal(response, reply, upstream)
+        if stream and response.content_type.endswith("json"):
+            raise await _not_a_stream(reply, upstream)
         yield reply
+        await reply.finish(_END_GRACE_SECONDS)
     finally:
         reply.release()

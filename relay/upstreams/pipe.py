@@ -21,6 +21,9 @@ SSE_HEADERS = {
 }
 _DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# One event larger than this is not a chat completion chunk: the stream is cut
+# rather than buffered without end.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
 def error_event(message: str, type: str, code: str) -> bytes:
@@ -66,7 +69,7 @@ class PipeResult:
     the `[DONE]` event of a complete stream, held back so that history and the
     receipt are committed before the client sees the end."""
 
-    status: str  # complete | cut | cancelled
+    status: str  # complete | cut | cancelled | failed (the provider sent an error event)
     observer: StreamObserver
     final: bytes = b""
 
@@ -77,36 +80,46 @@ async def pipe_stream(
     """Copy the provider's event stream to `response` (already prepared) as it arrives.
 
     `observer` is fed exactly the bytes written, so it hashes what the client received.
+    Reading stops at `data: [DONE]`: the answer is complete whether or not the
+    provider has closed its body yet.
     """
     pending = b""  # an event not yet complete
-    held = b""  # from `data: [DONE]` on
     try:
         while chunk := await provider.chunk():
-            if held:
-                held += chunk
-                continue
             buffer = pending + chunk if pending else chunk
             boundary = last_event_end(buffer)
             whole, pending = buffer[:boundary], buffer[boundary:]
             done_at = end_of_stream_at(whole)
             if done_at >= 0:
-                whole, held = whole[:done_at], whole[done_at:] + pending
-                pending = b""
-            if whole:
-                observer.feed(whole)
-                await response.write(whole)
+                await _send(response, observer, whole[:done_at])
+                return PipeResult("complete", observer, whole[done_at:])
+            if len(pending) > MAX_EVENT_BYTES:
+                log.info("provider sent an oversized event", extra={"bytes": len(pending)})
+                provider.close()
+                return PipeResult("cut", observer)
+            await _send(response, observer, whole)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
         return PipeResult("cancelled", observer)
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.info("provider broke off a stream", extra={"error": type(exc).__name__})
-        return PipeResult("cut", observer)
-    if held:
-        return PipeResult("complete", observer, held)
+        return PipeResult(_broken_off(observer), observer)
     # Ended without [DONE]: complete only if the answer itself said it was finished.
-    if observer.finish_reason is not None and not pending.strip():
+    if observer.finish_reason is not None and observer.error is None and not pending.strip():
         return PipeResult("complete", observer, pending)
-    return PipeResult("cut", observer)
+    return PipeResult(_broken_off(observer), observer)
+
+
+async def _send(response: web.StreamResponse, observer: StreamObserver, events: bytes) -> None:
+    if events:
+        observer.feed(events)
+        await response.write(events)
+
+
+def _broken_off(observer: StreamObserver) -> str:
+    """A stream that ends early: failed if the provider said why in an error event
+    (the client has that event already), else cut."""
+    return "failed" if observer.error is not None else "cut"
 
 
 async def end_stream(response: web.StreamResponse, observer: StreamObserver, final: bytes) -> bool:

@@ -78,6 +78,18 @@ class ProviderReply:
             raise UpstreamError("The provider's answer is too large.", code="upstream_too_large")
         return body
 
+    async def finish(self, seconds: float) -> None:
+        """Read and drop what is left of the body, for at most `seconds`, so the
+        connection can be reused; past that, or on a read error, close it."""
+        if self._response.closed or self._content.at_eof():
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                while await self._content.readany():
+                    pass
+        except (TimeoutError, aiohttp.ClientError):
+            self.close()
+
     def close(self) -> None:
         """Stop reading: the connection is closed, so the provider learns it at once."""
         self._response.close()

@@ -1,0 +1,149 @@
+"""Providers that bend the protocol: lingering after [DONE], JSON for a stream, their own
+error events, events without end. The client still gets a clear end, and history says
+what happened."""
+
+import asyncio
+
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.api_calls import assert_error, bearer, client_with_token
+from tests.history_calls import query
+
+CHUNK = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+)
+FINISH = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+)
+DONE = b"data: [DONE]\n\n"
+ERROR_EVENT = (
+    b'data: {"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}\n\n'
+)
+WHOLE = {
+    "id": "c1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}],
+}
+LINGER_SECONDS = 3.0
+
+
+async def _event_stream(request: web.Request, *parts: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for part in parts:
+        await response.write(part)
+    return response
+
+
+async def provider_chat(request: web.Request) -> web.StreamResponse:
+    """The model asked for names the misbehaviour."""
+    model = (await request.json())["model"]
+    if model == "linger":  # [DONE], then the body stays open
+        response = await _event_stream(request, CHUNK, FINISH, DONE)
+        await asyncio.sleep(LINGER_SECONDS)
+        await response.write_eof()
+        return response
+    if model == "reset-after-done":  # [DONE], then the connection breaks
+        await _event_stream(request, CHUNK, FINISH, DONE)
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response()
+    if model == "json-error":
+        error = {"message": "You exceeded your quota.", "type": "insufficient_quota"}
+        return web.json_response({"error": {**error, "param": None, "code": "insufficient_quota"}})
+    if model == "json-answer":
+        return web.json_response(WHOLE)
+    if model == "error-event":  # the provider's own error event, then the end
+        response = await _event_stream(request, CHUNK, ERROR_EVENT)
+        await response.write_eof()
+        return response
+    if model == "endless-event":  # one event that never ends
+        response = await _event_stream(request, CHUNK, b'data: {"x":"')
+        for _ in range(5):
+            await response.write(b"y" * 1024 * 1024)
+        await asyncio.sleep(LINGER_SECONDS)
+        await response.write_eof()
+        return response
+    raise web.HTTPNotFound()
+
+
+MODELS = ("linger", "reset-after-done", "json-error", "json-answer", "error-event", "endless-event")
+
+
+@pytest.fixture
+async def relay(make_settings, make_client, simulator, aiohttp_server):
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", provider_chat)
+    provider = await aiohttp_server(app)
+    upstream = simulator.upstream(
+        name="bent",
+        base_url=str(provider.make_url("/v1")),
+        models={model: model for model in MODELS},
+        timeout_s=LINGER_SECONDS * 4,
+    )
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    client, token = await client_with_token(http)
+    return http, token, client["id"]
+
+
+async def ask(http, token, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    return await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+
+
+async def answer_status(database_url, client_id):
+    rows = await query(
+        database_url,
+        "SELECT status FROM messages WHERE client_id = %s AND role = 'assistant'",
+        (client_id,),
+    )
+    return [row["status"] for row in rows]
+
+
+async def test_done_ends_the_stream_without_waiting_for_the_provider_to_close(relay, database_url):
+    http, token, client_id = relay
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await ask(http, token, "linger")
+    assert await response.read() == CHUNK + FINISH + DONE
+    assert loop.time() - started < LINGER_SECONDS / 2
+    assert await answer_status(database_url, client_id) == ["complete"]
+
+
+async def test_a_connection_broken_after_done_leaves_the_answer_complete(relay, database_url):
+    http, token, client_id = relay
+    response = await ask(http, token, "reset-after-done")
+    assert await response.read() == CHUNK + FINISH + DONE
+    assert await answer_status(database_url, client_id) == ["complete"]
+
+
+async def test_json_instead_of_a_stream_is_a_502_carrying_the_providers_message(relay):
+    http, token, _ = relay
+    error = await assert_error(await ask(http, token, "json-error"), 502, "upstream_error")
+    assert "You exceeded your quota." in error["message"]
+    await assert_error(await ask(http, token, "json-answer"), 502, "upstream_not_streamed")
+
+
+async def test_the_providers_own_error_event_ends_the_stream_as_failed(relay, database_url):
+    http, token, client_id = relay
+    response = await ask(http, token, "error-event")
+    # Exactly what the provider sent: no second error event of relay's after its own.
+    assert await response.read() == CHUNK + ERROR_EVENT
+    assert await answer_status(database_url, client_id) == ["failed"]
+
+
+async def test_an_event_without_end_is_cut_not_buffered_forever(relay):
+    http, token, _ = relay
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    raw = await (await ask(http, token, "endless-event")).read()
+    assert loop.time() - started < LINGER_SECONDS / 2
+    assert raw.startswith(CHUNK)
+    last = orjson.loads(raw.split(b"\n\n")[-2].removeprefix(b"data: "))
+    assert last["error"]["code"] == "upstream_cut"
