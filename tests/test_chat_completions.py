@@ -1,5 +1,6 @@
 """POST /v1/chat/completions, not streamed: routing, forwarding, errors."""
 
+import gzip
 import socket
 
 import orjson
@@ -81,6 +82,31 @@ async def test_a_model_outside_the_clients_scopes_is_403(http, simulator):
     assert not simulator.state.requests
     allowed = await post_chat(http, token, {"model": "sim-large", "messages": MESSAGES})
     assert allowed.status == 200
+
+
+async def test_a_scoped_client_cannot_name_the_model_twice(http, simulator):
+    # relay reads the last `model`; a provider reading the first would serve gpt-sim.
+    _, token = await client_with_token(http, scopes=["model:sim-large"])
+    twice = b'{"model":"gpt-sim","model":"sim-large","messages":[{"role":"user","content":"Hi"}]}'
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    response = await http.post("/v1/chat/completions", data=twice, headers=headers)
+    await assert_error(response, 400, "invalid_request")
+    escaped = twice.replace(b'"model":"sim-large"', b'"mod\\u0065l":"sim-large"')
+    response = await http.post("/v1/chat/completions", data=escaped, headers=headers)
+    await assert_error(response, 400, "invalid_request")
+    assert not simulator.state.requests
+    # Repeated keys inside the messages are the provider's business, not a scope question.
+    nested = b'{"model":"sim-large","messages":[{"role":"user","content":"a","content":"b"}]}'
+    assert (await http.post("/v1/chat/completions", data=nested, headers=headers)).status == 200
+
+
+async def test_a_compressed_request_body_is_refused(http, token, simulator):
+    body = gzip.compress(orjson.dumps({"model": "gpt-sim", "messages": MESSAGES}))
+    headers = {**bearer(token), "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = await http.post("/v1/chat/completions", data=body, headers=headers)
+    await assert_error(response, 415, "unsupported_media_type")
+    assert response.headers["Accept-Encoding"] == "identity"
+    assert not simulator.state.requests
 
 
 async def test_models_lists_what_the_client_may_use(http):

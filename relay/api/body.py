@@ -12,7 +12,16 @@ from relay.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedM
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The raw body, refused with 413 past RELAY_MAX_BODY_BYTES (the app's client_max_size)."""
+    """The raw body, refused with 413 past RELAY_MAX_BODY_BYTES (the app's client_max_size).
+
+    A compressed body is refused (415): aiohttp would hand relay the unpacked bytes,
+    and a receipt's `request_sha256` is over the exact bytes the client sent.
+    """
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise UnsupportedMediaTypeError(
+            "relay accepts request bodies without Content-Encoding; send the body uncompressed.",
+            headers={"Accept-Encoding": "identity"},  # RFC 7694
+        )
     limit = request.app[SETTINGS].max_body_bytes
     if (request.content_length or 0) > limit:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")

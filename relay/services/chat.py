@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,26 @@ def check_chat_completion(data: dict[str, Any]) -> ChatCompletionRequest:
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", param="stream")
     return ChatCompletionRequest(model, bool(stream), data.get("store") is not False)
+
+
+def refuse_duplicate_keys(body: bytes) -> None:
+    """400 if the body's top-level object names a key twice.
+
+    relay reads the last `model` of `{"model": "a", "model": "b"}` (as orjson
+    does); a provider reading the first would serve a model the client's scopes
+    leave out. Checked only for such clients: the standard library's parser,
+    which can see every pair, costs a few µs a request.
+    """
+    seen: list[list[tuple[str, Any]]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        seen.append(items)
+        return items
+
+    json.loads(body, object_pairs_hook=pairs)  # valid already: orjson parsed it
+    top = seen[-1]  # objects close inner first, so the top-level one closes last
+    if len({key for key, _ in top}) != len(top):
+        raise InvalidRequestError("The request body names the same field twice.")
 
 
 def forwarded_body(body: bytes, data: dict[str, Any], route: Route) -> bytes:
