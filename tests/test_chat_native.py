@@ -1,5 +1,6 @@
 """POST /v1/chat: relay keeps the conversation, builds the context, stores both sides."""
 
+import asyncio
 import hashlib
 
 import orjson
@@ -165,6 +166,38 @@ async def test_a_provider_refusal_is_passed_on_and_stored_as_failed(http, databa
         ("user", "complete"),
         ("assistant", "failed"),
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_refusal_names_the_receipt_of_the_error(http, simulator, stream):
+    _, token = await client_with_token(http)
+    simulator.config.error_status = 400
+    response = await native(http, token, stream=stream)
+    body = await response.read()
+    assert response.status == 400
+    receipt = await fetch_receipt(http, token, response.headers["x-receipt-id"])
+    assert receipt["status"] == "failed"
+    assert receipt["response_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_client_leaving_a_stream_gets_a_receipt_of_what_it_received(http, simulator):
+    _, token = await client_with_token(http)
+    simulator.config.tokens = 500
+    simulator.config.token_delay = 0.05
+    response = await native(http, token, stream=True)
+    receipt_id = response.headers["x-receipt-id"]
+    received = b""
+    while b"message.delta" not in received:
+        received += await response.content.readany()
+    response.close()  # relay is waiting for the provider's next token
+    for _ in range(200):
+        found = await http.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
+        if found.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    receipt = await fetch_receipt(http, token, receipt_id)
+    assert receipt["status"] == "cancelled"
+    assert receipt["response_sha256"] != hashlib.sha256(b"").hexdigest()
 
 
 async def test_unknown_or_foreign_conversations_are_404_before_forwarding(http, simulator):

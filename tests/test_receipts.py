@@ -135,6 +135,13 @@ async def test_another_client_gets_404_for_a_receipt_and_its_signature(http, cal
     await assert_error(unknown, 404, "receipt_not_found")
 
 
+@pytest.mark.parametrize("bad", ["%00", "abc%00def", "A" * 32, "0" * 33, "..%2F.."])
+async def test_a_malformed_receipt_id_is_404(http, caller, bad):
+    _, token = caller
+    for path in (f"/v1/receipts/{bad}", f"/v1/signature/{bad}"):
+        await assert_error(await http.get(path, headers=bearer(token)), 404, "receipt_not_found")
+
+
 async def test_the_signature_endpoint_answers_in_nears_shape(http, caller):
     _, token = caller
     saved = await ask(http, token, stream=True)

@@ -95,8 +95,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
         answer.status, answer.http_status = "failed", error.status
         # The client receives the error body, so that is what the receipt hashes.
         answer.response_sha256 = hashlib.sha256(error_json(error)).hexdigest()
-        if RECEIPT_HEADER in answer.headers:
-            error.headers.setdefault(RECEIPT_HEADER, answer.receipt_id)
+        answer.label(error)
         answer.latency_ms = elapsed_ms(request)
         await hooks.commit_quietly(answer)
         raise

@@ -59,8 +59,7 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
             answer.status, answer.http_status = "failed", error.status
             _finish(request, answer, error_json(error))
             await hooks.commit_quietly(answer)
-        if CONVERSATION_HEADER in answer.headers:
-            error.headers.setdefault(CONVERSATION_HEADER, answer.headers[CONVERSATION_HEADER])
+        answer.label(error)
         raise
     except asyncio.CancelledError:
         answer.status = "cancelled"  # aiohttp cancels the handler when the client leaves
@@ -159,9 +158,11 @@ async def _stream(
             answer.status = await _relay_deltas(response, provider, observer)
         finally:
             note_stream_end(request, answer, observer)
+            # What the client has so far: all it gets if it has left (the handler
+            # may be cancelled while waiting for the provider).
+            answer.response_sha256 = response.sha256_with(b"")
+            answer.response_bytes = response.byte_count
     if answer.status == "cancelled":
-        answer.response_sha256 = response.sha256_with(b"")
-        answer.response_bytes = response.byte_count
         await hooks.commit_quietly(answer)
         return response
     response.stop_streaming()  # no ping may slip in between the hash and the last event

@@ -67,6 +67,12 @@ class Answer:
     def forwarded_sha256(self) -> str:
         return hashlib.sha256(self.forwarded_body).hexdigest()
 
+    def label(self, error: RelayError) -> None:
+        """Give an error response the answer's headers (its conversation and receipt
+        ids): what was recorded of it can be found like any other answer's."""
+        for name, value in self.headers.items():
+            error.headers.setdefault(name, value)
+
     @property
     def tokens_used(self) -> int:
         """The provider's total_tokens; without usage (a stream that did not ask for it,

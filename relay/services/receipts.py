@@ -6,6 +6,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,7 @@ RECEIPT_HEADER = "x-receipt-id"
 # An answer that ended before relay wrote a byte of it (client gone while the
 # provider was still answering): the client received exactly nothing.
 _NOTHING_SHA256 = hashlib.sha256(b"").hexdigest()
+_RECEIPT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def receipt_fields(answer: Answer, prev_sha256: str | None, served_at: str) -> dict[str, Any]:
@@ -130,7 +132,13 @@ class ReceiptService:
 
     async def receipt_body(self, receipt_id: str, client_id: str) -> bytes:
         """The receipt's exact bytes; NotFoundError unless it is the client's own."""
-        body = await self.store.body_for_client(receipt_id, client_id)
+        # Receipt ids are 32 lower-case hex digits; anything else (a NUL byte, say,
+        # which PostgreSQL refuses outright) cannot name one.
+        body = (
+            await self.store.body_for_client(receipt_id, client_id)
+            if _RECEIPT_ID.fullmatch(receipt_id)
+            else None
+        )
         if body is None:
             # The same answer for another client's receipt as for none at all.
             raise NotFoundError("No such receipt.", code="receipt_not_found")
