@@ -36,6 +36,7 @@ class FakeDstackState:
     compose_hash: str = "ef" * 32
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     fail_status: int | None = None  # answer every call with this HTTP status
+    malformed: bool = False  # answer every call 200 with a JSON list instead of an object
     quote_report_data: bytes | None = None  # put this in quotes instead of the asked data
 
     def methods(self) -> list[str]:
@@ -82,6 +83,8 @@ def fake_dstack_app(state: FakeDstackState) -> web.Application:
         state.calls.append((request.path.lstrip("/"), payload))
         if state.fail_status is not None:
             return web.Response(status=state.fail_status, text="fake failure")
+        if state.malformed:
+            return web.json_response([])
         return await handler(request)
 
     async def body(request: web.Request) -> dict[str, Any]:

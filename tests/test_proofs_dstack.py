@@ -102,6 +102,19 @@ async def test_a_dstack_report_verifies_offline(tmp_path: Path) -> None:
         verify_all(report, receipts, nonce=other_nonce)
 
 
+@pytest.mark.parametrize("quote", ["00" * 48, "0300" + "00" * 2 + "81000000" + "00" * 700])
+async def test_a_tdx_report_whose_quote_cannot_be_read_fails(tmp_path: Path, quote: str) -> None:
+    from tests.test_proofs_receipt import make_chain
+
+    async with start_fake_dstack(tmp_path) as (socket_path, _):
+        async with DstackAgent(socket_path) as agent:
+            identity = await DstackKeyProvider(agent).load()
+            report = await build_report(identity, NONCE, agent)
+    receipts = make_chain(identity.private_key, 1)
+    with pytest.raises(VerificationError, match="not a TDX v4/v5 quote"):
+        verify_all({**report, "intel_quote": quote}, receipts, nonce=NONCE)
+
+
 async def test_a_quote_over_other_report_data_is_refused(tmp_path: Path) -> None:
     state = FakeDstackState(quote_report_data=b"\x01" * 64)
     async with start_fake_dstack(tmp_path, state) as (socket_path, _):
@@ -146,4 +159,11 @@ async def test_an_agent_answering_errors_is_unavailable(tmp_path: Path) -> None:
     async with start_fake_dstack(tmp_path, FakeDstackState(fail_status=500)) as (path, _):
         async with DstackAgent(path) as agent:
             with pytest.raises(AttestationUnavailableError, match="500"):
+                await DstackKeyProvider(agent).load()
+
+
+async def test_an_agent_answering_nonsense_is_unavailable(tmp_path: Path) -> None:
+    async with start_fake_dstack(tmp_path, FakeDstackState(malformed=True)) as (path, _):
+        async with DstackAgent(path) as agent:
+            with pytest.raises(AttestationUnavailableError, match="RELAY_DSTACK_ENDPOINT"):
                 await DstackKeyProvider(agent).load()

@@ -125,6 +125,14 @@ def test_an_added_or_removed_field_fails_verification(key: Ed25519PrivateKey) ->
         verify_receipt_signature(without)
 
 
+def test_hex_fields_in_capitals_fail_verification(key: Ed25519PrivateKey) -> None:
+    # Same bytes, but not the receipt that was chained: its hash would differ.
+    receipt = sign_receipt(receipt_fields(), key)
+    for field in ("signature", "signing_public_key"):
+        with pytest.raises(VerificationError, match="lower-case"):
+            verify_receipt_signature({**receipt, field: receipt[field].upper()})
+
+
 def test_a_signature_taken_from_another_receipt_fails(key: Ed25519PrivateKey) -> None:
     receipt, other = make_chain(key, 2)
     with pytest.raises(VerificationError, match="signature"):

@@ -49,13 +49,13 @@ class DstackAgent:
     async def get_key(self, path: str, purpose: str) -> GetKeyResponse:
         try:
             return await self.client.get_key(path, purpose)
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (httpx.HTTPError, OSError, ValueError, TypeError) as exc:
             raise self._unavailable(exc) from None
 
     async def get_quote(self, report_data: bytes) -> GetQuoteResponse:
         try:
             return await self.client.get_quote(report_data)
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (httpx.HTTPError, OSError, ValueError, TypeError) as exc:
             raise self._unavailable(exc) from None
 
     async def info(self) -> dict[str, Any]:
@@ -63,7 +63,7 @@ class DstackAgent:
         if self._info is None:
             try:
                 response = await self.client.info()
-            except (httpx.HTTPError, OSError, ValueError) as exc:
+            except (httpx.HTTPError, OSError, ValueError, TypeError) as exc:
                 raise self._unavailable(exc) from None
             # serialize_as_any: tcb_info is a TcbInfo subclass whose extra fields must survive.
             self._info = response.model_dump(mode="json", serialize_as_any=True)

@@ -40,8 +40,11 @@ def verify_receipt_signature(receipt: dict[str, Any]) -> str:
     rid = _rid(receipt)
     try:
         check_receipt_body({k: v for k, v in receipt.items() if k != "signature"})
-        key = Ed25519PublicKey.from_public_bytes(_hex(receipt["signing_public_key"], 32))
-        key.verify(_hex(receipt.get("signature"), 64), signing_payload(receipt))
+        # Lower-case only, as relay writes them: an upper-cased signature would verify
+        # yet change the receipt's hash, which the next receipt's chain link is over.
+        public_key = _hex(receipt["signing_public_key"], 32, lower=True)
+        signature = _hex(receipt.get("signature"), 64, lower=True)
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, signing_payload(receipt))
     except (ValueError, TypeError) as exc:
         raise VerificationError(f"signature: receipt {rid} is malformed: {exc}") from None
     except InvalidSignature:
@@ -73,7 +76,7 @@ def verify_report_data(report: dict[str, Any], nonce: bytes | None = None) -> st
 
 
 def verify_quote_report_data(report: dict[str, Any]) -> str | None:
-    """The quote's own report_data field; None when there is no quote or its layout is unknown."""
+    """The quote's own report_data field; None for a report without a TEE (`none`)."""
     tee_type, quote_hex = report.get("tee_type"), report.get("intel_quote")
     if tee_type == "none":
         if quote_hex is not None:
@@ -87,7 +90,8 @@ def verify_quote_report_data(report: dict[str, Any]) -> str | None:
     except ValueError as exc:
         raise VerificationError(f"quote: intel_quote is malformed: {exc}") from None
     if quoted is None:
-        return None
+        # The quote is what binds the key to the TEE: one that cannot be read binds nothing.
+        raise VerificationError(f"quote: not a TDX v4/v5 quote ({describe_quote(quote)})")
     if quoted.hex() != str(report.get("report_data")).lower():
         raise VerificationError("quote: the quote's report_data differs from the report's")
     return f"quote  TDX quote ({describe_quote(quote)}) carries this report_data"
@@ -155,10 +159,8 @@ def iter_checks(
         yield Check(True, verify_receipt_key(receipt, report))
     yield Check(True, verify_report_data(report, nonce))
     quoted = verify_quote_report_data(report)
-    if report.get("tee_type") == "none":
+    if quoted is None:
         yield Check(False, "quote  tee_type none: no TEE vouches for this key, only the host")
-    elif quoted is None:
-        yield Check(False, "quote  layout not known here: its report_data was not checked")
     else:
         yield Check(True, quoted)
         yield Check(False, "quote  Intel's signature over it is not checked offline (dcap-qvl)")
@@ -186,10 +188,12 @@ def verify_all(
     return [check.text for check in checks if check.held]
 
 
-def _hex(value: Any, size: int | None) -> bytes:
+def _hex(value: Any, size: int | None, *, lower: bool = False) -> bytes:
     # Strict: bytes.fromhex would also accept spaces inside the string.
     if not isinstance(value, str) or not _HEX.fullmatch(value):
         raise ValueError("expected a hex string")
+    if lower and value != value.lower():
+        raise ValueError("expected lower-case hex")
     data = bytes.fromhex(value)
     if size is not None and len(data) != size:
         raise ValueError(f"expected {size} bytes, got {len(data)}")
