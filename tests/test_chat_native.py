@@ -79,6 +79,25 @@ async def test_the_context_comes_from_the_stored_conversation(http, simulator):
     }
 
 
+async def test_each_turn_stores_only_what_it_added(http, database_url, simulator):
+    # A failed answer leaves no assistant text in the context; the retry must
+    # not store the system message and the earlier question again.
+    client, token = await client_with_token(http)
+    simulator.config.error_status = 500
+    first = await native(http, token, "first question", system="sys")
+    conversation = first.headers[CONVERSATION]
+    simulator.config.error_status = None
+    await native(http, token, "second question", conversation_id=conversation)
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["content"] or row["status"]) for row in rows] == [
+        ("system", "sys"),
+        ("user", "first question"),
+        ("assistant", "failed"),
+        ("user", "second question"),
+        ("assistant", completion_text(simulator.config.tokens)),
+    ]
+
+
 async def test_the_context_keeps_the_most_recent_messages_within_the_budget(
     make_client, make_settings, simulator
 ):

@@ -31,6 +31,7 @@ from relay.services.native_chat import (
     answer_object,
     chat_messages,
     check_native_chat,
+    new_messages,
     provider_request,
 )
 from relay.services.receipts import RECEIPT_HEADER
@@ -102,6 +103,7 @@ async def _new_answer(request: web.Request) -> Answer:
         started_at=time.time(),
         store=True,
         conversation_id=conversation_id,
+        turn=new_messages(chat),
     )
     answer.headers[CONVERSATION_HEADER] = conversation_id
     if settings.receipts:

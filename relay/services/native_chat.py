@@ -61,6 +61,15 @@ def chat_messages(
     return messages
 
 
+def new_messages(chat: NativeChat) -> list[dict[str, Any]]:
+    """What one request adds to history: its message, and a new conversation's system message
+    (a system message sent to an existing conversation is for this request only)."""
+    added = [{"role": "user", "content": chat.message}]
+    if chat.system and chat.conversation_id is None:
+        added.insert(0, {"role": "system", "content": chat.system})
+    return added
+
+
 def provider_request(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
     # Always streamed from the provider: deltas can be passed on, and usage comes at the end.
     return {

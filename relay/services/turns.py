@@ -51,7 +51,8 @@ def _count(usage: dict[str, Any] | None, key: str) -> int | None:
 def turn_messages(answer: Answer) -> list[NewMessage]:
     """The rows one answer adds to history, in order: the new turn, then the reply."""
     rows = []
-    for message in new_turn(answer.request.get("messages")):
+    turn = answer.turn if answer.turn is not None else new_turn(answer.request.get("messages"))
+    for message in turn:
         role = message.get("role")
         tool_call_id = message.get("tool_call_id")
         rows.append(
