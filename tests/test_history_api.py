@@ -1,7 +1,9 @@
 """GET /v1/history, /v1/history/search and /v1/conversations: what a client reads back."""
 
 import asyncio
+import base64
 
+import orjson
 import pytest
 
 from relay.appkeys import IN_FLIGHT
@@ -67,6 +69,15 @@ async def test_bad_history_parameters_are_400(http, params, param):
     _, token = await client_with_token(http)
     error = await assert_error(await history(http, token, **params), 400)
     assert error["param"] == param
+
+
+@pytest.mark.parametrize("cursor", [{"t": "2024-01-01T00:00:00+00:00", "c": 5}, {"t": 5, "c": []}])
+async def test_a_forged_conversations_cursor_is_400(http, cursor):
+    _, token = await client_with_token(http)
+    forged = base64.urlsafe_b64encode(orjson.dumps(cursor)).decode().rstrip("=")
+    response = await http.get("/v1/conversations", params={"after": forged}, headers=bearer(token))
+    error = await assert_error(response, 400)
+    assert error["param"] == "after"
 
 
 async def test_a_long_poll_returns_as_soon_as_a_message_is_committed(http):

@@ -11,6 +11,7 @@ from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE
 from relay.simulator import completion_text
 from relay.stores.clients import ClientStore
+from relay.upstreams.completion import CompletionSummary
 from tests.api_calls import ADMIN, assert_error, client_with_token
 from tests.history_calls import (
     CONVERSATION,
@@ -175,6 +176,29 @@ async def test_nul_characters_do_not_stop_an_answer_being_stored(http, database_
     assert response.status == 200
     rows = await stored_messages(database_url, client["id"])
     assert rows[0]["content"] == "nul  inside"
+
+
+async def test_what_a_provider_says_that_the_columns_cannot_hold_does_not_stop_the_answer(
+    http, database_url
+):
+    # NUL inside tool call arguments (jsonb refuses it) and a token count past
+    # PostgreSQL's integer: each alone would fail the answer's whole batch.
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"q":"a\x00b"}'},
+    }
+    summary = CompletionSummary(
+        text="", tool_calls=[call], usage={"prompt_tokens": 3_000_000_000, "completion_tokens": 5}
+    )
+    await http.app[ANSWER_RECORDER].record(
+        recorded_answer(http.app, owner, "odd values", summary=summary)
+    )
+    answer = (await stored_messages(database_url, client["id"]))[-1]
+    assert answer["tool_calls"][0]["function"]["arguments"] == '{"q":"ab"}'
+    assert (answer["prompt_tokens"], answer["completion_tokens"]) == (None, 5)
 
 
 async def test_concurrent_answers_share_commits(make_client, make_settings, database_url):

@@ -6,7 +6,7 @@ import pytest
 
 from relay.config import ConfigError, Settings
 from relay.services.retention import HistoryRetention
-from relay.stores.database import Database
+from relay.stores.database import Database, connect
 from relay.stores.messages import MessageStore
 from tests.api_calls import bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, execute, query
@@ -54,6 +54,28 @@ async def test_purge_deletes_only_what_is_older_than_the_retention(http, databas
     assert [row["content"] for row in left] == ["recent", "mixed, new part"]
     page = await (await http.get("/v1/history", headers=bearer(token))).json()
     assert len(page["data"]) == 4
+
+
+async def test_purge_keeps_a_conversation_continued_while_it_ran(http, database_url):
+    _, token = await client_with_token(http)
+    old = (await chat(http, token, "old")).headers[CONVERSATION]
+    await age(database_url, old, 40)
+    # A commit continuing the conversation holds its row while the purge reaches it.
+    writer = await connect(database_url, timeout=10)
+    db = await Database.open(database_url, size=2, timeout=5)
+    try:
+        async with writer.cursor() as cur:
+            await cur.execute("BEGIN")
+            await cur.execute("UPDATE conversations SET updated_at = now() WHERE id = %s", (old,))
+            purge = asyncio.ensure_future(HistoryRetention(MessageStore(db), 30).purge_once())
+            await asyncio.sleep(0.5)  # the purge waits for the row
+            assert not purge.done()
+            await cur.execute("COMMIT")
+        await purge
+    finally:
+        await writer.close()
+        await db.close()
+    assert await query(database_url, "SELECT id FROM conversations WHERE id = %s", (old,))
 
 
 async def test_relay_purges_in_the_background_when_retention_is_set(

@@ -64,7 +64,7 @@ def conversations_position(cursor: str | None) -> tuple[datetime.datetime, str] 
     try:
         created_at, conversation_id = value["t"], value["c"]
         return datetime.datetime.fromisoformat(created_at), str(uuid.UUID(conversation_id))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):  # uuid.UUID(5): AttributeError
         raise InvalidRequestError("after is not a cursor relay gave out.", param="after") from None
 
 

@@ -9,11 +9,23 @@ from relay.stores.history import NewMessage
 
 TITLE_CHARS = 120
 _ROLE_CHARS = 32
+_INT4_MAX = 2**31 - 1
 
 
 def clean_text(text: str) -> str:
     """PostgreSQL text cannot hold NUL; one such character must not fail a whole batch."""
     return text.replace("\x00", "") if "\x00" in text else text
+
+
+def clean_json(value: Any) -> Any:
+    """`value` with NUL taken out of every string in it (jsonb refuses \\u0000 too)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(key)): clean_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [clean_json(item) for item in value]
+    return value
 
 
 def content_text(content: Any) -> str:
@@ -44,8 +56,11 @@ def new_turn(messages: Any) -> list[dict[str, Any]]:
 
 
 def _count(usage: dict[str, Any] | None, key: str) -> int | None:
+    """A token count the integer column can hold; anything else from a provider is dropped."""
     value = (usage or {}).get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT4_MAX:
+        return value
+    return None
 
 
 def turn_messages(answer: Answer) -> list[NewMessage]:
@@ -69,7 +84,7 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
             role="assistant",
             content=clean_text(summary.text or summary.refusal),
             status=answer.status,
-            tool_calls=summary.tool_calls or None,
+            tool_calls=clean_json(summary.tool_calls) or None,
             prompt_tokens=_count(usage, "prompt_tokens"),
             completion_tokens=_count(usage, "completion_tokens"),
             latency_ms=answer.latency_ms,

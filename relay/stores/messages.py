@@ -10,7 +10,11 @@ from relay.stores.database import Database, fetch_all
 
 # Snippets mark matches with <mark>…</mark>; the text between is the user's, unescaped.
 _HEADLINE = "StartSel=<mark>, StopSel=</mark>, MaxWords=30, MinWords=10, MaxFragments=2"
-_HEADLINE_CHARS = 100_000  # the part of a message the search vector covers
+# The snippet is cut from a message's first 10,000 characters: ts_headline parses
+# all the text it is given for every result, and over the 100,000 the search
+# vector covers, a page of long matches costs the database seconds. A match
+# further in gets the message's opening, unmarked, as its snippet.
+_HEADLINE_CHARS = 10_000
 
 
 class MessageStore:
@@ -85,11 +89,13 @@ class MessageStore:
                 if cur.rowcount < batch:
                     break
             # A conversation's title is content too: it goes once nothing newer is in it.
+            # The age is checked again on the row itself: PostgreSQL re-reads only that
+            # when a commit continuing the conversation held it, and must then keep it.
             while True:
                 await cur.execute(
                     "DELETE FROM conversations WHERE id IN (SELECT id FROM conversations"
-                    " WHERE updated_at < %s LIMIT %s)",
-                    (older_than, batch),
+                    " WHERE updated_at < %s LIMIT %s) AND updated_at < %s",
+                    (older_than, batch, older_than),
                 )
                 if cur.rowcount < batch:
                     break
