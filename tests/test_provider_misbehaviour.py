@@ -57,6 +57,8 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
     if model == "json-error":
         error = {"message": "You exceeded your quota.", "type": "insufficient_quota"}
         return web.json_response({"error": {**error, "param": None, "code": "insufficient_quota"}})
+    if model == "string-error":
+        return web.json_response({"error": "model is overloaded, try later"}, status=429)
     if model == "json-answer":
         return web.json_response(WHOLE)
     if model == "error-event":  # the provider's own error event, then the end
@@ -73,7 +75,15 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-MODELS = ("linger", "reset-after-done", "json-error", "json-answer", "error-event", "endless-event")
+MODELS = (
+    "linger",
+    "reset-after-done",
+    "json-error",
+    "json-answer",
+    "error-event",
+    "endless-event",
+    "string-error",
+)
 
 
 @pytest.fixture
@@ -147,3 +157,9 @@ async def test_an_event_without_end_is_cut_not_buffered_forever(relay):
     assert raw.startswith(CHUNK)
     last = orjson.loads(raw.split(b"\n\n")[-2].removeprefix(b"data: "))
     assert last["error"]["code"] == "upstream_cut"
+
+
+async def test_a_refusal_whose_error_is_a_string_keeps_its_message(relay):
+    http, token, _ = relay
+    error = await assert_error(await ask(http, token, "string-error"), 429)
+    assert error["message"] == "model is overloaded, try later"

@@ -74,7 +74,10 @@ async def _refusal(
         # The provider rejected relay's credentials: the client can do nothing about it.
         return UpstreamError("The provider rejected relay's credentials.", code="upstream_auth")
     if 400 <= status < 500:
-        if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, str) and error:  # some providers answer {"error": "…"}
+            body = error_body(error, "invalid_request_error")
+        elif not isinstance(error, dict):
             reason = response.reason or "error"
             body = error_body(f"The provider answered {status} {reason}.", "invalid_request_error")
         headers = {
