@@ -144,6 +144,28 @@ async def test_conversations_are_listed_read_and_erased(http, database_url):
     await assert_error(await chat(http, token, conversation=ids[1]), 404)
 
 
+async def test_a_conversation_erased_while_an_answer_streams_stays_erased(
+    http, database_url, simulator
+):
+    _, token = await client_with_token(http)
+    conversation = (await chat(http, token, "first")).headers[CONVERSATION]
+    simulator.config.tokens = 40
+    simulator.config.token_delay = 0.02
+    response = await chat(http, token, "second", conversation=conversation, stream=True)
+    await response.content.readany()  # streaming has begun
+    erased = await http.delete(f"/v1/conversations/{conversation}", headers=bearer(token))
+    assert erased.status == 204
+    raw = await response.read()
+    # Not saved, so not confirmed: an error event instead of [DONE].
+    assert b"data: [DONE]" not in raw and b'"error"' in raw
+    assert not await query(
+        database_url, "SELECT id FROM messages WHERE conversation_id = %s", (conversation,)
+    )
+    await assert_error(
+        await http.get(f"/v1/conversations/{conversation}", headers=bearer(token)), 404
+    )
+
+
 async def test_search_ranks_matches_and_marks_them(http):
     _, token = await client_with_token(http)
     await chat(http, token, "How do penguins keep warm in Antarctica?")

@@ -103,6 +103,7 @@ async def _new_answer(request: web.Request) -> Answer:
         started_at=time.time(),
         store=True,
         conversation_id=conversation_id,
+        continues_conversation=chat.conversation_id is not None,
         turn=new_messages(chat),
     )
     answer.headers[CONVERSATION_HEADER] = conversation_id

@@ -21,5 +21,6 @@ async def bind_conversation(request: web.Request, answer: Answer) -> None:
     if given:
         history = request.app[HISTORY]
         answer.conversation_id = await history.require_conversation(answer.client.id, given)
+        answer.continues_conversation = True
     if answer.conversation_id is not None:
         answer.headers[CONVERSATION_HEADER] = answer.conversation_id

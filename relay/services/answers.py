@@ -40,6 +40,9 @@ class Answer:
     started_at: float  # time.time() when the request arrived
     store: bool  # content may be kept (request's `store` and the client's store_history)
     conversation_id: str | None = None
+    # The request named a conversation that exists: its row must still be there
+    # when the answer commits (erased meanwhile, the answer fails; it is not revived).
+    continues_conversation: bool = False
     receipt_id: str = field(default_factory=lambda: uuid7().hex)
     status: str = "complete"
     http_status: int = 200

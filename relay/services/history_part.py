@@ -28,6 +28,7 @@ class HistoryPart:
                 Turn(
                     client_id=answer.client.id,
                     conversation_id=answer.conversation_id,
+                    continued=answer.continues_conversation,
                     title=title_of(messages),
                     model=answer.route.model,
                     request_id=answer.request_id,

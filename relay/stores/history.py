@@ -42,6 +42,7 @@ class Turn:
     model: str
     request_id: str
     messages: list[NewMessage]
+    continued: bool = False  # the conversation existed when the request came in
 
 
 def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
@@ -59,14 +60,23 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
         first.setdefault(turn.conversation_id, turn)
         counts[turn.client_id] += len(turn.messages)
     conversations = [
-        {"id": turn.conversation_id, "client_id": turn.client_id, "title": turn.title}
+        {
+            "id": turn.conversation_id,
+            "client_id": turn.client_id,
+            "title": turn.title,
+            "continued": turn.continued,
+        }
         for _, turn in sorted(first.items())
     ]
-    # The WHERE keeps a foreign conversation untouched; messages' composite key
-    # then refuses the rows, which cannot happen once the id was checked.
+    # A continued conversation erased since its request came in is not created
+    # again: messages' foreign key then refuses the answer's rows, and the client
+    # is told the answer was not saved. The ON CONFLICT WHERE keeps a foreign
+    # conversation untouched (the key refuses those rows too; ids are checked first).
     tx.defer(
         "INSERT INTO conversations (id, client_id, title)"
-        " SELECT * FROM json_to_recordset(%s::json) AS c(id uuid, client_id uuid, title text)"
+        " SELECT c.id, c.client_id, c.title FROM json_to_recordset(%s::json)"
+        " AS c(id uuid, client_id uuid, title text, continued boolean)"
+        " WHERE NOT c.continued OR EXISTS (SELECT 1 FROM conversations x WHERE x.id = c.id)"
         " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
         " WHERE conversations.client_id = EXCLUDED.client_id",
         (json_rows(conversations),),
