@@ -109,11 +109,13 @@ class AnswerRecorder:
             raise _not_saved()
         if answer.recorded or not any(part.wants(answer) for part in self._parts):
             return  # queued already, or nothing to keep (store: false with receipts off)
-        answer.recorded = True
         pending = _Pending(answer, asyncio.get_running_loop().create_future())
         pending.done.add_done_callback(_consume)
         # A full queue makes callers wait: back-pressure instead of unbounded memory.
         await self._queue.put(pending)
+        # Marked only now: a caller cancelled while waiting for room queued nothing,
+        # and the answer must be queued when it is recorded again (commit_quietly).
+        answer.recorded = True
         # A caller cancelled now (its client left) stops waiting; its answer is still written.
         await pending.done
 

@@ -43,5 +43,10 @@ class HistoryRetention:
             try:
                 await self.purge_once()
             except (DependencyUnavailableError, QueryError) as exc:
+                # The type only: a driver's message can quote the values of a row.
                 log.warning("history purge failed", extra={"error": type(exc).__name__})
+            except Exception:
+                # A bug, not an outage: worth its traceback, but no reason to stop
+                # purging for good, which would leave history kept past its retention.
+                log.exception("history purge failed")
             await asyncio.sleep(self.interval_s)

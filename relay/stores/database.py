@@ -1,15 +1,16 @@
 """The PostgreSQL driver boundary: the only module that imports aiopg or psycopg2.
 
-Stores get cursors from `Database`; a server that is down or too slow becomes
-`DependencyUnavailableError` (503) here, once, instead of in every store.
+Stores get cursors from `Database`; a server that is down, too slow, or that
+cancels a statement becomes `DependencyUnavailableError` (503) here, once,
+instead of in every store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aiopg
@@ -42,6 +43,26 @@ def unavailable(exc: BaseException) -> DependencyUnavailableError:
     return DependencyUnavailableError("The database is unavailable; try again shortly.")
 
 
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """Unavailability, and a statement the server cancelled, as DependencyUnavailableError."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise unavailable(exc) from exc
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the task itself is cancelled: its client left, or relay is stopping
+        # aiopg raises a statement PostgreSQL cancelled (statement_timeout,
+        # pg_cancel_backend(), a recovery conflict) as CancelledError, with psycopg2's
+        # QueryCanceledError only as its context. Left alone it would pass for the
+        # task's own cancellation: a dropped connection instead of a 503.
+        context = exc.__context__
+        statement = context if isinstance(context, psycopg2.extensions.QueryCanceledError) else exc
+        raise unavailable(statement) from exc
+
+
 class Database:
     """A pool of autocommit connections; transactions are explicit."""
 
@@ -52,10 +73,8 @@ class Database:
 
     @classmethod
     async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
-        try:
+        with _driver_errors():
             pool = await aiopg.create_pool(dsn, minsize=1, maxsize=size, timeout=timeout)
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc) from exc
         return cls(pool, dsn, timeout)
 
     async def close(self) -> None:
@@ -64,12 +83,13 @@ class Database:
 
     @asynccontextmanager
     async def cursor(self) -> AsyncIterator[Cursor]:
-        """A cursor in autocommit mode: each statement commits on its own."""
-        try:
+        """A cursor in autocommit mode: each statement commits on its own.
+
+        `transaction` and `batch` are built on it, so its error mapping covers theirs,
+        their ROLLBACK and COMMIT included."""
+        with _driver_errors():
             async with self.pool.acquire() as conn, conn.cursor() as cur:
                 yield cur
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
@@ -168,10 +188,8 @@ class Batch:
 
 async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
     """A connection of its own, outside the pool (LISTEN, migrations)."""
-    try:
+    with _driver_errors():
         return await aiopg.connect(dsn, timeout=timeout, **options)
-    except _UNAVAILABLE as exc:
-        raise unavailable(exc) from exc
 
 
 def json_rows(rows: Sequence[Any]) -> str:

@@ -1,0 +1,238 @@
+"""Cancellation: a statement PostgreSQL cancels is a 503, while a task that is itself
+cancelled (its client left, relay stopping) stays cancelled; neither loses work.
+
+A statement is made to wait on a table another session holds locked, then the
+server cancels it with pg_cancel_backend(), as statement_timeout or a recovery
+conflict would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from relay.appkeys import DATABASE
+from relay.errors import DependencyUnavailableError
+from relay.services.answers import AnswerHooks
+from relay.services.history_part import HistoryPart
+from relay.services.recorder import AnswerRecorder
+from relay.services.retention import HistoryRetention
+from relay.stores.clients import ClientStore
+from relay.stores.database import Database, connect
+from relay.stores.messages import MessageStore
+from tests.api_calls import assert_error, bearer, client_with_token
+from tests.history_calls import CONVERSATION, chat, query, recorded_answer, stored_messages
+
+COUNT = "SELECT count(*) FROM messages"
+
+
+@asynccontextmanager
+async def locked(database_url: str, table: str) -> AsyncIterator[None]:
+    """`table` locked by another session: every statement on it waits."""
+    conn = await connect(database_url, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+            await cur.execute("ROLLBACK")
+    finally:
+        await conn.close()
+
+
+async def waiting_for_lock(database_url: str) -> list[int]:
+    """The backends of this test's database waiting for a lock, once there are any."""
+    for _ in range(300):
+        rows = await query(
+            database_url,
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        if rows:
+            return [row["pid"] for row in rows]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no statement waited for the lock")
+
+
+async def cancel_waiting_statement(database_url: str) -> None:
+    """What statement_timeout would do to the one statement waiting for the lock."""
+    (pid,) = await waiting_for_lock(database_url)
+    rows = await query(database_url, "SELECT pg_cancel_backend(%s) AS cancelled", (pid,))
+    assert rows == [{"cancelled": True}]
+
+
+async def logged(caplog: pytest.LogCaptureFixture, message: str, times: int = 1) -> None:
+    for _ in range(300):
+        if [record.getMessage() for record in caplog.records].count(message) >= times:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{message!r} was not logged {times} times")
+
+
+async def read_in_cursor(db: Database) -> None:
+    async with db.cursor() as cur:
+        await cur.execute(COUNT)
+
+
+async def read_in_transaction(db: Database) -> None:
+    async with db.transaction() as cur:
+        await cur.execute(COUNT)
+
+
+async def read_in_batch(db: Database) -> None:
+    async with db.batch() as tx:
+        await tx.execute(COUNT)
+
+
+async def write_at_batch_commit(db: Database) -> None:
+    async with db.batch() as tx:
+        await tx.execute("SELECT 1")  # the transaction is open: its COMMIT is what waits
+        tx.defer("DELETE FROM messages")
+
+
+@pytest.mark.parametrize(
+    "statement", [read_in_cursor, read_in_transaction, read_in_batch, write_at_batch_commit]
+)
+async def test_a_statement_the_server_cancels_is_the_database_being_unavailable(
+    database_url: str,
+    statement: Callable[[Database], Awaitable[None]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One connection: what the cancel leaves behind is what the next user gets.
+    db = await Database.open(database_url, size=1, timeout=10)
+    try:
+        async with locked(database_url, "messages"):
+            task = asyncio.create_task(statement(db))
+            await cancel_waiting_statement(database_url)
+            with pytest.raises(DependencyUnavailableError):
+                await task
+        await read_in_cursor(db)  # the connection is usable, outside any transaction
+    finally:
+        await db.close()
+    unavailable = [r for r in caplog.records if r.getMessage() == "postgres unavailable"]
+    assert [record.__dict__["error"] for record in unavailable] == ["QueryCanceled"]
+
+
+async def test_a_task_cancelled_during_a_statement_stays_cancelled(database_url: str) -> None:
+    db = await Database.open(database_url, size=1, timeout=10)
+    try:
+        async with locked(database_url, "messages"):
+            task = asyncio.create_task(read_in_cursor(db))
+            await waiting_for_lock(database_url)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await read_in_cursor(db)  # the pool replaced the connection aiopg closed
+    finally:
+        await db.close()
+
+
+async def test_a_history_read_the_server_cancels_is_a_503(http, database_url):
+    _, token = await client_with_token(http)
+    async with locked(database_url, "messages"):
+        response = asyncio.ensure_future(http.get("/v1/history", headers=bearer(token)))
+        await cancel_waiting_statement(database_url)
+        await assert_error(await response, 503, "dependency_unavailable")
+    assert (await http.get("/v1/history", headers=bearer(token))).status == 200
+
+
+async def test_a_chat_lookup_the_server_cancels_is_a_503_not_a_client_leaving(http, database_url):
+    client, token = await client_with_token(http)
+    conversation = (await chat(http, token, "first")).headers[CONVERSATION]
+    async with locked(database_url, "conversations"):
+        # Continuing a conversation looks it up before anything is forwarded.
+        response = asyncio.ensure_future(chat(http, token, "second", conversation=conversation))
+        await cancel_waiting_statement(database_url)
+    await assert_error(await response, 503, "dependency_unavailable")
+    statuses = [row["status"] for row in await stored_messages(database_url, client["id"])]
+    assert "cancelled" not in statuses
+
+
+async def test_retention_keeps_purging_after_a_purge_the_server_cancels(database_url, caplog):
+    db = await Database.open(database_url, size=1, timeout=10)
+    retention = HistoryRetention(MessageStore(db), 30, interval_s=0.05)
+    try:
+        async with locked(database_url, "messages"):
+            loop = asyncio.create_task(retention.run())
+            await cancel_waiting_statement(database_url)
+            await logged(caplog, "history purge failed")
+            # The next interval's purge: the loop outlived the cancelled statement.
+            await cancel_waiting_statement(database_url)
+            await logged(caplog, "history purge failed", times=2)
+        assert not loop.done()
+        loop.cancel()  # as relay does when it stops
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+    finally:
+        await db.close()
+
+
+class BuggyOnce:
+    """A message store whose first purge fails with something nobody expected."""
+
+    def __init__(self) -> None:
+        self.purges = 0
+        self.purged_again = asyncio.Event()
+
+    async def purge(self, older_than: datetime.datetime, *, batch: int) -> int:
+        self.purges += 1
+        if self.purges == 1:
+            raise RuntimeError("a bug")
+        self.purged_again.set()
+        return 0
+
+
+async def test_retention_keeps_purging_after_an_unexpected_error(caplog):
+    messages = BuggyOnce()
+    retention = HistoryRetention(messages, 30, interval_s=0.01)  # type: ignore[arg-type]
+    loop = asyncio.create_task(retention.run())
+    async with asyncio.timeout(5):
+        await messages.purged_again.wait()
+    assert not loop.done()
+    failed = [r for r in caplog.records if r.getMessage() == "history purge failed"]
+    assert len(failed) == 1 and failed[0].levelno == logging.ERROR and failed[0].exc_info
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+
+
+async def test_an_answer_whose_caller_left_while_waiting_for_room_is_still_recorded(
+    http, database_url
+):
+    """Its caller was cancelled before the answer was queued; recording it again (as
+    /v1/chat does once its client left) must queue it, not take it as queued already."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    recorder = AnswerRecorder(batch_size=1, queue_size=1)
+    recorder.add_part(HistoryPart())
+    await recorder.start(http.app[DATABASE])
+    hooks = AnswerHooks(commit=[recorder.record])
+    ahead: list[asyncio.Task[None]] = []
+    try:
+        async with locked(database_url, "conversations"):
+            # The writer stalls on the lock; answers pile up until the queue is full.
+            for n in range(20):
+                if recorder._queue is not None and recorder._queue.full():
+                    break
+                answer = recorded_answer(http.app, owner, f"ahead {n}")
+                ahead.append(asyncio.create_task(recorder.record(answer)))
+                await asyncio.sleep(0.02)
+            left = recorded_answer(http.app, owner, "left while waiting")
+            waiting = asyncio.create_task(recorder.record(left))
+            await asyncio.sleep(0.05)
+            assert not waiting.done(), "it waits for room in the queue"
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert not left.recorded
+        await hooks.commit_quietly(left)
+        await asyncio.gather(*ahead)
+    finally:
+        await recorder.close()
+    questions = [row["content"] for row in await stored_messages(database_url, client["id"])]
+    assert "left while waiting" in questions
+    assert len(questions) == 2 * (len(ahead) + 1)  # a question and its answer each, once
