@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -184,6 +184,15 @@ class Batch:
             except QueryError:
                 # The connection is broken; closing it keeps it out of the pool.
                 self.cur.connection.close()
+
+
+async def listen(conn: Connection, channels: Iterable[str]) -> None:
+    """LISTEN on `channels`, its failures mapped like any other statement's (a
+    cancelled LISTEN must not pass for the listener task's own cancellation)."""
+    with _driver_errors():
+        async with conn.cursor() as cur:
+            for channel in channels:
+                await cur.execute(f"LISTEN {quote_identifier(channel)}")
 
 
 async def connect(dsn: str, timeout: float, **options: Any) -> Connection:

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from relay.errors import DependencyUnavailableError
-from relay.stores.database import Connection, connect, quote_identifier
+from relay.stores.database import Connection, connect, listen
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,7 @@ class Notifications:
     async def _listen(self) -> Connection:
         conn = await connect(self.dsn, timeout=self.timeout, **_KEEPALIVE)
         try:
-            async with conn.cursor() as cur:
-                for channel in self._subscribers:
-                    await cur.execute(f"LISTEN {quote_identifier(channel)}")
+            await listen(conn, self._subscribers)
         except BaseException:
             conn.close()
             raise
