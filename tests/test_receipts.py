@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -204,6 +205,52 @@ async def test_a_client_leaving_mid_stream_gets_a_cancelled_receipt(http, caller
         await asyncio.sleep(0.05)
     receipt = await fetch_receipt(http, token, receipt_id)
     assert receipt["status"] == "cancelled" and receipt["completed"] is False
+
+
+async def test_a_client_leaving_while_its_answer_waits_to_commit_gets_a_receipt_that_agrees(
+    http, caller, database_url
+):
+    # An answer queued for commit when its client leaves is written as it stood
+    # then (complete, [DONE] hashed), not half-changed to cancelled.
+    _, token = caller
+
+    async def streamed_to_its_end() -> tuple[Any, str, bytes]:
+        response = await http.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-sim", "messages": MESSAGES, "stream": True},
+            headers=bearer(token),
+        )
+        received = b""
+        while not (b'"finish_reason":"stop"' in received and received.endswith(b"\n\n")):
+            received += await response.content.readany()
+        await asyncio.sleep(0.2)  # its answer is queued or committing
+        return response, response.headers["x-receipt-id"], received
+
+    locker = await connect(database_url, timeout=10)
+    try:
+        async with locker.cursor() as cur:
+            await cur.execute("BEGIN")
+            await cur.execute("LOCK TABLE receipts IN ACCESS EXCLUSIVE MODE")
+            # Two batches wait for the lock (as many as are sent at once); the third
+            # answer waits in the queue, and its client leaves there.
+            waiting = [await streamed_to_its_end() for _ in range(3)]
+            response, receipt_id, received = waiting[-1]
+            response.close()
+            await asyncio.sleep(0.3)
+            await cur.execute("COMMIT")
+    finally:
+        await locker.close()
+    for _ in range(200):
+        found = await http.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
+        if found.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    receipt = await fetch_receipt(http, token, receipt_id)
+    assert receipt["status"] == "complete"
+    done = received + b"data: [DONE]\n\n"
+    assert receipt["response_sha256"] == hashlib.sha256(done).hexdigest()
+    for other, _, _ in waiting[:-1]:
+        assert (await other.read()).endswith(b"data: [DONE]\n\n")
 
 
 async def test_instances_sharing_a_database_keep_one_chain(make_client, settings, caller):

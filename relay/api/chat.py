@@ -101,9 +101,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
         raise
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client's connection closes.
-        answer.status = "cancelled"
-        answer.latency_ms = elapsed_ms(request)
-        hooks.in_background(hooks.commit_quietly(answer))
+        hooks.client_left(answer, elapsed_ms(request))
         raise
     finally:
         hooks.run_after(answer)

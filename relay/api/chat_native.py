@@ -63,9 +63,8 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
         answer.label(error)
         raise
     except asyncio.CancelledError:
-        answer.status = "cancelled"  # aiohttp cancels the handler when the client leaves
-        answer.latency_ms = elapsed_ms(request)
-        hooks.in_background(hooks.commit_quietly(answer))
+        # aiohttp cancels the handler when the client's connection closes.
+        hooks.client_left(answer, elapsed_ms(request))
         raise
     finally:
         hooks.run_after(answer)

@@ -121,6 +121,16 @@ class AnswerHooks:
                 "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
             )
 
+    def client_left(self, answer: Answer, latency_ms: float) -> None:
+        """The answer's handler was cancelled: record it as cancelled, in the background.
+        One already queued for commit is written as it stood when queued, so its
+        status and the hash of its end, signed in one receipt, still agree."""
+        if answer.recorded:
+            return
+        answer.status = "cancelled"
+        answer.latency_ms = latency_ms
+        self.in_background(self.commit_quietly(answer))
+
     def run_after(self, answer: Answer) -> None:
         for hook in self.after:
             try:
