@@ -77,10 +77,14 @@ class AuthenticationError(RelayError):
     type = "invalid_request_error"
     code = "invalid_token"
 
-    def __init__(self, message: str, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, rejected: bool = False, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        # RFC 9110: a 401 names the scheme the client should use.
-        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="relay"')
+        # RFC 9110: a 401 names the scheme the client should use; RFC 6750 §3: when
+        # a token was sent and refused, it says so (none sent: no error attribute).
+        challenge = (
+            'Bearer realm="relay", error="invalid_token"' if rejected else 'Bearer realm="relay"'
+        )
+        self.headers.setdefault("WWW-Authenticate", challenge)
 
 
 class PermissionDeniedError(RelayError):

@@ -49,7 +49,12 @@ def hand_made(header: dict[str, Any], claims: dict[str, Any], secret: str = JWT_
 async def assert_refused(http, headers: dict[str, str], code: str | None = None) -> None:
     response = await http.get("/v1/me", headers=headers)
     await assert_error(response, 401, code)
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    challenge = response.headers["WWW-Authenticate"]
+    # RFC 6750 §3: a token that was sent and refused is named invalid_token; none sent, no error.
+    if headers.get("Authorization", "").lower().startswith("bearer ") and code != "missing_token":
+        assert challenge == 'Bearer realm="relay", error="invalid_token"'
+    else:
+        assert challenge == 'Bearer realm="relay"'
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from relay.errors import AuthenticationError
-from relay.services.tokens import TokenIssuer
+from relay.services.tokens import CLOCK_SKEW_SECONDS, TokenIssuer
 from relay.stores.clients import Client
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -28,7 +28,8 @@ CLIENT = Client(
 
 def test_a_remembered_token_still_expires():
     issuer = TokenIssuer("s" * 40, ttl=60, issuer="relay", audience="relay-api")
-    issued = issuer.issue(CLIENT, now=int(time.time()) - 59)
+    # Past its expiry by all but a second of the allowance for clocks that differ.
+    issued = issuer.issue(CLIENT, now=int(time.time()) - 59 - CLOCK_SKEW_SECONDS)
     assert issuer.verify(issued.access_token).client_id == CLIENT.id  # now remembered
     time.sleep(1.1)
     with pytest.raises(AuthenticationError) as refused:
@@ -43,3 +44,14 @@ def test_a_token_signed_with_another_secret_is_never_remembered():
     for _ in range(2):
         with pytest.raises(AuthenticationError):
             issuer.verify(forged)
+
+
+def test_another_instances_clock_may_run_a_little_ahead():
+    # A token issued where the clock is ahead is not "issued in the future" here,
+    # within the allowance; far ahead, it is refused.
+    issuer = TokenIssuer("s" * 40, ttl=60, issuer="relay", audience="relay-api")
+    ahead = issuer.issue(CLIENT, now=int(time.time()) + 5).access_token
+    assert issuer.verify(ahead).client_id == CLIENT.id
+    far_ahead = issuer.issue(CLIENT, now=int(time.time()) + 5 * CLOCK_SKEW_SECONDS).access_token
+    with pytest.raises(AuthenticationError):
+        issuer.verify(far_ahead)

@@ -44,5 +44,7 @@ class Authenticator:
         claims = self.tokens.verify(bearer_token(authorization))
         client = await self.cache.get(claims.client_id)
         if client is None or not client.active or client.key_version != claims.key_version:
-            raise AuthenticationError("The access token has been revoked.", code="token_revoked")
+            raise AuthenticationError(
+                "The access token has been revoked.", code="token_revoked", rejected=True
+            )
         return Caller(client, claims)

@@ -14,6 +14,10 @@ from relay.stores.clients import Client
 
 ALGORITHM = "HS256"
 _MAX_REMEMBERED = 50_000
+# Instances' clocks differ a little: a token issued by one whose clock runs ahead
+# must not be refused by another as issued in the future (PyJWT checks iat), nor
+# expire earlier there than where it was issued.
+CLOCK_SKEW_SECONDS = 30
 _REQUIRED = ["sub", "iat", "exp", "jti", "iss", "aud", "key_version"]
 
 
@@ -61,7 +65,7 @@ class TokenIssuer:
         never change, so a verified one is remembered and only its expiry rechecked."""
         claims = self._verified.get(token)
         if claims is not None:
-            if claims.expires_at > time.time():
+            if claims.expires_at + CLOCK_SKEW_SECONDS > time.time():
                 return claims
             del self._verified[token]
         claims = self._decode(token)
@@ -78,18 +82,19 @@ class TokenIssuer:
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
+                leeway=CLOCK_SKEW_SECONDS,
                 options={"require": _REQUIRED},
             )
         except jwt.ExpiredSignatureError:
             raise AuthenticationError(
-                "The access token has expired.", code="token_expired"
+                "The access token has expired.", code="token_expired", rejected=True
             ) from None
         except jwt.PyJWTError:
-            raise AuthenticationError("The access token is invalid.") from None
+            raise AuthenticationError("The access token is invalid.", rejected=True) from None
         try:
             return _claims(payload)
         except (TypeError, ValueError, KeyError):
-            raise AuthenticationError("The access token is invalid.") from None
+            raise AuthenticationError("The access token is invalid.", rejected=True) from None
 
 
 def _claims(payload: dict[str, Any]) -> Claims:
