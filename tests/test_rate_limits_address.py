@@ -72,6 +72,25 @@ async def test_forwarded_for_names_the_client_behind_a_trusted_proxy(make_client
     assert second == [401, 401, 429]  # another client behind the same proxy: its own budget
 
 
+async def test_an_ipv6_caller_is_limited_by_its_64_not_each_address(make_client, make_settings):
+    http = await make_client(
+        make_settings(rate_limit_token_exchanges_per_minute=2, trusted_proxies=("127.0.0.0/8",))
+    )
+
+    hopping = [
+        (
+            await http.post(
+                "/auth/token", json=BAD_KEY, headers={"X-Forwarded-For": f"2001:db8:1:2::{n:x}"}
+            )
+        ).status
+        for n in range(1, 5)
+    ]
+    neighbour = await _exchange_statuses(http, 1, **{"X-Forwarded-For": "2001:db8:1:3::1"})
+
+    assert hopping == [401, 401, 429, 429]  # one /64, one budget, however many addresses
+    assert neighbour == [401]  # the next /64 is someone else
+
+
 async def test_a_client_cannot_escape_by_prepending_to_forwarded_for(make_client, make_settings):
     http = await make_client(
         make_settings(

@@ -22,6 +22,16 @@ def _address(text: str) -> Address | None:
     return address
 
 
+def limited_address(address: str) -> str:
+    """What a per-address limit counts: an IPv6 caller by its /64, the block one
+    subscriber is usually given (each of its 2**64 addresses would otherwise be a
+    fresh budget), anything else as it is."""
+    parsed = _address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
+
+
 class TrustedProxies:
     """The proxies whose X-Forwarded-For entries are believed (CIDRs, and "unix")."""
 

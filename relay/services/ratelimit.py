@@ -17,7 +17,7 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 
 from relay.config import ConfigError, Settings, with_development_secrets
-from relay.services.client_ip import TrustedProxies
+from relay.services.client_ip import TrustedProxies, limited_address
 from relay.services.identity import IdentityHasher
 from relay.services.redis_link import RedisLink
 from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
@@ -160,7 +160,8 @@ class RateLimiter:
             TOKEN_EXCHANGES: self.limits.token_exchanges_per_minute,
             ATTESTATION_REPORTS: self.limits.attestation_reports_per_minute,
         }[name]
-        bucket = _Bucket(name, Draw(self._key("address", address, name), limit))
+        key = self._key("address", limited_address(address), name)
+        bucket = _Bucket(name, Draw(key, limit))
         return _verdict((bucket,), await self._draw((bucket.draw,)))
 
     def debit_tokens(self, client: Client, tokens: int) -> None:
