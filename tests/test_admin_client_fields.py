@@ -7,6 +7,13 @@ import pytest
 from tests.api_calls import ADMIN, assert_error
 
 
+def _nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = {"m": value}
+    return value
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -15,6 +22,8 @@ from tests.api_calls import ADMIN, assert_error
         {"name": "ok", "metadata": {"nul\u0000key": 1}},
         {"name": "ok", "metadata": {"big": 1e20}},
         {"name": "ok", "metadata": {"deep": [{"big": -(2**63)}]}},
+        {"name": "ok", "metadata": {"m": _nested(300)}},  # past what orjson writes
+        {"name": "ok", "metadata": {"m": _nested(600)}},  # past Python's recursion limit
     ],
 )
 async def test_unstorable_fields_are_refused(http, fields):

@@ -79,7 +79,8 @@ async def test_postgres_pool_gauges(make_client, make_settings):
 
 async def test_metrics_token_is_required_when_set(make_client, make_settings):
     http = await make_client(make_settings(metrics_token=METRICS_TOKEN))
-    await assert_error(await http.get("/metrics"), 401)
+    missing = await assert_error(await http.get("/metrics"), 401, "invalid_metrics_token")
+    assert "RELAY_METRICS_TOKEN" in missing["message"]
     await assert_error(await http.get("/metrics", headers=bearer("wrong" + METRICS_TOKEN)), 401)
     await assert_error(await http.get("/metrics", headers=ADMIN), 401)
     assert "relay_open_streams" in await scrape(http, bearer(METRICS_TOKEN))

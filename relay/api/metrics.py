@@ -16,7 +16,14 @@ def check_metrics_token(request: web.Request) -> None:
     expected = request.app[SETTINGS].metrics_token.encode()
     if not expected:
         return
-    given = bearer_token(request.headers.get("Authorization")).encode()
+    try:
+        given = bearer_token(request.headers.get("Authorization")).encode()
+    except AuthenticationError:
+        # bearer_token's message points at /auth/token, which is no help here.
+        raise AuthenticationError(
+            "Send the metrics token as 'Authorization: Bearer <RELAY_METRICS_TOKEN>'.",
+            code="invalid_metrics_token",
+        ) from None
     # compare_digest takes the same time wherever the first difference is.
     if not hmac.compare_digest(given, expected):
         raise AuthenticationError("Invalid metrics token.", code="invalid_metrics_token")

@@ -75,18 +75,26 @@ def _metadata(value: Any) -> dict[str, Any]:
         )
     if not _storable(value):
         raise InvalidRequestError(
-            "metadata must hold no NUL characters and no numbers beyond 64 bits.",
+            f"metadata must hold no NUL characters, no numbers beyond 64 bits"
+            f" and nest at most {_METADATA_DEPTH} levels deep.",
             param="metadata",
         )
     return value
 
 
-def _storable(value: Any) -> bool:
-    """False for what jsonb refuses (NUL) or gives back unanswerable (|n| ≥ 2**63).
+# orjson reads JSON nested 1,024 deep but writes at most 254; metadata is for labels.
+_METADATA_DEPTH = 16
+
+
+def _storable(value: Any, depth: int = 0) -> bool:
+    """False for what jsonb refuses (NUL), gives back unanswerable (|n| ≥ 2**63), or
+    nests deeper than `_METADATA_DEPTH`.
 
     PostgreSQL stores 1e20 as the integer 100000000000000000000, which no
     64-bit JSON encoder can write back, so large floats are refused too.
     """
+    if depth > _METADATA_DEPTH:
+        return False
     if isinstance(value, str):
         return "\x00" not in value
     if isinstance(value, bool) or value is None:
@@ -94,9 +102,9 @@ def _storable(value: Any) -> bool:
     if isinstance(value, int | float):
         return abs(value) < 2**63
     if isinstance(value, dict):
-        return all(_storable(key) and _storable(item) for key, item in value.items())
+        return all(_storable(key) and _storable(item, depth + 1) for key, item in value.items())
     if isinstance(value, list):
-        return all(_storable(item) for item in value)
+        return all(_storable(item, depth + 1) for item in value)
     return True
 
 
