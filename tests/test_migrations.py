@@ -79,13 +79,41 @@ async def test_a_failing_file_rolls_back_alone(empty_database_url, tmp_path):
     shutil.copytree(migrations_dir(), sql)
     (sql / "998_create_half.sql").write_text("CREATE TABLE half (id int); SELECT 1/0;")
 
-    with pytest.raises(Exception, match="division by zero"):
+    with pytest.raises(MigrationError, match=r"998_create_half\.sql failed: .*division by zero"):
         await migrate(empty_database_url, sql)
 
     names = [row["name"] for row in await recorded(empty_database_url)]
     assert "998_create_half.sql" not in names
     assert names == [migration.name for migration in load_migrations()]
     assert "half" not in await table_names(empty_database_url)
+
+
+async def test_a_migration_may_outlast_the_connect_timeout_but_not_its_own(
+    empty_database_url, tmp_path, monkeypatch
+):
+    sql = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), sql)
+    (sql / "997_create_slowly.sql").write_text("SELECT pg_sleep(1.5);")
+    # The connection's own timeout no longer bounds each statement.
+    assert "997_create_slowly.sql" in await migrate(empty_database_url, sql, timeout=1)
+    (sql / "998_create_slower.sql").write_text("SELECT pg_sleep(5);")
+    monkeypatch.setattr("relay.stores.migrations._STATEMENT_SECONDS", 0.5)
+    with pytest.raises(MigrationError, match=r"998_create_slower\.sql ran longer than"):
+        await migrate(empty_database_url, sql)
+
+
+async def test_waiting_too_long_for_another_instance_is_a_clear_error(
+    empty_database_url, monkeypatch
+):
+    monkeypatch.setattr("relay.stores.migrations._LOCK_WAIT_SECONDS", 0.5)
+    holder = await connect(empty_database_url, timeout=10)
+    try:
+        async with holder.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_lock(%s)", (0x72656C6179,))
+            with pytest.raises(MigrationError, match="migration lock"):
+                await migrate(empty_database_url)
+    finally:
+        await holder.close()
 
 
 @pytest.mark.parametrize("name", ["1_short.sql", "002-dashes.sql", "003_Capital.sql"])

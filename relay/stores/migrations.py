@@ -9,12 +9,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.stores.database import Cursor, connect, fetch_all
+from relay.stores.database import Cursor, QueryError, connect, fetch_all
 
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same for every relay instance.
 _LOCK_ID = 0x72656C6179  # "relay"
+# The connection's timeout bounds getting connected; statements get their own:
+# another instance may be migrating (wait for it), and one migration may build
+# an index over a large table.
+_LOCK_WAIT_SECONDS = 600.0
+_STATEMENT_SECONDS = 3600.0
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
@@ -62,12 +67,22 @@ async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) 
     migrations = load_migrations(directory)
     conn = await connect(dsn, timeout=timeout)
     try:
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        async with conn.cursor(timeout=_STATEMENT_SECONDS) as cur:
+            try:
+                await cur.execute(
+                    "SELECT pg_advisory_lock(%s)", (_LOCK_ID,), timeout=_LOCK_WAIT_SECONDS
+                )
+            except TimeoutError:
+                raise MigrationError(
+                    f"another relay has held the migration lock for {_LOCK_WAIT_SECONDS:.0f} s;"
+                    " is a migration stuck?"
+                ) from None
             try:
                 return await _apply(cur, migrations)
             finally:
-                await cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+                # A statement that timed out closed the connection, which ended the lock too.
+                if not conn.closed:
+                    await cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     finally:
         await conn.close()
 
@@ -95,12 +110,26 @@ async def _apply(cur: Cursor, migrations: list[Migration]) -> list[str]:
                     "add a new migration instead of changing an applied one"
                 )
             continue
-        async with cur.begin():
-            await cur.execute(migration.sql)
-            await cur.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                (migration.version, migration.name, migration.checksum),
-            )
+        try:
+            async with cur.begin():
+                await cur.execute(migration.sql)
+                await cur.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum),
+                )
+        except (TimeoutError, QueryError) as exc:
+            raise _failed(migration, exc) from None
         log.info("migration applied", extra={"migration": migration.name})
         done.append(migration.name)
     return done
+
+
+def _failed(migration: Migration, exc: BaseException) -> MigrationError:
+    # A timeout closes the connection, so the ROLLBACK after it fails in turn.
+    if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+        return MigrationError(
+            f"{migration.name} ran longer than {_STATEMENT_SECONDS:.0f} s and was stopped"
+        )
+    # PostgreSQL's own words about relay's SQL: no request data is in them.
+    reason = (getattr(exc, "pgerror", None) or str(exc)).strip().splitlines()[0]
+    return MigrationError(f"{migration.name} failed: {reason}")
