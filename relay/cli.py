@@ -53,12 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay.commands import serve
         from relay.errors import RelayError
         from relay.proofs.keyfile import KeyFileError
+        from relay.stores.migrations import MigrationError
 
         try:
             return serve.run(settings)
-        except (RelayError, KeyFileError) as exc:
+        except (RelayError, KeyFileError, MigrationError, ConfigError, OSError) as exc:
             # Start-up refused (dstack agent unreachable, unusable key file,
-            # database down): one line naming the cause, not a traceback.
+            # database down, a migration refused, the port taken): one line
+            # naming the cause, not a traceback.
             print(f"relay serve: {exc}", file=sys.stderr)
             return 1
     if args.command == "migrate":

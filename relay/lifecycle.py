@@ -25,6 +25,7 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
+from relay.config import ConfigError
 from relay.services.apikeys import KeyHasher
 from relay.services.auth import Authenticator
 from relay.services.client_cache import ClientCache
@@ -62,12 +63,15 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    client = redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=30,
-    )
+    try:
+        client = redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            health_check_interval=30,
+        )
+    except ValueError as exc:  # redis-py's message names the schemes, not the URL
+        raise ConfigError(f"RELAY_REDIS_URL: {exc}") from None
     app[REDIS] = client
     yield
     await client.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -114,9 +115,14 @@ async def test_unix_socket_and_watchdog(relay_process, short_dir):
     relay = relay_process(
         NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="200000", RELAY_UNIX_SOCKET=str(socket_path)
     )
-    relay.start()
+    umask = os.umask(0o027)  # the unit's: the socket must still admit its group
+    try:
+        relay.start()
+    finally:
+        os.umask(umask)
     try:
         await notify.wait_for("READY=1")
+        assert socket_path.stat().st_mode & 0o777 == 0o660
         async with aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(socket_path))
         ) as session:
@@ -253,3 +259,50 @@ async def test_a_stream_past_the_drain_timeout_gets_a_final_error(relay_process,
         assert await relay.wait(15) == 0, relay.logs()
     finally:
         notify.close()
+
+
+async def test_a_second_signal_ends_open_streams_at_once(relay_process, aiohttp_server):
+    relay, notify = await start_with_simulator(
+        relay_process, aiohttp_server, tokens=400, RELAY_DRAIN_TIMEOUT="60"
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        async with aiohttp.ClientSession() as session:
+            token = await exchange_token(session, relay.port)
+            async with session.post(
+                f"http://127.0.0.1:{relay.port}/v1/chat/completions",
+                json=STREAM,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                await response.content.readline()
+                relay.terminate()
+                await notify.wait_for("STOPPING=1")
+                second = loop.time()
+                relay.terminate()
+                rest = await response.content.read()
+        events = [line for line in rest.split(b"\n") if line.startswith(b"data: ")]
+        final = orjson.loads(events[-1].removeprefix(b"data: "))
+        assert final["error"]["code"] == "shutting_down"
+        assert await relay.wait(15) == 0, relay.logs()
+        assert loop.time() - second < 10  # not the 60 s drain
+    finally:
+        notify.close()
+
+
+@pytest.mark.parametrize("failure", ["database down", "port taken", "redis url"])
+async def test_a_failed_start_is_one_line_and_no_traceback(relay_process, failure):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = {
+            "database down": {"RELAY_DATABASE_URL": "postgresql://relay@127.0.0.1:1/relay"},
+            "port taken": {"RELAY_PORT": str(taken.getsockname()[1])},
+            "redis url": {"RELAY_REDIS_URL": "http://127.0.0.1:6379"},
+        }[failure]
+        relay = relay_process(**settings)
+        relay.start()
+        code = await relay.wait(60)
+    logs = relay.logs()
+    assert code == 1, logs
+    assert "relay serve:" in logs
+    assert "Traceback" not in logs

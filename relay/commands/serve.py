@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 
 import uvloop
@@ -26,6 +27,7 @@ SHUTDOWN_SECONDS = 1.0
 # aiohttp's default of 128 overflows when a thousand clients connect at once
 # (the kernel caps it at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
+SOCKET_MODE = 0o660
 
 
 async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.BaseSite]:
@@ -44,6 +46,11 @@ async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.Bas
         )
     for site in sites:
         await site.start()
+    if settings.unix_socket:
+        # Connecting needs write permission; with the unit's UMask=0027 the socket
+        # would be the relay user's alone. Its group (the proxy's, e.g. www-data
+        # added to relay's group) may connect; nobody else.
+        os.chmod(settings.unix_socket, SOCKET_MODE)
     return sites
 
 
@@ -59,11 +66,24 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
         shutdown_timeout=SHUTDOWN_SECONDS,
     )
     stop = asyncio.Event()
+    in_flight = app[IN_FLIGHT]
+
+    def on_signal() -> None:
+        # The first signal drains; another one ends open streams at once.
+        if stop.is_set():
+            in_flight.deadline.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     notifier = Notifier.from_env()
-    await runner.setup()  # runs start-up: migrations, pools
+    try:
+        await runner.setup()  # runs start-up: migrations, pools
+    except BaseException:
+        # What start-up had opened before the failure is closed again.
+        await runner.cleanup()
+        raise
     # What start-up built lives as long as the process: the cyclic collector
     # need not walk it again on every full collection (tens of ms each).
     gc.freeze()
@@ -74,7 +94,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
         notifier.notify("READY=1", "STATUS=serving")
         await stop.wait()
         notifier.notify("STOPPING=1", "STATUS=draining")
-        await drain(app[IN_FLIGHT], sites, settings.drain_timeout)
+        await drain(in_flight, sites, settings.drain_timeout)
     finally:
         # Cleanup contexts run here: pending history and receipts are committed.
         await runner.cleanup()
