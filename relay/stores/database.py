@@ -41,7 +41,8 @@ _UNAVAILABLE = (
 def unavailable(exc: BaseException) -> DependencyUnavailableError:
     # The driver's first line tells a wrong password or database name from an
     # outage; connection failures name host, port, database and user, never values.
-    reason = str(exc).strip().splitlines()[0] if isinstance(exc, psycopg2.OperationalError) else ""
+    lines = str(exc).strip().splitlines() if isinstance(exc, psycopg2.OperationalError) else []
+    reason = lines[0] if lines else ""
     log.warning("postgres unavailable", extra={"error": type(exc).__name__, "reason": reason})
     return DependencyUnavailableError("The database is unavailable; try again shortly.")
 
