@@ -98,6 +98,10 @@ async def test_a_scoped_client_cannot_name_the_model_twice(http, simulator):
     # Repeated keys inside the messages are the provider's business, not a scope question.
     nested = b'{"model":"sim-large","messages":[{"role":"user","content":"a","content":"b"}]}'
     assert (await http.post("/v1/chat/completions", data=nested, headers=headers)).status == 200
+    # Deeper than the standard library's parser goes (orjson reads 1,024 levels).
+    deep = b'{"model":"sim-large","messages":[' + b"[" * 1000 + b"]" * 1000 + b"]}"
+    response = await http.post("/v1/chat/completions", data=deep, headers=headers)
+    await assert_error(response, 400, "invalid_request")
 
 
 async def test_a_compressed_request_body_is_refused(http, token, simulator):

@@ -49,7 +49,10 @@ def refuse_duplicate_keys(body: bytes) -> None:
         seen.append(items)
         return items
 
-    json.loads(body, object_pairs_hook=pairs)  # valid already: orjson parsed it
+    try:
+        json.loads(body, object_pairs_hook=pairs)  # valid JSON already: orjson parsed it
+    except (ValueError, RecursionError):  # nested deeper than this parser goes
+        raise InvalidRequestError("The request body is nested too deeply.") from None
     top = seen[-1]  # objects close inner first, so the top-level one closes last
     if len({key for key, _ in top}) != len(top):
         raise InvalidRequestError("The request body names the same field twice.")
