@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
+import math
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from relay.upstreams.config import Upstream, UpstreamConfigError, parse_upstreams
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -26,6 +30,23 @@ class Secret(str):
 
 
 MIN_SECRET_BYTES = 32
+# deploy/relay.env.example ships its secrets as "change-me-…" lines; production
+# refuses them so a forgotten edit cannot mean running with published secrets.
+PLACEHOLDER = "change-me"
+# RELAY_* names read outside the settings: by from_env itself, by `relay dev`
+# and by the test suite. Any other RELAY_* name that is no setting is likely misspelt.
+READ_ELSEWHERE = frozenset(
+    {
+        "RELAY_ENV_FILE",
+        "RELAY_DEV_DIR",
+        "RELAY_TEST_DATABASE_URL",
+        "RELAY_TEST_REDIS_URL",
+        "RELAY_SCHEMATHESIS_EXAMPLES",
+        "RELAY_SCHEMATHESIS_PHASES",
+        "RELAY_SCHEMATHESIS_JWT",
+        "RELAY_SCHEMATHESIS_ADMIN",
+    }
+)
 
 
 def _text(raw: str) -> str:
@@ -37,20 +58,22 @@ def _integer(raw: str) -> int:
 
 
 def _number(raw: str) -> float:
-    return float(raw)
+    value = float(raw)
+    # float() accepts "nan" and "inf", which pass every minimum check.
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
 
 
 def _flag(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
-    if lowered in {"0", "false", "no", "off", ""}:
+    if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ValueError("expected true or false")
-
-
-def _optional_int(raw: str) -> int | None:
-    return int(raw) if raw.strip() else None
+    # Empty is refused, not read as false: `RELAY_RECEIPTS=` would otherwise turn
+    # receipts off silently, and the operator may have meant the default.
+    raise ValueError("expected true or false (remove the line to keep the default)")
 
 
 def _positive_or_none(raw: str) -> int | None:
@@ -174,6 +197,7 @@ class Settings:
         env_file = source.get("RELAY_ENV_FILE")
         if env_file:
             source = {**read_env_file(Path(env_file)), **source}
+        lookups = _Lookups(source)
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
             name = spec.metadata["env"]
@@ -181,9 +205,21 @@ class Settings:
                 values[spec.name] = _parse(spec, source[name])
         if source.get("RELAY_UPSTREAMS"):
             try:
-                values["upstreams"] = parse_upstreams(source["RELAY_UPSTREAMS"], source)
+                values["upstreams"] = parse_upstreams(source["RELAY_UPSTREAMS"], lookups)
             except UpstreamConfigError as exc:
                 raise ConfigError(f"RELAY_UPSTREAMS: {exc}") from None
+        known = {spec.metadata["env"] for spec in dataclasses.fields(cls)} | READ_ELSEWHERE
+        # An upstream's api_key_env may name a RELAY_* variable: it is read too.
+        unknown = sorted(
+            name
+            for name in source
+            if name.startswith("RELAY_") and name not in known and name not in lookups.names
+        )
+        if unknown:
+            # Names only: a misspelt secret's value must not reach the log.
+            log.warning(
+                "ignoring variables relay does not read (misspelt?): %s", ", ".join(unknown)
+            )
         if not source.get("RELAY_STATE_DIR"):
             values["state_dir"] = source.get("STATE_DIRECTORY", "").split(":")[0] or (
                 "/var/lib/relay" if values.get("env") == "production" else ".relay-state"
@@ -203,9 +239,32 @@ class Settings:
             if len(value.encode()) < MIN_SECRET_BYTES:
                 state = "is missing" if not value else "is shorter than 32 bytes"
                 raise ConfigError(f"{name} {state}; production needs a random secret of 32+ bytes")
+            if PLACEHOLDER in value.lower():
+                raise ConfigError(
+                    f"{name} still holds the example's {PLACEHOLDER!r} placeholder; "
+                    "production needs a random secret (openssl rand -base64 48)"
+                )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+class _Lookups(Mapping[str, str]):
+    """The environment, remembering which names were looked up in it."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import READ_ELSEWHERE, ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STRONG = "p" * 32
 PRODUCTION = {
@@ -93,6 +98,84 @@ def test_production_refuses_weak_secrets(name, value):
     assert "missing" in message if not value else "shorter than 32 bytes" in message
     if value:
         assert value not in message.replace(name, "")
+
+
+@pytest.mark.parametrize(
+    "name", ["RELAY_JWT_SECRET", "RELAY_ADMIN_TOKEN", "RELAY_IDENTITY_HASH_KEY"]
+)
+@pytest.mark.parametrize(
+    "value", ["change-me-to-a-random-secret-of-32-bytes", "x" * 32 + "CHANGE-ME"]
+)
+def test_production_refuses_placeholder_secrets(name, value):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**PRODUCTION, name: value})
+    message = str(raised.value)
+    assert message.startswith(f"{name} still holds the example's 'change-me' placeholder")
+    assert value not in message
+    # Development keeps accepting whatever it is given.
+    assert Settings.from_env({name: value}).env == "development"
+
+
+def names_of(kind: str) -> list[str]:
+    return [spec.metadata["env"] for spec in dataclasses.fields(Settings) if spec.type == kind]
+
+
+@pytest.mark.parametrize("name", names_of("bool"))
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_flag_is_refused_not_read_as_false(name, value):
+    with pytest.raises(ConfigError, match=f"^{name}=.* is invalid: expected true or false"):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("name", names_of("float"))
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_non_finite_numbers_are_refused(name, value):
+    with pytest.raises(ConfigError, match=f"^{name}=.* is invalid: expected a finite number"):
+        Settings.from_env({name: value})
+
+
+def test_unknown_relay_names_are_warned_about_by_name_only(caplog, tmp_path: Path):
+    env_file = tmp_path / "relay.env"
+    env_file.write_text("RELAY_RECIEPTS=false\n")
+    upstreams = (
+        '[{"name": "p", "base_url": "https://p.example/v1", "api_key_env": "RELAY_P_KEY",'
+        ' "models": {"m": "m"}}]'
+    )
+    with caplog.at_level(logging.WARNING, logger="relay.config"):
+        Settings.from_env(
+            {
+                "RELAY_ENV_FILE": str(env_file),
+                "RELAY_DRAIN_TIMOUT": "secret-looking-value",
+                "RELAY_UPSTREAMS": upstreams,
+                "RELAY_P_KEY": "sk-provider",
+                "RELAY_DEV_DIR": ".dev",
+                "OTHER_TOOL_SETTING": "1",
+            }
+        )
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().endswith(": RELAY_DRAIN_TIMOUT, RELAY_RECIEPTS")
+    assert "secret-looking-value" not in caplog.text and "sk-provider" not in caplog.text
+
+
+def test_known_names_raise_no_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="relay.config"):
+        Settings.from_env(
+            {"RELAY_PORT": "9000", **dict.fromkeys(READ_ELSEWHERE - {"RELAY_ENV_FILE"}, "x")}
+        )
+    assert caplog.records == []
+
+
+def test_names_read_elsewhere_are_the_ones_relay_and_its_tooling_read():
+    # Any RELAY_* name in relay's code, tests or Makefile is a setting or listed as read
+    # elsewhere, so the start-up warning never names one of relay's own variables;
+    # and each listed name is still used. (This file and config.py only name them.)
+    settings = {spec.metadata["env"] for spec in dataclasses.fields(Settings)}
+    files = {ROOT / "Makefile", *ROOT.glob("relay/**/*.py"), *ROOT.glob("bench/**/*.py")}
+    files |= set(ROOT.glob("tests/*.py"))
+    files -= {ROOT / "relay" / "config.py", Path(__file__).resolve()}
+    used = {name for path in files for name in re.findall(r"RELAY_[A-Z0-9_]+", path.read_text())}
+    assert used - settings == READ_ELSEWHERE
 
 
 @pytest.mark.parametrize(
