@@ -18,13 +18,13 @@ from tests.test_revocation import eventually_status
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def relay_cli(database_url, tmp_path):
+def cli_runner(database_url: str, state: Path, **settings: str) -> Any:
     env = {
         **os.environ,
         "RELAY_DATABASE_URL": database_url,
-        "RELAY_STATE_DIR": str(tmp_path / "cli-state"),
+        "RELAY_STATE_DIR": str(state),
         "RELAY_BCRYPT_ROUNDS": "4",
+        **settings,
     }
 
     def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -41,6 +41,11 @@ def relay_cli(database_url, tmp_path):
         return done
 
     return run
+
+
+@pytest.fixture
+def relay_cli(database_url, tmp_path):
+    return cli_runner(database_url, tmp_path / "cli-state")
 
 
 def output(done: subprocess.CompletedProcess[str]) -> Any:
@@ -113,3 +118,16 @@ def test_delete(relay_cli):
     created = output(relay_cli("create", "--name", "short-lived"))
     assert output(relay_cli("delete", created["id"])) == {"id": created["id"], "deleted": True}
     assert output(relay_cli("list")) == []
+
+
+def test_honours_run_migrations(empty_database_url, tmp_path):
+    # During a rolling upgrade the new version's CLI must not migrate under old instances.
+    held = cli_runner(empty_database_url, tmp_path / "state", RELAY_RUN_MIGRATIONS="false")
+    done = held("list", ok=False)
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr and "relay migrate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    # Left at its default, the same command brings the schema up to date first.
+    assert output(cli_runner(empty_database_url, tmp_path / "state")("list")) == []
+    assert output(held("list")) == []

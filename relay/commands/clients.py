@@ -16,8 +16,8 @@ from relay.errors import RelayError
 from relay.services.apikeys import KeyHasher
 from relay.services.clients import ClientService
 from relay.stores.clients import ClientStore
-from relay.stores.database import Database
-from relay.stores.migrations import migrate
+from relay.stores.database import Database, QueryError
+from relay.stores.migrations import MigrationError, migrate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @asynccontextmanager
 async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
-    await migrate(settings.database_url)
+    # As `relay serve` does: during a rolling upgrade, RELAY_RUN_MIGRATIONS=false
+    # keeps the new version's CLI from changing the schema under old instances.
+    if settings.run_migrations:
+        await migrate(settings.database_url)
     database = await Database.open(settings.database_url, size=2, timeout=settings.database_timeout)
     try:
         hasher = await asyncio.get_running_loop().run_in_executor(
@@ -73,6 +76,18 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         result = asyncio.run(_run(settings, args))
     except RelayError as exc:
         print(f"relay clients {args.action}: {exc.message}", file=sys.stderr)
+        return 1
+    except MigrationError as exc:
+        print(f"relay clients {args.action}: {exc}", file=sys.stderr)
+        return 1
+    except QueryError as exc:
+        # Most likely a schema behind this version, with migrations turned off.
+        # PostgreSQL's first line names relay's tables and columns, no client data.
+        reason = str(exc).strip().splitlines()[0]
+        print(
+            f"relay clients {args.action}: {reason} (is the schema migrated? `relay migrate`)",
+            file=sys.stderr,
+        )
         return 1
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
