@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from relay.commands.serve import GRACE_SECONDS
-from relay.config import Settings, read_env_file
+from relay.commands.serve import GRACE_SECONDS, SHUTDOWN_SECONDS
+from relay.config import ConfigError, Settings, read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -19,16 +20,30 @@ EXAMPLE = DEPLOY / "relay.env.example"
 UNIT = DEPLOY / "relay.service"
 # Read by Settings.from_env itself rather than being a field.
 NOT_FIELDS = {"RELAY_ENV_FILE"}
-_ASSIGNMENT = re.compile(r"^#?(RELAY_[A-Z0-9_]+)=(.*)$")
+SECRETS = ("RELAY_JWT_SECRET", "RELAY_ADMIN_TOKEN", "RELAY_IDENTITY_HASH_KEY")
+# "#NAME=value" shows the default; "...: NAME=value" or "# NAME=value" in a
+# comment's prose is an example or advice.
+_DEFAULT = re.compile(r"^#(RELAY_[A-Z0-9_]+)=(.*)$")
+_EXAMPLE = re.compile(r"^#(?:.*?:)?\s+(RELAY_[A-Z0-9_]+)=(.*)$")
 
 
-def documented() -> dict[str, str]:
+def commented(pattern: re.Pattern[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for line in EXAMPLE.read_text().splitlines():
-        match = _ASSIGNMENT.match(line.strip())
-        if match:
+        if match := pattern.match(line.strip()):
             found[match[1]] = match[2]
     return found
+
+
+def filled() -> dict[str, str]:
+    """The example's active lines with its placeholder secrets replaced, as an operator would."""
+    active = read_env_file(EXAMPLE)
+    return {**active, **{name: f"{name.lower()}-{'r' * 40}" for name in SECRETS}}
+
+
+def stop_budget(drain_timeout: float) -> float:
+    """The longest a stop may take: drain, final events, runner shutdown, last history commit."""
+    return drain_timeout + GRACE_SECONDS + SHUTDOWN_SECONDS + Settings().database_timeout
 
 
 def unit_directives() -> dict[str, list[str]]:
@@ -42,20 +57,41 @@ def unit_directives() -> dict[str, list[str]]:
 
 def test_env_example_documents_every_setting():
     settings = {spec.metadata["env"] for spec in dataclasses.fields(Settings)}
-    names = set(documented())
+    # Each setting is an active line or a commented default, not only an example.
+    names = set(read_env_file(EXAMPLE)) | set(commented(_DEFAULT))
     assert not settings - names, f"document these in {EXAMPLE.name}: {sorted(settings - names)}"
-    stale = names - settings - NOT_FIELDS
+    stale = (names | set(commented(_EXAMPLE))) - settings - NOT_FIELDS
     assert not stale, f"{EXAMPLE.name} documents settings relay does not read: {sorted(stale)}"
 
 
-def test_env_example_values_are_valid():
-    # The active lines make a production configuration that starts.
+def test_env_example_is_refused_until_its_secrets_are_replaced():
     active = read_env_file(EXAMPLE)
-    assert Settings.from_env(active).production
-    # Each commented default or example is a value relay accepts.
-    for name, value in documented().items():
+    for name in SECRETS:
+        assert "change-me" in active[name]
+        left = {**filled(), name: active[name]}
+        with pytest.raises(ConfigError, match=f"^{name} still holds the example's"):
+            Settings.from_env(left)
+    settings = Settings.from_env(filled())
+    assert settings.production
+
+
+def test_env_example_comments_show_the_true_defaults():
+    base = Settings.from_env(filled())
+    fields = {spec.metadata["env"]: spec.name for spec in dataclasses.fields(Settings)}
+    wrong = {}
+    for name, value in commented(_DEFAULT).items():
+        shown = getattr(Settings.from_env({**filled(), name: value}), fields[name])
+        if shown != getattr(base, fields[name]):
+            wrong[name] = value
+    assert not wrong, f"{EXAMPLE.name}: these commented lines are not the defaults: {wrong}"
+
+
+def test_env_example_examples_are_valid():
+    examples = commented(_EXAMPLE)
+    assert {"RELAY_TRUSTED_PROXIES", "RELAY_UPSTREAMS", "RELAY_ATTESTATION"} <= set(examples)
+    for name, value in examples.items():
         if name not in NOT_FIELDS:
-            Settings.from_env({**active, name: value, "OPENAI_API_KEY": "sk-example"})
+            Settings.from_env({**filled(), name: value, "OPENAI_API_KEY": "sk-example"})
 
 
 def test_unit_has_the_promised_shape():
@@ -78,7 +114,10 @@ def test_unit_has_the_promised_shape():
         assert directives.get(key) == [value], key
     assert int(directives["WatchdogSec"][0]) > 0
     stop = int(directives["TimeoutStopSec"][0].removesuffix("s"))
-    assert stop > Settings().drain_timeout + GRACE_SECONDS
+    assert stop > stop_budget(Settings().drain_timeout)
+    # ProcSubset=pid would hide /proc/stat and with it the process_* metrics.
+    assert directives["ProtectProc"] == ["invisible"]
+    assert "ProcSubset" not in directives
 
 
 def systemd_analyze() -> str:
@@ -137,6 +176,26 @@ def test_compose_accepts_the_compose_file():
     )
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr
+
+
+def test_image_defaults_to_production_and_keeps_its_state():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ENV .*\bRELAY_ENV=production\b", dockerfile, re.M)
+    state_dir = re.search(r"^ENV .*\bRELAY_STATE_DIR=(\S+)", dockerfile, re.M)
+    assert state_dir, "the image names its RELAY_STATE_DIR"
+    assert re.search(rf"^VOLUME {re.escape(state_dir[1])}$", dockerfile, re.M)
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    relay = compose["services"]["relay"]
+    # Development only because compose says so, with its example secrets.
+    assert relay["environment"]["RELAY_ENV"] == "development"
+    assert relay["restart"] == "unless-stopped"
+    mounts = [mount.partition(":") for mount in relay["volumes"]]
+    assert any(
+        source in compose["volumes"] and target == state_dir[1] for source, _, target in mounts
+    ), "the state dir is a named volume"
+    grace = int(relay["stop_grace_period"].removesuffix("s"))
+    assert grace > stop_budget(float(relay["environment"]["RELAY_DRAIN_TIMEOUT"]))
 
 
 def test_nginx_example_streams_unbuffered():
