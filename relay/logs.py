@@ -15,6 +15,7 @@ import time
 from typing import Any, TextIO
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -105,6 +106,22 @@ class TurnBufferedHandler(logging.StreamHandler[TextIO]):
             self.release()
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp's server logs a request it cannot parse as an error whose message
+    quotes the offending bytes: a piece of a prompt, an Authorization header.
+    Such a record keeps only the exception's class and the peer, as a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.msg, record.args = "malformed request", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.error, record.peer = type(error).__name__, peer
+        return True
+
+
 def setup_logging(level: str, fmt: str = "json", stream: TextIO | None = None) -> None:
     # relay's lines never show where in the code, or on which thread, they were logged.
     logging.logThreads = False
@@ -118,3 +135,6 @@ def setup_logging(level: str, fmt: str = "json", stream: TextIO | None = None) -
     root.setLevel(level)
     # aiohttp's own access log would repeat ours without the request id.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(each, MalformedRequestFilter) for each in server.filters):
+        server.addFilter(MalformedRequestFilter())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.logs import JsonFormatter
+from relay.logs import JsonFormatter, setup_logging
 from tests.api_calls import ADMIN, bearer
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 
@@ -87,6 +88,41 @@ async def test_no_secret_reaches_the_logs(http, captured):
     }
     leaked = {what for what, value in forbidden.items() if value in text}
     assert not leaked, leaked
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # A chunk size that is not hex: aiohttp's parser quotes what follows it.
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n"
+        b'Content-Type: application/json\r\n\r\nzz\r\n{"content":"' + CANARY.encode() + b'"}\r\n',
+        # A control character in a header: the parser quotes the header line.
+        b"GET /v1/me HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer "
+        + CANARY.encode()
+        + b"\x7f\r\n\r\n",
+    ],
+    ids=["body", "header"],
+)
+async def test_a_request_aiohttp_cannot_parse_is_logged_without_its_bytes(http, raw):
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    setup_logging("DEBUG", "json", stream)
+    try:
+        reader, writer = await asyncio.open_connection(http.host, http.port)
+        writer.write(raw)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        await asyncio.sleep(0.05)  # lines of a loop turn are written at its end
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+    text = stream.getvalue()
+    assert CANARY not in text
+    [line] = [line for line in lines(stream) if line["logger"] == "aiohttp.server"]
+    assert line["msg"] == "malformed request" and line["level"] == "warning"
 
 
 async def test_access_line_has_ids_route_status_and_timing(http, captured):
