@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -193,3 +194,16 @@ async def test_deleted_client(http, caller):
 
 async def test_admin_token_is_not_a_bearer_token(http):
     await assert_refused(http, ADMIN)
+
+
+@pytest.mark.parametrize("path", ["/v1/me", "/admin/clients"])
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(http, path):
+    reader, writer = await asyncio.open_connection(http.host, http.port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n".encode()
+        + b"Authorization: Bearer \xff\xfe\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = (await reader.read()).split(b"\r\n", 1)[0]
+    writer.close()
+    assert status_line.split()[1] == b"401"

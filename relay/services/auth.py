@@ -24,6 +24,12 @@ def bearer_token(authorization: str | None) -> str:
             "Send an access token as 'Authorization: Bearer <token>' (from POST /auth/token).",
             code="missing_token",
         )
+    try:
+        # aiohttp keeps bytes that are not UTF-8 as lone surrogates, which no
+        # comparison or JWT library can encode: such a token is simply wrong.
+        token.encode()
+    except UnicodeEncodeError:
+        raise AuthenticationError("The token is not valid text.", rejected=True) from None
     return token.strip()
 
 
