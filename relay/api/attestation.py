@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from relay.api.body import json_response
 from relay.appkeys import ATTESTATION
-from relay.errors import InvalidRequestError
+from relay.errors import DependencyUnavailableError, InvalidRequestError
+from relay.proofs.agent import AttestationUnavailableError
 from relay.proofs.report import parse_nonce
+
+log = logging.getLogger(__name__)
 
 # Every report answers one nonce (the caller's, or one made for this request):
 # a cached copy would be a replay.
@@ -19,5 +24,14 @@ async def get_attestation_report(request: web.Request) -> web.Response:
         nonce = parse_nonce(request.query.get("nonce"))
     except ValueError as exc:
         raise InvalidRequestError(str(exc).capitalize() + ".", param="nonce") from None
-    report = await request.app[ATTESTATION].report(nonce)
+    try:
+        report = await request.app[ATTESTATION].report(nonce)
+    except AttestationUnavailableError as exc:
+        # The cause names the agent's endpoint or socket path: for the operator's
+        # log, not for an unauthenticated caller.
+        log.warning("attestation report unavailable", extra={"error": exc.message})
+        raise DependencyUnavailableError(
+            "Attestation is unavailable right now; try again shortly.",
+            code="attestation_unavailable",
+        ) from None
     return json_response(report, headers=_NO_STORE)
