@@ -84,10 +84,13 @@ async def test_a_model_outside_the_clients_scopes_is_403(http, simulator):
     assert allowed.status == 200
 
 
-async def test_a_scoped_client_cannot_name_the_model_twice(http, simulator):
-    # relay reads the last `model`; a provider reading the first would serve gpt-sim.
-    _, token = await client_with_token(http, scopes=["model:sim-large"])
-    twice = b'{"model":"gpt-sim","model":"sim-large","messages":[{"role":"user","content":"Hi"}]}'
+@pytest.mark.parametrize("scopes", [["model:sim-large"], []], ids=["scoped", "unscoped"])
+async def test_a_body_forwarded_as_sent_cannot_name_the_model_twice(http, simulator, scopes):
+    # sim-large goes to the provider as the client's bytes. relay reads the last
+    # `model`; a provider reading the first would serve a model relay does not
+    # route (or the client's scopes leave out).
+    _, token = await client_with_token(http, scopes=scopes)
+    twice = b'{"model":"unlisted","model":"sim-large","messages":[{"role":"user","content":"Hi"}]}'
     headers = {**bearer(token), "Content-Type": "application/json"}
     response = await http.post("/v1/chat/completions", data=twice, headers=headers)
     await assert_error(response, 400, "invalid_request")
@@ -95,11 +98,11 @@ async def test_a_scoped_client_cannot_name_the_model_twice(http, simulator):
     response = await http.post("/v1/chat/completions", data=escaped, headers=headers)
     await assert_error(response, 400, "invalid_request")
     assert not simulator.state.requests
-    # Repeated keys inside the messages are the provider's business, not a scope question.
+    # Repeated keys inside the messages are the provider's business.
     nested = b'{"model":"sim-large","messages":[{"role":"user","content":"a","content":"b"}]}'
     assert (await http.post("/v1/chat/completions", data=nested, headers=headers)).status == 200
     # Deeper than the standard library's parser goes (orjson reads 1,024 levels).
-    deep = b'{"model":"sim-large","messages":[' + b"[" * 1000 + b"]" * 1000 + b"]}"
+    deep = b'{"model":"sim-large","note":"model","messages":[' + b"[" * 1000 + b"]" * 1000 + b"]}"
     response = await http.post("/v1/chat/completions", data=deep, headers=headers)
     await assert_error(response, 400, "invalid_request")
 

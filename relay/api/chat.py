@@ -23,13 +23,12 @@ from relay.appkeys import (
 )
 from relay.errors import RelayError, error_json
 from relay.services.answers import Answer, AnswerHooks
-from relay.services.chat import check_chat_completion, forwarded_body, refuse_duplicate_keys
+from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
 from relay.upstreams.forwarder import open_provider_response
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 from relay.upstreams.reply import ProviderReply
-from relay.upstreams.routing import restricts_models
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,6 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
     body = await read_body(request)
     data = parse_json_object(body, request.content_type)
     chat = check_chat_completion(data)
-    if restricts_models(caller.client.scopes):
-        refuse_duplicate_keys(body)
     route = request.app[ROUTER].resolve(chat.model, caller.client.scopes)
     answer = Answer(
         request_id=request[REQUEST_ID],

@@ -39,10 +39,13 @@ def refuse_duplicate_keys(body: bytes) -> None:
     """400 if the body's top-level object names a key twice.
 
     relay reads the last `model` of `{"model": "a", "model": "b"}` (as orjson
-    does); a provider reading the first would serve a model the client's scopes
-    leave out. Checked only for such clients: the standard library's parser,
-    which can see every pair, costs a few µs a request.
+    does) and forwards the client's bytes; a provider reading the first would
+    serve a model relay does not route, or the client's scopes leave out.
     """
+    # Cheap first: a second "model" key shows as such, or hides behind a \u escape.
+    if body.count(b'"model"') < 2 and b"\\u" not in body:
+        return
+    # The standard library's parser can show every pair (a few µs a request).
     seen: list[list[tuple[str, Any]]] = []
 
     def pairs(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -60,8 +63,10 @@ def refuse_duplicate_keys(body: bytes) -> None:
 
 def forwarded_body(body: bytes, data: dict[str, Any], route: Route) -> bytes:
     """The bytes sent to the provider: the client's own when the model id is the
-    provider's, else the same object with only `model` replaced (key order kept)."""
+    provider's (if they name no key twice), else the same object with only `model`
+    replaced (key order kept; a repeated key is then written once)."""
     if route.provider_model == route.model:
+        refuse_duplicate_keys(body)
         return body
     return orjson.dumps({**data, "model": route.provider_model})
 

@@ -21,19 +21,9 @@ class Route:
     provider_model: str
 
 
-def _granted(scopes: Iterable[str]) -> list[str]:
-    return [scope[len(MODEL_SCOPE) :] for scope in scopes if scope.startswith(MODEL_SCOPE)]
-
-
 def model_allowed(scopes: Iterable[str], model: str) -> bool:
-    granted = _granted(scopes)
+    granted = [scope[len(MODEL_SCOPE) :] for scope in scopes if scope.startswith(MODEL_SCOPE)]
     return not granted or "*" in granted or model in granted
-
-
-def restricts_models(scopes: Iterable[str]) -> bool:
-    """Whether these scopes leave out some model (so which model is asked for matters)."""
-    granted = _granted(scopes)
-    return bool(granted) and "*" not in granted
 
 
 class ModelRouter:
