@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from tests.api_calls import assert_error, bearer, client_with_token
+from tests.conftest import SIMULATOR_KEY
 from tests.history_calls import query
 
 CHUNK = (
@@ -57,6 +58,11 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
     if model == "json-error":
         error = {"message": "You exceeded your quota.", "type": "insufficient_quota"}
         return web.json_response({"error": {**error, "param": None, "code": "insufficient_quota"}})
+    if model == "leaky-error":  # names relay's account, model id and key, as some do
+        key = request.headers["Authorization"].removeprefix("Bearer ")
+        message = f"Rate limit reached for leaky-error in organization org-AbC123xyz (key {key})"
+        error = {"message": message, "type": "requests", "param": None, "code": "rate_limit"}
+        return web.json_response({"error": error}, status=429)
     if model == "string-error":
         return web.json_response({"error": "model is overloaded, try later"}, status=429)
     if model == "json-answer":
@@ -94,7 +100,7 @@ async def relay(make_settings, make_client, simulator, aiohttp_server):
     upstream = simulator.upstream(
         name="bent",
         base_url=str(provider.make_url("/v1")),
-        models={model: model for model in MODELS},
+        models={**{model: model for model in MODELS}, "public-name": "leaky-error"},
         timeout_s=LINGER_SECONDS * 4,
     )
     http = await make_client(make_settings(upstreams=(upstream,)))
@@ -163,3 +169,11 @@ async def test_a_refusal_whose_error_is_a_string_keeps_its_message(relay):
     http, token, _ = relay
     error = await assert_error(await ask(http, token, "string-error"), 429)
     assert error["message"] == "model is overloaded, try later"
+
+
+async def test_a_refusal_does_not_show_relays_account_key_or_provider_model(relay):
+    http, token, _ = relay
+    error = await assert_error(await ask(http, token, "public-name"), 429, "rate_limit")
+    message = error["message"]
+    assert "Rate limit reached for public-name in organization org-[redacted]" in message
+    assert SIMULATOR_KEY not in message and "leaky-error" not in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,6 @@ import orjson
 from relay import __version__
 from relay.errors import RelayError, UpstreamError, UpstreamTimeoutError, error_body
 from relay.metrics import UPSTREAM_SECONDS, labelled
-from relay.upstreams.config import Upstream
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.routing import Route
 
@@ -29,13 +29,31 @@ _END_GRACE_SECONDS = 1.0
 _PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms", "x-should-retry")
 
 
+# OpenAI names the account in some messages ("… in organization org-abc123 …").
+_ORGANIZATION = re.compile(r"\borg-[A-Za-z0-9]{6,}")
+
+
+def provider_words(message: str, route: Route) -> str:
+    """A provider's message as relay's client may read it: the provider's own key
+    (should it quote it), account id and model id (when relay renames it) are not
+    the client's to see."""
+    if route.upstream.api_key and route.upstream.api_key in message:
+        message = message.replace(route.upstream.api_key, "[redacted]")
+    if route.provider_model != route.model:
+        message = message.replace(route.provider_model, route.model)
+    return _ORGANIZATION.sub("org-[redacted]", message)
+
+
 class ProviderRefusal(RelayError):
     """A provider's 4xx, passed through in OpenAI's shape with the provider's status."""
 
-    def __init__(self, status: int, body: dict[str, object], headers: dict[str, str]) -> None:
+    def __init__(
+        self, status: int, body: dict[str, object], headers: dict[str, str], route: Route
+    ) -> None:
         error = body["error"]
         assert isinstance(error, dict)
-        super().__init__(str(error.get("message") or "The provider refused the request."))
+        message = str(error.get("message") or "The provider refused the request.")
+        super().__init__(provider_words(message, route))
         self.status = status
         self.type = str(error.get("type") or "invalid_request_error")
         code, param = error.get("code"), error.get("param")
@@ -61,9 +79,10 @@ def create_session() -> aiohttp.ClientSession:
 
 
 async def _refusal(
-    response: aiohttp.ClientResponse, reply: ProviderReply, upstream: Upstream
+    response: aiohttp.ClientResponse, reply: ProviderReply, route: Route
 ) -> RelayError:
     """Turn a provider's non-200 answer into the error relay gives its client."""
+    upstream = route.upstream
     try:
         body = orjson.loads(await reply.prefix(_ERROR_BODY_BYTES))
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
@@ -85,21 +104,23 @@ async def _refusal(
             for name in _PASSED_ERROR_HEADERS
             if name in response.headers
         }
-        return ProviderRefusal(status, body, headers)
+        return ProviderRefusal(status, body, headers, route)
     return UpstreamError(f"The provider failed with status {status}.", code="upstream_error")
 
 
-async def _not_a_stream(reply: ProviderReply, upstream: Upstream) -> RelayError:
+async def _not_a_stream(reply: ProviderReply, route: Route) -> RelayError:
     """A streamed request answered 200 with a JSON body: an error, or a whole answer
     the client did not ask for. Either way the client cannot read it as a stream."""
     try:
         body = orjson.loads(await reply.prefix(_ERROR_BODY_BYTES))
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         body = None
-    log.info("provider answered a stream with JSON", extra={"upstream": upstream.name})
+    log.info("provider answered a stream with JSON", extra={"upstream": route.upstream.name})
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(message := error.get("message"), str) and message:
-        return UpstreamError(f"The provider failed: {message}", code="upstream_error")
+        return UpstreamError(
+            f"The provider failed: {provider_words(message, route)}", code="upstream_error"
+        )
     return UpstreamError(
         "The provider answered a streamed request without an event stream.",
         code="upstream_not_streamed",
@@ -143,9 +164,9 @@ async def open_provider_response(
     reply = ProviderReply(response, upstream.timeout_s)
     try:
         if response.status != 200:
-            raise await _refusal(response, reply, upstream)
+            raise await _refusal(response, reply, route)
         if stream and response.content_type.endswith("json"):
-            raise await _not_a_stream(reply, upstream)
+            raise await _not_a_stream(reply, route)
         yield reply
         await reply.finish(_END_GRACE_SECONDS)
     finally:
