@@ -9,6 +9,7 @@ from relay.api.access_log import setup_access_log
 from relay.api.cors import setup_cors
 from relay.api.drain import setup_drain
 from relay.api.error_mapping import setup_error_mapping
+from relay.api.health import setup_health
 from relay.api.rate_limit import setup_rate_limit
 from relay.api.request_id import setup_request_id
 from relay.api.routes import setup_routes
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     # After access control: a client's limits need the caller it identified.
     setup_rate_limit(app)
     setup_routes(app)
+    setup_health(app)
     recorder = AnswerRecorder()
     app[ANSWER_RECORDER] = recorder
     app[ANSWER_HOOKS] = AnswerHooks(commit=[recorder.record], after=[count_answer])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from relay.appkeys import REDIS
 from relay.devservers import PostgresServer, RedisServer
 from relay.stores.database import create_database
 
@@ -116,3 +117,24 @@ async def test_a_redis_that_never_answers_does_not_hang_health(make_client, make
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_concurrent_health_checks_share_one_round_of_probes(http):
+    # /health is public: a crowd of callers must not empty the Redis pool.
+    redis = http.app[REDIS]
+    pings = 0
+    ping = redis.ping
+
+    async def counted_ping() -> object:
+        nonlocal pings
+        pings += 1
+        await asyncio.sleep(0.05)
+        return await ping()
+
+    redis.ping = counted_ping
+    try:
+        answers = await asyncio.gather(*(http.get("/health") for _ in range(200)))
+    finally:
+        del redis.ping
+    assert all(answer.status == 200 for answer in answers)
+    assert pings < 20

@@ -24,6 +24,42 @@ async def probe(check: Callable[[], Awaitable[Any]], timeout: float) -> dict[str
     return {"status": "ok", "latency_ms": round((time.monotonic() - started) * 1000, 2)}
 
 
+class SharedProbes:
+    """One round of backend probes at a time, shared by every /health request that
+    arrives while it runs. /health is public, and each probe takes a connection from
+    the pools requests need: 1,500 callers at once took all of Redis's, which
+    switched rate limiting to in-process buckets."""
+
+    def __init__(self) -> None:
+        self._round: asyncio.Future[tuple[dict[str, Any], dict[str, Any]]] | None = None
+
+    async def run(self, app: web.Application) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(postgres, redis) probe results."""
+        if self._round is None:
+            self._round = asyncio.ensure_future(self._probe(app))
+            self._round.add_done_callback(self._finished)
+        # A caller that leaves does not cancel the round the others wait for.
+        return await asyncio.shield(self._round)
+
+    def _finished(self, _: object) -> None:
+        self._round = None
+
+    @staticmethod
+    async def _probe(app: web.Application) -> tuple[dict[str, Any], dict[str, Any]]:
+        timeout = app[SETTINGS].health_timeout
+        postgres, redis = await asyncio.gather(
+            probe(app[DATABASE].ping, timeout), probe(app[REDIS].ping, timeout)
+        )
+        return postgres, redis
+
+
+HEALTH_PROBES = web.AppKey("health_probes", SharedProbes)
+
+
+def setup_health(app: web.Application) -> None:
+    app[HEALTH_PROBES] = SharedProbes()
+
+
 def attestation_status(app: web.Application) -> dict[str, Any]:
     """How receipts are signed; says so plainly when no TEE vouches for the key."""
     attestation = app[ATTESTATION]
@@ -44,11 +80,8 @@ async def get_health(request: web.Request) -> web.Response:
             status=503,
             headers={"Cache-Control": "no-store"},
         )
-    timeout = request.app[SETTINGS].health_timeout
-    postgres, redis = await asyncio.gather(
-        probe(request.app[DATABASE].ping, timeout),
-        probe(request.app[REDIS].ping, timeout),
-    )
+    postgres, redis = await request.app[HEALTH_PROBES].run(request.app)
+    redis = dict(redis)  # the round's result is shared: mark a copy
     if redis["status"] != "ok":
         # relay serves on without Redis (rate limits fall back to in-process
         # buckets), so an outage degrades it rather than taking it down.
