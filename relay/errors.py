@@ -4,6 +4,7 @@
     ├── InvalidRequestError         400 invalid_request_error
     │   ├── UnsupportedMediaTypeError   415
     │   ├── PayloadTooLargeError        413
+    │   ├── RequestTimeoutError         408
     │   └── UnprocessableError          422
     ├── AuthenticationError         401
     ├── PermissionDeniedError       403
@@ -65,6 +66,11 @@ class UnsupportedMediaTypeError(InvalidRequestError):
 class PayloadTooLargeError(InvalidRequestError):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeoutError(InvalidRequestError):
+    status = 408
+    code = "request_timeout"
 
 
 class UnprocessableError(InvalidRequestError):

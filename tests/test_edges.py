@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -95,6 +97,22 @@ async def test_chunked_body_over_the_limit_is_413(small):
     )
     assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
     await assert_error(response, 413)
+
+
+async def test_a_body_that_trickles_in_is_408(http, monkeypatch):
+    monkeypatch.setattr("relay.api.body.BODY_SECONDS", 0.3)
+
+    async def slowly() -> AsyncIterator[bytes]:
+        yield b'{"name":'
+        await asyncio.sleep(1)
+        yield b'"late"}'
+
+    response = await http.post(
+        "/admin/clients",
+        data=slowly(),
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    await assert_error(response, 408, "request_timeout")
 
 
 async def test_a_body_just_under_the_limit_is_read(small):

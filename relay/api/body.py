@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from relay.appkeys import SETTINGS
-from relay.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from relay.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+)
+
+# Time for a whole request body once its headers are in: 4 MB over a poor
+# mobile link takes well under this.
+BODY_SECONDS = 120.0
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -26,9 +36,15 @@ async def read_body(request: web.Request) -> bytes:
     if (request.content_length or 0) > limit:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     try:
-        return await request.read()
+        # A body trickling in a byte at a time would hold its connection for ever.
+        async with asyncio.timeout(BODY_SECONDS):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.") from None
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"The request body did not arrive within {BODY_SECONDS:.0f} s."
+        ) from None
 
 
 def parse_json_object(body: bytes, content_type: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ SHUTDOWN_SECONDS = 1.0
 # aiohttp's default of 128 overflows when a thousand clients connect at once
 # (the kernel caps it at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
+KEEPALIVE_SECONDS = 75.0
 SOCKET_MODE = 0o660
 
 
@@ -64,6 +65,9 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
         handle_signals=False,
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_SECONDS,
+        # An idle kept-alive connection (or a half-sent request head) is closed after
+        # this; aiohttp's own default outside run_app is an hour.
+        keepalive_timeout=KEEPALIVE_SECONDS,
     )
     stop = asyncio.Event()
     in_flight = app[IN_FLIGHT]
