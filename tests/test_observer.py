@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from relay.upstreams.observer import CompletionSummary, StreamObserver, summarize_completion
+from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
 
 USAGE = {
     "prompt_tokens": 12,
@@ -399,3 +400,17 @@ def test_a_garbage_body_gives_an_empty_summary_with_an_error(body: bytes) -> Non
     assert summary.error is not None
     assert summary.error["code"] == "malformed_response"
     assert (summary.text, summary.usage, summary.tool_calls) == ("", None, [])
+
+
+@pytest.mark.parametrize(
+    "piece", [b"x" * 65536, b"data: " + b"x" * 65530 + b"\n"], ids=["one line", "many data lines"]
+)
+def test_an_event_that_never_ends_stops_the_decoder_at_its_cap(piece):
+    seen: list[bytes] = []
+    decoder = SSEDecoder(seen.append)
+    decoder.feed(b"data: ")
+    for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+        decoder.feed(piece)
+    assert decoder.overflowed and not seen
+    decoder.feed(b"\n\ndata: late\n\n")  # nothing more is read
+    assert not seen

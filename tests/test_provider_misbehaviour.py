@@ -177,3 +177,18 @@ async def test_a_refusal_does_not_show_relays_account_key_or_provider_model(rela
     message = error["message"]
     assert "Rate limit reached for public-name in organization org-[redacted]" in message
     assert SIMULATOR_KEY not in message and "leaky-error" not in message
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_relays_own_chat_cuts_an_event_without_end_too(relay, stream):
+    http, token, _ = relay
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    body = {"message": "Hi", "model": "endless-event", "stream": stream}
+    response = await http.post("/v1/chat", json=body, headers=bearer(token))
+    if stream:
+        raw = await response.read()
+        assert b"event: error" in raw and b"upstream_cut" in raw
+    else:
+        await assert_error(response, 502, "upstream_cut")
+    assert loop.time() - started < LINGER_SECONDS / 2

@@ -114,14 +114,17 @@ async def _new_answer(request: web.Request) -> Answer:
 async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
     """Feed the provider's stream to `observer` up to its `[DONE]`; 'complete' or 'cut'."""
     try:
-        while not observer.done and (chunk := await provider.chunk()):
+        while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
     except (TimeoutError, aiohttp.ClientError):
         return "cut"
-    return _outcome(observer)
+    return _outcome(observer, provider)
 
 
-def _outcome(observer: DeltaObserver) -> str:
+def _outcome(observer: DeltaObserver, provider: ProviderReply) -> str:
+    if observer.overflowed:
+        provider.close()  # not worth reading on
+        return "cut"
     if observer.error is None and (observer.done or observer.finish_reason is not None):
         return "complete"
     return "cut"
@@ -197,7 +200,7 @@ async def _relay_deltas(
 ) -> str:
     """Pass each content delta on as a `message.delta` event; complete, cut or cancelled."""
     try:
-        while not observer.done and (chunk := await provider.chunk()):
+        while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
             for text in observer.take():
                 await response.send_event("message.delta", {"content": text})
@@ -206,7 +209,7 @@ async def _relay_deltas(
         return "cancelled"
     except (TimeoutError, aiohttp.ClientError):
         return "cut"
-    return _outcome(observer)
+    return _outcome(observer, provider)
 
 
 def _cut_event(shutting_down: bool) -> bytes:

@@ -11,6 +11,7 @@ from relay.upstreams.completion import (
     CompletionSummary,
     summarize_completion,
 )
+from relay.upstreams.reply import MAX_RESPONSE_BYTES
 from relay.upstreams.sse import SSEDecoder
 
 __all__ = ["CompletionSummary", "StreamObserver", "summarize_completion"]
@@ -42,6 +43,16 @@ class StreamObserver(CompletionAccumulator):
         digest = self._hash.copy()
         digest.update(tail)
         return digest.hexdigest()
+
+    @property
+    def overflowed(self) -> bool:
+        """An event too large to be a chunk, or an answer past MAX_RESPONSE_BYTES."""
+        return self._decoder.overflowed or self.byte_count > MAX_RESPONSE_BYTES
+
+    @property
+    def reading(self) -> bool:
+        """Whether more of the stream is worth reading: no [DONE] yet, nothing overflowed."""
+        return not self.done and not self.overflowed
 
     def feed(self, chunk: bytes) -> None:
         self._hash.update(chunk)

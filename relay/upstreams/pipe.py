@@ -11,6 +11,7 @@ from aiohttp import web
 
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.reply import ProviderReply
+from relay.upstreams.sse import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,6 @@ SSE_HEADERS = {
 }
 _DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
-# One event larger than this is not a chat completion chunk: the stream is cut
-# rather than buffered without end.
-MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
 def error_event(message: str, type: str, code: str) -> bytes:
@@ -93,8 +91,8 @@ async def pipe_stream(
             if done_at >= 0:
                 await _send(response, observer, whole[:done_at])
                 return PipeResult("complete", observer, whole[done_at:])
-            if len(pending) > MAX_EVENT_BYTES:
-                log.info("provider sent an oversized event", extra={"bytes": len(pending)})
+            if len(pending) > MAX_EVENT_BYTES or observer.overflowed:
+                log.info("provider sent too much", extra={"bytes": observer.byte_count})
                 provider.close()
                 return PipeResult("cut", observer)
             await _send(response, observer, whole)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# One event larger than this is not a chat completion chunk: the decoder stops
+# (`overflowed`) rather than buffer it without end.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
 _LF = 0x0A
@@ -16,16 +19,20 @@ class SSEDecoder:
     LF, go to `on_data` as bytes. Comments and the other fields are skipped undecoded.
     """
 
-    __slots__ = ("_at_start", "_data", "_on_data", "_skip_lf", "_tail")
+    __slots__ = ("_at_start", "_data", "_data_bytes", "_on_data", "_skip_lf", "_tail", "overflowed")
 
     def __init__(self, on_data: Callable[[bytes], None]) -> None:
         self._on_data = on_data
         self._tail = bytearray()  # the start of a line whose end has not arrived yet
         self._data: list[bytes] = []  # data lines of the event being read
+        self._data_bytes = 0
         self._skip_lf = False
         self._at_start = True
+        self.overflowed = False  # an event passed MAX_EVENT_BYTES: nothing more is read
 
     def feed(self, chunk: bytes) -> None:
+        if self.overflowed:
+            return
         # Fast path for the usual chunk, one whole `data: …\n\n` event and nothing pending.
         if (
             chunk.endswith(b"\n\n")
@@ -48,6 +55,8 @@ class SSEDecoder:
         end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
         if not end:
             self._tail += chunk
+            if len(self._tail) > MAX_EVENT_BYTES:
+                self._overflow()
             return
         size = len(chunk)
         if self._tail:
@@ -69,7 +78,12 @@ class SSEDecoder:
         """End of stream: an unterminated line or an event without its blank line is dropped."""
         self._tail.clear()
         self._data.clear()
+        self._data_bytes = 0
         self._skip_lf = False
+
+    def _overflow(self) -> None:
+        self.close()
+        self.overflowed = True
 
     def _read_lines(self, block: bytes) -> None:
         data = self._data
@@ -79,9 +93,14 @@ class SSEDecoder:
                 if data:
                     payload = data[0] if len(data) == 1 else b"\n".join(data)
                     data.clear()
+                    self._data_bytes = 0
                     self._on_data(payload)
             elif line.startswith(b"data:"):
                 data.append(line[6:] if line.startswith(b" ", 5) else line[5:])
+                self._data_bytes += len(line)
+                if self._data_bytes > MAX_EVENT_BYTES:
+                    self._overflow()
+                    return
             elif line == b"data":
                 data.append(b"")
             # Anything else is a comment (":…") or a field relay does not read (event, id, retry).
