@@ -1,6 +1,7 @@
 """Streamed chat completions: bytes through unchanged, ends, cuts and departures."""
 
 import asyncio
+import socket
 
 import aiohttp
 import orjson
@@ -118,6 +119,31 @@ async def test_a_client_leaving_closes_the_provider_request(http, token, simulat
     await response.content.readany()
     response.close()
     await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=5)
+    assert simulator.state.streams_completed == 0
+
+
+async def test_a_client_that_stops_reading_is_cut_off(http, token, simulator, monkeypatch):
+    # It never leaves, but takes no bytes: relay must not hold its stream, and the
+    # provider's, for as long as the connection lives.
+    monkeypatch.setattr("relay.upstreams.pipe.SEND_SECONDS", 0.5)
+    simulator.config.tokens = 200_000
+    simulator.config.token_delay = 0
+    body = orjson.dumps({"model": "gpt-sim", "messages": MESSAGES, "stream": True})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (http.host, http.port))
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, head.encode() + body)
+    try:
+        # Not reading: relay's buffers fill, then it gives up and closes the provider request.
+        await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=20)
+    finally:
+        sock.close()
     assert simulator.state.streams_completed == 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -130,7 +131,7 @@ async def _relay_stream(
     # Past the drain timeout of a graceful stop, relay stops reading the provider.
     with request.app[IN_FLIGHT].track(on_deadline=provider.close) as deadline:
         try:
-            result = await pipe_stream(response, provider, observer)
+            result = await pipe_stream(response, provider, observer, _abort_client(request))
         finally:
             _summarise(request, answer, observer)
     answer.status = result.status
@@ -158,6 +159,16 @@ async def _relay_stream(
         )
     await end_stream(response, observer, final)
     return response
+
+
+def _abort_client(request: web.Request) -> Callable[[], None]:
+    """Drop the client's connection at once (it stopped taking bytes)."""
+
+    def abort() -> None:
+        if request.transport is not None:
+            request.transport.abort()
+
+    return abort
 
 
 def _summarise(request: web.Request, answer: Answer, observer: StreamObserver) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.sse import MAX_EVENT_BYTES
@@ -21,6 +23,9 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
 }
 _DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
+# How long a client may take no bytes at all before relay gives up on it (the
+# same as nginx's send_timeout): its stream and provider request are held meanwhile.
+SEND_SECONDS = 60.0
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
@@ -73,15 +78,20 @@ class PipeResult:
 
 
 async def pipe_stream(
-    response: web.StreamResponse, provider: ProviderReply, observer: StreamObserver
+    response: web.StreamResponse,
+    provider: ProviderReply,
+    observer: StreamObserver,
+    abort_client: Callable[[], object],
 ) -> PipeResult:
     """Copy the provider's event stream to `response` (already prepared) as it arrives.
 
     `observer` is fed exactly the bytes written, so it hashes what the client received.
     Reading stops at `data: [DONE]`: the answer is complete whether or not the
-    provider has closed its body yet.
+    provider has closed its body yet. A client that takes no bytes for
+    SEND_SECONDS is cut off (`abort_client`), as if it had left.
     """
     pending = b""  # an event not yet complete
+    stalled = WaitDeadline(SEND_SECONDS, abort_client)
     try:
         while chunk := await provider.chunk():
             buffer = pending + chunk if pending else chunk
@@ -89,29 +99,35 @@ async def pipe_stream(
             whole, pending = buffer[:boundary], buffer[boundary:]
             done_at = end_of_stream_at(whole)
             if done_at >= 0:
-                await _send(response, observer, whole[:done_at])
+                await _send(response, observer, stalled, whole[:done_at])
                 return PipeResult("complete", observer, whole[done_at:])
             if len(pending) > MAX_EVENT_BYTES or observer.overflowed:
                 log.info("provider sent too much", extra={"bytes": observer.byte_count})
                 provider.close()
                 return PipeResult("cut", observer)
-            await _send(response, observer, whole)
+            await _send(response, observer, stalled, whole)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
         return PipeResult("cancelled", observer)
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.info("provider broke off a stream", extra={"error": type(exc).__name__})
         return PipeResult(_broken_off(observer), observer)
+    finally:
+        stalled.close()
     # Ended without [DONE]: complete only if the answer itself said it was finished.
     if observer.finish_reason is not None and observer.error is None and not pending.strip():
         return PipeResult("complete", observer, pending)
     return PipeResult(_broken_off(observer), observer)
 
 
-async def _send(response: web.StreamResponse, observer: StreamObserver, events: bytes) -> None:
+async def _send(
+    response: web.StreamResponse, observer: StreamObserver, stalled: WaitDeadline, events: bytes
+) -> None:
     if events:
         observer.feed(events)
-        await response.write(events)
+        stalled.begin()
+        await response.write(events)  # waits only while the client's buffers are full
+        stalled.end()
 
 
 def _broken_off(observer: StreamObserver) -> str:

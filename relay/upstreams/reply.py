@@ -8,6 +8,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from relay.errors import UpstreamError, UpstreamTimeoutError
+from relay.upstreams.deadline import WaitDeadline
 
 # Provider responses relay reads whole (errors, non-streamed answers) are bounded.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -18,29 +19,20 @@ class ProviderReply:
     `idle_timeout` seconds closes the response and raises TimeoutError.
 
     aiohttp's sock_read would bound the same waits but moves a timer for every
-    chunk that arrives, a few µs each of tens of thousands of tokens a second;
-    here one timer per reply moves only when it fires. Time relay spends on its
+    chunk that arrives; a WaitDeadline does it with one. Time relay spends on its
     own side (writing to a slow client) is not waiting for the provider.
     """
 
-    __slots__ = (
-        "_content",
-        "_loop",
-        "_response",
-        "_seconds",
-        "_timer",
-        "_waiting_since",
-        "expired",
-    )
+    __slots__ = ("_content", "_deadline", "_response")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
         self._response = response
         self._content = response.content
-        self._loop = asyncio.get_running_loop()
-        self._seconds = idle_timeout
-        self._waiting_since: float | None = None
-        self.expired = False
-        self._timer = self._loop.call_later(idle_timeout, self._check)
+        self._deadline = WaitDeadline(idle_timeout, response.close)
+
+    @property
+    def expired(self) -> bool:
+        return self._deadline.expired
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -48,7 +40,7 @@ class ProviderReply:
 
     async def chunk(self) -> bytes:
         """The next bytes as they arrive; b"" once the body is complete."""
-        self._waiting_since = self._loop.time()
+        self._deadline.begin()
         try:
             return await self._content.readany()
         except aiohttp.ClientError:
@@ -56,7 +48,7 @@ class ProviderReply:
                 raise TimeoutError("the provider stopped sending") from None
             raise
         finally:
-            self._waiting_since = None
+            self._deadline.end()
 
     async def prefix(self, limit: int) -> bytes:
         """The body's first `limit` bytes, or all of it if it ends sooner."""
@@ -95,17 +87,5 @@ class ProviderReply:
         self._response.close()
 
     def release(self) -> None:
-        self._timer.cancel()
+        self._deadline.close()
         self._response.release()
-
-    def _check(self) -> None:
-        since = self._waiting_since
-        now = self._loop.time()
-        if since is not None and now - since >= self._seconds:
-            self.expired = True
-            self._response.close()
-            return
-        # Not waiting now: the allowance starts again when relay next asks for bytes.
-        self._timer = self._loop.call_at(
-            (now if since is None else since) + self._seconds, self._check
-        )
