@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
-from relay.stores.database import Connection, connect
+from relay.stores.database import Connection, Database, connect
+from relay.stores.history import EVERYONE, HISTORY_CHANNEL, notify_clients
 from relay.stores.notifications import Notifications
 
 
@@ -49,3 +51,24 @@ async def test_listener_survives_an_unexpected_error_and_delivers(database_url):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_batch_naming_many_clients_notifies_each_of_them(database_url):
+    # Past what one NOTIFY payload holds (8,000 bytes), not "everyone".
+    clients = [str(uuid.uuid4()) for _ in range(600)]
+    listener = await connect(database_url, timeout=10)
+    db = await Database.open(database_url, size=1, timeout=5)
+    try:
+        async with listener.cursor() as cur:
+            await cur.execute(f"LISTEN {HISTORY_CHANNEL}")
+        async with db.batch() as tx:
+            notify_clients(tx, clients + clients[:10])
+        named: list[str] = []
+        while len(named) < len(clients):
+            notify = await asyncio.wait_for(listener.notifies.get(), 5)
+            assert len(notify.payload.encode()) < 8000 and notify.payload != EVERYONE
+            named += notify.payload.split(",")
+    finally:
+        await db.close()
+        await listener.close()
+    assert sorted(named) == sorted(clients)

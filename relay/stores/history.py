@@ -12,6 +12,8 @@ from relay.stores.database import Batch, json_rows
 
 # Every instance LISTENs here; the payload names the clients with new messages.
 HISTORY_CHANNEL = "relay_history"
+# Sent by relay before 2026-11-30 when a batch named too many clients; still
+# understood, for instances of both kinds sharing one database.
 EVERYONE = "*"
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 _PAYLOAD_BYTES = 7900
@@ -134,8 +136,20 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
 
 
 def notify_clients(tx: Batch, client_ids: Sequence[str]) -> None:
-    """One NOTIFY per batch, delivered on commit, naming the clients with news."""
-    payload = ",".join(sorted(set(client_ids)))
-    if len(payload) > _PAYLOAD_BYTES:
-        payload = EVERYONE
-    tx.defer("SELECT pg_notify(%s, %s)", (HISTORY_CHANNEL, payload))
+    """NOTIFYs delivered on commit, naming the clients with news: as few as fit
+    PostgreSQL's payload limit, in one statement. Never EVERYONE: that would wake
+    every long poll on every instance, each to query again, at every busy batch."""
+    payloads: list[str] = []
+    names: list[str] = []
+    size = 0
+    for client_id in sorted(set(client_ids)):
+        if names and size + len(client_id) > _PAYLOAD_BYTES:
+            payloads.append(",".join(names))
+            names, size = [], 0
+        names.append(client_id)
+        size += len(client_id) + 1
+    payloads.append(",".join(names))
+    tx.defer(
+        "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+        (HISTORY_CHANNEL, payloads),
+    )
