@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import socket
 
 import orjson
 import pytest
@@ -285,3 +286,33 @@ async def test_the_conversation_can_be_read_back(http):
     ).json()
     assert conversation["title"] == "remember me"
     assert [m["id"] for m in conversation["messages"]][-1] == body["message"]["id"]
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_recorded_as_gone(
+    http, database_url, simulator, monkeypatch
+):
+    monkeypatch.setattr("relay.upstreams.pipe.SEND_SECONDS", 0.5)
+    client, token = await client_with_token(http)
+    simulator.config.tokens = 200_000
+    simulator.config.token_delay = 0
+    body = orjson.dumps({"message": "Hello there", "stream": True})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (http.host, http.port))
+    head = (
+        f"POST /v1/chat HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, head.encode() + body)
+    try:
+        await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=20)
+        for _ in range(100):
+            rows = await stored_messages(database_url, client["id"])
+            if len(rows) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        sock.close()
+    assert rows[-1]["status"] == "cancelled"  # the client's doing, not the provider's

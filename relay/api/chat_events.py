@@ -9,6 +9,7 @@ import orjson
 from aiohttp_sse import EventSourceResponse
 
 from relay.errors import RelayError
+from relay.upstreams import pipe
 
 
 def event_bytes(event: str, data: Any) -> bytes:
@@ -24,8 +25,12 @@ class HashedEventSource(EventSourceResponse):
     """Counts and hashes what it writes, `: ping` comments included, so a receipt can sign it."""
 
     def __init__(self, headers: dict[str, str]) -> None:
-        # POST needs allow_all_methods; "\n" frames events the way OpenAI's do.
-        super().__init__(headers=headers, sep="\n", allow_all_methods=True)
+        # POST needs allow_all_methods; "\n" frames events the way OpenAI's do. A
+        # client that takes nothing for as long as /v1/chat/completions allows is
+        # cut off the same way (aiohttp-sse aborts it and raises TimeoutError).
+        super().__init__(
+            headers=headers, sep="\n", allow_all_methods=True, send_timeout=pipe.SEND_SECONDS
+        )
         self._hash = hashlib.sha256()
         self.byte_count = 0
 

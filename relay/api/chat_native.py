@@ -203,7 +203,11 @@ async def _relay_deltas(
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
             for text in observer.take():
-                await response.send_event("message.delta", {"content": text})
+                try:
+                    await response.send_event("message.delta", {"content": text})
+                except TimeoutError:  # the client took nothing for a while: it is gone
+                    provider.close()
+                    return "cancelled"
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
         return "cancelled"
