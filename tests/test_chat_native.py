@@ -119,6 +119,21 @@ async def test_the_context_keeps_the_most_recent_messages_within_the_budget(
     assert messages[-1]["content"] == "question 3"
 
 
+async def test_a_long_conversation_is_read_back_page_by_page(make_client, make_settings, simulator):
+    # More messages than one page of the context query: all fit the budget.
+    http = await make_client(make_settings(rate_limits=False, chat_context_chars=10**6))
+    _, token = await client_with_token(http)
+    first = await (await native(http, token, "question 0")).json()
+    conversation = first["conversation_id"]
+    for n in range(1, 40):
+        await native(http, token, f"question {n}", conversation_id=conversation)
+    await native(http, token, "last", conversation_id=conversation)
+    messages = simulator.state.requests[-1].json()["messages"]
+    questions = [m["content"] for m in messages if m["role"] == "user"]
+    assert questions == [f"question {n}" for n in range(40)] + ["last"]
+    assert len(messages) == 81
+
+
 async def test_a_streamed_chat_sends_deltas_then_the_stored_answer(http, database_url, simulator):
     client, token = await client_with_token(http)
     response = await native(http, token, "Stream it", stream=True)

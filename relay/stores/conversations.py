@@ -15,6 +15,8 @@ MESSAGE_COLUMNS = (
 # A conversation read whole is bounded; GET /v1/history pages through longer ones.
 MAX_MESSAGES = 1000
 
+_CONTEXT_PAGE = 64  # messages read at a time for /v1/chat's context
+
 
 class ConversationStore:
     def __init__(self, db: Database) -> None:
@@ -88,14 +90,25 @@ class ConversationStore:
             )
             system_text = system["content"][:budget_chars] if system else None
             left = budget_chars - len(system_text or "")
-            rows = await fetch_all(
-                cur,
-                "SELECT role, content FROM ("
-                "  SELECT seq, role, content,"
-                "    sum(length(content)) OVER (ORDER BY seq DESC) AS running"
-                "  FROM messages WHERE conversation_id = %s AND client_id = %s"
-                "    AND role IN ('user', 'assistant') AND content <> ''"
-                ") recent WHERE running <= %s ORDER BY seq",
-                (conversation_id, client_id, left),
-            )
-        return system_text, rows
+            # Newest first, a page at a time, until the budget is spent: the cost
+            # follows the budget, not the conversation's length.
+            recent: list[dict[str, Any]] = []
+            before = None
+            while left > 0:
+                page = await fetch_all(
+                    cur,
+                    "SELECT seq, role, content FROM messages"
+                    " WHERE conversation_id = %s AND client_id = %s"
+                    " AND role IN ('user', 'assistant') AND content <> ''"
+                    " AND (%s::bigint IS NULL OR seq < %s) ORDER BY seq DESC LIMIT %s",
+                    (conversation_id, client_id, before, before, _CONTEXT_PAGE),
+                )
+                for row in page:
+                    left -= len(row["content"])
+                    if left < 0:
+                        break
+                    recent.append({"role": row["role"], "content": row["content"]})
+                if left < 0 or len(page) < _CONTEXT_PAGE:
+                    break
+                before = page[-1]["seq"]
+        return system_text, recent[::-1]
