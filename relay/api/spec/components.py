@@ -9,13 +9,17 @@ ERROR_STATUSES: dict[int, tuple[str, str]] = {
     401: ("Unauthorized", "Credentials are missing, invalid, expired or revoked."),
     403: ("Forbidden", "The caller may not do this."),
     404: ("NotFound", "No such resource (or it belongs to another client)."),
+    408: ("RequestTimeout", "The body did not arrive within 120 s of the headers."),
     409: ("Conflict", "The resource is in a state that does not allow this."),
     413: ("PayloadTooLarge", "The body is larger than RELAY_MAX_BODY_BYTES."),
-    415: ("UnsupportedMediaType", "Send the body as application/json."),
+    415: (
+        "UnsupportedMediaType",
+        "Send the body as application/json, without Content-Encoding.",
+    ),
     422: ("Unprocessable", "The body is well-formed but cannot be acted on."),
     429: ("TooManyRequests", "A rate limit refused the request; retry after Retry-After."),
     502: ("BadGateway", "The provider failed or answered with an error."),
-    503: ("ServiceUnavailable", "A dependency (PostgreSQL, Redis) is unavailable."),
+    503: ("ServiceUnavailable", "A dependency (PostgreSQL, the TEE agent) is unavailable."),
     504: ("GatewayTimeout", "The provider did not answer in time."),
 }
 

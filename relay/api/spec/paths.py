@@ -20,7 +20,7 @@ ADMIN: Security = [{"adminToken": []}]
 NONE: Security = [{}]
 # Every JWT route can be refused by the token check, the rate limit or a dependency.
 AUTHENTICATED = (401, 429, 503)
-JSON_BODY = (400, 413, 415)
+JSON_BODY = (400, 408, 413, 415)
 
 
 def path_parameter(name: str, description: str = "") -> dict[str, Any]:
