@@ -49,6 +49,17 @@ class Notifier:
             return False
         return True
 
+    async def extend_start(self, seconds: float = 10.0) -> None:
+        """While start-up runs (migrations may outlast the unit's TimeoutStartSec;
+        relay bounds each step itself), ask systemd for twice `seconds` more every
+        `seconds`, until cancelled. A start whose event loop is stuck stops asking,
+        and the unit's timeout ends it as before."""
+        if not self.enabled:
+            return
+        while True:
+            self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 2 * 1_000_000)}")
+            await asyncio.sleep(seconds)
+
     async def watchdog(self) -> None:
         """Ping `WATCHDOG=1` at half the interval systemd asked for, until cancelled."""
         if not self.enabled or not self.watchdog_seconds:

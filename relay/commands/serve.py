@@ -82,12 +82,15 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
     notifier = Notifier.from_env()
+    starting = asyncio.create_task(notifier.extend_start(), name="relay-starting")
     try:
         await runner.setup()  # runs start-up: migrations, pools
     except BaseException:
         # What start-up had opened before the failure is closed again.
         await runner.cleanup()
         raise
+    finally:
+        starting.cancel()
     # What start-up built lives as long as the process: the cyclic collector
     # need not walk it again on every full collection (tens of ms each).
     gc.freeze()
