@@ -35,8 +35,9 @@ def error_event(message: str, type: str, code: str) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def last_event_end(buffer: bytes) -> int:
-    """The index just past the last complete SSE event in `buffer` (0 if none).
+def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:
+    """The index just past the last complete SSE event in `buffer` (0 if none),
+    looking for its end from `start` on.
 
     Only whole events go to the client, so a provider that breaks off mid-event
     never leaves the client holding half an event glued to relay's error event.
@@ -45,7 +46,7 @@ def last_event_end(buffer: bytes) -> int:
         return len(buffer)
     end = 0
     for terminator in _EVENT_ENDS:
-        at = buffer.rfind(terminator)
+        at = buffer.rfind(terminator, start)
         if at >= 0:
             end = max(end, at + len(terminator))
     return end
@@ -90,13 +91,22 @@ async def pipe_stream(
     provider has closed its body yet. A client that takes no bytes for
     SEND_SECONDS is cut off (`abort_client`), as if it had left.
     """
-    pending = b""  # an event not yet complete
+    pending = bytearray()  # an event not yet complete
     stalled = WaitDeadline(SEND_SECONDS, abort_client)
     try:
         while chunk := await provider.chunk():
-            buffer = pending + chunk if pending else chunk
-            boundary = last_event_end(buffer)
-            whole, pending = buffer[:boundary], buffer[boundary:]
+            if pending:
+                # Only the new bytes can end the event (with the last 3 old ones: an
+                # end may straddle them), so a large event costs its size, not its square.
+                start = max(0, len(pending) - 3)
+                pending += chunk
+                boundary = last_event_end(pending, start)
+                whole = bytes(pending[:boundary])
+                del pending[:boundary]
+            else:
+                boundary = last_event_end(chunk)
+                whole = chunk[:boundary]
+                pending += chunk[boundary:]
             done_at = end_of_stream_at(whole)
             if done_at >= 0:
                 await _send(response, observer, stalled, whole[:done_at])
@@ -116,7 +126,7 @@ async def pipe_stream(
         stalled.close()
     # Ended without [DONE]: complete only if the answer itself said it was finished.
     if observer.finish_reason is not None and observer.error is None and not pending.strip():
-        return PipeResult("complete", observer, pending)
+        return PipeResult("complete", observer, bytes(pending))
     return PipeResult(_broken_off(observer), observer)
 
 

@@ -1,0 +1,72 @@
+"""The streaming pipe on its own: whole events through in order, however the provider
+splits them, up to [DONE], which is held back."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from relay.upstreams.observer import StreamObserver
+from relay.upstreams.pipe import pipe_stream
+
+
+class ChunkedProvider:
+    """A provider reply that hands out `body` in the given pieces."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.closed = False
+
+    async def chunk(self) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+
+def event(text: str, end: bytes) -> bytes:
+    chunk = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return b"data: " + orjson.dumps(chunk) + end
+
+
+def split_randomly(body: bytes, rng: random.Random) -> list[bytes]:
+    cuts = sorted(rng.sample(range(1, len(body)), rng.randint(0, min(40, len(body) - 1))))
+    return [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+
+@pytest.mark.parametrize("seed", range(200))
+async def test_any_split_passes_whole_events_and_holds_back_done(seed):
+    rng = random.Random(seed)
+    ends = [b"\n\n", b"\r\n\r\n", b"\r\r"]
+    events = b"".join(event(f"w{n} ", rng.choice(ends)) for n in range(rng.randint(1, 30)))
+    done = b"data: [DONE]" + rng.choice(ends)
+    provider = ChunkedProvider(split_randomly(events + done + b": after\n\n", rng))
+    response, observer = Collected(), StreamObserver()
+
+    result = await pipe_stream(response, provider, observer, lambda: None)
+
+    assert result.status == "complete"
+    assert b"".join(response.written) == events
+    assert result.final.startswith(done)
+    assert all(piece for piece in response.written)
+    assert observer.text == "".join(f"w{n} " for n in range(events.count(b"data: ")))
+
+
+async def test_a_large_event_in_small_pieces_goes_through_whole():
+    big = event("x" * 1_000_000, b"\n\n")
+    pieces = [big[i : i + 4096] for i in range(0, len(big), 4096)] + [b"data: [DONE]\n\n"]
+    provider = ChunkedProvider(pieces)
+    response = Collected()
+    result = await pipe_stream(response, provider, StreamObserver(), lambda: None)
+    assert result.status == "complete"
+    assert response.written == [big]
