@@ -12,7 +12,7 @@ from aiohttp import web
 
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver
-from relay.upstreams.reply import ProviderReply
+from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
 from relay.upstreams.sse import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,17 @@ async def pipe_stream(
                 whole = bytes(pending[:boundary])
                 del pending[:boundary]
             else:
+                whole = chunk
                 boundary = last_event_end(chunk)
-                whole = chunk[:boundary]
-                pending += chunk[boundary:]
+                if boundary < len(chunk):  # not the usual chunk of whole events
+                    whole = chunk[:boundary]
+                    pending += chunk[boundary:]
             done_at = end_of_stream_at(whole)
             if done_at >= 0:
                 await _send(response, observer, stalled, whole[:done_at])
                 return PipeResult("complete", observer, whole[done_at:])
-            if len(pending) > MAX_EVENT_BYTES or observer.overflowed:
+            # The observer sees whole events only: its own decoder never overflows here.
+            if len(pending) > MAX_EVENT_BYTES or observer.byte_count > MAX_RESPONSE_BYTES:
                 log.info("provider sent too much", extra={"bytes": observer.byte_count})
                 provider.close()
                 return PipeResult("cut", observer)
