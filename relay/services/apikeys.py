@@ -53,8 +53,11 @@ class KeyHasher:
         """True when `secret` matches; with no hash, spend the same time and say no."""
         target = hashed.encode() if hashed else self._dummy
         loop = asyncio.get_running_loop()
+        # bcrypt reads 72 bytes (a real secret is 48) and bcrypt 5 raises past that:
+        # a longer guess must cost the same hash as any other, not a quick refusal.
+        candidate = secret.encode()[:72]
         try:
-            matches = await loop.run_in_executor(None, bcrypt.checkpw, secret.encode(), target)
+            matches = await loop.run_in_executor(None, bcrypt.checkpw, candidate, target)
         except ValueError:  # a corrupt stored hash is a refusal, not a crash
             return False
         return matches and hashed is not None
