@@ -1,0 +1,91 @@
+"""Where settings come from: the environment, an optional KEY=VALUE file, and
+which `RELAY_*` names in them relay does not read (misspellings, most likely)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from relay.config_values import ConfigError
+
+log = logging.getLogger("relay.config")
+
+# RELAY_* names read outside the settings: by from_env itself, by `relay dev`
+# and by the test suite. Any other RELAY_* name that is no setting is likely misspelt.
+READ_ELSEWHERE = frozenset(
+    {
+        "RELAY_ENV_FILE",
+        "RELAY_DEV_DIR",
+        "RELAY_TEST_DATABASE_URL",
+        "RELAY_TEST_REDIS_URL",
+        "RELAY_SCHEMATHESIS_EXAMPLES",
+        "RELAY_SCHEMATHESIS_PHASES",
+        "RELAY_SCHEMATHESIS_JWT",
+        "RELAY_SCHEMATHESIS_ADMIN",
+    }
+)
+
+
+def gather(environ: Mapping[str, str] | None = None) -> Lookups:
+    """`environ` (default: the process environment) over the file `RELAY_ENV_FILE`
+    names, if any: real environment variables win over the file."""
+    source = dict(os.environ if environ is None else environ)
+    env_file = source.get("RELAY_ENV_FILE")
+    if env_file:
+        source = {**read_env_file(Path(env_file)), **source}
+    return Lookups(source)
+
+
+class Lookups(Mapping[str, str]):
+    """The environment, remembering which names were looked up in it."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def warn_unknown(source: Lookups, settings: Iterable[str]) -> None:
+    """Name, in one warning, the RELAY_* variables nothing reads. An upstream's
+    api_key_env may name a RELAY_* variable: looked up, it counts as read."""
+    known = set(settings) | READ_ELSEWHERE
+    unknown = sorted(
+        name
+        for name in source
+        if name.startswith("RELAY_") and name not in known and name not in source.names
+    )
+    if unknown:
+        # Names only: a misspelt secret's value must not reach the log.
+        log.warning("ignoring variables relay does not read (misspelt?): %s", ", ".join(unknown))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a systemd-style EnvironmentFile: KEY=VALUE lines, # comments, optional quotes."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"RELAY_ENV_FILE={path} cannot be read: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise ConfigError(f"RELAY_ENV_FILE={path}:{number} is not KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values

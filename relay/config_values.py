@@ -1,0 +1,100 @@
+"""How a raw `RELAY_*` string becomes a setting's value: parsers, bounds, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Secret(str):
+    """A string whose repr never shows its value, so settings can be logged safely."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self else "Secret('')"
+
+
+MIN_SECRET_BYTES = 32
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def integer(raw: str) -> int:
+    return int(raw)
+
+
+def number(raw: str) -> float:
+    value = float(raw)
+    # float() accepts "nan" and "inf", which pass every minimum check.
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    # Empty is refused, not read as false: `RELAY_RECEIPTS=` would otherwise turn
+    # receipts off silently, and the operator may have meant the default.
+    raise ValueError("expected true or false (remove the line to keep the default)")
+
+
+def positive_or_none(raw: str) -> int | None:
+    if not raw.strip():
+        return None
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1 (leave it unset to keep history forever)")
+    return value
+
+
+def words(raw: str) -> tuple[str, ...]:
+    return tuple(part for part in raw.replace(",", " ").split() if part)
+
+
+def networks(raw: str) -> tuple[str, ...]:
+    networks = []
+    for word in words(raw):
+        if word == "unix":
+            networks.append(word)
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(word, strict=False)))
+        except ValueError:
+            raise ValueError(f"{word!r} is not a CIDR (like 10.0.0.0/8) or 'unix'") from None
+    return tuple(networks)
+
+
+def setting(
+    env: str, default: Any, parse: Callable[[str], Any] | None = text, **kwargs: Any
+) -> Any:
+    """Declare a field read from the environment variable `env`."""
+    return field(default=default, metadata={"env": env, "parse": parse, **kwargs})
+
+
+def parse_value(spec: dataclasses.Field[Any], raw: str) -> Any:
+    name = spec.metadata["env"]
+    try:
+        value = spec.metadata["parse"](raw.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+    choices = spec.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    if "minimum" in spec.metadata and value < spec.metadata["minimum"]:
+        raise ConfigError(f"{name} must be at least {spec.metadata['minimum']}")
+    if "maximum" in spec.metadata and value > spec.metadata["maximum"]:
+        raise ConfigError(f"{name} must be at most {spec.metadata['maximum']}")
+    return value
