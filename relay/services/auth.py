@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from relay.errors import AuthenticationError
@@ -31,6 +32,22 @@ def bearer_token(authorization: str | None) -> str:
     except UnicodeEncodeError:
         raise AuthenticationError("The token is not valid text.", rejected=True) from None
     return token.strip()
+
+
+def check_operator_token(authorization: str | None, expected: str, kind: str, setting: str) -> None:
+    """The request's bearer token must be the operator's `expected` one (the admin or
+    the metrics token); refusals name the setting, and an empty `expected` admits none."""
+    code = f"invalid_{kind}_token"
+    try:
+        given = bearer_token(authorization).encode()
+    except AuthenticationError:
+        # bearer_token's message points at /auth/token, which is no help here.
+        raise AuthenticationError(
+            f"Send the {kind} token as 'Authorization: Bearer <{setting}>'.", code=code
+        ) from None
+    # compare_digest takes the same time wherever the first difference is.
+    if not expected or not hmac.compare_digest(given, expected.encode()):
+        raise AuthenticationError(f"Invalid {kind} token.", code=code)
 
 
 class Authenticator:
