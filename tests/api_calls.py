@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -45,3 +47,21 @@ async def assert_error(response: Any, status: int, code: str | None = None) -> d
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+async def post_and_never_read(
+    http: TestClient, path: str, token: str, body: bytes
+) -> socket.socket:
+    """Send a POST on a socket with a tiny receive buffer, then read nothing: a client
+    that stays connected but takes no bytes. The caller closes the socket."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (http.host, http.port))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, head.encode() + body)
+    return sock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,18 @@ async def fetch_receipt(http: TestClient, token: str, receipt_id: str) -> dict[s
     assert response.status == 200, await response.text()
     receipt: dict[str, Any] = orjson.loads(await response.read())
     return receipt
+
+
+async def fetch_receipt_when_committed(
+    http: TestClient, token: str, receipt_id: str
+) -> dict[str, Any]:
+    """The receipt of an answer whose client left: its commit runs in the background."""
+    for _ in range(200):
+        found = await http.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
+        if found.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    return await fetch_receipt(http, token, receipt_id)
 
 
 async def fetch_report(http: TestClient, nonce: str | None = NONCE) -> dict[str, Any]:

@@ -2,15 +2,14 @@
 
 import asyncio
 import hashlib
-import socket
 
 import orjson
 import pytest
 
 from relay.simulator import completion_text
-from tests.api_calls import assert_error, bearer, client_with_token
+from tests.api_calls import assert_error, bearer, client_with_token, post_and_never_read
 from tests.history_calls import CONVERSATION, execute, stored_messages
-from tests.receipt_calls import fetch_receipt
+from tests.receipt_calls import fetch_receipt, fetch_receipt_when_committed
 
 
 @pytest.fixture
@@ -225,12 +224,7 @@ async def test_a_client_leaving_a_stream_gets_a_receipt_of_what_it_received(http
     while b"message.delta" not in received:
         received += await response.content.readany()
     response.close()  # relay is waiting for the provider's next token
-    for _ in range(200):
-        found = await http.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
-        if found.status == 200:
-            break
-        await asyncio.sleep(0.05)
-    receipt = await fetch_receipt(http, token, receipt_id)
+    receipt = await fetch_receipt_when_committed(http, token, receipt_id)
     assert receipt["status"] == "cancelled"
     assert receipt["response_sha256"] != hashlib.sha256(b"").hexdigest()
 
@@ -311,16 +305,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_recorded_as_gone(
     simulator.config.tokens = 200_000
     simulator.config.token_delay = 0
     body = orjson.dumps({"message": "Hello there", "stream": True})
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (http.host, http.port))
-    head = (
-        f"POST /v1/chat HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, head.encode() + body)
+    sock = await post_and_never_read(http, "/v1/chat", token, body)
     try:
         await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=20)
         for _ in range(100):

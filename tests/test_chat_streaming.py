@@ -1,7 +1,6 @@
 """Streamed chat completions: bytes through unchanged, ends, cuts and departures."""
 
 import asyncio
-import socket
 
 import aiohttp
 import orjson
@@ -9,7 +8,7 @@ import pytest
 from aiohttp import web
 
 from relay.simulator import completion_text
-from tests.api_calls import bearer, client_with_token
+from tests.api_calls import bearer, client_with_token, post_and_never_read
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -129,16 +128,7 @@ async def test_a_client_that_stops_reading_is_cut_off(http, token, simulator, mo
     simulator.config.tokens = 200_000
     simulator.config.token_delay = 0
     body = orjson.dumps({"model": "gpt-sim", "messages": MESSAGES, "stream": True})
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (http.host, http.port))
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, head.encode() + body)
+    sock = await post_and_never_read(http, "/v1/chat/completions", token, body)
     try:
         # Not reading: relay's buffers fill, then it gives up and closes the provider request.
         await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=20)

@@ -8,6 +8,7 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -211,18 +212,23 @@ STREAM = {
 }
 
 
+async def stream_through(session: aiohttp.ClientSession, relay: RelayProcess) -> Any:
+    """A streamed chat completion through `relay`, with a fresh client's token."""
+    token = await exchange_token(session, relay.port)
+    return session.post(
+        f"http://127.0.0.1:{relay.port}/v1/chat/completions",
+        json=STREAM,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
 async def test_a_stream_in_flight_at_sigterm_completes(relay_process, aiohttp_server):
     relay, notify = await start_with_simulator(
         relay_process, aiohttp_server, tokens=30, RELAY_DRAIN_TIMEOUT="20"
     )
     try:
         async with aiohttp.ClientSession() as session:
-            token = await exchange_token(session, relay.port)
-            async with session.post(
-                f"http://127.0.0.1:{relay.port}/v1/chat/completions",
-                json=STREAM,
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response:
+            async with await stream_through(session, relay) as response:
                 assert response.status == 200
                 first = await response.content.readline()
                 assert first.startswith(b"data: ")
@@ -245,12 +251,7 @@ async def test_a_stream_past_the_drain_timeout_gets_a_final_error(relay_process,
     )
     try:
         async with aiohttp.ClientSession() as session:
-            token = await exchange_token(session, relay.port)
-            async with session.post(
-                f"http://127.0.0.1:{relay.port}/v1/chat/completions",
-                json=STREAM,
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response:
+            async with await stream_through(session, relay) as response:
                 assert response.status == 200
                 await response.content.readline()
                 relay.terminate()
@@ -271,12 +272,7 @@ async def test_a_second_signal_ends_open_streams_at_once(relay_process, aiohttp_
     loop = asyncio.get_running_loop()
     try:
         async with aiohttp.ClientSession() as session:
-            token = await exchange_token(session, relay.port)
-            async with session.post(
-                f"http://127.0.0.1:{relay.port}/v1/chat/completions",
-                json=STREAM,
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response:
+            async with await stream_through(session, relay) as response:
                 await response.content.readline()
                 relay.terminate()
                 await notify.wait_for("STOPPING=1")

@@ -15,7 +15,15 @@ from relay.proofs.receipt import RECEIPT_FIELDS, hash_client_key_id, receipt_sha
 from relay.proofs.verify import VerificationError, verify_all, verify_chain
 from relay.stores.database import connect
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
-from tests.receipt_calls import MESSAGES, NONCE, ask, fetch_receipt, fetch_report, relay_verify
+from tests.receipt_calls import (
+    MESSAGES,
+    NONCE,
+    ask,
+    fetch_receipt,
+    fetch_receipt_when_committed,
+    fetch_report,
+    relay_verify,
+)
 
 
 @pytest.fixture
@@ -197,13 +205,7 @@ async def test_a_client_leaving_mid_stream_gets_a_cancelled_receipt(http, caller
     receipt_id = response.headers["x-receipt-id"]
     await response.content.readany()
     response.close()
-    # The commit of an answer whose client left runs in the background.
-    for _ in range(200):
-        found = await http.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
-        if found.status == 200:
-            break
-        await asyncio.sleep(0.05)
-    receipt = await fetch_receipt(http, token, receipt_id)
+    receipt = await fetch_receipt_when_committed(http, token, receipt_id)
     assert receipt["status"] == "cancelled" and receipt["completed"] is False
 
 
@@ -240,12 +242,7 @@ async def test_a_client_leaving_while_its_answer_waits_to_commit_gets_a_receipt_
             await cur.execute("COMMIT")
     finally:
         await locker.close()
-    for _ in range(200):
-        found = await http.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
-        if found.status == 200:
-            break
-        await asyncio.sleep(0.05)
-    receipt = await fetch_receipt(http, token, receipt_id)
+    receipt = await fetch_receipt_when_committed(http, token, receipt_id)
     assert receipt["status"] == "complete"
     done = received + b"data: [DONE]\n\n"
     assert receipt["response_sha256"] == hashlib.sha256(done).hexdigest()
