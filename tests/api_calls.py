@@ -65,3 +65,15 @@ async def post_and_never_read(
     )
     await loop.sock_sendall(sock, head.encode() + body)
     return sock
+
+
+async def raw_exchange(http: TestClient, raw: bytes) -> bytes:
+    """Send `raw` bytes as they are (no HTTP client would send them) and read until
+    relay closes the connection."""
+    reader, writer = await asyncio.open_connection(http.host, http.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()

@@ -21,6 +21,7 @@ import redis as redis_sync
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from relay.api.server import RelayAppRunner
 from relay.app import create_app
 from relay.config import Secret, Settings
 from relay.devservers import PostgresServer, RedisServer
@@ -152,6 +153,13 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+class RelayTestServer(TestServer):
+    """TestServer on relay's own runner, as `relay serve` runs it."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return RelayAppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_client(
     database_url: str,
@@ -168,7 +176,7 @@ def make_client(
         # handler (TestServer always does), and aiohttp's own access log, which
         # writes raw paths and query strings, is off. aiohttp_client would drop
         # these runner options, so the server is started here.
-        server = TestServer(app or create_app(settings))
+        server = RelayTestServer(app or create_app(settings))
         await server.start_server(access_log=None)
         return await aiohttp_client(server)
 

@@ -26,6 +26,7 @@ from tests.relay_process import (
     RelayProcess,
     connection_refused,
     exchange,
+    read_answer,
     start_slow_upload,
 )
 
@@ -61,6 +62,15 @@ async def test_sigterm_lets_a_request_in_flight_finish(relay_process):
     relay.start()
     try:
         await notify.wait_for("READY=1")
+        # `relay serve` runs relay's own connection handler: what aiohttp cannot
+        # parse is answered in relay's error shape too.
+        garbage = await asyncio.open_connection("127.0.0.1", relay.port)
+        garbage[1].write(b"NOT-HTTP AT ALL\r\n\r\n")
+        refused = await read_answer(garbage[0])
+        garbage[1].close()
+        assert refused.status == 400 and refused.headers["server"] == "relay"
+        assert refused.json()["error"]["code"] == "malformed_request"
+
         api_key = await create_api_key(relay.port)
         kept_alive = await asyncio.open_connection("127.0.0.1", relay.port)
         assert (await exchange(*kept_alive, "GET", "/health")).status == 200

@@ -1,14 +1,19 @@
-"""Security headers on every answer, and CORS only for the configured origins."""
+"""Security headers on every answer (also on what aiohttp cannot parse), and CORS only
+for the configured origins."""
 
 from __future__ import annotations
 
+import orjson
+import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from relay.api.cors import setup_cors
 from relay.api.security_headers import setup_security_headers
+from relay.api.server import unparsed_error
 from relay.appkeys import SETTINGS
 from relay.config import Settings
-from tests.api_calls import assert_error
+from tests.api_calls import assert_error, raw_exchange
 
 APP_ORIGIN = "https://app.example.com"
 
@@ -127,3 +132,37 @@ async def test_preflight_for_a_method_the_route_lacks(make_client, make_settings
     )
     assert response.status == 204
     assert "Access-Control-Allow-Methods" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nX-Long: "
+        + b"a" * 9000
+        + b"\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nContent-Length: ten\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\nzz\r\n{}\r\n0\r\n\r\n",
+        b"NOT-HTTP AT ALL\r\n\r\n",
+    ],
+    ids=["header-too-long", "bad-content-length", "bad-chunk-size", "not-http"],
+)
+async def test_a_request_aiohttp_cannot_parse_gets_relays_error_shape(http, raw):
+    answer = await raw_exchange(http, raw)  # returns once relay closed the connection
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = CIMultiDict(line.split(": ", 1) for line in header_lines)
+    assert status_line.split()[1] == "400"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Server"] == "relay" and headers["X-Content-Type-Options"] == "nosniff"
+    error = orjson.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("invalid_request_error", "malformed_request")
+    # What aiohttp would have quoted back is not in the answer.
+    assert b"aaaa" not in body and b"ten" not in body and b"zz" not in body
+
+
+def test_the_connection_handler_answers_a_timeout_and_a_crash_in_relays_shape():
+    assert unparsed_error(504, None).status == 504
+    crash = unparsed_error(500, RuntimeError("boom"))
+    assert (crash.status, crash.type, crash.message) == (500, "server_error", "Internal error.")

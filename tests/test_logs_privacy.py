@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from relay.logs import JsonFormatter, setup_logging
-from tests.api_calls import ADMIN, bearer
+from tests.api_calls import ADMIN, bearer, raw_exchange
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 
 CANARY = "canary-body-text-7c1e"
@@ -109,16 +109,13 @@ async def test_a_request_aiohttp_cannot_parse_is_logged_without_its_bytes(http, 
     handlers, level = root.handlers[:], root.level
     setup_logging("DEBUG", "json", stream)
     try:
-        reader, writer = await asyncio.open_connection(http.host, http.port)
-        writer.write(raw)
-        await writer.drain()
-        answer = await reader.read()
-        writer.close()
+        answer = await raw_exchange(http, raw)
         await asyncio.sleep(0.05)  # lines of a loop turn are written at its end
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
     assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+    assert CANARY.encode() not in answer  # nor quoted back in the answer
     text = stream.getvalue()
     assert CANARY not in text
     [line] = [line for line in lines(stream) if line["logger"] == "aiohttp.server"]

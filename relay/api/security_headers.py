@@ -18,14 +18,16 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": API_CSP,
 }
+# Also on what relay answers before a request reaches the app (relay.api.server).
+# "Server" is set over aiohttp's own, which names Python, aiohttp and both versions.
+STATIC_HEADERS = {**_HEADERS, "Server": "relay"}
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     # setdefault: a handler that needs a different policy (the docs page) sets its own.
     for name, value in _HEADERS.items():
         response.headers.setdefault(name, value)
-    # Set over aiohttp's own, which names Python, aiohttp and both versions.
-    response.headers["Server"] = "relay"
+    response.headers["Server"] = STATIC_HEADERS["Server"]
     if request.app[SETTINGS].force_https:
         response.headers.setdefault("Strict-Transport-Security", HSTS)
 

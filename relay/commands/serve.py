@@ -11,6 +11,7 @@ import signal
 import uvloop
 from aiohttp import web
 
+from relay.api.server import RelayAppRunner
 from relay.app import create_app
 from relay.appkeys import IN_FLIGHT
 from relay.config import Settings
@@ -59,7 +60,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
     app = app or create_app(settings)
     # handler_cancellation: a client that hangs up cancels its handler, which
     # closes the provider request at once instead of at the next token.
-    runner = web.AppRunner(
+    runner = RelayAppRunner(
         app,
         access_log=None,
         handle_signals=False,

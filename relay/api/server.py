@@ -1,0 +1,82 @@
+"""The HTTP server relay runs: aiohttp's, answering even what never reaches the app
+in OpenAI's error shape.
+
+A request aiohttp cannot parse (a malformed head, a header past 8190 bytes, a
+bad chunk size) never reaches relay's middlewares: aiohttp's connection handler
+answers it itself, in plain text that quotes the offending bytes (a prompt, an
+`Authorization` header) and names Python's and aiohttp's versions. relay's
+connection handler answers it as every other error: JSON, no bytes echoed,
+relay's own headers.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, InvalidHeader, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from relay.api.error_mapping import error_response
+from relay.api.security_headers import STATIC_HEADERS
+from relay.errors import InvalidRequestError, RelayError, UpstreamTimeoutError
+
+
+def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
+    """What aiohttp's connection handler answers itself, as a RelayError: a request it
+    could not parse, or (never expected: the error middleware catches everything) a
+    handler's exception or timeout."""
+    if status == 504:  # a handler's own timeout escaped it
+        return UpstreamTimeoutError("The request timed out.", code="timeout")
+    if status >= 500:
+        return RelayError("Internal error.")
+    if isinstance(exc, LineTooLong):
+        why = "its request line or a header is too long"
+    elif isinstance(exc, BadHttpMethod):
+        why = "it does not start with an HTTP method"
+    elif isinstance(exc, InvalidHeader):
+        why = "a header is malformed"
+    else:
+        why = "its head or framing is malformed"
+    error = InvalidRequestError(
+        f"The request is not valid HTTP/1.1: {why}.", code="malformed_request"
+    )
+    error.status = status
+    return error
+
+
+class RelayRequestHandler(RequestHandler):
+    """One client connection; differs from aiohttp's only in the errors it answers itself."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own: it logs (relay.logs.MalformedRequestFilter keeps the bytes
+        # out of the log) and refuses once part of a response was sent.
+        super().handle_error(request, status, exc, message)
+        response = error_response(unparsed_error(status, exc))
+        response.headers.update(STATIC_HEADERS)
+        response.force_close()  # what follows a malformed head cannot be trusted
+        return response
+
+
+class RelayServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return RelayRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class RelayAppRunner(web.AppRunner):
+    """`web.AppRunner` whose server makes `RelayRequestHandler` connections."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp chooses the connection class in Server.__call__ alone, and the app
+        # builds its Server itself (Application._make_handler); the subclass only
+        # overrides that choice.
+        server.__class__ = RelayServer
+        return server
