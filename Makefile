@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install dev test bench lint serve migrate clean deploy-tools verify-deploy schemathesis
+.PHONY: install dev test bench bench-tools lint serve migrate clean deploy-tools verify-deploy schemathesis
 
 install: $(INSTALLED)
 
@@ -22,15 +22,21 @@ $(INSTALLED): setup.cfg pyproject.toml | $(BIN)/python
 dev: $(INSTALLED)
 	$(BIN)/relay dev
 
-test: $(INSTALLED) deploy-tools
+test: $(INSTALLED) deploy-tools bench-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# wrk drives the non-streamed phases; without it the bench falls back to a slower Python client.
-bench: $(INSTALLED)
-	@command -v wrk >/dev/null 2>&1 || { \
-		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq wrk >/dev/null || \
-		echo "wrk could not be installed; using the Python load generator" >&2; }
+bench: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# wrk drives the non-streamed phases; without it the bench falls back to a slower Python client.
+# valgrind (callgrind) counts instructions per request; without it that phase is skipped
+# (and the bench's smoke test in `make test` fails).
+SUDO := $$( [ "$$(id -u)" = 0 ] || echo sudo )
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq wrk >/dev/null || \
+		echo "wrk could not be installed; using the Python load generator" >&2
+	@command -v callgrind_control >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq valgrind >/dev/null \
+		|| echo "valgrind could not be installed; instructions are not counted" >&2
 
 # The deployment checks (tests/test_deploy.py) need systemd-analyze, a compose
 # client and nginx; install them from Debian when missing (as root).

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.cores import pin_to_server_core, server_core_prefix
@@ -45,9 +45,17 @@ class Child:
 
     @classmethod
     def python(
-        cls, name: str, module_args: list[str], log_path: Path, *, server_core: bool
+        cls,
+        name: str,
+        module_args: list[str],
+        log_path: Path,
+        *,
+        server_core: bool,
+        wrapper: Sequence[str] = (),
     ) -> Child:
-        return cls(name, [sys.executable, "-m", *module_args], log_path, server_core=server_core)
+        """`python -m module_args`, run by `wrapper` (valgrind, say) when one is given."""
+        argv = [*wrapper, sys.executable, "-m", *module_args]
+        return cls(name, argv, log_path, server_core=server_core)
 
     @property
     def pid(self) -> int:
@@ -68,9 +76,11 @@ class Child:
         if self.server_core and argv is self.argv:
             pin_to_server_core(self.process.pid)
 
-    def wait_ready(self, url: str, headers: dict[str, str] | None = None) -> None:
+    def wait_ready(
+        self, url: str, headers: dict[str, str] | None = None, seconds: float = _READY_SECONDS
+    ) -> None:
         """Poll `url` until it answers 200; fail early if the process died."""
-        deadline = time.monotonic() + _READY_SECONDS
+        deadline = time.monotonic() + seconds
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise ChildError(

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Phase names, in the order they run; numbers are the phase numbers.
-PHASES = ("latency", "rate", "streams", "many-streams", "history", "limits", "receipts")
+PHASES = (
+    "latency", "rate", "streams", "many-streams", "history", "limits", "receipts", "instructions",
+)  # fmt: skip
 _ALIASES = {"1": "latency", "2": "rate", "3": "streams", "4": "many-streams"}
 
 
@@ -27,6 +29,7 @@ class BenchOptions:
     tokens: int
     token_delay_ms: float
     warmup_seconds: float
+    instruction_requests: int  # the instructions phase: requests counted per configuration
     client: str  # wrk | python: who drives the non-streamed phases
     pg_fast: bool
     results_dir: Path
@@ -67,6 +70,7 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--token-delay-ms", type=float, default=20.0)
     parser.add_argument("--warmup-seconds", type=float)
+    parser.add_argument("--instruction-requests", type=int)
     parser.add_argument(
         "--client",
         choices=("auto", "wrk", "python"),
@@ -104,6 +108,7 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
         tokens=args.tokens,
         token_delay_ms=args.token_delay_ms,
         warmup_seconds=pick(args.warmup_seconds, 1, 0),
+        instruction_requests=int(pick(args.instruction_requests, 320, 64)),
         client=client,
         pg_fast=args.pg_fast,
         results_dir=args.results_dir,

@@ -20,6 +20,7 @@ from bench.cores import (
     process_cpu_seconds,
 )
 from bench.figures import RequestFigures, StreamFigures, Usage
+from bench.instructions import Counted, callgrind_available, measure_instructions
 from bench.options import BenchOptions
 from bench.pyload import run_python_load
 from bench.stack import MODEL, Stack, Target, relay_setting_exists
@@ -159,7 +160,25 @@ class PhaseRunner:
         for phase, variable in SWITCHES:
             if phase in options.phases:
                 results[phase] = await self.switch(phase, variable)
+        if "instructions" in options.phases:
+            results["instructions"] = await self.instructions()
         return results
+
+    async def instructions(self) -> Results:
+        if not callgrind_available():
+            self.say("instructions: skipped, valgrind (callgrind) is not installed")
+            return {"skipped": "valgrind is not installed"}
+        requests = self.options.instruction_requests
+        self.say(f"instructions per request under callgrind ({requests} requests each)")
+        counted = await measure_instructions(
+            self.stack, {"stored": BODY, "store false": NO_STORE_BODY}, self.workdir, requests
+        )
+        for name, figures in counted.items():
+            self.say(
+                f"  {name:<32} {figures.instructions_per_request / 1e6:6.3f} M instructions"
+                f"  errors {figures.errors}  warnings logged {figures.warnings}"
+            )
+        return dict(counted)
 
     async def rate(self, target: Target, body: bytes = BODY) -> RequestFigures:
         options = self.options
@@ -215,7 +234,7 @@ class PhaseRunner:
 
 def to_json(results: Results) -> Any:
     def convert(value: Any) -> Any:
-        if isinstance(value, RequestFigures | StreamFigures):
+        if isinstance(value, RequestFigures | StreamFigures | Counted):
             return asdict(value)
         if isinstance(value, dict):
             return {key: convert(item) for key, item in value.items()}

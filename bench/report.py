@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bench.figures import RequestFigures, StreamFigures
+from bench.instructions import Counted
 
 # Issue 3's targets, plus the comparisons issues 4 and 6 ask for.
 ADDED_P50_MS = 1.0
@@ -179,6 +180,46 @@ def _unrecorded_rows(results: dict[str, Any], connections: int) -> list[Row]:
     return rows
 
 
+def _instruction_rows(counted: dict[str, Any]) -> list[Row]:
+    """Instructions per request (callgrind): not targets themselves, but where a core is the
+    limit, rates go as one over these, without the run-to-run scatter of measured rates."""
+    if "skipped" in counted:
+        return [Row("instructions per request", relay=f"not measured: {counted['skipped']}")]
+
+    def per_request(name: str) -> float:
+        figures: Counted = counted[name]
+        return figures.instructions_per_request
+
+    relay, baseline = per_request("relay"), per_request("baseline")
+    no_history = per_request("relay, store false")
+    no_receipts = per_request("relay, receipts off")
+    nothing = per_request("relay, receipts off, store false")
+
+    def m(value: float) -> str:
+        return f"{value / 1e6:.2f} M"
+
+    return [
+        Row(
+            "instructions per request (callgrind)", baseline=m(baseline), relay=m(relay),
+            of_baseline=f"rate ≈ {baseline / relay:.0%} of baseline",
+        ),
+        Row(
+            "  history off / receipts off / neither", relay=" / ".join(
+                m(value) for value in (no_history, no_receipts, nothing)
+            ),
+            of_baseline=f"neither: rate ≈ {baseline / nothing:.0%} of baseline",
+        ),
+        Row(
+            "  history on vs off", of_baseline=f"on ≈ {no_history / relay:.0%} of off",
+            target=f"≥ {HISTORY_ON_OF_OFF:.0%} of off",
+        ),
+        Row(
+            "  receipts on vs off", of_baseline=f"on ≈ {no_receipts / relay:.0%} of off",
+            target=f"≥ {RECEIPTS_ON_OF_OFF:.0%} of off",
+        ),
+    ]  # fmt: skip
+
+
 def table_rows(results: dict[str, Any], connections: int) -> list[Row]:
     rows: list[Row] = []
     if "latency" in results:
@@ -206,6 +247,8 @@ def table_rows(results: dict[str, Any], connections: int) -> list[Row]:
     if "receipts" in results:
         rows.append(_switch_row("receipts", results["receipts"], RECEIPTS_ON_OF_OFF))
         rows += _unrecorded_rows(results, connections)
+    if "instructions" in results:
+        rows += _instruction_rows(results["instructions"])
     return rows
 
 

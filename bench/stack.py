@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import secrets
 import urllib.request
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,14 +155,17 @@ class Stack:
             **overrides,
         )
 
-    def _spawn_relay(self, overrides: dict[str, str], name: str = "relay") -> tuple[Child, int]:
+    def _spawn_relay(
+        self, overrides: dict[str, str], name: str = "relay", wrapper: Sequence[str] = ()
+    ) -> tuple[Child, int]:
         port = free_port()
         name += "".join(f"-{key}={value}" for key, value in overrides.items())
         child = Child.python(
-            name, ["relay", "serve"], self.workdir / f"{name}.log", server_core=True
-        )
+            name, ["relay", "serve"], self.workdir / f"{name}.log", server_core=True,
+            wrapper=wrapper,
+        )  # fmt: skip
         child.start(self.relay_environment(port, overrides))
-        child.wait_ready(f"http://{HOST}:{port}/health")
+        child.wait_ready(f"http://{HOST}:{port}/health", seconds=_ready_seconds(wrapper))
         return child, port
 
     def start_relay(self) -> None:
@@ -182,13 +186,35 @@ class Stack:
                 child.stop()
         self.relay, self._variants = None, {}
 
-    def start_variant(self, overrides: dict[str, str]) -> Target:
+    def start_variant(self, overrides: dict[str, str], wrapper: Sequence[str] = ()) -> Target:
         """A fresh relay beside the first (same core, database, Redis and client), with
-        `overrides`: comparisons alternate between such relays without restarts."""
+        `overrides`: comparisons alternate between such relays without restarts. A
+        `wrapper` (valgrind, say) runs it."""
         self._variants_started += 1
-        child, port = self._spawn_relay(overrides, name=f"relay-{self._variants_started}")
+        child, port = self._spawn_relay(
+            overrides, name=f"relay-{self._variants_started}", wrapper=wrapper
+        )
         self._variants[port] = child
         return self._relay_target(port, child)
+
+    def start_baseline_variant(self, wrapper: Sequence[str]) -> Target:
+        """Another baseline proxy, run by `wrapper`; stopped with `stop_variant`."""
+        port = free_port()
+        child = Child.python(
+            f"baseline-{port}",
+            ["bench.baseline_proxy", "--port", str(port), "--upstream", self.simulator_url],
+            self.workdir / f"baseline-{port}.log",
+            server_core=True,
+            wrapper=wrapper,
+        )
+        child.start(child_environment())
+        key = {"Authorization": "Bearer " + SIMULATOR_KEY}
+        child.wait_ready(f"http://{HOST}:{port}/v1/models", key, seconds=_ready_seconds(wrapper))
+        self._variants[port] = child
+        return Target(child.name, port, key, child.pid)
+
+    def variant_log(self, target: Target) -> Path:
+        return self._variants[target.port].log_path
 
     def stop_variant(self, target: Target) -> None:
         child = self._variants.pop(target.port, None)
@@ -212,6 +238,11 @@ class Stack:
 
     def _relay_target(self, port: int, child: Child) -> Target:
         return Target(child.name, port, {"Authorization": "Bearer " + self.token}, child.pid)
+
+
+def _ready_seconds(wrapper: Sequence[str]) -> float:
+    # Under valgrind a server starts many times slower.
+    return 300.0 if wrapper else 60.0
 
 
 def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:

@@ -12,17 +12,20 @@ from pathlib import Path
 
 import orjson
 
+from bench.instructions import Counted, dumped_total
+from bench.report import table_rows
+
 
 def test_bench_runs_every_phase_kind_and_writes_its_figures(tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "bench", "--quick",
-        "--phases", "latency,streams,limits",
+        "--phases", "latency,streams,limits,instructions", "--instruction-requests", "32",
         "--latency-seconds", "1", "--rate-seconds", "1",
         "--streams", "4", "--tokens", "8", "--token-delay-ms", "5", "--stream-seconds", "0.5",
         "--results-dir", str(tmp_path),
     ]  # fmt: skip
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
     assert "| 1 at a time: p50 ms" in done.stdout
@@ -36,3 +39,49 @@ def test_bench_runs_every_phase_kind_and_writes_its_figures(tmp_path: Path) -> N
     assert results["memory"]["relay_peak_rss_mb"] > 0
     limits = results["limits"]
     assert "skipped" in limits or (limits["on_rps"] > 0 and limits["off_rps"] > 0)
+    # make test installs valgrind, as make bench does: instructions are counted.
+    counted = results["instructions"]
+    assert set(counted) == {
+        "baseline", "relay", "relay, store false",
+        "relay, receipts off", "relay, receipts off, store false",
+    }  # fmt: skip
+    for figures in counted.values():
+        assert figures["instructions_per_request"] > 100_000
+        assert (figures["errors"], figures["warnings"]) == (0, 0)
+    assert "| instructions per request (callgrind)" in done.stdout
+
+
+def test_a_callgrind_dump_is_read_for_its_totals(tmp_path: Path) -> None:
+    out = tmp_path / "callgrind.relay"
+    out.write_text("events: Ir\nsummary: 0\ntotals: 0\n")  # the empty dump at exit
+    before = {out}
+    (tmp_path / "callgrind.relay.1").write_text("desc: Trigger: dump\nsummary: 0\ntotals: 1234\n")
+    assert dumped_total(out, before) == 1234
+
+
+def test_instruction_rows_turn_counts_into_rate_ratios() -> None:
+    def counted(millions: float) -> Counted:
+        return Counted(millions * 1e6, 32, 0)
+
+    rows = {
+        row.measure.strip(): row
+        for row in table_rows(
+            {
+                "instructions": {
+                    "baseline": counted(0.5),
+                    "relay": counted(2.0),
+                    "relay, store false": counted(1.8),
+                    "relay, receipts off": counted(1.6),
+                    "relay, receipts off, store false": counted(1.0),
+                }
+            },
+            64,
+        )
+    }
+    assert rows["instructions per request (callgrind)"].of_baseline == "rate ≈ 25% of baseline"
+    assert rows["history on vs off"].of_baseline == "on ≈ 90% of off"
+    assert rows["receipts on vs off"].of_baseline == "on ≈ 80% of off"
+    assert (
+        "neither: rate ≈ 50% of baseline"
+        == rows["history off / receipts off / neither"].of_baseline
+    )

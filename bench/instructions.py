@@ -1,0 +1,155 @@
+"""Phase `instructions`: what one request costs the server's core, counted by callgrind.
+
+Request rates on a shared virtual machine stray by a fifth between runs of the same
+code, so an on/off comparison needs many rounds and still only brackets the truth.
+callgrind counts the instructions a process executes: the same for the same build
+and requests, whatever else the machine does (its neighbours, its clock). relay
+(and the baseline proxy) run under it, counting only while a fixed number of
+non-streamed requests pass, after a warm-up. Where a server is bound by its core,
+as at 64 connections, its request rate goes as one over these counts: history or
+receipts costing a tenth of the instructions cost about a tenth of the rate.
+
+Group commits and rate-limit batches hold whatever queued meanwhile, so the counts
+depend on concurrency: one request at a time, relay spends a third more per request
+than here. At 32 concurrent requests (under callgrind a server runs some fifty
+times slower, so they queue as 64 connections do at full speed) the batches are
+full and repeated runs agree within about 1%.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench.stack import Stack, Target
+
+CONCURRENCY = 32  # requests in flight at once; counts are per request
+# Trailing work of the last requests (token debits, log lines) happens after their answers.
+SETTLE_SECONDS = 1.5
+# relay's own timeouts assume a process at full speed.
+_SLOW_PROCESS = {"RELAY_REDIS_TIMEOUT": "10", "RELAY_DATABASE_TIMEOUT": "60"}
+
+
+def callgrind_available() -> bool:
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
+def callgrind_wrapper(out_file: Path) -> list[str]:
+    # Counting starts switched off: start-up and warm-up are not measured.
+    return [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no",
+        f"--callgrind-out-file={out_file}",
+    ]  # fmt: skip
+
+
+@dataclass
+class Counted:
+    """Instructions per request over one counted run."""
+
+    instructions_per_request: float
+    requests: int
+    errors: int
+    warnings: int = 0  # lines relay logged at warning or above meanwhile (timeouts, fallbacks)
+
+
+async def _send(target: Target, body: bytes, count: int) -> int:
+    """`count` requests, CONCURRENCY at a time; returns how many failed."""
+    url = f"http://{target.host}:{target.port}{target.path}"
+    headers = {"Content-Type": "application/json", **target.headers}
+    failed = 0
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def worker(share: int) -> None:
+            nonlocal failed
+            for _ in range(share):
+                try:
+                    async with session.post(url, data=body, headers=headers) as answer:
+                        await answer.read()
+                        failed += answer.status != 200
+                except (aiohttp.ClientError, TimeoutError):
+                    failed += 1
+
+        await asyncio.gather(*(worker(count // CONCURRENCY) for _ in range(CONCURRENCY)))
+    return failed
+
+
+async def _callgrind_control(*args: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "callgrind_control", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await process.wait()
+
+
+def dumped_total(out_file: Path, before: set[Path]) -> int:
+    """The event total of the dump callgrind wrote since `before` was listed."""
+    new = [path for path in out_file.parent.glob(out_file.name + "*") if path not in before]
+    for path in sorted(new, key=lambda path: path.stat().st_mtime, reverse=True):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"callgrind wrote no totals next to {out_file}")
+
+
+async def count_instructions(target: Target, body: bytes, out_file: Path, requests: int) -> Counted:
+    """Warm up, then count the instructions `target`'s server spends on `requests` requests."""
+    requests = max(CONCURRENCY, requests - requests % CONCURRENCY)
+    pid = str(target.server_pid)
+    await _send(target, body, max(CONCURRENCY, requests // 5))
+    await asyncio.sleep(SETTLE_SECONDS)
+    await _callgrind_control("--zero", pid)
+    await _callgrind_control("--instr=on", pid)
+    errors = await _send(target, body, requests)
+    await asyncio.sleep(SETTLE_SECONDS)
+    await _callgrind_control("--instr=off", pid)
+    before = set(out_file.parent.glob(out_file.name + "*"))
+    await _callgrind_control("--dump", pid)
+    for _ in range(100):  # the dump is written asynchronously
+        try:
+            total = dumped_total(out_file, before)
+            break
+        except RuntimeError:
+            await asyncio.sleep(0.1)
+    else:
+        total = dumped_total(out_file, before)
+    return Counted(total / requests, requests, errors)
+
+
+def warnings_in(log: Path) -> int:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return sum(
+        '"level":"warning"' in line or '"level":"error"' in line for line in text.splitlines()
+    )
+
+
+async def measure_instructions(
+    stack: Stack, bodies: dict[str, bytes], workdir: Path, requests: int
+) -> dict[str, Counted]:
+    """The baseline, and relay in each configuration the comparisons use.
+
+    `bodies` holds the request with history on ("stored") and with `"store": false`.
+    """
+    results: dict[str, Counted] = {}
+    out = workdir / "callgrind.baseline"
+    baseline = stack.start_baseline_variant(callgrind_wrapper(out))
+    try:
+        results["baseline"] = await count_instructions(baseline, bodies["stored"], out, requests)
+    finally:
+        stack.stop_variant(baseline)
+    for name, overrides in (("relay", {}), ("relay, receipts off", {"RELAY_RECEIPTS": "off"})):
+        out = workdir / ("callgrind." + name.replace(", ", "-").replace(" ", "-"))
+        relay = stack.start_variant({**_SLOW_PROCESS, **overrides}, callgrind_wrapper(out))
+        try:
+            for body_name, body in bodies.items():
+                key = name if body_name == "stored" else f"{name}, store false"
+                counted = await count_instructions(relay, body, out, requests)
+                counted.warnings = warnings_in(stack.variant_log(relay))
+                results[key] = counted
+        finally:
+            stack.stop_variant(relay)
+    return results
