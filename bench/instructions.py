@@ -53,7 +53,7 @@ class Counted:
     instructions_per_request: float
     requests: int
     errors: int
-    warnings: int = 0  # lines relay logged at warning or above meanwhile (timeouts, fallbacks)
+    warnings: int = 0  # lines logged at warning or above since start-up (timeouts, fallbacks)
 
 
 async def _send(target: Target, body: bytes, count: int) -> int:

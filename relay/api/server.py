@@ -66,6 +66,8 @@ class RelayRequestHandler(RequestHandler):
 
 
 class RelayServer(web.Server):
+    """aiohttp's low-level server, making `RelayRequestHandler` connections."""
+
     def __call__(self) -> RequestHandler:
         return RelayRequestHandler(self, loop=self._loop, **self._kwargs)
 
