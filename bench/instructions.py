@@ -5,7 +5,7 @@ code, so an on/off comparison needs many rounds and still only brackets the trut
 callgrind counts the instructions a process executes: the same for the same build
 and requests, whatever else the machine does (its neighbours, its clock). relay
 (and the baseline proxy) run under it, counting only while a fixed number of
-non-streamed requests pass, after a warm-up. Where a server is bound by its core,
+requests pass, after a warm-up. Where a server is bound by its core,
 as at 64 connections, its request rate goes as one over these counts: history or
 receipts costing a tenth of the instructions cost about a tenth of the rate.
 
@@ -22,6 +22,7 @@ import asyncio
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 
@@ -127,29 +128,45 @@ def warnings_in(log: Path) -> int:
     )
 
 
-async def measure_instructions(
-    stack: Stack, bodies: dict[str, bytes], workdir: Path, requests: int
-) -> dict[str, Counted]:
-    """The baseline, and relay in each configuration the comparisons use.
+class Bodies(NamedTuple):
+    stored: bytes  # a non-streamed request, as the rate phases send it
+    not_stored: bytes  # the same with "store": false
+    streamed: bytes  # a streamed request, as the streaming phases send it
 
-    `bodies` holds the request with history on ("stored") and with `"store": false`.
-    """
+
+async def measure_instructions(
+    stack: Stack, bodies: Bodies, workdir: Path, requests: int
+) -> dict[str, Counted]:
+    """The baseline and relay, in each configuration the on/off comparisons use, on the
+    non-streamed request; the baseline and relay as configured on the streamed one
+    (fewer of them: each is a request plus one event per token)."""
+    streams = max(CONCURRENCY, requests // 4)
+    plan: tuple[tuple[str, dict[str, str] | None, tuple[tuple[str, bytes, int], ...]], ...] = (
+        ("baseline", None, (
+            ("", bodies.stored, requests), (", streamed", bodies.streamed, streams),
+        )),
+        ("relay", {}, (
+            ("", bodies.stored, requests),
+            (", store false", bodies.not_stored, requests),
+            (", streamed", bodies.streamed, streams),
+        )),
+        ("relay, receipts off", {"RELAY_RECEIPTS": "off"}, (
+            ("", bodies.stored, requests),
+            (", store false", bodies.not_stored, requests),
+        )),
+    )  # fmt: skip
     results: dict[str, Counted] = {}
-    out = workdir / "callgrind.baseline"
-    baseline = stack.start_baseline_variant(callgrind_wrapper(out))
-    try:
-        results["baseline"] = await count_instructions(baseline, bodies["stored"], out, requests)
-    finally:
-        stack.stop_variant(baseline)
-    for name, overrides in (("relay", {}), ("relay, receipts off", {"RELAY_RECEIPTS": "off"})):
+    for name, overrides, runs in plan:
         out = workdir / ("callgrind." + name.replace(", ", "-").replace(" ", "-"))
-        relay = stack.start_variant({**_SLOW_PROCESS, **overrides}, callgrind_wrapper(out))
+        if overrides is None:
+            server = stack.start_baseline_variant(callgrind_wrapper(out))
+        else:
+            server = stack.start_variant({**_SLOW_PROCESS, **overrides}, callgrind_wrapper(out))
         try:
-            for body_name, body in bodies.items():
-                key = name if body_name == "stored" else f"{name}, store false"
-                counted = await count_instructions(relay, body, out, requests)
-                counted.warnings = warnings_in(stack.variant_log(relay))
-                results[key] = counted
+            for suffix, body, count in runs:
+                counted = await count_instructions(server, body, out, count)
+                counted.warnings = warnings_in(stack.variant_log(server))
+                results[name + suffix] = counted
         finally:
-            stack.stop_variant(relay)
+            stack.stop_variant(server)
     return results

@@ -20,7 +20,7 @@ from bench.cores import (
     process_cpu_seconds,
 )
 from bench.figures import RequestFigures, StreamFigures, Usage
-from bench.instructions import Counted, callgrind_available, measure_instructions
+from bench.instructions import Bodies, Counted, callgrind_available, measure_instructions
 from bench.options import BenchOptions
 from bench.pyload import run_python_load
 from bench.stack import MODEL, Stack, Target, relay_setting_exists
@@ -171,7 +171,7 @@ class PhaseRunner:
         requests = self.options.instruction_requests
         self.say(f"instructions per request under callgrind ({requests} requests each)")
         counted = await measure_instructions(
-            self.stack, {"stored": BODY, "store false": NO_STORE_BODY}, self.workdir, requests
+            self.stack, Bodies(BODY, NO_STORE_BODY, STREAM_BODY), self.workdir, requests
         )
         for name, figures in counted.items():
             self.say(

@@ -217,6 +217,13 @@ def _instruction_rows(counted: dict[str, Any]) -> list[Row]:
             "  receipts on vs off", of_baseline=f"on ≈ {no_receipts / relay:.0%} of off",
             target=f"≥ {RECEIPTS_ON_OF_OFF:.0%} of off",
         ),
+        Row(
+            "  a streamed answer", baseline=m(per_request("baseline, streamed")),
+            relay=m(per_request("relay, streamed")),
+            of_baseline="tokens/s ≈ "
+            f"{per_request('baseline, streamed') / per_request('relay, streamed'):.0%} of baseline",
+            target=f"≥ {TOKENS_OF_BASELINE:.0%} of baseline",
+        ),
     ]  # fmt: skip
 
 

@@ -42,7 +42,7 @@ def test_bench_runs_every_phase_kind_and_writes_its_figures(tmp_path: Path) -> N
     # make test installs valgrind, as make bench does: instructions are counted.
     counted = results["instructions"]
     assert set(counted) == {
-        "baseline", "relay", "relay, store false",
+        "baseline", "baseline, streamed", "relay", "relay, store false", "relay, streamed",
         "relay, receipts off", "relay, receipts off, store false",
     }  # fmt: skip
     for figures in counted.values():
@@ -73,6 +73,8 @@ def test_instruction_rows_turn_counts_into_rate_ratios() -> None:
                     "relay, store false": counted(1.8),
                     "relay, receipts off": counted(1.6),
                     "relay, receipts off, store false": counted(1.0),
+                    "baseline, streamed": counted(3.0),
+                    "relay, streamed": counted(6.0),
                 }
             },
             64,
