@@ -3,10 +3,14 @@
 import time
 import uuid
 
-from relay.ids import uuid7
+from relay.ids import uuid7_hex, uuid7_text
 from relay.services.receipts import RECEIPT_HEADER
 from tests.api_calls import client_with_token
 from tests.history_calls import CONVERSATION, chat
+
+
+def uuid7() -> uuid.UUID:
+    return uuid.UUID(uuid7_text())
 
 
 def test_uuid7_has_the_rfc_9562_layout():
@@ -16,7 +20,14 @@ def test_uuid7_has_the_rfc_9562_layout():
     assert made.version == 7
     assert made.variant == uuid.RFC_4122
     assert before <= made.int >> 80 <= after  # the first 48 bits: Unix time in ms
-    assert uuid.UUID(str(made)) == made
+    assert str(made) == str(uuid.UUID(str(made)))  # the usual text form, lower case
+
+
+def test_the_two_text_forms_are_those_of_uuid():
+    digits = uuid7_hex()
+    assert len(digits) == 32 and digits == uuid.UUID(hex=digits).hex
+    text = uuid7_text()
+    assert text == str(uuid.UUID(text))
 
 
 def test_uuid7_ids_made_later_sort_later_in_every_form():

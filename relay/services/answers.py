@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from relay.errors import RelayError
-from relay.ids import uuid7
+from relay.ids import uuid7_hex, uuid7_text
 from relay.stores.clients import Client
 from relay.upstreams.completion import CompletionSummary
 from relay.upstreams.routing import Route
@@ -43,7 +43,7 @@ class Answer:
     # The request named a conversation that exists: its row must still be there
     # when the answer commits (erased meanwhile, the answer fails; it is not revived).
     continues_conversation: bool = False
-    receipt_id: str = field(default_factory=lambda: uuid7().hex)
+    receipt_id: str = field(default_factory=uuid7_hex)
     status: str = "complete"
     http_status: int = 200
     summary: CompletionSummary = field(default_factory=CompletionSummary)
@@ -64,7 +64,7 @@ class Answer:
 
     def __post_init__(self) -> None:
         if self.store and self.conversation_id is None:
-            self.conversation_id = str(uuid7())  # what is kept belongs to a conversation
+            self.conversation_id = uuid7_text()  # what is kept belongs to a conversation
 
     @cached_property
     def request_sha256(self) -> str:

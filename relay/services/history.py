@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from relay.errors import InvalidRequestError, NotFoundError
-from relay.ids import uuid7
+from relay.ids import uuid7_text
 from relay.services.history_watch import HistoryWatch
 from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
@@ -158,7 +158,7 @@ class HistoryService:
         """(conversation id, its system message, recent messages) for the next turn;
         a new id, and nothing, when no conversation is named."""
         if conversation_id is None:
-            return str(uuid7()), None, []
+            return uuid7_text(), None, []
         checked = await self.require_conversation(client_id, conversation_id)
         system, rows = await self.conversations.context(client_id, checked, budget_chars)
         return checked, system, rows
