@@ -55,6 +55,10 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         assert request.transport is not None
         request.transport.abort()
         return web.Response()
+    if model == "done-unterminated":  # [DONE] without its blank line, then the end
+        response = await _event_stream(request, CHUNK, FINISH, b"data: [DONE]\n")
+        await response.write_eof()
+        return response
     if model == "json-error":
         error = {"message": "You exceeded your quota.", "type": "insufficient_quota"}
         return web.json_response({"error": {**error, "param": None, "code": "insufficient_quota"}})
@@ -83,6 +87,7 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
 
 MODELS = (
     "linger",
+    "done-unterminated",
     "reset-after-done",
     "json-error",
     "json-answer",
@@ -136,6 +141,16 @@ async def test_a_connection_broken_after_done_leaves_the_answer_complete(relay, 
     http, token, client_id = relay
     response = await ask(http, token, "reset-after-done")
     assert await response.read() == CHUNK + FINISH + DONE
+    assert await answer_status(database_url, client_id) == ["complete"]
+
+
+async def test_a_done_line_cut_short_of_its_blank_line_still_ends_the_answer(relay, database_url):
+    """The provider closed right after `data: [DONE]` and one newline: by the SSE rules
+    that event never ended, but the answer did. The client gets the bytes as sent (its
+    SDK ends the stream as it would talking to the provider), no error event of relay's."""
+    http, token, client_id = relay
+    response = await ask(http, token, "done-unterminated")
+    assert await response.read() == CHUNK + FINISH + b"data: [DONE]\n"
     assert await answer_status(database_url, client_id) == ["complete"]
 
 

@@ -127,6 +127,10 @@ async def pipe_stream(
         return PipeResult(_broken_off(observer), observer)
     finally:
         stalled.close()
+    # The provider closed with `data: [DONE]` short of its blank line: by the SSE rules
+    # that event never ended, but the answer did. The client gets those bytes as sent.
+    if bytes(pending).strip() in _DONE_LINES:
+        return PipeResult("complete", observer, bytes(pending))
     # Ended without [DONE]: complete only if the answer itself said it was finished.
     if observer.finish_reason is not None and observer.error is None and not pending.strip():
         return PipeResult("complete", observer, bytes(pending))
