@@ -322,9 +322,12 @@ def test_an_incomplete_trailing_event_is_discarded_at_close() -> None:
     assert observer.byte_count == len(complete + dangling) + 9
 
 
-def test_done_without_its_blank_line_is_not_seen() -> None:
-    assert observe(b"data: [DONE]\n").done is False
-    assert observe(b"data: [DONE]\n\n").done is True
+def test_done_is_seen_once_its_blank_line_comes() -> None:
+    observer = StreamObserver()
+    observer.feed(b"data: [DONE]\n")
+    assert observer.done is False  # not yet: the event has not ended
+    observer.feed(b"\n")
+    assert observer.done is True
 
 
 def test_a_leading_byte_order_mark_is_skipped() -> None:
@@ -414,3 +417,21 @@ def test_an_event_that_never_ends_stops_the_decoder_at_its_cap(piece):
     assert decoder.overflowed and not seen
     decoder.feed(b"\n\ndata: late\n\n")  # nothing more is read
     assert not seen
+
+
+@pytest.mark.parametrize(
+    ("tail", "done"),
+    [
+        (b"data: [DONE]\n", True),  # the line ended, the event did not
+        (b"data: [DONE]", True),  # not even the line
+        (b"data:[DONE]\r\n", True),
+        (b'data: {"x":1}\n', False),  # any other event left unended is dropped
+        (b": [DONE]\n", False),  # a comment is not data
+    ],
+)
+def test_a_done_left_unended_at_the_close_still_ends_the_answer(tail: bytes, done: bool) -> None:
+    observer = StreamObserver()
+    observer.feed(b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n' + tail)
+    assert not observer.done
+    observer.close()
+    assert (observer.done, observer.text) == (done, "Hi")

@@ -59,6 +59,10 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         response = await _event_stream(request, CHUNK, FINISH, b"data: [DONE]\n")
         await response.write_eof()
         return response
+    if model == "bare-done-unterminated":  # no finish_reason, and [DONE] with no newline
+        response = await _event_stream(request, CHUNK, b"data: [DONE]")
+        await response.write_eof()
+        return response
     if model == "json-error":
         error = {"message": "You exceeded your quota.", "type": "insufficient_quota"}
         return web.json_response({"error": {**error, "param": None, "code": "insufficient_quota"}})
@@ -88,6 +92,7 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
 MODELS = (
     "linger",
     "done-unterminated",
+    "bare-done-unterminated",
     "reset-after-done",
     "json-error",
     "json-answer",
@@ -151,6 +156,24 @@ async def test_a_done_line_cut_short_of_its_blank_line_still_ends_the_answer(rel
     http, token, client_id = relay
     response = await ask(http, token, "done-unterminated")
     assert await response.read() == CHUNK + FINISH + b"data: [DONE]\n"
+    response = await ask(http, token, "bare-done-unterminated")
+    assert await response.read() == CHUNK + b"data: [DONE]"
+    assert await answer_status(database_url, client_id) == ["complete", "complete"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_relays_own_chat_takes_a_done_line_cut_short_as_the_end_too(
+    relay, database_url, stream
+):
+    http, token, client_id = relay
+    body = {"message": "Hi", "model": "bare-done-unterminated", "stream": stream}
+    response = await http.post("/v1/chat", json=body, headers=bearer(token))
+    assert response.status == 200
+    if stream:
+        raw = await response.read()
+        assert b"event: message.done" in raw and b"event: error" not in raw
+    else:
+        assert (await response.json())["message"]["content"] == "Hi"
     assert await answer_status(database_url, client_id) == ["complete"]
 
 

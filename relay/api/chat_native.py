@@ -122,6 +122,7 @@ async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
 
 
 def _outcome(observer: DeltaObserver, provider: ProviderReply) -> str:
+    observer.close()  # the provider's stream has ended (or is given up on)
     if observer.overflowed:
         provider.close()  # not worth reading on
         return "cut"

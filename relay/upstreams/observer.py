@@ -60,7 +60,11 @@ class StreamObserver(CompletionAccumulator):
         self._decoder.feed(chunk)
 
     def close(self) -> None:
-        """End of stream: per the SSE spec an event without its closing blank line is dropped."""
+        """End of stream: per the SSE spec an event without its closing blank line is dropped.
+        A `[DONE]` left so still ends the answer: a provider that closes right after
+        that line, short of its blank line, has finished."""
+        if self._decoder.unended_data().strip() == b"[DONE]":
+            self.done = True
         self._decoder.close()
 
     def _on_data(self, payload: bytes) -> None:

@@ -74,6 +74,15 @@ class SSEDecoder:
                 block = block[3:]
         self._read_lines(block)
 
+    def unended_data(self) -> bytes:
+        """The data of an event the stream has not ended yet (its blank line, or even
+        the end of its last line, still to come); b"" if there is none."""
+        data = list(self._data)
+        tail = bytes(self._tail)
+        if tail.startswith(b"data:"):
+            data.append(tail[6:] if tail.startswith(b" ", 5) else tail[5:])
+        return b"\n".join(data)
+
     def close(self) -> None:
         """End of stream: an unterminated line or an event without its blank line is dropped."""
         self._tail.clear()
