@@ -155,6 +155,9 @@ async def measure_instructions(
             ("", bodies.stored, requests),
             (", store false", bodies.not_stored, requests),
         )),
+        ("relay, rate limits off", {"RELAY_RATE_LIMITS": "off"}, (
+            ("", bodies.stored, requests),
+        )),
     )  # fmt: skip
     results: dict[str, Counted] = {}
     for name, overrides, runs in plan:

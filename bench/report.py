@@ -193,6 +193,7 @@ def _instruction_rows(counted: dict[str, Any]) -> list[Row]:
     relay, baseline = per_request("relay"), per_request("baseline")
     no_history = per_request("relay, store false")
     no_receipts = per_request("relay, receipts off")
+    no_limits = per_request("relay, rate limits off")
     nothing = per_request("relay, receipts off, store false")
 
     def m(value: float) -> str:
@@ -212,6 +213,10 @@ def _instruction_rows(counted: dict[str, Any]) -> list[Row]:
         Row(
             "  history on vs off", of_baseline=f"on ≈ {no_history / relay:.0%} of off",
             target=f"≥ {HISTORY_ON_OF_OFF:.0%} of off",
+        ),
+        Row(
+            "  rate limits on vs off", relay=f"off: {m(no_limits)}",
+            of_baseline=f"on ≈ {no_limits / relay:.0%} of off",
         ),
         Row(
             "  receipts on vs off", of_baseline=f"on ≈ {no_receipts / relay:.0%} of off",

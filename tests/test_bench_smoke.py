@@ -43,7 +43,7 @@ def test_bench_runs_every_phase_kind_and_writes_its_figures(tmp_path: Path) -> N
     counted = results["instructions"]
     assert set(counted) == {
         "baseline", "baseline, streamed", "relay", "relay, store false", "relay, streamed",
-        "relay, receipts off", "relay, receipts off, store false",
+        "relay, receipts off", "relay, receipts off, store false", "relay, rate limits off",
     }  # fmt: skip
     for figures in counted.values():
         assert figures["instructions_per_request"] > 100_000
@@ -73,6 +73,7 @@ def test_instruction_rows_turn_counts_into_rate_ratios() -> None:
                     "relay, store false": counted(1.8),
                     "relay, receipts off": counted(1.6),
                     "relay, receipts off, store false": counted(1.0),
+                    "relay, rate limits off": counted(1.9),
                     "baseline, streamed": counted(3.0),
                     "relay, streamed": counted(6.0),
                 }
@@ -83,6 +84,7 @@ def test_instruction_rows_turn_counts_into_rate_ratios() -> None:
     assert rows["instructions per request (callgrind)"].of_baseline == "rate ≈ 25% of baseline"
     assert rows["history on vs off"].of_baseline == "on ≈ 90% of off"
     assert rows["receipts on vs off"].of_baseline == "on ≈ 80% of off"
+    assert rows["rate limits on vs off"].of_baseline == "on ≈ 95% of off"
     assert (
         "neither: rate ≈ 50% of baseline"
         == rows["history off / receipts off / neither"].of_baseline
