@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.cli import main as relay_cli
 from relay.proofs.near import verify_near_signature
 from relay.proofs.receipt import RECEIPT_FIELDS, hash_client_key_id, receipt_sha256
 from relay.proofs.verify import VerificationError, verify_all, verify_chain
@@ -321,6 +322,58 @@ async def test_a_deleted_clients_receipts_stay_in_the_chain(http, caller, databa
     assert [row[0] for row in rows] == [first.receipt_id, second.receipt_id]
     assert rows[0][1] is None  # kept, but no client can read it any more
     assert verify_chain([orjson.loads(row[2]) for row in rows])
+
+
+async def test_an_auditor_reads_the_whole_chain_in_pages_and_it_verifies(http, caller, tmp_path):
+    _, token = caller
+    _, other_token = await client_with_token(http, name="another")
+    ids = []
+    for each in (token, other_token, token, other_token, token):
+        ids.append((await ask(http, each, stream=False)).receipt_id)
+    response = await http.get("/admin/receipts", headers=ADMIN)
+    assert response.status == 200
+    raw = await response.read()
+    whole = orjson.loads(raw)
+    assert (whole["object"], whole["last_seq"], whole["has_more"]) == ("list", 5, False)
+    assert [receipt["receipt_id"] for receipt in whole["data"]] == ids  # every client's
+    # Each receipt exactly as signed and as its client reads it.
+    own = await http.get(f"/v1/receipts/{ids[0]}", headers=bearer(token))
+    assert await own.read() in raw
+    assert "5 receipt(s)" in verify_chain(whole["data"])
+
+    pages, after = [], 0
+    while True:
+        response = await http.get(f"/admin/receipts?after={after}&limit=2", headers=ADMIN)
+        page = await response.read()
+        pages.append(tmp_path / f"page-{len(pages)}.json")
+        pages[-1].write_bytes(page)
+        body = orjson.loads(page)
+        if not body["has_more"]:
+            break
+        after = body["last_seq"]
+    assert len(pages) == 3
+    # relay verify reads the pages as served, in order, as one chain.
+    report = tmp_path / "report.json"
+    report.write_bytes(orjson.dumps(await fetch_report(http)))
+    argv = ["verify", "--report", str(report)]
+    argv += [arg for path in pages for arg in ("--receipt", str(path))]
+    assert relay_cli(argv) == 0
+
+    past = orjson.loads(await (await http.get("/admin/receipts?after=5", headers=ADMIN)).read())
+    assert past == {"object": "list", "data": [], "last_seq": None, "has_more": False}
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [("limit=0", 400), ("limit=501", 400), ("after=-1", 400), ("after=x", 400)],
+)
+async def test_the_chain_export_checks_its_query_and_wants_the_admin_token(
+    http, caller, query, status
+):
+    _, token = caller
+    await assert_error(await http.get(f"/admin/receipts?{query}", headers=ADMIN), status)
+    await assert_error(await http.get("/admin/receipts", headers=bearer(token)), 401)
+    await assert_error(await http.get("/admin/receipts"), 401)
 
 
 async def test_receipts_off_means_no_header_and_no_rows(make_client, make_settings, database_url):

@@ -1,10 +1,12 @@
-"""GET /v1/receipts/{receipt_id} and GET /v1/signature/{receipt_id}: one answer's proof."""
+"""GET /v1/receipts/{receipt_id} and GET /v1/signature/{receipt_id}: one answer's proof;
+GET /admin/receipts: the whole chain, for whoever audits it."""
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
-from relay.api.body import json_response
+from relay.api.body import json_response, query_int
 from relay.appkeys import CALLER, RECEIPTS
 
 
@@ -21,3 +23,21 @@ async def get_signature(request: web.Request) -> web.Response:
         request.match_info["receipt_id"], request[CALLER].client.id
     )
     return json_response(signature)
+
+
+async def list_receipts(request: web.Request) -> web.Response:
+    """A page of the receipt chain, in chain order, each receipt byte for byte as signed."""
+    after = query_int(request, "after", default=0, low=0, high=2**63 - 1)
+    limit = query_int(request, "limit", default=100, low=1, high=500)
+    page, has_more = await request.app[RECEIPTS].chain_page(after, limit)
+    # Spliced in as stored: re-encoding could change what was signed.
+    tail = {"last_seq": page[-1][0] if page else None, "has_more": has_more}
+    body = b"".join(
+        (
+            b'{"object":"list","data":[',
+            b",".join(receipt for _, receipt in page),
+            b"],",
+            orjson.dumps(tail)[1:],
+        )
+    )
+    return web.Response(body=body, content_type="application/json")

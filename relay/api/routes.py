@@ -56,6 +56,7 @@ def setup_routes(app: web.Application) -> None:
             ),
             web.get("/v1/receipts/{receipt_id}", receipts.get_receipt, name="get_receipt"),
             web.get("/v1/signature/{receipt_id}", receipts.get_signature, name="get_signature"),
+            web.get("/admin/receipts", receipts.list_receipts, name="list_receipts"),
             web.get("/admin/clients", admin.list_clients, name="list_clients"),
             web.post("/admin/clients", admin.create_client, name="create_client"),
             web.get("/admin/clients/{client_id}", admin.get_client, name="get_client"),

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         action="append",
         required=True,
-        help="receipt file: a JSON object, a JSON list or one object per line; "
-        "repeat in log order to check the chain",
+        help="receipt file: a JSON object, a JSON list, one object per line, or a page "
+        "of GET /admin/receipts; repeat in log order to check the chain",
     )
     parser.add_argument("--request-body", type=Path, help="the exact bytes you sent (last receipt)")
     parser.add_argument(
@@ -56,12 +56,17 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def load_receipts(path: Path) -> list[dict[str, Any]]:
-    """Receipts from a file holding one JSON object, a JSON list, or JSON lines."""
+    """Receipts from a file holding one JSON object, a JSON list, JSON lines, or a page
+    of the chain as `GET /admin/receipts` serves it."""
     data = path.read_bytes()
     try:
         whole = orjson.loads(data)
     except orjson.JSONDecodeError:
         return [_json_object(line, path) for line in data.splitlines() if line.strip()]
+    if isinstance(whole, dict) and whole.get("object") == "list":
+        whole = whole.get("data")
+        if not isinstance(whole, list):
+            raise ValueError(f"{path}: a list page without a data list")
     items = whole if isinstance(whole, list) else [whole]
     return [_json_object(item, path) for item in items]
 

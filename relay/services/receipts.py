@@ -144,6 +144,12 @@ class ReceiptService:
             raise NotFoundError("No such receipt.", code="receipt_not_found")
         return body.encode()
 
+    async def chain_page(self, after: int, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
+        """The chain's receipts after position `after` (each with its position, its exact
+        bytes), at most `limit`, and whether more follow."""
+        rows = await self.store.chain_after(after, limit + 1)
+        return [(seq, body.encode()) for seq, body in rows[:limit]], len(rows) > limit
+
     async def near_signature(self, receipt_id: str, client_id: str) -> dict[str, str]:
         receipt = orjson.loads(await self.receipt_body(receipt_id, client_id))
         return self.attestation.near_signature(receipt)

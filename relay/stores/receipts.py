@@ -71,6 +71,17 @@ class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    async def chain_after(self, seq: int, limit: int) -> list[tuple[int, str]]:
+        """Up to `limit` receipts (position, body) after position `seq`, in chain order:
+        every client's, deleted clients' included."""
+        async with self.db.cursor() as cur:
+            await cur.execute(
+                "SELECT seq, body FROM receipts WHERE seq > %s ORDER BY seq LIMIT %s",
+                (seq, limit),
+            )
+            rows = await cur.fetchall()
+        return [(int(row[0]), str(row[1])) for row in rows]
+
     async def body_for_client(self, receipt_id: str, client_id: str) -> str | None:
         """The receipt's body if `client_id` made its request; None for anyone else."""
         async with self.db.cursor() as cur:

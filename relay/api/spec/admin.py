@@ -82,6 +82,23 @@ ADMIN_SCHEMAS: dict[str, Any] = {
             "has_more": {"type": "boolean"},
         },
     },
+    "ReceiptChainPage": {
+        "type": "object",
+        "required": ["object", "data", "last_seq", "has_more"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": ref("schemas", "Receipt"),
+                "description": "In chain order, each byte for byte as signed.",
+            },
+            "last_seq": {
+                "type": ["integer", "null"],
+                "description": "The last receipt's position: `after` for the next page.",
+            },
+            "has_more": {"type": "boolean"},
+        },
+    },
     "ClientDeleted": {
         "type": "object",
         "required": ["object", "id", "deleted"],
@@ -94,6 +111,35 @@ ADMIN_SCHEMAS: dict[str, Any] = {
 }
 
 ADMIN_PATHS: dict[str, Any] = {
+    "/admin/receipts": {
+        "get": operation(
+            "list_receipts",
+            "Read the receipt chain, every client's, in order",
+            tag="admin",
+            security=ADMIN,
+            parameters=(
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "description": "The previous page's `last_seq`; 0 starts the chain.",
+                    "schema": {"type": "integer", "minimum": 0, "default": 0},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                },
+            ),
+            description=(
+                "For auditing: `relay verify --receipt` checks each page's signatures and that "
+                "each receipt names the one before it, so a deleted or altered receipt shows."
+            ),
+            responses={"200": answer("A page of the chain.", ref("schemas", "ReceiptChainPage"))},
+            errors=(400, 401, 503),
+        )
+    },
     "/admin/clients": {
         "get": operation(
             "list_clients",
