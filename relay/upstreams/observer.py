@@ -63,14 +63,13 @@ class StreamObserver(CompletionAccumulator):
         """End of stream: per the SSE spec an event without its closing blank line is dropped.
         A `[DONE]` left so still ends the answer: a provider that closes right after
         that line, short of its blank line, has finished."""
-        if self._decoder.unended_data().strip() == b"[DONE]":
+        if _is_done(self._decoder.unended_data()):
             self.done = True
         self._decoder.close()
 
     def _on_data(self, payload: bytes) -> None:
         self.event_count += 1
-        # Only a short payload can be a sloppily spaced [DONE]; JSON chunks skip the strip.
-        if payload == b"[DONE]" or (len(payload) < 16 and payload.strip() == b"[DONE]"):
+        if _is_done(payload):
             self.done = True
             return
         try:
@@ -82,3 +81,9 @@ class StreamObserver(CompletionAccumulator):
             self.apply(obj)
         else:
             self.malformed_events += 1
+
+
+def _is_done(payload: bytes) -> bool:
+    """Whether an event's data is the stream's end, `[DONE]`, however spaced."""
+    # Only a short payload can be a sloppily spaced [DONE]; JSON chunks skip the strip.
+    return payload == b"[DONE]" or (len(payload) < 16 and payload.strip() == b"[DONE]")

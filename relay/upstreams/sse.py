@@ -80,7 +80,7 @@ class SSEDecoder:
         data = list(self._data)
         tail = bytes(self._tail)
         if tail.startswith(b"data:"):
-            data.append(tail[6:] if tail.startswith(b" ", 5) else tail[5:])
+            data.append(_data_value(tail))
         return b"\n".join(data)
 
     def close(self) -> None:
@@ -105,7 +105,7 @@ class SSEDecoder:
                     self._data_bytes = 0
                     self._on_data(payload)
             elif line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b" ", 5) else line[5:])
+                data.append(_data_value(line))
                 self._data_bytes += len(line)
                 if self._data_bytes > MAX_EVENT_BYTES:
                     self._overflow()
@@ -113,3 +113,8 @@ class SSEDecoder:
             elif line == b"data":
                 data.append(b"")
             # Anything else is a comment (":…") or a field relay does not read (event, id, retry).
+
+
+def _data_value(line: bytes) -> bytes:
+    """A `data:` line's value: what follows the colon, less one space if one comes first."""
+    return line[6:] if line.startswith(b" ", 5) else line[5:]
