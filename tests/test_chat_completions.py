@@ -130,6 +130,31 @@ async def test_models_lists_what_the_client_may_use(http):
     assert [model["id"] for model in (await response.json())["data"]] == ["sim-large"]
 
 
+async def test_a_model_is_retrieved_only_by_a_client_that_may_use_it(http):
+    _, everything = await client_with_token(http)
+    _, limited = await client_with_token(http, scopes=["chat", "model:sim-large"])
+    listed = (await (await http.get("/v1/models", headers=bearer(everything))).json())["data"]
+    response = await http.get("/v1/models/gpt-sim", headers=bearer(everything))
+    assert response.status == 200
+    assert await response.json() == next(model for model in listed if model["id"] == "gpt-sim")
+    # Not listed for this client, so as unknown to it as a model that does not exist.
+    for model, token in (("gpt-sim", limited), ("gpt-9", everything)):
+        error = await assert_error(
+            await http.get(f"/v1/models/{model}", headers=bearer(token)), 404, "model_not_found"
+        )
+        assert error["param"] == "model"
+    await assert_error(await http.get("/v1/models/gpt-sim"), 401)
+
+
+async def test_a_model_id_with_slashes_is_retrieved(make_client, make_settings, simulator):
+    upstream = simulator.upstream(models={"meta/llama-3.1": "sim-small"})
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    _, token = await client_with_token(http)
+    response = await http.get("/v1/models/meta/llama-3.1", headers=bearer(token))
+    assert response.status == 200
+    assert (await response.json())["id"] == "meta/llama-3.1"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

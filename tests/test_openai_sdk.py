@@ -41,9 +41,14 @@ async def test_sdk_streams_a_chat_with_usage(sdk, simulator):
     assert usage.completion_tokens == simulator.config.tokens
 
 
-async def test_sdk_lists_models(sdk):
+async def test_sdk_lists_and_retrieves_models(sdk):
     models = [model.id async for model in sdk.models.list()]
     assert sorted(models) == ["gpt-sim", "sim-large"]
+    model = await sdk.models.retrieve("sim-large")
+    assert (model.id, model.object, model.owned_by) == ("sim-large", "model", "simulator")
+    with pytest.raises(openai.NotFoundError) as caught:
+        await sdk.models.retrieve("gpt-9")
+    assert caught.value.code == "model_not_found"
 
 
 async def test_sdk_raises_its_own_errors_for_relays_refusals(sdk, http):

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions and GET /v1/models: OpenAI's API, relayed."""
+"""POST /v1/chat/completions and GET /v1/models[/{model}]: OpenAI's API, relayed."""
 
 from __future__ import annotations
 
@@ -30,22 +30,31 @@ from relay.upstreams.forwarder import open_provider_response
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 from relay.upstreams.reply import ProviderReply
+from relay.upstreams.routing import ModelRouter, Route
 
 log = logging.getLogger(__name__)
 
 
 async def list_models(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
-    models = [
-        {
-            "id": route.model,
-            "object": "model",
-            "created": router.created,
-            "owned_by": route.upstream.name,
-        }
-        for route in router.allowed(request[CALLER].client.scopes)
-    ]
-    return json_response({"object": "list", "data": models})
+    routes = router.allowed(request[CALLER].client.scopes)
+    return json_response({"object": "list", "data": [_model(route, router) for route in routes]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    route = router.visible(request.match_info["model"], request[CALLER].client.scopes)
+    return json_response(_model(route, router))
+
+
+def _model(route: Route, router: ModelRouter) -> dict[str, object]:
+    """OpenAI's model object."""
+    return {
+        "id": route.model,
+        "object": "model",
+        "created": router.created,
+        "owned_by": route.upstream.name,
+    }
 
 
 async def new_answer(request: web.Request, endpoint: str) -> Answer:

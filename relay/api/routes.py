@@ -30,6 +30,9 @@ def setup_routes(app: web.Application) -> None:
             web.post("/auth/token", auth.create_token, name="create_token"),
             web.get("/v1/me", auth.get_me, name="get_me"),
             web.get("/v1/models", chat.list_models, name="list_models"),
+            # Public ids may hold slashes (`org/model`); OpenAI's SDKs put them in the path as
+            # they are.
+            web.get("/v1/models/{model:.+}", chat.get_model, name="get_model"),
             web.post(
                 "/v1/chat/completions", chat.create_chat_completion, name="create_chat_completion"
             ),

@@ -38,10 +38,7 @@ class ModelRouter:
     def resolve(self, model: str, scopes: Iterable[str]) -> Route:
         route = self.routes.get(model)
         if route is None:
-            raise ModelNotFoundError(
-                f"The model `{model}` does not exist or you do not have access to it.",
-                param="model",
-            )
+            raise _not_found(model)
         if not model_allowed(scopes, model):
             raise PermissionDeniedError(
                 f"This client may not use the model `{model}`.",
@@ -50,6 +47,20 @@ class ModelRouter:
             )
         return route
 
+    def visible(self, model: str, scopes: Iterable[str]) -> Route:
+        """The route of a model this client may use; as OpenAI does, a model it may not
+        use is as unknown as one that does not exist."""
+        route = self.routes.get(model)
+        if route is None or not model_allowed(scopes, model):
+            raise _not_found(model)
+        return route
+
     def allowed(self, scopes: Iterable[str]) -> list[Route]:
         scopes = tuple(scopes)
         return [route for model, route in self.routes.items() if model_allowed(scopes, model)]
+
+
+def _not_found(model: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"The model `{model}` does not exist or you do not have access to it.", param="model"
+    )

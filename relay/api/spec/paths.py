@@ -190,6 +190,17 @@ PATHS: dict[str, Any] = {
             errors=AUTHENTICATED,
         )
     },
+    "/v1/models/{model}": {
+        "get": operation(
+            "get_model",
+            "One model this client may use",
+            tag="chat",
+            security=JWT,
+            parameters=(path_parameter("model", "Its public id; it may hold slashes."),),
+            responses={"200": answer("The model.", ref("schemas", "Model"), RATE_LIMIT_HEADERS)},
+            errors=(*AUTHENTICATED, 404),
+        )
+    },
     "/v1/chat/completions": {
         "post": operation(
             "create_chat_completion",
