@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.config_environment import READ_ELSEWHERE, gather, read_env_file, warn_unknown
+from relay.config_environment import (
+    READ_ELSEWHERE,
+    gather,
+    raw_setting,
+    read_env_file,
+    warn_unknown,
+)
 from relay.config_secrets import with_development_secrets
 from relay.config_values import (
     MIN_SECRET_BYTES,
@@ -51,10 +57,14 @@ class Settings:
     host: str = setting("RELAY_HOST", "127.0.0.1")
     port: int = setting("RELAY_PORT", 8080, integer, minimum=0, maximum=65535)
     unix_socket: str = setting("RELAY_UNIX_SOCKET", "")
-    database_url: str = setting("RELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay")
+    # `file=True`: may instead be read from the file RELAY_…_FILE names (a systemd
+    # credential, a Docker secret), so the value need not sit in the environment.
+    database_url: str = setting(
+        "RELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay", file=True
+    )
     database_pool_size: int = setting("RELAY_DATABASE_POOL_SIZE", 20, integer, minimum=1)
     database_timeout: float = setting("RELAY_DATABASE_TIMEOUT", 5.0, number, minimum=0.1)
-    redis_url: str = setting("RELAY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url: str = setting("RELAY_REDIS_URL", "redis://127.0.0.1:6379/0", file=True)
     redis_timeout: float = setting("RELAY_REDIS_TIMEOUT", 0.25, number, minimum=0.01)
     # Rate limits (relay.services.ratelimit): per-minute defaults a client's
     # `limits` may override; "off" only for measuring what limiting costs.
@@ -78,12 +88,12 @@ class Settings:
     # Proxies whose X-Forwarded-For is believed: CIDRs, and "unix" for a unix-socket peer.
     trusted_proxies: tuple[str, ...] = setting("RELAY_TRUSTED_PROXIES", (), networks)
     # Keys client ids into Redis key names (HMAC); every instance must share it.
-    identity_hash_key: Secret = setting("RELAY_IDENTITY_HASH_KEY", Secret(""), Secret)
-    jwt_secret: Secret = setting("RELAY_JWT_SECRET", Secret(""), Secret)
+    identity_hash_key: Secret = setting("RELAY_IDENTITY_HASH_KEY", Secret(""), Secret, file=True)
+    jwt_secret: Secret = setting("RELAY_JWT_SECRET", Secret(""), Secret, file=True)
     jwt_ttl: int = setting("RELAY_JWT_TTL", 3600, integer, minimum=60, maximum=86400 * 7)
     jwt_issuer: str = setting("RELAY_JWT_ISSUER", "relay")
     jwt_audience: str = setting("RELAY_JWT_AUDIENCE", "relay-api")
-    admin_token: Secret = setting("RELAY_ADMIN_TOKEN", Secret(""), Secret)
+    admin_token: Secret = setting("RELAY_ADMIN_TOKEN", Secret(""), Secret, file=True)
     bcrypt_rounds: int = setting("RELAY_BCRYPT_ROUNDS", 12, integer, minimum=4, maximum=16)
     state_dir: str = setting("RELAY_STATE_DIR", ".relay-state")
     max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", 4 * 1024 * 1024, integer, minimum=1024)
@@ -94,7 +104,7 @@ class Settings:
     health_timeout: float = setting("RELAY_HEALTH_TIMEOUT", 2.0, number, minimum=0.05)
     force_https: bool = setting("RELAY_FORCE_HTTPS", False, flag)
     cors_origins: tuple[str, ...] = setting("RELAY_CORS_ORIGINS", (), words)
-    metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret)
+    metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret, file=True)
     drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, number, minimum=0)
     run_migrations: bool = setting("RELAY_RUN_MIGRATIONS", True, flag)
     # Receipts and attestation (relay.proofs): dstack derives the signing key in
@@ -129,9 +139,9 @@ class Settings:
         source = gather(environ)
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
-            name = spec.metadata["env"]
-            if name in source and spec.metadata["parse"] is not None:
-                values[spec.name] = parse_value(spec, source[name])
+            raw = raw_setting(source, spec.metadata["env"], spec.metadata.get("file", False))
+            if raw is not None and spec.metadata["parse"] is not None:
+                values[spec.name] = parse_value(spec, raw)
         if source.get("RELAY_UPSTREAMS"):
             try:
                 values["upstreams"] = parse_upstreams(source["RELAY_UPSTREAMS"], source)

@@ -56,6 +56,23 @@ class Lookups(Mapping[str, str]):
         return len(self._values)
 
 
+def raw_setting(source: Lookups, name: str, from_file: bool) -> str | None:
+    """The raw value of `name`: its variable, or for a setting read from files, the text
+    of the file `<name>_FILE` names; None when neither is set."""
+    path = source.get(name + "_FILE") if from_file else None
+    if not path:
+        return source.get(name)
+    if name in source:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    try:
+        # Never quoted in an error: the file holds a secret.
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_FILE={path} is not UTF-8 text") from None
+
+
 def warn_unknown(source: Lookups, settings: Iterable[str]) -> None:
     """Name, in one warning, the RELAY_* variables nothing reads. An upstream's
     api_key_env may name a RELAY_* variable: looked up, it counts as read."""

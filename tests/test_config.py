@@ -171,6 +171,11 @@ def test_names_read_elsewhere_are_the_ones_relay_and_its_tooling_read():
     # elsewhere, so the start-up warning never names one of relay's own variables;
     # and each listed name is still used. (This file and config.py only name them.)
     settings = {spec.metadata["env"] for spec in dataclasses.fields(Settings)}
+    settings |= {
+        spec.metadata["env"] + "_FILE"
+        for spec in dataclasses.fields(Settings)
+        if spec.metadata.get("file")
+    }
     files = {ROOT / "Makefile", *ROOT.glob("relay/**/*.py"), *ROOT.glob("bench/**/*.py")}
     files |= set(ROOT.glob("tests/*.py"))
     files -= {ROOT / "relay" / "config.py", Path(__file__).resolve()}
@@ -275,3 +280,67 @@ def test_repr_shows_no_secret(tmp_path: Path):
     generated = load_settings({"RELAY_STATE_DIR": str(tmp_path / "other")})
     assert generated.jwt_secret not in repr(generated)
     assert generated.admin_token not in repr(generated)
+
+
+def _secret_files(tmp_path: Path, **values: str) -> dict[str, str]:
+    """Each value written to its own file (as systemd's LoadCredential or a Docker secret
+    leaves it: one line), named by the setting's _FILE variable."""
+    variables = {}
+    for name, value in values.items():
+        path = tmp_path / name.lower()
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        variables[f"{name}_FILE"] = str(path)
+    return variables
+
+
+def test_secrets_and_urls_can_be_read_from_files(tmp_path: Path, caplog):
+    files = _secret_files(
+        tmp_path,
+        RELAY_JWT_SECRET="f" * 40,
+        RELAY_ADMIN_TOKEN="g" * 40,
+        RELAY_IDENTITY_HASH_KEY="h" * 40,
+        RELAY_METRICS_TOKEN="m" * 40,
+        RELAY_DATABASE_URL="postgresql://relay:pw@db:5432/relay",
+        RELAY_REDIS_URL="redis://:pw@cache:6379/0",
+    )
+    with caplog.at_level(logging.WARNING, logger="relay.config"):
+        settings = Settings.from_env({"RELAY_ENV": "production", **files})
+    assert caplog.records == []  # the _FILE names are read, not unknown
+    assert settings.jwt_secret == "f" * 40  # the file's newline is not part of it
+    assert (settings.admin_token, settings.identity_hash_key) == ("g" * 40, "h" * 40)
+    assert settings.metrics_token == "m" * 40
+    assert settings.database_url == "postgresql://relay:pw@db:5432/relay"
+    assert settings.redis_url == "redis://:pw@cache:6379/0"
+
+
+def test_a_setting_given_both_ways_is_refused(tmp_path: Path):
+    files = _secret_files(tmp_path, RELAY_JWT_SECRET="f" * 40)
+    with pytest.raises(ConfigError, match=r"^set RELAY_JWT_SECRET or RELAY_JWT_SECRET_FILE, not"):
+        Settings.from_env({**PRODUCTION, **files})
+
+
+def test_an_unreadable_secret_file_names_the_variable_never_the_content(tmp_path: Path):
+    base = {key: value for key, value in PRODUCTION.items() if key != "RELAY_ADMIN_TOKEN"}
+    missing = str(tmp_path / "nope")
+    with pytest.raises(ConfigError, match=r"^RELAY_ADMIN_TOKEN_FILE=.*nope cannot be read"):
+        Settings.from_env({**base, "RELAY_ADMIN_TOKEN_FILE": missing})
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfesecret-bytes")
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as caught:
+        Settings.from_env({**base, "RELAY_ADMIN_TOKEN_FILE": str(binary)})
+    assert "secret-bytes" not in str(caught.value)
+    short = _secret_files(tmp_path, RELAY_ADMIN_TOKEN="short-secret")
+    with pytest.raises(ConfigError, match=r"^RELAY_ADMIN_TOKEN is shorter") as caught:
+        Settings.from_env({**base, **short})
+    assert "short-secret" not in str(caught.value)
+
+
+def test_only_secrets_and_urls_are_read_from_files(tmp_path: Path, caplog):
+    port = tmp_path / "port"
+    port.write_text("9000\n")
+    with caplog.at_level(logging.WARNING, logger="relay.config"):
+        settings = Settings.from_env({"RELAY_PORT_FILE": str(port)})
+    assert settings.port == 8080
+    [record] = caplog.records
+    assert record.getMessage().endswith(": RELAY_PORT_FILE")

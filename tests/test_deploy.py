@@ -127,7 +127,9 @@ def systemd_analyze() -> str:
     return path
 
 
-def test_systemd_accepts_the_unit(tmp_path):
+def systemd_verify(tmp_path: Path, drop_in: str = "") -> None:
+    """`systemd-analyze verify` the unit (with `drop_in` as relay.service.d/drop-in.conf)
+    and require it silent: verify exits 0 on unknown keys and bad values, printing them."""
     # verify checks that ExecStart exists, so build a root holding the unit,
     # a stand-in for the venv's relay and systemd's own units.
     root = tmp_path / "root"
@@ -138,6 +140,9 @@ def test_systemd_accepts_the_unit(tmp_path):
     units = root / "etc/systemd/system"
     units.mkdir(parents=True)
     shutil.copy(UNIT, units / "relay.service")
+    if drop_in:
+        (units / "relay.service.d").mkdir()
+        (units / "relay.service.d" / "drop-in.conf").write_text(drop_in)
     system_units = next(
         p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()
     )
@@ -148,9 +153,19 @@ def test_systemd_accepts_the_unit(tmp_path):
         text=True,
         timeout=60,
     )
-    # verify exits 0 on unknown keys and bad values, printing them: both must be empty.
     assert result.returncode == 0, result.stderr
     assert result.stdout == result.stderr == "", result.stdout + result.stderr
+
+
+def test_systemd_accepts_the_unit(tmp_path):
+    systemd_verify(tmp_path)
+
+
+def test_systemd_accepts_the_credentials_drop_in_the_guide_shows(tmp_path):
+    guide = (DEPLOY / "README.md").read_text()
+    [drop_in] = re.findall(r"```ini\n(.*?)```", guide, re.DOTALL)
+    assert "LoadCredential=jwt_secret:" in drop_in and "RELAY_JWT_SECRET_FILE=%d/" in drop_in
+    systemd_verify(tmp_path, drop_in)
 
 
 def compose_command() -> list[str]:
