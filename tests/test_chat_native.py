@@ -2,10 +2,12 @@
 
 import asyncio
 import hashlib
+import re
 
 import orjson
 import pytest
 
+from relay.api.chat_events import PAD_STEP
 from relay.simulator import completion_text
 from tests.api_calls import assert_error, bearer, client_with_token, post_and_never_read
 from tests.history_calls import CONVERSATION, execute, stored_messages
@@ -146,6 +148,15 @@ async def test_a_streamed_chat_sends_deltas_then_the_stored_answer(http, databas
     deltas = [data["content"] for name, data in events if name == "message.delta"]
     assert "".join(deltas) == completion_text(simulator.config.tokens)
     assert len(deltas) == simulator.config.tokens
+    # As OpenAI pads its chunks: to the next multiple of 16 bytes, then a random 0 to 15 more.
+    extras = []
+    for name, data in events:
+        if name == "message.delta":
+            assert set(data) == {"content", "obfuscation"}
+            assert re.fullmatch("[A-Za-z0-9]*", data["obfuscation"])
+            size = len(orjson.dumps(data["content"]))
+            extras.append(len(data["obfuscation"]) - (-size % PAD_STEP))
+    assert all(0 <= extra < PAD_STEP for extra in extras) and len(set(extras)) > 1
     name, done = events[-1]
     assert name == "message.done"
     assert done["conversation_id"] == conversation

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import random
+import string
 from typing import Any
 
 import orjson
@@ -15,6 +17,20 @@ from relay.upstreams import pipe
 def event_bytes(event: str, data: Any) -> bytes:
     """One event exactly as EventSourceResponse.send(…, sep="\\n") writes it (JSON is one line)."""
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+# As OpenAI pads its own chunks (`obfuscation`), each delta carries random characters that
+# bring the encoded text to the next multiple of 16 bytes, and up to 15 bytes beyond: an
+# eavesdropper on the encrypted stream cannot read token lengths off the records' sizes.
+PAD_STEP = 16
+_PAD_ALPHABET = string.ascii_letters + string.digits
+
+
+def delta_data(text: str) -> dict[str, str]:
+    """A `message.delta` event's data: the text and its padding."""
+    size = len(orjson.dumps(text))
+    pad = -size % PAD_STEP + random.randrange(PAD_STEP)
+    return {"content": text, "obfuscation": "".join(random.choices(_PAD_ALPHABET, k=pad))}
 
 
 def error_data(error: RelayError) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import parse_json_object, read_body
-from relay.api.chat_events import HashedEventSource, error_data, event_bytes
+from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
 from relay.api.conversation_header import CONVERSATION_HEADER
 from relay.appkeys import (
     ANSWER_HOOKS,
@@ -205,7 +205,7 @@ async def _relay_deltas(
             observer.feed(chunk)
             for text in observer.take():
                 try:
-                    await response.send_event("message.delta", {"content": text})
+                    await response.send_event("message.delta", delta_data(text))
                 except TimeoutError:  # the client took nothing for a while: it is gone
                     provider.close()
                     return "cancelled"

@@ -59,8 +59,9 @@ NATIVE_CHAT_PATHS: dict[str, Any] = {
             description=(
                 "relay sends the provider the stored conversation (its latest messages within "
                 "RELAY_CHAT_CONTEXT_CHARS) and your message, and stores both sides before "
-                'answering. Streamed: `message.delta` events (`{"content"}`), then '
-                "`message.done` with the answer object once it is stored, or `error`."
+                'answering. Streamed: `message.delta` events (`{"content", "obfuscation"}`: '
+                "random characters that blur the event's size, as OpenAI pads its chunks), "
+                "then `message.done` with the answer object once it is stored, or `error`."
             ),
             responses={
                 "200": {
