@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 
+from bench.figures import RequestFigures, Usage
 from bench.instructions import Counted, dumped_total
 from bench.report import table_rows
 
@@ -89,3 +90,21 @@ def test_instruction_rows_turn_counts_into_rate_ratios() -> None:
         "neither: rate ≈ 50% of baseline"
         == rows["history off / receipts off / neither"].of_baseline
     )
+
+
+def test_on_off_rows_also_give_requests_per_cpu_second() -> None:
+    def run(rps: float, cpu: float) -> RequestFigures:
+        figures = RequestFigures(int(rps * 4), 4.0, rps, 1.0, 2.0, 1.0, 3.0, 0)
+        figures.usage = Usage(server_cpu=cpu)
+        return figures
+
+    # Off is faster by the clock and by the CPU each request took; on waited more.
+    result = {
+        "on_rps": 900.0,
+        "off_rps": 1000.0,
+        "runs": {"on": [run(900, 0.75)], "off": [run(1000, 0.8)]},
+    }
+    rows = {row.measure.strip(): row for row in table_rows({"history": result}, 64)}
+    assert rows["history on vs off: req/s (mean of 1)"].of_baseline == "on = 90% of off"
+    assert rows["per CPU-second of relay"].relay == "1200 on / 1250 off"
+    assert rows["per CPU-second of relay"].of_baseline == "on ≈ 96% of off"
