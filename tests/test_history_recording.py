@@ -63,6 +63,23 @@ async def test_streamed_answer_is_stored_as_the_text_the_client_read(http, datab
     assert rows[-1]["status"] == "complete"
 
 
+async def test_with_n_choices_history_keeps_the_first(http, database_url, simulator):
+    # The stored answer is choice 0, the one a conversation goes on from, never the
+    # choices run together; its usage counts every choice, as the provider bills them.
+    client, token = await client_with_token(http)
+    tokens = simulator.config.tokens
+    assert completion_text(tokens) != completion_text(tokens, choice=1)
+    for stream in (False, True):
+        response = await chat(http, token, n=2, stream=stream)
+        assert response.status == 200
+        await response.read()
+        [*_, answer] = await stored_messages(database_url, client["id"])
+        assert (answer["role"], answer["status"]) == ("assistant", "complete")
+        assert answer["content"] == completion_text(tokens)
+        if not stream:
+            assert answer["completion_tokens"] == 2 * tokens
+
+
 async def test_a_conversation_continues_with_only_the_new_turn(http, database_url):
     client, token = await client_with_token(http)
     first = await chat(

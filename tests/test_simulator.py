@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -115,8 +116,9 @@ def delta(content: dict[str, Any], finish_reason: str | None = None) -> list[Any
 
 async def test_a_stream_is_one_http_chunk_per_event_in_openai_order(aiohttp_server: Any) -> None:
     server = await aiohttp_server(create_simulator_app(SimulatorConfig(tokens=3)))
+    unpadded = {"include_obfuscation": False}
 
-    head, body = await raw_post(server, {**CHAT, "stream": True})
+    head, body = await raw_post(server, {**CHAT, "stream": True, "stream_options": unpadded})
 
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nContent-Type: text/event-stream; charset=utf-8\r\n" in head
@@ -153,6 +155,55 @@ async def test_usage_chunk_comes_last_and_only_when_asked_for(aiohttp_client: An
     assert usage_chunk["usage"] == usage(2)
     assert usage_chunk["id"] == answer[0]["id"]
     assert done == "[DONE]"
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+async def test_delta_chunks_end_with_obfuscation_unless_told_not_to(
+    aiohttp_client: Any, include_usage: bool
+) -> None:
+    client = await simulator(aiohttp_client, tokens=40)
+    asked = {"stream_options": {"include_usage": True}} if include_usage else {}
+
+    padded = await client.post("/v1/chat/completions", json={**CHAT, "stream": True, **asked})
+    answer = events(await padded.read())[:-1]
+    deltas, usage_chunks = answer[:42], answer[42:]
+    pads = [event["obfuscation"] for event in deltas]
+    assert all(re.fullmatch(r"[A-Za-z0-9]{1,16}", pad) for pad in pads)
+    assert len(set(pads)) > 1  # random, so sizes say nothing
+    # As OpenAI sends them: right after `choices`, and `usage` (when asked for) after it.
+    last_keys = ["obfuscation", "usage"] if include_usage else ["obfuscation"]
+    assert all(list(event)[-len(last_keys) :] == last_keys for event in deltas)
+    assert all("obfuscation" not in event for event in usage_chunks)
+    assert len(usage_chunks) == int(include_usage)
+
+    options = {"stream_options": {"include_obfuscation": False, "include_usage": include_usage}}
+    plain = await client.post("/v1/chat/completions", json={**CHAT, "stream": True, **options})
+    assert all("obfuscation" not in event for event in events(await plain.read())[:-1])
+
+
+async def test_n_choices_stream_interleaved_and_come_whole(aiohttp_client: Any) -> None:
+    client = await simulator(aiohttp_client, tokens=3)
+    options = {"include_usage": True, "include_obfuscation": False}
+    streamed = await client.post(
+        "/v1/chat/completions", json={**CHAT, "n": 2, "stream": True, "stream_options": options}
+    )
+    *answer, usage_chunk, _ = events(await streamed.read())
+    order = [choice["index"] for event in answer for choice in event["choices"]]
+    assert order == [0, 1] * 5  # role, three tokens and the finish, one of each in turn
+    texts = {0: "", 1: ""}
+    for event in answer:
+        [choice] = event["choices"]
+        texts[choice["index"]] += choice["delta"].get("content", "")
+    assert texts == {0: completion_text(3), 1: completion_text(3, choice=1)}
+    assert texts[0] != texts[1]
+    assert usage_chunk["usage"]["completion_tokens"] == 6
+
+    whole = await (await client.post("/v1/chat/completions", json={**CHAT, "n": 3})).json()
+    assert [choice["index"] for choice in whole["choices"]] == [0, 1, 2]
+    assert [choice["message"]["content"] for choice in whole["choices"]] == [
+        completion_text(3, choice) for choice in range(3)
+    ]
+    assert whole["usage"]["completion_tokens"] == 9
 
 
 async def test_a_non_streamed_answer_is_a_chat_completion(aiohttp_client: Any) -> None:
@@ -287,6 +338,9 @@ async def test_an_unknown_model_is_model_not_found(aiohttp_client: Any) -> None:
         (orjson.dumps({**CHAT, "messages": [{"content": "x"}]}), "messages[0].role", None),
         (orjson.dumps({**CHAT, "stream": "yes"}), "stream", "invalid_type"),
         (orjson.dumps({**CHAT, "max_tokens": 0}), "max_tokens", "integer_below_min_value"),
+        (orjson.dumps({**CHAT, "n": 0}), "n", "integer_below_min_value"),
+        (orjson.dumps({**CHAT, "n": 129}), "n", "integer_above_max_value"),
+        (orjson.dumps({**CHAT, "n": "2"}), "n", "invalid_type"),
         (orjson.dumps({**CHAT, "stream_options": {"include_usage": True}}), "stream_options", None),
     ],
 )

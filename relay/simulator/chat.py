@@ -49,9 +49,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         completion_id=completion_id(),
         created=int(time.time()),
         model=chat.model,
-        content=completion_text(tokens),
+        contents=[completion_text(tokens, choice) for choice in range(chat.choices)],
         finish_reason=finish_reason,
-        usage=usage(chat.prompt_tokens, tokens),
+        usage=usage(chat.prompt_tokens, tokens * chat.choices),
     )
     return web.Response(
         body=content, headers={"Content-Type": "application/json", "x-request-id": request_id()}
@@ -75,7 +75,13 @@ async def _stream(
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "x-request-id": request_id()}
     )
-    encoder = ChunkEncoder(completion_id(), int(time.time()), chat.model, chat.include_usage)
+    encoder = ChunkEncoder(
+        completion_id(),
+        int(time.time()),
+        chat.model,
+        include_usage=chat.include_usage,
+        include_obfuscation=chat.include_obfuscation,
+    )
     cut_after = config.cut_after
     emitted = tokens if cut_after is None else max(min(cut_after, tokens), 0)
     delay = config.token_delay
@@ -84,22 +90,27 @@ async def _stream(
     try:
         writer = await response.prepare(request)
         assert writer is not None
-        # One write and one drain per event, so the pacing a client sees is real.
-        await writer.write(encoder.role())
-        await writer.drain()
+        # One write and one drain per event, so the pacing a client sees is real. With
+        # `n` > 1 the choices' events interleave, one of each per token, as OpenAI's do.
+        choices = range(chat.choices)
+        for choice in choices:
+            await writer.write(encoder.role(choice))
+            await writer.drain()
         for index in range(emitted):
             if index and delay > 0:
                 await asyncio.sleep(delay)
-            await writer.write(encoder.token(index))
-            await writer.drain()
+            for choice in choices:
+                await writer.write(encoder.token(index, choice))
+                await writer.drain()
         if cut_after is not None:
             _cut(request)
             end = "cut"
             return response
-        await writer.write(encoder.finish(finish_reason))
-        await writer.drain()
+        for choice in choices:
+            await writer.write(encoder.finish(finish_reason, choice))
+            await writer.drain()
         if chat.include_usage:
-            await writer.write(encoder.usage(usage(chat.prompt_tokens, tokens)))
+            await writer.write(encoder.usage(usage(chat.prompt_tokens, tokens * chat.choices)))
             await writer.drain()
         # [DONE] and the terminating zero-length chunk go out in one write.
         await response.write_eof(DONE)

@@ -14,10 +14,11 @@ def completion_body(
     completion_id: str,
     created: int,
     model: str,
-    content: str,
+    contents: list[str],
     finish_reason: str,
     usage: dict[str, Any],
 ) -> bytes:
+    """One choice per text in `contents` (`n`)."""
     body = {
         "id": completion_id,
         "object": "chat.completion",
@@ -25,7 +26,7 @@ def completion_body(
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {
                     "role": "assistant",
                     "content": content,
@@ -35,6 +36,7 @@ def completion_body(
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
+            for index, content in enumerate(contents)
         ],
         "usage": usage,
         "service_tier": "default",

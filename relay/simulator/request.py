@@ -11,6 +11,7 @@ import orjson
 from relay.simulator.errors import OpenAIError, model_not_found
 from relay.simulator.tokens import count_prompt_tokens
 
+MAX_CHOICES = 128  # OpenAI's bound on `n`
 _ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 _ROLE_LIST = "'system', 'assistant', 'user', 'function', 'tool', and 'developer'"
 _BAD_JSON = (
@@ -26,8 +27,10 @@ class ChatRequest:
     model: str
     stream: bool
     include_usage: bool
+    include_obfuscation: bool
     max_tokens: int | None
     prompt_tokens: int
+    choices: int = 1  # `n`
 
 
 def parse_chat_request(body: bytes, models: Container[str]) -> ChatRequest:
@@ -52,13 +55,24 @@ def parse_chat_request(body: bytes, models: Container[str]) -> ChatRequest:
             code="invalid_value",
         )
     include_usage = bool(options and _optional(options, "include_usage", bool))
+    obfuscation = _optional(options, "include_obfuscation", bool) if options else None
+    include_obfuscation = obfuscation is not False  # on unless turned off, as at OpenAI
     # The newer name wins when a client sends both.
-    max_tokens = _max_tokens(data, "max_completion_tokens")
+    max_tokens = _bounded(data, "max_completion_tokens")
     if max_tokens is None:
-        max_tokens = _max_tokens(data, "max_tokens")
+        max_tokens = _bounded(data, "max_tokens")
+    choices = _bounded(data, "n", maximum=MAX_CHOICES) or 1
     if model not in models:
         raise model_not_found(model)
-    return ChatRequest(model, stream, include_usage, max_tokens, count_prompt_tokens(messages))
+    return ChatRequest(
+        model,
+        stream,
+        include_usage,
+        include_obfuscation,
+        max_tokens,
+        count_prompt_tokens(messages),
+        choices,
+    )
 
 
 def _messages(data: dict[str, Any]) -> list[Any]:
@@ -100,7 +114,8 @@ def _messages(data: dict[str, Any]) -> list[Any]:
     return messages
 
 
-def _max_tokens(data: dict[str, Any], name: str) -> int | None:
+def _bounded(data: dict[str, Any], name: str, maximum: int | None = None) -> int | None:
+    """An optional integer of at least 1 (and at most `maximum`), refused as OpenAI does."""
     value = _optional(data, name, int)
     if value is not None and value < 1:
         raise OpenAIError(
@@ -109,6 +124,14 @@ def _max_tokens(data: dict[str, Any], name: str) -> int | None:
             f"Expected a value >= 1, but got {value} instead.",
             param=name,
             code="integer_below_min_value",
+        )
+    if value is not None and maximum is not None and value > maximum:
+        raise OpenAIError(
+            400,
+            f"Invalid '{name}': integer above maximum value. "
+            f"Expected a value <= {maximum}, but got {value} instead.",
+            param=name,
+            code="integer_above_max_value",
         )
     return value
 

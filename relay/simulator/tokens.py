@@ -26,13 +26,19 @@ WORDS: tuple[str, ...] = (
 )
 
 
-def token_text(index: int) -> str:
-    return FIRST_WORD if index == 0 else WORDS[index % len(WORDS)]
+def word_index(index: int, choice: int = 0) -> int:
+    """Where token `index` of choice `choice` is in WORDS: each choice (`n` > 1) starts
+    one word further on, so that their answers differ after the first word."""
+    return (index + choice) % len(WORDS)
 
 
-def completion_text(tokens: int) -> str:
+def token_text(index: int, choice: int = 0) -> str:
+    return FIRST_WORD if index == 0 else WORDS[word_index(index, choice)]
+
+
+def completion_text(tokens: int, choice: int = 0) -> str:
     """The full answer of `tokens` tokens, as a client joining the deltas sees it."""
-    return "".join(token_text(i) for i in range(tokens))
+    return "".join(token_text(i, choice) for i in range(tokens))
 
 
 def count_prompt_tokens(messages: list[Any]) -> int:
