@@ -341,6 +341,11 @@ async def test_an_unknown_model_is_model_not_found(aiohttp_client: Any) -> None:
         (orjson.dumps({**CHAT, "n": 0}), "n", "integer_below_min_value"),
         (orjson.dumps({**CHAT, "n": 129}), "n", "integer_above_max_value"),
         (orjson.dumps({**CHAT, "n": "2"}), "n", "invalid_type"),
+        (
+            orjson.dumps({**CHAT, "stream": True, "stream_options": {"include_obfuscation": 1}}),
+            "stream_options.include_obfuscation",
+            "invalid_type",
+        ),
         (orjson.dumps({**CHAT, "stream_options": {"include_usage": True}}), "stream_options", None),
     ],
 )

@@ -54,8 +54,10 @@ def parse_chat_request(body: bytes, models: Container[str]) -> ChatRequest:
             param="stream_options",
             code="invalid_value",
         )
-    include_usage = bool(options and _optional(options, "include_usage", bool))
-    obfuscation = _optional(options, "include_obfuscation", bool) if options else None
+    include_usage = bool(options and _optional(options, "include_usage", bool, "stream_options."))
+    obfuscation = (
+        _optional(options, "include_obfuscation", bool, "stream_options.") if options else None
+    )
     include_obfuscation = obfuscation is not False  # on unless turned off, as at OpenAI
     # The newer name wins when a client sends both.
     max_tokens = _bounded(data, "max_completion_tokens")
@@ -136,10 +138,11 @@ def _bounded(data: dict[str, Any], name: str, maximum: int | None = None) -> int
     return value
 
 
-def _optional(data: dict[str, Any], name: str, kind: type) -> Any:
+def _optional(data: dict[str, Any], name: str, kind: type, parent: str = "") -> Any:
+    """`data[name]` if present, of type `kind`; errors name it as `<parent><name>`."""
     value = data.get(name)
     if value is not None:
-        _expect(value, kind, name)
+        _expect(value, kind, parent + name)
     return value
 
 
