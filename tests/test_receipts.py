@@ -64,6 +64,16 @@ async def test_an_answer_verifies_end_to_end_with_the_clients_own_bytes(
     assert relay_verify(tmp_path / "ok", report, [receipt], saved) == 0
 
 
+async def test_a_body_sent_on_as_received_has_one_hash_for_both(http, caller, simulator):
+    # sim-large is the provider's own id: relay forwards the client's very bytes.
+    _, token = caller
+    saved = await ask(http, token, stream=False, model="sim-large")
+    receipt = await fetch_receipt(http, token, saved.receipt_id)
+    assert simulator.state.requests[-1].body == saved.request_body
+    sent = hashlib.sha256(saved.request_body).hexdigest()
+    assert receipt["request_sha256"] == receipt["forwarded_sha256"] == sent
+
+
 async def test_the_receipt_is_served_byte_for_byte_as_stored(http, caller, database_url):
     _, token = caller
     saved = await ask(http, token, stream=False)

@@ -72,6 +72,8 @@ class Answer:
 
     @cached_property
     def forwarded_sha256(self) -> str:
+        if self.forwarded_body is self.request_body:  # sent on as received: one hash serves
+            return self.request_sha256
         return hashlib.sha256(self.forwarded_body).hexdigest()
 
     def label(self, error: RelayError) -> None:
