@@ -45,7 +45,7 @@ RECEIPT_FIELDS = (*SIGNED_FIELDS, "signature")
 RECEIPT_STATUSES = ("complete", "cut", "cancelled", "failed")
 HASH_FIELDS = ("request_sha256", "forwarded_sha256", "response_sha256", "prev_receipt_sha256")
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_HEX_DIGITS = "0123456789abcdef"
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 
 
@@ -103,10 +103,16 @@ def check_receipt_body(body: dict[str, Any]) -> None:
     if body["status"] not in RECEIPT_STATUSES:
         raise ValueError(f"receipt status must be one of {', '.join(RECEIPT_STATUSES)}")
     for name in HASH_FIELDS:
-        if body[name] is not None and not _SHA256_HEX.fullmatch(body[name]):
+        if body[name] is not None and not _is_sha256_hex(body[name]):
             raise ValueError(f"receipt field {name} must be 64 lowercase hex characters")
     if not _RFC3339_UTC.fullmatch(body["served_at"]):
         raise ValueError("served_at must be an RFC 3339 UTC time like 2026-01-02T03:04:05.678Z")
+
+
+def _is_sha256_hex(value: str) -> bool:
+    # 64 lower-case hex digits: stripping every one of them leaves nothing. (A regex
+    # does the same at several times the cost, on every receipt signed.)
+    return len(value) == 64 and not value.strip(_HEX_DIGITS)
 
 
 def signing_payload(receipt: dict[str, Any]) -> bytes:
