@@ -9,6 +9,7 @@ import uuid
 import orjson
 import pytest
 
+import relay.services.receipts as receipts_module
 from relay.appkeys import ANSWER_RECORDER, DATABASE
 from relay.errors import DependencyUnavailableError
 from relay.proofs.verify import verify_chain
@@ -119,3 +120,46 @@ async def test_answers_sent_behind_a_failing_batch_are_recorded_and_the_chain_ha
     assert verify_chain([orjson.loads(row["body"]) for row in stored])
     messages = await query(database_url, "SELECT request_id FROM messages ORDER BY seq")
     assert {row["request_id"] for row in messages} == set(kept_batch)
+
+
+async def test_after_a_failed_batch_the_next_ones_read_the_head_under_lock(
+    http, database_url, monkeypatch
+):
+    """Batches chained on heads that are not yet committed fail with the one they
+    chain on; so for a while after a failure every batch reads the committed head
+    (under its lock) instead, and then goes back to chaining on the head it keeps."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    await execute(
+        database_url,
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
+        " RAISE EXCEPTION 'history write refused'; END; $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW"
+        " WHEN (NEW.request_id = 'lost') EXECUTE FUNCTION refuse();",
+    )
+    reads = 0
+    locked_read = receipts_module.lock_chain_head
+
+    async def counted_read(tx: Batch) -> ChainHead:
+        nonlocal reads
+        reads += 1
+        return await locked_read(tx)
+
+    monkeypatch.setattr(receipts_module, "lock_chain_head", counted_read)
+    monkeypatch.setattr(receipts_module.ReceiptsPart, "SETTLE_SECONDS", 0.5)
+    recorder = http.app[ANSWER_RECORDER]
+
+    async def record(text: str) -> int:
+        before = reads
+        await recorder.record(recorded_answer(http.app, owner, text))
+        return reads - before
+
+    await record("first")
+    assert await record("second") == 0  # chained on the head this instance keeps
+    with pytest.raises(DependencyUnavailableError):
+        await record("lost")
+    assert [await record(f"after {n}") for n in range(3)] == [1, 1, 1]
+    await asyncio.sleep(0.6)
+    assert await record("settled") == 0
+    stored = await query(database_url, "SELECT body FROM receipts ORDER BY seq")
+    assert verify_chain([orjson.loads(row["body"]) for row in stored])

@@ -64,19 +64,24 @@ class ReceiptsPart:
     (committed or still committing), so while it is the only one writing
     receipts a batch needs no round trip to learn it, and the next batch can be
     signed and sent while the one before commits. The database refuses a batch
-    built on any other head (see `append_receipts`); after such a failure, or
-    any other, the head is read under its row lock, and for `SHARED_SECONDS`
-    after another writer was seen, every batch reads it so. Written for every
-    answer, `store: false` too.
+    built on any other head (see `append_receipts`): PostgreSQL may run two
+    batches sent one after the other in the other order, or another instance
+    may have moved the head. After such a failure, or any other, every batch
+    reads the head under its row lock for `SETTLE_SECONDS`, so that the batches
+    tried again, and those sent meanwhile, chain on what was committed rather
+    than on heads that may fail in turn; for `SHARED_SECONDS` after another
+    writer was seen, likewise. Written for every answer, `store: false` too.
     """
 
     SHARED_SECONDS = 60.0
+    SETTLE_SECONDS = 1.0
 
     def __init__(self, identity: SigningIdentity) -> None:
         self.signer = ReceiptSigner(identity.private_key)
         self._head: ChainHead | None = None  # as the batches written so far leave it
         self._mine: collections.deque[ChainHead] = collections.deque(maxlen=64)  # heads built here
-        self._shared_until = 0.0
+        self._shared_until = 0.0  # another instance signs too: read the head under lock
+        self._locked_until = 0.0  # a batch failed: read the head under lock meanwhile
         # One batch at a time reads and advances the head: a batch that waits for
         # it under the row lock holds up the next, which must chain on it.
         self._building = asyncio.Lock()
@@ -90,7 +95,7 @@ class ReceiptsPart:
         async with self._building:
             head = self._head
             now = time.monotonic()
-            if head is None or now < self._shared_until:
+            if head is None or now < max(self._shared_until, self._locked_until):
                 head = await lock_chain_head(tx)
                 if self._mine and head not in self._mine:  # another instance signs too
                     if now >= self._shared_until:
@@ -121,8 +126,10 @@ class ReceiptsPart:
         return append_receipts(tx, head, rows)
 
     def _forget(self) -> None:
-        # Whatever was built on the failed batch fails too; read the head afresh.
+        # Whatever was built on the failed batch fails too; read the head afresh, and
+        # keep reading it under lock until the batches in flight have settled.
         self._head = None
+        self._locked_until = time.monotonic() + self.SETTLE_SECONDS
 
 
 class ReceiptService:
