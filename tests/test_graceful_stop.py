@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import tempfile
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from relay.appkeys import IN_FLIGHT as IN_FLIGHT_KEY
+from relay.commands.serve import YOUNG_COLLECTION_THRESHOLD, tune_collector
 from relay.drain import InFlight
 from relay.metrics import OPEN_STREAMS
 from relay.simulator.app import create_simulator_app
@@ -171,6 +173,17 @@ async def test_in_flight_counts_streams_and_waits():
         assert not await in_flight.wait_idle(0.01)
     assert OPEN_STREAMS._value.get() == before
     assert await in_flight.wait_idle(0.01)
+
+
+def test_serving_tunes_the_collector_for_short_lived_objects():
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0  # start-up's objects are left out of collections
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_notifier_respects_watchdog_pid():

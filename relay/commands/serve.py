@@ -32,6 +32,23 @@ KEEPALIVE_SECONDS = 75.0
 SOCKET_MODE = 0o660
 
 
+# Container objects allocated between two collections of the youngest generation
+# (Python's default: 700). Every streamed event leaves a few short-lived dicts and
+# lists behind; at 700 a collection catches many of them still alive and promotes
+# them, and the older generations' collections follow: ~8% of relay's core at 1,000
+# streams, in pauses of up to 60 ms. At 10,000 nearly all are gone by then.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """Set the cyclic collector up for a long-running server, once start-up is done."""
+    # What start-up built lives as long as the process: the collector need not
+    # walk it again on every full collection (tens of ms each).
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
+
+
 async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.BaseSite]:
     sites: list[web.BaseSite] = []
     if settings.unix_socket:
@@ -92,9 +109,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
         raise
     finally:
         starting.cancel()
-    # What start-up built lives as long as the process: the cyclic collector
-    # need not walk it again on every full collection (tens of ms each).
-    gc.freeze()
+    tune_collector()
     watchdog = asyncio.create_task(notifier.watchdog(), name="relay-watchdog")
     try:
         sites = await start_sites(runner, settings)
