@@ -14,7 +14,7 @@ from relay.appkeys import ANSWER_RECORDER, DATABASE
 from relay.errors import DependencyUnavailableError
 from relay.proofs.verify import verify_chain
 from relay.services.answers import Answer
-from relay.stores.clients import ClientStore
+from relay.stores.clients import Client, ClientStore
 from relay.stores.database import Batch, Database, QueryError
 from relay.stores.receipts import ChainHead, ReceiptRow, append_receipts, lock_chain_head
 from tests.api_calls import client_with_token
@@ -71,22 +71,30 @@ async def test_a_batch_chained_on_one_still_committing_waits_for_its_outcome(
     ]
 
 
+async def owner_of_a_lost_answer(http, database_url: str, delay: float = 0.0) -> Client:
+    """A new client whose answers with request id 'lost' PostgreSQL refuses to store,
+    after `delay` seconds (holding the chain head meanwhile)."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    assert owner is not None
+    await execute(
+        database_url,
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
+        f" PERFORM pg_sleep({delay}); RAISE EXCEPTION 'history write refused'; END;"
+        " $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW"
+        " WHEN (NEW.request_id = 'lost') EXECUTE FUNCTION refuse();",
+    )
+    return owner
+
+
 async def test_answers_sent_behind_a_failing_batch_are_recorded_and_the_chain_has_no_gap(
     http, database_url
 ):
     """The first batch holds the chain head a while, then fails (its history write is
     refused); the batch sent behind it, chained on it, fails with it, is tried
     again, and commits."""
-    client, _ = await client_with_token(http)
-    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
-    await execute(
-        database_url,
-        "CREATE FUNCTION refuse_slowly() RETURNS trigger AS $$ BEGIN"
-        " PERFORM pg_sleep(0.5); RAISE EXCEPTION 'history write refused'; END;"
-        " $$ LANGUAGE plpgsql;"
-        " CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW"
-        " WHEN (NEW.request_id = 'lost') EXECUTE FUNCTION refuse_slowly();",
-    )
+    owner = await owner_of_a_lost_answer(http, database_url, delay=0.5)
     recorder = http.app[ANSWER_RECORDER]
     sent: list[list[str]] = []
     first_sent = asyncio.Event()
@@ -128,15 +136,7 @@ async def test_after_a_failed_batch_the_next_ones_read_the_head_under_lock(
     """Batches chained on heads that are not yet committed fail with the one they
     chain on; so for a while after a failure every batch reads the committed head
     (under its lock) instead, and then goes back to chaining on the head it keeps."""
-    client, _ = await client_with_token(http)
-    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
-    await execute(
-        database_url,
-        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
-        " RAISE EXCEPTION 'history write refused'; END; $$ LANGUAGE plpgsql;"
-        " CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW"
-        " WHEN (NEW.request_id = 'lost') EXECUTE FUNCTION refuse();",
-    )
+    owner = await owner_of_a_lost_answer(http, database_url)
     reads = 0
     locked_read = receipts_module.lock_chain_head
 
