@@ -26,6 +26,7 @@ HOST = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"
 MODEL = "sim-small"  # the same public and provider id: relay forwards the client's bytes
 SIMULATOR_KEY = "sk-bench-" + "0" * 24
+SIMULATOR_AUTH = {"Authorization": "Bearer " + SIMULATOR_KEY}
 # Limits far above anything the benchmark can reach: "limits on" measures their cost, not refusals.
 _UNREACHABLE_LIMITS = {
     "RELAY_RATE_LIMIT_REQUESTS_PER_MINUTE": str(10**9),
@@ -68,12 +69,7 @@ class Stack:
             server_core=False,
         )  # fmt: skip
         self.baseline_port = free_port()
-        self.baseline = Child.python(
-            "baseline",
-            ["bench.baseline_proxy", "--port", str(self.baseline_port), "--upstream", ""],
-            workdir / "baseline.log",
-            server_core=True,
-        )
+        self.baseline = self._baseline_child("baseline", self.baseline_port)
         self.relay: Child | None = None
         self.relay_port = 0
         self._variants: dict[int, Child] = {}  # port → relay started with overrides
@@ -105,12 +101,9 @@ class Stack:
         self.database_url = with_database(self.postgres.url, name)
         self.simulator.start(child_environment())
         self._exit.callback(self.simulator.stop)
-        key = {"Authorization": "Bearer " + SIMULATOR_KEY}
-        self.simulator.wait_ready(self.simulator_url + "/v1/models", key)
-        self.baseline.argv[-1] = self.simulator_url
-        self.baseline.start(child_environment())
+        self.simulator.wait_ready(self.simulator_url + "/v1/models", SIMULATOR_AUTH)
+        self._start_baseline(self.baseline, self.baseline_port)
         self._exit.callback(self.baseline.stop)
-        self.baseline.wait_ready(f"http://{HOST}:{self.baseline_port}/v1/models", key)
         self._exit.callback(self.stop_relay)
         self.start_relay()
 
@@ -200,18 +193,27 @@ class Stack:
     def start_baseline_variant(self, wrapper: Sequence[str]) -> Target:
         """Another baseline proxy, run by `wrapper`; stopped with `stop_variant`."""
         port = free_port()
-        child = Child.python(
-            f"baseline-{port}",
+        child = self._baseline_child(f"baseline-{port}", port, wrapper)
+        self._start_baseline(child, port, wrapper)
+        self._variants[port] = child
+        return Target(child.name, port, SIMULATOR_AUTH, child.pid)
+
+    def _baseline_child(self, name: str, port: int, wrapper: Sequence[str] = ()) -> Child:
+        return Child.python(
+            name,
             ["bench.baseline_proxy", "--port", str(port), "--upstream", self.simulator_url],
-            self.workdir / f"baseline-{port}.log",
+            self.workdir / f"{name}.log",
             server_core=True,
             wrapper=wrapper,
         )
+
+    @staticmethod
+    def _start_baseline(child: Child, port: int, wrapper: Sequence[str] = ()) -> None:
         child.start(child_environment())
-        key = {"Authorization": "Bearer " + SIMULATOR_KEY}
-        child.wait_ready(f"http://{HOST}:{port}/v1/models", key, seconds=_ready_seconds(wrapper))
-        self._variants[port] = child
-        return Target(child.name, port, key, child.pid)
+        # The baseline passes the client's key on: the simulator's own answers it.
+        child.wait_ready(
+            f"http://{HOST}:{port}/v1/models", SIMULATOR_AUTH, seconds=_ready_seconds(wrapper)
+        )
 
     def variant_log(self, target: Target) -> Path:
         return self._variants[target.port].log_path
@@ -222,13 +224,16 @@ class Stack:
             child.stop()
 
     def targets(self) -> dict[str, Target]:
-        simulator = {"Authorization": "Bearer " + SIMULATOR_KEY}
         assert self.relay is not None and self.simulator.process is not None
         return {
             "direct": Target(
-                "direct", self.simulator_port, simulator, self.simulator.pid, on_server_core=False
+                "direct",
+                self.simulator_port,
+                SIMULATOR_AUTH,
+                self.simulator.pid,
+                on_server_core=False,
             ),
-            "baseline": Target("baseline", self.baseline_port, simulator, self.baseline.pid),
+            "baseline": Target("baseline", self.baseline_port, SIMULATOR_AUTH, self.baseline.pid),
             "relay": self.relay_target(),
         }
 
