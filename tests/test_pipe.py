@@ -3,13 +3,14 @@ splits them, up to [DONE], which is held back."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import orjson
 import pytest
 
 from relay.upstreams.observer import StreamObserver
-from relay.upstreams.pipe import pipe_stream
+from relay.upstreams.pipe import end_stream, pipe_stream
 
 
 class ChunkedProvider:
@@ -47,7 +48,8 @@ def split_randomly(body: bytes, rng: random.Random) -> list[bytes]:
 @pytest.mark.parametrize("seed", range(200))
 async def test_any_split_passes_whole_events_and_holds_back_done(seed):
     rng = random.Random(seed)
-    ends = [b"\n\n", b"\r\n\r\n", b"\r\r"]
+    # Every way a blank line can end an event, mixed endings included (WHATWG SSE).
+    ends = [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\n\r", b"\r\n\r", b"\r\n\n", b"\r\r\n"]
     events = b"".join(event(f"w{n} ", rng.choice(ends)) for n in range(rng.randint(1, 30)))
     done = b"data: [DONE]" + rng.choice(ends)
     provider = ChunkedProvider(split_randomly(events + done + b": after\n\n", rng))
@@ -57,7 +59,9 @@ async def test_any_split_passes_whole_events_and_holds_back_done(seed):
 
     assert result.status == "complete"
     assert b"".join(response.written) == events
-    assert result.final.startswith(done)
+    # Reading stops at the [DONE] event's end: when that is a CR whose LF has not
+    # arrived yet, the CR alone ends it (a blank line either way).
+    assert result.final.startswith(done) or (done.endswith(b"\r\n") and result.final == done[:-1])
     assert all(piece for piece in response.written)
     assert observer.text == "".join(f"w{n} " for n in range(events.count(b"data: ")))
 
@@ -70,3 +74,29 @@ async def test_a_large_event_in_small_pieces_goes_through_whole():
     result = await pipe_stream(response, provider, StreamObserver(), lambda: None)
     assert result.status == "complete"
     assert response.written == [big]
+
+
+class StalledClient:
+    """A client that takes no more bytes: the last write waits until relay gives up on it."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    async def write(self, data: bytes) -> None:
+        pass  # the buffers still have room for the last event
+
+    async def write_eof(self) -> None:
+        await self.gone.wait()  # aiohttp drains here: the client's buffers are full
+        raise ConnectionResetError("Connection lost")
+
+    def abort(self) -> None:
+        self.gone.set()
+
+
+async def test_a_client_stalling_at_the_very_end_is_cut_off_too(monkeypatch):
+    monkeypatch.setattr("relay.upstreams.pipe.SEND_SECONDS", 0.2)
+    client = StalledClient()
+    ended = await asyncio.wait_for(
+        end_stream(client, StreamObserver(), b"data: [DONE]\n\n", client.abort), timeout=5
+    )
+    assert ended is False and client.gone.is_set()

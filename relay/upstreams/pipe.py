@@ -26,7 +26,11 @@ _DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
 # How long a client may take no bytes at all before relay gives up on it (the
 # same as nginx's send_timeout): its stream and provider request are held meanwhile.
 SEND_SECONDS = 60.0
-_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# A blank line ends an event: a line end straight after another. Whatever the line
+# endings (LF, CRLF, CR, mixed), that shows as LF LF, CR CR or LF CR (a CR LF alone is
+# one line end); a CR closing it may be the first half of a CRLF.
+_BLANK_LINES = (b"\n\n", b"\r\r", b"\n\r")
+_CR = 0x0D
 
 
 def error_event(message: str, type: str, code: str) -> bytes:
@@ -45,10 +49,12 @@ def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:
     if buffer.endswith(b"\n\n"):  # the usual chunk: whole events, nothing after
         return len(buffer)
     end = 0
-    for terminator in _EVENT_ENDS:
-        at = buffer.rfind(terminator, start)
+    for blank_line in _BLANK_LINES:
+        at = buffer.rfind(blank_line, start)
         if at >= 0:
-            end = max(end, at + len(terminator))
+            end = max(end, at + 2)
+    if end and buffer[end - 1] == _CR and buffer[end : end + 1] == b"\n":
+        end += 1
     return end
 
 
@@ -112,7 +118,10 @@ async def pipe_stream(
             done_at = end_of_stream_at(whole)
             if done_at >= 0:
                 await _send(response, observer, stalled, whole[:done_at])
-                return PipeResult("complete", observer, whole[done_at:])
+                # A provider may end with [DONE] after an error event (vLLM does): the
+                # answer still failed, and the client has the error already.
+                status = "complete" if observer.error is None else "failed"
+                return PipeResult(status, observer, whole[done_at:])
             # The observer sees whole events only: its own decoder never overflows here.
             if len(pending) > MAX_EVENT_BYTES or observer.byte_count > MAX_RESPONSE_BYTES:
                 log.info("provider sent too much", extra={"bytes": observer.byte_count})
@@ -153,14 +162,28 @@ def _broken_off(observer: StreamObserver) -> str:
     return "failed" if observer.error is not None else "cut"
 
 
-async def end_stream(response: web.StreamResponse, observer: StreamObserver, final: bytes) -> bool:
-    """Send the last bytes and close the stream; False if the client had already left."""
+async def end_stream(
+    response: web.StreamResponse,
+    observer: StreamObserver,
+    final: bytes,
+    abort_client: Callable[[], object],
+) -> bool:
+    """Send the last bytes and close the stream; False if the client had already left.
+
+    A client that takes nothing for SEND_SECONDS is cut off (`abort_client`) here
+    too: the last write waits for the client's buffers like any other."""
+    stalled = WaitDeadline(SEND_SECONDS, abort_client)
+    stalled.begin()
     try:
         if final:
             observer.feed(final)
             await response.write(final)
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        return False
+    finally:
+        stalled.close()
+    if stalled.expired:
         return False
     observer.close()
     return True
