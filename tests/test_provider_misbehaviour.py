@@ -79,6 +79,10 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         response = await _event_stream(request, CHUNK, ERROR_EVENT)
         await response.write_eof()
         return response
+    if model == "error-event-then-done":  # its error event, then [DONE] (vLLM ends so)
+        response = await _event_stream(request, CHUNK, ERROR_EVENT, DONE)
+        await response.write_eof()
+        return response
     if model == "endless-event":  # one event that never ends
         response = await _event_stream(request, CHUNK, b'data: {"x":"')
         for _ in range(5):
@@ -97,6 +101,7 @@ MODELS = (
     "json-error",
     "json-answer",
     "error-event",
+    "error-event-then-done",
     "endless-event",
     "string-error",
 )
@@ -118,8 +123,8 @@ async def relay(make_settings, make_client, simulator, aiohttp_server):
     return http, token, client["id"]
 
 
-async def ask(http, token, model):
-    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+async def ask(http, token, model, stream=True):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": stream}
     return await http.post("/v1/chat/completions", json=body, headers=bearer(token))
 
 
@@ -189,6 +194,21 @@ async def test_the_providers_own_error_event_ends_the_stream_as_failed(relay, da
     response = await ask(http, token, "error-event")
     # Exactly what the provider sent: no second error event of relay's after its own.
     assert await response.read() == CHUNK + ERROR_EVENT
+    assert await answer_status(database_url, client_id) == ["failed"]
+
+
+async def test_an_error_event_followed_by_done_is_still_a_failed_answer(relay, database_url):
+    http, token, client_id = relay
+    response = await ask(http, token, "error-event-then-done")
+    assert await response.read() == CHUNK + ERROR_EVENT + DONE
+    assert await answer_status(database_url, client_id) == ["failed"]
+
+
+async def test_a_whole_answer_that_is_an_error_is_passed_on_and_kept_as_failed(relay, database_url):
+    http, token, client_id = relay
+    response = await ask(http, token, "json-error", stream=False)
+    assert response.status == 200  # as the provider sent it
+    assert (await response.json())["error"]["code"] == "insufficient_quota"
     assert await answer_status(database_url, client_id) == ["failed"]
 
 

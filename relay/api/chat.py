@@ -119,6 +119,9 @@ async def _relay_whole(
 ) -> web.Response:
     body = await provider.whole()
     answer.summary = summarize_completion(body)
+    if answer.summary.error is not None:
+        # Passed on as sent, but an error (or no completion at all) is not an answer.
+        answer.status = "failed"
     answer.response_sha256 = hashlib.sha256(body).hexdigest()
     answer.response_bytes = len(body)
     answer.latency_ms = elapsed_ms(request)
@@ -166,7 +169,7 @@ async def _relay_stream(
             error.type,
             error.code or "not_committed",
         )
-    await end_stream(response, observer, final)
+    await end_stream(response, observer, final, _abort_client(request))
     return response
 
 
