@@ -435,3 +435,25 @@ def test_a_done_left_unended_at_the_close_still_ends_the_answer(tail: bytes, don
     assert not observer.done
     observer.close()
     assert (observer.done, observer.text) == (done, "Hi")
+
+
+def test_a_custom_tool_call_keeps_its_kind_and_input() -> None:
+    """OpenAI's custom tools (free-form input) stream `custom` fragments, not `function`."""
+
+    def call(**fields: Any) -> bytes:
+        return event(chunk([delta({"tool_calls": [{"index": 0, **fields}]})]))
+
+    stream = b"".join(
+        [
+            call(id="call_1", type="custom", custom={"name": "run_sql", "input": ""}),
+            call(custom={"input": "SELECT "}),
+            call(custom={"input": "1"}),
+            event(chunk([delta({}, "tool_calls")])),
+        ]
+    )
+    assert observe(stream).tool_calls == [
+        {"id": "call_1", "type": "custom", "custom": {"name": "run_sql", "input": "SELECT 1"}}
+    ]
+    whole = {"id": "call_2", "type": "custom", "custom": {"name": "grep", "input": "x|y"}}
+    body = completion_body({"role": "assistant", "content": None, "tool_calls": [whole]})
+    assert summarize_completion(body).tool_calls == [whole]

@@ -27,18 +27,36 @@ class CompletionSummary:
     error: dict[str, Any] | None = None
 
 
+# The fields each kind of tool call always has: a function call its name and JSON
+# arguments, a custom tool call (free-form input) its name and input.
+_TOOL_CALL_FIELDS = {"function": ("name", "arguments"), "custom": ("name", "input")}
+
+
 class _ToolCall:
-    __slots__ = ("arguments", "call_id", "name")
+    __slots__ = ("call_id", "fields", "kind")
 
     def __init__(self) -> None:
         self.call_id = ""
+        self.kind = "function"
         # Fragments are joined once at the end: repeated str += would copy the arguments each time.
-        self.name: list[str] = []
-        self.arguments: list[str] = []
+        self.fields: dict[str, list[str]] = {}
+
+    def merge(self, call: dict[str, Any]) -> None:
+        """Take in one fragment (or a whole call): string fields are concatenated, as
+        the OpenAI SDK does; the name may come in fragments too."""
+        if not self.call_id and isinstance(call_id := call.get("id"), str):
+            self.call_id = call_id
+        if isinstance(kind := call.get("type"), str) and kind:
+            self.kind = kind  # named by the first fragment only
+        if isinstance(payload := call.get(self.kind), dict):
+            for name, value in payload.items():
+                if isinstance(value, str):
+                    self.fields.setdefault(name, []).append(value)
 
     def as_dict(self) -> dict[str, Any]:
-        function = {"name": "".join(self.name), "arguments": "".join(self.arguments)}
-        return {"id": self.call_id, "type": "function", "function": function}
+        payload = dict.fromkeys(_TOOL_CALL_FIELDS.get(self.kind, ("name",)), "")
+        payload.update((name, "".join(parts)) for name, parts in self.fields.items())
+        return {"id": self.call_id, "type": self.kind, self.kind: payload}
 
 
 class _Choice:
@@ -120,14 +138,7 @@ class CompletionAccumulator:
             entry = state.tool_calls.get(index)
             if entry is None:
                 entry = state.tool_calls[index] = _ToolCall()
-            if not entry.call_id and isinstance(call_id := call.get("id"), str):
-                entry.call_id = call_id
-            if isinstance(function := call.get("function"), dict):
-                # Concatenated like the OpenAI SDK does: the name may come in fragments too.
-                if isinstance(name := function.get("name"), str):
-                    entry.name.append(name)
-                if isinstance(arguments := function.get("arguments"), str):
-                    entry.arguments.append(arguments)
+            entry.merge(call)
 
     def choice_text(self, index: int) -> str:
         state = self._choices.get(index)
