@@ -60,6 +60,10 @@ async def test_key_custody_keeps_the_signature_chain_and_binds_the_key(tmp_path:
     assert verify_key_custody(report)
     with pytest.raises(VerificationError, match="custody"):
         verify_key_custody({**report, "signing_public_key": "00" * 32})
+    # A report that is not what it should be fails as such, never as a crash.
+    for binding in ("x", ["x"], 7):
+        with pytest.raises(VerificationError, match="binding is malformed"):
+            verify_key_custody({**report, "key_custody": {**custody, "binding": binding}})
 
 
 async def test_the_report_binds_key_and_nonce_into_the_quote(tmp_path: Path) -> None:

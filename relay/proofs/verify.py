@@ -103,6 +103,8 @@ def verify_key_custody(report: dict[str, Any]) -> str | None:
     binding = custody.get("binding") if isinstance(custody, dict) else None
     if not binding:
         return None
+    if not isinstance(binding, dict):
+        raise VerificationError("custody: the binding is malformed")
     expected = "relay-receipt-key:" + str(report.get("signing_public_key"))
     if binding.get("message") != expected:
         raise VerificationError("custody: the binding names another signing key")
