@@ -5,6 +5,7 @@ import socket
 
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from relay.simulator import completion_text
 from tests.api_calls import assert_error, bearer, client_with_token
@@ -107,9 +108,17 @@ async def test_a_body_forwarded_as_sent_cannot_name_the_model_twice(http, simula
     await assert_error(response, 400, "invalid_request")
 
 
-async def test_a_compressed_request_body_is_refused(http, token, simulator):
+@pytest.mark.parametrize(
+    "encodings",
+    [["gzip"], ["identity", "gzip"], ["identity, gzip"]],
+    ids=["gzip", "identity then gzip", "a list"],
+)
+async def test_a_compressed_request_body_is_refused(http, token, simulator, encodings):
+    # A receipt's request_sha256 is over the bytes the client sent, not unpacked ones.
     body = gzip.compress(orjson.dumps({"model": "gpt-sim", "messages": MESSAGES}))
-    headers = {**bearer(token), "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    headers = CIMultiDict({**bearer(token), "Content-Type": "application/json"})
+    for encoding in encodings:
+        headers.add("Content-Encoding", encoding)
     response = await http.post("/v1/chat/completions", data=body, headers=headers)
     await assert_error(response, 415, "unsupported_media_type")
     assert response.headers["Accept-Encoding"] == "identity"

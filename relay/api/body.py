@@ -27,7 +27,7 @@ async def read_body(request: web.Request) -> bytes:
     A compressed body is refused (415): aiohttp would hand relay the unpacked bytes,
     and a receipt's `request_sha256` is over the exact bytes the client sent.
     """
-    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+    if not _identity_encoded(request):
         raise UnsupportedMediaTypeError(
             "relay accepts request bodies without Content-Encoding; send the body uncompressed.",
             headers={"Accept-Encoding": "identity"},  # RFC 7694
@@ -45,6 +45,16 @@ async def read_body(request: web.Request) -> bytes:
         raise RequestTimeoutError(
             f"The request body did not arrive within {BODY_SECONDS:.0f} s."
         ) from None
+
+
+def _identity_encoded(request: web.Request) -> bool:
+    """Whether every Content-Encoding the request names (in every such header, as
+    aiohttp decodes by all of them) is identity."""
+    return all(
+        coding.strip().lower() in ("identity", "")
+        for header in request.headers.getall("Content-Encoding", ())
+        for coding in header.split(",")
+    )
 
 
 def parse_json_object(body: bytes, content_type: str) -> dict[str, Any]:
