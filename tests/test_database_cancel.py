@@ -236,3 +236,24 @@ async def test_an_answer_whose_caller_left_while_waiting_for_room_is_still_recor
     questions = [row["content"] for row in await stored_messages(database_url, client["id"])]
     assert "left while waiting" in questions
     assert len(questions) == 2 * (len(ahead) + 1)  # a question and its answer each, once
+
+
+async def test_a_search_is_stopped_by_the_server_before_relay_gives_up(database_url):
+    """A search (which a costly query can make slow) runs under a server-side timeout
+    a little shorter than relay's own: it never runs on in the database after its
+    client was told the database is unavailable."""
+    pooled = await Database.open(database_url, size=1, timeout=5)
+    hurried = Database(pooled.pool, database_url, timeout=0.3)
+    client_id = "00000000-0000-4000-8000-000000000000"
+    try:
+        async with locked(database_url, "messages"):
+            with pytest.raises(DependencyUnavailableError):
+                await MessageStore(hurried).search(client_id, "x", marked="x", limit=5)
+            waiting = await query(
+                database_url,
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            assert waiting == []
+    finally:
+        await pooled.close()

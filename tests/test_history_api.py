@@ -220,11 +220,25 @@ async def test_hostile_search_queries_get_results_or_400(http, q):
         assert isinstance((await response.json())["data"], list)
 
 
-@pytest.mark.parametrize("q", ["", "   ", "y" * 1001, "z" * 10_000])
+@pytest.mark.parametrize("q", ["", "   ", "y" * 1001, "z" * 10_000, "w " * 33])
 async def test_empty_or_huge_search_queries_are_400(http, q):
     _, token = await client_with_token(http)
     response = await http.get("/v1/history/search", params={"q": q}, headers=bearer(token))
     assert response.status == 400
+
+
+async def test_a_query_repeating_its_words_marks_them_once_each(http):
+    # The same word many times over, against a long message of it: the snippet is
+    # marked by the query's distinct words, which keeps PostgreSQL's headline cheap.
+    _, token = await client_with_token(http)
+    await chat(http, token, "penguin " * 1200)
+    params = {"q": "penguin " * 32}
+    response = await http.get("/v1/history/search", params=params, headers=bearer(token))
+    found = (await response.json())["data"]
+    assert len(found) == 1 and found[0]["snippet"].startswith("<mark>penguin</mark>")
+    params = {"q": "penguin " * 33}
+    response = await http.get("/v1/history/search", params=params, headers=bearer(token))
+    assert (await assert_error(response, 400, "invalid_request"))["param"] == "q"
 
 
 @pytest.mark.parametrize("raw", ["%00", "%ED%A0%80", "%FF%FE", "%C3%28", "penguin%00%00"])

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import datetime
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,12 @@ from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
 
 MAX_QUERY_CHARS = 1000
+# PostgreSQL's headline (the snippet) costs far more than linearly in the words of
+# the query, above all repeated ones: "word " * 200 against a long message of that
+# word kept a core busy for minutes. Queries are held to this many words, and the
+# snippet marks the query's distinct words (any of them), not the query itself.
+MAX_QUERY_WORDS = 32
+_WORDS = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -178,10 +185,17 @@ class HistoryService:
             query.encode()
         except UnicodeEncodeError:
             raise InvalidRequestError("q is not valid text.", param="q") from None
+        words = [word.lower() for word in _WORDS.findall(query)]
+        if len(words) > MAX_QUERY_WORDS:
+            raise InvalidRequestError(f"q may hold at most {MAX_QUERY_WORDS} words.", param="q")
         if conversation_id is not None:
             conversation_id = await self.require_conversation(client_id, conversation_id)
         rows = await self.messages.search(
-            client_id, query, limit=limit, conversation_id=conversation_id
+            client_id,
+            query,
+            marked=" or ".join(dict.fromkeys(word for word in words if word != "or")),
+            limit=limit,
+            conversation_id=conversation_id,
         )
         return [
             {**public_message(row), "rank": row["rank"], "snippet": row["snippet"]} for row in rows

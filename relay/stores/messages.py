@@ -15,6 +15,8 @@ _HEADLINE = "StartSel=<mark>, StopSel=</mark>, MaxWords=30, MinWords=10, MaxFrag
 # vector covers, a page of long matches costs the database seconds. A match
 # further in gets the message's opening, unmarked, as its snippet.
 _HEADLINE_CHARS = 10_000
+# The share of relay's database timeout a search may run for on the server.
+_SERVER_SHARE = 0.9
 
 
 class MessageStore:
@@ -50,25 +52,37 @@ class MessageStore:
             )
 
     async def search(
-        self, client_id: str, query: str, *, limit: int, conversation_id: str | None = None
+        self,
+        client_id: str,
+        query: str,
+        *,
+        marked: str,
+        limit: int,
+        conversation_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Messages matching a web-search style query, best first, with a snippet."""
+        """Messages matching a web-search style query, best first, with a snippet
+        marking what matches `marked` (web-search syntax too)."""
         where, args = "m.client_id = %s AND m.search @@ q.query", [client_id]
         if conversation_id is not None:
             where += " AND m.conversation_id = %s"
             args.append(conversation_id)
+        # The server stops the search itself before relay gives up waiting for it,
+        # so a costly one never runs on in the database after its client had a 503.
+        server_ms = max(1, int(self.db.timeout * 1000 * _SERVER_SHARE))
         # The headline is computed in the outer query: only for the rows returned.
         async with self.db.cursor() as cur:
             return await fetch_all(
                 cur,
-                f"SELECT {MESSAGE_COLUMNS}, rank,"
-                " ts_headline('english', left(content, %s), query, %s) AS snippet"
+                "SET LOCAL statement_timeout = %s;"
+                f" SELECT {MESSAGE_COLUMNS}, rank,"
+                " ts_headline('english', left(content, %s), websearch_to_tsquery('english', %s),"
+                " %s) AS snippet"
                 " FROM ("
-                f"  SELECT m.*, q.query, ts_rank(m.search, q.query) AS rank"
+                f"  SELECT m.*, ts_rank(m.search, q.query) AS rank"
                 "   FROM messages m, websearch_to_tsquery('english', %s) AS q(query)"
                 f"  WHERE {where} ORDER BY rank DESC, m.id DESC LIMIT %s"
                 ") found ORDER BY rank DESC, id DESC",
-                (_HEADLINE_CHARS, _HEADLINE, query, *args, limit),
+                (server_ms, _HEADLINE_CHARS, marked, _HEADLINE, query, *args, limit),
             )
 
     async def purge(self, older_than: datetime.datetime, *, batch: int) -> int:

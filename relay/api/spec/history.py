@@ -94,7 +94,7 @@ HISTORY_SCHEMAS: dict[str, Any] = {
                                 "rank": {"type": "number"},
                                 "snippet": {
                                     "type": "string",
-                                    "description": "Matches within <mark>…</mark>; not escaped.",
+                                    "description": "Query words within <mark>…</mark>; unescaped.",
                                 },
                             },
                         },
@@ -171,7 +171,7 @@ HISTORY_PATHS: dict[str, Any] = {
             "Full-text search over your messages",
             tag="history",
             security=JWT,
-            description="`q` takes web-search syntax: quotes, `or`, `-word`.",
+            description="`q` takes web-search syntax: quotes, `or`, `-word`; at most 32 words.",
             parameters=(
                 {
                     "name": "q",
