@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from relay.appkeys import IN_FLIGHT
+from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, query
 
@@ -163,6 +164,34 @@ async def test_a_conversation_erased_while_an_answer_streams_stays_erased(
     )
     await assert_error(
         await http.get(f"/v1/conversations/{conversation}", headers=bearer(token)), 404
+    )
+
+
+async def test_a_conversation_erased_while_its_answer_commits_stays_erased(http, database_url):
+    """The DELETE is still committing when the answer's batch arrives: the batch waits
+    for it, then finds the conversation gone, and must not create it again."""
+    _, token = await client_with_token(http)
+    conversation = (await chat(http, token, "first")).headers[CONVERSATION]
+    eraser = await connect(database_url, timeout=10)
+    try:
+        async with eraser.cursor() as cur:
+            await cur.execute("BEGIN; DELETE FROM conversations WHERE id = %s", (conversation,))
+            answer = asyncio.create_task(chat(http, token, "second", conversation=conversation))
+            while not await query(
+                database_url,
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ):
+                await asyncio.sleep(0.01)  # the batch waits for the DELETE
+            await cur.execute("COMMIT")
+        await assert_error(await answer, 503, "history_unavailable")
+    finally:
+        await eraser.close()
+    assert not await query(
+        database_url, "SELECT id FROM conversations WHERE id = %s", (conversation,)
+    )
+    assert not await query(
+        database_url, "SELECT id FROM messages WHERE conversation_id = %s", (conversation,)
     )
 
 

@@ -61,28 +61,41 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     for turn in turns:
         first.setdefault(turn.conversation_id, turn)
         counts[turn.client_id] += len(turn.messages)
-    conversations = [
-        {
-            "id": turn.conversation_id,
-            "client_id": turn.client_id,
-            "title": turn.title,
-            "continued": turn.continued,
-        }
-        for _, turn in sorted(first.items())
+    ordered = [turn for _, turn in sorted(first.items())]
+    # A continued conversation is locked (in id order) and touched, never inserted:
+    # one erased since its request came in, even by a DELETE still committing when
+    # this batch arrives, is then not there, the messages' foreign key refuses the
+    # answer's rows, and the client is told the answer was not saved. (An insert
+    # that found it gone would bring it back, titled with the new question.)
+    continued = [
+        {"id": turn.conversation_id, "client_id": turn.client_id}
+        for turn in ordered
+        if turn.continued
     ]
-    # A continued conversation erased since its request came in is not created
-    # again: messages' foreign key then refuses the answer's rows, and the client
-    # is told the answer was not saved. The ON CONFLICT WHERE keeps a foreign
-    # conversation untouched (the key refuses those rows too; ids are checked first).
-    tx.defer(
-        "INSERT INTO conversations (id, client_id, title)"
-        " SELECT c.id, c.client_id, c.title FROM json_to_recordset(%s::json)"
-        " AS c(id uuid, client_id uuid, title text, continued boolean)"
-        " WHERE NOT c.continued OR EXISTS (SELECT 1 FROM conversations x WHERE x.id = c.id)"
-        " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
-        " WHERE conversations.client_id = EXCLUDED.client_id",
-        (json_rows(conversations),),
-    )
+    if continued:
+        tx.defer(
+            "UPDATE conversations SET updated_at = now() WHERE id IN ("
+            " SELECT x.id FROM conversations x"
+            " JOIN json_to_recordset(%s::json) AS c(id uuid, client_id uuid)"
+            " ON x.id = c.id AND x.client_id = c.client_id ORDER BY x.id FOR UPDATE OF x)",
+            (json_rows(continued),),
+        )
+    # A new one is created; the ON CONFLICT WHERE keeps a foreign conversation
+    # untouched (the key refuses those rows too; ids are checked first).
+    created = [
+        {"id": turn.conversation_id, "client_id": turn.client_id, "title": turn.title}
+        for turn in ordered
+        if not turn.continued
+    ]
+    if created:
+        tx.defer(
+            "INSERT INTO conversations (id, client_id, title)"
+            " SELECT c.id, c.client_id, c.title"
+            " FROM json_to_recordset(%s::json) AS c(id uuid, client_id uuid, title text)"
+            " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
+            " WHERE conversations.client_id = EXCLUDED.client_id",
+            (json_rows(created),),
+        )
     clients = sorted(counts)
     left = dict(counts)  # per client: its rows not yet placed, this one included
     rows: list[dict[str, Any]] = []
