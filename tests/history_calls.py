@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,20 @@ async def execute(database_url: str, sql: str, args: Any = None) -> None:
             await cur.execute(sql, args)
     finally:
         await conn.close()
+
+
+async def waiting_for_lock(database_url: str) -> list[int]:
+    """The backends of this test's database waiting for a lock, once there are any."""
+    for _ in range(300):
+        rows = await query(
+            database_url,
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        if rows:
+            return [row["pid"] for row in rows]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no statement waited for the lock")
 
 
 async def stored_messages(database_url: str, client_id: str | None = None) -> list[dict[str, Any]]:

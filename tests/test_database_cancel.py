@@ -26,7 +26,14 @@ from relay.stores.clients import ClientStore
 from relay.stores.database import Database, connect
 from relay.stores.messages import MessageStore
 from tests.api_calls import assert_error, bearer, client_with_token
-from tests.history_calls import CONVERSATION, chat, query, recorded_answer, stored_messages
+from tests.history_calls import (
+    CONVERSATION,
+    chat,
+    query,
+    recorded_answer,
+    stored_messages,
+    waiting_for_lock,
+)
 
 COUNT = "SELECT count(*) FROM messages"
 
@@ -42,20 +49,6 @@ async def locked(database_url: str, table: str) -> AsyncIterator[None]:
             await cur.execute("ROLLBACK")
     finally:
         await conn.close()
-
-
-async def waiting_for_lock(database_url: str) -> list[int]:
-    """The backends of this test's database waiting for a lock, once there are any."""
-    for _ in range(300):
-        rows = await query(
-            database_url,
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        if rows:
-            return [row["pid"] for row in rows]
-        await asyncio.sleep(0.01)
-    raise AssertionError("no statement waited for the lock")
 
 
 async def cancel_waiting_statement(database_url: str) -> None:

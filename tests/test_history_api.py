@@ -9,7 +9,7 @@ import pytest
 from relay.appkeys import IN_FLIGHT
 from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
-from tests.history_calls import CONVERSATION, chat, query
+from tests.history_calls import CONVERSATION, chat, query, waiting_for_lock
 
 
 @pytest.fixture
@@ -177,12 +177,7 @@ async def test_a_conversation_erased_while_its_answer_commits_stays_erased(http,
         async with eraser.cursor() as cur:
             await cur.execute("BEGIN; DELETE FROM conversations WHERE id = %s", (conversation,))
             answer = asyncio.create_task(chat(http, token, "second", conversation=conversation))
-            while not await query(
-                database_url,
-                "SELECT pid FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            ):
-                await asyncio.sleep(0.01)  # the batch waits for the DELETE
+            await waiting_for_lock(database_url)  # the batch waits for the DELETE
             await cur.execute("COMMIT")
         await assert_error(await answer, 503, "history_unavailable")
     finally:
