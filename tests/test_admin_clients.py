@@ -273,6 +273,25 @@ async def test_delete(http):
     await assert_error(response, 401, "invalid_api_key")
 
 
+def spellings(client_id: str) -> list[str]:
+    """Other ways of writing the same uuid, which Python reads and PostgreSQL may not."""
+    return [client_id.upper(), f"urn:uuid:{client_id}", client_id.replace("-", "")]
+
+
+async def test_any_spelling_of_a_client_id_names_the_client(http):
+    client = await create_client(http)
+    for spelling in spellings(client["id"]):
+        response = await http.get(f"/admin/clients/{spelling}", headers=ADMIN)
+        assert response.status == 200 and (await response.json())["id"] == client["id"]
+        response = await http.get(f"/admin/clients?after={spelling}", headers=ADMIN)
+        assert response.status == 200
+    token = await exchange(http, client["api_key"])
+    response = await http.delete(f"/admin/clients/{client['id'].upper()}", headers=ADMIN)
+    assert (await response.json())["id"] == client["id"]
+    # Revoked at once on this instance, not when the database's notification arrives.
+    await assert_error(await http.get("/v1/me", headers=bearer(token)), 401)
+
+
 async def test_regenerate_key(http):
     client = await create_client(http)
     old_token = await exchange(http, client["api_key"])

@@ -67,8 +67,7 @@ async def update_client(request: web.Request) -> web.Response:
 
 
 async def delete_client(request: web.Request) -> web.Response:
-    client_id = request.match_info["client_id"]
-    await request.app[CLIENTS].delete(client_id)
+    client_id = await request.app[CLIENTS].delete(request.match_info["client_id"])
     return json_response({"object": "client.deleted", "id": client_id, "deleted": True})
 
 

@@ -67,8 +67,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> object:
             return client_json(await clients.update(args.client_id, {"status": status}))
         if args.action == "regenerate-key":
             return client_json(*await clients.regenerate_key(args.client_id))
-        await clients.delete(args.client_id)
-        return {"id": args.client_id, "deleted": True}
+        return {"id": await clients.delete(args.client_id), "deleted": True}
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from relay.errors import InvalidRequestError, NotFoundError
 from relay.services.apikeys import ApiKey, KeyHasher
-from relay.stores.clients import Client, ClientStore, KeyIdTaken
+from relay.stores.clients import Client, ClientStore, KeyIdTaken, canonical_client_id
 
 STATUSES = ("active", "disabled")
 # Per-client overrides of the rate-limit defaults in settings.
@@ -165,8 +165,11 @@ class ClientService:
 
     async def list_page(self, *, limit: int, after: str | None) -> tuple[list[Client], bool]:
         # An unknown cursor would silently end the listing (or, not being a uuid, fail in SQL).
-        if after is not None and await self.store.get(after) is None:
-            raise InvalidRequestError(f"after={after!r} names no client.", param="after")
+        if after is not None:
+            cursor = await self.store.get(after)
+            if cursor is None:
+                raise InvalidRequestError(f"after={after!r} names no client.", param="after")
+            after = cursor.id
         return await self.store.list_page(limit=limit, after=after)
 
     async def update(self, client_id: str, data: dict[str, Any]) -> Client:
@@ -191,10 +194,13 @@ class ClientService:
             return client, key
         raise RuntimeError("could not find a free key id")
 
-    async def delete(self, client_id: str) -> None:
-        if not await self.store.delete(client_id):
+    async def delete(self, client_id: str) -> str:
+        """Delete the client; returns its id as stored (the cache's key for it)."""
+        checked = canonical_client_id(client_id)
+        if checked is None or not await self.store.delete(checked):
             raise NotFoundError(f"No client {client_id!r}.")
-        self._on_change(client_id)
+        self._on_change(checked)
+        return checked
 
     async def authenticate_key(self, text: str) -> Client | None:
         """The active client owning this key, or None — always after one bcrypt check."""

@@ -51,12 +51,14 @@ def _db_value(column: str, value: Any) -> Any:
     return orjson.dumps(value).decode() if column in _JSON_COLUMNS else value
 
 
-def is_client_id(text: str) -> bool:
+def canonical_client_id(text: str) -> str | None:
+    """A client id in the one form relay stores and caches it (lower case, dashed),
+    or None if `text` is no uuid. PostgreSQL reads fewer spellings than Python's uuid
+    (not urn:uuid:…, say), so only this form reaches SQL."""
     try:
-        uuid.UUID(text)
+        return str(uuid.UUID(text))
     except ValueError:
-        return False
-    return True
+        return None
 
 
 class ClientStore:
@@ -81,12 +83,11 @@ class ClientStore:
         return Client.from_row(row)
 
     async def get(self, client_id: str) -> Client | None:
-        if not is_client_id(client_id):
+        checked = canonical_client_id(client_id)
+        if checked is None:
             return None
         async with self.db.cursor() as cur:
-            row = await fetch_one(
-                cur, f"SELECT {_COLUMNS} FROM clients WHERE id = %s", (client_id,)
-            )
+            row = await fetch_one(cur, f"SELECT {_COLUMNS} FROM clients WHERE id = %s", (checked,))
         return Client.from_row(row) if row else None
 
     async def get_by_key_id(self, key_id: str) -> Client | None:
@@ -115,7 +116,8 @@ class ClientStore:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
-        if not is_client_id(client_id):
+        checked = canonical_client_id(client_id)
+        if checked is None:
             return None
         sets = ", ".join(f"{column} = %s" for column in changes)
         values = [_db_value(column, value) for column, value in changes.items()]
@@ -123,13 +125,14 @@ class ClientStore:
             row = await fetch_one(
                 cur,
                 f"UPDATE clients SET {sets}, updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
-                (*values, client_id),
+                (*values, checked),
             )
         return Client.from_row(row) if row else None
 
     async def replace_key(self, client_id: str, *, key_id: str, key_hash: str) -> Client | None:
         """Store a new key; the version bump revokes every token of the old one."""
-        if not is_client_id(client_id):
+        checked = canonical_client_id(client_id)
+        if checked is None:
             return None
         async with self.db.cursor() as cur:
             try:
@@ -137,15 +140,16 @@ class ClientStore:
                     cur,
                     "UPDATE clients SET key_id = %s, key_hash = %s, key_version = key_version + 1,"
                     f" updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
-                    (key_id, key_hash, client_id),
+                    (key_id, key_hash, checked),
                 )
             except UniqueViolation as exc:
                 raise KeyIdTaken from exc
         return Client.from_row(row) if row else None
 
     async def delete(self, client_id: str) -> bool:
-        if not is_client_id(client_id):
+        checked = canonical_client_id(client_id)
+        if checked is None:
             return False
         async with self.db.cursor() as cur:
-            await cur.execute("DELETE FROM clients WHERE id = %s", (client_id,))
+            await cur.execute("DELETE FROM clients WHERE id = %s", (checked,))
             return bool(cur.rowcount)
