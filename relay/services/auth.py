@@ -47,7 +47,8 @@ def check_operator_token(authorization: str | None, expected: str, kind: str, se
         ) from None
     # compare_digest takes the same time wherever the first difference is.
     if not expected or not hmac.compare_digest(given, expected.encode()):
-        raise AuthenticationError(f"Invalid {kind} token.", code=code)
+        # A token was sent and is wrong: RFC 6750 says so with error="invalid_token".
+        raise AuthenticationError(f"Invalid {kind} token.", code=code, rejected=True)
 
 
 class Authenticator:
