@@ -120,6 +120,22 @@ async def test_the_context_keeps_the_most_recent_messages_within_the_budget(
     assert messages[-1]["content"] == "question 3"
 
 
+@pytest.mark.parametrize("budget", [0, 5])
+async def test_a_system_message_past_the_budget_goes_whole_and_alone(
+    make_client, make_settings, simulator, budget
+):
+    http = await make_client(make_settings(rate_limits=False, chat_context_chars=budget))
+    _, token = await client_with_token(http)
+    system = "You answer in French. " * 3
+    first = await (await native(http, token, "question 1", system=system)).json()
+    await native(http, token, "question 2", conversation_id=first["conversation_id"])
+    messages = simulator.state.requests[-1].json()["messages"]
+    assert messages == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "question 2"},
+    ]
+
+
 async def test_a_long_conversation_is_read_back_page_by_page(make_client, make_settings, simulator):
     # More messages than one page of the context query: all fit the budget.
     http = await make_client(make_settings(rate_limits=False, chat_context_chars=10**6))

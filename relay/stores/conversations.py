@@ -80,7 +80,8 @@ class ConversationStore:
         self, client_id: str, conversation_id: str, budget_chars: int
     ) -> tuple[str | None, list[dict[str, Any]]]:
         """The latest system message and the most recent user/assistant messages
-        whose contents fit in `budget_chars` together with it, oldest first."""
+        whose contents fit in `budget_chars` together with it, oldest first. The
+        system message is never cut: past the budget by itself, it goes alone."""
         async with self.db.cursor() as cur:
             system = await fetch_one(
                 cur,
@@ -88,7 +89,7 @@ class ConversationStore:
                 " AND role = 'system' ORDER BY seq DESC LIMIT 1",
                 (conversation_id, client_id),
             )
-            system_text = system["content"][:budget_chars] if system else None
+            system_text = system["content"] if system else None
             left = budget_chars - len(system_text or "")
             # Newest first, a page at a time, until the budget is spent: the cost
             # follows the budget, not the conversation's length.
