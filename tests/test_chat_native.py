@@ -57,6 +57,7 @@ async def test_a_message_starts_a_conversation_and_both_sides_are_stored(
     ]
     assert rows[1]["id"] == body["message"]["id"]
     assert rows[1]["created_at"].isoformat() == body["message"]["created_at"]
+    assert rows[0]["created_at"] == rows[1]["created_at"]  # never the answer before its question
     assert str(rows[1]["conversation_id"]) == body["conversation_id"]
 
 

@@ -75,6 +75,9 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
                 role=clean_text(role)[:_ROLE_CHARS] if isinstance(role, str) else "user",
                 content=content_text(message.get("content")),
                 tool_call_id=clean_text(tool_call_id) if isinstance(tool_call_id, str) else None,
+                # Stamped with the answer when its time is taken early (/v1/chat names
+                # it in the answer), else both get the commit's: never the answer first.
+                created_at=answer.message_created_at,
             )
         )
     summary = answer.summary
