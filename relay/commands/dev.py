@@ -24,7 +24,7 @@ from aiohttp import web
 
 from relay.app import create_app
 from relay.appkeys import CLIENTS
-from relay.commands.serve import start_sites
+from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
 from relay.logs import setup_logging
@@ -176,7 +176,7 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
         await ensure_database(admin_url, DATABASE)
 
         app = create_app(settings)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = relay_runner(app)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         try:

@@ -73,11 +73,11 @@ async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.Bas
     return sites
 
 
-async def serve(settings: Settings, app: web.Application | None = None) -> None:
-    app = app or create_app(settings)
+def relay_runner(app: web.Application) -> RelayAppRunner:
+    """The runner that serves relay, for `relay serve` and `relay dev` alike."""
     # handler_cancellation: a client that hangs up cancels its handler, which
     # closes the provider request at once instead of at the next token.
-    runner = RelayAppRunner(
+    return RelayAppRunner(
         app,
         access_log=None,
         handle_signals=False,
@@ -87,6 +87,11 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
         # this; aiohttp's own default outside run_app is an hour.
         keepalive_timeout=KEEPALIVE_SECONDS,
     )
+
+
+async def serve(settings: Settings, app: web.Application | None = None) -> None:
+    app = app or create_app(settings)
+    runner = relay_runner(app)
     stop = asyncio.Event()
     in_flight = app[IN_FLIGHT]
 
