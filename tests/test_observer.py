@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.observer import CompletionSummary, StreamObserver, summarize_completion
 from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
 
@@ -295,6 +296,11 @@ def test_a_refusal_is_collected_apart_from_text() -> None:
     )
     observer = observe(stream)
     assert (observer.refusal, observer.text) == ("I can't help with that.", "")
+    assert observer.summary().reply == "I can't help with that."
+    # /v1/chat passes the refusal on as the answer's text, as history keeps it.
+    deltas = DeltaObserver()
+    deltas.feed(stream)
+    assert deltas.take() == ["I can't ", "help with that."]
 
 
 def test_each_choice_keeps_its_own_text() -> None:

@@ -87,7 +87,7 @@ def answer_object(answer: Answer) -> dict[str, Any]:
         "message": {
             "id": answer.message_id,
             "role": "assistant",
-            "content": answer.summary.text,
+            "content": answer.summary.reply,
             "created_at": answer.message_created_at,
         },
         "usage": answer.summary.usage,

@@ -85,7 +85,7 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
     rows.append(
         NewMessage(
             role="assistant",
-            content=clean_text(summary.text or summary.refusal),
+            content=clean_text(summary.reply),
             status=answer.status,
             tool_calls=clean_json(summary.tool_calls) or None,
             prompt_tokens=_count(usage, "prompt_tokens"),

@@ -26,6 +26,11 @@ class CompletionSummary:
     response_id: str | None = None
     error: dict[str, Any] | None = None
 
+    @property
+    def reply(self) -> str:
+        """The answer's words: its text, or its refusal when the model refused."""
+        return self.text or self.refusal
+
 
 # The fields each kind of tool call always has: a function call its name and JSON
 # arguments, a custom tool call (free-form input) its name and input.

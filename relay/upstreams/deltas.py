@@ -8,7 +8,8 @@ from relay.upstreams.observer import StreamObserver
 
 
 class DeltaObserver(StreamObserver):
-    """Everything StreamObserver learns, plus the content deltas of choice 0 as they come."""
+    """Everything StreamObserver learns, plus the text of choice 0 as it comes: its
+    content deltas, or its refusal's when the model refuses (CompletionSummary.reply)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -23,10 +24,13 @@ class DeltaObserver(StreamObserver):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
-            if isinstance(delta, dict) and isinstance(text := delta.get("content"), str) and text:
-                self._pending.append(text)
+            if not isinstance(delta, dict):
+                continue
+            for field in ("content", "refusal"):
+                if isinstance(text := delta.get(field), str) and text:
+                    self._pending.append(text)
 
     def take(self) -> list[str]:
-        """The content deltas seen since the last call, in order."""
+        """The text deltas seen since the last call, in order."""
         taken, self._pending = self._pending, []
         return taken
