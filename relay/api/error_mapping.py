@@ -35,7 +35,9 @@ def _from_http(exc: web.HTTPException) -> RelayError:
     if isinstance(exc, web.HTTPNotFound):
         return NotFoundError("No such endpoint.", code="unknown_url")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(exc.allowed_methods))
+        # Every path relay routes answers OPTIONS too (relay.api.cors): RFC 9110's
+        # Allow lists all the methods the resource supports.
+        allowed = ", ".join(sorted({*exc.allowed_methods, "OPTIONS"}))
         return MethodNotAllowedError(
             f"Method {exc.method} is not allowed here; use {allowed}.", headers={"Allow": allowed}
         )
