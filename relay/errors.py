@@ -15,7 +15,7 @@
     ├── RateLimitError              429 rate_limit_exceeded (+ Retry-After)
     ├── UpstreamError               502
     │   └── UpstreamTimeoutError        504
-    └── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack)
+    └── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
 
 One middleware (`relay.api.error_mapping`) turns these into
 `{"error": {"message", "type", "param", "code"}}`; nothing else shapes errors.
@@ -142,6 +142,12 @@ class DependencyUnavailableError(RelayError):
     status = 503
     type = "service_unavailable"
     code = "dependency_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # An outage of a dependency is mostly short: say when to try again (RFC 9110
+        # §10.2.3). OpenAI's SDKs wait that long before their own retry.
+        self.headers.setdefault("Retry-After", "1")
 
 
 def error_body(

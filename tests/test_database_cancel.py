@@ -140,7 +140,9 @@ async def test_a_chat_lookup_the_server_cancels_is_a_503_not_a_client_leaving(ht
         # Continuing a conversation looks it up before anything is forwarded.
         response = asyncio.ensure_future(chat(http, token, "second", conversation=conversation))
         await cancel_waiting_statement(database_url)
-    await assert_error(await response, 503, "dependency_unavailable")
+    response = await response
+    await assert_error(response, 503, "dependency_unavailable")
+    assert response.headers["Retry-After"] == "1"
     statuses = [row["status"] for row in await stored_messages(database_url, client["id"])]
     assert "cancelled" not in statuses
 
