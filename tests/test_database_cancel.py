@@ -233,7 +233,7 @@ async def test_an_answer_whose_caller_left_while_waiting_for_room_is_still_recor
     assert len(questions) == 2 * (len(ahead) + 1)  # a question and its answer each, once
 
 
-async def test_a_search_is_stopped_by_the_server_before_relay_gives_up(database_url):
+async def test_a_search_is_stopped_by_the_server_before_relay_gives_up(database_url, caplog):
     """A search (which a costly query can make slow) runs under a server-side timeout
     a little shorter than relay's own: it never runs on in the database after its
     client was told the database is unavailable."""
@@ -252,3 +252,7 @@ async def test_a_search_is_stopped_by_the_server_before_relay_gives_up(database_
             assert waiting == []
     finally:
         await pooled.close()
+    # Logged once, by relay, as a warning; not again by asyncio, as an error with a traceback.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "postgres unavailable"
+    ]

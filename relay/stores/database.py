@@ -67,6 +67,19 @@ def _driver_errors() -> Iterator[None]:
         raise unavailable(statement) from exc
 
 
+class _ServerCancelFilter(logging.Filter):
+    """aiopg reports a statement the server cancelled to the event loop's exception
+    handler, which logs it as an error with a traceback; relay logs it itself, once,
+    as the warning `unavailable` writes. asyncio's record of it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, psycopg2.extensions.QueryCanceledError)
+
+
+_SERVER_CANCEL_FILTER = _ServerCancelFilter()
+
+
 class Database:
     """A pool of autocommit connections; transactions are explicit."""
 
@@ -77,6 +90,7 @@ class Database:
 
     @classmethod
     async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
+        logging.getLogger("asyncio").addFilter(_SERVER_CANCEL_FILTER)  # added once, however often
         with _driver_errors():
             pool = await aiopg.create_pool(dsn, minsize=1, maxsize=size, timeout=timeout)
         return cls(pool, dsn, timeout)
