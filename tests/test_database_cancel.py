@@ -256,3 +256,21 @@ async def test_a_search_is_stopped_by_the_server_before_relay_gives_up(database_
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "postgres unavailable"
     ]
+
+
+async def test_a_commit_relay_gave_up_on_never_lands_later(database_url):
+    """A group commit waits for a lock past relay's timeout: relay fails its answers,
+    and the server, seeing relay gone, drops the batch rather than commit it once the
+    lock is free (which would save answers whose clients were told they were not)."""
+    db = await Database.open(database_url, size=1, timeout=0.3)
+    try:
+        async with locked(database_url, "receipt_chain_head"):
+            with pytest.raises(DependencyUnavailableError):
+                async with db.batch() as tx:
+                    tx.defer("UPDATE receipt_chain_head SET sha256 = 'landed-late'")
+            await asyncio.sleep(0.5)  # the lock outlives relay's wait by far
+        await asyncio.sleep(0.2)
+        rows = await query(database_url, "SELECT sha256 FROM receipt_chain_head")
+        assert [row["sha256"] for row in rows] != ["landed-late"]
+    finally:
+        await db.close()

@@ -80,6 +80,20 @@ class _ServerCancelFilter(logging.Filter):
 _SERVER_CANCEL_FILTER = _ServerCancelFilter()
 
 
+# How often a busy backend checks that relay is still connected (PostgreSQL 14+).
+CLIENT_CHECK_MS = 100
+
+
+async def _watch_client(conn: Connection) -> None:
+    """A statement relay gave up on (past its timeout aiopg closes the connection) is
+    stopped by the server within CLIENT_CHECK_MS, instead of running on. A group commit
+    waiting for a lock would otherwise commit later, after its clients were told their
+    answers were not saved (and, retrying, saved them twice)."""
+    if conn.server_version >= 140000:
+        async with conn.cursor() as cur:
+            await cur.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+
+
 class Database:
     """A pool of autocommit connections; transactions are explicit."""
 
@@ -92,7 +106,9 @@ class Database:
     async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
         logging.getLogger("asyncio").addFilter(_SERVER_CANCEL_FILTER)  # added once, however often
         with _driver_errors():
-            pool = await aiopg.create_pool(dsn, minsize=1, maxsize=size, timeout=timeout)
+            pool = await aiopg.create_pool(
+                dsn, minsize=1, maxsize=size, timeout=timeout, on_connect=_watch_client
+            )
         return cls(pool, dsn, timeout)
 
     async def close(self) -> None:
