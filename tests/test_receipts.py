@@ -176,6 +176,40 @@ async def test_the_signature_endpoint_answers_in_nears_shape(http, caller):
     verify_near_signature(near)
 
 
+def completion_id(saved: Any) -> str:
+    """The `id` the client read in the answer, as NEAR's clients take it."""
+    if saved.response_body.startswith(b"data: "):
+        first = saved.response_body.split(b"\n\n")[0].removeprefix(b"data: ")
+        return str(orjson.loads(first)["id"])
+    return str(orjson.loads(saved.response_body)["id"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_answer_is_found_by_its_completion_id_as_near_clients_ask(http, caller, stream):
+    _, token = caller
+    saved = await ask(http, token, stream=stream)
+    await ask(http, token, stream=stream)  # a later answer: not the one asked for
+    chat_id = completion_id(saved)
+    receipt = await fetch_receipt(http, token, chat_id)
+    assert receipt["receipt_id"] == saved.receipt_id
+    query = "?model=gpt-sim&signing_algo=ed25519"
+    response = await http.get(f"/v1/signature/{chat_id}{query}", headers=bearer(token))
+    near = await response.json()
+    assert near["text"] == f"{receipt['request_sha256']}:{receipt['response_sha256']}"
+    verify_near_signature(near)
+    _, other = await client_with_token(http, name="other")
+    response = await http.get(f"/v1/signature/{chat_id}", headers=bearer(other))
+    await assert_error(response, 404, "receipt_not_found")
+
+
+async def test_a_signature_in_another_algorithm_is_refused(http, caller):
+    _, token = caller
+    saved = await ask(http, token, stream=False)
+    path = f"/v1/signature/{saved.receipt_id}?signing_algo=ecdsa"
+    error = await assert_error(await http.get(path, headers=bearer(token)), 400)
+    assert error["param"] == "signing_algo"
+
+
 async def test_an_answer_not_stored_still_gets_a_receipt_of_hashes(http, caller, tmp_path):
     _, token = caller
     saved = await ask(http, token, stream=True, store=False)

@@ -1,4 +1,5 @@
-"""GET /v1/receipts/{receipt_id} and GET /v1/signature/{receipt_id}: one answer's proof;
+"""GET /v1/receipts/{id} and GET /v1/signature/{id}: one answer's proof, named by its
+receipt id or its completion's id;
 GET /admin/receipts: the whole chain, for whoever audits it."""
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ async def get_receipt(request: web.Request) -> web.Response:
 
 async def get_signature(request: web.Request) -> web.Response:
     signature = await request.app[RECEIPTS].near_signature(
-        request.match_info["receipt_id"], request[CALLER].client.id
+        request.match_info["receipt_id"],
+        request[CALLER].client.id,
+        request.query.get("signing_algo"),
     )
     return json_response(signature)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from relay.errors import NotFoundError
+from relay.errors import InvalidRequestError, NotFoundError
 from relay.proofs.identity import SigningIdentity
 from relay.proofs.receipt import ReceiptSigner, hash_client_key_id, served_at_now, sha256_hex
 from relay.services.answers import Answer
@@ -34,6 +34,18 @@ RECEIPT_HEADER = "x-receipt-id"
 # provider was still answering): the client received exactly nothing.
 _NOTHING_SHA256 = hashlib.sha256(b"").hexdigest()
 _RECEIPT_ID = re.compile(r"[0-9a-f]{32}")
+# A provider's completion id as relay keeps it (and looks it up): short printable text.
+_RESPONSE_ID_CHARS = 200
+
+
+def _is_response_id(text: str) -> bool:
+    return 0 < len(text) <= _RESPONSE_ID_CHARS and text.isprintable()
+
+
+def response_id_of(answer: Answer) -> str | None:
+    """The provider's id of the answer's completion, if it is one relay can keep."""
+    response_id = answer.summary.response_id
+    return response_id if response_id is not None and _is_response_id(response_id) else None
 
 
 def receipt_fields(answer: Answer, prev_sha256: str | None, served_at: str) -> dict[str, Any]:
@@ -119,6 +131,7 @@ class ReceiptsPart:
                     body=body.decode(),
                     sha256=sha256,
                     prev_sha256=prev,
+                    response_id=response_id_of(answer),
                 )
             )
             prev = sha256
@@ -137,15 +150,15 @@ class ReceiptService:
         self.store = store
         self.attestation = attestation
 
-    async def receipt_body(self, receipt_id: str, client_id: str) -> bytes:
-        """The receipt's exact bytes; NotFoundError unless it is the client's own."""
-        # Receipt ids are 32 lower-case hex digits; anything else (a NUL byte, say,
-        # which PostgreSQL refuses outright) cannot name one.
-        body = (
-            await self.store.body_for_client(receipt_id, client_id)
-            if _RECEIPT_ID.fullmatch(receipt_id)
-            else None
-        )
+    async def receipt_body(self, answer_id: str, client_id: str) -> bytes:
+        """The exact bytes of the receipt `answer_id` names (its receipt id, or the id
+        of the completion it covers); NotFoundError unless it is the client's own."""
+        if _RECEIPT_ID.fullmatch(answer_id):
+            body = await self.store.body_for_client(answer_id, client_id)
+        elif _is_response_id(answer_id):
+            body = await self.store.body_by_response_id(answer_id, client_id)
+        else:
+            body = None
         if body is None:
             # The same answer for another client's receipt as for none at all.
             raise NotFoundError("No such receipt.", code="receipt_not_found")
@@ -157,6 +170,14 @@ class ReceiptService:
         rows = await self.store.chain_after(after, limit + 1)
         return [(seq, body.encode()) for seq, body in rows[:limit]], len(rows) > limit
 
-    async def near_signature(self, receipt_id: str, client_id: str) -> dict[str, str]:
-        receipt = orjson.loads(await self.receipt_body(receipt_id, client_id))
+    async def near_signature(
+        self, answer_id: str, client_id: str, signing_algo: str | None = None
+    ) -> dict[str, str]:
+        # NEAR's clients may ask for ecdsa; relay's key signs Ed25519 alone.
+        if signing_algo not in (None, "", "ed25519"):
+            raise InvalidRequestError(
+                "relay signs with ed25519 only; ask with signing_algo=ed25519.",
+                param="signing_algo",
+            )
+        receipt = orjson.loads(await self.receipt_body(answer_id, client_id))
         return self.attestation.near_signature(receipt)

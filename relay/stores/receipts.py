@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from relay.stores.database import Batch, Database, json_rows
 
+# How far back a receipt is found by its completion's id: a client asks for an
+# answer's proof soon after the answer; the cost of a miss stays bounded.
+RECENT_ANSWERS = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
@@ -22,6 +26,7 @@ class ReceiptRow:
     body: str  # canonical JSON, exactly as served
     sha256: str
     prev_sha256: str | None
+    response_id: str | None = None  # the provider's id of the completion (chatcmpl-…)
 
 
 async def lock_chain_head(tx: Batch) -> ChainHead:
@@ -59,9 +64,9 @@ def append_receipts(tx: Batch, after: ChainHead, rows: Sequence[ReceiptRow]) -> 
         (last.sha256, after.seq, after.sha256, last.seq),
     )
     tx.defer(
-        "INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256)"
+        "INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256, response_id)"
         " SELECT * FROM json_to_recordset(%s::json) AS r(id text, seq bigint, client_id uuid,"
-        " body text, sha256 text, prev_sha256 text)",
+        " body text, sha256 text, prev_sha256 text, response_id text)",
         (json_rows(rows),),
     )
     return ChainHead(last.seq, last.sha256)
@@ -88,6 +93,19 @@ class ReceiptStore:
             await cur.execute(
                 "SELECT body FROM receipts WHERE id = %s AND client_id = %s",
                 (receipt_id, client_id),
+            )
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def body_by_response_id(self, response_id: str, client_id: str) -> str | None:
+        """The body of the newest receipt of `client_id`'s among its latest RECENT_ANSWERS
+        whose completion carried `response_id`; None if there is none."""
+        async with self.db.cursor() as cur:
+            await cur.execute(
+                "SELECT body FROM (SELECT seq, body, response_id FROM receipts"
+                " WHERE client_id = %s ORDER BY seq DESC LIMIT %s) recent"
+                " WHERE response_id = %s ORDER BY seq DESC LIMIT 1",
+                (client_id, RECENT_ANSWERS, response_id),
             )
             row = await cur.fetchone()
         return None if row is None else str(row[0])

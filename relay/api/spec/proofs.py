@@ -9,7 +9,18 @@ from relay.api.spec.paths import AUTHENTICATED, JWT, NONE, answer, operation, pa
 
 HEX = {"type": "string", "pattern": "^[0-9a-f]*$"}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-RECEIPT_ID = path_parameter("receipt_id", "The answer's `x-receipt-id` header.")
+RECEIPT_ID = path_parameter(
+    "receipt_id",
+    "The answer's `x-receipt-id` header, or the `id` of its completion (`chatcmpl-…`)"
+    " among your latest 10,000 answers.",
+)
+SIGNING_ALGO = {
+    "name": "signing_algo",
+    "in": "query",
+    "required": False,
+    "description": "As NEAR's clients send it; relay signs with `ed25519` only (else 400).",
+    "schema": {"type": "string", "enum": ["ed25519"]},
+}
 
 PROOF_SCHEMAS: dict[str, Any] = {
     "AttestationReport": {
@@ -144,11 +155,11 @@ PROOF_PATHS: dict[str, Any] = {
             "The same proof in NEAR's signature shape",
             tag="proofs",
             security=JWT,
-            parameters=(RECEIPT_ID,),
+            parameters=(RECEIPT_ID, SIGNING_ALGO),
             responses={
                 "200": answer("The signature.", ref("schemas", "NearSignature"), RATE_LIMIT_HEADERS)
             },
-            errors=(*AUTHENTICATED, 404),
+            errors=(*AUTHENTICATED, 400, 404),
         )
     },
 }
