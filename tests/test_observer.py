@@ -463,3 +463,20 @@ def test_a_custom_tool_call_keeps_its_kind_and_input() -> None:
     whole = {"id": "call_2", "type": "custom", "custom": {"name": "grep", "input": "x|y"}}
     body = completion_body({"role": "assistant", "content": None, "tool_calls": [whole]})
     assert summarize_completion(body).tool_calls == [whole]
+
+
+def test_answers_in_content_parts_or_audio_keep_their_words() -> None:
+    # Mistral's reasoning models: a list of parts, the thinking apart from the answer.
+    thinking = {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]}
+    stream = event(chunk([delta({"content": [thinking]})])) + event(
+        chunk([delta({"content": [{"type": "text", "text": "Paris"}]}, "stop")])
+    )
+    assert observe(stream).text == "Paris"
+    deltas = DeltaObserver()
+    deltas.feed(stream)
+    assert deltas.take() == ["Paris"]
+    parts = [thinking, {"type": "text", "text": "Paris"}]
+    assert summarize_completion(completion_body({"content": parts})).text == "Paris"
+    # An audio answer: its transcript is its text.
+    spoken = {"content": None, "audio": {"id": "a1", "data": "UklG", "transcript": "Paris"}}
+    assert summarize_completion(completion_body(spoken)).text == "Paris"

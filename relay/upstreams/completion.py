@@ -74,6 +74,27 @@ class _Choice:
         self.finish_reason: str | None = None
 
 
+def answer_text(part: dict[str, Any]) -> str:
+    """The words of a `delta` or `message`: its content as a string, or the text parts
+    of a content list (Mistral's reasoning models answer so; their `thinking` parts
+    are not the answer), or else the transcript of an audio answer."""
+    content = part.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            piece["text"]
+            for piece in content
+            if isinstance(piece, dict)
+            and piece.get("type") == "text"
+            and isinstance(piece.get("text"), str)
+        )
+    audio = part.get("audio")
+    if isinstance(audio, dict) and isinstance(transcript := audio.get("transcript"), str):
+        return transcript
+    return ""
+
+
 class CompletionAccumulator:
     """Folds chat completion objects, whole or streamed as chunks, into one answer.
 
@@ -117,7 +138,10 @@ class CompletionAccumulator:
             part = choice.get("message")
         if isinstance(part, dict):
             saw_content = False
-            if isinstance(content := part.get("content"), str) and content:
+            content = part.get("content")
+            if not isinstance(content, str):  # the usual delta's is: no call for it
+                content = answer_text(part)
+            if content:
                 state.text.append(content)
                 saw_content = True
             if isinstance(refusal := part.get("refusal"), str) and refusal:

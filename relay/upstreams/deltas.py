@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.upstreams.completion import answer_text
 from relay.upstreams.observer import StreamObserver
 
 
@@ -26,8 +27,8 @@ class DeltaObserver(StreamObserver):
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 continue
-            for field in ("content", "refusal"):
-                if isinstance(text := delta.get(field), str) and text:
+            for text in (answer_text(delta), delta.get("refusal")):
+                if isinstance(text, str) and text:
                     self._pending.append(text)
 
     def take(self) -> list[str]:
