@@ -182,6 +182,24 @@ async def test_relays_own_chat_takes_a_done_line_cut_short_as_the_end_too(
     assert await answer_status(database_url, client_id) == ["complete"]
 
 
+@pytest.mark.parametrize("model", ["error-event", "error-event-then-done"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_relays_own_chat_passes_on_the_providers_error_as_a_failure(
+    relay, database_url, stream, model
+):
+    http, token, client_id = relay
+    body = {"message": "Hi", "model": model, "stream": stream}
+    response = await http.post("/v1/chat", json=body, headers=bearer(token))
+    if stream:
+        raw = await response.read()
+        assert b"event: message.done" not in raw
+        error = orjson.loads(raw.rsplit(b"event: error\ndata: ", 1)[1])["error"]
+    else:
+        error = await assert_error(response, 502)
+    assert error["code"] == "upstream_error" and "overloaded" in error["message"]
+    assert await answer_status(database_url, client_id) == ["failed"]
+
+
 async def test_json_instead_of_a_stream_is_a_502_carrying_the_providers_message(relay):
     http, token, _ = relay
     error = await assert_error(await ask(http, token, "json-error"), 502, "upstream_error")

@@ -36,7 +36,7 @@ from relay.services.native_chat import (
 )
 from relay.services.receipts import RECEIPT_HEADER
 from relay.upstreams.deltas import DeltaObserver
-from relay.upstreams.forwarder import open_provider_response
+from relay.upstreams.forwarder import open_provider_response, provider_failure
 from relay.upstreams.reply import ProviderReply
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ async def _new_answer(request: web.Request) -> Answer:
 
 
 async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
-    """Feed the provider's stream to `observer` up to its `[DONE]`; 'complete' or 'cut'."""
+    """Feed the provider's stream to `observer` up to its `[DONE]`; complete, failed or cut."""
     try:
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
@@ -126,7 +126,9 @@ def _outcome(observer: DeltaObserver, provider: ProviderReply) -> str:
     if observer.overflowed:
         provider.close()  # not worth reading on
         return "cut"
-    if observer.error is None and (observer.done or observer.finish_reason is not None):
+    if observer.error is not None:
+        return "failed"  # the provider said why, in an error event
+    if observer.done or observer.finish_reason is not None:
         return "complete"
     return "cut"
 
@@ -138,7 +140,7 @@ async def _whole(
     answer.status = await _read(provider, observer)
     note_stream_end(request, answer, observer)
     if answer.status != "complete":
-        error = UpstreamError("The provider broke off the answer.", code="upstream_cut")
+        error = _broken_off(answer, observer, shutting_down=False)
         answer.http_status = error.status
         _finish(request, answer, error_json(error))
         await hooks.commit_quietly(answer)
@@ -172,7 +174,9 @@ async def _stream(
         await hooks.commit_quietly(answer)
         return response
     response.stop_streaming()  # no ping may slip in between the hash and the last event
-    final = _cut_event(deadline.is_set()) if answer.status == "cut" else b""
+    final = b""
+    if answer.status != "complete":
+        final = event_bytes("error", error_data(_broken_off(answer, observer, deadline.is_set())))
     try:
         if not final:
             answer.message_id, answer.message_created_at = await request.app[
@@ -199,7 +203,7 @@ async def _stream(
 async def _relay_deltas(
     response: HashedEventSource, provider: ProviderReply, observer: DeltaObserver
 ) -> str:
-    """Pass each content delta on as a `message.delta` event; complete, cut or cancelled."""
+    """Pass each text delta on as a `message.delta` event; complete, failed, cut or cancelled."""
     try:
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
@@ -217,12 +221,15 @@ async def _relay_deltas(
     return _outcome(observer, provider)
 
 
-def _cut_event(shutting_down: bool) -> bytes:
+def _broken_off(answer: Answer, observer: DeltaObserver, shutting_down: bool) -> RelayError:
+    """Why an answer did not complete, as its client is told: the provider's own error,
+    relay stopping, or the provider breaking off."""
+    if answer.status == "failed":
+        failure = provider_failure(observer.error, answer.route)
+        return failure or UpstreamError("The provider failed.", code="upstream_error")
     if shutting_down:
-        error = RelayError("relay is restarting; please retry.", code="shutting_down")
-    else:
-        error = UpstreamError("The provider broke off the answer.", code="upstream_cut")
-    return event_bytes("error", error_data(error))
+        return RelayError("relay is restarting; please retry.", code="shutting_down")
+    return UpstreamError("The provider broke off the answer.", code="upstream_cut")
 
 
 def _finish(request: web.Request, answer: Answer, body: bytes) -> None:

@@ -116,15 +116,21 @@ async def _not_a_stream(reply: ProviderReply, route: Route) -> RelayError:
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         body = None
     log.info("provider answered a stream with JSON", extra={"upstream": route.upstream.name})
-    error = body.get("error") if isinstance(body, dict) else None
+    failure = provider_failure(body.get("error") if isinstance(body, dict) else None, route)
+    return failure or UpstreamError(
+        "The provider answered a streamed request without an event stream.",
+        code="upstream_not_streamed",
+    )
+
+
+def provider_failure(error: object, route: Route) -> UpstreamError | None:
+    """The provider's own error object, as relay's client may read it; None if it says
+    nothing (no message)."""
     if isinstance(error, dict) and isinstance(message := error.get("message"), str) and message:
         return UpstreamError(
             f"The provider failed: {provider_words(message, route)}", code="upstream_error"
         )
-    return UpstreamError(
-        "The provider answered a streamed request without an event stream.",
-        code="upstream_not_streamed",
-    )
+    return None
 
 
 @asynccontextmanager
