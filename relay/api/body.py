@@ -36,6 +36,8 @@ async def read_body(request: web.Request) -> bytes:
     if (request.content_length or 0) > limit:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     try:
+        if request.content.is_eof():  # the whole body came with the head: no wait to bound
+            return await request.read()
         # A body trickling in a byte at a time would hold its connection for ever.
         async with asyncio.timeout(BODY_SECONDS):
             return await request.read()
