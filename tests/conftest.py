@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis as redis_sync
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -29,6 +30,13 @@ from relay.simulator import SIMULATOR_STATE, SimulatorConfig, SimulatorState, cr
 from relay.stores.database import create_database, drop_database, with_database
 from relay.stores.migrations import migrate
 from relay.upstreams.config import Upstream
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Every async test runs on uvloop, the loop `relay serve` runs on: some failures
+    (a connection refused, say) take another path there than on asyncio's own loop."""
+    return {"uvloop": uvloop.new_event_loop}
+
 
 ADMIN_TOKEN = "test-admin-token-" + "a" * 32
 JWT_SECRET = "test-jwt-secret-" + "s" * 32
