@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import aiopg
 import orjson
@@ -23,6 +23,7 @@ from relay.errors import DependencyUnavailableError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Cursor = aiopg.Cursor
 Connection = aiopg.Connection
 
@@ -80,6 +81,18 @@ class _ServerCancelFilter(logging.Filter):
 _SERVER_CANCEL_FILTER = _ServerCancelFilter()
 
 
+async def _registered(connecting: Callable[[], Awaitable[T]]) -> T:
+    """A new connection, or one from the pool; a RuntimeError on the way is the server
+    being unreachable. Under uvloop, a connection refused can leave the poll handle of
+    its socket's number behind, closed, and registering the next socket given that
+    number raises RuntimeError (aiopg registers it as it creates the connection):
+    every other request while PostgreSQL is down would be a 500 with a traceback."""
+    try:
+        return await connecting()
+    except RuntimeError as exc:
+        raise unavailable(exc) from exc
+
+
 # How often a busy backend checks that relay is still connected (PostgreSQL 14+).
 CLIENT_CHECK_MS = 100
 
@@ -106,8 +119,10 @@ class Database:
     async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
         logging.getLogger("asyncio").addFilter(_SERVER_CANCEL_FILTER)  # added once, however often
         with _driver_errors():
-            pool = await aiopg.create_pool(
-                dsn, minsize=1, maxsize=size, timeout=timeout, on_connect=_watch_client
+            pool = await _registered(
+                lambda: aiopg.create_pool(
+                    dsn, minsize=1, maxsize=size, timeout=timeout, on_connect=_watch_client
+                )
             )
         return cls(pool, dsn, timeout)
 
@@ -122,8 +137,12 @@ class Database:
         `transaction` and `batch` are built on it, so its error mapping covers theirs,
         their ROLLBACK and COMMIT included."""
         with _driver_errors():
-            async with self.pool.acquire() as conn, conn.cursor() as cur:
-                yield cur
+            conn = await _registered(self.pool.acquire)
+            try:
+                async with conn.cursor() as cur:
+                    yield cur
+            finally:
+                await self.pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
@@ -232,7 +251,7 @@ async def listen(conn: Connection, channels: Iterable[str]) -> None:
 async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
     """A connection of its own, outside the pool (LISTEN, migrations)."""
     with _driver_errors():
-        return await aiopg.connect(dsn, timeout=timeout, **options)
+        return await _registered(lambda: aiopg.connect(dsn, timeout=timeout, **options))
 
 
 def json_rows(rows: Sequence[Any]) -> str:
