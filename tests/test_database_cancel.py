@@ -13,6 +13,7 @@ import datetime
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -274,3 +275,36 @@ async def test_a_commit_relay_gave_up_on_never_lands_later(database_url):
         assert [row["sha256"] for row in rows] != ["landed-late"]
     finally:
         await db.close()
+
+
+async def test_answers_queued_behind_an_unreachable_database_fail_with_its_batch(
+    http, database_url
+):
+    """A batch that finds the database out of reach fails what queued behind it too,
+    rather than send it batch after batch, each failing a timeout later."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    hurried = await Database.open(database_url, size=2, timeout=0.3)
+    sent = 0
+    batch = hurried.batch
+
+    def counted_batch() -> Any:
+        nonlocal sent
+        sent += 1
+        return batch()
+
+    hurried.batch = counted_batch  # type: ignore[method-assign]
+    recorder = AnswerRecorder(batch_size=1)
+    recorder.add_part(HistoryPart())
+    await recorder.start(hurried)
+    try:
+        async with locked(database_url, "conversations"):
+            results = await asyncio.gather(
+                *(recorder.record(recorded_answer(http.app, owner, f"q{n}")) for n in range(10)),
+                return_exceptions=True,
+            )
+    finally:
+        await recorder.close()
+        await hurried.close()
+    assert all(isinstance(result, DependencyUnavailableError) for result in results)
+    assert sent <= 3  # those in flight when the database was found gone, not one per answer

@@ -167,6 +167,7 @@ class AnswerRecorder:
                 self._committed(batch, started)
             elif isinstance(failure, DependencyUnavailableError):
                 self._fail(batch)
+                self._fail_queued()
             else:
                 # Once more whole: it may have met state another instance changed (the
                 # receipt chain's head) or been built on a batch that failed; parts read
@@ -212,6 +213,21 @@ class AnswerRecorder:
         async with self._database.batch() as tx:
             for part in self._parts:
                 await part.write(tx, answers)
+
+    def _fail_queued(self) -> None:
+        """Fail every answer still queued: the database was found out of reach, and each
+        would otherwise wait for its own batch to fail the same way, a timeout later
+        (under a hung server, waits grew with the queue). New answers are tried anew."""
+        assert self._queue is not None
+        stopping = False
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                stopping = True
+            else:
+                self._fail([item])
+        if stopping:
+            self._queue.put_nowait(None)  # the writer's signal to stop, kept for it
 
     @staticmethod
     def _fail(batch: list[_Pending]) -> None:
