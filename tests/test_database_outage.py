@@ -9,7 +9,7 @@ import uvloop
 
 from relay.devservers import free_port
 from relay.errors import DependencyUnavailableError
-from relay.stores.database import Database, connect
+from relay.stores.database import KEEPALIVE, Database, connect
 
 
 async def test_a_refused_server_is_unavailable_every_time_not_every_other():
@@ -23,3 +23,17 @@ async def test_a_refused_server_is_unavailable_every_time_not_every_other():
             await Database.open(url, size=2, timeout=2)
         with pytest.raises(DependencyUnavailableError):
             await connect(url, timeout=2)
+
+
+async def test_pooled_connections_keep_alive_like_the_listener(database_url):
+    """TCP keepalives let a server that vanished without closing its sockets be noticed
+    on idle connections too, not by the next request each of them serves."""
+    db = await Database.open(database_url, size=1, timeout=5)
+    try:
+        async with db.pool.acquire() as conn:
+            parameters = conn.raw.get_dsn_parameters()
+    finally:
+        await db.close()
+    assert {name: parameters[name] for name in KEEPALIVE} == {
+        name: str(value) for name, value in KEEPALIVE.items()
+    }

@@ -93,6 +93,15 @@ async def _registered(connecting: Callable[[], Awaitable[T]]) -> T:
         raise unavailable(exc) from exc
 
 
+# TCP keepalives, so that a server that vanished without closing its sockets (a host
+# crash, a failover) is noticed on idle connections too, instead of by the next
+# request each of them serves.
+KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 # How often a busy backend checks that relay is still connected (PostgreSQL 14+).
 CLIENT_CHECK_MS = 100
 
@@ -121,7 +130,12 @@ class Database:
         with _driver_errors():
             pool = await _registered(
                 lambda: aiopg.create_pool(
-                    dsn, minsize=1, maxsize=size, timeout=timeout, on_connect=_watch_client
+                    dsn,
+                    minsize=1,
+                    maxsize=size,
+                    timeout=timeout,
+                    on_connect=_watch_client,
+                    **KEEPALIVE,
                 )
             )
         return cls(pool, dsn, timeout)

@@ -8,18 +8,11 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from relay.errors import DependencyUnavailableError
-from relay.stores.database import Connection, connect, listen
+from relay.stores.database import KEEPALIVE, Connection, connect, listen
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[str], None]
-# TCP keepalives so a server that vanished without closing the socket is noticed.
-_KEEPALIVE = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
 
 
 class Notifications:
@@ -72,7 +65,7 @@ class Notifications:
                 conn.close()
 
     async def _listen(self) -> Connection:
-        conn = await connect(self.dsn, timeout=self.timeout, **_KEEPALIVE)
+        conn = await connect(self.dsn, timeout=self.timeout, **KEEPALIVE)
         try:
             await listen(conn, self._subscribers)
         except BaseException:
