@@ -27,6 +27,7 @@ class InFlight:
         self.streams = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._on_deadline: set[Callable[[], object]] = set()
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
@@ -49,17 +50,34 @@ class InFlight:
         """
         self.streams += 1
         OPEN_STREAMS.inc()
-        watcher = None
-        if on_deadline is not None:
-            watcher = asyncio.ensure_future(self.deadline.wait())
-            watcher.add_done_callback(lambda task: task.cancelled() or on_deadline())
+        try:
+            with self.watch(on_deadline):
+                yield self.deadline
+        finally:
+            self.streams -= 1
+            OPEN_STREAMS.dec()
+
+    @contextlib.contextmanager
+    def watch(self, on_deadline: Callable[[], object] | None) -> Iterator[asyncio.Event]:
+        """Run `on_deadline` once if the deadline passes inside the block (a request
+        waiting for its provider's whole answer gives up on it); yields `deadline`.
+        A set entry, not a task per request: most requests never see a deadline."""
+        if on_deadline is None:
+            yield self.deadline
+            return
+        self._on_deadline.add(on_deadline)
         try:
             yield self.deadline
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            self.streams -= 1
-            OPEN_STREAMS.dec()
+            self._on_deadline.discard(on_deadline)
+
+    def end_now(self) -> None:
+        """The drain's deadline: whatever is still open must end at once."""
+        if self.deadline.is_set():
+            return
+        self.deadline.set()
+        for on_deadline in list(self._on_deadline):
+            on_deadline()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is in flight; False when `timeout` passed first."""

@@ -15,7 +15,8 @@
     ├── RateLimitError              429 rate_limit_exceeded (+ Retry-After)
     ├── UpstreamError               502
     │   └── UpstreamTimeoutError        504
-    └── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
+    ├── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
+    └── RestartingError             503 shutting_down (+ Retry-After)
 
 One middleware (`relay.api.error_mapping`) turns these into
 `{"error": {"message", "type", "param", "code"}}`; nothing else shapes errors.
@@ -148,6 +149,17 @@ class DependencyUnavailableError(RelayError):
         # An outage of a dependency is mostly short: say when to try again (RFC 9110
         # §10.2.3). OpenAI's SDKs wait that long before their own retry.
         self.headers.setdefault("Retry-After", "1")
+
+
+class RestartingError(RelayError):
+    """relay stopped waiting for an answer: its drain's deadline passed (SIGTERM)."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("relay is restarting; please retry.", headers={"Retry-After": "1"})
 
 
 def error_body(

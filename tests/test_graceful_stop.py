@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from relay.appkeys import IN_FLIGHT as IN_FLIGHT_KEY
 from relay.commands.serve import YOUNG_COLLECTION_THRESHOLD, tune_collector
@@ -22,7 +23,7 @@ from relay.metrics import OPEN_STREAMS
 from relay.simulator.app import create_simulator_app
 from relay.simulator.config import SimulatorConfig
 from relay.systemd import Notifier
-from tests.api_calls import ADMIN
+from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
 from tests.relay_process import (
     NotifySocket,
     RelayProcess,
@@ -161,6 +162,53 @@ async def test_health_says_draining(http):
     response = await http.get("/health")
     assert response.status == 503
     assert (await response.json())["status"] == "draining"
+
+
+@pytest.fixture
+async def stalled_relay(make_settings, make_client, simulator, aiohttp_server):
+    """relay in front of a provider that takes a request and never answers it (or,
+    for a stream, answers its head and never a byte more)."""
+    received = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        received.set()
+        if (await request.json()).get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+        await asyncio.sleep(3600)
+        raise AssertionError("never answered")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stall)
+    provider = await aiohttp_server(app)
+    upstream = simulator.upstream(
+        name="stalled", base_url=str(provider.make_url("/v1")), models={"stalled": "stalled"}
+    )
+    http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))
+    _, token = await client_with_token(http)
+    return http, token, received
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "stalled", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        ("/v1/chat", {"model": "stalled", "message": "x"}),
+    ],
+    ids=["completions", "relay's own chat"],
+)
+async def test_an_answer_still_awaited_at_the_drain_deadline_gets_a_503(stalled_relay, path, body):
+    """Not a dropped connection: a 503 the client may retry elsewhere at once."""
+    http, token, received = stalled_relay
+    answer = asyncio.create_task(http.post(path, json=body, headers=bearer(token)))
+    await received.wait()
+    http.app[IN_FLIGHT_KEY].end_now()
+    response = await answer
+    await assert_error(response, 503, "shutting_down")
+    assert response.headers["Retry-After"] == "1"
 
 
 async def test_in_flight_counts_streams_and_waits():

@@ -13,6 +13,7 @@ from aiohttp import web
 from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import json_response, parse_json_object, read_body
 from relay.api.conversation_header import bind_conversation
+from relay.api.drain import answered_before_restart
 from relay.appkeys import (
     ANSWER_HOOKS,
     CALLER,
@@ -22,7 +23,7 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
-from relay.errors import RelayError, error_json
+from relay.errors import RelayError, RestartingError, error_json
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
@@ -92,12 +93,16 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
     """Forward the answer's request and relay the provider's reply to the client."""
     hooks = request.app[ANSWER_HOOKS]
     try:
-        async with open_provider_response(
-            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body, stream=answer.stream
-        ) as provider:
-            if answer.stream:
-                return await _relay_stream(request, answer, provider, hooks)
-            return await _relay_whole(request, answer, provider, hooks)
+        with answered_before_restart(request):
+            async with open_provider_response(
+                request.app[UPSTREAM_SESSION],
+                answer.route,
+                answer.forwarded_body,
+                stream=answer.stream,
+            ) as provider:
+                if answer.stream:
+                    return await _relay_stream(request, answer, provider, hooks)
+                return await _relay_whole(request, answer, provider, hooks)
     except RelayError as error:
         answer.status, answer.http_status = "failed", error.status
         # The client receives the error body, so that is what the receipt hashes.
@@ -152,7 +157,8 @@ async def _relay_stream(
         return response
     final = result.final
     if result.status == "cut" and deadline.is_set():
-        final = error_event("relay is restarting; please retry.", "server_error", "shutting_down")
+        restarting = RestartingError()
+        final = error_event(restarting.message, restarting.type, restarting.code or "")
     elif result.status == "cut":
         final = error_event("The provider broke off the answer.", "upstream_error", "upstream_cut")
     answer.response_sha256 = observer.sha256_with(final)

@@ -15,6 +15,7 @@ from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import parse_json_object, read_body
 from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
 from relay.api.conversation_header import CONVERSATION_HEADER
+from relay.api.drain import answered_before_restart
 from relay.appkeys import (
     ANSWER_HOOKS,
     CALLER,
@@ -25,7 +26,13 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
-from relay.errors import PermissionDeniedError, RelayError, UpstreamError, error_json
+from relay.errors import (
+    PermissionDeniedError,
+    RelayError,
+    RestartingError,
+    UpstreamError,
+    error_json,
+)
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.native_chat import (
     answer_object,
@@ -48,15 +55,18 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
     hooks = request.app[ANSWER_HOOKS]
     opened = False
     try:
-        async with open_provider_response(
-            request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body, stream=True
-        ) as provider:
-            opened = True
-            if answer.stream:
-                return await _stream(request, answer, provider, hooks)
-            return await _whole(request, answer, provider, hooks)
+        with answered_before_restart(request):
+            async with open_provider_response(
+                request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body, stream=True
+            ) as provider:
+                opened = True
+                if answer.stream:
+                    return await _stream(request, answer, provider, hooks)
+                return await _whole(request, answer, provider, hooks)
     except RelayError as error:
-        if not opened:  # the provider refused or was unreachable; nothing was read
+        # The provider refused or was unreachable (nothing was read), or relay gave up
+        # waiting for the answer as it stopped: the client gets this error, kept as failed.
+        if not opened or isinstance(error, RestartingError):
             answer.status, answer.http_status = "failed", error.status
             _finish(request, answer, error_json(error))
             await hooks.commit_quietly(answer)
@@ -228,7 +238,7 @@ def _broken_off(answer: Answer, observer: DeltaObserver, shutting_down: bool) ->
         failure = provider_failure(observer.error, answer.route)
         return failure or UpstreamError("The provider failed.", code="upstream_error")
     if shutting_down:
-        return RelayError("relay is restarting; please retry.", code="shutting_down")
+        return RestartingError()
     return UpstreamError("The provider broke off the answer.", code="upstream_cut")
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from relay.appkeys import IN_FLIGHT
+from relay.appkeys import FIRST_BYTE_AT, IN_FLIGHT
 from relay.drain import InFlight
+from relay.errors import RestartingError
 
 
 @web.middleware
@@ -22,6 +27,28 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         # Headers are already built when this hook runs: say it, then do it.
         response.headers["Connection"] = "close"
         response.force_close()
+
+
+@contextlib.contextmanager
+def answered_before_restart(request: web.Request) -> Iterator[None]:
+    """An answer still awaited when the drain's deadline passes, before its response
+    began, ends with a 503 its client can retry elsewhere, not a dropped connection.
+    (A stream already under way ends with an error event of its own.)"""
+    task = asyncio.current_task()
+    assert task is not None
+
+    def give_up() -> None:
+        if FIRST_BYTE_AT not in request:
+            task.cancel()
+
+    with request.app[IN_FLIGHT].watch(give_up) as deadline:
+        try:
+            yield
+        except asyncio.CancelledError:
+            # Ours alone (the client may have left too): then it is relay's answer to give.
+            if deadline.is_set() and FIRST_BYTE_AT not in request and task.uncancel() == 0:
+                raise RestartingError() from None
+            raise
 
 
 def setup_drain(app: web.Application) -> None:

@@ -98,7 +98,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
     def on_signal() -> None:
         # The first signal drains; another one ends open streams at once.
         if stop.is_set():
-            in_flight.deadline.set()
+            in_flight.end_now()
         stop.set()
 
     loop = asyncio.get_running_loop()
@@ -145,7 +145,7 @@ async def drain(in_flight: InFlight, sites: list[web.BaseSite], timeout: float) 
         "drain timeout passed; ending open streams",
         extra={"requests": in_flight.requests, "streams": in_flight.streams},
     )
-    in_flight.deadline.set()
+    in_flight.end_now()
     await in_flight.wait_idle(min(GRACE_SECONDS, timeout))
 
 
