@@ -25,6 +25,7 @@ from relay.config_values import (
     MIN_SECRET_BYTES,
     ConfigError,
     Secret,
+    address,
     flag,
     integer,
     networks,
@@ -51,16 +52,24 @@ __all__ = [
 PLACEHOLDER = "change-me"
 
 
+def postgres_url(raw: str) -> str:
+    from relay.stores.database import readable_dsn  # the driver's own reading of it
+
+    if not readable_dsn(raw):
+        raise ValueError("PostgreSQL cannot read it as a URL or connection string")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str = setting("RELAY_ENV", "development", choices=("development", "production"))
-    host: str = setting("RELAY_HOST", "127.0.0.1")
+    host: str = setting("RELAY_HOST", "127.0.0.1", address)
     port: int = setting("RELAY_PORT", 8080, integer, minimum=0, maximum=65535)
     unix_socket: str = setting("RELAY_UNIX_SOCKET", "")
     # `file=True`: may instead be read from the file RELAY_…_FILE names (a systemd
     # credential, a Docker secret), so the value need not sit in the environment.
     database_url: str = setting(
-        "RELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay", file=True
+        "RELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay", postgres_url, file=True
     )
     database_pool_size: int = setting("RELAY_DATABASE_POOL_SIZE", 20, integer, minimum=1)
     database_timeout: float = setting("RELAY_DATABASE_TIMEOUT", 5.0, number, minimum=0.1)

@@ -90,9 +90,11 @@ def warn_unknown(source: Lookups, settings: Iterable[str]) -> None:
 def read_env_file(path: Path) -> dict[str, str]:
     """Parse a systemd-style EnvironmentFile: KEY=VALUE lines, # comments, optional quotes."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"RELAY_ENV_FILE={path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"RELAY_ENV_FILE={path} is not UTF-8 text") from None
     values: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
         line = line.strip()

@@ -28,6 +28,14 @@ def text(raw: str) -> str:
     return raw
 
 
+def address(raw: str) -> str:
+    # Empty is refused, not passed on: aiohttp would listen on every interface, past
+    # the proxy meant to stand in front of relay.
+    if not raw:
+        raise ValueError("must not be empty (remove the line to keep 127.0.0.1)")
+    return raw
+
+
 def integer(raw: str) -> int:
     return int(raw)
 
@@ -89,7 +97,9 @@ def parse_value(spec: dataclasses.Field[Any], raw: str) -> Any:
     try:
         value = spec.metadata["parse"](raw.strip())
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+        # A setting that may come from a file is a secret, or a URL with a password in it.
+        shown = name if spec.metadata.get("file") else f"{name}={raw!r}"
+        raise ConfigError(f"{shown} is invalid: {exc}") from None
     choices = spec.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")

@@ -196,11 +196,50 @@ def test_names_read_elsewhere_are_the_ones_relay_and_its_tooling_read():
         ("RELAY_RUN_MIGRATIONS", "maybe"),
         ("RELAY_ENV", "staging"),
         ("RELAY_LOG_LEVEL", "LOUD"),
+        ("RELAY_HOST", ""),  # aiohttp would listen on every interface
     ],
 )
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+MISPLACED = "sk-MISPLACED-KEY-123"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {
+            "RELAY_UPSTREAMS": '{"name": "o", "base_url": "https://o.example/v1",'
+            f' "api_key": "{MISPLACED}", "models": {{"m": "m"}}}}'
+        },
+        {"RELAY_UPSTREAMS": MISPLACED},
+        {
+            "RELAY_UPSTREAMS": '[{"name": "o", "base_url": "https://o.example/v1",'
+            f' "api_key_env": "{MISPLACED}", "models": {{"m": "m"}}}}]'
+        },
+        {"RELAY_DATABASE_URL": f"postgresql://relay:{MISPLACED}%ZZ@127.0.0.1/relay"},
+    ],
+    ids=["one upstream, not a list", "a key for a path", "a key for a name", "a bad url"],
+)
+def test_a_setting_holding_a_secret_is_refused_without_showing_it(env):
+    # Start-up errors reach the journal: a provider key or a password must not.
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert next(iter(env)) in str(refused.value)
+    assert MISPLACED not in str(refused.value)
+
+
+def test_files_that_are_not_utf8_are_refused_by_name(tmp_path: Path):
+    latin1 = tmp_path / "latin1"
+    latin1.write_bytes(b"RELAY_PORT=9000 # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"RELAY_ENV_FILE=.* is not UTF-8"):
+        Settings.from_env({"RELAY_ENV_FILE": str(latin1)})
+    upstreams = tmp_path / "upstreams.json"
+    upstreams.write_bytes(b"[\xff]")
+    with pytest.raises(ConfigError, match=r"RELAY_UPSTREAMS: .*upstreams\.json is not UTF-8"):
+        Settings.from_env({"RELAY_UPSTREAMS": str(upstreams)})
 
 
 def test_env_file_is_read_and_real_environment_wins(tmp_path: Path):

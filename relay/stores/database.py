@@ -319,6 +319,16 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
+def readable_dsn(dsn: str) -> bool:
+    """Whether libpq can read `dsn`, a URL or a key=value string (its complaint would
+    quote the text, password included: only yes or no leaves here)."""
+    try:
+        psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return False
+    return True
+
+
 def with_database(dsn: str, name: str) -> str:
     """The same server URL pointing at database `name`."""
     params = psycopg2.extensions.parse_dsn(dsn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,13 @@ def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
     api_key = entry.get("api_key", "")
     if "api_key_env" in entry:
         variable = entry["api_key_env"]
-        if not isinstance(variable, str) or not environ.get(variable):
+        # Named in the error only if it looks like a name: a key put there by mistake
+        # must not reach the journal.
+        if not isinstance(variable, str) or not _VARIABLE.fullmatch(variable):
+            raise UpstreamConfigError(
+                f"upstream {name!r}: api_key_env must name an environment variable"
+            )
+        if not environ.get(variable):
             raise UpstreamConfigError(f"upstream {name!r}: api_key_env {variable!r} is not set")
         api_key = environ[variable]
     if not isinstance(api_key, str):
@@ -104,16 +111,25 @@ def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
     )
 
 
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def parse_upstreams(text: str, environ: Mapping[str, str]) -> tuple[Upstream, ...]:
     """Inline JSON when the value starts with `[`, otherwise the path of a JSON file."""
     text = text.strip()
     if not text:
         return ()
+    if text.startswith(("{", '"')):  # JSON, not a path: never echoed, it may hold a key
+        raise UpstreamConfigError("must be a JSON list of upstreams ([{…}] for one)")
     if not text.startswith("["):
+        # The path is named only if it looks like one: a key put here by mistake is not.
+        named = text if "/" in text or text.endswith(".json") else "the file it names"
         try:
-            text = Path(text).read_text()
+            text = Path(text).read_text(encoding="utf-8")
         except OSError as exc:
-            raise UpstreamConfigError(f"cannot read {text}: {exc.strerror}") from None
+            raise UpstreamConfigError(f"cannot read {named}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UpstreamConfigError(f"{named} is not UTF-8 text") from None
     try:
         entries = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
