@@ -22,8 +22,10 @@ from relay.drain import InFlight
 from relay.metrics import OPEN_STREAMS
 from relay.simulator.app import create_simulator_app
 from relay.simulator.config import SimulatorConfig
+from relay.stores.migrations import load_migrations
 from relay.systemd import Notifier
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
+from tests.history_calls import execute
 from tests.relay_process import (
     NotifySocket,
     RelayProcess,
@@ -357,6 +359,23 @@ async def test_a_second_signal_ends_open_streams_at_once(relay_process, aiohttp_
         assert loop.time() - second < 10  # not the 60 s drain
     finally:
         notify.close()
+
+
+async def test_a_schema_behind_the_code_stops_start_up_when_relay_may_not_migrate(
+    relay_process, database_url
+):
+    """During a rolling upgrade (RELAY_RUN_MIGRATIONS=false) a new relay started before
+    `relay migrate` would fail request after request; it refuses to start instead."""
+    latest = load_migrations()[-1]
+    await execute(
+        database_url, "DELETE FROM schema_migrations WHERE version = %s", (latest.version,)
+    )
+    relay = relay_process(RELAY_RUN_MIGRATIONS="false")
+    relay.start()
+    assert await relay.wait(60) == 1
+    logs = relay.logs()
+    assert f"lacks 1 migration(s) this relay needs ({latest.name})" in logs
+    assert "relay migrate" in logs and "Traceback" not in logs
 
 
 @pytest.mark.parametrize("failure", ["database down", "port taken", "redis url"])

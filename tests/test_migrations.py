@@ -9,10 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2.extensions
 import pytest
 
 from relay.stores.database import connect, fetch_all
-from relay.stores.migrations import MigrationError, load_migrations, migrate, migrations_dir
+from relay.stores.migrations import (
+    MigrationError,
+    load_migrations,
+    migrate,
+    migrations_dir,
+    pending,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +57,32 @@ async def test_applies_every_file_once_and_then_nothing(empty_database_url):
     rows = await recorded(empty_database_url)
     assert [row["name"] for row in rows] == names
     assert {"clients", "schema_migrations"} <= await table_names(empty_database_url)
+
+
+async def test_pending_names_what_the_database_has_not_had(empty_database_url, tmp_path):
+    names = [migration.name for migration in load_migrations()]
+    assert await pending(empty_database_url) == names  # not even the ledger yet
+    await migrate(empty_database_url)
+    assert await pending(empty_database_url) == []
+    newer = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), newer)
+    (newer / "999_add_later.sql").write_text("CREATE TABLE later (id int);")
+    assert await pending(empty_database_url, newer) == ["999_add_later.sql"]
+
+
+async def test_a_role_that_cannot_create_the_ledger_gets_one_line(empty_database_url):
+    conn = await connect(empty_database_url, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("DROP ROLE IF EXISTS relay_reader")
+            await cur.execute("CREATE ROLE relay_reader LOGIN")
+            await cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    finally:
+        conn.close()
+    params = psycopg2.extensions.parse_dsn(empty_database_url)
+    reader = psycopg2.extensions.make_dsn(**{**params, "user": "relay_reader"})
+    with pytest.raises(MigrationError, match=r"cannot keep the migrations' ledger: .*permission"):
+        await migrate(reader)
 
 
 async def test_an_edited_applied_file_is_refused(empty_database_url, tmp_path):

@@ -87,14 +87,38 @@ async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) 
         await conn.close()
 
 
+async def pending(dsn: str, directory: Path | None = None, timeout: float = 30) -> list[str]:
+    """The names of the migrations this relay needs that the database has not had."""
+    migrations = load_migrations(directory)
+    conn = await connect(dsn, timeout=timeout)
+    try:
+        async with conn.cursor(timeout=_STATEMENT_SECONDS) as cur:
+            rows = []
+            if await _has_ledger(cur):
+                rows = await fetch_all(cur, "SELECT version FROM schema_migrations")
+    finally:
+        await conn.close()
+    applied = {row["version"] for row in rows}
+    return [migration.name for migration in migrations if migration.version not in applied]
+
+
+async def _has_ledger(cur: Cursor) -> bool:
+    await cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def _apply(cur: Cursor, migrations: list[Migration]) -> list[str]:
-    await cur.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version integer PRIMARY KEY,
-               name text NOT NULL,
-               checksum text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
+    try:
+        await cur.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+    except QueryError as exc:  # a role without CREATE on the schema, say
+        raise MigrationError(f"cannot keep the migrations' ledger: {_reason(exc)}") from None
     rows = await fetch_all(cur, "SELECT version, name, checksum FROM schema_migrations")
     applied = {row["version"]: row for row in rows}
     known = {migration.version for migration in migrations}
@@ -130,6 +154,9 @@ def _failed(migration: Migration, exc: BaseException) -> MigrationError:
         return MigrationError(
             f"{migration.name} ran longer than {_STATEMENT_SECONDS:.0f} s and was stopped"
         )
+    return MigrationError(f"{migration.name} failed: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
     # PostgreSQL's own words about relay's SQL: no request data is in them.
-    reason = (getattr(exc, "pgerror", None) or str(exc)).strip().splitlines()[0]
-    return MigrationError(f"{migration.name} failed: {reason}")
+    return (getattr(exc, "pgerror", None) or str(exc)).strip().splitlines()[0]
