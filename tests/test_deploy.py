@@ -13,6 +13,7 @@ import yaml
 
 from relay.commands.serve import GRACE_SECONDS, SHUTDOWN_SECONDS
 from relay.config import ConfigError, Settings, read_env_file
+from relay.upstreams.config import DEFAULT_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -215,9 +216,11 @@ def test_image_defaults_to_production_and_keeps_its_state():
 
 def test_nginx_example_streams_unbuffered():
     conf = (DEPLOY / "nginx.conf").read_text()
+    # relay's own 504 (in OpenAI's error shape) must come before nginx gives up.
+    read_timeout = re.search(r"proxy_read_timeout (\d+)s;", conf)
+    assert read_timeout and int(read_timeout.group(1)) > DEFAULT_TIMEOUT_S
     for directive in (
         "proxy_buffering off;",
-        "proxy_read_timeout 600s;",
         "X-Forwarded-For $proxy_add_x_forwarded_for;",
         "keepalive 64;",
         "ssl_certificate ",

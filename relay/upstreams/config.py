@@ -106,12 +106,15 @@ def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
         base_url=base_url,
         api_key=api_key,
         models=dict(models),
-        timeout_s=_positive(entry, "timeout_s", 600.0),
+        timeout_s=_positive(entry, "timeout_s", DEFAULT_TIMEOUT_S),
         connect_timeout_s=_positive(entry, "connect_timeout_s", 10.0),
     )
 
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How long a provider has to answer (and, once answering, between bytes) unless its
+# upstream says otherwise.
+DEFAULT_TIMEOUT_S = 600.0
 
 
 def parse_upstreams(text: str, environ: Mapping[str, str]) -> tuple[Upstream, ...]:
