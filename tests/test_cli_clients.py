@@ -120,12 +120,25 @@ def test_delete(relay_cli):
     assert output(relay_cli("list")) == []
 
 
+def test_list_pages_through_every_client(relay_cli):
+    ids = [output(relay_cli("create", "--name", f"c{n}"))["id"] for n in range(3)]
+    first = relay_cli("list", "--limit", "2")
+    assert [client["id"] for client in output(first)] == ids[:2]
+    assert f"more clients follow: --after {ids[1]}" in first.stderr
+    rest = relay_cli("list", "--limit", "2", "--after", ids[1])
+    assert [client["id"] for client in output(rest)] == ids[2:]
+    assert rest.stderr == ""
+    for bad in ("0", "-5", "501", "many"):
+        refused = relay_cli("list", "--limit", bad, ok=False)
+        assert refused.returncode == 2 and "--limit" in refused.stderr
+
+
 def test_honours_run_migrations(empty_database_url, tmp_path):
     # During a rolling upgrade the new version's CLI must not migrate under old instances.
     held = cli_runner(empty_database_url, tmp_path / "state", RELAY_RUN_MIGRATIONS="false")
     done = held("list", ok=False)
     assert done.returncode == 1
-    assert "does not exist" in done.stderr and "relay migrate" in done.stderr
+    assert "lacks" in done.stderr and "relay migrate" in done.stderr
     assert "Traceback" not in done.stderr
 
     # Left at its default, the same command brings the schema up to date first.

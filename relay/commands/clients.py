@@ -17,7 +17,7 @@ from relay.services.apikeys import KeyHasher
 from relay.services.clients import ClientService
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database, QueryError
-from relay.stores.migrations import MigrationError, migrate
+from relay.stores.migrations import MigrationError, migrate, pending
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--scope", action="append", default=[], dest="scopes")
     create.add_argument("--no-history", action="store_true", help="do not store its conversations")
-    listing = actions.add_parser("list", help="list clients")
-    listing.add_argument("--limit", type=int, default=100)
+    listing = actions.add_parser("list", help="list clients, oldest first")
+    listing.add_argument("--limit", type=_page_size, default=100, help="1 to 500 (default 100)")
+    listing.add_argument("--after", help="the last client id of the previous page")
     for name, text in (
         ("disable", "refuse the client's key and tokens at once"),
         ("enable", "let a disabled client back in"),
@@ -37,12 +38,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         actions.add_parser(name, help=text).add_argument("client_id")
 
 
+def _page_size(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError("must be between 1 and 500")
+    return value
+
+
 @asynccontextmanager
 async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
     # As `relay serve` does: during a rolling upgrade, RELAY_RUN_MIGRATIONS=false
     # keeps the new version's CLI from changing the schema under old instances.
     if settings.run_migrations:
         await migrate(settings.database_url)
+    elif missing := await pending(settings.database_url):
+        raise MigrationError(
+            f"the database lacks {len(missing)} migration(s) this relay needs; run `relay migrate`"
+        )
     database = await Database.open(settings.database_url, size=2, timeout=settings.database_timeout)
     try:
         hasher = await asyncio.get_running_loop().run_in_executor(
@@ -60,7 +75,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> object:
             client, key = await clients.create(body)
             return client_json(client, key)
         if args.action == "list":
-            page, _ = await clients.list_page(limit=args.limit, after=None)
+            page, more = await clients.list_page(limit=args.limit, after=args.after)
+            if more:
+                print(f"more clients follow: --after {page[-1].id}", file=sys.stderr)
             return [client_json(client) for client in page]
         if args.action in ("disable", "enable"):
             status = "disabled" if args.action == "disable" else "active"
