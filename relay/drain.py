@@ -66,6 +66,8 @@ class InFlight:
             yield self.deadline
             return
         self._on_deadline.add(on_deadline)
+        if self.deadline.is_set():  # begun after the deadline (a kept-alive connection's)
+            on_deadline()
         try:
             yield self.deadline
         finally:

@@ -213,6 +213,19 @@ async def test_an_answer_still_awaited_at_the_drain_deadline_gets_a_503(stalled_
     assert response.headers["Retry-After"] == "1"
 
 
+def test_the_deadline_reaches_what_is_open_and_what_begins_after_it():
+    in_flight = InFlight()
+    called: list[str] = []
+    with in_flight.watch(lambda: called.append("open")):
+        in_flight.end_now()
+        in_flight.end_now()  # once
+        with in_flight.track(on_deadline=lambda: called.append("later")):
+            pass
+    with in_flight.watch(lambda: called.append("closed")):
+        pass
+    assert called == ["open", "later", "closed"]
+
+
 async def test_in_flight_counts_streams_and_waits():
     in_flight = InFlight()
     before = OPEN_STREAMS._value.get()
