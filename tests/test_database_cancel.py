@@ -308,3 +308,27 @@ async def test_answers_queued_behind_an_unreachable_database_fail_with_its_batch
         await hurried.close()
     assert all(isinstance(result, DependencyUnavailableError) for result in results)
     assert sent <= 3  # those in flight when the database was found gone, not one per answer
+
+
+async def test_a_batch_the_server_cancels_fails_alone(http, database_url):
+    """A statement the server cancelled (or a deadlock) is that batch's trouble, not
+    the database being gone: the answers queued behind it are still written."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    recorder = AnswerRecorder(batch_size=1)
+    recorder.add_part(HistoryPart())
+    await recorder.start(http.app[DATABASE])
+    try:
+        async with locked(database_url, "conversations"):
+            answers = [
+                asyncio.ensure_future(recorder.record(recorded_answer(http.app, owner, f"q{n}")))
+                for n in range(5)
+            ]
+            first, *_ = await waiting_for_lock(database_url)
+            await query(database_url, "SELECT pg_cancel_backend(%s)", (first,))
+            await asyncio.sleep(0.2)  # the cancelled batch has failed meanwhile
+        results = await asyncio.gather(*answers, return_exceptions=True)
+    finally:
+        await recorder.close()
+    failed = [result for result in results if isinstance(result, DependencyUnavailableError)]
+    assert len(failed) == 1 and results.count(None) == 4

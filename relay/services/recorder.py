@@ -23,7 +23,7 @@ from typing import Protocol
 from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
-from relay.stores.database import Batch, Database
+from relay.stores.database import Batch, Database, out_of_reach
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ class AnswerRecorder:
                 self._committed(batch, started)
             elif isinstance(failure, DependencyUnavailableError):
                 self._fail(batch)
-                self._fail_queued()
+                if out_of_reach(failure):
+                    self._fail_queued()
             else:
                 # Once more whole: it may have met state another instance changed (the
                 # receipt chain's head) or been built on a batch that failed; parts read

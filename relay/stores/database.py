@@ -68,6 +68,14 @@ def _driver_errors() -> Iterator[None]:
         raise unavailable(statement) from exc
 
 
+def out_of_reach(error: DependencyUnavailableError) -> bool:
+    """Whether `error` (raised here) means the server cannot be reached or did not
+    answer in time, rather than that it refused one statement: a deadlock, a
+    serialization failure, a statement it cancelled."""
+    refused = (psycopg2.extensions.TransactionRollbackError, asyncio.CancelledError)
+    return not isinstance(error.__cause__, refused)
+
+
 class _ServerCancelFilter(logging.Filter):
     """aiopg reports a statement the server cancelled to the event loop's exception
     handler, which logs it as an error with a traceback; relay logs it itself, once,
