@@ -391,7 +391,9 @@ async def test_a_schema_behind_the_code_stops_start_up_when_relay_may_not_migrat
     assert "relay migrate" in logs and "Traceback" not in logs
 
 
-@pytest.mark.parametrize("failure", ["database down", "port taken", "redis url"])
+@pytest.mark.parametrize(
+    "failure", ["database down", "port taken", "redis url", "socket directory missing"]
+)
 async def test_a_failed_start_is_one_line_and_no_traceback(relay_process, failure):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -400,6 +402,7 @@ async def test_a_failed_start_is_one_line_and_no_traceback(relay_process, failur
             "database down": {"RELAY_DATABASE_URL": "postgresql://relay@127.0.0.1:1/relay"},
             "port taken": {"RELAY_PORT": str(taken.getsockname()[1])},
             "redis url": {"RELAY_REDIS_URL": "http://127.0.0.1:6379"},
+            "socket directory missing": {"RELAY_UNIX_SOCKET": "/nonexistent/relay.sock"},
         }[failure]
         relay = relay_process(**settings)
         relay.start()
@@ -408,3 +411,7 @@ async def test_a_failed_start_is_one_line_and_no_traceback(relay_process, failur
     assert code == 1, logs
     assert "relay serve:" in logs
     assert "Traceback" not in logs
+    if failure == "port taken":
+        assert f"cannot listen on 127.0.0.1:{settings['RELAY_PORT']}" in logs
+    if failure == "socket directory missing":
+        assert "cannot listen on /nonexistent/relay.sock" in logs

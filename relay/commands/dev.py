@@ -181,12 +181,8 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
         stack.push_async_callback(runner.cleanup)
         try:
             await start_sites(runner, settings)
-        except OSError as exc:
-            where = settings.unix_socket or f"{settings.host}:{settings.port}"
-            print(
-                f"relay dev: cannot listen on {where}: {exc.strerror}; try RELAY_PORT=…",
-                file=sys.stderr,
-            )
+        except OSError as exc:  # start_sites names where it could not listen
+            print(f"relay dev: {exc.strerror}; try RELAY_PORT=…", file=sys.stderr)
             return 1
         key_file = dev_dir / DEMO_FILE
         api_key = await demo_key(app[CLIENTS], key_file)

@@ -64,7 +64,12 @@ async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.Bas
             )
         )
     for site in sites:
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # Python's message names neither the socket's path nor the address.
+            where = settings.unix_socket or f"{settings.host}:{settings.port}"
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
     if settings.unix_socket:
         # Connecting needs write permission; with the unit's UMask=0027 the socket
         # would be the relay user's alone. Its group (the proxy's, e.g. www-data
