@@ -39,15 +39,16 @@ bench-tools:
 		|| echo "valgrind could not be installed; instructions are not counted" >&2
 
 # The deployment checks (tests/test_deploy.py) need systemd-analyze, a compose
-# client and nginx; install them from Debian when missing (as root).
-APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+# client and nginx; install them from Debian when missing (with sudo unless root).
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+APT_UPDATE := $(SUDO) apt-get update -qq
 deploy-tools:
 	@command -v systemd-analyze >/dev/null 2>&1 || $(APT_INSTALL) systemd \
-		|| { apt-get update -qq && $(APT_INSTALL) systemd; }
+		|| { $(APT_UPDATE) && $(APT_INSTALL) systemd; }
 	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
-		|| $(APT_INSTALL) docker-compose || { apt-get update -qq && $(APT_INSTALL) docker-compose; }
+		|| $(APT_INSTALL) docker-compose || { $(APT_UPDATE) && $(APT_INSTALL) docker-compose; }
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || $(APT_INSTALL) nginx-light \
-		|| { apt-get update -qq && $(APT_INSTALL) nginx-light; }
+		|| { $(APT_UPDATE) && $(APT_INSTALL) nginx-light; }
 
 verify-deploy: $(INSTALLED) deploy-tools
 	$(BIN)/pytest -q tests/test_deploy.py
