@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from relay.api.chat_events import PAD_STEP
+from relay.services.native_chat import chat_messages
 from relay.simulator import completion_text
 from tests.api_calls import assert_error, bearer, client_with_token, post_and_never_read
 from tests.history_calls import CONVERSATION, execute, stored_messages
@@ -344,3 +345,27 @@ async def test_a_client_that_stops_reading_is_cut_off_and_recorded_as_gone(
     finally:
         sock.close()
     assert rows[-1]["status"] == "cancelled"  # the client's doing, not the provider's
+
+
+def test_the_context_alternates_user_first_whatever_history_holds():
+    def turn(role: str, content: str) -> dict[str, str]:
+        return {"role": role, "content": content}
+
+    context = [
+        turn("assistant", "an answer whose question the budget left out"),
+        turn("user", "q1"),
+        turn("assistant", "a1"),
+        turn("user", "q2, whose answer failed"),
+        turn("user", "q2 again"),
+        turn("assistant", "a2"),
+        turn("user", "q3, unanswered"),
+    ]
+    assert chat_messages("sys", context, "q4") == [
+        turn("system", "sys"),
+        turn("user", "q1"),
+        turn("assistant", "a1"),
+        turn("user", "q2 again"),
+        turn("assistant", "a2"),
+        turn("user", "q4"),
+    ]
+    assert chat_messages(None, [], "hi") == [turn("user", "hi")]

@@ -52,13 +52,19 @@ def check_native_chat(data: dict[str, Any]) -> NativeChat:
 def chat_messages(
     system: str | None, context: list[dict[str, Any]], message: str
 ) -> list[dict[str, Any]]:
-    """System first, then the stored context oldest first, then the new user message."""
-    messages: list[dict[str, Any]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.extend({"role": row["role"], "content": row["content"]} for row in context)
-    messages.append({"role": "user", "content": message})
-    return messages
+    """System first, then the stored context oldest first, then the new user message.
+
+    Turns alternate, user first, as some providers' chat templates insist: a message
+    followed by another of its role (a question whose answer failed, then its retry)
+    gives way to the later one, and an answer the budget cut from its question goes.
+    """
+    turns: list[dict[str, Any]] = []
+    for row in [*context, {"role": "user", "content": message}]:
+        if turns and turns[-1]["role"] == row["role"]:
+            turns.pop()
+        if turns or row["role"] == "user":
+            turns.append({"role": row["role"], "content": row["content"]})
+    return [{"role": "system", "content": system}, *turns] if system else turns
 
 
 def new_messages(chat: NativeChat) -> list[dict[str, Any]]:
