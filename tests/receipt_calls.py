@@ -76,6 +76,8 @@ def relay_verify(
     receipts: list[dict[str, Any]],
     saved: Saved | None = None,
     nonce: str | None = NONCE,
+    *,
+    require_tee: bool = False,
 ) -> int:
     """`relay verify` on files written as a client would keep them; its exit status."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -92,4 +94,6 @@ def relay_verify(
         argv += ["--response-body", str(directory / "response.bin")]
     if nonce is not None:
         argv += ["--nonce", nonce]
+    if require_tee:
+        argv.append("--require-tee")
     return main(argv)

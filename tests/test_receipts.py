@@ -62,6 +62,10 @@ async def test_an_answer_verifies_end_to_end_with_the_clients_own_bytes(
     )
     assert any(line.startswith("response body") for line in lines)
     assert relay_verify(tmp_path / "ok", report, [receipt], saved) == 0
+    # This relay runs without a TEE (tee_type none): whoever requires one is refused.
+    with pytest.raises(VerificationError, match="no TEE"):
+        verify_all(report, [receipt], require_tee=True)
+    assert relay_verify(tmp_path / "tee", report, [receipt], saved, require_tee=True) == 1
 
 
 async def test_a_body_sent_on_as_received_has_one_hash_for_both(http, caller, simulator):

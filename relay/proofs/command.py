@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--response-body", type=Path, help="the exact bytes you received (last receipt)"
     )
     parser.add_argument("--nonce", help="the 64-hex nonce you asked the report for")
+    parser.add_argument(
+        "--require-tee",
+        action="store_true",
+        help="fail a report no TEE vouches for (tee_type none) instead of noting it",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -47,7 +52,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"FAIL {exc}", file=out)
         return EXIT_UNUSABLE
     try:
-        for check in iter_checks(report, receipts, request_body, response_body, nonce):
+        checks = iter_checks(
+            report, receipts, request_body, response_body, nonce, require_tee=args.require_tee
+        )
+        for check in checks:
             print(("ok  " if check.held else "note ") + check.text, file=out)
     except VerificationError as exc:
         print(f"FAIL {exc.message}", file=out)

@@ -152,8 +152,11 @@ def iter_checks(
     request_body: bytes | None = None,
     response_body: bytes | None = None,
     nonce: bytes | None = None,
+    *,
+    require_tee: bool = False,
 ) -> Iterator[Check]:
-    """Every check in order; bodies belong to the last receipt. Raises on the first failure."""
+    """Every check in order; bodies belong to the last receipt. Raises on the first failure
+    (with `require_tee`, a report no TEE vouches for is one)."""
     if not receipts:
         raise VerificationError("chain: no receipts")
     for receipt in receipts:
@@ -161,6 +164,8 @@ def iter_checks(
         yield Check(True, verify_receipt_key(receipt, report))
     yield Check(True, verify_report_data(report, nonce))
     quoted = verify_quote_report_data(report)
+    if quoted is None and require_tee:
+        raise VerificationError("quote: tee_type none: no TEE vouches for this key")
     if quoted is None:
         yield Check(False, "quote  tee_type none: no TEE vouches for this key, only the host")
     else:
@@ -184,9 +189,15 @@ def verify_all(
     request_body: bytes | None = None,
     response_body: bytes | None = None,
     nonce: bytes | None = None,
+    *,
+    require_tee: bool = False,
 ) -> list[str]:
-    """The lines that held; raises VerificationError on the first failure."""
-    checks = iter_checks(report, receipts, request_body, response_body, nonce)
+    """The lines that held; raises VerificationError on the first failure. Without
+    `require_tee` a report of `tee_type: none` passes: check the report's tee_type,
+    or ask for a TEE, before trusting what runs."""
+    checks = iter_checks(
+        report, receipts, request_body, response_body, nonce, require_tee=require_tee
+    )
     return [check.text for check in checks if check.held]
 
 
