@@ -60,6 +60,16 @@ def postgres_url(raw: str) -> str:
     return raw
 
 
+def redis_url(raw: str) -> str:
+    from redis.connection import parse_url  # the client's own reading of it
+
+    try:
+        parse_url(raw)
+    except ValueError:  # its words may quote the URL, password and all
+        raise ValueError("not a Redis URL (redis://, rediss:// or unix://)") from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str = setting("RELAY_ENV", "development", choices=("development", "production"))
@@ -73,7 +83,7 @@ class Settings:
     )
     database_pool_size: int = setting("RELAY_DATABASE_POOL_SIZE", 20, integer, minimum=1)
     database_timeout: float = setting("RELAY_DATABASE_TIMEOUT", 5.0, number, minimum=0.1)
-    redis_url: str = setting("RELAY_REDIS_URL", "redis://127.0.0.1:6379/0", file=True)
+    redis_url: str = setting("RELAY_REDIS_URL", "redis://127.0.0.1:6379/0", redis_url, file=True)
     redis_timeout: float = setting("RELAY_REDIS_TIMEOUT", 0.25, number, minimum=0.01)
     # Rate limits (relay.services.ratelimit): per-minute defaults a client's
     # `limits` may override; "off" only for measuring what limiting costs.

@@ -220,8 +220,15 @@ MISPLACED = "sk-MISPLACED-KEY-123"
             f' "api_key_env": "{MISPLACED}", "models": {{"m": "m"}}}}]'
         },
         {"RELAY_DATABASE_URL": f"postgresql://relay:{MISPLACED}%ZZ@127.0.0.1/relay"},
+        {"RELAY_REDIS_URL": f"http://:{MISPLACED}@127.0.0.1:6379/0"},
     ],
-    ids=["one upstream, not a list", "a key for a path", "a key for a name", "a bad url"],
+    ids=[
+        "one upstream, not a list",
+        "a key for a path",
+        "a key for a name",
+        "a bad database url",
+        "a bad redis url",
+    ],
 )
 def test_a_setting_holding_a_secret_is_refused_without_showing_it(env):
     # Start-up errors reach the journal: a provider key or a password must not.
