@@ -20,7 +20,7 @@ from bench.children import Child, child_environment
 from bench.options import BenchOptions
 from relay.config import Settings
 from relay.devservers import PostgresServer, RedisServer, free_port
-from relay.stores.database import create_database, with_database
+from relay.stores.database_admin import create_database, with_database
 
 HOST = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"

@@ -53,7 +53,7 @@ PLACEHOLDER = "change-me"
 
 
 def postgres_url(raw: str) -> str:
-    from relay.stores.database import readable_dsn  # the driver's own reading of it
+    from relay.stores.database_admin import readable_dsn  # the driver's own reading of it
 
     if not readable_dsn(raw):
         raise ValueError("PostgreSQL cannot read it as a URL or connection string")

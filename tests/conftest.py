@@ -27,7 +27,7 @@ from relay.app import create_app
 from relay.config import Secret, Settings
 from relay.devservers import PostgresServer, RedisServer
 from relay.simulator import SIMULATOR_STATE, SimulatorConfig, SimulatorState, create_simulator_app
-from relay.stores.database import create_database, drop_database, with_database
+from relay.stores.database_admin import create_database, drop_database, with_database
 from relay.stores.migrations import migrate
 from relay.upstreams.config import Upstream
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from relay.appkeys import REDIS
 from relay.devservers import PostgresServer, RedisServer
-from relay.stores.database import create_database
+from relay.stores.database_admin import create_database
 
 HEALTH_TIMEOUT = 0.5
 

@@ -29,7 +29,8 @@ from relay.config import ConfigError, Settings, load_settings
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
 from relay.logs import setup_logging
 from relay.services.clients import ClientService
-from relay.stores.database import connect, create_database
+from relay.stores.database import connect
+from relay.stores.database_admin import create_database
 
 DATABASE = "relay"
 SIMULATOR_KEY = "sim"

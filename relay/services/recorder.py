@@ -23,7 +23,8 @@ from typing import Protocol
 from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
-from relay.stores.database import Batch, Database, out_of_reach
+from relay.stores.database import Batch, Database
+from relay.stores.database_failures import out_of_reach
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,18 @@
-"""The PostgreSQL driver boundary: the only module that imports aiopg or psycopg2.
+"""The PostgreSQL driver boundary: the one module that imports aiopg. Beside it,
+`database_failures` (what the driver's failures mean) and `database_admin`
+(creating databases, reading connection strings) are the only others that import
+psycopg2.
 
-Stores get cursors from `Database`; a server that is down, too slow, or that
-cancels a statement becomes `DependencyUnavailableError` (503) here, once,
-instead of in every store.
+Stores get cursors from `Database` and write transactions through `Batch`; every
+driver failure on the way becomes `DependencyUnavailableError` (503) once, here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import aiopg
 import orjson
@@ -19,88 +20,16 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from relay.errors import DependencyUnavailableError
+from relay.stores.database_failures import driver_errors, quiet_server_cancels, registered
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Cursor = aiopg.Cursor
 Connection = aiopg.Connection
 
 UniqueViolation = psycopg2.errors.UniqueViolation
 ForeignKeyViolation = psycopg2.errors.ForeignKeyViolation
 QueryError = psycopg2.Error
-# Errors that mean "the server is not there", as opposed to a bad query.
-_UNAVAILABLE = (
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-
-def unavailable(exc: BaseException) -> DependencyUnavailableError:
-    # The driver's first line tells a wrong password or database name from an
-    # outage; connection failures name host, port, database and user, never values.
-    lines = str(exc).strip().splitlines() if isinstance(exc, psycopg2.OperationalError) else []
-    reason = lines[0] if lines else ""
-    log.warning("postgres unavailable", extra={"error": type(exc).__name__, "reason": reason})
-    return DependencyUnavailableError("The database is unavailable; try again shortly.")
-
-
-@contextmanager
-def _driver_errors() -> Iterator[None]:
-    """Unavailability, and a statement the server cancelled, as DependencyUnavailableError."""
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise unavailable(exc) from exc
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            raise  # the task itself is cancelled: its client left, or relay is stopping
-        # aiopg raises a statement PostgreSQL cancelled (statement_timeout,
-        # pg_cancel_backend(), a recovery conflict) as CancelledError, with psycopg2's
-        # QueryCanceledError only as its context. Left alone it would pass for the
-        # task's own cancellation: a dropped connection instead of a 503.
-        context = exc.__context__
-        statement = context if isinstance(context, psycopg2.extensions.QueryCanceledError) else exc
-        raise unavailable(statement) from exc
-
-
-def out_of_reach(error: DependencyUnavailableError) -> bool:
-    """Whether `error` (raised here) means the server cannot be reached or did not
-    answer in time, rather than that it refused one statement: a deadlock, a
-    serialization failure, a statement it cancelled."""
-    refused = (psycopg2.extensions.TransactionRollbackError, asyncio.CancelledError)
-    return not isinstance(error.__cause__, refused)
-
-
-class _ServerCancelFilter(logging.Filter):
-    """aiopg reports a statement the server cancelled to the event loop's exception
-    handler, which logs it as an error with a traceback; relay logs it itself, once,
-    as the warning `unavailable` writes. asyncio's record of it is dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, psycopg2.extensions.QueryCanceledError)
-
-
-_SERVER_CANCEL_FILTER = _ServerCancelFilter()
-
-
-async def _registered(connecting: Callable[[], Awaitable[T]]) -> T:
-    """A new connection, or one from the pool; a RuntimeError on the way is the server
-    being unreachable. Under uvloop, a connection refused can leave the poll handle of
-    its socket's number behind, closed, and registering the next socket given that
-    number raises RuntimeError (aiopg registers it as it creates the connection):
-    every other request while PostgreSQL is down would be a 500 with a traceback."""
-    try:
-        return await connecting()
-    except RuntimeError as exc:
-        raise unavailable(exc) from exc
-
-
 # TCP keepalives, so that a server that vanished without closing its sockets (a host
 # crash, a failover) is noticed on idle connections too, instead of by the next
 # request each of them serves.
@@ -134,9 +63,9 @@ class Database:
 
     @classmethod
     async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
-        logging.getLogger("asyncio").addFilter(_SERVER_CANCEL_FILTER)  # added once, however often
-        with _driver_errors():
-            pool = await _registered(
+        quiet_server_cancels()
+        with driver_errors():
+            pool = await registered(
                 lambda: aiopg.create_pool(
                     dsn,
                     minsize=1,
@@ -158,8 +87,8 @@ class Database:
 
         `transaction` and `batch` are built on it, so its error mapping covers theirs,
         their ROLLBACK and COMMIT included."""
-        with _driver_errors():
-            conn = await _registered(self.pool.acquire)
+        with driver_errors():
+            conn = await registered(self.pool.acquire)
             try:
                 async with conn.cursor() as cur:
                     yield cur
@@ -264,7 +193,7 @@ class Batch:
 async def listen(conn: Connection, channels: Iterable[str]) -> None:
     """LISTEN on `channels`, its failures mapped like any other statement's (a
     cancelled LISTEN must not pass for the listener task's own cancellation)."""
-    with _driver_errors():
+    with driver_errors():
         async with conn.cursor() as cur:
             for channel in channels:
                 await cur.execute(f"LISTEN {quote_identifier(channel)}")
@@ -272,8 +201,8 @@ async def listen(conn: Connection, channels: Iterable[str]) -> None:
 
 async def connect(dsn: str, timeout: float, **options: Any) -> Connection:
     """A connection of its own, outside the pool (LISTEN, migrations)."""
-    with _driver_errors():
-        return await _registered(lambda: aiopg.connect(dsn, timeout=timeout, **options))
+    with driver_errors():
+        return await registered(lambda: aiopg.connect(dsn, timeout=timeout, **options))
 
 
 def json_rows(rows: Sequence[Any]) -> str:
@@ -296,49 +225,3 @@ async def fetch_one(cur: Cursor, query: str, args: Any = None) -> dict[str, Any]
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-async def create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
-    """CREATE DATABASE (used by tests, `relay dev` and the benchmark)."""
-    conn = await connect(admin_dsn, timeout=30)
-    try:
-        async with conn.cursor() as cur:
-            sql = f"CREATE DATABASE {quote_identifier(name)}"
-            if template:
-                sql += f" TEMPLATE {quote_identifier(template)}"
-            await cur.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def drop_database(admin_dsn: str, name: str) -> None:
-    conn = await connect(admin_dsn, timeout=30)
-    try:
-        async with conn.cursor() as cur:
-            # Refuse new connections first: a client that reconnects between FORCE's
-            # termination of sessions and the drop itself would make the drop fail.
-            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if await cur.fetchone():
-                await cur.execute(
-                    f"ALTER DATABASE {quote_identifier(name)} ALLOW_CONNECTIONS false"
-                )
-            await cur.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)} WITH (FORCE)")
-    finally:
-        await conn.close()
-
-
-def readable_dsn(dsn: str) -> bool:
-    """Whether libpq can read `dsn`, a URL or a key=value string (its complaint would
-    quote the text, password included: only yes or no leaves here)."""
-    try:
-        psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.ProgrammingError:
-        return False
-    return True
-
-
-def with_database(dsn: str, name: str) -> str:
-    """The same server URL pointing at database `name`."""
-    params = psycopg2.extensions.parse_dsn(dsn)
-    params["dbname"] = name
-    return psycopg2.extensions.make_dsn(**params)

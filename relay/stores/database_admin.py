@@ -1,0 +1,56 @@
+"""Creating, dropping and pointing at databases (for the tests, `relay dev` and the
+benchmark) and checking a connection string (for the settings): never on the
+request path. (Part of the driver boundary, with `database`.)"""
+
+from __future__ import annotations
+
+import psycopg2
+import psycopg2.extensions
+
+from relay.stores.database import connect, quote_identifier
+
+
+async def create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
+    """CREATE DATABASE (used by tests, `relay dev` and the benchmark)."""
+    conn = await connect(admin_dsn, timeout=30)
+    try:
+        async with conn.cursor() as cur:
+            sql = f"CREATE DATABASE {quote_identifier(name)}"
+            if template:
+                sql += f" TEMPLATE {quote_identifier(template)}"
+            await cur.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await connect(admin_dsn, timeout=30)
+    try:
+        async with conn.cursor() as cur:
+            # Refuse new connections first: a client that reconnects between FORCE's
+            # termination of sessions and the drop itself would make the drop fail.
+            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if await cur.fetchone():
+                await cur.execute(
+                    f"ALTER DATABASE {quote_identifier(name)} ALLOW_CONNECTIONS false"
+                )
+            await cur.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def readable_dsn(dsn: str) -> bool:
+    """Whether libpq can read `dsn`, a URL or a key=value string (its complaint would
+    quote the text, password included: only yes or no leaves here)."""
+    try:
+        psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return False
+    return True
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server URL pointing at database `name`."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    params["dbname"] = name
+    return psycopg2.extensions.make_dsn(**params)

@@ -1,0 +1,97 @@
+"""What the PostgreSQL driver's failures mean to relay: a server that is down, too
+slow, or that cancels a statement becomes `DependencyUnavailableError` (503) here,
+once, instead of in every store. (Part of the driver boundary, with `database`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import psycopg2
+import psycopg2.extensions
+
+from relay.errors import DependencyUnavailableError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors that mean "the server is not there", as opposed to a bad query.
+_UNAVAILABLE = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def unavailable(exc: BaseException) -> DependencyUnavailableError:
+    # The driver's first line tells a wrong password or database name from an
+    # outage; connection failures name host, port, database and user, never values.
+    lines = str(exc).strip().splitlines() if isinstance(exc, psycopg2.OperationalError) else []
+    reason = lines[0] if lines else ""
+    log.warning("postgres unavailable", extra={"error": type(exc).__name__, "reason": reason})
+    return DependencyUnavailableError("The database is unavailable; try again shortly.")
+
+
+@contextmanager
+def driver_errors() -> Iterator[None]:
+    """Unavailability, and a statement the server cancelled, as DependencyUnavailableError."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise unavailable(exc) from exc
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the task itself is cancelled: its client left, or relay is stopping
+        # aiopg raises a statement PostgreSQL cancelled (statement_timeout,
+        # pg_cancel_backend(), a recovery conflict) as CancelledError, with psycopg2's
+        # QueryCanceledError only as its context. Left alone it would pass for the
+        # task's own cancellation: a dropped connection instead of a 503.
+        context = exc.__context__
+        statement = context if isinstance(context, psycopg2.extensions.QueryCanceledError) else exc
+        raise unavailable(statement) from exc
+
+
+def out_of_reach(error: DependencyUnavailableError) -> bool:
+    """Whether `error` (raised here) means the server cannot be reached or did not
+    answer in time, rather than that it refused one statement: a deadlock, a
+    serialization failure, a statement it cancelled."""
+    refused = (psycopg2.extensions.TransactionRollbackError, asyncio.CancelledError)
+    return not isinstance(error.__cause__, refused)
+
+
+class _ServerCancelFilter(logging.Filter):
+    """aiopg reports a statement the server cancelled to the event loop's exception
+    handler, which logs it as an error with a traceback; relay logs it itself, once,
+    as the warning `unavailable` writes. asyncio's record of it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, psycopg2.extensions.QueryCanceledError)
+
+
+async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
+    """A new connection, or one from the pool; a RuntimeError on the way is the server
+    being unreachable. Under uvloop, a connection refused can leave the poll handle of
+    its socket's number behind, closed, and registering the next socket given that
+    number raises RuntimeError (aiopg registers it as it creates the connection):
+    every other request while PostgreSQL is down would be a 500 with a traceback."""
+    try:
+        return await connecting()
+    except RuntimeError as exc:
+        raise unavailable(exc) from exc
+
+
+def quiet_server_cancels() -> None:
+    """Install the filter that keeps asyncio from logging server cancels (once, however
+    often called)."""
+    logging.getLogger("asyncio").addFilter(_SERVER_CANCEL_FILTER)
+
+
+_SERVER_CANCEL_FILTER = _ServerCancelFilter()
