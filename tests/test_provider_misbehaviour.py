@@ -147,13 +147,6 @@ async def test_done_ends_the_stream_without_waiting_for_the_provider_to_close(re
     assert await answer_status(database_url, client_id) == ["complete"]
 
 
-async def test_a_connection_broken_after_done_leaves_the_answer_complete(relay, database_url):
-    http, token, client_id = relay
-    response = await ask(http, token, "reset-after-done")
-    assert await response.read() == CHUNK + FINISH + DONE
-    assert await answer_status(database_url, client_id) == ["complete"]
-
-
 async def test_a_done_line_cut_short_of_its_blank_line_still_ends_the_answer(relay, database_url):
     """The provider closed right after `data: [DONE]` and one newline: by the SSE rules
     that event never ended, but the answer did. The client gets the bytes as sent (its
@@ -207,19 +200,24 @@ async def test_json_instead_of_a_stream_is_a_502_carrying_the_providers_message(
     await assert_error(await ask(http, token, "json-answer"), 502, "upstream_not_streamed")
 
 
-async def test_the_providers_own_error_event_ends_the_stream_as_failed(relay, database_url):
+@pytest.mark.parametrize(
+    "model,sent,status",
+    [
+        # A connection broken after [DONE] leaves the answer complete.
+        ("reset-after-done", CHUNK + FINISH + DONE, "complete"),
+        # The provider's own error event: no second error event of relay's after it.
+        ("error-event", CHUNK + ERROR_EVENT, "failed"),
+        # An error event, then [DONE] (vLLM ends so): still a failed answer.
+        ("error-event-then-done", CHUNK + ERROR_EVENT + DONE, "failed"),
+    ],
+)
+async def test_the_client_gets_what_the_provider_sent_and_history_how_it_went(
+    relay, database_url, model, sent, status
+):
     http, token, client_id = relay
-    response = await ask(http, token, "error-event")
-    # Exactly what the provider sent: no second error event of relay's after its own.
-    assert await response.read() == CHUNK + ERROR_EVENT
-    assert await answer_status(database_url, client_id) == ["failed"]
-
-
-async def test_an_error_event_followed_by_done_is_still_a_failed_answer(relay, database_url):
-    http, token, client_id = relay
-    response = await ask(http, token, "error-event-then-done")
-    assert await response.read() == CHUNK + ERROR_EVENT + DONE
-    assert await answer_status(database_url, client_id) == ["failed"]
+    response = await ask(http, token, model)
+    assert await response.read() == sent
+    assert await answer_status(database_url, client_id) == [status]
 
 
 async def test_a_whole_answer_that_is_an_error_is_passed_on_and_kept_as_failed(relay, database_url):
