@@ -32,6 +32,8 @@ from relay.config_values import (
     number,
     parse_value,
     positive_or_none,
+    readable_postgres_url,
+    readable_redis_url,
     setting,
     words,
 )
@@ -52,24 +54,6 @@ __all__ = [
 PLACEHOLDER = "change-me"
 
 
-def postgres_url(raw: str) -> str:
-    from relay.stores.database_admin import readable_dsn  # the driver's own reading of it
-
-    if not readable_dsn(raw):
-        raise ValueError("PostgreSQL cannot read it as a URL or connection string")
-    return raw
-
-
-def redis_url(raw: str) -> str:
-    from redis.connection import parse_url  # the client's own reading of it
-
-    try:
-        parse_url(raw)
-    except ValueError:  # its words may quote the URL, password and all
-        raise ValueError("not a Redis URL (redis://, rediss:// or unix://)") from None
-    return raw
-
-
 @dataclass(frozen=True)
 class Settings:
     env: str = setting("RELAY_ENV", "development", choices=("development", "production"))
@@ -79,11 +63,16 @@ class Settings:
     # `file=True`: may instead be read from the file RELAY_…_FILE names (a systemd
     # credential, a Docker secret), so the value need not sit in the environment.
     database_url: str = setting(
-        "RELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay", postgres_url, file=True
+        "RELAY_DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:5432/relay",
+        readable_postgres_url,
+        file=True,
     )
     database_pool_size: int = setting("RELAY_DATABASE_POOL_SIZE", 20, integer, minimum=1)
     database_timeout: float = setting("RELAY_DATABASE_TIMEOUT", 5.0, number, minimum=0.1)
-    redis_url: str = setting("RELAY_REDIS_URL", "redis://127.0.0.1:6379/0", redis_url, file=True)
+    redis_url: str = setting(
+        "RELAY_REDIS_URL", "redis://127.0.0.1:6379/0", readable_redis_url, file=True
+    )
     redis_timeout: float = setting("RELAY_REDIS_TIMEOUT", 0.25, number, minimum=0.01)
     # Rate limits (relay.services.ratelimit): per-minute defaults a client's
     # `limits` may override; "off" only for measuring what limiting costs.

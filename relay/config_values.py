@@ -36,6 +36,24 @@ def address(raw: str) -> str:
     return raw
 
 
+def readable_postgres_url(raw: str) -> str:
+    from relay.stores.database_admin import readable_dsn  # the driver's own reading of it
+
+    if not readable_dsn(raw):
+        raise ValueError("PostgreSQL cannot read it as a URL or connection string")
+    return raw
+
+
+def readable_redis_url(raw: str) -> str:
+    from redis.connection import parse_url  # the client's own reading of it
+
+    try:
+        parse_url(raw)
+    except ValueError:  # its words may quote the URL, password and all
+        raise ValueError("not a Redis URL (redis://, rediss:// or unix://)") from None
+    return raw
+
+
 def integer(raw: str) -> int:
     return int(raw)
 
