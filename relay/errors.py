@@ -14,6 +14,7 @@
     ├── ConflictError               409
     ├── RateLimitError              429 rate_limit_exceeded (+ Retry-After)
     ├── UpstreamError               502
+    │   ├── UpstreamCutError            502 upstream_cut
     │   └── UpstreamTimeoutError        504
     ├── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
     └── RestartingError             503 shutting_down (+ Retry-After)
@@ -132,6 +133,15 @@ class UpstreamError(RelayError):
     status = 502
     type = "upstream_error"
     code = "bad_gateway"
+
+
+class UpstreamCutError(UpstreamError):
+    """The provider stopped in the middle of its answer."""
+
+    code = "upstream_cut"
+
+    def __init__(self) -> None:
+        super().__init__("The provider broke off the answer.")
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -23,7 +23,7 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
-from relay.errors import RelayError, RestartingError, error_json
+from relay.errors import RelayError, RestartingError, UpstreamCutError, error_json
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
@@ -156,11 +156,8 @@ async def _relay_stream(
         await hooks.commit_quietly(answer)
         return response
     final = result.final
-    if result.status == "cut" and deadline.is_set():
-        restarting = RestartingError()
-        final = error_event(restarting.message, restarting.type, restarting.code or "")
-    elif result.status == "cut":
-        final = error_event("The provider broke off the answer.", "upstream_error", "upstream_cut")
+    if result.status == "cut":
+        final = error_event(RestartingError() if deadline.is_set() else UpstreamCutError())
     answer.response_sha256 = observer.sha256_with(final)
     answer.response_bytes = observer.byte_count + len(final)
     try:
@@ -169,12 +166,7 @@ async def _relay_stream(
         log.warning(
             "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
         )
-        # Never a silent loss: the client gets an error instead of the end.
-        final = error_event(
-            "The answer could not be saved, so relay cannot confirm it; please retry.",
-            error.type,
-            error.code or "not_committed",
-        )
+        final = error_event(error)  # never a silent loss: an error instead of the end
     await end_stream(response, observer, final, _abort_client(request))
     return response
 

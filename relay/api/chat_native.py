@@ -30,6 +30,7 @@ from relay.errors import (
     PermissionDeniedError,
     RelayError,
     RestartingError,
+    UpstreamCutError,
     UpstreamError,
     error_json,
 )
@@ -239,7 +240,7 @@ def _broken_off(answer: Answer, observer: DeltaObserver, shutting_down: bool) ->
         return failure or UpstreamError("The provider failed.", code="upstream_error")
     if shutting_down:
         return RestartingError()
-    return UpstreamError("The provider broke off the answer.", code="upstream_cut")
+    return UpstreamCutError()
 
 
 def _finish(request: web.Request, answer: Answer, body: bytes) -> None:

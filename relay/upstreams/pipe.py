@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from relay.errors import RelayError
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
@@ -33,10 +34,9 @@ _BLANK_LINES = (b"\n\n", b"\r\r", b"\n\r")
 _CR = 0x0D
 
 
-def error_event(message: str, type: str, code: str) -> bytes:
+def error_event(error: RelayError) -> bytes:
     """The final event of a stream that cannot end normally; OpenAI's SDK raises on it."""
-    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return b"data: " + orjson.dumps(error.body()) + b"\n\n"
 
 
 def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:

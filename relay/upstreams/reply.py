@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from relay.errors import UpstreamError, UpstreamTimeoutError
+from relay.errors import UpstreamCutError, UpstreamError, UpstreamTimeoutError
 from relay.upstreams.deadline import WaitDeadline
 
 # Provider responses relay reads whole (errors, non-streamed answers) are bounded.
@@ -65,7 +65,7 @@ class ProviderReply:
         except TimeoutError:
             raise UpstreamTimeoutError("The provider stopped answering.") from None
         except aiohttp.ClientError:
-            raise UpstreamError("The provider broke off its answer.", code="upstream_cut") from None
+            raise UpstreamCutError() from None
         if len(body) > MAX_RESPONSE_BYTES:
             raise UpstreamError("The provider's answer is too large.", code="upstream_too_large")
         return body
