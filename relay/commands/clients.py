@@ -17,7 +17,7 @@ from relay.services.apikeys import KeyHasher
 from relay.services.clients import ClientService
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database, QueryError
-from relay.stores.migrations import MigrationError, migrate, pending
+from relay.stores.migrations import MigrationError, migrate, require_current
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +54,8 @@ async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
     # keeps the new version's CLI from changing the schema under old instances.
     if settings.run_migrations:
         await migrate(settings.database_url)
-    elif missing := await pending(settings.database_url):
-        raise MigrationError(
-            f"the database lacks {len(missing)} migration(s) this relay needs; run `relay migrate`"
-        )
+    else:
+        await require_current(settings.database_url)
     database = await Database.open(settings.database_url, size=2, timeout=settings.database_timeout)
     try:
         hasher = await asyncio.get_running_loop().run_in_executor(

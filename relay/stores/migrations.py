@@ -102,6 +102,17 @@ async def pending(dsn: str, directory: Path | None = None, timeout: float = 30) 
     return [migration.name for migration in migrations if migration.version not in applied]
 
 
+async def require_current(dsn: str) -> None:
+    """Raise MigrationError naming the migrations the database lacks, when relay may
+    not apply them itself (RELAY_RUN_MIGRATIONS off): serving on a schema behind the
+    code would fail request after request."""
+    if missing := await pending(dsn):
+        raise MigrationError(
+            f"the database lacks {len(missing)} migration(s) this relay needs"
+            f" ({', '.join(missing)}); run `relay migrate` first (RELAY_RUN_MIGRATIONS is off)"
+        )
+
+
 async def _has_ledger(cur: Cursor) -> bool:
     await cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
     row = await cur.fetchone()
