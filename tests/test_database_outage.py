@@ -37,3 +37,14 @@ async def test_pooled_connections_keep_alive_like_the_listener(database_url):
     assert {name: parameters[name] for name in KEEPALIVE} == {
         name: str(value) for name, value in KEEPALIVE.items()
     }
+
+
+async def test_a_server_back_after_refusals_is_reached_at_once(database_url):
+    """The poll handles refused connections left behind must not cost the first
+    connections to a server that answers (the next socket may get their numbers)."""
+    refused = f"postgresql://postgres@127.0.0.1:{free_port()}/relay"
+    for _ in range(6):
+        with pytest.raises(DependencyUnavailableError):
+            await connect(refused, timeout=2)
+        conn = await connect(database_url, timeout=5)
+        conn.close()

@@ -19,6 +19,7 @@ from relay.errors import DependencyUnavailableError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_REGISTER_ATTEMPTS = 3
 
 # Errors that mean "the server is not there", as opposed to a bad query.
 _UNAVAILABLE = (
@@ -77,15 +78,22 @@ class _ServerCancelFilter(logging.Filter):
 
 
 async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
-    """A new connection, or one from the pool; a RuntimeError on the way is the server
-    being unreachable. Under uvloop, a connection refused can leave the poll handle of
-    its socket's number behind, closed, and registering the next socket given that
-    number raises RuntimeError (aiopg registers it as it creates the connection):
-    every other request while PostgreSQL is down would be a 500 with a traceback."""
-    try:
-        return await connecting()
-    except RuntimeError as exc:
-        raise unavailable(exc) from exc
+    """A new connection, or one from the pool, however uvloop fares.
+
+    When a connection fails, uvloop can keep the closed poll handle of its socket's
+    number; registering the next socket given that number (aiopg does so as it
+    creates the connection) raises RuntimeError, whether or not the server is up.
+    The connection that failed so holds that number until its error is dropped, so
+    another attempt made meanwhile gets another number. Only when attempts keep
+    failing so is the server taken for unreachable.
+    """
+    failures: list[RuntimeError] = []
+    for _ in range(_REGISTER_ATTEMPTS):
+        try:
+            return await connecting()
+        except RuntimeError as exc:
+            failures.append(exc)  # kept, and with it the socket number it holds
+    raise unavailable(failures[-1]) from failures[-1]
 
 
 def quiet_server_cancels() -> None:
