@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import psycopg2
 import redis
 
-from relay.devservers import PostgresServer, RedisServer
+from relay.devservers import PostgresServer, RedisServer, free_port
+from relay.devservers.process import HOST, _ephemeral_ports
 
 
 def test_postgres_restart_keeps_port_and_data(tmp_path: Path) -> None:
@@ -42,3 +44,15 @@ def test_redis_restart_keeps_port(tmp_path: Path) -> None:
         assert server.port == port
         assert client.ping() is True  # redis-py reconnects on its own
         client.close()
+
+
+def test_free_ports_are_distinct_and_never_the_kernels_own_pick() -> None:
+    # A port from the ephemeral range can go to any outgoing connection between
+    # being found free and the server binding it: `relay dev` then failed to listen.
+    ports = [free_port() for _ in range(50)]
+
+    assert len(set(ports)) == len(ports)
+    assert not any(port in _ephemeral_ports() for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind((HOST, port))

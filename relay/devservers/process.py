@@ -7,6 +7,7 @@ import ctypes
 import functools
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,11 +32,51 @@ class DevServerError(RuntimeError):
     """A private server could not be found, initialised or started."""
 
 
+# Ports handed out by this process: each goes to one server, even before it listens.
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
+# Unprivileged ports to pick from, less the kernel's ephemeral range (below).
+_PORTS = range(10_000, 65_536)
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel picks from for outgoing connections and for bind(port 0)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32_768, 60_999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
+    """A port nothing listens on, for a server started soon after.
+
+    Not one the kernel would choose itself: a port from its ephemeral range, free
+    when asked, can be taken meanwhile by any outgoing connection (to the
+    database the server is about to use, say) and the server then cannot listen.
+    Random, so that processes asking at once rarely meet on one.
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [port for port in _PORTS if port not in ephemeral]
+    with _handing_out:
+        for port in random.sample(candidates, min(len(candidates), 200)):
+            if port not in _handed_out and _can_bind(port):
+                _handed_out.add(port)
+                return port
+        # No range of our own (the ephemeral one spans nearly everything): the kernel's.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            chosen: int = sock.getsockname()[1]
+            return chosen
+
+
+def _can_bind(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int) -> bool:
