@@ -265,6 +265,23 @@ async def test_a_query_repeating_its_words_marks_them_once_each(http):
     assert (await assert_error(response, 400, "invalid_request"))["param"] == "q"
 
 
+async def test_snippets_are_html_with_the_text_escaped(http):
+    # Apps render snippets as HTML (that is what <mark> is for): markup in a message,
+    # which a provider's answer may carry, must arrive as text, and no mark be forged.
+    _, token = await client_with_token(http)
+    text = 'penguin says 3 < 4 & "hi" \x01forged\x02 <img src=x onerror=alert(1)'
+    await chat(http, token, text)
+    response = await http.get("/v1/history/search", params={"q": "penguin"}, headers=bearer(token))
+    assert response.status == 200
+    [found] = (await response.json())["data"]
+    snippet = found["snippet"]
+    assert snippet.startswith("<mark>penguin</mark> says 3 &lt; 4 &amp; &quot;hi&quot; forged")
+    assert snippet.endswith("forged &lt;img src=x onerror=alert")
+    text = snippet.replace("<mark>", "").replace("</mark>", "")
+    assert not any(char in text for char in '<>"')
+    assert found["content"].startswith('penguin says 3 < 4 & "hi"')  # content is as sent
+
+
 @pytest.mark.parametrize("raw", ["%00", "%ED%A0%80", "%FF%FE", "%C3%28", "penguin%00%00"])
 async def test_undecodable_search_queries_get_results_or_400(http, raw):
     from yarl import URL

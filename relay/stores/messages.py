@@ -8,8 +8,14 @@ from typing import Any
 from relay.stores.conversations import MESSAGE_COLUMNS
 from relay.stores.database import Database, fetch_all
 
-# Snippets mark matches with <mark>…</mark>; the text between is the user's, unescaped.
-_HEADLINE = "StartSel=<mark>, StopSel=</mark>, MaxWords=30, MinWords=10, MaxFragments=2"
+# PostgreSQL marks the matches with two control characters taken out of the text
+# first; relay escapes the snippet as HTML and only then makes them <mark>…</mark>.
+# So a message holding markup (an answer a prompt injection shaped, say) shows as
+# text in an app that renders snippets as HTML, and cannot forge a mark.
+_START, _STOP = "\x01", "\x02"
+_HEADLINE = f"StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=10, MaxFragments=2"
+_AS_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+_MARKS = str.maketrans({_START: "<mark>", _STOP: "</mark>"})
 # The snippet is cut from a message's first 10,000 characters: ts_headline parses
 # all the text it is given for every result, and over the 100,000 the search
 # vector covers, a page of long matches costs the database seconds. A match
@@ -71,19 +77,31 @@ class MessageStore:
         server_ms = max(1, int(self.db.timeout * 1000 * _SERVER_SHARE))
         # The headline is computed in the outer query: only for the rows returned.
         async with self.db.cursor() as cur:
-            return await fetch_all(
+            rows = await fetch_all(
                 cur,
                 "SET LOCAL statement_timeout = %s;"
                 f" SELECT {MESSAGE_COLUMNS}, rank,"
-                " ts_headline('english', left(content, %s), websearch_to_tsquery('english', %s),"
-                " %s) AS snippet"
+                " ts_headline('english', translate(left(content, %s), %s, ''),"
+                " websearch_to_tsquery('english', %s), %s) AS snippet"
                 " FROM ("
                 f"  SELECT m.*, ts_rank(m.search, q.query) AS rank"
                 "   FROM messages m, websearch_to_tsquery('english', %s) AS q(query)"
                 f"  WHERE {where} ORDER BY rank DESC, m.id DESC LIMIT %s"
                 ") found ORDER BY rank DESC, id DESC",
-                (server_ms, _HEADLINE_CHARS, marked, _HEADLINE, query, *args, limit),
+                (
+                    server_ms,
+                    _HEADLINE_CHARS,
+                    _START + _STOP,
+                    marked,
+                    _HEADLINE,
+                    query,
+                    *args,
+                    limit,
+                ),
             )
+        for row in rows:
+            row["snippet"] = html_snippet(row["snippet"])
+        return rows
 
     async def purge(self, older_than: datetime.datetime, *, batch: int) -> int:
         """Delete messages, then conversations, last touched before `older_than`.
@@ -114,3 +132,8 @@ class MessageStore:
                 if cur.rowcount < batch:
                     break
         return deleted
+
+
+def html_snippet(headline: str) -> str:
+    """PostgreSQL's headline as HTML: its text escaped, its matches in <mark>…</mark>."""
+    return headline.translate(_AS_HTML).translate(_MARKS)

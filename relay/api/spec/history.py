@@ -94,7 +94,9 @@ HISTORY_SCHEMAS: dict[str, Any] = {
                                 "rank": {"type": "number"},
                                 "snippet": {
                                     "type": "string",
-                                    "description": "Query words within <mark>…</mark>; unescaped.",
+                                    "description": (
+                                        "HTML: text escaped, query words in <mark>…</mark>."
+                                    ),
                                 },
                             },
                         },
