@@ -67,13 +67,16 @@ async def post_and_never_read(
     return sock
 
 
-async def raw_exchange(http: TestClient, raw: bytes) -> bytes:
-    """Send `raw` bytes as they are (no HTTP client would send them) and read until
-    relay closes the connection."""
+async def raw_exchange(http: TestClient, raw: bytes, *later: bytes) -> bytes:
+    """Send `raw` bytes as they are (no HTTP client would send them), then each of
+    `later` a moment after the one before, and read until relay closes the connection."""
     reader, writer = await asyncio.open_connection(http.host, http.port)
     try:
-        writer.write(raw)
-        await writer.drain()
+        for index, part in enumerate((raw, *later)):
+            if index:
+                await asyncio.sleep(0.1)  # relay has handed the head on by now
+            writer.write(part)
+            await writer.drain()
         return await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()

@@ -13,7 +13,7 @@ from relay.api.security_headers import setup_security_headers
 from relay.api.server import unparsed_error
 from relay.appkeys import SETTINGS
 from relay.config import Settings
-from tests.api_calls import assert_error, raw_exchange
+from tests.api_calls import assert_error, client_with_token, raw_exchange
 
 APP_ORIGIN = "https://app.example.com"
 
@@ -134,6 +134,16 @@ async def test_preflight_for_a_method_the_route_lacks(make_client, make_settings
     assert "Access-Control-Allow-Methods" not in response.headers
 
 
+def parsed_answer(answer: bytes) -> tuple[int, CIMultiDict[str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    return (
+        int(status_line.split()[1]),
+        CIMultiDict(line.split(": ", 1) for line in header_lines),
+        body,
+    )
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -149,10 +159,8 @@ async def test_preflight_for_a_method_the_route_lacks(make_client, make_settings
 )
 async def test_a_request_aiohttp_cannot_parse_gets_relays_error_shape(http, raw):
     answer = await raw_exchange(http, raw)  # returns once relay closed the connection
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode().split("\r\n")
-    headers = CIMultiDict(line.split(": ", 1) for line in header_lines)
-    assert status_line.split()[1] == "400"
+    status, headers, body = parsed_answer(answer)
+    assert status == 400
     assert headers["Content-Type"] == "application/json"
     assert headers["Server"] == "relay" and headers["X-Content-Type-Options"] == "nosniff"
     error = orjson.loads(body)["error"]
@@ -160,6 +168,31 @@ async def test_a_request_aiohttp_cannot_parse_gets_relays_error_shape(http, raw)
     assert (error["type"], error["code"]) == ("invalid_request_error", "malformed_request")
     # What aiohttp would have quoted back is not in the answer.
     assert b"aaaa" not in body and b"ten" not in body and b"zz" not in body
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}}}\r\n0\r\n\r\n"],
+    ids=["bad-chunk-size", "chunk-longer-than-said"],
+)
+async def test_a_chunked_body_that_turns_malformed_is_a_400_not_a_hang(http, caplog, rest):
+    # The head and a first good chunk come first, so the handler is reading the body
+    # when the bad framing arrives: aiohttp's C parser left that reader waiting.
+    _, token = await client_with_token(http)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\n"
+        + f"Authorization: Bearer {token}\r\n".encode()
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b'5\r\n{"mod\r\n'
+    )
+    answer = await raw_exchange(http, head, rest)  # returns once relay closed the connection
+    status, headers, body = parsed_answer(answer)
+    assert answer.startswith(b"HTTP/1.1 ") and answer.count(b"\r\n\r\n") == 1  # one answer
+    assert status == 400 and headers["Content-Type"] == "application/json"
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "malformed_request")
+    assert error["message"] == "The request body is not valid HTTP/1.1 chunked framing."
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
 def test_the_connection_handler_answers_a_timeout_and_a_crash_in_relays_shape():

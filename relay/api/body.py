@@ -43,6 +43,12 @@ async def read_body(request: web.Request) -> bytes:
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.") from None
+    except web.RequestPayloadError:
+        # A chunk size that is not hex, chunk data longer than said: nothing of the
+        # message is quoted back (the bytes may be a prompt).
+        raise InvalidRequestError(
+            "The request body is not valid HTTP/1.1 chunked framing.", code="malformed_request"
+        ) from None
     except TimeoutError:
         raise RequestTimeoutError(
             f"The request body did not arrive within {BODY_SECONDS:.0f} s."

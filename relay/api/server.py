@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, InvalidHeader, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from relay.api.error_mapping import error_response
@@ -45,9 +45,30 @@ def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
 
 
 class RelayRequestHandler(RequestHandler):
-    """One client connection; differs from aiohttp's only in the errors it answers itself."""
+    """One client connection; differs from aiohttp's in the errors it answers itself,
+    and in telling a handler that the body it is reading is malformed."""
 
     __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        # aiohttp's C parser reports a body it cannot parse (a bad chunk size) that
+        # arrives after its head was handed on as the error of a next request. That
+        # waits behind the handler, and the handler waits for the rest of the body
+        # until relay gives up on it (a 408 after BODY_SECONDS). The error is the
+        # body's: its reader gets it, as with aiohttp's Python parser, and the
+        # connection ends after the answer, since nothing after it can be framed (no
+        # lingering to drain a body that cannot end: that would re-raise the error).
+        request = self._current_request
+        if request is None or len(self._messages) == queued:
+            return
+        error, _ = self._messages[-1]
+        if isinstance(error, _ErrInfo) and not request.content.is_eof():
+            self._messages.pop()
+            request.content.set_exception(web.RequestPayloadError(error.message))
+            self._lingering_time = 0.0
+            self._close = True
 
     def handle_error(
         self,
