@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from relay.config_values import ConfigError
+from relay.env_file import EnvFileError, parse_env_file
 
 log = logging.getLogger("relay.config")
 
@@ -88,23 +89,14 @@ def warn_unknown(source: Lookups, settings: Iterable[str]) -> None:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a systemd-style EnvironmentFile: KEY=VALUE lines, # comments, optional quotes."""
+    """The settings in a systemd EnvironmentFile, read by systemd's rules (relay.env_file)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"RELAY_ENV_FILE={path} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"RELAY_ENV_FILE={path} is not UTF-8 text") from None
-    values: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.removeprefix("export ").partition("=")
-        if not sep:
-            raise ConfigError(f"RELAY_ENV_FILE={path}:{number} is not KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+    try:
+        return parse_env_file(text)
+    except EnvFileError as exc:
+        raise ConfigError(f"RELAY_ENV_FILE={path}:{exc.line} {exc}") from None

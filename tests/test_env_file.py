@@ -1,0 +1,70 @@
+"""RELAY_ENV_FILE is read by systemd's EnvironmentFile rules: `relay` run by hand sees
+what the service sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.env_file import EnvFileError, parse_env_file
+
+# Each line as systemd sets it (env-file.c); the expected values follow its rules.
+CASES = [
+    ("A=plain", "plain"),
+    ("A=  spaced around  ", "spaced around"),
+    ("  A  =x", "x"),
+    ("A=", ""),
+    ("A='single # not a comment'", "single # not a comment"),
+    ("A='no \\escapes\\ here'", "no \\escapes\\ here"),
+    ('A="double \\" quote"', 'double " quote'),
+    ('A="keeps \\n and \\q"', "keeps \\n and \\q"),
+    ('A="escapes \\\\ \\` \\$"', "escapes \\ ` $"),
+    ("A=unquoted\\ space\\\\", "unquoted space\\"),
+    ("A=with#hash;semi", "with#hash;semi"),
+    ("A='joined'\"parts\"and more", "joinedpartsand more"),
+    ('A="  kept  "', "  kept  "),
+    ("A=tail\\\n  continued", "tail  continued"),
+    ("A=space before \\\n", "space before "),
+    ('A="first\nsecond"', "first\nsecond"),
+    ('A="joined \\\nline"', "joined line"),
+    ("A=crlf\r\n", "crlf"),
+    ("export A=shell style", "shell style"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CASES, ids=[case[0] for case in CASES])
+def test_values_are_read_as_systemd_reads_them(text, expected):
+    assert parse_env_file(text) == {"A": expected}
+
+
+def test_comments_blank_lines_and_several_settings():
+    text = (
+        "# a comment\n"
+        "; also a comment\n"
+        "\n"
+        "   # indented comment \\\n"
+        "RELAY_LOG_LEVEL=INFO\n"  # not part of the comment (systemd 254 and later)
+        "RELAY_PORT=9100\n"
+        'RELAY_HOST="10.0.0.1"\n'
+        "RELAY_PORT=9200\n"
+    )
+    assert parse_env_file(text) == {
+        "RELAY_LOG_LEVEL": "INFO",
+        "RELAY_PORT": "9200",
+        "RELAY_HOST": "10.0.0.1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("RELAY_PORT=1\nnot a setting\n", 2),
+        ("A=1\n\nB C=2\n", 3),
+        ("1A=x", 1),
+        ("A=1\nB", 2),
+        ('A=1\nB="never closed\nC=3\n', 2),
+    ],
+)
+def test_a_line_that_is_no_setting_is_refused_by_number(text, line):
+    with pytest.raises(EnvFileError) as raised:
+        parse_env_file(text)
+    assert raised.value.line == line
