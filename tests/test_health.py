@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from relay.appkeys import REDIS
+from relay.appkeys import DATABASE, REDIS
 from relay.devservers import PostgresServer, RedisServer
 from relay.stores.database_admin import create_database
 
@@ -91,6 +91,40 @@ async def test_postgres_stopped_is_503(make_client, make_settings, tmp_path):
             if status == 200:
                 break
             await asyncio.sleep(0.05)
+        assert status == 200, body
+
+
+async def test_a_pool_busy_to_the_last_connection_is_not_a_postgres_that_is_down(
+    make_client, make_settings
+):
+    # Every pooled connection held (slow searches, commits waiting on a lock): the
+    # server is up, and a load balancer must not take the instance out for it.
+    http = await make_client(make_settings(database_pool_size=2, health_timeout=HEALTH_TIMEOUT))
+    pool = http.app[DATABASE].pool
+    held = [await pool.acquire() for _ in range(2)]
+    try:
+        status, body = await health(http)
+        assert status == 200, body
+        assert_ok(body["checks"]["postgres"])
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def test_postgres_restarted_under_a_kept_probe_connection_is_ok_at_once(
+    make_client, make_settings, tmp_path
+):
+    # The probe's own connection outlives a restart of the server; a stale
+    # connection says nothing of the server now, so it is replaced, not reported.
+    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+        await create_database(pg.url, "relay")
+        http = await make_client(
+            make_settings(database_url=pg.url_for("relay"), health_timeout=HEALTH_TIMEOUT)
+        )
+        assert (await health(http))[0] == 200
+        pg.stop()
+        pg.start()
+        status, body = await health(http)
         assert status == 200, body
 
 

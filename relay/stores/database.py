@@ -9,6 +9,7 @@ driver failure on the way becomes `DependencyUnavailableError` (503) once, here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -60,6 +61,8 @@ class Database:
         self.pool = pool
         self.dsn = dsn
         self.timeout = timeout
+        self._probe: Connection | None = None  # `ping`'s own, outside the pool
+        self._probing = asyncio.Lock()
 
     @classmethod
     async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
@@ -78,6 +81,7 @@ class Database:
         return cls(pool, dsn, timeout)
 
     async def close(self) -> None:
+        self._forget_probe()
         self.pool.close()
         await self.pool.wait_closed()
 
@@ -115,8 +119,38 @@ class Database:
                 raise
 
     async def ping(self) -> None:
-        async with self.cursor() as cur:
-            await cur.execute("SELECT 1")
+        """SELECT 1 on a connection of its own, outside the pool (for /health).
+
+        A pool whose every connection is busy (slow searches, commits waiting on a
+        lock) is not a server that is down. Probed through the pool, it read as one,
+        and a load balancer would take every busy instance out at once. A kept
+        connection that fails is replaced and tried once more: it may only be
+        stale (the server restarted since), which says nothing of the server now.
+        """
+        async with self._probing:
+            for last_try in (False, True):
+                probe, fresh = self._probe, False
+                if probe is None or probe.closed:
+                    self._forget_probe()
+                    probe = self._probe = await connect(self.dsn, self.timeout, **KEEPALIVE)
+                    fresh = True
+                try:
+                    with driver_errors():
+                        async with probe.cursor() as cur:
+                            await cur.execute("SELECT 1")
+                    return
+                except Exception:
+                    self._forget_probe()
+                    if fresh or last_try:
+                        raise
+                except BaseException:  # cancelled (the probe's time is up): no second try
+                    self._forget_probe()
+                    raise
+
+    def _forget_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     def pool_stats(self) -> dict[str, int]:
         return {"size": self.pool.size, "free": self.pool.freesize, "max": self.pool.maxsize or 0}
