@@ -9,7 +9,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from relay.appkeys import DATABASE
+from relay.appkeys import CLIENTS, DATABASE
 from relay.stores.database import fetch_one
 from tests.api_calls import ADMIN, assert_error, bearer, create_client, exchange
 
@@ -121,6 +121,8 @@ async def test_create_defaults(http):
         ({"name": "ok", "limits": {"bogus": 1}}, "limits.bogus"),
         ({"name": "ok", "limits": {"requests_per_minute": -1}}, "limits.requests_per_minute"),
         ({"name": "ok", "limits": {"requests_per_minute": True}}, "limits.requests_per_minute"),
+        ({"name": "ok", "limits": {"tokens_per_minute": 10**9 + 1}}, "limits.tokens_per_minute"),
+        ({"name": "ok", "scopes": ["model:gpt-4o\n"]}, "scopes"),
         ({"name": "ok", "store_history": "yes"}, "store_history"),
         ({"name": "ok", "metadata": ["a"]}, "metadata"),
         ({"name": "ok", "api_key": "rk_mine"}, "api_key"),
@@ -218,6 +220,41 @@ async def test_patch_null_limit_drops_the_override(http):
         headers=ADMIN,
     )
     assert (await response.json())["limits"] == {"tokens_per_minute": 9}
+
+
+async def test_patch_merges_limits_into_the_clients_own(http):
+    # A blocked client stays blocked when the operator sets another of its limits
+    # (RFC 7396): only the limits a PATCH names change.
+    client = await create_client(http, limits={"requests_per_minute": 0, "tokens_per_minute": 9})
+    url = f"/admin/clients/{client['id']}"
+    response = await http.patch(
+        url, json={"limits": {"chat_requests_per_minute": 7}}, headers=ADMIN
+    )
+    expected = {"requests_per_minute": 0, "tokens_per_minute": 9, "chat_requests_per_minute": 7}
+    assert (await response.json())["limits"] == expected
+    response = await http.patch(url, json={"limits": {"tokens_per_minute": 10}}, headers=ADMIN)
+    assert (await response.json())["limits"] == {**expected, "tokens_per_minute": 10}
+    response = await http.patch(url, json={"limits": {}}, headers=ADMIN)
+    assert (await response.json())["limits"] == {**expected, "tokens_per_minute": 10}
+
+
+async def test_a_created_client_has_its_location(http):
+    response = await http.post("/admin/clients", json={"name": "located"}, headers=ADMIN)
+    assert response.status == 201
+    created = await response.json()
+    assert response.headers["Location"] == f"/admin/clients/{created['id']}"
+    assert (await http.get(response.headers["Location"], headers=ADMIN)).status == 200
+
+
+async def test_a_patch_in_another_media_type_is_told_which_it_may_use(http):
+    client = await create_client(http)
+    response = await http.patch(
+        f"/admin/clients/{client['id']}",
+        data=b'{"name": "x"}',
+        headers={**ADMIN, "Content-Type": "application/merge-patch+json"},
+    )
+    await assert_error(response, 415, "unsupported_media_type")
+    assert response.headers["Accept-Patch"] == "application/json"
 
 
 @pytest.mark.parametrize(
@@ -337,5 +374,27 @@ async def test_regenerate_a_disabled_client_keeps_it_disabled(http):
 async def test_list_after_an_unknown_client(http, after):
     await create_client(http)
     response = await http.get(f"/admin/clients?after={after}", headers=ADMIN)
+    error = await assert_error(response, 400)
+    assert error["param"] == "after"
+
+
+async def test_a_cursor_deleted_as_the_page_is_read_is_refused_not_the_end(http):
+    # The client named by `after` goes just before the page is read: its position is
+    # gone, and an empty page would tell the caller the listing had ended.
+    for name in ("a", "b", "c"):
+        await create_client(http, name=name)
+    first = await (await http.get("/admin/clients?limit=1", headers=ADMIN)).json()
+    store = http.app[CLIENTS].store
+    read_page = store.list_page
+
+    async def deleted_first(**kwargs: Any) -> Any:
+        assert await store.delete(first["last_id"])
+        return await read_page(**kwargs)
+
+    store.list_page = deleted_first
+    try:
+        response = await http.get(f"/admin/clients?limit=1&after={first['last_id']}", headers=ADMIN)
+    finally:
+        del store.list_page
     error = await assert_error(response, 400)
     assert error["param"] == "after"

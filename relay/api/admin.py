@@ -8,6 +8,7 @@ from aiohttp import web
 
 from relay.api.body import json_response, query_int, read_json_object
 from relay.appkeys import CLIENTS
+from relay.errors import UnsupportedMediaTypeError
 from relay.services.apikeys import ApiKey
 from relay.stores.clients import Client
 
@@ -50,8 +51,11 @@ async def list_clients(request: web.Request) -> web.Response:
 
 async def create_client(request: web.Request) -> web.Response:
     client, key = await request.app[CLIENTS].create(await read_json_object(request))
+    location = request.app.router["get_client"].url_for(client_id=client.id)
     return json_response(
-        client_json(client, key), status=201, headers={"Cache-Control": "no-store"}
+        client_json(client, key),
+        status=201,
+        headers={"Cache-Control": "no-store", "Location": str(location)},
     )
 
 
@@ -61,7 +65,11 @@ async def get_client(request: web.Request) -> web.Response:
 
 
 async def update_client(request: web.Request) -> web.Response:
-    data = await read_json_object(request)
+    try:
+        data = await read_json_object(request)
+    except UnsupportedMediaTypeError as error:
+        error.headers["Accept-Patch"] = "application/json"  # RFC 5789, 2.2
+        raise
     client = await request.app[CLIENTS].update(request.match_info["client_id"], data)
     return json_response(client_json(client))
 

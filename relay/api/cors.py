@@ -26,7 +26,7 @@ EXPOSED = ", ".join(
 )
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-Id"
 MAX_AGE = "600"
-_TOKEN_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
+_TOKEN_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
 
 
 def normalise_origin(origin: str) -> str:
@@ -72,7 +72,7 @@ async def preflight_middleware(request: web.Request, handler: Handler) -> web.St
         asked = request.headers.get("Access-Control-Request-Headers", "").strip()
         # Echo what the browser asks for (the OpenAI SDK adds its own headers);
         # only well-formed header names, and only for an allowed origin.
-        headers = asked if asked and _TOKEN_LIST.match(asked) else ALLOWED_HEADERS
+        headers = asked if asked and _TOKEN_LIST.fullmatch(asked) else ALLOWED_HEADERS
         response.headers.update(
             {
                 "Access-Control-Allow-Methods": allow,

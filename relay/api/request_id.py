@@ -11,13 +11,13 @@ from aiohttp.typedefs import Handler
 from relay.appkeys import REQUEST_ID
 
 HEADER = "X-Request-Id"
-_SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(HEADER, "")
-    request_id = given if _SANE.match(given) else uuid.uuid4().hex
+    request_id = given if _SANE.fullmatch(given) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)

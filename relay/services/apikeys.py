@@ -12,7 +12,7 @@ import bcrypt
 PREFIX = "rk_"
 # Hex on both sides, so the key splits on "_" without ambiguity. The 48-char
 # secret (192 bits) stays under bcrypt's 72-byte limit.
-_KEY = re.compile(r"^rk_([0-9a-f]{16})_([0-9a-f]{48})$")
+_KEY = re.compile(r"rk_([0-9a-f]{16})_([0-9a-f]{48})")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ApiKey:
 
     @classmethod
     def parse(cls, text: str) -> ApiKey | None:
-        match = _KEY.match(text)
+        match = _KEY.fullmatch(text)
         return cls(match.group(1), match.group(2)) if match else None
 
 

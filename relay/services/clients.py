@@ -13,7 +13,9 @@ from relay.stores.clients import Client, ClientStore, KeyIdTaken, canonical_clie
 STATUSES = ("active", "disabled")
 # Per-client overrides of the rate-limit defaults in settings.
 LIMIT_NAMES = ("requests_per_minute", "chat_requests_per_minute", "tokens_per_minute")
-_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:*/@+-]{0,127}$")
+# An override's ceiling: a billion requests or tokens a minute.
+MAX_LIMIT = 10**9
+_SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:*/@+-]{0,127}")
 _MAX_SCOPES = 64
 
 
@@ -30,7 +32,7 @@ def _scopes(value: Any) -> list[str]:
     if (
         not isinstance(value, list)
         or len(value) > _MAX_SCOPES
-        or not all(isinstance(scope, str) and _SCOPE.match(scope) for scope in value)
+        or not all(isinstance(scope, str) and _SCOPE.fullmatch(scope) for scope in value)
     ):
         raise InvalidRequestError(
             f"scopes must be a list of at most {_MAX_SCOPES} strings of letters, digits, _.:*/@+-.",
@@ -45,19 +47,24 @@ def _status(value: Any) -> str:
     return str(value)
 
 
-def _limits(value: Any) -> dict[str, int]:
+def _limits(value: Any) -> dict[str, int | None]:
+    """Overrides by name; None (null) drops one, back to the default. A PATCH merges
+    them into the client's (RFC 7396): the limits it does not name stay as they are."""
     if not isinstance(value, dict):
         raise InvalidRequestError("limits must be an object.", param="limits")
-    limits = {}
+    limits: dict[str, int | None] = {}
     for name, limit in value.items():
         if name not in LIMIT_NAMES:
             raise InvalidRequestError(
                 f"unknown limit {name!r}; known: {', '.join(LIMIT_NAMES)}.", param=f"limits.{name}"
             )
-        if limit is None:
-            continue  # null drops the override, back to the default
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 10**9:
-            raise InvalidRequestError(f"{name} must be a whole number ≥ 0.", param=f"limits.{name}")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_LIMIT
+        ):
+            raise InvalidRequestError(
+                f"{name} must be a whole number from 0 to {MAX_LIMIT}, or null.",
+                param=f"limits.{name}",
+            )
         limits[name] = limit
     return limits
 
@@ -128,7 +135,17 @@ def client_fields(data: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         raise InvalidRequestError("name is required.", param="name")
     if not creating and not data:
         raise InvalidRequestError("Nothing to change.")
-    return {field: _FIELDS[field](value) for field, value in data.items()}
+    fields: dict[str, Any] = {field: _FIELDS[field](value) for field, value in data.items()}
+    if creating and "limits" in fields:
+        fields["limits"] = {name: n for name, n in fields["limits"].items() if n is not None}
+    return fields
+
+
+def _unknown_cursor(after: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"after={after!r} names no client (deleted?); list again from the start.",
+        param="after",
+    )
 
 
 class ClientService:
@@ -164,13 +181,18 @@ class ClientService:
         return client
 
     async def list_page(self, *, limit: int, after: str | None) -> tuple[list[Client], bool]:
-        # An unknown cursor would silently end the listing (or, not being a uuid, fail in SQL).
-        if after is not None:
-            cursor = await self.store.get(after)
-            if cursor is None:
-                raise InvalidRequestError(f"after={after!r} names no client.", param="after")
-            after = cursor.id
-        return await self.store.list_page(limit=limit, after=after)
+        # An unknown cursor must not pass for the end of the listing (nor, not being a
+        # uuid, fail in SQL). The page is read in one statement, against the cursor as
+        # that statement saw it: an empty page is the end only if the cursor is there.
+        if after is None:
+            return await self.store.list_page(limit=limit, after=None)
+        cursor = canonical_client_id(after)
+        if cursor is None:
+            raise _unknown_cursor(after)
+        clients, more = await self.store.list_page(limit=limit, after=cursor)
+        if not clients and await self.store.get(cursor) is None:
+            raise _unknown_cursor(after)
+        return clients, more
 
     async def update(self, client_id: str, data: dict[str, Any]) -> Client:
         client = await self.store.update(client_id, client_fields(data, creating=False))

@@ -119,7 +119,13 @@ class ClientStore:
         checked = canonical_client_id(client_id)
         if checked is None:
             return None
-        sets = ", ".join(f"{column} = %s" for column in changes)
+        # `limits` is merged (a null drops an override); every other column is replaced.
+        sets = ", ".join(
+            "limits = jsonb_strip_nulls(limits || %s::jsonb)"
+            if column == "limits"
+            else f"{column} = %s"
+            for column in changes
+        )
         values = [_db_value(column, value) for column, value in changes.items()]
         async with self.db.cursor() as cur:
             row = await fetch_one(

@@ -20,7 +20,7 @@ _LOCK_ID = 0x72656C6179  # "relay"
 # an index over a large table.
 _LOCK_WAIT_SECONDS = 600.0
 _STATEMENT_SECONDS = 3600.0
-_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 
 
 class MigrationError(Exception):
@@ -52,7 +52,7 @@ def migrations_dir() -> Path:
 def load_migrations(directory: Path | None = None) -> list[Migration]:
     found = []
     for path in sorted((directory or migrations_dir()).glob("*.sql")):
-        match = _NAME.match(path.name)
+        match = _NAME.fullmatch(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNN_verb_noun.sql")
         found.append(Migration(int(match.group(1)), path.name, path.read_text()))

@@ -6,18 +6,28 @@ from typing import Any
 
 from relay.api.spec.components import ref
 from relay.api.spec.paths import ADMIN, JSON_BODY, answer, operation, path_parameter
+from relay.services.clients import LIMIT_NAMES, MAX_LIMIT
 
 CLIENT_ID = path_parameter("client_id", "The client's id.")
 
-ADMIN_SCHEMAS: dict[str, Any] = {
-    "Limits": {
+
+def _limits(value: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
         "type": "object",
         "additionalProperties": False,
-        "properties": {
-            name: {"type": "integer", "minimum": 0}
-            for name in ("requests_per_minute", "chat_requests_per_minute", "tokens_per_minute")
-        },
-    },
+        "description": description,
+        "properties": {name: value for name in LIMIT_NAMES},
+    }
+
+
+_LIMIT = {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT}
+
+ADMIN_SCHEMAS: dict[str, Any] = {
+    "Limits": _limits(_LIMIT, "Per-minute overrides of the rate-limit defaults; 0 blocks."),
+    "LimitsChange": _limits(
+        {"oneOf": [_LIMIT, {"type": "null"}]},
+        "Overrides to set; null drops one. A PATCH merges these into the client's limits.",
+    ),
     "ClientFields": {
         "type": "object",
         "additionalProperties": False,
@@ -29,7 +39,7 @@ ADMIN_SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:*/@+-]{0,127}$"},
             },
             "status": {"type": "string", "enum": ["active", "disabled"]},
-            "limits": ref("schemas", "Limits"),
+            "limits": ref("schemas", "LimitsChange"),
             "store_history": {"type": "boolean"},
             "metadata": {"type": "object", "maxProperties": 32},
         },
@@ -170,7 +180,18 @@ ADMIN_PATHS: dict[str, Any] = {
             tag="admin",
             security=ADMIN,
             body=ref("schemas", "ClientCreate"),
-            responses={"201": answer("The client and its key.", ref("schemas", "ClientWithKey"))},
+            responses={
+                "201": answer(
+                    "The client and its key.",
+                    ref("schemas", "ClientWithKey"),
+                    headers={
+                        "Location": {
+                            "description": "The new client: /admin/clients/{client_id}.",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                )
+            },
             errors=(*JSON_BODY, 401, 503),
         ),
     },
