@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 
 import redis.asyncio as redis
 
@@ -145,6 +146,7 @@ async def test_a_large_answer_empties_the_token_bucket(make_client, make_setting
     assert response.headers["x-ratelimit-remaining-tokens"] == "0"
     # 500 tokens in debt at 1000 a minute: 30 s until the bucket is back at zero.
     assert 28 <= int(response.headers["Retry-After"]) <= 30
+    assert "x-should-retry" not in response.headers  # a retry then is welcome
 
 
 async def test_a_debit_within_the_budget_only_lowers_remaining_tokens(make_client, make_settings):
@@ -217,6 +219,8 @@ async def test_a_zero_override_refuses_everything(make_client, make_settings):
 
     await assert_error(response, 429, "rate_limit_exceeded")
     assert response.headers["Retry-After"] == "60"
+    # Waiting never helps: the OpenAI SDKs are told not to retry.
+    assert response.headers["x-should-retry"] == "false"
 
 
 async def test_limits_off_lets_everything_through_without_headers(make_client, make_settings):
@@ -268,6 +272,35 @@ async def test_a_streamed_answer_carries_the_headers(make_client, make_settings)
     for name in TOKEN_HEADERS:
         assert name in response.headers
     assert (await response.read()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_answers_the_provider_refused_or_never_gave_spend_no_tokens(
+    make_client, make_settings, simulator
+):
+    # Nothing was generated: no charge, or an outage (and the SDK's own retries of
+    # each 502) would lock clients out once the provider is back.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        dead = simulator.upstream(
+            name="dead",
+            base_url=f"http://127.0.0.1:{held.getsockname()[1]}/v1",
+            models={"gpt-dead": "gpt-dead"},
+        )
+        settings = make_settings(
+            rate_limit_tokens_per_minute=50, upstreams=(simulator.upstream(), dead)
+        )
+        http = await make_client(settings)
+        _, token = await client_with_token(http)
+        long = [{"role": "user", "content": "x" * 2000}]  # ~500 tokens if it were charged
+        simulator.config.error_status = 400
+        for model, status in (("gpt-dead", 502), ("gpt-sim", 400), ("gpt-dead", 502)):
+            chat = {"model": model, "messages": long}
+            response = await http.post("/v1/chat/completions", json=chat, headers=bearer(token))
+            assert response.status == status, await response.text()
+        await asyncio.sleep(0.1)  # debits follow their answers
+        response = await http.get("/v1/me", headers=bearer(token))
+        assert response.status == 200, await response.text()
+        assert int(response.headers["x-ratelimit-remaining-tokens"]) == 50
 
 
 async def test_real_answers_spend_the_token_budget(make_client, make_settings):

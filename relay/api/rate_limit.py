@@ -55,9 +55,14 @@ def refusal(verdict: Verdict) -> RateLimitError:
     wait = duration(verdict.retry_after_ms)
     quota = verdict.tokens if verdict.refused_type == "tokens" else verdict.requests
     limit = f" (limit {quota.limit} per minute)" if quota is not None else ""
+    headers = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000)))}
+    if verdict.blocked:
+        # A limit of 0 never refills: OpenAI's SDKs would otherwise wait out Retry-After
+        # and ask again, twice, before giving the caller the error.
+        headers["x-should-retry"] = "false"
     error = RateLimitError(
         f"Rate limit reached for {verdict.refused_type}{limit}. Please try again in {wait}.",
-        headers={"Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000)))},
+        headers=headers,
     )
     error.type = verdict.refused_type
     return error

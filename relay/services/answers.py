@@ -85,12 +85,17 @@ class Answer:
     @property
     def tokens_used(self) -> int:
         """The provider's total_tokens; without usage (a stream that did not ask for it,
-        a cut), about four bytes a token of what went in and came out."""
+        a cut), about four bytes a token of what went in and came out. A failed answer
+        that brought nothing back (the provider refused it or was never reached) used
+        none: providers do not charge for those, and the SDKs retry them."""
         usage = self.summary.usage or {}
         total = usage.get("total_tokens")
         if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
             return total
-        return (len(self.forwarded_body) + len(self.summary.text.encode()) + 3) // 4
+        summary = self.summary
+        if self.status == "failed" and not (summary.reply or summary.tool_calls):
+            return 0
+        return (len(self.forwarded_body) + len(summary.text.encode()) + 3) // 4
 
 
 @dataclass

@@ -73,6 +73,7 @@ class Verdict(NamedTuple):
     tokens: Quota | None
     refused: str | None = None  # the bucket that refused, when one did
     retry_after_ms: int = 0
+    blocked: bool = False  # refused by a limit of 0: waiting never helps
 
     @property
     def allowed(self) -> bool:
@@ -231,7 +232,7 @@ def _verdict(buckets: Sequence[_Bucket], outcome: Outcome) -> Verdict:
         return Verdict(_quota(*tightest), token_quota)
     bucket, level = refused
     shown = tightest if bucket.name == TOKENS else refused
-    return Verdict(_quota(*shown), token_quota, bucket.name, _wait(level))
+    return Verdict(_quota(*shown), token_quota, bucket.name, _wait(level), level.wait_ms < 0)
 
 
 def _wait(level: Level) -> int:
