@@ -11,7 +11,7 @@ import asyncio
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,25 @@ async def simulator(aiohttp_server: Callable[..., Any]) -> Simulator:
     app = create_simulator_app(config)
     server = await aiohttp_server(app)
     return Simulator(server, config, app[SIMULATOR_STATE])
+
+
+ChatHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ProviderUpstream = Callable[..., Awaitable[Upstream]]
+
+
+@pytest.fixture
+def provider_upstream(aiohttp_server: Callable[..., Any], simulator: Simulator) -> ProviderUpstream:
+    """`await provider_upstream(handler, name, **upstream_fields)`: an upstream whose chat
+    completions `handler` answers, for a provider behaving as no simulator setting
+    makes it (stalling, breaking its protocol)."""
+
+    async def start(handler: ChatHandler, name: str, **changes: Any) -> Upstream:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        server = await aiohttp_server(app)
+        return simulator.upstream(name=name, base_url=str(server.make_url("/v1")), **changes)
+
+    return start
 
 
 @pytest.fixture

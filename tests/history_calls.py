@@ -36,6 +36,18 @@ async def execute(database_url: str, sql: str, args: Any = None) -> None:
         await conn.close()
 
 
+async def refuse_history_writes(database_url: str) -> None:
+    """From now on PostgreSQL refuses every new message row (DROP TRIGGER refuse ON
+    messages lets them in again): a history write that fails, the server up."""
+    await execute(
+        database_url,
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
+        " RAISE EXCEPTION 'history writes refused'; END; $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER refuse BEFORE INSERT ON messages"
+        " FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+
+
 async def waiting_for_lock(database_url: str) -> list[int]:
     """The backends of this test's database waiting for a lock, once there are any."""
     for _ in range(300):

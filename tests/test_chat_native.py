@@ -6,12 +6,14 @@ import re
 
 import orjson
 import pytest
+from aiohttp import web
 
 from relay.api.chat_events import PAD_STEP
+from relay.appkeys import DATABASE
 from relay.services.native_chat import chat_messages
 from relay.simulator import completion_text
 from tests.api_calls import assert_error, bearer, client_with_token, post_and_never_read
-from tests.history_calls import CONVERSATION, execute, stored_messages
+from tests.history_calls import CONVERSATION, refuse_history_writes, stored_messages
 from tests.receipt_calls import fetch_receipt, fetch_receipt_when_committed
 
 
@@ -187,13 +189,7 @@ async def test_a_streamed_chat_sends_deltas_then_the_stored_answer(http, databas
 
 async def test_a_refused_write_ends_the_stream_with_an_error_event(http, database_url):
     client, token = await client_with_token(http)
-    await execute(
-        database_url,
-        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
-        " RAISE EXCEPTION 'refused'; END; $$ LANGUAGE plpgsql;"
-        " CREATE TRIGGER refuse BEFORE INSERT ON messages"
-        " FOR EACH ROW EXECUTE FUNCTION refuse();",
-    )
+    await refuse_history_writes(database_url)
     raw = await (await native(http, token, stream=True)).read()
     events = sse_events(raw)
     assert events[-1][0] == "error"
@@ -216,6 +212,100 @@ async def test_a_cut_stream_ends_with_an_error_event_and_is_stored_as_cut(
     assert rows[-1]["content"] == completion_text(2)
     await assert_error(await native(http, token), 502, "upstream_cut")
     assert (await stored_messages(database_url, client["id"]))[-1]["status"] == "cut"
+
+
+async def test_a_cut_answer_that_cannot_be_saved_still_says_it_was_cut(
+    http, database_url, simulator
+):
+    # The client is told the provider broke off; that relay could not keep the broken
+    # answer is only logged (as /v1/chat/completions does for a non-streamed one).
+    _, token = await client_with_token(http)
+    await refuse_history_writes(database_url)
+    simulator.config.cut_after = 2
+    events = sse_events(await (await native(http, token, stream=True)).read())
+    assert events[-1] == ("error", events[-1][1])
+    assert events[-1][1]["error"]["code"] == "upstream_cut"
+    await assert_error(await native(http, token), 502, "upstream_cut")
+
+
+async def test_a_provider_that_stalls_before_the_answer_is_a_504(
+    make_client, make_settings, provider_upstream, database_url
+):
+    # /v1/chat reads the provider's stream whole before a non-streamed client gets a
+    # byte: a provider gone quiet is a timeout, as on /v1/chat/completions.
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await asyncio.sleep(30)
+        return response
+
+    stalled = await provider_upstream(stalls, "stalls", models={"slow": "slow"}, timeout_s=0.5)
+    http = await make_client(make_settings(upstreams=(stalled,), rate_limits=False))
+    client, token = await client_with_token(http)
+    await assert_error(await native(http, token, model="slow"), 504, "upstream_timeout")
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["status"]) for row in rows] == [
+        ("user", "complete"),
+        ("assistant", "failed"),
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_postgres_gone_before_the_answer_is_saved_is_history_unavailable(
+    http, database_url, simulator, stream
+):
+    # The answer's row id is taken from PostgreSQL first: that failing is the answer
+    # not being saved, and the client is told so in those words (README).
+    _, token = await client_with_token(http)
+    simulator.config.tokens, simulator.config.token_delay = 20, 0.05
+    asked = asyncio.ensure_future(native(http, token, stream=stream))
+    await simulator.state.wait_for(lambda state: state.streams_open == 1, timeout=10)
+    http.app[DATABASE].pool.close()  # nothing more can be had from it
+    await http.app[DATABASE].pool.wait_closed()
+    response = await asked
+    if stream:
+        events = sse_events(await response.read())
+        assert events[-1][0] == "error"
+        assert events[-1][1]["error"]["code"] == "history_unavailable"
+    else:
+        await assert_error(response, 503, "history_unavailable")
+
+
+async def test_a_failed_answers_text_is_not_given_back_as_context(
+    make_client, make_settings, provider_upstream
+):
+    # The provider sent some words, then an error event: that is no answer, and its
+    # question gives way to the retry rather than being answered by the fragment.
+    seen: list[list[dict]] = []
+    failing = [True]
+
+    async def answers(request: web.Request) -> web.StreamResponse:
+        seen.append((await request.json())["messages"])
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}
+        chunk["choices"][0]["delta"] = {"content": "Partial answer"}
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if failing[0]:
+            await response.write(b'data: {"error": {"message": "overloaded"}}\n\n')
+        else:
+            chunk["choices"][0] = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n")
+        return response
+
+    flaky = await provider_upstream(answers, "flaky", models={"flaky": "flaky"})
+    http = await make_client(make_settings(upstreams=(flaky,), rate_limits=False))
+    _, token = await client_with_token(http)
+    first = await native(http, token, "Q1", model="flaky", stream=True)
+    assert sse_events(await first.read())[-1][0] == "error"
+    failing[0] = False
+    again = await native(
+        http, token, "Q1 again", model="flaky", conversation_id=first.headers[CONVERSATION]
+    )
+    assert again.status == 200, await again.text()
+    assert seen[-1] == [{"role": "user", "content": "Q1 again"}]
 
 
 async def test_a_provider_refusal_is_passed_on_and_stored_as_failed(http, database_url, simulator):

@@ -167,7 +167,7 @@ async def test_health_says_draining(http):
 
 
 @pytest.fixture
-async def stalled_relay(make_settings, make_client, simulator, aiohttp_server):
+async def stalled_relay(make_settings, make_client, provider_upstream):
     """relay in front of a provider that takes a request and never answers it (or,
     for a stream, answers its head and never a byte more)."""
     received = asyncio.Event()
@@ -180,12 +180,7 @@ async def stalled_relay(make_settings, make_client, simulator, aiohttp_server):
         await asyncio.sleep(3600)
         raise AssertionError("never answered")
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", stall)
-    provider = await aiohttp_server(app)
-    upstream = simulator.upstream(
-        name="stalled", base_url=str(provider.make_url("/v1")), models={"stalled": "stalled"}
-    )
+    upstream = await provider_upstream(stall, "stalled", models={"stalled": "stalled"})
     http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))
     _, token = await client_with_token(http)
     return http, token, received

@@ -19,6 +19,7 @@ from tests.history_calls import (
     execute,
     query,
     recorded_answer,
+    refuse_history_writes,
     stored_messages,
 )
 
@@ -243,13 +244,7 @@ async def test_concurrent_answers_share_commits(make_client, make_settings, data
 
 async def test_refused_write_ends_a_stream_with_an_error_instead_of_done(http, database_url):
     client, token = await client_with_token(http)
-    await execute(
-        database_url,
-        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
-        " RAISE EXCEPTION 'history writes refused'; END; $$ LANGUAGE plpgsql;"
-        " CREATE TRIGGER refuse BEFORE INSERT ON messages"
-        " FOR EACH ROW EXECUTE FUNCTION refuse();",
-    )
+    await refuse_history_writes(database_url)
     response = await chat(http, token, stream=True)
     assert response.status == 200
     raw = await response.read()
@@ -266,6 +261,19 @@ async def test_refused_write_ends_a_stream_with_an_error_instead_of_done(http, d
     response = await chat(http, token)
     assert response.status == 200
     assert len(await stored_messages(database_url, client["id"])) == 2
+
+
+async def test_a_cut_stream_that_cannot_be_saved_still_ends_saying_it_was_cut(
+    http, database_url, simulator
+):
+    # The client is told the provider broke off; that relay could not keep the broken
+    # answer is only logged (README), not told in place of the provider's failure.
+    _, token = await client_with_token(http)
+    await refuse_history_writes(database_url)
+    simulator.config.cut_after = 2
+    raw = await (await chat(http, token, stream=True)).read()
+    last = raw.strip().split(b"\n\n")[-1]
+    assert orjson.loads(last[len(b"data: ") :])["error"]["code"] == "upstream_cut"
 
 
 async def test_deleting_a_client_deletes_its_history(http, database_url):

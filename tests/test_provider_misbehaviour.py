@@ -108,13 +108,10 @@ MODELS = (
 
 
 @pytest.fixture
-async def relay(make_settings, make_client, simulator, aiohttp_server):
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", provider_chat)
-    provider = await aiohttp_server(app)
-    upstream = simulator.upstream(
-        name="bent",
-        base_url=str(provider.make_url("/v1")),
+async def relay(make_settings, make_client, provider_upstream):
+    upstream = await provider_upstream(
+        provider_chat,
+        "bent",
         models={**{model: model for model in MODELS}, "public-name": "leaky-error"},
         timeout_s=LINGER_SECONDS * 4,
     )

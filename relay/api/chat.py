@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections.abc import Callable
 
@@ -32,8 +31,6 @@ from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.routing import ModelRouter, Route
-
-log = logging.getLogger(__name__)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -160,12 +157,7 @@ async def _relay_stream(
         final = error_event(RestartingError() if deadline.is_set() else UpstreamCutError())
     answer.response_sha256 = observer.sha256_with(final)
     answer.response_bytes = observer.byte_count + len(final)
-    try:
-        await hooks.run_commit(answer)
-    except RelayError as error:
-        log.warning(
-            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
-        )
+    if (error := await hooks.commit_end(answer)) is not None:
         final = error_event(error)  # never a silent loss: an error instead of the end
     await end_stream(response, observer, final, _abort_client(request))
     return response

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 
 import aiohttp
@@ -27,6 +26,7 @@ from relay.appkeys import (
     UPSTREAM_SESSION,
 )
 from relay.errors import (
+    DependencyUnavailableError,
     PermissionDeniedError,
     RelayError,
     RestartingError,
@@ -43,11 +43,11 @@ from relay.services.native_chat import (
     provider_request,
 )
 from relay.services.receipts import RECEIPT_HEADER
+from relay.services.recorder import not_saved
 from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.forwarder import open_provider_response, provider_failure
-from relay.upstreams.reply import ProviderReply
+from relay.upstreams.reply import ProviderReply, provider_stalled
 
-log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat"
 
 
@@ -123,11 +123,13 @@ async def _new_answer(request: web.Request) -> Answer:
 
 
 async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
-    """Feed the provider's stream to `observer` up to its `[DONE]`; complete, failed or cut."""
+    """Feed the provider's stream to `observer` up to its `[DONE]`; complete, failed or
+    cut. A provider that stops sending is, for a client still waiting for its first
+    byte, a timeout (504), as on /v1/chat/completions: TimeoutError is raised."""
     try:
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
-    except (TimeoutError, aiohttp.ClientError):
+    except aiohttp.ClientError:
         return "cut"
     return _outcome(observer, provider)
 
@@ -148,17 +150,23 @@ async def _whole(
     request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.Response:
     observer = DeltaObserver()
-    answer.status = await _read(provider, observer)
+    try:
+        answer.status = await _read(provider, observer)
+        stalled = False
+    except TimeoutError:
+        answer.status, stalled = "failed", True
     note_stream_end(request, answer, observer)
     if answer.status != "complete":
-        error = _broken_off(answer, observer, shutting_down=False)
+        error = (
+            provider_stalled() if stalled else _broken_off(answer, observer, shutting_down=False)
+        )
         answer.http_status = error.status
         _finish(request, answer, error_json(error))
         await hooks.commit_quietly(answer)
         raise error
     # The body names the message row, so its id is taken first; then the
     # body is known, hashed for the receipt, committed, and only then sent.
-    answer.message_id, answer.message_created_at = await request.app[HISTORY].reserve_message()
+    await _reserve_message(request, answer)
     body = orjson.dumps(answer_object(answer))
     _finish(request, answer, body)
     await hooks.run_commit(answer)
@@ -185,24 +193,21 @@ async def _stream(
         await hooks.commit_quietly(answer)
         return response
     response.stop_streaming()  # no ping may slip in between the hash and the last event
-    final = b""
-    if answer.status != "complete":
-        final = event_bytes("error", error_data(_broken_off(answer, observer, deadline.is_set())))
-    try:
-        if not final:
-            answer.message_id, answer.message_created_at = await request.app[
-                HISTORY
-            ].reserve_message()
+    if answer.status == "complete":
+        try:
+            await _reserve_message(request, answer)
             final = event_bytes("message.done", answer_object(answer))
-        answer.response_sha256 = response.sha256_with(final)
-        answer.response_bytes = response.byte_count + len(final)
-        await hooks.run_commit(answer)
-    except RelayError as error:
-        log.warning(
-            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
-        )
-        # Never a silent loss: the client gets an error instead of message.done.
-        final = event_bytes("error", error_data(error))
+        except RelayError as unsaved:
+            final = event_bytes("error", error_data(unsaved))  # nothing can be recorded
+        else:
+            _hash_end(answer, response, final)
+            if (refused := await hooks.commit_end(answer)) is not None:
+                # Never a silent loss: the client gets an error instead of message.done.
+                final = event_bytes("error", error_data(refused))
+    else:
+        final = event_bytes("error", error_data(_broken_off(answer, observer, deadline.is_set())))
+        _hash_end(answer, response, final)
+        await hooks.commit_end(answer)
     try:
         await response.write(final)
         await response.write_eof()
@@ -241,6 +246,23 @@ def _broken_off(answer: Answer, observer: DeltaObserver, shutting_down: bool) ->
     if shutting_down:
         return RestartingError()
     return UpstreamCutError()
+
+
+async def _reserve_message(request: web.Request, answer: Answer) -> None:
+    """Take the id and time of the answer's history row, which its final event names.
+    The row is part of saving the answer: if the database cannot give them, the
+    client is told so as for any answer that could not be saved."""
+    try:
+        reserved = await request.app[HISTORY].reserve_message()
+    except DependencyUnavailableError as exc:
+        raise not_saved() from exc
+    answer.message_id, answer.message_created_at = reserved
+
+
+def _hash_end(answer: Answer, response: HashedEventSource, final: bytes) -> None:
+    """What the client receives, once `final` is sent after what it has: for the receipt."""
+    answer.response_sha256 = response.sha256_with(final)
+    answer.response_bytes = response.byte_count + len(final)
 
 
 def _finish(request: web.Request, answer: Answer, body: bytes) -> None:

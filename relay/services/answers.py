@@ -121,12 +121,21 @@ class AnswerHooks:
 
     async def commit_quietly(self, answer: Answer) -> None:
         """Record an answer whose end the client will not see; a failure is only logged."""
+        await self.commit_end(answer, quietly=True)
+
+    async def commit_end(self, answer: Answer, *, quietly: bool = False) -> RelayError | None:
+        """Record an answer before its client receives the end: None once committed, or
+        the error the client gets instead of a complete answer's end (never a silent
+        loss). An answer that did not complete (its client is told so) is recorded
+        quietly, as one whose end the client will not see: a failure is only logged."""
         try:
             await self.run_commit(answer)
         except RelayError as error:
             log.warning(
                 "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
             )
+            return None if quietly or answer.status != "complete" else error
+        return None
 
     def client_left(self, answer: Answer, latency_ms: float) -> None:
         """The answer's handler was cancelled: record it as cancelled, in the background.

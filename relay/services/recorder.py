@@ -53,7 +53,7 @@ class _Pending:
     done: asyncio.Future[None]
 
 
-def _not_saved() -> DependencyUnavailableError:
+def not_saved() -> DependencyUnavailableError:
     return DependencyUnavailableError(
         "The answer could not be saved to history; please retry.", code="history_unavailable"
     )
@@ -107,7 +107,7 @@ class AnswerRecorder:
         committing) it is already on its way, as it stands when its batch is written.
         """
         if self._queue is None or self._closing:
-            raise _not_saved()
+            raise not_saved()
         if answer.recorded or not any(part.wants(answer) for part in self._parts):
             return  # queued already, or nothing to keep (store: false with receipts off)
         pending = _Pending(answer, asyncio.get_running_loop().create_future())
@@ -235,4 +235,4 @@ class AnswerRecorder:
     def _fail(batch: list[_Pending]) -> None:
         for pending in batch:
             if not pending.done.done():
-                pending.done.set_exception(_not_saved())
+                pending.done.set_exception(not_saved())

@@ -101,6 +101,9 @@ class ConversationStore:
                     "SELECT seq, role, content FROM messages"
                     " WHERE conversation_id = %s AND client_id = %s"
                     " AND role IN ('user', 'assistant') AND content <> ''"
+                    # A failed answer's text (the provider broke off with an error)
+                    # is no answer: its question gives way to the next.
+                    " AND status <> 'failed'"
                     " AND (%s::bigint IS NULL OR seq < %s) ORDER BY seq DESC LIMIT %s",
                     (conversation_id, client_id, before, before, _CONTEXT_PAGE),
                 )

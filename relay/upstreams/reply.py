@@ -63,7 +63,7 @@ class ProviderReply:
         try:
             body = await self.prefix(MAX_RESPONSE_BYTES + 1)
         except TimeoutError:
-            raise UpstreamTimeoutError("The provider stopped answering.") from None
+            raise provider_stalled() from None
         except aiohttp.ClientError:
             raise UpstreamCutError() from None
         if len(body) > MAX_RESPONSE_BYTES:
@@ -89,3 +89,8 @@ class ProviderReply:
     def release(self) -> None:
         self._deadline.close()
         self._response.release()
+
+
+def provider_stalled() -> UpstreamTimeoutError:
+    """A provider that stopped sending before the client had a byte: a timeout (504)."""
+    return UpstreamTimeoutError("The provider stopped answering.")
