@@ -560,6 +560,16 @@ def test_command_line_flags_have_the_documented_defaults() -> None:
     )
 
 
+@pytest.mark.parametrize("status", ["200", "302", "99", "600", "many"])
+def test_only_an_error_status_can_be_asked_for(status: str) -> None:
+    # An error body under a success or redirect status, or no HTTP status at all, is
+    # no provider's answer (the OpenAI SDK took a 200 error for an empty completion).
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--error-status", status])
+
+
 async def test_relay_simulate_serves_until_sigterm() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

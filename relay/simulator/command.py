@@ -13,6 +13,18 @@ from relay.simulator.config import SimulatorConfig
 _DEFAULT = SimulatorConfig()
 
 
+def _error_status(text: str) -> int:
+    """An HTTP error status a provider could answer with: an error body under a
+    success or a redirect status (or no status at all) is no provider's answer."""
+    try:
+        status = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a status number") from None
+    if not 400 <= status <= 599:
+        raise argparse.ArgumentTypeError(f"{status} is not an error status (400-599)")
+    return status
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9090)
@@ -23,13 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-delay-ms", type=float, default=0.0, help="pause between streamed tokens"
     )
     parser.add_argument(
-        "--first-byte-delay-ms", type=float, default=0.0, help="pause before any response"
+        "--first-byte-delay-ms",
+        type=float,
+        default=0.0,
+        help="pause before answering each chat request",
     )
     parser.add_argument(
-        "--error-status", type=int, help="answer every chat request with this HTTP status"
+        "--error-status",
+        type=_error_status,
+        help="answer every chat request with this error status (400-599), in OpenAI's shape",
     )
     parser.add_argument(
-        "--cut-after", type=int, help="drop each streamed answer after this many tokens"
+        "--cut-after",
+        type=int,
+        help="drop the connection after this many tokens of each streamed answer"
+        " (a non-streamed request gets no answer at all)",
     )
     parser.add_argument("--api-key", help="require `Authorization: Bearer <key>`")
     parser.add_argument(
