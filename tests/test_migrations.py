@@ -105,6 +105,34 @@ async def test_an_edited_applied_file_is_refused(empty_database_url, tmp_path):
         await migrate(empty_database_url, sql)
 
 
+# Every released migration, as released: databases have applied these texts, and an
+# edit (a comment too) would make every one of them refuse to start. Add a new file.
+RELEASED = {
+    1: "62f3d74037adb2f014d067bc7e445d361894a3cbda3b335fd6bd9763944cee2d",
+    2: "431ada4174b09d80435c2b1766fa8c649a6a710af80a02a07b4c1d21790a59f3",
+    3: "f79812725384f67997fbbdfa446a8c4b445935ee030aed158da9ed3375de4c9f",
+    4: "d38512f3556b3edf28c2820d379f87df7e730e78661c03ca075b55fdb1b3ed30",
+    5: "71f24820af7de2b808a9463b6773fef5eb420d6df26668e0469e94e9da61c2c0",
+}
+
+
+def test_released_migrations_are_never_edited():
+    found = {migration.version: migration.checksum for migration in load_migrations()}
+    assert {version: found.get(version) for version in RELEASED} == RELEASED
+
+
+async def test_a_database_that_applied_004_before_its_comment_was_corrected_starts(
+    empty_database_url, tmp_path
+):
+    sql = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), sql)
+    fourth = sql / "004_drop_receipts_sha256_unique.sql"
+    fourth.write_text(fourth.read_text().replace("about a sixth", "about a third"))
+    await migrate(empty_database_url, sql)  # the text as it was released first
+
+    assert await migrate(empty_database_url) == []  # today's text
+
+
 async def test_a_new_file_is_applied_after_the_others(empty_database_url, tmp_path):
     sql = tmp_path / "sql"
     shutil.copytree(migrations_dir(), sql)
