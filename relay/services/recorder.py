@@ -166,14 +166,14 @@ class AnswerRecorder:
                 await previous
             if failure is None:
                 self._committed(batch, started)
-            elif isinstance(failure, DependencyUnavailableError):
+            elif isinstance(failure, DependencyUnavailableError) and out_of_reach(failure):
                 self._fail(batch)
-                if out_of_reach(failure):
-                    self._fail_queued()
+                self._fail_queued()
             else:
                 # Once more whole: it may have met state another instance changed (the
-                # receipt chain's head) or been built on a batch that failed; parts read
-                # such state afresh after a failure.
+                # receipt chain's head), been built on a batch that failed (parts read
+                # such state afresh after a failure), or lost a deadlock or been
+                # cancelled by the server, which a second try need not meet.
                 await self._commit(batch)
         finally:
             self._fail(batch)  # only answers not settled above: none unless cancelled
