@@ -73,7 +73,7 @@ def _latency_rows(figures: dict[str, RequestFigures]) -> list[Row]:
         Row(
             "1 at a time: p50 ms", _ms(d.p50_ms), _ms(b.p50_ms), _ms(r.p50_ms),
             _added(r.p50_ms, d.p50_ms), _added(r.p50_ms, b.p50_ms),
-            f"≤ +{ADDED_P50_MS:g} ms over direct", added <= ADDED_P50_MS,
+            f"≤ +{ADDED_P50_MS:g} ms over direct", added <= ADDED_P50_MS and not r.errors,
         ),
         Row(
             "  p99 ms", _ms(d.p99_ms), _ms(b.p99_ms), _ms(r.p99_ms),
@@ -90,7 +90,8 @@ def _rate_rows(figures: dict[str, RequestFigures], connections: int) -> list[Row
         Row(
             f"{connections} connections: req/s", f"{d.rps:.0f}", f"{b.rps:.0f}", f"{r.rps:.0f}",
             _pct(r.rps, d.rps), _pct(r.rps, b.rps),
-            f"≥ {RATE_OF_BASELINE:.0%} of baseline", r.rps >= RATE_OF_BASELINE * b.rps,
+            f"≥ {RATE_OF_BASELINE:.0%} of baseline",
+            r.rps >= RATE_OF_BASELINE * b.rps and not r.errors,
         ),
         Row("  p50 / p99 ms", *_each((d, b, r), lambda f: f"{f.p50_ms:.2f} / {f.p99_ms:.2f}")),
         Row("  errors", str(d.errors), str(b.errors), str(r.errors)),
@@ -148,9 +149,11 @@ def _switch_rows(name: str, result: dict[str, Any], floor: float | None) -> list
             relay=f"{on:.0f} on / {off:.0f} off",
             of_baseline=f"on = {share:.0%} of off{spread}",
             target=f"≥ {floor:.0%} of off" if floor is not None else "",
-            met=share >= floor if floor is not None else None,
+            met=share >= floor and not _errors(runs) if floor is not None else None,
         )
     ]
+    if errors := _errors(runs):
+        rows.append(Row("  errors", relay=f"{errors['on']} on / {errors['off']} off"))
     on_cpu, off_cpu = _per_cpu_second(runs["on"]), _per_cpu_second(runs["off"])
     if on_cpu and off_cpu:
         rows.append(
@@ -161,6 +164,13 @@ def _switch_rows(name: str, result: dict[str, Any], floor: float | None) -> list
             )
         )
     return rows
+
+
+def _errors(runs: dict[str, list[RequestFigures]]) -> dict[str, int]:
+    """Failed requests on each side of a comparison; empty when there were none (a
+    side that answered with errors may be fast for it: no target is met so)."""
+    counts = {side: sum(run.errors for run in side_runs) for side, side_runs in runs.items()}
+    return counts if any(counts.values()) else {}
 
 
 def _per_cpu_second(runs: list[RequestFigures]) -> float:

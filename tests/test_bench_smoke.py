@@ -108,3 +108,27 @@ def test_on_off_rows_also_give_requests_per_cpu_second() -> None:
     assert rows["history on vs off: req/s (mean of 1)"].of_baseline == "on = 90% of off"
     assert rows["per CPU-second of relay"].relay == "1200 on / 1250 off"
     assert rows["per CPU-second of relay"].of_baseline == "on ≈ 96% of off"
+
+
+def test_no_target_is_met_by_a_run_that_failed_requests() -> None:
+    # A relay answering fast refusals (429s, 503s) must not pass for a fast relay.
+    def run(rps: float, errors: int = 0, p50: float = 1.0) -> RequestFigures:
+        figures = RequestFigures(int(rps * 4), 4.0, rps, p50, 2.0, 1.0, 3.0, errors)
+        figures.usage = Usage(server_cpu=0.5)
+        return figures
+
+    results = {
+        "latency": {"direct": run(5000, p50=0.1), "baseline": run(2000), "relay": run(900, 3)},
+        "rate": {"direct": run(9000), "baseline": run(5000), "relay": run(4000, 32000)},
+        "history": {
+            "on_rps": 990.0,
+            "off_rps": 1000.0,
+            "runs": {"on": [run(990, 12)], "off": [run(1000)]},
+        },
+    }
+    rows = {row.measure.strip(): row for row in table_rows(results, 64)}
+    assert rows["64 connections: req/s"].of_baseline == "80%"
+    assert rows["64 connections: req/s"].met is False
+    assert rows["1 at a time: p50 ms"].met is False
+    assert rows["history on vs off: req/s (mean of 1)"].met is False
+    assert rows["errors"].relay == "12 on / 0 off"
