@@ -42,5 +42,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", Caller)
 STARTED_AT = web.RequestKey("started_at", float)
 FIRST_BYTE_AT = web.RequestKey("first_byte_at", float)
+# The response whose head went out, once one did (for a request whose client leaves).
+PREPARED = web.RequestKey("prepared", web.StreamResponse)
 # What the rate limiter said, for the x-ratelimit-* headers of any response.
 RATE_LIMIT = web.RequestKey("rate_limit", Verdict)

@@ -117,17 +117,22 @@ class PoolCollector(Collector):
         self._stats = stats
 
     def collect(self) -> Iterable[Metric]:
+        # By state, so that a sum over the label is the connections open; the pool's
+        # limit is a series of its own.
         family = GaugeMetricFamily(
             "relay_postgres_pool_connections",
-            "PostgreSQL pool connections by state (open, idle, in_use, max).",
+            "PostgreSQL pool connections open, by state (idle, in_use).",
             labels=("state",),
         )
         size, free = self._stats.get("size", 0), self._stats.get("free", 0)
-        family.add_metric(("open",), size)
         family.add_metric(("idle",), free)
         family.add_metric(("in_use",), size - free)
-        family.add_metric(("max",), self._stats.get("max", 0))
         yield family
+        yield GaugeMetricFamily(
+            "relay_postgres_pool_max_connections",
+            "The most connections the PostgreSQL pool opens (RELAY_DATABASE_POOL_SIZE).",
+            value=self._stats.get("max", 0),
+        )
 
 
 def render(pool_stats: Mapping[str, int] | None = None) -> bytes:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api_calls import ADMIN, assert_error, bearer
+from tests.api_calls import ADMIN, assert_error, bearer, client_with_token, post_and_never_read
 
 METRICS_TOKEN = "metrics-token-" + "m" * 32
 
@@ -43,6 +46,7 @@ async def test_metrics_names_every_instrument(http):
         "relay_history_commit_seconds",
         "relay_redis_errors",
         "relay_postgres_pool_connections",
+        "relay_postgres_pool_max_connections",
     } <= names
 
 
@@ -73,8 +77,29 @@ async def test_postgres_pool_gauges(make_client, make_settings):
     http = await make_client(make_settings(database_pool_size=7))
     await http.get("/health")
     text = await scrape(http)
-    assert value(text, "relay_postgres_pool_connections", state="max") == 7
-    assert value(text, "relay_postgres_pool_connections", state="open") >= 1
+    assert value(text, "relay_postgres_pool_max_connections") == 7
+    idle = value(text, "relay_postgres_pool_connections", state="idle")
+    assert idle + value(text, "relay_postgres_pool_connections", state="in_use") >= 1
+
+
+async def test_a_client_that_hangs_up_is_no_server_error(make_client, make_settings, simulator):
+    # aiohttp cancels the handler of a client that left: nginx's 499 when it had been
+    # sent nothing, never a 500 that would page someone for a closed app.
+    http = await make_client(make_settings(rate_limits=False))
+    _, token = await client_with_token(http)
+    simulator.config.first_byte_delay = 1.0
+    body = orjson.dumps({"model": "gpt-sim", "messages": [{"role": "user", "content": "hi"}]})
+    sock = await post_and_never_read(http, "/v1/chat/completions", token, body)
+    await simulator.state.wait_for(lambda state: len(state.requests) >= 1, timeout=10)
+    sock.close()
+    route = "/v1/chat/completions"
+    for _ in range(100):
+        text = await scrape(http)
+        if value(text, "relay_http_requests_total", route=route, method="POST", status="499"):
+            break
+        await asyncio.sleep(0.05)
+    assert value(text, "relay_http_requests_total", route=route, method="POST", status="499") == 1
+    assert not value(text, "relay_http_requests_total", route=route, method="POST", status="500")
 
 
 async def test_metrics_token_is_required_when_set(make_client, make_settings):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from relay.appkeys import CALLER, FIRST_BYTE_AT, REQUEST_ID, STARTED_AT
+from relay.appkeys import CALLER, FIRST_BYTE_AT, PREPARED, REQUEST_ID, STARTED_AT
 from relay.metrics import observe_request
 
 log = logging.getLogger("relay.access")
+CLIENT_CLOSED_REQUEST = 499
 
 
 def route_of(request: web.Request) -> str:
@@ -35,6 +37,12 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        # The client hung up (aiohttp cancels its handler): no server error. Logged with
+        # the status it was sent, or, sent nothing, nginx's 499 "client closed request".
+        prepared = request.get(PREPARED)
+        status = prepared.status if prepared is not None else CLIENT_CLOSED_REQUEST
         raise
     finally:
         now = time.monotonic()
@@ -60,6 +68,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     request[FIRST_BYTE_AT] = time.monotonic()
+    request[PREPARED] = response
 
 
 def setup_access_log(app: web.Application) -> None:
