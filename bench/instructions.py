@@ -141,7 +141,7 @@ async def measure_instructions(
     """The baseline and relay, in each configuration the on/off comparisons use, on the
     non-streamed request; the baseline and relay as configured on the streamed one
     (fewer of them: each is a request plus one event per token)."""
-    streams = max(CONCURRENCY, requests // 4)
+    streams = max(CONCURRENCY, requests // 4 // CONCURRENCY * CONCURRENCY)  # whole rounds of 32
     plan: tuple[tuple[str, dict[str, str] | None, tuple[tuple[str, bytes, int], ...]], ...] = (
         ("baseline", None, (
             ("", bodies.stored, requests), (", streamed", bodies.streamed, streams),
