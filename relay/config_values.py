@@ -37,10 +37,10 @@ def address(raw: str) -> str:
 
 
 def readable_postgres_url(raw: str) -> str:
-    from relay.stores.database_admin import readable_dsn  # the driver's own reading of it
+    from relay.stores.database_admin import dsn_problem  # the driver's own reading of it
 
-    if not readable_dsn(raw):
-        raise ValueError("PostgreSQL cannot read it as a URL or connection string")
+    if problem := dsn_problem(raw):
+        raise ValueError(problem)
     return raw
 
 

@@ -220,6 +220,10 @@ MISPLACED = "sk-MISPLACED-KEY-123"
             f' "api_key_env": "{MISPLACED}", "models": {{"m": "m"}}}}]'
         },
         {"RELAY_DATABASE_URL": f"postgresql://relay:{MISPLACED}%ZZ@127.0.0.1/relay"},
+        # libpq reads this without complaint, and only fails to connect: it would pass
+        # for a database that is down (exit 1, restarted for ever) instead of exit 2.
+        {"RELAY_DATABASE_URL": f"postgresql://relay:{MISPLACED}@127.0.0.1:notaport/relay"},
+        {"RELAY_DATABASE_URL": f"host=db port=99999 password={MISPLACED}"},
         {"RELAY_REDIS_URL": f"http://:{MISPLACED}@127.0.0.1:6379/0"},
     ],
     ids=[
@@ -227,6 +231,8 @@ MISPLACED = "sk-MISPLACED-KEY-123"
         "a key for a path",
         "a key for a name",
         "a bad database url",
+        "a database url with a bad port",
+        "a connection string with a port out of range",
         "a bad redis url",
     ],
 )

@@ -39,14 +39,20 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
-def readable_dsn(dsn: str) -> bool:
-    """Whether libpq can read `dsn`, a URL or a key=value string (its complaint would
-    quote the text, password included: only yes or no leaves here)."""
+def dsn_problem(dsn: str) -> str | None:
+    """What is wrong with `dsn`, a URL or a key=value string, in words that quote none
+    of it (libpq's own complaint would, password included); None if nothing is.
+
+    libpq reads a port that is no number without complaint, and fails only when it
+    connects: a typo that would otherwise pass for a server that is down."""
     try:
-        psycopg2.extensions.parse_dsn(dsn)
+        params = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError:
-        return False
-    return True
+        return "PostgreSQL cannot read it as a URL or connection string"
+    for port in params.get("port", "").split(","):
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            return "its port is not a number from 1 to 65535"
+    return None
 
 
 def with_database(dsn: str, name: str) -> str:
