@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         from relay.commands import serve
-        from relay.errors import RelayError
+        from relay.errors import RelayError, operator_message
         from relay.proofs.keyfile import KeyFileError
         from relay.stores.migrations import MigrationError
 
@@ -61,16 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Start-up refused (dstack agent unreachable, unusable key file,
             # database down, a migration refused, the port taken): one line
             # naming the cause, not a traceback.
-            print(f"relay serve: {exc}", file=sys.stderr)
+            print(f"relay serve: {operator_message(exc)}", file=sys.stderr)
             return 1
     if args.command == "migrate":
-        from relay.errors import RelayError
+        from relay.errors import RelayError, operator_message
         from relay.stores.migrations import MigrationError, migrate
 
         try:
             applied = asyncio.run(migrate(settings.database_url))
         except (MigrationError, RelayError) as exc:
-            print(f"relay migrate: {exc}", file=sys.stderr)
+            print(f"relay migrate: {operator_message(exc)}", file=sys.stderr)
             return 1
         print(
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")

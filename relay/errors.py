@@ -154,11 +154,20 @@ class DependencyUnavailableError(RelayError):
     type = "service_unavailable"
     code = "dependency_unavailable"
 
-    def __init__(self, message: str, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, reason: str = "", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         # An outage of a dependency is mostly short: say when to try again (RFC 9110
         # §10.2.3). OpenAI's SDKs wait that long before their own retry.
         self.headers.setdefault("Retry-After", "1")
+        # The driver's account of it, for operators (never in the client's answer).
+        self.reason = reason
+
+
+def operator_message(error: BaseException) -> str:
+    """An error as a one-line reason for an operator: with the dependency's own words
+    when it gave any ("connection refused", "database does not exist")."""
+    reason = getattr(error, "reason", "")
+    return f"{error} ({reason})" if reason else str(error)
 
 
 class RestartingError(RelayError):

@@ -12,7 +12,7 @@ import orjson
 
 from relay.api.admin import client_json
 from relay.config import Settings
-from relay.errors import RelayError
+from relay.errors import RelayError, operator_message
 from relay.services.apikeys import KeyHasher
 from relay.services.clients import ClientService
 from relay.stores.clients import ClientStore
@@ -89,7 +89,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_run(settings, args))
     except RelayError as exc:
-        print(f"relay clients {args.action}: {exc.message}", file=sys.stderr)
+        print(f"relay clients {args.action}: {operator_message(exc)}", file=sys.stderr)
         return 1
     except MigrationError as exc:
         print(f"relay clients {args.action}: {exc}", file=sys.stderr)

@@ -36,7 +36,9 @@ def unavailable(exc: BaseException) -> DependencyUnavailableError:
     lines = str(exc).strip().splitlines() if isinstance(exc, psycopg2.OperationalError) else []
     reason = lines[0] if lines else ""
     log.warning("postgres unavailable", extra={"error": type(exc).__name__, "reason": reason})
-    return DependencyUnavailableError("The database is unavailable; try again shortly.")
+    return DependencyUnavailableError(
+        "The database is unavailable; try again shortly.", reason=reason
+    )
 
 
 @contextmanager
