@@ -342,6 +342,9 @@ async def test_a_stream_past_the_drain_timeout_gets_a_final_error(relay_process,
         final = orjson.loads(events[-1].removeprefix(b"data: "))
         assert final["error"]["code"] == "shutting_down"
         assert await relay.wait(15) == 0, relay.logs()
+        # relay ended it: its log must not blame the provider.
+        assert "stream stopped by relay" in relay.logs()
+        assert "provider broke off" not in relay.logs()
     finally:
         notify.close()
 

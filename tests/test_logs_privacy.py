@@ -143,6 +143,7 @@ async def test_access_line_has_ids_route_status_and_timing(http, captured):
     assert me["method"] == "GET"
     assert me["status"] == 200
     assert isinstance(me["duration_ms"], int | float) and me["duration_ms"] >= 0
+    assert 0 <= me["ttfb_ms"] <= me["duration_ms"]  # a whole answer has a first byte too
 
     exchange = access["swap-1"]
     assert exchange["client_id"] == client["id"]

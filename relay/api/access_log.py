@@ -47,6 +47,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     finally:
         now = time.monotonic()
         first_byte = request.get(FIRST_BYTE_AT)
+        if first_byte is None and status != CLIENT_CLOSED_REQUEST:
+            first_byte = now  # a whole answer: its head goes out as soon as it is returned
         caller = request.get(CALLER)
         route = route_of(request)
         observe_request(route, request.method, status, now - started)

@@ -132,7 +132,10 @@ async def pipe_stream(
         provider.close()  # the client left: stop paying for tokens nobody reads
         return PipeResult("cancelled", observer)
     except (TimeoutError, aiohttp.ClientError) as exc:
-        log.info("provider broke off a stream", extra={"error": type(exc).__name__})
+        if provider.stopped:  # relay's own doing: the drain's deadline, say
+            log.info("stream stopped by relay", extra={"error": type(exc).__name__})
+        else:
+            log.info("provider broke off a stream", extra={"error": type(exc).__name__})
         return PipeResult(_broken_off(observer), observer)
     finally:
         stalled.close()

@@ -23,12 +23,13 @@ class ProviderReply:
     own side (writing to a slow client) is not waiting for the provider.
     """
 
-    __slots__ = ("_content", "_deadline", "_response")
+    __slots__ = ("_content", "_deadline", "_response", "stopped")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
         self._response = response
         self._content = response.content
         self._deadline = WaitDeadline(idle_timeout, response.close)
+        self.stopped = False  # relay closed it (the client left, relay is stopping)
 
     @property
     def expired(self) -> bool:
@@ -84,6 +85,7 @@ class ProviderReply:
 
     def close(self) -> None:
         """Stop reading: the connection is closed, so the provider learns it at once."""
+        self.stopped = True
         self._response.close()
 
     def release(self) -> None:
