@@ -270,13 +270,14 @@ async def test_snippets_are_html_with_the_text_escaped(http):
     # which a provider's answer may carry, must arrive as text, and no mark be forged.
     _, token = await client_with_token(http)
     text = 'penguin says 3 < 4 & "hi" \x01forged\x02 <img src=x onerror=alert(1)'
-    await chat(http, token, text)
+    await chat(http, token, text + " Vec<String> <b>bold</b>")
     response = await http.get("/v1/history/search", params={"q": "penguin"}, headers=bearer(token))
     assert response.status == 200
     [found] = (await response.json())["data"]
     snippet = found["snippet"]
     assert snippet.startswith("<mark>penguin</mark> says 3 &lt; 4 &amp; &quot;hi&quot; forged")
-    assert snippet.endswith("forged &lt;img src=x onerror=alert")
+    # What PostgreSQL's parser takes for tags shows as text too, not left out.
+    assert "forged &lt;img src=x onerror=alert(1) Vec&lt;String&gt; &lt;b&gt;bold" in snippet
     text = snippet.replace("<mark>", "").replace("</mark>", "")
     assert not any(char in text for char in '<>"')
     assert found["content"].startswith('penguin says 3 < 4 & "hi"')  # content is as sent

@@ -11,11 +11,15 @@ from relay.stores.database import Database, fetch_all
 # PostgreSQL marks the matches with two control characters taken out of the text
 # first; relay escapes the snippet as HTML and only then makes them <mark>…</mark>.
 # So a message holding markup (an answer a prompt injection shaped, say) shows as
-# text in an app that renders snippets as HTML, and cannot forge a mark.
-_START, _STOP = "\x01", "\x02"
+# text in an app that renders snippets as HTML, and cannot forge a mark. Each "<"
+# goes to the headline as a third: PostgreSQL's parser would take `<String>` in
+# `Vec<String>` for a tag, and a headline leaves tags out.
+_START, _STOP, _LT = "\x01", "\x02", "\x03"
 _HEADLINE = f"StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=10, MaxFragments=2"
 _AS_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
-_MARKS = str.maketrans({_START: "<mark>", _STOP: "</mark>"})
+_MARKS = str.maketrans({_START: "<mark>", _STOP: "</mark>", _LT: "&lt;"})
+# translate(text, _TAKEN, _LT): "<" becomes _LT; the control characters are dropped.
+_TAKEN = "<" + _START + _STOP + _LT
 # The snippet is cut from a message's first 10,000 characters: ts_headline parses
 # all the text it is given for every result, and over the 100,000 the search
 # vector covers, a page of long matches costs the database seconds. A match
@@ -81,7 +85,7 @@ class MessageStore:
                 cur,
                 "SET LOCAL statement_timeout = %s;"
                 f" SELECT {MESSAGE_COLUMNS}, rank,"
-                " ts_headline('english', translate(left(content, %s), %s, ''),"
+                " ts_headline('english', translate(left(content, %s), %s, %s),"
                 " websearch_to_tsquery('english', %s), %s) AS snippet"
                 " FROM ("
                 f"  SELECT m.*, ts_rank(m.search, q.query) AS rank"
@@ -91,7 +95,8 @@ class MessageStore:
                 (
                     server_ms,
                     _HEADLINE_CHARS,
-                    _START + _STOP,
+                    _TAKEN,
+                    _LT,
                     marked,
                     _HEADLINE,
                     query,
