@@ -64,6 +64,19 @@ async def test_a_message_starts_a_conversation_and_both_sides_are_stored(
     assert str(rows[1]["conversation_id"]) == body["conversation_id"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_turns_rows_have_ids_in_their_order(http, database_url, stream):
+    # The answer's row id is taken before the commit (its event names it); the rows
+    # of its turn take theirs with it, so ids never run backwards within a turn.
+    client, token = await client_with_token(http)
+    first = await native(http, token, "Hello", system="Be brief", stream=stream)
+    await first.read()
+    await (await native(http, token, "Again", conversation_id=first.headers[CONVERSATION])).read()
+    rows = await stored_messages(database_url, client["id"])
+    assert [row["role"] for row in rows] == ["system", "user", "assistant", "user", "assistant"]
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+
+
 async def test_the_context_comes_from_the_stored_conversation(http, simulator):
     _, token = await client_with_token(http)
     first = await (await native(http, token, "one", system="Answer in French.")).json()

@@ -328,7 +328,7 @@ async def test_tool_calls_tool_results_and_awkward_text_are_stored_as_given(http
         answer.summary, tool_calls=calls, finish_reason="tool_calls"
     )
     answer.latency_ms = 12.5
-    reserved_id, reserved_at = await http.app[HISTORY].reserve_message()
+    [reserved_id], reserved_at = await http.app[HISTORY].reserve_messages(1)
     answer.message_id, answer.message_created_at = reserved_id, reserved_at
     await http.app[ANSWER_RECORDER].record(answer)
     tool, assistant = await stored_messages(database_url, client["id"])

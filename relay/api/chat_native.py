@@ -249,14 +249,17 @@ def _broken_off(answer: Answer, observer: DeltaObserver, shutting_down: bool) ->
 
 
 async def _reserve_message(request: web.Request, answer: Answer) -> None:
-    """Take the id and time of the answer's history row, which its final event names.
-    The row is part of saving the answer: if the database cannot give them, the
-    client is told so as for any answer that could not be saved."""
+    """Take the id and time of the answer's history row, which its final event names
+    (and ids before it for its turn's rows). The rows are part of saving the answer:
+    if the database cannot give them, the client is told so as for any answer that
+    could not be saved."""
+    turn = answer.turn or []
     try:
-        reserved = await request.app[HISTORY].reserve_message()
+        ids, answer.message_created_at = await request.app[HISTORY].reserve_messages(len(turn) + 1)
     except DependencyUnavailableError as exc:
         raise not_saved() from exc
-    answer.message_id, answer.message_created_at = reserved
+    *turn_ids, answer.message_id = ids
+    answer.turn_ids = tuple(turn_ids)
 
 
 def _hash_end(answer: Answer, response: HashedEventSource, final: bytes) -> None:

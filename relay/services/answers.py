@@ -57,9 +57,11 @@ class Answer:
     # /v1/chat builds them from history, so only its new message (and, opening a
     # conversation, its system message) is new.
     turn: list[dict[str, Any]] | None = None
-    # The assistant's history row, reserved before commit by /v1/chat (which names it).
+    # The assistant's history row, reserved before commit by /v1/chat (which names it),
+    # and the ids of the turn's rows before it, so that their ids follow their order.
     message_id: int | None = None
     message_created_at: datetime.datetime | None = None
+    turn_ids: tuple[int, ...] = ()
     recorded: bool = False  # queued for the group commit (relay.services.recorder)
 
     def __post_init__(self) -> None:

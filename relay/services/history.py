@@ -170,8 +170,8 @@ class HistoryService:
         system, rows = await self.conversations.context(client_id, checked, budget_chars)
         return checked, system, rows
 
-    async def reserve_message(self) -> tuple[int, datetime.datetime]:
-        return await self.messages.reserve()
+    async def reserve_messages(self, count: int) -> tuple[list[int], datetime.datetime]:
+        return await self.messages.reserve(count)
 
     async def search(
         self, client_id: str, query: str, *, limit: int, conversation_id: str | None = None

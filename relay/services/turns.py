@@ -67,7 +67,7 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
     """The rows one answer adds to history, in order: the new turn, then the reply."""
     rows = []
     turn = answer.turn if answer.turn is not None else new_turn(answer.request.get("messages"))
-    for message in turn:
+    for index, message in enumerate(turn):
         role = message.get("role")
         tool_call_id = message.get("tool_call_id")
         rows.append(
@@ -78,6 +78,7 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
                 # Stamped with the answer when its time is taken early (/v1/chat names
                 # it in the answer), else both get the commit's: never the answer first.
                 created_at=answer.message_created_at,
+                id=answer.turn_ids[index] if index < len(answer.turn_ids) else None,
             )
         )
     summary = answer.summary

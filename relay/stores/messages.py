@@ -33,13 +33,16 @@ class MessageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def reserve(self) -> tuple[int, datetime.datetime]:
-        """An id and time for a message written later: for an answer that names its row
-        in the bytes it sends (and signs) before the group commit writes the row."""
+    async def reserve(self, count: int) -> tuple[list[int], datetime.datetime]:
+        """`count` ids, in increasing order, and a time for messages written later: for
+        an answer that names its row in the bytes it sends (and signs) before the group
+        commit writes the rows (its turn's take the ids before its own)."""
         async with self.db.cursor() as cur:
-            await cur.execute("SELECT nextval('messages_id_seq'), now()")
-            row = await cur.fetchone()
-        return row[0], row[1]
+            await cur.execute(
+                "SELECT nextval('messages_id_seq'), now() FROM generate_series(1, %s)", (count,)
+            )
+            rows = await cur.fetchall()
+        return sorted(row[0] for row in rows), rows[0][1]
 
     async def page(
         self, client_id: str, *, after_seq: int, limit: int, conversation_id: str | None = None
