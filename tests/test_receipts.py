@@ -180,6 +180,20 @@ async def test_the_signature_endpoint_answers_in_nears_shape(http, caller):
     verify_near_signature(near)
 
 
+async def test_an_instance_does_not_sign_nears_text_for_another_keys_receipt(
+    make_client, settings, caller
+):
+    # Two `none` instances, each its own key: B's key (TEE-attested, in other setups)
+    # must not vouch for hashes that A witnessed and signed.
+    one = await make_client(settings)
+    other = await make_client(settings.replace(state_dir=settings.state_dir + "-b"))
+    _, token = caller
+    saved = await ask(one, token, stream=False)
+    response = await other.get(f"/v1/signature/{saved.receipt_id}", headers=bearer(token))
+    await assert_error(response, 409, "receipt_signed_by_another_key")
+    assert (await one.get(f"/v1/signature/{saved.receipt_id}", headers=bearer(token))).status == 200
+
+
 def completion_id(saved: Any) -> str:
     """The `id` the client read in the answer, as NEAR's clients take it."""
     if saved.response_body.startswith(b"data: "):

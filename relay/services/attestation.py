@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Settings
+from relay.errors import ConflictError
 from relay.proofs.agent import DstackAgent
 from relay.proofs.dstack_key import DstackKeyProvider
 from relay.proofs.identity import SigningIdentity
@@ -38,6 +39,16 @@ class Attestation:
         return await build_report(self.identity, nonce, self.agent)
 
     def near_signature(self, receipt: dict[str, Any]) -> dict[str, str]:
+        """NEAR's signature over the receipt's hashes, by the key that signed the receipt:
+        this one. Another instance's receipt (a `none` instance with a key of its own,
+        or this one before its key changed) is refused: a key, TEE-attested perhaps,
+        must not vouch for hashes it never witnessed."""
+        if receipt.get("signing_public_key") != self.identity.public_key_hex:
+            raise ConflictError(
+                "This receipt was signed by another key than this relay's; ask the"
+                " instance that signed it (its report names its key).",
+                code="receipt_signed_by_another_key",
+            )
         return near_signature(receipt, self.identity.private_key)
 
 

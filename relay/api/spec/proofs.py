@@ -159,7 +159,7 @@ PROOF_PATHS: dict[str, Any] = {
             responses={
                 "200": answer("The signature.", ref("schemas", "NearSignature"), RATE_LIMIT_HEADERS)
             },
-            errors=(*AUTHENTICATED, 400, 404),
+            errors=(*AUTHENTICATED, 400, 404, 409),
         )
     },
 }
