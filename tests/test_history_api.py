@@ -72,7 +72,27 @@ async def test_bad_history_parameters_are_400(http, params, param):
     assert error["param"] == param
 
 
-@pytest.mark.parametrize("cursor", [{"t": "2024-01-01T00:00:00+00:00", "c": 5}, {"t": 5, "c": []}])
+NO_ID = "00000000-0000-0000-0000-000000000000"
+
+
+async def test_a_cursor_in_a_time_zone_postgresql_refuses_still_pages(http):
+    # Python reads offsets to ±23:59, PostgreSQL only to ±15:59 (it answered 500).
+    _, token = await client_with_token(http)
+    cursor = {"t": "2999-01-01T00:00:00+16:00", "c": NO_ID}
+    forged = base64.urlsafe_b64encode(orjson.dumps(cursor)).decode().rstrip("=")
+    response = await http.get("/v1/conversations", params={"after": forged}, headers=bearer(token))
+    assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        {"t": "2024-01-01T00:00:00+00:00", "c": 5},
+        {"t": 5, "c": []},
+        {"t": "2024-01-01T00:00:00", "c": NO_ID},  # no time zone
+        {"t": "0001-01-01T00:00:00+23:59", "c": NO_ID},  # before year 1 in UTC
+    ],
+)
 async def test_a_forged_conversations_cursor_is_400(http, cursor):
     _, token = await client_with_token(http)
     forged = base64.urlsafe_b64encode(orjson.dumps(cursor)).decode().rstrip("=")

@@ -81,6 +81,19 @@ async def test_with_n_choices_history_keeps_the_first(http, database_url, simula
             assert answer["completion_tokens"] == 2 * tokens
 
 
+async def test_a_prefill_ending_the_request_leaves_the_question_in_the_turn(http, database_url):
+    # An assistant message that ends the request is the start of the answer, not an
+    # earlier answer: the question before it is this request's turn.
+    client, token = await client_with_token(http)
+    asked = [("system", "Be brief."), ("user", "Write a poem about cats")]
+    prefill = {"role": "assistant", "content": "Roses are"}
+    messages = [{"role": role, "content": content} for role, content in asked]
+    assert (await chat(http, token, messages=[*messages, prefill])).status == 200
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["content"]) for row in rows[:-1]] == asked
+    assert rows[-1]["role"] == "assistant"
+
+
 async def test_a_conversation_continues_with_only_the_new_turn(http, database_url):
     client, token = await client_with_token(http)
     first = await chat(

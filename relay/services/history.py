@@ -70,8 +70,13 @@ def conversations_position(cursor: str | None) -> tuple[datetime.datetime, str] 
     value = _decode(cursor, "after")
     try:
         created_at, conversation_id = value["t"], value["c"]
-        return datetime.datetime.fromisoformat(created_at), str(uuid.UUID(conversation_id))
-    except (KeyError, TypeError, ValueError, AttributeError):  # uuid.UUID(5): AttributeError
+        moment = datetime.datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError("no time zone")
+        # In UTC: PostgreSQL refuses offsets past ±15:59, which Python reads (to ±23:59).
+        return moment.astimezone(datetime.UTC), str(uuid.UUID(conversation_id))
+    # uuid.UUID(5): AttributeError; an offset moving year 1 or 9999 out of range: Overflow.
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         raise InvalidRequestError("after is not a cursor relay gave out.", param="after") from None
 
 

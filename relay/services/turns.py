@@ -45,14 +45,21 @@ def content_text(content: Any) -> str:
 
 
 def new_turn(messages: Any) -> list[dict[str, Any]]:
-    """The request's messages after its last assistant message: what this request added."""
+    """The request's messages after its last assistant message: what this request added.
+
+    An assistant message that ends the request is a prefill (the start the answer is
+    to continue), not an earlier answer: the turn is what came after the one before
+    it, the prefill left out (the stored answer is what the provider sent)."""
     if not isinstance(messages, list):
         return []
+    dicts = [message for message in messages if isinstance(message, dict)]
+    if dicts and dicts[-1].get("role") == "assistant":
+        dicts.pop()
     start = 0
-    for index, message in enumerate(messages):
-        if isinstance(message, dict) and message.get("role") == "assistant":
+    for index, message in enumerate(dicts):
+        if message.get("role") == "assistant":
             start = index + 1
-    return [message for message in messages[start:] if isinstance(message, dict)]
+    return dicts[start:]
 
 
 def _count(usage: dict[str, Any] | None, key: str) -> int | None:
