@@ -70,6 +70,33 @@ async def test_bytes_are_forwarded_untouched_when_the_model_id_needs_no_rewrite(
     assert simulator.state.requests[-1].body == raw
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # A number past 64 bits (decoded and written again it came back a rounded float).
+        b'{"messages": [{"role":"user","content":"hi \\u00e9"}],  "model" :"gpt-sim",'
+        b' "seed": 18446744073709551616, "x": 1.50}',
+        # The key spelt with an escape, and "model" inside a message.
+        b'{"messages":[{"role":"user","content":"\\"model\\": \\"gpt-sim\\""}],'
+        b'"mod\\u0065l":"gpt-sim"}',
+        # Nested past the 254 levels orjson writes (it was a 500).
+        b'{"metadata":' + b"[" * 260 + b"]" * 260 + b',"model":"gpt-sim",'
+        b'"messages":[{"role":"user","content":"hi"}]}',
+    ],
+    ids=["big number", "escaped key", "deep nesting"],
+)
+async def test_a_renamed_model_changes_only_the_model_ids_bytes(http, token, simulator, raw):
+    response = await http.post(
+        "/v1/chat/completions",
+        data=raw,
+        headers={**bearer(token), "Content-Type": "application/json"},
+    )
+    assert response.status == 200, await response.text()
+    received = simulator.state.requests[-1].body
+    model_at = raw.rindex(b'"gpt-sim"')
+    assert received == raw[:model_at] + b'"sim-small"' + raw[model_at + len(b'"gpt-sim"') :]
+
+
 async def test_unknown_model_is_404_model_not_found(http, token):
     response = await post_chat(http, token, {"model": "gpt-nope", "messages": MESSAGES})
     error = await assert_error(response, 404, "model_not_found")

@@ -70,7 +70,7 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         stream=chat.stream,
         request=data,
         request_body=body,
-        forwarded_body=forwarded_body(body, data, route),
+        forwarded_body=forwarded_body(body, route),
         started_at=time.time(),
         store=chat.store and caller.client.store_history,
     )

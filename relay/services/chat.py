@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,14 +62,41 @@ def refuse_duplicate_keys(body: bytes) -> None:
         raise InvalidRequestError("The request body names the same field twice.")
 
 
-def forwarded_body(body: bytes, data: dict[str, Any], route: Route) -> bytes:
-    """The bytes sent to the provider: the client's own when the model id is the
-    provider's (if they name no key twice), else the same object with only `model`
-    replaced (key order kept; a repeated key is then written once)."""
+def forwarded_body(body: bytes, route: Route) -> bytes:
+    """The bytes sent to the provider: the client's own (if they name no key twice),
+    with only the model id changed to the provider's when the two differ."""
+    refuse_duplicate_keys(body)
     if route.provider_model == route.model:
-        refuse_duplicate_keys(body)
         return body
-    return orjson.dumps({**data, "model": route.provider_model})
+    try:
+        return with_model(body, route.provider_model)
+    except RecursionError:  # nested deeper than the standard library's scanner goes
+        raise InvalidRequestError("The request body is nested too deeply.") from None
+
+
+_DECODER = json.JSONDecoder()
+_BLANK = re.compile(r"[ \t\n\r]*")
+
+
+def with_model(body: bytes, model: str) -> bytes:
+    """`body`, a JSON object that names `model` once, with that value alone replaced:
+    every other byte as the client sent it. (Decoded and written again, a number past
+    64 bits would come back a rounded float, and a body nested past 254 levels not at
+    all.) The standard library's scanner finds where each top-level value ends."""
+    text = body.decode()  # valid UTF-8 (orjson read it): encoding gives the same bytes
+    at = _past_blanks(text, 0) + 1  # past the object's "{"
+    while True:
+        key, at = _DECODER.raw_decode(text, _past_blanks(text, at))
+        at = _past_blanks(text, _past_blanks(text, at) + 1)  # past ":"
+        _, end = _DECODER.raw_decode(text, at)
+        if key == "model":
+            return (text[:at] + orjson.dumps(model).decode() + text[end:]).encode()
+        at = _past_blanks(text, end) + 1  # past ","
+
+
+def _past_blanks(text: str, at: int) -> int:
+    blanks = _BLANK.match(text, at)
+    return blanks.end() if blanks else at
 
 
 def count_answer(answer: Answer) -> None:
