@@ -8,6 +8,7 @@ import re
 import stat
 from pathlib import Path
 
+import orjson
 import pytest
 
 from relay.config import READ_ELSEWHERE, ConfigError, Settings, load_settings
@@ -225,6 +226,13 @@ MISPLACED = "sk-MISPLACED-KEY-123"
         {"RELAY_DATABASE_URL": f"postgresql://relay:{MISPLACED}@127.0.0.1:notaport/relay"},
         {"RELAY_DATABASE_URL": f"host=db port=99999 password={MISPLACED}"},
         {"RELAY_REDIS_URL": f"http://:{MISPLACED}@127.0.0.1:6379/0"},
+        # Read from a file with its newline: no HTTP header can carry it (every
+        # request was a 500).
+        {
+            "RELAY_UPSTREAMS": '[{"name": "o", "base_url": "https://o.example/v1",'
+            ' "api_key_env": "O_KEY", "models": {"m": "m"}}]',
+            "O_KEY": MISPLACED + "\n",
+        },
     ],
     ids=[
         "one upstream, not a list",
@@ -234,6 +242,7 @@ MISPLACED = "sk-MISPLACED-KEY-123"
         "a database url with a bad port",
         "a connection string with a port out of range",
         "a bad redis url",
+        "a provider key with its newline",
     ],
 )
 def test_a_setting_holding_a_secret_is_refused_without_showing_it(env):
@@ -242,6 +251,33 @@ def test_a_setting_holding_a_secret_is_refused_without_showing_it(env):
         Settings.from_env(env)
     assert next(iter(env)) in str(refused.value)
     assert MISPLACED not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http:nohost", "https://o.example/v1#part", "ftp://o.example/v1"]
+)
+def test_an_upstream_base_url_relay_cannot_post_to_is_refused(base_url):
+    upstreams = [{"name": "o", "base_url": base_url, "models": {"m": "m"}}]
+    with pytest.raises(ConfigError, match="RELAY_UPSTREAMS: upstream 'o': base_url"):
+        Settings.from_env({"RELAY_UPSTREAMS": orjson.dumps(upstreams).decode()})
+
+
+@pytest.mark.parametrize(
+    ("base_url", "url"),
+    [
+        ("https://o.example/v1/", "https://o.example/v1/chat/completions"),
+        # A query (Azure's api-version, say) stays a query: it was glued to the path.
+        (
+            "https://o.example/openai/v1?api-version=1",
+            "https://o.example/openai/v1/chat/completions?api-version=1",
+        ),
+        ("http://o.example/a%2Fb/v1", "http://o.example/a%2Fb/v1/chat/completions"),
+    ],
+)
+def test_the_chat_completions_url_is_joined_to_the_base_urls_path(base_url, url):
+    upstreams = [{"name": "o", "base_url": base_url, "models": {"m": "m"}}]
+    settings = Settings.from_env({"RELAY_UPSTREAMS": orjson.dumps(upstreams).decode()})
+    assert settings.upstreams[0].chat_completions_url == url
 
 
 def test_files_that_are_not_utf8_are_refused_by_name(tmp_path: Path):

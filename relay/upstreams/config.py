@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 KINDS = ("openai",)
@@ -33,7 +34,10 @@ class Upstream:
 
     @functools.cached_property
     def chat_completions_url(self) -> str:
-        return self.base_url.rstrip("/") + "/chat/completions"
+        """base_url's path and /chat/completions; a query (api-version=…) kept after it."""
+        url = yarl.URL(self.base_url, encoded=True)  # its bytes as the operator wrote them
+        path = url.raw_path.rstrip("/") + "/chat/completions"
+        return str(url.with_path(path, encoded=True, keep_query=True))
 
     @functools.cached_property
     def request_headers(self) -> CIMultiDictProxy[str]:
@@ -57,6 +61,11 @@ def _positive(entry: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+def _http_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
     if not isinstance(entry, dict):
         raise UpstreamConfigError("each upstream must be an object")
@@ -73,8 +82,10 @@ def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
     if kind not in KINDS:
         raise UpstreamConfigError(f"upstream {name!r}: kind must be one of {', '.join(KINDS)}")
     base_url = entry.get("base_url")
-    if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
+    if not isinstance(base_url, str) or not _http_url(base_url):
         raise UpstreamConfigError(f"upstream {name!r}: base_url must be an http(s) URL")
+    if urlsplit(base_url).fragment:
+        raise UpstreamConfigError(f"upstream {name!r}: base_url must have no #fragment")
     if "api_key" in entry and "api_key_env" in entry:
         raise UpstreamConfigError(f"upstream {name!r}: give api_key or api_key_env, not both")
     api_key = entry.get("api_key", "")
@@ -91,6 +102,12 @@ def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
         api_key = environ[variable]
     if not isinstance(api_key, str):
         raise UpstreamConfigError(f"upstream {name!r}: api_key must be a string")
+    if api_key != api_key.strip() or not api_key.isprintable():
+        # A newline read with a key from a file, say: no HTTP header can carry it.
+        raise UpstreamConfigError(
+            f"upstream {name!r}: the provider key has spaces around it or characters"
+            " that cannot be sent (a trailing newline?)"
+        )
     models = entry.get("models")
     if (
         not isinstance(models, dict)
