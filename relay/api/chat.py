@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 
@@ -103,7 +102,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
     except RelayError as error:
         answer.status, answer.http_status = "failed", error.status
         # The client receives the error body, so that is what the receipt hashes.
-        answer.response_sha256 = hashlib.sha256(error_json(error)).hexdigest()
+        answer.received_body(error_json(error))
         answer.label(error)
         answer.latency_ms = elapsed_ms(request)
         await hooks.commit_quietly(answer)
@@ -124,8 +123,7 @@ async def _relay_whole(
     if answer.summary.error is not None:
         # Passed on as sent, but an error (or no completion at all) is not an answer.
         answer.status = "failed"
-    answer.response_sha256 = hashlib.sha256(body).hexdigest()
-    answer.response_bytes = len(body)
+    answer.received_body(body)
     answer.latency_ms = elapsed_ms(request)
     # Committed before the client gets a byte: an answer it saw is in history.
     await hooks.run_commit(answer)
@@ -155,8 +153,7 @@ async def _relay_stream(
     final = result.final
     if result.status == "cut":
         final = error_event(RestartingError() if deadline.is_set() else UpstreamCutError())
-    answer.response_sha256 = observer.sha256_with(final)
-    answer.response_bytes = observer.byte_count + len(final)
+    answer.received(observer, final)
     if (error := await hooks.commit_end(answer)) is not None:
         final = error_event(error)  # never a silent loss: an error instead of the end
     await end_stream(response, observer, final, _abort_client(request))
@@ -175,5 +172,4 @@ def _abort_client(request: web.Request) -> Callable[[], None]:
 
 def _summarise(request: web.Request, answer: Answer, observer: StreamObserver) -> None:
     note_stream_end(request, answer, observer)
-    answer.response_sha256 = observer.sha256
-    answer.response_bytes = observer.byte_count
+    answer.received(observer)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 
 import aiohttp
@@ -187,8 +186,7 @@ async def _stream(
             note_stream_end(request, answer, observer)
             # What the client has so far: all it gets if it has left (the handler
             # may be cancelled while waiting for the provider).
-            answer.response_sha256 = response.sha256_with(b"")
-            answer.response_bytes = response.byte_count
+            answer.received(response)
     if answer.status == "cancelled":
         await hooks.commit_quietly(answer)
         return response
@@ -200,14 +198,14 @@ async def _stream(
         except RelayError as unsaved:
             final = event_bytes("error", error_data(unsaved))  # nothing can be recorded
         else:
-            _hash_end(answer, response, final)
+            answer.received(response, final)
             if (refused := await hooks.commit_end(answer)) is not None:
                 # Never a silent loss: the client gets an error instead of message.done.
                 final = event_bytes("error", error_data(refused))
     else:
         final = event_bytes("error", error_data(_broken_off(answer, observer, deadline.is_set())))
-        _hash_end(answer, response, final)
-        await hooks.commit_end(answer)
+        answer.received(response, final)
+        await hooks.commit_quietly(answer)  # the client is told it did not complete
     try:
         await response.write(final)
         await response.write_eof()
@@ -262,14 +260,7 @@ async def _reserve_message(request: web.Request, answer: Answer) -> None:
     answer.turn_ids = tuple(turn_ids)
 
 
-def _hash_end(answer: Answer, response: HashedEventSource, final: bytes) -> None:
-    """What the client receives, once `final` is sent after what it has: for the receipt."""
-    answer.response_sha256 = response.sha256_with(final)
-    answer.response_bytes = response.byte_count + len(final)
-
-
 def _finish(request: web.Request, answer: Answer, body: bytes) -> None:
     """Hash the whole body the client receives (a non-streamed answer or an error)."""
-    answer.response_sha256 = hashlib.sha256(body).hexdigest()
-    answer.response_bytes = len(body)
+    answer.received_body(body)
     answer.latency_ms = elapsed_ms(request)

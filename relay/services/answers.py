@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from relay.errors import RelayError
 from relay.ids import uuid7_hex, uuid7_text
@@ -25,6 +25,14 @@ STATUSES = ("complete", "cut", "cancelled", "failed")
 
 CommitHook = Callable[["Answer"], Awaitable[None]]
 AfterHook = Callable[["Answer"], None]
+
+
+class SentBytes(Protocol):
+    """Bytes on their way to a client, hashed and counted as they go."""
+
+    byte_count: int
+
+    def sha256_with(self, tail: bytes) -> str: ...
 
 
 @dataclass(eq=False)
@@ -78,6 +86,17 @@ class Answer:
             return self.request_sha256
         return hashlib.sha256(self.forwarded_body).hexdigest()
 
+    def received_body(self, body: bytes) -> None:
+        """What the client receives, for the receipt: `body`, whole (an answer or an error)."""
+        self.response_sha256 = hashlib.sha256(body).hexdigest()
+        self.response_bytes = len(body)
+
+    def received(self, sent: SentBytes, final: bytes = b"") -> None:
+        """What the client receives, for the receipt: the bytes `sent` has hashed and
+        counted so far, then `final` (the end of a stream, not yet written)."""
+        self.response_sha256 = sent.sha256_with(final)
+        self.response_bytes = sent.byte_count + len(final)
+
     def label(self, error: RelayError) -> None:
         """Give an error response the answer's headers (its conversation and receipt
         ids): what was recorded of it can be found like any other answer's."""
@@ -123,20 +142,20 @@ class AnswerHooks:
 
     async def commit_quietly(self, answer: Answer) -> None:
         """Record an answer whose end the client will not see; a failure is only logged."""
-        await self.commit_end(answer, quietly=True)
+        await self.commit_end(answer)
 
-    async def commit_end(self, answer: Answer, *, quietly: bool = False) -> RelayError | None:
+    async def commit_end(self, answer: Answer) -> RelayError | None:
         """Record an answer before its client receives the end: None once committed, or
         the error the client gets instead of a complete answer's end (never a silent
-        loss). An answer that did not complete (its client is told so) is recorded
-        quietly, as one whose end the client will not see: a failure is only logged."""
+        loss). For an answer that did not complete (its client is told so) a failure
+        is only logged, as for one whose end the client will not see."""
         try:
             await self.run_commit(answer)
         except RelayError as error:
             log.warning(
                 "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
             )
-            return None if quietly or answer.status != "complete" else error
+            return error if answer.status == "complete" else None
         return None
 
     def client_left(self, answer: Answer, latency_ms: float) -> None:
