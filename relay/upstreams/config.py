@@ -62,8 +62,9 @@ def _positive(entry: Mapping[str, Any], key: str, default: float) -> float:
 
 
 def _http_url(text: str) -> bool:
+    """An http(s) URL relay can post to: a host, and no #fragment (a query is kept)."""
     parts = urlsplit(text)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
 
 
 def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
@@ -83,9 +84,9 @@ def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
         raise UpstreamConfigError(f"upstream {name!r}: kind must be one of {', '.join(KINDS)}")
     base_url = entry.get("base_url")
     if not isinstance(base_url, str) or not _http_url(base_url):
-        raise UpstreamConfigError(f"upstream {name!r}: base_url must be an http(s) URL")
-    if urlsplit(base_url).fragment:
-        raise UpstreamConfigError(f"upstream {name!r}: base_url must have no #fragment")
+        raise UpstreamConfigError(
+            f"upstream {name!r}: base_url must be an http(s) URL with a host and no #fragment"
+        )
     if "api_key" in entry and "api_key_env" in entry:
         raise UpstreamConfigError(f"upstream {name!r}: give api_key or api_key_env, not both")
     api_key = entry.get("api_key", "")
