@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return dev.run()
     try:
-        settings = load_settings()
+        # Of these, only serve forwards to providers: migrate and clients run in an
+        # operator's shell, which need not hold the keys the service's environment keeps.
+        settings = load_settings(provider_keys=args.command == "serve")
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2

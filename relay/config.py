@@ -130,6 +130,7 @@ class Settings:
     default_model: str = setting("RELAY_DEFAULT_MODEL", "")
     chat_context_chars: int = setting("RELAY_CHAT_CONTEXT_CHARS", 24_000, integer, minimum=0)
     # Parsed in from_env (it may name variables holding provider keys): see relay.upstreams.config.
+    # Empty in settings loaded without provider keys, whatever RELAY_UPSTREAMS says.
     upstreams: tuple[Upstream, ...] = setting("RELAY_UPSTREAMS", (), None)
 
     @property
@@ -141,9 +142,19 @@ class Settings:
         return Path(self.state_dir)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, provider_keys: bool = True
+    ) -> Settings:
         """Read settings from `environ` (default: the process environment) and the
-        file `RELAY_ENV_FILE` names, if any (real environment variables win)."""
+        file `RELAY_ENV_FILE` names, if any (real environment variables win).
+
+        `provider_keys=False` is for commands that never forward (relay clients,
+        relay migrate): an operator's shell need not hold the provider keys the
+        service's own environment keeps. RELAY_UPSTREAMS is still checked as
+        strictly, but the variables its api_key_env fields name are neither
+        demanded nor used, and the settings hold no upstreams, so nothing built
+        from them can forward without its key.
+        """
         source = gather(environ)
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
@@ -152,9 +163,13 @@ class Settings:
                 values[spec.name] = parse_value(spec, raw)
         if source.get("RELAY_UPSTREAMS"):
             try:
-                values["upstreams"] = parse_upstreams(source["RELAY_UPSTREAMS"], source)
+                upstreams = parse_upstreams(
+                    source["RELAY_UPSTREAMS"], source, resolve_keys=provider_keys
+                )
             except UpstreamConfigError as exc:
                 raise ConfigError(f"RELAY_UPSTREAMS: {exc}") from None
+            if provider_keys:
+                values["upstreams"] = upstreams
         warn_unknown(source, (spec.metadata["env"] for spec in dataclasses.fields(cls)))
         if not source.get("RELAY_STATE_DIR"):
             values["state_dir"] = source.get("STATE_DIRECTORY", "").split(":")[0] or (
@@ -185,5 +200,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    return with_development_secrets(Settings.from_env(environ))
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, provider_keys: bool = True
+) -> Settings:
+    return with_development_secrets(Settings.from_env(environ, provider_keys=provider_keys))

@@ -144,3 +144,25 @@ def test_honours_run_migrations(empty_database_url, tmp_path):
     # Left at its default, the same command brings the schema up to date first.
     assert output(cli_runner(empty_database_url, tmp_path / "state")("list")) == []
     assert output(held("list")) == []
+
+
+# The provider key kept only in the service's environment (a root-only
+# EnvironmentFile, say), so not in the operator's shell.
+SERVICE_ONLY_KEY = "PROVIDER_KEY_ONLY_THE_SERVICE_HAS"
+KEYED_UPSTREAMS = json.dumps(
+    [
+        {
+            "name": "provider",
+            "base_url": "https://provider.example/v1",
+            "api_key_env": SERVICE_ONLY_KEY,
+            "models": {"m": "m"},
+        }
+    ]
+)
+
+
+def test_needs_no_provider_key(database_url, tmp_path):
+    assert SERVICE_ONLY_KEY not in os.environ
+    run = cli_runner(database_url, tmp_path / "state", RELAY_UPSTREAMS=KEYED_UPSTREAMS)
+    created = output(run("create", "--name", "made without the provider key"))
+    assert [client["id"] for client in output(run("list"))] == [created["id"]]

@@ -432,3 +432,61 @@ def test_only_secrets_and_urls_are_read_from_files(tmp_path: Path, caplog):
     assert settings.port == 8080
     [record] = caplog.records
     assert record.getMessage().endswith(": RELAY_PORT_FILE")
+
+
+KEYED_UPSTREAMS = orjson.dumps(
+    [
+        {
+            "name": "o",
+            "base_url": "https://o.example/v1",
+            "api_key_env": "O_KEY",
+            "models": {"m": "m"},
+        }
+    ]
+).decode()
+
+
+def test_a_missing_provider_key_variable_is_refused_by_name():
+    # relay serve and relay dev forward: they refuse to start without the key.
+    with pytest.raises(ConfigError, match=r"^RELAY_UPSTREAMS: upstream 'o': api_key_env 'O_KEY'"):
+        load_settings({"RELAY_UPSTREAMS": KEYED_UPSTREAMS})
+    settings = load_settings({"RELAY_UPSTREAMS": KEYED_UPSTREAMS, "O_KEY": "sk-o"})
+    assert settings.upstreams[0].api_key == "sk-o"
+
+
+def test_settings_without_provider_keys_need_no_key_variable(tmp_path: Path):
+    # relay clients and relay migrate never forward: a shell without the key runs them.
+    env = {"RELAY_UPSTREAMS": KEYED_UPSTREAMS, "RELAY_STATE_DIR": str(tmp_path)}
+    settings = load_settings(env, provider_keys=False)
+    # No upstreams at all, rather than one without its key: nothing built from
+    # these settings can forward.
+    assert settings.upstreams == ()
+    # Given or not, the key is not read: one no header could carry is no reason to refuse.
+    assert load_settings({**env, "O_KEY": "sk-o\n"}, provider_keys=False).upstreams == ()
+
+
+@pytest.mark.parametrize(
+    "upstreams",
+    [
+        "[{",
+        '[{"name": "o", "base_url": "ftp://o.example", "api_key_env": "O_KEY",'
+        ' "models": {"m": "m"}}]',
+        '[{"name": "o", "base_url": "https://o.example/v1", "api_key_env": "not a name",'
+        ' "models": {"m": "m"}}]',
+    ],
+    ids=["not JSON", "a bad base_url", "a bad variable name"],
+)
+def test_settings_without_provider_keys_still_check_the_upstreams(upstreams):
+    # The same file serves relay serve: relay migrate, the documented check of the
+    # settings, keeps catching a mistake in it before systemd does.
+    with pytest.raises(ConfigError, match=r"^RELAY_UPSTREAMS: "):
+        Settings.from_env({"RELAY_UPSTREAMS": upstreams}, provider_keys=False)
+
+
+def test_an_unread_provider_key_variable_is_not_called_unknown(caplog):
+    upstreams = KEYED_UPSTREAMS.replace('"O_KEY"', '"RELAY_O_KEY"')
+    with caplog.at_level(logging.WARNING, logger="relay.config"):
+        Settings.from_env(
+            {"RELAY_UPSTREAMS": upstreams, "RELAY_O_KEY": "sk-o"}, provider_keys=False
+        )
+    assert caplog.records == []

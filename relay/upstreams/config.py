@@ -67,7 +67,7 @@ def _http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
 
 
-def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
+def _upstream(entry: Any, environ: Mapping[str, str], resolve_keys: bool) -> Upstream:
     if not isinstance(entry, dict):
         raise UpstreamConfigError("each upstream must be an object")
     name = entry.get("name")
@@ -98,9 +98,12 @@ def _upstream(entry: Any, environ: Mapping[str, str]) -> Upstream:
             raise UpstreamConfigError(
                 f"upstream {name!r}: api_key_env must name an environment variable"
             )
-        if not environ.get(variable):
-            raise UpstreamConfigError(f"upstream {name!r}: api_key_env {variable!r} is not set")
-        api_key = environ[variable]
+        # Looked up even when unused, so a RELAY_* name here counts as read, not misspelt.
+        value = environ.get(variable, "")
+        if resolve_keys:
+            if not value:
+                raise UpstreamConfigError(f"upstream {name!r}: api_key_env {variable!r} is not set")
+            api_key = value
     if not isinstance(api_key, str):
         raise UpstreamConfigError(f"upstream {name!r}: api_key must be a string")
     if api_key != api_key.strip() or not api_key.isprintable():
@@ -135,8 +138,14 @@ _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def parse_upstreams(text: str, environ: Mapping[str, str]) -> tuple[Upstream, ...]:
-    """Inline JSON when the value starts with `[`, otherwise the path of a JSON file."""
+def parse_upstreams(
+    text: str, environ: Mapping[str, str], *, resolve_keys: bool = True
+) -> tuple[Upstream, ...]:
+    """Inline JSON when the value starts with `[`, otherwise the path of a JSON file.
+
+    Without `resolve_keys`, the variable an api_key_env names is neither demanded
+    nor used: its upstream comes back without a key, for a caller that never forwards.
+    """
     text = text.strip()
     if not text:
         return ()
@@ -157,7 +166,7 @@ def parse_upstreams(text: str, environ: Mapping[str, str]) -> tuple[Upstream, ..
         raise UpstreamConfigError(f"not valid JSON: {exc}") from None
     if not isinstance(entries, list):
         raise UpstreamConfigError("must be a JSON list of upstreams")
-    upstreams = tuple(_upstream(entry, environ) for entry in entries)
+    upstreams = tuple(_upstream(entry, environ, resolve_keys) for entry in entries)
     names = [upstream.name for upstream in upstreams]
     if len(set(names)) != len(names):
         raise UpstreamConfigError("two upstreams share a name")
