@@ -25,7 +25,7 @@ from relay.errors import RelayError, RestartingError, UpstreamCutError, error_js
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
-from relay.upstreams.forwarder import open_provider_response
+from relay.upstreams.forwarder import open_provider_response, reworded_body
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 from relay.upstreams.reply import ProviderReply
@@ -121,8 +121,10 @@ async def _relay_whole(
     body = await provider.whole()
     answer.summary = summarize_completion(body)
     if answer.summary.error is not None:
-        # Passed on as sent, but an error (or no completion at all) is not an answer.
+        # Passed on as sent (save what the provider's message may not show the client),
+        # but an error (or no completion at all) is not an answer.
         answer.status = "failed"
+        body = reworded_body(body, answer.route)
     answer.received_body(body)
     answer.latency_ms = elapsed_ms(request)
     # Committed before the client gets a byte: an answer it saw is in history.
@@ -143,7 +145,9 @@ async def _relay_stream(
     # Past the drain timeout of a graceful stop, relay stops reading the provider.
     with request.app[IN_FLIGHT].track(on_deadline=provider.close) as deadline:
         try:
-            result = await pipe_stream(response, provider, observer, _abort_client(request))
+            result = await pipe_stream(
+                response, provider, observer, _abort_client(request), answer.route
+            )
         finally:
             _summarise(request, answer, observer)
     answer.status = result.status

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import orjson
@@ -42,6 +43,30 @@ def provider_words(message: str, route: Route) -> str:
     if route.provider_model != route.model:
         message = message.replace(route.provider_model, route.model)
     return _ORGANIZATION.sub("org-[redacted]", message)
+
+
+def reworded_error(obj: dict[str, Any], route: Route) -> dict[str, Any] | None:
+    """`obj` (a whole answer or a stream's event) with its error's message in
+    provider_words; None if it is no error, or one those words leave as it is."""
+    error = obj.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and (words := provider_words(message, route)) != message:
+            return {**obj, "error": {**error, "message": words}}
+    elif isinstance(error, str) and (words := provider_words(error, route)) != error:
+        return {**obj, "error": words}  # some providers send {"error": "…"}
+    return None
+
+
+def reworded_body(body: bytes, route: Route) -> bytes:
+    """A whole answer that is an error, as relay's client may read it: `body` as sent
+    unless its message had to change (reworded_error), then re-serialised."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    reworded = reworded_error(obj, route) if isinstance(obj, dict) else None
+    return body if reworded is None else orjson.dumps(reworded)
 
 
 class ProviderRefusal(RelayError):

@@ -18,11 +18,13 @@ __all__ = ["CompletionSummary", "StreamObserver", "summarize_completion"]
 
 
 class StreamObserver(CompletionAccumulator):
-    """Fed every chunk exactly as written to the client; never alters or re-encodes it.
+    """Fed every chunk the client receives; never alters or re-encodes it.
 
     Hashes and counts the bytes, splits SSE events across any chunk boundary, and folds
     each `data` event into the answer (text, finish reason, usage, tool calls, error).
     `event_count` counts every dispatched data event, `[DONE]` and malformed ones included.
+    `feed` does both halves; `read` and `count` apart serve a pipe that rewords a
+    provider's error event (its bytes are read as sent, but counted as written).
     """
 
     def __init__(self) -> None:
@@ -55,9 +57,17 @@ class StreamObserver(CompletionAccumulator):
         return not self.done and not self.overflowed
 
     def feed(self, chunk: bytes) -> None:
+        self.read(chunk)
+        self.count(chunk)
+
+    def read(self, chunk: bytes) -> None:
+        """Fold the events in `chunk` into the answer."""
+        self._decoder.feed(chunk)
+
+    def count(self, chunk: bytes) -> None:
+        """Hash and count `chunk` as bytes the client receives."""
         self._hash.update(chunk)
         self.byte_count += len(chunk)
-        self._decoder.feed(chunk)
 
     def close(self) -> None:
         """End of stream: per the SSE spec an event without its closing blank line is dropped.

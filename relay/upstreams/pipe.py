@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,9 +13,11 @@ from aiohttp import web
 
 from relay.errors import RelayError
 from relay.upstreams.deadline import WaitDeadline
+from relay.upstreams.forwarder import reworded_error
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
-from relay.upstreams.sse import MAX_EVENT_BYTES
+from relay.upstreams.routing import Route
+from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,10 @@ SEND_SECONDS = 60.0
 # one line end); a CR closing it may be the first half of a CRLF.
 _BLANK_LINES = (b"\n\n", b"\r\r", b"\n\r")
 _CR = 0x0D
+# Where an event ends, as above: a line end, then the blank line's; a CR followed by
+# LF is one line end (CRLF), never two.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+_BOM = b"\xef\xbb\xbf"
 
 
 def error_event(error: RelayError) -> bytes:
@@ -56,6 +63,40 @@ def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:
     if end and buffer[end - 1] == _CR and buffer[end : end + 1] == b"\n":
         end += 1
     return end
+
+
+def reworded_events(events: bytes, route: Route) -> bytes:
+    """`events` (whole events) as relay's client may read them: an error event whose
+    message quotes what is not the client's (provider_words) is re-serialised with that
+    message reworded and its other fields as sent; every other byte stays as it came."""
+    parts, start = [], 0
+    for end in _EVENT_END.finditer(events):
+        event = events[start : end.end()]
+        parts.append(_reworded_event(event, route) or event)
+        start = end.end()
+    parts.append(events[start:])
+    return b"".join(parts)
+
+
+def _reworded_event(event: bytes, route: Route) -> bytes | None:
+    """One whole event, reworded; None if it is no error or needs no new words."""
+    payloads: list[bytes] = []
+    SSEDecoder(payloads.append).feed(event)  # a fresh decoder drops a BOM opening the event
+    try:
+        obj = orjson.loads(payloads[0]) if len(payloads) == 1 else None
+    except orjson.JSONDecodeError:
+        return None
+    reworded = reworded_error(obj, route) if isinstance(obj, dict) else None
+    if reworded is None:
+        return None
+    bom = _BOM if event.startswith(_BOM) else b""
+    # Its other fields (`event: error`, an id, comments) stay; its data is the new JSON.
+    fields = b"".join(
+        line + b"\n"
+        for line in event.removeprefix(bom).splitlines()
+        if line and line != b"data" and not line.startswith(b"data:")
+    )
+    return b"".join((bom, fields, b"data: ", orjson.dumps(reworded), b"\n\n"))
 
 
 def end_of_stream_at(buffer: bytes) -> int:
@@ -89,10 +130,13 @@ async def pipe_stream(
     provider: ProviderReply,
     observer: StreamObserver,
     abort_client: Callable[[], object],
+    route: Route | None = None,
 ) -> PipeResult:
     """Copy the provider's event stream to `response` (already prepared) as it arrives.
 
-    `observer` is fed exactly the bytes written, so it hashes what the client received.
+    `observer` reads the provider's events and hashes exactly the bytes written, so
+    the hash is of what the client received. Those are the provider's bytes, save an
+    error event quoting what is not the client's (reworded_events, given the `route`).
     Reading stops at `data: [DONE]`: the answer is complete whether or not the
     provider has closed its body yet. A client that takes no bytes for
     SEND_SECONDS is cut off (`abort_client`), as if it had left.
@@ -117,17 +161,22 @@ async def pipe_stream(
                     pending += chunk[boundary:]
             done_at = end_of_stream_at(whole)
             if done_at >= 0:
-                await _send(response, observer, stalled, whole[:done_at])
+                await _send(response, observer, stalled, whole[:done_at], route)
                 # A provider may end with [DONE] after an error event (vLLM does): the
                 # answer still failed, and the client has the error already.
                 status = "complete" if observer.error is None else "failed"
-                return PipeResult(status, observer, whole[done_at:])
+                final = whole[done_at:]
+                # The receipt hashes `final` before the observer reads it: an error event
+                # sent after [DONE] in the same chunk is reworded here, not in _send.
+                if route is not None:
+                    final = reworded_events(final, route)
+                return PipeResult(status, observer, final)
             # The observer sees whole events only: its own decoder never overflows here.
             if len(pending) > MAX_EVENT_BYTES or observer.byte_count > MAX_RESPONSE_BYTES:
                 log.info("provider sent too much", extra={"bytes": observer.byte_count})
                 provider.close()
                 return PipeResult("cut", observer)
-            await _send(response, observer, stalled, whole)
+            await _send(response, observer, stalled, whole, route)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
         return PipeResult("cancelled", observer)
@@ -150,10 +199,20 @@ async def pipe_stream(
 
 
 async def _send(
-    response: web.StreamResponse, observer: StreamObserver, stalled: WaitDeadline, events: bytes
+    response: web.StreamResponse,
+    observer: StreamObserver,
+    stalled: WaitDeadline,
+    events: bytes,
+    route: Route | None,
 ) -> None:
     if events:
-        observer.feed(events)
+        seen = observer.error
+        observer.read(events)
+        # Only when the observer met an error event are the events parsed again: every
+        # other chunk goes out as the very bytes the provider sent.
+        if route is not None and observer.error is not seen:
+            events = reworded_events(events, route)
+        observer.count(events)
         stalled.begin()
         await response.write(events)  # waits only while the client's buffers are full
         stalled.end()
