@@ -26,6 +26,7 @@ from relay.simulator import (
     create_simulator_app,
 )
 from relay.simulator.command import add_arguments
+from relay.simulator.headers import go_duration
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "Say hello to me"}]}
 PROMPT_TOKENS = 4 + 3  # four words plus three for the one message
@@ -539,6 +540,131 @@ async def test_the_sdk_sees_a_cut_stream_as_a_connection_error(aiohttp_server: A
                 parts.append(event.choices[0].delta.content)
 
     assert parts == ["", "Hello", " from", " the"]
+
+
+ACCOUNT = SimulatorConfig()
+RATE_LIMIT_HEADERS = tuple(
+    f"x-ratelimit-{part}-{kind}"
+    for part in ("limit", "remaining", "reset")
+    for kind in ("requests", "tokens")
+)
+
+
+def assert_openai_meta(headers: Any) -> None:
+    """What OpenAI documents on every answer ("Debugging requests")."""
+    assert headers["openai-version"] == "2020-10-01"
+    assert int(headers["openai-processing-ms"]) >= 0
+    assert re.fullmatch(r"req_[0-9a-f]{32}", headers["x-request-id"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_answers_name_the_account_and_its_rate_limits_as_openai_does(
+    aiohttp_client: Any, stream: bool
+) -> None:
+    client = await simulator(aiohttp_client, tokens=5, requests_per_minute=60)
+    client.app[SIMULATOR_CONFIG].tokens_per_minute = 1000
+
+    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+    await response.read()
+
+    headers = response.headers
+    assert_openai_meta(headers)
+    assert re.fullmatch(r"org-[A-Za-z0-9]{24}", headers["openai-organization"])
+    assert re.fullmatch(r"proj_[A-Za-z0-9]{24}", headers["openai-project"])
+    assert (headers["openai-organization"], headers["openai-project"]) == (
+        ACCOUNT.organization,
+        ACCOUNT.project,
+    )
+    assert {name: headers[name] for name in RATE_LIMIT_HEADERS} == {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "1s",  # one request of 60 a minute
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": str(1000 - PROMPT_TOKENS - 5),
+        "x-ratelimit-reset-tokens": f"{(PROMPT_TOKENS + 5) * 60}ms",  # 12 of 1000 a minute
+    }
+
+
+async def test_a_429_says_no_request_is_left_and_when_to_try_again(aiohttp_client: Any) -> None:
+    client = await simulator(aiohttp_client, error_status=429, requests_per_minute=30)
+
+    response = await client.post("/v1/chat/completions", json=CHAT)
+
+    assert response.status == 429
+    headers = response.headers
+    assert_openai_meta(headers)
+    assert headers["openai-organization"] == ACCOUNT.organization
+    assert headers["x-ratelimit-limit-requests"] == "30"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "2s"
+    assert headers["x-ratelimit-limit-tokens"] == str(ACCOUNT.tokens_per_minute)
+    assert headers["x-ratelimit-remaining-tokens"] == str(ACCOUNT.tokens_per_minute)
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("2", "2000")
+    error = (await response.json())["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    # OpenAI names the organization in the message too.
+    assert f"in organization {ACCOUNT.organization} on requests per min" in error["message"]
+    assert "Please try again in 2s." in error["message"]
+
+
+async def test_a_caller_whose_key_is_refused_learns_no_account(aiohttp_client: Any) -> None:
+    client = await simulator(aiohttp_client, api_key="sk-right")
+
+    refused = await client.post("/v1/chat/completions", json=CHAT)
+    unknown_url = await client.get("/v1/nothing-here")
+    listed = await client.get("/v1/models", headers={"Authorization": "Bearer sk-right"})
+
+    for response in (refused, unknown_url):
+        assert_openai_meta(response.headers)
+        assert "openai-organization" not in response.headers
+        assert "openai-project" not in response.headers
+        assert not any(name in response.headers for name in RATE_LIMIT_HEADERS)
+    assert listed.status == 200
+    assert listed.headers["openai-organization"] == ACCOUNT.organization
+    assert all(name in listed.headers for name in RATE_LIMIT_HEADERS)
+
+
+@pytest.mark.parametrize(
+    ("ms", "written"),
+    [
+        (0, "0s"),
+        (6, "6ms"),
+        (999, "999ms"),
+        (1000, "1s"),
+        (1500, "1.5s"),
+        (59_999, "59.999s"),
+        (360_000, "6m0s"),
+        (3_600_000, "1h0m0s"),
+        (411_480_000, "114h18m0s"),
+    ],
+)
+def test_resets_are_written_as_go_durations(ms: int, written: str) -> None:
+    assert go_duration(ms) == written
+
+
+async def test_the_sdk_reads_the_request_id_and_waits_as_a_429_says(aiohttp_server: Any) -> None:
+    # 60,000 a minute: one request back every millisecond, so the SDK's wait is short.
+    config = SimulatorConfig(requests_per_minute=60_000, api_key="sk-x")
+    server = await aiohttp_server(create_simulator_app(config))
+    messages: Any = CHAT["messages"]
+
+    async with openai.AsyncOpenAI(
+        base_url=str(server.make_url("/v1")), api_key="sk-x", max_retries=1
+    ) as sdk:
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="sim-small", messages=messages
+        )
+        completion = raw.parse()
+        config.error_status = 429
+        with pytest.raises(openai.RateLimitError) as caught:
+            await sdk.chat.completions.create(model="sim-small", messages=messages)
+
+    assert completion._request_id == raw.headers["x-request-id"]
+    assert raw.headers["x-ratelimit-remaining-requests"] == "59999"
+    assert caught.value.code == "rate_limit_exceeded"
+    assert caught.value.response.headers["retry-after-ms"] == "1"
+    # Asked once, refused, asked again after the wait: three requests in all.
+    assert len(server.app[SIMULATOR_STATE].requests) == 3
 
 
 def test_command_line_flags_have_the_documented_defaults() -> None:

@@ -7,6 +7,7 @@ from aiohttp import web
 from relay.simulator.chat import create_chat_completion
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.errors import OpenAIError
+from relay.simulator.headers import setup_headers
 from relay.simulator.keys import SIMULATOR_CONFIG, SIMULATOR_STATE
 from relay.simulator.models import list_models, retrieve_model
 from relay.simulator.state import SimulatorState
@@ -19,6 +20,7 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> web.Applicati
     app = web.Application(client_max_size=_MAX_BODY)
     app[SIMULATOR_CONFIG] = config if config is not None else SimulatorConfig()
     app[SIMULATOR_STATE] = SimulatorState()
+    setup_headers(app)
     router = app.router
     router.add_get("/v1/models", list_models, name="list_models")
     router.add_get("/v1/models/{model:.+}", retrieve_model, name="retrieve_model")

@@ -7,6 +7,7 @@ import hmac
 from aiohttp import web
 
 from relay.simulator.errors import OpenAIError
+from relay.simulator.keys import SPENT_TOKENS
 
 _NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
@@ -18,9 +19,14 @@ _NO_KEY = (
 
 
 def authorize(request: web.Request, api_key: str | None) -> None:
-    """Raise an OpenAIError (401) unless the request carries `api_key`, when one is set."""
-    if api_key is None:
-        return
+    """Raise an OpenAIError (401) unless the request carries `api_key`, when one is set;
+    from then on the request is the account's, and its answer names the account."""
+    if api_key is not None:
+        _check(request, api_key)
+    request[SPENT_TOKENS] = 0
+
+
+def _check(request: web.Request, api_key: str) -> None:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:

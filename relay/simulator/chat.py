@@ -12,8 +12,8 @@ from relay.simulator.chunks import DONE, ChunkEncoder
 from relay.simulator.completion import completion_body
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.errors import OpenAIError, simulated_error
-from relay.simulator.ids import completion_id, request_id
-from relay.simulator.keys import SIMULATOR_CONFIG, SIMULATOR_STATE
+from relay.simulator.ids import completion_id
+from relay.simulator.keys import SIMULATOR_CONFIG, SIMULATOR_STATE, SPENT_TOKENS
 from relay.simulator.request import ChatRequest, parse_chat_request
 from relay.simulator.state import ReceivedRequest, SimulatorState, StreamEnd
 from relay.simulator.tokens import completion_text, usage
@@ -35,11 +35,12 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
                 state.request_abandoned()
                 raise
         if config.error_status is not None:
-            raise simulated_error(config.error_status)
+            raise simulated_error(config.error_status, config)
         chat = parse_chat_request(body, config.models)
     except OpenAIError as exc:
         return exc.response()
     tokens, finish_reason = _length(config, chat)
+    request[SPENT_TOKENS] = chat.prompt_tokens + tokens * chat.choices
     if chat.stream:
         return await _stream(request, config, state, chat, tokens, finish_reason)
     if config.cut_after is not None:
@@ -53,9 +54,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         finish_reason=finish_reason,
         usage=usage(chat.prompt_tokens, tokens * chat.choices),
     )
-    return web.Response(
-        body=content, headers={"Content-Type": "application/json", "x-request-id": request_id()}
-    )
+    return web.Response(body=content, headers={"Content-Type": "application/json"})
 
 
 def _length(config: SimulatorConfig, chat: ChatRequest) -> tuple[int, str]:
@@ -72,9 +71,7 @@ async def _stream(
     tokens: int,
     finish_reason: str,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream; charset=utf-8", "x-request-id": request_id()}
-    )
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
     encoder = ChunkEncoder(
         completion_id(),
         int(time.time()),

@@ -20,5 +20,12 @@ class SimulatorConfig:
     cut_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
     models: tuple[str, ...] = ("sim-small", "sim-large")
+    # The account the answers' headers name, in OpenAI's id formats: what relay must
+    # never show its own clients.
+    organization: str = "org-Sim4ccount0rgan1sat10nXQ"
+    project: str = "proj_Sim4ccountPr0ject0000XyZ"
+    # The account's limits, as reported in its x-ratelimit-* headers (none is enforced).
+    requests_per_minute: int = 10_000
+    tokens_per_minute: int = 2_000_000
     # Tests read what was forwarded; a long-running `relay simulate` must not grow.
     record_requests: bool = True

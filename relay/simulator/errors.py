@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from relay.simulator.ids import request_id
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.headers import retry_wait
 
 # status -> (type, code, message), as OpenAI words them for the usual failures.
 _BY_STATUS: dict[int, tuple[str, str | None, str]] = {
@@ -24,12 +25,6 @@ _BY_STATUS: dict[int, tuple[str, str | None, str]] = {
     404: ("invalid_request_error", "not_found", "The requested resource does not exist."),
     408: ("timeout", None, "Request timed out."),
     409: ("invalid_request_error", "conflict", "The request conflicts with another request."),
-    429: (
-        "requests",
-        "rate_limit_exceeded",
-        "Rate limit reached for requests per min (RPM): Limit 60, Used 60, Requested 1. "
-        "Please try again in 1s.",
-    ),
     500: (
         "server_error",
         None,
@@ -38,12 +33,6 @@ _BY_STATUS: dict[int, tuple[str, str | None, str]] = {
     502: ("server_error", None, "Bad gateway."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
     504: ("server_error", None, "Gateway timeout."),
-}
-
-_RATE_LIMITED_HEADERS = {
-    "x-ratelimit-limit-requests": "60",
-    "x-ratelimit-remaining-requests": "0",
-    "x-ratelimit-reset-requests": "1s",
 }
 
 
@@ -68,19 +57,34 @@ class OpenAIError(Exception):
 
     def response(self) -> web.Response:
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        headers = {"Content-Type": "application/json", "x-request-id": request_id()}
-        if self.status == 429:
-            headers.update(_RATE_LIMITED_HEADERS)
+        # The request id, the account and its rate limits: relay.simulator.headers.
+        headers = {"Content-Type": "application/json"}
         # OpenAI pretty-prints error bodies (4 spaces); orjson offers 2, close enough.
         body = orjson.dumps({"error": error}, option=orjson.OPT_INDENT_2)
         return web.Response(status=self.status, body=body, headers=headers)
 
 
-def simulated_error(status: int) -> OpenAIError:
+def simulated_error(status: int, config: SimulatorConfig) -> OpenAIError:
     """The error OpenAI would most plausibly send with `status`."""
+    if status == 429:
+        return rate_limited(config)
     default = _BY_STATUS[500 if status >= 500 else 400]
     type_, code, message = _BY_STATUS.get(status, default)
     return OpenAIError(status, message, type=type_, code=code)
+
+
+def rate_limited(config: SimulatorConfig) -> OpenAIError:
+    """OpenAI's 429, which names the organization (its headers say the rest)."""
+    limit = config.requests_per_minute
+    return OpenAIError(
+        429,
+        f"Rate limit reached in organization {config.organization} on requests per min "
+        f"(RPM): Limit {limit}, Used {limit}, Requested 1. Please try again in "
+        f"{retry_wait(config)}. Visit https://platform.openai.com/account/rate-limits "
+        "to learn more.",
+        type="requests",
+        code="rate_limit_exceeded",
+    )
 
 
 def model_not_found(model: str) -> OpenAIError:

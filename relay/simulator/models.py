@@ -9,7 +9,6 @@ from aiohttp import web
 
 from relay.simulator.auth import authorize
 from relay.simulator.errors import OpenAIError, model_not_found
-from relay.simulator.ids import request_id
 from relay.simulator.keys import SIMULATOR_CONFIG
 
 # A fixed date keeps the listing identical from run to run.
@@ -44,5 +43,5 @@ def _model(model: str) -> dict[str, Any]:
 def _json(body: dict[str, Any]) -> web.Response:
     return web.Response(
         body=orjson.dumps(body, option=orjson.OPT_INDENT_2),
-        headers={"Content-Type": "application/json", "x-request-id": request_id()},
+        headers={"Content-Type": "application/json"},
     )
