@@ -121,6 +121,7 @@ class RateLimiter:
         self._hasher = hasher
         self._redis = RedisBuckets(redis, timeout=timeout)
         self.local = LocalBuckets()
+        # The probe loads the script and reads Redis's clock (for batch deadlines).
         self.link = RedisLink(self._redis.load, timeout=timeout)
         self._plans: dict[tuple[str, bool], _Plan] = {}
 
@@ -177,6 +178,8 @@ class RateLimiter:
             self.local.draw(draws)
             return
 
+        # A batch relay gave up on charges nothing in Redis, however late it runs
+        # there (RedisBuckets' deadlines): charging it here charges it once.
         def in_process(exc: BaseException) -> None:
             self.link.lost(exc)
             self.local.draw(draws)
@@ -209,7 +212,7 @@ class RateLimiter:
         if self.link.up:
             try:
                 return await self._redis.draw(draws)
-            except Exception as exc:  # any Redis trouble: limit in-process instead
+            except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
         return self.local.draw(draws)
 

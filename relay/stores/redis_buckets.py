@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from relay.stores.buckets import REFILL_MS, Draw, Level, Outcome
+from relay.stores.redis_clock import RedisClock
 
 # The clock is Redis's own TIME, so every relay instance sees the same time.
 # Each bucket is a hash {l: level, t: ms}; a missing one is full. A bucket is
@@ -18,18 +20,24 @@ from relay.stores.buckets import REFILL_MS, Draw, Level, Outcome
 # clients leave nothing behind. Mirrored by relay.stores.local_buckets.
 #
 # KEYS: the buckets of every call, call after call. ARGV: the refill period,
-# then one spec per call, "capacity,cost,mode" for each of its buckets joined
-# by commas (one argument per call is much cheaper for redis-py to send than
-# three per bucket). Calls are decided one after the other, each
-# all-or-nothing, as if each ran alone. The reply, per call: allowed, then
-# (level, ms to full, ms to wait) per bucket.
+# the batch's deadline (µs on Redis's clock, see RedisBuckets), then one spec
+# per call, "capacity,cost,mode" for each of its buckets joined by commas (one
+# argument per call is much cheaper for redis-py to send than three per bucket).
+# Calls are decided one after the other, each all-or-nothing, as if each ran
+# alone. The reply: Redis's time in µs, then 0
+# when the deadline has passed (nothing touched) or 1 and, per call: allowed,
+# then (level, ms to full, ms to wait) per bucket.
 SCRIPT = """
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+if micros >= tonumber(ARGV[2]) then
+  return {micros, 0}
+end
+local now = math.floor(micros / 1000)
 local period = tonumber(ARGV[1])
-local reply = {}
+local reply = {micros, 1}
 local k = 0
-for c = 2, #ARGV do
+for c = 3, #ARGV do
   local caps, costs, modes = {}, {}, {}
   local n = 0
   for cap, cost, mode in string.gmatch(ARGV[c], '(-?%d+),(-?%d+),(%d)') do
@@ -95,6 +103,10 @@ class _Call(NamedTuple):
     on_error: Callable[[BaseException], object] | None
 
 
+class LateBatchError(Exception):
+    """Redis ran a batch after its deadline, charging nothing: decide it without Redis."""
+
+
 class RedisBuckets:
     """Buckets shared by every relay instance on this Redis.
 
@@ -104,13 +116,24 @@ class RedisBuckets:
     and its own. Charges nobody waits for (token debits) do not start a batch
     of their own: they go with the next request's, or after `CHARGE_DELAY`,
     so a request never queues behind the debit of the one before it.
+
+    A batch relay gave up on is decided in-process; Redis may still run it
+    once it is free (it was sent). So each batch carries a deadline on Redis's
+    clock that certainly falls before relay gives up (see RedisClock), and the
+    script charges nothing past it. The last REPLY_SHARE of the timeout, after
+    the deadline, is for the reply to come back and be read (a loop stalled
+    for longer right across the give-up can still lose a charged reply).
     """
 
     CHARGE_DELAY = 0.05
+    REPLY_SHARE = 0.2
+    MIN_REPLY_TIME = 0.002  # the loop's timers may fire up to a millisecond early
 
-    def __init__(self, redis: Redis, *, timeout: float) -> None:
+    def __init__(self, redis: Redis, *, timeout: float, clock: RedisClock | None = None) -> None:
         self.redis = redis
         self.timeout = timeout
+        self.clock = clock or RedisClock()
+        self._reply_time = max(timeout * self.REPLY_SHARE, self.MIN_REPLY_TIME)
         self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
@@ -121,8 +144,15 @@ class RedisBuckets:
         self._encoded: dict[tuple[Draw, ...], list[bytes]] = {}
 
     async def load(self) -> None:
-        """SCRIPT LOAD, so EVALSHA finds it (Redis forgets scripts when it restarts)."""
-        await self.redis.script_load(SCRIPT)
+        """SCRIPT LOAD, so EVALSHA finds it (Redis forgets scripts when it restarts), and
+        a reading of Redis's clock, in one round trip: the link's probe, so a link
+        that comes up (or a Redis that came back, maybe another one) has both."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.script_load(SCRIPT)
+            pipe.time()
+            sent = time.monotonic()
+            _, (seconds, micros) = await pipe.execute()
+        self.clock.observe(sent, time.monotonic(), seconds + micros / 1_000_000)
 
     async def close(self) -> None:
         """Send the charges still queued (a failed send hands them to `on_error`), then stop."""
@@ -167,9 +197,12 @@ class RedisBuckets:
                 batch = [call for call in batch if call.future is None or not call.future.done()]
                 if not batch:
                     continue
+                # loop.time() is the monotonic clock RedisClock reads (asyncio and uvloop).
+                give_up = asyncio.get_running_loop().time() + self.timeout
                 try:
-                    async with asyncio.timeout(self.timeout):
-                        outcomes = _outcomes(await self._run(batch), batch)
+                    # A reply that comes after this is dropped with its connection.
+                    async with asyncio.timeout_at(give_up):
+                        outcomes = _outcomes(await self._run(batch, give_up), batch)
                 except Exception as exc:  # every caller of the batch sees the failure
                     for call in batch:
                         if call.future is None:
@@ -184,7 +217,7 @@ class RedisBuckets:
         finally:
             self._sender = None
 
-    async def _run(self, batch: list[_Call]) -> list[int]:
+    async def _run(self, batch: list[_Call], give_up: float) -> list[int]:
         keys: list[bytes] = []
         specs: list[bytes] = []
         for call in batch:
@@ -197,12 +230,23 @@ class RedisBuckets:
                     self._encoded[call.draws] = encoded
             keys += encoded[:-1]
             specs.append(encoded[-1])
+        if self.clock.stale(time.monotonic()):  # first batch, or the first after a lull
+            sent = time.monotonic()
+            seconds, micros = await self.redis.time()
+            self.clock.observe(sent, time.monotonic(), seconds + micros / 1_000_000)
+        deadline = str(self.clock.redis_micros(give_up - self._reply_time)).encode()
+        args = [*keys, _PERIOD, deadline, *specs]
+        sent = time.monotonic()
         try:
-            reply = await self.redis.evalsha(self.sha, len(keys), *keys, _PERIOD, *specs)
+            reply = await self.redis.evalsha(self.sha, len(keys), *args)
         except NoScriptError:
             await self.load()
-            reply = await self.redis.evalsha(self.sha, len(keys), *keys, _PERIOD, *specs)
-        return list(reply)
+            sent = time.monotonic()
+            reply = await self.redis.evalsha(self.sha, len(keys), *args)
+        self.clock.observe(sent, time.monotonic(), int(reply[0]) / 1_000_000)
+        if not reply[1]:
+            raise LateBatchError("Redis ran the rate-limit batch after its deadline")
+        return list(reply[2:])
 
 
 def _encode(draws: tuple[Draw, ...]) -> list[bytes]:
