@@ -9,8 +9,12 @@ import random
 import orjson
 import pytest
 
+from relay.upstreams.config import Upstream
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.pipe import end_stream, pipe_stream
+from relay.upstreams.routing import Route
+
+ROUTE = Route("m", Upstream("sim", "http://provider.test/v1", {"m": "m"}), "m")
 
 
 class ChunkedProvider:
@@ -55,7 +59,7 @@ async def test_any_split_passes_whole_events_and_holds_back_done(seed):
     provider = ChunkedProvider(split_randomly(events + done + b": after\n\n", rng))
     response, observer = Collected(), StreamObserver()
 
-    result = await pipe_stream(response, provider, observer, lambda: None)
+    result = await pipe_stream(response, provider, observer, lambda: None, ROUTE)
 
     assert result.status == "complete"
     assert b"".join(response.written) == events
@@ -71,7 +75,7 @@ async def test_a_large_event_in_small_pieces_goes_through_whole():
     pieces = [big[i : i + 4096] for i in range(0, len(big), 4096)] + [b"data: [DONE]\n\n"]
     provider = ChunkedProvider(pieces)
     response = Collected()
-    result = await pipe_stream(response, provider, StreamObserver(), lambda: None)
+    result = await pipe_stream(response, provider, StreamObserver(), lambda: None, ROUTE)
     assert result.status == "complete"
     assert response.written == [big]
 

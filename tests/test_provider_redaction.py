@@ -21,6 +21,7 @@ from tests.history_calls import query
 from tests.receipt_calls import fetch_receipt
 
 ACCOUNT = "org-AbC123xyz"
+PROJECT = "proj_Q9wErTy8uI"
 CHUNK = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
     b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
@@ -42,8 +43,8 @@ HARMLESS_ERROR = b'data: {"error": {"message": "overloaded", "code": null}}\n\n'
 
 
 def leaky_error(key: str) -> dict[str, Any]:
-    """vLLM's error shape, quoting relay's key, account and the provider's model id."""
-    message = f"Model leaky-model of {ACCOUNT} is overloaded (key {key})"
+    """vLLM's error shape, quoting relay's key, account, project and the provider's model id."""
+    message = f"Model leaky-model of {ACCOUNT}, project {PROJECT}, is overloaded (key {key})"
     return {
         "object": "error",
         "message": message,
@@ -53,7 +54,9 @@ def leaky_error(key: str) -> dict[str, Any]:
     }
 
 
-REWORDED = "Model public-leaky of org-[redacted] is overloaded (key [redacted])"
+REWORDED = (
+    "Model public-leaky of org-[redacted], project proj_[redacted], is overloaded (key [redacted])"
+)
 
 
 async def provider_chat(request: web.Request) -> web.StreamResponse:

@@ -30,8 +30,9 @@ _END_GRACE_SECONDS = 1.0
 _PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms", "x-should-retry")
 
 
-# OpenAI names the account in some messages ("… in organization org-abc123 …").
-_ORGANIZATION = re.compile(r"\borg-[A-Za-z0-9]{6,}")
+# OpenAI names the account in some messages ("… in organization org-abc123 …",
+# "Project `proj_abc123` does not have access …").
+_ACCOUNT = re.compile(r"\b(org-|proj_)[A-Za-z0-9]{6,}")
 
 
 def provider_words(message: str, route: Route) -> str:
@@ -42,7 +43,7 @@ def provider_words(message: str, route: Route) -> str:
         message = message.replace(route.upstream.api_key, "[redacted]")
     if route.provider_model != route.model:
         message = message.replace(route.provider_model, route.model)
-    return _ORGANIZATION.sub("org-[redacted]", message)
+    return _ACCOUNT.sub(r"\1[redacted]", message)
 
 
 def reworded_error(obj: dict[str, Any], route: Route) -> dict[str, Any] | None:

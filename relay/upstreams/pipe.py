@@ -130,13 +130,13 @@ async def pipe_stream(
     provider: ProviderReply,
     observer: StreamObserver,
     abort_client: Callable[[], object],
-    route: Route | None = None,
+    route: Route,
 ) -> PipeResult:
     """Copy the provider's event stream to `response` (already prepared) as it arrives.
 
     `observer` reads the provider's events and hashes exactly the bytes written, so
     the hash is of what the client received. Those are the provider's bytes, save an
-    error event quoting what is not the client's (reworded_events, given the `route`).
+    error event quoting what is not the client's (reworded_events, by the `route`).
     Reading stops at `data: [DONE]`: the answer is complete whether or not the
     provider has closed its body yet. A client that takes no bytes for
     SEND_SECONDS is cut off (`abort_client`), as if it had left.
@@ -168,8 +168,7 @@ async def pipe_stream(
                 final = whole[done_at:]
                 # The receipt hashes `final` before the observer reads it: an error event
                 # sent after [DONE] in the same chunk is reworded here, not in _send.
-                if route is not None:
-                    final = reworded_events(final, route)
+                final = reworded_events(final, route)
                 return PipeResult(status, observer, final)
             # The observer sees whole events only: its own decoder never overflows here.
             if len(pending) > MAX_EVENT_BYTES or observer.byte_count > MAX_RESPONSE_BYTES:
@@ -203,14 +202,14 @@ async def _send(
     observer: StreamObserver,
     stalled: WaitDeadline,
     events: bytes,
-    route: Route | None,
+    route: Route,
 ) -> None:
     if events:
         seen = observer.error
         observer.read(events)
         # Only when the observer met an error event are the events parsed again: every
         # other chunk goes out as the very bytes the provider sent.
-        if route is not None and observer.error is not seen:
+        if observer.error is not seen:
             events = reworded_events(events, route)
         observer.count(events)
         stalled.begin()
