@@ -151,6 +151,8 @@ def test_a_signature_taken_from_another_receipt_fails(key: Ed25519PrivateKey) ->
         ("served_at", "2026-01-02T03:04:05+01:00"),
         ("request_sha256", "AB" * 32),
         ("request_sha256", "ab" * 31 + "a g"),  # a non-hex character inside
+        ("request_sha256", "ab " * 16 + "ab" * 8),  # hex that bytes.fromhex reads, spaced
+        ("request_sha256", "\u0660" * 64),  # digits, but not ASCII ones
         ("forwarded_sha256", "ab" * 32 + "0"),
         ("response_sha256", "ab"),
         ("prev_receipt_sha256", "xyz"),

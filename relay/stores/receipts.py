@@ -18,7 +18,7 @@ class ChainHead:
     sha256: str | None  # None before the first receipt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per answer, and frozen __init__ costs 5x
 class ReceiptRow:
     id: str
     seq: int
