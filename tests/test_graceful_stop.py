@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import os
 import socket
 import tempfile
@@ -22,10 +23,12 @@ from relay.drain import InFlight
 from relay.metrics import OPEN_STREAMS
 from relay.simulator.app import create_simulator_app
 from relay.simulator.config import SimulatorConfig
+from relay.stores.database import connect
 from relay.stores.migrations import load_migrations
 from relay.systemd import Notifier
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
 from tests.history_calls import execute
+from tests.receipt_calls import fetch_receipt
 from tests.relay_process import (
     NotifySocket,
     RelayProcess,
@@ -416,3 +419,59 @@ async def test_a_failed_start_is_one_line_and_no_traceback(relay_process, failur
         assert f"cannot listen on 127.0.0.1:{settings['RELAY_PORT']}" in logs
     if failure == "socket directory missing":
         assert "cannot listen on /nonexistent/relay.sock" in logs
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-sim", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        ("/v1/chat", {"model": "gpt-sim", "message": "x"}),
+    ],
+    ids=["completions", "relay's own chat"],
+)
+async def test_an_answer_committing_at_the_drain_deadline_is_delivered_as_recorded(
+    http, database_url, path, body
+):
+    """Its history row and receipt are on their way as a complete answer: the client
+    gets that answer, not a 503 that would have it asked (and recorded) twice."""
+    _, token = await client_with_token(http)
+    locker = await connect(database_url, timeout=10)
+    try:
+        async with locker.cursor() as cur:
+            await cur.execute("BEGIN")
+            await cur.execute("LOCK TABLE receipts IN ACCESS EXCLUSIVE MODE")
+            answer = asyncio.create_task(http.post(path, json=body, headers=bearer(token)))
+            # Its batch waits for the lock: the answer is queued and committing.
+            for _ in range(500):
+                if await _waiting_for_a_lock(database_url):
+                    break
+                await asyncio.sleep(0.02)
+            http.app[IN_FLIGHT_KEY].end_now()
+            await asyncio.sleep(0.1)  # a handler given up on would answer now
+            assert not answer.done()
+            await cur.execute("COMMIT")
+    finally:
+        await locker.close()
+    response = await answer
+    assert response.status == 200, await response.text()
+    received = await response.read()
+    receipt = await fetch_receipt(http, token, response.headers["x-receipt-id"])
+    assert receipt["status"] == "complete"
+    assert receipt["response_sha256"] == hashlib.sha256(received).hexdigest()
+
+
+async def _waiting_for_a_lock(database_url: str) -> bool:
+    conn = await connect(database_url, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            row = await cur.fetchone()
+    finally:
+        await conn.close()
+    return bool(row and row[0])

@@ -89,7 +89,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
     """Forward the answer's request and relay the provider's reply to the client."""
     hooks = request.app[ANSWER_HOOKS]
     try:
-        with answered_before_restart(request):
+        with answered_before_restart(request, answer):
             async with open_provider_response(
                 request.app[UPSTREAM_SESSION],
                 answer.route,

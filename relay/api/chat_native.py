@@ -55,7 +55,7 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
     hooks = request.app[ANSWER_HOOKS]
     opened = False
     try:
-        with answered_before_restart(request):
+        with answered_before_restart(request, answer):
             async with open_provider_response(
                 request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body, stream=True
             ) as provider:

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from relay.appkeys import FIRST_BYTE_AT, IN_FLIGHT
 from relay.drain import InFlight
 from relay.errors import RestartingError
+from relay.services.answers import Answer
 
 
 @web.middleware
@@ -30,15 +31,19 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
 
 
 @contextlib.contextmanager
-def answered_before_restart(request: web.Request) -> Iterator[None]:
+def answered_before_restart(request: web.Request, answer: Answer) -> Iterator[None]:
     """An answer still awaited when the drain's deadline passes, before its response
     began, ends with a 503 its client can retry elsewhere, not a dropped connection.
-    (A stream already under way ends with an error event of its own.)"""
+    (A stream already under way ends with an error event of its own.)
+
+    One already queued for commit is let finish: it is written, receipt and all, as
+    it stood when queued, so its client must get exactly that answer (or, should the
+    commit fail, the error saying so), not a 503 that would have it asked again."""
     task = asyncio.current_task()
     assert task is not None
 
     def give_up() -> None:
-        if FIRST_BYTE_AT not in request:
+        if FIRST_BYTE_AT not in request and not answer.recorded:
             task.cancel()
 
     with request.app[IN_FLIGHT].watch(give_up) as deadline:
