@@ -54,6 +54,11 @@ async def test_purge_deletes_only_what_is_older_than_the_retention(http, databas
     assert [row["content"] for row in left] == ["recent", "mixed, new part"]
     page = await (await http.get("/v1/history", headers=bearer(token))).json()
     assert len(page["data"]) == 4
+    # A title is the first question: content too, purged with it. The conversation
+    # kept for its newer messages is titled by the oldest question left.
+    listed = await (await http.get("/v1/conversations", headers=bearer(token))).json()
+    titles = {row["id"]: row["title"] for row in listed["data"]}
+    assert titles == {recent: "recent", mixed: "mixed, new part"}
 
 
 async def test_purge_keeps_a_conversation_continued_while_it_ran(http, database_url):

@@ -7,6 +7,7 @@ import datetime
 import logging
 
 from relay.errors import DependencyUnavailableError
+from relay.services.turns import title_from
 from relay.stores.database import QueryError
 from relay.stores.messages import MessageStore
 
@@ -32,9 +33,19 @@ class HistoryRetention:
 
     async def purge_once(self) -> int:
         cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=self.days)
-        deleted = await self.messages.purge(cutoff, batch=self.batch)
+        deleted, shortened = await self.messages.purge(cutoff, batch=self.batch)
+        # A title is its conversation's first question: content, gone with it. A
+        # conversation kept for newer messages is titled by its oldest one left.
+        for start in range(0, len(shortened), self.batch):
+            questions = await self.messages.first_questions(shortened[start : start + self.batch])
+            await self.messages.retitle(
+                {conversation: title_from(text) for conversation, text in questions.items()}
+            )
         if deleted:
-            log.info("history purged", extra={"messages": deleted, "days": self.days})
+            log.info(
+                "history purged",
+                extra={"messages": deleted, "retitled": len(shortened), "days": self.days},
+            )
         return deleted
 
     async def run(self) -> None:

@@ -110,6 +110,11 @@ def title_of(messages: list[NewMessage]) -> str:
     """A new conversation's title: its first user message, shortened."""
     for message in messages:
         if message.role == "user" and message.content.strip():
-            text = " ".join(message.content.split())
-            return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+            return title_from(message.content)
     return ""
+
+
+def title_from(content: str) -> str:
+    """A title made of a user message: its words on one line, shortened."""
+    text = " ".join(content.split())
+    return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from relay.stores.conversations import MESSAGE_COLUMNS
-from relay.stores.database import Database, fetch_all
+from relay.stores.database import Database, fetch_all, json_rows
 
 # PostgreSQL marks the matches with two control characters taken out of the text
 # first; relay escapes the snippet as HTML and only then makes them <mark>…</mark>.
@@ -27,6 +27,11 @@ _TAKEN = "<" + _START + _STOP + _LT
 _HEADLINE_CHARS = 10_000
 # The share of relay's database timeout a search may run for on the server.
 _SERVER_SHARE = 0.9
+
+
+class Purged(NamedTuple):
+    messages: int  # how many were deleted
+    shortened: list[str]  # conversations that lost messages and are still there
 
 
 class MessageStore:
@@ -111,22 +116,27 @@ class MessageStore:
             row["snippet"] = html_snippet(row["snippet"])
         return rows
 
-    async def purge(self, older_than: datetime.datetime, *, batch: int) -> int:
+    async def purge(self, older_than: datetime.datetime, *, batch: int) -> Purged:
         """Delete messages, then conversations, last touched before `older_than`.
 
         In batches, each its own short transaction, so a large purge never holds
-        locks that would stall the group commit. Returns the messages deleted.
+        locks that would stall the group commit. Returns the messages deleted and
+        the conversations that lost some and are still there.
         """
         deleted = 0
+        emptied: set[str] = set()
         async with self.db.cursor() as cur:
             while True:
                 await cur.execute(
                     "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
-                    " WHERE created_at < %s ORDER BY created_at LIMIT %s)",
+                    " WHERE created_at < %s ORDER BY created_at LIMIT %s)"
+                    " RETURNING conversation_id",
                     (older_than, batch),
                 )
-                deleted += cur.rowcount
-                if cur.rowcount < batch:
+                rows = await cur.fetchall()
+                deleted += len(rows)
+                emptied.update(str(row[0]) for row in rows)
+                if len(rows) < batch:
                     break
             # A conversation's title is content too: it goes once nothing newer is in it.
             # The age is checked again on the row itself: PostgreSQL re-reads only that
@@ -139,7 +149,31 @@ class MessageStore:
                 )
                 if cur.rowcount < batch:
                     break
-        return deleted
+            await cur.execute(
+                "SELECT id FROM conversations WHERE id = ANY(%s::uuid[])", (sorted(emptied),)
+            )
+            kept = [str(row[0]) for row in await cur.fetchall()]
+        return Purged(deleted, kept)
+
+    async def first_questions(self, conversation_ids: list[str]) -> dict[str, str]:
+        """Each conversation's oldest user message with words in it ('' if none is left)."""
+        async with self.db.cursor() as cur:
+            await cur.execute(
+                "SELECT c.id, (SELECT m.content FROM messages m WHERE m.conversation_id = c.id"
+                " AND m.role = 'user' AND btrim(m.content) <> '' ORDER BY m.seq LIMIT 1)"
+                " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
+                (conversation_ids,),
+            )
+            return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
+
+    async def retitle(self, titles: dict[str, str]) -> None:
+        """Give conversations new titles (their updated_at stays: nothing was said)."""
+        async with self.db.cursor() as cur:
+            await cur.execute(
+                "UPDATE conversations c SET title = t.title FROM json_to_recordset(%s::json)"
+                " AS t(id uuid, title text) WHERE c.id = t.id AND c.title <> t.title",
+                (json_rows([{"id": key, "title": value} for key, value in titles.items()]),),
+            )
 
 
 def html_snippet(headline: str) -> str:
