@@ -8,6 +8,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from relay.upstreams import reply
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.conftest import SIMULATOR_KEY
 from tests.history_calls import query
@@ -59,6 +60,11 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         response = await _event_stream(request, CHUNK, FINISH, b"data: [DONE]\n")
         await response.write_eof()
         return response
+    if model == "silent-after-finish":  # its answer finished, then neither [DONE] nor the end
+        response = await _event_stream(request, CHUNK, FINISH)
+        await asyncio.sleep(LINGER_SECONDS * 10)  # past the upstream's timeout
+        await response.write_eof()
+        return response
     if model == "bare-done-unterminated":  # no finish_reason, and [DONE] with no newline
         response = await _event_stream(request, CHUNK, b"data: [DONE]")
         await response.write_eof()
@@ -95,6 +101,7 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
 
 MODELS = (
     "linger",
+    "silent-after-finish",
     "done-unterminated",
     "bare-done-unterminated",
     "reset-after-done",
@@ -170,6 +177,30 @@ async def test_relays_own_chat_takes_a_done_line_cut_short_as_the_end_too(
     else:
         assert (await response.json())["message"]["content"] == "Hi"
     assert await answer_status(database_url, client_id) == ["complete"]
+
+
+async def test_a_provider_silent_after_the_answer_finished_does_not_hold_the_stream(
+    relay, database_url, monkeypatch
+):
+    """Only a usage chunk and [DONE] may follow a finish_reason, at once: a provider
+    that sends neither (nor closes) has ended the answer, which is complete."""
+    monkeypatch.setattr(reply, "FINISHED_SILENCE_SECONDS", 0.2)
+    http, token, client_id = relay
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await ask(http, token, "silent-after-finish")
+    assert await response.read() == CHUNK + FINISH
+    for stream in (False, True):
+        body = {"message": "Hi", "model": "silent-after-finish", "stream": stream}
+        response = await http.post("/v1/chat", json=body, headers=bearer(token))
+        assert response.status == 200
+        if stream:
+            raw = await response.read()
+            assert b"event: message.done" in raw and b"event: error" not in raw
+        else:
+            assert (await response.json())["message"]["content"] == "Hi"
+    assert loop.time() - started < LINGER_SECONDS  # not the upstream's 12 s timeout, thrice
+    assert await answer_status(database_url, client_id) == ["complete"] * 3
 
 
 @pytest.mark.parametrize("model", ["error-event", "error-event-then-done"])

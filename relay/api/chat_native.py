@@ -128,6 +128,8 @@ async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
     try:
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
+            if observer.finish_reason is not None:
+                provider.finished()
     except aiohttp.ClientError:
         return "cut"
     return _outcome(observer, provider)
@@ -206,11 +208,7 @@ async def _stream(
         final = event_bytes("error", error_data(_broken_off(answer, observer, deadline.is_set())))
         answer.received(response, final)
         await hooks.commit_quietly(answer)  # the client is told it did not complete
-    try:
-        await response.write(final)
-        await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass
+    await response.end(final)
     return response
 
 
@@ -221,6 +219,8 @@ async def _relay_deltas(
     try:
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
+            if observer.finish_reason is not None:
+                provider.finished()
             for text in observer.take():
                 try:
                     await response.send_event("message.delta", delta_data(text))

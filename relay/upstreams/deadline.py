@@ -31,6 +31,13 @@ class WaitDeadline:
     def end(self) -> None:
         self._since = None
 
+    def shorten(self, seconds: float) -> None:
+        """From now on a wait may last `seconds`, if that is less than before."""
+        if seconds < self._seconds:
+            self._seconds = seconds
+            self._timer.cancel()
+            self._check()
+
     def close(self) -> None:
         self._timer.cancel()
 

@@ -176,6 +176,8 @@ async def pipe_stream(
                 provider.close()
                 return PipeResult("cut", observer)
             await _send(response, observer, stalled, whole, route)
+            if observer.finish_reason is not None:
+                provider.finished()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
         return PipeResult("cancelled", observer)

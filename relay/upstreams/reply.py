@@ -12,6 +12,10 @@ from relay.upstreams.deadline import WaitDeadline
 
 # Provider responses relay reads whole (errors, non-streamed answers) are bounded.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Once a streamed answer said it is finished (a finish_reason), only its usage
+# chunk and `[DONE]` may follow, at once: a provider silent for this long after it
+# has ended the answer, not for the whole idle timeout.
+FINISHED_SILENCE_SECONDS = 10.0
 
 
 class ProviderReply:
@@ -23,12 +27,13 @@ class ProviderReply:
     own side (writing to a slow client) is not waiting for the provider.
     """
 
-    __slots__ = ("_content", "_deadline", "_response", "stopped")
+    __slots__ = ("_content", "_deadline", "_finished", "_response", "stopped")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
         self._response = response
         self._content = response.content
         self._deadline = WaitDeadline(idle_timeout, response.close)
+        self._finished = False  # the answer said it is finished: see `finished`
         self.stopped = False  # relay closed it (the client left, relay is stopping)
 
     @property
@@ -39,6 +44,14 @@ class ProviderReply:
     def headers(self) -> CIMultiDictProxy[str]:
         return self._response.headers
 
+    def finished(self) -> None:
+        """The stream's answer said it is finished (a finish_reason): a silence of
+        FINISHED_SILENCE_SECONDS from now on ends the body, as if the provider had
+        closed it, instead of timing out after the whole idle timeout."""
+        if not self._finished:
+            self._finished = True
+            self._deadline.shorten(FINISHED_SILENCE_SECONDS)
+
     async def chunk(self) -> bytes:
         """The next bytes as they arrive; b"" once the body is complete."""
         self._deadline.begin()
@@ -46,6 +59,8 @@ class ProviderReply:
             return await self._content.readany()
         except aiohttp.ClientError:
             if self.expired:
+                if self._finished:
+                    return b""  # silent after it ended the answer: the end (see `finished`)
                 raise TimeoutError("the provider stopped sending") from None
             raise
         finally:
