@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.upstreams.health import PROBE_INTERVAL_S
+
 ERROR_STATUSES: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The request is malformed or a parameter is invalid."),
     401: ("Unauthorized", "Credentials are missing, invalid, expired or revoked."),
@@ -83,6 +85,22 @@ SCHEMAS: dict[str, Any] = {
             "error": {"type": "string"},
         },
     },
+    "UpstreamCheck": {
+        "type": "object",
+        "required": ["status", "age_s"],
+        "properties": {
+            "status": {
+                "type": "string",
+                "enum": ["ok", "degraded", "down"],
+                "description": "`ok` when it answers (a 404 or 405 too: it lists no models);"
+                " `degraded` when it rate limits relay (429); `down` when it refuses relay's"
+                " key (401, 403), fails (5xx) or cannot be reached in time.",
+            },
+            "latency_ms": {"type": "number"},
+            "error": {"type": "string"},
+            "age_s": {"type": "number", "description": "Seconds since it was probed."},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "version"],
@@ -90,6 +108,13 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "degraded", "down", "draining"]},
             "version": {"type": "string"},
             "checks": {"type": "object", "additionalProperties": ref("schemas", "Check")},
+            "upstreams": {
+                "type": "object",
+                "description": "Each provider by its operator label, from a `GET /models`"
+                f" probed at most every {PROBE_INTERVAL_S:g} s per instance. A provider that"
+                " is down makes the overall status `degraded`, never a 503.",
+                "additionalProperties": ref("schemas", "UpstreamCheck"),
+            },
             "attestation": {
                 "type": "object",
                 "description": "How receipts are signed; `warning` when no TEE vouches for it.",

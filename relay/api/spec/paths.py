@@ -84,9 +84,13 @@ PATHS: dict[str, Any] = {
             "Liveness and each backend's status",
             tag="operations",
             security=NONE,
-            description="503 when PostgreSQL is down, or `draining` while relay stops.",
+            description="503 when PostgreSQL is down, or `draining` while relay stops."
+            " Redis or a provider being down makes it `degraded`, still 200.",
             responses={
-                "200": answer("relay and its backends are up.", ref("schemas", "Health")),
+                "200": answer(
+                    "relay serves; `degraded` when Redis or a provider is not ok.",
+                    ref("schemas", "Health"),
+                ),
                 "503": answer("A backend is down, or relay is draining.", ref("schemas", "Health")),
             },
         )

@@ -1,0 +1,137 @@
+"""Whether each provider answers relay's key: GET {base_url}/models, at most once an interval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import yarl
+
+from relay.upstreams.config import Upstream
+
+log = logging.getLogger(__name__)
+
+# /health is public and load balancers poll it every few seconds on every instance:
+# a provider hears from an instance at most once in this long, whatever the poll rate.
+PROBE_INTERVAL_S = 30.0
+KEY_REFUSED = "the provider refused relay's key"
+
+
+def models_url(upstream: Upstream) -> str:
+    """base_url's path and /models; a query (api-version=…) kept after it, as for chat."""
+    url = yarl.URL(upstream.base_url, encoded=True)
+    path = url.raw_path.rstrip("/") + "/models"
+    return str(url.with_path(path, encoded=True, keep_query=True))
+
+
+def judge(status: int) -> tuple[str, str | None]:
+    """What a provider's answer to GET /models says of it: (status, error)."""
+    if 200 <= status < 300 or status in (404, 405):
+        # Many OpenAI-compatible servers have no /models: an answer proves it reachable.
+        return "ok", None
+    if status in (401, 403):
+        return "down", f"{KEY_REFUSED} (HTTP {status})"
+    if status == 429:
+        # Reachable, but turning relay's account away now (a rate limit or a spent
+        # quota): chat requests are likely refused too, which an operator should see,
+        # though no other instance or restart would fare better.
+        return "degraded", "the provider is rate limiting relay (HTTP 429)"
+    return "down", f"HTTP {status}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCheck:
+    status: str  # ok, degraded or down
+    checked_at: float  # on ProviderHealth's clock
+    latency_ms: float | None = None
+    error: str | None = None
+
+    def report(self, now: float) -> dict[str, Any]:
+        report: dict[str, Any] = {"status": self.status}
+        if self.latency_ms is not None:
+            report["latency_ms"] = self.latency_ms
+        if self.error is not None:
+            report["error"] = self.error
+        # A cached result says how old it is.
+        report["age_s"] = round(max(0.0, now - self.checked_at), 1)
+        return report
+
+
+async def probe_provider(
+    session: aiohttp.ClientSession, upstream: Upstream, timeout: float
+) -> tuple[str, float | None, str | None]:
+    """(status, latency_ms, error) of one GET /models. The body is never read: it may
+    quote the key or name the account, and the status says all relay needs."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            async with session.get(
+                models_url(upstream),
+                headers=upstream.request_headers,
+                allow_redirects=False,  # a redirect would carry relay's key elsewhere
+            ) as response:
+                answered = response.status
+    except Exception as exc:  # refused, DNS, TLS, timeout: named, never quoted
+        return "down", None, type(exc).__name__
+    status, error = judge(answered)
+    latency = round((time.monotonic() - started) * 1000, 2) if status != "down" else None
+    return status, latency, error
+
+
+class ProviderHealth:
+    """Each upstream's last check, probed again once it is `interval` old.
+
+    Callers take turns (relay.api.health.SharedProbes runs one round at a time),
+    so an upstream is never probed twice at once. Nothing is probed until asked:
+    a provider that is down must not keep relay from starting.
+    """
+
+    def __init__(
+        self,
+        upstreams: Iterable[Upstream],
+        *,
+        interval: float = PROBE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._upstreams = tuple(upstreams)
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, ProviderCheck] = {}
+
+    async def report(
+        self, session: aiohttp.ClientSession, timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        """Upstream name → its check, probing the upstreams whose last one is stale.
+        The base_url is left out: it may hold credentials or name internal hosts."""
+        now = self._clock()
+        due = [upstream for upstream in self._upstreams if self._stale(upstream, now)]
+        results = await asyncio.gather(
+            *(probe_provider(session, upstream, timeout) for upstream in due)
+        )
+        now = self._clock()
+        for upstream, (status, latency, error) in zip(due, results, strict=True):
+            self._record(upstream.name, ProviderCheck(status, now, latency, error))
+        return {
+            upstream.name: self._last[upstream.name].report(now) for upstream in self._upstreams
+        }
+
+    def _stale(self, upstream: Upstream, now: float) -> bool:
+        last = self._last.get(upstream.name)
+        return last is None or now - last.checked_at >= self._interval
+
+    def _record(self, name: str, check: ProviderCheck) -> None:
+        previous = self._last.get(name)
+        self._last[name] = check
+        # Logged when it changes, not on every probe: the journal hears of an outage
+        # and of its end once.
+        if check.status != (previous.status if previous else "ok"):
+            level = logging.INFO if check.status == "ok" else logging.WARNING
+            fields = {"upstream": name, "check": check.status}
+            if check.error:
+                fields["error"] = check.error
+            log.log(level, "provider check changed", extra=fields)
