@@ -3,13 +3,16 @@
 import asyncio
 import hashlib
 import re
+import socket
+import tempfile
 
 import orjson
 import pytest
 from aiohttp import web
 
 from relay.api.chat_events import PAD_STEP
-from relay.appkeys import DATABASE
+from relay.app import create_app
+from relay.appkeys import DATABASE, IN_FLIGHT
 from relay.services.native_chat import chat_messages
 from relay.simulator import completion_text
 from tests.api_calls import assert_error, bearer, client_with_token, post_and_never_read
@@ -472,3 +475,81 @@ def test_the_context_alternates_user_first_whatever_history_holds():
         turn("user", "q4"),
     ]
     assert chat_messages(None, [], "hi") == [turn("user", "hi")]
+
+
+async def small_send_buffer(request: web.Request, response: web.StreamResponse) -> None:
+    """What the kernel holds of relay's bytes for a client: little, as under memory
+    pressure (idle, it holds a few hundred KiB)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+async def post_stream(path: str, token: str, body: bytes) -> socket.socket:
+    """POST a streamed /v1/chat request to relay's unix socket at `path`, as nginx does."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, path)
+    head = (
+        f"POST /v1/chat HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, head.encode() + body)
+    return sock
+
+
+async def stall_at(sock: socket.socket, marker: bytes) -> bytes:
+    """Read until `marker` has arrived, then take no more bytes; what was read."""
+    loop, received = asyncio.get_running_loop(), b""
+    while marker not in received[-65536 - len(marker) :]:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout=20)
+        assert chunk, received[-200:]
+        received += chunk
+    return received
+
+
+async def read_to_end(sock: socket.socket) -> bytes:
+    """What is left to read on `sock` until relay closes or resets it."""
+    loop, rest = asyncio.get_running_loop(), b""
+    try:
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout=20):
+            rest += chunk
+    except ConnectionResetError:
+        pass
+    return rest
+
+
+async def test_a_client_that_stops_reading_at_the_last_event_is_cut_off_too(
+    make_client, make_settings, database_url, simulator, monkeypatch
+):
+    # message.done carries the whole answer: more than the kernel holds for a client
+    # that stops reading as it begins. Its write waits for the client like a delta's,
+    # so it has the same deadline. On a unix socket (relay behind nginx) nothing else
+    # bounds it: the kernel's TCP_USER_TIMEOUT, which aiohttp-sse sets, is TCP's.
+    monkeypatch.setattr("relay.upstreams.pipe.SEND_SECONDS", 0.5)
+    settings = make_settings(rate_limits=False)
+    app = create_app(settings)
+    app.on_response_prepare.append(small_send_buffer)
+    http = await make_client(settings, app)
+    with tempfile.TemporaryDirectory(prefix="relay-") as directory:
+        path = f"{directory}/relay.sock"  # AF_UNIX paths are short; pytest's tmp_path may not be
+        await web.UnixSite(http.server.runner, path).start()
+        client, token = await client_with_token(http)
+        simulator.config.tokens = 40_000
+        sock = await post_stream(path, token, orjson.dumps({"message": "Hi", "stream": True}))
+    in_flight = app[IN_FLIGHT]
+    try:
+        received = await stall_at(sock, b"event: message.done")
+        for _ in range(400):  # until relay's handler has ended
+            if in_flight.requests == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert in_flight.requests == 0, "relay still waits on a client that takes nothing"
+        received += await read_to_end(sock)
+    finally:
+        sock.close()
+    assert not received.endswith(b"0\r\n\r\n")  # the stream never ended
+    rows = await stored_messages(database_url, client["id"])
+    # Committed before its last event was sent, the answer stays as the receipt signs it.
+    assert rows[-1]["status"] == "complete"

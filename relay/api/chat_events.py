@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import string
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp_sse import EventSourceResponse
 
@@ -44,8 +46,9 @@ class HashedEventSource(EventSourceResponse):
         # POST needs allow_all_methods; "\n" frames events the way OpenAI's do. A
         # client that takes nothing for as long as /v1/chat/completions allows is
         # cut off the same way (aiohttp-sse aborts it and raises TimeoutError).
+        self.send_seconds = pipe.SEND_SECONDS
         super().__init__(
-            headers=headers, sep="\n", allow_all_methods=True, send_timeout=pipe.SEND_SECONDS
+            headers=headers, sep="\n", allow_all_methods=True, send_timeout=self.send_seconds
         )
         self._hash = hashlib.sha256()
         self.byte_count = 0
@@ -57,6 +60,20 @@ class HashedEventSource(EventSourceResponse):
 
     async def send_event(self, event: str, data: Any) -> None:
         await self.send(orjson.dumps(data).decode(), event=event)
+
+    async def end(self, final: bytes) -> None:
+        """Write the last event and end the stream; a client that has left is no error.
+
+        That write waits for the client's buffers like any event's, so it has the same
+        deadline: a client that takes nothing for send_seconds is cut off as gone."""
+        try:
+            async with asyncio.timeout(self.send_seconds):
+                await self.write(final)
+                await self.write_eof()
+        except TimeoutError:
+            self._abort_transport()  # as aiohttp-sse does for an event: a close would wait too
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
 
     def sha256_with(self, tail: bytes) -> str:
         """The hash of everything written so far followed by `tail`."""
