@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,26 @@ from relay.stores.database_admin import create_database
 from relay.upstreams.config import Upstream
 from relay.upstreams.health import KEY_REFUSED, PROBE_INTERVAL_S, ProviderHealth
 from tests.conftest import Simulator
+
+
+@contextlib.asynccontextmanager
+async def black_hole() -> AsyncIterator[int]:
+    """A port that accepts connections and never replies: the worst case for a probe."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(-1)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
 
 HEALTH_TIMEOUT = 0.5
 
@@ -142,16 +164,7 @@ async def test_postgres_restarted_under_a_kept_probe_connection_is_ok_at_once(
 
 
 async def test_a_redis_that_never_answers_does_not_hang_health(make_client, make_settings):
-    """A black hole (accepts the connection, never replies) is the worst case for a probe."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        await reader.read(-1)
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with black_hole() as port:
         http = await make_client(
             make_settings(redis_url=f"redis://127.0.0.1:{port}/0", health_timeout=HEALTH_TIMEOUT)
         )
@@ -159,11 +172,6 @@ async def test_a_redis_that_never_answers_does_not_hang_health(make_client, make
         assert (status, body["status"]) == (200, "degraded"), body
         assert body["checks"]["redis"]["status"] == "degraded"
         assert_ok(body["checks"]["postgres"])
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_concurrent_health_checks_share_one_round_of_probes(http):
@@ -343,15 +351,7 @@ async def test_an_unreachable_provider_is_down_and_relay_degraded_not_503(
 async def test_a_provider_that_never_answers_does_not_hang_health(
     make_client, make_settings, simulator
 ):
-    held: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        await reader.read(-1)
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with black_hole() as port:
         upstream = simulator.upstream(name="hole", base_url=f"http://127.0.0.1:{port}/v1")
         http = await relay_for(
             make_client, make_settings(upstreams=(upstream,), health_timeout=HEALTH_TIMEOUT)
@@ -363,11 +363,6 @@ async def test_a_provider_that_never_answers_does_not_hang_health(
             "error": "TimeoutError",
             "age_s": 0.0,
         }
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_concurrent_health_checks_probe_a_provider_once(

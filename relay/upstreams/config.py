@@ -34,9 +34,16 @@ class Upstream:
 
     @functools.cached_property
     def chat_completions_url(self) -> str:
-        """base_url's path and /chat/completions; a query (api-version=…) kept after it."""
+        return self.url("/chat/completions")
+
+    @functools.cached_property
+    def models_url(self) -> str:
+        return self.url("/models")
+
+    def url(self, endpoint: str) -> str:
+        """base_url's path and `endpoint`; a query (api-version=…) kept after it."""
         url = yarl.URL(self.base_url, encoded=True)  # its bytes as the operator wrote them
-        path = url.raw_path.rstrip("/") + "/chat/completions"
+        path = url.raw_path.rstrip("/") + endpoint
         return str(url.with_path(path, encoded=True, keep_query=True))
 
     @functools.cached_property

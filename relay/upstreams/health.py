@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import yarl
 
 from relay.upstreams.config import Upstream
 
@@ -20,13 +19,6 @@ log = logging.getLogger(__name__)
 # a provider hears from an instance at most once in this long, whatever the poll rate.
 PROBE_INTERVAL_S = 30.0
 KEY_REFUSED = "the provider refused relay's key"
-
-
-def models_url(upstream: Upstream) -> str:
-    """base_url's path and /models; a query (api-version=…) kept after it, as for chat."""
-    url = yarl.URL(upstream.base_url, encoded=True)
-    path = url.raw_path.rstrip("/") + "/models"
-    return str(url.with_path(path, encoded=True, keep_query=True))
 
 
 def judge(status: int) -> tuple[str, str | None]:
@@ -71,7 +63,7 @@ async def probe_provider(
     try:
         async with asyncio.timeout(timeout):
             async with session.get(
-                models_url(upstream),
+                upstream.models_url,
                 headers=upstream.request_headers,
                 allow_redirects=False,  # a redirect would carry relay's key elsewhere
             ) as response:
