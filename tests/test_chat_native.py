@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import logging
 import re
 import socket
 import tempfile
@@ -521,13 +522,14 @@ async def read_to_end(sock: socket.socket) -> bytes:
 
 
 async def test_a_client_that_stops_reading_at_the_last_event_is_cut_off_too(
-    make_client, make_settings, database_url, simulator, monkeypatch
+    make_client, make_settings, database_url, simulator, monkeypatch, caplog
 ):
     # message.done carries the whole answer: more than the kernel holds for a client
     # that stops reading as it begins. Its write waits for the client like a delta's,
     # so it has the same deadline. On a unix socket (relay behind nginx) nothing else
     # bounds it: the kernel's TCP_USER_TIMEOUT, which aiohttp-sse sets, is TCP's.
     monkeypatch.setattr("relay.upstreams.pipe.SEND_SECONDS", 0.5)
+    caplog.set_level(logging.INFO, logger="relay.access")
     settings = make_settings(rate_limits=False)
     app = create_app(settings)
     app.on_response_prepare.append(small_send_buffer)
@@ -550,6 +552,9 @@ async def test_a_client_that_stops_reading_at_the_last_event_is_cut_off_too(
     finally:
         sock.close()
     assert not received.endswith(b"0\r\n\r\n")  # the stream never ended
+    [line] = [r for r in caplog.records if r.name == "relay.access" and r.route == "/v1/chat"]
+    # Logged as any client that left mid-stream: the status it was sent, what was written.
+    assert line.status == 200 and line.bytes_out >= len(received)
     rows = await stored_messages(database_url, client["id"])
     # Committed before its last event was sent, the answer stays as the receipt signs it.
     assert rows[-1]["status"] == "complete"

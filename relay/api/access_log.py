@@ -1,4 +1,10 @@
-"""One log line per request: ids, route, status, sizes and timings — never content."""
+"""One log line per request: ids, route, status, sizes and timings — never content.
+
+`bytes_out` is every byte relay wrote for the response: its status line, headers and
+body as framed (a stream's chunk sizes too), as aiohttp's writer counts them. That is
+nginx's $bytes_sent (and aiohttp's own %b), not $body_bytes_sent: aiohttp keeps only
+that total, and a separate body count would cost a call on every write of every stream.
+"""
 
 from __future__ import annotations
 
@@ -25,18 +31,16 @@ def route_of(request: web.Request) -> str:
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[STARTED_AT] = started = time.monotonic()
-    status, sent = 500, 0
+    status = 500
     try:
         response = await handler(request)
         status = response.status
-        sent = (
-            response.body_length
-            if response.prepared
-            else len(getattr(response, "body", b"") or b"")
-        )
+        if not response.prepared:
+            await _send_whole(request, response)
         return response
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # a redirect or 204 (relay's error mapping maps the rest)
         status = exc.status
+        await _send_whole(request, exc)
         raise
     except asyncio.CancelledError:
         # The client hung up (aiohttp cancels its handler): no server error. Logged with
@@ -47,8 +51,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     finally:
         now = time.monotonic()
         first_byte = request.get(FIRST_BYTE_AT)
-        if first_byte is None and status != CLIENT_CLOSED_REQUEST:
-            first_byte = now  # a whole answer: its head goes out as soon as it is returned
+        sent = request.writer.output_size  # what was written, if the client left too
         caller = request.get(CALLER)
         route = route_of(request)
         observe_request(route, request.method, status, now - started)
@@ -66,6 +69,16 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 "duration_ms": round((now - started) * 1000, 2),
             },
         )
+
+
+async def _send_whole(request: web.Request, response: web.StreamResponse) -> None:
+    """Send a whole answer here rather than after the middlewares, as aiohttp would: its
+    line, and the request's duration, then cover writing it, and count what was."""
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left; aiohttp's own attempt to finish the response finds so too
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
