@@ -25,7 +25,7 @@ from relay.services.recorder import AnswerRecorder
 from relay.services.retention import HistoryRetention
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database, connect
-from relay.stores.messages import MessageStore
+from relay.stores.messages import MessageStore, Purged
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import (
     CONVERSATION,
@@ -174,12 +174,12 @@ class BuggyOnce:
         self.purges = 0
         self.purged_again = asyncio.Event()
 
-    async def purge(self, older_than: datetime.datetime, *, batch: int) -> int:
+    async def purge(self, older_than: datetime.datetime, *, batch: int) -> Purged:
         self.purges += 1
         if self.purges == 1:
             raise RuntimeError("a bug")
         self.purged_again.set()
-        return 0
+        return Purged(0, [])
 
 
 async def test_retention_keeps_purging_after_an_unexpected_error(caplog):
