@@ -18,6 +18,11 @@ async def create_database(admin_dsn: str, name: str, template: str | None = None
             sql = f"CREATE DATABASE {quote_identifier(name)}"
             if template:
                 sql += f" TEMPLATE {quote_identifier(template)}"
+                if conn.server_version >= 150000:
+                    # A small migrated template, copied for each test: file by file
+                    # (a checkpoint, fast with the test server's fsync off) creating
+                    # and dropping take half the time of WAL_LOG, 15's default.
+                    sql += " STRATEGY FILE_COPY"
             await cur.execute(sql)
     finally:
         await conn.close()
