@@ -32,6 +32,7 @@ from bench.stack import Stack, Target
 CONCURRENCY = 32  # requests in flight at once; counts are per request
 # Trailing work of the last requests (token debits, log lines) happens after their answers.
 SETTLE_SECONDS = 1.5
+ROUGH_SETTLE_SECONDS = 0.3
 # relay's own timeouts assume a process at full speed.
 _SLOW_PROCESS = {"RELAY_REDIS_TIMEOUT": "10", "RELAY_DATABASE_TIMEOUT": "60"}
 
@@ -98,16 +99,23 @@ def dumped_total(out_file: Path, before: set[Path]) -> int:
     raise RuntimeError(f"callgrind wrote no totals next to {out_file}")
 
 
-async def count_instructions(target: Target, body: bytes, out_file: Path, requests: int) -> Counted:
-    """Warm up, then count the instructions `target`'s server spends on `requests` requests."""
+async def count_instructions(
+    target: Target, body: bytes, out_file: Path, requests: int, *, rough: bool = False
+) -> Counted:
+    """Warm up, then count the instructions `target`'s server spends on `requests` requests.
+
+    `rough` (a quick smoke run) skips the warm-up and settles for less: the harness
+    is exercised end to end in a fraction of the time, its figures a little high."""
     requests = max(CONCURRENCY, requests - requests % CONCURRENCY)
     pid = str(target.server_pid)
-    await _send(target, body, max(CONCURRENCY, requests // 5))
-    await asyncio.sleep(SETTLE_SECONDS)
+    settle = ROUGH_SETTLE_SECONDS if rough else SETTLE_SECONDS
+    if not rough:
+        await _send(target, body, max(CONCURRENCY, requests // 5))
+        await asyncio.sleep(settle)
     await _callgrind_control("--zero", pid)
     await _callgrind_control("--instr=on", pid)
     errors = await _send(target, body, requests)
-    await asyncio.sleep(SETTLE_SECONDS)
+    await asyncio.sleep(settle)
     await _callgrind_control("--instr=off", pid)
     before = set(out_file.parent.glob(out_file.name + "*"))
     await _callgrind_control("--dump", pid)
@@ -136,7 +144,7 @@ class Bodies(NamedTuple):
 
 
 async def measure_instructions(
-    stack: Stack, bodies: Bodies, workdir: Path, requests: int
+    stack: Stack, bodies: Bodies, workdir: Path, requests: int, *, rough: bool = False
 ) -> dict[str, Counted]:
     """The baseline and relay, in each configuration the on/off comparisons use, on the
     non-streamed request; the baseline and relay as configured on the streamed one
@@ -168,7 +176,7 @@ async def measure_instructions(
             server = stack.start_variant({**_SLOW_PROCESS, **overrides}, callgrind_wrapper(out))
         try:
             for suffix, body, count in runs:
-                counted = await count_instructions(server, body, out, count)
+                counted = await count_instructions(server, body, out, count, rough=rough)
                 counted.warnings = warnings_in(stack.variant_log(server))
                 results[name + suffix] = counted
         finally:

@@ -171,7 +171,12 @@ class PhaseRunner:
         requests = self.options.instruction_requests
         self.say(f"instructions per request under callgrind ({requests} requests each)")
         counted = await measure_instructions(
-            self.stack, Bodies(BODY, NO_STORE_BODY, STREAM_BODY), self.workdir, requests
+            self.stack,
+            Bodies(BODY, NO_STORE_BODY, STREAM_BODY),
+            self.workdir,
+            requests,
+            # A run without warm-ups (--quick) counts without them too: rough figures.
+            rough=self.options.warmup_seconds == 0,
         )
         for name, figures in counted.items():
             self.say(
