@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import relay
 from relay.proofs.identity import SigningIdentity
 from relay.proofs.keyfile import FileKeyProvider
-from relay.proofs.report import build_report, parse_nonce
+from relay.proofs.nonce import parse_nonce
+from relay.proofs.report import build_report
 from relay.proofs.verify import VerificationError, verify_all, verify_report_data
 from tests.test_proofs_receipt import make_chain
 

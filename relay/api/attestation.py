@@ -10,7 +10,7 @@ from relay.api.body import json_response
 from relay.appkeys import ATTESTATION
 from relay.errors import DependencyUnavailableError, InvalidRequestError
 from relay.proofs.agent import AttestationUnavailableError
-from relay.proofs.report import parse_nonce
+from relay.proofs.nonce import parse_nonce
 
 log = logging.getLogger(__name__)
 

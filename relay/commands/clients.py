@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 
-from relay.api.admin import client_json
+from relay.api.client_object import client_json
 from relay.config import Settings
 from relay.errors import RelayError, operator_message
 from relay.services.apikeys import KeyHasher

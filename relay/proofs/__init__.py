@@ -7,7 +7,8 @@
     agent       DstackAgent, AttestationUnavailableError (the dstack guest agent)
     dstack_key  DstackKeyProvider (RELAY_ATTESTATION=dstack)
     quote       where a TDX quote keeps report_data
-    report      build_report, parse_nonce
+    nonce       parse_nonce (a caller's 32 bytes, as 64 hex characters)
+    report      build_report
     near        NEAR's signature shape
     verify      verify_* and verify_all, VerificationError
     command     `relay verify`

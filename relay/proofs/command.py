@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from relay.proofs.report import parse_nonce
+from relay.proofs.nonce import parse_nonce
 from relay.proofs.verify import VerificationError, iter_checks
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any
 
 import relay
 from relay.proofs.agent import AttestationUnavailableError, DstackAgent
 from relay.proofs.identity import SigningIdentity
+from relay.proofs.nonce import NONCE_SIZE
 from relay.proofs.quote import quote_report_data
-
-NONCE_SIZE = 32
-_NONCE_HEX = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def parse_nonce(text: str | None) -> bytes | None:
-    """A caller's nonce: None when absent, else exactly 64 hex characters (32 bytes)."""
-    if text is None:
-        return None
-    # fullmatch, not bytes.fromhex alone: fromhex would skip embedded spaces.
-    if not _NONCE_HEX.fullmatch(text):
-        raise ValueError("nonce must be exactly 64 hex characters (32 bytes)")
-    return bytes.fromhex(text)
 
 
 def report_data_for(public_key_hex: str, nonce: bytes) -> bytes:
