@@ -77,6 +77,15 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         message = f"Rate limit reached for leaky-error in organization org-AbC123xyz (key {key})"
         error = {"message": message, "type": "requests", "param": None, "code": "rate_limit"}
         return web.json_response({"error": error}, status=429)
+    if model == "vllm-error":  # vLLM's bare error object, no "error" key
+        error = {
+            "object": "error",
+            "message": "This model's maximum context length is 4096 tokens.",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+        return web.json_response(error, status=400)
     if model == "string-error":
         return web.json_response({"error": "model is overloaded, try later"}, status=429)
     if model == "json-answer":
@@ -111,6 +120,7 @@ MODELS = (
     "error-event-then-done",
     "endless-event",
     "string-error",
+    "vllm-error",
 )
 
 
@@ -271,6 +281,14 @@ async def test_a_refusal_whose_error_is_a_string_keeps_its_message(relay):
     http, token, _ = relay
     error = await assert_error(await ask(http, token, "string-error"), 429)
     assert error["message"] == "model is overloaded, try later"
+
+
+async def test_a_refusal_in_vllms_bare_error_shape_keeps_its_message(relay):
+    http, token, _ = relay
+    for stream in (False, True):
+        error = await assert_error(await ask(http, token, "vllm-error", stream=stream), 400)
+        assert error["message"] == "This model's maximum context length is 4096 tokens."
+        assert error["type"] == "BadRequestError"
 
 
 async def test_a_refusal_does_not_show_relays_account_key_or_provider_model(relay):

@@ -119,10 +119,12 @@ async def _refusal(
         # The provider rejected relay's credentials: the client can do nothing about it.
         return UpstreamError("The provider rejected relay's credentials.", code="upstream_auth")
     if 400 <= status < 500:
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, str) and error:  # some providers answer {"error": "…"}
+        error = error_object(body)
+        if isinstance(error, dict):
+            body = {"error": error}
+        elif isinstance(error, str) and error:  # some providers answer {"error": "…"}
             body = error_body(error, "invalid_request_error")
-        elif not isinstance(error, dict):
+        else:
             reason = response.reason or "error"
             body = error_body(f"The provider answered {status} {reason}.", "invalid_request_error")
         headers = {
@@ -142,11 +144,21 @@ async def _not_a_stream(reply: ProviderReply, route: Route) -> RelayError:
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         body = None
     log.info("provider answered a stream with JSON", extra={"upstream": route.upstream.name})
-    failure = provider_failure(body.get("error") if isinstance(body, dict) else None, route)
+    failure = provider_failure(error_object(body), route)
     return failure or UpstreamError(
         "The provider answered a streamed request without an event stream.",
         code="upstream_not_streamed",
     )
+
+
+def error_object(body: object) -> object:
+    """The error a provider's JSON answer carries: OpenAI's `{"error": …}`, or the bare
+    `{"object": "error", "message": …}` vLLM answers with; None if it carries none."""
+    if not isinstance(body, dict):
+        return None
+    if "error" in body:
+        return body["error"]
+    return body if body.get("object") == "error" else None
 
 
 def provider_failure(error: object, route: Route) -> UpstreamError | None:
