@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as redis
 import redis.exceptions as redis_errors
 
-from relay.api.rate_limit import duration
 from relay.config import ConfigError, Settings, load_settings
 from relay.devservers import RedisServer
+from relay.durations import go_duration
 from relay.services.client_ip import TrustedProxies
 from relay.stores.buckets import Draw, Mode
 from relay.stores.local_buckets import LocalBuckets
@@ -32,10 +32,11 @@ from relay.stores.redis_buckets import RedisBuckets
         (61_250, "1m1.25s"),
         (3_600_000, "1h0m0s"),
         (3_723_000, "1h2m3s"),
+        (411_480_000, "114h18m0s"),
     ],
 )
 def test_durations_read_as_openai_writes_them(ms, text):
-    assert duration(ms) == text
+    assert go_duration(ms) == text
 
 
 PROXIES = TrustedProxies(["127.0.0.0/8", "10.0.0.0/8", "::1/128"])

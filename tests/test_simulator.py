@@ -26,7 +26,6 @@ from relay.simulator import (
     create_simulator_app,
 )
 from relay.simulator.command import add_arguments
-from relay.simulator.headers import go_duration
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "Say hello to me"}]}
 PROMPT_TOKENS = 4 + 3  # four words plus three for the one message
@@ -622,24 +621,6 @@ async def test_a_caller_whose_key_is_refused_learns_no_account(aiohttp_client: A
     assert listed.status == 200
     assert listed.headers["openai-organization"] == ACCOUNT.organization
     assert all(name in listed.headers for name in RATE_LIMIT_HEADERS)
-
-
-@pytest.mark.parametrize(
-    ("ms", "written"),
-    [
-        (0, "0s"),
-        (6, "6ms"),
-        (999, "999ms"),
-        (1000, "1s"),
-        (1500, "1.5s"),
-        (59_999, "59.999s"),
-        (360_000, "6m0s"),
-        (3_600_000, "1h0m0s"),
-        (411_480_000, "114h18m0s"),
-    ],
-)
-def test_resets_are_written_as_go_durations(ms: int, written: str) -> None:
-    assert go_duration(ms) == written
 
 
 async def test_the_sdk_reads_the_request_id_and_waits_as_a_429_says(aiohttp_server: Any) -> None:

@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from relay.appkeys import CALLER, RATE_LIMIT, RATE_LIMITER
+from relay.durations import go_duration
 from relay.errors import RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
 from relay.services.ratelimit import ATTESTATION_REPORTS, TOKEN_EXCHANGES, Quota, Verdict
@@ -20,27 +21,11 @@ ADDRESS_ROUTES = {
 }
 
 
-def duration(ms: int) -> str:
-    """A span the way OpenAI writes resets (Go's time.Duration): 12ms, 1s, 1.5s, 6m0s, 1h0m0s."""
-    if ms <= 0:
-        return "0s"
-    if ms < 1000:
-        return f"{ms}ms"
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
-    if hours:
-        return f"{hours}h{minutes}m{seconds}s"
-    if minutes:
-        return f"{minutes}m{seconds}s"
-    return f"{seconds}s"
-
-
 def _quota_headers(kind: str, quota: Quota) -> dict[str, str]:
     return {
         f"x-ratelimit-limit-{kind}": str(quota.limit),
         f"x-ratelimit-remaining-{kind}": str(quota.remaining),
-        f"x-ratelimit-reset-{kind}": duration(quota.reset_ms),
+        f"x-ratelimit-reset-{kind}": go_duration(quota.reset_ms),
     }
 
 
@@ -52,7 +37,7 @@ def rate_limit_headers(verdict: Verdict) -> dict[str, str]:
 
 
 def refusal(verdict: Verdict) -> RateLimitError:
-    wait = duration(verdict.retry_after_ms)
+    wait = go_duration(verdict.retry_after_ms)
     quota = verdict.tokens if verdict.refused_type == "tokens" else verdict.requests
     limit = f" (limit {quota.limit} per minute)" if quota is not None else ""
     headers = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000)))}

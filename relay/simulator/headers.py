@@ -19,32 +19,13 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from relay.durations import go_duration
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.ids import request_id
 from relay.simulator.keys import ARRIVED_AT, SIMULATOR_CONFIG, SPENT_TOKENS
 
 OPENAI_VERSION = "2020-10-01"
 _MINUTE_MS = 60_000
-
-
-def go_duration(ms: int) -> str:
-    """`ms` as Go's time.Duration prints it, which is how OpenAI writes its resets.
-
-    Written here rather than shared with relay's own: the simulator stands for OpenAI,
-    so it must not agree with relay merely by running relay's code.
-    """
-    if ms <= 0:
-        return "0s"
-    if ms < 1000:
-        return f"{ms}ms"
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
-    if hours:
-        return f"{hours}h{minutes}m{seconds}s"
-    if minutes:
-        return f"{minutes}m{seconds}s"
-    return f"{seconds}s"
 
 
 def _refill_ms(used: int, per_minute: int) -> int:
