@@ -39,6 +39,20 @@ from tests.relay_process import (
 )
 
 
+def to_both_chat_apis(model: str) -> dict[str, Any]:
+    """Parameters of a test run once per chat API, asking `model` a one-word question."""
+    return {
+        "argvalues": [
+            (
+                "/v1/chat/completions",
+                {"model": model, "messages": [{"role": "user", "content": "x"}]},
+            ),
+            ("/v1/chat", {"model": model, "message": "x"}),
+        ],
+        "ids": ["completions", "relay's own chat"],
+    }
+
+
 @pytest.fixture
 async def relay_process(
     database_url: str, redis_url: str, tmp_path: Path
@@ -189,17 +203,7 @@ async def stalled_relay(make_settings, make_client, provider_upstream):
     return http, token, received
 
 
-@pytest.mark.parametrize(
-    "path,body",
-    [
-        (
-            "/v1/chat/completions",
-            {"model": "stalled", "messages": [{"role": "user", "content": "x"}]},
-        ),
-        ("/v1/chat", {"model": "stalled", "message": "x"}),
-    ],
-    ids=["completions", "relay's own chat"],
-)
+@pytest.mark.parametrize(("path", "body"), **to_both_chat_apis("stalled"))
 async def test_an_answer_still_awaited_at_the_drain_deadline_gets_a_503(stalled_relay, path, body):
     """Not a dropped connection: a 503 the client may retry elsewhere at once."""
     http, token, received = stalled_relay
@@ -421,17 +425,7 @@ async def test_a_failed_start_is_one_line_and_no_traceback(relay_process, failur
         assert "cannot listen on /nonexistent/relay.sock" in logs
 
 
-@pytest.mark.parametrize(
-    "path,body",
-    [
-        (
-            "/v1/chat/completions",
-            {"model": "gpt-sim", "messages": [{"role": "user", "content": "x"}]},
-        ),
-        ("/v1/chat", {"model": "gpt-sim", "message": "x"}),
-    ],
-    ids=["completions", "relay's own chat"],
-)
+@pytest.mark.parametrize(("path", "body"), **to_both_chat_apis("gpt-sim"))
 async def test_an_answer_committing_at_the_drain_deadline_is_delivered_as_recorded(
     http, database_url, path, body
 ):

@@ -173,12 +173,9 @@ async def test_a_done_line_cut_short_of_its_blank_line_still_ends_the_answer(rel
     assert await answer_status(database_url, client_id) == ["complete", "complete"]
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-async def test_relays_own_chat_takes_a_done_line_cut_short_as_the_end_too(
-    relay, database_url, stream
-):
-    http, token, client_id = relay
-    body = {"message": "Hi", "model": "bare-done-unterminated", "stream": stream}
+async def assert_own_chat_completes(http, token, model, stream):
+    """relay's own chat, asked of `model`, ends as a complete answer: "Hi"."""
+    body = {"message": "Hi", "model": model, "stream": stream}
     response = await http.post("/v1/chat", json=body, headers=bearer(token))
     assert response.status == 200
     if stream:
@@ -186,6 +183,14 @@ async def test_relays_own_chat_takes_a_done_line_cut_short_as_the_end_too(
         assert b"event: message.done" in raw and b"event: error" not in raw
     else:
         assert (await response.json())["message"]["content"] == "Hi"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_relays_own_chat_takes_a_done_line_cut_short_as_the_end_too(
+    relay, database_url, stream
+):
+    http, token, client_id = relay
+    await assert_own_chat_completes(http, token, "bare-done-unterminated", stream)
     assert await answer_status(database_url, client_id) == ["complete"]
 
 
@@ -201,14 +206,7 @@ async def test_a_provider_silent_after_the_answer_finished_does_not_hold_the_str
     response = await ask(http, token, "silent-after-finish")
     assert await response.read() == CHUNK + FINISH
     for stream in (False, True):
-        body = {"message": "Hi", "model": "silent-after-finish", "stream": stream}
-        response = await http.post("/v1/chat", json=body, headers=bearer(token))
-        assert response.status == 200
-        if stream:
-            raw = await response.read()
-            assert b"event: message.done" in raw and b"event: error" not in raw
-        else:
-            assert (await response.json())["message"]["content"] == "Hi"
+        await assert_own_chat_completes(http, token, "silent-after-finish", stream)
     assert loop.time() - started < LINGER_SECONDS  # not the upstream's 12 s timeout, thrice
     assert await answer_status(database_url, client_id) == ["complete"] * 3
 
