@@ -12,16 +12,16 @@ from relay.errors import UnsupportedMediaTypeError
 
 async def list_clients(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", default=20, low=1, high=100)
-    clients, has_more = await request.app[CLIENTS].list_page(
-        limit=limit, after=request.query.get("after") or None
-    )
+    page = await request.app[CLIENTS].list_page(limit=limit, after=request.query.get("after"))
+    clients = page.clients
     return json_response(
         {
             "object": "list",
             "data": [client_json(client) for client in clients],
             "first_id": clients[0].id if clients else None,
             "last_id": clients[-1].id if clients else None,
-            "has_more": has_more,
+            "has_more": page.has_more,
+            "next_cursor": page.next_cursor,
         }
     )
 

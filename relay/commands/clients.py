@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--no-history", action="store_true", help="do not store its conversations")
     listing = actions.add_parser("list", help="list clients, oldest first")
     listing.add_argument("--limit", type=_page_size, default=100, help="1 to 500 (default 100)")
-    listing.add_argument("--after", help="the last client id of the previous page")
+    listing.add_argument("--after", help="the cursor the previous page printed")
     for name, text in (
         ("disable", "refuse the client's key and tokens at once"),
         ("enable", "let a disabled client back in"),
@@ -73,10 +73,10 @@ async def _run(settings: Settings, args: argparse.Namespace) -> object:
             client, key = await clients.create(body)
             return client_json(client, key)
         if args.action == "list":
-            page, more = await clients.list_page(limit=args.limit, after=args.after)
-            if more:
-                print(f"more clients follow: --after {page[-1].id}", file=sys.stderr)
-            return [client_json(client) for client in page]
+            page = await clients.list_page(limit=args.limit, after=args.after)
+            if page.has_more:
+                print(f"more clients follow: --after {page.next_cursor}", file=sys.stderr)
+            return [client_json(client) for client in page.clients]
         if args.action in ("disable", "enable"):
             status = "disabled" if args.action == "disable" else "active"
             return client_json(await clients.update(args.client_id, {"status": status}))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from relay.errors import InvalidRequestError, NotFoundError
 from relay.services.apikeys import ApiKey, KeyHasher
@@ -141,11 +146,52 @@ def client_fields(data: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     return fields
 
 
-def _unknown_cursor(after: str) -> InvalidRequestError:
+# A listing cursor holds the sort key of the last client a page showed (created_at
+# in microseconds since the epoch, and the id), so the next page starts from that
+# position whether or not that client still exists. It opens nothing an admin cannot
+# list anyway, so it is validated, not signed.
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+_CURSOR_CHARS = 200
+
+Position = tuple[datetime.datetime, str]
+
+
+def client_cursor(position: Position) -> str:
+    created_at, client_id = position
+    value = {"t": (created_at - _EPOCH) // _MICROSECOND, "id": client_id}
+    return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
+
+
+def _bad_cursor() -> InvalidRequestError:
     return InvalidRequestError(
-        f"after={after!r} names no client (deleted?); list again from the start.",
-        param="after",
+        "after is not a cursor relay gave out; list again from the start.", param="after"
     )
+
+
+def _cursor_position(text: str) -> Position:
+    try:
+        if len(text) > _CURSOR_CHARS:
+            raise ValueError("too long")
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        value = orjson.loads(raw)
+        micros, client_id = value["t"], value["id"]
+        if type(micros) is not int or not isinstance(client_id, str):
+            raise ValueError("not a position")
+        checked = canonical_client_id(client_id)
+        if checked is None:
+            raise ValueError("not a client id")
+        return _EPOCH + micros * _MICROSECOND, checked
+    # A list or a string where an object belongs: TypeError; past year 9999: Overflow.
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise _bad_cursor() from None
+
+
+@dataclass(frozen=True)
+class ClientPage:
+    clients: list[Client]
+    has_more: bool
+    next_cursor: str | None  # the last client's position, else the one asked from
 
 
 class ClientService:
@@ -180,19 +226,26 @@ class ClientService:
             raise NotFoundError(f"No client {client_id!r}.")
         return client
 
-    async def list_page(self, *, limit: int, after: str | None) -> tuple[list[Client], bool]:
-        # An unknown cursor must not pass for the end of the listing (nor, not being a
-        # uuid, fail in SQL). The page is read in one statement, against the cursor as
-        # that statement saw it: an empty page is the end only if the cursor is there.
-        if after is None:
-            return await self.store.list_page(limit=limit, after=None)
-        cursor = canonical_client_id(after)
-        if cursor is None:
-            raise _unknown_cursor(after)
-        clients, more = await self.store.list_page(limit=limit, after=cursor)
-        if not clients and await self.store.get(cursor) is None:
-            raise _unknown_cursor(after)
-        return clients, more
+    async def list_page(self, *, limit: int, after: str | None) -> ClientPage:
+        position = await self._position(after) if after else None
+        clients, more = await self.store.list_page(limit=limit, after=position)
+        if clients:
+            position = (clients[-1].created_at, clients[-1].id)
+        return ClientPage(clients, more, client_cursor(position) if position else None)
+
+    async def _position(self, after: str) -> Position:
+        legacy_id = canonical_client_id(after)
+        if legacy_id is None:
+            return _cursor_position(after)
+        # Earlier versions paged by the last client's id (still `last_id`): such a cursor
+        # is placed by its client, and one whose client is gone cannot be placed.
+        client = await self.store.get(legacy_id)
+        if client is None:
+            raise InvalidRequestError(
+                f"after={after!r} names no client (deleted?); list again from the start.",
+                param="after",
+            )
+        return client.created_at, client.id
 
     async def update(self, client_id: str, data: dict[str, Any]) -> Client:
         client = await self.store.update(client_id, client_fields(data, creating=False))

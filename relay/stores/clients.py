@@ -97,13 +97,16 @@ class ClientStore:
             )
         return Client.from_row(row) if row else None
 
-    async def list_page(self, *, limit: int, after: str | None = None) -> tuple[list[Client], bool]:
-        """Clients oldest first; `after` is the id of the last client of the previous page."""
+    async def list_page(
+        self, *, limit: int, after: tuple[datetime.datetime, str] | None = None
+    ) -> tuple[list[Client], bool]:
+        """Clients oldest first; `after` is (created_at, id) of the last client of the
+        previous page, which need not exist any more."""
         where = ""
         args: list[Any] = [limit + 1]
-        if after:
-            where = "WHERE (created_at, id) > (SELECT created_at, id FROM clients WHERE id = %s)"
-            args.insert(0, after)
+        if after is not None:
+            where = "WHERE (created_at, id) > (%s, %s)"
+            args[:0] = after
         async with self.db.cursor() as cur:
             rows = await fetch_all(
                 cur,

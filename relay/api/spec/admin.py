@@ -90,6 +90,14 @@ ADMIN_SCHEMAS: dict[str, Any] = {
             "first_id": {"type": ["string", "null"]},
             "last_id": {"type": ["string", "null"]},
             "has_more": {"type": "boolean"},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": (
+                    "`after` for the next page: an opaque position, which holds even if "
+                    "the client it came from is deleted. An empty page keeps the one it "
+                    "was asked from; null only when nothing was listed from the start."
+                ),
+            },
         },
     },
     "ReceiptChainPage": {
@@ -167,7 +175,10 @@ ADMIN_PATHS: dict[str, Any] = {
                     "name": "after",
                     "in": "query",
                     "required": False,
-                    "description": "The last id of the previous page.",
+                    "description": (
+                        "The previous page's `next_cursor`. A client id (`last_id`), as "
+                        "earlier versions paged, is still read while that client exists."
+                    ),
                     "schema": {"type": "string"},
                 },
             ),
