@@ -302,7 +302,8 @@ async def test_a_provider_refusing_relays_key_is_down_and_the_key_is_nowhere(
     ("answer", "route", "expected"),
     [
         (200, "GET", "ok"),
-        (404, "", "ok"),  # no /models at all: reachable, lists no models
+        (404, "GET", "ok"),  # no /models, said in OpenAI's error shape: reachable
+        (404, "", "degraded"),  # a 404 page of no OpenAI-compatible server: wrong path?
         (405, "POST", "ok"),
         (429, "GET", "degraded"),
         (403, "GET", "down"),

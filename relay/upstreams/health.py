@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from relay.upstreams.config import Upstream
+from relay.upstreams.forwarder import error_object
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +21,25 @@ log = logging.getLogger(__name__)
 # a provider hears from an instance at most once in this long, whatever the poll rate.
 PROBE_INTERVAL_S = 30.0
 KEY_REFUSED = "the provider refused relay's key"
+# The answer is read to its end so its keep-alive connection goes back to the pool
+# for the next probe; a longer one (a list of hundreds of models) is let go, closed.
+MAX_BODY_BYTES = 64 * 1024
+WRONG_PATH = (
+    "GET /models answered 404, not in an OpenAI-compatible server's words:"
+    " is base_url's path right (it usually ends in /v1)?"
+)
 
 
-def judge(status: int) -> tuple[str, str | None]:
-    """What a provider's answer to GET /models says of it: (status, error)."""
-    if 200 <= status < 300 or status in (404, 405):
-        # Many OpenAI-compatible servers have no /models: an answer proves it reachable.
+def judge(status: int, body: bytes | None = None) -> tuple[str, str | None]:
+    """What a provider's answer to GET /models says of it: (status, error). `body` is
+    the answer's (None if it was not read whole); only a 404's is looked at."""
+    if 200 <= status < 300 or status == 405:
         return "ok", None
+    if status == 404:
+        # Many OpenAI-compatible servers have no /models, and say so in the error shape
+        # their chats use; a base_url with the wrong path meets a web server's page or
+        # another framework's 404 instead.
+        return ("ok", None) if _openai_error(body) else ("degraded", WRONG_PATH)
     if status in (401, 403):
         return "down", f"{KEY_REFUSED} (HTTP {status})"
     if status == 429:
@@ -34,6 +48,24 @@ def judge(status: int) -> tuple[str, str | None]:
         # though no other instance or restart would fare better.
         return "degraded", "the provider is rate limiting relay (HTTP 429)"
     return "down", f"HTTP {status}"
+
+
+def _openai_error(body: bytes | None) -> bool:
+    try:
+        return body is not None and error_object(orjson.loads(body)) is not None
+    except orjson.JSONDecodeError:
+        return False
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
+    """The whole body, or None (the connection closed) once it passes MAX_BODY_BYTES."""
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            response.close()
+            return None
+    return bytes(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +89,14 @@ class ProviderCheck:
 async def probe_provider(
     session: aiohttp.ClientSession, upstream: Upstream, timeout: float
 ) -> tuple[str, float | None, str | None]:
-    """(status, latency_ms, error) of one GET /models. The body is never read: it may
-    quote the key or name the account, and the status says all relay needs."""
+    """(status, latency_ms, error) of one GET /models. The body may quote the key or
+    name the account: it is read only to keep the connection and, on a 404, for its
+    shape, and never logged or shown."""
     started = time.monotonic()
+    answered: int | None = None
+    latency: float | None = None
+    body: bytes | None = None
+    failure = ""
     try:
         async with asyncio.timeout(timeout):
             async with session.get(
@@ -68,11 +105,15 @@ async def probe_provider(
                 allow_redirects=False,  # a redirect would carry relay's key elsewhere
             ) as response:
                 answered = response.status
+                latency = round((time.monotonic() - started) * 1000, 2)
+                body = await _read_capped(response)
     except Exception as exc:  # refused, DNS, TLS, timeout: named, never quoted
-        return "down", None, type(exc).__name__
-    status, error = judge(answered)
-    latency = round((time.monotonic() - started) * 1000, 2) if status != "down" else None
-    return status, latency, error
+        # Once the status is in, a body cut or late only costs the connection.
+        failure = type(exc).__name__
+    if answered is None:
+        return "down", None, failure
+    status, error = judge(answered, body)
+    return status, latency if status != "down" else None, error
 
 
 class ProviderHealth:
