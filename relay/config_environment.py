@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from relay.config_values import ConfigError
@@ -57,21 +58,52 @@ class Lookups(Mapping[str, str]):
         return len(self._values)
 
 
+FILE_SUFFIX = "_FILE"
+
+
+@dataclass(frozen=True)
+class Given:
+    """A value, and the variable it came from: `NAME`, or `NAME_FILE=<path>` for a file's."""
+
+    value: str
+    origin: str
+
+
+def variable_or_file(source: Mapping[str, str], name: str) -> Given | None:
+    """`name`'s value, or the text of the file `<name>_FILE` names (a systemd credential,
+    a Docker secret) without the whitespace around it, so its line end (CRLF too) is not
+    part of it; None when neither is set. Giving both is refused."""
+    path = source.get(name + FILE_SUFFIX)
+    if not path:
+        value = source.get(name)
+        return None if value is None else Given(value, name)
+    origin = f"{name}{FILE_SUFFIX}={path}"
+    if name in source:
+        raise ConfigError(f"set {name} or {name}{FILE_SUFFIX}, not both")
+    try:
+        # Never quoted in an error: the file holds a secret.
+        return Given(Path(path).read_text(encoding="utf-8").strip(), origin)
+    except OSError as exc:
+        raise ConfigError(f"{origin} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{origin} is not UTF-8 text") from None
+
+
+def pass_over(source: Mapping[str, str], name: str) -> None:
+    """Look `name` and `<name>_FILE` up without reading either, for a command that does
+    not use them: neither is called unknown, and the file (which perhaps only the
+    service may read) is not opened."""
+    source.get(name)
+    source.get(name + FILE_SUFFIX)
+
+
 def raw_setting(source: Lookups, name: str, from_file: bool) -> str | None:
     """The raw value of `name`: its variable, or for a setting read from files, the text
     of the file `<name>_FILE` names; None when neither is set."""
-    path = source.get(name + "_FILE") if from_file else None
-    if not path:
+    if not from_file:
         return source.get(name)
-    if name in source:
-        raise ConfigError(f"set {name} or {name}_FILE, not both")
-    try:
-        # Never quoted in an error: the file holds a secret.
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{name}_FILE={path} is not UTF-8 text") from None
+    given = variable_or_file(source, name)
+    return None if given is None else given.value
 
 
 def warn_unknown(source: Lookups, settings: Iterable[str]) -> None:

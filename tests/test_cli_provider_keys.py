@@ -33,7 +33,7 @@ def test_serve_refuses_to_start_naming_the_missing_variable(database_url, tmp_pa
     assert done.returncode == 2
     assert done.stderr == (
         "relay: RELAY_UPSTREAMS: upstream 'provider':"
-        f" api_key_env '{SERVICE_ONLY_KEY}' is not set\n"
+        f" api_key_env '{SERVICE_ONLY_KEY}' is not set, nor {SERVICE_ONLY_KEY}_FILE\n"
     )
 
 

@@ -483,10 +483,15 @@ def test_settings_without_provider_keys_still_check_the_upstreams(upstreams):
         Settings.from_env({"RELAY_UPSTREAMS": upstreams}, provider_keys=False)
 
 
-def test_an_unread_provider_key_variable_is_not_called_unknown(caplog):
+@pytest.mark.parametrize("form", ["RELAY_O_KEY", "RELAY_O_KEY_FILE"])
+@pytest.mark.parametrize("provider_keys", [False, True])
+def test_an_unread_provider_key_variable_is_not_called_unknown(
+    caplog, tmp_path: Path, form: str, provider_keys: bool
+):
     upstreams = KEYED_UPSTREAMS.replace('"O_KEY"', '"RELAY_O_KEY"')
+    key = tmp_path / "key"
+    key.write_text("sk-o\n")
+    value = str(key) if form.endswith("_FILE") else "sk-o"
     with caplog.at_level(logging.WARNING, logger="relay.config"):
-        Settings.from_env(
-            {"RELAY_UPSTREAMS": upstreams, "RELAY_O_KEY": "sk-o"}, provider_keys=False
-        )
+        Settings.from_env({"RELAY_UPSTREAMS": upstreams, form: value}, provider_keys=provider_keys)
     assert caplog.records == []

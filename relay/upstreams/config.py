@@ -15,6 +15,9 @@ import orjson
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from relay.config_environment import FILE_SUFFIX, pass_over, variable_or_file
+from relay.config_values import ConfigError
+
 KINDS = ("openai",)
 
 
@@ -105,16 +108,16 @@ def _upstream(entry: Any, environ: Mapping[str, str], resolve_keys: bool) -> Ups
             raise UpstreamConfigError(
                 f"upstream {name!r}: api_key_env must name an environment variable"
             )
-        # Looked up even when unused, so a RELAY_* name here counts as read, not misspelt.
-        value = environ.get(variable, "")
         if resolve_keys:
-            if not value:
-                raise UpstreamConfigError(f"upstream {name!r}: api_key_env {variable!r} is not set")
-            api_key = value
+            api_key = _provider_key(name, variable, environ)
+        else:
+            # Looked up all the same, so a RELAY_* name here counts as read, not misspelt.
+            pass_over(environ, variable)
     if not isinstance(api_key, str):
         raise UpstreamConfigError(f"upstream {name!r}: api_key must be a string")
     if api_key != api_key.strip() or not api_key.isprintable():
-        # A newline read with a key from a file, say: no HTTP header can carry it.
+        # A line end kept in a quoted value, say: no HTTP header can carry it. (A key
+        # file's own line end is dropped, as for relay's secrets.)
         raise UpstreamConfigError(
             f"upstream {name!r}: the provider key has spaces around it or characters"
             " that cannot be sent (a trailing newline?)"
@@ -137,6 +140,22 @@ def _upstream(entry: Any, environ: Mapping[str, str], resolve_keys: bool) -> Ups
         timeout_s=_positive(entry, "timeout_s", DEFAULT_TIMEOUT_S),
         connect_timeout_s=_positive(entry, "connect_timeout_s", 10.0),
     )
+
+
+def _provider_key(name: str, variable: str, environ: Mapping[str, str]) -> str:
+    """The key in `variable`, or in the file `<variable>_FILE` names: by the rules of
+    relay's own secrets (relay.config_environment), so systemd's LoadCredential= serves both."""
+    try:
+        given = variable_or_file(environ, variable)
+    except ConfigError as exc:
+        raise UpstreamConfigError(f"upstream {name!r}: {exc}") from None
+    if given is None:
+        raise UpstreamConfigError(
+            f"upstream {name!r}: api_key_env {variable!r} is not set, nor {variable}{FILE_SUFFIX}"
+        )
+    if not given.value:
+        raise UpstreamConfigError(f"upstream {name!r}: {given.origin} is empty")
+    return given.value
 
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
