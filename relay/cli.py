@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
-from relay.config import ConfigError, load_settings
+from relay.config import SECRETS, ConfigError, load_settings
 from relay.logs import setup_logging
 from relay.proofs import command as verify
 from relay.simulator import command as simulate
@@ -43,10 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay.commands import dev
 
         return dev.run()
+    serving = args.command == "serve"
     try:
-        # Of these, only serve forwards to providers: migrate and clients run in an
-        # operator's shell, which need not hold the keys the service's environment keeps.
-        settings = load_settings(provider_keys=args.command == "serve")
+        # Of these, only serve forwards to providers and uses relay's secrets (JWTs,
+        # the admin token, rate-limit names, /metrics): migrate and clients (bcrypt
+        # hashes in PostgreSQL) run in an operator's shell, which need hold neither
+        # the provider keys nor the secrets only the service may read.
+        settings = load_settings(provider_keys=serving, secrets=SECRETS if serving else ())
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2

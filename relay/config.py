@@ -1,14 +1,14 @@
 """The one frozen `Settings` object, read once from `RELAY_*` variables.
 
 Parsing a value is relay.config_values; where values come from (an env file,
-unknown names), relay.config_environment; development's kept secrets,
-relay.config_secrets.
+`<NAME>_FILE`, unknown names), relay.config_environment; which secrets there are
+and development's kept ones, relay.config_secrets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,12 @@ from typing import Any
 from relay.config_environment import (
     READ_ELSEWHERE,
     gather,
+    pass_over,
     raw_setting,
     read_env_file,
     warn_unknown,
 )
-from relay.config_secrets import with_development_secrets
+from relay.config_secrets import REQUIRED_SECRETS, SECRETS, with_development_secrets
 from relay.config_values import (
     MIN_SECRET_BYTES,
     ConfigError,
@@ -41,6 +42,8 @@ from relay.upstreams.config import Upstream, UpstreamConfigError, parse_upstream
 
 __all__ = [
     "READ_ELSEWHERE",
+    "REQUIRED_SECRETS",
+    "SECRETS",
     "ConfigError",
     "Secret",
     "Settings",
@@ -143,7 +146,11 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, provider_keys: bool = True
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        provider_keys: bool = True,
+        secrets: Collection[str] = SECRETS,
     ) -> Settings:
         """Read settings from `environ` (default: the process environment) and the
         file `RELAY_ENV_FILE` names, if any (real environment variables win).
@@ -154,11 +161,19 @@ class Settings:
         strictly, but the variables its api_key_env fields name are neither
         demanded nor used, and the settings hold no upstreams, so nothing built
         from them can forward without its key.
+
+        `secrets` names the secret settings (relay.config_secrets.SECRETS) a command
+        uses; the others, like provider keys, are neither demanded nor read (their
+        files may be the service's alone) and the settings hold them empty.
         """
         source = gather(environ)
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
-            raw = raw_setting(source, spec.metadata["env"], spec.metadata.get("file", False))
+            name = spec.metadata["env"]
+            if spec.name in SECRETS and spec.name not in secrets:
+                pass_over(source, name)
+                continue
+            raw = raw_setting(source, name, spec.metadata.get("file", False))
             if raw is not None and spec.metadata["parse"] is not None:
                 values[spec.name] = parse_value(spec, raw)
         if source.get("RELAY_UPSTREAMS"):
@@ -176,17 +191,17 @@ class Settings:
                 "/var/lib/relay" if values.get("env") == "production" else ".relay-state"
             )
         settings = cls(**values)
-        settings.check()
+        settings.check(secrets)
         return settings
 
-    def check(self) -> None:
+    def check(self, secrets: Collection[str] = SECRETS) -> None:
+        """In production, refuse a required secret among `secrets` that is missing, short
+        or still the example's placeholder."""
         if not self.production:
             return
-        for name, value in (
-            ("RELAY_JWT_SECRET", self.jwt_secret),
-            ("RELAY_ADMIN_TOKEN", self.admin_token),
-            ("RELAY_IDENTITY_HASH_KEY", self.identity_hash_key),
-        ):
+        variables = {spec.name: spec.metadata["env"] for spec in dataclasses.fields(self)}
+        for field_name in (name for name in REQUIRED_SECRETS if name in secrets):
+            name, value = variables[field_name], getattr(self, field_name)
             if len(value.encode()) < MIN_SECRET_BYTES:
                 state = "is missing" if not value else "is shorter than 32 bytes"
                 raise ConfigError(f"{name} {state}; production needs a random secret of 32+ bytes")
@@ -201,6 +216,12 @@ class Settings:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, *, provider_keys: bool = True
+    environ: Mapping[str, str] | None = None,
+    *,
+    provider_keys: bool = True,
+    secrets: Collection[str] = SECRETS,
 ) -> Settings:
-    return with_development_secrets(Settings.from_env(environ, provider_keys=provider_keys))
+    """Settings.from_env; in development, the required secrets among `secrets` that are
+    missing come from (or are generated in) the state dir."""
+    settings = Settings.from_env(environ, provider_keys=provider_keys, secrets=secrets)
+    return with_development_secrets(settings, secrets)

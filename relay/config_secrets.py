@@ -1,10 +1,11 @@
-"""Development's secrets: a missing JWT secret, admin token or identity key is
-generated once and kept in the state dir (mode 0600)."""
+"""Which secrets relay reads, and development's: a missing JWT secret, admin token
+or identity key is generated once and kept in the state dir (mode 0600)."""
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,24 +14,30 @@ from relay.config_values import MIN_SECRET_BYTES, ConfigError, Secret
 if TYPE_CHECKING:
     from relay.config import Settings
 
+# The settings holding secrets, by field name. A command reads only those it uses:
+# the others may be readable by the service alone (LoadCredential=).
+SECRETS = ("jwt_secret", "admin_token", "identity_hash_key", "metrics_token")
+# Those `relay serve` cannot run without: production demands each (32+ bytes, no
+# placeholder) when read; development generates a missing one.
+REQUIRED_SECRETS = ("jwt_secret", "admin_token", "identity_hash_key")
 
-def with_development_secrets(settings: Settings) -> Settings:
-    """In development, fill a missing JWT secret, admin token or identity key from the state dir.
+
+def with_development_secrets(
+    settings: Settings, needed: Collection[str] = REQUIRED_SECRETS
+) -> Settings:
+    """In development, fill each missing required secret that is `needed` from the state dir.
 
     Each is generated once and kept (mode 0600) so restarting relay does not
-    invalidate tokens, change the admin token or forget rate-limit buckets.
+    invalidate tokens, change the admin token or forget rate-limit buckets (a new
+    identity key would orphan every bucket in Redis).
     """
     if settings.production:
         return settings
-    changes: dict[str, Secret] = {}
-    if not settings.jwt_secret:
-        changes["jwt_secret"] = Secret(kept_secret(settings.state_path / "jwt_secret"))
-    if not settings.admin_token:
-        changes["admin_token"] = Secret(kept_secret(settings.state_path / "admin_token"))
-    if not settings.identity_hash_key:
-        # Kept too: a new key would orphan every rate-limit bucket in Redis.
-        path = settings.state_path / "identity_hash_key"
-        changes["identity_hash_key"] = Secret(kept_secret(path))
+    changes = {
+        name: Secret(kept_secret(settings.state_path / name))
+        for name in REQUIRED_SECRETS
+        if name in needed and not getattr(settings, name)
+    }
     return settings.replace(**changes) if changes else settings
 
 
