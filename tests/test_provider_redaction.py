@@ -83,22 +83,32 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@pytest.fixture
-async def relay(make_settings, make_client, provider_upstream):
-    upstream = await provider_upstream(
-        provider_chat, "leaky", models={"public-leaky": "leaky-model"}
-    )
+async def leaky_relay(handler, make_settings, make_client, provider_upstream):
+    """relay with a client's token, its one model `public-leaky` served by `handler` as
+    `leaky-model`; (http, token, client id)."""
+    upstream = await provider_upstream(handler, "leaky", models={"public-leaky": "leaky-model"})
     http = await make_client(make_settings(upstreams=(upstream,)))
     client, token = await client_with_token(http)
     return http, token, client["id"]
 
 
-async def ask(relay, behaviour: str, *, stream: bool = True) -> tuple[int, bytes, dict[str, Any]]:
-    """The client's status and bytes, and the answer's receipt."""
+@pytest.fixture
+async def relay(make_settings, make_client, provider_upstream):
+    return await leaky_relay(provider_chat, make_settings, make_client, provider_upstream)
+
+
+async def ask(
+    relay, behaviour: str, *, stream: bool = True, path: str = "/v1/chat/completions"
+) -> tuple[int, bytes, dict[str, Any]]:
+    """The client's status and bytes, and the answer's receipt; `behaviour` is the user's
+    message, on /v1/chat/completions or relay's own /v1/chat."""
     http, token, _ = relay
-    messages = [{"role": "user", "content": behaviour}]
-    body = {"model": "public-leaky", "messages": messages, "stream": stream}
-    response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    body: dict[str, Any] = {"model": "public-leaky", "stream": stream}
+    if path == "/v1/chat":
+        body["message"] = behaviour
+    else:
+        body["messages"] = [{"role": "user", "content": behaviour}]
+    response = await http.post(path, json=body, headers=bearer(token))
     received = await response.read()
     receipt = await fetch_receipt(http, token, response.headers["x-receipt-id"])
     assert receipt["response_sha256"] == hashlib.sha256(received).hexdigest()
@@ -116,7 +126,8 @@ async def answer_status(relay, database_url: str) -> list[str]:
 
 def assert_nothing_of_relays(received: bytes) -> None:
     assert SIMULATOR_KEY.encode() not in received
-    assert ACCOUNT.encode() not in received and b"leaky-model" not in received
+    for secret in (ACCOUNT, PROJECT, "leaky-model"):
+        assert secret.encode() not in received, received
 
 
 async def test_a_streamed_error_event_is_reworded_and_the_receipt_hashes_it(relay, database_url):

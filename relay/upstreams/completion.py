@@ -74,6 +74,17 @@ class _Choice:
         self.finish_reason: str | None = None
 
 
+def error_object(body: object) -> object:
+    """The error a provider's JSON (a whole answer, a refusal or a stream's event) carries:
+    OpenAI's `{"error": …}`, or vLLM's bare `{"object": "error", "message": …}` (the object
+    itself); None if it carries none. The one rule, wherever relay reads a provider's JSON."""
+    if not isinstance(body, dict):
+        return None
+    if "error" in body:
+        return body["error"]
+    return body if body.get("object") == "error" else None
+
+
 def answer_text(part: dict[str, Any]) -> str:
     """The words of a `delta` or `message`: its content as a string, or the text parts
     of a content list (Mistral's reasoning models answer so; their `thinking` parts
@@ -116,7 +127,10 @@ class CompletionAccumulator:
             self.response_id = rid
         if self.model is None and isinstance(model := obj.get("model"), str):
             self.model = model
-        if (error := obj.get("error")) is not None:
+        # error_object's own test, inline first: a call per ordinary chunk costs more.
+        if ("error" in obj or obj.get("object") == "error") and (
+            error := error_object(obj)
+        ) is not None:
             self.error = error if isinstance(error, dict) else {"message": str(error)}
         # The usage chunk carries `"choices": []` (or null); other chunks carry `"usage": null`.
         if isinstance(usage := obj.get("usage"), dict):

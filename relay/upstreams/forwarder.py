@@ -16,6 +16,7 @@ import orjson
 from relay import __version__
 from relay.errors import RelayError, UpstreamError, UpstreamTimeoutError, error_body
 from relay.metrics import UPSTREAM_SECONDS, labelled
+from relay.upstreams.completion import error_object
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.routing import Route
 
@@ -46,28 +47,53 @@ def provider_words(message: str, route: Route) -> str:
     return _ACCOUNT.sub(r"\1[redacted]", message)
 
 
-def reworded_error(obj: dict[str, Any], route: Route) -> dict[str, Any] | None:
-    """`obj` (a whole answer or a stream's event) with its error's message in
-    provider_words; None if it is no error, or one those words leave as it is."""
-    error = obj.get("error")
-    if isinstance(error, dict):
-        message = error.get("message")
-        if isinstance(message, str) and (words := provider_words(message, route)) != message:
-            return {**obj, "error": {**error, "message": words}}
-    elif isinstance(error, str) and (words := provider_words(error, route)) != error:
-        return {**obj, "error": words}  # some providers send {"error": "…"}
-    return None
+def _reworded(value: object, route: Route) -> object:
+    """`value` (a provider's error: a string, or JSON objects and lists at any depth) with
+    every string in it, keys aside, in provider_words: the very same object when no
+    string changed, else a copy of the same shape with every other value as it was."""
+    root: list[Any] = [value]
+    # A loop, not recursion: an error nested a thousand deep must not exhaust the stack.
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    changed = False
+    while stack:
+        holder, key = stack.pop()
+        item = holder[key]
+        if isinstance(item, str):
+            if (words := provider_words(item, route)) != item:
+                holder[key], changed = words, True
+        elif isinstance(item, dict):
+            holder[key] = fields = dict(item)
+            stack.extend((fields, name) for name in fields)
+        elif isinstance(item, list):
+            holder[key] = items = list(item)
+            stack.extend((items, index) for index in range(len(items)))
+    return root[0] if changed else value
+
+
+def reworded_json(obj: object, route: Route) -> bytes | None:
+    """`obj` (a whole answer or a stream's event), serialised anew with its error
+    (error_object) reworded throughout; None if it is no error, or one those words leave
+    as it is (then its bytes go out as the provider sent them)."""
+    error = error_object(obj)
+    if error is None or (words := _reworded(error, route)) is error:
+        return None
+    assert isinstance(obj, dict)  # error_object found an error in it
+    try:
+        return orjson.dumps(words if error is obj else {**obj, "error": words})
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: said plainly instead
+        return orjson.dumps(
+            error_body("The provider failed; its error was not passed on.", "upstream_error")
+        )
 
 
 def reworded_body(body: bytes, route: Route) -> bytes:
     """A whole answer that is an error, as relay's client may read it: `body` as sent
-    unless its message had to change (reworded_error), then re-serialised."""
+    unless a string in its error had to change (reworded_json)."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body
-    reworded = reworded_error(obj, route) if isinstance(obj, dict) else None
-    return body if reworded is None else orjson.dumps(reworded)
+    return reworded_json(obj, route) or body
 
 
 class ProviderRefusal(RelayError):
@@ -81,10 +107,11 @@ class ProviderRefusal(RelayError):
         message = str(error.get("message") or "The provider refused the request.")
         super().__init__(provider_words(message, route))
         self.status = status
-        self.type = str(error.get("type") or "invalid_request_error")
+        # Only these four fields reach the client, each in provider_words.
+        self.type = provider_words(str(error.get("type") or "invalid_request_error"), route)
         code, param = error.get("code"), error.get("param")
-        self.code = code if isinstance(code, str) else None
-        self.param = param if isinstance(param, str) else None
+        self.code = provider_words(code, route) if isinstance(code, str) else None
+        self.param = provider_words(param, route) if isinstance(param, str) else None
         self.headers = headers
 
 
@@ -149,16 +176,6 @@ async def _not_a_stream(reply: ProviderReply, route: Route) -> RelayError:
         "The provider answered a streamed request without an event stream.",
         code="upstream_not_streamed",
     )
-
-
-def error_object(body: object) -> object:
-    """The error a provider's JSON answer carries: OpenAI's `{"error": …}`, or the bare
-    `{"object": "error", "message": …}` vLLM answers with; None if it carries none."""
-    if not isinstance(body, dict):
-        return None
-    if "error" in body:
-        return body["error"]
-    return body if body.get("object") == "error" else None
 
 
 def provider_failure(error: object, route: Route) -> UpstreamError | None:

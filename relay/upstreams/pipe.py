@@ -13,7 +13,7 @@ from aiohttp import web
 
 from relay.errors import RelayError
 from relay.upstreams.deadline import WaitDeadline
-from relay.upstreams.forwarder import reworded_error
+from relay.upstreams.forwarder import reworded_json
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
 from relay.upstreams.routing import Route
@@ -66,9 +66,10 @@ def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:
 
 
 def reworded_events(events: bytes, route: Route) -> bytes:
-    """`events` (whole events) as relay's client may read them: an error event whose
-    message quotes what is not the client's (provider_words) is re-serialised with that
-    message reworded and its other fields as sent; every other byte stays as it came."""
+    """`events` (whole events) as relay's client may read them: an error event (either
+    shape, error_object) quoting what is not the client's (provider_words) in any of its
+    strings is re-serialised with those reworded and all else as sent; every other byte
+    stays as it came."""
     parts, start = [], 0
     for end in _EVENT_END.finditer(events):
         event = events[start : end.end()]
@@ -86,8 +87,7 @@ def _reworded_event(event: bytes, route: Route) -> bytes | None:
         obj = orjson.loads(payloads[0]) if len(payloads) == 1 else None
     except orjson.JSONDecodeError:
         return None
-    reworded = reworded_error(obj, route) if isinstance(obj, dict) else None
-    if reworded is None:
+    if (reworded := reworded_json(obj, route)) is None:
         return None
     bom = _BOM if event.startswith(_BOM) else b""
     # Its other fields (`event: error`, an id, comments) stay; its data is the new JSON.
@@ -96,7 +96,7 @@ def _reworded_event(event: bytes, route: Route) -> bytes | None:
         for line in event.removeprefix(bom).splitlines()
         if line and line != b"data" and not line.startswith(b"data:")
     )
-    return b"".join((bom, fields, b"data: ", orjson.dumps(reworded), b"\n\n"))
+    return b"".join((bom, fields, b"data: ", reworded, b"\n\n"))
 
 
 def end_of_stream_at(buffer: bytes) -> int:
