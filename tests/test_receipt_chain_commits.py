@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import uuid
 
+import aiopg
 import orjson
 import pytest
 
@@ -100,10 +101,10 @@ async def test_answers_sent_behind_a_failing_batch_are_recorded_and_the_chain_ha
     first_sent = asyncio.Event()
     write = recorder._write
 
-    async def recorded_write(answers):
+    async def recorded_write(answers, **options):
         sent.append([answer.request_id for answer in answers])
         first_sent.set()
-        await write(answers)
+        await write(answers, **options)
 
     recorder._write = recorded_write
 
@@ -130,6 +131,55 @@ async def test_answers_sent_behind_a_failing_batch_are_recorded_and_the_chain_ha
     assert {row["request_id"] for row in messages} == set(kept_batch)
 
 
+def count_head_reads(monkeypatch: pytest.MonkeyPatch) -> list[ChainHead]:
+    """The heads receipts read under the row lock from now on (after a failure, or
+    when another instance signs too), in a list that grows as they are read."""
+    reads: list[ChainHead] = []
+    locked_read = receipts_module.lock_chain_head
+
+    async def counted_read(tx: Batch) -> ChainHead:
+        reads.append(await locked_read(tx))
+        return reads[-1]
+
+    monkeypatch.setattr(receipts_module, "lock_chain_head", counted_read)
+    return reads
+
+
+async def test_a_batch_chained_on_one_still_on_its_way_is_sent_after_it(
+    http, database_url, monkeypatch
+):
+    """Two batches on two connections: the first is slow to reach PostgreSQL (its
+    backend scheduled late, say), the second is built on the head the first leaves.
+    Sent at once, the second would run first, find the head it was built on not yet
+    there, and fail (then be tried again, and every batch for a while after read
+    the head under lock). It waits for the first instead: neither fails."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    assert owner is not None
+    recorder = http.app[ANSWER_RECORDER]
+    await recorder.record(recorded_answer(http.app, owner, "warm"))  # the head is known
+    head_reads = count_head_reads(monkeypatch)
+    first_on_its_way = asyncio.Event()
+    execute_now = aiopg.Cursor.execute
+
+    async def slow_first(cursor, operation, *args, **kwargs):
+        if "INSERT INTO receipts" in operation and not first_on_its_way.is_set():
+            first_on_its_way.set()
+            await asyncio.sleep(0.3)
+        return await execute_now(cursor, operation, *args, **kwargs)
+
+    monkeypatch.setattr(aiopg.Cursor, "execute", slow_first)
+    first = asyncio.ensure_future(recorder.record(recorded_answer(http.app, owner, "first")))
+    await first_on_its_way.wait()
+    await recorder.record(recorded_answer(http.app, owner, "second"))
+    await first
+
+    assert head_reads == [], "no batch failed, so none read the head under lock"
+    stored = await query(database_url, "SELECT body FROM receipts ORDER BY seq")
+    assert len(stored) == 3
+    assert verify_chain([orjson.loads(row["body"]) for row in stored])
+
+
 async def test_after_a_failed_batch_the_next_ones_read_the_head_under_lock(
     http, database_url, monkeypatch
 ):
@@ -137,22 +187,14 @@ async def test_after_a_failed_batch_the_next_ones_read_the_head_under_lock(
     chain on; so for a while after a failure every batch reads the committed head
     (under its lock) instead, and then goes back to chaining on the head it keeps."""
     owner = await owner_of_a_lost_answer(http, database_url)
-    reads = 0
-    locked_read = receipts_module.lock_chain_head
-
-    async def counted_read(tx: Batch) -> ChainHead:
-        nonlocal reads
-        reads += 1
-        return await locked_read(tx)
-
-    monkeypatch.setattr(receipts_module, "lock_chain_head", counted_read)
+    head_reads = count_head_reads(monkeypatch)
     monkeypatch.setattr(receipts_module.ReceiptsPart, "SETTLE_SECONDS", 0.5)
     recorder = http.app[ANSWER_RECORDER]
 
     async def record(text: str) -> int:
-        before = reads
+        before = len(head_reads)
         await recorder.record(recorded_answer(http.app, owner, text))
-        return reads - before
+        return len(head_reads) - before
 
     await record("first")
     assert await record("second") == 0  # chained on the head this instance keeps
