@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from relay.upstreams.completion import error_object
 from relay.upstreams.config import Upstream
-from relay.upstreams.forwarder import error_object
 
 log = logging.getLogger(__name__)
 
