@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay.api.body import json_response, query_int
-from relay.appkeys import CALLER, HISTORY
+from relay.appkeys import CALLER, HISTORY, SETTINGS
+from relay.services.history import answer_horizon_s
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -26,6 +27,8 @@ async def get_conversation(request: web.Request) -> web.Response:
 
 async def delete_conversation(request: web.Request) -> web.Response:
     await request.app[HISTORY].delete_conversation(
-        request[CALLER].client.id, request.match_info["conversation_id"]
+        request[CALLER].client.id,
+        request.match_info["conversation_id"],
+        horizon_s=answer_horizon_s(request.app[SETTINGS]),
     )
     return web.Response(status=204)

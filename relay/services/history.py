@@ -7,17 +7,21 @@ import base64
 import binascii
 import datetime
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from relay.config import Settings
 from relay.errors import InvalidRequestError, NotFoundError
 from relay.ids import uuid7_text
 from relay.services.history_watch import HistoryWatch
 from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
+from relay.upstreams.config import DEFAULT_TIMEOUT_S
+from relay.upstreams.pipe import SEND_SECONDS
 
 MAX_QUERY_CHARS = 1000
 # PostgreSQL's headline (the snippet) costs far more than linearly in the words of
@@ -26,6 +30,41 @@ MAX_QUERY_CHARS = 1000
 # snippet marks the query's distinct words (any of them), not the query itself.
 MAX_QUERY_WORDS = 32
 _WORDS = re.compile(r"\w+")
+
+# How long an answer may stream: no setting bounds it (an upstream's timeout_s
+# bounds each wait for the provider, not their sum), so relay settles on this.
+# A DELETE of a new conversation whose first answer streams for longer may see
+# its tombstone expire before that answer commits.
+LONGEST_STREAM_S = 3600.0
+# Tries of a group commit an answer may wait for (its batch, the batch again, alone).
+COMMIT_TRIES = 3
+# How far apart the clocks of relay's instances and PostgreSQL may be.
+CLOCK_SKEW_S = 60.0
+
+
+def answer_horizon_s(settings: Settings) -> float:
+    """How long after a new conversation's id was made its first answer may still
+    commit: the wait for the provider's headers, the stream, a last send to a slow
+    client, a drain at shutdown, the commit's tries, and the clocks' skew."""
+    provider_s = max(
+        (upstream.timeout_s for upstream in settings.upstreams), default=DEFAULT_TIMEOUT_S
+    )
+    return (
+        provider_s
+        + LONGEST_STREAM_S
+        + SEND_SECONDS
+        + settings.drain_timeout
+        + COMMIT_TRIES * settings.database_timeout
+        + CLOCK_SKEW_S
+    )
+
+
+def uuid7_seconds(conversation_id: str) -> float | None:
+    """When a UUIDv7 (as relay makes conversation ids) was made; None for another kind."""
+    value = uuid.UUID(conversation_id)
+    if value.version != 7 or value.variant != uuid.RFC_4122:
+        return None
+    return (value.int >> 80) / 1000
 
 
 @dataclass(frozen=True)
@@ -221,8 +260,18 @@ class HistoryService:
             raise NotFoundError("No conversation with that id.", code="conversation_not_found")
         return {**found, "messages": [public_message(row) for row in found["messages"]]}
 
-    async def delete_conversation(self, client_id: str, conversation_id: str) -> None:
-        if not await self.conversations.delete(client_id, conversation_id_or_404(conversation_id)):
+    async def delete_conversation(
+        self, client_id: str, conversation_id: str, *, horizon_s: float
+    ) -> None:
+        """Erase the conversation; 404 if there is none. An id relay may have made for
+        this client within `horizon_s` (answer_horizon_s) may name one whose first
+        answer has not committed yet: that answer does not create it."""
+        checked = conversation_id_or_404(conversation_id)
+        tombstone_until = None
+        made, now = uuid7_seconds(checked), time.time()
+        if made is not None and now - horizon_s <= made <= now + CLOCK_SKEW_S:
+            tombstone_until = datetime.datetime.fromtimestamp(made + horizon_s, datetime.UTC)
+        if not await self.conversations.delete(client_id, checked, tombstone_until=tombstone_until):
             raise NotFoundError("No conversation with that id.", code="conversation_not_found")
 
 

@@ -16,6 +16,9 @@ MESSAGE_COLUMNS = (
 MAX_MESSAGES = 1000
 
 _CONTEXT_PAGE = 64  # messages read at a time for /v1/chat's context
+# Expired tombstones purged by each one left: more than are ever added, so they
+# cannot pile up, and few enough that a DELETE stays a few index lookups.
+_PURGE_TOMBSTONES = 16
 
 
 class ConversationStore:
@@ -67,14 +70,51 @@ class ConversationStore:
             )
         return {**row, "messages": messages}
 
-    async def delete(self, client_id: str, conversation_id: str) -> bool:
-        """Erase the conversation; its messages go with it (ON DELETE CASCADE)."""
+    async def delete(
+        self, client_id: str, conversation_id: str, *, tombstone_until: datetime.datetime | None
+    ) -> bool:
+        """Erase the conversation; its messages go with it (ON DELETE CASCADE).
+
+        One not found, given `tombstone_until` (its first answer may still be on its
+        way), is erased before it is created: once this client's batches in flight
+        have committed (their lock on its history sequence) it is looked for again,
+        and if still not there, a tombstone keeps the commit of that answer from
+        creating it (relay.stores.history) until then. Expired tombstones are purged
+        on the way, a few at a time: only this path adds them.
+        """
         async with self.db.cursor() as cur:
             await cur.execute(
                 "DELETE FROM conversations WHERE id = %s AND client_id = %s",
                 (conversation_id, client_id),
             )
-            return bool(cur.rowcount)
+            if cur.rowcount or tombstone_until is None:
+                return bool(cur.rowcount)
+            async with cur.begin():
+                # The lock a batch holds from its first statement to its commit; the row
+                # is made if the client has none yet, waiting for a first batch making it.
+                await cur.execute(
+                    "INSERT INTO history_sequences (client_id, last_seq) VALUES (%s, 0)"
+                    " ON CONFLICT (client_id) DO NOTHING;"
+                    " SELECT 1 FROM history_sequences WHERE client_id = %s FOR SHARE",
+                    (client_id, client_id),
+                )
+                await cur.execute(
+                    "DELETE FROM conversations WHERE id = %s AND client_id = %s",
+                    (conversation_id, client_id),
+                )
+                if cur.rowcount:
+                    return True  # its answer committed meanwhile
+                await cur.execute(
+                    "INSERT INTO conversation_tombstones (conversation_id, client_id, expires_at)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (conversation_id, client_id) DO UPDATE"
+                    " SET expires_at = GREATEST(conversation_tombstones.expires_at,"
+                    " EXCLUDED.expires_at);"
+                    " DELETE FROM conversation_tombstones WHERE (conversation_id, client_id) IN ("
+                    " SELECT conversation_id, client_id FROM conversation_tombstones"
+                    " WHERE expires_at < now() ORDER BY expires_at LIMIT %s)",
+                    (conversation_id, client_id, tombstone_until, _PURGE_TOMBSTONES),
+                )
+        return False
 
     async def context(
         self, client_id: str, conversation_id: str, budget_chars: int

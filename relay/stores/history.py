@@ -51,8 +51,9 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     """Insert the turns' conversations and messages when `tx` commits.
 
     Each client's messages take the next numbers of its history sequence, in
-    the order given. Locks are taken in one global order (conversations by id,
-    then sequences by client id) so batches of several instances never deadlock.
+    the order given. Locks are taken in one global order (sequences by client
+    id, then conversations by id) so batches of several instances never
+    deadlock, nor a DELETE that leaves a tombstone (relay.stores.conversations).
     """
     if not turns:
         return
@@ -62,6 +63,18 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
         first.setdefault(turn.conversation_id, turn)
         counts[turn.client_id] += len(turn.messages)
     ordered = [turn for _, turn in sorted(first.items())]
+    clients = sorted(counts)
+    # The sequence rows stay locked until commit, so one client's numbers commit
+    # in increasing order and `seq > cursor` never passes a row that commits late.
+    # Taken first: a DELETE that found no conversation takes this lock before it
+    # leaves its tombstone, so the statements below, each reading afresh, see it.
+    tx.defer(
+        "INSERT INTO history_sequences (client_id, last_seq)"
+        " SELECT * FROM unnest(%s::uuid[], %s::bigint[])"
+        " ON CONFLICT (client_id) DO UPDATE"
+        " SET last_seq = history_sequences.last_seq + EXCLUDED.last_seq",
+        (clients, [counts[client] for client in clients]),
+    )
     # A continued conversation is locked (in id order) and touched, never inserted:
     # one erased since its request came in, even by a DELETE still committing when
     # this batch arrives, is then not there, the messages' foreign key refuses the
@@ -80,8 +93,10 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
             " ON x.id = c.id AND x.client_id = c.client_id ORDER BY x.id FOR UPDATE OF x)",
             (json_rows(continued),),
         )
-    # A new one is created; the ON CONFLICT WHERE keeps a foreign conversation
-    # untouched (the key refuses those rows too; ids are checked first).
+    # A new one is created, unless its client erased it while its first answer was
+    # on its way (a tombstone): then it is not there either, and that answer fails
+    # as above. The ON CONFLICT WHERE keeps a foreign conversation untouched (the
+    # key refuses those rows too; ids are checked first).
     created = [
         {"id": turn.conversation_id, "client_id": turn.client_id, "title": turn.title}
         for turn in ordered
@@ -92,11 +107,12 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
             "INSERT INTO conversations (id, client_id, title)"
             " SELECT c.id, c.client_id, c.title"
             " FROM json_to_recordset(%s::json) AS c(id uuid, client_id uuid, title text)"
+            " WHERE NOT EXISTS (SELECT 1 FROM conversation_tombstones t"
+            " WHERE t.conversation_id = c.id AND t.client_id = c.client_id)"
             " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
             " WHERE conversations.client_id = EXCLUDED.client_id",
             (json_rows(created),),
         )
-    clients = sorted(counts)
     left = dict(counts)  # per client: its rows not yet placed, this one included
     rows: list[dict[str, Any]] = []
     for turn in turns:
@@ -123,28 +139,21 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
                     "created_at": message.created_at,
                 }
             )
-    # The sequence rows stay locked until commit, so one client's numbers commit
-    # in increasing order and `seq > cursor` never passes a row that commits late.
+    # The sequence rows hold this batch's last numbers: it has held their locks since.
     tx.defer(
-        "WITH numbered AS ("
-        " INSERT INTO history_sequences (client_id, last_seq)"
-        " SELECT * FROM unnest(%s::uuid[], %s::bigint[])"
-        " ON CONFLICT (client_id) DO UPDATE"
-        " SET last_seq = history_sequences.last_seq + EXCLUDED.last_seq"
-        " RETURNING client_id, last_seq)"
-        " INSERT INTO messages (id, conversation_id, client_id, seq, role, content, tool_calls,"
+        "INSERT INTO messages (id, conversation_id, client_id, seq, role, content, tool_calls,"
         " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
         " created_at)"
         " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
-        " numbered.last_seq - m.back, m.role, m.content, m.tool_calls, m.tool_call_id, m.model,"
+        " s.last_seq - m.back, m.role, m.content, m.tool_calls, m.tool_call_id, m.model,"
         " m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
         " COALESCE(m.created_at, now())"
         " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
         " client_id uuid, back bigint, role text, content text, tool_calls jsonb,"
         " tool_call_id text, model text, prompt_tokens integer, completion_tokens integer,"
         " status text, latency_ms float8, request_id text, created_at timestamptz)"
-        " JOIN numbered ON numbered.client_id = m.client_id ORDER BY m.position",
-        (clients, [counts[client] for client in clients], json_rows(rows)),
+        " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",
+        (json_rows(rows),),
     )
 
 

@@ -222,7 +222,13 @@ HISTORY_PATHS: dict[str, Any] = {
             "Erase a conversation and its messages",
             tag="history",
             security=JWT,
-            description="The rows are deleted, not flagged.",
+            description=(
+                "The rows are deleted, not flagged. A new conversation is stored when its"
+                " first answer ends: erased before (its id read from the"
+                " Relay-Conversation-Id response header while that answer streams), the"
+                " DELETE answers 404, as nothing is stored yet, and the answer is not"
+                " saved (it ends with a history_unavailable error)."
+            ),
             parameters=(CONVERSATION_ID,),
             responses={"204": {"description": "Erased."}},
             errors=(*AUTHENTICATED, 404),
