@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -64,30 +63,3 @@ async def test_execute_sends_the_deferred_statements_first(db):
         tx.defer("INSERT INTO batch_probe VALUES (5)")
         await tx.execute("SELECT n FROM batch_probe")
         assert await tx.fetchall() == [(5,)]
-
-
-async def test_a_batch_following_the_one_before_sends_nothing_until_that_one_ends(db):
-    before: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def write(follow: bool) -> None:
-        async with db.batch(after=before) as tx:
-            if follow:
-                tx.follow_previous()
-            tx.defer("INSERT INTO batch_probe VALUES (%s)", (int(follow),))
-
-    await write(follow=False)  # not following: `after` is not waited for
-    assert await count(db) == 1
-    following = asyncio.ensure_future(write(follow=True))
-    await asyncio.sleep(0.2)
-    assert not following.done()
-    before.set_result(None)
-    await following
-    assert await count(db) == 2
-
-
-async def test_a_batch_under_way_cannot_follow_the_one_before(db):
-    with pytest.raises(RuntimeError):
-        async with db.batch() as tx:
-            await tx.execute("INSERT INTO batch_probe VALUES (1)")
-            tx.follow_previous()
-    assert await count(db) == 0

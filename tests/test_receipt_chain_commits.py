@@ -145,14 +145,14 @@ def count_head_reads(monkeypatch: pytest.MonkeyPatch) -> list[ChainHead]:
     return reads
 
 
-async def test_a_batch_chained_on_one_still_on_its_way_is_sent_after_it(
+async def test_a_batch_that_overtakes_the_one_it_chains_on_is_tried_again_without_a_gap(
     http, database_url, monkeypatch
 ):
     """Two batches on two connections: the first is slow to reach PostgreSQL (its
-    backend scheduled late, say), the second is built on the head the first leaves.
-    Sent at once, the second would run first, find the head it was built on not yet
-    there, and fail (then be tried again, and every batch for a while after read
-    the head under lock). It waits for the first instead: neither fails."""
+    backend scheduled late, say), the second, built on the head the first leaves,
+    runs first. It finds the head it was built on not yet there and fails; tried
+    again (on the head read under lock), it commits after the first, and the chain
+    has no gap and no fork."""
     client, _ = await client_with_token(http)
     owner = await ClientStore(http.app[DATABASE]).get(client["id"])
     assert owner is not None
@@ -174,10 +174,13 @@ async def test_a_batch_chained_on_one_still_on_its_way_is_sent_after_it(
     await recorder.record(recorded_answer(http.app, owner, "second"))
     await first
 
-    assert head_reads == [], "no batch failed, so none read the head under lock"
+    assert len(head_reads) == 1, "the second, overtaking the first, failed and read the head"
     stored = await query(database_url, "SELECT body FROM receipts ORDER BY seq")
-    assert len(stored) == 3
-    assert verify_chain([orjson.loads(row["body"]) for row in stored])
+    bodies = [orjson.loads(row["body"]) for row in stored]
+    assert [body["request_sha256"] for body in bodies] == [
+        hashlib.sha256(text.encode()).hexdigest() for text in ("warm", "first", "second")
+    ]
+    assert verify_chain(bodies)
 
 
 async def test_after_a_failed_batch_the_next_ones_read_the_head_under_lock(

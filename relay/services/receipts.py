@@ -75,11 +75,10 @@ class ReceiptsPart:
     before it is signed. This instance remembers the head its last batch left
     (committed or still committing), so while it is the only one writing
     receipts a batch needs no round trip to learn it, and the next batch can be
-    signed while the one before commits, and sent as soon as that one ends
-    (`Batch.follow_previous`: sent at once, PostgreSQL could run it first). The
-    database refuses a batch built on any other head (see `append_receipts`):
-    the batch before it failed, or another instance moved the head. After such
-    a failure, or any other, every batch
+    signed and sent while the one before commits. The database refuses a batch
+    built on any other head (see `append_receipts`): PostgreSQL may run two
+    batches sent one after the other in the other order, or another instance
+    may have moved the head. After such a failure, or any other, every batch
     reads the head under its row lock for `SETTLE_SECONDS`, so that the batches
     tried again, and those sent meanwhile, chain on what was committed rather
     than on heads that may fail in turn; for `SHARED_SECONDS` after another
@@ -114,10 +113,6 @@ class ReceiptsPart:
                     if now >= self._shared_until:
                         log.info("receipt chain shared: reading its head under lock")
                     self._shared_until = now + self.SHARED_SECONDS
-            else:
-                # Built on the head the batch before leaves, which may still be
-                # committing: sent before it ends, this one could overtake it.
-                tx.follow_previous()
             self._head = self._sign(tx, answers, head)
             self._mine.append(self._head)
 

@@ -5,13 +5,10 @@ waits for it before sending the end of an answer never shows the client an
 answer that is not durable. A batch is whatever queued while the previous one
 was being sent (up to `batch_size`): under load, one commit serves many answers.
 
-Batches are pipelined: the next is built (its receipts signed, its statements
-bound) while the one before commits, and sent the moment that one has settled
-(at most `PIPELINE` in the works at once), so neither relay nor the database
-waits long for the other. Sent only then, a batch never reaches the database
-before the one it was built on (see `Batch`). They are settled in the order they
-were built; a batch that failed is tried again once whole, after the batches
-before it settled, then one answer at a time.
+Batches are pipelined: the next is sent while the one before commits (at most
+`PIPELINE` at once), so the database never waits for relay between them. They
+are settled in the order they were sent; a batch that failed is tried again
+once whole, after the batches before it settled, then one answer at a time.
 """
 
 from __future__ import annotations
@@ -155,12 +152,11 @@ class AnswerRecorder:
         settled: asyncio.Future[None],
         slots: asyncio.Semaphore,
     ) -> None:
-        """Build the batch at once, send it once the batch before it has settled, then
-        settle it."""
+        """Send the batch at once; settle it once the batch before it has settled."""
         started = time.monotonic()
         try:
             try:
-                await self._write([pending.answer for pending in batch], after=previous)
+                await self._write([pending.answer for pending in batch])
                 failure: Exception | None = None
             except Exception as exc:
                 failure = exc
@@ -214,11 +210,9 @@ class AnswerRecorder:
             if not pending.done.done():
                 pending.done.set_result(None)
 
-    async def _write(
-        self, answers: Sequence[Answer], *, after: asyncio.Future[None] | None = None
-    ) -> None:
+    async def _write(self, answers: Sequence[Answer]) -> None:
         assert self._database is not None
-        async with self._database.batch(after=after) as tx:
+        async with self._database.batch() as tx:
             for part in self._parts:
                 await part.write(tx, answers)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -106,12 +106,11 @@ class Database:
             yield cur
 
     @asynccontextmanager
-    async def batch(self, *, after: Awaitable[None] | None = None) -> AsyncIterator[Batch]:
+    async def batch(self) -> AsyncIterator[Batch]:
         """A transaction in as few round trips as it can take (see `Batch`); committed
-        when the block ends, rolled back if it raises. `after` is the outcome of the
-        batch before it, which it may have to follow (see `Batch`)."""
+        when the block ends, rolled back if it raises."""
         async with self.cursor() as cur:
-            batch = Batch(cur, after=after)
+            batch = Batch(cur)
             try:
                 yield batch
                 await batch.commit()
@@ -167,18 +166,10 @@ class Batch:
     sent together as a single implicit transaction (PostgreSQL runs a
     multi-statement query atomically and rolls all of it back on an error).
     Statements are bound by psycopg2's `mogrify`, never by string formatting.
-
-    A batch built while the one before it (`after`, its outcome) still commits may
-    have to follow it: rows built on what that one leaves (the receipt chain's head),
-    sent at once on another connection, could run first (PostgreSQL schedules each
-    connection's backend on its own) and meet the state from before it. Such rows
-    call `follow_previous`: the batch then sends nothing until `after` is done.
     """
 
-    def __init__(self, cur: Cursor, *, after: Awaitable[None] | None = None) -> None:
+    def __init__(self, cur: Cursor) -> None:
         self.cur = cur
-        self._after = after
-        self._following = False
         self._open = False  # BEGIN sent, COMMIT or ROLLBACK not yet
         self._deferred: list[str] = []
         self._on_rollback: list[Callable[[], None]] = []
@@ -193,21 +184,7 @@ class Batch:
             statements.insert(0, "BEGIN")
             self._open = True
         self._deferred = []
-        await self._send("; ".join(statements))
-
-    def follow_previous(self) -> None:
-        """Send nothing of this batch before the batch before it has its outcome. Only
-        for a batch that sends nothing mid-way: one that has taken a row lock must not
-        wait for a batch that may need that lock to end."""
-        if self._open:
-            raise RuntimeError("a batch already under way cannot wait for the one before")
-        self._following = True
-
-    async def _send(self, sql: str) -> None:
-        if self._following and self._after is not None:
-            after, self._after = self._after, None
-            await after
-        await self.cur.execute(sql)
+        await self.cur.execute("; ".join(statements))
 
     async def flush(self) -> None:
         """Send the deferred statements now, inside the transaction."""
@@ -229,10 +206,10 @@ class Batch:
     async def commit(self) -> None:
         statements, self._deferred = self._deferred, []
         if self._open:
-            await self._send("; ".join([*statements, "COMMIT"]))
+            await self.cur.execute("; ".join([*statements, "COMMIT"]))
             self._open = False
         elif statements:
-            await self._send("; ".join(statements))
+            await self.cur.execute("; ".join(statements))
 
     async def rollback(self) -> None:
         self._deferred = []
