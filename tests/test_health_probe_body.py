@@ -14,7 +14,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from relay.upstreams.health import MAX_BODY_BYTES, PROBE_INTERVAL_S, WRONG_PATH
+from relay.upstreams.health import (
+    MAX_BODY_BYTES,
+    PROBE_INTERVAL_S,
+    UNKNOWN_URL,
+    UNREAD_404,
+    WRONG_PATH,
+)
 from tests.test_health import HEALTH_TIMEOUT, Clock, health, relay_for
 
 SECRET = "org-account-4242-secret"  # what a provider's answer might name
@@ -151,9 +157,30 @@ def answer_404(body: bytes, content_type: str) -> Handler:
 
 
 OPENAI_404 = orjson.dumps(
-    {"error": {"message": f"Unknown path for {SECRET}", "type": "invalid_request_error"}}
+    {"error": {"message": f"Model list not kept for {SECRET}", "type": "invalid_request_error"}}
 )
 VLLM_404 = orjson.dumps({"object": "error", "message": "Not found", "type": "NotFoundError"})
+# What OpenAI itself answers at https://api.openai.com/models (base_url without /v1).
+OPENAI_INVALID_URL = orjson.dumps(
+    {
+        "error": {
+            "message": "Invalid URL (GET /models)",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+)
+RELAY_UNKNOWN_URL = orjson.dumps(
+    {
+        "error": {
+            "message": "No such endpoint.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "unknown_url",
+        }
+    }
+)
 
 
 @pytest.mark.parametrize(
@@ -164,28 +191,43 @@ VLLM_404 = orjson.dumps({"object": "error", "message": "Not found", "type": "Not
         (answer_404(OPENAI_404, "application/json"), "ok"),
         (answer_404(VLLM_404, "application/json"), "ok"),
         # A base_url missing its /v1: vLLM or SGLang (FastAPI), a web server, nothing.
-        (answer_404(b'{"detail":"Not Found"}', "application/json"), "degraded"),
-        (answer_404(b"<html><body>Not Found</body></html>", "text/html"), "degraded"),
-        (answer_404(b"", "text/plain"), "degraded"),
+        (answer_404(b'{"detail":"Not Found"}', "application/json"), WRONG_PATH),
+        (answer_404(b"<html><body>Not Found</body></html>", "text/html"), WRONG_PATH),
+        (answer_404(b"", "text/plain"), WRONG_PATH),
+        (None, WRONG_PATH),  # aiohttp's own 404 page, no route at all
+        # OpenAI's shape, but saying the URL itself is wrong: OpenAI's own answer, and
+        # relay's (a relay as another relay's provider).
+        (answer_404(OPENAI_INVALID_URL, "application/json"), UNKNOWN_URL),
+        (answer_404(RELAY_UNKNOWN_URL, "application/json"), UNKNOWN_URL),
         (
             answer_404(b'{"error": ' + b" " * MAX_BODY_BYTES + b'"x"}', "application/json"),
-            "degraded",
+            UNREAD_404,
         ),
-        (None, "degraded"),  # aiohttp's own 404 page, no route at all
     ],
-    ids=["openai", "vllm-bare", "fastapi", "html", "empty", "over-cap", "no-route"],
+    ids=[
+        "openai",
+        "vllm-bare",
+        "fastapi",
+        "html",
+        "empty",
+        "no-route",
+        "openai-invalid-url",
+        "relay-unknown-url",
+        "over-cap",
+    ],
 )
-async def test_a_404_says_ok_only_in_an_openai_compatible_servers_words(
+async def test_a_404_says_ok_only_in_an_openai_compatible_servers_words_of_no_models(
     start_provider, handler, expected
 ):
     _, http, _ = await start_provider(handler)
     status, body = await health(http)
     assert status == 200  # never 503 for a provider
     check = body["upstreams"]["main"]
-    assert check["status"] == expected, check
-    assert body["status"] == expected
-    if expected == "degraded":
-        assert check["error"] == WRONG_PATH and "404" in WRONG_PATH
+    status_expected = "ok" if expected == "ok" else "degraded"
+    assert check["status"] == status_expected, check
+    assert body["status"] == status_expected
+    if expected != "ok":
+        assert check["error"] == expected and "404" in expected
         assert isinstance(check["latency_ms"], float | int)
     assert SECRET not in orjson.dumps(body).decode()
 

@@ -28,6 +28,19 @@ WRONG_PATH = (
     "GET /models answered 404, not in an OpenAI-compatible server's words:"
     " is base_url's path right (it usually ends in /v1)?"
 )
+UNKNOWN_URL = (
+    "GET /models answered 404, the server saying it has no such URL:"
+    " is base_url's path right (it usually ends in /v1)?"
+)
+UNREAD_404 = (
+    "GET /models answered 404, its body too long or too slow to read:"
+    " is base_url's path right (it usually ends in /v1)?"
+)
+# How OpenAI-compatible servers say the URL itself is wrong, not that they list no
+# models there: OpenAI ("Invalid URL (GET /models)"), relay ("unknown_url") and
+# others built on their error shapes.
+_UNKNOWN_URL_CODES = frozenset({"unknown_url", "invalid_url"})
+_UNKNOWN_URL_WORDS = ("invalid url", "unknown url", "unknown request url")
 
 
 def judge(status: int, body: bytes | None = None) -> tuple[str, str | None]:
@@ -36,10 +49,7 @@ def judge(status: int, body: bytes | None = None) -> tuple[str, str | None]:
     if 200 <= status < 300 or status == 405:
         return "ok", None
     if status == 404:
-        # Many OpenAI-compatible servers have no /models, and say so in the error shape
-        # their chats use; a base_url with the wrong path meets a web server's page or
-        # another framework's 404 instead.
-        return ("ok", None) if _openai_error(body) else ("degraded", WRONG_PATH)
+        return _judge_404(body)
     if status in (401, 403):
         return "down", f"{KEY_REFUSED} (HTTP {status})"
     if status == 429:
@@ -50,11 +60,30 @@ def judge(status: int, body: bytes | None = None) -> tuple[str, str | None]:
     return "down", f"HTTP {status}"
 
 
-def _openai_error(body: bytes | None) -> bool:
+def _judge_404(body: bytes | None) -> tuple[str, str | None]:
+    """Many OpenAI-compatible servers have no /models, and say so in the error shape
+    their chats use; a base_url with the wrong path meets a web server's page,
+    another framework's 404, or the server's own word that the URL is unknown."""
+    if body is None:
+        return "degraded", UNREAD_404
     try:
-        return body is not None and error_object(orjson.loads(body)) is not None
+        error = error_object(orjson.loads(body))
     except orjson.JSONDecodeError:
+        error = None
+    if error is None:
+        return "degraded", WRONG_PATH
+    if _names_unknown_url(error):
+        return "degraded", UNKNOWN_URL
+    return "ok", None
+
+
+def _names_unknown_url(error: object) -> bool:
+    if not isinstance(error, dict):
         return False
+    code, message = error.get("code"), error.get("message")
+    if isinstance(code, str) and code.lower() in _UNKNOWN_URL_CODES:
+        return True
+    return isinstance(message, str) and message.lower().startswith(_UNKNOWN_URL_WORDS)
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
