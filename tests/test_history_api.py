@@ -251,13 +251,29 @@ HOSTILE = [
     "\udcff",
     "\U0001f427 émoji",
     "a:*b & !c",
+    # What PostgreSQL's parser reads as markup (relay reads each "<" as a space).
+    "<",
+    "<<<<",
+    "<>",
+    "</",
+    "<!--",
+    "<?xml",
+    "<script>alert(1)</script>",
+    "a <-> b",
+    "<->",
+    '"<" or "<"',
+    "-<b>",
+    "<\x01\x02\x03>",
+    "<" * 999,
+    "<a " * 32,
+    '<div class="',
 ]
 
 
 @pytest.mark.parametrize("q", HOSTILE)
 async def test_hostile_search_queries_get_results_or_400(http, q):
     _, token = await client_with_token(http)
-    await chat(http, token, "penguin facts")
+    await chat(http, token, "penguin facts: Vec<String> <b>bold</b> a<b")
     response = await http.get("/v1/history/search", params={"q": q}, headers=bearer(token))
     assert response.status in (200, 400), await response.text()
     if response.status == 200:

@@ -11,14 +11,17 @@ from relay.stores.database import Database, fetch_all, json_rows
 # PostgreSQL marks the matches with two control characters taken out of the text
 # first; relay escapes the snippet as HTML and only then makes them <mark>…</mark>.
 # So a message holding markup (an answer a prompt injection shaped, say) shows as
-# text in an app that renders snippets as HTML, and cannot forge a mark. Each "<"
-# goes to the headline as a third: PostgreSQL's parser would take `<String>` in
-# `Vec<String>` for a tag, and a headline leaves tags out.
+# text in an app that renders snippets as HTML, and cannot forge a mark.
 _START, _STOP, _LT = "\x01", "\x02", "\x03"
 _HEADLINE = f"StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=10, MaxFragments=2"
 _AS_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
 _MARKS = str.maketrans({_START: "<mark>", _STOP: "</mark>", _LT: "&lt;"})
-# translate(text, _TAKEN, _LT): "<" becomes _LT; the control characters are dropped.
+# PostgreSQL's parser takes `<String>` in `Vec<String>` (and `<b and c>` in
+# `a<b and c>d`) for a tag and leaves its words out. Each such token begins at a
+# "<", so the stored vector (sql/007), the query and the headline read the text
+# with every "<" a separator and the control characters dropped:
+# translate(text, _TAKEN, ' ') for the first two, translate(text, _TAKEN, _LT) for
+# the headline, whose "<" must come back (_LT parses as a space does).
 _TAKEN = "<" + _START + _STOP + _LT
 # The snippet is cut from a message's first 10,000 characters: ts_headline parses
 # all the text it is given for every result, and over the 100,000 the search
@@ -94,10 +97,10 @@ class MessageStore:
                 "SET LOCAL statement_timeout = %s;"
                 f" SELECT {MESSAGE_COLUMNS}, rank,"
                 " ts_headline('english', translate(left(content, %s), %s, %s),"
-                " websearch_to_tsquery('english', %s), %s) AS snippet"
+                " websearch_to_tsquery('english', translate(%s, %s, ' ')), %s) AS snippet"
                 " FROM ("
-                f"  SELECT m.*, ts_rank(m.search, q.query) AS rank"
-                "   FROM messages m, websearch_to_tsquery('english', %s) AS q(query)"
+                f"  SELECT m.*, ts_rank(m.search, q.query) AS rank FROM messages m,"
+                "   websearch_to_tsquery('english', translate(%s, %s, ' ')) AS q(query)"
                 f"  WHERE {where} ORDER BY rank DESC, m.id DESC LIMIT %s"
                 ") found ORDER BY rank DESC, id DESC",
                 (
@@ -106,8 +109,10 @@ class MessageStore:
                     _TAKEN,
                     _LT,
                     marked,
+                    _TAKEN,
                     _HEADLINE,
                     query,
+                    _TAKEN,
                     *args,
                     limit,
                 ),
