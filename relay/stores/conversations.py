@@ -90,13 +90,16 @@ class ConversationStore:
             if cur.rowcount or tombstone_until is None:
                 return bool(cur.rowcount)
             async with cur.begin():
-                # The lock a batch holds from its first statement to its commit; the row
+                # The lock a batch holds from its first statements to its commit; the row
                 # is made if the client has none yet, waiting for a first batch making it.
+                # The client's row first, as a batch takes it (relay.stores.history): a
+                # client's deletion locks it before cascading to the rest.
                 await cur.execute(
-                    "INSERT INTO history_sequences (client_id, last_seq) VALUES (%s, 0)"
+                    "SELECT FROM clients WHERE id = %s FOR KEY SHARE;"
+                    " INSERT INTO history_sequences (client_id, last_seq) VALUES (%s, 0)"
                     " ON CONFLICT (client_id) DO NOTHING;"
                     " SELECT 1 FROM history_sequences WHERE client_id = %s FOR SHARE",
-                    (client_id, client_id),
+                    (client_id, client_id, client_id),
                 )
                 await cur.execute(
                     "DELETE FROM conversations WHERE id = %s AND client_id = %s",

@@ -51,9 +51,10 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     """Insert the turns' conversations and messages when `tx` commits.
 
     Each client's messages take the next numbers of its history sequence, in
-    the order given. Locks are taken in one global order (sequences by client
-    id, then conversations by id) so batches of several instances never
-    deadlock, nor a DELETE that leaves a tombstone (relay.stores.conversations).
+    the order given. Locks are taken in one global order (clients, then their
+    sequences, by client id; then conversations by id) so batches of several
+    instances never deadlock, nor a DELETE that leaves a tombstone
+    (relay.stores.conversations), nor a client's deletion.
     """
     if not turns:
         return
@@ -64,6 +65,10 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
         counts[turn.client_id] += len(turn.messages)
     ordered = [turn for _, turn in sorted(first.items())]
     clients = sorted(counts)
+    # The clients' rows first, in the share the foreign keys below take anyway:
+    # deleting a client locks its row, then its sequence and conversations (ON
+    # DELETE CASCADE). Taken after those, a batch and a deletion could deadlock.
+    tx.defer("SELECT FROM clients WHERE id = ANY(%s::uuid[]) ORDER BY id FOR KEY SHARE", (clients,))
     # The sequence rows stay locked until commit, so one client's numbers commit
     # in increasing order and `seq > cursor` never passes a row that commits late.
     # Taken first: a DELETE that found no conversation takes this lock before it
