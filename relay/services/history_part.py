@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from relay.services.answers import Answer
 from relay.services.turns import title_of, turn_messages
-from relay.stores.database import Batch
-from relay.stores.history import Turn, notify_clients, write_turns
+from relay.stores.database import Batch, Database
+from relay.stores.history import Turn, notify_clients, unwritable_turns, write_turns
 
 
 class HistoryPart:
@@ -17,23 +17,27 @@ class HistoryPart:
         return answer.store
 
     async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
-        stored = [answer for answer in answers if answer.store]
-        if not stored:
+        turns = [_turn(answer) for answer in answers if answer.store]
+        if not turns:
             return
-        turns = []
-        for answer in stored:
-            assert answer.conversation_id is not None, "a stored answer has a conversation"
-            messages = turn_messages(answer)
-            turns.append(
-                Turn(
-                    client_id=answer.client.id,
-                    conversation_id=answer.conversation_id,
-                    continued=answer.continues_conversation,
-                    title=title_of(messages),
-                    model=answer.route.model,
-                    request_id=answer.request_id,
-                    messages=messages,
-                )
-            )
         write_turns(tx, turns)
         notify_clients(tx, [turn.client_id for turn in turns])
+
+    async def unwritable(self, db: Database, answers: Sequence[Answer]) -> list[Answer]:
+        stored = [answer for answer in answers if answer.store]
+        gone = await unwritable_turns(db, [_turn(answer) for answer in stored])
+        return [answer for answer in stored if (answer.client.id, answer.conversation_id) in gone]
+
+
+def _turn(answer: Answer) -> Turn:
+    assert answer.conversation_id is not None, "a stored answer has a conversation"
+    messages = turn_messages(answer)
+    return Turn(
+        client_id=answer.client.id,
+        conversation_id=answer.conversation_id,
+        continued=answer.continues_conversation,
+        title=title_of(messages),
+        model=answer.route.model,
+        request_id=answer.request_id,
+        messages=messages,
+    )

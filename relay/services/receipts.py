@@ -18,7 +18,8 @@ from relay.proofs.identity import SigningIdentity
 from relay.proofs.receipt import ReceiptSigner, hash_client_key_id, served_at_now, sha256_hex
 from relay.services.answers import Answer
 from relay.services.attestation import Attestation
-from relay.stores.database import Batch
+from relay.stores.clients import ClientStore
+from relay.stores.database import Batch, Database
 from relay.stores.receipts import (
     ChainHead,
     ReceiptRow,
@@ -100,6 +101,12 @@ class ReceiptsPart:
 
     def wants(self, answer: Answer) -> bool:
         return True  # every answer gets a receipt
+
+    async def unwritable(self, db: Database, answers: Sequence[Answer]) -> list[Answer]:
+        # A stored receipt outlives its client (client_id ON DELETE SET NULL), but a
+        # new one cannot name a client deleted since.
+        gone = await ClientStore(db).missing(answer.client.id for answer in answers)
+        return [answer for answer in answers if answer.client.id in gone]
 
     async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         if not answers:

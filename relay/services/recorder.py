@@ -46,6 +46,11 @@ class RecordPart(Protocol):
         one round trip. The next batch may be written before this one's outcome is
         known; `tx.on_rollback` learns that it failed."""
 
+    async def unwritable(self, db: Database, answers: Sequence[Answer]) -> list[Answer]:
+        """Those of `answers` whose rows this part can no longer write (what they
+        name was deleted since: their client, their conversation); asked once a
+        batch has failed."""
+
 
 @dataclass(eq=False, slots=True)
 class _Pending:
@@ -173,14 +178,42 @@ class AnswerRecorder:
                 # Once more whole: it may have met state another instance changed (the
                 # receipt chain's head), been built on a batch that failed (parts read
                 # such state afresh after a failure), or lost a deadlock or been
-                # cancelled by the server, which a second try need not meet.
-                await self._commit(batch)
+                # cancelled by the server, which a second try need not meet. Less the
+                # answers that can no longer be written, which would fail it again.
+                await self._commit(await self._writable(batch))
         finally:
             self._fail(batch)  # only answers not settled above: none unless cancelled
             settled.set_result(None)
 
+    async def _writable(self, batch: list[_Pending]) -> list[_Pending]:
+        """The batch less its answers that no part can still write (a conversation
+        erased, a client deleted since the request came in), which fail at once: one
+        such answer would otherwise fail the batch again, and every other answer in it
+        be committed alone, one after another (a client could cause that at will).
+        If the parts cannot tell, the whole batch."""
+        assert self._database is not None
+        answers = [pending.answer for pending in batch]
+        try:
+            lost = {
+                id(answer)
+                for part in self._parts
+                for answer in await part.unwritable(self._database, answers)
+            }
+        except Exception:
+            return batch
+        kept = []
+        for pending in batch:
+            if id(pending.answer) in lost:
+                log.info("answer not recorded", extra={"request_id": pending.answer.request_id})
+                self._fail([pending])
+            else:
+                kept.append(pending)
+        return kept
+
     async def _commit(self, batch: list[_Pending]) -> None:
         """Write the batch on its own; if that fails, each answer on its own."""
+        if not batch:
+            return
         started = time.monotonic()
         try:
             await self._write([pending.answer for pending in batch])

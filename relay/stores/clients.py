@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,20 @@ class ClientStore:
             except UniqueViolation as exc:
                 raise KeyIdTaken from exc
         return Client.from_row(row) if row else None
+
+    async def missing(self, client_ids: Iterable[str]) -> set[str]:
+        """Those of `client_ids` (as stored) that are no longer there: deleted since."""
+        wanted = sorted(set(client_ids))
+        if not wanted:
+            return set()
+        async with self.db.cursor() as cur:
+            await cur.execute(
+                "SELECT w.id FROM unnest(%s::uuid[]) AS w(id)"
+                " WHERE NOT EXISTS (SELECT 1 FROM clients c WHERE c.id = w.id)",
+                (wanted,),
+            )
+            rows = await cur.fetchall()
+        return {str(row[0]) for row in rows}
 
     async def delete(self, client_id: str) -> bool:
         checked = canonical_client_id(client_id)

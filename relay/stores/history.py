@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.stores.database import Batch, json_rows
+from relay.stores.database import Batch, Database, json_rows
 
 # Every instance LISTENs here; the payload names the clients with new messages.
 HISTORY_CHANNEL = "relay_history"
@@ -160,6 +160,32 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
         " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",
         (json_rows(rows),),
     )
+
+
+async def unwritable_turns(db: Database, turns: Sequence[Turn]) -> set[tuple[str, str]]:
+    """The (client id, conversation id) of those turns `write_turns` can no longer
+    write: their client deleted, their conversation erased since their request came in,
+    or, new, erased before it was created (a tombstone). One query, asked after a batch
+    failed, so that such turns fail alone instead of taking the batch down with them."""
+    if not turns:
+        return set()
+    keys = [
+        {"id": turn.conversation_id, "client_id": turn.client_id, "continued": turn.continued}
+        for turn in turns
+    ]
+    async with db.cursor() as cur:
+        await cur.execute(
+            "SELECT c.client_id, c.id FROM json_to_recordset(%s::json)"
+            " AS c(id uuid, client_id uuid, continued boolean)"
+            " WHERE NOT EXISTS (SELECT 1 FROM clients k WHERE k.id = c.client_id)"
+            " OR (c.continued AND NOT EXISTS (SELECT 1 FROM conversations x"
+            " WHERE x.id = c.id AND x.client_id = c.client_id))"
+            " OR (NOT c.continued AND EXISTS (SELECT 1 FROM conversation_tombstones t"
+            " WHERE t.conversation_id = c.id AND t.client_id = c.client_id))",
+            (json_rows(keys),),
+        )
+        rows = await cur.fetchall()
+    return {(str(row[0]), str(row[1])) for row in rows}
 
 
 def notify_clients(tx: Batch, client_ids: Sequence[str]) -> None:

@@ -1,0 +1,91 @@
+"""A group commit that fails for one answer whose rows can no longer be written (its
+conversation erased, its client deleted since its request came in) fails that answer
+alone and commits the others together, not one after another."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from relay.appkeys import ANSWER_RECORDER, DATABASE
+from relay.errors import DependencyUnavailableError
+from relay.services.answers import Answer
+from relay.stores.clients import Client, ClientStore
+from tests.api_calls import client_with_token
+from tests.history_calls import CONVERSATION, chat, execute, query, recorded_answer
+
+
+async def owner(http: Any) -> tuple[Client, str]:
+    client, token = await client_with_token(http)
+    found = await ClientStore(http.app[DATABASE]).get(client["id"])
+    assert found is not None
+    return found, token
+
+
+def counting_writes(recorder: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The request ids of each batch the recorder writes from now on."""
+    writes: list[list[str]] = []
+    write = recorder._write
+
+    async def counted(answers: list[Answer], **options: Any) -> None:
+        writes.append([answer.request_id for answer in answers])
+        await write(answers, **options)
+
+    monkeypatch.setattr(recorder, "_write", counted)
+    return writes
+
+
+async def record_together(recorder: Any, answers: list[Answer]) -> list[object]:
+    """Queued in one go, so the writer takes them as one batch."""
+    return await asyncio.gather(
+        *(recorder.record(answer) for answer in answers), return_exceptions=True
+    )
+
+
+async def test_an_answer_to_an_erased_conversation_fails_alone(http, database_url, monkeypatch):
+    client, token = await owner(http)
+    erased = (await chat(http, token, "soon erased")).headers[CONVERSATION]
+    recorder = http.app[ANSWER_RECORDER]
+    answers = [recorded_answer(http.app, client, f"kept {n}") for n in range(4)]
+    answers.insert(
+        2,
+        recorded_answer(
+            http.app, client, "lost", conversation_id=erased, continues_conversation=True
+        ),
+    )
+    await execute(database_url, "DELETE FROM conversations WHERE id = %s", (erased,))
+    writes = counting_writes(recorder, monkeypatch)
+
+    outcomes = await record_together(recorder, answers)
+
+    assert isinstance(outcomes[2], DependencyUnavailableError)
+    assert outcomes[:2] + outcomes[3:] == [None] * 4
+    # Once whole (failing), then the four others together: not each on its own.
+    assert [sorted(batch) for batch in writes] == [
+        sorted(answer.request_id for answer in answers),
+        sorted(f"kept {n}" for n in range(4)),
+    ]
+    stored = await query(database_url, "SELECT request_id FROM messages WHERE role = 'user'")
+    assert {row["request_id"] for row in stored} == {f"kept {n}" for n in range(4)}
+    assert not await query(database_url, "SELECT id FROM conversations WHERE id = %s", (erased,))
+
+
+async def test_an_answer_of_a_deleted_client_fails_alone(http, database_url, monkeypatch):
+    """Its receipt (it stores no history) can no longer name its client."""
+    client, _ = await owner(http)
+    gone, _ = await owner(http)
+    recorder = http.app[ANSWER_RECORDER]
+    answers = [recorded_answer(http.app, client, f"kept {n}") for n in range(3)]
+    answers.append(recorded_answer(http.app, gone, "lost", store=False))
+    await execute(database_url, "DELETE FROM clients WHERE id = %s", (gone.id,))
+    writes = counting_writes(recorder, monkeypatch)
+
+    outcomes = await record_together(recorder, answers)
+
+    assert isinstance(outcomes[3], DependencyUnavailableError)
+    assert outcomes[:3] == [None] * 3
+    assert len(writes) == 2
+    receipts = await query(database_url, "SELECT client_id FROM receipts")
+    assert [str(row["client_id"]) for row in receipts].count(client.id) == 3
