@@ -171,7 +171,7 @@ OPENAI_INVALID_URL = orjson.dumps(
         }
     }
 )
-RELAY_UNKNOWN_URL = orjson.dumps(
+UNKNOWN_URL_OF_A_RELAY = orjson.dumps(
     {
         "error": {
             "message": "No such endpoint.",
@@ -198,7 +198,7 @@ RELAY_UNKNOWN_URL = orjson.dumps(
         # OpenAI's shape, but saying the URL itself is wrong: OpenAI's own answer, and
         # relay's (a relay as another relay's provider).
         (answer_404(OPENAI_INVALID_URL, "application/json"), UNKNOWN_URL),
-        (answer_404(RELAY_UNKNOWN_URL, "application/json"), UNKNOWN_URL),
+        (answer_404(UNKNOWN_URL_OF_A_RELAY, "application/json"), UNKNOWN_URL),
         (
             answer_404(b'{"error": ' + b" " * MAX_BODY_BYTES + b'"x"}', "application/json"),
             UNREAD_404,
