@@ -9,8 +9,9 @@ CREATE TABLE conversation_tombstones (
     conversation_id uuid NOT NULL,
     client_id       uuid NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
     expires_at      timestamptz NOT NULL,
-    -- The commit of a new conversation looks its id up here, in its own statement.
-    PRIMARY KEY (conversation_id, client_id)
+    -- The commit of a new conversation looks its id up here, in its own statement;
+    -- the client's id first, so deleting a client finds its tombstones by index.
+    PRIMARY KEY (client_id, conversation_id)
 );
 
 CREATE INDEX conversation_tombstones_expires_at_idx ON conversation_tombstones (expires_at);
