@@ -16,6 +16,7 @@
     ├── UpstreamError               502
     │   ├── UpstreamCutError            502 upstream_cut
     │   └── UpstreamTimeoutError        504
+    │       └── AnswerTooLongError          504 answer_too_long
     ├── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
     └── RestartingError             503 shutting_down (+ Retry-After)
 
@@ -147,6 +148,15 @@ class UpstreamCutError(UpstreamError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class AnswerTooLongError(UpstreamTimeoutError):
+    """The provider was still answering when the longest time relay reads one ran out."""
+
+    code = "answer_too_long"
+
+    def __init__(self) -> None:
+        super().__init__("The answer ran longer than relay lets one run; it was cut.")
 
 
 class DependencyUnavailableError(RelayError):

@@ -21,7 +21,7 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
-from relay.errors import RelayError, RestartingError, UpstreamCutError, error_json
+from relay.errors import RelayError, RestartingError, error_json
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
@@ -156,7 +156,7 @@ async def _relay_stream(
         return response
     final = result.final
     if result.status == "cut":
-        final = error_event(RestartingError() if deadline.is_set() else UpstreamCutError())
+        final = error_event(RestartingError() if deadline.is_set() else provider.cut_error())
     answer.received(observer, final)
     if (error := await hooks.commit_end(answer)) is not None:
         final = error_event(error)  # never a silent loss: an error instead of the end

@@ -29,7 +29,6 @@ from relay.errors import (
     PermissionDeniedError,
     RelayError,
     RestartingError,
-    UpstreamCutError,
     UpstreamError,
     error_json,
 )
@@ -159,7 +158,9 @@ async def _whole(
     note_stream_end(request, answer, observer)
     if answer.status != "complete":
         error = (
-            provider_stalled() if stalled else _broken_off(answer, observer, shutting_down=False)
+            provider_stalled()
+            if stalled
+            else _broken_off(answer, observer, provider, shutting_down=False)
         )
         answer.http_status = error.status
         _finish(request, answer, error_json(error))
@@ -205,7 +206,8 @@ async def _stream(
                 # Never a silent loss: the client gets an error instead of message.done.
                 final = event_bytes("error", error_data(refused))
     else:
-        final = event_bytes("error", error_data(_broken_off(answer, observer, deadline.is_set())))
+        why = _broken_off(answer, observer, provider, shutting_down=deadline.is_set())
+        final = event_bytes("error", error_data(why))
         answer.received(response, final)
         await hooks.commit_quietly(answer)  # the client is told it did not complete
     await response.end(final)
@@ -235,15 +237,17 @@ async def _relay_deltas(
     return _outcome(observer, provider)
 
 
-def _broken_off(answer: Answer, observer: DeltaObserver, shutting_down: bool) -> RelayError:
+def _broken_off(
+    answer: Answer, observer: DeltaObserver, provider: ProviderReply, *, shutting_down: bool
+) -> RelayError:
     """Why an answer did not complete, as its client is told: the provider's own error,
-    relay stopping, or the provider breaking off."""
+    relay stopping, the provider breaking off, or the answer running too long."""
     if answer.status == "failed":
         failure = provider_failure(observer.error, answer.route)
         return failure or UpstreamError("The provider failed.", code="upstream_error")
     if shutting_down:
         return RestartingError()
-    return UpstreamCutError()
+    return provider.cut_error()
 
 
 async def _reserve_message(request: web.Request, answer: Answer) -> None:

@@ -22,6 +22,7 @@ from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
 from relay.upstreams.config import DEFAULT_TIMEOUT_S
 from relay.upstreams.pipe import SEND_SECONDS
+from relay.upstreams.reply import LONGEST_ANSWER_SECONDS
 
 MAX_QUERY_CHARS = 1000
 # PostgreSQL's headline (the snippet) costs far more than linearly in the words of
@@ -31,11 +32,6 @@ MAX_QUERY_CHARS = 1000
 MAX_QUERY_WORDS = 32
 _WORDS = re.compile(r"\w+")
 
-# How long an answer may stream: no setting bounds it (an upstream's timeout_s
-# bounds each wait for the provider, not their sum), so relay settles on this.
-# A DELETE of a new conversation whose first answer streams for longer may see
-# its tombstone expire before that answer commits.
-LONGEST_STREAM_S = 3600.0
 # Tries of a group commit an answer may wait for (its batch, the batch again, alone).
 COMMIT_TRIES = 3
 # How far apart the clocks of relay's instances and PostgreSQL may be.
@@ -51,7 +47,7 @@ def answer_horizon_s(settings: Settings) -> float:
     )
     return (
         provider_s
-        + LONGEST_STREAM_S
+        + LONGEST_ANSWER_SECONDS
         + SEND_SECONDS
         + settings.drain_timeout
         + COMMIT_TRIES * settings.database_timeout

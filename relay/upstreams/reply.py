@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from relay.errors import UpstreamCutError, UpstreamError, UpstreamTimeoutError
+from relay.errors import AnswerTooLongError, UpstreamCutError, UpstreamError, UpstreamTimeoutError
 from relay.upstreams.deadline import WaitDeadline
 
 # Provider responses relay reads whole (errors, non-streamed answers) are bounded.
@@ -16,6 +16,11 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # chunk and `[DONE]` may follow, at once: a provider silent for this long after it
 # has ended the answer, not for the whole idle timeout.
 FINISHED_SILENCE_SECONDS = 10.0
+# The longest relay reads one answer. An upstream's timeout bounds each wait for
+# the provider, not their sum; past this relay stops reading, and the answer ends
+# cut (AnswerTooLongError). What relay promises of a conversation deleted while its
+# first answer streams rests on it (relay.services.history.answer_horizon_s).
+LONGEST_ANSWER_SECONDS = 3600.0
 
 
 class ProviderReply:
@@ -27,7 +32,15 @@ class ProviderReply:
     own side (writing to a slow client) is not waiting for the provider.
     """
 
-    __slots__ = ("_content", "_deadline", "_finished", "_response", "stopped")
+    __slots__ = (
+        "_content",
+        "_deadline",
+        "_finished",
+        "_longest",
+        "_response",
+        "overran",
+        "stopped",
+    )
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
         self._response = response
@@ -35,6 +48,8 @@ class ProviderReply:
         self._deadline = WaitDeadline(idle_timeout, response.close)
         self._finished = False  # the answer said it is finished: see `finished`
         self.stopped = False  # relay closed it (the client left, relay is stopping)
+        self.overran = False  # relay closed it: it ran past LONGEST_ANSWER_SECONDS
+        self._longest = asyncio.get_running_loop().call_later(LONGEST_ANSWER_SECONDS, self._overrun)
 
     @property
     def expired(self) -> bool:
@@ -81,7 +96,7 @@ class ProviderReply:
         except TimeoutError:
             raise provider_stalled() from None
         except aiohttp.ClientError:
-            raise UpstreamCutError() from None
+            raise self.cut_error() from None
         if len(body) > MAX_RESPONSE_BYTES:
             raise UpstreamError("The provider's answer is too large.", code="upstream_too_large")
         return body
@@ -103,8 +118,18 @@ class ProviderReply:
         self.stopped = True
         self._response.close()
 
+    def cut_error(self) -> UpstreamError:
+        """Why the answer ended early, as its client is told, if the provider did not
+        say (an error event) and relay is not stopping."""
+        return AnswerTooLongError() if self.overran else UpstreamCutError()
+
+    def _overrun(self) -> None:
+        self.overran = True
+        self.close()
+
     def release(self) -> None:
         self._deadline.close()
+        self._longest.cancel()
         self._response.release()
 
 
