@@ -12,6 +12,7 @@
     │   └── ModelNotFoundError          404 model_not_found
     ├── MethodNotAllowedError       405
     ├── ConflictError               409
+    │   └── ConversationDeletedError    409 conversation_deleted
     ├── RateLimitError              429 rate_limit_exceeded (+ Retry-After)
     ├── UpstreamError               502
     │   ├── UpstreamCutError            502 upstream_cut
@@ -122,6 +123,18 @@ class ConflictError(RelayError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class ConversationDeletedError(ConflictError):
+    """The answer's conversation was deleted while the answer was on its way."""
+
+    code = "conversation_deleted"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The conversation was deleted while this answer was on its way;"
+            " the answer was not saved."
+        )
 
 
 class RateLimitError(RelayError):

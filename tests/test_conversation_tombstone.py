@@ -111,7 +111,7 @@ async def test_a_new_conversation_erased_while_its_first_answer_streams_is_never
     # As for a conversation erased while a later answer streams: not saved, so not
     # confirmed; an error event instead of the end.
     assert b"data: [DONE]" not in raw and b"message.done" not in raw
-    assert b"history_unavailable" in raw
+    assert b"conversation_deleted" in raw
 
     await assert_gone(database_url, conversation)
     assert not await query(
@@ -196,7 +196,7 @@ async def test_an_answer_committing_while_the_tombstone_is_left_waits_and_is_not
         reading = asyncio.create_task(response.read())
         await waiting_for_lock(database_url)  # the answer's batch waits for the DELETE
     raw = await reading
-    assert b"data: [DONE]" not in raw and b"history_unavailable" in raw
+    assert b"data: [DONE]" not in raw and b"conversation_deleted" in raw
     await assert_gone(database_url, conversation)
 
 

@@ -177,8 +177,8 @@ async def test_a_conversation_erased_while_an_answer_streams_stays_erased(
     erased = await http.delete(f"/v1/conversations/{conversation}", headers=bearer(token))
     assert erased.status == 204
     raw = await response.read()
-    # Not saved, so not confirmed: an error event instead of [DONE].
-    assert b"data: [DONE]" not in raw and b'"error"' in raw
+    # Not saved, so not confirmed: an error event instead of [DONE], saying why.
+    assert b"data: [DONE]" not in raw and b'"conversation_deleted"' in raw
     assert not await query(
         database_url, "SELECT id FROM messages WHERE conversation_id = %s", (conversation,)
     )
@@ -199,7 +199,7 @@ async def test_a_conversation_erased_while_its_answer_commits_stays_erased(http,
             answer = asyncio.create_task(chat(http, token, "second", conversation=conversation))
             await waiting_for_lock(database_url)  # the batch waits for the DELETE
             await cur.execute("COMMIT")
-        await assert_error(await answer, 503, "history_unavailable")
+        await assert_error(await answer, 409, "conversation_deleted")
     finally:
         await eraser.close()
     assert not await query(

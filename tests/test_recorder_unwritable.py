@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from relay.appkeys import ANSWER_RECORDER, DATABASE
-from relay.errors import DependencyUnavailableError
+from relay.errors import ConversationDeletedError, DependencyUnavailableError
 from relay.services.answers import Answer
 from relay.stores.clients import Client, ClientStore
 from tests.api_calls import client_with_token
@@ -60,7 +60,7 @@ async def test_an_answer_to_an_erased_conversation_fails_alone(http, database_ur
 
     outcomes = await record_together(recorder, answers)
 
-    assert isinstance(outcomes[2], DependencyUnavailableError)
+    assert isinstance(outcomes[2], ConversationDeletedError)
     assert outcomes[:2] + outcomes[3:] == [None] * 4
     # Once whole (failing), then the four others together: not each on its own.
     assert [sorted(batch) for batch in writes] == [

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from relay.errors import ConversationDeletedError, RelayError
 from relay.services.answers import Answer
+from relay.services.recorder import not_saved
 from relay.services.turns import title_of, turn_messages
 from relay.stores.database import Batch, Database
 from relay.stores.history import Turn, notify_clients, unwritable_turns, write_turns
@@ -23,10 +25,17 @@ class HistoryPart:
         write_turns(tx, turns)
         notify_clients(tx, [turn.client_id for turn in turns])
 
-    async def unwritable(self, db: Database, answers: Sequence[Answer]) -> list[Answer]:
+    async def unwritable(
+        self, db: Database, answers: Sequence[Answer]
+    ) -> list[tuple[Answer, RelayError]]:
         stored = [answer for answer in answers if answer.store]
         gone = await unwritable_turns(db, [_turn(answer) for answer in stored])
-        return [answer for answer in stored if (answer.client.id, answer.conversation_id) in gone]
+        found: list[tuple[Answer, RelayError]] = []
+        for answer in stored:
+            client_gone = gone.get((answer.client.id, answer.conversation_id or ""))
+            if client_gone is not None:
+                found.append((answer, not_saved() if client_gone else ConversationDeletedError()))
+        return found
 
 
 def _turn(answer: Answer) -> Turn:

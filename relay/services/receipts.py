@@ -13,11 +13,12 @@ from typing import Any
 
 import orjson
 
-from relay.errors import InvalidRequestError, NotFoundError
+from relay.errors import InvalidRequestError, NotFoundError, RelayError
 from relay.proofs.identity import SigningIdentity
 from relay.proofs.receipt import ReceiptSigner, hash_client_key_id, served_at_now, sha256_hex
 from relay.services.answers import Answer
 from relay.services.attestation import Attestation
+from relay.services.recorder import not_saved
 from relay.stores.clients import ClientStore
 from relay.stores.database import Batch, Database
 from relay.stores.receipts import (
@@ -102,11 +103,13 @@ class ReceiptsPart:
     def wants(self, answer: Answer) -> bool:
         return True  # every answer gets a receipt
 
-    async def unwritable(self, db: Database, answers: Sequence[Answer]) -> list[Answer]:
+    async def unwritable(
+        self, db: Database, answers: Sequence[Answer]
+    ) -> list[tuple[Answer, RelayError]]:
         # A stored receipt outlives its client (client_id ON DELETE SET NULL), but a
         # new one cannot name a client deleted since.
         gone = await ClientStore(db).missing(answer.client.id for answer in answers)
-        return [answer for answer in answers if answer.client.id in gone]
+        return [(answer, not_saved()) for answer in answers if answer.client.id in gone]
 
     async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         if not answers:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay.errors import DependencyUnavailableError
+from relay.errors import DependencyUnavailableError, RelayError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
 from relay.stores.database import Batch, Database
@@ -46,10 +46,12 @@ class RecordPart(Protocol):
         one round trip. The next batch may be written before this one's outcome is
         known; `tx.on_rollback` learns that it failed."""
 
-    async def unwritable(self, db: Database, answers: Sequence[Answer]) -> list[Answer]:
+    async def unwritable(
+        self, db: Database, answers: Sequence[Answer]
+    ) -> list[tuple[Answer, RelayError]]:
         """Those of `answers` whose rows this part can no longer write (what they
-        name was deleted since: their client, their conversation); asked once a
-        batch has failed."""
+        name was deleted since: their client, their conversation), each with what its
+        client is told; asked once a batch has failed."""
 
 
 @dataclass(eq=False, slots=True)
@@ -193,21 +195,25 @@ class AnswerRecorder:
         If the parts cannot tell, the whole batch."""
         assert self._database is not None
         answers = [pending.answer for pending in batch]
+        lost: dict[int, RelayError] = {}
         try:
-            lost = {
-                id(answer)
-                for part in self._parts
-                for answer in await part.unwritable(self._database, answers)
-            }
+            for part in self._parts:
+                for answer, why in await part.unwritable(self._database, answers):
+                    lost.setdefault(id(answer), why)
         except Exception:
             return batch
         kept = []
         for pending in batch:
-            if id(pending.answer) in lost:
-                log.info("answer not recorded", extra={"request_id": pending.answer.request_id})
-                self._fail([pending])
-            else:
+            error = lost.get(id(pending.answer))
+            if error is None:
                 kept.append(pending)
+                continue
+            log.info(
+                "answer not recorded",
+                extra={"request_id": pending.answer.request_id, "error": error.code},
+            )
+            if not pending.done.done():
+                pending.done.set_exception(error)
         return kept
 
     async def _commit(self, batch: list[_Pending]) -> None:

@@ -227,7 +227,7 @@ HISTORY_PATHS: dict[str, Any] = {
                 " first answer ends: erased before (its id read from the"
                 " Relay-Conversation-Id response header while that answer streams), the"
                 " DELETE answers 404, as nothing is stored yet, and the answer is not"
-                " saved (it ends with a history_unavailable error)."
+                " saved (it ends with a conversation_deleted error, 409 for a whole answer)."
             ),
             parameters=(CONVERSATION_ID,),
             responses={"204": {"description": "Erased."}},

@@ -80,7 +80,7 @@ NATIVE_CHAT_PATHS: dict[str, Any] = {
                     },
                 }
             },
-            errors=(*JSON_BODY, *AUTHENTICATED, 403, 404, 502, 504),
+            errors=(*JSON_BODY, *AUTHENTICATED, 403, 404, 409, 502, 504),
         )
     },
 }

@@ -234,7 +234,7 @@ PATHS: dict[str, Any] = {
                     },
                 }
             },
-            errors=(*JSON_BODY, *AUTHENTICATED, 403, 404, 422, 502, 504),
+            errors=(*JSON_BODY, *AUTHENTICATED, 403, 404, 409, 422, 502, 504),
         )
     },
 }
