@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime
 import re
 import time
@@ -12,11 +10,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from relay.config import Settings
 from relay.errors import InvalidRequestError, NotFoundError
 from relay.ids import uuid7_text
+from relay.services.cursors import decode_cursor, encode_cursor, not_a_cursor
 from relay.services.history_watch import HistoryWatch
 from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
@@ -73,36 +70,24 @@ class Page:
         return {"data": self.data, "next_cursor": self.next_cursor, "has_more": self.has_more}
 
 
-def _encode(value: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
-
-
-def _decode(text: str, param: str) -> Any:
-    try:
-        return orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, ValueError):
-        raise InvalidRequestError(f"{param} is not a cursor relay gave out.", param=param) from None
-
-
 def history_cursor(seq: int) -> str:
-    return _encode({"s": seq})
+    return encode_cursor({"s": seq})
 
 
 def history_position(cursor: str | None) -> int:
     """The sequence number a history cursor stands for (0: from the beginning)."""
     if not cursor:
         return 0
-    value = _decode(cursor, "after")
-    seq = value.get("s") if isinstance(value, dict) else None
+    seq = decode_cursor(cursor).get("s")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise InvalidRequestError("after is not a cursor relay gave out.", param="after")
+        raise not_a_cursor()
     return seq
 
 
 def conversations_position(cursor: str | None) -> tuple[datetime.datetime, str] | None:
     if not cursor:
         return None
-    value = _decode(cursor, "after")
+    value = decode_cursor(cursor)
     try:
         created_at, conversation_id = value["t"], value["c"]
         moment = datetime.datetime.fromisoformat(created_at)
@@ -112,7 +97,7 @@ def conversations_position(cursor: str | None) -> tuple[datetime.datetime, str] 
         return moment.astimezone(datetime.UTC), str(uuid.UUID(conversation_id))
     # uuid.UUID(5): AttributeError; an offset moving year 1 or 9999 out of range: Overflow.
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
-        raise InvalidRequestError("after is not a cursor relay gave out.", param="after") from None
+        raise not_a_cursor() from None
 
 
 def conversation_id_or_404(text: str) -> str:
@@ -247,7 +232,9 @@ class HistoryService:
         )
         cursor = ""
         if rows:
-            cursor = _encode({"t": rows[-1]["created_at"].isoformat(), "c": str(rows[-1]["id"])})
+            cursor = encode_cursor(
+                {"t": rows[-1]["created_at"].isoformat(), "c": str(rows[-1]["id"])}
+            )
         return Page(rows, cursor or (after or ""), more)
 
     async def get_conversation(self, client_id: str, conversation_id: str) -> dict[str, Any]:
