@@ -1,4 +1,4 @@
-"""An answer still coming when relay's longest reading time (LONGEST_ANSWER_SECONDS) runs
+"""An answer still coming when relay's longest reading time (RELAY_MAX_ANSWER_SECONDS) runs
 out is cut, on every path: the provider's request is closed, the client told so
 (answer_too_long), history keeps what came as cut. What relay promises of a conversation
 deleted while its first answer streams rests on that bound."""
@@ -9,7 +9,6 @@ import orjson
 import pytest
 from aiohttp import web
 
-from relay.upstreams import reply
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import query
 
@@ -41,15 +40,14 @@ async def endless(request: web.Request, hung_up: asyncio.Event) -> web.StreamRes
 
 
 @pytest.fixture
-async def relay(make_settings, make_client, provider_upstream, monkeypatch):
-    monkeypatch.setattr(reply, "LONGEST_ANSWER_SECONDS", LONGEST)
+async def relay(make_settings, make_client, provider_upstream):
     hung_up = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await endless(request, hung_up)
 
     upstream = await provider_upstream(handler, "endless", models={"endless": "endless"})
-    http = await make_client(make_settings(upstreams=(upstream,)))
+    http = await make_client(make_settings(upstreams=(upstream,), max_answer_seconds=LONGEST))
     client, token = await client_with_token(http)
     return http, token, client["id"], hung_up
 

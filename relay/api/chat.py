@@ -95,6 +95,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
                 answer.route,
                 answer.forwarded_body,
                 stream=answer.stream,
+                longest=request.app[SETTINGS].max_answer_seconds,
             ) as provider:
                 if answer.stream:
                     return await _relay_stream(request, answer, provider, hooks)

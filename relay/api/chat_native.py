@@ -56,7 +56,11 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
     try:
         with answered_before_restart(request, answer):
             async with open_provider_response(
-                request.app[UPSTREAM_SESSION], answer.route, answer.forwarded_body, stream=True
+                request.app[UPSTREAM_SESSION],
+                answer.route,
+                answer.forwarded_body,
+                stream=True,
+                longest=request.app[SETTINGS].max_answer_seconds,
             ) as provider:
                 opened = True
                 if answer.stream:

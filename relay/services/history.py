@@ -19,7 +19,6 @@ from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
 from relay.upstreams.config import DEFAULT_TIMEOUT_S
 from relay.upstreams.pipe import SEND_SECONDS
-from relay.upstreams.reply import LONGEST_ANSWER_SECONDS
 
 MAX_QUERY_CHARS = 1000
 # PostgreSQL's headline (the snippet) costs far more than linearly in the words of
@@ -44,7 +43,7 @@ def answer_horizon_s(settings: Settings) -> float:
     )
     return (
         provider_s
-        + LONGEST_ANSWER_SECONDS
+        + settings.max_answer_seconds
         + SEND_SECONDS
         + settings.drain_timeout
         + COMMIT_TRIES * settings.database_timeout

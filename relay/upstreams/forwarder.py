@@ -190,7 +190,12 @@ def provider_failure(error: object, route: Route) -> UpstreamError | None:
 
 @asynccontextmanager
 async def open_provider_response(
-    session: aiohttp.ClientSession, route: Route, body: bytes, *, stream: bool
+    session: aiohttp.ClientSession,
+    route: Route,
+    body: bytes,
+    *,
+    stream: bool,
+    longest: float,
 ) -> AsyncIterator[ProviderReply]:
     """POST `body` to the route's provider; yield its 200 reply, raise a RelayError otherwise
     (also when a `stream` request is answered with JSON instead of an event stream).
@@ -222,7 +227,7 @@ async def open_provider_response(
             "The provider could not be reached.", code="upstream_unreachable"
         ) from None
     labelled(UPSTREAM_SECONDS, upstream.name, route.model).observe(time.monotonic() - sent)
-    reply = ProviderReply(response, upstream.timeout_s)
+    reply = ProviderReply(response, upstream.timeout_s, longest)
     try:
         if response.status != 200:
             raise await _refusal(response, reply, route)

@@ -16,16 +16,16 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # chunk and `[DONE]` may follow, at once: a provider silent for this long after it
 # has ended the answer, not for the whole idle timeout.
 FINISHED_SILENCE_SECONDS = 10.0
-# The longest relay reads one answer. An upstream's timeout bounds each wait for
-# the provider, not their sum; past this relay stops reading, and the answer ends
-# cut (AnswerTooLongError). What relay promises of a conversation deleted while its
-# first answer streams rests on it (relay.services.history.answer_horizon_s).
-LONGEST_ANSWER_SECONDS = 3600.0
 
 
 class ProviderReply:
     """The body of a provider's response. A wait for more of it that lasts
     `idle_timeout` seconds closes the response and raises TimeoutError.
+
+    An upstream's timeout bounds each wait for the provider, not their sum: past
+    `longest` seconds (RELAY_MAX_ANSWER_SECONDS) relay stops reading, and the answer
+    ends cut (AnswerTooLongError). What relay promises of a conversation deleted
+    while its first answer streams rests on it (relay.services.history).
 
     aiohttp's sock_read would bound the same waits but moves a timer for every
     chunk that arrives; a WaitDeadline does it with one. Time relay spends on its
@@ -42,14 +42,16 @@ class ProviderReply:
         "stopped",
     )
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, idle_timeout: float, longest: float
+    ) -> None:
         self._response = response
         self._content = response.content
         self._deadline = WaitDeadline(idle_timeout, response.close)
         self._finished = False  # the answer said it is finished: see `finished`
         self.stopped = False  # relay closed it (the client left, relay is stopping)
-        self.overran = False  # relay closed it: it ran past LONGEST_ANSWER_SECONDS
-        self._longest = asyncio.get_running_loop().call_later(LONGEST_ANSWER_SECONDS, self._overrun)
+        self.overran = False  # relay closed it: it ran past `longest`
+        self._longest = asyncio.get_running_loop().call_later(longest, self._overrun)
 
     @property
     def expired(self) -> bool:
