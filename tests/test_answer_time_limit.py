@@ -78,10 +78,11 @@ async def test_a_stream_past_the_limit_is_cut_and_its_client_told(relay, databas
 
 
 async def test_a_whole_answer_past_the_limit_is_a_504(relay, database_url):
-    http, token, _, _ = relay
+    http, token, client_id, _ = relay
     body = {"model": "endless", "messages": [{"role": "user", "content": "Hi"}]}
     response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
     await assert_error(response, 504, "answer_too_long")
+    assert await assistant_statuses(database_url, client_id) == ["cut"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

@@ -21,7 +21,13 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
-from relay.errors import RelayError, RestartingError, error_json
+from relay.errors import (
+    AnswerTooLongError,
+    RelayError,
+    RestartingError,
+    UpstreamCutError,
+    error_json,
+)
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
@@ -30,6 +36,10 @@ from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.routing import ModelRouter, Route
+
+# A whole answer the provider began but did not end (it broke off, or ran past
+# RELAY_MAX_ANSWER_SECONDS) is kept as cut, as on /v1/chat; any other error as failed.
+_CUT_SHORT = (UpstreamCutError, AnswerTooLongError)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -101,7 +111,8 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
                     return await _relay_stream(request, answer, provider, hooks)
                 return await _relay_whole(request, answer, provider, hooks)
     except RelayError as error:
-        answer.status, answer.http_status = "failed", error.status
+        answer.status = "cut" if isinstance(error, _CUT_SHORT) else "failed"
+        answer.http_status = error.status
         # The client receives the error body, so that is what the receipt hashes.
         answer.received_body(error_json(error))
         answer.label(error)
