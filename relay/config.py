@@ -118,7 +118,9 @@ class Settings:
     metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret, file=True)
     drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, number, minimum=0)
     # The longest relay reads one provider answer (relay.upstreams.reply).
-    max_answer_seconds: float = setting("RELAY_MAX_ANSWER_SECONDS", 3600.0, number, minimum=1)
+    max_answer_seconds: float = setting(
+        "RELAY_MAX_ANSWER_SECONDS", 3600.0, number, minimum=1, maximum=7 * 86400
+    )
     run_migrations: bool = setting("RELAY_RUN_MIGRATIONS", True, flag)
     # Receipts and attestation (relay.proofs): dstack derives the signing key in
     # the TEE; none keeps it in the state dir. Receipts "off" exists only so the

@@ -131,9 +131,11 @@ class ConversationDeletedError(ConflictError):
     code = "conversation_deleted"
 
     def __init__(self) -> None:
+        # OpenAI's SDKs would ask again (409): only to meet the conversation's 404.
         super().__init__(
             "The conversation was deleted while this answer was on its way;"
-            " the answer was not saved."
+            " the answer was not saved.",
+            headers={"x-should-retry": "false"},
         )
 
 
@@ -169,7 +171,11 @@ class AnswerTooLongError(UpstreamTimeoutError):
     code = "answer_too_long"
 
     def __init__(self) -> None:
-        super().__init__("The answer ran longer than relay lets one run; it was cut.")
+        # OpenAI's SDKs would ask again (504): for as long, and as many tokens, again.
+        super().__init__(
+            "The answer ran longer than relay lets one run; it was cut.",
+            headers={"x-should-retry": "false"},
+        )
 
 
 class DependencyUnavailableError(RelayError):

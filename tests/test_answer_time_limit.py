@@ -16,6 +16,10 @@ CHUNK = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
     b'"choices":[{"index":0,"delta":{"content":"Hi "},"finish_reason":null}]}\n\n'
 )
+FINISH = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+)
 TRICKLE_SECONDS = 0.05
 LONGEST = 0.4
 
@@ -23,7 +27,14 @@ LONGEST = 0.4
 async def endless(request: web.Request, hung_up: asyncio.Event) -> web.StreamResponse:
     """A provider that never finishes: a token every TRICKLE_SECONDS (a stream), or a
     body a byte at a time (a whole answer), until relay hangs up."""
-    stream = (await request.json()).get("stream", False)
+    asked = await request.json()
+    stream = asked.get("stream", False)
+    if asked["model"] == "finished":  # the answer ends, then neither [DONE] nor the end
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(CHUNK + FINISH)
+        await asyncio.sleep(LONGEST * 10)
+        return response
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream" if stream else "application/json"}
     )
@@ -46,7 +57,9 @@ async def relay(make_settings, make_client, provider_upstream):
     async def handler(request: web.Request) -> web.StreamResponse:
         return await endless(request, hung_up)
 
-    upstream = await provider_upstream(handler, "endless", models={"endless": "endless"})
+    upstream = await provider_upstream(
+        handler, "endless", models={"endless": "endless", "finished": "finished"}
+    )
     http = await make_client(make_settings(upstreams=(upstream,), max_answer_seconds=LONGEST))
     client, token = await client_with_token(http)
     return http, token, client["id"], hung_up
@@ -82,6 +95,8 @@ async def test_a_whole_answer_past_the_limit_is_a_504(relay, database_url):
     body = {"model": "endless", "messages": [{"role": "user", "content": "Hi"}]}
     response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
     await assert_error(response, 504, "answer_too_long")
+    # The same answer asked again would run as long: OpenAI's SDKs must not retry it.
+    assert response.headers["x-should-retry"] == "false"
     assert await assistant_statuses(database_url, client_id) == ["cut"]
 
 
@@ -97,3 +112,13 @@ async def test_relays_own_chat_cuts_an_answer_past_the_limit_too(relay, database
     else:
         await assert_error(response, 504, "answer_too_long")
     assert await assistant_statuses(database_url, client_id) == ["cut"]
+
+
+async def test_an_answer_that_finished_before_the_limit_is_complete(relay, database_url):
+    """Its finish_reason came, then nothing (no [DONE], no end) until the limit: the
+    answer had ended, as when such a silence outlasts FINISHED_SILENCE_SECONDS."""
+    http, token, client_id, _ = relay
+    body = {"model": "finished", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    assert await asyncio.wait_for(response.read(), 10) == CHUNK + FINISH
+    assert await assistant_statuses(database_url, client_id) == ["complete"]

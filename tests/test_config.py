@@ -196,6 +196,7 @@ def test_names_read_elsewhere_are_the_ones_relay_and_its_tooling_read():
         ("RELAY_HEALTH_TIMEOUT", "soon"),
         ("RELAY_MAX_ANSWER_SECONDS", "forever"),
         ("RELAY_MAX_ANSWER_SECONDS", "0.5"),
+        ("RELAY_MAX_ANSWER_SECONDS", "999999999999"),  # past year 9999 as a tombstone's end
         ("RELAY_RUN_MIGRATIONS", "maybe"),
         ("RELAY_ENV", "staging"),
         ("RELAY_LOG_LEVEL", "LOUD"),

@@ -199,7 +199,9 @@ async def test_a_conversation_erased_while_its_answer_commits_stays_erased(http,
             answer = asyncio.create_task(chat(http, token, "second", conversation=conversation))
             await waiting_for_lock(database_url)  # the batch waits for the DELETE
             await cur.execute("COMMIT")
-        await assert_error(await answer, 409, "conversation_deleted")
+        refused = await answer
+        await assert_error(refused, 409, "conversation_deleted")
+        assert refused.headers["x-should-retry"] == "false"  # it would only meet a 404
     finally:
         await eraser.close()
     assert not await query(

@@ -28,8 +28,9 @@ MAX_QUERY_CHARS = 1000
 MAX_QUERY_WORDS = 32
 _WORDS = re.compile(r"\w+")
 
-# Tries of a group commit an answer may wait for (its batch, the batch again, alone).
-COMMIT_TRIES = 3
+# Round trips of a group commit an answer may wait for: its batch; after a failure,
+# the query for answers that can no longer be written, the batch again, itself alone.
+COMMIT_TRIES = 4
 # How far apart the clocks of relay's instances and PostgreSQL may be.
 CLOCK_SKEW_S = 60.0
 

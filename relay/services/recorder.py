@@ -8,7 +8,9 @@ was being sent (up to `batch_size`): under load, one commit serves many answers.
 Batches are pipelined: the next is sent while the one before commits (at most
 `PIPELINE` at once), so the database never waits for relay between them. They
 are settled in the order they were sent; a batch that failed is tried again
-once whole, after the batches before it settled, then one answer at a time.
+once whole, after the batches before it settled, less its answers that can no
+longer be written (their conversation or client deleted meanwhile), then one
+answer at a time.
 """
 
 from __future__ import annotations

@@ -75,9 +75,11 @@ class ProviderReply:
         try:
             return await self._content.readany()
         except aiohttp.ClientError:
+            if (self.expired or self.overran) and self._finished:
+                # Silent (or past the longest answer) after it ended the answer: the end
+                # (see `finished`).
+                return b""
             if self.expired:
-                if self._finished:
-                    return b""  # silent after it ended the answer: the end (see `finished`)
                 raise TimeoutError("the provider stopped sending") from None
             raise
         finally:
