@@ -6,10 +6,9 @@ from collections.abc import Sequence
 
 from relay.errors import ConversationDeletedError, RelayError
 from relay.services.answers import Answer
-from relay.services.recorder import not_saved
 from relay.services.turns import title_of, turn_messages
 from relay.stores.database import Batch, Database
-from relay.stores.history import Turn, notify_clients, unwritable_turns, write_turns
+from relay.stores.history import Turn, gone_conversations, notify_clients, write_turns
 
 
 class HistoryPart:
@@ -29,13 +28,12 @@ class HistoryPart:
         self, db: Database, answers: Sequence[Answer]
     ) -> list[tuple[Answer, RelayError]]:
         stored = [answer for answer in answers if answer.store]
-        gone = await unwritable_turns(db, [_turn(answer) for answer in stored])
-        found: list[tuple[Answer, RelayError]] = []
-        for answer in stored:
-            client_gone = gone.get((answer.client.id, answer.conversation_id or ""))
-            if client_gone is not None:
-                found.append((answer, not_saved() if client_gone else ConversationDeletedError()))
-        return found
+        gone = await gone_conversations(db, [_turn(answer) for answer in stored])
+        return [
+            (answer, ConversationDeletedError())
+            for answer in stored
+            if (answer.client.id, answer.conversation_id) in gone
+        ]
 
 
 def _turn(answer: Answer) -> Turn:

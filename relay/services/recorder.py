@@ -25,6 +25,7 @@ from typing import Protocol
 from relay.errors import DependencyUnavailableError, RelayError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
+from relay.stores.clients import ClientStore
 from relay.stores.database import Batch, Database
 from relay.stores.database_failures import out_of_reach
 
@@ -51,9 +52,10 @@ class RecordPart(Protocol):
     async def unwritable(
         self, db: Database, answers: Sequence[Answer]
     ) -> list[tuple[Answer, RelayError]]:
-        """Those of `answers` whose rows this part can no longer write (what they
-        name was deleted since: their client, their conversation), each with what its
-        client is told; asked once a batch has failed."""
+        """Those of `answers` whose rows this part can no longer write (what only
+        this part's rows name was deleted since, such as their conversation), each
+        with what its client is told; asked once a batch has failed. (A client
+        deleted since, which every part's rows name, the recorder asks itself.)"""
 
 
 @dataclass(eq=False, slots=True)
@@ -190,15 +192,18 @@ class AnswerRecorder:
             settled.set_result(None)
 
     async def _writable(self, batch: list[_Pending]) -> list[_Pending]:
-        """The batch less its answers that no part can still write (a conversation
-        erased, a client deleted since the request came in), which fail at once: one
-        such answer would otherwise fail the batch again, and every other answer in it
-        be committed alone, one after another (a client could cause that at will).
-        If the parts cannot tell, the whole batch."""
+        """The batch less its answers that can no longer be written (their client
+        deleted since the request came in, which every part's rows name; or what a
+        part needs gone, such as their conversation), which fail at once: one such
+        answer would otherwise fail the batch again, and every other answer in it be
+        committed alone, one after another (a client could cause that at will).
+        If that cannot be told, the whole batch."""
         assert self._database is not None
         answers = [pending.answer for pending in batch]
         lost: dict[int, RelayError] = {}
         try:
+            gone = await ClientStore(self._database).missing(a.client.id for a in answers)
+            lost = {id(answer): not_saved() for answer in answers if answer.client.id in gone}
             for part in self._parts:
                 for answer, why in await part.unwritable(self._database, answers):
                     lost.setdefault(id(answer), why)

@@ -162,32 +162,29 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     )
 
 
-async def unwritable_turns(db: Database, turns: Sequence[Turn]) -> dict[tuple[str, str], bool]:
-    """The (client id, conversation id) of those turns `write_turns` can no longer
-    write, each with whether it is its client that is gone (else its conversation:
-    erased since the request came in, or, new, erased before it was created: a
-    tombstone). One query, asked after a batch failed, so that such turns fail alone
-    instead of taking the batch down with them."""
+async def gone_conversations(db: Database, turns: Sequence[Turn]) -> set[tuple[str, str]]:
+    """The (client id, conversation id) of those turns whose conversation `write_turns`
+    can no longer write to: erased since the request came in, or, new, erased before it
+    was created (a tombstone). One query, asked after a batch failed, so that such
+    turns fail alone instead of taking the batch down with them."""
     if not turns:
-        return {}
+        return set()
     keys = [
         {"id": turn.conversation_id, "client_id": turn.client_id, "continued": turn.continued}
         for turn in turns
     ]
     async with db.cursor() as cur:
         await cur.execute(
-            "SELECT c.client_id, c.id,"
-            " NOT EXISTS (SELECT 1 FROM clients k WHERE k.id = c.client_id)"
+            "SELECT c.client_id, c.id"
             " FROM json_to_recordset(%s::json) AS c(id uuid, client_id uuid, continued boolean)"
-            " WHERE NOT EXISTS (SELECT 1 FROM clients k WHERE k.id = c.client_id)"
-            " OR (c.continued AND NOT EXISTS (SELECT 1 FROM conversations x"
+            " WHERE (c.continued AND NOT EXISTS (SELECT 1 FROM conversations x"
             " WHERE x.id = c.id AND x.client_id = c.client_id))"
             " OR (NOT c.continued AND EXISTS (SELECT 1 FROM conversation_tombstones t"
             " WHERE t.conversation_id = c.id AND t.client_id = c.client_id))",
             (json_rows(keys),),
         )
         rows = await cur.fetchall()
-    return {(str(row[0]), str(row[1])): bool(row[2]) for row in rows}
+    return {(str(row[0]), str(row[1])) for row in rows}
 
 
 def notify_clients(tx: Batch, client_ids: Sequence[str]) -> None:
