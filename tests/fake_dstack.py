@@ -4,6 +4,8 @@ It answers POST /GetKey, /GetQuote, /Info and /Version with the JSON fields
 dstack-sdk 0.5.4's pydantic models require. Keys are a pure function of
 (seed, path, purpose, algorithm), so a restarted agent with the same seed hands
 out the same key; quotes are TDX v4-shaped with report_data at offset 568.
+GetKey's signature chain is real, signed as dstack signs it by an app key and a
+KMS root key the fake holds (see `signature_chain`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from eth_keys import keys
+from eth_utils import keccak
 
 QUOTE_HEADER_SIZE = 48
 QUOTE_REPORT_DATA_OFFSET = 568  # header 48 + 520 bytes of TD report body before report_data
@@ -38,6 +42,7 @@ class FakeDstackState:
     fail_status: int | None = None  # answer every call with this HTTP status
     malformed: bool = False  # answer every call 200 with a JSON list instead of an object
     quote_report_data: bytes | None = None  # put this in quotes instead of the asked data
+    kms_root_key: bytes = hashlib.sha256(b"fake dstack kms root").digest()
 
     def methods(self) -> list[str]:
         return [name for name, _ in self.calls]
@@ -47,6 +52,23 @@ def derived_key(seed: bytes, path: str, purpose: str, algorithm: str) -> bytes:
     return hashlib.sha256(
         b"\0".join([seed, path.encode(), purpose.encode(), algorithm.encode()])
     ).digest()
+
+
+def fake_kms_root(state: FakeDstackState) -> keys.PublicKey:
+    return keys.PrivateKey(state.kms_root_key).public_key
+
+
+def signature_chain(state: FakeDstackState, key: bytes, purpose: str) -> list[str]:
+    """GetKey's chain as dstack builds it (guest-agent/src/rpc_service.rs `get_key`,
+    kms/src/crypto.rs `derive_k256_key`): 65-byte r‖s‖recid signatures over keccak256."""
+    # The KMS derives the app key from its root key and the app id; a hash stands in for its KDF.
+    app_id = bytes.fromhex(state.app_id)
+    app = keys.PrivateKey(hashlib.sha256(state.kms_root_key + app_id + b"app-key").digest())
+    derived = keys.PrivateKey(key).public_key.to_compressed_bytes().hex()
+    by_app = app.sign_msg_hash(keccak(f"{purpose}:{derived}".encode()))
+    issued = b"dstack-kms-issued:" + app_id + app.public_key.to_compressed_bytes()
+    by_kms = keys.PrivateKey(state.kms_root_key).sign_msg_hash(keccak(issued))
+    return [by_app.to_bytes().hex(), by_kms.to_bytes().hex()]
 
 
 def fake_quote(report_data: bytes) -> bytes:
@@ -96,14 +118,9 @@ def fake_dstack_app(state: FakeDstackState) -> web.Application:
         algorithm = payload.get("algorithm") or "secp256k1"
         if algorithm not in ("secp256k1", "k256"):
             return web.json_response({"error": f"unsupported algorithm {algorithm}"}, status=400)
-        key = derived_key(
-            state.seed, payload.get("path", ""), payload.get("purpose", ""), algorithm
-        )
-        # Shaped like the real chain (two 65-byte recoverable signatures), not valid ones.
-        chain = [
-            (hashlib.sha512(b"app" + key).digest() + b"\x1b").hex(),
-            (hashlib.sha512(b"kms" + state.seed).digest() + b"\x1c").hex(),
-        ]
+        purpose = payload.get("purpose", "")
+        key = derived_key(state.seed, payload.get("path", ""), purpose, algorithm)
+        chain = signature_chain(state, key, purpose)
         return web.json_response({"key": key.hex(), "signature_chain": chain})
 
     async def get_quote(request: web.Request) -> web.Response:
