@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from relay.proofs.custody import kms_root_address
 from relay.proofs.nonce import parse_nonce
 from relay.proofs.verify import VerificationError, iter_checks
 
@@ -37,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail a report no TEE vouches for (tee_type none) instead of noting it",
     )
+    parser.add_argument(
+        "--kms-root",
+        help="the dstack KMS root the key's signature chain must end at: its 0x address "
+        "or public key hex, as your KMS publishes it (without it, the root is printed)",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -48,12 +54,20 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         nonce = parse_nonce(args.nonce)
         request_body = args.request_body.read_bytes() if args.request_body else None
         response_body = args.response_body.read_bytes() if args.response_body else None
+        if args.kms_root is not None:
+            kms_root_address(args.kms_root)
     except (OSError, ValueError) as exc:
         print(f"FAIL {exc}", file=out)
         return EXIT_UNUSABLE
     try:
         checks = iter_checks(
-            report, receipts, request_body, response_body, nonce, require_tee=args.require_tee
+            report,
+            receipts,
+            request_body,
+            response_body,
+            nonce,
+            require_tee=args.require_tee,
+            kms_root=args.kms_root,
         )
         for check in checks:
             print(("ok  " if check.held else "note ") + check.text, file=out)

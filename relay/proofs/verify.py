@@ -4,6 +4,8 @@ Each `verify_*` raises VerificationError on the first thing that does not hold
 and otherwise returns a one-line description of what did. Checking the Intel
 quote's own signature chain needs Intel's PCS collateral and is left to tools
 such as dcap-qvl; here the quote is only checked to carry the right report_data.
+dstack's key chain is recovered up to its KMS root, which only the caller can
+compare with the root their KMS publishes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from relay.proofs.custody import KmsRoot, kms_root_of
 from relay.proofs.quote import describe_quote, quote_report_data
 from relay.proofs.receipt import check_receipt_body, receipt_sha256, sha256_hex, signing_payload
 
@@ -118,6 +121,47 @@ def verify_key_custody(report: dict[str, Any]) -> str | None:
     return "custody  dstack-derived key signed the receipt key"
 
 
+def recover_kms_root(report: dict[str, Any]) -> KmsRoot | None:
+    """The KMS root that key_custody's signature chain ends at, for the report's app id;
+    None without a dstack binding (tee_type none). Any well-formed chain ends at *some*
+    root: compare it with your KMS's published one (verify_kms_root), and check the
+    binding (verify_key_custody), which ties the chain's key to the receipt key."""
+    custody = report.get("key_custody") or {}
+    if not isinstance(custody, dict) or not custody.get("binding"):
+        return None
+    try:
+        get_key = custody.get("get_key")
+        purpose = get_key.get("purpose") if isinstance(get_key, dict) else None
+        if not isinstance(purpose, str):
+            raise ValueError("get_key names no purpose")
+        chain = custody.get("signature_chain")
+        if not isinstance(chain, list):
+            raise ValueError("it is not a list")
+        signatures = [_hex(signature, None) for signature in chain]
+        derived = _hex(custody.get("derived_public_key"), None)
+        return kms_root_of(derived, purpose, _app_id(report), signatures)
+    except ValueError as exc:
+        raise VerificationError(f"custody: the signature chain is malformed: {exc}") from None
+
+
+def verify_kms_root(report: dict[str, Any], kms_root: str) -> str:
+    """The chain ends at `kms_root`: a 0x address or a public key in hex, as dstack's KMS
+    contract publishes it (kmsInfo)."""
+    root = recover_kms_root(report)
+    if root is None:
+        raise VerificationError("custody: the report carries no dstack signature chain")
+    try:
+        named = root.is_named_by(kms_root)
+    except ValueError as exc:
+        raise VerificationError(f"custody: {exc}") from None
+    if not named:
+        raise VerificationError(
+            f"custody: the signature chain ends at KMS root {root.address}, not {kms_root}"
+        )
+    app = _app_id_text(report)
+    return f"custody  signature chain ends at your KMS root {root.address} (app {app})"
+
+
 def verify_body(receipt: dict[str, Any], field: str, data: bytes) -> str:
     name = field if field.endswith("_sha256") else f"{field}_sha256"
     if name not in BODY_FIELDS:
@@ -154,9 +198,11 @@ def iter_checks(
     nonce: bytes | None = None,
     *,
     require_tee: bool = False,
+    kms_root: str | None = None,
 ) -> Iterator[Check]:
     """Every check in order; bodies belong to the last receipt. Raises on the first failure
-    (with `require_tee`, a report no TEE vouches for is one)."""
+    (with `require_tee`, a report no TEE vouches for is one; with `kms_root`, a report whose
+    key chain does not end at that root)."""
     if not receipts:
         raise VerificationError("chain: no receipts")
     for receipt in receipts:
@@ -174,7 +220,14 @@ def iter_checks(
     custody = verify_key_custody(report)
     if custody:
         yield Check(True, custody)
-        yield Check(False, "custody  the signature chain is not checked against the KMS root here")
+    if kms_root is not None:
+        yield Check(True, verify_kms_root(report, kms_root))
+    elif (root := recover_kms_root(report)) is not None:
+        yield Check(
+            False,
+            f"custody  signature chain ends at KMS root {root.address} ({root.public_key}), "
+            "not checked against your KMS's published root: compare them, or pass --kms-root",
+        )
     last = receipts[-1]
     if request_body is not None:
         yield Check(True, verify_body(last, "request", request_body))
@@ -191,12 +244,20 @@ def verify_all(
     nonce: bytes | None = None,
     *,
     require_tee: bool = False,
+    kms_root: str | None = None,
 ) -> list[str]:
     """The lines that held; raises VerificationError on the first failure. Without
     `require_tee` a report of `tee_type: none` passes: check the report's tee_type,
-    or ask for a TEE, before trusting what runs."""
+    or ask for a TEE, before trusting what runs. Without `kms_root` nothing ties the
+    key to your KMS: compare recover_kms_root's answer with its published root."""
     checks = iter_checks(
-        report, receipts, request_body, response_body, nonce, require_tee=require_tee
+        report,
+        receipts,
+        request_body,
+        response_body,
+        nonce,
+        require_tee=require_tee,
+        kms_root=kms_root,
     )
     return [check.text for check in checks if check.held]
 
@@ -211,6 +272,23 @@ def _hex(value: Any, size: int | None, *, lower: bool = False) -> bytes:
     if size is not None and len(data) != size:
         raise ValueError(f"expected {size} bytes, got {len(data)}")
     return data
+
+
+def _app_id(report: dict[str, Any]) -> bytes:
+    # dstack's Info gives the app id as plain hex; accept the 0x its contracts are written with.
+    text = _app_id_text(report)
+    if not text:
+        raise ValueError("the report's info names no app id")
+    try:
+        return _hex(text.removeprefix("0x"), None)
+    except ValueError:
+        raise ValueError("info.app_id is not an app id in hex") from None
+
+
+def _app_id_text(report: dict[str, Any]) -> str:
+    info = report.get("info")
+    app_id = info.get("app_id") if isinstance(info, dict) else None
+    return app_id if isinstance(app_id, str) else ""
 
 
 def _rid(receipt: Any) -> str:
