@@ -8,7 +8,13 @@ from relay.errors import ConversationDeletedError, RelayError
 from relay.services.answers import Answer
 from relay.services.turns import title_of, turn_messages
 from relay.stores.database import Batch, Database
-from relay.stores.history import Turn, gone_conversations, notify_clients, write_turns
+from relay.stores.history import (
+    Turn,
+    any_turn_stored,
+    gone_conversations,
+    notify_clients,
+    write_turns,
+)
 
 
 class HistoryPart:
@@ -34,6 +40,20 @@ class HistoryPart:
             for answer in stored
             if (answer.client.id, answer.conversation_id) in gone
         ]
+
+    async def written(self, db: Database, answers: Sequence[Answer]) -> bool | None:
+        stored = [answer for answer in answers if answer.store]
+        message_ids = [answer.message_id for answer in stored if answer.message_id is not None]
+        # A continued conversation was there before; its new rows have no id known
+        # before they commit (a request id is the client's to choose, and to repeat).
+        new = [
+            answer.conversation_id
+            for answer in stored
+            if answer.conversation_id is not None and not answer.continues_conversation
+        ]
+        if not (message_ids or new):
+            return None
+        return await any_turn_stored(db, message_ids, new)
 
 
 def _turn(answer: Answer) -> Turn:

@@ -23,6 +23,7 @@ from relay.stores.receipts import (
     ChainHead,
     ReceiptRow,
     ReceiptStore,
+    any_stored,
     append_receipts,
     lock_chain_head,
 )
@@ -105,6 +106,9 @@ class ReceiptsPart:
         self, db: Database, answers: Sequence[Answer]
     ) -> list[tuple[Answer, RelayError]]:
         return []  # what a receipt names is the answer's client: the recorder asks that
+
+    async def written(self, db: Database, answers: Sequence[Answer]) -> bool | None:
+        return await any_stored(db, [answer.receipt_id for answer in answers])
 
     async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         if not answers:

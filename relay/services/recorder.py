@@ -10,7 +10,8 @@ Batches are pipelined: the next is sent while the one before commits (at most
 are settled in the order they were sent; a batch that failed is tried again
 once whole, after the batches before it settled, less its answers that can no
 longer be written (their conversation or client deleted meanwhile), then one
-answer at a time.
+answer at a time. A batch whose outcome relay lost (past its timeout, or with
+its connection, once its COMMIT was sent) is settled by what was stored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
 from relay.stores.clients import ClientStore
 from relay.stores.database import Batch, Database
-from relay.stores.database_failures import out_of_reach
+from relay.stores.database_failures import OutcomeUnknownError, out_of_reach
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ class RecordPart(Protocol):
         this part's rows name was deleted since, such as their conversation), each
         with what its client is told; asked once a batch has failed. (A client
         deleted since, which every part's rows name, the recorder asks itself.)"""
+
+    async def written(self, db: Database, answers: Sequence[Answer]) -> bool | None:
+        """Whether this part's rows of `answers` are stored, asked of a batch whose
+        outcome relay lost once its server process is gone (all of a batch's rows
+        committed, or none did); None if no row of this part says so exactly."""
 
 
 @dataclass(eq=False, slots=True)
@@ -257,10 +263,42 @@ class AnswerRecorder:
                 pending.done.set_result(None)
 
     async def _write(self, answers: Sequence[Answer]) -> None:
+        """Commit one batch; raise unless it committed."""
         assert self._database is not None
-        async with self._database.batch() as tx:
-            for part in self._parts:
-                await part.write(tx, answers)
+        try:
+            async with self._database.batch() as tx:
+                for part in self._parts:
+                    await part.write(tx, answers)
+        except OutcomeUnknownError as lost:
+            if not await self._committed_after_all(answers, lost.backend):
+                raise
+
+    async def _committed_after_all(self, answers: Sequence[Answer], backend: int) -> bool:
+        """Settle a batch relay lost touch with after sending its COMMIT: it may have
+        committed (its clients then told "not saved" would ask again and be stored
+        twice). Once the server process that ran it is gone, its rows say which.
+        False if it did not commit or that cannot be told (then logged)."""
+        assert self._database is not None
+        why = "no row says"  # a history-only batch that only continues conversations
+        try:
+            if await self._database.stop_backend(backend):
+                for part in self._parts:
+                    written = await part.written(self._database, answers)
+                    if written is not None:
+                        if written:
+                            log.info(
+                                "answer batch committed after all", extra={"answers": len(answers)}
+                            )
+                        return written
+            else:
+                why = "its server process outlived the wait"
+        except Exception as exc:  # PostgreSQL could not be asked
+            why = type(exc).__name__
+        log.warning(
+            "answer batch outcome unknown",
+            extra={"request_ids": [answer.request_id for answer in answers], "error": why},
+        )
+        return False
 
     def _fail_queued(self) -> None:
         """Fail every answer still queued: the database was found out of reach, and each

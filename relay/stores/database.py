@@ -21,7 +21,14 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from relay.stores.database_failures import driver_errors, quiet_server_cancels, registered
+from relay.errors import DependencyUnavailableError
+from relay.stores.database_failures import (
+    OutcomeUnknownError,
+    driver_errors,
+    out_of_reach,
+    quiet_server_cancels,
+    registered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ KEEPALIVE: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
+# How often `stop_backend` looks whether a terminated process has gone.
+_GONE_POLL_SECONDS = 0.01
 # How often a busy backend checks that relay is still connected (PostgreSQL 14+).
 CLIENT_CHECK_MS = 100
 
@@ -108,15 +117,45 @@ class Database:
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[Batch]:
         """A transaction in as few round trips as it can take (see `Batch`); committed
-        when the block ends, rolled back if it raises."""
+        when the block ends, rolled back if it raises. OutcomeUnknownError if it may
+        have committed although relay could not learn that it did."""
+        batch: Batch | None = None
+        try:
+            async with self.cursor() as cur:
+                batch = Batch(cur)
+                try:
+                    yield batch
+                    await batch.commit()
+                except BaseException:
+                    await batch.rollback()
+                    raise
+        except DependencyUnavailableError as lost:
+            if batch is None or batch.commit_backend is None or not out_of_reach(lost):
+                raise  # never sent its COMMIT, or the server refused it: rolled back
+            raise OutcomeUnknownError(lost, batch.commit_backend) from lost
+
+    async def stop_backend(self, pid: int) -> bool:
+        """Terminate server process `pid` (one whose connection relay lost) and wait, for
+        at most `timeout`, until it is gone: a transaction it ran has then committed or
+        rolled back for good, and other sessions see which. True once it is gone.
+
+        Only a process of this database and role is terminated: the pid may be another
+        one's by now (the operating system reuses them), though hardly within a timeout.
+        """
+        deadline = asyncio.get_running_loop().time() + self.timeout
         async with self.cursor() as cur:
-            batch = Batch(cur)
-            try:
-                yield batch
-                await batch.commit()
-            except BaseException:
-                await batch.rollback()
-                raise
+            await cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid = %s AND datname = current_database() AND usename = current_user",
+                (pid,),
+            )
+            while True:
+                await cur.execute("SELECT FROM pg_stat_activity WHERE pid = %s", (pid,))
+                if await cur.fetchone() is None:
+                    return True
+                if asyncio.get_running_loop().time() >= deadline:
+                    return False
+                await asyncio.sleep(_GONE_POLL_SECONDS)
 
     async def ping(self) -> None:
         """SELECT 1 on a connection of its own, outside the pool (for /health).
@@ -173,6 +212,9 @@ class Batch:
         self._open = False  # BEGIN sent, COMMIT or ROLLBACK not yet
         self._deferred: list[str] = []
         self._on_rollback: list[Callable[[], None]] = []
+        # The server process the COMMIT (or the one-trip transaction) was sent to, once
+        # sent; read before sending (a lost connection no longer tells; no round trip).
+        self.commit_backend: int | None = None
 
     def bind(self, sql: str, params: Any = None) -> str:
         return sql if params is None else self.cur.mogrify(sql, params).decode()
@@ -205,6 +247,8 @@ class Batch:
 
     async def commit(self) -> None:
         statements, self._deferred = self._deferred, []
+        if self._open or statements:
+            self.commit_backend = self.cur.connection.raw.get_backend_pid()
         if self._open:
             await self.cur.execute("; ".join([*statements, "COMMIT"]))
             self._open = False

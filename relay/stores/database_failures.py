@@ -69,6 +69,17 @@ def out_of_reach(error: DependencyUnavailableError) -> bool:
     return not isinstance(error.__cause__, refused)
 
 
+class OutcomeUnknownError(DependencyUnavailableError):
+    """A transaction's COMMIT was sent, then the connection was lost or relay stopped
+    waiting (`out_of_reach`): it may have committed all the same (a COMMIT waiting for
+    its WAL flush, or for a synchronous standby, completes without its client).
+    `backend` is the server process that ran it (see `Database.stop_backend`)."""
+
+    def __init__(self, lost: DependencyUnavailableError, backend: int) -> None:
+        super().__init__(str(lost), reason=lost.reason)
+        self.backend = backend
+
+
 class _ServerCancelFilter(logging.Filter):
     """aiopg reports a statement the server cancelled to the event loop's exception
     handler, which logs it as an error with a traceback; relay logs it itself, once,

@@ -187,6 +187,24 @@ async def gone_conversations(db: Database, turns: Sequence[Turn]) -> set[tuple[s
     return {(str(row[0]), str(row[1])) for row in rows}
 
 
+async def any_turn_stored(
+    db: Database, message_ids: Sequence[int], new_conversation_ids: Sequence[str]
+) -> bool:
+    """Whether any of these messages (ids reserved before their commit) or new
+    conversations (ids made by relay for their first answer) is stored: ids no other
+    transaction writes, so one found says the transaction that wrote it committed.
+    (One its client erased since reads as never stored: of an answer it erased itself,
+    the client is then told that it was not saved.)"""
+    async with db.cursor() as cur:
+        await cur.execute(
+            "SELECT EXISTS (SELECT FROM messages WHERE id = ANY(%s::bigint[]))"
+            " OR EXISTS (SELECT FROM conversations WHERE id = ANY(%s::uuid[]))",
+            (list(message_ids), list(new_conversation_ids)),
+        )
+        row = await cur.fetchone()
+    return bool(row[0])
+
+
 def notify_clients(tx: Batch, client_ids: Sequence[str]) -> None:
     """NOTIFYs delivered on commit, naming the clients with news: as few as fit
     PostgreSQL's payload limit, in one statement. Never EVERYONE: that would wake

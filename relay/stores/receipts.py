@@ -72,6 +72,18 @@ def append_receipts(tx: Batch, after: ChainHead, rows: Sequence[ReceiptRow]) -> 
     return ChainHead(last.seq, last.sha256)
 
 
+async def any_stored(db: Database, receipt_ids: Sequence[str]) -> bool:
+    """Whether any of `receipt_ids` is stored. Receipts are never deleted (a deleted
+    client's stay, anonymous), so a receipt id relay made says for good whether the
+    transaction that wrote it committed."""
+    async with db.cursor() as cur:
+        await cur.execute(
+            "SELECT EXISTS (SELECT FROM receipts WHERE id = ANY(%s::text[]))", (list(receipt_ids),)
+        )
+        row = await cur.fetchone()
+    return bool(row[0])
+
+
 class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self.db = db
