@@ -82,6 +82,21 @@ class UnprocessableError(InvalidRequestError):
     code = "unprocessable_entity"
 
 
+class UnsupportedTransferCodingError(InvalidRequestError):
+    """A request body in a transfer coding relay does not decode (RFC 9112 section 6.1)."""
+
+    status = 501
+    code = "unsupported_transfer_coding"
+
+    def __init__(self) -> None:
+        # A 5xx, which OpenAI's SDKs retry: the same body would meet the same answer.
+        super().__init__(
+            "relay reads request bodies in the chunked transfer coding only;"
+            " send the body without another Transfer-Encoding.",
+            headers={"x-should-retry": "false"},
+        )
+
+
 class AuthenticationError(RelayError):
     status = 401
     type = "invalid_request_error"

@@ -3,6 +3,8 @@ for the configured origins."""
 
 from __future__ import annotations
 
+import gzip
+
 import orjson
 import pytest
 from aiohttp import web
@@ -74,9 +76,13 @@ async def test_cors_for_a_configured_origin(make_client, make_settings):
     response = await http.get("/health", headers={"Origin": APP_ORIGIN})
     assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
     assert "Origin" in response.headers["Vary"]
-    exposed = response.headers["Access-Control-Expose-Headers"].lower()
-    for name in ("x-request-id", "x-receipt-id", "relay-conversation-id", "retry-after"):
-        assert name in exposed
+    exposed = {
+        name.strip().lower()
+        for name in response.headers["Access-Control-Expose-Headers"].split(",")
+    }
+    assert {"x-request-id", "x-receipt-id", "relay-conversation-id"} <= exposed
+    # What OpenAI's SDKs decide retries by: a browser script sees only what is exposed.
+    assert {"retry-after", "retry-after-ms", "x-should-retry", "www-authenticate"} <= exposed
     assert "x-ratelimit-remaining-requests" in exposed
     # Errors carry CORS too, or a browser could not read why it was refused.
     error = await http.get("/v1/me", headers={"Origin": APP_ORIGIN})
@@ -145,22 +151,33 @@ def parsed_answer(answer: bytes) -> tuple[int, CIMultiDict[str], bytes]:
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "expected"),
     [
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nX-Long: "
-        + b"a" * 9000
-        + b"\r\nContent-Length: 2\r\n\r\n{}",
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nContent-Length: ten\r\n\r\n{}",
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n"
-        b"\r\nzz\r\n{}\r\n0\r\n\r\n",
-        b"NOT-HTTP AT ALL\r\n\r\n",
+        # RFC 6585: a header too large is a 431; RFC 9112: a target too long MUST be a 414.
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nX-Long: "
+            + b"a" * 9000
+            + b"\r\nContent-Length: 2\r\n\r\n{}",
+            431,
+        ),
+        (b"GET /v1/models?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: relay\r\n\r\n", 414),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nContent-Length: ten\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked"
+            b"\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"NOT-HTTP AT ALL\r\n\r\n", 400),
     ],
-    ids=["header-too-long", "bad-content-length", "bad-chunk-size", "not-http"],
+    ids=["header-too-long", "url-too-long", "bad-content-length", "bad-chunk-size", "not-http"],
 )
-async def test_a_request_aiohttp_cannot_parse_gets_relays_error_shape(http, raw):
+async def test_a_request_aiohttp_cannot_parse_gets_relays_error_shape(http, raw, expected):
     answer = await raw_exchange(http, raw)  # returns once relay closed the connection
     status, headers, body = parsed_answer(answer)
-    assert status == 400
+    assert status == expected
     assert headers["Content-Type"] == "application/json"
     assert headers["Server"] == "relay" and headers["X-Content-Type-Options"] == "nosniff"
     error = orjson.loads(body)["error"]
@@ -193,6 +210,27 @@ async def test_a_chunked_body_that_turns_malformed_is_a_400_not_a_hang(http, cap
     assert (error["type"], error["code"]) == ("invalid_request_error", "malformed_request")
     assert error["message"] == "The request body is not valid HTTP/1.1 chunked framing."
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_a_body_in_a_transfer_coding_relay_does_not_decode_is_a_501(http):
+    # aiohttp decodes chunked only: relay would read gzip's bytes as the JSON sent.
+    _, token = await client_with_token(http)
+    body = gzip.compress(b'{"model":"gpt-sim","messages":[{"role":"user","content":"hi"}]}')
+    raw = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+        + f"Authorization: Bearer {token}\r\n".encode()
+        + b"Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    status, headers, body = parsed_answer(await raw_exchange(http, raw))
+    assert status == 501 and headers["x-should-retry"] == "false"
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == (
+        "invalid_request_error",
+        "unsupported_transfer_coding",
+    )
 
 
 def test_the_connection_handler_answers_a_timeout_and_a_crash_in_relays_shape():

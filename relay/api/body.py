@@ -14,6 +14,7 @@ from relay.errors import (
     PayloadTooLargeError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
+    UnsupportedTransferCodingError,
 )
 
 # Time for a whole request body once its headers are in: 4 MB over a poor
@@ -24,14 +25,18 @@ BODY_SECONDS = 120.0
 async def read_body(request: web.Request) -> bytes:
     """The raw body, refused with 413 past RELAY_MAX_BODY_BYTES (the app's client_max_size).
 
-    A compressed body is refused (415): aiohttp would hand relay the unpacked bytes,
-    and a receipt's `request_sha256` is over the exact bytes the client sent.
+    A compressed body is refused (415): a receipt's `request_sha256` is over the exact
+    bytes the client sent, and the provider is sent those same bytes. (relay's server
+    leaves bodies undecoded: relay.api.server.)
     """
-    if not _identity_encoded(request):
+    if not _only_codings(request, "Content-Encoding", ("identity", "")):
         raise UnsupportedMediaTypeError(
             "relay accepts request bodies without Content-Encoding; send the body uncompressed.",
             headers={"Accept-Encoding": "identity"},  # RFC 7694
         )
+    # aiohttp decodes chunked alone: under `gzip, chunked` it hands on the gzipped bytes.
+    if not _only_codings(request, "Transfer-Encoding", ("chunked", "")):
+        raise UnsupportedTransferCodingError()
     limit = request.app[SETTINGS].max_body_bytes
     if (request.content_length or 0) > limit:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
@@ -55,13 +60,13 @@ async def read_body(request: web.Request) -> bytes:
         ) from None
 
 
-def _identity_encoded(request: web.Request) -> bool:
-    """Whether every Content-Encoding the request names (in every such header, as
-    aiohttp decodes by all of them) is identity."""
+def _only_codings(request: web.Request, header: str, allowed: tuple[str, ...]) -> bool:
+    """Whether every coding the request names in `header` (in every such header, as
+    aiohttp reads them all) is one of `allowed`."""
     return all(
-        coding.strip().lower() in ("identity", "")
-        for header in request.headers.getall("Content-Encoding", ())
-        for coding in header.split(",")
+        coding.strip().lower() in allowed
+        for value in request.headers.getall(header, ())
+        for coding in value.split(",")
     )
 
 

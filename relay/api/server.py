@@ -7,9 +7,16 @@ answers it itself, in plain text that quotes the offending bytes (a prompt, an
 `Authorization` header) and names Python's and aiohttp's versions. relay's
 connection handler answers it as every other error: JSON, no bytes echoed,
 relay's own headers.
+
+Request bodies reach relay as sent: aiohttp's decoding of a `Content-Encoding`
+is off. relay refuses compressed bodies (415, relay.api.body), and aiohttp would
+otherwise still inflate one while draining it after that answer, on the event
+loop: a 2 MB gzip of zeros held every request of the instance for seconds.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, InvalidHeader, LineTooLong
@@ -19,6 +26,11 @@ from aiohttp.web_request import BaseRequest
 from relay.api.error_mapping import error_response
 from relay.api.security_headers import STATIC_HEADERS
 from relay.errors import InvalidRequestError, RelayError, UpstreamTimeoutError
+
+# A request line (its target, mostly) may be this long; a header line 8190 bytes,
+# aiohttp's default. The limits differ so that aiohttp's LineTooLong, which carries
+# only the limit it hit, tells a long URL (414) from a long header (431).
+REQUEST_LINE_BYTES = 8192
 
 
 def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
@@ -30,7 +42,11 @@ def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
     if status >= 500:
         return RelayError("Internal error.")
     if isinstance(exc, LineTooLong):
-        why = "its request line or a header is too long"
+        if exc.args[1:2] == (REQUEST_LINE_BYTES,):
+            # RFC 9112 section 3: a target too long to parse MUST be a 414.
+            why, status = "its request target (URL) is too long", 414
+        else:
+            why, status = "a header is too long", 431  # RFC 6585
     elif isinstance(exc, BadHttpMethod):
         why = "it does not start with an HTTP method"
     elif isinstance(exc, InvalidHeader):
@@ -94,7 +110,13 @@ class RelayServer(web.Server):
 
 
 class RelayAppRunner(web.AppRunner):
-    """`web.AppRunner` whose server makes `RelayRequestHandler` connections."""
+    """`web.AppRunner` whose server makes `RelayRequestHandler` connections, which
+    leave request bodies undecoded and bound the request line by REQUEST_LINE_BYTES."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_decompress", False)
+        kwargs.setdefault("max_line_size", REQUEST_LINE_BYTES)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
