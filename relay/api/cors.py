@@ -9,13 +9,17 @@ from aiohttp.typedefs import Handler
 
 from relay.appkeys import SETTINGS
 
-# relay's own response headers a browser script may read.
+# Response headers a browser script may read (the Fetch spec hides any other but the
+# safelisted few): relay's own, and those OpenAI's SDKs decide retries by.
 EXPOSED = ", ".join(
     (
         "X-Request-Id",
         "X-Receipt-Id",
         "Relay-Conversation-Id",
         "Retry-After",
+        "retry-after-ms",
+        "x-should-retry",
+        "WWW-Authenticate",
         "X-RateLimit-Limit-Requests",
         "X-RateLimit-Remaining-Requests",
         "X-RateLimit-Reset-Requests",
