@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token, exchange
 from tests.conftest import JWT_SECRET
@@ -207,3 +208,22 @@ async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(http, path):
     status_line = (await reader.read()).split(b"\r\n", 1)[0]
     writer.close()
     assert status_line.split()[1] == b"401"
+
+
+@pytest.mark.parametrize("path", ["/v1/me", "/admin/clients", "/metrics"])
+@pytest.mark.parametrize("good_first", [True, False])
+async def test_two_authorization_headers_are_a_400_whichever_comes_first(
+    make_client, make_settings, path, good_first
+):
+    # RFC 9110: the field holds one value. A proxy reading the other one than relay
+    # would disagree with relay about who is calling.
+    http = await make_client(make_settings(metrics_token="m" * 40))
+    _, token = await client_with_token(http)
+    good = {"/v1/me": f"Bearer {token}", "/metrics": "Bearer " + "m" * 40}.get(
+        path, ADMIN["Authorization"]
+    )
+    values = [good, "Bearer junk"] if good_first else ["Bearer junk", good]
+    headers = CIMultiDict(("Authorization", value) for value in values)
+    response = await http.get(path, headers=headers)
+    await assert_error(response, 400, "invalid_request")
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="relay", error="invalid_request"'

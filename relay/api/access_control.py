@@ -6,10 +6,27 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from relay.appkeys import AUTHENTICATOR, CALLER, SETTINGS
+from relay.errors import InvalidRequestError
 from relay.services.auth import check_operator_token
 
 # /v1 routes anyone may call (by route name); every other /v1 route needs a JWT.
 PUBLIC_V1_ROUTES = frozenset({"get_attestation_report"})
+
+
+def authorization(request: web.Request) -> str | None:
+    """The request's one Authorization header (None if it has none).
+
+    Two are refused (400, RFC 6750's invalid_request): the field holds one value
+    (RFC 9110), and a proxy that checks or logs the last while relay reads the
+    first would disagree with relay about who is calling."""
+    values = request.headers.getall("Authorization", ())
+    if len(values) > 1:
+        raise InvalidRequestError(
+            "Send one Authorization header; this request has more.",
+            code="invalid_request",
+            headers={"WWW-Authenticate": 'Bearer realm="relay", error="invalid_request"'},
+        )
+    return values[0] if values else None
 
 
 def _matched(request: web.Request) -> bool:
@@ -23,7 +40,7 @@ async def access_control_middleware(request: web.Request, handler: Handler) -> w
         path = request.path
         if path.startswith("/v1/") and request.match_info.route.name not in PUBLIC_V1_ROUTES:
             authenticator = request.app[AUTHENTICATOR]
-            request[CALLER] = await authenticator.authenticate(request.headers.get("Authorization"))
+            request[CALLER] = await authenticator.authenticate(authorization(request))
         elif path == "/admin" or path.startswith("/admin/"):
             check_admin(request)
     return await handler(request)
@@ -31,7 +48,7 @@ async def access_control_middleware(request: web.Request, handler: Handler) -> w
 
 def check_admin(request: web.Request) -> None:
     check_operator_token(
-        request.headers.get("Authorization"),
+        authorization(request),
         request.app[SETTINGS].admin_token,
         "admin",
         "RELAY_ADMIN_TOKEN",

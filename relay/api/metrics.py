@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay import metrics
+from relay.api.access_control import authorization
 from relay.appkeys import DATABASE, SETTINGS
 from relay.services.auth import check_operator_token
 
@@ -12,9 +13,7 @@ from relay.services.auth import check_operator_token
 def check_metrics_token(request: web.Request) -> None:
     expected = request.app[SETTINGS].metrics_token
     if expected:  # unset: /metrics is open (the nginx example denies it from outside)
-        check_operator_token(
-            request.headers.get("Authorization"), expected, "metrics", "RELAY_METRICS_TOKEN"
-        )
+        check_operator_token(authorization(request), expected, "metrics", "RELAY_METRICS_TOKEN")
 
 
 async def get_metrics(request: web.Request) -> web.Response:

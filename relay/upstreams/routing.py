@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from relay.upstreams.config import Upstream
 # A client holding any `model:` scope may use only the models those scopes name
 # (`model:*` for all); a client without one may use every model.
 MODEL_SCOPE = "model:"
+# What a scope token may hold in a WWW-Authenticate challenge (RFC 6750 section 3: NQSCHAR).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ModelRouter:
                 f"This client may not use the model `{model}`.",
                 param="model",
                 code="model_not_allowed",
+                headers={"WWW-Authenticate": _insufficient_scope(MODEL_SCOPE + model)},
             )
         return route
 
@@ -58,6 +62,13 @@ class ModelRouter:
     def allowed(self, scopes: Iterable[str]) -> list[Route]:
         scopes = tuple(scopes)
         return [route for model, route in self.routes.items() if model_allowed(scopes, model)]
+
+
+def _insufficient_scope(scope: str) -> str:
+    """RFC 6750's challenge for a token that lacks the scope a request needs (naming
+    the scope when it can be written there)."""
+    challenge = 'Bearer realm="relay", error="insufficient_scope"'
+    return challenge + f', scope="{scope}"' if _SCOPE_TOKEN.fullmatch(scope) else challenge
 
 
 def _not_found(model: str) -> ModelNotFoundError:
