@@ -5,6 +5,7 @@ import socket
 
 import orjson
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from relay.simulator import completion_text
@@ -251,7 +252,22 @@ async def test_provider_rejecting_relays_own_key_is_a_502_not_the_clients_401(
 ):
     simulator.config.api_key = "some-other-key"
     response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
-    await assert_error(response, 502, "upstream_auth")
+    error = await assert_error(response, 502, "upstream_auth")
+    assert error["message"] == "The provider rejected relay's credentials."
+    # OpenAI's SDKs retry a 502; asking again would meet the same refusal.
+    assert response.headers["x-should-retry"] == "false"
+
+
+async def test_provider_refusing_relay_access_is_a_502_in_the_providers_words(
+    http, token, simulator
+):
+    simulator.config.error_status = 403  # OpenAI's "Country, region, or territory not supported"
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    error = await assert_error(response, 502, "upstream_auth")
+    assert error["message"] == (
+        "The provider refused relay access: Country, region, or territory not supported"
+    )
+    assert response.headers["x-should-retry"] == "false"
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -259,6 +275,29 @@ async def test_provider_5xx_is_a_502(http, token, simulator, status):
     simulator.config.error_status = status
     response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
     await assert_error(response, 502)
+    assert "x-should-retry" not in response.headers  # the SDKs may ask again
+
+
+async def test_provider_5xx_passes_on_when_to_ask_again(
+    make_settings, make_client, provider_upstream
+):
+    async def overloaded(request: web.Request) -> web.Response:
+        headers = {"Retry-After": "7", "retry-after-ms": "7000", "x-should-retry": "true"}
+        return web.json_response(
+            {"error": {"message": "overloaded", "type": "server_error"}},
+            status=503,
+            headers=headers,
+        )
+
+    upstream = await provider_upstream(overloaded, "overloaded")
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    _, token = await client_with_token(http)
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 502, "upstream_error")
+    # What OpenAI's SDKs read to pace their retries, as the provider said it.
+    assert response.headers["Retry-After"] == "7"
+    assert response.headers["retry-after-ms"] == "7000"
+    assert response.headers["x-should-retry"] == "true"
 
 
 async def test_provider_too_slow_is_a_504(make_settings, make_client, simulator):
@@ -285,7 +324,8 @@ async def test_provider_refusing_connections_is_a_502(make_settings, make_client
 async def test_provider_hanging_up_without_answer_is_a_502(http, token, simulator):
     simulator.config.cut_after = 1
     response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
-    await assert_error(response, 502)
+    # Reached, then gone: not "could not be reached" (it may have taken the request).
+    await assert_error(response, 502, "upstream_closed")
 
 
 async def test_max_tokens_and_finish_reason_come_from_the_provider(http, token):

@@ -142,9 +142,19 @@ async def _refusal(
         body = None
     status = response.status
     log.info("provider refused", extra={"upstream": upstream.name, "upstream_status": status})
+    # When to ask again, as the provider said it: OpenAI's SDKs read these on every
+    # status they retry (429 and 5xx among them), relay's 502 included.
+    headers = {
+        name: response.headers[name] for name in _PASSED_ERROR_HEADERS if name in response.headers
+    }
     if status in (401, 403):
-        # The provider rejected relay's credentials: the client can do nothing about it.
-        return UpstreamError("The provider rejected relay's credentials.", code="upstream_auth")
+        # Refused relay, not the client: nothing the client can do about it, nor will
+        # asking again (the SDKs would, at a 502).
+        return UpstreamError(
+            _refused_relay(status, error_object(body), route),
+            code="upstream_auth",
+            headers={"x-should-retry": "false"},
+        )
     if 400 <= status < 500:
         error = error_object(body)
         if isinstance(error, dict):
@@ -154,13 +164,21 @@ async def _refusal(
         else:
             reason = response.reason or "error"
             body = error_body(f"The provider answered {status} {reason}.", "invalid_request_error")
-        headers = {
-            name: response.headers[name]
-            for name in _PASSED_ERROR_HEADERS
-            if name in response.headers
-        }
         return ProviderRefusal(status, body, headers, route)
-    return UpstreamError(f"The provider failed with status {status}.", code="upstream_error")
+    return UpstreamError(
+        f"The provider failed with status {status}.", code="upstream_error", headers=headers
+    )
+
+
+def _refused_relay(status: int, error: object, route: Route) -> str:
+    """Why the provider refused relay itself: its credentials (401), or its access
+    (403: a region, a model its project may not use), in the provider's words."""
+    if status == 401:
+        return "The provider rejected relay's credentials."
+    said = error.get("message") if isinstance(error, dict) else error
+    if isinstance(said, str) and said:
+        return f"The provider refused relay access: {provider_words(said, route)}"
+    return "The provider refused relay access."
 
 
 async def _not_a_stream(reply: ProviderReply, route: Route) -> RelayError:
@@ -219,12 +237,22 @@ async def open_provider_response(
             )
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError("The provider did not answer in time.") from None
-    except aiohttp.ClientError as exc:
+    except aiohttp.ClientConnectorError as exc:
         log.warning(
             "provider unreachable", extra={"upstream": upstream.name, "error": type(exc).__name__}
         )
         raise UpstreamError(
             "The provider could not be reached.", code="upstream_unreachable"
+        ) from None
+    except aiohttp.ClientError as exc:
+        # Connected, then the connection failed before an answer's headers: the provider
+        # may have taken the request (and may bill it), so not "could not be reached".
+        log.warning(
+            "provider closed the connection",
+            extra={"upstream": upstream.name, "error": type(exc).__name__},
+        )
+        raise UpstreamError(
+            "The provider closed the connection without answering.", code="upstream_closed"
         ) from None
     labelled(UPSTREAM_SECONDS, upstream.name, route.model).observe(time.monotonic() - sent)
     reply = ProviderReply(response, upstream.timeout_s, longest)
