@@ -9,6 +9,7 @@ from relay.api.access_log import setup_access_log
 from relay.api.cors import setup_cors
 from relay.api.drain import setup_drain
 from relay.api.error_mapping import setup_error_mapping
+from relay.api.expect import setup_expect
 from relay.api.health import setup_health
 from relay.api.rate_limit import setup_rate_limit
 from relay.api.request_id import setup_request_id
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     setup_security_headers(app)
     # Before access control: a preflight carries no credentials.
     setup_cors(app)
+    setup_expect(app)
     setup_access_control(app)
     # After access control: a client's limits need the caller it identified.
     setup_rate_limit(app)

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from relay.api.expect import send_continue
 from relay.appkeys import SETTINGS
 from relay.errors import (
     InvalidRequestError,
@@ -40,6 +41,7 @@ async def read_body(request: web.Request) -> bytes:
     limit = request.app[SETTINGS].max_body_bytes
     if (request.content_length or 0) > limit:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+    await send_continue(request)  # every check the head allows has passed
     try:
         if request.content.is_eof():  # the whole body came with the head: no wait to bound
             return await request.read()

@@ -83,8 +83,13 @@ class RelayRequestHandler(RequestHandler):
         if isinstance(error, _ErrInfo) and not request.content.is_eof():
             self._messages.pop()
             request.content.set_exception(web.RequestPayloadError(error.message))
-            self._lingering_time = 0.0
-            self._close = True
+            self.end_after_answer()
+
+    def end_after_answer(self) -> None:
+        """Close the connection once the answer in progress is sent, without waiting
+        (aiohttp lingers up to 10 s) for the rest of a request body nobody will read."""
+        self._lingering_time = 0.0
+        self._close = True
 
     def handle_error(
         self,

@@ -1,0 +1,79 @@
+"""`Expect: 100-continue`: the body is invited only once relay would read it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from tests.api_calls import client_with_token
+
+BODY = orjson.dumps({"model": "gpt-sim", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def _head(path: str, headers: dict[str, str], length: int = len(BODY)) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: relay", "Content-Type: application/json"]
+    lines += [f"Content-Length: {length}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def _first_answer(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+
+
+async def test_the_body_is_invited_once_the_checks_passed_then_answered(http, simulator):
+    _, token = await client_with_token(http)
+    reader, writer = await asyncio.open_connection(http.host, http.port)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Expect": "100-continue"}
+        writer.write(_head("/v1/chat/completions", headers))
+        await writer.drain()
+        assert await _first_answer(reader) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(BODY)
+        await writer.drain()
+        assert (await _first_answer(reader)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
+    assert simulator.state.requests
+
+
+@pytest.mark.parametrize(
+    ("headers", "length", "status"),
+    [
+        ({}, len(BODY), b"401"),  # no token
+        ({"Authorization": "Bearer not-a-token"}, len(BODY), b"401"),
+        (None, 10**9, b"413"),  # a good token, a body past RELAY_MAX_BODY_BYTES
+    ],
+    ids=["no-token", "bad-token", "too-large"],
+)
+async def test_a_request_refused_by_its_head_is_answered_without_inviting_its_body(
+    http, simulator, headers, length, status
+):
+    # RFC 9110 section 10.1.1: a final status the head decides is sent instead of 100.
+    if headers is None:
+        headers = {"Authorization": f"Bearer {(await client_with_token(http))[1]}"}
+    reader, writer = await asyncio.open_connection(http.host, http.port)
+    try:
+        writer.write(_head("/v1/chat/completions", {**headers, "Expect": "100-continue"}, length))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # relay closes the connection
+    finally:
+        writer.close()
+    assert answer.split(b" ", 2)[1] == status
+    assert b"100 Continue" not in answer
+    assert b"Connection: close" in answer  # the body it never invited is not awaited
+    assert not simulator.state.requests
+
+
+async def test_an_expectation_relay_cannot_meet_is_a_417(http):
+    reader, writer = await asyncio.open_connection(http.host, http.port)
+    try:
+        writer.write(_head("/auth/token", {"Expect": "something-else", "Connection": "close"}))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 417 ")
+    error = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "expectation_failed"
