@@ -237,3 +237,20 @@ def test_the_connection_handler_answers_a_timeout_and_a_crash_in_relays_shape():
     assert unparsed_error(504, None).status == 504
     crash = unparsed_error(500, RuntimeError("boom"))
     assert (crash.status, crash.type, crash.message) == (500, "server_error", "Internal error.")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/me", "/v1/models", "/v1/conversations", "/v1/history", "/v1/history/search?q=hi"],
+)
+async def test_answers_to_credentialed_requests_are_not_stored_by_any_cache(http, path):
+    # A browser's or a mobile app's own HTTP cache would otherwise keep transcripts on
+    # disk, past a DELETE of the conversation (RFC 9111 binds only shared caches).
+    _, token = await client_with_token(http)
+    response = await http.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    refused = await http.get(path, headers={"Authorization": "Bearer not-a-token"})
+    assert refused.status == 401 and refused.headers["Cache-Control"] == "no-store"
+    # What is public and the same for everyone may be kept as before.
+    assert "no-store" not in (await http.get("/openapi.json")).headers["Cache-Control"]

@@ -28,6 +28,12 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     for name, value in _HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers["Server"] = STATIC_HEADERS["Server"]
+    if "Authorization" in request.headers:
+        # An answer to a credentialed request is the caller's alone (transcripts, search
+        # results, receipts). RFC 9111 keeps shared caches from storing it, but not a
+        # browser's or a mobile HTTP stack's own cache, which would keep a conversation
+        # on disk past its DELETE. (A stream says no-cache, as the SSE contract has it.)
+        response.headers.setdefault("Cache-Control", "no-store")
     if request.app[SETTINGS].force_https:
         response.headers.setdefault("Strict-Transport-Security", HSTS)
 
