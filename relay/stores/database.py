@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ import psycopg2.extensions
 from relay.errors import DependencyUnavailableError
 from relay.stores.database_failures import (
     OutcomeUnknownError,
+    connection_died,
     driver_errors,
     out_of_reach,
     quiet_server_cancels,
@@ -46,7 +48,19 @@ KEEPALIVE: dict[str, Any] = {
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    # Sent bytes unacknowledged this long (ms) mean the host is gone: a statement sent on
+    # a connection to a crashed host fails then (measured: 2.4 s), within the default
+    # RELAY_DATABASE_TIMEOUT rather than at its end, leaving time to send it again on a
+    # fresh connection. A server that is only slow acknowledges at once. Keepalives give
+    # up at their first unanswered probe past it: within 15 s of a host's crash, not 25.
+    "tcp_user_timeout": 2000,
 }
+# A pooled connection idle this long is closed rather than used again: had its server
+# gone in the last seconds, before keepalives noticed (up to 15 s), the first requests
+# after a quiet spell would meet it, writes included, which are not sent twice. It costs
+# a new connection (about 7 ms on one host) only while traffic is this sparse, nothing
+# per request otherwise (the pool compares times as it hands out connections).
+IDLE_RECYCLE_SECONDS = 30.0
 # How often `stop_backend` looks whether a terminated process has gone.
 _GONE_POLL_SECONDS = 0.01
 # How often a busy backend checks that relay is still connected (PostgreSQL 14+).
@@ -72,9 +86,13 @@ class Database:
         self.timeout = timeout
         self._probe: Connection | None = None  # `ping`'s own, outside the pool
         self._probing = asyncio.Lock()
+        # Pooled connections that served a cursor already: only such a one can be stale.
+        self._served: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     @classmethod
-    async def open(cls, dsn: str, *, size: int, timeout: float) -> Database:
+    async def open(
+        cls, dsn: str, *, size: int, timeout: float, recycle: float = IDLE_RECYCLE_SECONDS
+    ) -> Database:
         quiet_server_cancels()
         with driver_errors():
             pool = await registered(
@@ -83,6 +101,7 @@ class Database:
                     minsize=1,
                     maxsize=size,
                     timeout=timeout,
+                    pool_recycle=recycle,
                     on_connect=_watch_client,
                     **KEEPALIVE,
                 )
@@ -95,18 +114,37 @@ class Database:
         await self.pool.wait_closed()
 
     @asynccontextmanager
-    async def cursor(self) -> AsyncIterator[Cursor]:
+    async def cursor(self) -> AsyncIterator[PooledCursor]:
         """A cursor in autocommit mode: each statement commits on its own.
 
         `transaction` and `batch` are built on it, so its error mapping covers theirs,
         their ROLLBACK and COMMIT included."""
         with driver_errors():
-            conn = await registered(self.pool.acquire)
+            conn, served = await self._acquire()
+            cur = PooledCursor(self, await conn.cursor(), stale_maybe=served)
             try:
-                async with conn.cursor() as cur:
-                    yield cur
+                yield cur
             finally:
-                await self.pool.release(conn)
+                cur.close()
+                if not cur.released:
+                    await self.pool.release(cur.connection)
+
+    async def _acquire(self) -> tuple[Connection, bool]:
+        """A pooled connection, and whether it served before: only then can it be stale."""
+        conn = await registered(self.pool.acquire)
+        served = conn in self._served
+        self._served.add(conn)
+        return conn, served
+
+    async def _drop_stale(self, dead: Connection) -> None:
+        """Forget `dead` (closed) and the pool's idle connections: what left one stale (a
+        failover, a host crash) most likely left them so, and a write is not sent twice."""
+        await self.pool.release(dead)
+        await self.pool.clear()
+
+    async def _fresh_cursor(self) -> Cursor:
+        conn, _ = await self._acquire()
+        return await conn.cursor()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
@@ -195,6 +233,58 @@ class Database:
         return {"size": self.pool.size, "free": self.pool.freesize, "max": self.pool.maxsize or 0}
 
 
+class PooledCursor(aiopg.Cursor):
+    """A cursor on a pooled connection that sends its first statement once more, on a
+    fresh connection, if the connection it was given turns out dead (stale: its server
+    went away without relay noticing) and sending it again is safe.
+
+    Safe are a transaction's start (nothing it did can have committed) and a read; a
+    connection lost once a statement was sent cannot tell whether the server ran it,
+    so any other statement is not sent again. The second try has what is left of the
+    first's RELAY_DATABASE_TIMEOUT: a server that is down is not waited for twice.
+    (The connection is swapped under aiopg's cursor; aiopg 1.4.0 is its last release.)
+    """
+
+    def __init__(self, db: Database, cur: Cursor, *, stale_maybe: bool) -> None:
+        super().__init__(cur.connection, cur.raw, db.timeout, echo=False)
+        self._db = db
+        # A connection served before may have gone stale since; a new one has not.
+        self._retry_first = stale_maybe
+        self.released = False  # its connection is back in the pool (a dead one, replaced)
+
+    async def execute(
+        self,
+        operation: str,
+        parameters: Any = None,
+        *,
+        timeout: float | None = None,
+        repeatable: bool = False,
+    ) -> None:
+        """`repeatable`: the statement may be sent twice (see the class), whatever it says."""
+        retry, self._retry_first = self._retry_first, False
+        deadline = asyncio.get_running_loop().time() + self._db.timeout
+        try:
+            await super().execute(operation, parameters, timeout=timeout)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if not (retry and connection_died(exc, self.connection.closed)):
+                raise
+            self.released = True
+            async with asyncio.timeout_at(deadline):
+                await self._db._drop_stale(self.connection)
+                if not (repeatable or _repeatable(operation)):
+                    raise
+                log.warning("postgres connection was stale; statement sent again on a new one")
+                fresh = await self._db._fresh_cursor()
+                self._conn, self._impl, self.released = fresh.connection, fresh.raw, False
+                await super().execute(operation, parameters, timeout=timeout)
+
+
+def _repeatable(sql: str) -> bool:
+    """A single statement that reads or that starts a transaction. (A SELECT here may
+    call nextval or pg_terminate_backend, both harmless twice; none that writes.)"""
+    return ";" not in sql and sql.lstrip()[:6].upper().startswith(("SELECT", "BEGIN"))
+
+
 class Batch:
     """One transaction sent in as few round trips as possible.
 
@@ -207,7 +297,7 @@ class Batch:
     Statements are bound by psycopg2's `mogrify`, never by string formatting.
     """
 
-    def __init__(self, cur: Cursor) -> None:
+    def __init__(self, cur: PooledCursor) -> None:
         self.cur = cur
         self._open = False  # BEGIN sent, COMMIT or ROLLBACK not yet
         self._deferred: list[str] = []
@@ -222,11 +312,13 @@ class Batch:
     async def execute(self, sql: str, params: Any = None) -> None:
         """Run a statement now (after any deferred ones), inside the transaction."""
         statements = [*self._deferred, self.bind(sql, params)]
-        if not self._open:
+        opening = not self._open
+        if opening:
             statements.insert(0, "BEGIN")
             self._open = True
         self._deferred = []
-        await self.cur.execute("; ".join(statements))
+        # The round trip that opens the transaction commits nothing: safe to send again.
+        await self.cur.execute("; ".join(statements), repeatable=opening)
 
     async def flush(self) -> None:
         """Send the deferred statements now, inside the transaction."""

@@ -69,6 +69,13 @@ def out_of_reach(error: DependencyUnavailableError) -> bool:
     return not isinstance(error.__cause__, refused)
 
 
+def connection_died(error: psycopg2.Error, closed: int) -> bool:
+    """Whether `error` (its connection now `closed`, as psycopg2 tells) is the connection
+    having died rather than the server refusing a statement: a server's own error
+    carries its SQLSTATE, even one that ends the session (pg_terminate_backend)."""
+    return bool(closed) and error.pgcode is None
+
+
 class OutcomeUnknownError(DependencyUnavailableError):
     """A transaction's COMMIT was sent, then the connection was lost or relay stopped
     waiting (`out_of_reach`): it may have committed all the same (a COMMIT waiting for
