@@ -33,21 +33,26 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> None:
         if self.overflowed:
             return
-        # Fast path for the usual chunk, one whole `data: …\n\n` event and nothing pending:
-        # its first LF is the last but one byte, and the last is LF too. (Cheapest tests
-        # first: this runs for every event of every stream.)
+        # Fast path for the usual chunk: whole events of one `data: …` line each, ended
+        # LF LF, no CR, nothing pending. Most often that is one event: its first LF is
+        # the last but one byte. (Cheapest tests first: this runs for every chunk.)
         if (
-            chunk.find(b"\n") == len(chunk) - 2
-            and chunk[-1] == _LF
-            and chunk.startswith(b"data: ")
+            chunk.startswith(b"data: ")
             and chunk.find(b"\r") < 0
-            and not self._tail
-            and not self._data
-            and not self._skip_lf
+            and not (self._tail or self._data or self._skip_lf)
         ):
-            self._at_start = False
-            self._on_data(chunk[6:-2])
-            return
+            last = len(chunk) - 2
+            if chunk.find(b"\n") == last and chunk[-1] == _LF and last <= MAX_EVENT_BYTES:
+                self._at_start = False
+                self._on_data(chunk[6:-2])
+                return
+            payloads = _data_lines_events(chunk)
+            if payloads is not None:
+                self._at_start = False
+                on_data = self._on_data
+                for payload in payloads:
+                    on_data(payload)
+                return
         if self._skip_lf and chunk:
             # The last chunk ended in CR: a LF opening this one finishes that same line ending.
             self._skip_lf = False
@@ -120,3 +125,14 @@ class SSEDecoder:
 def _data_value(line: bytes) -> bytes:
     """A `data:` line's value: what follows the colon, less one space if one comes first."""
     return line[6:] if line.startswith(b" ", 5) else line[5:]
+
+
+def _data_lines_events(chunk: bytes) -> list[bytes] | None:
+    """The payloads of `chunk` (which opens `data: ` and holds no CR) if it is nothing
+    but whole events of one `data: …` line each, ended LF LF; else None. Under load a
+    read brings several events at once: they are split here, not line by line."""
+    if not chunk.endswith(b"\n\n") or len(chunk) > MAX_EVENT_BYTES:
+        return None
+    payloads = chunk[6:-2].split(b"\n\ndata: ")
+    # Every LF is in a separator or the last blank line exactly when no payload holds one.
+    return payloads if chunk.count(b"\n") == 2 * len(payloads) else None
