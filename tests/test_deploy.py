@@ -233,6 +233,15 @@ def test_nginx_example_streams_unbuffered():
         assert directive in conf, directive
 
 
+def test_nginx_fails_over_only_when_an_instance_cannot_be_reached():
+    # relay's own 502/503 (a provider or PostgreSQL down, for every instance alike)
+    # must not count as the instance failing: after a short database outage nginx
+    # would mark every instance down and answer all requests itself for fail_timeout.
+    conf = (DEPLOY / "nginx.conf").read_text()
+    retried = re.findall(r"^\s*proxy_next_upstream ([^;]*);", conf, re.MULTILINE)
+    assert retried and all(set(each.split()) <= {"error", "timeout"} for each in retried)
+
+
 def test_nginx_accepts_the_example(tmp_path):
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if nginx is None:
