@@ -257,7 +257,16 @@ def test_a_setting_holding_a_secret_is_refused_without_showing_it(env):
 
 
 @pytest.mark.parametrize(
-    "base_url", ["http:nohost", "https://o.example/v1#part", "ftp://o.example/v1"]
+    "base_url",
+    [
+        "http:nohost",
+        "https://o.example/v1#part",
+        "ftp://o.example/v1",
+        # A port that passed start-up, then made every chat a 500 (yarl refused it).
+        "http://127.0.0.1:99999/v1",
+        "http://o.example:80a/v1",
+        "http://o.example:0/v1",
+    ],
 )
 def test_an_upstream_base_url_relay_cannot_post_to_is_refused(base_url):
     upstreams = [{"name": "o", "base_url": base_url, "models": {"m": "m"}}]

@@ -72,9 +72,20 @@ def _positive(entry: Mapping[str, Any], key: str, default: float) -> float:
 
 
 def _http_url(text: str) -> bool:
-    """An http(s) URL relay can post to: a host, and no #fragment (a query is kept)."""
+    """An http(s) URL relay can post to: a host, a port if any in 1-65535, and no
+    #fragment (a query is kept). A bad port would pass start-up and fail every chat."""
     parts = urlsplit(text)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
+    try:
+        # Both readings: urlsplit's here, yarl's as Upstream.url reads the URL.
+        port, _ = parts.port, yarl.URL(text, encoded=True).port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.fragment
+        and port != 0
+    )
 
 
 def _upstream(entry: Any, environ: Mapping[str, str], resolve_keys: bool) -> Upstream:
@@ -95,7 +106,8 @@ def _upstream(entry: Any, environ: Mapping[str, str], resolve_keys: bool) -> Ups
     base_url = entry.get("base_url")
     if not isinstance(base_url, str) or not _http_url(base_url):
         raise UpstreamConfigError(
-            f"upstream {name!r}: base_url must be an http(s) URL with a host and no #fragment"
+            f"upstream {name!r}: base_url must be an http(s) URL with a host, a valid port"
+            " if any, and no #fragment"
         )
     if "api_key" in entry and "api_key_env" in entry:
         raise UpstreamConfigError(f"upstream {name!r}: give api_key or api_key_env, not both")
