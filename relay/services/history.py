@@ -15,6 +15,7 @@ from relay.errors import InvalidRequestError, NotFoundError
 from relay.ids import uuid7_text
 from relay.services.cursors import decode_cursor, encode_cursor, not_a_cursor
 from relay.services.history_watch import HistoryWatch
+from relay.services.search_slots import SearchSlots
 from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
 from relay.upstreams.config import DEFAULT_TIMEOUT_S
@@ -24,7 +25,8 @@ MAX_QUERY_CHARS = 1000
 # PostgreSQL's headline (the snippet) costs far more than linearly in the words of
 # the query, above all repeated ones: "word " * 200 against a long message of that
 # word kept a core busy for minutes. Queries are held to this many words, and the
-# snippet marks the query's distinct words (any of them), not the query itself.
+# snippet marks the query's distinct words (any of them), not the query itself;
+# so does the rank (relay.stores.messages bounds its cost).
 MAX_QUERY_WORDS = 32
 _WORDS = re.compile(r"\w+")
 
@@ -137,11 +139,16 @@ def public_message(row: dict[str, Any]) -> dict[str, Any]:
 
 class HistoryService:
     def __init__(
-        self, conversations: ConversationStore, messages: MessageStore, watch: HistoryWatch
+        self,
+        conversations: ConversationStore,
+        messages: MessageStore,
+        watch: HistoryWatch,
+        search_slots: SearchSlots | None = None,
     ) -> None:
         self.conversations = conversations
         self.messages = messages
         self.watch = watch
+        self.search_slots = search_slots or SearchSlots.for_pool(messages.pool_size)
 
     async def require_conversation(self, client_id: str, conversation_id: str) -> str:
         """The id, if it names one of this client's conversations; 404 otherwise."""
@@ -217,13 +224,14 @@ class HistoryService:
             raise InvalidRequestError(f"q may hold at most {MAX_QUERY_WORDS} words.", param="q")
         if conversation_id is not None:
             conversation_id = await self.require_conversation(client_id, conversation_id)
-        rows = await self.messages.search(
-            client_id,
-            query,
-            marked=" or ".join(dict.fromkeys(word for word in words if word != "or")),
-            limit=limit,
-            conversation_id=conversation_id,
-        )
+        async with self.search_slots.slot(client_id):
+            rows = await self.messages.search(
+                client_id,
+                query,
+                marked=" or ".join(dict.fromkeys(word for word in words if word != "or")),
+                limit=limit,
+                conversation_id=conversation_id,
+            )
         return [
             {**public_message(row), "rank": row["rank"], "snippet": row["snippet"]} for row in rows
         ]

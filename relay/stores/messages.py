@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, NamedTuple
 
+from relay.errors import DependencyUnavailableError, UnprocessableError
 from relay.stores.conversations import MESSAGE_COLUMNS
 from relay.stores.database import Database, fetch_all, json_rows
 
@@ -28,8 +29,56 @@ _TAKEN = "<" + _START + _STOP + _LT
 # vector covers, a page of long matches costs the database seconds. A match
 # further in gets the message's opening, unmarked, as its snippet.
 _HEADLINE_CHARS = 10_000
-# The share of relay's database timeout a search may run for on the server.
+# The share of relay's database timeout a search may run for on the server: it is
+# stopped there before relay gives up waiting, and never runs on after its client
+# had an error. A search kept waiting for a lock (a migration's) gives up a little
+# sooner, with another error: a table relay cannot read is an outage, not the
+# query's cost.
 _SERVER_SHARE = 0.9
+_LOCK_SHARE = 0.8
+# Ranking is bounded twice. Only the newest matches are ranked (finding them reads
+# no word positions), so a word in every message costs as much as one in this many:
+# an older message that would rank higher is not found while this many newer match.
+# And they are ranked by how often the query's words occur in them (`marked`: any
+# of them, each further occurrence counting less), not by how close together:
+# ts_rank of the query itself compares the positions of every pair of its words
+# (up to 256 each), ~190 ms per long message for 32 words, against well under 1 ms.
+RANKED_MATCHES = 500
+_QUERY = "websearch_to_tsquery('english', translate(%(query)s, %(taken)s, ' '))"
+_WORDS_QUERY = "websearch_to_tsquery('english', translate(%(marked)s, %(taken)s, ' '))"
+_SEARCH_TEMPLATE = (
+    "SET LOCAL statement_timeout = %(server_ms)s; SET LOCAL lock_timeout = %(lock_ms)s;"
+    f" SELECT {MESSAGE_COLUMNS}, rank,"
+    " ts_headline('english', translate(left(content, %(headline_chars)s), %(taken)s, %(lt)s),"
+    f"  {_WORDS_QUERY}, %(headline)s) AS snippet"  # for the rows returned only
+    f" FROM (SELECT c.*, ts_rank(c.search, {_WORDS_QUERY}) AS rank FROM ("
+    f"   SELECT m.* FROM messages m WHERE m.client_id = %(client_id)s AND m.search @@ {_QUERY}"
+    "    {filter} ORDER BY m.seq DESC LIMIT %(candidates)s"
+    "  ) c ORDER BY rank DESC, c.id DESC LIMIT %(limit)s"
+    " ) found ORDER BY rank DESC, id DESC"
+)
+_SEARCH = _SEARCH_TEMPLATE.format(filter="")
+_SEARCH_CONVERSATION = _SEARCH_TEMPLATE.format(filter="AND m.conversation_id = %(conversation_id)s")
+
+# PostgreSQL's SQLSTATE for a statement it cancelled: here, by statement_timeout (an
+# operator's pg_cancel_backend reads the same; a lock_timeout is 55P03).
+_QUERY_CANCELED = "57014"
+
+
+class SearchTooCostlyError(UnprocessableError):
+    """The server stopped a search for running too long: what the query costs over
+    this client's messages, not a database that is down. The same query would cost
+    the same again, so it is not retried (a 422; OpenAI's SDKs retry a 503)."""
+
+    code = "search_too_costly"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This search took the database too long; narrow it: fewer or rarer words,"
+            " or one conversation (conversation_id).",
+            param="q",
+            headers={"x-should-retry": "false"},
+        )
 
 
 class Purged(NamedTuple):
@@ -40,6 +89,11 @@ class Purged(NamedTuple):
 class MessageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    @property
+    def pool_size(self) -> int:
+        """How many connections the store's queries share (searches get a few)."""
+        return self.db.pool_stats()["max"]
 
     async def reserve(self, count: int) -> tuple[list[int], datetime.datetime]:
         """`count` ids, in increasing order, and a time for messages written later: for
@@ -81,42 +135,32 @@ class MessageStore:
         limit: int,
         conversation_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Messages matching a web-search style query, best first, with a snippet
-        marking what matches `marked` (web-search syntax too)."""
-        where, args = "m.client_id = %s AND m.search @@ q.query", [client_id]
-        if conversation_id is not None:
-            where += " AND m.conversation_id = %s"
-            args.append(conversation_id)
-        # The server stops the search itself before relay gives up waiting for it,
-        # so a costly one never runs on in the database after its client had a 503.
-        server_ms = max(1, int(self.db.timeout * 1000 * _SERVER_SHARE))
-        # The headline is computed in the outer query: only for the rows returned.
-        async with self.db.cursor() as cur:
-            rows = await fetch_all(
-                cur,
-                "SET LOCAL statement_timeout = %s;"
-                f" SELECT {MESSAGE_COLUMNS}, rank,"
-                " ts_headline('english', translate(left(content, %s), %s, %s),"
-                " websearch_to_tsquery('english', translate(%s, %s, ' ')), %s) AS snippet"
-                " FROM ("
-                f"  SELECT m.*, ts_rank(m.search, q.query) AS rank FROM messages m,"
-                "   websearch_to_tsquery('english', translate(%s, %s, ' ')) AS q(query)"
-                f"  WHERE {where} ORDER BY rank DESC, m.id DESC LIMIT %s"
-                ") found ORDER BY rank DESC, id DESC",
-                (
-                    server_ms,
-                    _HEADLINE_CHARS,
-                    _TAKEN,
-                    _LT,
-                    marked,
-                    _TAKEN,
-                    _HEADLINE,
-                    query,
-                    _TAKEN,
-                    *args,
-                    limit,
-                ),
-            )
+        """Messages matching a web-search style query: its newest matches, best first,
+        with a snippet marking the words of `marked` (web-search syntax too), which
+        also rank them. SearchTooCostlyError if the server stopped it for its time."""
+        server_ms = max(2, int(self.db.timeout * 1000 * _SERVER_SHARE))
+        args = {
+            "server_ms": server_ms,
+            "lock_ms": max(1, int(server_ms * _LOCK_SHARE)),
+            "client_id": client_id,
+            "conversation_id": conversation_id,
+            "query": query,
+            "marked": marked,
+            "taken": _TAKEN,
+            "lt": _LT,
+            "headline": _HEADLINE,
+            "headline_chars": _HEADLINE_CHARS,
+            "candidates": RANKED_MATCHES,
+            "limit": limit,
+        }
+        sql = _SEARCH if conversation_id is None else _SEARCH_CONVERSATION
+        try:
+            async with self.db.cursor() as cur:
+                rows = await fetch_all(cur, sql, args)
+        except DependencyUnavailableError as error:
+            if _stopped_for_time(error):
+                raise SearchTooCostlyError() from error
+            raise
         for row in rows:
             row["snippet"] = html_snippet(row["snippet"])
         return rows
@@ -179,6 +223,17 @@ class MessageStore:
                 " AS t(id uuid, title text) WHERE c.id = t.id AND c.title <> t.title",
                 (json_rows([{"id": key, "title": value} for key, value in titles.items()]),),
             )
+
+
+def _stopped_for_time(error: DependencyUnavailableError) -> bool:
+    """Whether the server cancelled the statement behind `error` (rather than being
+    out of reach): the driver's error is somewhere in its chain of causes."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if getattr(seen, "pgcode", None) == _QUERY_CANCELED:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def html_snippet(headline: str) -> str:

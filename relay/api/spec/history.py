@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.api.spec.components import RATE_LIMIT_HEADERS, ref
+from relay.api.spec.components import RATE_LIMIT_HEADERS, RESPONSES, ref
 from relay.api.spec.native_chat import NATIVE_CHAT_PATHS, NATIVE_CHAT_SCHEMAS
 from relay.api.spec.paths import AUTHENTICATED, JWT, answer, operation, path_parameter
 
@@ -134,6 +134,32 @@ HISTORY_SCHEMAS: dict[str, Any] = {
     },
 }
 
+
+def _refusal(name: str, description: str) -> dict[str, Any]:
+    return {**RESPONSES[name], "description": description}
+
+
+_SEARCH_REFUSALS = {
+    "422": _refusal(
+        "Unprocessable",
+        "`search_too_costly`: the database stopped the search for the time it took."
+        " Narrow `q` (fewer or rarer words) or pass `conversation_id`; the same search"
+        " would cost the same again (`x-should-retry: false`).",
+    ),
+    "429": _refusal(
+        "TooManyRequests",
+        "A rate limit refused the request, or `too_many_searches`: you already run as"
+        " many searches at once as one client may on this instance (a quarter of"
+        " RELAY_DATABASE_POOL_SIZE, halved). Retry after Retry-After.",
+    ),
+    "503": _refusal(
+        "ServiceUnavailable",
+        "`dependency_unavailable`: PostgreSQL is unavailable; or `searches_busy`: this"
+        " instance runs as many searches at once as it lets hold database connections"
+        " (a quarter of RELAY_DATABASE_POOL_SIZE). Retry after Retry-After.",
+    ),
+}
+
 HISTORY_PATHS: dict[str, Any] = {
     **NATIVE_CHAT_PATHS,
     "/v1/history": {
@@ -173,7 +199,11 @@ HISTORY_PATHS: dict[str, Any] = {
             "Full-text search over your messages",
             tag="history",
             security=JWT,
-            description="`q` takes web-search syntax: quotes, `or`, `-word`; at most 32 words.",
+            description=(
+                "`q` takes web-search syntax: quotes, `or`, `-word`; at most 32 words."
+                " Only your newest 500 matches are ranked: by how often the query's words"
+                " occur in them, best first."
+            ),
             parameters=(
                 {
                     "name": "q",
@@ -187,9 +217,10 @@ HISTORY_PATHS: dict[str, Any] = {
             responses={
                 "200": answer(
                     "Best matches first.", ref("schemas", "SearchResults"), RATE_LIMIT_HEADERS
-                )
+                ),
+                **_SEARCH_REFUSALS,
             },
-            errors=(400, *AUTHENTICATED, 404),
+            errors=(400, 401, 404),
         )
     },
     "/v1/conversations": {
