@@ -43,15 +43,22 @@ def with_development_secrets(
 
 def kept_secret(path: Path) -> str:
     """Read the secret stored at `path`, creating it (mode 0600) on first use."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        value = path.read_text().strip()
-        if len(value.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"{path} holds a secret shorter than 32 bytes; delete it") from None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            value = path.read_text().strip()
+            if len(value.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"{path} holds a secret shorter than 32 bytes; delete it"
+                ) from None
+            return value
+        value = secrets.token_urlsafe(48)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
         return value
-    value = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    return value
+    except OSError as exc:  # a state dir that is a file, read-only, not ours
+        raise ConfigError(
+            f"RELAY_STATE_DIR: cannot keep {path.name} in {path.parent}: {exc.strerror}"
+        ) from None

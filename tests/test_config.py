@@ -346,6 +346,14 @@ def test_development_secrets_are_generated_once_and_kept(tmp_path: Path):
         assert path.read_text().strip() == getattr(first, name)
 
 
+def test_a_state_dir_relay_cannot_use_is_a_setting_error_not_a_traceback(tmp_path: Path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    for state in (taken, taken / "below"):
+        with pytest.raises(ConfigError, match=r"^RELAY_STATE_DIR: cannot keep jwt_secret in"):
+            load_settings({"RELAY_STATE_DIR": str(state)})
+
+
 def test_given_development_secrets_are_used_as_is(tmp_path: Path):
     env = {
         "RELAY_STATE_DIR": str(tmp_path / "state"),

@@ -81,3 +81,15 @@ async def test_a_symlinked_key_file_is_refused(tmp_path: Path) -> None:
 async def test_repr_of_the_identity_shows_no_key_material(tmp_path: Path) -> None:
     identity = await FileKeyProvider(tmp_path).load()
     assert "private_key" not in repr(identity)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "cannot be made"])
+async def test_a_state_dir_relay_cannot_use_is_refused_with_the_setting_named(
+    tmp_path: Path, where: str
+) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    # /proc takes no new directories, even from root (the tests may run as root).
+    state = {"a file": taken, "under a file": taken / "below"}.get(where, Path("/proc/relay-no"))
+    with pytest.raises(KeyFileError, match=r"signing key file .* \(RELAY_STATE_DIR\): "):
+        await FileKeyProvider(state).load()

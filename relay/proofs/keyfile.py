@@ -64,7 +64,9 @@ def read_key(path: Path) -> Ed25519PrivateKey:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise KeyFileError(f"cannot open signing key file {path}: {exc.strerror}") from None
+        raise KeyFileError(
+            f"cannot open signing key file {path} (RELAY_STATE_DIR): {exc.strerror}"
+        ) from None
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -89,9 +91,14 @@ def read_key(path: Path) -> Ed25519PrivateKey:
 
 def _create_exclusively(path: Path, data: bytes) -> bool:
     """Write data to path atomically, never replacing an existing file; False if one exists."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:  # a state dir that is a file, read-only, not ours
+        raise KeyFileError(
+            f"cannot create signing key file {path} (RELAY_STATE_DIR): {exc.strerror}"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as file:
             os.fchmod(file.fileno(), 0o600)  # whatever the umask did
