@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -49,9 +50,28 @@ def tune_collector() -> None:
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
+async def _served(path: str) -> bool:
+    """Whether a process answers on the Unix socket at `path`.
+
+    asyncio removes a socket file found where it listens, stale or not: a second
+    instance given the same RELAY_UNIX_SOCKET would take the socket over silently,
+    leaving the first running and unreachable (on TCP the port would be taken)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 1.0)
+    except (OSError, TimeoutError):
+        return False  # none, or stale: nobody answers on it
+    writer.close()
+    return True
+
+
 async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.BaseSite]:
     sites: list[web.BaseSite] = []
     if settings.unix_socket:
+        if await _served(settings.unix_socket):
+            raise OSError(
+                errno.EADDRINUSE,
+                f"cannot listen on {settings.unix_socket}: another process is serving on it",
+            )
         sites.append(web.UnixSite(runner, settings.unix_socket, backlog=LISTEN_BACKLOG))
     else:
         sites.append(
