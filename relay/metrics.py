@@ -32,6 +32,7 @@ __all__ = [
     "OPEN_STREAMS",
     "RATE_LIMITED",
     "REDIS_ERRORS",
+    "REDIS_UP",
     "REQUESTS",
     "REQUEST_SECONDS",
     "TOKENS",
@@ -89,7 +90,13 @@ HISTORY_COMMIT_SECONDS = Histogram(
     "Time one history group commit took.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-REDIS_ERRORS = Counter("relay_redis_errors_total", "Redis commands that failed.")
+REDIS_ERRORS = Counter(
+    "relay_redis_errors_total", "Redis commands that failed, the reconnect probes' included."
+)
+# An alert on the counter alone would clear while Redis stays down.
+REDIS_UP = Gauge(
+    "relay_redis_up", "1 while relay uses Redis, 0 while it limits rates in-process without it."
+)
 
 # Any token is a valid HTTP method; unknown ones share a label so a client
 # cannot grow the series without bound.

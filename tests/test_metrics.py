@@ -45,6 +45,7 @@ async def test_metrics_names_every_instrument(http):
         "relay_history_commit_batch_size",
         "relay_history_commit_seconds",
         "relay_redis_errors",
+        "relay_redis_up",
         "relay_postgres_pool_connections",
         "relay_postgres_pool_max_connections",
     } <= names

@@ -9,6 +9,7 @@ import signal
 import time
 
 import redis.asyncio as redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.appkeys import RATE_LIMITER
 from relay.devservers import RedisServer
@@ -49,6 +50,19 @@ def _count_redis_draws(limiter) -> list[object]:
     return tried
 
 
+async def _scrape(http) -> str:
+    return await (await http.get("/metrics")).text()
+
+
+def _metric(text: str, name: str) -> float:
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
 def _link_messages(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.name == LINK_LOGGER]
 
@@ -81,9 +95,20 @@ async def test_redis_stopped_limits_in_process_and_recovers(
         assert body["checks"]["redis"]["status"] == "degraded"
         assert body["checks"]["postgres"]["status"] == "ok"
         assert _link_messages(caplog) == ["redis unavailable"]  # once per outage
+        # For alerts: the outage lasts as long as the gauge says, and the errors
+        # go on counting (each failed reconnect), not only the first one.
+        assert _metric(await _scrape(http), "relay_redis_up") == 0
+        errors = _metric(await _scrape(http), "relay_redis_errors_total")
+        for _ in range(100):
+            if _metric(await _scrape(http), "relay_redis_errors_total") > errors:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("a failed reconnect was not counted")
 
         server.start()
         await _until(lambda: limiter.link.up)
+        assert _metric(await _scrape(http), "relay_redis_up") == 1
         statuses = await _burst(http, 10, token)
 
         # Back in the restarted (empty) Redis: its bucket starts full again.

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from relay.metrics import REDIS_ERRORS
+from relay.metrics import REDIS_ERRORS, REDIS_UP
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class RedisLink:
         self.timeout = timeout
         self.retry = retry
         self.up = True
+        REDIS_UP.set(1)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -47,6 +48,7 @@ class RedisLink:
         if not self.up:
             return
         self.up = False
+        REDIS_UP.set(0)
         log.warning("redis unavailable", extra={"error": type(exc).__name__})
         self._task = asyncio.create_task(self._reconnect(), name="relay-redis-reconnect")
 
@@ -56,9 +58,11 @@ class RedisLink:
             try:
                 async with asyncio.timeout(self.timeout):
                     await self._probe()
-            except Exception:  # still down; said once already
+            except Exception:  # still down; said once already, counted each time
+                REDIS_ERRORS.inc()
                 continue
             self.up = True
+            REDIS_UP.set(1)
             self._task = None
             log.warning("redis available again")
             return
