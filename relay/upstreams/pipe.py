@@ -153,14 +153,14 @@ async def pipe_stream(
                 boundary = last_event_end(pending, start)
                 whole = bytes(pending[:boundary])
                 del pending[:boundary]
-            else:
+            elif chunk.endswith(b"\n\n"):  # the usual chunk: whole events, nothing after
                 whole = chunk
+            else:
                 boundary = last_event_end(chunk)
-                if boundary < len(chunk):  # not the usual chunk of whole events
-                    whole = chunk[:boundary]
-                    pending += chunk[boundary:]
-            done_at = end_of_stream_at(whole)
-            if done_at >= 0:
+                whole = chunk[:boundary]
+                pending += chunk[boundary:]
+            # (The search for the word first: a call for each chunk costs more than it.)
+            if whole.find(b"[DONE]") >= 0 and (done_at := end_of_stream_at(whole)) >= 0:
                 await _send(response, observer, stalled, whole[:done_at], route)
                 # A provider may end with [DONE] after an error event (vLLM does): the
                 # answer still failed, and the client has the error already.
