@@ -310,6 +310,16 @@ def test_each_choice_keeps_its_own_text() -> None:
     assert (observer.text, observer.choice_text(1), observer.finish_reason) == ("a", "bc", "stop")
 
 
+def test_the_answer_is_finished_by_its_own_choice_only() -> None:
+    stream = event(chunk([delta({"content": "a"}, index=0), delta({}, "length", index=1)]))
+    assert observe(stream).finish_reason is None
+    stream += event(chunk([delta({}, "stop", index=0), delta({}, None, index=2)]))
+    assert observe(stream).finish_reason == "stop"
+    # A first choice without an index is choice 0; a finish that is no string is none.
+    assert observe(event(chunk([{"delta": {}, "finish_reason": "stop"}]))).finish_reason == "stop"
+    assert observe(event(chunk([delta({}, 7)]))).finish_reason is None  # type: ignore[arg-type]
+
+
 def test_time_to_first_token_waits_for_content() -> None:
     observer = StreamObserver()
     observer.feed(event(chunk([delta({"role": "assistant", "content": ""})])))

@@ -65,13 +65,12 @@ class _ToolCall:
 
 
 class _Choice:
-    __slots__ = ("finish_reason", "refusal", "text", "tool_calls")
+    __slots__ = ("refusal", "text", "tool_calls")
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.refusal: list[str] = []
         self.tool_calls: dict[int, _ToolCall] = {}
-        self.finish_reason: str | None = None
 
 
 def error_object(body: object) -> object:
@@ -119,6 +118,8 @@ class CompletionAccumulator:
         self.response_id: str | None = None
         self.error: dict[str, Any] | None = None
         self.first_content_at: float | None = None
+        # Choice 0's, the answer's: a plain attribute, as a pipe asks for it after every read.
+        self.finish_reason: str | None = None
         self._choices: dict[int, _Choice] = {}
 
     def apply(self, obj: dict[str, Any]) -> None:
@@ -158,16 +159,17 @@ class CompletionAccumulator:
             if content:
                 state.text.append(content)
                 saw_content = True
-            if isinstance(refusal := part.get("refusal"), str) and refusal:
+            # Truth first: the usual delta has no refusal, no tool calls (or null ones).
+            if (refusal := part.get("refusal")) and isinstance(refusal, str):
                 state.refusal.append(refusal)
                 saw_content = True
-            if isinstance(calls := part.get("tool_calls"), list) and calls:
+            if (calls := part.get("tool_calls")) and isinstance(calls, list):
                 self._merge_tool_calls(state, calls)
                 saw_content = True
             if saw_content and self.first_content_at is None:
                 self.first_content_at = time.monotonic()
-        if isinstance(finish_reason := choice.get("finish_reason"), str):
-            state.finish_reason = finish_reason
+        if isinstance(finish_reason := choice.get("finish_reason"), str) and index == 0:
+            self.finish_reason = finish_reason
 
     @staticmethod
     def _merge_tool_calls(state: _Choice, calls: list[Any]) -> None:
@@ -195,11 +197,6 @@ class CompletionAccumulator:
     def refusal(self) -> str:
         state = self._choices.get(0)
         return "".join(state.refusal) if state else ""
-
-    @property
-    def finish_reason(self) -> str | None:
-        state = self._choices.get(0)
-        return state.finish_reason if state else None
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
