@@ -160,7 +160,7 @@ def parsed_answer(answer: bytes) -> tuple[int, CIMultiDict[str], bytes]:
             + b"\r\nContent-Length: 2\r\n\r\n{}",
             431,
         ),
-        (b"GET /v1/models?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: relay\r\n\r\n", 414),
+        (b"GET /v1/models?" + b"a" * 17000 + b" HTTP/1.1\r\nHost: relay\r\n\r\n", 414),
         (
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nContent-Length: ten\r\n\r\n{}",
             400,

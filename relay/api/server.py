@@ -27,10 +27,12 @@ from relay.api.error_mapping import error_response
 from relay.api.security_headers import STATIC_HEADERS
 from relay.errors import InvalidRequestError, RelayError, UpstreamTimeoutError
 
-# A request line (its target, mostly) may be this long; a header line 8190 bytes,
-# aiohttp's default. The limits differ so that aiohttp's LineTooLong, which carries
-# only the limit it hit, tells a long URL (414) from a long header (431).
-REQUEST_LINE_BYTES = 8192
+# A request line (its target, mostly) may be this long: a search query of 10 kB
+# reaches relay, to be refused in words (400, MAX_QUERY_CHARS) rather than by the
+# parser. A header line may be 8190 bytes, aiohttp's default. The limits differ so
+# that aiohttp's LineTooLong, which carries only the limit it hit, tells a long URL
+# (414) from a long header (431).
+REQUEST_LINE_BYTES = 16384
 
 
 def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
