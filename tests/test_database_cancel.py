@@ -332,3 +332,47 @@ async def test_a_batch_the_server_cancels_is_tried_again(http, database_url):
     finally:
         await recorder.close()
     assert results == [None] * 5
+
+
+class SpoiledThenGone:
+    """A record part: a batch of several fails on its rows (one answer spoiled it),
+    and alone, each answer finds the database out of reach."""
+
+    def __init__(self) -> None:
+        self.writes: list[int] = []
+
+    def wants(self, answer: Any) -> bool:
+        return True
+
+    async def write(self, tx: Any, answers: Any) -> None:
+        self.writes.append(len(answers))
+        if len(answers) > 1:
+            raise ValueError("one answer's rows spoil the batch")
+        raise DependencyUnavailableError("The database is unavailable; try again shortly.")
+
+    async def unwritable(self, db: Any, answers: Any) -> list[Any]:
+        return []
+
+    async def written(self, db: Any, answers: Any) -> bool | None:
+        return None
+
+
+async def test_answers_tried_one_by_one_stop_at_a_database_out_of_reach(http, database_url):
+    """Once the database itself fails while answers are tried alone, the rest fail at
+    once: one by one, each would have waited its own timeout (minutes for a batch)."""
+    client, _ = await client_with_token(http)
+    owner = await ClientStore(http.app[DATABASE]).get(client["id"])
+    part = SpoiledThenGone()
+    recorder = AnswerRecorder()
+    recorder.add_part(part)
+    await recorder.start(http.app[DATABASE])
+    try:
+        # Queued together, they form one batch.
+        answers = [recorded_answer(http.app, owner, f"q{n}") for n in range(5)]
+        results = await asyncio.gather(
+            *(recorder.record(answer) for answer in answers), return_exceptions=True
+        )
+    finally:
+        await recorder.close()
+    assert all(isinstance(result, DependencyUnavailableError) for result in results)
+    assert part.writes == [5, 5, 1]  # whole, whole again, then the first alone only

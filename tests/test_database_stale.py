@@ -241,3 +241,27 @@ async def test_a_server_that_stopped_answering_is_a_503_within_the_timeout(proxy
     with pytest.raises(DependencyUnavailableError):
         await count_clients(db)
     assert asyncio.get_running_loop().time() - started < TIMEOUT * 1.5
+
+
+async def test_an_answer_whose_commit_meets_a_dead_connection_is_saved_once(
+    proxy, make_client, make_settings, database_url
+):
+    """The group commit's one round trip (COMMIT included) is not sent twice as it
+    stands; settled as not committed (the connection was dead), it is tried again on
+    a fresh one. Before, its client was told history_unavailable after a failover."""
+    settings = make_settings(
+        database_url=proxy[1], database_pool_size=POOL, database_timeout=TIMEOUT
+    )
+    http = await make_client(settings)
+    _, token = await client_with_token(http)
+    body = {"model": "gpt-sim", "messages": [{"role": "user", "content": "before"}]}
+    warm = [http.post("/v1/chat/completions", json=body, headers=bearer(token)) for _ in range(4)]
+    assert [r.status for r in await asyncio.gather(*warm)] == [200] * 4
+    proxy[0].forget()
+    body = {"model": "gpt-sim", "messages": [{"role": "user", "content": "after the failover"}]}
+    answer = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    assert answer.status == 200, await answer.text()
+    rows = await query(database_url, "SELECT id FROM messages WHERE content = 'after the failover'")
+    assert len(rows) == 1
+    receipt = answer.headers["x-receipt-id"]
+    assert len(await query(database_url, f"SELECT id FROM receipts WHERE id = '{receipt}'")) == 1

@@ -30,11 +30,11 @@ MAX_QUERY_CHARS = 1000
 MAX_QUERY_WORDS = 32
 _WORDS = re.compile(r"\w+")
 
-# Round trips of a group commit an answer may wait for: its batch; after a failure,
-# the query for answers that can no longer be written, the batch again, itself alone;
-# and, a COMMIT whose outcome was lost, the wait for its server process to end (the
-# batch may commit until then: AnswerRecorder._committed_after_all).
-COMMIT_TRIES = 5
+# Timeouts of a group commit an answer may wait for: its batch and, its COMMIT lost,
+# the wait for its server process to end (the batch may commit until then:
+# AnswerRecorder._committed_after_all); the query for answers that can no longer be
+# written; the batch again; then itself alone, and that wait again.
+COMMIT_TRIES = 6
 # How far apart the clocks of relay's instances and PostgreSQL may be.
 CLOCK_SKEW_S = 60.0
 

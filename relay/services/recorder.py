@@ -70,6 +70,12 @@ class _Pending:
     done: asyncio.Future[None]
 
 
+class _RolledBack(Exception):
+    """A batch whose COMMIT relay lost is known not to have committed: its server
+    process is gone and none of its rows is stored (a stale connection after a
+    failover, say). Nothing of it was applied, so it may be sent again."""
+
+
 def not_saved() -> DependencyUnavailableError:
     return DependencyUnavailableError(
         "The answer could not be saved to history; please retry.", code="history_unavailable"
@@ -189,9 +195,10 @@ class AnswerRecorder:
             else:
                 # Once more whole: it may have met state another instance changed (the
                 # receipt chain's head), been built on a batch that failed (parts read
-                # such state afresh after a failure), or lost a deadlock or been
-                # cancelled by the server, which a second try need not meet. Less the
-                # answers that can no longer be written, which would fail it again.
+                # such state afresh after a failure), lost a deadlock, been cancelled by
+                # the server, or been rolled back with a connection that died, which a
+                # second try need not meet. Less the answers that can no longer be
+                # written, which would fail it again.
                 await self._commit(await self._writable(batch))
         finally:
             self._fail(batch)  # only answers not settled above: none unless cancelled
@@ -229,30 +236,35 @@ class AnswerRecorder:
                 pending.done.set_exception(error)
         return kept
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        """Write the batch on its own; if that fails, each answer on its own."""
+    async def _commit(self, batch: list[_Pending]) -> bool:
+        """Write the batch on its own; if that fails, each answer on its own. False if
+        the database failed (rather than the batch's rows), which fails the batch."""
         if not batch:
-            return
+            return True
         started = time.monotonic()
         try:
             await self._write([pending.answer for pending in batch])
-        except DependencyUnavailableError:
+        except (DependencyUnavailableError, _RolledBack):
             self._fail(batch)
-            return
+            return False
         except Exception as exc:
             if len(batch) > 1:
                 # One answer's rows may have spoiled the batch (its client was
-                # deleted meanwhile, say): commit each alone so the others survive.
-                for pending in batch:
-                    await self._commit([pending])
+                # deleted meanwhile, say): commit each alone so the others survive;
+                # but not one by one, a timeout each, once the database itself fails.
+                for at, pending in enumerate(batch):
+                    if not await self._commit([pending]):
+                        self._fail(batch[at + 1 :])
+                        return False
             else:
                 log.warning(
                     "answer not recorded",
                     extra={"request_id": batch[0].answer.request_id, "error": type(exc).__name__},
                 )
                 self._fail(batch)
-            return
+            return True
         self._committed(batch, started)
+        return True
 
     @staticmethod
     def _committed(batch: list[_Pending], started: float) -> None:
@@ -270,14 +282,17 @@ class AnswerRecorder:
                 for part in self._parts:
                     await part.write(tx, answers)
         except OutcomeUnknownError as lost:
-            if not await self._committed_after_all(answers, lost.backend):
+            committed = await self._committed_after_all(answers, lost.backend)
+            if committed is None:
                 raise
+            if not committed:
+                raise _RolledBack() from lost
 
-    async def _committed_after_all(self, answers: Sequence[Answer], backend: int) -> bool:
+    async def _committed_after_all(self, answers: Sequence[Answer], backend: int) -> bool | None:
         """Settle a batch relay lost touch with after sending its COMMIT: it may have
         committed (its clients then told "not saved" would ask again and be stored
         twice). Once the server process that ran it is gone, its rows say which.
-        False if it did not commit or that cannot be told (then logged)."""
+        None if that cannot be told (then logged)."""
         assert self._database is not None
         why = "no row says"  # a history-only batch that only continues conversations
         try:
@@ -298,7 +313,7 @@ class AnswerRecorder:
             "answer batch outcome unknown",
             extra={"request_ids": [answer.request_id for answer in answers], "error": why},
         )
-        return False
+        return None
 
     def _fail_queued(self) -> None:
         """Fail every answer still queued: the database was found out of reach, and each
