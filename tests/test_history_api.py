@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from relay.appkeys import IN_FLIGHT
+from relay.stores import conversations
 from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, query, waiting_for_lock
@@ -145,6 +146,7 @@ async def test_conversations_are_listed_read_and_erased(http, database_url):
     one = await (await http.get(f"/v1/conversations/{ids[1]}", headers=bearer(token))).json()
     assert one["id"] == ids[1] and one["title"] == "topic 1"
     assert [m["role"] for m in one["messages"]] == ["user", "assistant"]
+    assert one["has_more"] is False
     assert one["messages"][0]["content"] == "topic 1"
 
     response = await http.delete(f"/v1/conversations/{ids[1]}", headers=bearer(token))
@@ -163,6 +165,20 @@ async def test_conversations_are_listed_read_and_erased(http, database_url):
         )
     # Continuing an erased conversation is refused too.
     await assert_error(await chat(http, token, conversation=ids[1]), 404)
+
+
+async def test_a_conversation_longer_than_is_returned_says_so(http, monkeypatch):
+    # Only its latest messages come with it (1000); an app must know the rest exist.
+    monkeypatch.setattr(conversations, "MAX_MESSAGES", 3)
+    _, token = await client_with_token(http)
+    first = await chat(http, token, "one")
+    conversation = first.headers[CONVERSATION]
+    await chat(http, token, "two", conversation=conversation)  # 4 messages now
+    got = await (await http.get(f"/v1/conversations/{conversation}", headers=bearer(token))).json()
+    # The latest 3 of its 4, oldest first: the first question is left out.
+    assert [m["role"] for m in got["messages"]] == ["assistant", "user", "assistant"]
+    assert got["messages"][1]["content"] == "two"
+    assert got["has_more"] is True
 
 
 async def test_a_conversation_erased_while_an_answer_streams_stays_erased(

@@ -52,7 +52,8 @@ class ConversationStore:
         return rows[:limit], len(rows) > limit
 
     async def get(self, client_id: str, conversation_id: str) -> dict[str, Any] | None:
-        """The conversation with its most recent messages (oldest first), or None."""
+        """The conversation with its most recent messages (oldest first) and whether
+        older ones were left out (`has_more`), or None."""
         async with self.db.cursor() as cur:
             row = await fetch_one(
                 cur,
@@ -66,9 +67,14 @@ class ConversationStore:
                 f"SELECT * FROM (SELECT seq, {MESSAGE_COLUMNS} FROM messages"
                 " WHERE conversation_id = %s AND client_id = %s ORDER BY seq DESC LIMIT %s) m"
                 " ORDER BY seq",
-                (conversation_id, client_id, MAX_MESSAGES),
+                (conversation_id, client_id, MAX_MESSAGES + 1),
             )
-        return {**row, "messages": messages}
+        # One more than is returned: whether there are older ones (the oldest, first).
+        return {
+            **row,
+            "messages": messages[-MAX_MESSAGES:],
+            "has_more": len(messages) > MAX_MESSAGES,
+        }
 
     async def delete(
         self, client_id: str, conversation_id: str, *, tombstone_until: datetime.datetime | None

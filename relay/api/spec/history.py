@@ -121,13 +121,20 @@ HISTORY_SCHEMAS: dict[str, Any] = {
             ref("schemas", "Conversation"),
             {
                 "type": "object",
-                "required": ["messages"],
+                "required": ["messages", "has_more"],
                 "properties": {
                     "messages": {
                         "type": "array",
                         "description": "Oldest first; at most the latest 1000.",
                         "items": ref("schemas", "HistoryMessage"),
-                    }
+                    },
+                    "has_more": {
+                        "type": "boolean",
+                        "description": (
+                            "Older messages were left out: GET /v1/history with"
+                            " conversation_id pages through all of them."
+                        ),
+                    },
                 },
             },
         ]
