@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         from relay.commands import serve
-        from relay.errors import RelayError, operator_message
+        from relay.errors import RelayError
         from relay.proofs.keyfile import KeyFileError
         from relay.stores.migrations import MigrationError
 
@@ -66,17 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Start-up refused (dstack agent unreachable, unusable key file,
             # database down, a migration refused, the port taken): one line
             # naming the cause, not a traceback.
-            print(f"relay serve: {operator_message(exc)}", file=sys.stderr)
-            return 1
+            return _refused("serve", exc)
     if args.command == "migrate":
-        from relay.errors import RelayError, operator_message
+        from relay.errors import RelayError
         from relay.stores.migrations import MigrationError, migrate
 
         try:
             applied = asyncio.run(migrate(settings.database_url))
         except (MigrationError, RelayError) as exc:
-            print(f"relay migrate: {operator_message(exc)}", file=sys.stderr)
-            return 1
+            return _refused("migrate", exc)
         print(
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
         )
@@ -84,3 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from relay.commands import clients
 
     return clients.run(settings, args)
+
+
+def _refused(command: str, error: BaseException) -> int:
+    """Say why `command` could not start, in one line; exit 2 if a setting must change
+    first (systemd's RestartPreventExitStatus=2 then stops retrying), else 1."""
+    from relay.errors import operator_message
+    from relay.stores.database_failures import misconfigured
+
+    if misconfigured(error):
+        reason = getattr(error, "reason", "")
+        print(f"relay {command}: RELAY_DATABASE_URL: {reason}", file=sys.stderr)
+        return 2
+    print(f"relay {command}: {operator_message(error)}", file=sys.stderr)
+    return 1

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psycopg2.extensions
 import pytest
 from aiohttp import web
 
@@ -423,6 +424,25 @@ async def test_a_failed_start_is_one_line_and_no_traceback(relay_process, failur
         assert f"cannot listen on 127.0.0.1:{settings['RELAY_PORT']}" in logs
     if failure == "socket directory missing":
         assert "cannot listen on /nonexistent/relay.sock" in logs
+
+
+@pytest.mark.parametrize("wrong", ["sslmode", "database", "role"])
+async def test_database_settings_that_cannot_work_are_exit_2_not_try_again(
+    relay_process, database_url, wrong
+):
+    # Restarting will not help until they change: systemd's RestartPreventExitStatus=2.
+    changed = {
+        "sslmode": psycopg2.extensions.make_dsn(database_url, sslmode="bogus"),
+        "database": psycopg2.extensions.make_dsn(database_url, dbname="relay_no_such_db"),
+        "role": psycopg2.extensions.make_dsn(database_url, user="relay_no_such_role"),
+    }[wrong]
+    relay = relay_process(RELAY_DATABASE_URL=changed)
+    relay.start()
+    code = await relay.wait(60)
+    logs = relay.logs()
+    assert code == 2, logs
+    assert "relay serve: RELAY_DATABASE_URL: " in logs and "try again" not in logs
+    assert "Traceback" not in logs
 
 
 @pytest.mark.parametrize(("path", "body"), **to_both_chat_apis("gpt-sim"))

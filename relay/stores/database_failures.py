@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -28,6 +29,22 @@ _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+# libpq's and the server's words for a connection no retry can make: a connection
+# string libpq cannot read, or a password, database or role the server refuses.
+_MISCONFIGURED = re.compile(
+    r'invalid connection option|invalid \w+ value|missing "=" after|'
+    r'password authentication failed|(database|role) ".*" does not exist|no pg_hba\.conf entry'
+)
+
+
+def misconfigured(error: BaseException) -> bool:
+    """Whether `error` (raised here) is relay's database settings being wrong rather
+    than PostgreSQL being down: starting again will not help until they change."""
+    return isinstance(error, DependencyUnavailableError) and bool(
+        _MISCONFIGURED.search(error.reason)
+    )
 
 
 def unavailable(exc: BaseException) -> DependencyUnavailableError:
