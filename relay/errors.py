@@ -193,6 +193,11 @@ class AnswerTooLongError(UpstreamTimeoutError):
         )
 
 
+# What ends an answer the provider began but did not end (it broke off, or ran past
+# RELAY_MAX_ANSWER_SECONDS): the answer is kept as cut; any other error as failed.
+CUT_SHORT = (UpstreamCutError, AnswerTooLongError)
+
+
 class DependencyUnavailableError(RelayError):
     status = 503
     type = "service_unavailable"

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from relay.simulator import completion_text
 from tests.api_calls import bearer, client_with_token, post_and_never_read
+from tests.history_calls import query
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -160,7 +161,12 @@ async def test_a_provider_stalling_mid_stream_is_cut_after_its_timeout(
     raw = await (await stream(http, token)).read()
     waited = asyncio.get_running_loop().time() - started
     assert b"[DONE]" not in raw
-    assert orjson.loads(events(raw)[-1])["error"]["code"] == "upstream_cut"
+    # Said as what it was: the provider fell silent, not that it broke off.
+    error = orjson.loads(events(raw)[-1])["error"]
+    assert (error["code"], error["message"]) == (
+        "upstream_timeout",
+        "The provider stopped answering.",
+    )
     assert waited < 1.5, waited  # the silence was cut short, not waited out
     await simulator.state.wait_for(lambda state: state.streams_disconnected == 1, timeout=5)
 
@@ -176,3 +182,45 @@ async def test_a_provider_sending_slower_than_its_timeout_overall_is_not_cut(
     raw = await (await stream(http, token)).read()
     assert raw.endswith(b"data: [DONE]\n\n")
     assert content_of(raw) == completion_text(8)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/chat", {"message": "hi"}),
+    ],
+    ids=["completions", "native"],
+)
+@pytest.mark.parametrize("behaviour", ["silent", "hangs up"])
+async def test_a_stream_whose_provider_sends_no_byte_is_a_whole_error_not_a_200(
+    make_settings, make_client, provider_upstream, database_url, path, body, behaviour
+):
+    # Headers at once, then nothing (a long prefill, a hung worker): the client had
+    # only a 200 and a final error event; it now gets the error itself, 504 or 502,
+    # which OpenAI's SDKs raise as such (and may retry).
+    async def headers_only(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if behaviour == "silent":
+            await asyncio.sleep(30)
+        else:
+            request.transport.close()
+        return response
+
+    upstream = await provider_upstream(headers_only, "quiet", models={"q": "q"}, timeout_s=0.3)
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    client, token = await client_with_token(http)
+    response = await http.post(
+        path, json={**body, "model": "q", "stream": True}, headers=bearer(token)
+    )
+    status, code = (504, "upstream_timeout") if behaviour == "silent" else (502, "upstream_cut")
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    assert (await response.json())["error"]["code"] == code
+    rows = await query(
+        database_url,
+        "SELECT status FROM messages WHERE client_id = %s AND role = 'assistant'",
+        (client["id"],),
+    )
+    assert [row["status"] for row in rows] == ["failed" if behaviour == "silent" else "cut"]

@@ -22,10 +22,9 @@ from relay.appkeys import (
     UPSTREAM_SESSION,
 )
 from relay.errors import (
-    AnswerTooLongError,
+    CUT_SHORT,
     RelayError,
     RestartingError,
-    UpstreamCutError,
     error_json,
 )
 from relay.services.answers import Answer, AnswerHooks
@@ -36,10 +35,6 @@ from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.routing import ModelRouter, Route
-
-# A whole answer the provider began but did not end (it broke off, or ran past
-# RELAY_MAX_ANSWER_SECONDS) is kept as cut, as on /v1/chat; any other error as failed.
-_CUT_SHORT = (UpstreamCutError, AnswerTooLongError)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -111,7 +106,7 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
                     return await _relay_stream(request, answer, provider, hooks)
                 return await _relay_whole(request, answer, provider, hooks)
     except RelayError as error:
-        answer.status = "cut" if isinstance(error, _CUT_SHORT) else "failed"
+        answer.status = "cut" if isinstance(error, CUT_SHORT) else "failed"
         answer.http_status = error.status
         # The client receives the error body, so that is what the receipt hashes.
         answer.received_body(error_json(error))
@@ -151,6 +146,9 @@ async def _relay_whole(
 async def _relay_stream(
     request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.StreamResponse:
+    # Answered only once the provider sent something: a silence or a hang-up before
+    # that is a whole error (504, 502) rather than a 200 stream that breaks off.
+    await provider.first()
     response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
     await response.prepare(request)
     observer = StreamObserver()

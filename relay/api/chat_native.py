@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NoReturn
 
 import aiohttp
 import orjson
@@ -25,6 +26,7 @@ from relay.appkeys import (
     UPSTREAM_SESSION,
 )
 from relay.errors import (
+    CUT_SHORT,
     DependencyUnavailableError,
     PermissionDeniedError,
     RelayError,
@@ -166,10 +168,7 @@ async def _whole(
             if stalled
             else _broken_off(answer, observer, provider, shutting_down=False)
         )
-        answer.http_status = error.status
-        _finish(request, answer, error_json(error))
-        await hooks.commit_quietly(answer)
-        raise error
+        await _refuse(request, answer, hooks, error)
     # The body names the message row, so its id is taken first; then the
     # body is known, hashed for the receipt, committed, and only then sent.
     await _reserve_message(request, answer)
@@ -182,6 +181,13 @@ async def _whole(
 async def _stream(
     request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.StreamResponse:
+    # Answered only once the provider sent something: a silence or a hang-up before
+    # that is a whole error (504, 502), kept as a whole answer's would be.
+    try:
+        await provider.first()
+    except RelayError as error:
+        answer.status = "cut" if isinstance(error, CUT_SHORT) else "failed"
+        await _refuse(request, answer, hooks, error)
     response = HashedEventSource(headers=answer.headers)
     await response.prepare(request)
     observer = DeltaObserver()
@@ -266,6 +272,16 @@ async def _reserve_message(request: web.Request, answer: Answer) -> None:
         raise not_saved() from exc
     *turn_ids, answer.message_id = ids
     answer.turn_ids = tuple(turn_ids)
+
+
+async def _refuse(
+    request: web.Request, answer: Answer, hooks: AnswerHooks, error: RelayError
+) -> NoReturn:
+    """End an answer the client gets no byte of with `error`, kept as such."""
+    answer.http_status = error.status
+    _finish(request, answer, error_json(error))
+    await hooks.commit_quietly(answer)
+    raise error
 
 
 def _finish(request: web.Request, answer: Answer, body: bytes) -> None:

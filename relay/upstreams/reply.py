@@ -35,6 +35,7 @@ class ProviderReply:
     __slots__ = (
         "_content",
         "_deadline",
+        "_early",
         "_finished",
         "_longest",
         "_response",
@@ -49,6 +50,7 @@ class ProviderReply:
         self._content = response.content
         self._deadline = WaitDeadline(idle_timeout, response.close)
         self._finished = False  # the answer said it is finished: see `finished`
+        self._early = b""  # read by `first`, handed out by the next `chunk`
         self.stopped = False  # relay closed it (the client left, relay is stopping)
         self.overran = False  # relay closed it: it ran past `longest`
         self._longest = asyncio.get_running_loop().call_later(longest, self._overrun)
@@ -69,8 +71,23 @@ class ProviderReply:
             self._finished = True
             self._deadline.shorten(FINISHED_SILENCE_SECONDS)
 
+    async def first(self) -> None:
+        """Wait for the body's first bytes, before the client is answered at all: a
+        provider silent past its timeout is then a 504 in OpenAI's error shape (one
+        that hangs up, a 502), not a stream that began with a 200 and broke off.
+        The bytes are the next `chunk`'s."""
+        try:
+            self._early = await self.chunk()
+        except TimeoutError:
+            raise provider_stalled() from None
+        except aiohttp.ClientError:
+            raise self.cut_error() from None
+
     async def chunk(self) -> bytes:
         """The next bytes as they arrive; b"" once the body is complete."""
+        if self._early:
+            early, self._early = self._early, b""
+            return early
         self._deadline.begin()
         try:
             return await self._content.readany()
@@ -124,8 +141,11 @@ class ProviderReply:
 
     def cut_error(self) -> UpstreamError:
         """Why the answer ended early, as its client is told, if the provider did not
-        say (an error event) and relay is not stopping."""
-        return AnswerTooLongError() if self.overran else UpstreamCutError()
+        say (an error event) and relay is not stopping: it ran too long, the provider
+        fell silent past its timeout, or it broke off."""
+        if self.overran:
+            return AnswerTooLongError()
+        return provider_stalled() if self.expired else UpstreamCutError()
 
     def _overrun(self) -> None:
         self.overran = True
