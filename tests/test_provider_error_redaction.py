@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import orjson
 import pytest
 from aiohttp import web
@@ -163,22 +164,31 @@ async def test_a_whole_error_is_reworded_in_every_string_keeps_its_shape_and_fai
     assert await answer_status(relay, database_url) == ["failed"]
 
 
-async def test_a_bare_error_quoting_nothing_of_relays_passes_as_sent_but_failed(
+async def test_a_bare_error_quoting_nothing_of_relays_is_failed_and_raised_by_the_sdks(
     relay, database_url
 ):
+    # A whole body passes as sent (a 200 the provider chose); in a stream, the event
+    # goes out in OpenAI's shape, which OpenAI's SDKs raise on (the bare one they
+    # would hand the application as a chunk of the answer).
     _, received, receipt = await ask(relay, "whole-bare-harmless", stream=False)
     assert received == HARMLESS_BARE
     _, received, _ = await ask(relay, "event-bare-harmless", stream=True)
-    assert received == CHUNK + b"data: " + HARMLESS_BARE + b"\n\n" + DONE
+    harmless = orjson.loads(HARMLESS_BARE)
+    del harmless["object"]
+    assert received == CHUNK + b"data: " + orjson.dumps({"error": harmless}) + b"\n\n" + DONE
     assert receipt["status"] == "failed"
     assert await answer_status(relay, database_url) == ["failed", "failed"]
+
+
+def in_openai_shape(bare: dict[str, Any]) -> dict[str, Any]:
+    return {"error": {key: value for key, value in bare.items() if key != "object"}}
 
 
 @pytest.mark.parametrize(
     ("behaviour", "expected"),
     [
         ("event-nested", {"error": nested_error_reworded()}),
-        ("event-bare", bare_error_reworded()),
+        ("event-bare", in_openai_shape(bare_error_reworded())),
     ],
     ids=["nested", "bare"],
 )
@@ -229,3 +239,20 @@ async def test_an_error_too_deep_to_write_back_is_replaced_by_a_plain_one(
     assert error["message"] == "The provider failed; its error was not passed on."
     assert receipt["status"] == "failed"
     assert await answer_status(relay, database_url) == ["failed"]
+
+
+async def test_openais_sdk_raises_on_a_bare_error_event(relay):
+    # What the change is for: the bare shape reached the application as a chunk.
+    http, token, _ = relay
+    sdk = openai.AsyncOpenAI(base_url=str(http.make_url("/v1")), api_key=token, max_retries=0)
+    try:
+        stream = await sdk.chat.completions.create(
+            model="public-leaky",
+            messages=[{"role": "user", "content": "event-bare-harmless"}],
+            stream=True,
+        )
+        with pytest.raises(openai.APIError, match="overloaded"):
+            async for _ in stream:
+                pass
+    finally:
+        await sdk.close()

@@ -70,16 +70,29 @@ def _reworded(value: object, route: Route) -> object:
     return root[0] if changed else value
 
 
-def reworded_json(obj: object, route: Route) -> bytes | None:
-    """`obj` (a whole answer or a stream's event), serialised anew with its error
+def reworded_json(obj: object, route: Route, *, event: bool = False) -> bytes | None:
+    """`obj` (a whole answer, or a stream's `event`), serialised anew with its error
     (error_object) reworded throughout; None if it is no error, or one those words leave
-    as it is (then its bytes go out as the provider sent them)."""
+    as it is (then its bytes go out as the provider sent them).
+
+    An event in vLLM's bare shape (`{"object": "error", …}`) always goes out in
+    OpenAI's, `{"error": {…}}`: OpenAI's SDKs raise only on that, and would hand the
+    bare one to the application as if it were a chunk of the answer."""
     error = error_object(obj)
-    if error is None or (words := _reworded(error, route)) is error:
+    if error is None:
+        return None
+    words = _reworded(error, route)
+    bare = error is obj
+    if words is error and not (event and bare):
         return None
     assert isinstance(obj, dict)  # error_object found an error in it
+    if event and bare:
+        assert isinstance(words, dict)  # the object itself, reworded
+        obj = {"error": {key: value for key, value in words.items() if key != "object"}}
+    else:
+        obj = words if bare else {**obj, "error": words}
     try:
-        return orjson.dumps(words if error is obj else {**obj, "error": words})
+        return orjson.dumps(obj)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes: said plainly instead
         return orjson.dumps(
             error_body("The provider failed; its error was not passed on.", "upstream_error")

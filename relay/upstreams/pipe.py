@@ -87,7 +87,7 @@ def _reworded_event(event: bytes, route: Route) -> bytes | None:
         obj = orjson.loads(payloads[0]) if len(payloads) == 1 else None
     except orjson.JSONDecodeError:
         return None
-    if (reworded := reworded_json(obj, route)) is None:
+    if (reworded := reworded_json(obj, route, event=True)) is None:
         return None
     bom = _BOM if event.startswith(_BOM) else b""
     # Its other fields (`event: error`, an id, comments) stay; its data is the new JSON.
