@@ -26,7 +26,7 @@ from relay.services.history_part import HistoryPart
 from relay.services.receipts import ReceiptsPart
 from relay.services.recorder import AnswerRecorder
 from relay.stores.clients import Client, ClientStore
-from relay.stores.database import Database, connect
+from relay.stores.database import Database, ServerProcess, connect
 from relay.stores.database_failures import OutcomeUnknownError
 from tests.api_calls import client_with_token
 from tests.history_calls import chat, execute, query, recorded_answer
@@ -284,11 +284,29 @@ async def test_a_batch_lost_after_its_commit_was_sent_names_its_server_process(d
             )
             with pytest.raises(OutcomeUnknownError) as lost:
                 await batch
-            assert lost.value.backend == waiting["pid"]
+            assert lost.value.backend.pid == waiting["pid"]
             assert await db.stop_backend(lost.value.backend)
             gone = "SELECT pid FROM pg_stat_activity WHERE pid = %s"
             assert await query(database_url, gone, (waiting["pid"],)) == []
     finally:
+        await db.close()
+
+
+async def test_a_pid_of_another_server_stops_no_process_here(database_url):
+    # After a failover, the process that ran the batch was the old primary's; the new
+    # primary may well have a process with that pid (relay's own, even), which must
+    # be left alone: the process named is simply not here, and what is stored here
+    # settles the batch.
+    db = await Database.open(database_url, size=1, timeout=0.3)
+    bystander = await connect(database_url, timeout=10)
+    try:
+        pid = await bystander.get_backend_pid()
+        elsewhere = ServerProcess(pid, "2001-02-03 04:05:06.789+00")
+        assert await db.stop_backend(elsewhere)  # not here: gone, as far as relay can tell
+        async with bystander.cursor() as cur:
+            await cur.execute("SELECT 1")  # untouched
+    finally:
+        await bystander.close()
         await db.close()
 
 
@@ -303,7 +321,13 @@ async def test_only_a_process_of_relays_own_database_is_stopped(postgres_url, da
     other = await connect(postgres_url, timeout=10)  # another database's session
     try:
         pid = await other.get_backend_pid()
-        assert not await db.stop_backend(pid)  # still there when the wait ends
+        (row,) = await query(
+            database_url,
+            "SELECT backend_start::text AS started FROM pg_stat_activity WHERE pid = %s",
+            (pid,),
+        )
+        process = ServerProcess(pid, row["started"])
+        assert not await db.stop_backend(process)  # still there when the wait ends
         async with other.cursor() as cur:
             await cur.execute("SELECT 1")
     finally:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg2.errors
 import pytest
 
 from relay.appkeys import DATABASE
@@ -357,22 +358,49 @@ class SpoiledThenGone:
         return None
 
 
-async def test_answers_tried_one_by_one_stop_at_a_database_out_of_reach(http, database_url):
-    """Once the database itself fails while answers are tried alone, the rest fail at
-    once: one by one, each would have waited its own timeout (minutes for a batch)."""
+async def record_together(http: Any, part: Any, count: int) -> list[Any]:
+    """`count` answers recorded through `part` alone, queued together (one batch)."""
     client, _ = await client_with_token(http)
     owner = await ClientStore(http.app[DATABASE]).get(client["id"])
-    part = SpoiledThenGone()
     recorder = AnswerRecorder()
     recorder.add_part(part)
     await recorder.start(http.app[DATABASE])
     try:
-        # Queued together, they form one batch.
-        answers = [recorded_answer(http.app, owner, f"q{n}") for n in range(5)]
-        results = await asyncio.gather(
+        answers = [recorded_answer(http.app, owner, f"q{n}") for n in range(count)]
+        return await asyncio.gather(
             *(recorder.record(answer) for answer in answers), return_exceptions=True
         )
     finally:
         await recorder.close()
+
+
+async def test_answers_tried_one_by_one_stop_at_a_database_out_of_reach(http, database_url):
+    """Once the database itself fails while answers are tried alone, the rest fail at
+    once: one by one, each would have waited its own timeout (minutes for a batch)."""
+    part = SpoiledThenGone()
+    results = await record_together(http, part, 5)
     assert all(isinstance(result, DependencyUnavailableError) for result in results)
     assert part.writes == [5, 5, 1]  # whole, whole again, then the first alone only
+
+
+class SpoiledThenOneDeadlocks(SpoiledThenGone):
+    """As SpoiledThenGone, but alone the first answer loses a deadlock (the server
+    refusing it, not being gone), and the others go through."""
+
+    async def write(self, tx: Any, answers: Any) -> None:
+        self.writes.append(len(answers))
+        if len(answers) > 1:
+            raise ValueError("one answer's rows spoil the batch")
+        if len(self.writes) == 3:
+            try:
+                raise psycopg2.errors.DeadlockDetected()
+            except psycopg2.errors.DeadlockDetected as deadlock:
+                raise DependencyUnavailableError("The database is unavailable.") from deadlock
+
+
+async def test_an_answer_alone_that_loses_a_deadlock_does_not_fail_the_rest(http, database_url):
+    part = SpoiledThenOneDeadlocks()
+    results = await record_together(http, part, 5)
+    assert part.writes == [5, 5, 1, 1, 1, 1, 1]
+    assert isinstance(results[0], DependencyUnavailableError)
+    assert results[1:] == [None] * 4

@@ -27,7 +27,7 @@ from relay.errors import DependencyUnavailableError, RelayError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
 from relay.stores.clients import ClientStore
-from relay.stores.database import Batch, Database
+from relay.stores.database import Batch, Database, ServerProcess
 from relay.stores.database_failures import OutcomeUnknownError, out_of_reach
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,15 @@ class _Pending:
 
 
 class _RolledBack(Exception):
-    """A batch whose COMMIT relay lost is known not to have committed: its server
-    process is gone and none of its rows is stored (a stale connection after a
-    failover, say). Nothing of it was applied, so it may be sent again."""
+    """A batch whose connection died once its COMMIT was sent is known not to have
+    committed: its server process is gone and none of its rows is stored (a stale
+    connection after a failover, say). Nothing of it was applied: it may be sent again."""
+
+
+def _database_gone(error: Exception) -> bool:
+    """Whether `error` is the database out of reach (or too slow to answer in time),
+    rather than its refusing one batch (a deadlock, a statement it cancelled)."""
+    return isinstance(error, DependencyUnavailableError) and out_of_reach(error)
 
 
 def not_saved() -> DependencyUnavailableError:
@@ -183,13 +189,15 @@ class AnswerRecorder:
                 failure: Exception | None = None
             except Exception as exc:
                 failure = exc
+                if _database_gone(exc):
+                    self._fail_queued()  # at once, before the slot frees for one of them
             finally:
                 slots.release()
             if previous is not None:
                 await previous
             if failure is None:
                 self._committed(batch, started)
-            elif isinstance(failure, DependencyUnavailableError) and out_of_reach(failure):
+            elif _database_gone(failure):
                 self._fail(batch)
                 self._fail_queued()
             else:
@@ -244,9 +252,10 @@ class AnswerRecorder:
         started = time.monotonic()
         try:
             await self._write([pending.answer for pending in batch])
-        except (DependencyUnavailableError, _RolledBack):
+        except (DependencyUnavailableError, _RolledBack) as exc:
             self._fail(batch)
-            return False
+            # A deadlock or a statement the server cancelled fails this batch alone.
+            return not (isinstance(exc, _RolledBack) or _database_gone(exc))
         except Exception as exc:
             if len(batch) > 1:
                 # One answer's rows may have spoiled the batch (its client was
@@ -283,12 +292,17 @@ class AnswerRecorder:
                     await part.write(tx, answers)
         except OutcomeUnknownError as lost:
             committed = await self._committed_after_all(answers, lost.backend)
-            if committed is None:
+            if committed is None or (not committed and lost.timed_out):
+                # Unknown; or the database too slow to answer within the timeout, which
+                # another try would only wait out again (the answers queued behind it
+                # fail with it: see _in_turn).
                 raise
             if not committed:
                 raise _RolledBack() from lost
 
-    async def _committed_after_all(self, answers: Sequence[Answer], backend: int) -> bool | None:
+    async def _committed_after_all(
+        self, answers: Sequence[Answer], backend: ServerProcess
+    ) -> bool | None:
         """Settle a batch relay lost touch with after sending its COMMIT: it may have
         committed (its clients then told "not saved" would ask again and be stored
         twice). Once the server process that ran it is gone, its rows say which.

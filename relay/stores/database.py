@@ -14,7 +14,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiopg
 import orjson
@@ -67,14 +67,33 @@ _GONE_POLL_SECONDS = 0.01
 CLIENT_CHECK_MS = 100
 
 
-async def _watch_client(conn: Connection) -> None:
-    """A statement relay gave up on (past its timeout aiopg closes the connection) is
-    stopped by the server within CLIENT_CHECK_MS, instead of running on. A group commit
-    waiting for a lock would otherwise commit later, after its clients were told their
-    answers were not saved (and, retrying, saved them twice)."""
-    if conn.server_version >= 140000:
-        async with conn.cursor() as cur:
+class ServerProcess(NamedTuple):
+    """The PostgreSQL process behind a connection: its pid, and when it started. A pid
+    alone can name another process on another server (a failover's new primary numbers
+    its processes from as low a start) or a later one on the same server."""
+
+    pid: int
+    started: str
+
+
+# Each pooled connection's server process, read once as it connects.
+_PROCESSES: weakref.WeakKeyDictionary[Connection, ServerProcess] = weakref.WeakKeyDictionary()
+
+
+async def _on_connect(conn: Connection) -> None:
+    """Note the connection's server process (see ServerProcess). And a statement relay
+    gave up on (past its timeout aiopg closes the connection) is stopped by the server
+    within CLIENT_CHECK_MS, instead of running on: a group commit waiting for a lock
+    would otherwise commit later, after its clients were told their answers were not
+    saved (and, retrying, saved them twice)."""
+    async with conn.cursor() as cur:
+        if conn.server_version >= 140000:
             await cur.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        await cur.execute(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        )
+        pid, started = await cur.fetchone()
+    _PROCESSES[conn] = ServerProcess(pid, started)
 
 
 class Database:
@@ -102,7 +121,7 @@ class Database:
                     maxsize=size,
                     timeout=timeout,
                     pool_recycle=recycle,
-                    on_connect=_watch_client,
+                    on_connect=_on_connect,
                     **KEEPALIVE,
                 )
             )
@@ -172,23 +191,26 @@ class Database:
                 raise  # never sent its COMMIT, or the server refused it: rolled back
             raise OutcomeUnknownError(lost, batch.commit_backend) from lost
 
-    async def stop_backend(self, pid: int) -> bool:
-        """Terminate server process `pid` (one whose connection relay lost) and wait, for
+    async def stop_backend(self, process: ServerProcess) -> bool:
+        """Terminate the server process (one whose connection relay lost) and wait, for
         at most `timeout`, until it is gone: a transaction it ran has then committed or
         rolled back for good, and other sessions see which. True once it is gone.
 
-        Only a process of this database and role is terminated: the pid may be another
-        one's by now (the operating system reuses them), though hardly within a timeout.
+        The process is named by pid and start time, on whatever server relay reaches
+        now: after a failover the old primary's is simply not found (what the new one
+        holds is then the truth), and no other process is ever terminated; and only
+        one of this database and role.
         """
         deadline = asyncio.get_running_loop().time() + self.timeout
+        this_one = "pid = %s AND backend_start = %s::timestamptz"
         async with self.cursor() as cur:
             await cur.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE pid = %s AND datname = current_database() AND usename = current_user",
-                (pid,),
+                f" WHERE {this_one} AND datname = current_database() AND usename = current_user",
+                process,
             )
             while True:
-                await cur.execute("SELECT FROM pg_stat_activity WHERE pid = %s", (pid,))
+                await cur.execute(f"SELECT FROM pg_stat_activity WHERE {this_one}", process)
                 if await cur.fetchone() is None:
                     return True
                 if asyncio.get_running_loop().time() >= deadline:
@@ -304,7 +326,7 @@ class Batch:
         self._on_rollback: list[Callable[[], None]] = []
         # The server process the COMMIT (or the one-trip transaction) was sent to, once
         # sent; read before sending (a lost connection no longer tells; no round trip).
-        self.commit_backend: int | None = None
+        self.commit_backend: ServerProcess | None = None
 
     def bind(self, sql: str, params: Any = None) -> str:
         return sql if params is None else self.cur.mogrify(sql, params).decode()
@@ -340,7 +362,7 @@ class Batch:
     async def commit(self) -> None:
         statements, self._deferred = self._deferred, []
         if self._open or statements:
-            self.commit_backend = self.cur.connection.raw.get_backend_pid()
+            self.commit_backend = _PROCESSES.get(self.cur.connection)
         if self._open:
             await self.cur.execute("; ".join([*statements, "COMMIT"]))
             self._open = False

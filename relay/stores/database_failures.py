@@ -10,12 +10,15 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg2
 import psycopg2.extensions
 
 from relay.errors import DependencyUnavailableError
+
+if TYPE_CHECKING:
+    from relay.stores.database import ServerProcess
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +100,13 @@ class OutcomeUnknownError(DependencyUnavailableError):
     """A transaction's COMMIT was sent, then the connection was lost or relay stopped
     waiting (`out_of_reach`): it may have committed all the same (a COMMIT waiting for
     its WAL flush, or for a synchronous standby, completes without its client).
-    `backend` is the server process that ran it (see `Database.stop_backend`)."""
+    `backend` is the server process that ran it (see `Database.stop_backend`);
+    `timed_out`, whether relay stopped waiting (rather than the connection dying)."""
 
-    def __init__(self, lost: DependencyUnavailableError, backend: int) -> None:
+    def __init__(self, lost: DependencyUnavailableError, backend: ServerProcess) -> None:
         super().__init__(str(lost), reason=lost.reason)
         self.backend = backend
+        self.timed_out = isinstance(lost.__cause__, TimeoutError)
 
 
 class _ServerCancelFilter(logging.Filter):
