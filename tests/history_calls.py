@@ -69,6 +69,16 @@ async def stored_messages(database_url: str, client_id: str | None = None) -> li
     )
 
 
+async def assistant_statuses(database_url: str, client_id: str) -> list[str]:
+    """The statuses of the client's recorded answers, in commit order."""
+    rows = await query(
+        database_url,
+        "SELECT status FROM messages WHERE client_id = %s AND role = 'assistant' ORDER BY seq",
+        (client_id,),
+    )
+    return [row["status"] for row in rows]
+
+
 async def chat(
     http: TestClient,
     token: str,

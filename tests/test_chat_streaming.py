@@ -9,7 +9,7 @@ from aiohttp import web
 
 from relay.simulator import completion_text
 from tests.api_calls import bearer, client_with_token, post_and_never_read
-from tests.history_calls import query
+from tests.history_calls import assistant_statuses
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -184,21 +184,12 @@ async def test_a_provider_sending_slower_than_its_timeout_overall_is_not_cut(
     assert content_of(raw) == completion_text(8)
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
-        ("/v1/chat", {"message": "hi"}),
-    ],
-    ids=["completions", "native"],
-)
-@pytest.mark.parametrize("behaviour", ["silent", "hangs up"])
-async def test_a_stream_whose_provider_sends_no_byte_is_a_whole_error_not_a_200(
-    make_settings, make_client, provider_upstream, database_url, path, body, behaviour
-):
-    # Headers at once, then nothing (a long prefill, a hung worker): the client had
-    # only a 200 and a final error event; it now gets the error itself, 504 or 502,
-    # which OpenAI's SDKs raise as such (and may retry).
+@pytest.fixture(params=["silent", "hangs up"])
+async def quiet_provider(request, make_settings, make_client, provider_upstream):
+    """relay in front of a provider that sends its headers at once, then nothing (a
+    long prefill, a hung worker), or hangs up: (behaviour, http, client id, token)."""
+    behaviour = request.param
+
     async def headers_only(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -211,16 +202,36 @@ async def test_a_stream_whose_provider_sends_no_byte_is_a_whole_error_not_a_200(
     upstream = await provider_upstream(headers_only, "quiet", models={"q": "q"}, timeout_s=0.3)
     http = await make_client(make_settings(upstreams=(upstream,)))
     client, token = await client_with_token(http)
-    response = await http.post(
-        path, json={**body, "model": "q", "stream": True}, headers=bearer(token)
-    )
+    return behaviour, http, client["id"], token
+
+
+async def test_a_stream_whose_provider_sends_no_byte_is_a_whole_error_not_a_200(
+    quiet_provider, database_url
+):
+    # The client had only a 200 and a final error event, which OpenAI's SDKs raise
+    # without a status; it now gets the error itself, 504 or 502, as for a whole answer.
+    behaviour, http, client_id, token = quiet_provider
+    body = {"model": "q", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
     status, code = (504, "upstream_timeout") if behaviour == "silent" else (502, "upstream_cut")
     assert response.status == status, await response.text()
     assert response.content_type == "application/json"
     assert (await response.json())["error"]["code"] == code
-    rows = await query(
-        database_url,
-        "SELECT status FROM messages WHERE client_id = %s AND role = 'assistant'",
-        (client["id"],),
-    )
-    assert [row["status"] for row in rows] == ["failed" if behaviour == "silent" else "cut"]
+    expected = "failed" if behaviour == "silent" else "cut"
+    assert await assistant_statuses(database_url, client_id) == [expected]
+
+
+async def test_relays_own_stream_is_answered_at_once_and_says_why_it_ended(
+    quiet_provider, database_url
+):
+    # /v1/chat answers at once so that its pings keep proxies from closing the
+    # connection while a slow model thinks; a provider silent from the start is then
+    # an error event naming the timeout, not a "broke off".
+    behaviour, http, client_id, token = quiet_provider
+    body = {"model": "q", "stream": True, "message": "hi"}
+    response = await http.post("/v1/chat", json=body, headers=bearer(token))
+    raw = await response.read()
+    assert response.status == 200
+    code = "upstream_timeout" if behaviour == "silent" else "upstream_cut"
+    assert b"event: error" in raw and code.encode() in raw
+    assert await assistant_statuses(database_url, client_id) == ["cut"]

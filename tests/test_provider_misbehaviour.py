@@ -11,7 +11,7 @@ from aiohttp import web
 from relay.upstreams import reply
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.conftest import SIMULATOR_KEY
-from tests.history_calls import query
+from tests.history_calls import assistant_statuses
 
 CHUNK = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
@@ -142,15 +142,6 @@ async def ask(http, token, model, stream=True):
     return await http.post("/v1/chat/completions", json=body, headers=bearer(token))
 
 
-async def answer_status(database_url, client_id):
-    rows = await query(
-        database_url,
-        "SELECT status FROM messages WHERE client_id = %s AND role = 'assistant'",
-        (client_id,),
-    )
-    return [row["status"] for row in rows]
-
-
 async def test_done_ends_the_stream_without_waiting_for_the_provider_to_close(relay, database_url):
     http, token, client_id = relay
     loop = asyncio.get_running_loop()
@@ -158,7 +149,7 @@ async def test_done_ends_the_stream_without_waiting_for_the_provider_to_close(re
     response = await ask(http, token, "linger")
     assert await response.read() == CHUNK + FINISH + DONE
     assert loop.time() - started < LINGER_SECONDS / 2
-    assert await answer_status(database_url, client_id) == ["complete"]
+    assert await assistant_statuses(database_url, client_id) == ["complete"]
 
 
 async def test_a_done_line_cut_short_of_its_blank_line_still_ends_the_answer(relay, database_url):
@@ -170,7 +161,7 @@ async def test_a_done_line_cut_short_of_its_blank_line_still_ends_the_answer(rel
     assert await response.read() == CHUNK + FINISH + b"data: [DONE]\n"
     response = await ask(http, token, "bare-done-unterminated")
     assert await response.read() == CHUNK + b"data: [DONE]"
-    assert await answer_status(database_url, client_id) == ["complete", "complete"]
+    assert await assistant_statuses(database_url, client_id) == ["complete", "complete"]
 
 
 async def assert_own_chat_completes(http, token, model, stream):
@@ -191,7 +182,7 @@ async def test_relays_own_chat_takes_a_done_line_cut_short_as_the_end_too(
 ):
     http, token, client_id = relay
     await assert_own_chat_completes(http, token, "bare-done-unterminated", stream)
-    assert await answer_status(database_url, client_id) == ["complete"]
+    assert await assistant_statuses(database_url, client_id) == ["complete"]
 
 
 async def test_a_provider_silent_after_the_answer_finished_does_not_hold_the_stream(
@@ -208,7 +199,7 @@ async def test_a_provider_silent_after_the_answer_finished_does_not_hold_the_str
     for stream in (False, True):
         await assert_own_chat_completes(http, token, "silent-after-finish", stream)
     assert loop.time() - started < LINGER_SECONDS  # not the upstream's 12 s timeout, thrice
-    assert await answer_status(database_url, client_id) == ["complete"] * 3
+    assert await assistant_statuses(database_url, client_id) == ["complete"] * 3
 
 
 @pytest.mark.parametrize("model", ["error-event", "error-event-then-done"])
@@ -226,7 +217,7 @@ async def test_relays_own_chat_passes_on_the_providers_error_as_a_failure(
     else:
         error = await assert_error(response, 502)
     assert error["code"] == "upstream_error" and "overloaded" in error["message"]
-    assert await answer_status(database_url, client_id) == ["failed"]
+    assert await assistant_statuses(database_url, client_id) == ["failed"]
 
 
 async def test_json_instead_of_a_stream_is_a_502_carrying_the_providers_message(relay):
@@ -253,7 +244,7 @@ async def test_the_client_gets_what_the_provider_sent_and_history_how_it_went(
     http, token, client_id = relay
     response = await ask(http, token, model)
     assert await response.read() == sent
-    assert await answer_status(database_url, client_id) == [status]
+    assert await assistant_statuses(database_url, client_id) == [status]
 
 
 async def test_a_whole_answer_that_is_an_error_is_passed_on_and_kept_as_failed(relay, database_url):
@@ -261,7 +252,7 @@ async def test_a_whole_answer_that_is_an_error_is_passed_on_and_kept_as_failed(r
     response = await ask(http, token, "json-error", stream=False)
     assert response.status == 200  # as the provider sent it
     assert (await response.json())["error"]["code"] == "insufficient_quota"
-    assert await answer_status(database_url, client_id) == ["failed"]
+    assert await assistant_statuses(database_url, client_id) == ["failed"]
 
 
 async def test_an_event_without_end_is_cut_not_buffered_forever(relay):

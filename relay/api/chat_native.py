@@ -26,7 +26,6 @@ from relay.appkeys import (
     UPSTREAM_SESSION,
 )
 from relay.errors import (
-    CUT_SHORT,
     DependencyUnavailableError,
     PermissionDeniedError,
     RelayError,
@@ -181,13 +180,10 @@ async def _whole(
 async def _stream(
     request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.StreamResponse:
-    # Answered only once the provider sent something: a silence or a hang-up before
-    # that is a whole error (504, 502), kept as a whole answer's would be.
-    try:
-        await provider.first()
-    except RelayError as error:
-        answer.status = "cut" if isinstance(error, CUT_SHORT) else "failed"
-        await _refuse(request, answer, hooks, error)
+    # Answered at once, unlike /v1/chat/completions (which waits for the provider's
+    # first bytes): the event source's pings then keep proxies from closing a quiet
+    # connection while a slow model thinks; a provider silent from the start ends the
+    # stream with an error event, as one silent later does.
     response = HashedEventSource(headers=answer.headers)
     await response.prepare(request)
     observer = DeltaObserver()
