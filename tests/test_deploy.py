@@ -219,6 +219,8 @@ def test_nginx_example_streams_unbuffered():
     # relay's own 504 (in OpenAI's error shape) must come before nginx gives up.
     read_timeout = re.search(r"proxy_read_timeout (\d+)s;", conf)
     assert read_timeout and int(read_timeout.group(1)) > DEFAULT_TIMEOUT_S
+    # A whole answer sends nothing until it is whole, for up to RELAY_MAX_ANSWER_SECONDS.
+    assert int(read_timeout.group(1)) > Settings().max_answer_seconds
     for directive in (
         "proxy_buffering off;",
         "X-Forwarded-For $proxy_add_x_forwarded_for;",
