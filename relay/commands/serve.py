@@ -50,28 +50,30 @@ def tune_collector() -> None:
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
-async def _served(path: str) -> bool:
-    """Whether a process answers on the Unix socket at `path`.
+async def _served(path: str) -> OSError | None:
+    """Why relay may not listen on the Unix socket at `path`: another process serves
+    it (or may: it could not be told); None if there is none, or a stale one.
 
     asyncio removes a socket file found where it listens, stale or not: a second
     instance given the same RELAY_UNIX_SOCKET would take the socket over silently,
     leaving the first running and unreachable (on TCP the port would be taken)."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 1.0)
-    except (OSError, TimeoutError):
-        return False  # none, or stale: nobody answers on it
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None  # none, or stale: a socket nobody listens on refuses at once
+    except TimeoutError:  # a listener too busy to accept is still a listener
+        return OSError(errno.EADDRINUSE, "a process may be serving on it (it did not answer)")
+    except OSError as exc:  # not ours to connect to (EACCES), or not a socket
+        return OSError(exc.errno, f"cannot tell whether another process serves on it: {exc}")
     writer.close()
-    return True
+    return OSError(errno.EADDRINUSE, "another process is serving on it")
 
 
 async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.BaseSite]:
     sites: list[web.BaseSite] = []
     if settings.unix_socket:
-        if await _served(settings.unix_socket):
-            raise OSError(
-                errno.EADDRINUSE,
-                f"cannot listen on {settings.unix_socket}: another process is serving on it",
-            )
+        if (taken := await _served(settings.unix_socket)) is not None:
+            raise OSError(taken.errno, f"cannot listen on {settings.unix_socket}: {taken.strerror}")
         sites.append(web.UnixSite(runner, settings.unix_socket, backlog=LISTEN_BACKLOG))
     else:
         sites.append(
