@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import NoReturn
 
 import aiohttp
 import orjson
@@ -167,7 +166,10 @@ async def _whole(
             if stalled
             else _broken_off(answer, observer, provider, shutting_down=False)
         )
-        await _refuse(request, answer, hooks, error)
+        answer.http_status = error.status
+        _finish(request, answer, error_json(error))
+        await hooks.commit_quietly(answer)
+        raise error
     # The body names the message row, so its id is taken first; then the
     # body is known, hashed for the receipt, committed, and only then sent.
     await _reserve_message(request, answer)
@@ -268,16 +270,6 @@ async def _reserve_message(request: web.Request, answer: Answer) -> None:
         raise not_saved() from exc
     *turn_ids, answer.message_id = ids
     answer.turn_ids = tuple(turn_ids)
-
-
-async def _refuse(
-    request: web.Request, answer: Answer, hooks: AnswerHooks, error: RelayError
-) -> NoReturn:
-    """End an answer the client gets no byte of with `error`, kept as such."""
-    answer.http_status = error.status
-    _finish(request, answer, error_json(error))
-    await hooks.commit_quietly(answer)
-    raise error
 
 
 def _finish(request: web.Request, answer: Answer, body: bytes) -> None:
