@@ -1,7 +1,9 @@
-"""The PostgreSQL driver boundary: the one module that imports aiopg. Beside it,
-`database_failures` (what the driver's failures mean) and `database_admin`
-(creating databases, reading connection strings) are the only others that import
-psycopg2.
+"""The PostgreSQL driver boundary: this module and its parts are the only ones that
+import aiopg or psycopg2: `database_connection` (each pooled connection's server
+process, and a cursor that survives a stale connection), `database_batch` (a
+transaction in as few round trips as it can take), `database_failures` (what the
+driver's failures mean) and `database_admin` (creating databases, reading
+connection strings).
 
 Stores get cursors from `Database` and write transactions through `Batch`; every
 driver failure on the way becomes `DependencyUnavailableError` (503) once, here.
@@ -12,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiopg
 import orjson
@@ -23,9 +25,14 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from relay.errors import DependencyUnavailableError
+from relay.stores.database_batch import Batch
+from relay.stores.database_connection import (
+    PooledCursor,
+    ServerProcess,
+    on_connect,
+)
 from relay.stores.database_failures import (
     OutcomeUnknownError,
-    connection_died,
     driver_errors,
     out_of_reach,
     quiet_server_cancels,
@@ -63,37 +70,6 @@ KEEPALIVE: dict[str, Any] = {
 IDLE_RECYCLE_SECONDS = 30.0
 # How often `stop_backend` looks whether a terminated process has gone.
 _GONE_POLL_SECONDS = 0.01
-# How often a busy backend checks that relay is still connected (PostgreSQL 14+).
-CLIENT_CHECK_MS = 100
-
-
-class ServerProcess(NamedTuple):
-    """The PostgreSQL process behind a connection: its pid, and when it started. A pid
-    alone can name another process on another server (a failover's new primary numbers
-    its processes from as low a start) or a later one on the same server."""
-
-    pid: int
-    started: str
-
-
-# Each pooled connection's server process, read once as it connects.
-_PROCESSES: weakref.WeakKeyDictionary[Connection, ServerProcess] = weakref.WeakKeyDictionary()
-
-
-async def _on_connect(conn: Connection) -> None:
-    """Note the connection's server process (see ServerProcess). And a statement relay
-    gave up on (past its timeout aiopg closes the connection) is stopped by the server
-    within CLIENT_CHECK_MS, instead of running on: a group commit waiting for a lock
-    would otherwise commit later, after its clients were told their answers were not
-    saved (and, retrying, saved them twice)."""
-    async with conn.cursor() as cur:
-        if conn.server_version >= 140000:
-            await cur.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
-        await cur.execute(
-            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-        )
-        pid, started = await cur.fetchone()
-    _PROCESSES[conn] = ServerProcess(pid, started)
 
 
 class Database:
@@ -121,7 +97,7 @@ class Database:
                     maxsize=size,
                     timeout=timeout,
                     pool_recycle=recycle,
-                    on_connect=_on_connect,
+                    on_connect=on_connect,
                     **KEEPALIVE,
                 )
             )
@@ -155,13 +131,13 @@ class Database:
         self._served.add(conn)
         return conn, served
 
-    async def _drop_stale(self, dead: Connection) -> None:
+    async def drop_stale(self, dead: Connection) -> None:
         """Forget `dead` (closed) and the pool's idle connections: what left one stale (a
         failover, a host crash) most likely left them so, and a write is not sent twice."""
         await self.pool.release(dead)
         await self.pool.clear()
 
-    async def _fresh_cursor(self) -> Cursor:
+    async def fresh_cursor(self) -> Cursor:
         conn, _ = await self._acquire()
         return await conn.cursor()
 
@@ -253,133 +229,6 @@ class Database:
 
     def pool_stats(self) -> dict[str, int]:
         return {"size": self.pool.size, "free": self.pool.freesize, "max": self.pool.maxsize or 0}
-
-
-class PooledCursor(aiopg.Cursor):
-    """A cursor on a pooled connection that sends its first statement once more, on a
-    fresh connection, if the connection it was given turns out dead (stale: its server
-    went away without relay noticing) and sending it again is safe.
-
-    Safe are a transaction's start (nothing it did can have committed) and a read; a
-    connection lost once a statement was sent cannot tell whether the server ran it,
-    so any other statement is not sent again. The second try has what is left of the
-    first's RELAY_DATABASE_TIMEOUT: a server that is down is not waited for twice.
-    (The connection is swapped under aiopg's cursor; aiopg 1.4.0 is its last release.)
-    """
-
-    def __init__(self, db: Database, cur: Cursor, *, stale_maybe: bool) -> None:
-        super().__init__(cur.connection, cur.raw, db.timeout, echo=False)
-        self._db = db
-        # A connection served before may have gone stale since; a new one has not.
-        self._retry_first = stale_maybe
-        self.released = False  # its connection is back in the pool (a dead one, replaced)
-
-    async def execute(
-        self,
-        operation: str,
-        parameters: Any = None,
-        *,
-        timeout: float | None = None,
-        repeatable: bool = False,
-    ) -> None:
-        """`repeatable`: the statement may be sent twice (see the class), whatever it says."""
-        retry, self._retry_first = self._retry_first, False
-        deadline = asyncio.get_running_loop().time() + self._db.timeout
-        try:
-            await super().execute(operation, parameters, timeout=timeout)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            if not (retry and connection_died(exc, self.connection.closed)):
-                raise
-            self.released = True
-            async with asyncio.timeout_at(deadline):
-                await self._db._drop_stale(self.connection)
-                if not (repeatable or _repeatable(operation)):
-                    raise
-                log.warning("postgres connection was stale; statement sent again on a new one")
-                fresh = await self._db._fresh_cursor()
-                self._conn, self._impl, self.released = fresh.connection, fresh.raw, False
-                await super().execute(operation, parameters, timeout=timeout)
-
-
-def _repeatable(sql: str) -> bool:
-    """A single statement that reads or that starts a transaction. (A SELECT here may
-    call nextval or pg_terminate_backend, both harmless twice; none that writes.)"""
-    return ";" not in sql and sql.lstrip()[:6].upper().startswith(("SELECT", "BEGIN"))
-
-
-class Batch:
-    """One transaction sent in as few round trips as possible.
-
-    Each round trip to PostgreSQL costs more than most statements do, so
-    statements whose results nobody reads are `defer`red: they go with the next
-    `execute` or with the end of the batch, in the order they were given. A
-    batch that never needs an answer mid-way is one round trip: its statements
-    sent together as a single implicit transaction (PostgreSQL runs a
-    multi-statement query atomically and rolls all of it back on an error).
-    Statements are bound by psycopg2's `mogrify`, never by string formatting.
-    """
-
-    def __init__(self, cur: PooledCursor) -> None:
-        self.cur = cur
-        self._open = False  # BEGIN sent, COMMIT or ROLLBACK not yet
-        self._deferred: list[str] = []
-        self._on_rollback: list[Callable[[], None]] = []
-        # The server process the COMMIT (or the one-trip transaction) was sent to, once
-        # sent; read before sending (a lost connection no longer tells; no round trip).
-        self.commit_backend: ServerProcess | None = None
-
-    def bind(self, sql: str, params: Any = None) -> str:
-        return sql if params is None else self.cur.mogrify(sql, params).decode()
-
-    async def execute(self, sql: str, params: Any = None) -> None:
-        """Run a statement now (after any deferred ones), inside the transaction."""
-        statements = [*self._deferred, self.bind(sql, params)]
-        opening = not self._open
-        if opening:
-            statements.insert(0, "BEGIN")
-            self._open = True
-        self._deferred = []
-        # The round trip that opens the transaction commits nothing: safe to send again.
-        await self.cur.execute("; ".join(statements), repeatable=opening)
-
-    async def flush(self) -> None:
-        """Send the deferred statements now, inside the transaction."""
-        await self.execute("SELECT 1")
-
-    def defer(self, sql: str, params: Any = None) -> None:
-        self._deferred.append(self.bind(sql, params))
-
-    def on_rollback(self, callback: Callable[[], None]) -> None:
-        """Call `callback` if the transaction does not commit."""
-        self._on_rollback.append(callback)
-
-    async def fetchall(self) -> list[Any]:
-        return list(await self.cur.fetchall())
-
-    async def fetchone(self) -> Any:
-        return await self.cur.fetchone()
-
-    async def commit(self) -> None:
-        statements, self._deferred = self._deferred, []
-        if self._open or statements:
-            self.commit_backend = _PROCESSES.get(self.cur.connection)
-        if self._open:
-            await self.cur.execute("; ".join([*statements, "COMMIT"]))
-            self._open = False
-        elif statements:
-            await self.cur.execute("; ".join(statements))
-
-    async def rollback(self) -> None:
-        self._deferred = []
-        for callback in self._on_rollback:
-            callback()
-        if self._open:
-            self._open = False
-            try:
-                await self.cur.execute("ROLLBACK")
-            except QueryError:
-                # The connection is broken; closing it keeps it out of the pool.
-                self.cur.connection.close()
 
 
 async def listen(conn: Connection, channels: Iterable[str]) -> None:

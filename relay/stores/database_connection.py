@@ -1,0 +1,122 @@
+"""Each pooled PostgreSQL connection: the server process behind it, noted as it
+connects, and a cursor that survives the connection having gone stale. (Part of the
+driver boundary, with `database`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any, NamedTuple, Protocol
+
+import aiopg
+import psycopg2
+
+from relay.stores.database_failures import connection_died
+
+log = logging.getLogger(__name__)
+
+Cursor = aiopg.Cursor
+Connection = aiopg.Connection
+
+# How often a busy backend checks that relay is still connected (PostgreSQL 14+).
+CLIENT_CHECK_MS = 100
+
+
+class ServerProcess(NamedTuple):
+    """The PostgreSQL process behind a connection: its pid, and when it started. A pid
+    alone can name another process on another server (a failover's new primary numbers
+    its processes from as low a start) or a later one on the same server."""
+
+    pid: int
+    started: str
+
+
+# Each pooled connection's server process, read once as it connects.
+_PROCESSES: weakref.WeakKeyDictionary[Connection, ServerProcess] = weakref.WeakKeyDictionary()
+
+
+def server_process(conn: Connection) -> ServerProcess | None:
+    """The server process behind a pooled connection (None for one made elsewhere)."""
+    return _PROCESSES.get(conn)
+
+
+async def on_connect(conn: Connection) -> None:
+    """Note the connection's server process (see ServerProcess). And a statement relay
+    gave up on (past its timeout aiopg closes the connection) is stopped by the server
+    within CLIENT_CHECK_MS, instead of running on: a group commit waiting for a lock
+    would otherwise commit later, after its clients were told their answers were not
+    saved (and, retrying, saved them twice)."""
+    async with conn.cursor() as cur:
+        if conn.server_version >= 140000:
+            await cur.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        await cur.execute(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        )
+        pid, started = await cur.fetchone()
+    _PROCESSES[conn] = ServerProcess(pid, started)
+
+
+class StaleConnections(Protocol):
+    """What a PooledCursor needs of its pool (relay.stores.database.Database)."""
+
+    timeout: float
+
+    async def drop_stale(self, dead: Connection) -> None:
+        """Forget `dead` (closed) and the pool's idle connections."""
+
+    async def fresh_cursor(self) -> Cursor:
+        """A cursor on a connection of the pool made since."""
+
+
+class PooledCursor(aiopg.Cursor):
+    """A cursor on a pooled connection that sends its first statement once more, on a
+    fresh connection, if the connection it was given turns out dead (stale: its server
+    went away without relay noticing) and sending it again is safe.
+
+    Safe are a transaction's start (nothing it did can have committed) and a read; a
+    connection lost once a statement was sent cannot tell whether the server ran it,
+    so any other statement is not sent again. The second try has what is left of the
+    first's RELAY_DATABASE_TIMEOUT: a server that is down is not waited for twice.
+    (The connection is swapped under aiopg's cursor; aiopg 1.4.0 is its last release.)
+    """
+
+    def __init__(self, db: StaleConnections, cur: Cursor, *, stale_maybe: bool) -> None:
+        super().__init__(cur.connection, cur.raw, db.timeout, echo=False)
+        self._db = db
+        # A connection served before may have gone stale since; a new one has not.
+        self._retry_first = stale_maybe
+        self.released = False  # its connection is back in the pool (a dead one, replaced)
+
+    async def execute(
+        self,
+        operation: str,
+        parameters: Any = None,
+        *,
+        timeout: float | None = None,
+        repeatable: bool = False,
+    ) -> None:
+        """`repeatable`: the statement may be sent twice (see the class), whatever it says."""
+        retry, self._retry_first = self._retry_first, False
+        deadline = asyncio.get_running_loop().time() + self._db.timeout
+        try:
+            await super().execute(operation, parameters, timeout=timeout)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if not (retry and connection_died(exc, self.connection.closed)):
+                raise
+            self.released = True
+            async with asyncio.timeout_at(deadline):
+                await self._db.drop_stale(self.connection)
+                if not (repeatable or _repeatable(operation)):
+                    raise
+                log.warning("postgres connection was stale; statement sent again on a new one")
+                fresh = await self._db.fresh_cursor()
+                self._conn, self._impl, self.released = fresh.connection, fresh.raw, False
+                await super().execute(operation, parameters, timeout=timeout)
+
+
+def _repeatable(sql: str) -> bool:
+    """A single statement that reads or that starts a transaction. (A SELECT here may
+    call nextval or pg_terminate_backend, both harmless twice; none that writes.)"""
+    return ";" not in sql and sql.lstrip()[:6].upper().startswith(("SELECT", "BEGIN"))
