@@ -171,7 +171,7 @@ async def of_kind(
 async def test_a_batch_committed_after_relay_gave_up_is_reported_saved_once(
     http, postgres_url, database_url, recorder_for, caplog, kind
 ):
-    caplog.set_level(logging.INFO, logger="relay.services.recorder")
+    caplog.set_level(logging.INFO, logger="relay.services.batch_write")
     recorder, new_answer = await of_kind(http, recorder_for, kind)
     answer = new_answer(f"held {kind}")
 
@@ -338,7 +338,7 @@ async def test_only_a_process_of_relays_own_database_is_stopped(postgres_url, da
 async def test_a_client_whose_answer_committed_after_relay_gave_up_gets_its_answer(
     make_settings, make_client, postgres_url, database_url, caplog
 ):
-    caplog.set_level(logging.INFO, logger="relay.services.recorder")
+    caplog.set_level(logging.INFO, logger="relay.services.batch_write")
     await make_durable(database_url)
     http = await make_client(make_settings(database_timeout=TIMEOUT))
     _, token = await client_with_token(http)

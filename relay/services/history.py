@@ -32,7 +32,7 @@ _WORDS = re.compile(r"\w+")
 
 # Timeouts of a group commit an answer may wait for: its batch and, its COMMIT lost,
 # the wait for its server process to end (the batch may commit until then:
-# AnswerRecorder._committed_after_all); the query for answers that can no longer be
+# relay.services.batch_write); the query for answers that can no longer be
 # written; the batch again; then itself alone, and that wait again.
 COMMIT_TRIES = 6
 # How far apart the clocks of relay's instances and PostgreSQL may be.

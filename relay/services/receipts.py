@@ -70,7 +70,7 @@ def receipt_fields(answer: Answer, prev_sha256: str | None, served_at: str) -> d
 
 
 class ReceiptsPart:
-    """The receipts rows of a group commit (see relay.services.recorder.RecordPart).
+    """The receipts rows of a group commit (see relay.services.batch_write.RecordPart).
 
     Each receipt names the one before it, so a batch must know the chain head
     before it is signed. This instance remembers the head its last batch left

@@ -11,7 +11,8 @@ are settled in the order they were sent; a batch that failed is tried again
 once whole, after the batches before it settled, less its answers that can no
 longer be written (their conversation or client deleted meanwhile), then one
 answer at a time. A batch whose outcome relay lost (past its timeout, or with
-its connection, once its COMMIT was sent) is settled by what was stored.
+its connection, once its COMMIT was sent) is settled by what was stored
+(relay.services.batch_write).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from relay.errors import DependencyUnavailableError, RelayError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
+from relay.services.batch_write import RecordPart, RolledBack, write_batch
 from relay.stores.clients import ClientStore
-from relay.stores.database import Batch, Database, ServerProcess
-from relay.stores.database_failures import OutcomeUnknownError, out_of_reach
+from relay.stores.database import Database
+from relay.stores.database_failures import out_of_reach
 
 log = logging.getLogger(__name__)
 
@@ -37,43 +38,10 @@ QUEUE_SIZE = 4096
 PIPELINE = 2
 
 
-class RecordPart(Protocol):
-    """One kind of row written for every batch (history, receipts), in the batch's transaction."""
-
-    def wants(self, answer: Answer) -> bool:
-        """Whether this part writes anything for `answer`."""
-
-    async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
-        """Write rows for `answers` (in commit order); raising rolls back the whole batch.
-
-        `tx.defer` what needs no answer back: a batch whose parts only defer is
-        one round trip. The next batch may be written before this one's outcome is
-        known; `tx.on_rollback` learns that it failed."""
-
-    async def unwritable(
-        self, db: Database, answers: Sequence[Answer]
-    ) -> list[tuple[Answer, RelayError]]:
-        """Those of `answers` whose rows this part can no longer write (what only
-        this part's rows name was deleted since, such as their conversation), each
-        with what its client is told; asked once a batch has failed. (A client
-        deleted since, which every part's rows name, the recorder asks itself.)"""
-
-    async def written(self, db: Database, answers: Sequence[Answer]) -> bool | None:
-        """Whether this part's rows of `answers` are stored, asked of a batch whose
-        outcome relay lost once its server process is gone (all of a batch's rows
-        committed, or none did); None if no row of this part says so exactly."""
-
-
 @dataclass(eq=False, slots=True)
 class _Pending:
     answer: Answer
     done: asyncio.Future[None]
-
-
-class _RolledBack(Exception):
-    """A batch whose connection died once its COMMIT was sent is known not to have
-    committed: its server process is gone and none of its rows is stored (a stale
-    connection after a failover, say). Nothing of it was applied: it may be sent again."""
 
 
 def _database_gone(error: Exception) -> bool:
@@ -252,10 +220,10 @@ class AnswerRecorder:
         started = time.monotonic()
         try:
             await self._write([pending.answer for pending in batch])
-        except (DependencyUnavailableError, _RolledBack) as exc:
+        except (DependencyUnavailableError, RolledBack) as exc:
             self._fail(batch)
             # A deadlock or a statement the server cancelled fails this batch alone.
-            return not (isinstance(exc, _RolledBack) or _database_gone(exc))
+            return not (isinstance(exc, RolledBack) or _database_gone(exc))
         except Exception as exc:
             if len(batch) > 1:
                 # One answer's rows may have spoiled the batch (its client was
@@ -284,50 +252,9 @@ class AnswerRecorder:
                 pending.done.set_result(None)
 
     async def _write(self, answers: Sequence[Answer]) -> None:
-        """Commit one batch; raise unless it committed."""
+        """Commit one batch; raise unless it committed (see write_batch)."""
         assert self._database is not None
-        try:
-            async with self._database.batch() as tx:
-                for part in self._parts:
-                    await part.write(tx, answers)
-        except OutcomeUnknownError as lost:
-            committed = await self._committed_after_all(answers, lost.backend)
-            if committed is None or (not committed and lost.timed_out):
-                # Unknown; or the database too slow to answer within the timeout, which
-                # another try would only wait out again (the answers queued behind it
-                # fail with it: see _in_turn).
-                raise
-            if not committed:
-                raise _RolledBack() from lost
-
-    async def _committed_after_all(
-        self, answers: Sequence[Answer], backend: ServerProcess
-    ) -> bool | None:
-        """Settle a batch relay lost touch with after sending its COMMIT: it may have
-        committed (its clients then told "not saved" would ask again and be stored
-        twice). Once the server process that ran it is gone, its rows say which.
-        None if that cannot be told (then logged)."""
-        assert self._database is not None
-        why = "no row says"  # a history-only batch that only continues conversations
-        try:
-            if await self._database.stop_backend(backend):
-                for part in self._parts:
-                    written = await part.written(self._database, answers)
-                    if written is not None:
-                        if written:
-                            log.info(
-                                "answer batch committed after all", extra={"answers": len(answers)}
-                            )
-                        return written
-            else:
-                why = "its server process outlived the wait"
-        except Exception as exc:  # PostgreSQL could not be asked
-            why = type(exc).__name__
-        log.warning(
-            "answer batch outcome unknown",
-            extra={"request_ids": [answer.request_id for answer in answers], "error": why},
-        )
-        return None
+        await write_batch(self._database, self._parts, answers)
 
     def _fail_queued(self) -> None:
         """Fail every answer still queued: the database was found out of reach, and each

@@ -1,0 +1,102 @@
+"""One group-commit batch: the parts that write its rows (history, receipts), in one
+transaction, and a batch whose COMMIT relay lost settled by what was stored.
+(relay.services.recorder queues answers into batches and settles their outcomes.)"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from relay.errors import RelayError
+from relay.services.answers import Answer
+from relay.stores.database import Batch, Database, ServerProcess
+from relay.stores.database_failures import OutcomeUnknownError
+
+log = logging.getLogger(__name__)
+
+
+class RecordPart(Protocol):
+    """One kind of row written for every batch (history, receipts), in the batch's transaction."""
+
+    def wants(self, answer: Answer) -> bool:
+        """Whether this part writes anything for `answer`."""
+
+    async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
+        """Write rows for `answers` (in commit order); raising rolls back the whole batch.
+
+        `tx.defer` what needs no answer back: a batch whose parts only defer is
+        one round trip. The next batch may be written before this one's outcome is
+        known; `tx.on_rollback` learns that it failed."""
+
+    async def unwritable(
+        self, db: Database, answers: Sequence[Answer]
+    ) -> list[tuple[Answer, RelayError]]:
+        """Those of `answers` whose rows this part can no longer write (what only
+        this part's rows name was deleted since, such as their conversation), each
+        with what its client is told; asked once a batch has failed. (A client
+        deleted since, which every part's rows name, the recorder asks itself.)"""
+
+    async def written(self, db: Database, answers: Sequence[Answer]) -> bool | None:
+        """Whether this part's rows of `answers` are stored, asked of a batch whose
+        outcome relay lost once its server process is gone (all of a batch's rows
+        committed, or none did); None if no row of this part says so exactly."""
+
+
+class RolledBack(Exception):
+    """A batch whose connection died once its COMMIT was sent is known not to have
+    committed: its server process is gone and none of its rows is stored (a stale
+    connection after a failover, say). Nothing of it was applied: it may be sent again."""
+
+
+async def write_batch(
+    database: Database, parts: Sequence[RecordPart], answers: Sequence[Answer]
+) -> None:
+    """Commit one batch, each part writing its rows in one transaction; raise unless it
+    committed. A batch whose COMMIT relay lost is settled by what was stored: it
+    returns if the batch committed after all, raises RolledBack if its connection
+    died and nothing of it was applied (it may be sent again), and raises the loss
+    itself if that cannot be told, or the database was too slow to answer in time
+    (another try would only wait that out again)."""
+    try:
+        async with database.batch() as tx:
+            for part in parts:
+                await part.write(tx, answers)
+    except OutcomeUnknownError as lost:
+        committed = await _committed_after_all(database, parts, answers, lost.backend)
+        if committed is None or (not committed and lost.timed_out):
+            raise
+        if not committed:
+            raise RolledBack() from lost
+
+
+async def _committed_after_all(
+    database: Database,
+    parts: Sequence[RecordPart],
+    answers: Sequence[Answer],
+    backend: ServerProcess,
+) -> bool | None:
+    """Settle a batch relay lost touch with after sending its COMMIT: it may have
+    committed (its clients then told "not saved" would ask again and be stored
+    twice). Once the server process that ran it is gone, its rows say which.
+    None if that cannot be told (then logged)."""
+    why = "no row says"  # a history-only batch that only continues conversations
+    try:
+        if await database.stop_backend(backend):
+            for part in parts:
+                written = await part.written(database, answers)
+                if written is not None:
+                    if written:
+                        log.info(
+                            "answer batch committed after all", extra={"answers": len(answers)}
+                        )
+                    return written
+        else:
+            why = "its server process outlived the wait"
+    except Exception as exc:  # PostgreSQL could not be asked
+        why = type(exc).__name__
+    log.warning(
+        "answer batch outcome unknown",
+        extra={"request_ids": [answer.request_id for answer in answers], "error": why},
+    )
+    return None
