@@ -89,6 +89,18 @@ def out_of_reach(error: DependencyUnavailableError) -> bool:
     return not isinstance(error.__cause__, refused)
 
 
+def statement_cancelled(error: BaseException) -> bool:
+    """Whether the server cancelled the statement behind `error` (statement_timeout, an
+    operator's pg_cancel_backend): its QueryCanceledError is among the causes (aiopg
+    raises CancelledError with it as the context: see driver_errors)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, psycopg2.extensions.QueryCanceledError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def connection_died(error: psycopg2.Error, closed: int) -> bool:
     """Whether `error` (its connection now `closed`, as psycopg2 tells) is the connection
     having died rather than the server refusing a statement: a server's own error

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 from relay.errors import DependencyUnavailableError, UnprocessableError
 from relay.stores.conversations import MESSAGE_COLUMNS
 from relay.stores.database import Database, fetch_all, json_rows
+from relay.stores.database_failures import statement_cancelled
 
 # PostgreSQL marks the matches with two control characters taken out of the text
 # first; relay escapes the snippet as HTML and only then makes them <mark>…</mark>.
@@ -59,10 +60,6 @@ _SEARCH_TEMPLATE = (
 )
 _SEARCH = _SEARCH_TEMPLATE.format(filter="")
 _SEARCH_CONVERSATION = _SEARCH_TEMPLATE.format(filter="AND m.conversation_id = %(conversation_id)s")
-
-# PostgreSQL's SQLSTATE for a statement it cancelled: here, by statement_timeout (an
-# operator's pg_cancel_backend reads the same; a lock_timeout is 55P03).
-_QUERY_CANCELED = "57014"
 
 
 class SearchTooCostlyError(UnprocessableError):
@@ -158,7 +155,8 @@ class MessageStore:
             async with self.db.cursor() as cur:
                 rows = await fetch_all(cur, sql, args)
         except DependencyUnavailableError as error:
-            if _stopped_for_time(error):
+            # By its statement_timeout (a lock_timeout is another error, an outage).
+            if statement_cancelled(error):
                 raise SearchTooCostlyError() from error
             raise
         for row in rows:
@@ -223,17 +221,6 @@ class MessageStore:
                 " AS t(id uuid, title text) WHERE c.id = t.id AND c.title <> t.title",
                 (json_rows([{"id": key, "title": value} for key, value in titles.items()]),),
             )
-
-
-def _stopped_for_time(error: DependencyUnavailableError) -> bool:
-    """Whether the server cancelled the statement behind `error` (rather than being
-    out of reach): the driver's error is somewhere in its chain of causes."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if getattr(seen, "pgcode", None) == _QUERY_CANCELED:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def html_snippet(headline: str) -> str:
