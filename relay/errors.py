@@ -31,6 +31,10 @@ from typing import Any
 
 import orjson
 
+# OpenAI's SDKs ask again after a 408, 409, 429 or 5xx unless the answer says this:
+# for an error the same request would only meet again.
+NOT_RETRIED = {"x-should-retry": "false"}
+
 
 class RelayError(Exception):
     status = 500
@@ -93,7 +97,7 @@ class UnsupportedTransferCodingError(InvalidRequestError):
         super().__init__(
             "relay reads request bodies in the chunked transfer coding only;"
             " send the body without another Transfer-Encoding.",
-            headers={"x-should-retry": "false"},
+            headers=dict(NOT_RETRIED),
         )
 
 
@@ -150,7 +154,7 @@ class ConversationDeletedError(ConflictError):
         super().__init__(
             "The conversation was deleted while this answer was on its way;"
             " the answer was not saved.",
-            headers={"x-should-retry": "false"},
+            headers=dict(NOT_RETRIED),
         )
 
 
@@ -189,7 +193,7 @@ class AnswerTooLongError(UpstreamTimeoutError):
         # OpenAI's SDKs would ask again (504): for as long, and as many tokens, again.
         super().__init__(
             "The answer ran longer than relay lets one run; it was cut.",
-            headers={"x-should-retry": "false"},
+            headers=dict(NOT_RETRIED),
         )
 
 

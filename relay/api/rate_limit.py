@@ -9,7 +9,7 @@ from aiohttp.typedefs import Handler
 
 from relay.appkeys import CALLER, RATE_LIMIT, RATE_LIMITER
 from relay.durations import go_duration
-from relay.errors import RateLimitError
+from relay.errors import NOT_RETRIED, RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
 from relay.services.ratelimit import ATTESTATION_REPORTS, TOKEN_EXCHANGES, Quota, Verdict
 
@@ -44,7 +44,7 @@ def refusal(verdict: Verdict) -> RateLimitError:
     if verdict.blocked:
         # A limit of 0 never refills: OpenAI's SDKs would otherwise wait out Retry-After
         # and ask again, twice, before giving the caller the error.
-        headers["x-should-retry"] = "false"
+        headers.update(NOT_RETRIED)
     error = RateLimitError(
         f"Rate limit reached for {verdict.refused_type}{limit}. Please try again in {wait}.",
         headers=headers,

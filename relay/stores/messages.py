@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, NamedTuple
 
-from relay.errors import DependencyUnavailableError, UnprocessableError
+from relay.errors import NOT_RETRIED, DependencyUnavailableError, UnprocessableError
 from relay.stores.conversations import MESSAGE_COLUMNS
 from relay.stores.database import Database, fetch_all, json_rows
 from relay.stores.database_failures import statement_cancelled
@@ -74,7 +74,7 @@ class SearchTooCostlyError(UnprocessableError):
             "This search took the database too long; narrow it: fewer or rarer words,"
             " or one conversation (conversation_id).",
             param="q",
-            headers={"x-should-retry": "false"},
+            headers=dict(NOT_RETRIED),
         )
 
 

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from relay import __version__
-from relay.errors import RelayError, UpstreamError, UpstreamTimeoutError, error_body
+from relay.errors import NOT_RETRIED, RelayError, UpstreamError, UpstreamTimeoutError, error_body
 from relay.metrics import UPSTREAM_SECONDS, labelled
 from relay.upstreams.completion import error_object
 from relay.upstreams.reply import ProviderReply
@@ -166,7 +166,7 @@ async def _refusal(
         return UpstreamError(
             _refused_relay(status, error_object(body), route),
             code="upstream_auth",
-            headers={"x-should-retry": "false"},
+            headers=dict(NOT_RETRIED),
         )
     if 400 <= status < 500:
         error = error_object(body)
