@@ -25,6 +25,7 @@ from relay.metrics import OPEN_STREAMS
 from relay.simulator.app import create_simulator_app
 from relay.simulator.config import SimulatorConfig
 from relay.stores.database import connect
+from relay.stores.migrations import LOCK_ID as MIGRATION_LOCK_ID
 from relay.stores.migrations import load_migrations
 from relay.systemd import Notifier
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
@@ -395,6 +396,53 @@ async def test_a_schema_behind_the_code_stops_start_up_when_relay_may_not_migrat
     logs = relay.logs()
     assert f"lacks 1 migration(s) this relay needs ({latest.name})" in logs
     assert "relay migrate" in logs and "Traceback" not in logs
+
+
+async def test_sigterm_while_start_up_waits_for_another_migration_stops_at_once(
+    relay_process, database_url
+):
+    """Start-up may wait minutes for another instance's migration; systemd's stop
+    (or ^C) ends that wait at once, rather than once start-up is done."""
+    holder = await connect(database_url, timeout=10)
+    try:
+        async with holder.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+            relay = relay_process()
+            relay.start()
+            await wait_for_a_migration_lock_waiter(cur)
+            relay.terminate()
+            assert await relay.wait(10) == 0
+            await cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+            # Its server process, left waiting, takes the lock and finds relay gone:
+            # the next start does not find the lock held.
+            for _ in range(100):
+                await cur.execute(MIGRATION_LOCKS, (MIGRATION_LOCK_ID,))
+                if not (await cur.fetchone())[0]:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the migration lock stayed taken")
+    finally:
+        await holder.close()
+    logs = relay.logs()
+    assert "relay stopped during start-up" in logs, logs
+    assert "Traceback" not in logs and "relay listening" not in logs
+
+
+MIGRATION_LOCKS = """
+    SELECT count(*) FROM pg_locks
+    WHERE locktype = 'advisory' AND (classid::bigint << 32) | objid::bigint = %s
+"""
+WAITING_FOR_MIGRATION_LOCK = MIGRATION_LOCKS + " AND NOT granted"
+
+
+async def wait_for_a_migration_lock_waiter(cur: Any) -> None:
+    for _ in range(300):
+        await cur.execute(WAITING_FOR_MIGRATION_LOCK, (MIGRATION_LOCK_ID,))
+        if (await cur.fetchone())[0]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("relay never waited for the migration lock")
 
 
 @pytest.mark.parametrize(

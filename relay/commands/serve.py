@@ -8,6 +8,8 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -134,13 +136,20 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
     notifier = Notifier.from_env()
     starting = asyncio.create_task(notifier.extend_start(), name="relay-starting")
     try:
-        await runner.setup()  # runs start-up: migrations, pools
+        # Start-up (migrations, pools) may wait on the database for a while: a
+        # signal meanwhile stops it there, rather than once it is done.
+        started = await _unless_stopped(runner.setup(), stop)
     except BaseException:
         # What start-up had opened before the failure is closed again.
         await runner.cleanup()
         raise
     finally:
         starting.cancel()
+    if not started:
+        notifier.notify("STOPPING=1", "STATUS=stopped during start-up")
+        await runner.cleanup()
+        log.info("relay stopped during start-up")
+        return
     tune_collector()
     watchdog = asyncio.create_task(notifier.watchdog(), name="relay-watchdog")
     try:
@@ -155,6 +164,24 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
         await runner.cleanup()
         watchdog.cancel()
         log.info("relay stopped")
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `work` to its end (True), or cancel it once `stop` is set first (False)."""
+    task = asyncio.create_task(work, name="relay-start-up")
+    stopped = asyncio.create_task(stop.wait(), name="relay-start-up-stop")
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            # Its cancellation unwinds what it was doing (an open transaction rolls back).
+            await asyncio.wait((task,))
+    if task.cancelled():
+        return False
+    task.result()  # start-up's own failure
+    return True
 
 
 async def drain(in_flight: InFlight, sites: list[web.BaseSite], timeout: float) -> None:

@@ -14,7 +14,7 @@ from relay.stores.database import Cursor, QueryError, connect, fetch_all
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same for every relay instance.
-_LOCK_ID = 0x72656C6179  # "relay"
+LOCK_ID = 0x72656C6179  # "relay"
 # The connection's timeout bounds getting connected; statements get their own:
 # another instance may be migrating (wait for it), and one migration may build
 # an index over a large table.
@@ -82,7 +82,7 @@ async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) 
         async with conn.cursor(timeout=_STATEMENT_SECONDS) as cur:
             try:
                 await cur.execute(
-                    "SELECT pg_advisory_lock(%s)", (_LOCK_ID,), timeout=_LOCK_WAIT_SECONDS
+                    "SELECT pg_advisory_lock(%s)", (LOCK_ID,), timeout=_LOCK_WAIT_SECONDS
                 )
             except TimeoutError:
                 raise MigrationError(
@@ -94,7 +94,7 @@ async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) 
             finally:
                 # A statement that timed out closed the connection, which ended the lock too.
                 if not conn.closed:
-                    await cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+                    await cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
     finally:
         await conn.close()
 
