@@ -55,7 +55,14 @@ def unavailable(exc: BaseException) -> DependencyUnavailableError:
     # outage; connection failures name host, port, database and user, never values.
     lines = str(exc).strip().splitlines() if isinstance(exc, psycopg2.OperationalError) else []
     reason = lines[0] if lines else ""
-    log.warning("postgres unavailable", extra={"error": type(exc).__name__, "reason": reason})
+    # A statement the server stopped (a search past its statement_timeout) is not
+    # an outage, and its line must not read as one to whoever is paged by it.
+    what = (
+        "postgres cancelled a statement"
+        if isinstance(exc, psycopg2.extensions.QueryCanceledError)
+        else "postgres unavailable"
+    )
+    log.warning(what, extra={"error": type(exc).__name__, "reason": reason})
     return DependencyUnavailableError(
         "The database is unavailable; try again shortly.", reason=reason
     )
