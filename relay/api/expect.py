@@ -15,12 +15,13 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from relay.api.error_mapping import error_response
 from relay.api.server import RelayRequestHandler
 from relay.errors import InvalidRequestError
 
 # Set while a client waits for "100 Continue" relay has not sent yet.
 CONTINUE_AWAITED = web.RequestKey("continue_awaited", bool)
+# Set when the request expects something else, which relay cannot meet.
+EXPECTATION_UNMET = web.RequestKey("expectation_unmet", bool)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -30,19 +31,22 @@ class ExpectationFailedError(InvalidRequestError):
 
 
 async def continue_when_read(request: web.Request) -> web.StreamResponse | None:
-    """The expect handler of every route (aiohttp calls it before the middlewares)."""
+    """The expect handler of every route (aiohttp calls it before the middlewares).
+    It answers nothing itself: what it finds is acted on when the body is read, so
+    that every answer, a 417 too, passes relay's middlewares (request id, CORS)."""
     if request.version != HttpVersion11:
         return None  # an HTTP/1.0 client sends its body regardless
     request[CONTINUE_AWAITED] = True  # the client holds its body back, whatever it expects
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return error_response(
-            ExpectationFailedError("relay meets only the expectation '100-continue'.")
-        )
+        request[EXPECTATION_UNMET] = True
     return None
 
 
 async def send_continue(request: web.Request) -> None:
-    """Invite the body, if its client waits to be (call just before reading it)."""
+    """Invite the body, if its client waits to be (call just before reading it); a
+    request that expects what relay cannot meet is refused here (417)."""
+    if request.pop(EXPECTATION_UNMET, False):
+        raise ExpectationFailedError("relay meets only the expectation '100-continue'.")
     if request.pop(CONTINUE_AWAITED, False):
         await request.writer.write(_CONTINUE)
 
