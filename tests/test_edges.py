@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.api_calls import ADMIN, assert_error
+from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
 
 MAX_BODY = 2048
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -173,3 +173,25 @@ async def test_too_large_carries_the_request_id(small):
     )
     await assert_error(response, 413)
     assert response.headers["X-Request-Id"] == "big-one"
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/v1/history?limit=1&limit=500", "limit"),
+        ("/v1/history?conversation_id=a&conversation_id=b", "conversation_id"),
+        ("/v1/history?wait=0&wait=30", "wait"),
+        ("/v1/history/search?q=cats&q=dogs", "q"),
+        ("/v1/conversations?after=x&after=y", "after"),
+        ("/v1/signature/0123456789abcdef0123456789abcdef?signing_algo=ed25519&signing_algo=x",
+         "signing_algo"),
+        (f"/v1/attestation/report?nonce={'0' * 64}&nonce={'1' * 64}", "nonce"),
+        ("/admin/clients?after=x&after=y", "after"),
+        ("/admin/receipts?limit=1&limit=2", "limit"),
+    ],
+)  # fmt: skip
+async def test_a_query_parameter_given_twice_is_refused_not_guessed(http, path, param):
+    token = (await client_with_token(http))[1]
+    headers = ADMIN if path.startswith("/admin") else bearer(token)
+    error = await assert_error(await http.get(path, headers=headers), 400)
+    assert error["param"] == param and "given 2 times" in error["message"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api.body import json_response, query_int, read_json_object
+from relay.api.body import json_response, query_int, query_value, read_json_object
 from relay.api.client_object import client_json
 from relay.appkeys import CLIENTS
 from relay.errors import UnsupportedMediaTypeError
@@ -12,7 +12,7 @@ from relay.errors import UnsupportedMediaTypeError
 
 async def list_clients(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", default=20, low=1, high=100)
-    page = await request.app[CLIENTS].list_page(limit=limit, after=request.query.get("after"))
+    page = await request.app[CLIENTS].list_page(limit=limit, after=query_value(request, "after"))
     clients = page.clients
     return json_response(
         {

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from relay.api.body import json_response
+from relay.api.body import json_response, query_value
 from relay.appkeys import ATTESTATION
 from relay.errors import DependencyUnavailableError, InvalidRequestError
 from relay.proofs.agent import AttestationUnavailableError
@@ -21,7 +21,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 async def get_attestation_report(request: web.Request) -> web.Response:
     try:
-        nonce = parse_nonce(request.query.get("nonce"))
+        nonce = parse_nonce(query_value(request, "nonce"))
     except ValueError as exc:
         raise InvalidRequestError(str(exc).capitalize() + ".", param="nonce") from None
     try:

@@ -88,8 +88,19 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return parse_json_object(await read_body(request), request.content_type)
 
 
+def query_value(request: web.Request, name: str) -> str | None:
+    """The query parameter `name`, None when absent. Given twice it is refused: taking
+    either silently would answer a question the client did not mean to ask."""
+    values = request.query.getall(name, ())
+    if len(values) > 1:
+        raise InvalidRequestError(
+            f"{name} was given {len(values)} times; give it once.", param=name
+        )
+    return values[0] if values else None
+
+
 def query_int(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
+    raw = query_value(request, name)
     if raw is None or raw == "":
         return default
     try:

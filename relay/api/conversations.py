@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api.body import json_response, query_int
+from relay.api.body import json_response, query_int, query_value
 from relay.appkeys import CALLER, HISTORY, SETTINGS
 from relay.services.history import answer_horizon_s
 
@@ -12,7 +12,7 @@ from relay.services.history import answer_horizon_s
 async def list_conversations(request: web.Request) -> web.Response:
     page = await request.app[HISTORY].list_conversations(
         request[CALLER].client.id,
-        after=request.query.get("after") or None,
+        after=query_value(request, "after") or None,
         limit=query_int(request, "limit", default=20, low=1, high=100),
     )
     return json_response(page.as_json())

@@ -6,7 +6,7 @@ import math
 
 from aiohttp import web
 
-from relay.api.body import json_response, query_int
+from relay.api.body import json_response, query_int, query_value
 from relay.appkeys import CALLER, HISTORY, IN_FLIGHT
 from relay.errors import InvalidRequestError
 
@@ -14,7 +14,7 @@ MAX_WAIT_S = 30.0
 
 
 def _wait_seconds(request: web.Request) -> float:
-    raw = request.query.get("wait", "")
+    raw = query_value(request, "wait")
     if not raw:
         return 0.0
     try:
@@ -30,9 +30,9 @@ async def list_history(request: web.Request) -> web.Response:
     in_flight = request.app.get(IN_FLIGHT)
     page = await request.app[HISTORY].page(
         request[CALLER].client.id,
-        after=request.query.get("after") or None,
+        after=query_value(request, "after") or None,
         limit=query_int(request, "limit", default=100, low=1, high=500),
-        conversation_id=request.query.get("conversation_id") or None,
+        conversation_id=query_value(request, "conversation_id") or None,
         wait=_wait_seconds(request),
         # A graceful stop answers held polls at once instead of waiting them out.
         stop=in_flight.draining if in_flight is not None else None,
@@ -43,8 +43,8 @@ async def list_history(request: web.Request) -> web.Response:
 async def search_history(request: web.Request) -> web.Response:
     results = await request.app[HISTORY].search(
         request[CALLER].client.id,
-        request.query.get("q", ""),
+        query_value(request, "q") or "",
         limit=query_int(request, "limit", default=20, low=1, high=100),
-        conversation_id=request.query.get("conversation_id") or None,
+        conversation_id=query_value(request, "conversation_id") or None,
     )
     return json_response({"object": "list", "data": results})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from relay.api.body import json_response, query_int
+from relay.api.body import json_response, query_int, query_value
 from relay.appkeys import CALLER, RECEIPTS
 
 
@@ -23,7 +23,7 @@ async def get_signature(request: web.Request) -> web.Response:
     signature = await request.app[RECEIPTS].near_signature(
         request.match_info["receipt_id"],
         request[CALLER].client.id,
-        request.query.get("signing_algo"),
+        query_value(request, "signing_algo"),
     )
     return json_response(signature)
 
