@@ -14,7 +14,7 @@ from relay.config import Secret
 from relay.proofs.agent import AttestationUnavailableError
 from relay.proofs.quote import quote_report_data
 from relay.proofs.verify import verify_all
-from tests.api_calls import assert_error, client_with_token
+from tests.api_calls import assert_error, bearer, client_with_token
 from tests.fake_dstack import start_fake_dstack
 from tests.receipt_calls import NONCE, ask, fetch_receipt, fetch_report, relay_verify
 from tests.relay_process import RelayProcess
@@ -175,3 +175,14 @@ def test_relay_serve_refuses_an_unknown_attestation_mode(tmp_path):
 async def test_reports_are_not_shared_between_concurrent_callers(http):
     reports = await asyncio.gather(*(fetch_report(http, nonce=None) for _ in range(4)))
     assert len({report["request_nonce"] for report in reports}) == 4
+
+
+async def test_another_keys_receipt_is_a_409_no_sdk_asks_again(make_client, settings):
+    # Two `none` instances, each its own key: asking B again never makes B's key A's.
+    one = await make_client(settings)
+    other = await make_client(settings.replace(state_dir=settings.state_dir + "-b"))
+    _, token = await client_with_token(one)
+    saved = await ask(one, token, stream=False)
+    response = await other.get(f"/v1/signature/{saved.receipt_id}", headers=bearer(token))
+    await assert_error(response, 409, "receipt_signed_by_another_key")
+    assert response.headers["x-should-retry"] == "false"

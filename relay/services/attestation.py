@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Settings
-from relay.errors import ConflictError
+from relay.errors import NOT_RETRIED, ConflictError
 from relay.proofs.agent import DstackAgent
 from relay.proofs.dstack_key import DstackKeyProvider
 from relay.proofs.identity import SigningIdentity
@@ -42,12 +42,14 @@ class Attestation:
         """NEAR's signature over the receipt's hashes, by the key that signed the receipt:
         this one. Another instance's receipt (a `none` instance with a key of its own,
         or this one before its key changed) is refused: a key, TEE-attested perhaps,
-        must not vouch for hashes it never witnessed."""
+        must not vouch for hashes it never witnessed. Marked not to be retried: OpenAI's
+        SDKs and NEAR's clients repeat a 409 blindly, and only the signer can answer."""
         if receipt.get("signing_public_key") != self.identity.public_key_hex:
             raise ConflictError(
                 "This receipt was signed by another key than this relay's; ask the"
                 " instance that signed it (its report names its key).",
                 code="receipt_signed_by_another_key",
+                headers=dict(NOT_RETRIED),
             )
         return near_signature(receipt, self.identity.private_key)
 
