@@ -134,3 +134,57 @@ async def test_unusable_input_exits_2(
     files["paths"]["report"].write_text("not json")
     assert run(parse(*good_args(files["paths"]))) == 2
     assert capsys.readouterr().out.count("FAIL") == 3
+
+
+def relay_error(message: str, code: str, type: str = "invalid_request_error") -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": None, "code": code}})
+
+
+@pytest.mark.parametrize("saved_as", ["receipt", "chain"])
+async def test_relays_error_answer_saved_as_the_receipt_is_unusable_input(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str], saved_as: str
+) -> None:
+    # `curl -sS -o receipt.json` keeps a 404's body as the receipt.
+    files["paths"][saved_as].write_bytes(relay_error("Receipt not found.", "not_found"))
+    args = parse(
+        "--report", str(files["paths"]["report"]), "--receipt", str(files["paths"][saved_as])
+    )
+    assert run(args) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"FAIL {files['paths'][saved_as]}: ")
+    assert "Receipt not found." in out and "not_found" in out
+    assert "the fetch failed" in out and "malformed" not in out
+
+
+async def test_relays_error_answer_saved_as_the_report_is_unusable_input(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    limited = relay_error("Rate limit exceeded; retry later.", "rate_limit_exceeded", "requests")
+    files["paths"]["report"].write_bytes(limited)
+    assert run(parse(*good_args(files["paths"]))) == 2
+    out = capsys.readouterr().out
+    assert out.count("FAIL") == 1 and "signing_algo" not in out
+    assert "Rate limit exceeded; retry later." in out and "rate_limit_exceeded" in out
+
+
+async def test_an_error_answer_in_a_page_of_receipts_is_unusable_input(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = files["tmp"] / "page.jsonl"
+    good = orjson.dumps(files["receipts"][0])
+    page.write_bytes(good + b"\n" + relay_error("Invalid admin token.", "invalid_token") + b"\n")
+    args = parse("--report", str(files["paths"]["report"]), "--receipt", str(page))
+    assert run(args) == 2
+    assert "invalid_token" in capsys.readouterr().out
+
+
+async def test_a_receipt_with_an_added_error_field_is_a_failed_check_not_unusable(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    receipt = {**files["receipts"][-1], "error": {"message": "x", "code": "y"}}
+    files["paths"]["receipt"].write_bytes(orjson.dumps(receipt))
+    args = parse(
+        "--report", str(files["paths"]["report"]), "--receipt", str(files["paths"]["receipt"])
+    )
+    assert run(args) == 1
+    assert "FAIL signature" in capsys.readouterr().out

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """0 when every check holds, 1 on the first failed check, 2 on unusable input."""
     out = out or sys.stdout
     try:
-        report = _json_object(args.report.read_bytes(), args.report)
+        report = _json_object(args.report.read_bytes(), args.report, "report")
         receipts = [receipt for path in args.receipt for receipt in load_receipts(path)]
         nonce = parse_nonce(args.nonce)
         request_body = args.request_body.read_bytes() if args.request_body else None
@@ -84,16 +84,16 @@ def load_receipts(path: Path) -> list[dict[str, Any]]:
     try:
         whole = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return [_json_object(line, path) for line in data.splitlines() if line.strip()]
+        return [_json_object(line, path, "receipt") for line in data.splitlines() if line.strip()]
     if isinstance(whole, dict) and whole.get("object") == "list":
         whole = whole.get("data")
         if not isinstance(whole, list):
             raise ValueError(f"{path}: a list page without a data list")
     items = whole if isinstance(whole, list) else [whole]
-    return [_json_object(item, path) for item in items]
+    return [_json_object(item, path, "receipt") for item in items]
 
 
-def _json_object(value: Any, path: Path) -> dict[str, Any]:
+def _json_object(value: Any, path: Path, what: str) -> dict[str, Any]:
     if isinstance(value, bytes):
         try:
             value = orjson.loads(value)
@@ -101,4 +101,16 @@ def _json_object(value: Any, path: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    if set(value) == {"error"}:
+        # What `curl -o` keeps of a 404 or a 429: the fetch failed, not a proof.
+        raise ValueError(f"{path}: relay answered with an error, not a {what}: {_error(value)}")
     return value
+
+
+def _error(body: dict[str, Any]) -> str:
+    error = body["error"]
+    fields = error if isinstance(error, dict) else {"message": error}
+    said = orjson.dumps(fields.get("message")).decode()
+    if fields.get("code") is not None:
+        said += f" (code {orjson.dumps(fields['code']).decode()})"
+    return f"{said}; the fetch failed, no proof was checked"
