@@ -136,6 +136,30 @@ async def test_unusable_input_exits_2(
     assert capsys.readouterr().out.count("FAIL") == 3
 
 
+async def test_one_report_prints_exactly_what_it_always_printed(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(parse(*good_args(files["paths"]))) == 0
+    receipts = files["receipts"]
+    key = receipts[0]["signing_public_key"][:16]
+    last = receipts[-1]["receipt_id"]
+    expected = [
+        line
+        for receipt in receipts
+        for line in (
+            f"ok  signature  receipt {receipt['receipt_id']} signed by {key}…",
+            f"ok  key  receipt {receipt['receipt_id']} signed by the reported key",
+        )
+    ] + [
+        "ok  report_data  = signing key ‖ your nonce",
+        "note quote  tee_type none: no TEE vouches for this key, only the host",
+        f"ok  request body  sha256 matches receipt {last} ({len(REQUEST)} bytes)",
+        f"ok  response body  sha256 matches receipt {last} ({len(RESPONSE)} bytes)",
+        "ok  chain  3 receipt(s) linked in order after the start of the log",
+    ]
+    assert capsys.readouterr().out.splitlines() == expected
+
+
 def relay_error(message: str, code: str, type: str = "invalid_request_error") -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type, "param": None, "code": code}})
 

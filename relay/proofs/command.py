@@ -18,7 +18,12 @@ EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--report", type=Path, required=True, help="attestation report (JSON, as served)"
+        "--report",
+        type=Path,
+        action="append",
+        required=True,
+        help="attestation report (JSON, as served); when several keys signed the receipts "
+        "(RELAY_ATTESTATION=none instances), repeat it, one report per instance",
     )
     parser.add_argument(
         "--receipt",
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """0 when every check holds, 1 on the first failed check, 2 on unusable input."""
     out = out or sys.stdout
     try:
-        report = _json_object(args.report.read_bytes(), args.report, "report")
+        reports = [_json_object(path.read_bytes(), path, "report") for path in args.report]
         receipts = [receipt for path in args.receipt for receipt in load_receipts(path)]
         nonce = parse_nonce(args.nonce)
         request_body = args.request_body.read_bytes() if args.request_body else None
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_UNUSABLE
     try:
         checks = iter_checks(
-            report,
+            reports,
             receipts,
             request_body,
             response_body,

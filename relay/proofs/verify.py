@@ -11,7 +11,7 @@ compare with the root their KMS publishes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from typing import Any, NamedTuple
 
@@ -26,6 +26,16 @@ from relay.proofs.receipt import check_receipt_body, receipt_sha256, sha256_hex,
 
 BODY_FIELDS = ("request_sha256", "forwarded_sha256", "response_sha256")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+# What mends a receipt signed by a key the report(s) do not name.
+_ASK_THE_SIGNER = (
+    "add the report of the instance that signed it (one report per instance: `relay verify` "
+    "takes --report again, verify_all a list); with RELAY_ATTESTATION=none each instance has "
+    "a key of its own unless the instances share one key file"
+)
+
+Report = dict[str, Any]
+# One report, or one per instance whose key signed some of the receipts (a `none` fleet).
+Reports = Report | Sequence[Report]
 
 
 class VerificationError(Exception):
@@ -55,12 +65,26 @@ def verify_receipt_signature(receipt: dict[str, Any]) -> str:
     return f"signature  receipt {rid} signed by {receipt['signing_public_key'][:16]}…"
 
 
-def verify_receipt_key(receipt: dict[str, Any], report: dict[str, Any]) -> str:
-    if report.get("signing_algo") != "ed25519":
-        raise VerificationError(f"key: report's signing_algo is {report.get('signing_algo')!r}")
-    if receipt.get("signing_public_key") != report.get("signing_public_key"):
-        raise VerificationError(f"key: receipt {_rid(receipt)} was signed by another key")
-    return f"key  receipt {_rid(receipt)} signed by the reported key"
+def verify_receipt_key(receipt: dict[str, Any], report: Reports) -> str:
+    """The receipt's key is the report's; given several reports, that of the one naming it."""
+    reports, key = _reports(report), receipt.get("signing_public_key")
+    if len(reports) == 1:
+        _check_algo(reports[0], "report's")
+        if key != reports[0].get("signing_public_key"):
+            raise VerificationError(
+                f"key: receipt {_rid(receipt)} was signed by another key than the report's: "
+                f"the receipt names {key}, the report {reports[0].get('signing_public_key')}; "
+                + _ASK_THE_SIGNER
+            )
+        return f"key  receipt {_rid(receipt)} signed by the reported key"
+    for index, one in enumerate(reports, 1):
+        if key == one.get("signing_public_key"):
+            _check_algo(one, f"report {index}'s")
+            return f"key  receipt {_rid(receipt)} signed by report {index}'s key {str(key)[:16]}…"
+    raise VerificationError(
+        f"key: receipt {_rid(receipt)} was signed by {key}, a key none of the "
+        f"{len(reports)} reports names; " + _ASK_THE_SIGNER
+    )
 
 
 def verify_report_data(report: dict[str, Any], nonce: bytes | None = None) -> str:
@@ -191,7 +215,7 @@ def verify_chain(receipts: list[dict[str, Any]]) -> str:
 
 
 def iter_checks(
-    report: dict[str, Any],
+    report: Reports,
     receipts: list[dict[str, Any]],
     request_body: bytes | None = None,
     response_body: bytes | None = None,
@@ -202,12 +226,49 @@ def iter_checks(
 ) -> Iterator[Check]:
     """Every check in order; bodies belong to the last receipt. Raises on the first failure
     (with `require_tee`, a report no TEE vouches for is one; with `kms_root`, a report whose
-    key chain does not end at that root)."""
+    key chain does not end at that root). Given a list of reports, one per instance, each
+    receipt is checked against the report naming its key, and every report's checks are
+    made (the nonce, `require_tee` and `kms_root` apply to each), tagged with its place."""
     if not receipts:
         raise VerificationError("chain: no receipts")
+    reports = _reports(report)
     for receipt in receipts:
         yield Check(True, verify_receipt_signature(receipt))
-        yield Check(True, verify_receipt_key(receipt, report))
+        yield Check(True, verify_receipt_key(receipt, reports))
+    if len(reports) == 1:
+        yield from _report_checks(reports[0], nonce, require_tee, kms_root)
+    else:
+        signers = {receipt.get("signing_public_key") for receipt in receipts}
+        for index, one in enumerate(reports, 1):
+            yield from _tagged(
+                index, one, signers, _report_checks(one, nonce, require_tee, kms_root)
+            )
+    last = receipts[-1]
+    if request_body is not None:
+        yield Check(True, verify_body(last, "request", request_body))
+    if response_body is not None:
+        yield Check(True, verify_body(last, "response", response_body))
+    yield Check(True, verify_chain(receipts))
+
+
+def _tagged(
+    index: int, report: Report, signers: set[Any], checks: Iterator[Check]
+) -> Iterator[Check]:
+    """One of several reports' checks, each line and failure naming the report."""
+    tag = f"report {index}, key {str(report.get('signing_public_key'))[:16]}…"
+    if report.get("signing_public_key") not in signers:
+        yield Check(False, f"key  {tag} signed none of these receipts")
+    try:
+        for check in checks:
+            yield Check(check.held, f"{check.text} ({tag})")
+    except VerificationError as exc:
+        raise VerificationError(f"{exc.message} ({tag})") from None
+
+
+def _report_checks(
+    report: Report, nonce: bytes | None, require_tee: bool, kms_root: str | None
+) -> Iterator[Check]:
+    _check_algo(report, "report's")  # for a report no receipt's key was matched to
     yield Check(True, verify_report_data(report, nonce))
     quoted = verify_quote_report_data(report)
     if quoted is None and require_tee:
@@ -228,16 +289,10 @@ def iter_checks(
             f"custody  signature chain ends at KMS root {root.address} ({root.public_key}), "
             "not checked against your KMS's published root: compare them, or pass --kms-root",
         )
-    last = receipts[-1]
-    if request_body is not None:
-        yield Check(True, verify_body(last, "request", request_body))
-    if response_body is not None:
-        yield Check(True, verify_body(last, "response", response_body))
-    yield Check(True, verify_chain(receipts))
 
 
 def verify_all(
-    report: dict[str, Any],
+    report: Reports,
     receipts: list[dict[str, Any]],
     request_body: bytes | None = None,
     response_body: bytes | None = None,
@@ -246,7 +301,8 @@ def verify_all(
     require_tee: bool = False,
     kms_root: str | None = None,
 ) -> list[str]:
-    """The lines that held; raises VerificationError on the first failure. Without
+    """The lines that held; raises VerificationError on the first failure. `report` is one
+    report, or a list of them when several keys signed the receipts (see iter_checks). Without
     `require_tee` a report of `tee_type: none` passes: check the report's tee_type,
     or ask for a TEE, before trusting what runs. Without `kms_root` nothing ties the
     key to your KMS: compare recover_kms_root's answer with its published root."""
@@ -260,6 +316,18 @@ def verify_all(
         kms_root=kms_root,
     )
     return [check.text for check in checks if check.held]
+
+
+def _reports(report: Reports) -> Sequence[Report]:
+    reports = [report] if isinstance(report, dict) else report
+    if not reports:
+        raise VerificationError("report: no report given")
+    return reports
+
+
+def _check_algo(report: Report, whose: str) -> None:
+    if report.get("signing_algo") != "ed25519":
+        raise VerificationError(f"key: {whose} signing_algo is {report.get('signing_algo')!r}")
 
 
 def _hex(value: Any, size: int | None, *, lower: bool = False) -> bytes:
