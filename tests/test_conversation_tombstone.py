@@ -8,6 +8,7 @@ tombstone so that the commit does not create the conversation afterwards.
 
 import asyncio
 import datetime
+import hashlib
 import os
 import time
 import uuid
@@ -20,6 +21,7 @@ from relay.services.history import answer_horizon_s
 from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, execute, query, waiting_for_lock
+from tests.receipt_calls import fetch_receipt
 
 
 @pytest.fixture
@@ -89,7 +91,8 @@ async def start_slow_stream(http, token, simulator, endpoint):
     else:
         response = await chat(http, token, "a secret question", stream=True)
     assert response.status == 200
-    await response.content.readany()  # streaming has begun
+    # Streaming has begun; what it sent so far is kept, as its client would keep it.
+    response.first_bytes = await response.content.readany()
     return response
 
 
@@ -107,7 +110,7 @@ async def test_a_new_conversation_erased_while_its_first_answer_streams_is_never
         404,
         "conversation_not_found",
     )
-    raw = await response.read()
+    raw = response.first_bytes + await response.read()
     # As for a conversation erased while a later answer streams: not saved, so not
     # confirmed; an error event instead of the end.
     assert b"data: [DONE]" not in raw and b"message.done" not in raw
@@ -122,9 +125,12 @@ async def test_a_new_conversation_erased_while_its_first_answer_streams_is_never
     )
     listed = await (await http.get("/v1/conversations", headers=bearer(token))).json()
     assert listed["data"] == []
-    # Nor its receipt: it signs an end the client did not receive, and is written in
-    # the commit that failed (as for an answer to a conversation erased meanwhile).
-    await assert_error(await http.get(f"/v1/receipts/{receipt}", headers=bearer(token)), 404)
+    # Its receipt is kept, as for `store: false`: hashes of what the client got, the
+    # error event that ended it included; nothing of its content.
+    signed = await fetch_receipt(http, token, receipt)
+    assert signed["status"] == "failed" and signed["completed"] is False
+    assert signed["response_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert signed["conversation_id"] == conversation
     # The client goes on as before: its next answer is saved, and read back.
     assert (await chat(http, token, "next")).status == 200
     page = await (await http.get("/v1/history", headers=bearer(token))).json()

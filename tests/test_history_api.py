@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import hashlib
 
 import orjson
 import pytest
@@ -11,6 +12,7 @@ from relay.stores import conversations
 from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, query, waiting_for_lock
+from tests.receipt_calls import fetch_receipt
 
 
 @pytest.fixture
@@ -189,10 +191,10 @@ async def test_a_conversation_erased_while_an_answer_streams_stays_erased(
     simulator.config.tokens = 40
     simulator.config.token_delay = 0.02
     response = await chat(http, token, "second", conversation=conversation, stream=True)
-    await response.content.readany()  # streaming has begun
+    first = await response.content.readany()  # streaming has begun
     erased = await http.delete(f"/v1/conversations/{conversation}", headers=bearer(token))
     assert erased.status == 204
-    raw = await response.read()
+    raw = first + await response.read()
     # Not saved, so not confirmed: an error event instead of [DONE], saying why.
     assert b"data: [DONE]" not in raw and b'"conversation_deleted"' in raw
     assert not await query(
@@ -201,25 +203,41 @@ async def test_a_conversation_erased_while_an_answer_streams_stays_erased(
     await assert_error(
         await http.get(f"/v1/conversations/{conversation}", headers=bearer(token)), 404
     )
+    # The x-receipt-id it was given names a receipt of exactly what it received.
+    signed = await fetch_receipt(http, token, response.headers["x-receipt-id"])
+    assert signed["status"] == "failed"
+    assert signed["response_sha256"] == hashlib.sha256(raw).hexdigest()
 
 
-async def test_a_conversation_erased_while_its_answer_commits_stays_erased(http, database_url):
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/chat"])
+async def test_a_conversation_erased_while_its_answer_commits_stays_erased(
+    http, database_url, endpoint
+):
     """The DELETE is still committing when the answer's batch arrives: the batch waits
     for it, then finds the conversation gone, and must not create it again."""
     _, token = await client_with_token(http)
     conversation = (await chat(http, token, "first")).headers[CONVERSATION]
+    if endpoint == "/v1/chat":
+        body = {"message": "second", "conversation_id": conversation, "model": "gpt-sim"}
+        asked = http.post("/v1/chat", json=body, headers=bearer(token))
+    else:
+        asked = chat(http, token, "second", conversation=conversation)
     eraser = await connect(database_url, timeout=10)
     try:
         async with eraser.cursor() as cur:
             await cur.execute("BEGIN; DELETE FROM conversations WHERE id = %s", (conversation,))
-            answer = asyncio.create_task(chat(http, token, "second", conversation=conversation))
+            answer = asyncio.create_task(asked)
             await waiting_for_lock(database_url)  # the batch waits for the DELETE
             await cur.execute("COMMIT")
         refused = await answer
+        received = await refused.read()
         await assert_error(refused, 409, "conversation_deleted")
         assert refused.headers["x-should-retry"] == "false"  # it would only meet a 404
     finally:
         await eraser.close()
+    signed = await fetch_receipt(http, token, refused.headers["x-receipt-id"])
+    assert signed["status"] == "failed"
+    assert signed["response_sha256"] == hashlib.sha256(received).hexdigest()
     assert not await query(
         database_url, "SELECT id FROM conversations WHERE id = %s", (conversation,)
     )

@@ -7,7 +7,7 @@ import uuid
 import orjson
 
 from relay.appkeys import ANSWER_RECORDER, DATABASE, HISTORY
-from relay.errors import DependencyUnavailableError
+from relay.errors import AuthenticationError
 from relay.metrics import HISTORY_BATCH_SIZE
 from relay.simulator import completion_text
 from relay.stores.clients import ClientStore
@@ -311,7 +311,7 @@ async def test_one_unwritable_answer_does_not_sink_the_others_in_its_batch(http,
         return_exceptions=True,
     )
     assert outcomes[0] is None and outcomes[2] is None
-    assert isinstance(outcomes[1], DependencyUnavailableError)
+    assert isinstance(outcomes[1], AuthenticationError) and outcomes[1].code == "token_revoked"
     rows = await stored_messages(database_url, client["id"])
     assert [row["content"] for row in rows if row["role"] == "user"] == ["kept 1", "kept 2"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from relay.appkeys import ANSWER_RECORDER, DATABASE
-from relay.errors import ConversationDeletedError, DependencyUnavailableError
+from relay.errors import AuthenticationError, ConversationDeletedError
 from relay.services.answers import Answer
 from relay.stores.clients import Client, ClientStore
 from tests.api_calls import client_with_token
@@ -70,6 +70,14 @@ async def test_an_answer_to_an_erased_conversation_fails_alone(http, database_ur
     stored = await query(database_url, "SELECT request_id FROM messages WHERE role = 'user'")
     assert {row["request_id"] for row in stored} == {f"kept {n}" for n in range(4)}
     assert not await query(database_url, "SELECT id FROM conversations WHERE id = %s", (erased,))
+    # What is left to keep of it is its receipt (of the error its client then gets),
+    # as for `store: false`: recorded again, that alone is written.
+    lost = answers[2]
+    assert lost.store is False and lost.recorded is False
+    lost.status = "failed"
+    await recorder.record(lost)
+    assert await query(database_url, "SELECT id FROM receipts WHERE id = %s", (lost.receipt_id,))
+    assert not await query(database_url, "SELECT id FROM conversations WHERE id = %s", (erased,))
 
 
 async def test_an_answer_of_a_deleted_client_fails_alone(http, database_url, monkeypatch):
@@ -84,7 +92,10 @@ async def test_an_answer_of_a_deleted_client_fails_alone(http, database_url, mon
 
     outcomes = await record_together(recorder, answers)
 
-    assert isinstance(outcomes[3], DependencyUnavailableError)
+    # Not "please retry" (a 503): asked again, it would only meet a 401.
+    refused = outcomes[3]
+    assert isinstance(refused, AuthenticationError)
+    assert (refused.status, refused.code) == (401, "token_revoked")
     assert outcomes[:3] == [None] * 3
     assert len(writes) == 2
     receipts = await query(database_url, "SELECT client_id FROM receipts")

@@ -170,6 +170,9 @@ async def _relay_stream(
     answer.received(observer, final)
     if (error := await hooks.commit_end(answer)) is not None:
         final = error_event(error)  # never a silent loss: an error instead of the end
+        answer.status = "failed"
+        answer.received(observer, final)
+        await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
     await end_stream(response, observer, final, _abort_client(request))
     return response
 

@@ -175,7 +175,13 @@ async def _whole(
     await _reserve_message(request, answer)
     body = orjson.dumps(answer_object(answer))
     _finish(request, answer, body)
-    await hooks.run_commit(answer)
+    try:
+        await hooks.run_commit(answer)
+    except RelayError as refused:
+        answer.status, answer.http_status = "failed", refused.status
+        _finish(request, answer, error_json(refused))
+        await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
+        raise
     return web.Response(body=body, content_type="application/json", headers=answer.headers)
 
 
@@ -213,6 +219,9 @@ async def _stream(
             if (refused := await hooks.commit_end(answer)) is not None:
                 # Never a silent loss: the client gets an error instead of message.done.
                 final = event_bytes("error", error_data(refused))
+                answer.status = "failed"
+                answer.received(response, final)
+                await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
     else:
         why = _broken_off(answer, observer, provider, shutting_down=deadline.is_set())
         final = event_bytes("error", error_data(why))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.errors import DependencyUnavailableError, RelayError
+from relay.errors import AuthenticationError, DependencyUnavailableError, RelayError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
 from relay.services.batch_write import RecordPart, RolledBack, write_batch
@@ -53,6 +53,15 @@ def _database_gone(error: Exception) -> bool:
 def not_saved() -> DependencyUnavailableError:
     return DependencyUnavailableError(
         "The answer could not be saved to history; please retry.", code="history_unavailable"
+    )
+
+
+def client_deleted() -> AuthenticationError:
+    # Asking again would only meet a 401: the client's tokens went with it.
+    return AuthenticationError(
+        "The API client was deleted while this answer was on its way; it was not saved.",
+        code="token_revoked",
+        rejected=True,
     )
 
 
@@ -192,22 +201,30 @@ class AnswerRecorder:
         lost: dict[int, RelayError] = {}
         try:
             gone = await ClientStore(self._database).missing(a.client.id for a in answers)
-            lost = {id(answer): not_saved() for answer in answers if answer.client.id in gone}
+            lost = {id(answer): client_deleted() for answer in answers if answer.client.id in gone}
+            refused = set()
             for part in self._parts:
                 for answer, why in await part.unwritable(self._database, answers):
                     lost.setdefault(id(answer), why)
+                    refused.add(id(answer))
         except Exception:
             return batch
         kept = []
         for pending in batch:
-            error = lost.get(id(pending.answer))
+            answer = pending.answer
+            error = lost.get(id(answer))
             if error is None:
                 kept.append(pending)
                 continue
             log.info(
-                "answer not recorded",
-                extra={"request_id": pending.answer.request_id, "error": error.code},
+                "answer not recorded", extra={"request_id": answer.request_id, "error": error.code}
             )
+            if id(answer) in refused and answer.client.id not in gone:
+                # Only its content was refused (its conversation is gone): its client
+                # gets an error instead of the end, and the receipt of that may still
+                # be recorded, as for `store: false` (the handler records it again).
+                answer.store = False
+                answer.recorded = False
             if not pending.done.done():
                 pending.done.set_exception(error)
         return kept

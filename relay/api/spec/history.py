@@ -265,7 +265,8 @@ HISTORY_PATHS: dict[str, Any] = {
                 " first answer ends: erased before (its id read from the"
                 " Relay-Conversation-Id response header while that answer streams), the"
                 " DELETE answers 404, as nothing is stored yet, and the answer is not"
-                " saved (it ends with a conversation_deleted error, 409 for a whole answer)."
+                " saved (it ends with a conversation_deleted error, 409 for a whole answer; its"
+                " receipt, of that error, is kept)."
             ),
             parameters=(CONVERSATION_ID,),
             responses={"204": {"description": "Erased."}},
