@@ -320,6 +320,47 @@ def test_the_answer_is_finished_by_its_own_choice_only() -> None:
     assert observe(event(chunk([delta({}, 7)]))).finish_reason is None  # type: ignore[arg-type]
 
 
+def test_what_every_choice_generated_is_counted_in_bytes() -> None:
+    def call(**fields: Any) -> dict[str, Any]:
+        return {"tool_calls": [{"index": 0, **fields}]}
+
+    stream = b"".join(
+        [
+            event(chunk([delta({"role": "assistant", "content": ""}, index=i) for i in (0, 1)])),
+            event(chunk([delta({"content": "héllo"}), delta({"content": "日本"}, index=1)])),
+            event(chunk([delta({"refusal": "no"}, index=2)])),
+            event(chunk([delta(call(id="call_1", type="function", function={"name": "f"}))])),
+            event(chunk([delta(call(function={"arguments": '{"a": 1}'}))])),
+            event(chunk([delta({"content": None, "reasoning_content": "hmm"}, index=1)])),
+            # Sent under both names (vLLM's old and new), one thought is counted once.
+            event(chunk([delta({"reasoning_content": "so", "reasoning": "so"}, index=3)])),
+            event(chunk([delta({"reasoning": "ok", "content": "!"}, index=3)])),
+            event(chunk([delta({}, "stop")], usage=None)),
+        ]
+    )
+    # 6 + 6 text, 2 refusal, 1 + 8 tool call, 3 + 2 + 2 reasoning, 1 text.
+    assert observe(stream).summary().generated_bytes == 31
+    assert observe(openai_stream()).summary().generated_bytes == len("".join(PIECES).encode())
+
+
+def test_a_whole_answer_counts_what_its_choices_generated_as_a_stream_does() -> None:
+    calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    body = orjson.dumps(
+        {
+            "object": "chat.completion",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": None}},
+                {
+                    "index": 1,
+                    "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                },
+                {"index": 2, "message": {"content": "ok", "reasoning_content": "thought"}},
+            ],
+        }
+    )
+    assert summarize_completion(body).generated_bytes == 2 + 3 + 2 + 7
+
+
 def test_time_to_first_token_waits_for_content() -> None:
     observer = StreamObserver()
     observer.feed(event(chunk([delta({"role": "assistant", "content": ""})])))
@@ -383,6 +424,7 @@ def test_a_completion_body_is_summarised() -> None:
         usage=USAGE,
         model="gpt-4o-mini-2024-07-18",
         response_id="chatcmpl-XyZ",
+        generated_bytes=6,
     )
 
 

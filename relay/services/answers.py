@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from relay.errors import RelayError
 from relay.ids import uuid7_hex, uuid7_text
 from relay.stores.clients import Client
-from relay.upstreams.completion import CompletionSummary
+from relay.upstreams.completion import CompletionSummary, estimated_tokens
 from relay.upstreams.routing import Route
 
 log = logging.getLogger(__name__)
@@ -106,17 +106,18 @@ class Answer:
     @property
     def tokens_used(self) -> int:
         """The provider's total_tokens; without usage (a stream that did not ask for it,
-        a cut), about four bytes a token of what went in and came out. A failed answer
-        that brought nothing back (the provider refused it or was never reached) used
-        none: providers do not charge for those, and the SDKs retry them."""
+        a cut), an estimate from the bytes that went in and all that came out: every
+        choice, tool calls and reasoning included. A failed answer that brought nothing
+        back (the provider refused it or was never reached) used none: providers do not
+        charge for those, and the SDKs retry them."""
         usage = self.summary.usage or {}
         total = usage.get("total_tokens")
         if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
             return total
         summary = self.summary
-        if self.status == "failed" and not (summary.reply or summary.tool_calls):
+        if self.status == "failed" and not (summary.generated_bytes or summary.tool_calls):
             return 0
-        return (len(self.forwarded_body) + len(summary.text.encode()) + 3) // 4
+        return estimated_tokens(len(self.forwarded_body) + summary.generated_bytes)
 
 
 @dataclass

@@ -8,6 +8,21 @@ from typing import Any
 
 import orjson
 
+# Without the provider's usage an answer is charged about four bytes (UTF-8) a token
+# of what went in and what came out: the one rule relay estimates tokens with.
+BYTES_PER_TOKEN = 4
+
+
+def estimated_tokens(size: int) -> int:
+    """The tokens `size` bytes of text are taken for, rounded up."""
+    return -(-size // BYTES_PER_TOKEN)
+
+
+def text_bytes(text: str) -> int:
+    """`text`'s UTF-8 length; an ASCII string (the usual one) is not encoded to learn it."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 _MALFORMED_BODY = {
     "message": "the upstream answer is not a chat completion object",
     "type": "upstream_error",
@@ -25,6 +40,9 @@ class CompletionSummary:
     model: str | None = None
     response_id: str | None = None
     error: dict[str, Any] | None = None
+    # The UTF-8 bytes the model generated, in every choice: text, refusals, tool calls'
+    # names and arguments, reasoning. What the answer is charged for without usage.
+    generated_bytes: int = 0
 
     @property
     def reply(self) -> str:
@@ -46,9 +64,11 @@ class _ToolCall:
         # Fragments are joined once at the end: repeated str += would copy the arguments each time.
         self.fields: dict[str, list[str]] = {}
 
-    def merge(self, call: dict[str, Any]) -> None:
+    def merge(self, call: dict[str, Any]) -> int:
         """Take in one fragment (or a whole call): string fields are concatenated, as
-        the OpenAI SDK does; the name may come in fragments too."""
+        the OpenAI SDK does; the name may come in fragments too. Returns the bytes
+        of those fields it took in."""
+        size = 0
         if not self.call_id and isinstance(call_id := call.get("id"), str):
             self.call_id = call_id
         if isinstance(kind := call.get("type"), str) and kind:
@@ -57,6 +77,8 @@ class _ToolCall:
             for name, value in payload.items():
                 if isinstance(value, str):
                     self.fields.setdefault(name, []).append(value)
+                    size += text_bytes(value)
+        return size
 
     def as_dict(self) -> dict[str, Any]:
         payload = dict.fromkeys(_TOOL_CALL_FIELDS.get(self.kind, ("name",)), "")
@@ -109,7 +131,8 @@ class CompletionAccumulator:
     """Folds chat completion objects, whole or streamed as chunks, into one answer.
 
     A streamed chunk's `delta` and a whole answer's `message` are read alike, so streamed
-    and non-streamed answers are summarised by the same rules. Choice 0 is the answer.
+    and non-streamed answers are summarised by the same rules. Choice 0 is the answer;
+    `generated_bytes` counts what every choice generated, as it arrives.
     """
 
     def __init__(self) -> None:
@@ -120,6 +143,7 @@ class CompletionAccumulator:
         self.first_content_at: float | None = None
         # Choice 0's, the answer's: a plain attribute, as a pipe asks for it after every read.
         self.finish_reason: str | None = None
+        self.generated_bytes = 0
         self._choices: dict[int, _Choice] = {}
 
     def apply(self, obj: dict[str, Any]) -> None:
@@ -152,27 +176,39 @@ class CompletionAccumulator:
         if part is None:
             part = choice.get("message")
         if isinstance(part, dict):
-            saw_content = False
             content = part.get("content")
             if not isinstance(content, str):  # the usual delta's is: no call for it
                 content = answer_text(part)
             if content:
                 state.text.append(content)
-                saw_content = True
-            # Truth first: the usual delta has no refusal, no tool calls (or null ones).
-            if (refusal := part.get("refusal")) and isinstance(refusal, str):
-                state.refusal.append(refusal)
-                saw_content = True
-            if (calls := part.get("tool_calls")) and isinstance(calls, list):
-                self._merge_tool_calls(state, calls)
-                saw_content = True
-            if saw_content and self.first_content_at is None:
-                self.first_content_at = time.monotonic()
+                # text_bytes, inline: this runs for every streamed token.
+                self.generated_bytes += len(content) if content.isascii() else len(content.encode())
+                if self.first_content_at is None:
+                    self.first_content_at = time.monotonic()
+            # The usual delta holds its content alone: nothing else to look for. Inline,
+            # not a method: a provider may send its role or a null field with every token.
+            if len(part) > 1 or not content:
+                saw_content = False
+                if (refusal := part.get("refusal")) and isinstance(refusal, str):
+                    state.refusal.append(refusal)
+                    self.generated_bytes += text_bytes(refusal)
+                    saw_content = True
+                if (calls := part.get("tool_calls")) and isinstance(calls, list):
+                    self.generated_bytes += self._merge_tool_calls(state, calls)
+                    saw_content = True
+                # DeepSeek's and older vLLM's name, or OpenRouter's and newer vLLM's; a
+                # provider sending both sends the same text: it is counted once.
+                reasoning = part.get("reasoning_content") or part.get("reasoning")
+                if reasoning and isinstance(reasoning, str):
+                    self.generated_bytes += text_bytes(reasoning)
+                if saw_content and self.first_content_at is None:
+                    self.first_content_at = time.monotonic()
         if isinstance(finish_reason := choice.get("finish_reason"), str) and index == 0:
             self.finish_reason = finish_reason
 
     @staticmethod
-    def _merge_tool_calls(state: _Choice, calls: list[Any]) -> None:
+    def _merge_tool_calls(state: _Choice, calls: list[Any]) -> int:
+        size = 0
         for position, call in enumerate(calls):
             if not isinstance(call, dict):
                 continue
@@ -183,7 +219,8 @@ class CompletionAccumulator:
             entry = state.tool_calls.get(index)
             if entry is None:
                 entry = state.tool_calls[index] = _ToolCall()
-            entry.merge(call)
+            size += entry.merge(call)
+        return size
 
     def choice_text(self, index: int) -> str:
         state = self._choices.get(index)
@@ -215,6 +252,7 @@ class CompletionAccumulator:
             model=self.model,
             response_id=self.response_id,
             error=self.error,
+            generated_bytes=self.generated_bytes,
         )
 
 
