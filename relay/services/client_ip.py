@@ -22,6 +22,23 @@ def _address(text: str) -> Address | None:
     return address
 
 
+def _forwarded_address(entry: str) -> Address | None:
+    """An X-Forwarded-For entry's address. Some proxies (Azure's Application Gateway,
+    for one) write the client's port too: `203.0.113.7:50312`, `[2001:db8::7]:443`."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, bracket, port = entry[1:].partition("]")
+        if not bracket or (port and not (port[0] == ":" and port[1:].isdigit())):
+            return None
+        entry = host
+    elif entry.count(":") == 1:  # an IPv6 address has at least two
+        host, _, port = entry.partition(":")
+        if not port.isdigit():
+            return None
+        entry = host
+    return _address(entry)
+
+
 def limited_address(address: str) -> str:
     """What a per-address limit counts: an IPv6 caller by its /64, the block one
     subscriber is usually given (each of its 2**64 addresses would otherwise be a
@@ -68,7 +85,7 @@ class TrustedProxies:
         for entry in reversed(entries):
             if not entry.strip():
                 continue
-            address = _address(entry)
+            address = _forwarded_address(entry)
             if address is None:
                 # Not something a proxy writes: believe only the hop that passed it on.
                 return nearest
