@@ -217,10 +217,11 @@ async def test_a_zero_override_refuses_everything(make_client, make_settings):
 
     response = await http.get("/v1/me", headers=bearer(token))
 
-    await assert_error(response, 429, "rate_limit_exceeded")
+    error = await assert_error(response, 429, "rate_limit_exceeded")
     assert response.headers["Retry-After"] == "60"
-    # Waiting never helps: the OpenAI SDKs are told not to retry.
+    # Waiting never helps: the OpenAI SDKs are told not to retry, and people are too.
     assert response.headers["x-should-retry"] == "false"
+    assert "try again" not in error["message"] and "waiting will not help" in error["message"]
 
 
 async def test_limits_off_lets_everything_through_without_headers(make_client, make_settings):

@@ -41,14 +41,16 @@ def refusal(verdict: Verdict) -> RateLimitError:
     quota = verdict.tokens if verdict.refused_type == "tokens" else verdict.requests
     limit = f" (limit {quota.limit} per minute)" if quota is not None else ""
     headers = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000)))}
+    message = f"Rate limit reached for {verdict.refused_type}{limit}. Please try again in {wait}."
     if verdict.blocked:
         # A limit of 0 never refills: OpenAI's SDKs would otherwise wait out Retry-After
         # and ask again, twice, before giving the caller the error.
         headers.update(NOT_RETRIED)
-    error = RateLimitError(
-        f"Rate limit reached for {verdict.refused_type}{limit}. Please try again in {wait}.",
-        headers=headers,
-    )
+        message = (
+            f"This client may use no {verdict.refused_type}{limit}: waiting will not"
+            " help; ask relay's operator to raise the limit."
+        )
+    error = RateLimitError(message, headers=headers)
     error.type = verdict.refused_type
     return error
 
