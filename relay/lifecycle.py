@@ -26,7 +26,7 @@ from relay.appkeys import (
     UPSTREAM_SESSION,
 )
 from relay.config import ConfigError
-from relay.services.apikeys import KeyHasher
+from relay.services.apikeys import BcryptPool, KeyHasher
 from relay.services.auth import Authenticator
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
@@ -133,8 +133,9 @@ async def history_context(app: web.Application) -> AsyncIterator[None]:
 async def auth_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     loop = asyncio.get_running_loop()
+    pool = BcryptPool.for_cores()  # no threads until its first check
     # Building the hasher computes a dummy bcrypt hash: keep it off the loop.
-    hasher = await loop.run_in_executor(None, KeyHasher, settings.bcrypt_rounds)
+    hasher = await loop.run_in_executor(None, KeyHasher, settings.bcrypt_rounds, pool)
     clients = ClientService(
         ClientStore(app[DATABASE]), hasher, on_change=app[CLIENT_CACHE].invalidate
     )
@@ -147,6 +148,7 @@ async def auth_context(app: web.Application) -> AsyncIterator[None]:
     app[CLIENTS] = clients
     app[AUTHENTICATOR] = Authenticator(tokens, clients, app[CLIENT_CACHE])
     yield
+    pool.shutdown()
 
 
 async def upstreams_context(app: web.Application) -> AsyncIterator[None]:

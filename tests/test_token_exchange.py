@@ -12,6 +12,7 @@ import bcrypt
 import jwt
 
 from relay.appkeys import CLIENTS
+from relay.services.apikeys import BcryptPool
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token, create_client, exchange
 from tests.conftest import JWT_SECRET
 
@@ -124,7 +125,7 @@ async def test_missing_api_key_is_invalid_request(http):
 
 
 class RecordingExecutor(ThreadPoolExecutor):
-    """Notes which function ran on which thread, to show bcrypt never runs on the loop."""
+    """Notes which function ran on which thread, to show where bcrypt runs."""
 
     def __init__(self) -> None:
         super().__init__(max_workers=2)
@@ -138,6 +139,19 @@ class RecordingExecutor(ThreadPoolExecutor):
         return super().submit(run)
 
 
+def _recording(http) -> tuple[RecordingExecutor, RecordingExecutor]:
+    """The app's bcrypt pool and the loop's default executor, each replaced by a recorder."""
+    bcrypt_threads = RecordingExecutor()
+    http.app[CLIENTS].hasher.pool = BcryptPool(bcrypt_threads, workers=2, queued=8)
+    default = RecordingExecutor()
+    asyncio.get_running_loop().set_default_executor(default)
+    return bcrypt_threads, default
+
+
+def _bcrypt_checks(executor: RecordingExecutor) -> list[tuple[Any, tuple[Any, ...], int]]:
+    return [call for call in executor.calls if call[0] is bcrypt.checkpw]
+
+
 async def test_unknown_key_id_still_checks_a_bcrypt_hash_off_the_loop(http):
     hasher = http.app[CLIENTS].hasher
     checked: list[str | None] = []
@@ -148,32 +162,47 @@ async def test_unknown_key_id_still_checks_a_bcrypt_hash_off_the_loop(http):
         return await real_check(secret, hashed)
 
     hasher.check = counting_check  # the app's own instance, seen by the exchange
-    executor = RecordingExecutor()
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(executor)
-    loop_thread = threading.get_ident()
+    bcrypt_threads, default = _recording(http)
 
     await _refusal(http, "rk_0123456789abcdef_" + "ab" * 24)
-    await _refusal(http, "garbage")
-    await _refusal(http, "é" * 200)  # past bcrypt's 72 bytes: hashed all the same
 
-    assert checked == [None, None, None]  # no stored hash: the dummy one is checked instead
-    bcrypt_runs = [call for call in executor.calls if call[0] is bcrypt.checkpw]
-    assert len(bcrypt_runs) == 3
-    for _, (secret, target), thread in bcrypt_runs:
-        assert len(secret) <= 72  # bcrypt 5 refuses longer ones at once: no hash, no time
-        assert thread != loop_thread
-        assert target.startswith(b"$2")  # a real bcrypt hash, as costly as a stored one
+    assert checked == [None]  # no stored hash: the dummy one is checked instead
+    [(_, (secret, target), thread)] = _bcrypt_checks(bcrypt_threads)
+    assert secret == b"ab" * 24
+    assert thread != threading.get_ident()
+    assert target.startswith(b"$2")  # a real bcrypt hash, as costly as a stored one
+    assert _bcrypt_checks(default) == []
 
 
-async def test_good_key_bcrypt_runs_off_the_loop(http):
+async def test_text_that_cannot_be_a_key_is_refused_without_bcrypt(http):
+    """The key format is public: refusing what does not match it at once tells a
+    guesser nothing, and costs relay no bcrypt check."""
+    bcrypt_threads, default = _recording(http)
+
+    bodies = {
+        await _refusal(http, text)
+        for text in (
+            "garbage",
+            "é" * 200,  # past bcrypt's 72 bytes
+            "rk_0123456789ABCDEF_" + "ab" * 24,  # a key's hex is lower case
+            "rk_0123456789abcdef_" + "ab" * 25,  # a secret too long
+            " rk_0123456789abcdef_" + "ab" * 24,
+        )
+    }
+
+    assert bodies == {await _refusal(http, "rk_0123456789abcdef_" + "ab" * 24)}
+    assert len(_bcrypt_checks(bcrypt_threads)) == 1  # the well-formed one only
+    assert _bcrypt_checks(default) == []
+
+
+async def test_good_key_bcrypt_runs_on_its_own_threads(http):
     client = await create_client(http)
-    executor = RecordingExecutor()
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(executor)
+    bcrypt_threads, default = _recording(http)
 
     await exchange(http, client["api_key"])
 
-    runs = [call for call in executor.calls if call[0] is bcrypt.checkpw]
+    runs = _bcrypt_checks(bcrypt_threads)
     assert len(runs) == 1
     assert runs[0][2] != threading.get_ident()
+    # Not in the default executor, where aiohttp resolves host names.
+    assert _bcrypt_checks(default) == []

@@ -58,7 +58,9 @@ class Authenticator:
         self.cache = cache
 
     async def exchange(self, api_key: str) -> tuple[Client, IssuedToken]:
-        """Trade an API key for an access token. Every refusal looks and takes the same."""
+        """Trade an API key for an access token. Every 401 looks the same, and takes the
+        same time for every well-formed key; a 503 (KeyChecksBusyError) when relay has
+        too many keys to check says nothing about the key."""
         client = await self.clients.authenticate_key(api_key)
         if client is None:
             raise AuthenticationError("Invalid API key.", code="invalid_api_key")

@@ -264,12 +264,14 @@ class ClientService:
         return checked
 
     async def authenticate_key(self, text: str) -> Client | None:
-        """The active client owning this key, or None — always after one bcrypt check."""
+        """The active client owning this key, or None. A well-formed key always costs one
+        bcrypt check, known or not; text that cannot be a key is refused without one
+        (the format is public: refusing it sooner tells a guesser nothing)."""
         key = ApiKey.parse(text)
-        client = await self.store.get_by_key_id(key.key_id) if key else None
-        matches = await self.hasher.check(
-            key.secret if key else text[:72], client.key_hash if client else None
-        )
+        if key is None:
+            return None
+        client = await self.store.get_by_key_id(key.key_id)
+        matches = await self.hasher.check(key.secret, client.key_hash if client else None)
         if matches and client is not None and client.active:
             return client
         return None
