@@ -148,9 +148,11 @@ class CompletionAccumulator:
 
     def apply(self, obj: dict[str, Any]) -> None:
         """Take in one `chat.completion` or `chat.completion.chunk` object (or an error)."""
-        if self.response_id is None and isinstance(rid := obj.get("id"), str):
+        # The first that names them: Azure's first chunk (its prompt filter results)
+        # carries `"id": ""` and `"model": ""`.
+        if self.response_id is None and isinstance(rid := obj.get("id"), str) and rid:
             self.response_id = rid
-        if self.model is None and isinstance(model := obj.get("model"), str):
+        if self.model is None and isinstance(model := obj.get("model"), str) and model:
             self.model = model
         # error_object's own test, inline first: a call per ordinary chunk costs more.
         if ("error" in obj or obj.get("object") == "error") and (

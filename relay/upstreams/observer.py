@@ -30,7 +30,7 @@ class StreamObserver(CompletionAccumulator):
     def __init__(self) -> None:
         super().__init__()
         self._hash = hashlib.sha256()
-        self._decoder = SSEDecoder(self._on_data)
+        self._decoder = SSEDecoder(self._on_data, self._on_error_field)
         self.byte_count = 0
         self.done = False
         self.event_count = 0
@@ -91,6 +91,14 @@ class StreamObserver(CompletionAccumulator):
             self.apply(obj)
         else:
             self.malformed_events += 1
+
+    def _on_error_field(self, value: bytes) -> None:
+        # llama.cpp's `error: {"code": 500, "message": …, "type": …}`: the answer failed.
+        try:
+            error = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            error = None
+        self.apply({"error": error if isinstance(error, dict) else {"message": "provider error"}})
 
 
 def _is_done(payload: bytes) -> bool:

@@ -16,13 +16,29 @@ class SSEDecoder:
     """Splits an event stream into events across arbitrary chunk boundaries (WHATWG SSE rules).
 
     Only `data` matters to relay: the data lines of each dispatched event, joined with
-    LF, go to `on_data` as bytes. Comments and the other fields are skipped undecoded.
+    LF, go to `on_data` as bytes. Comments and the other fields are skipped undecoded,
+    but for one no SSE client reads: llama.cpp's server reports a failure mid-stream
+    as an `error:` line (then `data: [DONE]`); its value goes to `on_error`.
     """
 
-    __slots__ = ("_at_start", "_data", "_data_bytes", "_on_data", "_skip_lf", "_tail", "overflowed")
+    __slots__ = (
+        "_at_start",
+        "_data",
+        "_data_bytes",
+        "_on_data",
+        "_on_error",
+        "_skip_lf",
+        "_tail",
+        "overflowed",
+    )
 
-    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        on_data: Callable[[bytes], None],
+        on_error: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._on_data = on_data
+        self._on_error = on_error
         self._tail = bytearray()  # the start of a line whose end has not arrived yet
         self._data: list[bytes] = []  # data lines of the event being read
         self._data_bytes = 0
@@ -87,7 +103,7 @@ class SSEDecoder:
         data = list(self._data)
         tail = bytes(self._tail)
         if tail.startswith(b"data:"):
-            data.append(_data_value(tail))
+            data.append(_field_value(tail, 5))
         return b"\n".join(data)
 
     def close(self) -> None:
@@ -112,19 +128,22 @@ class SSEDecoder:
                     self._data_bytes = 0
                     self._on_data(payload)
             elif line.startswith(b"data:"):
-                data.append(_data_value(line))
+                data.append(_field_value(line, 5))
                 self._data_bytes += len(line)
                 if self._data_bytes > MAX_EVENT_BYTES:
                     self._overflow()
                     return
             elif line == b"data":
                 data.append(b"")
+            elif line.startswith(b"error:") and self._on_error is not None:
+                self._on_error(_field_value(line, 6))
             # Anything else is a comment (":…") or a field relay does not read (event, id, retry).
 
 
-def _data_value(line: bytes) -> bytes:
-    """A `data:` line's value: what follows the colon, less one space if one comes first."""
-    return line[6:] if line.startswith(b" ", 5) else line[5:]
+def _field_value(line: bytes, colon_end: int) -> bytes:
+    """A field line's value (its name and colon end at `colon_end`): what follows the
+    colon, less one space if one comes first."""
+    return line[colon_end + 1 :] if line.startswith(b" ", colon_end) else line[colon_end:]
 
 
 def _data_lines_events(chunk: bytes) -> list[bytes] | None:
