@@ -36,7 +36,7 @@ def paused(server: RedisServer) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:
+async def until(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -97,7 +97,7 @@ async def test_requests_decided_without_a_hung_redis_are_not_charged_again_when_
                 assert (await http.get("/v1/me", headers=bearer(token))).status == 200
                 assert not limiter.link.up  # that one was decided in-process
             await until_evalsha_calls(watch, ran + 1)
-            await _until(lambda: limiter.link.up)
+            await until(lambda: limiter.link.up)
 
             statuses = [(await http.get("/v1/me", headers=bearer(token))).status for _ in range(6)]
         # Redis woke to that request's batch, too late to charge it: 4 are still left there.

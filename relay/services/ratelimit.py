@@ -119,8 +119,10 @@ class RateLimiter:
         self.trusted_proxies = trusted_proxies or TrustedProxies(())
         self.timeout = timeout
         self._hasher = hasher
-        self._redis = RedisBuckets(redis, timeout=timeout)
+        # The in-process buckets follow every level Redis reports, so when Redis
+        # goes away each client carries on from what it used there.
         self.local = LocalBuckets()
+        self._redis = RedisBuckets(redis, timeout=timeout, on_levels=self.local.remember)
         # The probe loads the script and reads Redis's clock (for batch deadlines).
         self.link = RedisLink(self._redis.load, timeout=timeout)
         self._plans: dict[tuple[str, bool], _Plan] = {}

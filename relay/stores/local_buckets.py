@@ -1,4 +1,9 @@
-"""In-process token buckets with the Redis script's rules, for while Redis is away."""
+"""In-process token buckets with the Redis script's rules, for while Redis is away.
+
+They also keep the last level Redis reported for each bucket (`remember`), so a
+bucket that falls back here carries on from what its client used in Redis: a
+brief Redis stall does not hand every client a fresh allowance on every instance.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from collections.abc import Callable, Sequence
 
 from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
 
-# Past this many buckets the oldest are dropped; a dropped bucket comes back full.
-_MAX_BUCKETS = 100_000
+# Past this many buckets the longest untouched is dropped (it comes back full).
+# About 300 bytes each, so some 30 MB at most; a full bucket is not kept at all.
+MAX_BUCKETS = 100_000
 
 
 def _milliseconds() -> float:
@@ -19,8 +25,11 @@ def _milliseconds() -> float:
 class LocalBuckets:
     """Buckets of this process only: each relay instance limits on its own."""
 
-    def __init__(self, clock: Callable[[], float] = _milliseconds) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = _milliseconds, *, max_buckets: int = MAX_BUCKETS
+    ) -> None:
         self._clock = clock
+        self._max = max_buckets
         self._state: dict[str, tuple[float, float]] = {}  # key → (level, at ms)
 
     def __len__(self) -> int:
@@ -43,6 +52,20 @@ class LocalBuckets:
             ),
         )
 
+    def remember(self, draws: Sequence[Draw], outcome: Outcome) -> None:
+        """Take Redis's word for these buckets' levels, as of now."""
+        now = self._clock()
+        for draw, level in zip(draws, outcome.levels, strict=True):
+            # Both are lower bounds of the level Redis holds: whole tokens, and the
+            # level the (rounded up) time to full implies. The higher one is closer.
+            known = float(level.remaining)
+            if draw.capacity > 0:
+                known = max(known, draw.capacity - level.reset_ms * draw.capacity / REFILL_MS)
+            if known >= draw.capacity:
+                self._state.pop(draw.key, None)  # full: as if never seen
+            else:
+                self._set(draw.key, known, now)
+
     def _level(self, draw: Draw, now: float) -> float:
         state = self._state.get(draw.key)
         if state is None:
@@ -54,12 +77,14 @@ class LocalBuckets:
         if draw.mode is Mode.GATE or draw.cost <= 0:
             return level
         level -= draw.cost
-        if len(self._state) >= _MAX_BUCKETS and draw.key not in self._state:
+        self._set(draw.key, level, now)
+        return level
+
+    def _set(self, key: str, level: float, now: float) -> None:
+        if self._state.pop(key, None) is None and len(self._state) >= self._max:
             # dicts keep insertion order: the first key is the longest untouched one
             del self._state[next(iter(self._state))]
-        self._state.pop(draw.key, None)
-        self._state[draw.key] = (level, now)
-        return level
+        self._state[key] = (level, now)
 
 
 def _wait(draw: Draw, level: float) -> int:

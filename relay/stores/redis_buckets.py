@@ -116,6 +116,7 @@ class RedisBuckets:
     and its own. Charges nobody waits for (token debits) do not start a batch
     of their own: they go with the next request's, or after `CHARGE_DELAY`,
     so a request never queues behind the debit of the one before it.
+    `on_levels` hears every call Redis decided, with its levels.
 
     A batch relay gave up on is decided in-process; Redis may still run it
     once it is free (it was sent). So each batch carries a deadline on Redis's
@@ -129,8 +130,16 @@ class RedisBuckets:
     REPLY_SHARE = 0.2
     MIN_REPLY_TIME = 0.002  # the loop's timers may fire up to a millisecond early
 
-    def __init__(self, redis: Redis, *, timeout: float, clock: RedisClock | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        timeout: float,
+        clock: RedisClock | None = None,
+        on_levels: Callable[[tuple[Draw, ...], Outcome], object] | None = None,
+    ) -> None:
         self.redis = redis
+        self.on_levels = on_levels
         self.timeout = timeout
         self.clock = clock or RedisClock()
         self._reply_time = max(timeout * self.REPLY_SHARE, self.MIN_REPLY_TIME)
@@ -212,6 +221,8 @@ class RedisBuckets:
                             call.future.set_exception(exc)
                     continue
                 for call, outcome in zip(batch, outcomes, strict=True):
+                    if self.on_levels is not None:
+                        self.on_levels(call.draws, outcome)
                     if call.future is not None and not call.future.done():
                         call.future.set_result(outcome)
         finally:
