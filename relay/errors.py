@@ -19,6 +19,9 @@
     │   └── UpstreamTimeoutError        504
     │       └── AnswerTooLongError          504 answer_too_long
     ├── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
+    ├── BusyError                   503 (+ Retry-After)
+    │   ├── SearchesBusyError           503 searches_busy (relay.services.search_slots)
+    │   └── KeyChecksBusyError          503 key_checks_busy (relay.services.apikeys)
     └── RestartingError             503 shutting_down (+ Retry-After)
 
 One middleware (`relay.api.error_mapping`) turns these into
@@ -221,6 +224,19 @@ def operator_message(error: BaseException) -> str:
     when it gave any ("connection refused", "database does not exist")."""
     reason = getattr(error, "reason", "")
     return f"{error} ({reason})" if reason else str(error)
+
+
+class BusyError(RelayError):
+    """relay itself runs as much of some work as it can at once (searches, key checks):
+    refused at once rather than queued without end. Not the caller's doing, unlike a
+    429; short-lived: OpenAI's SDKs, urllib3 and load balancers retry it after
+    Retry-After (RFC 9110 section 15.6.4)."""
+
+    status = 503
+    type = "service_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class RestartingError(RelayError):

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import bcrypt
 
-from relay.errors import RelayError
+from relay.errors import BusyError
 
 PREFIX = "rk_"
 # Hex on both sides, so the key splits on "_" without ambiguity. The 48-char
@@ -48,20 +48,16 @@ class ApiKey:
         return cls(match.group(1), match.group(2)) if match else None
 
 
-class KeyChecksBusyError(RelayError):
-    """Every bcrypt thread is busy and the line for them is full: refused at once."""
+class KeyChecksBusyError(BusyError):
+    """Every bcrypt thread is busy and the line for them is full: refused at once (a
+    503, not a 429: the caller exceeded nothing; its own 429 says "this address asked
+    too often")."""
 
-    # 503, not 429: the caller exceeded nothing (its own 429 says "this address asked
-    # too often"); relay is overloaded for the moment (RFC 9110 §15.6.4), which
-    # OpenAI's SDKs, urllib3 and load balancers retry, honouring Retry-After.
-    status = 503
-    type = "service_unavailable"
     code = "key_checks_busy"
 
     def __init__(self) -> None:
         super().__init__(
-            "relay is checking as many API keys as it can at once; retry after Retry-After.",
-            headers={"Retry-After": "1"},
+            "relay is checking as many API keys as it can at once; retry after Retry-After."
         )
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from relay.errors import RateLimitError, RelayError
+from relay.errors import BusyError, RateLimitError
 
 # The share of the pool searches may hold at once, and of that, one client's share.
 POOL_SHARE = 4  # a quarter: 5 of the default 20 connections
@@ -36,17 +36,14 @@ class TooManySearchesError(RateLimitError):
         )
 
 
-class SearchesBusyError(RelayError):
+class SearchesBusyError(BusyError):
     """This instance runs as many searches (of all clients) as it gives the database."""
 
-    status = 503
-    type = "service_unavailable"
     code = "searches_busy"
 
     def __init__(self) -> None:
         super().__init__(
-            "relay is running as many searches as it can at once; retry after Retry-After.",
-            headers=dict(RETRY_AFTER),
+            "relay is running as many searches as it can at once; retry after Retry-After."
         )
 
 

@@ -167,7 +167,11 @@ PATHS: dict[str, Any] = {
             tag="auth",
             security=NONE,
             body=ref("schemas", "TokenRequest"),
-            description="A wrong key, an unknown key and a disabled client get the same 401.",
+            description=(
+                "A wrong key, an unknown key and a disabled client get the same 401. When"
+                " relay is checking as many keys as it can at once: 503 key_checks_busy,"
+                " with Retry-After: 1."
+            ),
             responses={"200": answer("A new access token.", ref("schemas", "Token"))},
             errors=(*JSON_BODY, 401, 429, 503),
         )
