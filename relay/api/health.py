@@ -12,7 +12,15 @@ from aiohttp import web
 
 from relay import __version__
 from relay.api.body import json_response
-from relay.appkeys import ATTESTATION, DATABASE, IN_FLIGHT, REDIS, SETTINGS, UPSTREAM_SESSION
+from relay.appkeys import (
+    ATTESTATION,
+    DATABASE,
+    IN_FLIGHT,
+    RATE_LIMITER,
+    REDIS,
+    SETTINGS,
+    UPSTREAM_SESSION,
+)
 from relay.upstreams.health import ProviderHealth
 
 
@@ -93,7 +101,12 @@ async def get_health(request: web.Request) -> web.Response:
         )
     probed = await request.app[HEALTH_PROBES].run(request.app)
     postgres, redis = probed.postgres, dict(probed.redis)  # shared: mark a copy
-    if redis["status"] != "ok":
+    link = request.app[RATE_LIMITER].link
+    if redis["status"] == "ok" and not link.up:
+        # Redis answers a ping but not the rate limiter (it refuses writes, say):
+        # limits are per instance all the same.
+        redis["error"] = link.error
+    if redis["status"] != "ok" or not link.up:
         # relay serves on without Redis (rate limits fall back to in-process
         # buckets), so an outage degrades it rather than taking it down.
         redis["status"] = "degraded"

@@ -123,8 +123,7 @@ class RateLimiter:
         # goes away each client carries on from what it used there.
         self.local = LocalBuckets()
         self._redis = RedisBuckets(redis, timeout=timeout, on_levels=self.local.remember)
-        # The probe loads the script and reads Redis's clock (for batch deadlines).
-        self.link = RedisLink(self._redis.load, timeout=timeout)
+        self.link = RedisLink(self._redis.probe, timeout=timeout)
         self._plans: dict[tuple[str, bool], _Plan] = {}
 
     @classmethod

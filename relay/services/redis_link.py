@@ -1,4 +1,4 @@
-"""Whether Redis is usable: said once per change, and probed in the background while not."""
+"""Whether Redis is usable: said once per outage, and probed in the background while not."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from relay.metrics import REDIS_ERRORS, REDIS_UP
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
+# An outage is said to be over once Redis has stayed usable this long: a link
+# that keeps failing again (a loop lagging past the timeout) is one outage, not many.
+SETTLE_SECONDS = 3.0
 
 
 class RedisLink:
@@ -19,6 +22,7 @@ class RedisLink:
 
     While down no request waits on Redis: one background task retries every
     `retry` seconds, so a dead Redis costs one timeout per outage, not one per request.
+    `error` names what made it go down, while it is down.
     """
 
     def __init__(
@@ -27,13 +31,17 @@ class RedisLink:
         *,
         timeout: float,
         retry: float = RETRY_SECONDS,
+        settle: float = SETTLE_SECONDS,
     ) -> None:
         self._probe = probe
         self.timeout = timeout
         self.retry = retry
+        self.settle = settle
         self.up = True
+        self.error: str | None = None
         REDIS_UP.set(1)
         self._task: asyncio.Task[None] | None = None
+        self._settling: asyncio.TimerHandle | None = None  # an outage said, not yet over
 
     async def start(self) -> None:
         """Probe once at start-up; relay starts anyway when Redis is not there."""
@@ -48,8 +56,13 @@ class RedisLink:
         if not self.up:
             return
         self.up = False
+        self.error = type(exc).__name__
         REDIS_UP.set(0)
-        log.warning("redis unavailable", extra={"error": type(exc).__name__})
+        if self._settling is not None:  # back too briefly: the same outage goes on
+            self._settling.cancel()
+            self._settling = None
+        else:
+            log.warning("redis unavailable", extra={"error": self.error})
         self._task = asyncio.create_task(self._reconnect(), name="relay-redis-reconnect")
 
     async def _reconnect(self) -> None:
@@ -62,12 +75,20 @@ class RedisLink:
                 REDIS_ERRORS.inc()
                 continue
             self.up = True
+            self.error = None
             REDIS_UP.set(1)
             self._task = None
-            log.warning("redis available again")
+            self._settling = asyncio.get_running_loop().call_later(self.settle, self._settled)
             return
 
+    def _settled(self) -> None:
+        self._settling = None
+        log.warning("redis available again")
+
     async def close(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from relay.stores.buckets import REFILL_MS, Draw, Level, Outcome
+from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
 from relay.stores.redis_clock import RedisClock
 
 # The clock is Redis's own TIME, so every relay instance sees the same time.
@@ -97,6 +97,12 @@ _PERIOD = str(REFILL_MS).encode()
 _MAX_ENCODED = 100_000
 
 
+# The link's probe: a real script run that writes, so a Redis that answers but
+# refuses writes (out of memory, a read-only replica, a failed save) fails it as
+# it fails requests. Its bucket refills within a millisecond and expires in a second.
+_PROBE = (Draw("relay:rl:{probe}:link", 1_000_000, 1, Mode.DEBIT),)
+
+
 class _Call(NamedTuple):
     draws: tuple[Draw, ...]
     future: asyncio.Future[Outcome] | None  # None: nobody waits (a debit)
@@ -152,10 +158,15 @@ class RedisBuckets:
         # (a debit's cost differs every time: it is encoded afresh).
         self._encoded: dict[tuple[Draw, ...], list[bytes]] = {}
 
+    async def probe(self) -> None:
+        """Whether Redis runs the script and takes its writes now: the link's probe.
+        A Redis that came back (maybe another one) gets the script and its clock read
+        on the way, as any batch would."""
+        await self.draw(_PROBE)
+
     async def load(self) -> None:
         """SCRIPT LOAD, so EVALSHA finds it (Redis forgets scripts when it restarts), and
-        a reading of Redis's clock, in one round trip: the link's probe, so a link
-        that comes up (or a Redis that came back, maybe another one) has both."""
+        a reading of Redis's clock, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.script_load(SCRIPT)
             pipe.time()
