@@ -21,7 +21,12 @@ from relay.config_environment import (
     read_env_file,
     warn_unknown,
 )
-from relay.config_secrets import REQUIRED_SECRETS, SECRETS, with_development_secrets
+from relay.config_secrets import (
+    CHECKED_WHEN_GIVEN,
+    REQUIRED_SECRETS,
+    SECRETS,
+    with_development_secrets,
+)
 from relay.config_values import (
     MIN_SECRET_BYTES,
     ConfigError,
@@ -101,6 +106,10 @@ class Settings:
     # Keys client ids into Redis key names (HMAC); every instance must share it.
     identity_hash_key: Secret = setting("RELAY_IDENTITY_HASH_KEY", Secret(""), Secret, file=True)
     jwt_secret: Secret = setting("RELAY_JWT_SECRET", Secret(""), Secret, file=True)
+    # While the JWT secret is rotated: tokens it signed are still accepted (never issued).
+    jwt_previous_secret: Secret = setting(
+        "RELAY_JWT_PREVIOUS_SECRET", Secret(""), Secret, file=True
+    )
     jwt_ttl: int = setting("RELAY_JWT_TTL", 3600, integer, minimum=60, maximum=86400 * 7)
     jwt_issuer: str = setting("RELAY_JWT_ISSUER", "relay")
     jwt_audience: str = setting("RELAY_JWT_AUDIENCE", "relay-api")
@@ -199,12 +208,18 @@ class Settings:
         return settings
 
     def check(self, secrets: Collection[str] = SECRETS) -> None:
-        """In production, refuse a required secret among `secrets` that is missing, short
-        or still the example's placeholder."""
+        """In production, refuse a secret among `secrets` that is required and missing,
+        or (required or given: a previous JWT secret) short or still the example's
+        placeholder."""
         if not self.production:
             return
         variables = {spec.name: spec.metadata["env"] for spec in dataclasses.fields(self)}
-        for field_name in (name for name in REQUIRED_SECRETS if name in secrets):
+        checked = (
+            name
+            for name in secrets
+            if name in REQUIRED_SECRETS or (name in CHECKED_WHEN_GIVEN and getattr(self, name))
+        )
+        for field_name in checked:
             name, value = variables[field_name], getattr(self, field_name)
             if len(value.encode()) < MIN_SECRET_BYTES:
                 state = "is missing" if not value else "is shorter than 32 bytes"

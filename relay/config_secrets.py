@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 # The settings holding secrets, by field name. A command reads only those it uses:
 # the others may be readable by the service alone (LoadCredential=).
-SECRETS = ("jwt_secret", "admin_token", "identity_hash_key", "metrics_token")
+SECRETS = ("jwt_secret", "jwt_previous_secret", "admin_token", "identity_hash_key", "metrics_token")
 # Those `relay serve` cannot run without: production demands each (32+ bytes, no
 # placeholder) when read; development generates a missing one.
 REQUIRED_SECRETS = ("jwt_secret", "admin_token", "identity_hash_key")
+# Optional, but held to the same rules in production when given.
+CHECKED_WHEN_GIVEN = ("jwt_previous_secret",)
 
 
 def with_development_secrets(

@@ -144,6 +144,7 @@ async def auth_context(app: web.Application) -> AsyncIterator[None]:
         ttl=settings.jwt_ttl,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
+        previous=settings.jwt_previous_secret,
     )
     app[CLIENTS] = clients
     app[AUTHENTICATOR] = Authenticator(tokens, clients, app[CLIENT_CACHE])

@@ -38,8 +38,14 @@ class IssuedToken:
 
 
 class TokenIssuer:
-    def __init__(self, secret: str, *, ttl: int, issuer: str, audience: str) -> None:
+    """Issues tokens signed with `secret`; accepts those signed with `secret` or, while
+    it is being rotated (RELAY_JWT_PREVIOUS_SECRET), with `previous`."""
+
+    def __init__(
+        self, secret: str, *, ttl: int, issuer: str, audience: str, previous: str = ""
+    ) -> None:
         self._secret = secret
+        self._keys = [secret, previous] if previous and previous != secret else [secret]
         self.ttl = ttl
         self.issuer = issuer
         self.audience = audience
@@ -76,15 +82,7 @@ class TokenIssuer:
 
     def _decode(self, token: str) -> Claims:
         try:
-            payload = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=CLOCK_SKEW_SECONDS,
-                options={"require": _REQUIRED},
-            )
+            payload = self._signed_payload(token)
         except jwt.ExpiredSignatureError:
             raise AuthenticationError(
                 "The access token has expired.", code="token_expired", rejected=True
@@ -95,6 +93,27 @@ class TokenIssuer:
             return _claims(payload)
         except (TypeError, ValueError, KeyError):
             raise AuthenticationError("The access token is invalid.", rejected=True) from None
+
+    def _signed_payload(self, token: str) -> dict[str, Any]:
+        *earlier, last = self._keys
+        for key in earlier:
+            try:
+                return self._payload(token, key)
+            except jwt.InvalidSignatureError:
+                continue  # signed with the next key, perhaps
+        return self._payload(token, last)
+
+    def _payload(self, token: str, key: str) -> dict[str, Any]:
+        payload: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=CLOCK_SKEW_SECONDS,
+            options={"require": _REQUIRED},
+        )
+        return payload
 
 
 def _claims(payload: dict[str, Any]) -> Claims:
