@@ -7,14 +7,21 @@ answers), or it answers through a proxy that delays every byte.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import redis.asyncio as redis
 
-from relay.appkeys import RATE_LIMITER
+from relay.appkeys import RATE_LIMITER, REDIS
 from relay.devservers import RedisServer
 from relay.stores.buckets import Draw, Level, Mode, Outcome
 from relay.stores.local_buckets import LocalBuckets
-from relay.stores.redis_buckets import RedisBuckets
+from relay.stores.redis_buckets import SCRIPT, LateBatchError, RedisBuckets
+from relay.stores.redis_clock import RedisClock
 from tests.api_calls import bearer, client_with_token
 from tests.test_rate_limit_late_batches import paused, until
 
@@ -77,3 +84,106 @@ def test_remembered_levels_age_and_stay_bounded():
     kept = len(local)
     local.remember([Draw("k", 60)], Outcome(True, (Level(60, 0, 0),)))
     assert len(local) == kept - 1  # a full bucket is the same as none: not kept
+
+
+async def _draw_waits(http, token: str, every: float, span: float) -> list[float]:
+    async def timed() -> float:
+        started = time.monotonic()
+        await http.get("/v1/me", headers=bearer(token))
+        return time.monotonic() - started
+
+    calls = []
+    for _ in range(round(span / every)):
+        calls.append(asyncio.create_task(timed()))
+        await asyncio.sleep(every)
+    return list(await asyncio.gather(*calls))
+
+
+async def test_requests_queued_behind_a_failed_batch_go_in_process_at_once(
+    make_client, make_settings, tmp_path
+):
+    timeout = 0.5
+    with RedisServer(tmp_path / "redis") as server:
+        http = await make_client(
+            make_settings(
+                redis_url=server.url, redis_timeout=timeout, rate_limit_requests_per_minute=1000
+            )
+        )
+        _, token = await client_with_token(http)
+        limiter = http.app[RATE_LIMITER]
+        assert await _one_by_one(http, 1, token) == [200]
+        client = http.app[REDIS]
+        batches = 0
+        evalsha = client.evalsha
+
+        async def counted(*args):
+            nonlocal batches
+            batches += 1
+            return await evalsha(*args)
+
+        client.evalsha = counted
+        with paused(server):
+            waits = await _draw_waits(http, token, every=0.02, span=timeout * 1.2)
+            sent = batches
+        await until(lambda: limiter.link.up)
+
+    # One batch met the hung Redis; the requests that queued behind it did not try
+    # it again, so none waited for two batches (generous bound: two would be 2x).
+    assert sent == 1
+    assert max(waits) < timeout * 1.5, max(waits)
+
+
+@asynccontextmanager
+async def slow_proxy(port: int, delay: float) -> AsyncIterator[int]:
+    """A TCP proxy to Redis that delivers every byte `delay` seconds late, each way."""
+    loop = asyncio.get_running_loop()
+    writers: list[asyncio.StreamWriter] = []
+    handlers: list[asyncio.Future[None]] = []
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            loop.call_at(loop.time() + delay, writer.write, data)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        done = loop.create_future()
+        handlers.append(done)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.extend((writer, up_writer))
+        with contextlib.suppress(Exception):  # either side closing ends both
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        done.set_result(None)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.wait_for(asyncio.gather(*handlers), 5)
+
+
+async def test_a_call_queued_behind_a_slow_batch_waits_the_timeout_from_its_arrival(tmp_path):
+    timeout, one_way = 1.2, 0.5  # a round trip takes 1 s: a batch passes, two in a row cannot
+    with RedisServer(tmp_path / "redis") as server:
+        async with redis.from_url(server.url) as direct:
+            await direct.script_load(SCRIPT)
+            clock = RedisClock()
+            sent = time.monotonic()
+            seconds, micros = await direct.time()
+            clock.observe(sent, time.monotonic(), seconds + micros / 1_000_000)
+            async with (
+                slow_proxy(server.port, one_way) as port,
+                redis.from_url(f"redis://127.0.0.1:{port}/0") as slow,
+            ):
+                await slow.ping()  # connected ahead: the batches pay round trips only
+                shared = RedisBuckets(slow, timeout=timeout, clock=clock)
+                first = asyncio.create_task(shared.draw([Draw("slow", 10)]))
+                await asyncio.sleep(0.05)
+                started = time.monotonic()
+                with pytest.raises((TimeoutError, LateBatchError)):
+                    await shared.draw([Draw("slow", 10)])
+                waited = time.monotonic() - started
+                await asyncio.gather(first, return_exceptions=True)
+                await shared.close()
+    assert waited < timeout * 1.35, waited  # without the bound: ~1.95 s, and it passes

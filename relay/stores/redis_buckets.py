@@ -107,6 +107,7 @@ class _Call(NamedTuple):
     draws: tuple[Draw, ...]
     future: asyncio.Future[Outcome] | None  # None: nobody waits (a debit)
     on_error: Callable[[BaseException], object] | None
+    at: float  # when it was queued (loop time): its caller waits `timeout` from then at most
 
 
 class LateBatchError(Exception):
@@ -117,12 +118,14 @@ class RedisBuckets:
     """Buckets shared by every relay instance on this Redis.
 
     Calls that arrive while a batch is out go together as the next batch: one
-    EVALSHA, one round trip, however many requests arrived at once. Each batch
-    is bounded by `timeout`, so a caller waits at most for the batch in flight
-    and its own. Charges nobody waits for (token debits) do not start a batch
-    of their own: they go with the next request's, or after `CHARGE_DELAY`,
-    so a request never queues behind the debit of the one before it.
-    `on_levels` hears every call Redis decided, with its levels.
+    EVALSHA, one round trip, however many requests arrived at once. A batch
+    gives up `timeout` after the first of its callers arrived, so no caller
+    waits longer than that, the batch before its own included; when a batch
+    fails, the calls that queued behind it fail with it at once, rather than
+    try the same Redis again. Charges nobody waits for (token debits) do not
+    start a batch of their own: they go with the next request's, or after
+    `CHARGE_DELAY`, so a request never queues behind the debit of the one
+    before it. `on_levels` hears every call Redis decided, with its levels.
 
     A batch relay gave up on is decided in-process; Redis may still run it
     once it is free (it was sent). So each batch carries a deadline on Redis's
@@ -187,19 +190,19 @@ class RedisBuckets:
 
     async def draw(self, draws: Sequence[Draw]) -> Outcome:
         """Decide one request's draws (all or nothing) and charge them if allowed."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Call(tuple(draws), future, None))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._queue.append(_Call(tuple(draws), future, None, loop.time()))
         if self._sender is None:
             self._start()
         return await future
 
     def charge(self, draws: Sequence[Draw], on_error: Callable[[BaseException], object]) -> None:
         """Queue draws nobody waits for; if their batch fails, `on_error` is told."""
-        self._queue.append(_Call(tuple(draws), None, on_error))
+        loop = asyncio.get_running_loop()
+        self._queue.append(_Call(tuple(draws), None, on_error, loop.time()))
         if self._sender is None and self._charge_timer is None:
-            self._charge_timer = asyncio.get_running_loop().call_later(
-                self.CHARGE_DELAY, self._send_charges
-            )
+            self._charge_timer = loop.call_later(self.CHARGE_DELAY, self._send_charges)
 
     def _send_charges(self) -> None:
         self._charge_timer = None
@@ -210,6 +213,7 @@ class RedisBuckets:
         self._sender = asyncio.create_task(self._send(), name="relay-rate-limit-batch")
 
     async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
@@ -218,18 +222,15 @@ class RedisBuckets:
                 if not batch:
                     continue
                 # loop.time() is the monotonic clock RedisClock reads (asyncio and uvloop).
-                give_up = asyncio.get_running_loop().time() + self.timeout
+                waiting = [call.at for call in batch if call.future is not None]
+                give_up = (min(waiting) if waiting else loop.time()) + self.timeout
                 try:
                     # A reply that comes after this is dropped with its connection.
                     async with asyncio.timeout_at(give_up):
                         outcomes = _outcomes(await self._run(batch, give_up), batch)
-                except Exception as exc:  # every caller of the batch sees the failure
-                    for call in batch:
-                        if call.future is None:
-                            assert call.on_error is not None
-                            call.on_error(exc)
-                        elif not call.future.done():
-                            call.future.set_exception(exc)
+                except Exception as exc:  # the callers queued meanwhile fail too
+                    batch, self._queue = batch + self._queue, []
+                    _fail(batch, exc)
                     continue
                 for call, outcome in zip(batch, outcomes, strict=True):
                     if self.on_levels is not None:
@@ -269,6 +270,15 @@ class RedisBuckets:
         if not reply[1]:
             raise LateBatchError("Redis ran the rate-limit batch after its deadline")
         return list(reply[2:])
+
+
+def _fail(calls: list[_Call], exc: Exception) -> None:
+    for call in calls:
+        if call.future is None:
+            assert call.on_error is not None
+            call.on_error(exc)
+        elif not call.future.done():
+            call.future.set_exception(exc)
 
 
 def _encode(draws: tuple[Draw, ...]) -> list[bytes]:
