@@ -7,11 +7,7 @@ waits in its socket and runs the moment Redis is resumed.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis.asyncio as redis
@@ -22,25 +18,7 @@ from relay.stores.buckets import Draw, Mode
 from relay.stores.redis_buckets import LateBatchError, RedisBuckets
 from relay.stores.redis_clock import MAX_DRIFT, RESYNC_AFTER, RedisClock
 from tests.api_calls import bearer, client_with_token
-
-
-@contextmanager
-def paused(server: RedisServer) -> Iterator[None]:
-    """Redis hung: its socket stays open and takes commands, nothing answers."""
-    assert server._proc is not None
-    pid = server._proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-async def until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+from tests.redis_calls import paused, until
 
 
 async def evalsha_calls(connection: redis.Redis) -> int:

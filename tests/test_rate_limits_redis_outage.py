@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.appkeys import RATE_LIMITER
 from relay.devservers import RedisServer
 from tests.api_calls import bearer, client_with_token
-from tests.test_rate_limit_late_batches import until
+from tests.redis_calls import until
 
 LINK_LOGGER = "relay.services.redis_link"
 

@@ -18,7 +18,7 @@ from relay.devservers import RedisServer
 from relay.devservers.process import free_port
 from relay.services.redis_link import RedisLink
 from tests.api_calls import bearer, client_with_token
-from tests.test_rate_limit_late_batches import until
+from tests.redis_calls import until
 
 LINK_LOGGER = "relay.services.redis_link"
 

@@ -23,7 +23,7 @@ from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import SCRIPT, LateBatchError, RedisBuckets
 from relay.stores.redis_clock import RedisClock
 from tests.api_calls import bearer, client_with_token
-from tests.test_rate_limit_late_batches import paused, until
+from tests.redis_calls import paused, until
 
 
 async def _one_by_one(http, count: int, token: str) -> list[int]:
