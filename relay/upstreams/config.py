@@ -88,6 +88,13 @@ def _http_url(text: str) -> bool:
     )
 
 
+def _credentials(text: str) -> bool:
+    """Whether an http(s) URL holds a user name or password (`user:password@host`), by
+    either reading of it (urlsplit's, and yarl's as aiohttp reads it)."""
+    parts, url = urlsplit(text), yarl.URL(text, encoded=True)
+    return any(value is not None for value in (parts.username, parts.password, url.user))
+
+
 def _upstream(entry: Any, environ: Mapping[str, str], resolve_keys: bool) -> Upstream:
     if not isinstance(entry, dict):
         raise UpstreamConfigError("each upstream must be an object")
@@ -108,6 +115,14 @@ def _upstream(entry: Any, environ: Mapping[str, str], resolve_keys: bool) -> Ups
         raise UpstreamConfigError(
             f"upstream {name!r}: base_url must be an http(s) URL with a host, a valid port"
             " if any, and no #fragment"
+        )
+    if _credentials(base_url):
+        # aiohttp would refuse every request that also carries the key's Authorization
+        # (a 500 on each chat), and the URL shows up wherever an upstream is printed.
+        # The URL is not echoed: it holds a password.
+        raise UpstreamConfigError(
+            f"upstream {name!r}: base_url must not hold a user name or password;"
+            " give the provider's key as api_key or api_key_env"
         )
     if "api_key" in entry and "api_key_env" in entry:
         raise UpstreamConfigError(f"upstream {name!r}: give api_key or api_key_env, not both")

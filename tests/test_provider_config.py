@@ -1,0 +1,34 @@
+"""An upstream whose base_url holds credentials is refused at start-up, the URL unshown."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from relay.config import ConfigError, Settings
+
+PASSWORD = "hunter2-Zq9"
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        f"https://relay:{PASSWORD}@provider.example/v1",
+        f"https://:{PASSWORD}@provider.example/v1",
+        "https://relay@provider.example/v1",
+    ],
+)
+@pytest.mark.parametrize("key", [{"api_key": "sk-test"}, {}], ids=["with-key", "without-key"])
+def test_a_base_url_holding_credentials_is_refused_without_showing_it(base_url, key):
+    upstream = {"name": "o", "base_url": base_url, "models": {"m": "m"}, **key}
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"RELAY_UPSTREAMS": orjson.dumps([upstream]).decode()})
+    message = str(refused.value)
+    assert message.startswith("RELAY_UPSTREAMS: upstream 'o': base_url must not hold")
+    assert PASSWORD not in message and "provider.example" not in message
+
+
+def test_an_at_sign_in_the_path_or_query_is_no_credential():
+    upstream = {"name": "o", "base_url": "https://p.example/v1/a@b?x=y@z", "models": {"m": "m"}}
+    settings = Settings.from_env({"RELAY_UPSTREAMS": orjson.dumps([upstream]).decode()})
+    assert settings.upstreams[0].chat_completions_url.startswith("https://p.example/v1/a@b")
