@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -42,9 +43,20 @@ def provider_words(message: str, route: Route) -> str:
     the client's to see."""
     if route.upstream.api_key and route.upstream.api_key in message:
         message = message.replace(route.upstream.api_key, "[redacted]")
-    if route.provider_model != route.model:
-        message = message.replace(route.provider_model, route.model)
+    if route.provider_model != route.model and route.provider_model in message:
+        model = route.model
+        message = _model_id(route.provider_model).sub(lambda _: model, message)
     return _ACCOUNT.sub(r"\1[redacted]", message)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_id(provider_model: str) -> re.Pattern[str]:
+    """The provider's model id where it stands whole: not inside a word ("o" in "for"),
+    an identifier, a path or a longer id ("gpt-4o" in "gpt-4o-mini"), nor a word of its
+    own followed by "'s" ("model" in "This model's maximum context length")."""
+    return re.compile(
+        r"(?<![\w\-./:@\\])" + re.escape(provider_model) + r"(?![\w\-/@\\])(?![.:'\u2019]\w)"
+    )
 
 
 def _reworded(value: object, route: Route) -> object:
