@@ -13,7 +13,9 @@ from relay.upstreams.config import Upstream
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.pipe import end_stream, pipe_stream
 from relay.upstreams.routing import Route
+from relay.upstreams.sse import MAX_EVENT_BYTES
 
+DONE = b"data: [DONE]\n\n"
 ROUTE = Route("m", Upstream("sim", "http://provider.test/v1", {"m": "m"}), "m")
 
 
@@ -29,6 +31,9 @@ class ChunkedProvider:
 
     def close(self) -> None:
         self.closed = True
+
+    def finished(self) -> None:
+        pass
 
 
 class Collected:
@@ -78,6 +83,44 @@ async def test_a_large_event_in_small_pieces_goes_through_whole():
     result = await pipe_stream(response, provider, StreamObserver(), lambda: None, ROUTE)
     assert result.status == "complete"
     assert response.written == [big]
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 4096], ids=lambda n: f"{n}-pieces")
+async def test_an_event_past_the_limit_is_never_passed_on_however_it_arrives(pieces):
+    """Whole in one read, or its end arriving just past the limit: relay cuts it, and
+    says it was relay's doing."""
+    first = event("Hi", b"\n\n")
+    big = event("x" * MAX_EVENT_BYTES, b"\n\n")
+    size = -(-len(big) // pieces)
+    parts = [first, *(big[i : i + size] for i in range(0, len(big), size)), DONE]
+    provider, response = ChunkedProvider(parts), Collected()
+    result = await pipe_stream(response, provider, StreamObserver(), lambda: None, ROUTE)
+    assert result.status == "cut" and provider.closed
+    assert response.written == [first]
+    assert result.error is not None and result.error.code == "upstream_too_large"
+
+
+@pytest.mark.parametrize(
+    "rest,finished,status,sent",
+    [
+        # A whole last event, short of its blank line: the body's end ends it.
+        (b'data: {"choices":[]}', True, "complete", b'data: {"choices":[]}'),
+        (b'data: {"choices":[]}\r', True, "complete", b'data: {"choices":[]}\r'),
+        (b": comment", True, "complete", b": comment"),
+        # Unfinished: ended by a blank line, for relay's error event to follow apart.
+        (b'data: {"choices":[]}\n', False, "cut", b'data: {"choices":[]}\n\n\n'),
+        # Broken off within the event: not passed on.
+        (b'data: {"choi', True, "cut", b""),
+    ],
+)
+async def test_a_body_ending_short_of_a_blank_line(rest, finished, status, sent):
+    finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    first = event("Hi", b"\n\n") + (b"data: " + orjson.dumps(finish) + b"\n\n" if finished else b"")
+    provider, response, observer = ChunkedProvider([first, rest]), Collected(), StreamObserver()
+    result = await pipe_stream(response, provider, observer, lambda: None, ROUTE)
+    assert (result.status, result.final) == (status, b"")
+    assert b"".join(response.written) == first + sent
+    assert observer.byte_count == len(first + sent)
 
 
 class StalledClient:

@@ -124,17 +124,26 @@ MODELS = (
 )
 
 
-@pytest.fixture
-async def relay(make_settings, make_client, provider_upstream):
-    upstream = await provider_upstream(
-        provider_chat,
-        "bent",
-        models={**{model: model for model in MODELS}, "public-name": "leaky-error"},
-        timeout_s=LINGER_SECONDS * 4,
-    )
-    http = await make_client(make_settings(upstreams=(upstream,)))
+async def start_relay(make_settings, make_client, provider_upstream, handler, **upstream):
+    """relay in front of a provider whose chat completions `handler` answers: its test
+    client, a client's token and that client's id."""
+    provider = await provider_upstream(handler, "bent", **upstream)
+    http = await make_client(make_settings(upstreams=(provider,)))
     client, token = await client_with_token(http)
     return http, token, client["id"]
+
+
+@pytest.fixture
+async def relay(make_settings, make_client, provider_upstream):
+    models = {**{model: model for model in MODELS}, "public-name": "leaky-error"}
+    return await start_relay(
+        make_settings,
+        make_client,
+        provider_upstream,
+        provider_chat,
+        models=models,
+        timeout_s=LINGER_SECONDS * 4,
+    )
 
 
 async def ask(http, token, model, stream=True):
@@ -263,7 +272,8 @@ async def test_an_event_without_end_is_cut_not_buffered_forever(relay):
     assert loop.time() - started < LINGER_SECONDS / 2
     assert raw.startswith(CHUNK)
     last = orjson.loads(raw.split(b"\n\n")[-2].removeprefix(b"data: "))
-    assert last["error"]["code"] == "upstream_cut"
+    # relay refused it, and says so: the provider did not break off.
+    assert last["error"]["code"] == "upstream_too_large"
 
 
 async def test_a_refusal_whose_error_is_a_string_keeps_its_message(relay):

@@ -128,8 +128,9 @@ async def _relay_whole(
     body = await provider.whole()
     answer.summary = summarize_completion(body)
     if answer.summary.error is not None:
-        # Passed on as sent (save what the provider's message may not show the client),
-        # but an error (or no completion at all) is not an answer.
+        # A JSON object carrying an error is passed on as sent (save what the provider's
+        # message may not show the client), but is not an answer; anything else (an HTML
+        # page, nothing, an event stream) no client could read as one: a 502.
         answer.status = "failed"
         body = reworded_body(body, answer.route)
     answer.received_body(body)
@@ -166,7 +167,9 @@ async def _relay_stream(
         return response
     final = result.final
     if result.status == "cut":
-        final = error_event(RestartingError() if deadline.is_set() else provider.cut_error())
+        final = error_event(
+            RestartingError() if deadline.is_set() else result.error or provider.cut_error()
+        )
     answer.received(observer, final)
     if (error := await hooks.commit_end(answer)) is not None:
         final = error_event(error)  # never a silent loss: an error instead of the end

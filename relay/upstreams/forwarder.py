@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 
 from relay import __version__
 from relay.errors import NOT_RETRIED, RelayError, UpstreamError, UpstreamTimeoutError, error_body
@@ -113,11 +114,19 @@ def reworded_json(obj: object, route: Route, *, event: bool = False) -> bytes | 
 
 def reworded_body(body: bytes, route: Route) -> bytes:
     """A whole answer that is an error, as relay's client may read it: `body` as sent
-    unless a string in its error had to change (reworded_json)."""
+    unless a string in its error had to change (reworded_json).
+
+    A body that is no JSON object at all (an HTML page, nothing, event stream bytes) is
+    no answer an SDK can read, nor an error it would raise on: a 502 (UpstreamError)."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body
+        obj = None
+    if not isinstance(obj, dict):
+        log.info("provider answered with no JSON object", extra={"upstream": route.upstream.name})
+        raise UpstreamError(
+            "The provider's answer is not a JSON object.", code="upstream_malformed"
+        )
     return reworded_json(obj, route) or body
 
 
@@ -206,19 +215,40 @@ def _refused_relay(status: int, error: object, route: Route) -> str:
     return "The provider refused relay access."
 
 
-async def _not_a_stream(reply: ProviderReply, route: Route) -> RelayError:
-    """A streamed request answered 200 with a JSON body: an error, or a whole answer
-    the client did not ask for. Either way the client cannot read it as a stream."""
+def _event_stream(response: aiohttp.ClientResponse) -> bool:
+    """Whether a 200 to a streamed request may be an event stream: text/event-stream
+    (a charset or other parameter aside), no Content-Type at all, or text/plain, which
+    some servers label their events with. Anything else (JSON, a proxy's HTML page) is not."""
+    if hdrs.CONTENT_TYPE not in response.headers:
+        return True
+    return response.content_type in ("text/event-stream", "text/plain")
+
+
+async def _not_a_stream(
+    response: aiohttp.ClientResponse, reply: ProviderReply, route: Route
+) -> RelayError:
+    """A streamed request answered 200 with something else than an event stream: a JSON
+    error, a whole answer the client did not ask for, a proxy's error page. Either way
+    the client cannot read it as a stream."""
     try:
         body = orjson.loads(await reply.prefix(_ERROR_BODY_BYTES))
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         body = None
-    log.info("provider answered a stream with JSON", extra={"upstream": route.upstream.name})
+    kind = response.content_type
+    log.info(
+        "provider answered a stream without an event stream",
+        extra={"upstream": route.upstream.name, "content_type": kind},
+    )
     failure = provider_failure(error_object(body), route)
+    # The type is named, when it is a plain one, so the operator sees what came instead.
+    said = kind if _MEDIA_TYPE.fullmatch(kind) else "something else"
     return failure or UpstreamError(
-        "The provider answered a streamed request without an event stream.",
+        f"The provider answered a streamed request with {said}, not an event stream.",
         code="upstream_not_streamed",
     )
+
+
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,60}")
 
 
 def provider_failure(error: object, route: Route) -> UpstreamError | None:
@@ -269,6 +299,18 @@ async def open_provider_response(
         raise UpstreamError(
             "The provider could not be reached.", code="upstream_unreachable"
         ) from None
+    except aiohttp.ClientResponseError as exc:
+        # An answer came, but aiohttp could not read it: its headers are malformed, or
+        # its body is in an encoding relay did not ask for (br: relay asks gzip, deflate).
+        log.warning(
+            "provider answer undecodable",
+            extra={"upstream": upstream.name, "error": type(exc).__name__},
+        )
+        raise UpstreamError(
+            "The provider's answer could not be decoded (malformed, or in an encoding"
+            " relay did not ask for).",
+            code="upstream_undecodable",
+        ) from None
     except aiohttp.ClientError as exc:
         # Connected, then the connection failed before an answer's headers: the provider
         # may have taken the request (and may bill it), so not "could not be reached".
@@ -284,8 +326,8 @@ async def open_provider_response(
     try:
         if response.status != 200:
             raise await _refusal(response, reply, route)
-        if stream and response.content_type.endswith("json"):
-            raise await _not_a_stream(reply, route)
+        if stream and not _event_stream(response):
+            raise await _not_a_stream(response, reply, route)
         yield reply
         await reply.finish(_END_GRACE_SECONDS)
     finally:

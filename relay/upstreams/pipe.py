@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from relay.errors import RelayError
+from relay.errors import RelayError, UpstreamError
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.forwarder import reworded_json
 from relay.upstreams.observer import StreamObserver
@@ -118,11 +118,13 @@ def end_of_stream_at(buffer: bytes) -> int:
 class PipeResult:
     """How the provider's stream went. `final` holds the bytes not yet sent:
     the `[DONE]` event of a complete stream, held back so that history and the
-    receipt are committed before the client sees the end."""
+    receipt are committed before the client sees the end. `error` says why relay
+    itself cut the stream (the provider sent more than it accepts), if it did."""
 
     status: str  # complete | cut | cancelled | failed (the provider sent an error event)
     observer: StreamObserver
     final: bytes = b""
+    error: RelayError | None = None
 
 
 async def pipe_stream(
@@ -161,7 +163,8 @@ async def pipe_stream(
                 pending += chunk[boundary:]
             # (The search for the word first: a call for each chunk costs more than it.)
             if whole.find(b"[DONE]") >= 0 and (done_at := end_of_stream_at(whole)) >= 0:
-                await _send(response, observer, stalled, whole[:done_at], route)
+                if not await _send(response, observer, stalled, whole[:done_at], route):
+                    return _too_large(provider, observer)
                 # A provider may end with [DONE] after an error event (vLLM does): the
                 # answer still failed, and the client has the error already.
                 status = "complete" if observer.error is None else "failed"
@@ -170,14 +173,13 @@ async def pipe_stream(
                 # sent after [DONE] in the same chunk is reworded here, not in _send.
                 final = reworded_events(final, route)
                 return PipeResult(status, observer, final)
-            # The observer sees whole events only: its own decoder never overflows here.
             if len(pending) > MAX_EVENT_BYTES or observer.byte_count > MAX_RESPONSE_BYTES:
-                log.info("provider sent too much", extra={"bytes": observer.byte_count})
-                provider.close()
-                return PipeResult("cut", observer)
-            await _send(response, observer, stalled, whole, route)
+                return _too_large(provider, observer)
+            if not await _send(response, observer, stalled, whole, route):
+                return _too_large(provider, observer)
             if observer.finish_reason is not None:
                 provider.finished()
+        return await _body_ended(response, observer, stalled, bytes(pending), route)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
         return PipeResult("cancelled", observer)
@@ -189,14 +191,66 @@ async def pipe_stream(
         return PipeResult(_broken_off(observer), observer)
     finally:
         stalled.close()
-    # The provider closed with `data: [DONE]` short of its blank line: by the SSE rules
-    # that event never ended, but the answer did. The client gets those bytes as sent.
-    if bytes(pending).strip() in _DONE_LINES:
-        return PipeResult("complete", observer, bytes(pending))
-    # Ended without [DONE]: complete only if the answer itself said it was finished.
-    if observer.finish_reason is not None and observer.error is None and not pending.strip():
-        return PipeResult("complete", observer, bytes(pending))
-    return PipeResult(_broken_off(observer), observer)
+
+
+async def _body_ended(
+    response: web.StreamResponse,
+    observer: StreamObserver,
+    stalled: WaitDeadline,
+    rest: bytes,
+    route: Route,
+) -> PipeResult:
+    """The provider's body ended cleanly, with no `[DONE]` event, `rest` after its last
+    whole event: a last event short of its blank line, or nothing.
+
+    Ended without [DONE], the answer is complete if it said itself it was finished.
+    """
+    if not rest.strip():
+        return PipeResult(_ended(observer), observer)
+    # `data: [DONE]` short of its blank line: by the SSE rules that event never ended,
+    # but the answer did. The client gets those bytes as sent.
+    if rest.strip() in _DONE_LINES:
+        return PipeResult("complete", observer, rest)
+    if not _whole_data(rest):
+        return PipeResult(_broken_off(observer), observer)  # it stopped within an event
+    # A whole last event (a usage chunk, say): the body's end ends it. The observer reads
+    # it so; the client gets it as sent, unless relay's error event is to follow it.
+    ended = rest + b"\n\n"
+    seen = observer.error
+    observer.read(ended)
+    status = _ended(observer)
+    if status == "cut":
+        rest = ended  # with its blank line: relay's error event follows, never glued to it
+    elif observer.error is not seen and (reworded := reworded_events(ended, route)) != ended:
+        rest = reworded  # an error event quoting what is not the client's
+    await _write(response, observer, stalled, rest)
+    return PipeResult(status, observer)
+
+
+def _whole_data(event: bytes) -> bool:
+    """Whether the data of `event` (its blank line still to come) is whole JSON; an event
+    with no data (a comment) is whole too."""
+    payloads: list[bytes] = []
+    SSEDecoder(payloads.append).feed(event + b"\n\n")
+    try:
+        for payload in payloads:
+            orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _too_large(provider: ProviderReply, observer: StreamObserver) -> PipeResult:
+    """relay stops reading a provider that sent more than it accepts: one event past
+    MAX_EVENT_BYTES, or an answer past MAX_RESPONSE_BYTES. The client is told so."""
+    log.info("provider sent too much", extra={"bytes": observer.byte_count})
+    provider.close()
+    if observer.byte_count > MAX_RESPONSE_BYTES:
+        what = f"The provider's answer ran past the {MAX_RESPONSE_BYTES >> 20} MiB"
+    else:
+        what = f"The provider sent an event larger than the {MAX_EVENT_BYTES >> 20} MiB"
+    error = UpstreamError(f"{what} relay accepts; relay cut it.", code="upstream_too_large")
+    return PipeResult("cut", observer, error=error)
 
 
 async def _send(
@@ -205,18 +259,36 @@ async def _send(
     stalled: WaitDeadline,
     events: bytes,
     route: Route,
-) -> None:
+) -> bool:
+    """Send whole `events`, read by the observer first; False (nothing sent) if one of
+    them is larger than the observer reads."""
     if events:
         seen = observer.error
         observer.read(events)
+        if observer.overflowed:
+            return False
         # Only when the observer met an error event are the events parsed again: every
         # other chunk goes out as the very bytes the provider sent.
         if observer.error is not seen:
             events = reworded_events(events, route)
-        observer.count(events)
-        stalled.begin()
-        await response.write(events)  # waits only while the client's buffers are full
-        stalled.end()
+        await _write(response, observer, stalled, events)
+    return True
+
+
+async def _write(
+    response: web.StreamResponse, observer: StreamObserver, stalled: WaitDeadline, data: bytes
+) -> None:
+    observer.count(data)
+    stalled.begin()
+    await response.write(data)  # waits only while the client's buffers are full
+    stalled.end()
+
+
+def _ended(observer: StreamObserver) -> str:
+    """A stream that ended without [DONE]: complete if the answer said it was finished."""
+    if observer.finish_reason is not None and observer.error is None:
+        return "complete"
+    return _broken_off(observer)
 
 
 def _broken_off(observer: StreamObserver) -> str:

@@ -74,14 +74,16 @@ class ProviderReply:
     async def first(self) -> None:
         """Wait for the body's first bytes, before the client is answered at all: a
         provider silent past its timeout is then a 504 in OpenAI's error shape (one
-        that hangs up, a 502), not a stream that began with a 200 and broke off.
-        The bytes are the next `chunk`'s."""
+        that hangs up, or ends the body before a byte of it, a 502), not a stream that
+        began with a 200 and broke off. The bytes are the next `chunk`'s."""
         try:
             self._early = await self.chunk()
         except TimeoutError:
             raise provider_stalled() from None
         except aiohttp.ClientError:
             raise self.cut_error() from None
+        if not self._early:
+            raise self.cut_error()
 
     async def chunk(self) -> bytes:
         """The next bytes as they arrive; b"" once the body is complete."""

@@ -1,0 +1,223 @@
+"""Provider answers that are not what their status says: a 200 with no event stream, a
+200 whose body is no JSON, a last event short of its blank line, an encoding relay
+cannot read, one event too large. The client gets a whole error where it can still
+have one, and history and the receipt say what it got."""
+
+import hashlib
+
+import orjson
+import pytest
+from aiohttp import web
+
+from relay.upstreams import sse
+from tests.api_calls import assert_error
+from tests.history_calls import query
+from tests.receipt_calls import fetch_receipt
+from tests.test_provider_misbehaviour import CHUNK, FINISH, ask, start_relay
+
+USAGE_LINE = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+    b'"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}'
+)
+ERROR_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>\n"
+
+
+async def _stream(request: web.Request, *parts: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for part in parts:
+        await response.write(part)
+    await response.write_eof()
+    return response
+
+
+async def provider_chat(request: web.Request) -> web.StreamResponse:
+    """The model asked for names how the provider answers (stream or not alike)."""
+    model = (await request.json())["model"]
+    if model == "empty-sse":  # 200 text/event-stream, Content-Length: 0
+        return web.Response(body=b"", content_type="text/event-stream")
+    if model == "empty-chunked":  # 200 text/event-stream, chunked, no chunk at all
+        return await _stream(request)
+    if model == "html":  # a proxy's error page, or a base_url missing its /v1
+        return web.Response(body=ERROR_PAGE, content_type="text/html")
+    if model == "plain-sse":  # an event stream labelled text/plain: read as one
+        response = await _stream(request, CHUNK, FINISH, b"data: [DONE]\n\n")
+        return response
+    if model == "empty-json":
+        return web.Response(body=b"", content_type="application/json")
+    if model == "sse-for-whole":  # event stream bytes for a request that asked none
+        return web.Response(body=CHUNK + FINISH, content_type="application/json")
+    if model == "usage-unended":  # finished, then its usage line short of its blank line
+        return await _stream(request, CHUNK, FINISH, USAGE_LINE)
+    if model == "finish-unended":  # the finishing chunk itself short of its blank line
+        return await _stream(request, CHUNK, FINISH.rstrip(b"\n") + b"\n")
+    if model == "half-event":  # a body that ends cleanly in the middle of an event's JSON
+        return await _stream(request, CHUNK, b'data: {"half":"wa')
+    if model == "content-unended":  # text, no finish_reason, short of its blank line
+        return await _stream(request, CHUNK, CHUNK.rstrip(b"\n"))
+    if model == "error-unended":  # its error event, short of its blank line
+        key = request.headers["Authorization"].removeprefix("Bearer ")
+        error = {"error": {"message": f"key {key} is over its quota", "type": "x"}}
+        return await _stream(request, CHUNK, b"data: " + orjson.dumps(error))
+    if model == "brotli":  # an encoding relay did not ask for
+        return web.Response(
+            body=b"\x1b\x00garbage",
+            headers={"Content-Type": "text/event-stream", "Content-Encoding": "br"},
+        )
+    if model == "huge-event":
+        big = b'data: {"x":"' + b"y" * (sse.MAX_EVENT_BYTES + 16) + b'"}\n\n'
+        return await _stream(request, CHUNK, big, FINISH)
+    raise web.HTTPNotFound()
+
+
+MODELS = (
+    "empty-sse",
+    "empty-chunked",
+    "html",
+    "plain-sse",
+    "empty-json",
+    "sse-for-whole",
+    "usage-unended",
+    "finish-unended",
+    "half-event",
+    "content-unended",
+    "error-unended",
+    "brotli",
+    "huge-event",
+)
+
+
+@pytest.fixture
+async def relay(make_settings, make_client, provider_upstream):
+    models = {model: model for model in MODELS}
+    return await start_relay(
+        make_settings, make_client, provider_upstream, provider_chat, models=models, timeout_s=10
+    )
+
+
+async def answers(database_url, client_id):
+    return await query(
+        database_url,
+        "SELECT status, prompt_tokens, completion_tokens, content FROM messages"
+        " WHERE client_id = %s AND role = 'assistant' ORDER BY seq",
+        (client_id,),
+    )
+
+
+async def assert_receipt_of(http, token, response, body, status):
+    receipt = await fetch_receipt(http, token, response.headers["x-receipt-id"])
+    assert receipt["status"] == status
+    assert receipt["response_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("model", ["empty-sse", "empty-chunked"])
+async def test_a_stream_answered_with_an_empty_body_is_a_whole_502(relay, database_url, model):
+    http, token, client_id = relay
+    response = await ask(http, token, model)
+    body = await response.read()
+    await assert_error(response, 502, "upstream_cut")
+    await assert_receipt_of(http, token, response, body, "cut")
+    assert [row["status"] for row in await answers(database_url, client_id)] == ["cut"]
+
+
+async def test_a_stream_answered_with_an_html_page_is_a_whole_502(relay, database_url):
+    http, token, client_id = relay
+    response = await ask(http, token, "html")
+    error = await assert_error(response, 502, "upstream_not_streamed")
+    assert "text/html" in error["message"]
+    assert b"nginx" not in await response.read()
+    assert [row["status"] for row in await answers(database_url, client_id)] == ["failed"]
+
+
+async def test_an_event_stream_labelled_text_plain_is_relayed(relay):
+    http, token, _ = relay
+    response = await ask(http, token, "plain-sse")
+    assert response.status == 200
+    assert await response.read() == CHUNK + FINISH + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("model", ["html", "empty-json", "sse-for-whole"])
+async def test_a_whole_answer_that_is_no_json_object_is_a_502(relay, database_url, model):
+    http, token, client_id = relay
+    response = await ask(http, token, model, stream=False)
+    body = await response.read()
+    await assert_error(response, 502, "upstream_malformed")
+    await assert_receipt_of(http, token, response, body, "failed")
+    assert [row["status"] for row in await answers(database_url, client_id)] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    "model,sent",
+    [
+        ("usage-unended", CHUNK + FINISH + USAGE_LINE),
+        ("finish-unended", CHUNK + FINISH.rstrip(b"\n") + b"\n"),
+    ],
+)
+async def test_a_finished_answer_whose_last_event_lacks_its_blank_line_is_complete(
+    relay, database_url, model, sent
+):
+    """The body ended cleanly: its end ends the last event, which the client gets as
+    sent and history reads (its usage, here), with no error event of relay's."""
+    http, token, client_id = relay
+    response = await ask(http, token, model)
+    body = await response.read()
+    assert response.status == 200 and body == sent
+    await assert_receipt_of(http, token, response, body, "complete")
+    [row] = await answers(database_url, client_id)
+    assert row["status"] == "complete" and row["content"] == "Hi"
+    if model == "usage-unended":
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (5, 2)
+
+
+async def test_an_unfinished_answer_whose_last_event_lacks_its_blank_line_is_cut(
+    relay, database_url
+):
+    """The last event is whole, but the answer never said it finished: it goes to the
+    client ended by a blank line, then relay's error event, never glued to it."""
+    http, token, client_id = relay
+    response = await ask(http, token, "content-unended")
+    body = await response.read()
+    assert body.startswith(CHUNK + CHUNK)
+    events = body.split(b"\n\n")
+    assert orjson.loads(events[-2].removeprefix(b"data: "))["error"]["code"] == "upstream_cut"
+    await assert_receipt_of(http, token, response, body, "cut")
+    [row] = await answers(database_url, client_id)
+    assert row["status"] == "cut" and row["content"] == "HiHi"
+
+
+async def test_an_event_the_body_ends_in_the_middle_of_is_cut(relay, database_url):
+    http, token, client_id = relay
+    body = await (await ask(http, token, "half-event")).read()
+    assert body.startswith(CHUNK) and b"half" not in body
+    assert orjson.loads(body[len(CHUNK) :].removeprefix(b"data: "))["error"]["code"] == (
+        "upstream_cut"
+    )
+    assert [row["status"] for row in await answers(database_url, client_id)] == ["cut"]
+
+
+async def test_an_error_event_lacking_its_blank_line_is_passed_on_reworded(relay, database_url):
+    http, token, client_id = relay
+    body = await (await ask(http, token, "error-unended")).read()
+    assert body.startswith(CHUNK)
+    last = orjson.loads(body[len(CHUNK) :].removeprefix(b"data: "))
+    assert last["error"]["message"] == "key [redacted] is over its quota"
+    assert b"upstream_cut" not in body
+    assert [row["status"] for row in await answers(database_url, client_id)] == ["failed"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_answer_in_an_encoding_relay_cannot_read_says_so(relay, stream):
+    http, token, _ = relay
+    error = await assert_error(await ask(http, token, "brotli", stream), 502)
+    assert error["code"] == "upstream_undecodable"
+    assert "could not be decoded" in error["message"]
+
+
+async def test_an_event_too_large_is_cut_by_relay_and_says_so(relay, database_url):
+    http, token, client_id = relay
+    body = await (await ask(http, token, "huge-event")).read()
+    assert body.startswith(CHUNK) and len(body) < sse.MAX_EVENT_BYTES  # not passed on
+    error = orjson.loads(body[len(CHUNK) :].removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_too_large"
+    assert "broke off" not in error["message"]
+    assert [row["status"] for row in await answers(database_url, client_id)] == ["cut"]
