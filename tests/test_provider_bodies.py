@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from relay.upstreams import sse
-from tests.api_calls import assert_error
+from tests.api_calls import assert_error, bearer
 from tests.history_calls import query
 from tests.receipt_calls import fetch_receipt
 from tests.test_provider_misbehaviour import CHUNK, FINISH, ask, start_relay
@@ -220,4 +220,35 @@ async def test_an_event_too_large_is_cut_by_relay_and_says_so(relay, database_ur
     error = orjson.loads(body[len(CHUNK) :].removeprefix(b"data: "))["error"]
     assert error["code"] == "upstream_too_large"
     assert "broke off" not in error["message"]
+    assert [row["status"] for row in await answers(database_url, client_id)] == ["cut"]
+
+
+async def ask_relays_own_chat(http, token, model, stream):
+    body = {"message": "Hi", "model": model, "stream": stream}
+    return await http.post("/v1/chat", json=body, headers=bearer(token))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_relays_own_chat_reads_a_last_event_the_body_ended_too(relay, database_url, stream):
+    """As on /v1/chat/completions: the body's clean end ends its last event (its usage)."""
+    http, token, client_id = relay
+    response = await ask_relays_own_chat(http, token, "usage-unended", stream)
+    assert response.status == 200
+    body = await response.read()
+    if stream:
+        assert b"event: message.done" in body
+    usage = orjson.loads(body.rsplit(b"data: ", 1)[1] if stream else body)["usage"]
+    assert usage["total_tokens"] == 7
+    [row] = await answers(database_url, client_id)
+    assert row["status"] == "complete" and (row["prompt_tokens"], row["completion_tokens"]) == (
+        5,
+        2,
+    )
+
+
+async def test_relays_own_chat_says_relay_cut_an_event_too_large(relay, database_url):
+    http, token, client_id = relay
+    body = await (await ask_relays_own_chat(http, token, "huge-event", True)).read()
+    error = orjson.loads(body.rsplit(b"event: error\ndata: ", 1)[1])["error"]
+    assert error["code"] == "upstream_too_large" and "broke off" not in error["message"]
     assert [row["status"] for row in await answers(database_url, client_id)] == ["cut"]

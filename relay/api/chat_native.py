@@ -44,6 +44,7 @@ from relay.services.receipts import RECEIPT_HEADER
 from relay.services.recorder import not_saved
 from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.forwarder import open_provider_response, provider_failure
+from relay.upstreams.observer import oversize_error
 from relay.upstreams.reply import ProviderReply, provider_stalled
 
 ENDPOINT = "/v1/chat"
@@ -139,7 +140,8 @@ async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
 
 
 def _outcome(observer: DeltaObserver, provider: ProviderReply) -> str:
-    observer.close()  # the provider's stream has ended (or is given up on)
+    # The provider's body has ended cleanly, or relay stopped reading it ([DONE], too much).
+    observer.close(body_ended=True)
     if observer.overflowed:
         provider.close()  # not worth reading on
         return "cut"
@@ -264,6 +266,8 @@ def _broken_off(
         return failure or UpstreamError("The provider failed.", code="upstream_error")
     if shutting_down:
         return RestartingError()
+    if observer.overflowed:
+        return oversize_error(observer.byte_count)
     return provider.cut_error()
 
 

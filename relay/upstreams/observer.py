@@ -6,15 +6,16 @@ import hashlib
 
 import orjson
 
+from relay.errors import UpstreamError
 from relay.upstreams.completion import (
     CompletionAccumulator,
     CompletionSummary,
     summarize_completion,
 )
 from relay.upstreams.reply import MAX_RESPONSE_BYTES
-from relay.upstreams.sse import SSEDecoder
+from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
 
-__all__ = ["CompletionSummary", "StreamObserver", "summarize_completion"]
+__all__ = ["CompletionSummary", "StreamObserver", "oversize_error", "summarize_completion"]
 
 
 class StreamObserver(CompletionAccumulator):
@@ -69,13 +70,25 @@ class StreamObserver(CompletionAccumulator):
         self._hash.update(chunk)
         self.byte_count += len(chunk)
 
-    def close(self) -> None:
-        """End of stream: per the SSE spec an event without its closing blank line is dropped.
-        A `[DONE]` left so still ends the answer: a provider that closes right after
-        that line, short of its blank line, has finished."""
-        if _is_done(self._decoder.unended_data()):
-            self.done = True
+    def close(self, *, body_ended: bool = False) -> None:
+        """End of stream: per the SSE spec an event without its closing blank line is
+        dropped. A `[DONE]` left so still ends the answer: a provider that closes right
+        after that line, short of its blank line, has finished. So does, when the
+        provider's body ended cleanly (`body_ended`), a last event whose data is whole
+        JSON (a usage chunk, say): the body's end ends it (as relay.upstreams.pipe
+        passes it on)."""
+        unended = self._decoder.unended_data()
         self._decoder.close()
+        if _is_done(unended):
+            self.done = True
+        elif body_ended and unended and not self.done and not self.overflowed:
+            try:
+                obj = orjson.loads(unended)
+            except orjson.JSONDecodeError:
+                return  # it stopped within an event: that event is lost
+            self.event_count += 1
+            if isinstance(obj, dict):
+                self.apply(obj)
 
     def _on_data(self, payload: bytes) -> None:
         self.event_count += 1
@@ -99,6 +112,16 @@ class StreamObserver(CompletionAccumulator):
         except orjson.JSONDecodeError:
             error = None
         self.apply({"error": error if isinstance(error, dict) else {"message": "provider error"}})
+
+
+def oversize_error(byte_count: int) -> UpstreamError:
+    """Why relay stopped reading a provider that sent more than it accepts (`byte_count`
+    bytes so far): an answer past MAX_RESPONSE_BYTES, or one event past MAX_EVENT_BYTES."""
+    if byte_count > MAX_RESPONSE_BYTES:
+        what = f"The provider's answer ran past the {MAX_RESPONSE_BYTES >> 20} MiB"
+    else:
+        what = f"The provider sent an event larger than the {MAX_EVENT_BYTES >> 20} MiB"
+    return UpstreamError(f"{what} relay accepts; relay cut it.", code="upstream_too_large")
 
 
 def _is_done(payload: bytes) -> bool:

@@ -11,10 +11,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from relay.errors import RelayError, UpstreamError
+from relay.errors import RelayError
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.forwarder import reworded_json
-from relay.upstreams.observer import StreamObserver
+from relay.upstreams.observer import StreamObserver, oversize_error
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
 from relay.upstreams.routing import Route
 from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
@@ -245,12 +245,7 @@ def _too_large(provider: ProviderReply, observer: StreamObserver) -> PipeResult:
     MAX_EVENT_BYTES, or an answer past MAX_RESPONSE_BYTES. The client is told so."""
     log.info("provider sent too much", extra={"bytes": observer.byte_count})
     provider.close()
-    if observer.byte_count > MAX_RESPONSE_BYTES:
-        what = f"The provider's answer ran past the {MAX_RESPONSE_BYTES >> 20} MiB"
-    else:
-        what = f"The provider sent an event larger than the {MAX_EVENT_BYTES >> 20} MiB"
-    error = UpstreamError(f"{what} relay accepts; relay cut it.", code="upstream_too_large")
-    return PipeResult("cut", observer, error=error)
+    return PipeResult("cut", observer, error=oversize_error(observer.byte_count))
 
 
 async def _send(
