@@ -196,6 +196,12 @@ class Settings:
                 )
             except UpstreamConfigError as exc:
                 raise ConfigError(f"RELAY_UPSTREAMS: {exc}") from None
+            default_model = values.get("default_model", "")
+            if default_model and not any(default_model in up.models for up in upstreams):
+                raise ConfigError(
+                    "RELAY_DEFAULT_MODEL names no model of RELAY_UPSTREAMS"
+                    " (a public id, a key of some upstream's models)"
+                )
             if provider_keys:
                 values["upstreams"] = upstreams
         warn_unknown(source, (spec.metadata["env"] for spec in dataclasses.fields(cls)))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Sequence
 
 import aiohttp
 import orjson
@@ -26,6 +28,7 @@ from relay.appkeys import (
 )
 from relay.errors import (
     DependencyUnavailableError,
+    InvalidRequestError,
     PermissionDeniedError,
     RelayError,
     RestartingError,
@@ -33,7 +36,9 @@ from relay.errors import (
     error_json,
 )
 from relay.services.answers import Answer, AnswerHooks
+from relay.services.history import conversation_id_or_404
 from relay.services.native_chat import (
+    NativeChat,
     answer_object,
     chat_messages,
     check_native_chat,
@@ -46,6 +51,7 @@ from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.forwarder import open_provider_response, provider_failure
 from relay.upstreams.observer import oversize_error
 from relay.upstreams.reply import ProviderReply, provider_stalled
+from relay.upstreams.routing import ModelRouter, model_allowed
 
 ENDPOINT = "/v1/chat"
 
@@ -96,7 +102,8 @@ async def _new_answer(request: web.Request) -> Answer:
             code="history_disabled",
         )
     router, settings = app[ROUTER], app[SETTINGS]
-    model = chat.model or settings.default_model or next(iter(router.routes), "")
+    chat = _named_conversation(request, chat)
+    model = chat.model or _default_model(router, settings.default_model, caller.client.scopes)
     route = router.resolve(model, caller.client.scopes)
     conversation_id, system, context = await app[HISTORY].context(
         caller.client.id, chat.conversation_id, settings.chat_context_chars
@@ -123,6 +130,34 @@ async def _new_answer(request: web.Request) -> Answer:
     if settings.receipts:
         answer.headers[RECEIPT_HEADER] = answer.receipt_id
     return answer
+
+
+def _named_conversation(request: web.Request, chat: NativeChat) -> NativeChat:
+    """The conversation is the body's `conversation_id` or the `Relay-Conversation-Id`
+    header, as on /v1/chat/completions; both, naming different ones, are refused."""
+    header = request.headers.get(CONVERSATION_HEADER, "").strip()
+    if not header:
+        return chat
+    if chat.conversation_id is None:
+        return dataclasses.replace(chat, conversation_id=header)
+    if conversation_id_or_404(header) != conversation_id_or_404(chat.conversation_id):
+        raise InvalidRequestError(
+            f"conversation_id and the {CONVERSATION_HEADER} header name different"
+            " conversations; send one of them.",
+            param="conversation_id",
+        )
+    return chat
+
+
+def _default_model(router: ModelRouter, default: str, scopes: Sequence[str]) -> str:
+    """The model of a request naming none: RELAY_DEFAULT_MODEL if this client may use it,
+    else the first configured model it may use (else the default, refused as such)."""
+    if default and model_allowed(scopes, default):
+        return default
+    allowed = router.allowed(scopes)
+    if allowed:
+        return allowed[0].model
+    return default or next(iter(router.routes), "")
 
 
 async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
@@ -190,8 +225,8 @@ async def _whole(
 async def _stream(
     request: web.Request, answer: Answer, provider: ProviderReply, hooks: AnswerHooks
 ) -> web.StreamResponse:
-    # Answered at once, unlike /v1/chat/completions (which waits for the provider's
-    # first bytes): the event source's pings then keep proxies from closing a quiet
+    # Answered once the provider's headers came, before its first bytes (unlike
+    # /v1/chat/completions): the event source's pings then keep proxies from closing a quiet
     # connection while a slow model thinks; a provider silent from the start ends the
     # stream with an error event, as one silent later does.
     response = HashedEventSource(headers=answer.headers)

@@ -14,6 +14,17 @@ CONVERSATION_HEADER = {
     }
 }
 
+CONVERSATION_PARAMETER = {
+    "name": "Relay-Conversation-Id",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Continue this conversation (yours), as `conversation_id` does; both, naming"
+        " different conversations, are a 400."
+    ),
+    "schema": {"type": "string"},
+}
+
 NATIVE_CHAT_SCHEMAS: dict[str, Any] = {}
 NATIVE_CHAT_SCHEMAS["NativeChatRequest"] = {
     "type": "object",
@@ -24,7 +35,13 @@ NATIVE_CHAT_SCHEMAS["NativeChatRequest"] = {
             "type": "string",
             "description": "Continue this conversation (yours); none starts a new one.",
         },
-        "model": {"type": "string", "description": "Default: RELAY_DEFAULT_MODEL or the first."},
+        "model": {
+            "type": "string",
+            "description": (
+                "Default: RELAY_DEFAULT_MODEL if this client may use it, else the first"
+                " configured model it may use."
+            ),
+        },
         "system": {"type": "string", "description": "Instead of the stored system message."},
         "stream": {"type": "boolean", "default": False},
     },
@@ -56,6 +73,7 @@ NATIVE_CHAT_PATHS: dict[str, Any] = {
             tag="history",
             security=JWT,
             body=ref("schemas", "NativeChatRequest"),
+            parameters=(CONVERSATION_PARAMETER,),
             description=(
                 "relay sends the provider the stored conversation (its latest messages within "
                 "RELAY_CHAT_CONTEXT_CHARS) and your message, and stores both sides before "
