@@ -3,6 +3,7 @@ speak: llama.cpp's `error:` field, Azure's nameless first chunk."""
 
 import hashlib
 
+import openai
 import orjson
 import pytest
 from aiohttp import web
@@ -78,7 +79,10 @@ async def test_llama_cpp_error_mid_stream_is_recorded_failed(relay, database_url
         "/v1/chat/completions", json={**body, "stream": True}, headers=bearer(token)
     )
     raw = await response.read()
-    assert raw == CHUNK + LLAMA_CPP_ERROR + DONE  # the provider's bytes, as sent
+    # As a `data:` error event, which OpenAI's SDKs raise on (they skip an `error:` line
+    # and would hand the application the cut-short answer as whole).
+    error = b'{"error":{"code":500,"message":"failed to decode the batch","type":"server_error"}}'
+    assert raw == CHUNK + b"data: " + error + b"\n\n" + DONE
     receipt = await fetch_receipt(http, token, response.headers["x-receipt-id"])
     assert receipt["status"] == "failed"
     assert receipt["response_sha256"] == hashlib.sha256(raw).hexdigest()
@@ -103,3 +107,15 @@ async def test_azures_nameless_first_chunk_leaves_the_completion_id_to_the_next(
     # Clients built for NEAR's private inference look a receipt up by the completion id.
     found = await http.get("/v1/signature/chatcmpl-AZURE123", headers=bearer(token))
     assert found.status == 200, await found.text()
+
+
+async def test_the_openai_sdk_raises_on_llama_cpps_error_mid_stream(relay):
+    http, token, _ = relay
+    client = openai.AsyncOpenAI(base_url=str(http.make_url("/v1")), api_key=token, max_retries=0)
+    stream = await client.chat.completions.create(
+        model="llama-cpp-error", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="failed to decode the batch"):
+        async for _ in stream:
+            pass
+    await client.close()

@@ -80,23 +80,47 @@ def reworded_events(events: bytes, route: Route) -> bytes:
 
 
 def _reworded_event(event: bytes, route: Route) -> bytes | None:
-    """One whole event, reworded; None if it is no error or needs no new words."""
+    """One whole event, reworded; None if it is no error or needs no new words.
+
+    llama.cpp's `error:` field, which no SSE client reads (OpenAI's SDKs would hand the
+    application a cut-short answer as if whole), becomes a `data:` error event."""
     payloads: list[bytes] = []
-    SSEDecoder(payloads.append).feed(event)  # a fresh decoder drops a BOM opening the event
-    try:
-        obj = orjson.loads(payloads[0]) if len(payloads) == 1 else None
-    except orjson.JSONDecodeError:
-        return None
-    if (reworded := reworded_json(obj, route, event=True)) is None:
-        return None
+    errors: list[bytes] = []
+    # A fresh decoder drops a BOM opening the event.
+    SSEDecoder(payloads.append, errors.append).feed(event)
+    if errors and not payloads:
+        obj: object = {"error": _error_field(errors[0])}
+        reworded = reworded_json(obj, route, event=True) or orjson.dumps(obj)
+    else:
+        try:
+            obj = orjson.loads(payloads[0]) if len(payloads) == 1 else None
+        except orjson.JSONDecodeError:
+            return None
+        if (found := reworded_json(obj, route, event=True)) is None:
+            return None
+        reworded = found
     bom = _BOM if event.startswith(_BOM) else b""
     # Its other fields (`event: error`, an id, comments) stay; its data is the new JSON.
     fields = b"".join(
         line + b"\n"
         for line in event.removeprefix(bom).splitlines()
-        if line and line != b"data" and not line.startswith(b"data:")
+        if line and line not in (b"data", b"error") and not line.startswith((b"data:", b"error:"))
     )
     return b"".join((bom, fields, b"data: ", reworded, b"\n\n"))
+
+
+def _error_field(value: bytes) -> object:
+    """An `error:` field's value as the error object of a `data:` event."""
+    try:
+        error = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        error = None
+    if isinstance(error, dict):
+        return error
+    return {
+        "message": value.decode(errors="replace") or "The provider failed.",
+        "type": "server_error",
+    }
 
 
 def end_of_stream_at(buffer: bytes) -> int:
