@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import AsyncGenerator, AsyncIterable
+from contextlib import aclosing
 from typing import Any
 
-from relay.stores.database import Database, fetch_all, fetch_one
+from relay.stores.database import Cursor, Database, fetch_all, fetch_one
 
 _COLUMNS = "id, title, created_at, updated_at"
 MESSAGE_COLUMNS = (
@@ -128,9 +130,21 @@ class ConversationStore:
     async def context(
         self, client_id: str, conversation_id: str, budget_chars: int
     ) -> tuple[str | None, list[dict[str, Any]]]:
-        """The latest system message and the most recent user/assistant messages
-        whose contents fit in `budget_chars` together with it, oldest first. The
-        system message is never cut: past the budget by itself, it goes alone."""
+        """The latest system message and the most recent exchanges (a question and its
+        answer) whose contents fit in `budget_chars` together with it, oldest first.
+
+        The system message is never cut: past the budget by itself, it goes alone. The
+        first exchange, newest first, that does not fit whole goes cut to what is left
+        (`fit_exchange`), so that one long answer cannot take the whole conversation out
+        of the next turn's context; older ones are left out. The new message is not
+        counted: it is sent whole (MAX_MESSAGE_CHARS and the body limit bound it), and
+        counting it would leave a long one no context at all.
+
+        An answer that failed or was cut (the provider broke off) is left out with its
+        question: the client was given an error, not that text, which the model would
+        take for its answer. One the client stopped (`cancelled`) stays: the user saw
+        that text and may refer to it.
+        """
         async with self.db.cursor() as cur:
             system = await fetch_one(
                 cur,
@@ -140,28 +154,101 @@ class ConversationStore:
             )
             system_text = system["content"] if system else None
             left = budget_chars - len(system_text or "")
-            # Newest first, a page at a time, until the budget is spent: the cost
-            # follows the budget, not the conversation's length.
-            recent: list[dict[str, Any]] = []
-            before = None
-            while left > 0:
-                page = await fetch_all(
-                    cur,
-                    "SELECT seq, role, content FROM messages"
-                    " WHERE conversation_id = %s AND client_id = %s"
-                    " AND role IN ('user', 'assistant') AND content <> ''"
-                    # A failed answer's text (the provider broke off with an error)
-                    # is no answer: its question gives way to the next.
-                    " AND status <> 'failed'"
-                    " AND (%s::bigint IS NULL OR seq < %s) ORDER BY seq DESC LIMIT %s",
-                    (conversation_id, client_id, before, before, _CONTEXT_PAGE),
-                )
-                for row in page:
-                    left -= len(row["content"])
-                    if left < 0:
-                        break
-                    recent.append({"role": row["role"], "content": row["content"]})
-                if left < 0 or len(page) < _CONTEXT_PAGE:
-                    break
-                before = page[-1]["seq"]
-        return system_text, recent[::-1]
+            if left <= 0:
+                return system_text, []
+            async with aclosing(_newest_first(cur, client_id, conversation_id)) as rows:
+                recent = await recent_exchanges(rows, left)
+        return system_text, recent
+
+
+async def _newest_first(
+    cur: Cursor, client_id: str, conversation_id: str
+) -> AsyncGenerator[dict[str, Any]]:
+    """A conversation's user and assistant messages that may be context, newest first,
+    read a page at a time: the cost follows the budget, not the conversation's length."""
+    before = None
+    while True:
+        page = await fetch_all(
+            cur,
+            "SELECT seq, role, content FROM messages"
+            " WHERE conversation_id = %s AND client_id = %s"
+            " AND role IN ('user', 'assistant') AND content <> ''"
+            " AND status NOT IN ('failed', 'cut')"
+            " AND (%s::bigint IS NULL OR seq < %s) ORDER BY seq DESC LIMIT %s",
+            (conversation_id, client_id, before, before, _CONTEXT_PAGE),
+        )
+        for row in page:
+            yield row
+        if len(page) < _CONTEXT_PAGE:
+            return
+        before = page[-1]["seq"]
+
+
+async def recent_exchanges(
+    rows: AsyncIterable[dict[str, Any]], budget: int
+) -> list[dict[str, str]]:
+    """The most recent exchanges of `rows` (newest first) within `budget` characters,
+    oldest first: whole while they fit, then the first that does not, cut to fit.
+
+    Turns alternate as POST /v1/chat sends them (relay.services.native_chat): of two
+    messages of one role in a row (a question whose answer was left out, then its
+    retry) the earlier gives way, and the newest stored is an answer, since the new
+    question follows; a message that will not be sent takes none of the budget.
+    """
+    taken: list[dict[str, str]] = []
+    later, answer = "user", ""
+    async for row in rows:
+        role, content = row["role"], row["content"]
+        if role == later:
+            continue
+        later = role
+        if role == "assistant":
+            answer = content
+            continue
+        if len(content) + len(answer) > budget:
+            cut = fit_exchange(content, answer, budget)
+            if cut is not None:
+                taken += [_turn("assistant", cut[1]), _turn("user", cut[0])]
+            break
+        taken += [_turn("assistant", answer), _turn("user", content)]
+        budget -= len(content) + len(answer)
+        if budget <= 0:
+            break
+    return taken[::-1]
+
+
+def fit_exchange(question: str, answer: str, room: int) -> tuple[str, str] | None:
+    """A question and its answer cut to `room` characters together, marked where text
+    was taken out, or None when that would leave nothing of either.
+
+    The question keeps its end and the answer its beginning, so what is kept is where
+    the two meet: a long question is mostly material (a pasted text, code) with what is
+    asked of it last, and an answer says first what it is (the essay's opening, the
+    code's definitions). The question has up to half the room, more if the answer needs
+    less, and the answer the rest.
+    """
+    question_room = min(len(question), max(room // 2, room - len(answer)))
+    kept = (_keep_end(question, question_room), _keep_start(answer, room - question_room))
+    return None if "" in kept else kept
+
+
+# What stands for the text taken out of a message cut to fit the context; counted in it.
+_START_CUT, _END_CUT = "[…]\n", "\n[…]"
+
+
+def _keep_end(text: str, room: int) -> str:
+    if len(text) <= room:
+        return text
+    keep = room - len(_START_CUT)
+    return _START_CUT + text[-keep:] if keep > 0 else ""
+
+
+def _keep_start(text: str, room: int) -> str:
+    if len(text) <= room:
+        return text
+    keep = room - len(_END_CUT)
+    return text[:keep] + _END_CUT if keep > 0 else ""
+
+
+def _turn(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
