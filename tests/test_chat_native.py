@@ -388,6 +388,11 @@ async def test_unknown_or_foreign_conversations_are_404_before_forwarding(http, 
         ({"message": "hi", "system": 3}, 400, "system"),
         ({"message": "hi", "conversation_id": 3}, 400, "conversation_id"),
         ({"message": "hi", "model": "no-such-model"}, 404, "model"),
+        # Fields it does not take are refused, not ignored: they would do nothing.
+        ({"message": "hi", "temperature": 0.2}, 400, "temperature"),
+        ({"message": "hi", "max_tokens": 5, "top_p": 1}, 400, "max_tokens"),
+        ({"message": "hi", "messages": []}, 400, "messages"),
+        ({"message": "hi", "store": False, "temperature": 0}, 400, "store"),
     ],
 )
 async def test_bad_requests_are_refused(http, simulator, body, status, param):
@@ -396,6 +401,19 @@ async def test_bad_requests_are_refused(http, simulator, body, status, param):
     error = await assert_error(response, status)
     assert error["param"] == param
     assert simulator.state.requests == []
+
+
+@pytest.mark.parametrize("store", [False, True])
+async def test_store_is_refused_and_nothing_is_stored(http, database_url, simulator, store):
+    # /v1/chat keeps the conversation by definition: a client asking it not to
+    # is told where a chat need not be stored, rather than having it stored.
+    client, token = await client_with_token(http)
+    response = await native(http, token, "hi", store=store)
+    error = await assert_error(response, 400, "invalid_request")
+    assert error["param"] == "store"
+    assert "/v1/chat/completions" in error["message"]
+    assert simulator.state.requests == []
+    assert await stored_messages(database_url, client["id"]) == []
 
 
 async def test_a_named_model_and_the_default_model_setting(make_client, make_settings, simulator):

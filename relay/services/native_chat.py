@@ -29,7 +29,29 @@ def _optional_text(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
+_FIELDS = ("message", "conversation_id", "model", "system", "stream")
+
+
+def _refuse_unknown_fields(data: dict[str, Any]) -> None:
+    """A field /v1/chat does not take is refused, not ignored: this is relay's own API,
+    and a client sending one (`temperature`, `store`) should learn at once that it does
+    nothing here."""
+    unknown = set(data) - set(_FIELDS)
+    if "store" in unknown:
+        raise InvalidRequestError(
+            "/v1/chat takes no store field: it always stores the conversation. To chat"
+            ' without storing it, use /v1/chat/completions with "store": false.',
+            param="store",
+        )
+    if unknown:
+        field = min(unknown)
+        raise InvalidRequestError(
+            f"Unknown field {field!r}; /v1/chat takes {', '.join(_FIELDS)}.", param=field
+        )
+
+
 def check_native_chat(data: dict[str, Any]) -> NativeChat:
+    _refuse_unknown_fields(data)
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
         raise InvalidRequestError("message is required and must be text.", param="message")
@@ -52,7 +74,8 @@ def check_native_chat(data: dict[str, Any]) -> NativeChat:
 def chat_messages(
     system: str | None, context: list[dict[str, Any]], message: str
 ) -> list[dict[str, Any]]:
-    """System first, then the stored context oldest first, then the new user message.
+    """System first, then the stored context oldest first, then the new user message,
+    whole: the context's size budget is for what is stored (relay.stores.conversations).
 
     Turns alternate, user first, as some providers' chat templates insist: a message
     followed by another of its role (a question whose answer failed, then its retry)
