@@ -29,21 +29,27 @@ NATIVE_CHAT_SCHEMAS: dict[str, Any] = {}
 NATIVE_CHAT_SCHEMAS["NativeChatRequest"] = {
     "type": "object",
     "required": ["message"],
+    # Any other field is refused (400, `param` names it): /v1/chat takes no `store`,
+    # `temperature` or the like, and says so rather than ignore it.
+    "additionalProperties": False,
     "properties": {
         "message": {"type": "string", "minLength": 1},
         "conversation_id": {
-            "type": "string",
+            "type": ["string", "null"],
             "description": "Continue this conversation (yours); none starts a new one.",
         },
         "model": {
-            "type": "string",
+            "type": ["string", "null"],
             "description": (
                 "Default: RELAY_DEFAULT_MODEL if this client may use it, else the first"
                 " configured model it may use."
             ),
         },
-        "system": {"type": "string", "description": "Instead of the stored system message."},
-        "stream": {"type": "boolean", "default": False},
+        "system": {
+            "type": ["string", "null"],
+            "description": "Instead of the stored system message.",
+        },
+        "stream": {"type": ["boolean", "null"], "default": False},
     },
 }
 NATIVE_CHAT_SCHEMAS["NativeChatAnswer"] = {
