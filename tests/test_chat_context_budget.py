@@ -192,3 +192,29 @@ def test_an_exchange_shares_the_room_it_is_cut_to():
     assert fit_exchange("q" * 10, "a" * 100, 50) == ("q" * 10, "a" * 36 + "\n[…]")
     assert fit_exchange("q" * 100, "a" * 10, 50) == ("[…]\n" + "q" * 36, "a" * 10)
     assert fit_exchange("q" * 100, "a" * 100, 9) is None  # nothing of one of them
+
+
+async def test_the_budget_counts_the_system_message_that_is_sent(relay, provider):
+    """A request's `system` replaces the stored one for its turn: that one is counted,
+    not the stored one it replaces."""
+    http, token = await relay(chat_context_chars=300)
+    long_stored = "You are a careful assistant. " * 9  # 261 characters, kept
+    body = {"message": "First question?", "system": long_stored}
+    first = await http.post("/v1/chat", json=body, headers=bearer(token))
+    conversation = first.headers[CONVERSATION]
+    provider.replies = ["A" * 20]
+    await say(http, token, "Second question?", conversation)
+    # The stored system message leaves 39 characters: the exchange does not fit whole.
+    assert chars(provider.seen[-1][1:-1]) <= 300 - len(long_stored)
+    body = {"message": "Third?", "conversation_id": conversation, "system": "Be brief."}
+    assert (await http.post("/v1/chat", json=body, headers=bearer(token))).status == 200
+    system, *context, new = provider.seen[-1]
+    assert system == {"role": "system", "content": "Be brief."}
+    # With the short one, the earlier exchanges fit whole.
+    assert [m["content"] for m in context] == [
+        "First question?",
+        "ok",
+        "Second question?",
+        "A" * 20,
+    ]
+    assert new["content"] == "Third?"

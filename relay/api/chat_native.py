@@ -106,11 +106,9 @@ async def _new_answer(request: web.Request) -> Answer:
     model = chat.model or _default_model(router, settings.default_model, caller.client.scopes)
     route = router.resolve(model, caller.client.scopes)
     conversation_id, system, context = await app[HISTORY].context(
-        caller.client.id, chat.conversation_id, settings.chat_context_chars
+        caller.client.id, chat.conversation_id, settings.chat_context_chars, chat.system
     )
-    sent = provider_request(
-        route.model, chat_messages(chat.system or system, context, chat.message)
-    )
+    sent = provider_request(route.model, chat_messages(system, context, chat.message))
     answer = Answer(
         request_id=request[REQUEST_ID],
         client=caller.client,

@@ -194,14 +194,19 @@ class HistoryService:
         )
 
     async def context(
-        self, client_id: str, conversation_id: str | None, budget_chars: int
+        self,
+        client_id: str,
+        conversation_id: str | None,
+        budget_chars: int,
+        system: str | None = None,
     ) -> tuple[str, str | None, list[dict[str, Any]]]:
-        """(conversation id, its system message, recent messages) for the next turn;
-        a new id, and nothing, when no conversation is named."""
+        """(conversation id, the system message, recent messages) for the next turn: the
+        request's `system` when it gives one (the budget counts that one), else the
+        stored one; a new id, `system` and nothing more when no conversation is named."""
         if conversation_id is None:
-            return uuid7_text(), None, []
+            return uuid7_text(), system, []
         checked = await self.require_conversation(client_id, conversation_id)
-        system, rows = await self.conversations.context(client_id, checked, budget_chars)
+        system, rows = await self.conversations.context(client_id, checked, budget_chars, system)
         return checked, system, rows
 
     async def reserve_messages(self, count: int) -> tuple[list[int], datetime.datetime]:

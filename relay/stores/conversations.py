@@ -128,10 +128,11 @@ class ConversationStore:
         return False
 
     async def context(
-        self, client_id: str, conversation_id: str, budget_chars: int
+        self, client_id: str, conversation_id: str, budget_chars: int, system: str | None = None
     ) -> tuple[str | None, list[dict[str, Any]]]:
-        """The latest system message and the most recent exchanges (a question and its
-        answer) whose contents fit in `budget_chars` together with it, oldest first.
+        """The latest system message (or `system`, the request's, which replaces it for
+        this turn) and the most recent exchanges (a question and its answer) whose
+        contents fit in `budget_chars` together with it, oldest first.
 
         The system message is never cut: past the budget by itself, it goes alone. The
         first exchange, newest first, that does not fit whole goes cut to what is left
@@ -146,13 +147,15 @@ class ConversationStore:
         that text and may refer to it.
         """
         async with self.db.cursor() as cur:
-            system = await fetch_one(
-                cur,
-                "SELECT content FROM messages WHERE conversation_id = %s AND client_id = %s"
-                " AND role = 'system' ORDER BY seq DESC LIMIT 1",
-                (conversation_id, client_id),
-            )
-            system_text = system["content"] if system else None
+            system_text = system
+            if system_text is None:
+                stored = await fetch_one(
+                    cur,
+                    "SELECT content FROM messages WHERE conversation_id = %s AND client_id = %s"
+                    " AND role = 'system' ORDER BY seq DESC LIMIT 1",
+                    (conversation_id, client_id),
+                )
+                system_text = stored["content"] if stored else None
             left = budget_chars - len(system_text or "")
             if left <= 0:
                 return system_text, []
