@@ -3,15 +3,17 @@
 cannot read, one event too large. The client gets a whole error where it can still
 have one, and history and the receipt say what it got."""
 
+import asyncio
 import hashlib
 
 import orjson
 import pytest
 from aiohttp import web
+from openai._streaming import SSEDecoder
 
 from relay.upstreams import sse
 from tests.api_calls import assert_error, bearer
-from tests.history_calls import query
+from tests.history_calls import CONVERSATION, query
 from tests.receipt_calls import fetch_receipt
 from tests.test_provider_misbehaviour import CHUNK, FINISH, ask, start_relay
 
@@ -19,6 +21,7 @@ USAGE_LINE = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
     b'"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}'
 )
+ERROR_LINE = b'data: {"error":{"message":"overloaded","type":"server_error","param":null}}'
 ERROR_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>\n"
 
 
@@ -59,6 +62,16 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         key = request.headers["Authorization"].removeprefix("Bearer ")
         error = {"error": {"message": f"key {key} is over its quota", "type": "x"}}
         return await _stream(request, CHUNK, b"data: " + orjson.dumps(error))
+    if model == "plain-error-unended":  # its error event (nothing to reword), short of its end
+        return await _stream(request, CHUNK, ERROR_LINE)
+    if model == "usage-unended-late":  # as usage-unended, its end a while after the first chunk
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(CHUNK)
+        await asyncio.sleep(0.5)
+        await response.write(FINISH + USAGE_LINE)
+        await response.write_eof()
+        return response
     if model == "brotli":  # an encoding relay did not ask for
         return web.Response(
             body=b"\x1b\x00garbage",
@@ -71,6 +84,8 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
 
 
 MODELS = (
+    "plain-error-unended",
+    "usage-unended-late",
     "empty-sse",
     "empty-chunked",
     "html",
@@ -252,3 +267,31 @@ async def test_relays_own_chat_says_relay_cut_an_event_too_large(relay, database
     error = orjson.loads(body.rsplit(b"event: error\ndata: ", 1)[1])["error"]
     assert error["code"] == "upstream_too_large" and "broke off" not in error["message"]
     assert [row["status"] for row in await answers(database_url, client_id)] == ["cut"]
+
+
+async def test_an_error_event_the_body_ended_is_ended_so_every_client_reads_it(relay):
+    """An event short of its blank line is dropped by SSE clients (OpenAI's SDKs too):
+    passed on so, the provider's error would leave the application a cut-short answer
+    it takes for whole."""
+    http, token, _ = relay
+    body = await (await ask(http, token, "plain-error-unended")).read()
+    assert body == CHUNK + ERROR_LINE + b"\n\n"
+    events = [event.data for event in SSEDecoder().iter_bytes(iter([body]))]
+    assert orjson.loads(events[-1])["error"]["message"] == "overloaded"
+
+
+async def test_an_error_after_a_last_event_the_body_ended_is_an_event_of_its_own(relay):
+    """The answer completed, its usage line short of its blank line, and then could not be
+    saved (its conversation was deleted): relay's error event must not be glued to that
+    line, where no client would read it as the error it is."""
+    http, token, _ = relay
+    response = await ask(http, token, "usage-unended-late")
+    first = await response.content.readany()
+    conversation = response.headers[CONVERSATION]
+    erased = await http.delete(f"/v1/conversations/{conversation}", headers=bearer(token))
+    assert erased.status == 404  # nothing stored yet: it leaves a tombstone
+    body = first + await response.read()
+    events = [event.data for event in SSEDecoder().iter_bytes(iter([body]))]
+    assert orjson.loads(events[-1])["error"]["code"] == "conversation_deleted"
+    assert orjson.loads(events[-2])["usage"]["total_tokens"] == 7
+    await assert_receipt_of(http, token, response, body, "failed")

@@ -172,7 +172,9 @@ async def _relay_stream(
         )
     answer.received(observer, final)
     if (error := await hooks.commit_end(answer)) is not None:
-        final = error_event(error)  # never a silent loss: an error instead of the end
+        # Never a silent loss: an error instead of the end (after the provider's last
+        # event, ended first if the provider's body ended it).
+        final = (b"\n\n" if result.unended else b"") + error_event(error)
         answer.status = "failed"
         answer.received(observer, final)
         await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
