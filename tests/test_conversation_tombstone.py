@@ -258,3 +258,19 @@ async def test_a_tombstone_expires(http, database_url):
     )
     await http.delete(f"/v1/conversations/{new}", headers=bearer(token))
     assert [row["conversation_id"] for row in await tombstones(database_url)] == [new]
+
+
+async def test_a_cut_answer_whose_conversation_is_erased_keeps_its_receipt(http, simulator):
+    """Its client is told it was cut (an error event), whatever becomes of its content:
+    the receipt of exactly that is kept, as for a complete answer refused its end."""
+    _, token = await client_with_token(http)
+    simulator.config.cut_after = 20
+    response = await start_slow_stream(http, token, simulator, "/v1/chat/completions")
+    conversation, receipt = response.headers[CONVERSATION], response.headers["x-receipt-id"]
+    erased = await http.delete(f"/v1/conversations/{conversation}", headers=bearer(token))
+    assert erased.status == 404  # nothing stored yet: a tombstone
+    raw = response.first_bytes + await response.read()
+    assert b'"upstream_cut"' in raw
+    signed = await fetch_receipt(http, token, receipt)
+    assert signed["status"] == "cut"
+    assert signed["response_sha256"] == hashlib.sha256(raw).hexdigest()

@@ -145,7 +145,7 @@ class AnswerHooks:
         """Record an answer whose end the client will not see; a failure is only logged."""
         await self.commit_end(answer)
 
-    async def commit_end(self, answer: Answer) -> RelayError | None:
+    async def commit_end(self, answer: Answer, *, again: bool = True) -> RelayError | None:
         """Record an answer before its client receives the end: None once committed, or
         the error the client gets instead of a complete answer's end (never a silent
         loss). For an answer that did not complete (its client is told so) a failure
@@ -156,7 +156,14 @@ class AnswerHooks:
             log.warning(
                 "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
             )
-            return error if answer.status == "complete" else None
+            if answer.status == "complete":
+                return error  # the caller records the receipt of the error sent instead
+            if again and not answer.recorded:
+                # Not queued, or let go again: only its content was refused (its
+                # conversation is gone), and its receipt, of the very end its client
+                # is told, may still be kept. (Once: a recorder that is closing refuses
+                # it again at once.)
+                await self.commit_end(answer, again=False)
         return None
 
     def client_left(self, answer: Answer, latency_ms: float) -> None:
