@@ -68,6 +68,10 @@ def route(provider_model: str) -> Route:
         ("llama3", "llama3:8b is not llama3: pull it", "llama3:8b is not pub: pull it"),
         ("o", "for o1, o_x, o.py, /o/ and o, o", "for o1, o_x, o.py, /o/ and pub, pub"),
         ("m", "model m, then m.", "model pub, then pub."),
+        # An id that is no plain word is renamed in a path and before "'s" too.
+        ("gemini-1.5-pro", "models/gemini-1.5-pro is not found", "models/pub is not found"),
+        ("gpt-4o-2024-08-06", "gpt-4o-2024-08-06's context length", "pub's context length"),
+        ("gpt-4o", "model:gpt-4o, or gpt-4o/v1", "model:pub, or gpt-4o/v1"),
     ],
 )
 def test_only_the_whole_provider_model_id_is_renamed(provider_model, message, reworded):

@@ -53,11 +53,14 @@ def provider_words(message: str, route: Route) -> str:
 @functools.lru_cache(maxsize=256)
 def _model_id(provider_model: str) -> re.Pattern[str]:
     """The provider's model id where it stands whole: not inside a word ("o" in "for"),
-    an identifier, a path or a longer id ("gpt-4o" in "gpt-4o-mini"), nor a word of its
-    own followed by "'s" ("model" in "This model's maximum context length")."""
-    return re.compile(
-        r"(?<![\w\-./:@\\])" + re.escape(provider_model) + r"(?![\w\-/@\\])(?![.:'\u2019]\w)"
-    )
+    an identifier or a longer id ("gpt-4o" in "gpt-4o-mini"). An id that is a plain
+    word ("o", "model") is also left alone as a path's part ("docs/o") and followed by
+    "'s" ("This model's maximum context length"); any other is renamed there too
+    ("models/gemini-1.5-pro is not found", "gpt-4o-2024-08-06's context length")."""
+    plain = provider_model.isalnum()
+    before = r"(?<![\w\-./:@\\])" if plain else r"(?<![\w\-.@\\])"
+    after = r"(?![\w\-/@\\])" + (r"(?![.:'\u2019]\w)" if plain else r"(?![.:]\w)")
+    return re.compile(before + re.escape(provider_model) + after)
 
 
 def _reworded(value: object, route: Route) -> object:
