@@ -106,7 +106,7 @@ class Settings:
     # Keys client ids into Redis key names (HMAC); every instance must share it.
     identity_hash_key: Secret = setting("RELAY_IDENTITY_HASH_KEY", Secret(""), Secret, file=True)
     jwt_secret: Secret = setting("RELAY_JWT_SECRET", Secret(""), Secret, file=True)
-    # While the JWT secret is rotated: tokens it signed are still accepted (never issued).
+    # Tokens it signed are accepted, none is signed with it: for rotating the JWT secret.
     jwt_previous_secret: Secret = setting(
         "RELAY_JWT_PREVIOUS_SECRET", Secret(""), Secret, file=True
     )
