@@ -9,10 +9,11 @@ import orjson
 from relay.appkeys import ANSWER_RECORDER, DATABASE, HISTORY
 from relay.errors import AuthenticationError
 from relay.metrics import HISTORY_BATCH_SIZE
+from relay.services.turns import MAX_TURN_MESSAGES
 from relay.simulator import completion_text
 from relay.stores.clients import ClientStore
 from relay.upstreams.completion import CompletionSummary
-from tests.api_calls import ADMIN, assert_error, client_with_token
+from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
 from tests.history_calls import (
     CONVERSATION,
     chat,
@@ -350,3 +351,22 @@ async def test_tool_calls_tool_results_and_awkward_text_are_stored_as_given(http
     assert assistant["tool_calls"] == calls
     assert assistant["latency_ms"] == 12.5
     assert (assistant["id"], assistant["created_at"]) == (reserved_id, reserved_at)
+
+
+async def test_a_turn_too_large_to_keep_is_refused_before_anything_is_sent(http, simulator):
+    """One request's new turn of thousands of rows held its group commit past its
+    timeout, failing every other client's answers in that batch: it is refused first."""
+    _, token = await client_with_token(http)
+    many = [{"role": "user", "content": "x"}] * (MAX_TURN_MESSAGES + 1)
+    body = {"model": "gpt-sim", "messages": many}
+    response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    error = await assert_error(response, 400, "too_many_messages")
+    assert error["param"] == "messages" and '"store": false' in error["message"]
+    assert not simulator.state.requests
+    # Earlier turns (answered before) do not count; nor does a request that keeps nothing.
+    answered = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}] * 600
+    asked = {"model": "gpt-sim", "messages": [*answered, {"role": "user", "content": "z"}]}
+    unkept = {**body, "store": False}
+    for fine in (asked, unkept):
+        answer = await http.post("/v1/chat/completions", json=fine, headers=bearer(token))
+        assert answer.status == 200, await answer.text()

@@ -30,6 +30,7 @@ from relay.errors import (
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
+from relay.services.turns import check_turn_size
 from relay.upstreams.forwarder import open_provider_response, reworded_body
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
@@ -78,6 +79,8 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         started_at=time.time(),
         store=chat.store and caller.client.store_history,
     )
+    if answer.store:
+        check_turn_size(data.get("messages"))
     await bind_conversation(request, answer)
     if request.app[SETTINGS].receipts:
         # Known before the provider is asked, so it is there from the first byte.

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.errors import NOT_RETRIED, InvalidRequestError
 from relay.services.answers import Answer
 from relay.stores.history import NewMessage
 
 TITLE_CHARS = 120
+# The most history rows one request's new turn may add. Each row costs the group
+# commit its insert and its search index: a turn of a hundred thousand tiny messages
+# held a batch past its timeout, failing every other client's answers in it.
+MAX_TURN_MESSAGES = 1000
 _ROLE_CHARS = 32
 _INT4_MAX = 2**31 - 1
 
@@ -118,3 +123,17 @@ def title_from(content: str) -> str:
     """A title made of a user message: its words on one line, shortened."""
     text = " ".join(content.split())
     return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+
+
+def check_turn_size(messages: Any) -> None:
+    """Refuse (400) a request that would add more than MAX_TURN_MESSAGES rows to history."""
+    added = len(new_turn(messages))
+    if added > MAX_TURN_MESSAGES:
+        raise InvalidRequestError(
+            f"relay keeps at most {MAX_TURN_MESSAGES} new messages of one request in history"
+            f" (those after its last assistant message); this one has {added}. Send them in"
+            ' parts, or with "store": false.',
+            param="messages",
+            code="too_many_messages",
+            headers=dict(NOT_RETRIED),
+        )
