@@ -62,6 +62,9 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         key = request.headers["Authorization"].removeprefix("Bearer ")
         error = {"error": {"message": f"key {key} is over its quota", "type": "x"}}
         return await _stream(request, CHUNK, b"data: " + orjson.dumps(error))
+    if model == "last-words-unended":  # its last words and finish, short of their end
+        last = CHUNK.replace(b'"Hi"', b'" there"').replace(b"null}]}", b'"stop"}]}').rstrip()
+        return await _stream(request, CHUNK, last)
     if model == "plain-error-unended":  # its error event (nothing to reword), short of its end
         return await _stream(request, CHUNK, ERROR_LINE)
     if model == "usage-unended-late":  # as usage-unended, its end a while after the first chunk
@@ -84,6 +87,7 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
 
 
 MODELS = (
+    "last-words-unended",
     "plain-error-unended",
     "usage-unended-late",
     "empty-sse",
@@ -295,3 +299,17 @@ async def test_an_error_after_a_last_event_the_body_ended_is_an_event_of_its_own
     assert orjson.loads(events[-1])["error"]["code"] == "conversation_deleted"
     assert orjson.loads(events[-2])["usage"]["total_tokens"] == 7
     await assert_receipt_of(http, token, response, body, "failed")
+
+
+async def test_relays_own_chat_streams_the_words_of_a_last_event_the_body_ended(relay):
+    http, token, _ = relay
+    raw = await (await ask_relays_own_chat(http, token, "last-words-unended", True)).read()
+    deltas, done = [], None
+    for block in raw.decode().split("\n\n"):
+        if block.startswith("event: message.delta"):
+            deltas.append(orjson.loads(block.split("data: ", 1)[1])["content"])
+        elif block.startswith("event: message.done"):
+            done = orjson.loads(block.split("data: ", 1)[1])
+    assert done is not None and done["message"]["content"] == "Hi there"
+    # What the deltas said adds up to the answer (their padding aside).
+    assert "".join(deltas) == "Hi there"

@@ -14,7 +14,7 @@ from aiohttp import web
 from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import parse_json_object, read_body
 from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
-from relay.api.conversation_header import CONVERSATION_HEADER
+from relay.api.conversation_header import CONVERSATION_HEADER, named_conversation
 from relay.api.drain import answered_before_restart
 from relay.appkeys import (
     ANSWER_HOOKS,
@@ -133,7 +133,7 @@ async def _new_answer(request: web.Request) -> Answer:
 def _named_conversation(request: web.Request, chat: NativeChat) -> NativeChat:
     """The conversation is the body's `conversation_id` or the `Relay-Conversation-Id`
     header, as on /v1/chat/completions; both, naming different ones, are refused."""
-    header = request.headers.get(CONVERSATION_HEADER, "").strip()
+    header = named_conversation(request)
     if not header:
         return chat
     if chat.conversation_id is None:
@@ -275,18 +275,30 @@ async def _relay_deltas(
             observer.feed(chunk)
             if observer.finish_reason is not None:
                 provider.finished()
-            for text in observer.take():
-                try:
-                    await response.send_event("message.delta", delta_data(text))
-                except TimeoutError:  # the client took nothing for a while: it is gone
-                    provider.close()
-                    return "cancelled"
+            if not await _pass_deltas(response, observer):
+                provider.close()
+                return "cancelled"
+        status = _outcome(observer, provider)
+        # A last event the body's end ended (relay.upstreams.observer) may hold text too.
+        if not await _pass_deltas(response, observer):
+            return "cancelled"
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
         return "cancelled"
     except (TimeoutError, aiohttp.ClientError):
         return "cut"
-    return _outcome(observer, provider)
+    return status
+
+
+async def _pass_deltas(response: HashedEventSource, observer: DeltaObserver) -> bool:
+    """Send the text deltas the observer holds; False if the client took nothing for a
+    while (it is gone)."""
+    for text in observer.take():
+        try:
+            await response.send_event("message.delta", delta_data(text))
+        except TimeoutError:
+            return False
+    return True
 
 
 def _broken_off(

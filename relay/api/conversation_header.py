@@ -10,6 +10,11 @@ from relay.services.answers import Answer
 CONVERSATION_HEADER = "Relay-Conversation-Id"
 
 
+def named_conversation(request: web.Request) -> str:
+    """The conversation the request's header names ("" when none)."""
+    return request.headers.get(CONVERSATION_HEADER, "").strip()
+
+
 async def bind_conversation(request: web.Request, answer: Answer) -> None:
     """Continue the named conversation (404 unless it is the caller's) or start one.
 
@@ -17,8 +22,7 @@ async def bind_conversation(request: web.Request, answer: Answer) -> None:
     is stored has one) gets its row with its first answer, so a request that
     stores nothing creates nothing.
     """
-    given = request.headers.get(CONVERSATION_HEADER, "").strip()
-    if given:
+    if given := named_conversation(request):
         history = request.app[HISTORY]
         answer.conversation_id = await history.require_conversation(answer.client.id, given)
         answer.continues_conversation = True

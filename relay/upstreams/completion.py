@@ -106,6 +106,19 @@ def error_object(body: object) -> object:
     return body if body.get("object") == "error" else None
 
 
+def error_field_object(value: bytes) -> dict[str, Any]:
+    """The error of llama.cpp's `error:` SSE field (its value: JSON, or words), as the
+    object of OpenAI's `{"error": …}`."""
+    try:
+        error = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        error = None
+    if isinstance(error, dict):
+        return error
+    words = value.decode(errors="replace").strip()
+    return {"message": words or "The provider failed.", "type": "server_error"}
+
+
 def answer_text(part: dict[str, Any]) -> str:
     """The words of a `delta` or `message`: its content as a string, or the text parts
     of a content list (Mistral's reasoning models answer so; their `thinking` parts

@@ -10,6 +10,7 @@ from relay.errors import UpstreamError
 from relay.upstreams.completion import (
     CompletionAccumulator,
     CompletionSummary,
+    error_field_object,
     summarize_completion,
 )
 from relay.upstreams.reply import MAX_RESPONSE_BYTES
@@ -107,11 +108,7 @@ class StreamObserver(CompletionAccumulator):
 
     def _on_error_field(self, value: bytes) -> None:
         # llama.cpp's `error: {"code": 500, "message": …, "type": …}`: the answer failed.
-        try:
-            error = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            error = None
-        self.apply({"error": error if isinstance(error, dict) else {"message": "provider error"}})
+        self.apply({"error": error_field_object(value)})
 
 
 def oversize_error(byte_count: int) -> UpstreamError:

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from relay.errors import RelayError
+from relay.upstreams.completion import error_field_object
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.forwarder import reworded_json
 from relay.upstreams.observer import StreamObserver, oversize_error
@@ -89,7 +90,7 @@ def _reworded_event(event: bytes, route: Route) -> bytes | None:
     # A fresh decoder drops a BOM opening the event.
     SSEDecoder(payloads.append, errors.append).feed(event)
     if errors and not payloads:
-        obj: object = {"error": _error_field(errors[0])}
+        obj: object = {"error": error_field_object(errors[0])}
         reworded = reworded_json(obj, route, event=True) or orjson.dumps(obj)
     else:
         try:
@@ -107,20 +108,6 @@ def _reworded_event(event: bytes, route: Route) -> bytes | None:
         if line and line not in (b"data", b"error") and not line.startswith((b"data:", b"error:"))
     )
     return b"".join((bom, fields, b"data: ", reworded, b"\n\n"))
-
-
-def _error_field(value: bytes) -> object:
-    """An `error:` field's value as the error object of a `data:` event."""
-    try:
-        error = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        error = None
-    if isinstance(error, dict):
-        return error
-    return {
-        "message": value.decode(errors="replace") or "The provider failed.",
-        "type": "server_error",
-    }
 
 
 def end_of_stream_at(buffer: bytes) -> int:
