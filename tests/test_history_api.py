@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from relay.appkeys import IN_FLIGHT
+from relay.services.history_watch import HistoryWatch
 from relay.stores import conversations
 from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
@@ -126,6 +127,30 @@ async def test_a_long_poll_with_nothing_new_answers_empty_when_the_time_is_up(ht
     page = await (await history(http, token, after=start["next_cursor"], wait=0.5)).json()
     assert loop.time() - began >= 0.45
     assert page == {"data": [], "next_cursor": start["next_cursor"], "has_more": False}
+
+
+async def test_past_the_most_held_polls_of_a_client_a_poll_is_answered_at_once(http, monkeypatch):
+    """Each commit wakes every held poll of its client to read again: a client may not
+    make its every commit cost thousands of queries by holding thousands of polls."""
+    monkeypatch.setattr(HistoryWatch, "MOST_HELD_PER_CLIENT", 3)
+    _, token = await client_with_token(http)
+    start = (await (await history(http, token)).json())["next_cursor"]
+    held = [asyncio.ensure_future(history(http, token, after=start, wait=20)) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    assert not any(poll.done() for poll in held)
+    async with asyncio.timeout(5):  # not held: answered empty at once
+        page = await (await history(http, token, after=start, wait=20)).json()
+    assert page["data"] == [] and page["next_cursor"] == start
+    # Another client's polls are held as ever.
+    _, other = await client_with_token(http)
+    theirs = asyncio.ensure_future(history(http, other, wait=20, after=start))
+    await asyncio.sleep(0.3)
+    assert not theirs.done()
+    await chat(http, token, "wake up")
+    async with asyncio.timeout(5):
+        pages = [await (await poll).json() for poll in held]
+    assert all(page["data"] for page in pages)
+    theirs.cancel()
 
 
 async def test_conversations_are_listed_read_and_erased(http, database_url):

@@ -168,10 +168,13 @@ class HistoryService:
         stop: asyncio.Event | None = None,
     ) -> Page:
         """Messages after the cursor, oldest first; with `wait`, an empty page is held
-        until this client commits something new, the time is up, or `stop` is set."""
+        until this client commits something new, the time is up, or `stop` is set (not
+        held, past HistoryWatch.MOST_HELD_PER_CLIENT of this client's held here)."""
         seq = history_position(after)
         if conversation_id is not None:
             conversation_id = await self.require_conversation(client_id, conversation_id)
+        if wait and not self.watch.has_room(client_id):
+            wait = 0.0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:

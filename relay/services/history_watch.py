@@ -12,6 +12,11 @@ from relay.stores.notifications import Notifications
 class HistoryWatch:
     """Subscribes to the history channel; must be built before the listener starts."""
 
+    # Every commit of a client wakes each of its held polls, to read again: a client
+    # holding thousands (or polling one conversation while committing to others) made
+    # every commit of its cost thousands of queries. Past this many, a poll is not held.
+    MOST_HELD_PER_CLIENT = 32
+
     def __init__(self, notifications: Notifications) -> None:
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         notifications.subscribe(HISTORY_CHANNEL, self._on_notify)
@@ -23,6 +28,10 @@ class HistoryWatch:
         event = asyncio.Event()
         self._waiters[client_id].add(event)
         return event
+
+    def has_room(self, client_id: str) -> bool:
+        """Whether another poll of this client may be held (see MOST_HELD_PER_CLIENT)."""
+        return len(self._waiters.get(client_id, ())) < self.MOST_HELD_PER_CLIENT
 
     def forget(self, client_id: str, event: asyncio.Event) -> None:
         waiters = self._waiters.get(client_id)
