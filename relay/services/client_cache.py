@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from relay.stores.clients import Client, ClientStore
 from relay.stores.notifications import Notifications
 
@@ -23,22 +25,41 @@ class ClientCache:
         self._entries: dict[str, Client] = {}
         # Bumped on every invalidation; a row loaded before a bump may be stale.
         self._generation = 0
+        # Loads under way, by client and generation: the requests that miss together
+        # (a burst after a restart, or after the client changed) share one query
+        # instead of each taking a database connection of the pool.
+        self._loading: dict[tuple[str, int], asyncio.Future[Client | None]] = {}
         notifications.subscribe(CHANNEL, self.invalidate)
         notifications.on_reset(self.clear)
 
     async def get(self, client_id: str) -> Client | None:
-        live = self.notifications.live
-        if live:
-            client = self._entries.get(client_id)
-            if client is not None:
-                return client
-        generation = self._generation
+        if not self.notifications.live:
+            # Nothing says when a row goes stale: each lookup reads it afresh.
+            return await self.store.get(client_id)
+        client = self._entries.get(client_id)
+        if client is not None:
+            return client
+        key = (client_id, self._generation)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(client_id, key[1]))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda done: self._loaded(key, done))
+        # Shielded: a caller that leaves does not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    async def _load(self, client_id: str, generation: int) -> Client | None:
         client = await self.store.get(client_id)
-        if client is not None and live and generation == self._generation:
+        if client is not None and self.notifications.live and generation == self._generation:
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()
             self._entries[client_id] = client
         return client
+
+    def _loaded(self, key: tuple[str, int], done: asyncio.Future[Client | None]) -> None:
+        del self._loading[key]
+        if not done.cancelled():
+            done.exception()  # read, should every caller have left before it ended
 
     def invalidate(self, client_id: str) -> None:
         self._generation += 1
