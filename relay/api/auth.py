@@ -13,10 +13,13 @@ from relay.services.auth import Caller
 
 # RFC 6749 §5.1: responses carrying tokens must not be cached.
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# The body carries an API key (68 characters): anyone may send one, so relay holds no
+# more than this of it, whitespace and an extra field or two included.
+TOKEN_BODY_BYTES = 4096
 
 
 async def create_token(request: web.Request) -> web.Response:
-    data = await read_json_object(request)
+    data = await read_json_object(request, TOKEN_BODY_BYTES)
     api_key = data.get("api_key")
     if not isinstance(api_key, str) or not api_key:
         raise InvalidRequestError("api_key is required.", param="api_key")

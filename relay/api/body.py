@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from relay.api.expect import send_continue
 from relay.appkeys import SETTINGS
@@ -23,8 +23,13 @@ from relay.errors import (
 BODY_SECONDS = 120.0
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The raw body, refused with 413 past RELAY_MAX_BODY_BYTES (the app's client_max_size).
+async def read_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The raw body, refused with 413 past `limit` bytes or past RELAY_MAX_BODY_BYTES
+    (the app's client_max_size), whichever is less.
+
+    A route whose body is small by nature names its own `limit`: a body is held whole
+    while it arrives, for up to BODY_SECONDS, and under the app-wide limit an API key's
+    exchange let anyone, keyless, hold megabytes per connection.
 
     A compressed body is refused (415): a receipt's `request_sha256` is over the exact
     bytes the client sent, and the provider is sent those same bytes. (relay's server
@@ -38,18 +43,17 @@ async def read_body(request: web.Request) -> bytes:
     # aiohttp decodes chunked alone: under `gzip, chunked` it hands on the gzipped bytes.
     if not _only_codings(request, "Transfer-Encoding", ("chunked", "")):
         raise UnsupportedTransferCodingError()
-    limit = request.app[SETTINGS].max_body_bytes
+    ceiling = request.app[SETTINGS].max_body_bytes
+    limit = ceiling if limit is None else min(limit, ceiling)
     if (request.content_length or 0) > limit:
-        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+        raise _too_large(limit)
     await send_continue(request)  # every check the head allows has passed
     try:
         if request.content.is_eof():  # the whole body came with the head: no wait to bound
-            return await request.read()
+            return await _read_up_to(request.content, limit)
         # A body trickling in a byte at a time would hold its connection for ever.
         async with asyncio.timeout(BODY_SECONDS):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.") from None
+            return await _read_up_to(request.content, limit)
     except web.RequestPayloadError:
         # A chunk size that is not hex, chunk data longer than said: nothing of the
         # message is quoted back (the bytes may be a prompt).
@@ -60,6 +64,22 @@ async def read_body(request: web.Request) -> bytes:
         raise RequestTimeoutError(
             f"The request body did not arrive within {BODY_SECONDS:.0f} s."
         ) from None
+
+
+async def _read_up_to(content: StreamReader, limit: int) -> bytes:
+    """The body, refused as soon as more than `limit` bytes of it arrived (a chunked
+    body declares no length to refuse it by)."""
+    content.set_read_chunk_size(limit)  # as aiohttp's request.read(): a large body in few reads
+    body = bytearray()
+    while chunk := await content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
 
 
 def _only_codings(request: web.Request, header: str, allowed: tuple[str, ...]) -> bool:
@@ -84,8 +104,8 @@ def parse_json_object(body: bytes, content_type: str) -> dict[str, Any]:
     return data
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    return parse_json_object(await read_body(request), request.content_type)
+async def read_json_object(request: web.Request, limit: int | None = None) -> dict[str, Any]:
+    return parse_json_object(await read_body(request, limit), request.content_type)
 
 
 def query_value(request: web.Request, name: str) -> str | None:
