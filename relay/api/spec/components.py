@@ -13,7 +13,11 @@ ERROR_STATUSES: dict[int, tuple[str, str]] = {
     404: ("NotFound", "No such resource (or it belongs to another client)."),
     408: ("RequestTimeout", "The body did not arrive within 120 s of the headers."),
     409: ("Conflict", "The resource is in a state that does not allow this."),
-    413: ("PayloadTooLarge", "The body is larger than RELAY_MAX_BODY_BYTES."),
+    413: (
+        "PayloadTooLarge",
+        "The body is larger than the route accepts: 4 KiB for /auth/token, 64 KiB for the"
+        " admin API, RELAY_MAX_BODY_BYTES elsewhere.",
+    ),
     415: (
         "UnsupportedMediaType",
         "Send the body as application/json, without Content-Encoding.",
