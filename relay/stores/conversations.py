@@ -159,32 +159,50 @@ class ConversationStore:
             left = budget_chars - len(system_text or "")
             if left <= 0:
                 return system_text, []
-            async with aclosing(_newest_first(cur, client_id, conversation_id)) as rows:
+            newest_first = _newest_first(cur, client_id, conversation_id, left + 1)
+            async with aclosing(newest_first) as rows:
                 recent = await recent_exchanges(rows, left)
         return system_text, recent
 
 
+# A page of context, reading of each message only what `recent_exchanges` can use:
+# - at most `chars` characters (the budget and one more) from where `fit_exchange`
+#   keeps it, a question's end and an answer's beginning: one read in part is still
+#   longer than any room it is fitted in, and is cut as it would be read whole;
+# - nothing of one the walk passes over, of the role of the message after it
+#   (`later`: the previous page's last, for the page's newest);
+# - nothing past two such reads' worth on the page: by then the messages after it
+#   used up the budget, or did but for the answer the one before it would pair with.
+_CONTEXT_PAGE_SQL = """
+SELECT seq, role, CASE WHEN gives_way OR read_before >= 2 * %(chars)s THEN ''
+  WHEN role = 'user' THEN right(content, %(chars)s) ELSE left(content, %(chars)s) END AS content
+FROM (SELECT *, coalesce(sum(least(length(content), %(chars)s)) FILTER (WHERE NOT gives_way)
+    OVER (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS read_before
+  FROM (SELECT seq, role, content,
+      role = coalesce(lag(role) OVER (ORDER BY seq DESC), %(later)s) AS gives_way
+    FROM messages WHERE conversation_id = %(conversation)s AND client_id = %(client)s
+      AND role IN ('user', 'assistant') AND content <> '' AND status NOT IN ('failed', 'cut')
+      AND (%(before)s::bigint IS NULL OR seq < %(before)s)
+    ORDER BY seq DESC LIMIT %(limit)s) page) counted
+ORDER BY seq DESC
+"""
+
+
 async def _newest_first(
-    cur: Cursor, client_id: str, conversation_id: str
+    cur: Cursor, client_id: str, conversation_id: str, chars: int
 ) -> AsyncGenerator[dict[str, Any]]:
     """A conversation's user and assistant messages that may be context, newest first,
-    read a page at a time: the cost follows the budget, not the conversation's length."""
-    before = None
+    read a page at a time and in part (`_CONTEXT_PAGE_SQL`): the cost follows the
+    budget, not the conversation's length nor its messages'."""
+    args: dict[str, object] = {"client": client_id, "conversation": conversation_id}
+    args |= {"chars": chars, "before": None, "later": "user", "limit": _CONTEXT_PAGE}
     while True:
-        page = await fetch_all(
-            cur,
-            "SELECT seq, role, content FROM messages"
-            " WHERE conversation_id = %s AND client_id = %s"
-            " AND role IN ('user', 'assistant') AND content <> ''"
-            " AND status NOT IN ('failed', 'cut')"
-            " AND (%s::bigint IS NULL OR seq < %s) ORDER BY seq DESC LIMIT %s",
-            (conversation_id, client_id, before, before, _CONTEXT_PAGE),
-        )
+        page = await fetch_all(cur, _CONTEXT_PAGE_SQL, args)
         for row in page:
             yield row
         if len(page) < _CONTEXT_PAGE:
             return
-        before = page[-1]["seq"]
+        args |= {"before": page[-1]["seq"], "later": page[-1]["role"]}
 
 
 async def recent_exchanges(
