@@ -149,29 +149,16 @@ async def test_the_context_is_the_same_across_pages(chat, reads, budget):
     assert len(reads) == (1 if budget < 5_000 else 5)
 
 
-async def test_the_context_is_the_same_as_if_every_message_were_read_whole(
-    make_client, make_settings, database_url
-):
-    # Random conversations: lengths around the budget and far past it, messages of one
-    # role in a row, answers left out, a system message taking part of the budget, and
-    # enough messages for several pages.
+@pytest.fixture
+async def store(make_client, make_settings, database_url):
+    """Stores `messages` (role, content, status) as a conversation's, replacing what it
+    had, and returns its context as read, and as every message read whole makes it."""
     http = await make_client(make_settings(rate_limits=False))
     client, token = await client_with_token(http)
     conversation = await say(http, token, "first")
-    store = ConversationStore(http.app[DATABASE])
-    rng = random.Random(4)
-    for _ in range(60):
-        budget = rng.choice([1, 9, 50, 300, 2_000])
-        lengths = [0, 1, 7, 40] * rng.choice([1, 20]) + [budget, 3 * budget]
-        messages = [
-            (
-                rng.choice(["user", "assistant"]) if rng.random() < 0.2 else role,
-                "".join(rng.choices("abcdefgh", k=rng.choice(lengths))),
-                rng.choice(["complete"] * 6 + ["failed", "cut", "cancelled"]),
-            )
-            for _ in range(rng.choice([3, 20, 150]))
-            for role in ("user", "assistant")
-        ]
+    reader = ConversationStore(http.app[DATABASE])
+
+    async def contexts(messages: list[tuple[str, str, str]], budget: int, system=None):
         await execute(
             database_url,
             "DELETE FROM messages WHERE conversation_id = %s;"
@@ -180,7 +167,6 @@ async def test_the_context_is_the_same_as_if_every_message_were_read_whole(
             " WITH ORDINALITY AS m (role, content, status, seq)",
             (conversation, conversation, client["id"], *map(list, zip(*messages, strict=True))),
         )
-        system = rng.choice([None, "", "s" * (budget // 2), "s" * budget])
         whole = [
             {"role": role, "content": content}
             for role, content, status in reversed(messages)
@@ -188,5 +174,43 @@ async def test_the_context_is_the_same_as_if_every_message_were_read_whole(
         ]
         left = budget - len(system or "")
         expected = await read_whole(whole, left) if left > 0 else []
-        got = await store.context(client["id"], conversation, budget, system)
-        assert got == (system, expected), (budget, messages, system)
+        got = await reader.context(client["id"], conversation, budget, system)
+        return got, (system, expected)
+
+    return contexts
+
+
+async def test_the_context_is_the_same_as_if_every_message_were_read_whole(store):
+    # Random conversations: lengths around the budget and far past it, messages of one
+    # role in a row, answers left out, a system message taking part of the budget,
+    # characters of 1 to 4 bytes, and enough messages for several pages.
+    rng = random.Random(4)
+    for _ in range(60):
+        budget = rng.choice([1, 9, 50, 300, 2_000])
+        lengths = [0, 1, 7, 40] * rng.choice([1, 20]) + [budget, 3 * budget]
+        messages = [
+            (
+                rng.choice(["user", "assistant"]) if rng.random() < 0.2 else role,
+                "".join(rng.choices("abcdé€😀", k=rng.choice(lengths))),
+                rng.choice(["complete"] * 6 + ["failed", "cut", "cancelled"]),
+            )
+            for _ in range(rng.choice([3, 20, 150]))
+            for role in ("user", "assistant")
+        ]
+        system = rng.choice([None, "", "s" * (budget // 2), "s" * budget])
+        got, expected = await store(messages, budget, system)
+        assert got == expected, (budget, messages, system)
+
+
+async def test_a_question_is_read_after_whole_messages_of_four_byte_characters(store):
+    # Whole messages after it nearly fill the budget, in 4 bytes a character, then a
+    # long answer: the question it pairs with is still read, and the exchange cut.
+    messages = [
+        ("user", "q" * 10_000, "complete"),
+        ("assistant", "a" * 10_000, "complete"),
+        ("user", "😀" * 450, "complete"),
+        ("assistant", "😀" * 450, "complete"),
+    ]
+    got, expected = await store(messages, 1_000)
+    assert got == expected
+    assert [m["content"][:5] for m in got[1][:2]] == ["[…]\nq", "aaaaa"]

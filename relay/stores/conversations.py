@@ -171,13 +171,16 @@ class ConversationStore:
 #   longer than any room it is fitted in, and is cut as it would be read whole;
 # - nothing of one the walk passes over, of the role of the message after it
 #   (`later`: the previous page's last, for the page's newest);
-# - nothing past two such reads' worth on the page: by then the messages after it
-#   used up the budget, or did but for the answer the one before it would pair with.
+# - nothing once the messages after it on the page hold twice what `chars`
+#   characters can take in bytes (4 each at most; PostgreSQL knows a message's bytes
+#   without reading it), counting each up to that: by then they used the budget up,
+#   but for the answer the one before would pair with.
 _CONTEXT_PAGE_SQL = """
-SELECT seq, role, CASE WHEN gives_way OR read_before >= 2 * %(chars)s THEN ''
+SELECT seq, role, CASE WHEN gives_way OR bytes_before >= 8 * %(chars)s THEN ''
   WHEN role = 'user' THEN right(content, %(chars)s) ELSE left(content, %(chars)s) END AS content
-FROM (SELECT *, coalesce(sum(least(length(content), %(chars)s)) FILTER (WHERE NOT gives_way)
-    OVER (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS read_before
+FROM (SELECT *, coalesce(sum(least(octet_length(content), 4 * %(chars)s))
+    FILTER (WHERE NOT gives_way)
+    OVER (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bytes_before
   FROM (SELECT seq, role, content,
       role = coalesce(lag(role) OVER (ORDER BY seq DESC), %(later)s) AS gives_way
     FROM messages WHERE conversation_id = %(conversation)s AND client_id = %(client)s
