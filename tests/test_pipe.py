@@ -103,11 +103,12 @@ async def test_an_event_past_the_limit_is_never_passed_on_however_it_arrives(pie
 @pytest.mark.parametrize(
     "rest,finished,status,sent",
     [
-        # A whole last event, short of its blank line: the body's end ends it.
-        (b'data: {"choices":[]}', True, "complete", b'data: {"choices":[]}'),
-        (b'data: {"choices":[]}\r', True, "complete", b'data: {"choices":[]}\r'),
-        (b": comment", True, "complete", b": comment"),
-        # Unfinished: ended by a blank line, for relay's error event to follow apart.
+        # A whole last event, short of its blank line: the body's end ends it, and the
+        # client gets it ended (SSE clients drop an event that never ended).
+        (b'data: {"choices":[]}', True, "complete", b'data: {"choices":[]}\n\n'),
+        (b'data: {"choices":[]}\r', True, "complete", b'data: {"choices":[]}\r\n\n'),
+        (b": comment", True, "complete", b": comment\n\n"),
+        # Unfinished: ended too, for relay's error event to follow apart.
         (b'data: {"choices":[]}\n', False, "cut", b'data: {"choices":[]}\n\n\n'),
         # Broken off within the event: not passed on.
         (b'data: {"choi', True, "cut", b""),

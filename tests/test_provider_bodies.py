@@ -168,15 +168,16 @@ async def test_a_whole_answer_that_is_no_json_object_is_a_502(relay, database_ur
 @pytest.mark.parametrize(
     "model,sent",
     [
-        ("usage-unended", CHUNK + FINISH + USAGE_LINE),
-        ("finish-unended", CHUNK + FINISH.rstrip(b"\n") + b"\n"),
+        # Ended, as every SSE client (OpenAI's SDKs too) must see an event to read it.
+        ("usage-unended", CHUNK + FINISH + USAGE_LINE + b"\n\n"),
+        ("finish-unended", CHUNK + FINISH.rstrip(b"\n") + b"\n\n\n"),
     ],
 )
 async def test_a_finished_answer_whose_last_event_lacks_its_blank_line_is_complete(
     relay, database_url, model, sent
 ):
-    """The body ended cleanly: its end ends the last event, which the client gets as
-    sent and history reads (its usage, here), with no error event of relay's."""
+    """The body ended cleanly: its end ends the last event, which the client gets ended
+    and history reads (its usage, here), with no error event of relay's."""
     http, token, client_id = relay
     response = await ask(http, token, model)
     body = await response.read()
@@ -313,3 +314,16 @@ async def test_relays_own_chat_streams_the_words_of_a_last_event_the_body_ended(
     assert done is not None and done["message"]["content"] == "Hi there"
     # What the deltas said adds up to the answer (their padding aside).
     assert "".join(deltas) == "Hi there"
+
+
+async def test_the_sdk_reads_the_last_words_of_an_answer_the_body_ended(relay, database_url):
+    """What history keeps as the answer (and the receipt signs as complete) is what the
+    client's SDK reads: the last event's words and finish included."""
+    http, token, client_id = relay
+    response = await ask(http, token, "last-words-unended")
+    body = await response.read()
+    chunks = [orjson.loads(event.data) for event in SSEDecoder().iter_bytes(iter([body]))]
+    words = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert words == "Hi there" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    [row] = await answers(database_url, client_id)
+    assert (row["status"], row["content"]) == ("complete", "Hi there")

@@ -175,9 +175,7 @@ async def _relay_stream(
         )
     answer.received(observer, final)
     if (error := await hooks.commit_end(answer)) is not None:
-        # Never a silent loss: an error instead of the end (after the provider's last
-        # event, ended first if the provider's body ended it).
-        final = (b"\n\n" if result.unended else b"") + error_event(error)
+        final = error_event(error)  # never a silent loss: an error instead of the end
         answer.status = "failed"
         answer.received(observer, final)
         await hooks.commit_quietly(answer)  # its receipt, where one can still be kept

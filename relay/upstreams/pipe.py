@@ -130,14 +130,12 @@ class PipeResult:
     """How the provider's stream went. `final` holds the bytes not yet sent:
     the `[DONE]` event of a complete stream, held back so that history and the
     receipt are committed before the client sees the end. `error` says why relay
-    itself cut the stream (the provider sent more than it accepts), if it did;
-    `unended`, that an event relay adds must first end the provider's last one."""
+    itself cut the stream (the provider sent more than it accepts), if it did."""
 
     status: str  # complete | cut | cancelled | failed (the provider sent an error event)
     observer: StreamObserver
     final: bytes = b""
     error: RelayError | None = None
-    unended: bool = False  # the last event sent lacks its blank line (the body's end ended it)
 
 
 async def pipe_stream(
@@ -227,19 +225,17 @@ async def _body_ended(
     if not _whole_data(rest):
         return PipeResult(_broken_off(observer), observer)  # it stopped within an event
     # A whole last event (a usage chunk, say): the body's end ends it. The observer reads
-    # it so; the client gets it as sent when the answer is complete. Otherwise with its
-    # blank line: the provider's error event must end to be read by any SSE client, and
-    # relay's own error event (a cut) must not be glued to it.
+    # it so, and the client gets it with its blank line: SSE clients (OpenAI's SDKs too)
+    # drop an event that never ended, its words, finish or error with it, and relay's
+    # own error event (a cut, a failed commit) must not be glued to it.
     ended = rest + b"\n\n"
     seen = observer.error
     observer.read(ended)
     status = _ended(observer)
-    if status != "complete":
-        rest = reworded_events(ended, route) if observer.error is not seen else ended
-    await _write(response, observer, stalled, rest)
-    # An error event relay may still send (the commit failed) must then open with a
-    # blank line of its own.
-    return PipeResult(status, observer, unended=status == "complete")
+    if observer.error is not seen:
+        ended = reworded_events(ended, route)
+    await _write(response, observer, stalled, ended)
+    return PipeResult(status, observer)
 
 
 def _whole_data(event: bytes) -> bool:
