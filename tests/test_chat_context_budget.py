@@ -218,3 +218,10 @@ async def test_the_budget_counts_the_system_message_that_is_sent(relay, provider
         "A" * 20,
     ]
     assert new["content"] == "Third?"
+
+
+async def test_a_budget_past_what_32_bits_hold_still_builds_the_context(relay, provider):
+    http, token = await relay(chat_context_chars=300_000_000)
+    conversation = await say(http, token, "First?")
+    await say(http, token, "Second?", conversation)
+    assert [m["content"] for m in provider.seen[-1]] == ["First?", "ok", "Second?"]

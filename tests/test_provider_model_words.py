@@ -72,6 +72,7 @@ def route(provider_model: str) -> Route:
         ("gemini-1.5-pro", "models/gemini-1.5-pro is not found", "models/pub is not found"),
         ("gpt-4o-2024-08-06", "gpt-4o-2024-08-06's context length", "pub's context length"),
         ("gpt-4o", "model:gpt-4o, or gpt-4o/v1", "model:pub, or gpt-4o/v1"),
+        ("o1", "o1's context length; models/o1", "pub's context length; models/pub"),
     ],
 )
 def test_only_the_whole_provider_model_id_is_renamed(provider_model, message, reworded):

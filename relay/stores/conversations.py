@@ -176,9 +176,9 @@ class ConversationStore:
 #   without reading it), counting each up to that: by then they used the budget up,
 #   but for the answer the one before would pair with.
 _CONTEXT_PAGE_SQL = """
-SELECT seq, role, CASE WHEN gives_way OR bytes_before >= 8 * %(chars)s THEN ''
+SELECT seq, role, CASE WHEN gives_way OR bytes_before >= 8 * %(chars)s::bigint THEN ''
   WHEN role = 'user' THEN right(content, %(chars)s) ELSE left(content, %(chars)s) END AS content
-FROM (SELECT *, coalesce(sum(least(octet_length(content), 4 * %(chars)s))
+FROM (SELECT *, coalesce(sum(least(octet_length(content), 4 * %(chars)s::bigint))
     FILTER (WHERE NOT gives_way)
     OVER (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bytes_before
   FROM (SELECT seq, role, content,

@@ -53,11 +53,11 @@ def provider_words(message: str, route: Route) -> str:
 @functools.lru_cache(maxsize=256)
 def _model_id(provider_model: str) -> re.Pattern[str]:
     """The provider's model id where it stands whole: not inside a word ("o" in "for"),
-    an identifier or a longer id ("gpt-4o" in "gpt-4o-mini"). An id that is a plain
-    word ("o", "model") is also left alone as a path's part ("docs/o") and followed by
-    "'s" ("This model's maximum context length"); any other is renamed there too
-    ("models/gemini-1.5-pro is not found", "gpt-4o-2024-08-06's context length")."""
-    plain = provider_model.isalnum()
+    an identifier or a longer id ("gpt-4o" in "gpt-4o-mini"). An id of letters only
+    ("o", "model") is also left alone as a path's part ("docs/o") and followed by "'s"
+    ("This model's maximum context length"); any other is renamed there too
+    ("models/gemini-1.5-pro is not found", "o1's context length")."""
+    plain = provider_model.isalpha()
     before = r"(?<![\w\-./:@\\])" if plain else r"(?<![\w\-.@\\])"
     after = r"(?![\w\-/@\\])" + (r"(?![.:'\u2019]\w)" if plain else r"(?![.:]\w)")
     return re.compile(before + re.escape(provider_model) + after)
