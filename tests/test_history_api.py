@@ -129,7 +129,7 @@ async def test_a_long_poll_with_nothing_new_answers_empty_when_the_time_is_up(ht
     assert page == {"data": [], "next_cursor": start["next_cursor"], "has_more": False}
 
 
-async def test_past_the_most_held_polls_of_a_client_a_poll_is_answered_at_once(http, monkeypatch):
+async def test_past_the_most_held_polls_of_a_client_a_poll_is_refused(http, monkeypatch):
     """Each commit wakes every held poll of its client to read again: a client may not
     make its every commit cost thousands of queries by holding thousands of polls."""
     monkeypatch.setattr(HistoryWatch, "MOST_HELD_PER_CLIENT", 3)
@@ -138,9 +138,11 @@ async def test_past_the_most_held_polls_of_a_client_a_poll_is_answered_at_once(h
     held = [asyncio.ensure_future(history(http, token, after=start, wait=20)) for _ in range(3)]
     await asyncio.sleep(0.3)
     assert not any(poll.done() for poll in held)
-    async with asyncio.timeout(5):  # not held: answered empty at once
-        page = await (await history(http, token, after=start, wait=20)).json()
-    assert page["data"] == [] and page["next_cursor"] == start
+    refused = await history(http, token, after=start, wait=20)
+    await assert_error(refused, 429, "too_many_polls")
+    assert refused.headers["Retry-After"] == "1"
+    # A page asked for without wait holds nothing and counts for nothing.
+    assert (await history(http, token, after=start)).status == 200
     # Another client's polls are held as ever.
     _, other = await client_with_token(http)
     theirs = asyncio.ensure_future(history(http, other, wait=20, after=start))

@@ -14,7 +14,7 @@ from relay.config import Settings
 from relay.errors import InvalidRequestError, NotFoundError
 from relay.ids import uuid7_text
 from relay.services.cursors import decode_cursor, encode_cursor, not_a_cursor
-from relay.services.history_watch import HistoryWatch
+from relay.services.history_watch import HistoryWatch, TooManyPollsError
 from relay.services.search_slots import SearchSlots
 from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
@@ -104,6 +104,13 @@ def conversations_position(cursor: str | None) -> tuple[datetime.datetime, str] 
         raise not_a_cursor() from None
 
 
+def _page(rows: list[dict[str, Any]], limit: int, seq: int) -> Page:
+    """A page of at most `limit` of `rows` (read one more, to tell whether more follow)."""
+    data = rows[:limit]
+    next_seq = data[-1]["seq"] if data else seq
+    return Page([public_message(row) for row in data], history_cursor(next_seq), len(rows) > limit)
+
+
 def conversation_id_or_404(text: str) -> str:
     """A well-formed conversation id; anything else cannot name one of the caller's."""
     try:
@@ -168,13 +175,18 @@ class HistoryService:
         stop: asyncio.Event | None = None,
     ) -> Page:
         """Messages after the cursor, oldest first; with `wait`, an empty page is held
-        until this client commits something new, the time is up, or `stop` is set (not
-        held, past HistoryWatch.MOST_HELD_PER_CLIENT of this client's held here)."""
+        until this client commits something new, the time is up, or `stop` is set
+        (TooManyPollsError past HistoryWatch.MOST_HELD_PER_CLIENT of this client's)."""
         seq = history_position(after)
         if conversation_id is not None:
             conversation_id = await self.require_conversation(client_id, conversation_id)
-        if wait and not self.watch.has_room(client_id):
-            wait = 0.0
+        if not wait:
+            rows = await self.messages.page(
+                client_id, after_seq=seq, limit=limit + 1, conversation_id=conversation_id
+            )
+            return _page(rows, limit, seq)
+        if not self.watch.has_room(client_id):
+            raise TooManyPollsError()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -190,11 +202,7 @@ class HistoryService:
                 await _first_of(woken, stop, remaining)
             finally:
                 self.watch.forget(client_id, woken)
-        data = rows[:limit]
-        next_seq = data[-1]["seq"] if data else seq
-        return Page(
-            [public_message(row) for row in data], history_cursor(next_seq), len(rows) > limit
-        )
+        return _page(rows, limit, seq)
 
     async def context(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from relay.errors import RateLimitError
 from relay.stores.history import EVERYONE, HISTORY_CHANNEL
 from relay.stores.notifications import Notifications
 
@@ -14,7 +15,7 @@ class HistoryWatch:
 
     # Every commit of a client wakes each of its held polls, to read again: a client
     # holding thousands (or polling one conversation while committing to others) made
-    # every commit of its cost thousands of queries. Past this many, a poll is not held.
+    # every commit of its cost thousands of queries. Past this many, a poll is refused.
     MOST_HELD_PER_CLIENT = 32
 
     def __init__(self, notifications: Notifications) -> None:
@@ -52,3 +53,16 @@ class HistoryWatch:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
+
+
+class TooManyPollsError(RateLimitError):
+    """This client already has as many polls held on this instance as one may."""
+
+    code = "too_many_polls"
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"You have {HistoryWatch.MOST_HELD_PER_CLIENT} long-polls held, as many as relay"
+            " holds for one client; retry after Retry-After, or poll without wait.",
+            headers={"Retry-After": "1"},
+        )

@@ -178,7 +178,8 @@ HISTORY_PATHS: dict[str, Any] = {
             description=(
                 "Follow `next_cursor` to see every stored message exactly once, in commit "
                 "order. With `wait`, an empty page is held until a message of yours is "
-                "committed or the seconds are up."
+                "committed or the seconds are up; an instance holds at most 32 of your "
+                "polls at once (429 `too_many_polls` past them)."
             ),
             parameters=(
                 _after("`next_cursor` of the previous page; none starts at the beginning."),
