@@ -100,3 +100,26 @@ async def test_an_answer_of_a_deleted_client_fails_alone(http, database_url, mon
     assert len(writes) == 2
     receipts = await query(database_url, "SELECT client_id FROM receipts")
     assert [str(row["client_id"]) for row in receipts].count(client.id) == 3
+
+
+async def test_answers_of_many_rows_are_spread_over_batches(http, database_url, monkeypatch):
+    """A batch closes before its rows pass BATCH_ROWS: answers of a thousand messages
+    each, arriving together, cannot make one batch that runs past its timeout (and
+    fails every answer queued behind it)."""
+    client, _ = await owner(http)
+    recorder = http.app[ANSWER_RECORDER]
+    turn = [{"role": "user", "content": f"m{n}"} for n in range(999)]
+    answers = [
+        recorded_answer(http.app, client, f"big {n}", request={"messages": turn}) for n in range(9)
+    ]
+    writes = counting_writes(recorder, monkeypatch)
+
+    assert await record_together(recorder, answers) == [None] * 9
+
+    # 1,001 rows each (turn, reply, receipt): four fit under 4,096, not five.
+    assert [len(batch) for batch in writes] == [4, 4, 1]
+    assert [request for batch in writes for request in batch] == [a.request_id for a in answers]
+    stored = await query(
+        database_url, "SELECT count(*) AS n FROM messages WHERE client_id = %s", (client.id,)
+    )
+    assert stored[0]["n"] == 9 * 1000

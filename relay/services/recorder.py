@@ -27,6 +27,7 @@ from relay.errors import AuthenticationError, DependencyUnavailableError, RelayE
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
 from relay.services.batch_write import RecordPart, RolledBack, write_batch
+from relay.services.turns import rows_written
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database
 from relay.stores.database_failures import out_of_reach
@@ -34,6 +35,10 @@ from relay.stores.database_failures import out_of_reach
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
+# A batch also closes before the rows of its answers pass this (an answer may add up to
+# a thousand: relay.services.turns): past its timeout, a batch is taken for the
+# database being out of reach, and every answer queued behind it fails too.
+BATCH_ROWS = 4096
 QUEUE_SIZE = 4096
 PIPELINE = 2
 
@@ -82,6 +87,7 @@ class AnswerRecorder:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._batches: set[asyncio.Task[None]] = set()  # sent, not yet settled
+        self._carried: _Pending | None = None  # did not fit the last batch: opens the next
 
     def add_part(self, part: RecordPart) -> None:
         """Parts write in the order added; add them before the first answer is recorded."""
@@ -131,15 +137,21 @@ class AnswerRecorder:
         slots = asyncio.Semaphore(PIPELINE)
         previous: asyncio.Future[None] | None = None
         stopping = False
-        while not stopping:
-            first = await self._queue.get()
+        while not stopping or self._carried is not None:
+            first, self._carried = self._carried, None
             if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.batch_size and not self._queue.empty():
+                first = await self._queue.get()
+                if first is None:
+                    break
+            batch, rows = [first], rows_written(first.answer)
+            while not stopping and len(batch) < self.batch_size and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     stopping = True
+                    break
+                rows += rows_written(item.answer)
+                if rows > BATCH_ROWS:
+                    self._carried = item
                     break
                 batch.append(item)
             await slots.acquire()
@@ -278,6 +290,9 @@ class AnswerRecorder:
         would otherwise wait for its own batch to fail the same way, a timeout later
         (under a hung server, waits grew with the queue). New answers are tried anew."""
         assert self._queue is not None
+        if self._carried is not None:
+            self._fail([self._carried])
+            self._carried = None
         stopping = False
         while not self._queue.empty():
             item = self._queue.get_nowait()

@@ -125,6 +125,14 @@ def title_from(content: str) -> str:
     return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
 
 
+def rows_written(answer: Answer) -> int:
+    """The rows recording `answer` writes: its receipt, and its turn and reply if kept."""
+    if not answer.store:
+        return 1
+    turn = answer.turn if answer.turn is not None else new_turn(answer.request.get("messages"))
+    return len(turn) + 2
+
+
 def check_turn_size(messages: Any) -> None:
     """Refuse (400) a request that would add more than MAX_TURN_MESSAGES rows to history."""
     added = len(new_turn(messages))
