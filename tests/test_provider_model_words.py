@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 from relay.upstreams.config import Upstream
-from relay.upstreams.forwarder import provider_words
+from relay.upstreams.rewording import provider_words
 from relay.upstreams.routing import Route
 from tests.api_calls import assert_error, bearer, client_with_token
 

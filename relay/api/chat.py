@@ -31,10 +31,11 @@ from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
 from relay.services.turns import check_turn_size
-from relay.upstreams.forwarder import open_provider_response, reworded_body
+from relay.upstreams.forwarder import open_provider_response
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
 from relay.upstreams.reply import ProviderReply
+from relay.upstreams.rewording import reworded_body
 from relay.upstreams.routing import ModelRouter, Route
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import orjson
@@ -20,6 +18,7 @@ from relay.errors import NOT_RETRIED, RelayError, UpstreamError, UpstreamTimeout
 from relay.metrics import UPSTREAM_SECONDS, labelled
 from relay.upstreams.completion import error_object
 from relay.upstreams.reply import ProviderReply
+from relay.upstreams.rewording import provider_words
 from relay.upstreams.routing import Route
 
 log = logging.getLogger(__name__)
@@ -31,106 +30,6 @@ _ERROR_BODY_BYTES = 64 * 1024
 _END_GRACE_SECONDS = 1.0
 # Headers of a provider refusal worth passing on to the client.
 _PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms", "x-should-retry")
-
-
-# OpenAI names the account in some messages ("… in organization org-abc123 …",
-# "Project `proj_abc123` does not have access …").
-_ACCOUNT = re.compile(r"\b(org-|proj_)[A-Za-z0-9]{6,}")
-
-
-def provider_words(message: str, route: Route) -> str:
-    """A provider's message as relay's client may read it: the provider's own key
-    (should it quote it), account id and model id (when relay renames it) are not
-    the client's to see."""
-    if route.upstream.api_key and route.upstream.api_key in message:
-        message = message.replace(route.upstream.api_key, "[redacted]")
-    if route.provider_model != route.model and route.provider_model in message:
-        model = route.model
-        message = _model_id(route.provider_model).sub(lambda _: model, message)
-    return _ACCOUNT.sub(r"\1[redacted]", message)
-
-
-@functools.lru_cache(maxsize=256)
-def _model_id(provider_model: str) -> re.Pattern[str]:
-    """The provider's model id where it stands whole: not inside a word ("o" in "for"),
-    an identifier or a longer id ("gpt-4o" in "gpt-4o-mini"). An id of letters only
-    ("o", "model") is also left alone as a path's part ("docs/o") and followed by "'s"
-    ("This model's maximum context length"); any other is renamed there too
-    ("models/gemini-1.5-pro is not found", "o1's context length")."""
-    plain = provider_model.isalpha()
-    before = r"(?<![\w\-./:@\\])" if plain else r"(?<![\w\-.@\\])"
-    after = r"(?![\w\-/@\\])" + (r"(?![.:'\u2019]\w)" if plain else r"(?![.:]\w)")
-    return re.compile(before + re.escape(provider_model) + after)
-
-
-def _reworded(value: object, route: Route) -> object:
-    """`value` (a provider's error: a string, or JSON objects and lists at any depth) with
-    every string in it, keys aside, in provider_words: the very same object when no
-    string changed, else a copy of the same shape with every other value as it was."""
-    root: list[Any] = [value]
-    # A loop, not recursion: an error nested a thousand deep must not exhaust the stack.
-    stack: list[tuple[Any, Any]] = [(root, 0)]
-    changed = False
-    while stack:
-        holder, key = stack.pop()
-        item = holder[key]
-        if isinstance(item, str):
-            if (words := provider_words(item, route)) != item:
-                holder[key], changed = words, True
-        elif isinstance(item, dict):
-            holder[key] = fields = dict(item)
-            stack.extend((fields, name) for name in fields)
-        elif isinstance(item, list):
-            holder[key] = items = list(item)
-            stack.extend((items, index) for index in range(len(items)))
-    return root[0] if changed else value
-
-
-def reworded_json(obj: object, route: Route, *, event: bool = False) -> bytes | None:
-    """`obj` (a whole answer, or a stream's `event`), serialised anew with its error
-    (error_object) reworded throughout; None if it is no error, or one those words leave
-    as it is (then its bytes go out as the provider sent them).
-
-    An event in vLLM's bare shape (`{"object": "error", …}`) always goes out in
-    OpenAI's, `{"error": {…}}`: OpenAI's SDKs raise only on that, and would hand the
-    bare one to the application as if it were a chunk of the answer."""
-    error = error_object(obj)
-    if error is None:
-        return None
-    words = _reworded(error, route)
-    bare = error is obj
-    if words is error and not (event and bare):
-        return None
-    assert isinstance(obj, dict)  # error_object found an error in it
-    if event and bare:
-        assert isinstance(words, dict)  # the object itself, reworded
-        obj = {"error": {key: value for key, value in words.items() if key != "object"}}
-    else:
-        obj = words if bare else {**obj, "error": words}
-    try:
-        return orjson.dumps(obj)
-    except orjson.JSONEncodeError:  # nested deeper than orjson writes: said plainly instead
-        return orjson.dumps(
-            error_body("The provider failed; its error was not passed on.", "upstream_error")
-        )
-
-
-def reworded_body(body: bytes, route: Route) -> bytes:
-    """A whole answer that is an error, as relay's client may read it: `body` as sent
-    unless a string in its error had to change (reworded_json).
-
-    A body that is no JSON object at all (an HTML page, nothing, event stream bytes) is
-    no answer an SDK can read, nor an error it would raise on: a 502 (UpstreamError)."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        obj = None
-    if not isinstance(obj, dict):
-        log.info("provider answered with no JSON object", extra={"upstream": route.upstream.name})
-        raise UpstreamError(
-            "The provider's answer is not a JSON object.", code="upstream_malformed"
-        )
-    return reworded_json(obj, route) or body
 
 
 class ProviderRefusal(RelayError):

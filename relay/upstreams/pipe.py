@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,11 +11,10 @@ import orjson
 from aiohttp import web
 
 from relay.errors import RelayError
-from relay.upstreams.completion import error_field_object
 from relay.upstreams.deadline import WaitDeadline
-from relay.upstreams.forwarder import reworded_json
 from relay.upstreams.observer import StreamObserver, oversize_error
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
+from relay.upstreams.rewording import reworded_events
 from relay.upstreams.routing import Route
 from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
 
@@ -38,8 +36,6 @@ _BLANK_LINES = (b"\n\n", b"\r\r", b"\n\r")
 _CR = 0x0D
 # Where an event ends, as above: a line end, then the blank line's; a CR followed by
 # LF is one line end (CRLF), never two.
-_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
-_BOM = b"\xef\xbb\xbf"
 
 
 def error_event(error: RelayError) -> bytes:
@@ -64,50 +60,6 @@ def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:
     if end and buffer[end - 1] == _CR and buffer[end : end + 1] == b"\n":
         end += 1
     return end
-
-
-def reworded_events(events: bytes, route: Route) -> bytes:
-    """`events` (whole events) as relay's client may read them: an error event (either
-    shape, error_object) quoting what is not the client's (provider_words) in any of its
-    strings is re-serialised with those reworded and all else as sent; every other byte
-    stays as it came."""
-    parts, start = [], 0
-    for end in _EVENT_END.finditer(events):
-        event = events[start : end.end()]
-        parts.append(_reworded_event(event, route) or event)
-        start = end.end()
-    parts.append(events[start:])
-    return b"".join(parts)
-
-
-def _reworded_event(event: bytes, route: Route) -> bytes | None:
-    """One whole event, reworded; None if it is no error or needs no new words.
-
-    llama.cpp's `error:` field, which no SSE client reads (OpenAI's SDKs would hand the
-    application a cut-short answer as if whole), becomes a `data:` error event."""
-    payloads: list[bytes] = []
-    errors: list[bytes] = []
-    # A fresh decoder drops a BOM opening the event.
-    SSEDecoder(payloads.append, errors.append).feed(event)
-    if errors and not payloads:
-        obj: object = {"error": error_field_object(errors[0])}
-        reworded = reworded_json(obj, route, event=True) or orjson.dumps(obj)
-    else:
-        try:
-            obj = orjson.loads(payloads[0]) if len(payloads) == 1 else None
-        except orjson.JSONDecodeError:
-            return None
-        if (found := reworded_json(obj, route, event=True)) is None:
-            return None
-        reworded = found
-    bom = _BOM if event.startswith(_BOM) else b""
-    # Its other fields (`event: error`, an id, comments) stay; its data is the new JSON.
-    fields = b"".join(
-        line + b"\n"
-        for line in event.removeprefix(bom).splitlines()
-        if line and line not in (b"data", b"error") and not line.startswith((b"data:", b"error:"))
-    )
-    return b"".join((bom, fields, b"data: ", reworded, b"\n\n"))
 
 
 def end_of_stream_at(buffer: bytes) -> int:
