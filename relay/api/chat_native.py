@@ -3,61 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import time
-from collections.abc import Sequence
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from relay.api.answer_timing import elapsed_ms, note_stream_end
-from relay.api.body import parse_json_object, read_body
 from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
-from relay.api.conversation_header import CONVERSATION_HEADER, named_conversation
+from relay.api.chat_native_request import new_native_answer
 from relay.api.drain import answered_before_restart
 from relay.appkeys import (
     ANSWER_HOOKS,
-    CALLER,
     HISTORY,
     IN_FLIGHT,
-    REQUEST_ID,
-    ROUTER,
     SETTINGS,
     UPSTREAM_SESSION,
 )
 from relay.errors import (
     DependencyUnavailableError,
-    InvalidRequestError,
-    PermissionDeniedError,
     RelayError,
     RestartingError,
     UpstreamError,
     error_json,
 )
 from relay.services.answers import Answer, AnswerHooks
-from relay.services.history import conversation_id_or_404
 from relay.services.native_chat import (
-    NativeChat,
     answer_object,
-    chat_messages,
-    check_native_chat,
-    new_messages,
-    provider_request,
 )
-from relay.services.receipts import RECEIPT_HEADER
 from relay.services.recorder import not_saved
 from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.forwarder import open_provider_response, provider_failure
 from relay.upstreams.observer import oversize_error
 from relay.upstreams.reply import ProviderReply, provider_stalled
-from relay.upstreams.routing import ModelRouter, model_allowed
-
-ENDPOINT = "/v1/chat"
 
 
 async def create_chat(request: web.Request) -> web.StreamResponse:
-    answer = await _new_answer(request)
+    answer = await new_native_answer(request)
     hooks = request.app[ANSWER_HOOKS]
     opened = False
     try:
@@ -88,74 +69,6 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         hooks.run_after(answer)
-
-
-async def _new_answer(request: web.Request) -> Answer:
-    """Check the request, load the conversation's context, build the provider request."""
-    caller, app = request[CALLER], request.app
-    body = await read_body(request)
-    chat = check_native_chat(parse_json_object(body, request.content_type))
-    if not caller.client.store_history:
-        raise PermissionDeniedError(
-            "This client does not keep history, which /v1/chat needs;"
-            " use /v1/chat/completions instead.",
-            code="history_disabled",
-        )
-    router, settings = app[ROUTER], app[SETTINGS]
-    chat = _named_conversation(request, chat)
-    model = chat.model or _default_model(router, settings.default_model, caller.client.scopes)
-    route = router.resolve(model, caller.client.scopes)
-    conversation_id, system, context = await app[HISTORY].context(
-        caller.client.id, chat.conversation_id, settings.chat_context_chars, chat.system
-    )
-    sent = provider_request(route.model, chat_messages(system, context, chat.message))
-    answer = Answer(
-        request_id=request[REQUEST_ID],
-        client=caller.client,
-        endpoint=ENDPOINT,
-        route=route,
-        stream=chat.stream,
-        request=sent,
-        request_body=body,
-        forwarded_body=orjson.dumps({**sent, "model": route.provider_model}),
-        started_at=time.time(),
-        store=True,
-        conversation_id=conversation_id,
-        continues_conversation=chat.conversation_id is not None,
-        turn=new_messages(chat),
-    )
-    answer.headers[CONVERSATION_HEADER] = conversation_id
-    if settings.receipts:
-        answer.headers[RECEIPT_HEADER] = answer.receipt_id
-    return answer
-
-
-def _named_conversation(request: web.Request, chat: NativeChat) -> NativeChat:
-    """The conversation is the body's `conversation_id` or the `Relay-Conversation-Id`
-    header, as on /v1/chat/completions; both, naming different ones, are refused."""
-    header = named_conversation(request)
-    if not header:
-        return chat
-    if chat.conversation_id is None:
-        return dataclasses.replace(chat, conversation_id=header)
-    if conversation_id_or_404(header) != conversation_id_or_404(chat.conversation_id):
-        raise InvalidRequestError(
-            f"conversation_id and the {CONVERSATION_HEADER} header name different"
-            " conversations; send one of them.",
-            param="conversation_id",
-        )
-    return chat
-
-
-def _default_model(router: ModelRouter, default: str, scopes: Sequence[str]) -> str:
-    """The model of a request naming none: RELAY_DEFAULT_MODEL if this client may use it,
-    else the first configured model it may use (else the default, refused as such)."""
-    if default and model_allowed(scopes, default):
-        return default
-    allowed = router.allowed(scopes)
-    if allowed:
-        return allowed[0].model
-    return default or next(iter(router.routes), "")
 
 
 async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:

@@ -59,6 +59,18 @@ class ModelRouter:
             raise _not_found(model)
         return route
 
+    def default_model(self, default: str, scopes: Iterable[str]) -> str:
+        """The model of a request naming none: `default` (RELAY_DEFAULT_MODEL) if this
+        client may use it, else the first configured model it may use (else `default`
+        or the first, for resolve to refuse as such)."""
+        scopes = tuple(scopes)
+        if default and model_allowed(scopes, default):
+            return default
+        allowed = self.allowed(scopes)
+        if allowed:
+            return allowed[0].model
+        return default or next(iter(self.routes), "")
+
     def allowed(self, scopes: Iterable[str]) -> list[Route]:
         scopes = tuple(scopes)
         return [route for model, route in self.routes.items() if model_allowed(scopes, model)]
