@@ -30,7 +30,7 @@ from relay.errors import (
 from relay.services.answers import Answer, AnswerHooks
 from relay.services.chat import check_chat_completion, forwarded_body
 from relay.services.receipts import RECEIPT_HEADER
-from relay.services.turns import check_turn_size
+from relay.services.turns import check_turn_size, new_turn
 from relay.upstreams.forwarder import open_provider_response
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
@@ -81,7 +81,9 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         store=chat.store and caller.client.store_history,
     )
     if answer.store:
-        check_turn_size(data.get("messages"))
+        # Taken once: checked here, counted and written by the group commit.
+        answer.turn = new_turn(data.get("messages"))
+        check_turn_size(answer.turn)
     await bind_conversation(request, answer)
     if request.app[SETTINGS].receipts:
         # Known before the provider is asked, so it is there from the first byte.

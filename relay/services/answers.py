@@ -61,9 +61,10 @@ class Answer:
     first_token_ms: float | None = None
     # Response headers that describe the answer (conversation id, receipt id).
     headers: dict[str, str] = field(default_factory=dict)
-    # What this request adds to its conversation, when its messages do not say:
-    # /v1/chat builds them from history, so only its new message (and, opening a
-    # conversation, its system message) is new.
+    # What this request adds to its conversation (relay.services.turns.answer_turn):
+    # on /v1/chat/completions its messages after its last assistant message, taken
+    # once when the request came in; /v1/chat builds its messages from history, so
+    # only its new message (and, opening a conversation, its system message) is new.
     turn: list[dict[str, Any]] | None = None
     # The assistant's history row, reserved before commit by /v1/chat (which names it),
     # and the ids of the turn's rows before it, so that their ids follow their order.

@@ -78,8 +78,7 @@ def _count(usage: dict[str, Any] | None, key: str) -> int | None:
 def turn_messages(answer: Answer) -> list[NewMessage]:
     """The rows one answer adds to history, in order: the new turn, then the reply."""
     rows = []
-    turn = answer.turn if answer.turn is not None else new_turn(answer.request.get("messages"))
-    for index, message in enumerate(turn):
+    for index, message in enumerate(answer_turn(answer)):
         role = message.get("role")
         tool_call_id = message.get("tool_call_id")
         rows.append(
@@ -125,17 +124,20 @@ def title_from(content: str) -> str:
     return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
 
 
+def answer_turn(answer: Answer) -> list[dict[str, Any]]:
+    """What `answer`'s request adds to its conversation: its `turn`, taken when the
+    request came in, else the request's messages after its last assistant message."""
+    return answer.turn if answer.turn is not None else new_turn(answer.request.get("messages"))
+
+
 def rows_written(answer: Answer) -> int:
     """The rows recording `answer` writes: its receipt, and its turn and reply if kept."""
-    if not answer.store:
-        return 1
-    turn = answer.turn if answer.turn is not None else new_turn(answer.request.get("messages"))
-    return len(turn) + 2
+    return len(answer_turn(answer)) + 2 if answer.store else 1
 
 
-def check_turn_size(messages: Any) -> None:
-    """Refuse (400) a request that would add more than MAX_TURN_MESSAGES rows to history."""
-    added = len(new_turn(messages))
+def check_turn_size(turn: list[dict[str, Any]]) -> None:
+    """Refuse (400) a request whose `turn` would add more than MAX_TURN_MESSAGES rows."""
+    added = len(turn)
     if added > MAX_TURN_MESSAGES:
         raise InvalidRequestError(
             f"relay keeps at most {MAX_TURN_MESSAGES} new messages of one request in history"
