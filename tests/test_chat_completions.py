@@ -215,6 +215,9 @@ async def test_a_model_id_with_slashes_is_retrieved(make_client, make_settings, 
         ({"model": "gpt-sim", "messages": []}, "messages"),
         ({"model": "gpt-sim", "messages": "hi"}, "messages"),
         ({"model": "gpt-sim", "messages": MESSAGES, "stream": "yes"}, "stream"),
+        # A client opting out with a string must hear so, not have its content kept.
+        ({"model": "gpt-sim", "messages": MESSAGES, "store": "false"}, "store"),
+        ({"model": "gpt-sim", "messages": MESSAGES, "store": 0}, "store"),
     ],
 )
 async def test_malformed_requests_are_400_and_never_forwarded(http, token, simulator, body, param):

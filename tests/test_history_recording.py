@@ -163,6 +163,15 @@ async def test_store_false_and_clients_without_history_store_nothing(http, datab
     assert await query(database_url, "SELECT * FROM conversations") == []
 
 
+async def test_store_null_is_the_default_and_stores(http, database_url):
+    # OpenAI's null means "not given".
+    client, token = await client_with_token(http)
+    response = await chat(http, token, store=None)
+    assert response.status == 200
+    assert CONVERSATION in response.headers
+    assert len(await stored_messages(database_url, client["id"])) == 2
+
+
 async def test_a_cut_stream_is_stored_as_cut(http, database_url, simulator):
     client, token = await client_with_token(http)
     simulator.config.cut_after = 3

@@ -30,10 +30,21 @@ def check_chat_completion(data: dict[str, Any]) -> ChatCompletionRequest:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty list.", param="messages")
-    stream = data.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError("stream must be true or false.", param="stream")
-    return ChatCompletionRequest(model, bool(stream), data.get("store") is not False)
+    # OpenAI's null is "the default": not streamed, stored (relay's default).
+    stream = optional_flag(data, "stream", default=False)
+    return ChatCompletionRequest(model, stream, optional_flag(data, "store", default=True))
+
+
+def optional_flag(data: dict[str, Any], name: str, *, default: bool) -> bool:
+    """A field that may be true, false, null or absent (`default`); 400 otherwise. A
+    "false" in quotes is refused, not read as true: `"store": "false"` would keep the
+    content of a client that meant to opt out."""
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"{name} must be true or false.", param=name)
+    return value
 
 
 def refuse_duplicate_keys(body: bytes) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from relay.errors import InvalidRequestError
 from relay.services.answers import Answer
+from relay.services.chat import optional_flag
 
 MAX_MESSAGE_CHARS = 1_000_000
 
@@ -59,15 +60,12 @@ def check_native_chat(data: dict[str, Any]) -> NativeChat:
         raise InvalidRequestError(
             f"message must be at most {MAX_MESSAGE_CHARS} characters.", param="message"
         )
-    stream = data.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError("stream must be true or false.", param="stream")
     return NativeChat(
         message=message,
         conversation_id=_optional_text(data, "conversation_id"),
         model=_optional_text(data, "model"),
         system=_optional_text(data, "system"),
-        stream=bool(stream),
+        stream=optional_flag(data, "stream", default=False),
     )
 
 
