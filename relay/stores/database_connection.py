@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from typing import Any, NamedTuple, Protocol
 
@@ -42,20 +43,74 @@ def server_process(conn: Connection) -> ServerProcess | None:
     return _PROCESSES.get(conn)
 
 
+# What PostgreSQL may write of relay's statements to its own log, per setting: nothing.
+# psycopg2 writes every value into a statement's text, and by default the server logs
+# the whole text of a statement that fails (log_min_error_statement = error), message
+# content with it. relay's statements fail in normal running: two instances' receipt
+# batches race and one is refused on purpose, a conversation deleted while its answer
+# is written fails the answer's batch, a stuck commit is stopped. An operator's
+# log_statement or log_min_duration_statement would log every one of them.
+QUIET_LOGGING = {
+    "log_min_error_statement": "panic",
+    "log_min_duration_statement": "-1",
+    "log_statement": "none",
+}
+_loud_logging_told = False
+
+
 async def on_connect(conn: Connection) -> None:
-    """Note the connection's server process (see ServerProcess). And a statement relay
-    gave up on (past its timeout aiopg closes the connection) is stopped by the server
-    within CLIENT_CHECK_MS, instead of running on: a group commit waiting for a lock
-    would otherwise commit later, after its clients were told their answers were not
-    saved (and, retrying, saved them twice)."""
+    """Note the connection's server process (see ServerProcess); keep the server from
+    logging the session's statements (see QUIET_LOGGING) where relay's role may say so,
+    and say once that it may not otherwise. And a statement relay gave up on (past its
+    timeout aiopg closes the connection) is stopped by the server within
+    CLIENT_CHECK_MS, instead of running on: a group commit waiting for a lock would
+    otherwise commit later, after its clients were told their answers were not saved
+    (and, retrying, saved them twice)."""
+    names = tuple(QUIET_LOGGING)
+    settings = ", ".join(f"current_setting('{name}')" for name in names)
+    if conn.server_version >= 150000:  # GRANT SET ON PARAMETER came with 15
+        may_set = ", ".join(f"has_parameter_privilege('{name}', 'SET')" for name in names)
+    else:
+        may_set = ", ".join("current_setting('is_superuser') = 'on'" for _ in names)
     async with conn.cursor() as cur:
-        if conn.server_version >= 140000:
-            await cur.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
         await cur.execute(
-            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            f"SELECT pid, backend_start::text, current_user, {settings}, {may_set}"
+            " FROM pg_stat_activity WHERE pid = pg_backend_pid()"
         )
-        pid, started = await cur.fetchone()
+        pid, started, role, *found = await cur.fetchone()
+        values, allowed = found[: len(names)], found[len(names) :]
+        statements = []
+        if conn.server_version >= 140000:
+            statements.append(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        loud = []
+        for name, value, may in zip(names, values, allowed, strict=True):
+            if value == QUIET_LOGGING[name]:
+                continue
+            if may:
+                statements.append(f"SET {name} = {QUIET_LOGGING[name]}")
+            else:
+                loud.append(name)
+        if statements:
+            await cur.execute("; ".join(statements))
     _PROCESSES[conn] = ServerProcess(pid, started)
+    if loud:
+        _tell_loud_logging(role, loud)
+
+
+def _tell_loud_logging(role: str, loud: list[str]) -> None:
+    global _loud_logging_told
+    if _loud_logging_told:
+        return
+    _loud_logging_told = True
+    if not re.fullmatch(r"[a-z_][a-z0-9_$]*", role):
+        role = '"' + role.replace('"', '""') + '"'
+    fixes = "; ".join(f"ALTER ROLE {role} SET {name} = {QUIET_LOGGING[name]}" for name in loud)
+    log.warning(
+        "postgres may write relay's statements, message content included, to its log, and"
+        f" relay's role may not turn that off for its sessions; as a superuser run: {fixes}"
+        f" (or, on PostgreSQL 15+: GRANT SET ON PARAMETER {', '.join(loud)} TO {role})",
+        extra={"settings": loud},
+    )
 
 
 class StaleConnections(Protocol):
