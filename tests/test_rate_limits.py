@@ -149,6 +149,21 @@ async def test_a_large_answer_empties_the_token_bucket(make_client, make_setting
     assert "x-should-retry" not in response.headers  # a retry then is welcome
 
 
+async def test_a_wait_longer_than_the_sdks_wait_out_is_not_retried(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=10))
+    client, token = await client_with_token(http)
+    row = await http.app[CLIENTS].get(client["id"])
+    http.app[RATE_LIMITER].debit_tokens(row, 59)  # 49 in debt: back at zero in 4m54s
+
+    response = await http.get("/v1/me", headers=bearer(token))
+
+    error = await assert_error(response, 429, "rate_limit_exceeded")
+    assert 290 <= int(response.headers["Retry-After"]) <= 294
+    # OpenAI's SDKs ignore a Retry-After over 60 s and would ask again at once, twice.
+    assert response.headers["x-should-retry"] == "false"
+    assert "try again in 4m5" in error["message"]
+
+
 async def test_a_debit_within_the_budget_only_lowers_remaining_tokens(make_client, make_settings):
     http = await make_client(make_settings(rate_limit_tokens_per_minute=1000))
     client, token = await client_with_token(http)

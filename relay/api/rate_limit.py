@@ -13,6 +13,9 @@ from relay.errors import NOT_RETRIED, RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
 from relay.services.ratelimit import ATTESTATION_REPORTS, TOKEN_EXCHANGES, Quota, Verdict
 
+# OpenAI's SDKs wait out a Retry-After of at most this; past it they retry at once (after
+# half a second, then one) and fail again, each retry drawing on the caller's buckets.
+SDK_MAX_RETRY_AFTER_MS = 60_000
 CHAT_ROUTES = frozenset({"create_chat_completion", "create_chat"})
 # Routes without a caller, limited per client address instead, and their buckets.
 ADDRESS_ROUTES = {
@@ -50,6 +53,8 @@ def refusal(verdict: Verdict) -> RateLimitError:
             f"This client may use no {verdict.refused_type}{limit}: waiting will not"
             " help; ask relay's operator to raise the limit."
         )
+    elif verdict.retry_after_ms > SDK_MAX_RETRY_AFTER_MS:
+        headers.update(NOT_RETRIED)  # the wait is in the message and in Retry-After
     error = RateLimitError(message, headers=headers)
     error.type = verdict.refused_type
     return error
