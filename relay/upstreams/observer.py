@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any, Self
 
 import orjson
 
@@ -29,14 +30,26 @@ class StreamObserver(CompletionAccumulator):
     provider's error event (its bytes are read as sent, but counted as written).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, choices: int = 1, usage: bool = False) -> None:
+        super().__init__(choices, usage)
         self._hash = hashlib.sha256()
         self._decoder = SSEDecoder(self._on_data, self._on_error_field)
         self.byte_count = 0
         self.done = False
         self.event_count = 0
         self.malformed_events = 0
+
+    @classmethod
+    def for_request(cls, request: dict[str, Any]) -> Self:
+        """The observer of the answer to `request`, a chat completion request as parsed:
+        its `n` choices (an odd `n` is taken for 1: the provider refuses it anyway), and
+        its usage chunk if `stream_options.include_usage` is true."""
+        choices = request.get("n")
+        if not isinstance(choices, int) or isinstance(choices, bool) or choices < 1:
+            choices = 1
+        options = request.get("stream_options")
+        usage = isinstance(options, dict) and options.get("include_usage") is True
+        return cls(choices, usage)
 
     @property
     def sha256(self) -> str:

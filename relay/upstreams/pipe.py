@@ -140,8 +140,11 @@ async def pipe_stream(
                 return _too_large(provider, observer)
             if not await _send(response, observer, stalled, whole, route):
                 return _too_large(provider, observer)
-            if observer.finish_reason is not None:
+            # Two attributes, moved only by a finish_reason or a usage: cheap per chunk.
+            if observer.answered:
                 provider.finished()
+            elif observer.all_finished:
+                provider.ended()  # its usage chunk may still come: no shorter deadline
         return await _body_ended(response, observer, stalled, bytes(pending), route)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads
@@ -166,7 +169,8 @@ async def _body_ended(
     """The provider's body ended cleanly, with no `[DONE]` event, `rest` after its last
     whole event: a last event short of its blank line, or nothing.
 
-    Ended without [DONE], the answer is complete if it said itself it was finished.
+    Ended without [DONE], the answer is complete if it said itself it was finished:
+    every choice asked for has its finish_reason.
     """
     if not rest.strip():
         return PipeResult(_ended(observer), observer)
@@ -243,8 +247,10 @@ async def _write(
 
 
 def _ended(observer: StreamObserver) -> str:
-    """A stream that ended without [DONE]: complete if the answer said it was finished."""
-    if observer.finish_reason is not None and observer.error is None:
+    """A stream that ended without [DONE]: complete if the answer said it was finished,
+    in every choice (a choice still open was cut, if another one has ended). A usage
+    chunk asked for and never sent is not missed: some providers never send it."""
+    if observer.all_finished and observer.error is None:
         return "complete"
     return _broken_off(observer)
 

@@ -12,9 +12,10 @@ from relay.upstreams.deadline import WaitDeadline
 
 # Provider responses relay reads whole (errors, non-streamed answers) are bounded.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-# Once a streamed answer said it is finished (a finish_reason), only its usage
-# chunk and `[DONE]` may follow, at once: a provider silent for this long after it
-# has ended the answer, not for the whole idle timeout.
+# Once a streamed answer is over (every choice has its finish_reason, and its usage
+# chunk came if asked for), only `[DONE]` may follow, at once: some providers never
+# close a finished stream, so a provider silent for this long then has ended it,
+# not one silent for the whole idle timeout.
 FINISHED_SILENCE_SECONDS = 10.0
 
 
@@ -49,7 +50,7 @@ class ProviderReply:
         self._response = response
         self._content = response.content
         self._deadline = WaitDeadline(idle_timeout, response.close)
-        self._finished = False  # the answer said it is finished: see `finished`
+        self._finished = False  # every choice said it is finished: see `ended`
         self._early = b""  # read by `first`, handed out by the next `chunk`
         self.stopped = False  # relay closed it (the client left, relay is stopping)
         self.overran = False  # relay closed it: it ran past `longest`
@@ -63,13 +64,19 @@ class ProviderReply:
     def headers(self) -> CIMultiDictProxy[str]:
         return self._response.headers
 
+    def ended(self) -> None:
+        """Every choice of the stream's answer has its finish_reason: from now on a wait
+        that outlasts its deadline (or the longest answer) ends the body, as if the
+        provider had closed it, instead of cutting the answer. A usage chunk asked for
+        may still come, late: the deadline stays the idle timeout."""
+        self._finished = True
+
     def finished(self) -> None:
-        """The stream's answer said it is finished (a finish_reason): a silence of
-        FINISHED_SILENCE_SECONDS from now on ends the body, as if the provider had
-        closed it, instead of timing out after the whole idle timeout."""
-        if not self._finished:
-            self._finished = True
-            self._deadline.shorten(FINISHED_SILENCE_SECONDS)
+        """The stream's answer is over (`ended`, and its usage came if asked for): only
+        `[DONE]` may follow, so a silence of FINISHED_SILENCE_SECONDS from now on ends
+        the body, instead of the whole idle timeout."""
+        self._finished = True
+        self._deadline.shorten(FINISHED_SILENCE_SECONDS)  # a no-op once it is short
 
     async def first(self) -> None:
         """Wait for the body's first bytes, before the client is answered at all: a
@@ -96,7 +103,7 @@ class ProviderReply:
         except aiohttp.ClientError:
             if (self.expired or self.overran) and self._finished:
                 # Silent (or past the longest answer) after it ended the answer: the end
-                # (see `finished`).
+                # (see `ended`).
                 return b""
             if self.expired:
                 raise TimeoutError("the provider stopped sending") from None
