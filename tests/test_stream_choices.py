@@ -17,6 +17,8 @@ from relay.upstreams.forwarder import create_session, open_provider_response
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.pipe import PipeResult, pipe_stream
 from relay.upstreams.routing import Route
+from tests.api_calls import bearer, client_with_token
+from tests.history_calls import stored_messages
 
 SILENCE = 0.1  # FINISHED_SILENCE_SECONDS, shortened
 PAUSE = 0.3  # a provider's pause: longer than SILENCE, shorter than IDLE
@@ -52,24 +54,30 @@ SCRIPTS: dict[str, list[Any]] = {
 }
 
 
+async def play(request: web.Request, ended: asyncio.Event) -> web.StreamResponse:
+    """The script the request's model names, as the provider's stream; a HANG holds
+    the body open until `ended`."""
+    script = SCRIPTS[(await request.json())["model"]]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for step in script:
+        if step == HANG:
+            await ended.wait()
+            return response
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+        else:
+            await response.write(step)
+    await response.write_eof()
+    return response
+
+
 @pytest.fixture
 async def provider(aiohttp_server):
     ended = asyncio.Event()  # the test is over: a hanging provider may end
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        script = SCRIPTS[(await request.json())["model"]]
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for step in script:
-            if step == HANG:
-                await ended.wait()
-                return response
-            if isinstance(step, float):
-                await asyncio.sleep(step)
-            else:
-                await response.write(step)
-        await response.write_eof()
-        return response
+        return await play(request, ended)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
@@ -184,3 +192,23 @@ def test_the_observer_awaits_what_the_request_asked_for(request_, choices, usage
     assert observer.answered is not usage
     observer.feed(USAGE)
     assert observer.answered
+
+
+async def test_through_relay_a_paused_choice_arrives_and_is_stored_whole(
+    make_client, make_settings, provider_upstream, database_url
+):
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await play(request, asyncio.Event())
+
+    upstream = await provider_upstream(chat, "choices", models={"two-paused": "two-paused"})
+    http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))
+    client, token = await client_with_token(http)
+    body = {"model": "two-paused", "messages": [{"role": "user", "content": "Hi"}]}
+    body.update(stream=True, n=2)
+    response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    assert await response.read() == sent("two-paused")
+    rows = await stored_messages(database_url, client["id"])
+    assert [(row["role"], row["content"], row["status"]) for row in rows] == [
+        ("user", "Hi", "complete"),
+        ("assistant", "A", "complete"),  # choice 0 is the answer history keeps
+    ]

@@ -158,7 +158,7 @@ async def _relay_stream(
     await provider.first()
     response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
     await response.prepare(request)
-    observer = StreamObserver()
+    observer = StreamObserver.for_request(answer.request)
     # Past the drain timeout of a graceful stop, relay stops reading the provider.
     with request.app[IN_FLIGHT].track(on_deadline=provider.close) as deadline:
         try:
