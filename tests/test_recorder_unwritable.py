@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import relay.services.recorder as recorder_module
 from relay.appkeys import ANSWER_RECORDER, DATABASE
 from relay.errors import AuthenticationError, ConversationDeletedError
 from relay.services.answers import Answer
@@ -123,3 +124,23 @@ async def test_answers_of_many_rows_are_spread_over_batches(http, database_url, 
         database_url, "SELECT count(*) AS n FROM messages WHERE client_id = %s", (client.id,)
     )
     assert stored[0]["n"] == 9 * 1000
+
+
+async def test_large_answers_are_spread_over_batches(http, database_url, monkeypatch):
+    """A batch closes before its statements pass BATCH_BYTES: the driver copies a
+    batch's text several times over, so large answers arriving together must not make
+    one batch of them all."""
+    monkeypatch.setattr(recorder_module, "BATCH_BYTES", 3 * 10_000)
+    client, _ = await owner(http)
+    recorder = http.app[ANSWER_RECORDER]
+    answers = [
+        recorded_answer(http.app, client, f"large {n}", request_body=b"x" * 10_000)
+        for n in range(5)
+    ]
+    writes = counting_writes(recorder, monkeypatch)
+
+    assert await record_together(recorder, answers) == [None] * 5
+
+    # 11 KB and more each (its body, its receipt): two fit under 30 KB, not three.
+    assert [len(batch) for batch in writes] == [2, 2, 1]
+    assert [request for batch in writes for request in batch] == [a.request_id for a in answers]

@@ -27,7 +27,7 @@ from relay.errors import AuthenticationError, DependencyUnavailableError, RelayE
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
 from relay.services.batch_write import RecordPart, RolledBack, write_batch
-from relay.services.turns import rows_written
+from relay.services.turns import bytes_written, rows_written
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database
 from relay.stores.database_failures import out_of_reach
@@ -39,6 +39,12 @@ BATCH_SIZE = 256
 # a thousand: relay.services.turns): past its timeout, a batch is taken for the
 # database being out of reach, and every answer queued behind it fails too.
 BATCH_ROWS = 4096
+# And before the bytes of its statements pass this. A batch is sent as one string, which
+# the driver copies several times over (binding, joining, encoding, libpq's buffer): 64
+# answers of 3.5 MB each in one batch took relay past 1.4 GB; a batch this size costs
+# less than a hundred MB at most, and answers this size are few enough that their
+# smaller batches cost no throughput.
+BATCH_BYTES = 8 * 1024 * 1024
 QUEUE_SIZE = 4096
 PIPELINE = 2
 
@@ -143,14 +149,16 @@ class AnswerRecorder:
                 first = await self._queue.get()
                 if first is None:
                     break
-            batch, rows = [first], rows_written(first.answer)
+            batch = [first]
+            rows, size = rows_written(first.answer), bytes_written(first.answer)
             while not stopping and len(batch) < self.batch_size and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     stopping = True
                     break
                 rows += rows_written(item.answer)
-                if rows > BATCH_ROWS:
+                size += bytes_written(item.answer)
+                if rows > BATCH_ROWS or size > BATCH_BYTES:
                     self._carried = item
                     break
                 batch.append(item)

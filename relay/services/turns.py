@@ -135,6 +135,18 @@ def rows_written(answer: Answer) -> int:
     return len(answer_turn(answer)) + 2 if answer.store else 1
 
 
+# About what one receipt row adds to a batch's statements.
+RECEIPT_BYTES = 1024
+
+
+def bytes_written(answer: Answer) -> int:
+    """About the bytes of statements recording `answer` sends, at most: its request as
+    received and its answer as sent if kept (the turn is part of the one, the reply of
+    the other), and its receipt."""
+    kept = len(answer.request_body) + answer.response_bytes if answer.store else 0
+    return kept + RECEIPT_BYTES
+
+
 def check_turn_size(turn: list[dict[str, Any]]) -> None:
     """Refuse (400) a request whose `turn` would add more than MAX_TURN_MESSAGES rows."""
     added = len(turn)

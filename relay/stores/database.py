@@ -122,6 +122,8 @@ class Database:
             finally:
                 cur.close()
                 if not cur.released:
+                    if cur.sent_large:
+                        cur.connection.close()  # the pool drops it, and its buffers go
                     await self.pool.release(cur.connection)
 
     async def _acquire(self) -> tuple[Connection, bool]:

@@ -125,6 +125,13 @@ class StaleConnections(Protocol):
         """A cursor on a connection of the pool made since."""
 
 
+# libpq keeps its send buffer as large as the largest statement a connection sent, for
+# the connection's life (100 MB sent, 190 MB kept): a connection that sent one longer
+# than this is closed once its cursor is done, not pooled again. Only group commits of
+# large answers send such statements; a new connection costs a few ms.
+LARGE_STATEMENT_CHARS = 1024 * 1024
+
+
 class PooledCursor(aiopg.Cursor):
     """A cursor on a pooled connection that sends its first statement once more, on a
     fresh connection, if the connection it was given turns out dead (stale: its server
@@ -143,6 +150,7 @@ class PooledCursor(aiopg.Cursor):
         # A connection served before may have gone stale since; a new one has not.
         self._retry_first = stale_maybe
         self.released = False  # its connection is back in the pool (a dead one, replaced)
+        self.sent_large = False  # a statement past LARGE_STATEMENT_CHARS: close, not pool
 
     async def execute(
         self,
@@ -154,6 +162,8 @@ class PooledCursor(aiopg.Cursor):
     ) -> None:
         """`repeatable`: the statement may be sent twice (see the class), whatever it says."""
         retry, self._retry_first = self._retry_first, False
+        if len(operation) > LARGE_STATEMENT_CHARS:
+            self.sent_large = True
         deadline = asyncio.get_running_loop().time() + self._db.timeout
         try:
             await super().execute(operation, parameters, timeout=timeout)
