@@ -19,6 +19,7 @@ from relay.app import create_app
 from relay.appkeys import IN_FLIGHT
 from relay.config import Settings
 from relay.drain import InFlight
+from relay.memory import return_large_blocks
 from relay.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -204,5 +205,6 @@ async def drain(in_flight: InFlight, sites: list[web.BaseSite], timeout: float) 
 
 
 def run(settings: Settings) -> int:
+    return_large_blocks()  # before the first request body is read
     uvloop.run(serve(settings))
     return 0
