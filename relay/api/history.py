@@ -41,10 +41,10 @@ async def list_history(request: web.Request) -> web.Response:
 
 
 async def search_history(request: web.Request) -> web.Response:
-    results = await request.app[HISTORY].search(
+    results, more = await request.app[HISTORY].search(
         request[CALLER].client.id,
         query_value(request, "q") or "",
         limit=query_int(request, "limit", default=20, low=1, high=100),
         conversation_id=query_value(request, "conversation_id") or None,
     )
-    return json_response({"object": "list", "data": results})
+    return json_response({"object": "list", "data": results, "has_more": more})

@@ -104,11 +104,10 @@ def conversations_position(cursor: str | None) -> tuple[datetime.datetime, str] 
         raise not_a_cursor() from None
 
 
-def _page(rows: list[dict[str, Any]], limit: int, seq: int) -> Page:
-    """A page of at most `limit` of `rows` (read one more, to tell whether more follow)."""
-    data = rows[:limit]
-    next_seq = data[-1]["seq"] if data else seq
-    return Page([public_message(row) for row in data], history_cursor(next_seq), len(rows) > limit)
+def _page(rows: list[dict[str, Any]], more: bool, seq: int) -> Page:
+    """A page of `rows`, its cursor at the last of them (at `seq` when there are none)."""
+    next_seq = rows[-1]["seq"] if rows else seq
+    return Page([public_message(row) for row in rows], history_cursor(next_seq), more)
 
 
 def conversation_id_or_404(text: str) -> str:
@@ -181,10 +180,10 @@ class HistoryService:
         if conversation_id is not None:
             conversation_id = await self.require_conversation(client_id, conversation_id)
         if not wait:
-            rows = await self.messages.page(
-                client_id, after_seq=seq, limit=limit + 1, conversation_id=conversation_id
+            rows, more = await self.messages.page(
+                client_id, after_seq=seq, limit=limit, conversation_id=conversation_id
             )
-            return _page(rows, limit, seq)
+            return _page(rows, more, seq)
         if not self.watch.has_room(client_id):
             raise TooManyPollsError()
         loop = asyncio.get_running_loop()
@@ -193,8 +192,8 @@ class HistoryService:
             # Registered before reading: a commit between the read and the wait still wakes us.
             woken = self.watch.waiter(client_id)
             try:
-                rows = await self.messages.page(
-                    client_id, after_seq=seq, limit=limit + 1, conversation_id=conversation_id
+                rows, more = await self.messages.page(
+                    client_id, after_seq=seq, limit=limit, conversation_id=conversation_id
                 )
                 remaining = deadline - loop.time()
                 if rows or remaining <= 0 or (stop is not None and stop.is_set()):
@@ -202,7 +201,7 @@ class HistoryService:
                 await _first_of(woken, stop, remaining)
             finally:
                 self.watch.forget(client_id, woken)
-        return _page(rows, limit, seq)
+        return _page(rows, more, seq)
 
     async def context(
         self,
@@ -225,7 +224,9 @@ class HistoryService:
 
     async def search(
         self, client_id: str, query: str, *, limit: int, conversation_id: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The best matches, and whether more were found than they (by `limit` or the
+        read budget of relay.stores.message_reads)."""
         query = query.replace("\x00", " ").strip()
         if not query:
             raise InvalidRequestError("q is required.", param="q")
@@ -241,16 +242,17 @@ class HistoryService:
         if conversation_id is not None:
             conversation_id = await self.require_conversation(client_id, conversation_id)
         async with self.search_slots.slot(client_id):
-            rows = await self.messages.search(
+            rows, more = await self.messages.search(
                 client_id,
                 query,
                 marked=" or ".join(dict.fromkeys(word for word in words if word != "or")),
                 limit=limit,
                 conversation_id=conversation_id,
             )
-        return [
+        found = [
             {**public_message(row), "rank": row["rank"], "snippet": row["snippet"]} for row in rows
         ]
+        return found, more
 
     async def list_conversations(self, client_id: str, *, after: str | None, limit: int) -> Page:
         rows, more = await self.conversations.list_page(

@@ -8,12 +8,9 @@ from contextlib import aclosing
 from typing import Any
 
 from relay.stores.database import Cursor, Database, fetch_all, fetch_one
+from relay.stores.message_reads import fetch_within_budget, messages_within_budget
 
 _COLUMNS = "id, title, created_at, updated_at"
-MESSAGE_COLUMNS = (
-    "id, conversation_id, role, content, tool_calls, tool_call_id, model, prompt_tokens,"
-    " completion_tokens, status, latency_ms, request_id, created_at"
-)
 # A conversation read whole is bounded; GET /v1/history pages through longer ones.
 MAX_MESSAGES = 1000
 
@@ -54,8 +51,9 @@ class ConversationStore:
         return rows[:limit], len(rows) > limit
 
     async def get(self, client_id: str, conversation_id: str) -> dict[str, Any] | None:
-        """The conversation with its most recent messages (oldest first) and whether
-        older ones were left out (`has_more`), or None."""
+        """The conversation with its most recent messages (oldest first: at most
+        MAX_MESSAGES and READ_BUDGET_BYTES of content, the newest whatever its size) and
+        whether older ones were left out (`has_more`), or None."""
         async with self.db.cursor() as cur:
             row = await fetch_one(
                 cur,
@@ -64,19 +62,12 @@ class ConversationStore:
             )
             if row is None:
                 return None
-            messages = await fetch_all(
-                cur,
-                f"SELECT * FROM (SELECT seq, {MESSAGE_COLUMNS} FROM messages"
-                " WHERE conversation_id = %s AND client_id = %s ORDER BY seq DESC LIMIT %s) m"
-                " ORDER BY seq",
-                (conversation_id, client_id, MAX_MESSAGES + 1),
+            sql = messages_within_budget(
+                "conversation_id = %(conversation)s AND client_id = %(client)s", "seq DESC"
             )
-        # One more than is returned: whether there are older ones (the oldest, first).
-        return {
-            **row,
-            "messages": messages[-MAX_MESSAGES:],
-            "has_more": len(messages) > MAX_MESSAGES,
-        }
+            args = {"conversation": conversation_id, "client": client_id}
+            newest_first, more = await fetch_within_budget(cur, sql, args, MAX_MESSAGES)
+        return {**row, "messages": newest_first[::-1], "has_more": more}
 
     async def delete(
         self, client_id: str, conversation_id: str, *, tombstone_until: datetime.datetime | None

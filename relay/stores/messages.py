@@ -6,9 +6,15 @@ import datetime
 from typing import Any, NamedTuple
 
 from relay.errors import NOT_RETRIED, DependencyUnavailableError, UnprocessableError
-from relay.stores.conversations import MESSAGE_COLUMNS
-from relay.stores.database import Database, fetch_all, json_rows
+from relay.stores.database import Database, json_rows
 from relay.stores.database_failures import statement_cancelled
+from relay.stores.message_reads import (
+    CONTENT_BYTES,
+    MESSAGE_COLUMNS,
+    fetch_within_budget,
+    messages_within_budget,
+    within_budget,
+)
 
 # PostgreSQL marks the matches with two control characters taken out of the text
 # first; relay escapes the snippet as HTML and only then makes them <mark>…</mark>.
@@ -47,16 +53,19 @@ _LOCK_SHARE = 0.8
 RANKED_MATCHES = 500
 _QUERY = "websearch_to_tsquery('english', translate(%(query)s, %(taken)s, ' '))"
 _WORDS_QUERY = "websearch_to_tsquery('english', translate(%(marked)s, %(taken)s, ' '))"
+_FOUND = (
+    f"SELECT c.*, ts_rank(c.search, {_WORDS_QUERY}) AS rank, {CONTENT_BYTES} FROM ("
+    f" SELECT m.* FROM messages m WHERE m.client_id = %(client_id)s AND m.search @@ {_QUERY}"
+    "  {filter} ORDER BY m.seq DESC LIMIT %(candidates)s"
+    ") c ORDER BY rank DESC, c.id DESC LIMIT %(limit)s"
+)
+_RANKED = within_budget(_FOUND, "rank DESC, id DESC", f"{MESSAGE_COLUMNS}, rank")
 _SEARCH_TEMPLATE = (
     "SET LOCAL statement_timeout = %(server_ms)s; SET LOCAL lock_timeout = %(lock_ms)s;"
-    f" SELECT {MESSAGE_COLUMNS}, rank,"
+    f" SELECT {MESSAGE_COLUMNS}, rank, followed,"
     " ts_headline('english', translate(left(content, %(headline_chars)s), %(taken)s, %(lt)s),"
     f"  {_WORDS_QUERY}, %(headline)s) AS snippet"  # for the rows returned only
-    f" FROM (SELECT c.*, ts_rank(c.search, {_WORDS_QUERY}) AS rank FROM ("
-    f"   SELECT m.* FROM messages m WHERE m.client_id = %(client_id)s AND m.search @@ {_QUERY}"
-    "    {filter} ORDER BY m.seq DESC LIMIT %(candidates)s"
-    "  ) c ORDER BY rank DESC, c.id DESC LIMIT %(limit)s"
-    " ) found ORDER BY rank DESC, id DESC"
+    f" FROM ({_RANKED}) found ORDER BY rank DESC, id DESC"
 )
 _SEARCH = _SEARCH_TEMPLATE.format(filter="")
 _SEARCH_CONVERSATION = _SEARCH_TEMPLATE.format(filter="AND m.conversation_id = %(conversation_id)s")
@@ -105,23 +114,21 @@ class MessageStore:
 
     async def page(
         self, client_id: str, *, after_seq: int, limit: int, conversation_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        """This client's messages with seq > after_seq, in commit order.
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """This client's messages with seq > after_seq, in commit order: at most `limit`
+        and READ_BUDGET_BYTES of content (the first whatever its size), and whether more
+        follow.
 
         Sequence numbers of one client are handed out under a row lock held to
         commit (relay.stores.history), so a row never becomes visible behind one
         a reader has already passed.
         """
-        where, args = "client_id = %s AND seq > %s", [client_id, after_seq]
+        where = "client_id = %(client)s AND seq > %(after)s"
         if conversation_id is not None:
-            where += " AND conversation_id = %s"
-            args.append(conversation_id)
+            where += " AND conversation_id = %(conversation)s"
+        args = {"client": client_id, "after": after_seq, "conversation": conversation_id}
         async with self.db.cursor() as cur:
-            return await fetch_all(
-                cur,
-                f"SELECT seq, {MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq LIMIT %s",
-                (*args, limit),
-            )
+            return await fetch_within_budget(cur, messages_within_budget(where, "seq"), args, limit)
 
     async def search(
         self,
@@ -131,10 +138,12 @@ class MessageStore:
         marked: str,
         limit: int,
         conversation_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Messages matching a web-search style query: its newest matches, best first,
         with a snippet marking the words of `marked` (web-search syntax too), which
-        also rank them. SearchTooCostlyError if the server stopped it for its time."""
+        also rank them; at most `limit` and READ_BUDGET_BYTES of content (the first
+        whatever its size), and whether more were found. SearchTooCostlyError if the
+        server stopped it for its time."""
         server_ms = max(2, int(self.db.timeout * 1000 * _SERVER_SHARE))
         args = {
             "server_ms": server_ms,
@@ -148,12 +157,11 @@ class MessageStore:
             "headline": _HEADLINE,
             "headline_chars": _HEADLINE_CHARS,
             "candidates": RANKED_MATCHES,
-            "limit": limit,
         }
         sql = _SEARCH if conversation_id is None else _SEARCH_CONVERSATION
         try:
             async with self.db.cursor() as cur:
-                rows = await fetch_all(cur, sql, args)
+                rows, more = await fetch_within_budget(cur, sql, args, limit)
         except DependencyUnavailableError as error:
             # By its statement_timeout (a lock_timeout is another error, an outage).
             if statement_cancelled(error):
@@ -161,7 +169,7 @@ class MessageStore:
             raise
         for row in rows:
             row["snippet"] = html_snippet(row["snippet"])
-        return rows
+        return rows, more
 
     async def purge(self, older_than: datetime.datetime, *, batch: int) -> Purged:
         """Delete messages, then conversations, last touched before `older_than`.
