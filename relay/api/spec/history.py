@@ -79,9 +79,14 @@ HISTORY_SCHEMAS: dict[str, Any] = {
     "HistoryPage": _page(ref("schemas", "HistoryMessage")),
     "SearchResults": {
         "type": "object",
-        "required": ["object", "data"],
+        "required": ["object", "data", "has_more"],
         "properties": {
             "object": {"const": "list"},
+            "has_more": {
+                "type": "boolean",
+                "description": "More matches were found than returned (past limit or 8 MiB"
+                " of content).",
+            },
             "data": {
                 "type": "array",
                 "items": {
@@ -125,7 +130,10 @@ HISTORY_SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "messages": {
                         "type": "array",
-                        "description": "Oldest first; at most the latest 1000.",
+                        "description": (
+                            "Oldest first; at most the latest 1000 and 8 MiB of content (the"
+                            " newest whatever its size)."
+                        ),
                         "items": ref("schemas", "HistoryMessage"),
                     },
                     "has_more": {
