@@ -6,6 +6,7 @@ import pytest
 
 from relay.config import ConfigError, Settings
 from relay.services.retention import HistoryRetention
+from relay.services.turns import title_from
 from relay.stores.database import Database, connect
 from relay.stores.messages import MessageStore
 from tests.api_calls import bearer, client_with_token
@@ -108,3 +109,18 @@ def test_retention_is_off_unless_set_and_must_be_positive():
     for bad in ("0", "-1", "soon"):
         with pytest.raises(ConfigError, match="RELAY_HISTORY_RETENTION_DAYS"):
             Settings.from_env({"RELAY_HISTORY_RETENTION_DAYS": bad})
+
+
+async def test_a_title_is_made_of_the_opening_of_a_long_first_question(http, database_url):
+    _, token = await client_with_token(http)
+    long_question = "\n\t  Why  is\nthe sky blue? " + "Because " * 20_000
+    conversation = (await chat(http, token, long_question)).headers[CONVERSATION]
+    db = await Database.open(database_url, size=2, timeout=5)
+    try:
+        [question] = (await MessageStore(db).first_questions([conversation])).values()
+    finally:
+        await db.close()
+    # Only the opening comes back to relay, its leading whitespace gone.
+    assert question == long_question.lstrip()[: len(question)]
+    assert len(question) == 2000
+    assert title_from(question) == title_from(long_question)

@@ -51,6 +51,9 @@ _LOCK_SHARE = 0.8
 # ts_rank of the query itself compares the positions of every pair of its words
 # (up to 256 each), ~190 ms per long message for 32 words, against well under 1 ms.
 RANKED_MATCHES = 500
+# Of a conversation's first question, what a title needs: relay.services.turns makes
+# one of its first 120 characters once whitespace runs are one space each.
+QUESTION_CHARS = 2000
 _QUERY = "websearch_to_tsquery('english', translate(%(query)s, %(taken)s, ' '))"
 _WORDS_QUERY = "websearch_to_tsquery('english', translate(%(marked)s, %(taken)s, ' '))"
 _FOUND = (
@@ -211,13 +214,16 @@ class MessageStore:
         return Purged(deleted, kept)
 
     async def first_questions(self, conversation_ids: list[str]) -> dict[str, str]:
-        """Each conversation's oldest user message with words in it ('' if none is left)."""
+        """The opening of each conversation's oldest user message with words in it ('' if
+        none is left): what a title is made of, not the whole message (a batch of a
+        thousand messages of megabytes each would be gigabytes)."""
         async with self.db.cursor() as cur:
             await cur.execute(
-                "SELECT c.id, (SELECT m.content FROM messages m WHERE m.conversation_id = c.id"
+                "SELECT c.id, (SELECT left(regexp_replace(m.content, '^\\s+', ''), %s)"
+                " FROM messages m WHERE m.conversation_id = c.id"
                 " AND m.role = 'user' AND btrim(m.content) <> '' ORDER BY m.seq LIMIT 1)"
                 " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
-                (conversation_ids,),
+                (QUESTION_CHARS, conversation_ids),
             )
             return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
 
