@@ -107,7 +107,6 @@ def recorded_answer(app: web.Application, client: Client, text: str, **fields: A
         "request": {"messages": [{"role": "user", "content": text}]},
         "request_body": text.encode(),
         "forwarded_body": text.encode(),
-        "started_at": 0.0,
         "store": True,
     }
     return Answer(**{**values, **fields})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -77,7 +76,6 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         request=data,
         request_body=body,
         forwarded_body=forwarded_body(body, route),
-        started_at=time.time(),
         store=chat.store and caller.client.store_history,
     )
     if answer.store:
@@ -113,7 +111,6 @@ async def relay_answer(request: web.Request, answer: Answer) -> web.StreamRespon
                 return await _relay_whole(request, answer, provider, hooks)
     except RelayError as error:
         answer.status = "cut" if isinstance(error, CUT_SHORT) else "failed"
-        answer.http_status = error.status
         # The client receives the error body, so that is what the receipt hashes.
         answer.received_body(error_json(error))
         answer.label(error)

@@ -58,7 +58,7 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
         # The provider refused or was unreachable (nothing was read), or relay gave up
         # waiting for the answer as it stopped: the client gets this error, kept as failed.
         if not opened or isinstance(error, RestartingError):
-            answer.status, answer.http_status = "failed", error.status
+            answer.status = "failed"
             _finish(request, answer, error_json(error))
             await hooks.commit_quietly(answer)
         answer.label(error)
@@ -114,7 +114,6 @@ async def _whole(
             if stalled
             else _broken_off(answer, observer, provider, shutting_down=False)
         )
-        answer.http_status = error.status
         _finish(request, answer, error_json(error))
         await hooks.commit_quietly(answer)
         raise error
@@ -126,7 +125,7 @@ async def _whole(
     try:
         await hooks.run_commit(answer)
     except RelayError as refused:
-        answer.status, answer.http_status = "failed", refused.status
+        answer.status = "failed"
         _finish(request, answer, error_json(refused))
         await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
         raise

@@ -4,7 +4,6 @@ loaded, and the provider's request built (relay.api.chat_native relays the answe
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import orjson
 from aiohttp import web
@@ -55,7 +54,6 @@ async def new_native_answer(request: web.Request) -> Answer:
         request=sent,
         request_body=body,
         forwarded_body=orjson.dumps({**sent, "model": route.provider_model}),
-        started_at=time.time(),
         store=True,
         conversation_id=conversation_id,
         continues_conversation=chat.conversation_id is not None,

@@ -45,7 +45,6 @@ class Answer:
     request: dict[str, Any]  # the parsed request body
     request_body: bytes  # exactly as received
     forwarded_body: bytes  # exactly as sent to the provider
-    started_at: float  # time.time() when the request arrived
     store: bool  # content may be kept (request's `store` and the client's store_history)
     conversation_id: str | None = None
     # The request named a conversation that exists: its row must still be there
@@ -53,7 +52,6 @@ class Answer:
     continues_conversation: bool = False
     receipt_id: str = field(default_factory=uuid7_hex)
     status: str = "complete"
-    http_status: int = 200
     summary: CompletionSummary = field(default_factory=CompletionSummary)
     response_sha256: str = ""  # the exact bytes the client receives, its final event included
     response_bytes: int = 0
