@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 import psycopg2
 import psycopg2.extensions
 
+from relay import sockets
 from relay.errors import DependencyUnavailableError
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_REGISTER_ATTEMPTS = 3
 
 # Errors that mean "the server is not there", as opposed to a bad query.
 _UNAVAILABLE = (
@@ -139,22 +139,12 @@ class _ServerCancelFilter(logging.Filter):
 
 
 async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
-    """A new connection, or one from the pool, however uvloop fares.
-
-    When a connection fails, uvloop can keep the closed poll handle of its socket's
-    number; registering the next socket given that number (aiopg does so as it
-    creates the connection) raises RuntimeError, whether or not the server is up.
-    The connection that failed so holds that number until its error is dropped, so
-    another attempt made meanwhile gets another number. Only when attempts keep
-    failing so is the server taken for unreachable.
-    """
-    failures: list[RuntimeError] = []
-    for _ in range(_REGISTER_ATTEMPTS):
-        try:
-            return await connecting()
-        except RuntimeError as exc:
-            failures.append(exc)  # kept, and with it the socket number it holds
-    raise unavailable(failures[-1]) from failures[-1]
+    """A new connection, or one from the pool, however uvloop fares (see
+    relay.sockets.registered); the server taken for unreachable when it keeps failing."""
+    try:
+        return await sockets.registered(connecting)
+    except RuntimeError as exc:
+        raise unavailable(exc) from exc
 
 
 def quiet_server_cancels() -> None:

@@ -16,6 +16,7 @@ from aiohttp import hdrs
 from relay import __version__
 from relay.errors import NOT_RETRIED, RelayError, UpstreamError, UpstreamTimeoutError, error_body
 from relay.metrics import UPSTREAM_SECONDS, labelled
+from relay.sockets import registered
 from relay.upstreams.completion import error_object
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.rewording import provider_words
@@ -185,16 +186,18 @@ async def open_provider_response(
     sent = time.monotonic()
     try:
         async with asyncio.timeout(upstream.timeout_s):
-            response = await session.post(
-                upstream.chat_completions_url,
-                data=body,
-                headers=upstream.request_headers,
-                timeout=upstream.client_timeout,
-                allow_redirects=False,
+            response = await registered(
+                lambda: session.post(
+                    upstream.chat_completions_url,
+                    data=body,
+                    headers=upstream.request_headers,
+                    timeout=upstream.client_timeout,
+                    allow_redirects=False,
+                )
             )
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError("The provider did not answer in time.") from None
-    except aiohttp.ClientConnectorError as exc:
+    except (aiohttp.ClientConnectorError, RuntimeError) as exc:  # RuntimeError: see registered
         log.warning(
             "provider unreachable", extra={"upstream": upstream.name, "error": type(exc).__name__}
         )

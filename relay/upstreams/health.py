@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from relay.sockets import registered
 from relay.upstreams.completion import error_object
 from relay.upstreams.config import Upstream
 
@@ -128,11 +129,14 @@ async def probe_provider(
     failure = ""
     try:
         async with asyncio.timeout(timeout):
-            async with session.get(
-                upstream.models_url,
-                headers=upstream.request_headers,
-                allow_redirects=False,  # a redirect would carry relay's key elsewhere
-            ) as response:
+            answer = await registered(
+                lambda: session.get(
+                    upstream.models_url,
+                    headers=upstream.request_headers,
+                    allow_redirects=False,  # a redirect would carry relay's key elsewhere
+                )
+            )
+            async with answer as response:
                 answered = response.status
                 latency = round((time.monotonic() - started) * 1000, 2)
                 body = await _read_capped(response)

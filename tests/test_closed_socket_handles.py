@@ -1,0 +1,96 @@
+"""uvloop may keep the closed poll handle of a socket number whose connection failed:
+the next socket given that number fails to register (RuntimeError) before anything is
+sent. relay tries again on another socket; only when that keeps failing is the server
+taken for unreachable, in relay's terms, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.errors import DependencyUnavailableError, UpstreamError
+from relay.stores.database import Database
+from relay.stores.database_failures import registered
+from relay.upstreams.forwarder import create_session, open_provider_response
+from relay.upstreams.health import probe_provider
+from relay.upstreams.routing import Route
+
+CLOSED_HANDLE = RuntimeError(
+    "unable to perform operation on <UVPoll closed=True activity=0>; the handler is closed"
+)
+BODY = orjson.dumps({"model": "sim-large", "messages": [{"role": "user", "content": "Hi"}]})
+
+
+class ClosedHandles:
+    """A client session whose next `failures` connections meet a closed handle."""
+
+    def __init__(self, session: Any, failures: int) -> None:
+        self._session = session
+        self.failures = failures
+
+    def _request(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        async def connect() -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise CLOSED_HANDLE
+            return await getattr(self._session, method)(*args, **kwargs)
+
+        return connect()
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        return self._request("post", *args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self._request("get", *args, **kwargs)
+
+
+async def forward(simulator, failures: int) -> bytes:
+    upstream = simulator.upstream()
+    async with create_session() as real:
+        session = ClosedHandles(real, failures)
+        route = Route("sim-large", upstream, "sim-large")
+        async with open_provider_response(session, route, BODY, stream=False, longest=30) as reply:
+            return await reply.whole()
+
+
+async def test_a_provider_connection_meeting_a_closed_handle_is_made_again(simulator):
+    answer = orjson.loads(await forward(simulator, failures=2))
+    assert answer["object"] == "chat.completion"
+
+
+async def test_a_provider_whose_connections_keep_failing_so_is_unreachable(simulator):
+    with pytest.raises(UpstreamError) as refused:
+        await forward(simulator, failures=3)
+    assert (refused.value.status, refused.value.code) == (502, "upstream_unreachable")
+    assert not simulator.state.requests
+
+
+async def test_the_health_probe_makes_its_connection_again(simulator):
+    async with create_session() as real:
+        status, latency, error = await probe_provider(
+            ClosedHandles(real, 2), simulator.upstream(), timeout=5
+        )
+    assert (status, error) == ("ok", None)
+    assert latency is not None
+
+
+async def test_a_database_connection_meeting_closed_handles_is_unavailable(database_url):
+    attempts = 0
+
+    async def connecting() -> Database:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise CLOSED_HANDLE
+        return await Database.open(database_url, size=1, timeout=5)
+
+    db = await registered(connecting)
+    await db.close()
+
+    async def failing() -> None:
+        raise CLOSED_HANDLE
+
+    with pytest.raises(DependencyUnavailableError):
+        await registered(failing)
