@@ -8,6 +8,14 @@ answers it itself, in plain text that quotes the offending bytes (a prompt, an
 connection handler answers it as every other error: JSON, no bytes echoed,
 relay's own headers.
 
+A connection has HEAD_SECONDS to deliver a whole request head: from its opening,
+and on a kept-alive connection from the first byte of its next request. aiohttp
+bounds only the idle wait (keepalive_timeout, 75 s), which a client sending a
+head a byte at a time (slowloris) stretched to 75 s per connection. One sweep over
+the open connections enforces it; a head that arrives whole in one read, as from
+every HTTP client, costs nothing more. A late head gets a 408; a connection that
+sent nothing is closed. The body has its own deadline (relay.api.body).
+
 Request bodies reach relay as sent: aiohttp's decoding of a `Content-Encoding`
 is off. relay refuses compressed bodies (415, relay.api.body), and aiohttp would
 otherwise still inflate one while draining it after that answer, on the event
@@ -16,16 +24,26 @@ loop: a 2 MB gzip of zeros held every request of the instance for seconds.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, InvalidHeader, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from relay.api.error_mapping import error_response
 from relay.api.security_headers import STATIC_HEADERS
-from relay.errors import InvalidRequestError, RelayError, UpstreamTimeoutError
+from relay.errors import (
+    InvalidRequestError,
+    RelayError,
+    RequestTimeoutError,
+    UpstreamTimeoutError,
+)
+
+log = logging.getLogger(__name__)
 
 # A request line (its target, mostly) may be this long: a search query of 10 kB
 # reaches relay, to be refused in words (400, MAX_QUERY_CHARS) rather than by the
@@ -33,12 +51,22 @@ from relay.errors import InvalidRequestError, RelayError, UpstreamTimeoutError
 # that aiohttp's LineTooLong, which carries only the limit it hit, tells a long URL
 # (414) from a long header (431).
 REQUEST_LINE_BYTES = 16384
+# Every HTTP client writes a head at once, and it is under 16 kB: 10 s leaves a
+# mobile link room for a few retransmissions (TCP's first one waits 1 s, then 2,
+# then 4). nginx's client_header_timeout is 60 s; relay serves apps, not people.
+HEAD_SECONDS = 10.0
+
+
+class HeadTimeoutError(Exception):
+    """A request head that did not arrive within the connection's deadline."""
 
 
 def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
     """What aiohttp's connection handler answers itself, as a RelayError: a request it
     could not parse, or (never expected: the error middleware catches everything) a
     handler's exception or timeout."""
+    if isinstance(exc, HeadTimeoutError):
+        return RequestTimeoutError(str(exc))
     if status == 504:  # a handler's own timeout escaped it
         return UpstreamTimeoutError("The request timed out.", code="timeout")
     if status >= 500:
@@ -64,13 +92,29 @@ def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
 
 class RelayRequestHandler(RequestHandler):
     """One client connection; differs from aiohttp's in the errors it answers itself,
-    and in telling a handler that the body it is reading is malformed."""
+    in telling a handler that the body it is reading is malformed, and in noting when
+    it began to wait for a request head (`head_since`, for RelayServer's sweep)."""
 
-    __slots__ = ()
+    __slots__ = ("_head_bytes", "head_since")
+    head_since: float | None
+    _head_bytes: int
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.head_since = self._loop.time()  # the first head is awaited from now
+        self._head_bytes = 0
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) == queued:  # no head was completed: a piece of one, or of a body
+            waiter = self._waiter
+            if data and waiter is not None and not waiter.done():  # idle: a head begins
+                if self.head_since is None:
+                    self.head_since, self._head_bytes = self._loop.time(), 0
+                self._head_bytes += len(data)
+            return
+        self.head_since = None
         # aiohttp's C parser reports a body it cannot parse (a bad chunk size) that
         # arrives after its head was handed on as the error of a next request. That
         # waits behind the handler, and the handler waits for the rest of the body
@@ -79,13 +123,39 @@ class RelayRequestHandler(RequestHandler):
         # connection ends after the answer, since nothing after it can be framed (no
         # lingering to drain a body that cannot end: that would re-raise the error).
         request = self._current_request
-        if request is None or len(self._messages) == queued:
+        if request is None:
             return
         error, _ = self._messages[-1]
         if isinstance(error, _ErrInfo) and not request.content.is_eof():
             self._messages.pop()
             request.content.set_exception(web.RequestPayloadError(error.message))
             self.end_after_answer()
+
+    def head_overdue(self, deadline: float) -> None:
+        """The head awaited since `head_since` is past `deadline` seconds: answer 408 to
+        a part of one, close a connection that sent none."""
+        since, self.head_since = self.head_since, None
+        waiter = self._waiter
+        if since is None or waiter is None or waiter.done():
+            return  # a head came in meanwhile (or a pipelined one waits behind a handler)
+        received = self._head_bytes
+        log.info(
+            "request head timed out",
+            extra={
+                "peer": self.peername[0] if isinstance(self.peername, tuple) else None,
+                "requests_before": self._request_count,
+                "bytes_in": received,
+                "waited_ms": round((self._loop.time() - since) * 1000, 2),
+            },
+        )
+        if not received:  # no request to answer: a response would answer nothing asked
+            self.force_close()
+            return
+        error = HeadTimeoutError(f"The request head did not arrive within {deadline:g} s.")
+        # Answered as a head aiohttp could not parse: the error handler sends it, then closes.
+        self._messages.append((_ErrInfo(status=408, exc=error, message=""), EMPTY_PAYLOAD))
+        waiter.set_result(None)
+        self.close()  # what more arrives of the head is not parsed
 
     def end_after_answer(self) -> None:
         """Close the connection once the answer in progress is sent, without waiting
@@ -100,9 +170,10 @@ class RelayRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # aiohttp's own: it logs (relay.logs.MalformedRequestFilter keeps the bytes
-        # out of the log) and refuses once part of a response was sent.
-        super().handle_error(request, status, exc, message)
+        if not isinstance(exc, HeadTimeoutError):  # logged by head_overdue
+            # aiohttp's own: it logs (relay.logs.MalformedRequestFilter keeps the bytes
+            # out of the log) and refuses once part of a response was sent.
+            super().handle_error(request, status, exc, message)
         response = error_response(unparsed_error(status, exc))
         response.headers.update(STATIC_HEADERS)
         response.force_close()  # what follows a malformed head cannot be trusted
@@ -110,20 +181,57 @@ class RelayRequestHandler(RequestHandler):
 
 
 class RelayServer(web.Server):
-    """aiohttp's low-level server, making `RelayRequestHandler` connections."""
+    """aiohttp's low-level server, making `RelayRequestHandler` connections and
+    sweeping them for request heads past `head_seconds`."""
+
+    head_seconds = HEAD_SECONDS
+    _sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
         return RelayRequestHandler(self, loop=self._loop, **self._kwargs)
 
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(self._sweep_every(), self._sweep_heads)
+
+    def _sweep_every(self) -> float:
+        # A head is cut between head_seconds and a quarter more (at most a second more).
+        return min(1.0, self.head_seconds / 4)
+
+    def _sweep_heads(self) -> None:
+        """Cut the heads past their deadline; runs while there are connections."""
+        if not self._connections:
+            self._sweep = None
+            return
+        self._sweep = self._loop.call_later(self._sweep_every(), self._sweep_heads)
+        overdue = self._loop.time() - self.head_seconds
+        for handler in self.connections:  # a copy: cutting one may end it
+            if not isinstance(handler, RelayRequestHandler):
+                continue
+            since = handler.head_since
+            if since is not None and since <= overdue:
+                handler.head_overdue(self.head_seconds)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        await super().shutdown(timeout)
+
 
 class RelayAppRunner(web.AppRunner):
     """`web.AppRunner` whose server makes `RelayRequestHandler` connections, which
-    leave request bodies undecoded and bound the request line by REQUEST_LINE_BYTES."""
+    leave request bodies undecoded, bound the request line by REQUEST_LINE_BYTES and
+    the wait for a request head by `head_seconds`."""
 
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, *, head_seconds: float = HEAD_SECONDS, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("auto_decompress", False)
         kwargs.setdefault("max_line_size", REQUEST_LINE_BYTES)
         super().__init__(app, **kwargs)
+        self._head_seconds = head_seconds
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -131,4 +239,6 @@ class RelayAppRunner(web.AppRunner):
         # builds its Server itself (Application._make_handler); the subclass only
         # overrides that choice.
         server.__class__ = RelayServer
+        assert isinstance(server, RelayServer)
+        server.head_seconds = self._head_seconds
         return server

@@ -113,8 +113,8 @@ def relay_runner(app: web.Application) -> RelayAppRunner:
         handle_signals=False,
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_SECONDS,
-        # An idle kept-alive connection (or a half-sent request head) is closed after
-        # this; aiohttp's own default outside run_app is an hour.
+        # An idle kept-alive connection is closed after this (aiohttp's own default
+        # outside run_app is an hour); a half-sent head after relay.api.server.HEAD_SECONDS.
         keepalive_timeout=KEEPALIVE_SECONDS,
     )
 

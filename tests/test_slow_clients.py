@@ -1,0 +1,164 @@
+"""Clients that send a request slowly, or not at all, hold a connection for a bounded time.
+
+A request head must arrive within the runner's `head_seconds` (here HEAD_SECONDS):
+a part of one is answered 408, a connection that sent nothing is closed. An idle
+kept-alive connection, a long poll, a stream and a body that arrives within its own
+deadline are not cut by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from relay.app import create_app
+from relay.config import Settings
+from tests.api_calls import bearer, client_with_token, create_client
+from tests.conftest import RelayTestServer, Simulator
+from tests.relay_process import Answer, exchange, read_answer
+
+HEAD_SECONDS = 0.3
+# Far past HEAD_SECONDS and its sweep, far short of aiohttp's keep-alive (75 s).
+CLOSED_WITHIN = 5.0
+
+
+@pytest.fixture
+async def relay(
+    database_url: str, aiohttp_client: Callable[..., Any], settings: Settings
+) -> TestClient:
+    """relay on its own runner, as `relay serve` runs it, with a short head deadline."""
+    server = RelayTestServer(create_app(settings))
+    await server.start_server(access_log=None, head_seconds=HEAD_SECONDS)
+    return await aiohttp_client(server)
+
+
+async def connect(relay: TestClient) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(relay.host, relay.port)
+
+
+async def send_slowly(writer: asyncio.StreamWriter, data: bytes, pause: float = 0.05) -> None:
+    """`data` a byte at a time; stops quietly once relay has closed the connection."""
+    for byte in data:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(pause)
+
+
+async def answer_then_close(reader: asyncio.StreamReader) -> Answer:
+    """The one answer relay sends, after which it closes the connection."""
+    async with asyncio.timeout(CLOSED_WITHIN):
+        answer = await read_answer(reader)
+        assert await reader.read() == b""
+    return answer
+
+
+def assert_timeout_error(answer: Answer) -> None:
+    assert answer.status == 408
+    assert answer.headers["content-type"] == "application/json"
+    error = orjson.loads(answer.body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "request_timeout"
+
+
+async def test_a_connection_that_sends_nothing_is_closed(relay, caplog):
+    reader, writer = await connect(relay)
+    with caplog.at_level(logging.INFO, "relay.api.server"):
+        async with asyncio.timeout(CLOSED_WITHIN):
+            assert await reader.read() == b""  # closed, and nothing said: nothing was asked
+    writer.close()
+    [line] = [each for each in caplog.records if each.message == "request head timed out"]
+    assert line.bytes_in == 0 and line.requests_before == 0
+    assert line.waited_ms >= HEAD_SECONDS * 1000
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_408(relay, caplog):
+    reader, writer = await connect(relay)
+    secret = b"Authorization: Bearer not-for-the-log\r\n"
+    writer.write(b"GET /v1/me HTTP/1.1\r\nHost: relay\r\n")
+    dripping = asyncio.create_task(send_slowly(writer, secret * 10))
+    with caplog.at_level(logging.INFO):
+        assert_timeout_error(await answer_then_close(reader))
+    dripping.cancel()
+    writer.close()
+    [line] = [each for each in caplog.records if each.message == "request head timed out"]
+    assert line.bytes_in > len(b"GET /v1/me HTTP/1.1\r\nHost: relay\r\n")
+    assert "not-for-the-log" not in caplog.text
+
+
+async def test_the_next_head_on_a_kept_alive_connection_has_a_deadline(relay):
+    reader, writer = await connect(relay)
+    assert (await exchange(reader, writer, "GET", "/health")).status == 200
+    writer.write(b"GET /health HTTP/1.1\r\n")
+    dripping = asyncio.create_task(send_slowly(writer, b"X-Slow: " + b"z" * 200))
+    assert_timeout_error(await answer_then_close(reader))
+    dripping.cancel()
+    writer.close()
+
+
+async def test_an_idle_kept_alive_connection_outlives_the_head_deadline(relay):
+    reader, writer = await connect(relay)
+    assert (await exchange(reader, writer, "GET", "/health")).status == 200
+    await asyncio.sleep(HEAD_SECONDS * 4)  # idle: aiohttp's keep-alive bounds this
+    assert (await exchange(reader, writer, "GET", "/health")).status == 200
+    writer.close()
+
+
+async def test_a_long_poll_outlives_the_head_deadline(relay):
+    _, token = await client_with_token(relay)
+    response = await relay.get("/v1/history?wait=1", headers=bearer(token))
+    assert response.status == 200, await response.text()
+
+
+async def test_a_stream_outlives_the_head_deadline(relay, simulator: Simulator):
+    simulator.config.tokens, simulator.config.token_delay = 5, HEAD_SECONDS / 2
+    _, token = await client_with_token(relay)
+    response = await relay.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-sim", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        headers=bearer(token),
+    )
+    assert response.status == 200
+    assert (await response.read()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_body_slower_than_the_head_deadline_is_read(relay):
+    client = await create_client(relay)
+    body = orjson.dumps({"api_key": client["api_key"]})
+    reader, writer = await connect(relay)
+    writer.write(
+        b"POST /auth/token HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5])
+    )
+    await asyncio.sleep(HEAD_SECONDS * 3)
+    writer.write(body[5:])
+    answer = await read_answer(reader)
+    assert answer.status == 200, answer.body
+    writer.close()
+
+
+@pytest.mark.parametrize("path", ["/auth/token", "/v1/chat/completions"])
+async def test_a_body_sent_a_byte_at_a_time_is_408(relay, monkeypatch, path):
+    monkeypatch.setattr("relay.api.body.BODY_SECONDS", HEAD_SECONDS)
+    _, token = await client_with_token(relay)
+    reader, writer = await connect(relay)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+    )
+    dripping = asyncio.create_task(send_slowly(writer, b"{" + b" " * 999))
+    async with asyncio.timeout(CLOSED_WITHIN):
+        answer = await read_answer(reader)
+    assert answer.status == 408
+    assert orjson.loads(answer.body)["error"]["code"] == "request_timeout"
+    dripping.cancel()
+    writer.close()
