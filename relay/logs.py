@@ -133,6 +133,8 @@ def setup_logging(level: str, fmt: str = "json", stream: TextIO | None = None) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # A warning a library issues is a line of relay's log too, not raw text on stderr.
+    logging.captureWarnings(True)
     # aiohttp's own access log would repeat ours without the request id.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     server = logging.getLogger("aiohttp.server")

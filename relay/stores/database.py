@@ -35,7 +35,7 @@ from relay.stores.database_failures import (
     OutcomeUnknownError,
     driver_errors,
     out_of_reach,
-    quiet_server_cancels,
+    quiet_driver_noise,
     registered,
 )
 
@@ -88,7 +88,7 @@ class Database:
     async def open(
         cls, dsn: str, *, size: int, timeout: float, recycle: float = IDLE_RECYCLE_SECONDS
     ) -> Database:
-        quiet_server_cancels()
+        quiet_driver_noise()
         with driver_errors():
             pool = await registered(
                 lambda: aiopg.create_pool(

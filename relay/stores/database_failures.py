@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
@@ -128,14 +129,30 @@ class OutcomeUnknownError(DependencyUnavailableError):
         self.timed_out = isinstance(lost.__cause__, TimeoutError)
 
 
-class _ServerCancelFilter(logging.Filter):
-    """aiopg reports a statement the server cancelled to the event loop's exception
-    handler, which logs it as an error with a traceback; relay logs it itself, once,
-    as the warning `unavailable` writes. asyncio's record of it is dropped."""
+class _DriverNoiseFilter(logging.Filter):
+    """What aiopg reports to the event loop's exception handler, as errors with
+    tracebacks, that relay says itself or that says nothing. Dropped from asyncio's log:
+
+    - a statement the server cancelled: relay logs it once, as the warning
+      `unavailable` writes;
+    - a connection that failed as it was being made (the server down): aiopg leaves it
+      unclosed, so once collected it warns "Unclosed connection" and, closing it, fails
+      a waiter nobody awaits ("Future exception was never retrieved ... Connection
+      closed"): three error lines per request while the server is down, besides the
+      warning relay writes for the request itself.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, psycopg2.extensions.QueryCanceledError)
+        if isinstance(error, psycopg2.extensions.QueryCanceledError):
+            return False
+        if isinstance(error, psycopg2.OperationalError) and str(error) == _CLOSED_WAITER:
+            return False
+        return not record.getMessage().startswith(_UNCLOSED_AIOPG)
+
+
+_CLOSED_WAITER = "Connection closed"  # what aiopg fails its waiter with as it closes
+_UNCLOSED_AIOPG = "Unclosed connection\nconnection: <aiopg.connection::"
 
 
 async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
@@ -147,10 +164,13 @@ async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
         raise unavailable(exc) from exc
 
 
-def quiet_server_cancels() -> None:
-    """Install the filter that keeps asyncio from logging server cancels (once, however
-    often called)."""
-    logging.getLogger("asyncio").addFilter(_SERVER_CANCEL_FILTER)
+def quiet_driver_noise() -> None:
+    """Install the filter that keeps asyncio from logging what aiopg reports to it (see
+    _DriverNoiseFilter), and drop aiopg's own warning of a connection it left unclosed
+    (aiopg asks for every one of its ResourceWarnings to be shown). Once, however often
+    called."""
+    logging.getLogger("asyncio").addFilter(_DRIVER_NOISE_FILTER)
+    warnings.filterwarnings("ignore", "Unclosed connection", ResourceWarning, r"aiopg\.connection")
 
 
-_SERVER_CANCEL_FILTER = _ServerCancelFilter()
+_DRIVER_NOISE_FILTER = _DriverNoiseFilter()
