@@ -9,6 +9,7 @@ import orjson
 from aiohttp import StreamReader, web
 
 from relay.api.expect import send_continue
+from relay.api.server import RelayRequestHandler
 from relay.appkeys import SETTINGS
 from relay.errors import (
     InvalidRequestError,
@@ -61,9 +62,13 @@ async def read_body(request: web.Request, limit: int | None = None) -> bytes:
             "The request body is not valid HTTP/1.1 chunked framing.", code="malformed_request"
         ) from None
     except TimeoutError:
-        raise RequestTimeoutError(
-            f"The request body did not arrive within {BODY_SECONDS:.0f} s."
-        ) from None
+        error = RequestTimeoutError(f"The request body did not arrive within {BODY_SECONDS:.0f} s.")
+        # The rest of the body is never read: the connection ends with the answer, and
+        # says so, rather than after aiohttp's lingering (up to 10 s) to swallow it.
+        if isinstance(request.protocol, RelayRequestHandler):
+            request.protocol.end_after_answer()
+            error.headers["Connection"] = "close"
+        raise error from None
 
 
 async def _read_up_to(content: StreamReader, limit: int) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 from aiohttp_sse import EventSourceResponse
 
 from relay.errors import RelayError
@@ -50,6 +51,9 @@ class HashedEventSource(EventSourceResponse):
         super().__init__(
             headers=headers, sep="\n", allow_all_methods=True, send_timeout=self.send_seconds
         )
+        # aiohttp-sse says "keep-alive" whatever the connection's fate (an HTTP/1.0
+        # client, `Connection: close`); aiohttp says what it does, where it must.
+        self.headers.popall(hdrs.CONNECTION, None)
         self._hash = hashlib.sha256()
         self.byte_count = 0
 

@@ -6,7 +6,11 @@ bad chunk size) never reaches relay's middlewares: aiohttp's connection handler
 answers it itself, in plain text that quotes the offending bytes (a prompt, an
 `Authorization` header) and names Python's and aiohttp's versions. relay's
 connection handler answers it as every other error: JSON, no bytes echoed,
-relay's own headers.
+relay's own headers. So does a parsed head HTTP/1.1 tells a server to refuse:
+another major version, Transfer-Encoding in HTTP/1.0 (relay.api.refusals).
+
+An answer without a length to an HTTP/1.0 client ends with its connection (1.0
+has no chunking), which aiohttp kept open.
 
 A connection has HEAD_SECONDS to deliver a whole request head: from its opening,
 and on a kept-alive connection from the first byte of its next request. aiohttp
@@ -28,72 +32,29 @@ import asyncio
 import logging
 from typing import Any
 
-from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, InvalidHeader, LineTooLong
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from relay.api.error_mapping import error_response
+from relay.api.refusals import REQUEST_LINE_BYTES, HeadTimeoutError, refused_head, unparsed_error
 from relay.api.security_headers import STATIC_HEADERS
-from relay.errors import (
-    InvalidRequestError,
-    RelayError,
-    RequestTimeoutError,
-    UpstreamTimeoutError,
-)
 
 log = logging.getLogger(__name__)
 
-# A request line (its target, mostly) may be this long: a search query of 10 kB
-# reaches relay, to be refused in words (400, MAX_QUERY_CHARS) rather than by the
-# parser. A header line may be 8190 bytes, aiohttp's default. The limits differ so
-# that aiohttp's LineTooLong, which carries only the limit it hit, tells a long URL
-# (414) from a long header (431).
-REQUEST_LINE_BYTES = 16384
 # Every HTTP client writes a head at once, and it is under 16 kB: 10 s leaves a
 # mobile link room for a few retransmissions (TCP's first one waits 1 s, then 2,
 # then 4). nginx's client_header_timeout is 60 s; relay serves apps, not people.
 HEAD_SECONDS = 10.0
 
 
-class HeadTimeoutError(Exception):
-    """A request head that did not arrive within the connection's deadline."""
-
-
-def unparsed_error(status: int, exc: BaseException | None) -> RelayError:
-    """What aiohttp's connection handler answers itself, as a RelayError: a request it
-    could not parse, or (never expected: the error middleware catches everything) a
-    handler's exception or timeout."""
-    if isinstance(exc, HeadTimeoutError):
-        return RequestTimeoutError(str(exc))
-    if status == 504:  # a handler's own timeout escaped it
-        return UpstreamTimeoutError("The request timed out.", code="timeout")
-    if status >= 500:
-        return RelayError("Internal error.")
-    if isinstance(exc, LineTooLong):
-        if exc.args[1:2] == (REQUEST_LINE_BYTES,):
-            # RFC 9112 section 3: a target too long to parse MUST be a 414.
-            why, status = "its request target (URL) is too long", 414
-        else:
-            why, status = "a header is too long", 431  # RFC 6585
-    elif isinstance(exc, BadHttpMethod):
-        why = "it does not start with an HTTP method"
-    elif isinstance(exc, InvalidHeader):
-        why = "a header is malformed"
-    else:
-        why = "its head or framing is malformed"
-    error = InvalidRequestError(
-        f"The request is not valid HTTP/1.1: {why}.", code="malformed_request"
-    )
-    error.status = status
-    return error
-
-
 class RelayRequestHandler(RequestHandler):
-    """One client connection; differs from aiohttp's in the errors it answers itself,
-    in telling a handler that the body it is reading is malformed, and in noting when
-    it began to wait for a request head (`head_since`, for RelayServer's sweep)."""
+    """One client connection; differs from aiohttp's in the errors it answers itself
+    (heads it cannot parse or HTTP/1.1 refuses), in telling a handler that the body it
+    is reading is malformed, in when it keeps the connection, and in noting when it
+    began to wait for a request head (`head_since`, for RelayServer's sweep)."""
 
     __slots__ = ("_head_bytes", "head_since")
     head_since: float | None
@@ -115,6 +76,7 @@ class RelayRequestHandler(RequestHandler):
                 self._head_bytes += len(data)
             return
         self.head_since = None
+        self._refuse_heads(queued)
         # aiohttp's C parser reports a body it cannot parse (a bad chunk size) that
         # arrives after its head was handed on as the error of a next request. That
         # waits behind the handler, and the handler waits for the rest of the body
@@ -130,6 +92,18 @@ class RelayRequestHandler(RequestHandler):
             self._messages.pop()
             request.content.set_exception(web.RequestPayloadError(error.message))
             self.end_after_answer()
+
+    def _refuse_heads(self, first: int) -> None:
+        """Answer an error in place of each head parsed from `first` on that HTTP/1.1
+        refuses, as aiohttp answers one it cannot parse (and then closes)."""
+        messages = self._messages
+        for index in range(first, len(messages)):
+            message, _ = messages[index]
+            if isinstance(message, _ErrInfo) or message.version == HttpVersion11:
+                continue
+            if (refusal := refused_head(message)) is not None:
+                # What the parser still feeds the request's body is never read.
+                messages[index] = (_ErrInfo(400, refusal, ""), EMPTY_PAYLOAD)
 
     def head_overdue(self, deadline: float) -> None:
         """The head awaited since `head_since` is past `deadline` seconds: answer 408 to
@@ -162,6 +136,21 @@ class RelayRequestHandler(RequestHandler):
         (aiohttp lingers up to 10 s) for the rest of a request body nobody will read."""
         self._lingering_time = 0.0
         self._close = True
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        resp, reset = await super().finish_response(request, resp, start_time)
+        # An HTTP/1.0 connection persists only when the answer says so (RFC 9112
+        # appendix C.2.2): aiohttp does not say it of an answer without a length,
+        # whose end is the connection's, and must not keep the connection either.
+        if (
+            request.version != HttpVersion11
+            and resp.keep_alive
+            and resp.headers.get(hdrs.CONNECTION) != "keep-alive"
+        ):
+            resp.force_close()
+        return resp, reset
 
     def handle_error(
         self,
