@@ -141,6 +141,7 @@ async def test_large_answers_are_spread_over_batches(http, database_url, monkeyp
 
     assert await record_together(recorder, answers) == [None] * 5
 
-    # 11 KB and more each (its body, its receipt): two fit under 30 KB, not three.
-    assert [len(batch) for batch in writes] == [2, 2, 1]
-    assert [request for batch in writes for request in batch] == [a.request_id for a in answers]
+    # 11 KB and more each (its body, its receipt): two fit under 30 KB, not three. (A
+    # batch that met the one before it still committing is tried again: more writes.)
+    assert max(len(batch) for batch in writes) == 2
+    assert {request for batch in writes for request in batch} == {a.request_id for a in answers}
