@@ -12,8 +12,13 @@ from tests.api_calls import client_with_token
 BODY = orjson.dumps({"model": "gpt-sim", "messages": [{"role": "user", "content": "hi"}]})
 
 
-def _head(path: str, headers: dict[str, str], length: int = len(BODY)) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: relay", "Content-Type: application/json"]
+def _head(
+    path: str,
+    headers: dict[str, str],
+    length: int = len(BODY),
+    content_type: str = "application/json",
+) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: relay", f"Content-Type: {content_type}"]
     lines += [f"Content-Length: {length}", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -39,23 +44,26 @@ async def test_the_body_is_invited_once_the_checks_passed_then_answered(http, si
 
 
 @pytest.mark.parametrize(
-    ("headers", "length", "status"),
+    ("headers", "length", "status", "content_type"),
     [
-        ({}, len(BODY), b"401"),  # no token
-        ({"Authorization": "Bearer not-a-token"}, len(BODY), b"401"),
-        (None, 10**9, b"413"),  # a good token, a body past RELAY_MAX_BODY_BYTES
+        ({}, len(BODY), b"401", "application/json"),  # no token
+        ({"Authorization": "Bearer not-a-token"}, len(BODY), b"401", "application/json"),
+        # A good token, and a body past RELAY_MAX_BODY_BYTES, or not JSON.
+        (None, 10**9, b"413", "application/json"),
+        (None, len(BODY), b"415", "text/plain"),
     ],
-    ids=["no-token", "bad-token", "too-large"],
+    ids=["no-token", "bad-token", "too-large", "not-json"],
 )
 async def test_a_request_refused_by_its_head_is_answered_without_inviting_its_body(
-    http, simulator, headers, length, status
+    http, simulator, headers, length, status, content_type
 ):
     # RFC 9110 section 10.1.1: a final status the head decides is sent instead of 100.
     if headers is None:
         headers = {"Authorization": f"Bearer {(await client_with_token(http))[1]}"}
     reader, writer = await asyncio.open_connection(http.host, http.port)
     try:
-        writer.write(_head("/v1/chat/completions", {**headers, "Expect": "100-continue"}, length))
+        expecting = {**headers, "Expect": "100-continue"}
+        writer.write(_head("/v1/chat/completions", expecting, length, content_type))
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 10)  # relay closes the connection
     finally:

@@ -97,9 +97,16 @@ def _only_codings(request: web.Request, header: str, allowed: tuple[str, ...]) -
     )
 
 
-def parse_json_object(body: bytes, content_type: str) -> dict[str, Any]:
-    if content_type != "application/json":
+async def read_json_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The raw body of a request that must be JSON (see read_body). Its type is checked
+    from the head, before the body is read: a client that waits for "100 Continue" is
+    refused with the 415 instead of being invited to send a body relay will not read."""
+    if request.content_type != "application/json":
         raise UnsupportedMediaTypeError("Send the body as 'Content-Type: application/json'.")
+    return await read_body(request, limit)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -110,7 +117,7 @@ def parse_json_object(body: bytes, content_type: str) -> dict[str, Any]:
 
 
 async def read_json_object(request: web.Request, limit: int | None = None) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, limit), request.content_type)
+    return parse_json_object(await read_json_body(request, limit))
 
 
 def query_value(request: web.Request, name: str) -> str | None:

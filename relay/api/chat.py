@@ -8,7 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from relay.api.answer_timing import elapsed_ms, note_stream_end
-from relay.api.body import json_response, parse_json_object, read_body
+from relay.api.body import json_response, parse_json_object, read_json_body
 from relay.api.conversation_header import bind_conversation
 from relay.api.drain import answered_before_restart
 from relay.appkeys import (
@@ -63,8 +63,8 @@ def _model(route: Route, router: ModelRouter) -> dict[str, object]:
 async def new_answer(request: web.Request, endpoint: str) -> Answer:
     """Read, check and route a chat completion request; nothing is sent yet."""
     caller = request[CALLER]
-    body = await read_body(request)
-    data = parse_json_object(body, request.content_type)
+    body = await read_json_body(request)
+    data = parse_json_object(body)
     chat = check_chat_completion(data)
     route = request.app[ROUTER].resolve(chat.model, caller.client.scopes)
     answer = Answer(

@@ -8,7 +8,7 @@ import dataclasses
 import orjson
 from aiohttp import web
 
-from relay.api.body import parse_json_object, read_body
+from relay.api.body import parse_json_object, read_json_body
 from relay.api.conversation_header import CONVERSATION_HEADER, named_conversation
 from relay.appkeys import CALLER, HISTORY, REQUEST_ID, ROUTER, SETTINGS
 from relay.errors import InvalidRequestError, PermissionDeniedError
@@ -29,8 +29,8 @@ ENDPOINT = "/v1/chat"
 async def new_native_answer(request: web.Request) -> Answer:
     """Check the request, load the conversation's context, build the provider request."""
     caller, app = request[CALLER], request.app
-    body = await read_body(request)
-    chat = check_native_chat(parse_json_object(body, request.content_type))
+    body = await read_json_body(request)
+    chat = check_native_chat(parse_json_object(body))
     if not caller.client.store_history:
         raise PermissionDeniedError(
             "This client does not keep history, which /v1/chat needs;"
