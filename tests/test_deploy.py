@@ -65,6 +65,18 @@ def test_env_example_documents_every_setting():
     assert not stale, f"{EXAMPLE.name} documents settings relay does not read: {sorted(stale)}"
 
 
+def test_readme_names_every_setting_in_its_table():
+    settings = {spec.metadata["env"] for spec in dataclasses.fields(Settings)}
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1]
+    table = section.split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `RELAY_")]
+    named = {
+        name for row in rows for name in re.findall(r"`(RELAY_[A-Z0-9_]+)`", row.split("|")[1])
+    }
+    assert not settings - named, f"the README's table leaves out {sorted(settings - named)}"
+    assert not named - settings, f"the README's table names {sorted(named - settings)}"
+
+
 def test_env_example_is_refused_until_its_secrets_are_replaced():
     active = read_env_file(EXAMPLE)
     for name in SECRETS:
