@@ -7,11 +7,15 @@ the key and before the value is dropped; a value may mix unquoted, 'single-' and
 character as it is and trailing whitespace is dropped; in single quotes nothing
 is special; in double quotes a backslash escapes only \\ " ` and $ (before any
 other character it stays). A backslash at the end of a line joins the next
-line to it (not so a comment's, since systemd 254), and quotes may span lines.
+line to it, and quotes may span lines.
 
-Unlike systemd, relay also takes a leading `export ` (as a shell would), and
-refuses what systemd skips or takes as it comes: a line that is not KEY=VALUE,
-and a quote never closed (systemd would take the rest of the file as its value).
+Unlike systemd, relay refuses what systemd skips, or takes as it comes, or takes
+one way or the other by its version, so that what runs by hand is what the
+service gets: a line that is not KEY=VALUE (`export NAME=value` among them:
+systemd skips it as an invalid name), a quote never closed (systemd would take
+the rest of the file as its value), and a comment ending in a backslash (systemd
+before 254, as in Debian 12 and Ubuntu 22.04, continues it onto the next line and
+drops that line; 254 and later do not).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ _NEWLINE = "\n\r"
 _COMMENT = "#;"
 _ESCAPED_IN_DOUBLE_QUOTES = '"\\`$'
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EXPORT = re.compile(r"export[ \t]")
 
 
 class EnvFileError(ValueError):
@@ -41,7 +46,11 @@ def parse_env_file(text: str) -> dict[str, str]:
     line = key_line = 1
 
     def store() -> None:
-        name = "".join(key).strip(_WHITESPACE).removeprefix("export ").lstrip(" \t")
+        name = "".join(key).strip(_WHITESPACE)
+        if _EXPORT.match(name):
+            raise EnvFileError(
+                key_line, "starts with `export`, which systemd skips: write KEY=VALUE alone"
+            )
         if not _NAME.fullmatch(name):
             raise EnvFileError(key_line, "is not KEY=VALUE")
         values[name] = "".join(value[:keep])
@@ -111,14 +120,20 @@ def parse_env_file(text: str) -> dict[str, str]:
                 state = "comment_escape"
             elif char in _NEWLINE:
                 state = "pre_key"
-        else:  # comment_escape: since systemd 254 a comment's line end is never escaped
-            state = "pre_key" if char in _NEWLINE else "comment"
+        else:  # comment_escape
+            if char in _NEWLINE:
+                raise EnvFileError(
+                    line,
+                    "is a comment ending in a backslash, which systemd before 254"
+                    " continues onto the next line: end it otherwise",
+                )
+            state = "comment"
         if char == "\n":
             line += 1
     if state == "key":
         raise EnvFileError(key_line, "is not KEY=VALUE")
     if state in ("single_quoted", "double_quoted", "double_quoted_escape"):
         raise EnvFileError(key_line, "has a quote that is never closed")
-    if state not in ("pre_key", "comment", "comment_escape"):
+    if state not in ("pre_key", "comment", "comment_escape"):  # no line end to continue
         store()
     return values

@@ -310,7 +310,7 @@ def test_env_file_is_read_and_real_environment_wins(tmp_path: Path):
         "\n"
         "RELAY_PORT=9100\n"
         'RELAY_HOST="10.0.0.1"\n'
-        "export RELAY_JWT_TTL='900'\n"
+        "RELAY_JWT_TTL='900'\n"
         "RELAY_LOG_LEVEL=WARNING\n"
     )
     settings = Settings.from_env({"RELAY_ENV_FILE": str(env_file), "RELAY_LOG_LEVEL": "ERROR"})

@@ -27,7 +27,6 @@ CASES = [
     ('A="first\nsecond"', "first\nsecond"),
     ('A="joined \\\nline"', "joined line"),
     ("A=crlf\r\n", "crlf"),
-    ("export A=shell style", "shell style"),
 ]
 
 
@@ -41,16 +40,19 @@ def test_comments_blank_lines_and_several_settings():
         "# a comment\n"
         "; also a comment\n"
         "\n"
-        "   # indented comment \\\n"
-        "RELAY_LOG_LEVEL=INFO\n"  # not part of the comment (systemd 254 and later)
+        "   # indented comment \\\\\n"  # an escaped backslash: the comment ends here
+        "RELAY_LOG_LEVEL=INFO\n"
+        "# a \\comment\n"
         "RELAY_PORT=9100\n"
         'RELAY_HOST="10.0.0.1"\n'
         "RELAY_PORT=9200\n"
+        "exporter=a name like any other\n"
     )
     assert parse_env_file(text) == {
         "RELAY_LOG_LEVEL": "INFO",
         "RELAY_PORT": "9200",
         "RELAY_HOST": "10.0.0.1",
+        "exporter": "a name like any other",
     }
 
 
@@ -68,3 +70,22 @@ def test_a_line_that_is_no_setting_is_refused_by_number(text, line):
     with pytest.raises(EnvFileError) as raised:
         parse_env_file(text)
     assert raised.value.line == line
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        # systemd skips it ("invalid variable name"): by hand it would be set, and
+        # the service would run without it.
+        ("RELAY_PORT=1\nexport RELAY_ENV=production\n", 2, "starts with `export`"),
+        ("export\tRELAY_ENV=production", 1, "starts with `export`"),
+        # systemd before 254 (Debian 12, Ubuntu 22.04) drops the line after it.
+        ("# a note \\\nRELAY_ENV=production\n", 1, "comment ending in a backslash"),
+        ("A=1\n  ; note \\\r\nB=2\n", 2, "comment ending in a backslash"),
+    ],
+)
+def test_lines_systemd_skips_or_reads_by_its_version_are_refused(text, line, words):
+    with pytest.raises(EnvFileError) as raised:
+        parse_env_file(text)
+    assert raised.value.line == line
+    assert words in str(raised.value)
