@@ -122,9 +122,12 @@ class Database:
             finally:
                 cur.close()
                 if not cur.released:
+                    released = self.pool.release(cur.connection)  # and wakes who waits
                     if cur.sent_large:
-                        cur.connection.close()  # the pool drops it, and its buffers go
-                    await self.pool.release(cur.connection)
+                        # Closed once back (aiopg wakes no one for a closed one): the pool
+                        # drops it as it hands out the next, and its buffers go.
+                        cur.connection.close()
+                    await released
 
     async def _acquire(self) -> tuple[Connection, bool]:
         """A pooled connection, and whether it served before: only then can it be stale."""
