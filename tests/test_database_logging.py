@@ -51,6 +51,8 @@ async def test_a_failed_statement_leaves_its_content_out_of_the_server_log(tmp_p
         await create_database(pg.url, "relay")
         url = pg.url_for("relay")
         await migrate(url)
+        # An operator samples transactions into the log: every statement of one sampled.
+        await superuser(url, "ALTER DATABASE relay SET log_transaction_sample_rate = 1")
         # The server as installed logs a failed statement's text, content and all.
         conn = await connect(url, timeout=10)
         try:
@@ -62,6 +64,8 @@ async def test_a_failed_statement_leaves_its_content_out_of_the_server_log(tmp_p
         db = await Database.open(url, size=2, timeout=10)
         try:
             await fail_with_canary(db)
+            async with db.cursor() as cur:
+                await cur.execute("SELECT %s", (CANARY,))
         finally:
             await db.close()
         pg.stop()
@@ -125,7 +129,7 @@ async def test_a_role_that_may_not_quiet_the_log_is_told_once_how(plain_role, ca
     "fix",
     [
         "GRANT SET ON PARAMETER log_min_error_statement, log_min_duration_statement,"
-        " log_statement TO {role}",
+        " log_statement, log_min_duration_sample, log_transaction_sample_rate TO {role}",
         "ALTER ROLE {role} SET log_min_error_statement = panic;"
         " ALTER ROLE {role} SET log_min_duration_statement = -1;"
         " ALTER ROLE {role} SET log_statement = none",

@@ -49,11 +49,14 @@ def server_process(conn: Connection) -> ServerProcess | None:
 # content with it. relay's statements fail in normal running: two instances' receipt
 # batches race and one is refused on purpose, a conversation deleted while its answer
 # is written fails the answer's batch, a stuck commit is stopped. An operator's
-# log_statement or log_min_duration_statement would log every one of them.
+# log_statement, log_min_duration_statement or sampling (of slow statements, of
+# transactions) would log every one of them, or some.
 QUIET_LOGGING = {
     "log_min_error_statement": "panic",
     "log_min_duration_statement": "-1",
     "log_statement": "none",
+    "log_min_duration_sample": "-1",  # PostgreSQL 13+
+    "log_transaction_sample_rate": "0",  # PostgreSQL 12+
 }
 _loud_logging_told = False
 
@@ -67,7 +70,8 @@ async def on_connect(conn: Connection) -> None:
     otherwise commit later, after its clients were told their answers were not saved
     (and, retrying, saved them twice)."""
     names = tuple(QUIET_LOGGING)
-    settings = ", ".join(f"current_setting('{name}')" for name in names)
+    # A setting the server does not have (an older one) is NULL: it logs nothing by it.
+    settings = ", ".join(f"current_setting('{name}', true)" for name in names)
     if conn.server_version >= 150000:  # GRANT SET ON PARAMETER came with 15
         may_set = ", ".join(f"has_parameter_privilege('{name}', 'SET')" for name in names)
     else:
@@ -84,7 +88,7 @@ async def on_connect(conn: Connection) -> None:
             statements.append(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
         loud = []
         for name, value, may in zip(names, values, allowed, strict=True):
-            if value == QUIET_LOGGING[name]:
+            if value is None or value == QUIET_LOGGING[name]:
                 continue
             if may:
                 statements.append(f"SET {name} = {QUIET_LOGGING[name]}")
