@@ -6,9 +6,12 @@ import asyncio
 import re
 import socket
 
+import pytest
 import redis.asyncio as redis
 
+from relay.api.rate_limit import refusal
 from relay.appkeys import CLIENTS, RATE_LIMITER
+from relay.services.ratelimit import Quota, Verdict
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
 
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
@@ -162,6 +165,22 @@ async def test_a_wait_longer_than_the_sdks_wait_out_is_not_retried(make_client, 
     # OpenAI's SDKs ignore a Retry-After over 60 s and would ask again at once, twice.
     assert response.headers["x-should-retry"] == "false"
     assert "try again in 4m5" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("wait_ms", "retried"),
+    [(1_000, True), (59_500, True), (59_999, True), (60_000, False), (354_000, False)],
+)
+def test_a_refusal_says_its_wait_to_the_millisecond_and_past_a_minute_not_to_retry(
+    wait_ms, retried
+):
+    # openai-node waits out less than 60 s (and reads retry-after-ms first): "Retry-After:
+    # 60" for 59.5 s would be ignored, and retried at once.
+    quota = Quota(limit=10, remaining=0, reset_ms=wait_ms)
+    error = refusal(Verdict(quota, None, refused="requests", retry_after_ms=wait_ms))
+    assert error.headers["retry-after-ms"] == str(wait_ms)
+    assert error.headers["Retry-After"] == str(-(-wait_ms // 1000))
+    assert ("x-should-retry" not in error.headers) is retried
 
 
 async def test_a_debit_within_the_budget_only_lowers_remaining_tokens(make_client, make_settings):

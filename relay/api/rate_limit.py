@@ -13,8 +13,9 @@ from relay.errors import NOT_RETRIED, RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
 from relay.services.ratelimit import ATTESTATION_REPORTS, TOKEN_EXCHANGES, Quota, Verdict
 
-# OpenAI's SDKs wait out a Retry-After of at most this; past it they retry at once (after
-# half a second, then one) and fail again, each retry drawing on the caller's buckets.
+# OpenAI's SDKs wait out a wait shorter than this (openai-node: shorter; openai-python:
+# up to and with it); past it they retry at once (after half a second, then one) and
+# fail again, each retry drawing on the caller's buckets.
 SDK_MAX_RETRY_AFTER_MS = 60_000
 CHAT_ROUTES = frozenset({"create_chat_completion", "create_chat"})
 # Routes without a caller, limited per client address instead, and their buckets.
@@ -43,7 +44,11 @@ def refusal(verdict: Verdict) -> RateLimitError:
     wait = go_duration(verdict.retry_after_ms)
     quota = verdict.tokens if verdict.refused_type == "tokens" else verdict.requests
     limit = f" (limit {quota.limit} per minute)" if quota is not None else ""
-    headers = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000)))}
+    headers = {
+        "Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000))),
+        # Read first by OpenAI's SDKs: a wait of 59.5 s is not rounded up past their limit.
+        "retry-after-ms": str(max(1, verdict.retry_after_ms)),
+    }
     message = f"Rate limit reached for {verdict.refused_type}{limit}. Please try again in {wait}."
     if verdict.blocked:
         # A limit of 0 never refills: OpenAI's SDKs would otherwise wait out Retry-After
@@ -53,7 +58,7 @@ def refusal(verdict: Verdict) -> RateLimitError:
             f"This client may use no {verdict.refused_type}{limit}: waiting will not"
             " help; ask relay's operator to raise the limit."
         )
-    elif verdict.retry_after_ms > SDK_MAX_RETRY_AFTER_MS:
+    elif verdict.retry_after_ms >= SDK_MAX_RETRY_AFTER_MS:
         headers.update(NOT_RETRIED)  # the wait is in the message and in Retry-After
     error = RateLimitError(message, headers=headers)
     error.type = verdict.refused_type
