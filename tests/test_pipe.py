@@ -32,7 +32,7 @@ class ChunkedProvider:
     def close(self) -> None:
         self.closed = True
 
-    def finished(self) -> None:
+    def follow(self, answer: object) -> None:
         pass
 
 

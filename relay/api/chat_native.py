@@ -78,8 +78,7 @@ async def _read(provider: ProviderReply, observer: DeltaObserver) -> str:
     try:
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
-            if observer.finish_reason is not None:
-                provider.finished()
+            provider.follow(observer)
     except aiohttp.ClientError:
         return "cut"
     return _outcome(observer, provider)
@@ -93,7 +92,7 @@ def _outcome(observer: DeltaObserver, provider: ProviderReply) -> str:
         return "cut"
     if observer.error is not None:
         return "failed"  # the provider said why, in an error event
-    if observer.done or observer.finish_reason is not None:
+    if observer.done or observer.all_finished:
         return "complete"
     return "cut"
 
@@ -185,8 +184,7 @@ async def _relay_deltas(
     try:
         while observer.reading and (chunk := await provider.chunk()):
             observer.feed(chunk)
-            if observer.finish_reason is not None:
-                provider.finished()
+            provider.follow(observer)
             if not await _pass_deltas(response, observer):
                 provider.close()
                 return "cancelled"

@@ -147,13 +147,12 @@ class CompletionAccumulator:
     and non-streamed answers are summarised by the same rules. Choice 0 is the answer;
     `generated_bytes` counts what every choice generated, as it arrives.
 
-    `choices` and `usage` are what the request asked for (its `n`; its usage chunk,
-    `stream_options.include_usage`): `all_finished` tells every choice has its
-    finish_reason, `answered` that its usage came too, if asked. Both are plain
-    attributes, moved only by a finish_reason or a usage: a pipe asks after every read.
+    `choices` is how many the request asked for (its `n`): `all_finished` tells every
+    one has its finish_reason, a plain attribute moved only by a finish_reason, as a
+    pipe asks after every read.
     """
 
-    def __init__(self, choices: int = 1, usage: bool = False) -> None:
+    def __init__(self, choices: int = 1) -> None:
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.response_id: str | None = None
@@ -164,10 +163,8 @@ class CompletionAccumulator:
         self.generated_bytes = 0
         self._choices: dict[int, _Choice] = {}
         self._choices_asked = choices
-        self._usage_asked = usage
         self._finished: set[int] = set()  # the choices that have their finish_reason
         self.all_finished = False
-        self.answered = False
 
     def apply(self, obj: dict[str, Any]) -> None:
         """Take in one `chat.completion` or `chat.completion.chunk` object (or an error)."""
@@ -185,7 +182,6 @@ class CompletionAccumulator:
         # The usage chunk carries `"choices": []` (or null); other chunks carry `"usage": null`.
         if isinstance(usage := obj.get("usage"), dict):
             self.usage = usage
-            self.answered = self.all_finished
         if isinstance(choices := obj.get("choices"), list):
             for choice in choices:
                 if isinstance(choice, dict):
@@ -240,7 +236,6 @@ class CompletionAccumulator:
         self._finished.add(index)
         if len(self._finished) >= self._choices_asked:
             self.all_finished = True
-            self.answered = self.usage is not None or not self._usage_asked
 
     @staticmethod
     def _merge_tool_calls(state: _Choice, calls: list[Any]) -> int:

@@ -30,8 +30,8 @@ class StreamObserver(CompletionAccumulator):
     provider's error event (its bytes are read as sent, but counted as written).
     """
 
-    def __init__(self, choices: int = 1, usage: bool = False) -> None:
-        super().__init__(choices, usage)
+    def __init__(self, choices: int = 1) -> None:
+        super().__init__(choices)
         self._hash = hashlib.sha256()
         self._decoder = SSEDecoder(self._on_data, self._on_error_field)
         self.byte_count = 0
@@ -42,14 +42,11 @@ class StreamObserver(CompletionAccumulator):
     @classmethod
     def for_request(cls, request: dict[str, Any]) -> Self:
         """The observer of the answer to `request`, a chat completion request as parsed:
-        its `n` choices (an odd `n` is taken for 1: the provider refuses it anyway), and
-        its usage chunk if `stream_options.include_usage` is true."""
+        its `n` choices (an odd `n` is taken for 1: the provider refuses it anyway)."""
         choices = request.get("n")
         if not isinstance(choices, int) or isinstance(choices, bool) or choices < 1:
             choices = 1
-        options = request.get("stream_options")
-        usage = isinstance(options, dict) and options.get("include_usage") is True
-        return cls(choices, usage)
+        return cls(choices)
 
     @property
     def sha256(self) -> str:

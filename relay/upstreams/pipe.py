@@ -140,11 +140,7 @@ async def pipe_stream(
                 return _too_large(provider, observer)
             if not await _send(response, observer, stalled, whole, route):
                 return _too_large(provider, observer)
-            # Two attributes, moved only by a finish_reason or a usage: cheap per chunk.
-            if observer.answered:
-                provider.finished()
-            elif observer.all_finished:
-                provider.ended()  # its usage chunk may still come: no shorter deadline
+            provider.follow(observer)
         return await _body_ended(response, observer, stalled, bytes(pending), route)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         provider.close()  # the client left: stop paying for tokens nobody reads

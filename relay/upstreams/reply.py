@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -10,12 +11,15 @@ from multidict import CIMultiDictProxy
 from relay.errors import AnswerTooLongError, UpstreamCutError, UpstreamError, UpstreamTimeoutError
 from relay.upstreams.deadline import WaitDeadline
 
+if TYPE_CHECKING:
+    from relay.upstreams.completion import CompletionAccumulator
+
 # Provider responses relay reads whole (errors, non-streamed answers) are bounded.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-# Once a streamed answer is over (every choice has its finish_reason, and its usage
-# chunk came if asked for), only `[DONE]` may follow, at once: some providers never
-# close a finished stream, so a provider silent for this long then has ended it,
-# not one silent for the whole idle timeout.
+# Once a streamed answer is over (every choice has its finish_reason), only its usage
+# chunk and `[DONE]` may follow, at once: some providers never close a finished
+# stream, so a provider silent for this long then has ended it, not one silent for
+# the whole idle timeout. (A usage chunk later than this is not waited for.)
 FINISHED_SILENCE_SECONDS = 10.0
 
 
@@ -50,7 +54,7 @@ class ProviderReply:
         self._response = response
         self._content = response.content
         self._deadline = WaitDeadline(idle_timeout, response.close)
-        self._finished = False  # every choice said it is finished: see `ended`
+        self._finished = False  # every choice said it is finished: see `follow`
         self._early = b""  # read by `first`, handed out by the next `chunk`
         self.stopped = False  # relay closed it (the client left, relay is stopping)
         self.overran = False  # relay closed it: it ran past `longest`
@@ -64,19 +68,14 @@ class ProviderReply:
     def headers(self) -> CIMultiDictProxy[str]:
         return self._response.headers
 
-    def ended(self) -> None:
-        """Every choice of the stream's answer has its finish_reason: from now on a wait
-        that outlasts its deadline (or the longest answer) ends the body, as if the
-        provider had closed it, instead of cutting the answer. A usage chunk asked for
-        may still come, late: the deadline stays the idle timeout."""
-        self._finished = True
-
-    def finished(self) -> None:
-        """The stream's answer is over (`ended`, and its usage came if asked for): only
-        `[DONE]` may follow, so a silence of FINISHED_SILENCE_SECONDS from now on ends
-        the body, instead of the whole idle timeout."""
-        self._finished = True
-        self._deadline.shorten(FINISHED_SILENCE_SECONDS)  # a no-op once it is short
+    def follow(self, answer: CompletionAccumulator) -> None:
+        """Call after each read of a stream, with what was learnt of its answer. Once
+        every choice has its finish_reason, a silence of FINISHED_SILENCE_SECONDS (or the
+        longest answer) ends the body, as if the provider had closed it, instead of
+        cutting the answer; before, any deadline cuts it."""
+        if answer.all_finished and not self._finished:
+            self._finished = True
+            self._deadline.shorten(FINISHED_SILENCE_SECONDS)
 
     async def first(self) -> None:
         """Wait for the body's first bytes, before the client is answered at all: a
