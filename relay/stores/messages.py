@@ -52,8 +52,10 @@ _LOCK_SHARE = 0.8
 # (up to 256 each), ~190 ms per long message for 32 words, against well under 1 ms.
 RANKED_MATCHES = 500
 # Of a conversation's first question, what a title needs: relay.services.turns makes
-# one of its first 120 characters once whitespace runs are one space each.
+# one of its first 120 characters once whitespace runs are one space each. Runs are
+# made one space within the first QUESTION_SCAN_CHARS, which bounds the server's work.
 QUESTION_CHARS = 2000
+QUESTION_SCAN_CHARS = 100_000
 _QUERY = "websearch_to_tsquery('english', translate(%(query)s, %(taken)s, ' '))"
 _WORDS_QUERY = "websearch_to_tsquery('english', translate(%(marked)s, %(taken)s, ' '))"
 _FOUND = (
@@ -219,11 +221,12 @@ class MessageStore:
         thousand messages of megabytes each would be gigabytes)."""
         async with self.db.cursor() as cur:
             await cur.execute(
-                "SELECT c.id, (SELECT left(regexp_replace(m.content, '^\\s+', ''), %s)"
+                "SELECT c.id, (SELECT"
+                " left(regexp_replace(left(m.content, %s), '\\s+', ' ', 'g'), %s)"
                 " FROM messages m WHERE m.conversation_id = c.id"
                 " AND m.role = 'user' AND btrim(m.content) <> '' ORDER BY m.seq LIMIT 1)"
                 " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
-                (QUESTION_CHARS, conversation_ids),
+                (QUESTION_SCAN_CHARS, QUESTION_CHARS, conversation_ids),
             )
             return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
 
