@@ -1,8 +1,9 @@
 """The one frozen `Settings` object, read once from `RELAY_*` variables.
 
 Parsing a value is relay.config_values; where values come from (an env file,
-`<NAME>_FILE`, unknown names), relay.config_environment; which secrets there are
-and development's kept ones, relay.config_secrets.
+`<NAME>_FILE`, unknown names), relay.config_environment; which secrets there are,
+production's rules for them and development's kept ones, relay.config_secrets; what
+start-up says about the settings, relay.config_notes.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from relay.config_environment import (
     warn_unknown,
 )
 from relay.config_secrets import (
-    CHECKED_WHEN_GIVEN,
     REQUIRED_SECRETS,
     SECRETS,
+    check_production_secrets,
     with_development_secrets,
 )
 from relay.config_values import (
-    MIN_SECRET_BYTES,
     ConfigError,
     Secret,
     address,
@@ -57,9 +57,30 @@ __all__ = [
     "with_development_secrets",
 ]
 
-# deploy/relay.env.example ships its secrets as "change-me-…" lines; production
-# refuses them so a forgotten edit cannot mean running with published secrets.
-PLACEHOLDER = "change-me"
+# Operators read a limit of 0 as "unlimited"; for a default it would refuse everyone.
+# (A client's own `limits` of 0 blocks that client: relay.services.clients.)
+NOT_ZERO = (
+    "0 would refuse every request, not lift the limit; RELAY_RATE_LIMITS=off turns limits off"
+)
+# Longer than five minutes, a wait serves no one: the client, nginx (60 s by default)
+# and systemd's stop budget (TimeoutStopSec, which adds the database timeout) have
+# given up long before. A mistyped unit (ms for s) fails loudly instead.
+MAX_WAIT_SECONDS = 300
+# Bodies are read into memory whole, each up to this size: 64 MiB is far past any chat
+# request (a 1M-token context is a few MiB of text) and a larger limit only lets a
+# few clients exhaust memory.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# Each connection is a PostgreSQL server process: past 1000 per instance the server
+# (max_connections is 100 by default) refuses them long before relay could use them.
+MAX_POOL_SIZE = 1000
+# A century, beyond what any record keeping asks for, and far from the ~739,000 days
+# that put the purge's cutoff before year 1 (an OverflowError on every hourly run).
+# Keeping history forever is leaving the setting unset.
+MAX_RETENTION_DAYS = 36500
+
+
+def per_minute(env: str, default: int) -> Any:
+    return setting(env, default, integer, minimum=1, below=NOT_ZERO)
 
 
 @dataclass(frozen=True)
@@ -76,30 +97,30 @@ class Settings:
         readable_postgres_url,
         file=True,
     )
-    database_pool_size: int = setting("RELAY_DATABASE_POOL_SIZE", 20, integer, minimum=1)
-    database_timeout: float = setting("RELAY_DATABASE_TIMEOUT", 5.0, number, minimum=0.1)
+    database_pool_size: int = setting(
+        "RELAY_DATABASE_POOL_SIZE", 20, integer, minimum=1, maximum=MAX_POOL_SIZE
+    )
+    database_timeout: float = setting(
+        "RELAY_DATABASE_TIMEOUT", 5.0, number, minimum=0.1, maximum=MAX_WAIT_SECONDS
+    )
     redis_url: str = setting(
         "RELAY_REDIS_URL", "redis://127.0.0.1:6379/0", readable_redis_url, file=True
     )
-    redis_timeout: float = setting("RELAY_REDIS_TIMEOUT", 0.25, number, minimum=0.01)
+    redis_timeout: float = setting(
+        "RELAY_REDIS_TIMEOUT", 0.25, number, minimum=0.01, maximum=MAX_WAIT_SECONDS
+    )
     # Rate limits (relay.services.ratelimit): per-minute defaults a client's
     # `limits` may override; "off" only for measuring what limiting costs.
     rate_limits: bool = setting("RELAY_RATE_LIMITS", True, flag)
-    rate_limit_requests_per_minute: int = setting(
-        "RELAY_RATE_LIMIT_REQUESTS_PER_MINUTE", 100, integer, minimum=0
-    )
-    rate_limit_chat_per_minute: int = setting(
-        "RELAY_RATE_LIMIT_CHAT_PER_MINUTE", 10, integer, minimum=0
-    )
-    rate_limit_tokens_per_minute: int = setting(
-        "RELAY_RATE_LIMIT_TOKENS_PER_MINUTE", 100_000, integer, minimum=0
-    )
-    rate_limit_token_exchanges_per_minute: int = setting(
-        "RELAY_RATE_LIMIT_TOKEN_EXCHANGES_PER_MINUTE", 10, integer, minimum=0
+    rate_limit_requests_per_minute: int = per_minute("RELAY_RATE_LIMIT_REQUESTS_PER_MINUTE", 100)
+    rate_limit_chat_per_minute: int = per_minute("RELAY_RATE_LIMIT_CHAT_PER_MINUTE", 10)
+    rate_limit_tokens_per_minute: int = per_minute("RELAY_RATE_LIMIT_TOKENS_PER_MINUTE", 100_000)
+    rate_limit_token_exchanges_per_minute: int = per_minute(
+        "RELAY_RATE_LIMIT_TOKEN_EXCHANGES_PER_MINUTE", 10
     )
     # Each report asks the TEE for a fresh quote: unauthenticated, so per address.
-    rate_limit_attestation_reports_per_minute: int = setting(
-        "RELAY_RATE_LIMIT_ATTESTATION_REPORTS_PER_MINUTE", 30, integer, minimum=0
+    rate_limit_attestation_reports_per_minute: int = per_minute(
+        "RELAY_RATE_LIMIT_ATTESTATION_REPORTS_PER_MINUTE", 30
     )
     # Proxies whose X-Forwarded-For is believed: CIDRs, and "unix" for a unix-socket peer.
     trusted_proxies: tuple[str, ...] = setting("RELAY_TRUSTED_PROXIES", (), networks)
@@ -116,12 +137,16 @@ class Settings:
     admin_token: Secret = setting("RELAY_ADMIN_TOKEN", Secret(""), Secret, file=True)
     bcrypt_rounds: int = setting("RELAY_BCRYPT_ROUNDS", 12, integer, minimum=4, maximum=16)
     state_dir: str = setting("RELAY_STATE_DIR", ".relay-state")
-    max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", 4 * 1024 * 1024, integer, minimum=1024)
+    max_body_bytes: int = setting(
+        "RELAY_MAX_BODY_BYTES", 4 * 1024 * 1024, integer, minimum=1024, maximum=MAX_BODY_BYTES
+    )
     log_level: str = setting(
         "RELAY_LOG_LEVEL", "INFO", str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
     log_format: str = setting("RELAY_LOG_FORMAT", "json", str.lower, choices=("json", "text"))
-    health_timeout: float = setting("RELAY_HEALTH_TIMEOUT", 2.0, number, minimum=0.05)
+    health_timeout: float = setting(
+        "RELAY_HEALTH_TIMEOUT", 2.0, number, minimum=0.05, maximum=MAX_WAIT_SECONDS
+    )
     force_https: bool = setting("RELAY_FORCE_HTTPS", False, flag)
     cors_origins: tuple[str, ...] = setting("RELAY_CORS_ORIGINS", (), words)
     metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret, file=True)
@@ -139,7 +164,7 @@ class Settings:
     receipts: bool = setting("RELAY_RECEIPTS", True, flag)
     # History (relay.services.recorder, retention): unset keeps messages forever.
     history_retention_days: int | None = setting(
-        "RELAY_HISTORY_RETENTION_DAYS", None, positive_or_none
+        "RELAY_HISTORY_RETENTION_DAYS", None, positive_or_none, maximum=MAX_RETENTION_DAYS
     )
     # POST /v1/chat: the model when none is named ("" = the first configured),
     # and how many characters of stored conversation go to the provider.
@@ -214,27 +239,10 @@ class Settings:
         return settings
 
     def check(self, secrets: Collection[str] = SECRETS) -> None:
-        """In production, refuse a secret among `secrets` that is required and missing,
-        or (required or given: a previous JWT secret) short or still the example's
-        placeholder."""
-        if not self.production:
-            return
-        variables = {spec.name: spec.metadata["env"] for spec in dataclasses.fields(self)}
-        checked = (
-            name
-            for name in secrets
-            if name in REQUIRED_SECRETS or (name in CHECKED_WHEN_GIVEN and getattr(self, name))
-        )
-        for field_name in checked:
-            name, value = variables[field_name], getattr(self, field_name)
-            if len(value.encode()) < MIN_SECRET_BYTES:
-                state = "is missing" if not value else "is shorter than 32 bytes"
-                raise ConfigError(f"{name} {state}; production needs a random secret of 32+ bytes")
-            if PLACEHOLDER in value.lower():
-                raise ConfigError(
-                    f"{name} still holds the example's {PLACEHOLDER!r} placeholder; "
-                    "production needs a random secret (openssl rand -base64 48)"
-                )
+        """In production, refuse a weak, placeholder or shared secret among `secrets`
+        (relay.config_secrets.check_production_secrets)."""
+        if self.production:
+            check_production_secrets(self, secrets)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

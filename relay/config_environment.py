@@ -72,7 +72,8 @@ class Given:
 def variable_or_file(source: Mapping[str, str], name: str) -> Given | None:
     """`name`'s value, or the text of the file `<name>_FILE` names (a systemd credential,
     a Docker secret) without the whitespace around it, so its line end (CRLF too) is not
-    part of it; None when neither is set. Giving both is refused."""
+    part of it; None when neither is set. Giving both, or a file that holds nothing but
+    whitespace, is refused."""
     path = source.get(name + FILE_SUFFIX)
     if not path:
         value = source.get(name)
@@ -82,11 +83,16 @@ def variable_or_file(source: Mapping[str, str], name: str) -> Given | None:
         raise ConfigError(f"set {name} or {name}{FILE_SUFFIX}, not both")
     try:
         # Never quoted in an error: the file holds a secret.
-        return Given(Path(path).read_text(encoding="utf-8").strip(), origin)
+        value = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{origin} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{origin} is not UTF-8 text") from None
+    if not value:
+        # Not "unset": a credential that did not arrive must not leave /metrics open,
+        # nor let development generate a secret in its place.
+        raise ConfigError(f"{origin} is empty")
+    return Given(value, origin)
 
 
 def pass_over(source: Mapping[str, str], name: str) -> None:

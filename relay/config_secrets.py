@@ -1,8 +1,11 @@
-"""Which secrets relay reads, and development's: a missing JWT secret, admin token
-or identity key is generated once and kept in the state dir (mode 0600)."""
+"""Which secrets relay reads; production's rules for them (long, not the example's,
+each its own); development's: a missing JWT secret, admin token or identity key is
+generated once and kept in the state dir (mode 0600)."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import secrets
 from collections.abc import Collection
@@ -20,8 +23,57 @@ SECRETS = ("jwt_secret", "jwt_previous_secret", "admin_token", "identity_hash_ke
 # Those `relay serve` cannot run without: production demands each (32+ bytes, no
 # placeholder) when read; development generates a missing one.
 REQUIRED_SECRETS = ("jwt_secret", "admin_token", "identity_hash_key")
-# Optional, but held to the same rules in production when given.
-CHECKED_WHEN_GIVEN = ("jwt_previous_secret",)
+# Optional, but held to the same rules in production when given: a 1-byte metrics
+# token is a lock anyone opens.
+CHECKED_WHEN_GIVEN = ("jwt_previous_secret", "metrics_token")
+
+# deploy/relay.env.example ships its secrets as "change-me-…" lines; production
+# refuses them so a forgotten edit cannot mean running with published secrets.
+PLACEHOLDER = "change-me"
+
+
+class GeneratedSecret(Secret):
+    """A secret development generated and keeps in the state dir, not one it was given."""
+
+
+def check_production_secrets(settings: Settings, secrets: Collection[str]) -> None:
+    """Refuse, among the secrets in `secrets`, one that is required and missing, or
+    (required or given) short or still the example's placeholder; and any two that
+    are the same. Errors name the settings, never a value."""
+    variables = {spec.name: spec.metadata["env"] for spec in dataclasses.fields(settings)}
+    checked = [
+        name
+        for name in SECRETS
+        if name in secrets
+        and (name in REQUIRED_SECRETS or (name in CHECKED_WHEN_GIVEN and getattr(settings, name)))
+    ]
+    for field_name in checked:
+        name, value = variables[field_name], getattr(settings, field_name)
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            state = "is missing" if not value else "is shorter than 32 bytes"
+            raise ConfigError(f"{name} {state}; production needs a random secret of 32+ bytes")
+        if PLACEHOLDER in value.lower():
+            raise ConfigError(
+                f"{name} still holds the example's {PLACEHOLDER!r} placeholder; "
+                "production needs a random secret (openssl rand -base64 48)"
+            )
+    # One value in two roles: the admin token would sign JWTs (or a JWT secret open the
+    # admin API), a previous JWT secret equal to the current one would rotate nothing.
+    for first, second in itertools.combinations(checked, 2):
+        if getattr(settings, first) == getattr(settings, second):
+            raise ConfigError(
+                f"{variables[first]} and {variables[second]} hold the same value; "
+                "production needs a different random secret for each"
+            )
+
+
+def generated_secrets(settings: Settings) -> list[str]:
+    """The variables of the secrets development generated (and keeps), by name."""
+    return [
+        spec.metadata["env"]
+        for spec in dataclasses.fields(settings)
+        if isinstance(getattr(settings, spec.name), GeneratedSecret)
+    ]
 
 
 def with_development_secrets(
@@ -36,7 +88,7 @@ def with_development_secrets(
     if settings.production:
         return settings
     changes = {
-        name: Secret(kept_secret(settings.state_path / name))
+        name: GeneratedSecret(kept_secret(settings.state_path / name))
         for name in REQUIRED_SECRETS
         if name in needed and not getattr(settings, name)
     }

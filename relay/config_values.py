@@ -14,6 +14,11 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names the variable."""
 
 
+class WrongKind(ValueError):
+    """The raw text is not of the setting's kind; the message names the kind ("a whole
+    number"), and parse_value says it in relay's words, not Python's."""
+
+
 class Secret(str):
     """A string whose repr never shows its value, so settings can be logged safely."""
 
@@ -55,11 +60,17 @@ def readable_redis_url(raw: str) -> str:
 
 
 def integer(raw: str) -> int:
-    return int(raw)
+    try:
+        return int(raw)
+    except ValueError:
+        raise WrongKind("a whole number") from None
 
 
 def number(raw: str) -> float:
-    value = float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise WrongKind("a number") from None
     # float() accepts "nan" and "inf", which pass every minimum check.
     if not math.isfinite(value):
         raise ValueError("expected a finite number")
@@ -80,7 +91,7 @@ def flag(raw: str) -> bool:
 def positive_or_none(raw: str) -> int | None:
     if not raw.strip():
         return None
-    value = int(raw)
+    value = integer(raw)
     if value < 1:
         raise ValueError("must be at least 1 (leave it unset to keep history forever)")
     return value
@@ -106,23 +117,31 @@ def networks(raw: str) -> tuple[str, ...]:
 def setting(
     env: str, default: Any, parse: Callable[[str], Any] | None = text, **kwargs: Any
 ) -> Any:
-    """Declare a field read from the environment variable `env`."""
+    """Declare a field read from the environment variable `env`: `minimum` and `maximum`
+    bound its value, `below` says why less than the minimum is refused, `choices` lists
+    the values allowed, `file=True` lets `<env>_FILE` name a file holding it."""
     return field(default=default, metadata={"env": env, "parse": parse, **kwargs})
 
 
 def parse_value(spec: dataclasses.Field[Any], raw: str) -> Any:
     name = spec.metadata["env"]
+    # A setting that may come from a file is a secret, or a URL with a password in it.
+    secret = spec.metadata.get("file", False)
     try:
         value = spec.metadata["parse"](raw.strip())
+    except WrongKind as exc:
+        raise ConfigError(f"{name} must be {exc}" + ("" if secret else f", got {raw!r}")) from None
     except ValueError as exc:
-        # A setting that may come from a file is a secret, or a URL with a password in it.
-        shown = name if spec.metadata.get("file") else f"{name}={raw!r}"
+        shown = name if secret else f"{name}={raw!r}"
         raise ConfigError(f"{shown} is invalid: {exc}") from None
     choices = spec.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    if value is None:  # unset by an empty value (positive_or_none)
+        return value
     if "minimum" in spec.metadata and value < spec.metadata["minimum"]:
-        raise ConfigError(f"{name} must be at least {spec.metadata['minimum']}")
+        why = f" ({spec.metadata['below']})" if "below" in spec.metadata else ""
+        raise ConfigError(f"{name} must be at least {spec.metadata['minimum']}{why}")
     if "maximum" in spec.metadata and value > spec.metadata["maximum"]:
         raise ConfigError(f"{name} must be at most {spec.metadata['maximum']}")
     return value

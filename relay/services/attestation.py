@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Settings
+from relay.config_notes import log_start_up
 from relay.errors import NOT_RETRIED, ConflictError
 from relay.proofs.agent import DstackAgent
 from relay.proofs.dstack_key import DstackKeyProvider
@@ -19,10 +20,18 @@ from relay.proofs.report import build_report
 
 log = logging.getLogger(__name__)
 
-NONE_WARNING = (
-    "RELAY_ATTESTATION=none: receipts are signed with a key kept on the host's disk; "
-    "no TEE vouches for the code or the key, so clients cannot verify what ran"
-)
+
+def none_warning(settings: Settings) -> str:
+    """What production without a TEE means, true whether receipts are on or off."""
+    signed = (
+        "receipts are signed with a key"
+        if settings.receipts
+        else "reports name a signing key (receipts are off)"
+    )
+    return (
+        f"RELAY_ATTESTATION=none: {signed} kept on the host's disk; "
+        "no TEE vouches for the code or the key, so clients cannot verify what ran"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,12 @@ class Attestation:
 
 @asynccontextmanager
 async def open_attestation(settings: Settings) -> AsyncIterator[Attestation]:
-    """Load the signing key; raises AttestationUnavailableError if dstack is configured but down."""
+    """Load the signing key; raises AttestationUnavailableError if dstack is configured but down.
+
+    The first start-up step once logging is set up, so it logs what the settings
+    mean (relay.config_notes) before this one's own warning.
+    """
+    log_start_up(settings)
     if settings.attestation == "dstack":
         # Built only here: the SDK's constructor refuses a missing socket.
         async with DstackAgent(settings.dstack_endpoint or None) as agent:
@@ -65,7 +79,7 @@ async def open_attestation(settings: Settings) -> AsyncIterator[Attestation]:
             yield Attestation(identity, agent)
         return
     identity = await FileKeyProvider(settings.state_path).load()
-    warning = NONE_WARNING if settings.production else None
+    warning = none_warning(settings) if settings.production else None
     if warning:
         log.warning(warning)
     yield Attestation(identity, None, warning)
