@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from relay import __version__
 from relay.config import SECRETS, ConfigError, load_settings
@@ -44,16 +46,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return dev.run()
     serving = args.command == "serve"
+    held = HeldLogs()
     try:
-        # Of these, only serve forwards to providers and uses relay's secrets (JWTs,
-        # the admin token, rate-limit names, /metrics): migrate and clients (bcrypt
-        # hashes in PostgreSQL) run in an operator's shell, which need hold neither
-        # the provider keys nor the secrets only the service may read.
-        settings = load_settings(provider_keys=serving, secrets=SECRETS if serving else ())
+        with held.holding():
+            # Of these, only serve forwards to providers and uses relay's secrets (JWTs,
+            # the admin token, rate-limit names, /metrics): migrate and clients (bcrypt
+            # hashes in PostgreSQL) run in an operator's shell, which need hold neither
+            # the provider keys nor the secrets only the service may read.
+            settings = load_settings(provider_keys=serving, secrets=SECRETS if serving else ())
     except ConfigError as exc:
+        held.print_plain()
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    except BaseException:
+        held.print_plain()
+        raise
     setup_logging(settings.log_level, settings.log_format)
+    held.replay()
     if args.command == "serve":
         from relay.commands import serve
         from relay.errors import RelayError
@@ -63,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return serve.run(settings)
         except (RelayError, KeyFileError, MigrationError, ConfigError, OSError) as exc:
-            # Start-up refused (dstack agent unreachable, unusable key file,
-            # database down, a migration refused, the port taken): one line
+            # Start-up refused (dstack agent unreachable, unusable key file, database
+            # down, a migration refused, the port taken, a setting found wrong only
+            # now: a port relay may not bind, a password Redis refuses): one line
             # naming the cause, not a traceback.
             return _refused("serve", exc)
     if args.command == "migrate":
@@ -72,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay.stores.migrations import MigrationError, migrate
 
         try:
-            applied = asyncio.run(migrate(settings.database_url))
-        except (MigrationError, RelayError) as exc:
+            applied = asyncio.run(migrate(settings.database_url, timeout=settings.database_timeout))
+        except (MigrationError, RelayError, ConfigError) as exc:
             return _refused("migrate", exc)
         print(
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
@@ -81,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from relay.commands import clients
 
-    return clients.run(settings, args)
+    try:
+        return clients.run(settings, args)
+    except ConfigError as exc:  # the database refuses RELAY_DATABASE_URL's role or name
+        return _refused(f"clients {args.action}", exc)
 
 
 def _refused(command: str, error: BaseException) -> int:
@@ -90,9 +103,58 @@ def _refused(command: str, error: BaseException) -> int:
     from relay.errors import operator_message
     from relay.stores.database_failures import misconfigured
 
+    if isinstance(error, ConfigError):  # its message names the setting
+        print(f"relay {command}: {error}", file=sys.stderr)
+        return 2
     if misconfigured(error):
         reason = getattr(error, "reason", "")
         print(f"relay {command}: RELAY_DATABASE_URL: {reason}", file=sys.stderr)
         return 2
     print(f"relay {command}: {operator_message(error)}", file=sys.stderr)
     return 1
+
+
+class HeldLogs(logging.Handler):
+    """What is logged while settings are read (relay.config's warnings: unknown
+    variables, and any other a setting gives), before RELAY_LOG_FORMAT and
+    RELAY_LOG_LEVEL are known: held, then replayed through the log setup_logging
+    configured, so a JSON log is JSON from its first line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold every record (RELAY_LOG_LEVEL is not known yet: replay decides), and
+        the warnings Python would print, while the block runs."""
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(self)
+        root.setLevel(logging.DEBUG)
+        logging.captureWarnings(True)
+        try:
+            yield
+        finally:
+            logging.captureWarnings(False)
+            root.removeHandler(self)
+            root.setLevel(level)
+
+    def replay(self) -> None:
+        """Each held record that relay's configured log level lets through, to its handlers."""
+        records, self.records = self.records, []
+        for record in records:
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+
+    def print_plain(self) -> None:
+        """Without relay's log (its settings refused): the warnings, as Python would have
+        printed them."""
+        records, self.records = self.records, []
+        for record in records:
+            if record.levelno >= logging.WARNING:
+                print(record.getMessage(), file=sys.stderr)

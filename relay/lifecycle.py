@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
 from aiohttp import web
+from redis import exceptions as redis_errors
 
+from relay import sockets
 from relay.appkeys import (
     ANSWER_HOOKS,
     ANSWER_RECORDER,
@@ -51,10 +54,10 @@ log = logging.getLogger(__name__)
 async def database_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if settings.run_migrations:
-        applied = await migrate(settings.database_url)
+        applied = await migrate(settings.database_url, timeout=settings.database_timeout)
         log.info("migrations checked", extra={"applied": len(applied)})
     else:
-        await require_current(settings.database_url)
+        await require_current(settings.database_url, timeout=settings.database_timeout)
     database = await Database.open(
         settings.database_url, size=settings.database_pool_size, timeout=settings.database_timeout
     )
@@ -65,6 +68,7 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    _check_database_path(settings.redis_url)
     try:
         client = redis.from_url(
             settings.redis_url,
@@ -74,9 +78,49 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
         )
     except ValueError as exc:  # redis-py's message names the schemes, not the URL
         raise ConfigError(f"RELAY_REDIS_URL: {exc}") from None
+    try:
+        await _check_redis_handshake(client)
+    except ConfigError:
+        await client.aclose()
+        raise
     app[REDIS] = client
     yield
     await client.aclose()
+
+
+def _check_database_path(url: str) -> None:
+    """A redis:// URL's path is its database number; redis-py takes any other path
+    (`/abc`, a typo) for database 0 without a word."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return  # unix:// names its database in the query (?db=), which redis-py checks
+    database = unquote(parts.path).replace("/", "")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ConfigError("RELAY_REDIS_URL: its path must be a database number, such as /0")
+
+
+async def _check_redis_handshake(client: redis.Redis) -> None:
+    """Refuse (ConfigError) a Redis that answers but refuses relay's credentials or its
+    database number: no restart mends that, and rate limits would silently fall back
+    to each instance's own. A Redis out of reach is an outage: relay starts degraded
+    (the rate limiter says so) and returns to Redis when it is back."""
+    pool = client.connection_pool
+    try:
+        connection = await sockets.registered(pool.get_connection)  # AUTH (or HELLO), SELECT
+    except redis_errors.AuthenticationError as exc:
+        raise _refused_by_redis(client, "relay's credentials", exc) from None
+    except redis_errors.ResponseError as exc:
+        raise _refused_by_redis(client, "relay's connection", exc) from None  # SELECT
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, RuntimeError):
+        return
+    await pool.release(connection)
+
+
+def _refused_by_redis(client: redis.Redis, what: str, exc: BaseException) -> ConfigError:
+    # The URL is never quoted: it may hold the password. Redis's words hold neither.
+    options = client.connection_pool.connection_kwargs
+    where = options.get("path") or f"{options.get('host')}:{options.get('port')}"
+    return ConfigError(f"RELAY_REDIS_URL: Redis at {where} refuses {what}: {exc}")
 
 
 async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,8 @@ import gc
 import logging
 import os
 import signal
+import socket
+import stat
 from collections.abc import Coroutine
 from typing import Any
 
@@ -17,7 +19,7 @@ from aiohttp import web
 from relay.api.server import RelayAppRunner
 from relay.app import create_app
 from relay.appkeys import IN_FLIGHT
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.drain import InFlight
 from relay.memory import return_large_blocks
 from relay.systemd import Notifier
@@ -34,6 +36,14 @@ SHUTDOWN_SECONDS = 1.0
 LISTEN_BACKLOG = 4096
 KEEPALIVE_SECONDS = 75.0
 SOCKET_MODE = 0o660
+# sizeof(sockaddr_un.sun_path) on Linux: the longest path a Unix socket can have.
+UNIX_PATH_BYTES = 108
+# Name lookups that fail for good (no such name), not for now (EAI_AGAIN: DNS unreachable).
+_UNKNOWN_NAME = frozenset(
+    getattr(socket, name)
+    for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY", "EAI_SERVICE")
+    if hasattr(socket, name)
+)
 
 
 # Container objects allocated between two collections of the youngest generation
@@ -72,9 +82,67 @@ async def _served(path: str) -> OSError | None:
     return OSError(errno.EADDRINUSE, "another process is serving on it")
 
 
+class ListenSettingError(ConfigError, OSError):
+    """Where relay is told to listen can never work until a setting changes: a port it
+    may not bind, a host that is no name, a socket path that is no socket. A setting
+    error (`relay serve` exits 2: systemd then stops restarting it); an OSError still,
+    for callers that catch what listening raises. Another process on the port or
+    socket is not one: that ends, and a restart then serves."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _unusable_socket_path(path: str) -> ListenSettingError | None:
+    """Why relay can never listen at the Unix socket `path`; None if it may."""
+    size = len(os.fsencode(path))
+    if size > UNIX_PATH_BYTES:
+        return ListenSettingError(
+            errno.ENAMETOOLONG,
+            f"RELAY_UNIX_SOCKET: cannot listen on {path}: the path is {size} bytes long;"
+            f" a Unix socket's may be at most {UNIX_PATH_BYTES}",
+        )
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # nothing there (or it cannot be seen): binding will tell
+    if stat.S_ISSOCK(mode):
+        return None
+    what = "a directory" if stat.S_ISDIR(mode) else "a file that is no socket"
+    return ListenSettingError(
+        errno.EEXIST,
+        f"RELAY_UNIX_SOCKET: cannot listen on {path}: it is {what}"
+        " (relay replaces only a socket left behind)",
+    )
+
+
+def _listen_failure(exc: OSError, settings: Settings) -> OSError:
+    """`exc`, from listening where `settings` say, as one line naming the address (Python's
+    names neither the address nor the path) and, when only a changed setting can help,
+    the setting: a ListenSettingError."""
+    where = settings.unix_socket or f"{settings.host}:{settings.port}"
+    if isinstance(exc, socket.gaierror) and exc.errno in _UNKNOWN_NAME:
+        return ListenSettingError(
+            exc.errno, f"RELAY_HOST: cannot listen on {where}: no such host ({exc.strerror})"
+        )
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}")
+    denied = f"cannot listen on {where}: {os.strerror(exc.errno).lower()}"
+    if settings.unix_socket:
+        return ListenSettingError(exc.errno, f"RELAY_UNIX_SOCKET: {denied}")
+    if settings.port < 1024:
+        denied += (
+            " (a port below 1024 needs CAP_NET_BIND_SERVICE, which relay's unit does not"
+            " grant: listen on a port from 1024 up, behind nginx)"
+        )
+    return ListenSettingError(exc.errno, f"RELAY_PORT: {denied}")
+
+
 async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.BaseSite]:
     sites: list[web.BaseSite] = []
     if settings.unix_socket:
+        if (unusable := _unusable_socket_path(settings.unix_socket)) is not None:
+            raise unusable
         if (taken := await _served(settings.unix_socket)) is not None:
             raise OSError(taken.errno, f"cannot listen on {settings.unix_socket}: {taken.strerror}")
         sites.append(web.UnixSite(runner, settings.unix_socket, backlog=LISTEN_BACKLOG))
@@ -92,9 +160,7 @@ async def start_sites(runner: web.AppRunner, settings: Settings) -> list[web.Bas
         try:
             await site.start()
         except OSError as exc:
-            # Python's message names neither the socket's path nor the address.
-            where = settings.unix_socket or f"{settings.host}:{settings.port}"
-            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
+            raise _listen_failure(exc, settings) from None
     if settings.unix_socket:
         # Connecting needs write permission; with the unit's UMask=0027 the socket
         # would be the relay user's alone. Its group (the proxy's, e.g. www-data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import uvloop
 from aiohttp import web
@@ -70,16 +71,25 @@ def run(args: argparse.Namespace) -> int:
         models=tuple(model for model in args.models.split(",") if model),
         record_requests=False,
     )
-    web.run_app(
-        create_simulator_app(config),
-        host=args.host,
-        port=args.port,
-        # No access log: at 1,000 streams the benchmark would measure the logging.
-        access_log=None,
-        # 1,000 clients connecting at once overflow the default backlog of 128.
-        backlog=4096,
-        shutdown_timeout=5.0,
-        print=lambda _: print(f"relay simulator on http://{args.host}:{args.port}/v1", flush=True),
-        loop=uvloop.new_event_loop(),
-    )
+    try:
+        web.run_app(
+            create_simulator_app(config),
+            host=args.host,
+            port=args.port,
+            # No access log: at 1,000 streams the benchmark would measure the logging.
+            access_log=None,
+            # 1,000 clients connecting at once overflow the default backlog of 128.
+            backlog=4096,
+            shutdown_timeout=5.0,
+            print=lambda _: print(
+                f"relay simulator on http://{args.host}:{args.port}/v1", flush=True
+            ),
+            loop=uvloop.new_event_loop(),
+        )
+    except OSError as exc:  # the port taken, a host that is no name: --host and --port
+        print(
+            f"relay simulate: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     return 0

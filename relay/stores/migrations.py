@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.stores.database import Cursor, QueryError, connect, fetch_all
+import psycopg2
+import psycopg2.extensions
+
+from relay.config_values import ConfigError
+from relay.errors import DependencyUnavailableError
+from relay.stores.database import Connection, Cursor, QueryError, connect, fetch_all
+from relay.stores.database_failures import misconfigured
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) -> list[str]:
     """Apply pending migrations; return the names applied. Safe to run concurrently."""
     migrations = load_migrations(directory)
-    conn = await connect(dsn, timeout=timeout)
+    conn = await _connect(dsn, timeout)
     try:
         async with conn.cursor(timeout=_STATEMENT_SECONDS) as cur:
             try:
@@ -102,7 +109,7 @@ async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) 
 async def pending(dsn: str, directory: Path | None = None, timeout: float = 30) -> list[str]:
     """The names of the migrations this relay needs that the database has not had."""
     migrations = load_migrations(directory)
-    conn = await connect(dsn, timeout=timeout)
+    conn = await _connect(dsn, timeout)
     try:
         async with conn.cursor(timeout=_STATEMENT_SECONDS) as cur:
             rows = []
@@ -114,15 +121,44 @@ async def pending(dsn: str, directory: Path | None = None, timeout: float = 30) 
     return [migration.name for migration in migrations if migration.version not in applied]
 
 
-async def require_current(dsn: str) -> None:
+async def require_current(dsn: str, timeout: float = 30) -> None:
     """Raise MigrationError naming the migrations the database lacks, when relay may
     not apply them itself (RELAY_RUN_MIGRATIONS off): serving on a schema behind the
     code would fail request after request."""
-    if missing := await pending(dsn):
+    if missing := await pending(dsn, timeout=timeout):
         raise MigrationError(
             f"the database lacks {len(missing)} migration(s) this relay needs"
             f" ({', '.join(missing)}); run `relay migrate` first (RELAY_RUN_MIGRATIONS is off)"
         )
+
+
+async def _connect(dsn: str, timeout: float) -> Connection:
+    """The first connection every command makes (`relay serve`, `migrate`, `clients`),
+    its failure said so that it tells a setting to mend (ConfigError: a database or role
+    that does not exist, a wrong password) from an outage, and a server that never
+    answered from one that refused."""
+    try:
+        return await connect(dsn, timeout=timeout)
+    except DependencyUnavailableError as exc:
+        if misconfigured(exc):
+            # libpq's and the server's words: they name a database or role, never a password.
+            raise ConfigError(f"RELAY_DATABASE_URL: {exc.reason}") from None
+        if isinstance(exc.__cause__, TimeoutError):
+            reason = f"timed out after {timeout:g} s connecting to {_server(dsn)}"
+            raise DependencyUnavailableError(str(exc), reason=reason) from exc.__cause__
+        raise
+
+
+def _server(dsn: str) -> str:
+    """host:port of `dsn` as libpq reads it (its environment defaults included), for a
+    message: never the password."""
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        params = {}
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    return f"{host or 'the local socket'}:{port}"
 
 
 async def _has_ledger(cur: Cursor) -> bool:
