@@ -200,9 +200,10 @@ def silent_server() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-def test_a_database_that_never_answers_times_out_as_configured(silent_server, tmp_path):
+@pytest.mark.parametrize("command", [("migrate",), ("clients", "list")])
+def test_a_database_that_never_answers_times_out_as_configured(silent_server, tmp_path, command):
     done = relay(
-        "migrate",
+        *command,
         timeout=20,  # relay's own default wait was 30 s, whatever RELAY_DATABASE_TIMEOUT said
         RELAY_DATABASE_URL=f"postgresql://relay:{PASSWORD}@127.0.0.1:{silent_server}/relay",
         RELAY_DATABASE_TIMEOUT="1",

@@ -53,9 +53,9 @@ async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
     # As `relay serve` does: during a rolling upgrade, RELAY_RUN_MIGRATIONS=false
     # keeps the new version's CLI from changing the schema under old instances.
     if settings.run_migrations:
-        await migrate(settings.database_url)
+        await migrate(settings.database_url, timeout=settings.database_timeout)
     else:
-        await require_current(settings.database_url)
+        await require_current(settings.database_url, timeout=settings.database_timeout)
     database = await Database.open(settings.database_url, size=2, timeout=settings.database_timeout)
     try:
         hasher = await asyncio.get_running_loop().run_in_executor(
