@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 
 class ConfigError(Exception):
@@ -56,6 +57,13 @@ def readable_redis_url(raw: str) -> str:
         parse_url(raw)
     except ValueError:  # its words may quote the URL, password and all
         raise ValueError("not a Redis URL (redis://, rediss:// or unix://)") from None
+    # A redis:// URL's path is its database number; redis-py takes any other path (`/abc`,
+    # a typo) for database 0 without a word. (unix:// names it in ?db=, which it checks.)
+    parts = urlsplit(raw)
+    if parts.scheme in ("redis", "rediss"):
+        database = unquote(parts.path).replace("/", "")
+        if database and not (database.isascii() and database.isdigit()):
+            raise ValueError("its path must be a database number, such as /0")
     return raw
 
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
 from aiohttp import web
@@ -68,7 +67,6 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    _check_database_path(settings.redis_url)
     try:
         client = redis.from_url(
             settings.redis_url,
@@ -88,17 +86,6 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
-def _check_database_path(url: str) -> None:
-    """A redis:// URL's path is its database number; redis-py takes any other path
-    (`/abc`, a typo) for database 0 without a word."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        return  # unix:// names its database in the query (?db=), which redis-py checks
-    database = unquote(parts.path).replace("/", "")
-    if database and not (database.isascii() and database.isdigit()):
-        raise ConfigError("RELAY_REDIS_URL: its path must be a database number, such as /0")
-
-
 async def _check_redis_handshake(client: redis.Redis) -> None:
     """Refuse (ConfigError) a Redis that answers but refuses relay's credentials or its
     database number: no restart mends that, and rate limits would silently fall back
@@ -111,6 +98,13 @@ async def _check_redis_handshake(client: redis.Redis) -> None:
         raise _refused_by_redis(client, "relay's credentials", exc) from None
     except redis_errors.ResponseError as exc:
         raise _refused_by_redis(client, "relay's connection", exc) from None  # SELECT
+    except redis_errors.InvalidResponse:
+        # Something answers there, but not in Redis's protocol: another service's port,
+        # or a TLS Redis reached with redis://. No restart mends it either.
+        raise ConfigError(
+            f"RELAY_REDIS_URL: the server at {_redis_address(client)} does not speak"
+            " Redis's protocol (a TLS Redis is reached with rediss://)"
+        ) from None
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, RuntimeError):
         return
     await pool.release(connection)
@@ -118,9 +112,12 @@ async def _check_redis_handshake(client: redis.Redis) -> None:
 
 def _refused_by_redis(client: redis.Redis, what: str, exc: BaseException) -> ConfigError:
     # The URL is never quoted: it may hold the password. Redis's words hold neither.
+    return ConfigError(f"RELAY_REDIS_URL: Redis at {_redis_address(client)} refuses {what}: {exc}")
+
+
+def _redis_address(client: redis.Redis) -> str:
     options = client.connection_pool.connection_kwargs
-    where = options.get("path") or f"{options.get('host')}:{options.get('port')}"
-    return ConfigError(f"RELAY_REDIS_URL: Redis at {where} refuses {what}: {exc}")
+    return str(options.get("path") or f"{options.get('host')}:{options.get('port')}")
 
 
 async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:

@@ -169,10 +169,25 @@ async def test_a_database_number_redis_does_not_have_stops_start_up(make_setting
     assert "refuses relay's connection: DB index is out of range" in str(refused.value)
 
 
-async def test_a_redis_url_path_that_is_no_number_is_refused(make_settings, redis_url):
+def test_a_redis_url_path_that_is_no_number_is_refused_as_settings_are_read(redis_url):
+    # By every command, as it reads its settings; the URL (a password) never quoted.
+    url = redis_with(redis_url, password=PASSWORD, path="/abc")
     with pytest.raises(ConfigError) as refused:
-        await start(make_settings(redis_url=redis_with(redis_url, path="/abc")))
-    assert str(refused.value) == "RELAY_REDIS_URL: its path must be a database number, such as /0"
+        Settings.from_env({"RELAY_REDIS_URL": url})
+    assert str(refused.value) == (
+        "RELAY_REDIS_URL is invalid: its path must be a database number, such as /0"
+    )
+
+
+async def test_a_server_that_does_not_speak_redis_stops_start_up(make_settings, aiohttp_server):
+    # Another service's port (or a TLS Redis reached with redis://): no restart mends it.
+    server = await aiohttp_server(web.Application())
+    with pytest.raises(ConfigError) as refused:
+        await start(make_settings(redis_url=f"redis://127.0.0.1:{server.port}/0"))
+    assert str(refused.value) == (
+        f"RELAY_REDIS_URL: the server at 127.0.0.1:{server.port} does not speak Redis's"
+        " protocol (a TLS Redis is reached with rediss://)"
+    )
 
 
 async def test_relay_serve_exits_2_when_redis_refuses_its_password(

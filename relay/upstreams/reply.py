@@ -102,7 +102,7 @@ class ProviderReply:
         except aiohttp.ClientError:
             if (self.expired or self.overran) and self._finished:
                 # Silent (or past the longest answer) after it ended the answer: the end
-                # (see `ended`).
+                # (see `follow`).
                 return b""
             if self.expired:
                 raise TimeoutError("the provider stopped sending") from None
