@@ -13,9 +13,11 @@ Unlike systemd, relay refuses what systemd skips, or takes as it comes, or takes
 one way or the other by its version, so that what runs by hand is what the
 service gets: a line that is not KEY=VALUE (`export NAME=value` among them:
 systemd skips it as an invalid name), a quote never closed (systemd would take
-the rest of the file as its value), and a comment ending in a backslash (systemd
-before 254, as in Debian 12 and Ubuntu 22.04, continues it onto the next line and
-drops that line; 254 and later do not).
+the rest of the file as its value), and a comment ending in a backslash followed
+by a setting (systemd before 254, as in Debian 12 and Ubuntu 22.04, continues the
+comment onto the next line and drops that line; 254 and later do not). A blank
+line or another comment after it reads the same either way, as does a backslash
+before a CRLF line end (the backslash escapes the CR).
 """
 
 from __future__ import annotations
@@ -120,20 +122,26 @@ def parse_env_file(text: str) -> dict[str, str]:
                 state = "comment_escape"
             elif char in _NEWLINE:
                 state = "pre_key"
-        else:  # comment_escape
-            if char in _NEWLINE:
+        elif state == "comment_escape":
+            # Escaped, a CR is one more character of the comment, which the LF then ends.
+            state = "continued" if char == "\n" else "comment"
+        else:  # continued: the line systemd before 254 takes for more of the comment
+            if char in _COMMENT:
+                state = "comment"  # a comment either way
+            elif char == "\n":
+                state = "pre_key"  # a blank line either way
+            elif char not in _WHITESPACE:
                 raise EnvFileError(
-                    line,
+                    line - 1,
                     "is a comment ending in a backslash, which systemd before 254"
-                    " continues onto the next line: end it otherwise",
+                    f" continues onto line {line}, dropping its setting: end it otherwise",
                 )
-            state = "comment"
         if char == "\n":
             line += 1
     if state == "key":
         raise EnvFileError(key_line, "is not KEY=VALUE")
     if state in ("single_quoted", "double_quoted", "double_quoted_escape"):
         raise EnvFileError(key_line, "has a quote that is never closed")
-    if state not in ("pre_key", "comment", "comment_escape"):  # no line end to continue
+    if state not in ("pre_key", "comment", "comment_escape", "continued"):  # no line end
         store()
     return values

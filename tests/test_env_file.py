@@ -81,7 +81,7 @@ def test_a_line_that_is_no_setting_is_refused_by_number(text, line):
         ("export\tRELAY_ENV=production", 1, "starts with `export`"),
         # systemd before 254 (Debian 12, Ubuntu 22.04) drops the line after it.
         ("# a note \\\nRELAY_ENV=production\n", 1, "comment ending in a backslash"),
-        ("A=1\n  ; note \\\r\nB=2\n", 2, "comment ending in a backslash"),
+        ("A=1\n  ; note \\\n  B=2\n", 2, "continues onto line 3, dropping its setting"),
     ],
 )
 def test_lines_systemd_skips_or_reads_by_its_version_are_refused(text, line, words):
@@ -89,3 +89,18 @@ def test_lines_systemd_skips_or_reads_by_its_version_are_refused(text, line, wor
         parse_env_file(text)
     assert raised.value.line == line
     assert words in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A=1\r\n  ; note \\\r\nB=2\r\n",  # CRLF: the backslash escapes the CR
+        "# see C:\\\n\nB=2\n",  # a blank line after it
+        "#x \\\n# y\nB=2\n",  # another comment after it
+        "B=2\n# last \\\n",  # the file's last line
+        "B=2\n# last \\",
+    ],
+)
+def test_a_comment_ending_in_a_backslash_that_every_systemd_reads_alike_is_kept(text):
+    # Checked with systemd 252's own load_env_file: B=2 alone, as here.
+    assert parse_env_file(text) == {"B": "2"} | ({"A": "1"} if text.startswith("A=") else {})
