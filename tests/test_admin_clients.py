@@ -123,6 +123,12 @@ async def test_create_defaults(http):
         ({"name": "ok", "limits": {"requests_per_minute": True}}, "limits.requests_per_minute"),
         ({"name": "ok", "limits": {"tokens_per_minute": 10**9 + 1}}, "limits.tokens_per_minute"),
         ({"name": "ok", "scopes": ["model:gpt-4o\n"]}, "scopes"),
+        # Meant as model scopes, they would have granted every model, or none.
+        ({"name": "ok", "scopes": ["Model:gpt-4o"]}, "scopes"),
+        ({"name": "ok", "scopes": ["models:gpt-4o"]}, "scopes"),
+        ({"name": "ok", "scopes": ["model"]}, "scopes"),
+        ({"name": "ok", "scopes": ["model:"]}, "scopes"),
+        ({"name": "ok", "scopes": ["model:gpt-*"]}, "scopes"),
         ({"name": "ok", "store_history": "yes"}, "store_history"),
         ({"name": "ok", "metadata": ["a"]}, "metadata"),
         ({"name": "ok", "api_key": "rk_mine"}, "api_key"),
@@ -133,6 +139,12 @@ async def test_create_validation(http, body, param):
     response = await http.post("/admin/clients", json=body, headers=ADMIN)
     error = await assert_error(response, 400)
     assert error["param"] == param
+
+
+async def test_model_scopes_and_others_are_kept_as_given(http):
+    scopes = ["model:gpt-4o", "model:org/m-1.5", "model:*", "history:read", "team:ios"]
+    client = await create_client(http, name="scoped", scopes=scopes)
+    assert client["scopes"] == scopes
 
 
 async def test_list_pagination(http):

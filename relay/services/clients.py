@@ -12,6 +12,7 @@ from relay.errors import InvalidRequestError, NotFoundError
 from relay.services.apikeys import ApiKey, KeyHasher
 from relay.services.cursors import decode_cursor, encode_cursor, not_a_cursor
 from relay.stores.clients import Client, ClientStore, KeyIdTaken, canonical_client_id
+from relay.upstreams.routing import MODEL_SCOPE
 
 STATUSES = ("active", "disabled")
 # Per-client overrides of the rate-limit defaults in settings.
@@ -41,7 +42,31 @@ def _scopes(value: Any) -> list[str]:
             f"scopes must be a list of at most {_MAX_SCOPES} strings of letters, digits, _.:*/@+-.",
             param="scopes",
         )
+    for scope in value:
+        _check_model_scope(scope)
     return list(dict.fromkeys(value))
+
+
+def _check_model_scope(scope: str) -> None:
+    """A scope that looks meant to name models must name them as relay reads them: a
+    client holding no `model:` scope may use every model, so `Model:x` or `models:x`
+    would widen it to all instead of narrowing it to one, and `model:x*` (no pattern
+    but `*` alone is read) would grant none."""
+    if not scope.lower().startswith("model"):
+        return  # another scope: relay gives it no meaning, the client's own apps may
+    model = scope.removeprefix(MODEL_SCOPE)
+    if model == scope or not model:
+        raise InvalidRequestError(
+            f"scope {scope!r} is not a model scope relay reads: write model:<id> (a public"
+            " model id) or model:* for every model.",
+            param="scopes",
+        )
+    if "*" in model and model != "*":
+        raise InvalidRequestError(
+            f"scope {scope!r} has a wildcard inside a model id: only model:* (every model)"
+            " is one; name each model otherwise.",
+            param="scopes",
+        )
 
 
 def _status(value: Any) -> str:
