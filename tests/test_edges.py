@@ -195,3 +195,15 @@ async def test_a_query_parameter_given_twice_is_refused_not_guessed(http, path, 
     headers = ADMIN if path.startswith("/admin") else bearer(token)
     error = await assert_error(await http.get(path, headers=headers), 400)
     assert error["param"] == param and "given 2 times" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "given", ["+5", "5_0", "%205", "%D9%A5", "5.0", "1e2", "99999999999999999999"]
+)
+async def test_a_number_in_the_query_is_plain_digits(http, given):
+    # int() reads "+5", "5_0", " 5" and other scripts' digits; a proxy or cache does not.
+    token = (await client_with_token(http))[1]
+    error = await assert_error(
+        await http.get(f"/v1/history?limit={given}", headers=bearer(token)), 400
+    )
+    assert error["param"] == "limit"

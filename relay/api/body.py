@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -131,14 +132,18 @@ def query_value(request: web.Request, name: str) -> str | None:
     return values[0] if values else None
 
 
+_DIGITS = re.compile(r"-?[0-9]{1,18}")
+
+
 def query_int(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
     raw = query_value(request, name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequestError(f"{name} must be a whole number.", param=name) from None
+    # Digits as written in a URL: int() also reads "+5", "5_0", " 5" and other scripts'
+    # digits (Arabic-Indic five), which a proxy or cache reading the query would not.
+    if not _DIGITS.fullmatch(raw):
+        raise InvalidRequestError(f"{name} must be a whole number.", param=name)
+    value = int(raw)
     if not low <= value <= high:
         raise InvalidRequestError(f"{name} must be between {low} and {high}.", param=name)
     return value
