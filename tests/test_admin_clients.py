@@ -141,6 +141,21 @@ async def test_create_validation(http, body, param):
     assert error["param"] == param
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "a", "name": "b"}',
+        b'{"name": "a", "limits": {"requests_per_minute": 1, "requests_per_minute": 0}}',
+    ],
+)
+async def test_a_field_named_twice_is_refused_not_guessed(http, body):
+    response = await http.post(
+        "/admin/clients", data=body, headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    error = await assert_error(response, 400)
+    assert "same field twice" in error["message"]
+
+
 async def test_model_scopes_and_others_are_kept_as_given(http):
     scopes = ["model:gpt-4o", "model:org/m-1.5", "model:*", "history:read", "team:ios"]
     client = await create_client(http, name="scoped", scopes=scopes)
