@@ -20,6 +20,7 @@ from relay.appkeys import (
     CLIENTS,
     DATABASE,
     HISTORY,
+    IN_FLIGHT,
     NOTIFICATIONS,
     RATE_LIMITER,
     REDIS,
@@ -136,7 +137,9 @@ async def notifications_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     notifications = Notifications(settings.database_url, timeout=settings.database_timeout)
     app[NOTIFICATIONS] = notifications
-    app[CLIENT_CACHE] = ClientCache(ClientStore(app[DATABASE]), notifications)
+    app[CLIENT_CACHE] = ClientCache(
+        ClientStore(app[DATABASE]), notifications, in_flight=app[IN_FLIGHT]
+    )
     # Built here: its channel must be subscribed before the listener starts.
     app[HISTORY] = HistoryService(
         ConversationStore(app[DATABASE]), MessageStore(app[DATABASE]), HistoryWatch(notifications)

@@ -20,10 +20,10 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
+from relay.drain import Holder
 from relay.errors import (
     CUT_SHORT,
     RelayError,
-    RestartingError,
     error_json,
 )
 from relay.services.answers import Answer, AnswerHooks
@@ -156,8 +156,9 @@ async def _relay_stream(
     response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
     await response.prepare(request)
     observer = StreamObserver.for_request(answer.request)
-    # Past the drain timeout of a graceful stop, relay stops reading the provider.
-    with request.app[IN_FLIGHT].track(on_deadline=provider.close) as deadline:
+    # Past the drain timeout of a graceful stop, or once its client is revoked, relay
+    # stops reading the provider.
+    with request.app[IN_FLIGHT].track(provider.close, stream_holder(request)) as stop:
         try:
             result = await pipe_stream(
                 response, provider, observer, _abort_client(request), answer.route
@@ -170,9 +171,7 @@ async def _relay_stream(
         return response
     final = result.final
     if result.status == "cut":
-        final = error_event(
-            RestartingError() if deadline.is_set() else result.error or provider.cut_error()
-        )
+        final = error_event(stop.error or result.error or provider.cut_error())
     answer.received(observer, final)
     if (error := await hooks.commit_end(answer)) is not None:
         final = error_event(error)  # never a silent loss: an error instead of the end
@@ -181,6 +180,12 @@ async def _relay_stream(
         await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
     await end_stream(response, observer, final, _abort_client(request))
     return response
+
+
+def stream_holder(request: web.Request) -> Holder:
+    """Whom the stream answers, to end it should that client be revoked."""
+    caller = request[CALLER]
+    return caller.client.id, caller.claims.key_version
 
 
 def _abort_client(request: web.Request) -> Callable[[], None]:

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from relay.api.answer_timing import elapsed_ms, note_stream_end
+from relay.api.chat import stream_holder
 from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
 from relay.api.chat_native_request import new_native_answer
 from relay.api.drain import answered_before_restart
@@ -109,9 +110,7 @@ async def _whole(
     note_stream_end(request, answer, observer)
     if answer.status != "complete":
         error = (
-            provider_stalled()
-            if stalled
-            else _broken_off(answer, observer, provider, shutting_down=False)
+            provider_stalled() if stalled else _broken_off(answer, observer, provider, stopped=None)
         )
         _finish(request, answer, error_json(error))
         await hooks.commit_quietly(answer)
@@ -141,8 +140,9 @@ async def _stream(
     response = HashedEventSource(headers=answer.headers)
     await response.prepare(request)
     observer = DeltaObserver()
-    # Past the drain timeout of a graceful stop, relay stops reading the provider.
-    with request.app[IN_FLIGHT].track(on_deadline=provider.close) as deadline:
+    # Past the drain timeout of a graceful stop, or once its client is revoked, relay
+    # stops reading the provider.
+    with request.app[IN_FLIGHT].track(provider.close, stream_holder(request)) as stop:
         try:
             answer.status = await _relay_deltas(response, provider, observer)
         finally:
@@ -169,7 +169,7 @@ async def _stream(
                 answer.received(response, final)
                 await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
     else:
-        why = _broken_off(answer, observer, provider, shutting_down=deadline.is_set())
+        why = _broken_off(answer, observer, provider, stopped=stop.error)
         final = event_bytes("error", error_data(why))
         answer.received(response, final)
         await hooks.commit_quietly(answer)  # the client is told it did not complete
@@ -212,15 +212,20 @@ async def _pass_deltas(response: HashedEventSource, observer: DeltaObserver) -> 
 
 
 def _broken_off(
-    answer: Answer, observer: DeltaObserver, provider: ProviderReply, *, shutting_down: bool
+    answer: Answer,
+    observer: DeltaObserver,
+    provider: ProviderReply,
+    *,
+    stopped: RelayError | None,
 ) -> RelayError:
     """Why an answer did not complete, as its client is told: the provider's own error,
-    relay stopping, the provider breaking off, or the answer running too long."""
+    relay stopping it (`stopped`: restarting, its client revoked), the provider breaking
+    off, or the answer running too long."""
     if answer.status == "failed":
         failure = provider_failure(observer.error, answer.route)
         return failure or UpstreamError("The provider failed.", code="upstream_error")
-    if shutting_down:
-        return RestartingError()
+    if stopped is not None:
+        return stopped
     if observer.overflowed:
         return oversize_error(observer.byte_count)
     return provider.cut_error()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from aiohttp import web
@@ -27,16 +28,24 @@ def _wait_seconds(request: web.Request) -> float:
 
 
 async def list_history(request: web.Request) -> web.Response:
-    in_flight = request.app.get(IN_FLIGHT)
-    page = await request.app[HISTORY].page(
-        request[CALLER].client.id,
-        after=query_value(request, "after") or None,
-        limit=query_int(request, "limit", default=100, low=1, high=500),
-        conversation_id=query_value(request, "conversation_id") or None,
-        wait=_wait_seconds(request),
-        # A graceful stop answers held polls at once instead of waiting them out.
-        stop=in_flight.draining if in_flight is not None else None,
-    )
+    caller = request[CALLER]
+    in_flight = request.app[IN_FLIGHT]
+    wait = _wait_seconds(request)
+    revoked = asyncio.Event()
+    # Held polls end early: all of them at once on a graceful stop, and a revoked
+    # client's with its 401.
+    holder = (caller.client.id, caller.claims.key_version) if wait else None
+    with in_flight.revocable(holder, revoked.set) as stop:
+        page = await request.app[HISTORY].page(
+            caller.client.id,
+            after=query_value(request, "after") or None,
+            limit=query_int(request, "limit", default=100, low=1, high=500),
+            conversation_id=query_value(request, "conversation_id") or None,
+            wait=wait,
+            stops=(in_flight.draining, revoked),
+        )
+    if stop.error is not None:
+        raise stop.error
     return json_response(page.as_json())
 
 

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from relay.drain import InFlight
+from relay.errors import AuthenticationError, RelayError
 from relay.stores.clients import Client, ClientStore
 from relay.stores.notifications import Notifications
 
 CHANNEL = "relay_clients"  # notified by the clients table's trigger (sql/001)
 _MAX_ENTRIES = 100_000
+
+log = logging.getLogger(__name__)
+
+
+def token_revoked() -> AuthenticationError:
+    return AuthenticationError(
+        "The access token has been revoked.", code="token_revoked", rejected=True
+    )
 
 
 class ClientCache:
@@ -16,12 +27,18 @@ class ClientCache:
 
     A notification drops one entry; losing the listener drops them all and
     sends every lookup to the database until it is back, so a revoked client
-    is never served from a stale copy.
+    is never served from a stale copy. A client that changed while it holds
+    streams or polls open in `in_flight` is read again, and if it is now
+    disabled, deleted or at another key version, they end with token_revoked.
     """
 
-    def __init__(self, store: ClientStore, notifications: Notifications) -> None:
+    def __init__(
+        self, store: ClientStore, notifications: Notifications, in_flight: InFlight | None = None
+    ) -> None:
         self.store = store
         self.notifications = notifications
+        self.in_flight = in_flight
+        self._checks: set[asyncio.Future[None]] = set()
         self._entries: dict[str, Client] = {}
         # Bumped on every invalidation; a row loaded before a bump may be stale.
         self._generation = 0
@@ -64,6 +81,23 @@ class ClientCache:
     def invalidate(self, client_id: str) -> None:
         self._generation += 1
         self._entries.pop(client_id, None)
+        if self.in_flight is not None and self.in_flight.holds(client_id):
+            check = asyncio.ensure_future(self._end_revoked(self.in_flight, client_id))
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
+
+    async def _end_revoked(self, in_flight: InFlight, client_id: str) -> None:
+        try:
+            client = await self.get(client_id)  # read afresh: the entry was just dropped
+        except RelayError as exc:
+            # The next request is refused or admitted by the database; these go on.
+            log.warning("cannot check a changed client's open streams", extra={"error": str(exc)})
+            return
+        valid = client.key_version if client is not None and client.active else None
+        if ended := in_flight.revoke(client_id, valid, token_revoked):
+            log.info(
+                "revoked client's streams ended", extra={"client_id": client_id, "ended": ended}
+            )
 
     def clear(self) -> None:
         self._generation += 1

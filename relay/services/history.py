@@ -171,10 +171,10 @@ class HistoryService:
         limit: int,
         conversation_id: str | None = None,
         wait: float = 0.0,
-        stop: asyncio.Event | None = None,
+        stops: tuple[asyncio.Event, ...] = (),
     ) -> Page:
         """Messages after the cursor, oldest first; with `wait`, an empty page is held
-        until this client commits something new, the time is up, or `stop` is set
+        until this client commits something new, the time is up, or one of `stops` is set
         (TooManyPollsError past HistoryWatch.MOST_HELD_PER_CLIENT of this client's)."""
         seq = history_position(after)
         if conversation_id is not None:
@@ -196,9 +196,9 @@ class HistoryService:
                     client_id, after_seq=seq, limit=limit, conversation_id=conversation_id
                 )
                 remaining = deadline - loop.time()
-                if rows or remaining <= 0 or (stop is not None and stop.is_set()):
+                if rows or remaining <= 0 or any(stop.is_set() for stop in stops):
                     break
-                await _first_of(woken, stop, remaining)
+                await _first_of((woken, *stops), remaining)
             finally:
                 self.watch.forget(client_id, woken)
         return _page(rows, more, seq)
@@ -286,10 +286,8 @@ class HistoryService:
             raise NotFoundError("No conversation with that id.", code="conversation_not_found")
 
 
-async def _first_of(woken: asyncio.Event, stop: asyncio.Event | None, timeout: float) -> None:
-    waits = [asyncio.ensure_future(woken.wait())]
-    if stop is not None:
-        waits.append(asyncio.ensure_future(stop.wait()))
+async def _first_of(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
