@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass
 
 from relay.errors import AuthenticationError
-from relay.services.client_cache import ClientCache
+from relay.services.client_cache import ClientCache, token_revoked
 from relay.services.clients import ClientService
 from relay.services.tokens import Claims, IssuedToken, TokenIssuer
 from relay.stores.clients import Client
@@ -70,7 +70,5 @@ class Authenticator:
         claims = self.tokens.verify(bearer_token(authorization))
         client = await self.cache.get(claims.client_id)
         if client is None or not client.active or client.key_version != claims.key_version:
-            raise AuthenticationError(
-                "The access token has been revoked.", code="token_revoked", rejected=True
-            )
+            raise token_revoked()
         return Caller(client, claims)
