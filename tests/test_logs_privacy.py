@@ -175,3 +175,17 @@ def test_log_lines_are_json_with_level_and_logger():
     assert line["msg"] == "something"
     assert line["request_id"] == "r1" and line["status"] == 503
     assert line["ts"].endswith("Z")
+
+
+async def test_bytes_in_counts_a_chunked_body_as_received(http, captured):
+    body = orjson.dumps({"name": "chunked " + "x" * 100})
+
+    async def chunks():  # no Content-Length: aiohttp sends it chunked
+        yield body[:50]
+        yield body[50:]
+
+    headers = {**ADMIN, "Content-Type": "application/json", "X-Request-Id": "chunked-1"}
+    response = await http.post("/admin/clients", data=chunks(), headers=headers)
+    assert response.status == 201
+    [line] = [line for line in lines(captured) if line.get("request_id") == "chunked-1"]
+    assert line["bytes_in"] == len(body)

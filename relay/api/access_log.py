@@ -63,7 +63,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 "method": request.method,
                 "route": route,
                 "status": status,
-                "bytes_in": request.content_length or 0,
+                "bytes_in": request.content.total_bytes,  # the body as received, chunked too
                 "bytes_out": sent,
                 "ttfb_ms": round((first_byte - started) * 1000, 2) if first_byte else None,
                 "duration_ms": round((now - started) * 1000, 2),
