@@ -25,9 +25,11 @@ from prometheus_client.metrics import MetricWrapperBase as Metric_
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "ANSWERS",
     "CONTENT_TYPE",
     "FIRST_TOKEN_SECONDS",
     "HISTORY_BATCH_SIZE",
+    "HISTORY_COMMIT_FAILURES",
     "HISTORY_COMMIT_SECONDS",
     "OPEN_STREAMS",
     "RATE_LIMITED",
@@ -89,6 +91,17 @@ HISTORY_COMMIT_SECONDS = Histogram(
     "relay_history_commit_seconds",
     "Time one history group commit took.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+HISTORY_COMMIT_FAILURES = Counter(
+    "relay_history_commit_failures_total",
+    "Answers relay could not commit to history (their batch failed or its outcome was"
+    " lost, or relay was stopping): each counts once, its client told history_unavailable.",
+)
+ANSWERS = Counter(
+    "relay_answers_total",
+    "Answers relayed, by final status (complete, cut, cancelled, failed); counted once"
+    " each as it ends, before history's verdict (see relay_history_commit_failures_total).",
+    ("outcome",),
 )
 REDIS_ERRORS = Counter(
     "relay_redis_errors_total", "Redis commands that failed, the reconnect probes' included."

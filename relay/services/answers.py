@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from relay.errors import RelayError
 from relay.ids import uuid7_hex, uuid7_text
+from relay.metrics import ANSWERS, labelled
 from relay.stores.clients import Client
 from relay.upstreams.completion import CompletionSummary, estimated_tokens
 from relay.upstreams.routing import Route
@@ -176,6 +177,8 @@ class AnswerHooks:
         self.in_background(self.commit_quietly(answer))
 
     def run_after(self, answer: Answer) -> None:
+        """Every relayed answer ends here, once."""
+        labelled(ANSWERS, answer.status).inc()
         for hook in self.after:
             try:
                 hook(answer)

@@ -1,0 +1,47 @@
+"""GET /metrics: how answers ended, what history could not keep, tokens and upstream errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.api_calls import client_with_token
+from tests.history_calls import chat, refuse_history_writes
+from tests.test_metrics import scrape, value
+
+
+async def settled(http, name: str, before: float, **labels: str) -> float:
+    """The counter's value once it passed `before` (after-hooks run as a handler ends)."""
+    for _ in range(100):
+        now = value(await scrape(http), name, **labels)
+        if now > before:
+            return now
+        await asyncio.sleep(0.05)
+    return now
+
+
+async def test_a_stream_history_could_not_keep_is_counted(http, database_url):
+    _, token = await client_with_token(http)
+    text = await scrape(http)
+    failures = value(text, "relay_history_commit_failures_total")
+    failed = value(text, "relay_answers_total", outcome="failed")
+    await refuse_history_writes(database_url)
+    response = await chat(http, token, stream=True)
+    assert response.status == 200
+    assert b"history_unavailable" in await response.read()
+    assert await settled(http, "relay_history_commit_failures_total", failures) == failures + 1
+    # Its client was sent an error instead of the end: the answer ended failed.
+    assert await settled(http, "relay_answers_total", failed, outcome="failed") == failed + 1
+
+
+async def test_answers_are_counted_by_how_they_ended(http, simulator):
+    _, token = await client_with_token(http)
+    text = await scrape(http)
+    failed = value(text, "relay_answers_total", outcome="failed")
+    cut = value(text, "relay_answers_total", outcome="cut")
+    simulator.config.error_status = 500
+    await (await chat(http, token, stream=True)).read()
+    assert await settled(http, "relay_answers_total", failed, outcome="failed") == failed + 1
+    simulator.config.error_status = None
+    simulator.config.cut_after = 2
+    await (await chat(http, token, stream=True)).read()
+    assert await settled(http, "relay_answers_total", cut, outcome="cut") == cut + 1
