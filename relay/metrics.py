@@ -76,8 +76,9 @@ FIRST_TOKEN_SECONDS = Histogram(
 OPEN_STREAMS = Gauge("relay_open_streams", "Streams being relayed right now.")
 TOKENS = Counter(
     "relay_tokens_total",
-    "Tokens relayed, by model and direction (in: prompt, out: completion).",
-    ("model", "direction"),
+    "Tokens relayed, by model and direction (in: prompt, out: completion); estimated"
+    ' "true" where the provider reported no usage and relay counts what it charged.',
+    ("model", "direction", "estimated"),
 )
 RATE_LIMITED = Counter(
     "relay_rate_limited_total", "Requests refused by a rate limit, by bucket.", ("bucket",)

@@ -45,3 +45,24 @@ async def test_answers_are_counted_by_how_they_ended(http, simulator):
     simulator.config.cut_after = 2
     await (await chat(http, token, stream=True)).read()
     assert await settled(http, "relay_answers_total", cut, outcome="cut") == cut + 1
+
+
+async def test_tokens_without_the_providers_usage_are_counted_as_estimated(http, simulator):
+    _, token = await client_with_token(http)
+    out = {"model": "gpt-sim", "direction": "out"}
+
+    async def tokens(estimated: str, before: float = -1) -> float:
+        return await settled(http, "relay_tokens_total", before, **out, estimated=estimated)
+
+    estimated, reported = await tokens("true"), await tokens("false")
+    await (await chat(http, token, stream=True)).read()  # no stream_options.include_usage
+    estimated_now = await tokens("true", estimated)
+    assert estimated_now > estimated
+    assert await tokens("false") == reported
+    usage = {"stream_options": {"include_usage": True}}
+    await (await chat(http, token, stream=True, **usage)).read()
+    assert await tokens("false", reported) > reported
+    assert await tokens("true") == estimated_now
+    simulator.config.cut_after = 2  # a cut stream carries no usage
+    await (await chat(http, token, stream=True, **usage)).read()
+    assert await tokens("true", estimated_now) > estimated_now

@@ -12,6 +12,7 @@ import orjson
 from relay.errors import InvalidRequestError
 from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS, labelled
 from relay.services.answers import Answer
+from relay.upstreams.completion import estimated_tokens
 from relay.upstreams.routing import Route
 
 
@@ -111,11 +112,21 @@ def _past_blanks(text: str, at: int) -> int:
 
 
 def count_answer(answer: Answer) -> None:
-    """After-hook: tokens and time to first token, by public model id."""
+    """After-hook: tokens and time to first token, by public model id. Without the
+    provider's usage (a stream that did not ask for it, a cut, a client that left),
+    the tokens the rate limiter was charged, estimated, kept apart by their label."""
+    model = answer.route.model
     usage = answer.summary.usage or {}
+    reported = False
     for direction, key in (("in", "prompt_tokens"), ("out", "completion_tokens")):
         count = usage.get(key)
-        if isinstance(count, int) and count > 0:
-            labelled(TOKENS, answer.route.model, direction).inc(count)
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            reported = True
+            if count:
+                labelled(TOKENS, model, direction, "false").inc(count)
+    if not reported and (used := answer.tokens_used):
+        sent = min(estimated_tokens(len(answer.forwarded_body)), used)
+        labelled(TOKENS, model, "in", "true").inc(sent)
+        labelled(TOKENS, model, "out", "true").inc(used - sent)
     if answer.first_token_ms is not None:
-        labelled(FIRST_TOKEN_SECONDS, answer.route.model).observe(answer.first_token_ms / 1000)
+        labelled(FIRST_TOKEN_SECONDS, model).observe(answer.first_token_ms / 1000)
