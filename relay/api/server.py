@@ -69,8 +69,9 @@ class RelayRequestHandler(RequestHandler):
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) == queued:  # no head was completed: a piece of one, or of a body
-            waiter = self._waiter
-            if data and waiter is not None and not waiter.done():  # idle: a head begins
+            # No request in hand (also before aiohttp's connection task first ran, when
+            # its waiter is not made yet): a head begins.
+            if data and not self._request_in_progress:
                 if self.head_since is None:
                     self.head_since, self._head_bytes = self._loop.time(), 0
                 self._head_bytes += len(data)
