@@ -38,6 +38,7 @@ __all__ = [
     "REQUESTS",
     "REQUEST_SECONDS",
     "TOKENS",
+    "UPSTREAM_ERRORS",
     "UPSTREAM_SECONDS",
     "labelled",
     "observe_request",
@@ -66,6 +67,13 @@ UPSTREAM_SECONDS = Histogram(
     "Time until a provider's response headers arrived.",
     ("upstream", "model"),
     buckets=_WAIT_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "relay_upstream_errors_total",
+    "Provider failures relay turned into an error, by upstream and kind (unreachable,"
+    " timeout, closed, undecodable, auth, status_4xx, status_5xx, not_streamed, cut,"
+    " stalled, too_large).",
+    ("upstream", "kind"),
 )
 FIRST_TOKEN_SECONDS = Histogram(
     "relay_time_to_first_token_seconds",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from tests.api_calls import client_with_token
 from tests.history_calls import chat, refuse_history_writes
@@ -66,3 +67,24 @@ async def test_tokens_without_the_providers_usage_are_counted_as_estimated(http,
     simulator.config.cut_after = 2  # a cut stream carries no usage
     await (await chat(http, token, stream=True, **usage)).read()
     assert await tokens("true", estimated_now) > estimated_now
+
+
+async def test_provider_failures_are_counted_by_upstream_and_kind(http, simulator, caplog):
+    caplog.set_level(logging.INFO, logger="relay.upstreams")
+    _, token = await client_with_token(http)
+
+    def errors(text: str, kind: str) -> float:
+        return value(text, "relay_upstream_errors_total", upstream="simulator", kind=kind)
+
+    before = await scrape(http)
+    simulator.config.error_status = 503
+    await (await chat(http, token, stream=True)).read()
+    simulator.config.error_status = None
+    simulator.config.cut_after = 2
+    await (await chat(http, token, stream=True)).read()
+    after = await scrape(http)
+    assert errors(after, "status_5xx") == errors(before, "status_5xx") + 1
+    assert errors(after, "cut") == errors(before, "cut") + 1
+    logged = {record.message: record for record in caplog.records}
+    assert logged["provider refused"].upstream == "simulator"
+    assert logged["provider broke off a stream"].upstream == "simulator"

@@ -15,7 +15,7 @@ from aiohttp import hdrs
 
 from relay import __version__
 from relay.errors import NOT_RETRIED, RelayError, UpstreamError, UpstreamTimeoutError, error_body
-from relay.metrics import UPSTREAM_SECONDS, labelled
+from relay.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS, labelled
 from relay.sockets import registered
 from relay.upstreams.completion import error_object
 from relay.upstreams.reply import ProviderReply
@@ -79,6 +79,8 @@ async def _refusal(
         body = None
     status = response.status
     log.info("provider refused", extra={"upstream": upstream.name, "upstream_status": status})
+    kind = "auth" if status in (401, 403) else f"status_{min(max(status // 100, 1), 5)}xx"
+    labelled(UPSTREAM_ERRORS, upstream.name, kind).inc()
     # When to ask again, as the provider said it: OpenAI's SDKs read these on every
     # status they retry (429 and 5xx among them), relay's 502 included.
     headers = {
@@ -138,6 +140,7 @@ async def _not_a_stream(
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         body = None
     kind = response.content_type
+    labelled(UPSTREAM_ERRORS, route.upstream.name, "not_streamed").inc()
     log.info(
         "provider answered a stream without an event stream",
         extra={"upstream": route.upstream.name, "content_type": kind},
@@ -196,8 +199,10 @@ async def open_provider_response(
                 )
             )
     except (TimeoutError, aiohttp.ServerTimeoutError):
+        labelled(UPSTREAM_ERRORS, upstream.name, "timeout").inc()
         raise UpstreamTimeoutError("The provider did not answer in time.") from None
     except (aiohttp.ClientConnectorError, RuntimeError) as exc:  # RuntimeError: see registered
+        labelled(UPSTREAM_ERRORS, upstream.name, "unreachable").inc()
         log.warning(
             "provider unreachable", extra={"upstream": upstream.name, "error": type(exc).__name__}
         )
@@ -207,6 +212,7 @@ async def open_provider_response(
     except aiohttp.ClientResponseError as exc:
         # An answer came, but aiohttp could not read it: its headers are malformed, or
         # its body is in an encoding relay did not ask for (br: relay asks gzip, deflate).
+        labelled(UPSTREAM_ERRORS, upstream.name, "undecodable").inc()
         log.warning(
             "provider answer undecodable",
             extra={"upstream": upstream.name, "error": type(exc).__name__},
@@ -219,6 +225,7 @@ async def open_provider_response(
     except aiohttp.ClientError as exc:
         # Connected, then the connection failed before an answer's headers: the provider
         # may have taken the request (and may bill it), so not "could not be reached".
+        labelled(UPSTREAM_ERRORS, upstream.name, "closed").inc()
         log.warning(
             "provider closed the connection",
             extra={"upstream": upstream.name, "error": type(exc).__name__},

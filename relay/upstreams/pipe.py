@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from relay.errors import RelayError
+from relay.metrics import UPSTREAM_ERRORS, labelled
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver, oversize_error
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
@@ -127,7 +128,7 @@ async def pipe_stream(
             # (The search for the word first: a call for each chunk costs more than it.)
             if whole.find(b"[DONE]") >= 0 and (done_at := end_of_stream_at(whole)) >= 0:
                 if not await _send(response, observer, stalled, whole[:done_at], route):
-                    return _too_large(provider, observer)
+                    return _too_large(provider, observer, route)
                 # A provider may end with [DONE] after an error event (vLLM does): the
                 # answer still failed, and the client has the error already.
                 status = "complete" if observer.error is None else "failed"
@@ -137,9 +138,9 @@ async def pipe_stream(
                 final = reworded_events(final, route)
                 return PipeResult(status, observer, final)
             if len(pending) > MAX_EVENT_BYTES or observer.byte_count > MAX_RESPONSE_BYTES:
-                return _too_large(provider, observer)
+                return _too_large(provider, observer, route)
             if not await _send(response, observer, stalled, whole, route):
-                return _too_large(provider, observer)
+                return _too_large(provider, observer, route)
             provider.follow(observer)
         return await _body_ended(response, observer, stalled, bytes(pending), route)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -149,7 +150,13 @@ async def pipe_stream(
         if provider.stopped:  # relay's own doing: the drain's deadline, say
             log.info("stream stopped by relay", extra={"error": type(exc).__name__})
         else:
-            log.info("provider broke off a stream", extra={"error": type(exc).__name__})
+            upstream = route.upstream.name
+            log.info(
+                "provider broke off a stream",
+                extra={"upstream": upstream, "error": type(exc).__name__},
+            )
+            kind = "stalled" if isinstance(exc, TimeoutError) else "cut"
+            labelled(UPSTREAM_ERRORS, upstream, kind).inc()
         return PipeResult(_broken_off(observer), observer)
     finally:
         stalled.close()
@@ -169,12 +176,13 @@ async def _body_ended(
     every choice asked for has its finish_reason.
     """
     if not rest.strip():
-        return PipeResult(_ended(observer), observer)
+        return PipeResult(_ended(observer, route), observer)
     # `data: [DONE]` short of its blank line: by the SSE rules that event never ended,
     # but the answer did. The client gets those bytes as sent.
     if rest.strip() in _DONE_LINES:
         return PipeResult("complete", observer, rest)
     if not _whole_data(rest):
+        labelled(UPSTREAM_ERRORS, route.upstream.name, "cut").inc()
         return PipeResult(_broken_off(observer), observer)  # it stopped within an event
     # A whole last event (a usage chunk, say): the body's end ends it. The observer reads
     # it so, and the client gets it with its blank line: SSE clients (OpenAI's SDKs too)
@@ -183,7 +191,7 @@ async def _body_ended(
     ended = rest + b"\n\n"
     seen = observer.error
     observer.read(ended)
-    status = _ended(observer)
+    status = _ended(observer, route)
     if observer.error is not seen:
         ended = reworded_events(ended, route)
     await _write(response, observer, stalled, ended)
@@ -203,10 +211,14 @@ def _whole_data(event: bytes) -> bool:
     return True
 
 
-def _too_large(provider: ProviderReply, observer: StreamObserver) -> PipeResult:
+def _too_large(provider: ProviderReply, observer: StreamObserver, route: Route) -> PipeResult:
     """relay stops reading a provider that sent more than it accepts: one event past
     MAX_EVENT_BYTES, or an answer past MAX_RESPONSE_BYTES. The client is told so."""
-    log.info("provider sent too much", extra={"bytes": observer.byte_count})
+    log.info(
+        "provider sent too much",
+        extra={"upstream": route.upstream.name, "bytes": observer.byte_count},
+    )
+    labelled(UPSTREAM_ERRORS, route.upstream.name, "too_large").inc()
     provider.close()
     return PipeResult("cut", observer, error=oversize_error(observer.byte_count))
 
@@ -242,13 +254,15 @@ async def _write(
     stalled.end()
 
 
-def _ended(observer: StreamObserver) -> str:
+def _ended(observer: StreamObserver, route: Route) -> str:
     """A stream that ended without [DONE]: complete if the answer said it was finished,
     in every choice (a choice still open was cut, if another one has ended). A usage
     chunk asked for and never sent is not missed: some providers never send it."""
     if observer.all_finished and observer.error is None:
         return "complete"
-    return _broken_off(observer)
+    if (status := _broken_off(observer)) == "cut":
+        labelled(UPSTREAM_ERRORS, route.upstream.name, "cut").inc()
+    return status
 
 
 def _broken_off(observer: StreamObserver) -> str:
