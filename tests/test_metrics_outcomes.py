@@ -7,7 +7,7 @@ import logging
 
 from tests.api_calls import client_with_token
 from tests.history_calls import chat, refuse_history_writes
-from tests.test_metrics import scrape, value
+from tests.test_metrics import samples, scrape, value
 
 
 async def settled(http, name: str, before: float, **labels: str) -> float:
@@ -88,3 +88,24 @@ async def test_provider_failures_are_counted_by_upstream_and_kind(http, simulato
     logged = {record.message: record for record in caplog.records}
     assert logged["provider refused"].upstream == "simulator"
     assert logged["provider broke off a stream"].upstream == "simulator"
+
+
+async def test_histogram_buckets_span_what_they_measure(http):
+    _, token = await client_with_token(http)
+    await (await chat(http, token)).read()
+    text = await scrape(http)
+
+    def bounds(name: str) -> list[float]:
+        return sorted(
+            float(labels["le"])
+            for (sample, labels_) in samples(text)
+            if sample == name + "_bucket"
+            for labels in [dict(labels_)]
+        )
+
+    requests = bounds("relay_http_request_duration_seconds")
+    assert requests[0] == 0.0005
+    assert 30 in bounds("relay_history_commit_seconds")
+    assert 600 in bounds("relay_upstream_response_seconds")
+    for name in ("relay_http_request_duration_seconds", "relay_history_commit_seconds"):
+        assert len(set(bounds(name))) <= 17  # 16 and +Inf
