@@ -18,6 +18,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -46,6 +47,10 @@ __all__ = [
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# A `_created` series beside every counter and histogram child doubles the series
+# scraped, for a timestamp Prometheus's text format does not use.
+disable_created_metrics()
 
 # LLM answers stream for minutes; the default buckets stop at 10 s. Many other requests
 # (health checks, cached lookups) take under a millisecond.

@@ -109,3 +109,9 @@ async def test_histogram_buckets_span_what_they_measure(http):
     assert 600 in bounds("relay_upstream_response_seconds")
     for name in ("relay_http_request_duration_seconds", "relay_history_commit_seconds"):
         assert len(set(bounds(name))) <= 17  # 16 and +Inf
+
+
+async def test_no_created_series(http):
+    _, token = await client_with_token(http)
+    await (await chat(http, token)).read()
+    assert "_created" not in await scrape(http)
