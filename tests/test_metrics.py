@@ -48,6 +48,9 @@ async def test_metrics_names_every_instrument(http):
         "relay_redis_up",
         "relay_postgres_pool_connections",
         "relay_postgres_pool_max_connections",
+        "relay_answers",
+        "relay_history_commit_failures",
+        "relay_upstream_errors",
     } <= names
 
 
