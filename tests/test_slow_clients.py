@@ -162,3 +162,18 @@ async def test_a_body_sent_a_byte_at_a_time_is_408(relay, monkeypatch, path):
     assert orjson.loads(answer.body)["error"]["code"] == "request_timeout"
     dripping.cancel()
     writer.close()
+
+
+async def test_a_body_drained_after_its_answer_is_no_head_to_time(relay):
+    # Answered (401) before its body was read; aiohttp drains the rest after the answer,
+    # and the connection, idle then, is kept alive, not cut with a 408 nobody asked for.
+    reader, writer = await connect(relay)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json"
+        b"\r\nContent-Length: 100\r\n\r\n" + b" " * 10
+    )
+    assert (await read_answer(reader)).status == 401
+    writer.write(b" " * 90)
+    await asyncio.sleep(HEAD_SECONDS * 4)
+    assert (await exchange(reader, writer, "GET", "/health")).status == 200
+    writer.close()

@@ -69,9 +69,12 @@ class RelayRequestHandler(RequestHandler):
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) == queued:  # no head was completed: a piece of one, or of a body
-            # No request in hand (also before aiohttp's connection task first ran, when
-            # its waiter is not made yet): a head begins.
-            if data and not self._request_in_progress:
+            # Waiting for a request (idle), or for the first one before aiohttp's
+            # connection task first ran and made its waiter: a head begins. (Not the
+            # rest of a body aiohttp drains after an answer: that is no head.)
+            waiter = self._waiter
+            waiting = waiter is not None and not waiter.done()
+            if data and (waiting or (waiter is None and self._request_count == 0)):
                 if self.head_since is None:
                     self.head_since, self._head_bytes = self._loop.time(), 0
                 self._head_bytes += len(data)
