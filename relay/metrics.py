@@ -113,8 +113,9 @@ HISTORY_COMMIT_SECONDS = Histogram(
 )
 HISTORY_COMMIT_FAILURES = Counter(
     "relay_history_commit_failures_total",
-    "Answers relay could not commit to history (their batch failed or its outcome was"
-    " lost, or relay was stopping): each counts once, its client told history_unavailable.",
+    "Complete answers relay could not commit to history (the database failing or too"
+    " slow, relay stopping, their conversation or client deleted meanwhile): each counts"
+    " once, its client sent an error instead of the answer's end.",
 )
 ANSWERS = Counter(
     "relay_answers_total",

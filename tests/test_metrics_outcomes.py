@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from relay.appkeys import ANSWER_HOOKS, ANSWER_RECORDER, DATABASE
+from relay.stores.clients import ClientStore
 from tests.api_calls import client_with_token
-from tests.history_calls import chat, refuse_history_writes
+from tests.history_calls import chat, recorded_answer, refuse_history_writes
 from tests.test_metrics import samples, scrape, value
 
 
@@ -115,3 +117,15 @@ async def test_no_created_series(http):
     _, token = await client_with_token(http)
     await (await chat(http, token)).read()
     assert "_created" not in await scrape(http)
+
+
+async def test_an_answer_that_did_not_complete_is_no_commit_failure_however_often_tried(http):
+    # Its client is not told anything of history (it has its cut or error already), and a
+    # stopping recorder, refusing it, is asked twice (the answer, then its receipt alone).
+    recorder = http.app[ANSWER_RECORDER]
+    client = await ClientStore(http.app[DATABASE]).get((await client_with_token(http))[0]["id"])
+    answer = recorded_answer(http.app, client, "cut short", status="cut")
+    before = value(await scrape(http), "relay_history_commit_failures_total")
+    await recorder.close()
+    assert await http.app[ANSWER_HOOKS].commit_end(answer) is None
+    assert value(await scrape(http), "relay_history_commit_failures_total") == before

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from relay.errors import RelayError
 from relay.ids import uuid7_hex, uuid7_text
-from relay.metrics import ANSWERS, labelled
+from relay.metrics import ANSWERS, HISTORY_COMMIT_FAILURES, labelled
 from relay.stores.clients import Client
 from relay.upstreams.completion import CompletionSummary, estimated_tokens
 from relay.upstreams.routing import Route
@@ -138,8 +138,13 @@ class AnswerHooks:
         task.add_done_callback(self._background.discard)
 
     async def run_commit(self, answer: Answer) -> None:
-        for hook in self.commit:
-            await hook(answer)
+        try:
+            for hook in self.commit:
+                await hook(answer)
+        except RelayError:
+            if answer.status == "complete":  # its client gets an error instead of its end
+                HISTORY_COMMIT_FAILURES.inc()
+            raise
 
     async def commit_quietly(self, answer: Answer) -> None:
         """Record an answer whose end the client will not see; a failure is only logged."""

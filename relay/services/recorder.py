@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.errors import AuthenticationError, DependencyUnavailableError, RelayError
-from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_FAILURES, HISTORY_COMMIT_SECONDS
+from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
 from relay.services.batch_write import RecordPart, RolledBack, write_batch
 from relay.services.turns import bytes_written, rows_written
@@ -125,7 +125,6 @@ class AnswerRecorder:
         committing) it is already on its way, as it stands when its batch is written.
         """
         if self._queue is None or self._closing:
-            HISTORY_COMMIT_FAILURES.inc()
             raise not_saved()
         if answer.recorded or not any(part.wants(answer) for part in self._parts):
             return  # queued already, or nothing to keep (store: false with receipts off)
@@ -316,5 +315,4 @@ class AnswerRecorder:
     def _fail(batch: list[_Pending]) -> None:
         for pending in batch:
             if not pending.done.done():
-                HISTORY_COMMIT_FAILURES.inc()
                 pending.done.set_exception(not_saved())
