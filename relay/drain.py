@@ -60,6 +60,9 @@ class InFlight:
         self._on_deadline: set[Callable[[], object]] = set()
         # Open streams and held polls by client id, for revoke().
         self._held: dict[str, set[Stop]] = {}
+        # Told the client id of each stream or poll as it opens (the client cache checks
+        # a client that changed since its request was admitted).
+        self.on_hold: Callable[[str], object] | None = None
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
@@ -105,12 +108,17 @@ class InFlight:
         stop = Stop(on_stop, key_version)
         held = self._held.setdefault(client_id, set())
         held.add(stop)
+        if self.on_hold is not None:
+            self.on_hold(client_id)
         try:
             yield stop
         finally:
             held.discard(stop)
             if not held and self._held.get(client_id) is held:
                 del self._held[client_id]
+
+    def held_clients(self) -> list[str]:
+        return list(self._held)
 
     def holds(self, client_id: str) -> bool:
         """Whether a stream or poll of this client is open here."""

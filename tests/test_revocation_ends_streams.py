@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.appkeys import CLIENT_CACHE
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
-from tests.history_calls import assistant_statuses
+from tests.history_calls import assistant_statuses, execute
 
 # NOTIFY reaches the other instance within milliseconds; the stream ends soon after.
 PROMPTLY = 5.0
@@ -109,3 +110,47 @@ async def test_a_stream_of_a_client_whose_name_changed_goes_on(make_client, sett
     assert b"event: message.done" in raw and b"token_revoked" not in raw
     assert simulator.state.streams_completed == 1
     assert simulator.state.streams_disconnected == 0
+
+
+async def test_a_stream_opening_after_its_client_was_disabled_ends_too(
+    make_client, settings, simulator
+):
+    # Admitted while the client was active; disabled while relay waited for the
+    # provider's first byte; the stream opens after the notice was handled.
+    simulator.config.first_byte_delay = 1.0
+    simulator.config.tokens = 2000
+    simulator.config.token_delay = 0.02
+    a, b = await make_client(settings), await make_client(settings)
+    client, token = await client_with_token(a)
+    body = {"model": "gpt-sim", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    request = asyncio.create_task(b.post("/v1/chat/completions", json=body, headers=bearer(token)))
+    await asyncio.sleep(0.4)
+    await revoke(a, client["id"], "disabled")
+    async with asyncio.timeout(PROMPTLY + 1):
+        response = await request
+        raw = await response.content.read()
+    assert b"[DONE]" not in raw
+    assert orjson.loads(last_data(raw))["error"]["code"] == "token_revoked"
+
+
+async def test_a_client_disabled_while_no_notice_could_come_is_found_when_listening_again(
+    make_client, settings, simulator, database_url
+):
+    simulator.config.tokens = 2000
+    simulator.config.token_delay = 0.02
+    http = await make_client(settings)
+    client, token = await client_with_token(http)
+    body = {"model": "gpt-sim", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    first = await response.content.readany()
+    # Disabled with its trigger off: no notice, as while the listener was gone.
+    await execute(
+        database_url,
+        "SET session_replication_role = replica;"
+        " UPDATE clients SET status = 'disabled' WHERE id = %s",
+        (client["id"],),
+    )
+    http.app[CLIENT_CACHE].clear()  # what the listener, live again, has the cache do
+    async with asyncio.timeout(PROMPTLY):
+        raw = first + await response.content.read()
+    assert orjson.loads(last_data(raw))["error"]["code"] == "token_revoked"

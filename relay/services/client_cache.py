@@ -48,6 +48,8 @@ class ClientCache:
         self._loading: dict[tuple[str, int], asyncio.Future[Client | None]] = {}
         notifications.subscribe(CHANNEL, self.invalidate)
         notifications.on_reset(self.clear)
+        if in_flight is not None:
+            in_flight.on_hold = self._on_hold
 
     async def get(self, client_id: str) -> Client | None:
         if not self.notifications.live:
@@ -82,9 +84,19 @@ class ClientCache:
         self._generation += 1
         self._entries.pop(client_id, None)
         if self.in_flight is not None and self.in_flight.holds(client_id):
-            check = asyncio.ensure_future(self._end_revoked(self.in_flight, client_id))
-            self._checks.add(check)
-            check.add_done_callback(self._checks.discard)
+            self._check(self.in_flight, client_id)
+
+    def _on_hold(self, client_id: str) -> None:
+        """A stream or poll of this client is opening. Its request was admitted by the
+        row cached then: if that entry is gone since (the client changed between the
+        request's arrival and now, its notice already handled), check it now."""
+        if self.notifications.live and client_id not in self._entries and self.in_flight:
+            self._check(self.in_flight, client_id)
+
+    def _check(self, in_flight: InFlight, client_id: str) -> None:
+        check = asyncio.ensure_future(self._end_revoked(in_flight, client_id))
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
 
     async def _end_revoked(self, in_flight: InFlight, client_id: str) -> None:
         try:
@@ -102,3 +114,7 @@ class ClientCache:
     def clear(self) -> None:
         self._generation += 1
         self._entries.clear()
+        # Listening again: a client revoked while no notice could come is found now.
+        if self.notifications.live and self.in_flight is not None:
+            for client_id in self.in_flight.held_clients():
+                self._check(self.in_flight, client_id)
