@@ -114,6 +114,9 @@ async def test_create_defaults(http):
         ({"name": "   "}, "name"),
         ({"name": "x" * 201}, "name"),
         ({"name": 5}, "name"),
+        ({"name": "a\nb"}, "name"),  # control characters garble listings and logs
+        ({"name": "ok\u001b[31m"}, "name"),
+        ({"name": "\u200b\u200b"}, "name"),  # zero-width: names nothing
         ({"name": "ok", "scopes": "chat"}, "scopes"),
         ({"name": "ok", "scopes": ["has space"]}, "scopes"),
         ({"name": "ok", "status": "paused"}, "status"),
@@ -154,6 +157,11 @@ async def test_a_field_named_twice_is_refused_not_guessed(http, body):
     )
     error = await assert_error(response, 400)
     assert "same field twice" in error["message"]
+
+
+async def test_a_name_is_measured_once_stripped(http):
+    client = await create_client(http, name="  " + "n" * 200 + "  ")
+    assert client["name"] == "n" * 200
 
 
 async def test_model_scopes_and_others_are_kept_as_given(http):

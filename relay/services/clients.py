@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,15 +22,21 @@ LIMIT_NAMES = ("requests_per_minute", "chat_requests_per_minute", "tokens_per_mi
 MAX_LIMIT = 10**9
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:*/@+-]{0,127}")
 _MAX_SCOPES = 64
+# Characters that show nothing: a name of only these (zero-width spaces) names nothing.
+_INVISIBLE = frozenset({"Zs", "Cf", "Cc", "Zl", "Zp", "Mn"})
 
 
 def _name(value: Any) -> str:
-    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in SQL.
-    if not isinstance(value, str) or not value.strip() or len(value) > 200 or "\x00" in value:
+    name = value.strip() if isinstance(value, str) else ""
+    if not any(unicodedata.category(char) not in _INVISIBLE for char in name) or len(name) > 200:
         raise InvalidRequestError(
             "name must be a non-empty string of at most 200 characters.", param="name"
         )
-    return value.strip()
+    # Control characters (NUL, which PostgreSQL text cannot hold, line ends, terminal
+    # escapes) would garble `relay clients list` and the logs of whoever prints it.
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        raise InvalidRequestError("name must not hold control characters.", param="name")
+    return name
 
 
 def _scopes(value: Any) -> list[str]:
