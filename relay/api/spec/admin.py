@@ -6,7 +6,7 @@ from typing import Any
 
 from relay.api.spec.components import ref
 from relay.api.spec.paths import ADMIN, JSON_BODY, answer, operation, path_parameter
-from relay.services.clients import LIMIT_NAMES, MAX_LIMIT
+from relay.services.client_fields import LIMIT_NAMES, MAX_LIMIT
 
 CLIENT_ID = path_parameter("client_id", "The client's id.")
 
