@@ -25,6 +25,24 @@ from relay.devservers import free_port
 from relay.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_relay(
+    *command: str, timeout: float = 60, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`relay …` run to its end, with `settings` and none of the caller's RELAY_*."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *command],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
 
 class NotifySocket:
     """A real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""

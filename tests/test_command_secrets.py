@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from relay.config import REQUIRED_SECRETS, SECRETS, ConfigError, Settings, load_settings
 from tests.api_calls import bearer, exchange
+from tests.relay_process import run_relay
 
-REPO = Path(__file__).resolve().parents[1]
 STRONG = {
     "RELAY_JWT_SECRET": "j" * 40,
     "RELAY_ADMIN_TOKEN": "a" * 40,
@@ -25,16 +23,7 @@ STRONG = {
 
 def relay(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     """`relay …` in production, in a shell holding none of relay's secrets but `settings`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
-    env.update(RELAY_ENV="production", RELAY_BCRYPT_ROUNDS="4", **settings)
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_relay(*args, **{"RELAY_ENV": "production", "RELAY_BCRYPT_ROUNDS": "4", **settings})
 
 
 def test_settings_read_only_the_secrets_a_command_uses(tmp_path: Path, caplog):

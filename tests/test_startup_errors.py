@@ -7,8 +7,6 @@ import errno
 import multiprocessing
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,26 +21,15 @@ from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings
 from relay.devservers import free_port
 from relay.stores.database_admin import with_database
-from tests.relay_process import RelayProcess
+from tests.relay_process import RelayProcess, run_relay
 
-REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "hunter2-never-shown"
 # Spelt so that tests/test_config.py, which finds every RELAY_* name in the code, does
 # not take it for a variable relay reads.
 MISSPELT = "_".join(("RELAY", "MISSPELT", "SETTING"))
 
 
-def relay(*command: str, timeout: float = 60, **settings: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
-    env.update(settings)
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *command],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+relay = run_relay
 
 
 @pytest.fixture
