@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 import time
+from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
 import orjson
@@ -106,6 +107,43 @@ class TurnBufferedHandler(logging.StreamHandler[TextIO]):
             self.release()
 
 
+# The request the running task serves, and that task: see RequestIdFilter.
+_SERVING: ContextVar[tuple[asyncio.Task[Any] | None, str] | None] = ContextVar(
+    "relay_serving", default=None
+)
+
+
+def serving(request_id: str) -> Token[tuple[asyncio.Task[Any] | None, str] | None]:
+    """From now on, lines the current task logs carry `request_id`; `served(token)` ends it."""
+    return _SERVING.set((asyncio.current_task(), request_id))
+
+
+def served(token: Token[tuple[asyncio.Task[Any] | None, str] | None]) -> None:
+    _SERVING.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """A line logged by the task serving a request carries that request's id, unless
+    the line names one itself: an operator finds every line of a failed request by
+    the id its client was answered with.
+
+    Only that task's lines: a task or callback started from it (a rate-limit batch,
+    a pooled database connection's reader, a commit another request joined) inherits
+    the mark but may serve other requests or outlive this one, so it is left unmarked
+    rather than marked wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        mark = _SERVING.get()
+        if mark is not None and "request_id" not in record.__dict__:
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # a thread that copied the context (asyncio.to_thread)
+                task = None
+            if task is not None and task is mark[0]:
+                record.request_id = mark[1]
+        return True
+
+
 class MalformedRequestFilter(logging.Filter):
     """aiohttp's server logs a request it cannot parse as an error whose message
     quotes the offending bytes: a piece of a prompt, an Authorization header.
@@ -130,6 +168,7 @@ def setup_logging(level: str, fmt: str = "json", stream: TextIO | None = None) -
     logging._srcfile = None  # the documented switch that skips finding the caller
     handler = TurnBufferedHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
