@@ -273,6 +273,37 @@ async def test_provider_refusing_relay_access_is_a_502_in_the_providers_words(
     assert response.headers["x-should-retry"] == "false"
 
 
+async def test_a_provider_account_out_of_quota_is_a_502_not_the_clients_429(http, token, simulator):
+    simulator.config.out_of_quota = True  # OpenAI's 429 insufficient_quota
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    error = await assert_error(response, 502, "upstream_quota")
+    # Relay's plan and billing, not the client's, and no wait helps: not asked again.
+    assert "billing" not in error["message"]
+    assert response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in response.headers
+
+
+async def test_a_provider_asking_for_payment_is_a_502_the_client_cannot_fix(
+    make_settings, make_client, simulator, aiohttp_server
+):
+    async def insufficient_balance(request: web.Request) -> web.Response:
+        await request.read()  # DeepSeek's answer once the account's balance is spent
+        error = {"message": "Insufficient Balance", "type": "unknown_error", "param": None}
+        return web.json_response({"error": {**error, "code": "invalid_request_error"}}, status=402)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", insufficient_balance)
+    provider = await aiohttp_server(app)
+    upstream = simulator.upstream(name="broke", base_url=str(provider.make_url("/v1")))
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    _, token = await client_with_token(http)
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 502, "upstream_quota")
+    assert response.headers["x-should-retry"] == "false"
+    metrics = await (await http.get("/metrics")).text()
+    assert 'relay_upstream_errors_total{kind="quota",upstream="broke"} 1.0' in metrics
+
+
 @pytest.mark.parametrize("status", [500, 503])
 async def test_provider_5xx_is_a_502(http, token, simulator, status):
     simulator.config.error_status = status

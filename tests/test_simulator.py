@@ -297,6 +297,19 @@ async def test_error_status_answers_every_chat_request_with_an_openai_error(
     assert error["message"]
 
 
+async def test_an_account_out_of_quota_is_openais_429_insufficient_quota(
+    aiohttp_client: Any,
+) -> None:
+    client = await simulator(aiohttp_client, out_of_quota=True)
+
+    response = await client.post("/v1/chat/completions", json=CHAT)
+
+    assert response.status == 429
+    error = (await response.json())["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert "retry-after" not in response.headers  # no wait ends it
+
+
 async def test_a_config_change_applies_to_the_next_request(aiohttp_client: Any) -> None:
     client = await simulator(aiohttp_client)
 

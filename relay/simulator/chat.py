@@ -11,7 +11,7 @@ from relay.simulator.auth import authorize
 from relay.simulator.chunks import DONE, ChunkEncoder
 from relay.simulator.completion import completion_body
 from relay.simulator.config import SimulatorConfig
-from relay.simulator.errors import OpenAIError, simulated_error
+from relay.simulator.errors import OpenAIError, out_of_quota, simulated_error
 from relay.simulator.ids import completion_id
 from relay.simulator.keys import SIMULATOR_CONFIG, SIMULATOR_STATE, SPENT_TOKENS
 from relay.simulator.request import ChatRequest, parse_chat_request
@@ -34,6 +34,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             except asyncio.CancelledError:
                 state.request_abandoned()
                 raise
+        if config.out_of_quota:
+            raise out_of_quota()
         if config.error_status is not None:
             raise simulated_error(config.error_status, config)
         chat = parse_chat_request(body, config.models)

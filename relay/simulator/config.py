@@ -17,6 +17,7 @@ class SimulatorConfig:
     token_delay: float = 0.0
     first_byte_delay: float = 0.0
     error_status: int | None = None
+    out_of_quota: bool = False  # OpenAI's 429 insufficient_quota: the account has nothing left
     cut_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
     models: tuple[str, ...] = ("sim-small", "sim-large")

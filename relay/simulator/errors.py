@@ -87,6 +87,18 @@ def rate_limited(config: SimulatorConfig) -> OpenAIError:
     )
 
 
+def out_of_quota() -> OpenAIError:
+    """OpenAI's 429 for an account with no quota or credit left: waiting does not help."""
+    return OpenAIError(
+        429,
+        "You exceeded your current quota, please check your plan and billing details. For"
+        " more information on this error, read the docs:"
+        " https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+    )
+
+
 def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
         404,

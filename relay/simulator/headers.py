@@ -84,7 +84,7 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
     config = request.app[SIMULATOR_CONFIG]
     headers["openai-organization"] = config.organization
     headers["openai-project"] = config.project
-    if response.status == 429:
+    if response.status == 429 and not config.out_of_quota:  # a rate limit, that passes
         headers.update(exhausted_headers(config))
     else:
         headers.update(rate_limit_headers(config, tokens))

@@ -78,8 +78,20 @@ async def _refusal(
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         body = None
     status = response.status
-    log.info("provider refused", extra={"upstream": upstream.name, "upstream_status": status})
-    kind = "auth" if status in (401, 403) else f"status_{min(max(status // 100, 1), 5)}xx"
+    out_of_credit = _out_of_credit(status, error_object(body))
+    refused_relay = status in (401, 403) or out_of_credit
+    # A refusal of relay's own account is the operator's to fix: a warning.
+    log.log(
+        logging.WARNING if refused_relay else logging.INFO,
+        "provider refused",
+        extra={"upstream": upstream.name, "upstream_status": status},
+    )
+    if out_of_credit:
+        kind = "quota"
+    elif status in (401, 403):
+        kind = "auth"
+    else:
+        kind = f"status_{min(max(status // 100, 1), 5)}xx"
     labelled(UPSTREAM_ERRORS, upstream.name, kind).inc()
     # When to ask again, as the provider said it: OpenAI's SDKs read these on every
     # status they retry (429 and 5xx among them), relay's 502 included.
@@ -94,6 +106,15 @@ async def _refusal(
             code="upstream_auth",
             headers=dict(NOT_RETRIED),
         )
+    if out_of_credit:
+        # Relay's account with the provider has run out: not the client's to pay for,
+        # nor will asking again help (a 429 the SDKs would retry; a 402 the client
+        # would read as its own bill).
+        return UpstreamError(
+            "The provider refused relay: its account there is out of quota or credit.",
+            code="upstream_quota",
+            headers=dict(NOT_RETRIED),
+        )
     if 400 <= status < 500:
         error = error_object(body)
         if isinstance(error, dict):
@@ -106,6 +127,20 @@ async def _refusal(
         return ProviderRefusal(status, body, headers, route)
     return UpstreamError(
         f"The provider failed with status {status}.", code="upstream_error", headers=headers
+    )
+
+
+def _out_of_credit(status: int, error: object) -> bool:
+    """Whether a refusal says relay's account with the provider has nothing left to
+    spend: a 402 Payment Required (DeepSeek's "Insufficient Balance", OpenRouter's and
+    Together's credits), or OpenAI's 429 `insufficient_quota`, which is no rate limit
+    that passes."""
+    if status == 402:
+        return True
+    return (
+        status == 429
+        and isinstance(error, dict)
+        and "insufficient_quota" in (error.get("code"), error.get("type"))
     )
 
 
