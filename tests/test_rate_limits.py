@@ -13,6 +13,7 @@ from relay.api.rate_limit import refusal
 from relay.appkeys import CLIENTS, RATE_LIMITER
 from relay.services.ratelimit import Quota, Verdict
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
+from tests.rate_limit_calls import token_gate, token_refusal
 
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
 REQUEST_HEADERS = (
@@ -106,18 +107,25 @@ async def test_every_limited_response_carries_well_formed_headers(make_client, m
     _, token = await client_with_token(http)
 
     remaining = []
-    for _ in range(3):
+    for _ in range(2):
         response = await http.get("/v1/me", headers=bearer(token))
         assert response.status == 200
-        for name in REQUEST_HEADERS + TOKEN_HEADERS:
+        for name in REQUEST_HEADERS:
             assert name in response.headers, name
+        # Only a chat spends tokens: no other call is limited by them, or says so.
+        for name in TOKEN_HEADERS:
+            assert name not in response.headers, name
         assert DURATION.match(response.headers["x-ratelimit-reset-requests"])
-        assert DURATION.match(response.headers["x-ratelimit-reset-tokens"])
         assert response.headers["x-ratelimit-limit-requests"] == "10"
-        assert response.headers["x-ratelimit-limit-tokens"] == "5000"
-        assert response.headers["x-ratelimit-remaining-tokens"] == "5000"
-        assert response.headers["x-ratelimit-reset-tokens"] == "0s"
         remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
+    response = await token_gate(http, token)
+    for name in REQUEST_HEADERS + TOKEN_HEADERS:
+        assert name in response.headers, name
+    assert DURATION.match(response.headers["x-ratelimit-reset-tokens"])
+    assert response.headers["x-ratelimit-limit-tokens"] == "5000"
+    assert response.headers["x-ratelimit-remaining-tokens"] == "5000"
+    assert response.headers["x-ratelimit-reset-tokens"] == "0s"
+    remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
 
     assert remaining == [9, 8, 7]
     # Three taken at 10 a minute come back in 18 s (6 s each), less the test's own time.
@@ -142,7 +150,7 @@ async def test_a_large_answer_empties_the_token_bucket(make_client, make_setting
     row = await http.app[CLIENTS].get(client["id"])
     http.app[RATE_LIMITER].debit_tokens(row, 1500)  # not waited for: the next check follows it
 
-    response = await http.get("/v1/me", headers=bearer(token))
+    response = await token_gate(http, token)
     error = await assert_error(response, 429, "rate_limit_exceeded")
     assert error["type"] == "tokens"
     assert response.headers["x-ratelimit-limit-tokens"] == "1000"
@@ -158,7 +166,7 @@ async def test_a_wait_longer_than_the_sdks_wait_out_is_not_retried(make_client, 
     row = await http.app[CLIENTS].get(client["id"])
     http.app[RATE_LIMITER].debit_tokens(row, 59)  # 49 in debt: back at zero in 4m54s
 
-    response = await http.get("/v1/me", headers=bearer(token))
+    response = await token_gate(http, token)
 
     error = await assert_error(response, 429, "rate_limit_exceeded")
     assert 290 <= int(response.headers["Retry-After"]) <= 294
@@ -191,8 +199,8 @@ async def test_a_debit_within_the_budget_only_lowers_remaining_tokens(make_clien
     http.app[RATE_LIMITER].debit_tokens(row, 400)
     http.app[RATE_LIMITER].debit_tokens(row, 0)  # nothing to charge
 
-    response = await http.get("/v1/me", headers=bearer(token))
-    assert response.status == 200
+    response = await token_gate(http, token)
+    await assert_error(response, 404, "model_not_found")  # past the token gate
     assert int(response.headers["x-ratelimit-remaining-tokens"]) in (600, 601)
     assert DURATION.match(response.headers["x-ratelimit-reset-tokens"])
 
@@ -240,9 +248,10 @@ async def test_a_client_override_takes_effect(make_client, make_settings):
         if response.headers["x-ratelimit-limit-requests"] == "3":
             break
         await asyncio.sleep(0.05)
-    assert response.headers["x-ratelimit-limit-tokens"] == "50"
     statuses = [response.status] + await _burst(http, 5, headers=bearer(token))
     assert statuses.count(200) == 3
+    response = await token_gate(http, token)
+    assert response.headers["x-ratelimit-limit-tokens"] == "50"
 
 
 async def test_a_zero_override_refuses_everything(make_client, make_settings):
@@ -333,13 +342,14 @@ async def test_answers_the_provider_refused_or_never_gave_spend_no_tokens(
             response = await http.post("/v1/chat/completions", json=chat, headers=bearer(token))
             assert response.status == status, await response.text()
         await asyncio.sleep(0.1)  # debits follow their answers
-        response = await http.get("/v1/me", headers=bearer(token))
-        assert response.status == 200, await response.text()
+        response = await token_gate(http, token)
+        await assert_error(response, 404, "model_not_found")
         assert int(response.headers["x-ratelimit-remaining-tokens"]) == 50
 
 
 async def test_real_answers_spend_the_token_budget(make_client, make_settings):
-    http = await make_client(make_settings(rate_limit_tokens_per_minute=5))
+    settings = make_settings(rate_limit_tokens_per_minute=5, rate_limit_chat_per_minute=100)
+    http = await make_client(settings)
     _, token = await client_with_token(http)
     chat = {"model": "gpt-sim", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -348,11 +358,4 @@ async def test_real_answers_spend_the_token_budget(make_client, make_settings):
     used = (await response.json())["usage"]["total_tokens"]
     assert used > 5
 
-    # The debit follows the answer; the next request finds the bucket in debt.
-    for _ in range(50):
-        response = await http.get("/v1/me", headers=bearer(token))
-        if response.status == 429:
-            break
-        await asyncio.sleep(0.02)
-    error = await assert_error(response, 429, "rate_limit_exceeded")
-    assert error["type"] == "tokens"
+    await token_refusal(http, token)  # the next chat finds the bucket in debt

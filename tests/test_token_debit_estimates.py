@@ -12,6 +12,7 @@ from aiohttp import web
 
 from relay.simulator.tokens import count_prompt_tokens
 from tests.api_calls import bearer, client_with_token
+from tests.rate_limit_calls import token_gate
 
 BUDGET = 60  # tokens a minute: one a second, so a debt in seconds is a debt in tokens
 MESSAGES = [{"role": "user", "content": "Tell me something"}]
@@ -21,8 +22,7 @@ async def charged(http, token: str) -> int:
     """What the client's last answer was charged, read as its client sees it: the
     budget, plus the debt the next request is refused for (Retry-After, in seconds)."""
     for _ in range(50):  # the debit follows the answer
-        response = await http.get("/v1/me", headers=bearer(token))
-        await response.read()
+        response = await token_gate(http, token)  # only a chat is refused for tokens
         if response.status == 429:
             assert response.headers["x-ratelimit-remaining-tokens"] == "0"
             return BUDGET + int(response.headers["Retry-After"])
@@ -31,7 +31,10 @@ async def charged(http, token: str) -> int:
 
 
 async def limited(make_client, make_settings, **changes: Any):
-    http = await make_client(make_settings(rate_limit_tokens_per_minute=BUDGET, **changes))
+    settings = make_settings(
+        rate_limit_tokens_per_minute=BUDGET, rate_limit_chat_per_minute=100, **changes
+    )
+    http = await make_client(settings)
     _, token = await client_with_token(http)
     return http, token
 

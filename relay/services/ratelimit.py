@@ -2,7 +2,8 @@
 
 A client has three buckets: every /v1 request draws on `requests`, chat
 requests also on `chat`, and answers debit their real token usage from
-`tokens` afterwards (a request is refused while that one is below zero).
+`tokens` afterwards (a chat request is refused while that one is below zero;
+other calls spend no tokens, so a client in debt may still read and erase).
 Token exchanges and attestation reports (unauthenticated) draw on a bucket of
 the caller's address each.
 """
@@ -70,7 +71,7 @@ class Quota(NamedTuple):
 
 class Verdict(NamedTuple):
     requests: Quota
-    tokens: Quota | None
+    tokens: Quota | None  # only a chat, which spends tokens, is limited by them
     refused: str | None = None  # the bucket that refused, when one did
     retry_after_ms: int = 0
     blocked: bool = False  # refused by a limit of 0: waiting never helps
@@ -150,7 +151,8 @@ class RateLimiter:
         await self._redis.close()
 
     async def check_client(self, client: Client, *, chat: bool) -> Verdict:
-        """Take one request from the client's buckets (and its chat bucket for chat)."""
+        """Take one request from the client's buckets; a chat also takes one from its chat
+        bucket and is refused while its tokens are in debt."""
         plan = self._plans.get((client.id, chat))
         if plan is None or plan.client is not client:
             plan = self._plan(client, chat)
@@ -191,7 +193,9 @@ class RateLimiter:
         buckets = [self._bucket(client, REQUESTS, "requests_per_minute")]
         if chat:
             buckets.append(self._bucket(client, CHAT, "chat_requests_per_minute"))
-        buckets.append(self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.GATE, cost=0))
+            buckets.append(
+                self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.GATE, cost=0)
+            )
         plan = _Plan(client, tuple(buckets), tuple(bucket.draw for bucket in buckets))
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
@@ -219,8 +223,8 @@ class RateLimiter:
 
 
 def _verdict(buckets: Sequence[_Bucket], outcome: Outcome) -> Verdict:
-    """What the client is told: the tightest request bucket and the token bucket, and,
-    when refused, the bucket it must wait longest for (every bucket must pass)."""
+    """What the client is told: the tightest request bucket and (for a chat) the token
+    bucket, and, when refused, the bucket it must wait longest for (every bucket must pass)."""
     tightest = tokens = refused = None
     for pair in zip(buckets, outcome.levels, strict=True):
         bucket, level = pair
