@@ -19,11 +19,12 @@ from relay.upstreams.pipe import PipeResult, pipe_stream
 from relay.upstreams.routing import Route
 from tests.api_calls import bearer, client_with_token
 from tests.history_calls import stored_messages
+from tests.scripted_provider import HANG, play
+from tests.scripted_provider import sent as played
 
 SILENCE = 0.1  # FINISHED_SILENCE_SECONDS, shortened
 PAUSE = 0.3  # a provider's pause: longer than SILENCE, shorter than IDLE
 IDLE = 0.6  # the upstream's timeout (between bytes)
-HANG = "hang"  # the provider sends nothing more and keeps its body open
 
 
 def chunk(index: int, content: str | None = None, finish: str | None = None) -> bytes:
@@ -54,22 +55,9 @@ SCRIPTS: dict[str, list[Any]] = {
 }
 
 
-async def play(request: web.Request, ended: asyncio.Event) -> web.StreamResponse:
-    """The script the request's model names, as the provider's stream; a HANG holds
-    the body open until `ended`."""
-    script = SCRIPTS[(await request.json())["model"]]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    for step in script:
-        if step == HANG:
-            await ended.wait()
-            return response
-        if isinstance(step, float):
-            await asyncio.sleep(step)
-        else:
-            await response.write(step)
-    await response.write_eof()
-    return response
+async def play_model(request: web.Request, ended: asyncio.Event) -> web.StreamResponse:
+    """The script the request's model names, as the provider's stream."""
+    return await play(request, SCRIPTS[(await request.json())["model"]], ended)
 
 
 @pytest.fixture
@@ -77,7 +65,7 @@ async def provider(aiohttp_server):
     ended = asyncio.Event()  # the test is over: a hanging provider may end
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        return await play(request, ended)
+        return await play_model(request, ended)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
@@ -119,7 +107,7 @@ async def relay(provider, model: str, **asked: Any) -> tuple[bytes, PipeResult, 
 
 
 def sent(model: str) -> bytes:
-    return b"".join(step for step in SCRIPTS[model] if isinstance(step, bytes))
+    return played(SCRIPTS[model])
 
 
 async def test_a_choice_paused_after_another_finished_still_reaches_the_client(provider):
@@ -196,7 +184,7 @@ async def test_through_relay_a_paused_choice_arrives_and_is_stored_whole(
     make_client, make_settings, provider_upstream, database_url
 ):
     async def chat(request: web.Request) -> web.StreamResponse:
-        return await play(request, asyncio.Event())
+        return await play_model(request, asyncio.Event())
 
     upstream = await provider_upstream(chat, "choices", models={"two-paused": "two-paused"})
     http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))

@@ -149,7 +149,8 @@ class CompletionAccumulator:
 
     `choices` is how many the request asked for (its `n`): `all_finished` tells every
     one has its finish_reason, a plain attribute moved only by a finish_reason, as a
-    pipe asks after every read.
+    pipe asks after every read. `generated_bytes` past `finished_bytes` tells the
+    provider went on after that.
     """
 
     def __init__(self, choices: int = 1) -> None:
@@ -165,6 +166,9 @@ class CompletionAccumulator:
         self._choices_asked = choices
         self._finished: set[int] = set()  # the choices that have their finish_reason
         self.all_finished = False
+        # generated_bytes once every choice had finished: more since is words after the
+        # end (some providers send a finish_reason with every chunk).
+        self.finished_bytes = 0
 
     def apply(self, obj: dict[str, Any]) -> None:
         """Take in one `chat.completion` or `chat.completion.chunk` object (or an error)."""
@@ -225,7 +229,9 @@ class CompletionAccumulator:
                     self.generated_bytes += text_bytes(reasoning)
                 if saw_content and self.first_content_at is None:
                     self.first_content_at = time.monotonic()
-        if isinstance(finish_reason := choice.get("finish_reason"), str):
+        # SGLang (≤0.4.3) and older Ollama send `"finish_reason": ""` with every chunk:
+        # only a reason that says something ends a choice.
+        if (finish_reason := choice.get("finish_reason")) and isinstance(finish_reason, str):
             if index == 0:
                 self.finish_reason = finish_reason
             self._finish(index)
@@ -234,8 +240,9 @@ class CompletionAccumulator:
         """Choice `index` has its finish_reason. Choices are counted, not matched against
         0 … n-1: a provider numbering them its own way still ends its answer."""
         self._finished.add(index)
-        if len(self._finished) >= self._choices_asked:
+        if not self.all_finished and len(self._finished) >= self._choices_asked:
             self.all_finished = True
+            self.finished_bytes = self.generated_bytes
 
     @staticmethod
     def _merge_tool_calls(state: _Choice, calls: list[Any]) -> int:

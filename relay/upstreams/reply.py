@@ -42,8 +42,10 @@ class ProviderReply:
         "_deadline",
         "_early",
         "_finished",
+        "_idle_timeout",
         "_longest",
         "_response",
+        "_went_on",
         "overran",
         "stopped",
     )
@@ -53,8 +55,10 @@ class ProviderReply:
     ) -> None:
         self._response = response
         self._content = response.content
+        self._idle_timeout = idle_timeout
         self._deadline = WaitDeadline(idle_timeout, response.close)
         self._finished = False  # every choice said it is finished: see `follow`
+        self._went_on = False  # and then it generated more: see `follow`
         self._early = b""  # read by `first`, handed out by the next `chunk`
         self.stopped = False  # relay closed it (the client left, relay is stopping)
         self.overran = False  # relay closed it: it ran past `longest`
@@ -72,10 +76,20 @@ class ProviderReply:
         """Call after each read of a stream, with what was learnt of its answer. Once
         every choice has its finish_reason, a silence of FINISHED_SILENCE_SECONDS (or the
         longest answer) ends the body, as if the provider had closed it, instead of
-        cutting the answer; before, any deadline cuts it."""
-        if answer.all_finished and not self._finished:
-            self._finished = True
+        cutting the answer; before, any deadline cuts it.
+
+        A provider that generates more after that (some send a finish_reason with every
+        chunk) says nothing of its end by them: a silence then ends its answer only once
+        it lasts the provider's timeout."""
+        if not answer.all_finished or self._went_on:
+            return
+        if answer.generated_bytes > answer.finished_bytes:
+            self._went_on = True
+            self._deadline.close()
+            self._deadline = WaitDeadline(self._idle_timeout, self._response.close)
+        elif not self._finished:
             self._deadline.shorten(FINISHED_SILENCE_SECONDS)
+        self._finished = True
 
     async def first(self) -> None:
         """Wait for the body's first bytes, before the client is answered at all: a

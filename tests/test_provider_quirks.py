@@ -1,0 +1,119 @@
+"""Real providers' quirks: a finish_reason on every chunk (empty, or "stop"), parallel tool
+calls all at index 0, errors in a JSON list, a body opening with a BOM. The client gets
+the whole answer as sent, and history keeps it as it was."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from relay.upstreams import reply
+from relay.upstreams.observer import StreamObserver
+from tests.api_calls import bearer, client_with_token
+from tests.history_calls import stored_messages
+from tests.scripted_provider import HANG, play
+from tests.scripted_provider import sent as played
+
+SILENCE = 0.1  # FINISHED_SILENCE_SECONDS, shortened
+PAUSE = 0.4  # a provider thinking mid-answer: longer than SILENCE, shorter than TIMEOUT
+TIMEOUT = 1.0  # the upstream's timeout_s
+DONE = b"data: [DONE]\n\n"
+
+
+def chunk(content: str | None = None, finish: str | None = None, **delta: Any) -> bytes:
+    if content is not None:
+        delta["content"] = content
+    body = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def every_chunk_finished(reason: str) -> list[Any]:
+    """SGLang (≤0.4.3) and older Ollama send `"finish_reason": ""` with every chunk, some
+    Gemini relays `"stop"`: here with a pause mid-answer."""
+    words = [chunk("Hel", reason), chunk("lo", reason), PAUSE, chunk(" world", reason)]
+    return [*words, chunk(finish="stop"), DONE]
+
+
+SCRIPTS: dict[str, list[Any]] = {
+    "empty-finish": every_chunk_finished(""),
+    "stop-finish": every_chunk_finished("stop"),
+    # Its chunks read in one piece: the first finish and the words after it come together.
+    "stop-finish-at-once": [
+        chunk("Hel", "stop") + chunk("lo", "stop"),
+        PAUSE,
+        chunk(" world", "stop"),
+        DONE,
+    ],
+    "stop-finish-silent": [chunk("Hel", "stop"), chunk("lo", "stop"), HANG],
+}
+
+
+def sent(model: str) -> bytes:
+    return played(SCRIPTS[model])
+
+
+@pytest.fixture
+async def relay(make_client, make_settings, provider_upstream, monkeypatch):
+    """relay in front of a provider playing SCRIPTS: (http, client id, token)."""
+    monkeypatch.setattr(reply, "FINISHED_SILENCE_SECONDS", SILENCE)
+    ended = asyncio.Event()  # the test is over: a hanging provider may end
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await play(request, SCRIPTS[(await request.json())["model"]], ended)
+
+    models = {model: model for model in SCRIPTS}
+    upstream = await provider_upstream(chat, "quirks", models=models, timeout_s=TIMEOUT)
+    http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))
+    client, token = await client_with_token(http)
+    yield http, client["id"], token
+    ended.set()
+
+
+async def ask(http, token: str, model: str, **extra: Any) -> Any:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], **extra}
+    return await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+
+
+async def answer_rows(database_url: str, client_id: str) -> list[tuple[Any, ...]]:
+    rows = await stored_messages(database_url, client_id)
+    return [(row["content"], row["status"]) for row in rows if row["role"] == "assistant"]
+
+
+@pytest.mark.parametrize("model", ["empty-finish", "stop-finish", "stop-finish-at-once"])
+async def test_a_finish_reason_on_every_chunk_does_not_end_a_paused_answer(
+    relay, database_url, model
+):
+    http, client_id, token = relay
+    response = await ask(http, token, model, stream=True)
+    assert await response.read() == sent(model)
+    assert await answer_rows(database_url, client_id) == [("Hello world", "complete")]
+
+
+async def test_a_provider_going_on_after_its_finish_ends_only_past_its_timeout(relay, database_url):
+    """Its finish_reasons said nothing of the end: a silence ends the answer only once it
+    lasts the upstream's timeout, and then as the last chunk said, finished."""
+    http, client_id, token = relay
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await ask(http, token, "stop-finish-silent", stream=True)
+    assert await response.read() == sent("stop-finish-silent")
+    assert loop.time() - started >= TIMEOUT
+    assert await answer_rows(database_url, client_id) == [("Hello", "complete")]
+
+
+def test_an_empty_finish_reason_finishes_nothing():
+    observer = StreamObserver()
+    observer.feed(chunk("Hel", ""))
+    assert not observer.all_finished and observer.finish_reason is None
+    observer.feed(chunk(finish="stop"))
+    assert observer.all_finished and observer.finish_reason == "stop"
