@@ -150,6 +150,25 @@ async def test_a_conversation_of_another_client_is_404_and_nothing_is_forwarded(
     assert len(simulator.state.requests) == sent
 
 
+async def test_a_conversation_header_given_twice_with_different_ids_is_refused(http, simulator):
+    _, token = await client_with_token(http)
+    mine = (await chat(http, token)).headers[CONVERSATION]
+    other = (await chat(http, token)).headers[CONVERSATION]
+    sent = len(simulator.state.requests)
+    for ids in ((mine, other), (mine, "00000000-0000-0000-0000-000000000000")):
+        headers = [*bearer(token).items(), *((CONVERSATION, each) for each in ids)]
+        body = {"model": "gpt-sim", "messages": [{"role": "user", "content": "Hi"}]}
+        response = await http.post("/v1/chat/completions", json=body, headers=headers)
+        error = await assert_error(response, 400)
+        assert error["param"] == CONVERSATION
+    assert len(simulator.state.requests) == sent
+    # The same id twice (a proxy repeating it) names one conversation.
+    headers = [*bearer(token).items(), (CONVERSATION, mine), (CONVERSATION, mine)]
+    body = {"model": "gpt-sim", "messages": [{"role": "user", "content": "Hi"}]}
+    response = await http.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.headers[CONVERSATION] == mine
+
+
 async def test_store_false_and_clients_without_history_store_nothing(http, database_url):
     client, token = await client_with_token(http)
     response = await chat(http, token, store=False)

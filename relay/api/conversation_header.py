@@ -5,14 +5,23 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay.appkeys import HISTORY
+from relay.errors import InvalidRequestError
 from relay.services.answers import Answer
 
 CONVERSATION_HEADER = "Relay-Conversation-Id"
 
 
 def named_conversation(request: web.Request) -> str:
-    """The conversation the request's header names ("" when none)."""
-    return request.headers.get(CONVERSATION_HEADER, "").strip()
+    """The conversation the request's header names ("" when none). Given twice with
+    different values it is refused: taking either would file the answer in a
+    conversation the client may not have meant (a proxy that appends the header)."""
+    named = {value.strip() for value in request.headers.getall(CONVERSATION_HEADER, ())}
+    if len(named) > 1:
+        raise InvalidRequestError(
+            f"{CONVERSATION_HEADER} was given {len(named)} different values; give it once.",
+            param=CONVERSATION_HEADER,
+        )
+    return named.pop() if named else ""
 
 
 async def bind_conversation(request: web.Request, answer: Answer) -> None:
