@@ -68,6 +68,9 @@ async def test_history_of_one_conversation(http):
         ({"wait": 31}, "wait"),
         ({"wait": -1}, "wait"),
         ({"wait": "nan"}, "wait"),
+        ({"wait": "1_0"}, "wait"),  # float() reads these: 10,
+        ({"wait": "\u0663"}, "wait"),  # 3 in Arabic-Indic digits,
+        ({"wait": "1e1"}, "wait"),  # and 10 again
     ],
 )
 async def test_bad_history_parameters_are_400(http, params, param):

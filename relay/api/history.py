@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import re
 
 from aiohttp import web
 
@@ -12,17 +12,19 @@ from relay.appkeys import CALLER, HISTORY, IN_FLIGHT
 from relay.errors import InvalidRequestError
 
 MAX_WAIT_S = 30.0
+# Seconds as written in a URL: float() also reads "1_0", "1e1", "inf" and other
+# scripts' digits, which a proxy or cache reading the query would not.
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{0,6})?|\.[0-9]{1,6}")
 
 
 def _wait_seconds(request: web.Request) -> float:
     raw = query_value(request, "wait")
     if not raw:
         return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise InvalidRequestError("wait must be a number of seconds.", param="wait") from None
-    if not math.isfinite(wait) or not 0 <= wait <= MAX_WAIT_S:
+    if not _SECONDS.fullmatch(raw):
+        raise InvalidRequestError("wait must be a number of seconds.", param="wait")
+    wait = float(raw)
+    if not wait <= MAX_WAIT_S:
         raise InvalidRequestError(f"wait must be between 0 and {MAX_WAIT_S:g}.", param="wait")
     return wait
 
