@@ -25,11 +25,13 @@ def token_revoked() -> AuthenticationError:
 class ClientCache:
     """Client rows by id, trusted only while the LISTEN connection is live.
 
-    A notification drops one entry; losing the listener drops them all and
-    sends every lookup to the database until it is back, so a revoked client
-    is never served from a stale copy. A client that changed while it holds
-    streams or polls open in `in_flight` is read again, and if it is now
-    disabled, deleted or at another key version, they end with token_revoked.
+    An id with no row is remembered too (None), so the tokens of a deleted
+    client cost no query each. A notification drops one entry; losing the
+    listener drops them all and sends every lookup to the database until it
+    is back, so a revoked client is never served from a stale copy. A client
+    that changed while it holds streams or polls open in `in_flight` is read
+    again, and if it is now disabled, deleted or at another key version, they
+    end with token_revoked.
     """
 
     def __init__(
@@ -39,7 +41,7 @@ class ClientCache:
         self.notifications = notifications
         self.in_flight = in_flight
         self._checks: set[asyncio.Future[None]] = set()
-        self._entries: dict[str, Client] = {}
+        self._entries: dict[str, Client | None] = {}
         # Bumped on every invalidation; a row loaded before a bump may be stale.
         self._generation = 0
         # Loads under way, by client and generation: the requests that miss together
@@ -55,9 +57,8 @@ class ClientCache:
         if not self.notifications.live:
             # Nothing says when a row goes stale: each lookup reads it afresh.
             return await self.store.get(client_id)
-        client = self._entries.get(client_id)
-        if client is not None:
-            return client
+        if client_id in self._entries:
+            return self._entries[client_id]
         key = (client_id, self._generation)
         loading = self._loading.get(key)
         if loading is None:
@@ -69,7 +70,9 @@ class ClientCache:
 
     async def _load(self, client_id: str, generation: int) -> Client | None:
         client = await self.store.get(client_id)
-        if client is not None and self.notifications.live and generation == self._generation:
+        # A deleted client's id is never notified again, and ids are random uuids no
+        # new client takes (inserts notify nothing): its None stays until evicted.
+        if self.notifications.live and generation == self._generation:
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()
             self._entries[client_id] = client
@@ -88,28 +91,30 @@ class ClientCache:
 
     def _on_hold(self, client_id: str) -> None:
         """A stream or poll of this client is opening. Its request was admitted by the
-        row cached then: if that entry is gone since (the client changed between the
-        request's arrival and now, its notice already handled), check it now."""
-        if self.notifications.live and client_id not in self._entries and self.in_flight:
+        row cached then; the client may have changed since (its notice already handled):
+        held against the entry cached now, or, when there is none, checked afresh."""
+        if not self.notifications.live or self.in_flight is None:
+            return
+        if client_id in self._entries:
+            # Once it has opened, as after a check that reads the database.
+            entry = self._entries[client_id]
+            asyncio.get_running_loop().call_soon(_end_revoked, self.in_flight, client_id, entry)
+        else:
             self._check(self.in_flight, client_id)
 
     def _check(self, in_flight: InFlight, client_id: str) -> None:
-        check = asyncio.ensure_future(self._end_revoked(in_flight, client_id))
+        check = asyncio.ensure_future(self._read_and_end_revoked(in_flight, client_id))
         self._checks.add(check)
         check.add_done_callback(self._checks.discard)
 
-    async def _end_revoked(self, in_flight: InFlight, client_id: str) -> None:
+    async def _read_and_end_revoked(self, in_flight: InFlight, client_id: str) -> None:
         try:
             client = await self.get(client_id)  # read afresh: the entry was just dropped
         except RelayError as exc:
             # The next request is refused or admitted by the database; these go on.
             log.warning("cannot check a changed client's open streams", extra={"error": str(exc)})
             return
-        valid = client.key_version if client is not None and client.active else None
-        if ended := in_flight.revoke(client_id, valid, token_revoked):
-            log.info(
-                "revoked client's streams ended", extra={"client_id": client_id, "ended": ended}
-            )
+        _end_revoked(in_flight, client_id, client)
 
     def clear(self) -> None:
         self._generation += 1
@@ -118,3 +123,11 @@ class ClientCache:
         if self.notifications.live and self.in_flight is not None:
             for client_id in self.in_flight.held_clients():
                 self._check(self.in_flight, client_id)
+
+
+def _end_revoked(in_flight: InFlight, client_id: str, client: Client | None) -> None:
+    """End what the client holds open unless `client` (its row, None when deleted) is
+    active at that key version."""
+    valid = client.key_version if client is not None and client.active else None
+    if ended := in_flight.revoke(client_id, valid, token_revoked):
+        log.info("revoked client's streams ended", extra={"client_id": client_id, "ended": ended})
