@@ -44,6 +44,16 @@ def every_chunk_finished(reason: str) -> list[Any]:
     return [*words, chunk(finish="stop"), DONE]
 
 
+def ollama_call(call_id: str, path: str) -> bytes:
+    """One of Ollama's parallel tool calls: whole, at index 0, with its own id."""
+    call = {"id": call_id, "index": 0, "type": "function"}
+    call["function"] = {
+        "name": "file_write",
+        "arguments": orjson.dumps({"filePath": path}).decode(),
+    }
+    return chunk("", role="assistant", tool_calls=[call])
+
+
 SCRIPTS: dict[str, list[Any]] = {
     "empty-finish": every_chunk_finished(""),
     "stop-finish": every_chunk_finished("stop"),
@@ -52,6 +62,12 @@ SCRIPTS: dict[str, list[Any]] = {
         chunk("Hel", "stop") + chunk("lo", "stop"),
         PAUSE,
         chunk(" world", "stop"),
+        DONE,
+    ],
+    "ollama-tools": [
+        ollama_call("call_a1", "hello.py"),
+        ollama_call("call_b2", "world.py"),
+        chunk("", "tool_calls"),
         DONE,
     ],
     "stop-finish-silent": [chunk("Hel", "stop"), chunk("lo", "stop"), HANG],
@@ -117,3 +133,52 @@ def test_an_empty_finish_reason_finishes_nothing():
     assert not observer.all_finished and observer.finish_reason is None
     observer.feed(chunk(finish="stop"))
     assert observer.all_finished and observer.finish_reason == "stop"
+
+
+async def test_parallel_tool_calls_all_at_index_0_are_kept_apart(relay, database_url):
+    http, client_id, token = relay
+    response = await ask(http, token, "ollama-tools", stream=True)
+    assert await response.read() == sent("ollama-tools")
+    rows = await stored_messages(database_url, client_id)
+    assert [row["tool_calls"] for row in rows if row["role"] == "assistant"] == [
+        [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": "file_write", "arguments": f'{{"filePath":"{path}"}}'},
+            }
+            for call_id, path in (("call_a1", "hello.py"), ("call_b2", "world.py"))
+        ]
+    ]
+
+
+def test_tool_call_fragments_continue_their_call_unless_they_name_another():
+    """OpenAI's fragments name their call's id once (or again, the same); a fragment with
+    no id, or the same one, continues the call at its index."""
+    observer = StreamObserver()
+    fragments = [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get", "arguments": ""},
+        },
+        {"index": 0, "function": {"arguments": '{"city":'}},
+        {"index": 0, "id": "call_1", "function": {"arguments": '"Paris"}'}},
+        {
+            "index": 1,
+            "id": "call_2",
+            "type": "function",
+            "function": {"name": "put", "arguments": "{}"},
+        },
+    ]
+    for fragment in fragments:
+        observer.feed(chunk(tool_calls=[fragment]))
+    assert observer.tool_calls == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get", "arguments": '{"city":"Paris"}'},
+        },
+        {"id": "call_2", "type": "function", "function": {"name": "put", "arguments": "{}"}},
+    ]

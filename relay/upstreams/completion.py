@@ -87,12 +87,13 @@ class _ToolCall:
 
 
 class _Choice:
-    __slots__ = ("refusal", "text", "tool_calls")
+    __slots__ = ("calls", "refusal", "text", "tool_calls")
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.refusal: list[str] = []
-        self.tool_calls: dict[int, _ToolCall] = {}
+        self.tool_calls: dict[int, _ToolCall] = {}  # the call each index names now
+        self.calls: list[tuple[int, _ToolCall]] = []  # every call, by index and in order begun
 
 
 def error_object(body: object) -> object:
@@ -255,8 +256,17 @@ class CompletionAccumulator:
             if not isinstance(index, int):
                 index = position
             entry = state.tool_calls.get(index)
-            if entry is None:
+            # Ollama sends parallel calls whole, each at index 0 with its own id: a
+            # fragment naming another id than the call at its index begins a new call
+            # (as the Vercel AI SDK reads them). One without an id continues it.
+            if entry is None or (
+                entry.call_id
+                and isinstance(call_id := call.get("id"), str)
+                and call_id
+                and call_id != entry.call_id
+            ):
                 entry = state.tool_calls[index] = _ToolCall()
+                state.calls.append((index, entry))
             size += entry.merge(call)
         return size
 
@@ -278,7 +288,8 @@ class CompletionAccumulator:
         state = self._choices.get(0)
         if not state:
             return []
-        return [state.tool_calls[i].as_dict() for i in sorted(state.tool_calls)]
+        # A stable sort: calls sharing an index keep the order they began in.
+        return [call.as_dict() for _, call in sorted(state.calls, key=lambda item: item[0])]
 
     def summary(self) -> CompletionSummary:
         return CompletionSummary(
