@@ -141,6 +141,25 @@ async def test_a_body_forwarded_as_sent_cannot_name_the_model_twice(http, simula
 
 
 @pytest.mark.parametrize(
+    "repeated",
+    [
+        b'"store":false,"store":true',  # kept, or not?
+        b'"stream":false,"stream":true',
+        b'"messages":[{"role":"user","content":"one"}],"messages":[{"role":"user","content":"b"}]',
+    ],
+)
+async def test_a_field_relay_reads_given_twice_is_refused(http, simulator, repeated):
+    _, token = await client_with_token(http)
+    body = b'{"model":"sim-large",' + repeated
+    if b'"messages"' not in repeated:
+        body += b',"messages":[{"role":"user","content":"Hi"}]'
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    response = await http.post("/v1/chat/completions", data=body + b"}", headers=headers)
+    await assert_error(response, 400, "invalid_request")
+    assert not simulator.state.requests
+
+
+@pytest.mark.parametrize(
     ("encodings", "packed"),
     [
         (["gzip"], True),

@@ -48,15 +48,21 @@ def optional_flag(data: dict[str, Any], name: str, *, default: bool) -> bool:
     return value
 
 
+_READ_KEYS = (b'"model"', b'"messages"', b'"store"', b'"stream"')
+
+
 def refuse_duplicate_keys(body: bytes) -> None:
     """400 if the body's top-level object names a key twice.
 
     relay reads the last `model` of `{"model": "a", "model": "b"}` (as orjson
     does) and forwards the client's bytes; a provider reading the first would
-    serve a model relay does not route, or the client's scopes leave out.
+    serve a model relay does not route, or the client's scopes leave out. So too
+    for the other fields relay reads: `{"store": false, …, "store": true}` must not
+    be a guess at whether to keep the content, nor `messages` twice a guess at
+    which turn to record.
     """
-    # Cheap first: a second "model" key shows as such, or hides behind a \u escape.
-    if body.count(b'"model"') < 2 and b"\\u" not in body:
+    # Cheap first: a second key relay reads shows as such, or hides behind a \u escape.
+    if b"\\u" not in body and all(body.count(key) < 2 for key in _READ_KEYS):
         return
     # The standard library's parser can show every pair (a few µs a request).
     seen: list[list[tuple[str, Any]]] = []
