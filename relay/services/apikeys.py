@@ -20,6 +20,8 @@ PREFIX = "rk_"
 # Hex on both sides, so the key splits on "_" without ambiguity. The 48-char
 # secret (192 bits) stays under bcrypt's 72-byte limit.
 _KEY = re.compile(r"rk_([0-9a-f]{16})_([0-9a-f]{48})")
+# A bcrypt hash names its cost: "$2b$12$<salt and hash>".
+_COST = re.compile(r"\$2[abxy]?\$(\d\d)\$")
 # Checks that may wait for a bcrypt thread, per thread: at cost 12 (~0.26 s a check)
 # an admitted exchange waits at most about 1.3 s, whatever a crowd of guesses does.
 QUEUED_PER_WORKER = 4
@@ -120,6 +122,11 @@ class BcryptPool:
 class KeyHasher:
     """bcrypt off the loop; a dummy hash keeps unknown keys as slow as known ones.
 
+    The dummy is made at the current cost (`rounds`), which a stored hash made at
+    another one reaches when its key is next used (`outdated`, then rehashed), so
+    a change of RELAY_BCRYPT_ROUNDS leaves a key id's existence readable from the
+    time of a check only while its key goes unused.
+
     With a pool, checks run there and are refused when its line is full (hashing a
     new key, an operator's act, waits its turn instead); without one (the command
     line) they run in the default executor.
@@ -139,6 +146,11 @@ class KeyHasher:
         salt = bcrypt.gensalt(self.rounds)
         hashed = await self._run(bcrypt.hashpw, secret.encode(), salt, bounded=False)
         return hashed.decode()
+
+    def outdated(self, hashed: str) -> bool:
+        """Whether a stored hash was made at another cost than the current one."""
+        cost = _COST.match(hashed)
+        return cost is not None and int(cost.group(1)) != self.rounds
 
     async def check(self, secret: str, hashed: str | None) -> bool:
         """True when `secret` matches; with no hash, spend the same time and say no."""

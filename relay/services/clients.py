@@ -4,11 +4,12 @@ listing, changes, key rotation."""
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.errors import InvalidRequestError, NotFoundError
+from relay.errors import InvalidRequestError, NotFoundError, RelayError
 from relay.services.apikeys import ApiKey, KeyHasher
 from relay.services.client_fields import client_fields
 from relay.services.cursors import decode_cursor, encode_cursor, not_a_cursor
@@ -21,6 +22,8 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 Position = tuple[datetime.datetime, str]
+
+log = logging.getLogger(__name__)
 
 
 def client_cursor(position: Position) -> str:
@@ -143,5 +146,21 @@ class ClientService:
         client = await self.store.get_by_key_id(key.key_id)
         matches = await self.hasher.check(key.secret, client.key_hash if client else None)
         if matches and client is not None and client.active:
+            if self.hasher.outdated(client.key_hash):
+                await self._rehash(client, key)
             return client
         return None
+
+    async def _rehash(self, client: Client, key: ApiKey) -> None:
+        """Keep the key's hash at the current cost, which unknown keys are checked at.
+        Its version stays (its tokens stay good); a key replaced meanwhile stays."""
+        key_hash = await self.hasher.hash(key.secret)
+        try:
+            await self.store.rehash_key(
+                client.id, key_id=key.key_id, old_hash=client.key_hash, new_hash=key_hash
+            )
+        except RelayError as exc:  # tried again at the key's next exchange
+            log.warning(
+                "cannot store a key's hash at the current cost",
+                extra={"client_id": client.id, "error": str(exc)},
+            )

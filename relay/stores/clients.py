@@ -156,6 +156,18 @@ class ClientStore:
                 raise KeyIdTaken from exc
         return Client.from_row(row) if row else None
 
+    async def rehash_key(
+        self, client_id: str, *, key_id: str, old_hash: str, new_hash: str
+    ) -> bool:
+        """Store the same key's hash made anew (at another cost), unless the key or its
+        hash changed since `old_hash` was read; its tokens stay good."""
+        async with self.db.cursor() as cur:
+            await cur.execute(
+                "UPDATE clients SET key_hash = %s WHERE id = %s AND key_id = %s AND key_hash = %s",
+                (new_hash, client_id, key_id, old_hash),
+            )
+            return bool(cur.rowcount)
+
     async def missing(self, client_ids: Iterable[str]) -> set[str]:
         """Those of `client_ids` (as stored) that are no longer there: deleted since."""
         wanted = sorted(set(client_ids))
