@@ -13,7 +13,7 @@ from aiohttp import web
 
 from relay.upstreams import reply
 from relay.upstreams.observer import StreamObserver
-from tests.api_calls import bearer, client_with_token
+from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import stored_messages
 from tests.scripted_provider import HANG, play
 from tests.scripted_provider import sent as played
@@ -54,6 +54,14 @@ def ollama_call(call_id: str, path: str) -> bytes:
     return chunk("", role="assistant", tool_calls=[call])
 
 
+# Gemini's errors: a list holding one object, OpenAI's `{"error": …}` within.
+GEMINI_MESSAGE = "Function calling with a response mime type: 'application/json' is unsupported"
+GEMINI_ERROR = orjson.dumps(
+    [{"error": {"code": 400, "message": GEMINI_MESSAGE, "status": "INVALID_ARGUMENT"}}]
+)
+# Whole answers: their status and body.
+ANSWERS = {"gemini-refusal": (400, GEMINI_ERROR), "gemini-error": (200, GEMINI_ERROR)}
+
 SCRIPTS: dict[str, list[Any]] = {
     "empty-finish": every_chunk_finished(""),
     "stop-finish": every_chunk_finished("stop"),
@@ -71,6 +79,7 @@ SCRIPTS: dict[str, list[Any]] = {
         DONE,
     ],
     "stop-finish-silent": [chunk("Hel", "stop"), chunk("lo", "stop"), HANG],
+    "gemini-error-event": [chunk("Hel"), b"data: " + GEMINI_ERROR + b"\n\n", DONE],
 }
 
 
@@ -85,9 +94,13 @@ async def relay(make_client, make_settings, provider_upstream, monkeypatch):
     ended = asyncio.Event()  # the test is over: a hanging provider may end
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        return await play(request, SCRIPTS[(await request.json())["model"]], ended)
+        model = (await request.json())["model"]
+        if model in ANSWERS:
+            status, body = ANSWERS[model]
+            return web.Response(status=status, body=body, content_type="application/json")
+        return await play(request, SCRIPTS[model], ended)
 
-    models = {model: model for model in SCRIPTS}
+    models = {model: model for model in [*SCRIPTS, *ANSWERS]}
     upstream = await provider_upstream(chat, "quirks", models=models, timeout_s=TIMEOUT)
     http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))
     client, token = await client_with_token(http)
@@ -182,3 +195,31 @@ def test_tool_call_fragments_continue_their_call_unless_they_name_another():
         },
         {"id": "call_2", "type": "function", "function": {"name": "put", "arguments": "{}"}},
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_refusal_in_a_json_list_reaches_the_client_in_its_words(relay, stream):
+    http, _, token = relay
+    response = await ask(http, token, "gemini-refusal", stream=stream)
+    error = await assert_error(response, 400)
+    assert error["message"] == GEMINI_MESSAGE
+
+
+async def test_an_answer_that_is_an_error_in_a_json_list_goes_out_in_openais_shape(
+    relay, database_url
+):
+    http, client_id, token = relay
+    response = await ask(http, token, "gemini-error")
+    assert await response.json() == orjson.loads(GEMINI_ERROR)[0]
+    assert await answer_rows(database_url, client_id) == [("", "failed")]
+
+
+async def test_an_error_event_in_a_json_list_goes_out_in_openais_shape(relay, database_url):
+    """OpenAI's SDKs raise on `{"error": …}` only: a list they would hand on as a chunk."""
+    http, client_id, token = relay
+    response = await ask(http, token, "gemini-error-event", stream=True)
+    expected = sent("gemini-error-event").replace(
+        GEMINI_ERROR, orjson.dumps(orjson.loads(GEMINI_ERROR)[0])
+    )
+    assert await response.read() == expected
+    assert await answer_rows(database_url, client_id) == [("Hel", "failed")]

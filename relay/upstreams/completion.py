@@ -98,13 +98,25 @@ class _Choice:
 
 def error_object(body: object) -> object:
     """The error a provider's JSON (a whole answer, a refusal or a stream's event) carries:
-    OpenAI's `{"error": …}`, or vLLM's bare `{"object": "error", "message": …}` (the object
-    itself); None if it carries none. The one rule, wherever relay reads a provider's JSON."""
+    OpenAI's `{"error": …}`, Gemini's `[{"error": …}]` (that one object in a list), or
+    vLLM's bare `{"object": "error", "message": …}` (the object itself); None if it
+    carries none. The one rule, wherever relay reads a provider's JSON."""
     if not isinstance(body, dict):
-        return None
+        listed = listed_error(body)
+        return None if listed is None else listed["error"]
     if "error" in body:
         return body["error"]
     return body if body.get("object") == "error" else None
+
+
+def listed_error(body: object) -> dict[str, Any] | None:
+    """Gemini's error, `[{"error": …}]`: the one object the list holds; None for any
+    other JSON."""
+    if isinstance(body, list) and len(body) == 1:
+        item = body[0]
+        if isinstance(item, dict) and "error" in item:
+            return item
+    return None
 
 
 def error_field_object(value: bytes) -> dict[str, Any]:
@@ -311,7 +323,7 @@ def summarize_completion(body: bytes) -> CompletionSummary:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         obj = None
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) and (obj := listed_error(obj)) is None:
         return CompletionSummary(error=dict(_MALFORMED_BODY))
     accumulator = CompletionAccumulator()
     accumulator.apply(obj)

@@ -12,6 +12,7 @@ from relay.upstreams.completion import (
     CompletionAccumulator,
     CompletionSummary,
     error_field_object,
+    listed_error,
     summarize_completion,
 )
 from relay.upstreams.reply import MAX_RESPONSE_BYTES
@@ -98,7 +99,7 @@ class StreamObserver(CompletionAccumulator):
             except orjson.JSONDecodeError:
                 return  # it stopped within an event: that event is lost
             self.event_count += 1
-            if isinstance(obj, dict):
+            if isinstance(obj, dict) or (obj := listed_error(obj)) is not None:
                 self.apply(obj)
 
     def _on_data(self, payload: bytes) -> None:
@@ -111,7 +112,7 @@ class StreamObserver(CompletionAccumulator):
         except orjson.JSONDecodeError:
             obj = None
         # A malformed event is counted, not raised: the client still gets every byte.
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) or (obj := listed_error(obj)) is not None:
             self.apply(obj)
         else:
             self.malformed_events += 1

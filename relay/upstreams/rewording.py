@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from relay.errors import UpstreamError, error_body
-from relay.upstreams.completion import error_field_object, error_object
+from relay.upstreams.completion import error_field_object, error_object, listed_error
 from relay.upstreams.routing import Route
 from relay.upstreams.sse import SSEDecoder
 
@@ -82,13 +82,17 @@ def reworded_json(obj: object, route: Route, *, event: bool = False) -> bytes | 
 
     An event in vLLM's bare shape (`{"object": "error", …}`) always goes out in
     OpenAI's, `{"error": {…}}`: OpenAI's SDKs raise only on that, and would hand the
-    bare one to the application as if it were a chunk of the answer."""
+    bare one to the application as if it were a chunk of the answer. So does Gemini's
+    `[{"error": {…}}]`, event or whole answer: as the one object its list holds."""
     error = error_object(obj)
     if error is None:
         return None
+    listed = listed_error(obj)
+    if listed is not None:
+        obj = listed
     words = _reworded(error, route)
     bare = error is obj
-    if words is error and not (event and bare):
+    if words is error and listed is None and not (event and bare):
         return None
     assert isinstance(obj, dict)  # error_object found an error in it
     if event and bare:
@@ -108,13 +112,14 @@ def reworded_body(body: bytes, route: Route) -> bytes:
     """A whole answer that is an error, as relay's client may read it: `body` as sent
     unless a string in its error had to change (reworded_json).
 
-    A body that is no JSON object at all (an HTML page, nothing, event stream bytes) is
-    no answer an SDK can read, nor an error it would raise on: a 502 (UpstreamError)."""
+    A body that is no JSON object at all (an HTML page, nothing, event stream bytes) nor
+    Gemini's error list is no answer an SDK can read, nor an error it would raise on: a
+    502 (UpstreamError)."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         obj = None
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) and listed_error(obj) is None:
         log.info("provider answered with no JSON object", extra={"upstream": route.upstream.name})
         raise UpstreamError(
             "The provider's answer is not a JSON object.", code="upstream_malformed"
