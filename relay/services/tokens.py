@@ -19,6 +19,10 @@ _MAX_REMEMBERED = 50_000
 # expire earlier there than where it was issued.
 CLOCK_SKEW_SECONDS = 30
 _REQUIRED = ["sub", "iat", "exp", "jti", "iss", "aud", "key_version"]
+# No token relay issues lives longer than RELAY_JWT_TTL's maximum, a week; one
+# claiming to (exp beyond 2**64 broke /v1/me's JSON) is refused like a forged one.
+LONGEST_TTL = 7 * 86400
+_DATES = ("iat", "exp", "nbf")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,14 @@ def _claims(payload: dict[str, Any]) -> Claims:
     version = payload["key_version"]
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError("key_version")
+    # NumericDates are JSON numbers (RFC 7519 §2), which PyJWT does not insist on: it
+    # reads "exp": "1790000000" or true as dates too.
+    for name in _DATES:
+        value = payload.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
+            raise ValueError(name)
+    if payload["exp"] - payload["iat"] > LONGEST_TTL + CLOCK_SKEW_SECONDS:
+        raise ValueError("exp")
     return Claims(
         client_id=str(payload["sub"]),
         key_version=version,
