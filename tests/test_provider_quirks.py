@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from relay.simulator.completion import completion_body
 from relay.upstreams import reply
 from relay.upstreams.observer import StreamObserver
 from tests.api_calls import assert_error, bearer, client_with_token
@@ -59,8 +60,18 @@ GEMINI_MESSAGE = "Function calling with a response mime type: 'application/json'
 GEMINI_ERROR = orjson.dumps(
     [{"error": {"code": 400, "message": GEMINI_MESSAGE, "status": "INVALID_ARGUMENT"}}]
 )
+WHOLE = completion_body(
+    completion_id="c1", created=1, model="m", contents=["Hi"], finish_reason="stop", usage={}
+)
+LEAKY = "Rate limit reached in organization org-AbC123xyz"  # relay's account: not passed on
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some servers open a body with
 # Whole answers: their status and body.
-ANSWERS = {"gemini-refusal": (400, GEMINI_ERROR), "gemini-error": (200, GEMINI_ERROR)}
+ANSWERS = {
+    "gemini-refusal": (400, GEMINI_ERROR),
+    "gemini-error": (200, GEMINI_ERROR),
+    "bom-answer": (200, BOM + WHOLE),
+    "bom-error": (200, BOM + orjson.dumps({"error": {"message": LEAKY, "type": "requests"}})),
+}
 
 SCRIPTS: dict[str, list[Any]] = {
     "empty-finish": every_chunk_finished(""),
@@ -223,3 +234,21 @@ async def test_an_error_event_in_a_json_list_goes_out_in_openais_shape(relay, da
     )
     assert await response.read() == expected
     assert await answer_rows(database_url, client_id) == [("Hel", "failed")]
+
+
+async def test_an_answer_opening_with_a_bom_is_passed_on_as_sent(relay, database_url):
+    http, client_id, token = relay
+    response = await ask(http, token, "bom-answer")
+    assert response.status == 200
+    assert await response.read() == ANSWERS["bom-answer"][1]
+    assert await answer_rows(database_url, client_id) == [("Hi", "complete")]
+
+
+async def test_an_error_opening_with_a_bom_is_reworded_as_any_other(relay, database_url):
+    """Its words had to change: it goes out re-encoded, without the BOM."""
+    http, client_id, token = relay
+    response = await ask(http, token, "bom-error")
+    assert response.status == 200
+    words = "Rate limit reached in organization org-[redacted]"
+    assert await response.read() == orjson.dumps({"error": {"message": words, "type": "requests"}})
+    assert await answer_rows(database_url, client_id) == [("", "failed")]

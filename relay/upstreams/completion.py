@@ -23,6 +23,8 @@ def text_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
+
 _MALFORMED_BODY = {
     "message": "the upstream answer is not a chat completion object",
     "type": "upstream_error",
@@ -317,12 +319,18 @@ class CompletionAccumulator:
         )
 
 
+def provider_json(body: bytes) -> object:
+    """A provider's JSON body, parsed; None if it is none. A UTF-8 BOM opening it (some
+    servers write one; orjson refuses it) is skipped, as JSON parsers may (RFC 8259)."""
+    try:
+        return orjson.loads(memoryview(body)[len(BOM) :] if body.startswith(BOM) else body)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def summarize_completion(body: bytes) -> CompletionSummary:
     """Summarise a non-streamed answer; a body that is not a JSON object yields an error summary."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        obj = None
+    obj = provider_json(body)
     if not isinstance(obj, dict) and (obj := listed_error(obj)) is None:
         return CompletionSummary(error=dict(_MALFORMED_BODY))
     accumulator = CompletionAccumulator()

@@ -12,7 +12,13 @@ from typing import Any
 import orjson
 
 from relay.errors import UpstreamError, error_body
-from relay.upstreams.completion import error_field_object, error_object, listed_error
+from relay.upstreams.completion import (
+    BOM,
+    error_field_object,
+    error_object,
+    listed_error,
+    provider_json,
+)
 from relay.upstreams.routing import Route
 from relay.upstreams.sse import SSEDecoder
 
@@ -20,7 +26,6 @@ log = logging.getLogger(__name__)
 
 # An event's end: a line ending, then an empty line (SSE's three line endings).
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
-_BOM = b"\xef\xbb\xbf"
 
 # OpenAI names the account in some messages ("… in organization org-abc123 …",
 # "Project `proj_abc123` does not have access …").
@@ -115,10 +120,7 @@ def reworded_body(body: bytes, route: Route) -> bytes:
     A body that is no JSON object at all (an HTML page, nothing, event stream bytes) nor
     Gemini's error list is no answer an SDK can read, nor an error it would raise on: a
     502 (UpstreamError)."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        obj = None
+    obj = provider_json(body)
     if not isinstance(obj, dict) and listed_error(obj) is None:
         log.info("provider answered with no JSON object", extra={"upstream": route.upstream.name})
         raise UpstreamError(
@@ -161,7 +163,7 @@ def _reworded_event(event: bytes, route: Route) -> bytes | None:
         if (found := reworded_json(obj, route, event=True)) is None:
             return None
         reworded = found
-    bom = _BOM if event.startswith(_BOM) else b""
+    bom = BOM if event.startswith(BOM) else b""
     # Its other fields (`event: error`, an id, comments) stay; its data is the new JSON.
     fields = b"".join(
         line + b"\n"
