@@ -165,10 +165,11 @@ async def _relay_stream(
             )
         finally:
             _summarise(request, answer, observer)
-    answer.status = result.status
     if result.status == "cancelled":
+        answer.client_left()  # failed still, if its provider failed it first
         await hooks.commit_quietly(answer)
         return response
+    answer.status = result.status
     final = result.final
     if result.status == "cut":
         final = error_event(stop.error or result.error or provider.cut_error())

@@ -107,7 +107,10 @@ async def _whole(
         stalled = False
     except TimeoutError:
         answer.status, stalled = "failed", True
-    note_stream_end(request, answer, observer)
+    finally:
+        # Also for a client that left meanwhile: what the provider said so far
+        # (an error event, say) tells how the answer ended (Answer.client_left).
+        note_stream_end(request, answer, observer)
     if answer.status != "complete":
         error = (
             provider_stalled() if stalled else _broken_off(answer, observer, provider, stopped=None)
@@ -144,15 +147,17 @@ async def _stream(
     # stops reading the provider.
     with request.app[IN_FLIGHT].track(provider.close, stream_holder(request)) as stop:
         try:
-            answer.status = await _relay_deltas(response, provider, observer)
+            status = await _relay_deltas(response, provider, observer)
         finally:
             note_stream_end(request, answer, observer)
             # What the client has so far: all it gets if it has left (the handler
             # may be cancelled while waiting for the provider).
             answer.received(response)
-    if answer.status == "cancelled":
+    if status == "cancelled":
+        answer.client_left()  # failed still, if its provider failed it first
         await hooks.commit_quietly(answer)
         return response
+    answer.status = status
     response.stop_streaming()  # no ping may slip in between the hash and the last event
     if answer.status == "complete":
         try:

@@ -21,7 +21,8 @@ from relay.upstreams.routing import Route
 log = logging.getLogger(__name__)
 
 # complete: the client got the whole answer; cut: the provider broke off;
-# cancelled: the client left; failed: the provider refused or was unreachable.
+# cancelled: the client left while the answer was still going well; failed: the
+# provider refused, failed it (an error event) or was unreachable (Answer.client_left).
 STATUSES = ("complete", "cut", "cancelled", "failed")
 
 CommitHook = Callable[["Answer"], Awaitable[None]]
@@ -96,6 +97,14 @@ class Answer:
         counted so far, then `final` (the end of a stream, not yet written)."""
         self.response_sha256 = sent.sha256_with(final)
         self.response_bytes = sent.byte_count + len(final)
+
+    def client_left(self) -> None:
+        """Its client left before the end. Cancelled if the answer was still going well;
+        one its provider had already failed (an error event, which OpenAI's SDK raises on
+        and hangs up) is failed, and one relay had already ended as cut or failed stays
+        so: how fast a client hangs up does not change how its answer ended."""
+        if self.status == "complete":
+            self.status = "cancelled" if self.summary.error is None else "failed"
 
     def label(self, error: RelayError) -> None:
         """Give an error response the answer's headers (its conversation and receipt
@@ -172,12 +181,12 @@ class AnswerHooks:
         return None
 
     def client_left(self, answer: Answer, latency_ms: float) -> None:
-        """The answer's handler was cancelled: record it as cancelled, in the background.
-        One already queued for commit is written as it stood when queued, so its
-        status and the hash of its end, signed in one receipt, still agree."""
+        """The answer's handler was cancelled: record it as it ended (Answer.client_left),
+        in the background. One already queued for commit is written as it stood when
+        queued, so its status and the hash of its end, signed in one receipt, still agree."""
         if answer.recorded:
             return
-        answer.status = "cancelled"
+        answer.client_left()
         answer.latency_ms = latency_ms
         self.in_background(self.commit_quietly(answer))
 

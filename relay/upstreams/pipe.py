@@ -85,7 +85,9 @@ class PipeResult:
     receipt are committed before the client sees the end. `error` says why relay
     itself cut the stream (the provider sent more than it accepts), if it did."""
 
-    status: str  # complete | cut | cancelled | failed (the provider sent an error event)
+    # complete | cut | failed (the provider sent an error event) | cancelled (the client
+    # left; relay.services.answers.Answer.client_left says how the answer ended)
+    status: str
     observer: StreamObserver
     final: bytes = b""
     error: RelayError | None = None
