@@ -35,6 +35,7 @@ from relay.config_values import (
     flag,
     integer,
     networks,
+    not_empty,
     number,
     parse_value,
     positive_or_none,
@@ -132,8 +133,10 @@ class Settings:
         "RELAY_JWT_PREVIOUS_SECRET", Secret(""), Secret, file=True
     )
     jwt_ttl: int = setting("RELAY_JWT_TTL", 3600, integer, minimum=60, maximum=86400 * 7)
-    jwt_issuer: str = setting("RELAY_JWT_ISSUER", "relay")
-    jwt_audience: str = setting("RELAY_JWT_AUDIENCE", "relay-api")
+    # Never empty: PyJWT takes an empty `aud` for none, so every token relay issued
+    # would come back refused (401); an empty issuer names no one.
+    jwt_issuer: str = setting("RELAY_JWT_ISSUER", "relay", not_empty("relay"))
+    jwt_audience: str = setting("RELAY_JWT_AUDIENCE", "relay-api", not_empty("relay-api"))
     admin_token: Secret = setting("RELAY_ADMIN_TOKEN", Secret(""), Secret, file=True)
     bcrypt_rounds: int = setting("RELAY_BCRYPT_ROUNDS", 12, integer, minimum=4, maximum=16)
     state_dir: str = setting("RELAY_STATE_DIR", ".relay-state")

@@ -34,12 +34,21 @@ def text(raw: str) -> str:
     return raw
 
 
-def address(raw: str) -> str:
-    # Empty is refused, not passed on: aiohttp would listen on every interface, past
-    # the proxy meant to stand in front of relay.
-    if not raw:
-        raise ValueError("must not be empty (remove the line to keep 127.0.0.1)")
-    return raw
+def not_empty(default: str) -> Callable[[str], str]:
+    """Text that may not be empty (nor only whitespace): the setting's `default` is kept
+    by leaving it unset, and an empty value would break relay without a word."""
+
+    def parse(raw: str) -> str:
+        if not raw:
+            raise ValueError(f"must not be empty (remove the line to keep {default})")
+        return raw
+
+    return parse
+
+
+# Empty is refused, not passed on: aiohttp would listen on every interface, past
+# the proxy meant to stand in front of relay.
+address = not_empty("127.0.0.1")
 
 
 def readable_postgres_url(raw: str) -> str:

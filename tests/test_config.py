@@ -135,6 +135,19 @@ def test_non_finite_numbers_are_refused(name, value):
         Settings.from_env({name: value})
 
 
+@pytest.mark.parametrize(
+    ("name", "default"), [("RELAY_JWT_AUDIENCE", "relay-api"), ("RELAY_JWT_ISSUER", "relay")]
+)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_token_audience_or_issuer_is_refused(name, default, value):
+    # An empty audience passed start-up, then every token relay issued was refused (401).
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({name: value})
+    assert str(refused.value) == (
+        f"{name}={value!r} is invalid: must not be empty (remove the line to keep {default})"
+    )
+
+
 def test_unknown_relay_names_are_warned_about_by_name_only(caplog, tmp_path: Path):
     env_file = tmp_path / "relay.env"
     env_file.write_text("RELAY_RECIEPTS=false\n")
