@@ -80,7 +80,8 @@ UPSTREAM_SECONDS = Histogram(
 UPSTREAM_ERRORS = Counter(
     "relay_upstream_errors_total",
     "Provider failures relay turned into an error, by upstream and kind (unreachable,"
-    " timeout, closed, undecodable, auth, quota, status_4xx, status_5xx, not_streamed, cut,"
+    " timeout, closed, undecodable, auth, quota, not_found, status_4xx, status_5xx,"
+    " not_streamed, cut,"
     " stalled, too_large).",
     ("upstream", "kind"),
 )

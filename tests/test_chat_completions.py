@@ -261,7 +261,7 @@ async def test_bodies_that_are_not_a_json_object(http, token, data, content_type
     await assert_error(response, status)
 
 
-@pytest.mark.parametrize("status", [400, 404, 422, 429])
+@pytest.mark.parametrize("status", [400, 409, 422, 429])
 async def test_provider_4xx_passes_through_in_the_error_shape(http, token, simulator, status):
     simulator.config.error_status = status
     response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
@@ -290,6 +290,29 @@ async def test_provider_refusing_relay_access_is_a_502_in_the_providers_words(
         "The provider refused relay access: Country, region, or territory not supported"
     )
     assert response.headers["x-should-retry"] == "false"
+
+
+async def test_a_model_the_provider_does_not_have_is_a_502_not_the_clients_404(
+    make_settings, make_client, simulator
+):
+    # Relay lists the model; the provider has no such model (or base_url's path is
+    # wrong): relay's configuration, not the client's request.
+    upstream = simulator.upstream(models={"gpt-sim": "sim-retired"})
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    _, token = await client_with_token(http)
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    error = await assert_error(response, 502, "upstream_not_found")
+    # The provider's words, its model id renamed to the one the client knows.
+    assert error["message"] == (
+        "The provider has no such model or endpoint:"
+        " The model `gpt-sim` does not exist or you do not have access to it."
+    )
+    assert response.headers["x-should-retry"] == "false"
+    wrong_path = simulator.upstream(base_url=str(simulator.server.make_url("/")))
+    http = await make_client(make_settings(upstreams=(wrong_path,)))
+    _, token = await client_with_token(http)
+    response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
+    await assert_error(response, 502, "upstream_not_found")
 
 
 async def test_a_provider_account_out_of_quota_is_a_502_not_the_clients_429(http, token, simulator):

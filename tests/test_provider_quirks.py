@@ -71,6 +71,7 @@ ANSWERS = {
     "gemini-error": (200, GEMINI_ERROR),
     "bom-answer": (200, BOM + WHOLE),
     "bom-error": (200, BOM + orjson.dumps({"error": {"message": LEAKY, "type": "requests"}})),
+    "bom-refusal": (400, BOM + orjson.dumps({"error": {"message": "Bad tools", "type": "x"}})),
 }
 
 SCRIPTS: dict[str, list[Any]] = {
@@ -252,3 +253,11 @@ async def test_an_error_opening_with_a_bom_is_reworded_as_any_other(relay, datab
     words = "Rate limit reached in organization org-[redacted]"
     assert await response.read() == orjson.dumps({"error": {"message": words, "type": "requests"}})
     assert await answer_rows(database_url, client_id) == [("", "failed")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_refusal_opening_with_a_bom_reaches_the_client_in_its_words(relay, stream):
+    http, _, token = relay
+    response = await ask(http, token, "bom-refusal", stream=stream)
+    error = await assert_error(response, 400)
+    assert error["message"] == "Bad tools"

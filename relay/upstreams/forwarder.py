@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import aiohttp
 import orjson
@@ -17,7 +18,7 @@ from relay import __version__
 from relay.errors import NOT_RETRIED, RelayError, UpstreamError, UpstreamTimeoutError, error_body
 from relay.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS, labelled
 from relay.sockets import registered
-from relay.upstreams.completion import error_object
+from relay.upstreams.completion import error_object, provider_json
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.rewording import provider_words
 from relay.upstreams.routing import Route
@@ -68,91 +69,96 @@ def create_session() -> aiohttp.ClientSession:
     )
 
 
+async def _error_body(reply: ProviderReply) -> object:
+    """The opening of a provider's answer that is not a completion, as JSON (None if it
+    is not JSON, or does not come in time)."""
+    try:
+        return provider_json(await reply.prefix(_ERROR_BODY_BYTES))
+    except (TimeoutError, aiohttp.ClientError):
+        return None
+
+
 async def _refusal(
     response: aiohttp.ClientResponse, reply: ProviderReply, route: Route
 ) -> RelayError:
     """Turn a provider's non-200 answer into the error relay gives its client."""
     upstream = route.upstream
-    try:
-        body = orjson.loads(await reply.prefix(_ERROR_BODY_BYTES))
-    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
-        body = None
+    body = await _error_body(reply)
     status = response.status
-    out_of_credit = _out_of_credit(status, error_object(body))
-    refused_relay = status in (401, 403) or out_of_credit
-    # A refusal of relay's own account is the operator's to fix: a warning.
+    refused = _refused_relay(status, error_object(body), route)
+    # A refusal of relay's own account or configuration is the operator's to fix.
     log.log(
-        logging.WARNING if refused_relay else logging.INFO,
+        logging.WARNING if refused else logging.INFO,
         "provider refused",
         extra={"upstream": upstream.name, "upstream_status": status},
     )
-    if out_of_credit:
-        kind = "quota"
-    elif status in (401, 403):
-        kind = "auth"
-    else:
-        kind = f"status_{min(max(status // 100, 1), 5)}xx"
+    kind = refused.kind if refused else f"status_{min(max(status // 100, 1), 5)}xx"
     labelled(UPSTREAM_ERRORS, upstream.name, kind).inc()
+    if refused:
+        # Not the client's doing, nor will asking again help (the SDKs would, at a 502).
+        return UpstreamError(refused.message, code=refused.code, headers=dict(NOT_RETRIED))
     # When to ask again, as the provider said it: OpenAI's SDKs read these on every
     # status they retry (429 and 5xx among them), relay's 502 included.
     headers = {
         name: response.headers[name] for name in _PASSED_ERROR_HEADERS if name in response.headers
     }
-    if status in (401, 403):
-        # Refused relay, not the client: nothing the client can do about it, nor will
-        # asking again (the SDKs would, at a 502).
-        return UpstreamError(
-            _refused_relay(status, error_object(body), route),
-            code="upstream_auth",
-            headers=dict(NOT_RETRIED),
-        )
-    if out_of_credit:
-        # Relay's account with the provider has run out: not the client's to pay for,
-        # nor will asking again help (a 429 the SDKs would retry; a 402 the client
-        # would read as its own bill).
-        return UpstreamError(
-            "The provider refused relay: its account there is out of quota or credit.",
-            code="upstream_quota",
-            headers=dict(NOT_RETRIED),
-        )
     if 400 <= status < 500:
         error = error_object(body)
+        passed: dict[str, object]
         if isinstance(error, dict):
-            body = {"error": error}
+            passed = {"error": error}
         elif isinstance(error, str) and error:  # some providers answer {"error": "…"}
-            body = error_body(error, "invalid_request_error")
+            passed = error_body(error, "invalid_request_error")
         else:
             reason = response.reason or "error"
-            body = error_body(f"The provider answered {status} {reason}.", "invalid_request_error")
-        return ProviderRefusal(status, body, headers, route)
+            passed = error_body(
+                f"The provider answered {status} {reason}.", "invalid_request_error"
+            )
+        return ProviderRefusal(status, passed, headers, route)
     return UpstreamError(
         f"The provider failed with status {status}.", code="upstream_error", headers=headers
     )
 
 
-def _out_of_credit(status: int, error: object) -> bool:
-    """Whether a refusal says relay's account with the provider has nothing left to
-    spend: a 402 Payment Required (DeepSeek's "Insufficient Balance", OpenRouter's and
-    Together's credits), or OpenAI's 429 `insufficient_quota`, which is no rate limit
-    that passes."""
-    if status == 402:
-        return True
-    return (
-        status == 429
-        and isinstance(error, dict)
-        and "insufficient_quota" in (error.get("code"), error.get("type"))
-    )
+class _RelayRefused(NamedTuple):
+    kind: str  # relay_upstream_errors_total's
+    code: str
+    message: str
 
 
-def _refused_relay(status: int, error: object, route: Route) -> str:
-    """Why the provider refused relay itself: its credentials (401), or its access
-    (403: a region, a model its project may not use), in the provider's words."""
-    if status == 401:
-        return "The provider rejected relay's credentials."
+def _refused_relay(status: int, error: object, route: Route) -> _RelayRefused | None:
+    """A refusal of relay itself rather than of the client's request, in the provider's
+    words where they help: its credentials (401), its access (403: a region, a model
+    its project may not use), its account's credit (a 402 Payment Required, as
+    DeepSeek, OpenRouter and Together send; OpenAI's 429 `insufficient_quota`, which is
+    no rate limit that passes), or its configuration (a 404: a model id the provider
+    does not have, or a base_url whose path is wrong: the client asked for a model
+    relay lists). None for anything else."""
     said = error.get("message") if isinstance(error, dict) else error
-    if isinstance(said, str) and said:
-        return f"The provider refused relay access: {provider_words(said, route)}"
-    return "The provider refused relay access."
+    words = provider_words(said, route) if isinstance(said, str) and said else ""
+    if status == 401:
+        return _RelayRefused("auth", "upstream_auth", "The provider rejected relay's credentials.")
+    if status == 403:
+        message = f"The provider refused relay access: {words}" if words else ""
+        return _RelayRefused(
+            "auth", "upstream_auth", message or "The provider refused relay access."
+        )
+    quota = isinstance(error, dict) and "insufficient_quota" in (
+        error.get("code"),
+        error.get("type"),
+    )
+    if status == 402 or (status == 429 and quota):
+        return _RelayRefused(
+            "quota",
+            "upstream_quota",
+            "The provider refused relay: its account there is out of quota or credit.",
+        )
+    if status == 404:
+        message = "The provider has no such model or endpoint"
+        return _RelayRefused(
+            "not_found", "upstream_not_found", f"{message}: {words}" if words else message + "."
+        )
+    return None
 
 
 def _event_stream(response: aiohttp.ClientResponse) -> bool:
@@ -170,10 +176,7 @@ async def _not_a_stream(
     """A streamed request answered 200 with something else than an event stream: a JSON
     error, a whole answer the client did not ask for, a proxy's error page. Either way
     the client cannot read it as a stream."""
-    try:
-        body = orjson.loads(await reply.prefix(_ERROR_BODY_BYTES))
-    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
-        body = None
+    body = await _error_body(reply)
     kind = response.content_type
     labelled(UPSTREAM_ERRORS, route.upstream.name, "not_streamed").inc()
     log.info(

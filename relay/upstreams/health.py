@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 
 from relay.sockets import registered
-from relay.upstreams.completion import error_object
+from relay.upstreams.completion import error_object, provider_json
 from relay.upstreams.config import Upstream
 
 log = logging.getLogger(__name__)
@@ -67,10 +66,7 @@ def _judge_404(body: bytes | None) -> tuple[str, str | None]:
     another framework's 404, or the server's own word that the URL is unknown."""
     if body is None:
         return "degraded", UNREAD_404
-    try:
-        error = error_object(orjson.loads(body))
-    except orjson.JSONDecodeError:
-        error = None
+    error = error_object(provider_json(body))
     if error is None:
         return "degraded", WRONG_PATH
     if _names_unknown_url(error):
