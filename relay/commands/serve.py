@@ -36,7 +36,8 @@ SHUTDOWN_SECONDS = 1.0
 LISTEN_BACKLOG = 4096
 KEEPALIVE_SECONDS = 75.0
 SOCKET_MODE = 0o660
-# sizeof(sockaddr_un.sun_path) on Linux: the longest path a Unix socket can have.
+# sizeof(sockaddr_un.sun_path) on Linux. Python and libuv keep its last byte for the
+# NUL that ends the path: a Unix socket's path may have 107 bytes, not 108.
 UNIX_PATH_BYTES = 108
 # Name lookups that fail for good (no such name), not for now (EAI_AGAIN: DNS unreachable).
 _UNKNOWN_NAME = frozenset(
@@ -96,11 +97,11 @@ class ListenSettingError(ConfigError, OSError):
 def _unusable_socket_path(path: str) -> ListenSettingError | None:
     """Why relay can never listen at the Unix socket `path`; None if it may."""
     size = len(os.fsencode(path))
-    if size > UNIX_PATH_BYTES:
+    if size >= UNIX_PATH_BYTES:
         return ListenSettingError(
             errno.ENAMETOOLONG,
             f"RELAY_UNIX_SOCKET: cannot listen on {path}: the path is {size} bytes long;"
-            f" a Unix socket's may be at most {UNIX_PATH_BYTES}",
+            f" a Unix socket's may be at most {UNIX_PATH_BYTES}, the NUL ending it included",
         )
     try:
         mode = os.stat(path).st_mode

@@ -1,0 +1,78 @@
+"""What no restart mends exits 2 (the unit's RestartPreventExitStatus=2 then stops
+retrying), in one line and without a traceback."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from relay.commands.serve import relay_runner, start_sites
+from relay.config import ConfigError, Settings
+from tests.conftest import ADMIN_TOKEN, JWT_SECRET
+from tests.relay_process import run_relay
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="relay-") as name:
+        yield Path(name)
+
+
+def socket_path(directory: Path, size: int) -> str:
+    path = str(directory / "s")
+    return path + "s" * (size - len(os.fsencode(path)))
+
+
+def serve(database_url: str, redis_url: str, state_dir: Path, **settings: str):
+    return run_relay(
+        "serve",
+        RELAY_DATABASE_URL=database_url,
+        RELAY_REDIS_URL=redis_url,
+        RELAY_JWT_SECRET=JWT_SECRET,
+        RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
+        RELAY_STATE_DIR=str(state_dir),
+        **settings,
+    )
+
+
+# Where relay listens
+
+
+async def test_a_socket_path_of_108_bytes_is_a_setting_error_and_one_of_107_is_not(
+    short_dir,
+):
+    # Python keeps sun_path's last byte for the NUL: 108 bytes raised "[Errno None]
+    # AF_UNIX path too long", an exit 1 that systemd restarted every 2 s for ever.
+    too_long, longest = socket_path(short_dir, 108), socket_path(short_dir, 107)
+    runner = relay_runner(web.Application())
+    await runner.setup()
+    try:
+        with pytest.raises(ConfigError) as refused:
+            await start_sites(runner, Settings(unix_socket=too_long))
+        sites = await start_sites(runner, Settings(unix_socket=longest))
+    finally:
+        await runner.cleanup()
+    assert str(refused.value) == (
+        f"RELAY_UNIX_SOCKET: cannot listen on {too_long}: the path is 108 bytes long;"
+        " a Unix socket's may be at most 108, the NUL ending it included"
+    )
+    assert [site.name for site in sites] == [f"http://unix:{longest}:"]
+
+
+def test_relay_serve_exits_2_on_a_socket_path_of_108_bytes(
+    database_url, redis_url, tmp_path, short_dir
+):
+    path = socket_path(short_dir, 108)
+    done = serve(database_url, redis_url, tmp_path / "state", RELAY_UNIX_SOCKET=path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"relay serve: RELAY_UNIX_SOCKET: cannot listen on {path}: the path is 108 bytes"
+        " long; a Unix socket's may be at most 108, the NUL ending it included"
+    )
+    assert "Traceback" not in done.stderr
