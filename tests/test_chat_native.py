@@ -403,6 +403,23 @@ async def test_bad_requests_are_refused(http, simulator, body, status, param):
     assert simulator.state.requests == []
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message": "keep this", "message": "no, this"}',
+        b'{"message": "hi", "stream": false, "stream": true}',
+        b'{"message": "hi", "m\\u006fdel": "gpt-sim", "model": "sim-large"}',
+    ],
+)
+async def test_a_field_named_twice_is_refused(http, database_url, simulator, body):
+    client, token = await client_with_token(http)
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    response = await http.post("/v1/chat", data=body, headers=headers)
+    await assert_error(response, 400, "invalid_request")
+    assert simulator.state.requests == []
+    assert await stored_messages(database_url, client["id"]) == []
+
+
 @pytest.mark.parametrize("store", [False, True])
 async def test_store_is_refused_and_nothing_is_stored(http, database_url, simulator, store):
     # /v1/chat keeps the conversation by definition: a client asking it not to

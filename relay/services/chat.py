@@ -51,8 +51,9 @@ def optional_flag(data: dict[str, Any], name: str, *, default: bool) -> bool:
 _READ_KEYS = (b'"model"', b'"messages"', b'"store"', b'"stream"')
 
 
-def refuse_duplicate_keys(body: bytes) -> None:
-    """400 if the body's top-level object names a key twice.
+def refuse_duplicate_keys(body: bytes, read: tuple[bytes, ...] = _READ_KEYS) -> None:
+    """400 if the body's top-level object names a key twice (looked for when one of the
+    keys relay `read`s, quoted, shows twice, or any escape might hide one).
 
     relay reads the last `model` of `{"model": "a", "model": "b"}` (as orjson
     does) and forwards the client's bytes; a provider reading the first would
@@ -62,7 +63,7 @@ def refuse_duplicate_keys(body: bytes) -> None:
     which turn to record.
     """
     # Cheap first: a second key relay reads shows as such, or hides behind a \u escape.
-    if b"\\u" not in body and all(body.count(key) < 2 for key in _READ_KEYS):
+    if b"\\u" not in body and all(body.count(key) < 2 for key in read):
         return
     # The standard library's parser can show every pair (a few µs a request).
     seen: list[list[tuple[str, Any]]] = []

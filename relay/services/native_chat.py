@@ -31,6 +31,8 @@ def _optional_text(data: dict[str, Any], name: str) -> str | None:
 
 
 _FIELDS = ("message", "conversation_id", "model", "system", "stream")
+# As they show in a body: a field named twice is refused, not read as its last value.
+FIELD_KEYS = tuple(f'"{field}"'.encode() for field in _FIELDS)
 
 
 def _refuse_unknown_fields(data: dict[str, Any]) -> None:
