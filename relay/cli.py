@@ -98,12 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _refused(command: str, error: BaseException) -> int:
-    """Say why `command` could not start, in one line; exit 2 if a setting must change
-    first (systemd's RestartPreventExitStatus=2 then stops retrying), else 1."""
+    """Say why `command` could not start, in one line; exit 2 if a setting or a file
+    must change first (systemd's RestartPreventExitStatus=2 then stops retrying), else 1."""
     from relay.errors import operator_message
+    from relay.proofs.keyfile import KeyFileError
     from relay.stores.database_failures import misconfigured
 
-    if isinstance(error, ConfigError):  # its message names the setting
+    # A ConfigError's message names the setting; a KeyFileError's, the signing key file
+    # (its mode, owner or content) an operator must mend: no restart reads it otherwise.
+    if isinstance(error, ConfigError | KeyFileError):
         print(f"relay {command}: {error}", file=sys.stderr)
         return 2
     if misconfigured(error):

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings
+from relay.proofs.keyfile import KEY_FILE_NAME
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 from tests.relay_process import run_relay
+
+VALID_KEY = Ed25519PrivateKey.generate().private_bytes(
+    Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+)
 
 
 @pytest.fixture
@@ -75,4 +82,36 @@ def test_relay_serve_exits_2_on_a_socket_path_of_108_bytes(
         f"relay serve: RELAY_UNIX_SOCKET: cannot listen on {path}: the path is 108 bytes"
         " long; a Unix socket's may be at most 108, the NUL ending it included"
     )
+    assert "Traceback" not in done.stderr
+
+
+# The receipt-signing key file (RELAY_ATTESTATION=none)
+
+
+def key_file_holding(state_dir: Path, content: bytes, mode: int) -> Path:
+    state_dir.mkdir(mode=0o700)
+    key_file = state_dir / KEY_FILE_NAME
+    key_file.write_bytes(content)
+    key_file.chmod(mode)
+    return key_file
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "why"),
+    [
+        (VALID_KEY, 0o644, "has mode 0644; it must be 0600"),
+        (b"-----BEGIN GARBAGE-----\n", 0o600, "does not hold an unencrypted Ed25519 PEM key"),
+        (b"", 0o600, "does not hold an unencrypted Ed25519 PEM key"),
+    ],
+    ids=["readable by others", "garbage", "empty"],
+)
+def test_relay_serve_exits_2_on_a_key_file_it_cannot_use(
+    database_url, redis_url, tmp_path, content, mode, why
+):
+    # Each was an exit 1, restarted every 2 s for ever: no restart reads the file otherwise.
+    key_file = key_file_holding(tmp_path / "state", content, mode)
+    done = serve(database_url, redis_url, tmp_path / "state")
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"relay serve: signing key file {key_file} {why}")
     assert "Traceback" not in done.stderr
