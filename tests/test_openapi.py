@@ -85,6 +85,18 @@ def test_every_operation_is_fully_described():
                 assert 401 in statuses, (method, path)
 
 
+def test_only_chats_are_described_with_token_limit_headers():
+    # Token debt refuses chats alone, and only their answers carry the token headers.
+    chats = {"/v1/chat/completions", "/v1/chat"}
+    for path, item in build_spec()["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            headers = operation["responses"].get("200", {}).get("headers", {})
+            token_headers = {name for name in headers if name.endswith("-tokens")}
+            assert bool(token_headers) == (path in chats), (method, path)
+
+
 async def test_openapi_json_is_served(http):
     response = await http.get("/openapi.json")
     assert response.status == 200

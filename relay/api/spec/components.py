@@ -55,11 +55,18 @@ for _kind in ("requests", "tokens"):
             f"{_text}, for {_kind}."
         )
 
-RATE_LIMIT_HEADERS: dict[str, Any] = {
-    f"x-ratelimit-{part}-{kind}": ref("headers", f"RateLimit{part.title()}{kind.title()}")
-    for kind in ("requests", "tokens")
-    for part in ("limit", "remaining", "reset")
-}
+
+def _limit_headers(*kinds: str) -> dict[str, Any]:
+    return {
+        f"x-ratelimit-{part}-{kind}": ref("headers", f"RateLimit{part.title()}{kind.title()}")
+        for kind in kinds
+        for part in ("limit", "remaining", "reset")
+    }
+
+
+# Every /v1 answer counts against the client's requests; only chats spend tokens.
+REQUEST_LIMIT_HEADERS = _limit_headers("requests")
+CHAT_LIMIT_HEADERS = _limit_headers("requests", "tokens")
 
 SCHEMAS: dict[str, Any] = {
     "Error": {

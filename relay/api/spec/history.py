@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.api.spec.components import RATE_LIMIT_HEADERS, RESPONSES, ref
+from relay.api.spec.components import REQUEST_LIMIT_HEADERS, RESPONSES, ref
 from relay.api.spec.native_chat import NATIVE_CHAT_PATHS, NATIVE_CHAT_SCHEMAS
 from relay.api.spec.paths import AUTHENTICATED, JWT, answer, operation, path_parameter
 
@@ -203,7 +203,7 @@ HISTORY_PATHS: dict[str, Any] = {
             ),
             responses={
                 "200": answer(
-                    "A page of messages.", ref("schemas", "HistoryPage"), RATE_LIMIT_HEADERS
+                    "A page of messages.", ref("schemas", "HistoryPage"), REQUEST_LIMIT_HEADERS
                 )
             },
             errors=(400, *AUTHENTICATED, 404),
@@ -232,7 +232,7 @@ HISTORY_PATHS: dict[str, Any] = {
             ),
             responses={
                 "200": answer(
-                    "Best matches first.", ref("schemas", "SearchResults"), RATE_LIMIT_HEADERS
+                    "Best matches first.", ref("schemas", "SearchResults"), REQUEST_LIMIT_HEADERS
                 ),
                 **_SEARCH_REFUSALS,
             },

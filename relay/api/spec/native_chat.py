@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.api.spec.components import RATE_LIMIT_HEADERS, ref
+from relay.api.spec.components import CHAT_LIMIT_HEADERS, ref
 from relay.api.spec.paths import AUTHENTICATED, JSON_BODY, JWT, operation
 
 CONVERSATION_HEADER = {
@@ -96,7 +96,7 @@ NATIVE_CHAT_PATHS: dict[str, Any] = {
                             "description": "The signed receipt of this answer.",
                             "schema": {"type": "string"},
                         },
-                        **RATE_LIMIT_HEADERS,
+                        **CHAT_LIMIT_HEADERS,
                     },
                     "content": {
                         "application/json": {"schema": ref("schemas", "NativeChatAnswer")},

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.api.spec.components import ERROR_STATUSES, RATE_LIMIT_HEADERS, ref
+from relay.api.spec.components import (
+    CHAT_LIMIT_HEADERS,
+    ERROR_STATUSES,
+    REQUEST_LIMIT_HEADERS,
+    ref,
+)
 
 REQUEST_ID = {
     "name": "X-Request-Id",
@@ -182,7 +187,7 @@ PATHS: dict[str, Any] = {
             "The caller's client and token expiry",
             tag="auth",
             security=JWT,
-            responses={"200": answer("The caller.", ref("schemas", "Me"), RATE_LIMIT_HEADERS)},
+            responses={"200": answer("The caller.", ref("schemas", "Me"), REQUEST_LIMIT_HEADERS)},
             errors=AUTHENTICATED,
         )
     },
@@ -193,7 +198,7 @@ PATHS: dict[str, Any] = {
             tag="chat",
             security=JWT,
             responses={
-                "200": answer("The models.", ref("schemas", "ModelList"), RATE_LIMIT_HEADERS)
+                "200": answer("The models.", ref("schemas", "ModelList"), REQUEST_LIMIT_HEADERS)
             },
             errors=AUTHENTICATED,
         )
@@ -205,7 +210,7 @@ PATHS: dict[str, Any] = {
             tag="chat",
             security=JWT,
             parameters=(path_parameter("model", "Its public id; it may hold slashes."),),
-            responses={"200": answer("The model.", ref("schemas", "Model"), RATE_LIMIT_HEADERS)},
+            responses={"200": answer("The model.", ref("schemas", "Model"), REQUEST_LIMIT_HEADERS)},
             errors=(*AUTHENTICATED, 404),
         )
     },
@@ -230,7 +235,7 @@ PATHS: dict[str, Any] = {
                             "description": "The signed receipt of this answer.",
                             "schema": {"type": "string"},
                         },
-                        **RATE_LIMIT_HEADERS,
+                        **CHAT_LIMIT_HEADERS,
                     },
                     "content": {
                         **json_content(ref("schemas", "ChatCompletion")),

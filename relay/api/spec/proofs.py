@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.api.spec.components import RATE_LIMIT_HEADERS, ref
+from relay.api.spec.components import REQUEST_LIMIT_HEADERS, ref
 from relay.api.spec.paths import AUTHENTICATED, JWT, NONE, answer, operation, path_parameter
 
 HEX = {"type": "string", "pattern": "^[0-9a-f]*$"}
@@ -144,7 +144,7 @@ PROOF_PATHS: dict[str, Any] = {
             security=JWT,
             parameters=(RECEIPT_ID,),
             responses={
-                "200": answer("The receipt.", ref("schemas", "Receipt"), RATE_LIMIT_HEADERS)
+                "200": answer("The receipt.", ref("schemas", "Receipt"), REQUEST_LIMIT_HEADERS)
             },
             errors=(*AUTHENTICATED, 404),
         )
@@ -157,7 +157,9 @@ PROOF_PATHS: dict[str, Any] = {
             security=JWT,
             parameters=(RECEIPT_ID, SIGNING_ALGO),
             responses={
-                "200": answer("The signature.", ref("schemas", "NearSignature"), RATE_LIMIT_HEADERS)
+                "200": answer(
+                    "The signature.", ref("schemas", "NearSignature"), REQUEST_LIMIT_HEADERS
+                )
             },
             errors=(*AUTHENTICATED, 400, 404, 409),
         )
