@@ -172,7 +172,8 @@ def test_a_kept_key_that_no_longer_works_is_replaced(dev_dir: Path):
     assert processes_using(dev_dir) == []
 
 
-def test_given_upstreams_replace_the_simulator(dev_dir: Path):
+@pytest.mark.parametrize("given_in", ["the environment", "RELAY_ENV_FILE"])
+def test_given_upstreams_replace_the_simulator(dev_dir: Path, tmp_path: Path, given_in: str):
     upstreams = json.dumps(
         [
             {
@@ -183,7 +184,12 @@ def test_given_upstreams_replace_the_simulator(dev_dir: Path):
             }
         ]
     )
-    run = DevRun(dev_dir, free_port(), RELAY_UPSTREAMS=upstreams)
+    if given_in == "RELAY_ENV_FILE":  # the simulator's won over it, as a real variable
+        env_file = tmp_path / "relay.env"
+        env_file.write_text(f"RELAY_UPSTREAMS='{upstreams}'\n")
+        run = DevRun(dev_dir, free_port(), RELAY_ENV_FILE=str(env_file))
+    else:
+        run = DevRun(dev_dir, free_port(), RELAY_UPSTREAMS=upstreams)
     try:
         banner = "\n".join(run.wait_for_banner())
         assert "simulator :" not in banner

@@ -26,6 +26,7 @@ from relay.app import create_app
 from relay.appkeys import CLIENTS
 from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
+from relay.config_environment import gather
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
 from relay.logs import setup_logging
 from relay.services.clients import ClientService
@@ -157,18 +158,16 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    sim_port = free_port()
-    own_simulator = not env.get("RELAY_UPSTREAMS")
-    if own_simulator:
-        env["RELAY_UPSTREAMS"] = simulator_upstreams(sim_port)
     async with contextlib.AsyncExitStack() as stack:
-        if own_simulator:
-            if await stack.enter_async_context(simulator(sim_port)):
-                backends += f", simulator :{sim_port}"
-            else:
-                del env["RELAY_UPSTREAMS"]
-                backends += ", no upstream (relay.simulator is missing)"
         try:
+            # Upstreams given in RELAY_ENV_FILE count too: read as `relay serve` reads them.
+            if not gather(env).get("RELAY_UPSTREAMS"):
+                sim_port = free_port()
+                if await stack.enter_async_context(simulator(sim_port)):
+                    env["RELAY_UPSTREAMS"] = simulator_upstreams(sim_port)
+                    backends += f", simulator :{sim_port}"
+                else:
+                    backends += ", no upstream (relay.simulator is missing)"
             settings = load_settings(env)
         except ConfigError as exc:
             print(f"relay dev: {exc}", file=sys.stderr)
