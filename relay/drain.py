@@ -60,9 +60,9 @@ class InFlight:
         self._on_deadline: set[Callable[[], object]] = set()
         # Open streams and held polls by client id, for revoke().
         self._held: dict[str, set[Stop]] = {}
-        # Told the client id of each stream or poll as it opens (the client cache checks
-        # a client that changed since its request was admitted).
-        self.on_hold: Callable[[str], object] | None = None
+        # Told the client id and Stop of each stream or poll as it opens (the client
+        # cache checks a client that changed since its request was admitted).
+        self.on_hold: Callable[[str, Stop], object] | None = None
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
@@ -109,7 +109,7 @@ class InFlight:
         held = self._held.setdefault(client_id, set())
         held.add(stop)
         if self.on_hold is not None:
-            self.on_hold(client_id)
+            self.on_hold(client_id, stop)
         try:
             yield stop
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from relay.drain import InFlight
+from relay.drain import InFlight, Stop
 from relay.errors import AuthenticationError, RelayError
 from relay.stores.clients import Client, ClientStore
 from relay.stores.notifications import Notifications
@@ -89,16 +89,19 @@ class ClientCache:
         if self.in_flight is not None and self.in_flight.holds(client_id):
             self._check(self.in_flight, client_id)
 
-    def _on_hold(self, client_id: str) -> None:
+    def _on_hold(self, client_id: str, stop: Stop) -> None:
         """A stream or poll of this client is opening. Its request was admitted by the
         row cached then; the client may have changed since (its notice already handled):
-        held against the entry cached now, or, when there is none, checked afresh."""
+        this one is held against the entry cached now (the others were when they
+        opened: nothing per stream already open), or, when there is none, all the
+        client's are checked afresh."""
         if not self.notifications.live or self.in_flight is None:
             return
         if client_id in self._entries:
-            # Once it has opened, as after a check that reads the database.
             entry = self._entries[client_id]
-            asyncio.get_running_loop().call_soon(_end_revoked, self.in_flight, client_id, entry)
+            if entry is None or not entry.active or entry.key_version != stop.key_version:
+                # Once it has opened, as after a check that reads the database.
+                asyncio.get_running_loop().call_soon(_end_opened, stop, client_id)
         else:
             self._check(self.in_flight, client_id)
 
@@ -131,3 +134,9 @@ def _end_revoked(in_flight: InFlight, client_id: str, client: Client | None) -> 
     valid = client.key_version if client is not None and client.active else None
     if ended := in_flight.revoke(client_id, valid, token_revoked):
         log.info("revoked client's streams ended", extra={"client_id": client_id, "ended": ended})
+
+
+def _end_opened(stop: Stop, client_id: str) -> None:
+    if not stop.is_set():
+        stop.end(token_revoked())
+        log.info("revoked client's streams ended", extra={"client_id": client_id, "ended": 1})
