@@ -37,12 +37,12 @@ from relay.config_values import (
     networks,
     not_empty,
     number,
+    origins,
     parse_value,
     positive_or_none,
     readable_postgres_url,
     readable_redis_url,
     setting,
-    words,
 )
 from relay.upstreams.config import Upstream, UpstreamConfigError, parse_upstreams
 
@@ -151,7 +151,7 @@ class Settings:
         "RELAY_HEALTH_TIMEOUT", 2.0, number, minimum=0.05, maximum=MAX_WAIT_SECONDS
     )
     force_https: bool = setting("RELAY_FORCE_HTTPS", False, flag)
-    cors_origins: tuple[str, ...] = setting("RELAY_CORS_ORIGINS", (), words)
+    cors_origins: tuple[str, ...] = setting("RELAY_CORS_ORIGINS", (), origins)
     metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret, file=True)
     drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, number, minimum=0)
     # The longest relay reads one provider answer (relay.upstreams.reply).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import re
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any
@@ -116,6 +117,26 @@ def positive_or_none(raw: str) -> int | None:
 
 def words(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.replace(",", " ").split() if part)
+
+
+# What a browser sends in Origin: scheme://host[:port], the host in ASCII (an IDN as
+# punycode) or an IPv6 address in brackets; a trailing slash is forgiven (relay.api.cors).
+_ORIGIN = re.compile(
+    r"[a-z][a-z0-9+.-]*://([a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?/?"
+)
+
+
+def origins(raw: str) -> tuple[str, ...]:
+    """Browser origins CORS allows, or `*`: anything else (no scheme, a path, a wildcard
+    host) would never equal an Origin header, and CORS would stay off without a word."""
+    found = words(raw)
+    for word in found:
+        if word != "*" and not _ORIGIN.fullmatch(word.lower()):
+            raise ValueError(
+                f"{word!r} is not an origin: scheme://host[:port], such as"
+                " https://app.example.com, or * for any"
+            )
+    return found
 
 
 def networks(raw: str) -> tuple[str, ...]:

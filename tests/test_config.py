@@ -148,6 +148,41 @@ def test_an_empty_token_audience_or_issuer_is_refused(name, default, value):
     )
 
 
+@pytest.mark.parametrize(
+    "word",
+    [
+        "a.example",  # passed start-up, then matched no Origin: CORS off without a word
+        "localhost:3000",
+        "https://app.example.com/app",
+        "https://*.example.com",
+        "https://user@app.example.com",
+        "https://app.example.com?x",
+        "https://app.example.com:80a",
+        "null",
+    ],
+)
+def test_a_cors_origin_that_is_no_origin_is_refused_by_name(word):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"RELAY_CORS_ORIGINS": f"https://ok.example {word}"})
+    assert str(refused.value) == (
+        f"RELAY_CORS_ORIGINS='https://ok.example {word}' is invalid: {word!r} is not an"
+        " origin: scheme://host[:port], such as https://app.example.com, or * for any"
+    )
+
+
+def test_cors_origins_are_origins_or_a_star():
+    given = (
+        "https://App.Example.com, http://127.0.0.1:5173 http://[::1]:8080/ capacitor://localhost *"
+    )
+    assert Settings.from_env({"RELAY_CORS_ORIGINS": given}).cors_origins == (
+        "https://App.Example.com",
+        "http://127.0.0.1:5173",
+        "http://[::1]:8080/",
+        "capacitor://localhost",
+        "*",
+    )
+
+
 def test_unknown_relay_names_are_warned_about_by_name_only(caplog, tmp_path: Path):
     env_file = tmp_path / "relay.env"
     env_file.write_text("RELAY_RECIEPTS=false\n")
