@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -185,6 +186,45 @@ async def test_waiting_too_long_for_another_instance_is_a_clear_error(
                 await migrate(empty_database_url)
     finally:
         await holder.close()
+
+
+async def test_waiting_for_another_instance_is_logged_once_then_the_lock_taken(
+    empty_database_url, caplog
+):
+    # relay serve and relay migrate waited (up to 10 min) without a word in the log.
+    caplog.set_level(logging.INFO, logger="relay.stores.migrations")
+
+    def said() -> list[str]:
+        return [
+            record.getMessage()
+            for record in caplog.records
+            if record.name == "relay.stores.migrations" and "lock" in record.getMessage()
+        ]
+
+    await migrate(empty_database_url)
+    assert said() == []  # the lock free at once: nothing to say
+
+    holder = await connect(empty_database_url, timeout=10)
+    try:
+        async with holder.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_lock(%s)", (0x72656C6179,))
+            waiting = asyncio.create_task(migrate(empty_database_url))
+            for _ in range(500):  # until it waits
+                if said():
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            assert said() == [
+                "waiting for another instance's migrations (the migration lock is held)"
+            ]
+            await cur.execute("SELECT pg_advisory_unlock(%s)", (0x72656C6179,))
+            assert await waiting == []
+    finally:
+        await holder.close()
+    assert said()[1:] == ["migration lock taken"]
+    taken = [record for record in caplog.records if record.getMessage() == "migration lock taken"]
+    assert taken[0].waited_s >= 0.2
 
 
 @pytest.mark.parametrize("name", ["1_short.sql", "002-dashes.sql", "003_Capital.sql"])

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,15 +88,7 @@ async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) 
     conn = await _connect(dsn, timeout)
     try:
         async with conn.cursor(timeout=_STATEMENT_SECONDS) as cur:
-            try:
-                await cur.execute(
-                    "SELECT pg_advisory_lock(%s)", (LOCK_ID,), timeout=_LOCK_WAIT_SECONDS
-                )
-            except TimeoutError:
-                raise MigrationError(
-                    f"another relay has held the migration lock for {_LOCK_WAIT_SECONDS:.0f} s;"
-                    " is a migration stuck?"
-                ) from None
+            await _lock(cur)
             try:
                 return await _apply(cur, migrations)
             finally:
@@ -104,6 +97,25 @@ async def migrate(dsn: str, directory: Path | None = None, timeout: float = 30) 
                     await cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
     finally:
         await conn.close()
+
+
+async def _lock(cur: Cursor) -> None:
+    """Take the migration lock, waiting for another instance's migrations if need be:
+    said in the log, as the wait may be long and nothing else happens meanwhile."""
+    await cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_ID,))
+    row = await cur.fetchone()
+    if row and row[0]:
+        return
+    log.info("waiting for another instance's migrations (the migration lock is held)")
+    started = time.monotonic()
+    try:
+        await cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,), timeout=_LOCK_WAIT_SECONDS)
+    except TimeoutError:
+        raise MigrationError(
+            f"another relay has held the migration lock for {_LOCK_WAIT_SECONDS:.0f} s;"
+            " is a migration stuck?"
+        ) from None
+    log.info("migration lock taken", extra={"waited_s": round(time.monotonic() - started, 3)})
 
 
 async def pending(dsn: str, directory: Path | None = None, timeout: float = 30) -> list[str]:
