@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C (`relay serve` drains on SIGINT instead, once it runs): the status a
+        # shell gives SIGINT, and one line rather than Python's traceback.
+        print(f"relay {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return simulate.run(args)
     if args.command == "verify":

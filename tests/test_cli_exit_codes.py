@@ -3,7 +3,10 @@ retrying), in one line and without a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings
 from relay.proofs.keyfile import KEY_FILE_NAME
+from relay.stores.database import connect
+from relay.stores.migrations import LOCK_ID
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 from tests.relay_process import run_relay
 
@@ -115,3 +120,36 @@ def test_relay_serve_exits_2_on_a_key_file_it_cannot_use(
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith(f"relay serve: signing key file {key_file} {why}")
     assert "Traceback" not in done.stderr
+
+
+# Ctrl-C
+
+
+async def test_ctrl_c_during_relay_migrate_exits_130_in_one_line(database_url, tmp_path):
+    holder = await connect(database_url, timeout=10)
+    try:
+        async with holder.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+            env = {key: value for key, value in os.environ.items() if not key.startswith("RELAY_")}
+            env.update(RELAY_DATABASE_URL=database_url, RELAY_STATE_DIR=str(tmp_path / "state"))
+            migrating = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay",
+                "migrate",
+                env=env,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert migrating.stderr is not None
+            async with asyncio.timeout(30):  # until it waits for the lock
+                while b"waiting for another instance" not in await migrating.stderr.readline():
+                    pass
+            migrating.send_signal(signal.SIGINT)
+            async with asyncio.timeout(30):
+                rest = (await migrating.stderr.read()).decode()
+                code = await migrating.wait()
+    finally:
+        await holder.close()
+    # Python's own ending: a traceback through asyncio and aiopg, and death by SIGINT.
+    assert code == 130, rest
+    assert rest == "relay migrate: interrupted\n"
