@@ -84,6 +84,10 @@ def per_minute(env: str, default: int) -> Any:
     return setting(env, default, integer, minimum=1, below=NOT_ZERO)
 
 
+# The longest a token relay issues may live: tokens.py refuses one claiming longer.
+LONGEST_JWT_TTL = 7 * 86400
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str = setting("RELAY_ENV", "development", choices=("development", "production"))
@@ -132,7 +136,7 @@ class Settings:
     jwt_previous_secret: Secret = setting(
         "RELAY_JWT_PREVIOUS_SECRET", Secret(""), Secret, file=True
     )
-    jwt_ttl: int = setting("RELAY_JWT_TTL", 3600, integer, minimum=60, maximum=86400 * 7)
+    jwt_ttl: int = setting("RELAY_JWT_TTL", 3600, integer, minimum=60, maximum=LONGEST_JWT_TTL)
     # Never empty: PyJWT takes an empty `aud` for none, so every token relay issued
     # would come back refused (401); an empty issuer names no one.
     jwt_issuer: str = setting("RELAY_JWT_ISSUER", "relay", not_empty("relay"))

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from relay.services.tokens import LONGEST_TTL
+from relay.config import LONGEST_JWT_TTL
 from tests.api_calls import bearer
 from tests.conftest import JWT_SECRET
 from tests.test_bearer_refusals import assert_refused, caller, claims_for  # noqa: F401
@@ -32,7 +32,7 @@ NOW = int(time.time())
         {"nbf": str(NOW)},
         {"nbf": -(2**64)},
         # Longer-lived than any token relay issues (RELAY_JWT_TTL is at most a week).
-        {"exp": NOW + LONGEST_TTL + 3600},
+        {"exp": NOW + LONGEST_JWT_TTL + 3600},
         {"iat": 0},
     ],
     ids=[
@@ -65,7 +65,7 @@ async def test_a_signed_token_with_impossible_dates_is_refused(http, caller, cha
         {},
         {"nbf": NOW - 5},
         {"iat": NOW + 0.5, "exp": NOW + 600.25, "nbf": float(NOW)},
-        {"exp": NOW + LONGEST_TTL},
+        {"exp": NOW + LONGEST_JWT_TTL},
     ],
     ids=["as-issued", "nbf", "fractional", "a-week"],
 )

@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 
+from relay.config import LONGEST_JWT_TTL
 from relay.errors import AuthenticationError
 from relay.stores.clients import Client
 
@@ -19,9 +20,8 @@ _MAX_REMEMBERED = 50_000
 # expire earlier there than where it was issued.
 CLOCK_SKEW_SECONDS = 30
 _REQUIRED = ["sub", "iat", "exp", "jti", "iss", "aud", "key_version"]
-# No token relay issues lives longer than RELAY_JWT_TTL's maximum, a week; one
-# claiming to (exp beyond 2**64 broke /v1/me's JSON) is refused like a forged one.
-LONGEST_TTL = 7 * 86400
+# No token relay issues lives longer than RELAY_JWT_TTL's maximum (LONGEST_JWT_TTL);
+# one claiming to (exp beyond 2**64 broke /v1/me's JSON) is refused like a forged one.
 _DATES = ("iat", "exp", "nbf")
 
 
@@ -130,7 +130,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
         value = payload.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
             raise ValueError(name)
-    if payload["exp"] - payload["iat"] > LONGEST_TTL + CLOCK_SKEW_SECONDS:
+    if payload["exp"] - payload["iat"] > LONGEST_JWT_TTL + CLOCK_SKEW_SECONDS:
         raise ValueError("exp")
     return Claims(
         client_id=str(payload["sub"]),
