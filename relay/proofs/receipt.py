@@ -40,8 +40,10 @@ RECEIPT_SCHEMA: dict[str, tuple[type, ...]] = {
 SIGNED_FIELDS = tuple(RECEIPT_SCHEMA)
 _SIGNED_SET = frozenset(SIGNED_FIELDS)
 RECEIPT_FIELDS = (*SIGNED_FIELDS, "signature")
-# complete: the client got the whole answer; cut: the provider broke off;
-# cancelled: the client left; failed: the provider refused or was unreachable.
+# How an answer ended (relay.services.answers.Answer.status): complete, the client
+# got the whole answer; cut, the provider broke off; cancelled, the client left
+# while the answer was still going well; failed, the provider refused, failed it
+# (an error event) or was unreachable (Answer.client_left).
 RECEIPT_STATUSES = ("complete", "cut", "cancelled", "failed")
 HASH_FIELDS = ("request_sha256", "forwarded_sha256", "response_sha256", "prev_receipt_sha256")
 

@@ -20,11 +20,6 @@ from relay.upstreams.routing import Route
 
 log = logging.getLogger(__name__)
 
-# complete: the client got the whole answer; cut: the provider broke off;
-# cancelled: the client left while the answer was still going well; failed: the
-# provider refused, failed it (an error event) or was unreachable (Answer.client_left).
-STATUSES = ("complete", "cut", "cancelled", "failed")
-
 CommitHook = Callable[["Answer"], Awaitable[None]]
 AfterHook = Callable[["Answer"], None]
 
@@ -53,7 +48,7 @@ class Answer:
     # when the answer commits (erased meanwhile, the answer fails; it is not revived).
     continues_conversation: bool = False
     receipt_id: str = field(default_factory=uuid7_hex)
-    status: str = "complete"
+    status: str = "complete"  # one of relay.proofs.receipt.RECEIPT_STATUSES
     summary: CompletionSummary = field(default_factory=CompletionSummary)
     response_sha256: str = ""  # the exact bytes the client receives, its final event included
     response_bytes: int = 0
