@@ -157,7 +157,7 @@ class Settings:
     force_https: bool = setting("RELAY_FORCE_HTTPS", False, flag)
     cors_origins: tuple[str, ...] = setting("RELAY_CORS_ORIGINS", (), origins)
     metrics_token: Secret = setting("RELAY_METRICS_TOKEN", Secret(""), Secret, file=True)
-    drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, number, minimum=0)
+    drain_timeout: float = setting("RELAY_DRAIN_TIMEOUT", 30.0, number, minimum=0, maximum=3600)
     # The longest relay reads one provider answer (relay.upstreams.reply).
     max_answer_seconds: float = setting(
         "RELAY_MAX_ANSWER_SECONDS", 3600.0, number, minimum=1, maximum=7 * 86400
@@ -176,7 +176,10 @@ class Settings:
     # POST /v1/chat: the model when none is named ("" = the first configured),
     # and how many characters of stored conversation go to the provider.
     default_model: str = setting("RELAY_DEFAULT_MODEL", "")
-    chat_context_chars: int = setting("RELAY_CHAT_CONTEXT_CHARS", 24_000, integer, minimum=0)
+    # Up to about a million tokens: past any model's context window.
+    chat_context_chars: int = setting(
+        "RELAY_CHAT_CONTEXT_CHARS", 24_000, integer, minimum=0, maximum=4_194_304
+    )
     # Parsed in from_env (it may name variables holding provider keys): see relay.upstreams.config.
     # Empty in settings loaded without provider keys, whatever RELAY_UPSTREAMS says.
     upstreams: tuple[Upstream, ...] = setting("RELAY_UPSTREAMS", (), None)

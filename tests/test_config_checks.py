@@ -117,6 +117,8 @@ def test_a_global_rate_limit_of_zero_is_refused_saying_how_to_turn_limits_off(na
         ("RELAY_DATABASE_TIMEOUT", "300", "5000"),
         ("RELAY_MAX_BODY_BYTES", str(64 * 1024 * 1024), str(64 * 1024 * 1024 + 1)),
         ("RELAY_DATABASE_POOL_SIZE", "1000", "1001"),
+        ("RELAY_DRAIN_TIMEOUT", "3600", "86400"),
+        ("RELAY_CHAT_CONTEXT_CHARS", "4194304", "10000000000"),
     ],
 )
 def test_values_too_large_to_mean_anything_are_refused(name: str, largest: str, too_large: str):
