@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -222,13 +223,22 @@ def test_multi_line_data_is_joined_with_newlines() -> None:
     assert (observer.text, observer.event_count, observer.malformed_events) == ("two lines", 1, 0)
 
 
-def test_malformed_events_are_counted_and_reading_goes_on() -> None:
-    bad = b'data: {"choices": [\n\ndata: not json\n\ndata: 42\n\ndata:\n\ndata: [1, 2]\n\n'
+@pytest.mark.parametrize(
+    ("bad", "count", "error"),
+    [
+        (b"data: 42\n\ndata: [1, 2]\n\n", 2, None),
+        # No JSON at all: the client's parser raises on it, its words are lost to history.
+        (b'data: {"choices": [\n\ndata: not json\n\ndata:\n\n', 3, "upstream_malformed"),
+    ],
+    ids=["not an object", "not JSON"],
+)
+def test_malformed_events_are_counted_and_reading_goes_on(bad, count, error) -> None:
     cut = STREAM.index(b"data:", 10)
     observer = observe(STREAM[:cut] + bad + STREAM[cut:])
-    assert observer.malformed_events == 5
-    assert observer.event_count == WHOLE.event_count + 5
-    assert observer.summary() == WHOLE.summary()
+    assert observer.malformed_events == count
+    assert observer.event_count == WHOLE.event_count + count
+    assert (observer.error or {}).get("code") == error
+    assert observer.summary() == replace(WHOLE.summary(), error=observer.error)
 
 
 @pytest.mark.parametrize(

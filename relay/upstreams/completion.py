@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -19,11 +21,16 @@ def estimated_tokens(size: int) -> int:
 
 
 def text_bytes(text: str) -> int:
-    """`text`'s UTF-8 length; an ASCII string (the usual one) is not encoded to learn it."""
-    return len(text) if text.isascii() else len(text.encode())
+    """`text`'s UTF-8 length; an ASCII string (the usual one) is not encoded to learn it.
+    A lone surrogate (surrogate_json) counts the 3 bytes of the U+FFFD it is kept as."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
+
+# A JSON escape of a UTF-16 surrogate, `\ud83d`.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_JSON = TypeVar("_JSON")
 
 _MALFORMED_BODY = {
     "message": "the upstream answer is not a chat completion object",
@@ -121,13 +128,51 @@ def listed_error(body: object) -> dict[str, Any] | None:
     return None
 
 
+def surrogate_json(data: bytes | memoryview) -> object:
+    """JSON orjson refused, read by the standard library if it escapes a UTF-16 surrogate
+    (`"\\ud83d"`); None if it is no JSON even so. RFC 8259's grammar allows a surrogate
+    escaped alone, and the clients' parsers (Python's, JavaScript's) read it: a server
+    cutting strings by UTF-16 length (a Node proxy, say) splits an emoji's pair across
+    two chunks so. Its strings may hold surrogates, which no UTF-8 text (PostgreSQL's,
+    orjson's) can: well_formed makes them whole. Only the escape sends a body here, so
+    JSON orjson refuses for any other reason (NaN, nesting past 1024) stays refused."""
+    if _SURROGATE_ESCAPE.search(data) is None:
+        return None
+    try:
+        return json.loads(str(data, "utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def well_formed(value: _JSON) -> _JSON:
+    """`value` (a string, or JSON lists and objects at any depth) with every string as
+    UTF-8 can hold it: surrogate pairs joined, a lone half replaced by U+FFFD, as the
+    client's parser shows it. A copy: its other values are as they were."""
+    root: list[Any] = [value]
+    # A loop, not recursion: surrogate_json reads JSON as deep as the stack allows.
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        holder, key = stack.pop()
+        item = holder[key]
+        if isinstance(item, str):
+            holder[key] = item.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        elif isinstance(item, dict):
+            holder[key] = fields = {well_formed(str(name)): field for name, field in item.items()}
+            stack.extend((fields, name) for name in fields)
+        elif isinstance(item, list):
+            holder[key] = items = list(item)
+            stack.extend((items, index) for index in range(len(items)))
+    return root[0]
+
+
 def error_field_object(value: bytes) -> dict[str, Any]:
     """The error of llama.cpp's `error:` SSE field (its value: JSON, or words), as the
     object of OpenAI's `{"error": …}`."""
-    try:
-        error = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        error = None
+    error = provider_json(value)
     if isinstance(error, dict):
         return error
     words = value.decode(errors="replace").strip()
@@ -162,6 +207,10 @@ class CompletionAccumulator:
     and non-streamed answers are summarised by the same rules. Choice 0 is the answer;
     `generated_bytes` counts what every choice generated, as it arrives.
 
+    `surrogates` tells that an object surrogate_json read was taken in: its strings are
+    kept as read, so that a pair split across two chunks joins up, and made whole
+    (well_formed) as the answer is put together. orjson's never hold one.
+
     `choices` is how many the request asked for (its `n`): `all_finished` tells every
     one has its finish_reason, a plain attribute moved only by a finish_reason, as a
     pipe asks after every read. `generated_bytes` past `finished_bytes` tells the
@@ -184,6 +233,7 @@ class CompletionAccumulator:
         # generated_bytes once every choice had finished: more since is words after the
         # end (some providers send a finish_reason with every chunk).
         self.finished_bytes = 0
+        self.surrogates = False
 
     def apply(self, obj: dict[str, Any]) -> None:
         """Take in one `chat.completion` or `chat.completion.chunk` object (or an error)."""
@@ -198,6 +248,8 @@ class CompletionAccumulator:
             error := error_object(obj)
         ) is not None:
             self.error = error if isinstance(error, dict) else {"message": str(error)}
+            if self.surrogates:
+                self.error = well_formed(self.error)
         # The usage chunk carries `"choices": []` (or null); other chunks carry `"usage": null`.
         if isinstance(usage := obj.get("usage"), dict):
             self.usage = usage
@@ -223,7 +275,11 @@ class CompletionAccumulator:
             if content:
                 state.text.append(content)
                 # text_bytes, inline: this runs for every streamed token.
-                self.generated_bytes += len(content) if content.isascii() else len(content.encode())
+                self.generated_bytes += (
+                    len(content)
+                    if content.isascii()
+                    else len(content.encode("utf-8", "surrogatepass"))
+                )
                 if self.first_content_at is None:
                     self.first_content_at = time.monotonic()
             # The usual delta holds its content alone: nothing else to look for. Inline,
@@ -284,9 +340,19 @@ class CompletionAccumulator:
             size += entry.merge(call)
         return size
 
+    def read_again(self, data: bytes) -> object:
+        """An object orjson refused, read by surrogate_json (None if no JSON even so)."""
+        obj = surrogate_json(data)
+        if obj is not None:
+            self.surrogates = True
+        return obj
+
+    def _whole(self, value: _JSON) -> _JSON:
+        return well_formed(value) if self.surrogates else value
+
     def choice_text(self, index: int) -> str:
         state = self._choices.get(index)
-        return "".join(state.text) if state else ""
+        return self._whole("".join(state.text)) if state else ""
 
     @property
     def text(self) -> str:
@@ -295,7 +361,7 @@ class CompletionAccumulator:
     @property
     def refusal(self) -> str:
         state = self._choices.get(0)
-        return "".join(state.refusal) if state else ""
+        return self._whole("".join(state.refusal)) if state else ""
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -303,17 +369,18 @@ class CompletionAccumulator:
         if not state:
             return []
         # A stable sort: calls sharing an index keep the order they began in.
-        return [call.as_dict() for _, call in sorted(state.calls, key=lambda item: item[0])]
+        calls = [call.as_dict() for _, call in sorted(state.calls, key=lambda item: item[0])]
+        return self._whole(calls)
 
     def summary(self) -> CompletionSummary:
         return CompletionSummary(
             text=self.text,
-            finish_reason=self.finish_reason,
-            usage=self.usage,
+            finish_reason=self._whole(self.finish_reason),
+            usage=self._whole(self.usage),
             tool_calls=self.tool_calls,
             refusal=self.refusal,
-            model=self.model,
-            response_id=self.response_id,
+            model=self._whole(self.model),
+            response_id=self._whole(self.response_id),
             error=self.error,
             generated_bytes=self.generated_bytes,
         )
@@ -321,11 +388,13 @@ class CompletionAccumulator:
 
 def provider_json(body: bytes) -> object:
     """A provider's JSON body, parsed; None if it is none. A UTF-8 BOM opening it (some
-    servers write one; orjson refuses it) is skipped, as JSON parsers may (RFC 8259)."""
+    servers write one; orjson refuses it) is skipped, as JSON parsers may (RFC 8259).
+    One with surrogate escapes is read too (surrogate_json), its strings made whole."""
+    data = memoryview(body)[len(BOM) :] if body.startswith(BOM) else body
     try:
-        return orjson.loads(memoryview(body)[len(BOM) :] if body.startswith(BOM) else body)
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return None
+        return well_formed(surrogate_json(data))
 
 
 def summarize_completion(body: bytes) -> CompletionSummary:

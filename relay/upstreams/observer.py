@@ -18,6 +18,12 @@ from relay.upstreams.completion import (
 from relay.upstreams.reply import MAX_RESPONSE_BYTES
 from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
 
+_UNREADABLE_EVENT = {
+    "message": "it sent an event that is not JSON.",
+    "type": "upstream_error",
+    "code": "upstream_malformed",
+}
+
 __all__ = ["CompletionSummary", "StreamObserver", "oversize_error", "summarize_completion"]
 
 
@@ -97,7 +103,8 @@ class StreamObserver(CompletionAccumulator):
             try:
                 obj = orjson.loads(unended)
             except orjson.JSONDecodeError:
-                return  # it stopped within an event: that event is lost
+                if (obj := self.read_again(unended)) is None:
+                    return  # it stopped within an event: that event is lost
             self.event_count += 1
             if isinstance(obj, dict) or (obj := listed_error(obj)) is not None:
                 self.apply(obj)
@@ -110,12 +117,24 @@ class StreamObserver(CompletionAccumulator):
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            obj = None
+            # Only when orjson refused it: the usual event pays for one parser alone.
+            if (obj := self.read_again(payload)) is None:
+                self._unreadable()
+                return
         # A malformed event is counted, not raised: the client still gets every byte.
         if isinstance(obj, dict) or (obj := listed_error(obj)) is not None:
             self.apply(obj)
         else:
             self.malformed_events += 1
+
+    def _unreadable(self) -> None:
+        """An event that is no JSON at all: the client gets it as sent, but its parser
+        (OpenAI's SDKs', JSON.parse) raises on it, and whatever it held is lost to
+        history. So the answer is no complete one: it failed, as if the provider had said
+        so in an error event (unless it already did)."""
+        self.malformed_events += 1
+        if self.error is None:
+            self.error = dict(_UNREADABLE_EVENT)
 
     def _on_error_field(self, value: bytes) -> None:
         # llama.cpp's `error: {"code": 500, "message": …, "type": …}`: the answer failed.
