@@ -15,7 +15,7 @@ from aiohttp import web
 
 from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.observer import StreamObserver, summarize_completion
-from tests.api_calls import bearer, client_with_token
+from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import stored_messages
 from tests.scripted_provider import play, sent
 from tests.test_chat_native import sse_events
@@ -161,6 +161,15 @@ async def test_on_relays_own_chat_an_unreadable_event_ends_with_an_error(relay, 
     name, data = sse_events(await response.read())[-1]
     assert name == "error" and "not JSON" in data["error"]["message"]
     assert await answer_rows(database_url, client_id) == [("Hel", "failed")]
+
+
+async def test_a_request_escaping_a_lone_surrogate_is_refused_for_that(relay):
+    http, _, token = relay
+    body = b'{"model": "split", "messages": [{"role": "user", "content": "a \\ud83d"}]}'
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    response = await http.post("/v1/chat/completions", data=body, headers=headers)
+    error = await assert_error(response, 400)
+    assert "surrogate" in error["message"]
 
 
 def observed(*chunks: bytes, observer: StreamObserver | None = None) -> StreamObserver:

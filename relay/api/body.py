@@ -20,6 +20,7 @@ from relay.errors import (
     UnsupportedMediaTypeError,
     UnsupportedTransferCodingError,
 )
+from relay.upstreams.completion import surrogate_json
 
 # Time for a whole request body once its headers are in: 4 MB over a poor
 # mobile link takes well under this.
@@ -112,6 +113,13 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
+        # JSON's grammar allows a surrogate escaped alone, but no UTF-8 text (history's)
+        # can hold one: the body is refused for what it is, not as no JSON.
+        if surrogate_json(body) is not None:
+            raise InvalidRequestError(
+                "The request body escapes half of a UTF-16 surrogate pair without the other"
+                ' (such as "\\ud83d"), which relay cannot store: send whole characters.'
+            ) from None
         raise InvalidRequestError("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
