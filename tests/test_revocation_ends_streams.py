@@ -112,25 +112,41 @@ async def test_a_stream_of_a_client_whose_name_changed_goes_on(make_client, sett
     assert simulator.state.streams_disconnected == 0
 
 
-async def test_a_stream_opening_after_its_client_was_disabled_ends_too(
-    make_client, settings, simulator
+WHOLE_OR_WAITING = pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-sim", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-sim", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        ),
+        ("/v1/chat", {"model": "gpt-sim", "message": "x"}),
+    ],
+    ids=["whole answer", "stream before its first byte", "relay's own chat, whole"],
+)
+
+
+@WHOLE_OR_WAITING
+async def test_an_answer_awaited_when_its_client_is_disabled_ends_with_token_revoked(
+    make_client, settings, simulator, database_url, path, body
 ):
-    # Admitted while the client was active; disabled while relay waited for the
-    # provider's first byte; the stream opens after the notice was handled.
-    simulator.config.first_byte_delay = 1.0
-    simulator.config.tokens = 2000
-    simulator.config.token_delay = 0.02
+    # Admitted while the client was active; disabled while relay waits for the
+    # provider (which would answer only after 30 s).
+    simulator.config.first_byte_delay = 30.0
     a, b = await make_client(settings), await make_client(settings)
     client, token = await client_with_token(a)
-    body = {"model": "gpt-sim", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-    request = asyncio.create_task(b.post("/v1/chat/completions", json=body, headers=bearer(token)))
+    request = asyncio.create_task(b.post(path, json=body, headers=bearer(token)))
     await asyncio.sleep(0.4)
     await revoke(a, client["id"], "disabled")
-    async with asyncio.timeout(PROMPTLY + 1):
+    async with asyncio.timeout(PROMPTLY):
         response = await request
-        raw = await response.content.read()
-    assert b"[DONE]" not in raw
-    assert orjson.loads(last_data(raw))["error"]["code"] == "token_revoked"
+    # What its next request would get, rather than an answer relay goes on paying for.
+    await assert_error(response, 401, "token_revoked")
+    await simulator.state.wait_for(lambda state: state.abandoned == 1, timeout=5)
+    assert await eventually_statuses(database_url, client["id"]) == ["failed"]
 
 
 async def test_a_client_disabled_while_no_notice_could_come_is_found_when_listening_again(

@@ -10,7 +10,7 @@ from aiohttp import web
 from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import json_response, parse_json_object, read_json_body
 from relay.api.conversation_header import bind_conversation
-from relay.api.drain import answered_before_restart
+from relay.api.drain import answered_before_restart, stream_holder
 from relay.appkeys import (
     ANSWER_HOOKS,
     CALLER,
@@ -20,7 +20,6 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
-from relay.drain import Holder
 from relay.errors import (
     CUT_SHORT,
     RelayError,
@@ -181,12 +180,6 @@ async def _relay_stream(
         await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
     await end_stream(response, observer, final, _abort_client(request))
     return response
-
-
-def stream_holder(request: web.Request) -> Holder:
-    """Whom the stream answers, to end it should that client be revoked."""
-    caller = request[CALLER]
-    return caller.client.id, caller.claims.key_version
 
 
 def _abort_client(request: web.Request) -> Callable[[], None]:

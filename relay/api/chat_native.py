@@ -9,10 +9,9 @@ import orjson
 from aiohttp import web
 
 from relay.api.answer_timing import elapsed_ms, note_stream_end
-from relay.api.chat import stream_holder
 from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
 from relay.api.chat_native_request import new_native_answer
-from relay.api.drain import answered_before_restart
+from relay.api.drain import answered_before_restart, stream_holder
 from relay.appkeys import (
     ANSWER_HOOKS,
     HISTORY,

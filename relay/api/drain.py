@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from relay.appkeys import FIRST_BYTE_AT, IN_FLIGHT
-from relay.drain import InFlight
+from relay.appkeys import CALLER, FIRST_BYTE_AT, IN_FLIGHT
+from relay.drain import Holder, InFlight
 from relay.errors import RestartingError
 from relay.services.answers import Answer
 
@@ -30,10 +30,18 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         response.force_close()
 
 
+def stream_holder(request: web.Request) -> Holder:
+    """Whom the answer is for, to end it should that client be revoked."""
+    caller = request[CALLER]
+    return caller.client.id, caller.claims.key_version
+
+
 @contextlib.contextmanager
 def answered_before_restart(request: web.Request, answer: Answer) -> Iterator[None]:
     """An answer still awaited when the drain's deadline passes, before its response
-    began, ends with a 503 its client can retry elsewhere, not a dropped connection.
+    began, ends with a 503 its client can retry elsewhere, not a dropped connection;
+    one whose client is revoked meanwhile (disabled, deleted, re-keyed) ends at once
+    with the 401 its next request would get, and its provider request is closed.
     (A stream already under way ends with an error event of its own.)
 
     One already queued for commit is let finish: it is written, receipt and all, as
@@ -41,18 +49,28 @@ def answered_before_restart(request: web.Request, answer: Answer) -> Iterator[No
     commit fail, the error saying so), not a 503 that would have it asked again."""
     task = asyncio.current_task()
     assert task is not None
+    gave_up = False
 
     def give_up() -> None:
-        if FIRST_BYTE_AT not in request and not answer.recorded:
+        nonlocal gave_up
+        if FIRST_BYTE_AT not in request and not answer.recorded and not gave_up:
+            gave_up = True
             task.cancel()
 
-    with request.app[IN_FLIGHT].watch(give_up) as deadline:
+    in_flight = request.app[IN_FLIGHT]
+    with (
+        in_flight.watch(give_up) as deadline,
+        in_flight.revocable(stream_holder(request), give_up) as revoked,
+    ):
         try:
             yield
         except asyncio.CancelledError:
             # Ours alone (the client may have left too): then it is relay's answer to give.
-            if deadline.is_set() and FIRST_BYTE_AT not in request and task.uncancel() == 0:
-                raise RestartingError() from None
+            if gave_up and task.uncancel() == 0:
+                if revoked.error is not None:
+                    raise revoked.error from None
+                if deadline.is_set():
+                    raise RestartingError() from None
             raise
 
 
