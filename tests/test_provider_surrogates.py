@@ -243,3 +243,25 @@ def test_what_no_client_parser_reads_stays_refused(body: bytes) -> None:
 def test_a_whole_answer_escaping_surrogates_is_summarised_whole() -> None:
     summary = summarize_completion(WHOLE)
     assert (summary.text, summary.error) == ("lone \ufffd here", None)
+
+
+def test_an_error_event_escaping_a_surrogate_still_has_relays_key_taken_out() -> None:
+    from relay.upstreams.config import Upstream
+    from relay.upstreams.rewording import reworded_events
+    from relay.upstreams.routing import Route
+
+    key = "sk-relays-own-provider-key-0123456789"
+    upstream = Upstream("p", "http://127.0.0.1:1/v1", {"m": "m"}, api_key=key)
+    message = f"Bad key {key} \ud83d"
+    events = b'data: {"error": {"message": ' + escaped(message) + b"}}\n\n"
+    reworded = reworded_events(events, Route("m", upstream, "m"))
+    assert key.encode() not in reworded
+    [payload] = [line[6:] for line in reworded.splitlines() if line.startswith(b"data: ")]
+    assert orjson.loads(payload)["error"]["message"] == "Bad key [redacted] \ufffd"
+
+
+def test_a_last_event_escaping_a_surrogate_is_whole_json_at_the_bodys_end() -> None:
+    from relay.upstreams.pipe import _whole_data
+
+    assert _whole_data(event(content="lone \ud83d").removesuffix(b"\n\n"))
+    assert not _whole_data(b'data: {"content": "cut sho')

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from relay.errors import RelayError
 from relay.metrics import UPSTREAM_ERRORS, labelled
+from relay.upstreams.completion import surrogate_json
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver, oversize_error
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
@@ -205,11 +206,12 @@ def _whole_data(event: bytes) -> bool:
     with no data (a comment) is whole too."""
     payloads: list[bytes] = []
     SSEDecoder(payloads.append).feed(event + b"\n\n")
-    try:
-        for payload in payloads:
+    for payload in payloads:
+        try:
             orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return False
+        except orjson.JSONDecodeError:
+            if surrogate_json(payload) is None:  # JSON escaping a surrogate alone is JSON
+                return False
     return True
 
 

@@ -156,10 +156,8 @@ def _reworded_event(event: bytes, route: Route) -> bytes | None:
         obj: object = {"error": error_field_object(errors[0])}
         reworded = reworded_json(obj, route, event=True) or orjson.dumps(obj)
     else:
-        try:
-            obj = orjson.loads(payloads[0]) if len(payloads) == 1 else None
-        except orjson.JSONDecodeError:
-            return None
+        # Surrogate escapes read too: an error holding one still has its secrets taken out.
+        obj = provider_json(payloads[0]) if len(payloads) == 1 else None
         if (found := reworded_json(obj, route, event=True)) is None:
             return None
         reworded = found
