@@ -20,7 +20,7 @@ from relay.errors import (
     UnsupportedMediaTypeError,
     UnsupportedTransferCodingError,
 )
-from relay.upstreams.completion import surrogate_json
+from relay.upstreams.provider_json import surrogate_json
 
 # Time for a whole request body once its headers are in: 4 MB over a poor
 # mobile link takes well under this.

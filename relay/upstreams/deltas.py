@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.upstreams.completion import answer_text, well_formed
+from relay.upstreams.completion import answer_text
 from relay.upstreams.observer import StreamObserver
+from relay.upstreams.provider_json import well_formed
 
 
 class DeltaObserver(StreamObserver):

@@ -18,7 +18,7 @@ from relay import __version__
 from relay.errors import NOT_RETRIED, RelayError, UpstreamError, UpstreamTimeoutError, error_body
 from relay.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS, labelled
 from relay.sockets import registered
-from relay.upstreams.completion import error_object, provider_json
+from relay.upstreams.provider_json import error_object, provider_json
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.rewording import provider_words
 from relay.upstreams.routing import Route

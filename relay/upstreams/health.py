@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 
 from relay.sockets import registered
-from relay.upstreams.completion import error_object, provider_json
 from relay.upstreams.config import Upstream
+from relay.upstreams.provider_json import error_object, provider_json
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,9 @@ from relay.errors import UpstreamError
 from relay.upstreams.completion import (
     CompletionAccumulator,
     CompletionSummary,
-    error_field_object,
-    listed_error,
     summarize_completion,
 )
+from relay.upstreams.provider_json import error_field_object, listed_error
 from relay.upstreams.reply import MAX_RESPONSE_BYTES
 from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
 

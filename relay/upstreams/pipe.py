@@ -12,9 +12,9 @@ from aiohttp import web
 
 from relay.errors import RelayError
 from relay.metrics import UPSTREAM_ERRORS, labelled
-from relay.upstreams.completion import surrogate_json
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver, oversize_error
+from relay.upstreams.provider_json import surrogate_json
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
 from relay.upstreams.rewording import reworded_events
 from relay.upstreams.routing import Route

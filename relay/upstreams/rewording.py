@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from relay.errors import UpstreamError, error_body
-from relay.upstreams.completion import (
+from relay.upstreams.provider_json import (
     BOM,
     error_field_object,
     error_object,

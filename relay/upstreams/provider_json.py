@@ -1,0 +1,102 @@
+"""Reading a provider's JSON as its clients' parsers read it: a UTF-8 BOM opening a
+body, UTF-16 surrogates escaped alone, and the error each shape of answer carries
+(OpenAI's, Gemini's list, vLLM's bare object, llama.cpp's `error:` field)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+import orjson
+
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
+
+# A JSON escape of a UTF-16 surrogate, `\ud83d`.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_JSON = TypeVar("_JSON")
+
+
+def provider_json(body: bytes) -> object:
+    """A provider's JSON body, parsed; None if it is none. A UTF-8 BOM opening it (some
+    servers write one; orjson refuses it) is skipped, as JSON parsers may (RFC 8259).
+    One with surrogate escapes is read too (surrogate_json), its strings made whole."""
+    data = memoryview(body)[len(BOM) :] if body.startswith(BOM) else body
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return well_formed(surrogate_json(data))
+
+
+def error_object(body: object) -> object:
+    """The error a provider's JSON (a whole answer, a refusal or a stream's event) carries:
+    OpenAI's `{"error": …}`, Gemini's `[{"error": …}]` (that one object in a list), or
+    vLLM's bare `{"object": "error", "message": …}` (the object itself); None if it
+    carries none. The one rule, wherever relay reads a provider's JSON."""
+    if not isinstance(body, dict):
+        listed = listed_error(body)
+        return None if listed is None else listed["error"]
+    if "error" in body:
+        return body["error"]
+    return body if body.get("object") == "error" else None
+
+
+def listed_error(body: object) -> dict[str, Any] | None:
+    """Gemini's error, `[{"error": …}]`: the one object the list holds; None for any
+    other JSON."""
+    if isinstance(body, list) and len(body) == 1:
+        item = body[0]
+        if isinstance(item, dict) and "error" in item:
+            return item
+    return None
+
+
+def surrogate_json(data: bytes | memoryview) -> object:
+    """JSON orjson refused, read by the standard library if it escapes a UTF-16 surrogate
+    (`"\\ud83d"`); None if it is no JSON even so. RFC 8259's grammar allows a surrogate
+    escaped alone, and the clients' parsers (Python's, JavaScript's) read it: a server
+    cutting strings by UTF-16 length (a Node proxy, say) splits an emoji's pair across
+    two chunks so. Its strings may hold surrogates, which no UTF-8 text (PostgreSQL's,
+    orjson's) can: well_formed makes them whole. Only the escape sends a body here, so
+    JSON orjson refuses for any other reason (NaN, nesting past 1024) stays refused."""
+    if _SURROGATE_ESCAPE.search(data) is None:
+        return None
+    try:
+        return json.loads(str(data, "utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def well_formed(value: _JSON) -> _JSON:
+    """`value` (a string, or JSON lists and objects at any depth) with every string as
+    UTF-8 can hold it: surrogate pairs joined, a lone half replaced by U+FFFD, as the
+    client's parser shows it. A copy: its other values are as they were."""
+    root: list[Any] = [value]
+    # A loop, not recursion: surrogate_json reads JSON as deep as the stack allows.
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        holder, key = stack.pop()
+        item = holder[key]
+        if isinstance(item, str):
+            holder[key] = item.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        elif isinstance(item, dict):
+            holder[key] = fields = {well_formed(str(name)): field for name, field in item.items()}
+            stack.extend((fields, name) for name in fields)
+        elif isinstance(item, list):
+            holder[key] = items = list(item)
+            stack.extend((items, index) for index in range(len(items)))
+    return root[0]
+
+
+def error_field_object(value: bytes) -> dict[str, Any]:
+    """The error of llama.cpp's `error:` SSE field (its value: JSON, or words), as the
+    object of OpenAI's `{"error": …}`."""
+    error = provider_json(value)
+    if isinstance(error, dict):
+        return error
+    words = value.decode(errors="replace").strip()
+    return {"message": words or "The provider failed.", "type": "server_error"}
