@@ -226,12 +226,12 @@ def test_a_pair_split_across_deltas_goes_out_whole_and_a_lone_half_last_too() ->
 @pytest.mark.parametrize(
     "body",
     [
-        b'{"choices": [], "usage": {"n": NaN}, "x": "\\ud83d"}',
+        b'{"choices": [], "usage": {"n": NaM}, "x": "\\ud83d"}',
         b'{"x": "\\ud83d"',
         '{"x": "\ud83d"}'.encode("utf-8", "surrogatepass"),
         b"[" * 1100 + b'"\\ud83d"' + b"]" * 1100,
     ],
-    ids=["NaN", "cut", "encoded surrogate", "deep"],
+    ids=["no constant", "cut", "encoded surrogate", "deep"],
 )
 def test_what_no_client_parser_reads_stays_refused(body: bytes) -> None:
     summary = summarize_completion(body)
@@ -265,3 +265,15 @@ def test_a_last_event_escaping_a_surrogate_is_whole_json_at_the_bodys_end() -> N
 
     assert _whole_data(event(content="lone \ud83d").removesuffix(b"\n\n"))
     assert not _whole_data(b'data: {"content": "cut sho')
+
+
+def test_nan_and_infinity_as_pythons_json_writes_them_are_read_as_null() -> None:
+    """OpenAI's Python SDK reads them (a token's logprob of -Infinity, from a server on
+    Python's json.dumps): the answer is as whole as its client sees it."""
+    logprob = b'"logprobs":{"content":[{"token":"lo","logprob":-Infinity}]}'
+    chunk = b'data: {"choices":[{"index":0,"delta":{"content":"lo"},' + logprob + b"}]}\n\n"
+    observer = observed(event(content="Hel") + chunk + FINISH + DONE)
+    summary = observer.summary()
+    assert (summary.text, summary.error, observer.malformed_events) == ("Hello", None, 0)
+    whole = WHOLE.replace(b'"usage":{', b'"usage":{"cost":NaN,')
+    assert summarize_completion(whole).error is None

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 from relay.upstreams.provider_json import (
     error_object,
+    lenient_json,
     listed_error,
     provider_json,
-    surrogate_json,
     well_formed,
 )
 
@@ -133,7 +133,7 @@ class CompletionAccumulator:
     and non-streamed answers are summarised by the same rules. Choice 0 is the answer;
     `generated_bytes` counts what every choice generated, as it arrives.
 
-    `surrogates` tells that an object surrogate_json read was taken in: its strings are
+    `surrogates` tells that an object lenient_json read was taken in: its strings are
     kept as read, so that a pair split across two chunks joins up, and made whole
     (well_formed) as the answer is put together. orjson's never hold one.
 
@@ -267,8 +267,8 @@ class CompletionAccumulator:
         return size
 
     def read_again(self, data: bytes) -> object:
-        """An object orjson refused, read by surrogate_json (None if no JSON even so)."""
-        obj = surrogate_json(data)
+        """An object orjson refused, read by lenient_json (None if no JSON even so)."""
+        obj = lenient_json(data)
         if obj is not None:
             self.surrogates = True
         return obj

@@ -14,7 +14,7 @@ from relay.errors import RelayError
 from relay.metrics import UPSTREAM_ERRORS, labelled
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver, oversize_error
-from relay.upstreams.provider_json import surrogate_json
+from relay.upstreams.provider_json import lenient_json
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
 from relay.upstreams.rewording import reworded_events
 from relay.upstreams.routing import Route
@@ -210,7 +210,7 @@ def _whole_data(event: bytes) -> bool:
         try:
             orjson.loads(payload)
         except orjson.JSONDecodeError:
-            if surrogate_json(payload) is None:  # JSON escaping a surrogate alone is JSON
+            if lenient_json(payload) is None:  # as OpenAI's Python SDK reads it
                 return False
     return True
 

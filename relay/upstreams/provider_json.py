@@ -14,18 +14,20 @@ BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 
 # A JSON escape of a UTF-16 surrogate, `\ud83d`.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Python's json.dumps writes these for floats JSON has no word for.
+_CONSTANT = re.compile(rb"NaN|Infinity")
 _JSON = TypeVar("_JSON")
 
 
 def provider_json(body: bytes) -> object:
     """A provider's JSON body, parsed; None if it is none. A UTF-8 BOM opening it (some
     servers write one; orjson refuses it) is skipped, as JSON parsers may (RFC 8259).
-    One with surrogate escapes is read too (surrogate_json), its strings made whole."""
+    One with surrogate escapes or NaN is read too (lenient_json), its strings made whole."""
     data = memoryview(body)[len(BOM) :] if body.startswith(BOM) else body
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return well_formed(surrogate_json(data))
+        return well_formed(lenient_json(data))
 
 
 def error_object(body: object) -> object:
@@ -69,6 +71,23 @@ def surrogate_json(data: bytes | memoryview) -> object:
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
+
+
+def lenient_json(data: bytes | memoryview) -> object:
+    """JSON orjson refused that Python's parser reads, as OpenAI's Python SDK does: its
+    surrogate escapes (surrogate_json), and the NaN and ±Infinity that Python's
+    json.dumps writes (a token's logprob of -Infinity), read as null. None if no JSON
+    even so. A provider's answers and events are read so; a client's request is not."""
+    if _CONSTANT.search(data) is None:
+        return surrogate_json(data)
+    try:
+        return json.loads(str(data, "utf-8"), parse_constant=_as_null)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _as_null(name: str) -> None:
+    return None
 
 
 def well_formed(value: _JSON) -> _JSON:
