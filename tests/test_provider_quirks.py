@@ -261,3 +261,30 @@ async def test_a_refusal_opening_with_a_bom_reaches_the_client_in_its_words(rela
     response = await ask(http, token, "bom-refusal", stream=stream)
     error = await assert_error(response, 400)
     assert error["message"] == "Bad tools"
+
+
+async def test_a_provider_going_on_after_its_finish_is_cut_at_the_longest_answer(
+    make_client, make_settings, provider_upstream, database_url
+):
+    """A finish_reason with every chunk says nothing of the end: an answer still coming
+    when RELAY_MAX_ANSWER_SECONDS passes is cut, as any other is."""
+    script = [chunk("a", "stop"), chunk("b", "stop")]
+    script += [piece for n in range(20) for piece in (0.2, chunk(f"w{n} ", "stop"))]
+    ended = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return await play(request, [*script, DONE], ended)
+
+    upstream = await provider_upstream(chat, "long", models={"m": "m"}, timeout_s=TIMEOUT)
+    settings = make_settings(upstreams=(upstream,), rate_limits=False, max_answer_seconds=1.5)
+    http = await make_client(settings)
+    client, token = await client_with_token(http)
+    try:
+        response = await ask(http, token, "m", stream=True)
+        raw = await response.read()
+    finally:
+        ended.set()
+    assert b"answer_too_long" in raw and DONE not in raw
+    [(_, status)] = await answer_rows(database_url, client["id"])
+    assert status == "cut"

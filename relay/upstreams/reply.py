@@ -114,9 +114,10 @@ class ProviderReply:
         try:
             return await self._content.readany()
         except aiohttp.ClientError:
-            if (self.expired or self.overran) and self._finished:
+            if self._finished and (self.expired or (self.overran and not self._went_on)):
                 # Silent (or past the longest answer) after it ended the answer: the end
-                # (see `follow`).
+                # (see `follow`). One that went on after its finish was still answering:
+                # the longest answer cuts it.
                 return b""
             if self.expired:
                 raise TimeoutError("the provider stopped sending") from None
