@@ -162,8 +162,8 @@ async def test_a_conversation_header_given_twice_with_different_ids_is_refused(h
         error = await assert_error(response, 400)
         assert error["param"] == CONVERSATION
     assert len(simulator.state.requests) == sent
-    # The same id twice (a proxy repeating it) names one conversation.
-    headers = [*bearer(token).items(), (CONVERSATION, mine), (CONVERSATION, mine)]
+    # The same id twice (a proxy repeating it, in another case) names one conversation.
+    headers = [*bearer(token).items(), (CONVERSATION, mine), (CONVERSATION, mine.upper())]
     body = {"model": "gpt-sim", "messages": [{"role": "user", "content": "Hi"}]}
     response = await http.post("/v1/chat/completions", json=body, headers=headers)
     assert response.headers[CONVERSATION] == mine

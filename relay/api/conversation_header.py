@@ -7,6 +7,7 @@ from aiohttp import web
 from relay.appkeys import HISTORY
 from relay.errors import InvalidRequestError
 from relay.services.answers import Answer
+from relay.services.history import canonical_conversation_id
 
 CONVERSATION_HEADER = "Relay-Conversation-Id"
 
@@ -15,13 +16,14 @@ def named_conversation(request: web.Request) -> str:
     """The conversation the request's header names ("" when none). Given twice with
     different values it is refused: taking either would file the answer in a
     conversation the client may not have meant (a proxy that appends the header)."""
-    named = {value.strip() for value in request.headers.getall(CONVERSATION_HEADER, ())}
-    if len(named) > 1:
+    values = [value.strip() for value in request.headers.getall(CONVERSATION_HEADER, ())]
+    # Two spellings of one id (its letters' case, braces) name one conversation.
+    if len(values) > 1 and len({canonical_conversation_id(v) or v for v in values}) > 1:
         raise InvalidRequestError(
-            f"{CONVERSATION_HEADER} was given {len(named)} different values; give it once.",
+            f"{CONVERSATION_HEADER} was given {len(values)} different values; give it once.",
             param=CONVERSATION_HEADER,
         )
-    return named.pop() if named else ""
+    return values[0] if values else ""
 
 
 async def bind_conversation(request: web.Request, answer: Answer) -> None:

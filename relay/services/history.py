@@ -110,14 +110,21 @@ def _page(rows: list[dict[str, Any]], more: bool, seq: int) -> Page:
     return Page([public_message(row) for row in rows], history_cursor(next_seq), more)
 
 
-def conversation_id_or_404(text: str) -> str:
-    """A well-formed conversation id; anything else cannot name one of the caller's."""
+def canonical_conversation_id(text: str) -> str | None:
+    """A conversation id as relay writes it (a uuid in lower case, dashed), however it
+    was spelt; None if it is no uuid."""
     try:
         return str(uuid.UUID(text))
     except ValueError:
-        raise NotFoundError(
-            "No conversation with that id.", code="conversation_not_found"
-        ) from None
+        return None
+
+
+def conversation_id_or_404(text: str) -> str:
+    """A well-formed conversation id; anything else cannot name one of the caller's."""
+    checked = canonical_conversation_id(text)
+    if checked is None:
+        raise NotFoundError("No conversation with that id.", code="conversation_not_found")
+    return checked
 
 
 def public_message(row: dict[str, Any]) -> dict[str, Any]:
