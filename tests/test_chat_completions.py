@@ -145,6 +145,7 @@ async def test_a_body_forwarded_as_sent_cannot_name_the_model_twice(http, simula
     [
         b'"store":false,"store":true',  # kept, or not?
         b'"stream":false,"stream":true',
+        b'"n":1,"n":2',  # relay waits for as many choices as it reads
         b'"messages":[{"role":"user","content":"one"}],"messages":[{"role":"user","content":"b"}]',
     ],
 )

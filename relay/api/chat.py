@@ -74,7 +74,7 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         stream=chat.stream,
         request=data,
         request_body=body,
-        forwarded_body=forwarded_body(body, route),
+        forwarded_body=forwarded_body(body, data, route),
         store=chat.store and caller.client.store_history,
     )
     if answer.store:

@@ -13,10 +13,10 @@ from relay.api.conversation_header import CONVERSATION_HEADER, named_conversatio
 from relay.appkeys import CALLER, HISTORY, REQUEST_ID, ROUTER, SETTINGS
 from relay.errors import InvalidRequestError, PermissionDeniedError
 from relay.services.answers import Answer
-from relay.services.chat import refuse_duplicate_keys
+from relay.services.chat import quoted_keys, refuse_duplicate_keys
 from relay.services.history import conversation_id_or_404
 from relay.services.native_chat import (
-    FIELD_KEYS,
+    NATIVE_FIELDS,
     NativeChat,
     chat_messages,
     check_native_chat,
@@ -32,8 +32,10 @@ async def new_native_answer(request: web.Request) -> Answer:
     """Check the request, load the conversation's context, build the provider request."""
     caller, app = request[CALLER], request.app
     body = await read_json_body(request)
-    chat = check_native_chat(parse_json_object(body))
-    refuse_duplicate_keys(body, FIELD_KEYS)
+    data = parse_json_object(body)
+    chat = check_native_chat(data)
+    # A field named twice is refused, not read as its last value.
+    refuse_duplicate_keys(body, quoted_keys(data, NATIVE_FIELDS))
     if not caller.client.store_history:
         raise PermissionDeniedError(
             "This client does not keep history, which /v1/chat needs;"

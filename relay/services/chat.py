@@ -48,10 +48,17 @@ def optional_flag(data: dict[str, Any], name: str, *, default: bool) -> bool:
     return value
 
 
-_READ_KEYS = (b'"model"', b'"messages"', b'"store"', b'"stream"')
+# The fields of a chat completion relay reads itself (its observer reads `n`).
+_READ = ("model", "messages", "store", "stream", "n")
 
 
-def refuse_duplicate_keys(body: bytes, read: tuple[bytes, ...] = _READ_KEYS) -> None:
+def quoted_keys(data: dict[str, Any], names: tuple[str, ...] = _READ) -> tuple[bytes, ...]:
+    """Those of `names` that `data` holds, as their keys show in its JSON: each is a
+    scan of the body, so a field the body does not name is not looked for."""
+    return tuple(f'"{name}"'.encode() for name in names if name in data)
+
+
+def refuse_duplicate_keys(body: bytes, read: tuple[bytes, ...]) -> None:
     """400 if the body's top-level object names a key twice (looked for when one of the
     keys relay `read`s, quoted, shows twice, or any escape might hide one).
 
@@ -81,10 +88,11 @@ def refuse_duplicate_keys(body: bytes, read: tuple[bytes, ...] = _READ_KEYS) -> 
         raise InvalidRequestError("The request body names the same field twice.")
 
 
-def forwarded_body(body: bytes, route: Route) -> bytes:
-    """The bytes sent to the provider: the client's own (if they name no key twice),
-    with only the model id changed to the provider's when the two differ."""
-    refuse_duplicate_keys(body)
+def forwarded_body(body: bytes, data: dict[str, Any], route: Route) -> bytes:
+    """The bytes sent to the provider: the client's own (`data` as relay read them, if
+    they name no key twice), with only the model id changed to the provider's when the
+    two differ."""
+    refuse_duplicate_keys(body, quoted_keys(data))
     if route.provider_model == route.model:
         return body
     try:

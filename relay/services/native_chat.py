@@ -30,16 +30,14 @@ def _optional_text(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
-_FIELDS = ("message", "conversation_id", "model", "system", "stream")
-# As they show in a body: a field named twice is refused, not read as its last value.
-FIELD_KEYS = tuple(f'"{field}"'.encode() for field in _FIELDS)
+NATIVE_FIELDS = ("message", "conversation_id", "model", "system", "stream")
 
 
 def _refuse_unknown_fields(data: dict[str, Any]) -> None:
     """A field /v1/chat does not take is refused, not ignored: this is relay's own API,
     and a client sending one (`temperature`, `store`) should learn at once that it does
     nothing here."""
-    unknown = set(data) - set(_FIELDS)
+    unknown = set(data) - set(NATIVE_FIELDS)
     if "store" in unknown:
         raise InvalidRequestError(
             "/v1/chat takes no store field: it always stores the conversation. To chat"
@@ -49,7 +47,7 @@ def _refuse_unknown_fields(data: dict[str, Any]) -> None:
     if unknown:
         field = min(unknown)
         raise InvalidRequestError(
-            f"Unknown field {field!r}; /v1/chat takes {', '.join(_FIELDS)}.", param=field
+            f"Unknown field {field!r}; /v1/chat takes {', '.join(NATIVE_FIELDS)}.", param=field
         )
 
 
