@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.app import create_app
@@ -177,3 +179,37 @@ async def test_a_body_drained_after_its_answer_is_no_head_to_time(relay):
     await asyncio.sleep(HEAD_SECONDS * 4)
     assert (await exchange(reader, writer, "GET", "/health")).status == 200
     writer.close()
+
+
+async def test_a_client_that_takes_no_bytes_of_an_answer_is_cut_off(caplog):
+    """Else relay holds the answer (pages of history, a whole completion) in memory for
+    as long as the client keeps its connection."""
+
+    async def large(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (32 * 1024 * 1024))  # past any socket's buffers
+
+    app = web.Application()
+    app.router.add_get("/large", large)
+    server = RelayTestServer(app)
+    await server.start_server(access_log=None, send_seconds=0.5)
+    loop = asyncio.get_running_loop()
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await loop.sock_connect(client, (server.host, server.port))
+        await loop.sock_sendall(client, b"GET /large HTTP/1.1\r\nHost: relay\r\n\r\n")
+        relay = server.runner.server
+        with caplog.at_level(logging.INFO, "relay.api.server"):
+            async with asyncio.timeout(CLOSED_WITHIN):
+                await until(lambda: bool(relay.connections))  # the request arrives
+                # and its connection is dropped, the answer unread
+                await until(lambda: not relay.connections)
+    assert any(each.message == "client took no bytes of its answer" for each in caplog.records)
+    await server.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.02)

@@ -20,6 +20,12 @@ the open connections enforces it; a head that arrives whole in one read, as from
 every HTTP client, costs nothing more. A late head gets a 408; a connection that
 sent nothing is closed. The body has its own deadline (relay.api.body).
 
+An answer must leave within SEND_SECONDS too: a client that takes none of its bytes
+for that long (its connection's send buffer neither drains nor changes) is cut off.
+A stream's pipe cuts such a client itself; the same sweep does it for any answer,
+so that a client asking for large pages and never reading them cannot make relay
+hold them in memory for as long as it keeps the connection.
+
 Request bodies reach relay as sent: aiohttp's decoding of a `Content-Encoding`
 is off. relay refuses compressed bodies (415, relay.api.body), and aiohttp would
 otherwise still inflate one while draining it after that answer, on the event
@@ -41,6 +47,7 @@ from aiohttp.web_request import BaseRequest
 from relay.api.error_mapping import error_response
 from relay.api.refusals import REQUEST_LINE_BYTES, HeadTimeoutError, refused_head, unparsed_error
 from relay.api.security_headers import STATIC_HEADERS
+from relay.upstreams.pipe import SEND_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +63,40 @@ class RelayRequestHandler(RequestHandler):
     is reading is malformed, in when it keeps the connection, and in noting when it
     began to wait for a request head (`head_since`, for RelayServer's sweep)."""
 
-    __slots__ = ("_head_bytes", "head_since")
+    __slots__ = ("_head_bytes", "_unsent", "_unsent_since", "head_since")
     head_since: float | None
     _head_bytes: int
+    _unsent: int
+    _unsent_since: float
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.head_since = self._loop.time()  # the first head is awaited from now
         self._head_bytes = 0
+        self._unsent, self._unsent_since = 0, self.head_since
         super().connection_made(transport)
+
+    def send_stalled(self, now: float, deadline: float) -> bool:
+        """Whether bytes written to the client have waited `deadline` seconds, the
+        buffer holding them neither drained nor changed since (checked by the sweep)."""
+        transport = self.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        if unsent == 0 or unsent != self._unsent:
+            self._unsent, self._unsent_since = unsent, now
+            return False
+        return now - self._unsent_since >= deadline
+
+    def send_overdue(self) -> None:
+        """The client took no bytes for the send deadline: its connection is dropped
+        (a handler still running is cancelled, as when a client leaves)."""
+        log.info(
+            "client took no bytes of its answer",
+            extra={
+                "peer": self.peername[0] if isinstance(self.peername, tuple) else None,
+                "bytes_unsent": self._unsent,
+            },
+        )
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
@@ -175,9 +208,11 @@ class RelayRequestHandler(RequestHandler):
 
 class RelayServer(web.Server):
     """aiohttp's low-level server, making `RelayRequestHandler` connections and
-    sweeping them for request heads past `head_seconds`."""
+    sweeping them for request heads past `head_seconds` and answers not taken for
+    `send_seconds`."""
 
     head_seconds = HEAD_SECONDS
+    send_seconds = SEND_SECONDS
     _sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
@@ -193,18 +228,22 @@ class RelayServer(web.Server):
         return min(1.0, self.head_seconds / 4)
 
     def _sweep_heads(self) -> None:
-        """Cut the heads past their deadline; runs while there are connections."""
+        """Cut the heads past their deadline, and the clients that took no bytes of
+        their answers for the send deadline; runs while there are connections."""
         if not self._connections:
             self._sweep = None
             return
         self._sweep = self._loop.call_later(self._sweep_every(), self._sweep_heads)
-        overdue = self._loop.time() - self.head_seconds
+        now = self._loop.time()
+        overdue = now - self.head_seconds
         for handler in self.connections:  # a copy: cutting one may end it
             if not isinstance(handler, RelayRequestHandler):
                 continue
             since = handler.head_since
             if since is not None and since <= overdue:
                 handler.head_overdue(self.head_seconds)
+            elif handler.send_stalled(now, self.send_seconds):
+                handler.send_overdue()
 
     async def shutdown(self, timeout: float | None = None) -> None:
         if self._sweep is not None:
@@ -219,12 +258,18 @@ class RelayAppRunner(web.AppRunner):
     the wait for a request head by `head_seconds`."""
 
     def __init__(
-        self, app: web.Application, *, head_seconds: float = HEAD_SECONDS, **kwargs: Any
+        self,
+        app: web.Application,
+        *,
+        head_seconds: float = HEAD_SECONDS,
+        send_seconds: float = SEND_SECONDS,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("auto_decompress", False)
         kwargs.setdefault("max_line_size", REQUEST_LINE_BYTES)
         super().__init__(app, **kwargs)
         self._head_seconds = head_seconds
+        self._send_seconds = send_seconds
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -234,4 +279,5 @@ class RelayAppRunner(web.AppRunner):
         server.__class__ = RelayServer
         assert isinstance(server, RelayServer)
         server.head_seconds = self._head_seconds
+        server.send_seconds = self._send_seconds
         return server
