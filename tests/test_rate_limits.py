@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 
@@ -12,9 +13,12 @@ import redis.asyncio as redis
 from relay.api.rate_limit import refusal
 from relay.appkeys import CLIENTS, RATE_LIMITER
 from relay.services.ratelimit import Quota, Verdict
+from relay.upstreams.completion import estimated_tokens
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
-from tests.rate_limit_calls import token_gate, token_refusal
+from tests.rate_limit_calls import UNSERVED_CHAT, token_gate, token_refusal
 
+# What a token gate's chat reserves: aiohttp sends `json=` as json.dumps writes it.
+UNSERVED_RESERVE = estimated_tokens(len(json.dumps(UNSERVED_CHAT)))
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
 REQUEST_HEADERS = (
     "x-ratelimit-limit-requests",
@@ -123,8 +127,9 @@ async def test_every_limited_response_carries_well_formed_headers(make_client, m
         assert name in response.headers, name
     assert DURATION.match(response.headers["x-ratelimit-reset-tokens"])
     assert response.headers["x-ratelimit-limit-tokens"] == "5000"
-    assert response.headers["x-ratelimit-remaining-tokens"] == "5000"
-    assert response.headers["x-ratelimit-reset-tokens"] == "0s"
+    # What is left once the chat's estimate (its body, 4 bytes a token) is reserved.
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(5000 - UNSERVED_RESERVE)
+    assert response.headers["x-ratelimit-reset-tokens"].endswith("ms")  # 12 ms a token
     remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
 
     assert remaining == [9, 8, 7]
@@ -201,7 +206,8 @@ async def test_a_debit_within_the_budget_only_lowers_remaining_tokens(make_clien
 
     response = await token_gate(http, token)
     await assert_error(response, 404, "model_not_found")  # past the token gate
-    assert int(response.headers["x-ratelimit-remaining-tokens"]) in (600, 601)
+    left = 600 - UNSERVED_RESERVE  # and its own estimate reserved
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) in (left, left + 1)
     assert DURATION.match(response.headers["x-ratelimit-reset-tokens"])
 
 
@@ -344,7 +350,8 @@ async def test_answers_the_provider_refused_or_never_gave_spend_no_tokens(
         await asyncio.sleep(0.1)  # debits follow their answers
         response = await token_gate(http, token)
         await assert_error(response, 404, "model_not_found")
-        assert int(response.headers["x-ratelimit-remaining-tokens"]) == 50
+        # Each reservation was given back: only the gate's own is out.
+        assert int(response.headers["x-ratelimit-remaining-tokens"]) == 50 - UNSERVED_RESERVE
 
 
 async def test_real_answers_spend_the_token_budget(make_client, make_settings):

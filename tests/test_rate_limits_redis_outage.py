@@ -36,9 +36,9 @@ def _count_redis_draws(limiter) -> list[object]:
     tried: list[object] = []
     real = limiter._redis.draw
 
-    async def counted(draws):
+    async def counted(draws, extra=()):
         tried.append(draws)
-        return await real(draws)
+        return await real(draws, extra)
 
     limiter._redis.draw = counted
     return tried

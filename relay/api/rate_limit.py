@@ -12,6 +12,7 @@ from relay.durations import go_duration
 from relay.errors import NOT_RETRIED, RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
 from relay.services.ratelimit import ATTESTATION_REPORTS, TOKEN_EXCHANGES, Quota, Verdict
+from relay.upstreams.completion import estimated_tokens
 
 # OpenAI's SDKs wait out a wait shorter than this (openai-node: shorter; openai-python:
 # up to and with it); past it they retry at once (after half a second, then one) and
@@ -80,18 +81,30 @@ async def _check(request: web.Request) -> Verdict | None:
     caller = request.get(CALLER)
     if caller is None:
         return None
-    return await limiter.check_client(caller.client, chat=route in CHAT_ROUTES)
+    if route not in CHAT_ROUTES:
+        return await limiter.check_client(caller.client, chat=False)
+    # Known before the body is read: a chunked body (no Content-Length) reserves nothing,
+    # and is charged only its answer's usage.
+    reserve = estimated_tokens(request.content_length or 0)
+    return await limiter.check_client(caller.client, chat=True, reserve=reserve)
 
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     verdict = await _check(request)
-    if verdict is not None:
-        request[RATE_LIMIT] = verdict
-        if not verdict.allowed:
-            labelled(RATE_LIMITED, verdict.refused).inc()
-            raise refusal(verdict)
-    return await handler(request)
+    if verdict is None:
+        return await handler(request)
+    request[RATE_LIMIT] = verdict
+    if not verdict.allowed:
+        labelled(RATE_LIMITED, verdict.refused).inc()
+        raise refusal(verdict)
+    if not verdict.reserved:
+        return await handler(request)
+    try:
+        return await handler(request)
+    finally:
+        # Its answer's usage, if the provider gave one, was debited as the answer ended.
+        request.app[RATE_LIMITER].release_tokens(request[CALLER].client, verdict)
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,9 +1,12 @@
 """Rate limits: which buckets a request draws on, in Redis or, while Redis is away, in-process.
 
 A client has three buckets: every /v1 request draws on `requests`, chat
-requests also on `chat`, and answers debit their real token usage from
-`tokens` afterwards (a chat request is refused while that one is below zero;
-other calls spend no tokens, so a client in debt may still read and erase).
+requests also on `chat`, and on `tokens`: a chat is refused while that one is
+below zero, and otherwise reserves there the tokens its body is estimated at,
+in the same decision, so requests sent together see each other's share (as
+OpenAI's own token limits do). When the request ends the reservation is given
+back and its answer's real usage debited instead (other calls spend no tokens,
+so a client in debt may still read and erase).
 Token exchanges and attestation reports (unauthenticated) draw on a bucket of
 the caller's address each.
 """
@@ -75,6 +78,7 @@ class Verdict(NamedTuple):
     refused: str | None = None  # the bucket that refused, when one did
     retry_after_ms: int = 0
     blocked: bool = False  # refused by a limit of 0: waiting never helps
+    reserved: int = 0  # tokens taken for the request, until `release_tokens` gives them back
 
     @property
     def allowed(self) -> bool:
@@ -95,8 +99,9 @@ class _Plan(NamedTuple):
     """A client's buckets for one kind of request, worked out once per client row."""
 
     client: Client  # the row it was made from: a changed client gets a new plan
-    buckets: tuple[_Bucket, ...]
-    draws: tuple[Draw, ...]
+    buckets: tuple[_Bucket, ...]  # every bucket drawn on, `tokens` last
+    draws: tuple[Draw, ...]  # the same request after request (all but `tokens`)
+    tokens: Draw | None  # a chat's: its cost, the reservation, differs every time
 
 
 _MAX_PLANS = 100_000
@@ -150,13 +155,16 @@ class RateLimiter:
         await self.link.close()
         await self._redis.close()
 
-    async def check_client(self, client: Client, *, chat: bool) -> Verdict:
+    async def check_client(self, client: Client, *, chat: bool, reserve: int = 0) -> Verdict:
         """Take one request from the client's buckets; a chat also takes one from its chat
-        bucket and is refused while its tokens are in debt."""
-        plan = self._plans.get((client.id, chat))
-        if plan is None or plan.client is not client:
-            plan = self._plan(client, chat)
-        return _verdict(plan.buckets, await self._draw(plan.draws))
+        bucket, is refused while its tokens are in debt and otherwise reserves `reserve`
+        tokens (they may take the bucket into debt), all in one decision."""
+        plan = self._plan_of(client, chat)
+        if plan.tokens is None:
+            return _verdict(plan.buckets, await self._draw(plan.draws))
+        tokens = plan.tokens
+        reservation = (Draw(tokens.key, tokens.capacity, reserve, Mode.GATE),)
+        return _verdict(plan.buckets, await self._draw(plan.draws, reservation), max(0, reserve))
 
     async def check_address(self, address: str, name: str) -> Verdict:
         """Take one from the caller's address's bucket `name`: TOKEN_EXCHANGES or
@@ -172,11 +180,21 @@ class RateLimiter:
     def debit_tokens(self, client: Client, tokens: int) -> None:
         """Charge an answer's real token usage, without waiting: the debit rides with
         the next batch of checks, which it precedes. Never raises."""
-        if not self.enabled or tokens <= 0:
+        if tokens > 0:
+            self._charge_tokens(client, tokens)
+
+    def release_tokens(self, client: Client, verdict: Verdict) -> None:
+        """Give back what `verdict` reserved, once its request has ended (its answer's
+        usage, if any, is debited on its own), without waiting. Never raises."""
+        if verdict.reserved > 0:
+            self._charge_tokens(client, -verdict.reserved)
+
+    def _charge_tokens(self, client: Client, cost: int) -> None:
+        if not self.enabled:
             return
-        draws = (
-            self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.DEBIT, cost=tokens).draw,
-        )
+        tokens = self._plan_of(client, True).tokens
+        assert tokens is not None, "a chat's plan draws on its tokens"
+        draws = (Draw(tokens.key, tokens.capacity, cost, Mode.DEBIT),)
         if not self.link.up:
             self.local.draw(draws)
             return
@@ -189,14 +207,24 @@ class RateLimiter:
 
         self._redis.charge(draws, in_process)
 
+    def _plan_of(self, client: Client, chat: bool) -> _Plan:
+        plan = self._plans.get((client.id, chat))
+        if plan is None or plan.client is not client:
+            plan = self._plan(client, chat)
+        return plan
+
     def _plan(self, client: Client, chat: bool) -> _Plan:
         buckets = [self._bucket(client, REQUESTS, "requests_per_minute")]
         if chat:
             buckets.append(self._bucket(client, CHAT, "chat_requests_per_minute"))
+        draws = tuple(bucket.draw for bucket in buckets)
+        tokens = None
+        if chat:
             buckets.append(
                 self._bucket(client, TOKENS, "tokens_per_minute", mode=Mode.GATE, cost=0)
             )
-        plan = _Plan(client, tuple(buckets), tuple(bucket.draw for bucket in buckets))
+            tokens = buckets[-1].draw
+        plan = _Plan(client, tuple(buckets), draws, tokens)
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[(client.id, chat)] = plan
@@ -213,18 +241,19 @@ class RateLimiter:
         # Cluster: a script run decides the buckets of many identities at once.
         return f"relay:rl:{{{self._hasher.pseudonym(kind, identity)}}}:{bucket}"
 
-    async def _draw(self, draws: tuple[Draw, ...]) -> Outcome:
+    async def _draw(self, draws: tuple[Draw, ...], extra: tuple[Draw, ...] = ()) -> Outcome:
         if self.link.up:
             try:
-                return await self._redis.draw(draws)
+                return await self._redis.draw(draws, extra)
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
-        return self.local.draw(draws)
+        return self.local.draw(draws + extra if extra else draws)
 
 
-def _verdict(buckets: Sequence[_Bucket], outcome: Outcome) -> Verdict:
+def _verdict(buckets: Sequence[_Bucket], outcome: Outcome, reserved: int = 0) -> Verdict:
     """What the client is told: the tightest request bucket and (for a chat) the token
-    bucket, and, when refused, the bucket it must wait longest for (every bucket must pass)."""
+    bucket, and, when refused, the bucket it must wait longest for (every bucket must pass).
+    A refusal reserved nothing."""
     tightest = tokens = refused = None
     for pair in zip(buckets, outcome.levels, strict=True):
         bucket, level = pair
@@ -237,7 +266,7 @@ def _verdict(buckets: Sequence[_Bucket], outcome: Outcome) -> Verdict:
     assert tightest is not None, "every check draws on a request bucket"
     token_quota = _quota(*tokens) if tokens is not None else None
     if refused is None:
-        return Verdict(_quota(*tightest), token_quota)
+        return Verdict(_quota(*tightest), token_quota, reserved=reserved)
     bucket, level = refused
     shown = tightest if bucket.name == TOKENS else refused
     return Verdict(_quota(*shown), token_quota, bucket.name, _wait(level), level.wait_ms < 0)

@@ -15,7 +15,7 @@ REFILL_MS = 60_000
 
 class Mode(enum.IntEnum):
     TAKE = 0  # passes with `cost` tokens in the bucket, and takes them
-    GATE = 1  # passes while the level is not below zero; takes nothing
+    GATE = 1  # passes while the level is not below zero, then takes `cost` (it may fall below)
     DEBIT = 2  # always passes and takes `cost`, so the level may fall below zero
 
 
@@ -24,7 +24,7 @@ class Draw(NamedTuple):
 
     key: str
     capacity: int
-    cost: int = 1
+    cost: int = 1  # a negative cost gives back, but never lifts the bucket past capacity
     mode: Mode = Mode.TAKE
 
 

@@ -74,10 +74,13 @@ class LocalBuckets:
         return min(draw.capacity, level + max(0.0, now - at) * draw.capacity / REFILL_MS)
 
     def _charge(self, draw: Draw, level: float, now: float) -> float:
-        if draw.mode is Mode.GATE or draw.cost <= 0:
+        if draw.cost == 0:
             return level
-        level -= draw.cost
-        self._set(draw.key, level, now)
+        level = min(draw.capacity, level - draw.cost)
+        if level >= draw.capacity:
+            self._state.pop(draw.key, None)  # full: as if never seen
+        else:
+            self._set(draw.key, level, now)
         return level
 
     def _set(self, key: str, level: float, now: float) -> None:

@@ -24,7 +24,9 @@ from relay.stores.redis_clock import RedisClock
 # per call, "capacity,cost,mode" for each of its buckets joined by commas (one
 # argument per call is much cheaper for redis-py to send than three per bucket).
 # Calls are decided one after the other, each all-or-nothing, as if each ran
-# alone. The reply: Redis's time in µs, then 0
+# alone; within a call every draw reads its bucket as it was before the call (so
+# one call never draws twice on a bucket). A negative cost gives back, never past
+# capacity (buckets.Draw). The reply: Redis's time in µs, then 0
 # when the deadline has passed (nothing touched) or 1 and, per call: allowed,
 # then (level, ms to full, ms to wait) per bucket.
 SCRIPT = """
@@ -70,10 +72,10 @@ for c = 3, #ARGV do
   end
   reply[#reply + 1] = allowed
   for i = 1, n do
-    local capacity, cost, mode = caps[i], costs[i], modes[i]
+    local capacity, cost = caps[i], costs[i]
     local level = levels[i]
-    if allowed == 1 and mode ~= 1 and cost > 0 then
-      level = level - cost
+    if allowed == 1 and cost ~= 0 then
+      level = math.min(capacity, level - cost)
       local ttl = period
       if capacity > 0 then
         ttl = math.ceil((capacity - level) * period / capacity) + 1000
@@ -108,6 +110,11 @@ class _Call(NamedTuple):
     future: asyncio.Future[Outcome] | None  # None: nobody waits (a debit)
     on_error: Callable[[BaseException], object] | None
     at: float  # when it was queued (loop time): its caller waits `timeout` from then at most
+    extra: tuple[Draw, ...] = ()  # drawn after `draws`, encoded afresh every time
+
+    @property
+    def all_draws(self) -> tuple[Draw, ...]:
+        return self.draws + self.extra if self.extra else self.draws
 
 
 class LateBatchError(Exception):
@@ -158,7 +165,7 @@ class RedisBuckets:
         self._charge_timer: asyncio.TimerHandle | None = None
         # Checks as sent: their keys, then their spec. A client's checks draw the
         # same tuple request after request, so this is worked out once for them
-        # (a debit's cost differs every time: it is encoded afresh).
+        # (a debit's cost, or a check's `extra`, differs every time: encoded afresh).
         self._encoded: dict[tuple[Draw, ...], list[bytes]] = {}
 
     async def probe(self) -> None:
@@ -188,11 +195,12 @@ class RedisBuckets:
         if sender is not None:
             await asyncio.gather(sender, return_exceptions=True)
 
-    async def draw(self, draws: Sequence[Draw]) -> Outcome:
-        """Decide one request's draws (all or nothing) and charge them if allowed."""
+    async def draw(self, draws: Sequence[Draw], extra: tuple[Draw, ...] = ()) -> Outcome:
+        """Decide one request's draws, then `extra`, (all or nothing) and charge them if
+        allowed. `extra` is for what differs request after request (a reservation)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append(_Call(tuple(draws), future, None, loop.time()))
+        self._queue.append(_Call(tuple(draws), future, None, loop.time(), extra))
         if self._sender is None:
             self._start()
         return await future
@@ -234,7 +242,7 @@ class RedisBuckets:
                     continue
                 for call, outcome in zip(batch, outcomes, strict=True):
                     if self.on_levels is not None:
-                        self.on_levels(call.draws, outcome)
+                        self.on_levels(call.all_draws, outcome)
                     if call.future is not None and not call.future.done():
                         call.future.set_result(outcome)
         finally:
@@ -252,7 +260,12 @@ class RedisBuckets:
                         self._encoded.clear()
                     self._encoded[call.draws] = encoded
             keys += encoded[:-1]
-            specs.append(encoded[-1])
+            if call.extra:
+                more = _encode(call.extra)
+                keys += more[:-1]
+                specs.append(encoded[-1] + b"," + more[-1] if call.draws else more[-1])
+            else:
+                specs.append(encoded[-1])
         if self.clock.stale(time.monotonic()):  # first batch, or the first after a lull
             sent = time.monotonic()
             seconds, micros = await self.redis.time()
@@ -288,12 +301,12 @@ def _encode(draws: tuple[Draw, ...]) -> list[bytes]:
 
 
 def _outcomes(reply: list[Any], batch: list[_Call]) -> list[Outcome]:
-    expected = sum(1 + 3 * len(call.draws) for call in batch)
+    expected = sum(1 + 3 * (len(call.draws) + len(call.extra)) for call in batch)
     if len(reply) != expected:
         raise ValueError(f"unexpected rate-limit script reply of {len(reply)} items")
     outcomes, at = [], 0
     for call in batch:
-        count = len(call.draws)
+        count = len(call.draws) + len(call.extra)
         levels = tuple(
             Level(int(reply[i]), int(reply[i + 1]), int(reply[i + 2]))
             for i in range(at + 1, at + 1 + 3 * count, 3)

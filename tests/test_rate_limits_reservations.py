@@ -1,0 +1,234 @@
+"""A chat reserves its estimated tokens as it is admitted, so chats sent together see each
+other's share; once it ends the reservation is settled to its answer's real usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as redis
+from aiohttp import web
+
+from relay.appkeys import RATE_LIMITER
+from relay.devservers import RedisServer
+from relay.stores.buckets import Draw, Mode
+from relay.stores.local_buckets import LocalBuckets
+from relay.stores.redis_buckets import RedisBuckets
+from relay.upstreams.completion import estimated_tokens
+from tests.api_calls import bearer, client_with_token
+from tests.rate_limit_calls import UNSERVED_CHAT, token_gate
+
+BUDGET = 1000
+GATE = estimated_tokens(len(json.dumps(UNSERVED_CHAT)))  # what a token gate reserves
+USED = 50  # the total_tokens the held provider reports
+
+
+# Refilled meanwhile at 1000 a minute: some 17 a second; the tests take well under half.
+REFILL = 8
+
+
+def chat(content_bytes: int, model: str = "gpt-sim") -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "x" * content_bytes}]}
+
+
+def reservation(body: dict[str, Any]) -> int:
+    return estimated_tokens(len(json.dumps(body)))
+
+
+def answer(status: int = 200) -> bytes:
+    if status != 200:
+        return orjson.dumps({"error": {"message": "no", "type": "invalid_request_error"}})
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-held",
+            "object": "chat.completion",
+            "created": 1731000000,
+            "model": "gpt-sim",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": USED - 1, "completion_tokens": 1, "total_tokens": USED},
+        }
+    )
+
+
+async def held_provider(provider_upstream, release: asyncio.Event, status: int = 200):
+    """A provider that answers only once `release` is set: its chats stay in flight."""
+
+    async def respond(request: web.Request) -> web.Response:
+        await request.read()
+        await release.wait()
+        return web.Response(status=status, body=answer(status), content_type="application/json")
+
+    return await provider_upstream(respond, "held")
+
+
+async def held_relay(make_client, make_settings, provider_upstream, release, **changes):
+    upstream = await held_provider(provider_upstream, release, changes.pop("status", 200))
+    settings = make_settings(
+        rate_limit_tokens_per_minute=BUDGET,
+        rate_limit_chat_per_minute=100,
+        upstreams=(upstream,),
+        **changes,
+    )
+    http = await make_client(settings)
+    _, token = await client_with_token(http)
+    return http, token
+
+
+async def remaining_tokens(http, token: str) -> int:
+    """The bucket's level as a token gate finds it, before its own reservation."""
+    response = await token_gate(http, token)
+    assert response.status == 404, await response.text()
+    return int(response.headers["x-ratelimit-remaining-tokens"]) + GATE
+
+
+@pytest.fixture(params=["redis", "in-process"])
+def backing(request, tmp_path) -> dict[str, Any]:
+    """Limits decided in Redis, or in-process as while Redis is away."""
+    if request.param == "redis":
+        return {}
+    return {"redis_url": RedisServer(tmp_path / "no-redis").url}  # nothing listens there
+
+
+async def test_concurrent_large_chats_are_admitted_only_while_the_budget_lasts(
+    make_client, make_settings, provider_upstream, backing
+):
+    release = asyncio.Event()
+    http, token = await held_relay(
+        make_client, make_settings, provider_upstream, release, **backing
+    )
+    body = chat(1200)  # some 310 tokens each: the budget of 1000 admits four
+    reserve = reservation(body)
+    admitted = -(-BUDGET // reserve)  # each admitted while the bucket is not in debt
+
+    sent = [
+        asyncio.ensure_future(http.post("/v1/chat/completions", json=body, headers=bearer(token)))
+        for _ in range(10)
+    ]
+    try:
+        refused = []
+        for _ in range(200):  # the refusals come back at once; the rest are held
+            refused = [task for task in sent if task.done()]
+            if len(refused) >= 10 - admitted:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # no more refusals come
+        refused = [task.result() for task in sent if task.done()]
+        assert len(refused) == 10 - admitted
+        for response in refused:
+            assert response.status == 429
+            assert (await response.json())["error"]["type"] == "tokens"
+            assert response.headers["x-ratelimit-remaining-tokens"] == "0"
+    finally:
+        release.set()
+        responses = await asyncio.gather(*sent)
+    assert sorted(response.status for response in responses) == [200] * admitted + [429] * (
+        10 - admitted
+    )
+    assert (http.app[RATE_LIMITER].link.up) == (not backing)
+
+
+async def test_a_chat_holds_its_reservation_until_settled_to_its_real_usage(
+    make_client, make_settings, provider_upstream, backing
+):
+    release = asyncio.Event()
+    http, token = await held_relay(
+        make_client, make_settings, provider_upstream, release, **backing
+    )
+    body = chat(2000)
+    reserve = reservation(body)
+    assert reserve > 10 * USED
+
+    held = asyncio.ensure_future(
+        http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    )
+    await asyncio.sleep(0.2)
+    assert not held.done()
+    # While its answer is awaited, its estimate is out of the bucket.
+    assert BUDGET - reserve <= await remaining_tokens(http, token) <= BUDGET - reserve + REFILL
+    release.set()
+    response = await held
+    assert response.status == 200, await response.text()
+    assert (await response.json())["usage"]["total_tokens"] == USED
+
+    await asyncio.sleep(0.1)  # the settlement follows the answer
+    # The reservation was given back: the answer cost what it used.
+    assert BUDGET - USED <= await remaining_tokens(http, token) <= BUDGET - USED + REFILL
+
+
+async def test_an_answer_the_provider_refused_leaves_the_bucket_where_it_was(
+    make_client, make_settings, provider_upstream, backing
+):
+    release = asyncio.Event()
+    http, token = await held_relay(
+        make_client, make_settings, provider_upstream, release, status=400, **backing
+    )
+    body = chat(8000)  # in debt by twice the budget while it is held
+    reserve = reservation(body)
+
+    held = asyncio.ensure_future(
+        http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    )
+    await asyncio.sleep(0.2)
+    refused = await token_gate(http, token)
+    assert refused.status == 429  # the reservation put the bucket in debt
+    assert 60 * (reserve - BUDGET) // BUDGET - 1 <= int(refused.headers["Retry-After"])
+    release.set()
+    assert (await held).status == 400
+
+    await asyncio.sleep(0.1)
+    assert await remaining_tokens(http, token) == BUDGET
+
+
+async def test_a_chunked_chat_reserves_nothing_at_admission(make_client, make_settings):
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=BUDGET))
+    _, token = await client_with_token(http)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield json.dumps(UNSERVED_CHAT).encode()
+
+    response = await http.post(
+        "/v1/chat/completions",
+        data=chunks(),
+        headers={**bearer(token), "Content-Type": "application/json"},
+    )
+
+    assert response.status == 404, await response.text()  # no Content-Length: read whole
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(BUDGET)
+
+
+# A reservation is a gate that takes its cost; a settlement gives back, never past
+# capacity. (Each call on its own, bucket "r" of 100.)
+SETTLEMENTS = [
+    [Draw("r", 100, 70, Mode.GATE)],  # 30 left
+    [Draw("r", 100, 70, Mode.GATE)],  # passes at 30, down to -40
+    [Draw("r", 100, 1, Mode.GATE)],  # refused: in debt
+    [Draw("r", 100, -60, Mode.DEBIT)],  # 20
+    [Draw("r", 100, -500, Mode.DEBIT)],  # full, not 520
+    [Draw("r", 100, 0, Mode.GATE)],
+]
+
+
+async def test_local_buckets_settle_reservations_as_the_redis_script_does(redis_url):
+    local = LocalBuckets(clock=lambda: 0.0)  # no refill between calls
+    async with redis.from_url(redis_url) as connection:
+        await connection.delete("r")
+        shared = RedisBuckets(connection, timeout=5.0)
+        in_redis = [await shared.draw(draws) for draws in SETTLEMENTS]
+        await shared.close()
+    in_process = [local.draw(draws) for draws in SETTLEMENTS]
+
+    for outcomes in (in_redis, in_process):
+        assert [outcome.allowed for outcome in outcomes] == [True, True, False, True, True, True]
+        # Redis's clock moves on between calls: a millisecond refills some 0.002 tokens.
+        assert [outcome.levels[0].remaining for outcome in outcomes] == [30, -40, -40, 20, 100, 100]
+    assert len(local) == 0  # full again: nothing kept
