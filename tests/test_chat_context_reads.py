@@ -214,3 +214,34 @@ async def test_a_question_is_read_after_whole_messages_of_four_byte_characters(s
     got, expected = await store(messages, 1_000)
     assert got == expected
     assert [m["content"][:5] for m in got[1][:2]] == ["[…]\nq", "aaaaa"]
+
+
+async def test_the_walk_ends_after_so_many_messages_passed_over(store, reads):
+    # Turns of a question sent as 150 user messages and 149 tool results, each then
+    # answered: of each, a question and its answer can be context, the rest is passed
+    # over. Past so many of those the walk ends, older turns left out: a long
+    # conversation of them costs no more than a short one.
+    turns = 40
+    messages = [
+        message
+        for n in range(turns)
+        for message in (
+            *[("user", f"u{n}", "complete")] * 150,
+            *[("tool", "result", "complete")] * 149,
+            ("assistant", f"a{n}", "complete"),
+        )
+    ]
+    reads.clear()
+    got, _ = await store(messages, 50_000)
+    passed_per_turn = 149 + 149  # results, then a question's first 149 messages
+    kept = conversations._CONTEXT_PASSED_OVER // passed_per_turn
+    assert got[1] == [
+        {"role": role, "content": f"{role[0]}{n}"}
+        for n in range(turns - kept, turns)
+        for role in ("user", "assistant")
+    ]
+    # What the walk yields and passes over, and the rest of the page it ends in.
+    read = sum(len(page) for page in reads)
+    page = conversations._CONTEXT_PAGE
+    assert read < conversations._CONTEXT_PASSED_OVER + 2 * (kept + 1) + page
+    assert len(reads) == -(-read // page)

@@ -15,6 +15,17 @@ _COLUMNS = "id, title, created_at, updated_at"
 MAX_MESSAGES = 1000
 
 _CONTEXT_PAGE = 64  # messages read at a time for /v1/chat's context
+# Messages the context's walk passes over before it ends: those that cannot be
+# context or give way take none of the budget, which cannot bound them. More than
+# one request's turn may add (relay.services.turns.MAX_TURN_MESSAGES: a question sent
+# as that many user messages, say), so one such turn leaves the ones before it.
+_CONTEXT_PASSED_OVER = 1024
+# A conversation's messages are found by it, scoped to the client by its row: with
+# client_id = %s among their conditions, PostgreSQL may read them in seq order off the
+# (client_id, seq) index, through all of the client's other conversations.
+_CLIENTS_CONVERSATION = (
+    "EXISTS (SELECT FROM conversations WHERE id = %(conversation)s AND client_id = %(client)s)"
+)
 # Expired tombstones purged by each one left: more than are ever added, so they
 # cannot pile up, and few enough that a DELETE stays a few index lookups.
 _PURGE_TOMBSTONES = 16
@@ -137,14 +148,16 @@ class ConversationStore:
         take for its answer. One the client stopped (`cancelled`) stays: the user saw
         that text and may refer to it.
         """
-        async with self.db.cursor() as cur:
+        async with self.db.transaction() as cur:
             system_text = system
             if system_text is None:
+                # Read back to the latest system message, or through the whole of a
+                # conversation that has none: no index finds it by role.
                 stored = await fetch_one(
                     cur,
-                    "SELECT content FROM messages WHERE conversation_id = %s AND client_id = %s"
-                    " AND role = 'system' ORDER BY seq DESC LIMIT 1",
-                    (conversation_id, client_id),
+                    "SELECT content FROM messages WHERE conversation_id = %(conversation)s"
+                    f" AND {_CLIENTS_CONVERSATION} AND role = 'system' ORDER BY seq DESC LIMIT 1",
+                    {"conversation": conversation_id, "client": client_id},
                 )
                 system_text = stored["content"] if stored else None
             left = budget_chars - len(system_text or "")
@@ -156,29 +169,43 @@ class ConversationStore:
         return system_text, recent
 
 
-# A page of context, reading of each message only what `recent_exchanges` can use:
+# The walk for /v1/chat's context, newest first: a cursor over the conversation's
+# messages, fetched a page at a time. Planned as a cursor, for its first rows, it
+# reads the (conversation_id, seq) index backward whatever PostgreSQL guesses of the
+# conversation's size (stale statistics make a long one look short, and a query
+# planned whole then sorts all of it for each page), and holds its window sums from
+# page to page. Its rows come in its windows' order: an ORDER BY (or a LIMIT;
+# `_newest_first` ends it) would have it planned for all of them. Nor is it compiled
+# (JIT): costed for the whole of a long conversation, it would be, some 20 ms for the
+# few pages read. Each row is a message, reading of it only what `recent_exchanges`
+# can use:
+# - `role` is NULL for one that cannot be context (tool and system messages, empty
+#   ones, failed or cut answers), and `gives_way` is true for one of the role of the
+#   message after it that can (for the newest, 'user'): seq * 2 + 1 for an answer,
+#   the smallest of those after it is the nearest; neither has any content;
 # - at most `chars` characters (the budget and one more) from where `fit_exchange`
 #   keeps it, a question's end and an answer's beginning: one read in part is still
 #   longer than any room it is fitted in, and is cut as it would be read whole;
-# - nothing of one the walk passes over, of the role of the message after it
-#   (`later`: the previous page's last, for the page's newest);
-# - nothing once the messages after it on the page hold twice what `chars`
-#   characters can take in bytes (4 each at most; PostgreSQL knows a message's bytes
-#   without reading it), counting each up to that: by then they used the budget up,
-#   but for the answer the one before would pair with.
-_CONTEXT_PAGE_SQL = """
-SELECT seq, role, CASE WHEN gives_way OR bytes_before >= 8 * %(chars)s::bigint THEN ''
+# - nothing once the messages after it hold twice what `chars` characters can take
+#   in bytes (4 each at most; PostgreSQL knows a message's bytes without reading
+#   it), counting each up to that: by then they used the budget up, but for the
+#   answer the one before would pair with.
+_CONTEXT_WALK_SQL = f"""
+SET LOCAL jit = off;
+DECLARE context_walk NO SCROLL CURSOR FOR
+SELECT seq, role, gives_way, CASE WHEN role IS NULL OR gives_way
+    OR bytes_before >= 8 * %(chars)s::bigint THEN ''
   WHEN role = 'user' THEN right(content, %(chars)s) ELSE left(content, %(chars)s) END AS content
 FROM (SELECT *, coalesce(sum(least(octet_length(content), 4 * %(chars)s::bigint))
-    FILTER (WHERE NOT gives_way)
-    OVER (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bytes_before
-  FROM (SELECT seq, role, content,
-      role = coalesce(lag(role) OVER (ORDER BY seq DESC), %(later)s) AS gives_way
-    FROM messages WHERE conversation_id = %(conversation)s AND client_id = %(client)s
-      AND role IN ('user', 'assistant') AND content <> '' AND status NOT IN ('failed', 'cut')
-      AND (%(before)s::bigint IS NULL OR seq < %(before)s)
-    ORDER BY seq DESC LIMIT %(limit)s) page) counted
-ORDER BY seq DESC
+    FILTER (WHERE NOT gives_way) OVER after_it, 0) AS bytes_before
+  FROM (SELECT *, coalesce((role = 'assistant') = (min(seq * 2 + (role = 'assistant')::int)
+      FILTER (WHERE role IS NOT NULL) OVER after_it %% 2 = 1), role = 'user') AS gives_way
+    FROM (SELECT seq, content, CASE WHEN role IN ('user', 'assistant') AND content <> ''
+        AND status NOT IN ('failed', 'cut') THEN role END AS role
+      FROM messages WHERE conversation_id = %(conversation)s AND {_CLIENTS_CONVERSATION}
+    ) walked
+    WINDOW after_it AS (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) turns
+  WINDOW after_it AS (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) counted
 """
 
 
@@ -186,17 +213,26 @@ async def _newest_first(
     cur: Cursor, client_id: str, conversation_id: str, chars: int
 ) -> AsyncGenerator[dict[str, Any]]:
     """A conversation's user and assistant messages that may be context, newest first,
-    read a page at a time and in part (`_CONTEXT_PAGE_SQL`): the cost follows the
-    budget, not the conversation's length nor its messages'."""
-    args: dict[str, object] = {"client": client_id, "conversation": conversation_id}
-    args |= {"chars": chars, "before": None, "later": "user", "limit": _CONTEXT_PAGE}
+    read a page at a time and in part (`_CONTEXT_WALK_SQL`), in a transaction `cur` is
+    in: the cost follows the budget, not the conversation's length nor its messages'.
+
+    Each message yielded takes a character of the budget at least, so `chars` of them
+    use it up. Those passed over (that cannot be context, or give way) take none: after
+    _CONTEXT_PASSED_OVER of them the walk ends, older exchanges left out."""
+    args = {"client": client_id, "conversation": conversation_id, "chars": chars}
+    await cur.execute(_CONTEXT_WALK_SQL, args)
+    passed = 0
     while True:
-        page = await fetch_all(cur, _CONTEXT_PAGE_SQL, args)
+        page = await fetch_all(cur, f"FETCH {_CONTEXT_PAGE} FROM context_walk")
         for row in page:
-            yield row
+            if row["role"] is not None and not row["gives_way"]:
+                yield row
+                continue
+            passed += 1
+            if passed > _CONTEXT_PASSED_OVER:
+                return
         if len(page) < _CONTEXT_PAGE:
             return
-        args |= {"before": page[-1]["seq"], "later": page[-1]["role"]}
 
 
 async def recent_exchanges(
