@@ -20,7 +20,7 @@ from relay.appkeys import RATE_LIMITER, REDIS
 from relay.devservers import RedisServer
 from relay.stores.buckets import Draw, Level, Mode, Outcome
 from relay.stores.local_buckets import LocalBuckets
-from relay.stores.redis_buckets import SCRIPT, LateBatchError, RedisBuckets
+from relay.stores.redis_buckets import SCRIPT, LateBatchError, LoopLagError, RedisBuckets
 from relay.stores.redis_clock import RedisClock
 from tests.api_calls import bearer, client_with_token
 from tests.redis_calls import paused, until
@@ -187,3 +187,29 @@ async def test_a_call_queued_behind_a_slow_batch_waits_the_timeout_from_its_arri
                 await asyncio.gather(first, return_exceptions=True)
                 await shared.close()
     assert waited < timeout * 1.35, waited  # without the bound: ~1.95 s, and it passes
+
+
+async def test_a_batch_relay_itself_was_too_busy_to_send_is_not_blamed_on_redis(redis_url):
+    async with redis.from_url(redis_url) as connection:
+        shared = RedisBuckets(connection, timeout=0.05)
+        waiting = asyncio.ensure_future(shared.draw([Draw("busy", 10)]))
+        await asyncio.sleep(0)  # queued, its sender not run yet
+        time.sleep(0.1)  # noqa: ASYNC251 (relay's loop busy past the deadline, as encoding a large answer)
+        with pytest.raises(LoopLagError):
+            await waiting
+        # Not sent: Redis charged nothing.
+        assert await connection.exists("busy") == 0
+        await shared.close()
+
+
+async def test_relay_being_late_keeps_redis_in_use(make_client, make_settings, monkeypatch):
+    http = await make_client(make_settings(rate_limit_requests_per_minute=5))
+    _, token = await client_with_token(http)
+    limiter = http.app[RATE_LIMITER]
+
+    async def late(*args, **kwargs):
+        raise LoopLagError("busy")
+
+    monkeypatch.setattr(limiter._redis, "draw", late)
+    assert await _one_by_one(http, 6, token) == [200] * 5 + [429]  # limited in-process
+    assert limiter.link.up

@@ -27,7 +27,7 @@ from relay.services.redis_link import RedisLink
 from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
 from relay.stores.clients import Client
 from relay.stores.local_buckets import LocalBuckets
-from relay.stores.redis_buckets import RedisBuckets
+from relay.stores.redis_buckets import LoopLagError, RedisBuckets
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ class RateLimiter:
         # A batch relay gave up on charges nothing in Redis, however late it runs
         # there (RedisBuckets' deadlines): charging it here charges it once.
         def in_process(exc: BaseException) -> None:
-            self.link.lost(exc)
+            if not isinstance(exc, LoopLagError):  # relay was late, not Redis
+                self.link.lost(exc)
             self.local.draw(draws)
 
         self._redis.charge(draws, in_process)
@@ -245,6 +246,8 @@ class RateLimiter:
         if self.link.up:
             try:
                 return await self._redis.draw(draws, extra)
+            except LoopLagError:  # relay was late, not Redis: this batch alone goes without it
+                pass
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
         return self.local.draw(draws + extra if extra else draws)

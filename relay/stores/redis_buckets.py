@@ -121,6 +121,12 @@ class LateBatchError(Exception):
     """Redis ran a batch after its deadline, charging nothing: decide it without Redis."""
 
 
+class LoopLagError(Exception):
+    """relay's own loop was busy until past a batch's deadline before the batch could be
+    sent (a large answer encoded, say): not sent, so decided without Redis, which is not
+    to blame and stays in use."""
+
+
 class RedisBuckets:
     """Buckets shared by every relay instance on this Redis.
 
@@ -249,6 +255,8 @@ class RedisBuckets:
             self._sender = None
 
     async def _run(self, batch: list[_Call], give_up: float) -> list[int]:
+        if asyncio.get_running_loop().time() >= give_up - self._reply_time:
+            raise LoopLagError("relay's loop was busy past the rate-limit batch's deadline")
         keys: list[bytes] = []
         specs: list[bytes] = []
         for call in batch:
