@@ -125,9 +125,10 @@ async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:
     limiter = RateLimiter.from_settings(app[SETTINGS], app[REDIS])
     app[RATE_LIMITER] = limiter
     await limiter.start()  # loads the script; a missing Redis only degrades limiting
-    # Each answer's real usage is charged to the tokens-per-minute bucket.
+    # Each answer's real usage is charged to the tokens-per-minute bucket, settling what
+    # its chat reserved there as it was admitted.
     app[ANSWER_HOOKS].after.append(
-        lambda answer: limiter.debit_tokens(answer.client, answer.tokens_used)
+        lambda answer: limiter.settle_tokens(answer.client, answer.tokens_used, answer.reservation)
     )
     yield
     await limiter.close()

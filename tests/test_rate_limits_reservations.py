@@ -172,16 +172,15 @@ async def test_an_answer_the_provider_refused_leaves_the_bucket_where_it_was(
     http, token = await held_relay(
         make_client, make_settings, provider_upstream, release, status=400, **backing
     )
-    body = chat(8000)  # in debt by twice the budget while it is held
-    reserve = reservation(body)
+    body = chat(8000)  # estimated at twice the budget: it reserves the whole budget
+    assert reservation(body) > BUDGET
 
     held = asyncio.ensure_future(
         http.post("/v1/chat/completions", json=body, headers=bearer(token))
     )
     await asyncio.sleep(0.2)
-    refused = await token_gate(http, token)
-    assert refused.status == 429  # the reservation put the bucket in debt
-    assert 60 * (reserve - BUDGET) // BUDGET - 1 <= int(refused.headers["Retry-After"])
+    emptied = await token_gate(http, token)
+    assert emptied.headers["x-ratelimit-remaining-tokens"] == "0"  # held: all reserved
     release.set()
     assert (await held).status == 400
 
@@ -232,3 +231,50 @@ async def test_local_buckets_settle_reservations_as_the_redis_script_does(redis_
         # Redis's clock moves on between calls: a millisecond refills some 0.002 tokens.
         assert [outcome.levels[0].remaining for outcome in outcomes] == [30, -40, -40, 20, 100, 100]
     assert len(local) == 0  # full again: nothing kept
+
+
+async def test_an_answer_is_charged_its_usage_as_if_taken_at_admission(
+    make_client, make_settings, provider_upstream, backing
+):
+    """The reservation is settled by the usage in one charge, as if the usage had been
+    taken when the chat was admitted (OpenAI's limits count a request then): the
+    bucket refills meanwhile from where the usage leaves it."""
+    budget, used = 60_000, 5_000  # 1,000 tokens refilled a second
+
+    async def respond(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(1.8)  # the reservation (about 2,000) refills meanwhile
+        whole = orjson.loads(answer())
+        whole["usage"] = {"prompt_tokens": used - 1, "completion_tokens": 1, "total_tokens": used}
+        return web.Response(body=orjson.dumps(whole), content_type="application/json")
+
+    upstream = await provider_upstream(respond, "slow")
+    settings = make_settings(rate_limit_tokens_per_minute=budget, upstreams=(upstream,), **backing)
+    http = await make_client(settings)
+    _, token = await client_with_token(http)
+    response = await http.post("/v1/chat/completions", json=chat(8000), headers=bearer(token))
+    assert response.status == 200, await response.text()
+    await asyncio.sleep(0.05)
+    refilled = 1_800  # about, in the 1.8 s the answer took
+    assert abs(await remaining_tokens(http, token) - (budget - used + refilled)) <= 300
+
+
+async def test_a_huge_content_length_reserves_at_most_the_budget(make_client, make_settings):
+    """Else its reservation, past what Redis's script can write, failed the script, and
+    Redis was taken for down for every client."""
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=BUDGET))
+    _, token = await client_with_token(http)
+    limiter = http.app[RATE_LIMITER]
+    reader, writer = await asyncio.open_connection(http.server.host, http.server.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer "
+        + token.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 4000000000000000000\r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 413")
+    assert limiter.link.up
+    await asyncio.sleep(0.05)
+    assert await remaining_tokens(http, token) == BUDGET  # given back: it never ran

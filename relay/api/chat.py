@@ -11,6 +11,7 @@ from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import json_response, parse_json_object, read_json_body
 from relay.api.conversation_header import bind_conversation
 from relay.api.drain import answered_before_restart, stream_holder
+from relay.api.rate_limit import reservation_of
 from relay.appkeys import (
     ANSWER_HOOKS,
     CALLER,
@@ -76,6 +77,7 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         request_body=body,
         forwarded_body=forwarded_body(body, data, route),
         store=chat.store and caller.client.store_history,
+        reservation=reservation_of(request),
     )
     if answer.store:
         # Taken once: checked here, counted and written by the group commit.

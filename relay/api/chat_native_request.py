@@ -10,6 +10,7 @@ from aiohttp import web
 
 from relay.api.body import parse_json_object, read_json_body
 from relay.api.conversation_header import CONVERSATION_HEADER, named_conversation
+from relay.api.rate_limit import reservation_of
 from relay.appkeys import CALLER, HISTORY, REQUEST_ID, ROUTER, SETTINGS
 from relay.errors import InvalidRequestError, PermissionDeniedError
 from relay.services.answers import Answer
@@ -63,6 +64,7 @@ async def new_native_answer(request: web.Request) -> Answer:
         conversation_id=conversation_id,
         continues_conversation=chat.conversation_id is not None,
         turn=new_messages(chat),
+        reservation=reservation_of(request),
     )
     answer.headers[CONVERSATION_HEADER] = conversation_id
     if settings.receipts:

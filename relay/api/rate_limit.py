@@ -11,7 +11,13 @@ from relay.appkeys import CALLER, RATE_LIMIT, RATE_LIMITER
 from relay.durations import go_duration
 from relay.errors import NOT_RETRIED, RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
-from relay.services.ratelimit import ATTESTATION_REPORTS, TOKEN_EXCHANGES, Quota, Verdict
+from relay.services.ratelimit import (
+    ATTESTATION_REPORTS,
+    TOKEN_EXCHANGES,
+    Quota,
+    Reservation,
+    Verdict,
+)
 from relay.upstreams.completion import estimated_tokens
 
 # OpenAI's SDKs wait out a wait shorter than this (openai-node: shorter; openai-python:
@@ -98,13 +104,20 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if not verdict.allowed:
         labelled(RATE_LIMITED, verdict.refused).inc()
         raise refusal(verdict)
-    if not verdict.reserved:
+    if verdict.reservation is None:
         return await handler(request)
     try:
         return await handler(request)
     finally:
-        # Its answer's usage, if the provider gave one, was debited as the answer ended.
-        request.app[RATE_LIMITER].release_tokens(request[CALLER].client, verdict)
+        # An answer settled it with its usage as it ended; a request that ended
+        # without one (refused, or its client gone first) gives it back.
+        request.app[RATE_LIMITER].settle_tokens(request[CALLER].client, 0, verdict.reservation)
+
+
+def reservation_of(request: web.Request) -> Reservation | None:
+    """The tokens the request's chat reserved as it was admitted, for its answer to settle."""
+    verdict = request.get(RATE_LIMIT)
+    return verdict.reservation if verdict is not None else None
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:

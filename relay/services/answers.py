@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from relay.errors import RelayError
 from relay.ids import uuid7_hex, uuid7_text
 from relay.metrics import ANSWERS, HISTORY_COMMIT_FAILURES, labelled
+from relay.services.ratelimit import Reservation
 from relay.stores.clients import Client
 from relay.upstreams.completion import CompletionSummary, estimated_tokens
 from relay.upstreams.routing import Route
@@ -67,6 +68,8 @@ class Answer:
     message_created_at: datetime.datetime | None = None
     turn_ids: tuple[int, ...] = ()
     recorded: bool = False  # queued for the group commit (relay.services.recorder)
+    # The tokens its chat reserved as it was admitted, settled by its usage as it ends.
+    reservation: Reservation | None = None
 
     def __post_init__(self) -> None:
         if self.store and self.conversation_id is None:

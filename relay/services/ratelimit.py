@@ -72,13 +72,27 @@ class Quota(NamedTuple):
     reset_ms: int
 
 
+@dataclass(slots=True)
+class Reservation:
+    """Tokens a chat took from its client's bucket as it was admitted (in Redis, or in
+    this process while Redis was away), until its answer's usage settles them or its
+    request ends without one (`RateLimiter.settle_tokens`): taken back once."""
+
+    tokens: int
+    in_redis: bool
+
+    def take(self) -> int:
+        tokens, self.tokens = self.tokens, 0
+        return tokens
+
+
 class Verdict(NamedTuple):
     requests: Quota
     tokens: Quota | None  # only a chat, which spends tokens, is limited by them
     refused: str | None = None  # the bucket that refused, when one did
     retry_after_ms: int = 0
     blocked: bool = False  # refused by a limit of 0: waiting never helps
-    reserved: int = 0  # tokens taken for the request, until `release_tokens` gives them back
+    reservation: Reservation | None = None  # a chat's, settled by `settle_tokens`
 
     @property
     def allowed(self) -> bool:
@@ -163,8 +177,12 @@ class RateLimiter:
         if plan.tokens is None:
             return _verdict(plan.buckets, await self._draw(plan.draws))
         tokens = plan.tokens
-        reservation = (Draw(tokens.key, tokens.capacity, reserve, Mode.GATE),)
-        return _verdict(plan.buckets, await self._draw(plan.draws, reservation), max(0, reserve))
+        # At most a minute's worth: the usage beyond it is charged as the answer ends.
+        reserve = max(0, min(reserve, tokens.capacity))
+        taking = (Draw(tokens.key, tokens.capacity, reserve, Mode.GATE),)
+        outcome, in_redis = await self._decide(plan.draws, taking)
+        reservation = Reservation(reserve, in_redis) if reserve and outcome.allowed else None
+        return _verdict(plan.buckets, outcome, reservation)
 
     async def check_address(self, address: str, name: str) -> Verdict:
         """Take one from the caller's address's bucket `name`: TOKEN_EXCHANGES or
@@ -180,22 +198,29 @@ class RateLimiter:
     def debit_tokens(self, client: Client, tokens: int) -> None:
         """Charge an answer's real token usage, without waiting: the debit rides with
         the next batch of checks, which it precedes. Never raises."""
-        if tokens > 0:
-            self._charge_tokens(client, tokens)
+        self.settle_tokens(client, tokens, None)
 
-    def release_tokens(self, client: Client, verdict: Verdict) -> None:
-        """Give back what `verdict` reserved, once its request has ended (its answer's
-        usage, if any, is debited on its own), without waiting. Never raises."""
-        if verdict.reserved > 0:
-            self._charge_tokens(client, -verdict.reserved)
+    def settle_tokens(self, client: Client, used: int, reservation: Reservation | None) -> None:
+        """Charge `used` tokens (an answer's usage; 0 for a request that ended without
+        one) against what its chat reserved, in one charge: the difference, a debit or
+        a credit (which never lifts the bucket past its limit), as if `used` had been
+        taken when the chat was admitted. A reservation is settled once, in the buckets
+        it was taken from (a credit for one Redis took, made while Redis is away, is
+        made here: Redis keeps it until it refills, a minute at most). Never raises."""
+        reserved = reservation.take() if reservation is not None else 0
+        if reserved and reservation is not None and reservation.in_redis != self.link.up:
+            self._charge_tokens(client, -reserved, redis=reservation.in_redis)
+            reserved = 0
+        if used != reserved:
+            self._charge_tokens(client, used - reserved, redis=True)
 
-    def _charge_tokens(self, client: Client, cost: int) -> None:
+    def _charge_tokens(self, client: Client, cost: int, *, redis: bool) -> None:
         if not self.enabled:
             return
         tokens = self._plan_of(client, True).tokens
         assert tokens is not None, "a chat's plan draws on its tokens"
         draws = (Draw(tokens.key, tokens.capacity, cost, Mode.DEBIT),)
-        if not self.link.up:
+        if not (redis and self.link.up):
             self.local.draw(draws)
             return
 
@@ -242,18 +267,27 @@ class RateLimiter:
         # Cluster: a script run decides the buckets of many identities at once.
         return f"relay:rl:{{{self._hasher.pseudonym(kind, identity)}}}:{bucket}"
 
-    async def _draw(self, draws: tuple[Draw, ...], extra: tuple[Draw, ...] = ()) -> Outcome:
+    async def _draw(self, draws: tuple[Draw, ...]) -> Outcome:
+        outcome, _ = await self._decide(draws)
+        return outcome
+
+    async def _decide(
+        self, draws: tuple[Draw, ...], extra: tuple[Draw, ...] = ()
+    ) -> tuple[Outcome, bool]:
+        """The outcome of `draws` (and `extra`, encoded afresh), and whether Redis decided it."""
         if self.link.up:
             try:
-                return await self._redis.draw(draws, extra)
+                return await self._redis.draw(draws, extra), True
             except LoopLagError:  # relay was late, not Redis: this batch alone goes without it
                 pass
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
-        return self.local.draw(draws + extra if extra else draws)
+        return self.local.draw(draws + extra if extra else draws), False
 
 
-def _verdict(buckets: Sequence[_Bucket], outcome: Outcome, reserved: int = 0) -> Verdict:
+def _verdict(
+    buckets: Sequence[_Bucket], outcome: Outcome, reservation: Reservation | None = None
+) -> Verdict:
     """What the client is told: the tightest request bucket and (for a chat) the token
     bucket, and, when refused, the bucket it must wait longest for (every bucket must pass).
     A refusal reserved nothing."""
@@ -269,7 +303,7 @@ def _verdict(buckets: Sequence[_Bucket], outcome: Outcome, reserved: int = 0) ->
     assert tightest is not None, "every check draws on a request bucket"
     token_quota = _quota(*tokens) if tokens is not None else None
     if refused is None:
-        return Verdict(_quota(*tightest), token_quota, reserved=reserved)
+        return Verdict(_quota(*tightest), token_quota, reservation=reservation)
     bucket, level = refused
     shown = tightest if bucket.name == TOKENS else refused
     return Verdict(_quota(*shown), token_quota, bucket.name, _wait(level), level.wait_ms < 0)
