@@ -7,7 +7,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from relay.stores.conversations import fit_exchange, recent_exchanges
+from relay.stores.conversation_context import fit_exchange, recent_exchanges
 from tests.api_calls import bearer, client_with_token
 from tests.history_calls import CONVERSATION
 

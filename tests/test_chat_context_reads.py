@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from relay.appkeys import DATABASE
-from relay.stores import conversations
-from relay.stores.conversations import ConversationStore, recent_exchanges
+from relay.stores import conversation_context
+from relay.stores.conversation_context import recent_exchanges
+from relay.stores.conversations import ConversationStore
 from tests.api_calls import client_with_token
 from tests.history_calls import execute, query
 from tests.test_chat_context_budget import Provider, say
@@ -33,8 +34,8 @@ def reads(monkeypatch) -> list[list[dict[str, Any]]]:
         pages.append(rows)
         return rows
 
-    real = conversations.fetch_all
-    monkeypatch.setattr(conversations, "fetch_all", fetch_all)
+    real = conversation_context.fetch_all
+    monkeypatch.setattr(conversation_context, "fetch_all", fetch_all)
     return pages
 
 
@@ -234,7 +235,7 @@ async def test_the_walk_ends_after_so_many_messages_passed_over(store, reads):
     reads.clear()
     got, _ = await store(messages, 50_000)
     passed_per_turn = 149 + 149  # results, then a question's first 149 messages
-    kept = conversations._CONTEXT_PASSED_OVER // passed_per_turn
+    kept = conversation_context._CONTEXT_PASSED_OVER // passed_per_turn
     assert got[1] == [
         {"role": role, "content": f"{role[0]}{n}"}
         for n in range(turns - kept, turns)
@@ -242,6 +243,6 @@ async def test_the_walk_ends_after_so_many_messages_passed_over(store, reads):
     ]
     # What the walk yields and passes over, and the rest of the page it ends in.
     read = sum(len(page) for page in reads)
-    page = conversations._CONTEXT_PAGE
-    assert read < conversations._CONTEXT_PASSED_OVER + 2 * (kept + 1) + page
+    page = conversation_context._CONTEXT_PAGE
+    assert read < conversation_context._CONTEXT_PASSED_OVER + 2 * (kept + 1) + page
     assert len(reads) == -(-read // page)
