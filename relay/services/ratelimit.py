@@ -2,11 +2,12 @@
 
 A client has three buckets: every /v1 request draws on `requests`, chat
 requests also on `chat`, and on `tokens`: a chat is refused while that one is
-below zero, and otherwise reserves there the tokens its body is estimated at,
-in the same decision, so requests sent together see each other's share (as
-OpenAI's own token limits do). When the request ends the reservation is given
-back and its answer's real usage debited instead (other calls spend no tokens,
-so a client in debt may still read and erase).
+below zero, and otherwise reserves there the tokens its body is estimated at
+(at most the bucket's capacity), in the same decision, so requests sent
+together see each other's share (as OpenAI's own token limits do). Its answer's
+real usage settles the reservation in one charge as it ends; a request that
+ends without an answer gives it back (other calls spend no tokens, so a client
+in debt may still read and erase).
 Token exchanges and attestation reports (unauthenticated) draw on a bucket of
 the caller's address each.
 """
@@ -195,18 +196,14 @@ class RateLimiter:
         bucket = _Bucket(name, Draw(key, limit))
         return _verdict((bucket,), await self._draw((bucket.draw,)))
 
-    def debit_tokens(self, client: Client, tokens: int) -> None:
-        """Charge an answer's real token usage, without waiting: the debit rides with
-        the next batch of checks, which it precedes. Never raises."""
-        self.settle_tokens(client, tokens, None)
-
     def settle_tokens(self, client: Client, used: int, reservation: Reservation | None) -> None:
         """Charge `used` tokens (an answer's usage; 0 for a request that ended without
         one) against what its chat reserved, in one charge: the difference, a debit or
         a credit (which never lifts the bucket past its limit), as if `used` had been
         taken when the chat was admitted. A reservation is settled once, in the buckets
         it was taken from (a credit for one Redis took, made while Redis is away, is
-        made here: Redis keeps it until it refills, a minute at most). Never raises."""
+        made here: Redis keeps it until it refills, a minute at most). Without waiting:
+        the charge rides with the next batch of checks, which it precedes. Never raises."""
         reserved = reservation.take() if reservation is not None else 0
         if reserved and reservation is not None and reservation.in_redis != self.link.up:
             self._charge_tokens(client, -reserved, redis=reservation.in_redis)
