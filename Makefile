@@ -22,8 +22,10 @@ $(INSTALLED): setup.cfg pyproject.toml | $(BIN)/python
 dev: $(INSTALLED)
 	$(BIN)/relay dev
 
+# One pytest worker per core (pytest-xdist), each with its own PostgreSQL and Redis.
+TEST_WORKERS ?= auto
 test: $(INSTALLED) deploy-tools bench-tools
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as redis_sync
@@ -60,10 +61,21 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     given = os.environ.get("RELAY_TEST_REDIS_URL")
     if given:
-        yield given
+        yield _worker_database(given)
         return
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server.url
+
+
+def _worker_database(url: str) -> str:
+    """A given Redis, shared by the workers of `pytest -n`: each flushes a database of
+    its own (the URL's, then the next ones), not the others'."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, … under pytest -n
+    if not worker:
+        return url
+    parts = urlsplit(url)
+    first = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{first + int(worker.removeprefix('gw'))}"))
 
 
 @pytest.fixture(scope="session")

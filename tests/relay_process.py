@@ -206,6 +206,10 @@ async def connection_refused(port: int, timeout: float = 5.0) -> bool:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except ConnectionRefusedError:
                 return True
+            except ConnectionResetError:
+                # Queued on the listener just as it closed: it is going, ask again.
+                await asyncio.sleep(0.01)
+                continue
             writer.close()
             await asyncio.sleep(0.05)
 

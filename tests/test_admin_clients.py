@@ -15,6 +15,10 @@ from tests.api_calls import ADMIN, assert_error, bearer, create_client, exchange
 
 KEY = re.compile(r"^rk_([0-9a-f]{16})_([0-9a-f]{48})$")
 
+# A client id no test creates; fixed, as test ids are made of it (pytest -n collects
+# the same tests in every worker).
+UNKNOWN_ID = "0b9e2f44-7d1a-4b8c-a3e5-19f0c6d2b874"
+
 
 async def stored_row(http, client_id: str) -> dict[str, Any] | None:
     async with http.app[DATABASE].cursor() as cur:
@@ -31,10 +35,10 @@ async def stored_row(http, client_id: str) -> dict[str, Any] | None:
     [
         ("GET", "/admin/clients"),
         ("POST", "/admin/clients"),
-        ("GET", f"/admin/clients/{uuid.uuid4()}"),
-        ("PATCH", f"/admin/clients/{uuid.uuid4()}"),
-        ("DELETE", f"/admin/clients/{uuid.uuid4()}"),
-        ("POST", f"/admin/clients/{uuid.uuid4()}/regenerate-key"),
+        ("GET", f"/admin/clients/{UNKNOWN_ID}"),
+        ("PATCH", f"/admin/clients/{UNKNOWN_ID}"),
+        ("DELETE", f"/admin/clients/{UNKNOWN_ID}"),
+        ("POST", f"/admin/clients/{UNKNOWN_ID}/regenerate-key"),
     ],
 )
 async def test_admin_token_required(http, headers, method, path):
@@ -316,7 +320,7 @@ async def test_patch_validation(http, body, param):
     assert shown["updated_at"] == client["updated_at"] and shown["name"] == client["name"]
 
 
-@pytest.mark.parametrize("client_id", ["not-a-uuid", "1", str(uuid.uuid4())])
+@pytest.mark.parametrize("client_id", ["not-a-uuid", "1", UNKNOWN_ID])
 @pytest.mark.parametrize(
     "method,suffix,body",
     [
@@ -406,7 +410,7 @@ async def test_regenerate_a_disabled_client_keeps_it_disabled(http):
     await assert_error(refused, 401, "invalid_api_key")
 
 
-@pytest.mark.parametrize("after", ["not-a-uuid", str(uuid.uuid4())])
+@pytest.mark.parametrize("after", ["not-a-uuid", UNKNOWN_ID])
 async def test_list_after_an_unknown_client(http, after):
     await create_client(http)
     response = await http.get(f"/admin/clients?after={after}", headers=ADMIN)

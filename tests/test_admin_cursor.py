@@ -118,8 +118,10 @@ def encoded(value: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
 
 
-GOOD_ID = str(uuid.uuid4())
-NOW = int(datetime.datetime.now(datetime.UTC).timestamp() * 1_000_000)
+# Fixed, not drawn at import: test ids are made of them, and every worker of a
+# parallel run (pytest -n) must collect the same tests.
+GOOD_ID = "6f1c1b1e-3a59-4c5e-9d0a-2b7e8f4a6c11"
+NOW = 1_796_135_879_950_058  # 2026-12-01, in microseconds since the epoch
 
 
 @pytest.mark.parametrize(
@@ -157,7 +159,8 @@ async def test_a_malformed_cursor_is_400_in_openais_shape(http, after):
 async def test_a_well_formed_cursor_reads_from_its_position(http):
     created = [(await create_client(http, name=f"c{n}"))["id"] for n in range(2)]
     assert ids(await page(http, encoded({"t": 0, "id": GOOD_ID}))) == created
-    assert ids(await page(http, encoded({"t": NOW + 10**12, "id": GOOD_ID}))) == []
+    later = int(datetime.datetime.now(datetime.UTC).timestamp() * 1_000_000) + 10**12
+    assert ids(await page(http, encoded({"t": later, "id": GOOD_ID}))) == []
 
 
 def test_relay_clients_list_pages_on_past_a_deleted_client(relay_cli):
