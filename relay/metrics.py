@@ -34,6 +34,7 @@ __all__ = [
     "HISTORY_COMMIT_SECONDS",
     "OPEN_STREAMS",
     "RATE_LIMITED",
+    "RATE_LIMIT_LOOP_LAG",
     "REDIS_ERRORS",
     "REDIS_UP",
     "REQUESTS",
@@ -126,6 +127,11 @@ ANSWERS = Counter(
 )
 REDIS_ERRORS = Counter(
     "relay_redis_errors_total", "Redis commands that failed, the reconnect probes' included."
+)
+RATE_LIMIT_LOOP_LAG = Counter(
+    "relay_rate_limit_loop_lag_total",
+    "Rate-limit checks decided in relay's memory alone because relay's own loop was too"
+    " busy to send them to Redis in time (Redis stays in use): a loaded instance.",
 )
 # An alert on the counter alone would clear while Redis stays down.
 REDIS_UP = Gauge(

@@ -13,9 +13,10 @@ import pytest
 import redis.asyncio as redis
 from aiohttp import web
 
-from relay.appkeys import RATE_LIMITER
+from relay.appkeys import CLIENTS, RATE_LIMITER
 from relay.devservers import RedisServer
-from relay.stores.buckets import Draw, Mode
+from relay.services.ratelimit import Reservation
+from relay.stores.buckets import MAX_DEBT_PERIODS, Draw, Level, Mode, Outcome
 from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import RedisBuckets
 from relay.upstreams.completion import estimated_tokens
@@ -180,7 +181,9 @@ async def test_an_answer_the_provider_refused_leaves_the_bucket_where_it_was(
     )
     await asyncio.sleep(0.2)
     emptied = await token_gate(http, token)
-    assert emptied.headers["x-ratelimit-remaining-tokens"] == "0"  # held: all reserved
+    # Held: all reserved, and no more than all (a gate passes at zero, not in debt).
+    assert emptied.status == 404, await emptied.text()
+    assert emptied.headers["x-ratelimit-remaining-tokens"] == "0"
     release.set()
     assert (await held).status == 400
 
@@ -214,6 +217,8 @@ SETTLEMENTS = [
     [Draw("r", 100, -60, Mode.DEBIT)],  # 20
     [Draw("r", 100, -500, Mode.DEBIT)],  # full, not 520
     [Draw("r", 100, 0, Mode.GATE)],
+    [Draw("r", 100, 10**17, Mode.DEBIT)],  # a provider's absurd usage: a day's debt at most
+    [Draw("r", 100, -(10**17), Mode.DEBIT)],  # full
 ]
 
 
@@ -227,9 +232,10 @@ async def test_local_buckets_settle_reservations_as_the_redis_script_does(redis_
     in_process = [local.draw(draws) for draws in SETTLEMENTS]
 
     for outcomes in (in_redis, in_process):
-        assert [outcome.allowed for outcome in outcomes] == [True, True, False, True, True, True]
+        assert [outcome.allowed for outcome in outcomes] == [True, True, False] + [True] * 5
         # Redis's clock moves on between calls: a millisecond refills some 0.002 tokens.
-        assert [outcome.levels[0].remaining for outcome in outcomes] == [30, -40, -40, 20, 100, 100]
+        levels = [outcome.levels[0].remaining for outcome in outcomes]
+        assert levels == [30, -40, -40, 20, 100, 100, -100 * MAX_DEBT_PERIODS, 100]
     assert len(local) == 0  # full again: nothing kept
 
 
@@ -278,3 +284,23 @@ async def test_a_huge_content_length_reserves_at_most_the_budget(make_client, ma
     assert limiter.link.up
     await asyncio.sleep(0.05)
     assert await remaining_tokens(http, token) == BUDGET  # given back: it never ran
+
+
+async def test_an_answer_settled_while_redis_is_away_is_charged_once(make_client, make_settings):
+    """Its reservation, taken in Redis, is in the levels this process carries on from:
+    the answer costs what it used beyond it, in one charge (a credit capped at the
+    limit, then a debit, would charge it what the bucket refilled meanwhile too)."""
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=BUDGET))
+    client, _ = await client_with_token(http)
+    limiter = http.app[RATE_LIMITER]
+    row = await http.app[CLIENTS].get(client["id"])
+    verdict = await limiter.check_client(row, chat=True, reserve=500)
+    assert verdict.reservation == Reservation(500, in_redis=True)
+    tokens = limiter._plan_of(row, True).tokens
+    # Redis's last word, some 18 s later: refilled to 800. Then Redis goes away.
+    limiter.local.remember((tokens,), Outcome(True, (Level(800, 12_000, 0),)))
+    limiter.link.lost(ConnectionError("Redis went away"))
+
+    limiter.settle_tokens(row, 600, verdict.reservation)  # 100 more than reserved
+    level = limiter.local.draw((tokens,)).levels[0].remaining
+    assert 700 <= level <= 700 + REFILL

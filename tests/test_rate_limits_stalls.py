@@ -18,6 +18,7 @@ import redis.asyncio as redis
 
 from relay.appkeys import RATE_LIMITER, REDIS
 from relay.devservers import RedisServer
+from relay.metrics import RATE_LIMIT_LOOP_LAG
 from relay.stores.buckets import Draw, Level, Mode, Outcome
 from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import SCRIPT, LateBatchError, LoopLagError, RedisBuckets
@@ -211,5 +212,46 @@ async def test_relay_being_late_keeps_redis_in_use(make_client, make_settings, m
         raise LoopLagError("busy")
 
     monkeypatch.setattr(limiter._redis, "draw", late)
+    before = RATE_LIMIT_LOOP_LAG._value.get()
     assert await _one_by_one(http, 6, token) == [200] * 5 + [429]  # limited in-process
     assert limiter.link.up
+    assert RATE_LIMIT_LOOP_LAG._value.get() - before == 6  # and counted, for the operator
+
+
+async def test_a_charge_in_a_batch_relay_was_late_for_goes_in_the_next(redis_url):
+    """An answer's usage charge queued for a batch relay's loop was too late to send is
+    sent again, not left to this process's buckets (which Redis's next word overwrites)."""
+    failed: list[BaseException] = []
+    async with redis.from_url(redis_url) as connection:
+        shared = RedisBuckets(connection, timeout=0.05)
+        shared.charge([Draw("usage", 1000, 600, Mode.DEBIT)], failed.append)
+        waiting = asyncio.ensure_future(shared.draw([Draw("check", 10)]))
+        await asyncio.sleep(0)  # queued, its sender not run yet
+        time.sleep(0.1)  # noqa: ASYNC251 (relay's loop busy past the deadline)
+        with pytest.raises(LoopLagError):
+            await waiting
+        await shared.close()  # waits for the batch in flight
+        assert 400 <= float(await connection.hget("usage", "l")) < 401
+        assert failed == []
+
+
+async def test_a_call_queued_behind_a_batch_redis_was_slow_on_blames_redis(tmp_path):
+    timeout, one_way = 1.0, 0.45  # a round trip of 0.9 s: the second call's time is gone
+    with RedisServer(tmp_path / "redis") as server:
+        async with (
+            redis.from_url(server.url) as direct,
+            slow_proxy(server.port, one_way) as port,
+            redis.from_url(f"redis://127.0.0.1:{port}/0") as slow,
+        ):
+            await slow.ping()
+            shared = RedisBuckets(slow, timeout=timeout)
+            # The script and Redis's clock, read ahead and closely (not through the delay).
+            loading = RedisBuckets(direct, timeout=timeout, clock=shared.clock)
+            await loading.load()
+            first = asyncio.create_task(shared.draw([Draw("slow", 10)]))
+            await asyncio.sleep(0.05)
+            # relay's loop was idle all along: Redis is to blame (and is taken for down).
+            with pytest.raises(LateBatchError):
+                await shared.draw([Draw("slow", 10)])
+            assert (await first).allowed
+            await shared.close()

@@ -22,6 +22,7 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 
 from relay.config import ConfigError, Settings, with_development_secrets
+from relay.metrics import RATE_LIMIT_LOOP_LAG
 from relay.services.client_ip import TrustedProxies, limited_address
 from relay.services.identity import IdentityHasher
 from relay.services.redis_link import RedisLink
@@ -76,8 +77,9 @@ class Quota(NamedTuple):
 @dataclass(slots=True)
 class Reservation:
     """Tokens a chat took from its client's bucket as it was admitted (in Redis, or in
-    this process while Redis was away), until its answer's usage settles them or its
-    request ends without one (`RateLimiter.settle_tokens`): taken back once."""
+    this process while Redis was away or relay's loop too late for it), until its
+    answer's usage settles them or its request ends without one
+    (`RateLimiter.settle_tokens`): taken back once."""
 
     tokens: int
     in_redis: bool
@@ -201,13 +203,17 @@ class RateLimiter:
         one) against what its chat reserved, in one charge: the difference, a debit or
         a credit (which never lifts the bucket past its limit), as if `used` had been
         taken when the chat was admitted. A reservation is settled once, in the buckets
-        it was taken from (a credit for one Redis took, made while Redis is away, is
-        made here: Redis keeps it until it refills, a minute at most). Without waiting:
-        the charge rides with the next batch of checks, which it precedes. Never raises."""
+        in use now (one Redis took, settled while Redis is away, stays in Redis until it
+        refills, a minute at most); one only this process took, settled while Redis is in
+        use, is given back here and `used` charged in Redis. Without waiting: the charge
+        rides with the next batch of checks, which it precedes. Never raises."""
         reserved = reservation.take() if reservation is not None else 0
-        if reserved and reservation is not None and reservation.in_redis != self.link.up:
-            self._charge_tokens(client, -reserved, redis=reservation.in_redis)
+        if reserved and reservation is not None and not reservation.in_redis and self.link.up:
+            # Taken in this process only (Redis away, or relay's loop late): given back here.
+            self._charge_tokens(client, -reserved, redis=False)
             reserved = 0
+        # Otherwise one charge: while Redis is away, this process's buckets started from
+        # the levels Redis last reported, its reservations included.
         if used != reserved:
             self._charge_tokens(client, used - reserved, redis=True)
 
@@ -221,11 +227,11 @@ class RateLimiter:
             self.local.draw(draws)
             return
 
-        # A batch relay gave up on charges nothing in Redis, however late it runs
-        # there (RedisBuckets' deadlines): charging it here charges it once.
+        # A batch that failed charged nothing in Redis, however late it runs there
+        # (RedisBuckets' deadlines): charging it here charges it once. (A charge is
+        # never failed for relay's own lateness: RedisBuckets sends it again.)
         def in_process(exc: BaseException) -> None:
-            if not isinstance(exc, LoopLagError):  # relay was late, not Redis
-                self.link.lost(exc)
+            self.link.lost(exc)
             self.local.draw(draws)
 
         self._redis.charge(draws, in_process)
@@ -276,7 +282,7 @@ class RateLimiter:
             try:
                 return await self._redis.draw(draws, extra), True
             except LoopLagError:  # relay was late, not Redis: this batch alone goes without it
-                pass
+                RATE_LIMIT_LOOP_LAG.inc()
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
         return self.local.draw(draws + extra if extra else draws), False

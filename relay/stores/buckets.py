@@ -11,6 +11,10 @@ import enum
 from typing import NamedTuple
 
 REFILL_MS = 60_000
+# A bucket owes at most a day's refill: however much is charged (an answer's usage
+# is its provider's word), its level stays above -MAX_DEBT_PERIODS * capacity, so a
+# bucket's expiry in Redis stays a number its script can write.
+MAX_DEBT_PERIODS = 1440
 
 
 class Mode(enum.IntEnum):

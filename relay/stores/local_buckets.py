@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
+from relay.stores.buckets import MAX_DEBT_PERIODS, REFILL_MS, Draw, Level, Mode, Outcome
 
 # Past this many buckets the longest untouched is dropped (it comes back full).
 # About 300 bytes each, so some 30 MB at most; a full bucket is not kept at all.
@@ -76,7 +76,7 @@ class LocalBuckets:
     def _charge(self, draw: Draw, level: float, now: float) -> float:
         if draw.cost == 0:
             return level
-        level = min(draw.capacity, level - draw.cost)
+        level = max(-draw.capacity * MAX_DEBT_PERIODS, min(draw.capacity, level - draw.cost))
         if level >= draw.capacity:
             self._state.pop(draw.key, None)  # full: as if never seen
         else:

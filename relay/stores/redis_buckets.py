@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -11,7 +12,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
+from relay.stores.buckets import MAX_DEBT_PERIODS, REFILL_MS, Draw, Level, Mode, Outcome
 from relay.stores.redis_clock import RedisClock
 
 # The clock is Redis's own TIME, so every relay instance sees the same time.
@@ -75,7 +76,7 @@ for c = 3, #ARGV do
     local capacity, cost = caps[i], costs[i]
     local level = levels[i]
     if allowed == 1 and cost ~= 0 then
-      level = math.min(capacity, level - cost)
+      level = math.max(-capacity * MAX_DEBT_PERIODS, math.min(capacity, level - cost))
       local ttl = period
       if capacity > 0 then
         ttl = math.ceil((capacity - level) * period / capacity) + 1000
@@ -94,7 +95,7 @@ for c = 3, #ARGV do
   k = k + n
 end
 return reply
-"""
+""".replace("MAX_DEBT_PERIODS", str(MAX_DEBT_PERIODS))
 _PERIOD = str(REFILL_MS).encode()
 _MAX_ENCODED = 100_000
 
@@ -169,6 +170,7 @@ class RedisBuckets:
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._charge_timer: asyncio.TimerHandle | None = None
+        self._answered_at = -math.inf  # loop time the last batch's reply (or failure) came
         # Checks as sent: their keys, then their spec. A client's checks draw the
         # same tuple request after request, so this is worked out once for them
         # (a debit's cost, or a check's `extra`, differs every time: encoded afresh).
@@ -242,6 +244,13 @@ class RedisBuckets:
                     # A reply that comes after this is dropped with its connection.
                     async with asyncio.timeout_at(give_up):
                         outcomes = _outcomes(await self._run(batch, give_up), batch)
+                except LoopLagError as exc:
+                    # Nothing was sent. Only the callers waiting are late: the charges
+                    # go in the next batch (whose deadline, if they go alone, counts
+                    # from now), so a late loop loses none of them.
+                    self._queue = [call for call in batch if call.future is None] + self._queue
+                    _fail([call for call in batch if call.future is not None], exc)
+                    continue
                 except Exception as exc:  # the callers queued meanwhile fail too
                     batch, self._queue = batch + self._queue, []
                     _fail(batch, exc)
@@ -255,7 +264,10 @@ class RedisBuckets:
             self._sender = None
 
     async def _run(self, batch: list[_Call], give_up: float) -> list[int]:
-        if asyncio.get_running_loop().time() >= give_up - self._reply_time:
+        send_by = give_up - self._reply_time
+        if asyncio.get_running_loop().time() >= send_by:
+            if self._answered_at >= send_by:  # it queued behind a batch Redis was slow on
+                raise LateBatchError("Redis answered the batch before this one too late")
             raise LoopLagError("relay's loop was busy past the rate-limit batch's deadline")
         keys: list[bytes] = []
         specs: list[bytes] = []
@@ -274,23 +286,32 @@ class RedisBuckets:
                 specs.append(encoded[-1] + b"," + more[-1] if call.draws else more[-1])
             else:
                 specs.append(encoded[-1])
-        if self.clock.stale(time.monotonic()):  # first batch, or the first after a lull
-            sent = time.monotonic()
-            seconds, micros = await self.redis.time()
-            self.clock.observe(sent, time.monotonic(), seconds + micros / 1_000_000)
-        deadline = str(self.clock.redis_micros(give_up - self._reply_time)).encode()
-        args = [*keys, _PERIOD, deadline, *specs]
-        sent = time.monotonic()
         try:
-            reply = await self.redis.evalsha(self.sha, len(keys), *args)
-        except NoScriptError:
-            await self.load()
-            sent = time.monotonic()
-            reply = await self.redis.evalsha(self.sha, len(keys), *args)
+            reply, sent = await self._evaluate(keys, specs, send_by)
+        finally:
+            self._answered_at = asyncio.get_running_loop().time()
         self.clock.observe(sent, time.monotonic(), int(reply[0]) / 1_000_000)
         if not reply[1]:
             raise LateBatchError("Redis ran the rate-limit batch after its deadline")
         return list(reply[2:])
+
+    async def _evaluate(
+        self, keys: list[bytes], specs: list[bytes], send_by: float
+    ) -> tuple[list[Any], float]:
+        """The script's reply to a batch, and when (monotonic) it was sent."""
+        if self.clock.stale(time.monotonic()):  # first batch, or the first after a lull
+            sent = time.monotonic()
+            seconds, micros = await self.redis.time()
+            self.clock.observe(sent, time.monotonic(), seconds + micros / 1_000_000)
+        deadline = str(self.clock.redis_micros(send_by)).encode()
+        args = [*keys, _PERIOD, deadline, *specs]
+        sent = time.monotonic()
+        try:
+            return await self.redis.evalsha(self.sha, len(keys), *args), sent
+        except NoScriptError:
+            await self.load()
+            sent = time.monotonic()
+            return await self.redis.evalsha(self.sha, len(keys), *args), sent
 
 
 def _fail(calls: list[_Call], exc: Exception) -> None:
