@@ -246,3 +246,21 @@ async def test_the_walk_ends_after_so_many_messages_passed_over(store, reads):
     page = conversation_context._CONTEXT_PAGE
     assert read < conversation_context._CONTEXT_PASSED_OVER + 2 * (kept + 1) + page
     assert len(reads) == -(-read // page)
+
+
+async def test_the_latest_system_message_is_found_without_reading_back_to_it(store, database_url):
+    # A system message, then a long conversation: its index finds it, where reading
+    # back by seq would pass over every message after it.
+    messages = [("system", "be brief", "complete")] + [
+        (role, f"{role} {n}", "complete") for n in range(2_000) for role in ("user", "assistant")
+    ]
+    got, _ = await store(messages, 1_000)
+    assert got[0] == "be brief"
+    await execute(database_url, "ANALYZE messages")
+    [conversation] = await query(database_url, "SELECT id FROM conversations")
+    plan = await query(
+        database_url,
+        "EXPLAIN " + conversation_context.LATEST_SYSTEM_SQL,
+        {"conversation": conversation["id"], "client": "00000000-0000-0000-0000-000000000000"},
+    )
+    assert "messages_conversation_system_idx" in str(plan), plan

@@ -21,6 +21,12 @@ _CONTEXT_PASSED_OVER = 1024
 _CLIENTS_CONVERSATION = (
     "EXISTS (SELECT FROM conversations WHERE id = %(conversation)s AND client_id = %(client)s)"
 )
+# Found by messages_conversation_system_idx (system messages only), not by reading
+# back through the conversation.
+LATEST_SYSTEM_SQL = (
+    "SELECT content FROM messages WHERE conversation_id = %(conversation)s"
+    f" AND {_CLIENTS_CONVERSATION} AND role = 'system' ORDER BY seq DESC LIMIT 1"
+)
 
 
 async def read_context(
@@ -45,13 +51,8 @@ async def read_context(
     async with db.transaction() as cur:
         system_text = system
         if system_text is None:
-            # Read back to the latest system message, or through the whole of a
-            # conversation that has none: no index finds it by role.
             stored = await fetch_one(
-                cur,
-                "SELECT content FROM messages WHERE conversation_id = %(conversation)s"
-                f" AND {_CLIENTS_CONVERSATION} AND role = 'system' ORDER BY seq DESC LIMIT 1",
-                {"conversation": conversation_id, "client": client_id},
+                cur, LATEST_SYSTEM_SQL, {"conversation": conversation_id, "client": client_id}
             )
             system_text = stored["content"] if stored else None
         left = budget_chars - len(system_text or "")
