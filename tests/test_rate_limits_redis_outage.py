@@ -36,9 +36,9 @@ def _count_redis_draws(limiter) -> list[object]:
     tried: list[object] = []
     real = limiter._redis.draw
 
-    async def counted(draws, extra=()):
+    async def counted(draws, extra=(), on_abandoned=None):
         tried.append(draws)
-        return await real(draws, extra)
+        return await real(draws, extra, on_abandoned)
 
     limiter._redis.draw = counted
     return tried

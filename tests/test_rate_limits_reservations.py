@@ -304,3 +304,30 @@ async def test_an_answer_settled_while_redis_is_away_is_charged_once(make_client
     limiter.settle_tokens(row, 600, verdict.reservation)  # 100 more than reserved
     level = limiter.local.draw((tokens,)).levels[0].remaining
     assert 700 <= level <= 700 + REFILL
+
+
+async def test_a_chat_whose_client_left_while_redis_decided_gives_its_reservation_back(
+    make_client, make_settings
+):
+    """Its batch was sent, so Redis took the reservation; the caller, cancelled, never
+    holds it to settle: the batch's answer gives it back."""
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=BUDGET))
+    client, token = await client_with_token(http)
+    limiter = http.app[RATE_LIMITER]
+    row = await http.app[CLIENTS].get(client["id"])
+    buckets = limiter._redis
+    evaluate = buckets._evaluate
+
+    async def answered_after_the_caller_left(*args: Any) -> Any:
+        reply = await evaluate(*args)
+        admitting.cancel()
+        await asyncio.sleep(0)  # the caller's task takes its cancellation
+        return reply
+
+    buckets._evaluate = answered_after_the_caller_left  # type: ignore[method-assign]
+    admitting = asyncio.create_task(limiter.check_client(row, chat=True, reserve=500))
+    with pytest.raises(asyncio.CancelledError):
+        await admitting
+    buckets._evaluate = evaluate  # type: ignore[method-assign]
+    await asyncio.sleep(RedisBuckets.CHARGE_DELAY + 0.05)  # the credit goes as a charge
+    assert await remaining_tokens(http, token) >= BUDGET - REFILL

@@ -15,7 +15,7 @@ the caller's address each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -183,7 +183,12 @@ class RateLimiter:
         # At most a minute's worth: the usage beyond it is charged as the answer ends.
         reserve = max(0, min(reserve, tokens.capacity))
         taking = (Draw(tokens.key, tokens.capacity, reserve, Mode.GATE),)
-        outcome, in_redis = await self._decide(plan.draws, taking)
+
+        def give_back(outcome: Outcome) -> None:  # its client left while Redis decided
+            if reserve and outcome.allowed:
+                self.settle_tokens(client, 0, Reservation(reserve, in_redis=True))
+
+        outcome, in_redis = await self._decide(plan.draws, taking, give_back)
         reservation = Reservation(reserve, in_redis) if reserve and outcome.allowed else None
         return _verdict(plan.buckets, outcome, reservation)
 
@@ -275,12 +280,16 @@ class RateLimiter:
         return outcome
 
     async def _decide(
-        self, draws: tuple[Draw, ...], extra: tuple[Draw, ...] = ()
+        self,
+        draws: tuple[Draw, ...],
+        extra: tuple[Draw, ...] = (),
+        on_abandoned: Callable[[Outcome], object] | None = None,
     ) -> tuple[Outcome, bool]:
-        """The outcome of `draws` (and `extra`, encoded afresh), and whether Redis decided it."""
+        """The outcome of `draws` (and `extra`, encoded afresh), and whether Redis decided
+        it (`on_abandoned`: see RedisBuckets.draw)."""
         if self.link.up:
             try:
-                return await self._redis.draw(draws, extra), True
+                return await self._redis.draw(draws, extra, on_abandoned), True
             except LoopLagError:  # relay was late, not Redis: this batch alone goes without it
                 RATE_LIMIT_LOOP_LAG.inc()
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process

@@ -112,6 +112,8 @@ class _Call(NamedTuple):
     on_error: Callable[[BaseException], object] | None
     at: float  # when it was queued (loop time): its caller waits `timeout` from then at most
     extra: tuple[Draw, ...] = ()  # drawn after `draws`, encoded afresh every time
+    # Told the outcome Redis decided for a caller that stopped waiting after it was sent.
+    on_abandoned: Callable[[Outcome], object] | None = None
 
     @property
     def all_draws(self) -> tuple[Draw, ...]:
@@ -203,12 +205,19 @@ class RedisBuckets:
         if sender is not None:
             await asyncio.gather(sender, return_exceptions=True)
 
-    async def draw(self, draws: Sequence[Draw], extra: tuple[Draw, ...] = ()) -> Outcome:
+    async def draw(
+        self,
+        draws: Sequence[Draw],
+        extra: tuple[Draw, ...] = (),
+        on_abandoned: Callable[[Outcome], object] | None = None,
+    ) -> Outcome:
         """Decide one request's draws, then `extra`, (all or nothing) and charge them if
-        allowed. `extra` is for what differs request after request (a reservation)."""
+        allowed. `extra` is for what differs request after request (a reservation). A
+        caller cancelled once its batch was sent is charged all the same: `on_abandoned`
+        hears the outcome, to give back what only a caller still there would use."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append(_Call(tuple(draws), future, None, loop.time(), extra))
+        self._queue.append(_Call(tuple(draws), future, None, loop.time(), extra, on_abandoned))
         if self._sender is None:
             self._start()
         return await future
@@ -258,8 +267,12 @@ class RedisBuckets:
                 for call, outcome in zip(batch, outcomes, strict=True):
                     if self.on_levels is not None:
                         self.on_levels(call.all_draws, outcome)
-                    if call.future is not None and not call.future.done():
+                    if call.future is None:
+                        continue
+                    if not call.future.done():
                         call.future.set_result(outcome)
+                    elif call.on_abandoned is not None:
+                        call.on_abandoned(outcome)
         finally:
             self._sender = None
 
