@@ -19,9 +19,10 @@ import redis.asyncio as redis
 from relay.appkeys import RATE_LIMITER, REDIS
 from relay.devservers import RedisServer
 from relay.metrics import RATE_LIMIT_LOOP_LAG
+from relay.stores.bucket_script import SCRIPT
 from relay.stores.buckets import Draw, Level, Mode, Outcome
 from relay.stores.local_buckets import LocalBuckets
-from relay.stores.redis_buckets import SCRIPT, LateBatchError, LoopLagError, RedisBuckets
+from relay.stores.redis_buckets import LateBatchError, LoopLagError, RedisBuckets
 from relay.stores.redis_clock import RedisClock
 from tests.api_calls import bearer, client_with_token
 from tests.redis_calls import paused, until

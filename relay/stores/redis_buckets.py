@@ -12,91 +12,10 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from relay.stores.buckets import MAX_DEBT_PERIODS, REFILL_MS, Draw, Level, Mode, Outcome
+from relay.stores import bucket_script
+from relay.stores.buckets import Draw, Mode, Outcome
 from relay.stores.redis_clock import RedisClock
 
-# The clock is Redis's own TIME, so every relay instance sees the same time.
-# Each bucket is a hash {l: level, t: ms}; a missing one is full. A bucket is
-# written only when charged, and expires once it would have refilled, so idle
-# clients leave nothing behind. Mirrored by relay.stores.local_buckets.
-#
-# KEYS: the buckets of every call, call after call. ARGV: the refill period,
-# the batch's deadline (µs on Redis's clock, see RedisBuckets), then one spec
-# per call, "capacity,cost,mode" for each of its buckets joined by commas (one
-# argument per call is much cheaper for redis-py to send than three per bucket).
-# Calls are decided one after the other, each all-or-nothing, as if each ran
-# alone; within a call every draw reads its bucket as it was before the call (so
-# one call never draws twice on a bucket). A negative cost gives back, never past
-# capacity (buckets.Draw). The reply: Redis's time in µs, then 0
-# when the deadline has passed (nothing touched) or 1 and, per call: allowed,
-# then (level, ms to full, ms to wait) per bucket.
-SCRIPT = """
-local clock = redis.call('TIME')
-local micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-if micros >= tonumber(ARGV[2]) then
-  return {micros, 0}
-end
-local now = math.floor(micros / 1000)
-local period = tonumber(ARGV[1])
-local reply = {micros, 1}
-local k = 0
-for c = 3, #ARGV do
-  local caps, costs, modes = {}, {}, {}
-  local n = 0
-  for cap, cost, mode in string.gmatch(ARGV[c], '(-?%d+),(-?%d+),(%d)') do
-    n = n + 1
-    caps[n], costs[n], modes[n] = tonumber(cap), tonumber(cost), tonumber(mode)
-  end
-  local levels, waits = {}, {}
-  local allowed = 1
-  for i = 1, n do
-    local capacity, cost, mode = caps[i], costs[i], modes[i]
-    local level = capacity
-    local state = redis.call('HMGET', KEYS[k + i], 'l', 't')
-    if state[1] and state[2] then
-      local elapsed = math.max(0, now - tonumber(state[2]))
-      level = math.min(capacity, tonumber(state[1]) + elapsed * capacity / period)
-    end
-    local wait = 0
-    if mode ~= 2 then
-      local need = 0
-      if mode == 0 then need = cost end
-      if capacity <= 0 then
-        wait = -1
-      elseif level < need then
-        wait = math.max(1, math.ceil((need - level) * period / capacity))
-      end
-    end
-    if wait ~= 0 then allowed = 0 end
-    levels[i] = level
-    waits[i] = wait
-  end
-  reply[#reply + 1] = allowed
-  for i = 1, n do
-    local capacity, cost = caps[i], costs[i]
-    local level = levels[i]
-    if allowed == 1 and cost ~= 0 then
-      level = math.max(-capacity * MAX_DEBT_PERIODS, math.min(capacity, level - cost))
-      local ttl = period
-      if capacity > 0 then
-        ttl = math.ceil((capacity - level) * period / capacity) + 1000
-      end
-      redis.call('HSET', KEYS[k + i], 'l', level, 't', now)
-      redis.call('PEXPIRE', KEYS[k + i], ttl)
-    end
-    local reset = 0
-    if capacity > 0 and level < capacity then
-      reset = math.ceil((capacity - level) * period / capacity)
-    end
-    reply[#reply + 1] = math.floor(level)
-    reply[#reply + 1] = reset
-    reply[#reply + 1] = waits[i]
-  end
-  k = k + n
-end
-return reply
-""".replace("MAX_DEBT_PERIODS", str(MAX_DEBT_PERIODS))
-_PERIOD = str(REFILL_MS).encode()
 _MAX_ENCODED = 100_000
 
 
@@ -168,7 +87,7 @@ class RedisBuckets:
         self.timeout = timeout
         self.clock = clock or RedisClock()
         self._reply_time = max(timeout * self.REPLY_SHARE, self.MIN_REPLY_TIME)
-        self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
+        self.sha = hashlib.sha1(bucket_script.SCRIPT.encode()).hexdigest()
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._charge_timer: asyncio.TimerHandle | None = None
@@ -188,7 +107,7 @@ class RedisBuckets:
         """SCRIPT LOAD, so EVALSHA finds it (Redis forgets scripts when it restarts), and
         a reading of Redis's clock, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.script_load(SCRIPT)
+            pipe.script_load(bucket_script.SCRIPT)
             pipe.time()
             sent = time.monotonic()
             _, (seconds, micros) = await pipe.execute()
@@ -252,7 +171,10 @@ class RedisBuckets:
                 try:
                     # A reply that comes after this is dropped with its connection.
                     async with asyncio.timeout_at(give_up):
-                        outcomes = _outcomes(await self._run(batch, give_up), batch)
+                        outcomes = bucket_script.decode(
+                            await self._run(batch, give_up),
+                            [len(call.draws) + len(call.extra) for call in batch],
+                        )
                 except LoopLagError as exc:
                     # Nothing was sent. Only the callers waiting are late: the charges
                     # go in the next batch (whose deadline, if they go alone, counts
@@ -287,14 +209,14 @@ class RedisBuckets:
         for call in batch:
             encoded = self._encoded.get(call.draws) if call.future is not None else None
             if encoded is None:
-                encoded = _encode(call.draws)
+                encoded = bucket_script.encode(call.draws)
                 if call.future is not None:
                     if len(self._encoded) >= _MAX_ENCODED:
                         self._encoded.clear()
                     self._encoded[call.draws] = encoded
             keys += encoded[:-1]
             if call.extra:
-                more = _encode(call.extra)
+                more = bucket_script.encode(call.extra)
                 keys += more[:-1]
                 specs.append(encoded[-1] + b"," + more[-1] if call.draws else more[-1])
             else:
@@ -317,7 +239,7 @@ class RedisBuckets:
             seconds, micros = await self.redis.time()
             self.clock.observe(sent, time.monotonic(), seconds + micros / 1_000_000)
         deadline = str(self.clock.redis_micros(send_by)).encode()
-        args = [*keys, _PERIOD, deadline, *specs]
+        args = [*keys, bucket_script.PERIOD, deadline, *specs]
         sent = time.monotonic()
         try:
             return await self.redis.evalsha(self.sha, len(keys), *args), sent
@@ -334,25 +256,3 @@ def _fail(calls: list[_Call], exc: Exception) -> None:
             call.on_error(exc)
         elif not call.future.done():
             call.future.set_exception(exc)
-
-
-def _encode(draws: tuple[Draw, ...]) -> list[bytes]:
-    """A call as the script reads it: each bucket's key, then one spec for them all."""
-    spec = ",".join(f"{draw.capacity},{draw.cost},{int(draw.mode)}" for draw in draws)
-    return [*(draw.key.encode() for draw in draws), spec.encode()]
-
-
-def _outcomes(reply: list[Any], batch: list[_Call]) -> list[Outcome]:
-    expected = sum(1 + 3 * (len(call.draws) + len(call.extra)) for call in batch)
-    if len(reply) != expected:
-        raise ValueError(f"unexpected rate-limit script reply of {len(reply)} items")
-    outcomes, at = [], 0
-    for call in batch:
-        count = len(call.draws) + len(call.extra)
-        levels = tuple(
-            Level(int(reply[i]), int(reply[i + 1]), int(reply[i + 2]))
-            for i in range(at + 1, at + 1 + 3 * count, 3)
-        )
-        outcomes.append(Outcome(bool(reply[at]), levels))
-        at += 1 + 3 * count
-    return outcomes
