@@ -14,7 +14,8 @@ from relay.services.auth import Authenticator, Caller
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
 from relay.services.history import HistoryService
-from relay.services.ratelimit import RateLimiter, Verdict
+from relay.services.rate_verdicts import Verdict
+from relay.services.ratelimit import RateLimiter
 from relay.services.receipts import ReceiptService
 from relay.services.recorder import AnswerRecorder
 from relay.stores.database import Database

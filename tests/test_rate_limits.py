@@ -12,7 +12,7 @@ import redis.asyncio as redis
 
 from relay.api.rate_limit import refusal
 from relay.appkeys import CLIENTS, RATE_LIMITER
-from relay.services.ratelimit import Quota, Verdict
+from relay.services.rate_verdicts import Quota, Verdict
 from relay.upstreams.completion import estimated_tokens
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
 from tests.rate_limit_calls import UNSERVED_CHAT, token_gate, token_refusal

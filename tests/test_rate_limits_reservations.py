@@ -15,7 +15,7 @@ from aiohttp import web
 
 from relay.appkeys import CLIENTS, RATE_LIMITER
 from relay.devservers import RedisServer
-from relay.services.ratelimit import Reservation
+from relay.services.rate_verdicts import Reservation
 from relay.stores.buckets import MAX_DEBT_PERIODS, Draw, Level, Mode, Outcome
 from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import RedisBuckets

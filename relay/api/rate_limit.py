@@ -11,7 +11,7 @@ from relay.appkeys import CALLER, RATE_LIMIT, RATE_LIMITER
 from relay.durations import go_duration
 from relay.errors import NOT_RETRIED, RateLimitError
 from relay.metrics import RATE_LIMITED, labelled
-from relay.services.ratelimit import (
+from relay.services.rate_verdicts import (
     ATTESTATION_REPORTS,
     TOKEN_EXCHANGES,
     Quota,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from relay.errors import RelayError
 from relay.ids import uuid7_hex, uuid7_text
 from relay.metrics import ANSWERS, HISTORY_COMMIT_FAILURES, labelled
-from relay.services.ratelimit import Reservation
+from relay.services.rate_verdicts import Reservation
 from relay.stores.clients import Client
 from relay.upstreams.completion import CompletionSummary, estimated_tokens
 from relay.upstreams.routing import Route

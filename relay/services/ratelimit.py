@@ -15,7 +15,7 @@ the caller's address each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,20 +25,24 @@ from relay.config import ConfigError, Settings, with_development_secrets
 from relay.metrics import RATE_LIMIT_LOOP_LAG
 from relay.services.client_ip import TrustedProxies, limited_address
 from relay.services.identity import IdentityHasher
+from relay.services.rate_verdicts import (
+    ATTESTATION_REPORTS,
+    CHAT,
+    REQUESTS,
+    TOKEN_EXCHANGES,
+    TOKENS,
+    Bucket,
+    Reservation,
+    Verdict,
+    verdict,
+)
 from relay.services.redis_link import RedisLink
-from relay.stores.buckets import REFILL_MS, Draw, Level, Mode, Outcome
+from relay.stores.buckets import Draw, Mode, Outcome
 from relay.stores.clients import Client
 from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import LoopLagError, RedisBuckets
 
 log = logging.getLogger(__name__)
-
-# Bucket names; each is also its key suffix and its metrics label.
-REQUESTS = "requests"
-CHAT = "chat_requests"
-TOKENS = "tokens"
-TOKEN_EXCHANGES = "token_exchanges"
-ATTESTATION_REPORTS = "attestation_reports"
 
 
 @dataclass(frozen=True)
@@ -66,57 +70,11 @@ class Limits:
         return override if isinstance(override, int) else int(getattr(self, name))
 
 
-class Quota(NamedTuple):
-    """One bucket as a client sees it in the x-ratelimit-* headers."""
-
-    limit: int
-    remaining: int
-    reset_ms: int
-
-
-@dataclass(slots=True)
-class Reservation:
-    """Tokens a chat took from its client's bucket as it was admitted (in Redis, or in
-    this process while Redis was away or relay's loop too late for it), until its
-    answer's usage settles them or its request ends without one
-    (`RateLimiter.settle_tokens`): taken back once."""
-
-    tokens: int
-    in_redis: bool
-
-    def take(self) -> int:
-        tokens, self.tokens = self.tokens, 0
-        return tokens
-
-
-class Verdict(NamedTuple):
-    requests: Quota
-    tokens: Quota | None  # only a chat, which spends tokens, is limited by them
-    refused: str | None = None  # the bucket that refused, when one did
-    retry_after_ms: int = 0
-    blocked: bool = False  # refused by a limit of 0: waiting never helps
-    reservation: Reservation | None = None  # a chat's, settled by `settle_tokens`
-
-    @property
-    def allowed(self) -> bool:
-        return self.refused is None
-
-    @property
-    def refused_type(self) -> str:
-        """OpenAI's error type for the refusal: "tokens" or "requests"."""
-        return TOKENS if self.refused == TOKENS else "requests"
-
-
-class _Bucket(NamedTuple):
-    name: str
-    draw: Draw
-
-
 class _Plan(NamedTuple):
     """A client's buckets for one kind of request, worked out once per client row."""
 
     client: Client  # the row it was made from: a changed client gets a new plan
-    buckets: tuple[_Bucket, ...]  # every bucket drawn on, `tokens` last
+    buckets: tuple[Bucket, ...]  # every bucket drawn on, `tokens` last
     draws: tuple[Draw, ...]  # the same request after request (all but `tokens`)
     tokens: Draw | None  # a chat's: its cost, the reservation, differs every time
 
@@ -178,7 +136,7 @@ class RateLimiter:
         tokens (they may take the bucket into debt), all in one decision."""
         plan = self._plan_of(client, chat)
         if plan.tokens is None:
-            return _verdict(plan.buckets, await self._draw(plan.draws))
+            return verdict(plan.buckets, await self._draw(plan.draws))
         tokens = plan.tokens
         # At most a minute's worth: the usage beyond it is charged as the answer ends.
         reserve = max(0, min(reserve, tokens.capacity))
@@ -190,7 +148,7 @@ class RateLimiter:
 
         outcome, in_redis = await self._decide(plan.draws, taking, give_back)
         reservation = Reservation(reserve, in_redis) if reserve and outcome.allowed else None
-        return _verdict(plan.buckets, outcome, reservation)
+        return verdict(plan.buckets, outcome, reservation)
 
     async def check_address(self, address: str, name: str) -> Verdict:
         """Take one from the caller's address's bucket `name`: TOKEN_EXCHANGES or
@@ -200,8 +158,8 @@ class RateLimiter:
             ATTESTATION_REPORTS: self.limits.attestation_reports_per_minute,
         }[name]
         key = self._key("address", limited_address(address), name)
-        bucket = _Bucket(name, Draw(key, limit))
-        return _verdict((bucket,), await self._draw((bucket.draw,)))
+        bucket = Bucket(name, Draw(key, limit))
+        return verdict((bucket,), await self._draw((bucket.draw,)))
 
     def settle_tokens(self, client: Client, used: int, reservation: Reservation | None) -> None:
         """Charge `used` tokens (an answer's usage; 0 for a request that ended without
@@ -266,9 +224,9 @@ class RateLimiter:
 
     def _bucket(
         self, client: Client, name: str, limit: str, *, mode: Mode = Mode.TAKE, cost: int = 1
-    ) -> _Bucket:
+    ) -> Bucket:
         key = self._key("client", client.id, name)
-        return _Bucket(name, Draw(key, self.limits.of(client, limit), cost, mode))
+        return Bucket(name, Draw(key, self.limits.of(client, limit), cost, mode))
 
     def _key(self, kind: str, identity: str, bucket: str) -> str:
         # The braces group one identity's buckets. relay talks to one Redis, not a
@@ -295,41 +253,3 @@ class RateLimiter:
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
         return self.local.draw(draws + extra if extra else draws), False
-
-
-def _verdict(
-    buckets: Sequence[_Bucket], outcome: Outcome, reservation: Reservation | None = None
-) -> Verdict:
-    """What the client is told: the tightest request bucket and (for a chat) the token
-    bucket, and, when refused, the bucket it must wait longest for (every bucket must pass).
-    A refusal reserved nothing."""
-    tightest = tokens = refused = None
-    for pair in zip(buckets, outcome.levels, strict=True):
-        bucket, level = pair
-        if bucket.name == TOKENS:
-            tokens = pair
-        elif tightest is None or _tightness(pair) < _tightness(tightest):
-            tightest = pair
-        if level.wait_ms != 0 and (refused is None or _wait(level) > _wait(refused[1])):
-            refused = pair
-    assert tightest is not None, "every check draws on a request bucket"
-    token_quota = _quota(*tokens) if tokens is not None else None
-    if refused is None:
-        return Verdict(_quota(*tightest), token_quota, reservation=reservation)
-    bucket, level = refused
-    shown = tightest if bucket.name == TOKENS else refused
-    return Verdict(_quota(*shown), token_quota, bucket.name, _wait(level), level.wait_ms < 0)
-
-
-def _wait(level: Level) -> int:
-    # A capacity of zero never refills: tell the client to come back in a period.
-    return REFILL_MS if level.wait_ms < 0 else level.wait_ms
-
-
-def _tightness(pair: tuple[_Bucket, Level]) -> tuple[int, int]:
-    bucket, level = pair
-    return level.remaining, bucket.draw.capacity
-
-
-def _quota(bucket: _Bucket, level: Level) -> Quota:
-    return Quota(bucket.draw.capacity, max(0, level.remaining), level.reset_ms)
