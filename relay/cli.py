@@ -113,10 +113,14 @@ def _refused(command: str, error: BaseException) -> int:
     from relay.errors import operator_message
     from relay.proofs.keyfile import KeyFileError
     from relay.stores.database_failures import misconfigured
+    from relay.stores.migrations import MigrationError
 
     # A ConfigError's message names the setting; a KeyFileError's, the signing key file
-    # (its mode, owner or content) an operator must mend: no restart reads it otherwise.
-    if isinstance(error, ConfigError | KeyFileError):
+    # (its mode, owner or content) an operator must mend: no restart reads it otherwise;
+    # so must a MigrationError's that says so (an applied migration edited, say).
+    if isinstance(error, ConfigError | KeyFileError) or (
+        isinstance(error, MigrationError) and error.must_mend
+    ):
         print(f"relay {command}: {error}", file=sys.stderr)
         return 2
     if misconfigured(error):

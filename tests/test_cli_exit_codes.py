@@ -20,7 +20,7 @@ from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings
 from relay.proofs.keyfile import KEY_FILE_NAME
 from relay.stores.database import connect
-from relay.stores.migrations import LOCK_ID
+from relay.stores.migrations import LOCK_ID, migrate
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 from tests.relay_process import run_relay
 
@@ -120,6 +120,31 @@ def test_relay_serve_exits_2_on_a_key_file_it_cannot_use(
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith(f"relay serve: signing key file {key_file} {why}")
     assert "Traceback" not in done.stderr
+
+
+# Migrations
+
+
+async def test_relay_migrate_exits_2_on_an_applied_migration_edited_since(
+    empty_database_url, tmp_path
+):
+    # An exit 1 that systemd restarted every 2 s for ever: the file or the ledger must
+    # be mended first. (A migration that failed, or a lock held too long, stays 1.)
+    await migrate(empty_database_url)
+    conn = await connect(empty_database_url, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+    finally:
+        await conn.close()
+    done = run_relay(
+        "migrate", RELAY_DATABASE_URL=empty_database_url, RELAY_STATE_DIR=str(tmp_path / "s")
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "relay migrate: 001_create_clients.sql was edited after it was applied;"
+        " add a new migration instead of changing an applied one\n"
+    )
 
 
 # Ctrl-C

@@ -83,8 +83,11 @@ async def test_a_role_that_cannot_create_the_ledger_gets_one_line(empty_database
     params = psycopg2.extensions.parse_dsn(empty_database_url)
     reader = psycopg2.extensions.make_dsn(**{**params, "user": "relay_reader"})
     try:
-        with pytest.raises(MigrationError, match=r"cannot keep the migrations' ledger: .*perm"):
+        with pytest.raises(
+            MigrationError, match=r"cannot keep the migrations' ledger: .*perm"
+        ) as e:
             await migrate(reader)
+        assert e.value.must_mend  # a grant, not a restart, mends it
     finally:
         conn = await connect(empty_database_url, timeout=10)
         try:
@@ -102,8 +105,9 @@ async def test_an_edited_applied_file_is_refused(empty_database_url, tmp_path):
     first = sorted(sql.glob("*.sql"))[0]
     first.write_text(first.read_text() + "\n-- an innocent-looking edit\n")
 
-    with pytest.raises(MigrationError, match=first.name):
+    with pytest.raises(MigrationError, match=first.name) as refused:
         await migrate(empty_database_url, sql)
+    assert refused.value.must_mend
 
 
 # Every released migration, as released: databases have applied these texts, and an
@@ -151,8 +155,11 @@ async def test_a_failing_file_rolls_back_alone(empty_database_url, tmp_path):
     shutil.copytree(migrations_dir(), sql)
     (sql / "998_create_half.sql").write_text("CREATE TABLE half (id int); SELECT 1/0;")
 
-    with pytest.raises(MigrationError, match=r"998_create_half\.sql failed: .*division by zero"):
+    with pytest.raises(
+        MigrationError, match=r"998_create_half\.sql failed: .*division by zero"
+    ) as failed:
         await migrate(empty_database_url, sql)
+    assert not failed.value.must_mend  # it may have met a lock: a later try may pass
 
     names = [row["name"] for row in await recorded(empty_database_url)]
     assert "998_create_half.sql" not in names
@@ -182,8 +189,9 @@ async def test_waiting_too_long_for_another_instance_is_a_clear_error(
     try:
         async with holder.cursor() as cur:
             await cur.execute("SELECT pg_advisory_lock(%s)", (0x72656C6179,))
-            with pytest.raises(MigrationError, match="migration lock"):
+            with pytest.raises(MigrationError, match="migration lock") as waited:
                 await migrate(empty_database_url)
+            assert not waited.value.must_mend
     finally:
         await holder.close()
 
@@ -230,15 +238,17 @@ async def test_waiting_for_another_instance_is_logged_once_then_the_lock_taken(
 @pytest.mark.parametrize("name", ["1_short.sql", "002-dashes.sql", "003_Capital.sql"])
 def test_badly_named_files_are_refused(tmp_path, name):
     (tmp_path / name).write_text("SELECT 1;")
-    with pytest.raises(MigrationError):
+    with pytest.raises(MigrationError) as refused:
         load_migrations(tmp_path)
+    assert refused.value.must_mend
 
 
 def test_two_files_with_one_number_are_refused(tmp_path):
     (tmp_path / "001_create_a.sql").write_text("SELECT 1;")
     (tmp_path / "001_create_b.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError):
+    with pytest.raises(MigrationError) as refused:
         load_migrations(tmp_path)
+    assert refused.value.must_mend
 
 
 async def test_concurrent_migrations_apply_once(empty_database_url):

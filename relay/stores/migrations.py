@@ -39,7 +39,13 @@ _EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
 
 
 class MigrationError(Exception):
-    pass
+    """Migrations relay cannot apply. `must_mend`: not until an operator mends the
+    migration files or the database (starting again cannot help), where a migration
+    that failed or a lock held too long may pass on a later try."""
+
+    def __init__(self, message: str, *, must_mend: bool = False) -> None:
+        super().__init__(message)
+        self.must_mend = must_mend
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def migrations_dir() -> Path:
     ):
         if candidate.is_dir():
             return candidate
-    raise MigrationError("cannot find relay's sql/ migrations directory")
+    raise MigrationError("cannot find relay's sql/ migrations directory", must_mend=True)
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
@@ -74,11 +80,13 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     for path in sorted((directory or migrations_dir()).glob("*.sql")):
         match = _NAME.fullmatch(path.name)
         if not match:
-            raise MigrationError(f"{path.name}: migration files are named NNN_verb_noun.sql")
+            raise MigrationError(
+                f"{path.name}: migration files are named NNN_verb_noun.sql", must_mend=True
+            )
         found.append(Migration(int(match.group(1)), path.name, path.read_text()))
     versions = [migration.version for migration in found]
     if len(set(versions)) != len(versions):
-        raise MigrationError("two migration files share a number")
+        raise MigrationError("two migration files share a number", must_mend=True)
     return found
 
 
@@ -189,7 +197,9 @@ async def _apply(cur: Cursor, migrations: list[Migration]) -> list[str]:
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
     except QueryError as exc:  # a role without CREATE on the schema, say
-        raise MigrationError(f"cannot keep the migrations' ledger: {_reason(exc)}") from None
+        raise MigrationError(
+            f"cannot keep the migrations' ledger: {_reason(exc)}", must_mend=True
+        ) from None
     rows = await fetch_all(cur, "SELECT version, name, checksum FROM schema_migrations")
     applied = {row["version"]: row for row in rows}
     known = {migration.version for migration in migrations}
@@ -202,7 +212,8 @@ async def _apply(cur: Cursor, migrations: list[Migration]) -> list[str]:
             if recorded["checksum"] not in migration.accepted_checksums:
                 raise MigrationError(
                     f"{migration.name} was edited after it was applied; "
-                    "add a new migration instead of changing an applied one"
+                    "add a new migration instead of changing an applied one",
+                    must_mend=True,
                 )
             continue
         try:
