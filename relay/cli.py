@@ -75,18 +75,11 @@ def run(args: argparse.Namespace) -> int:
     held.replay()
     if args.command == "serve":
         from relay.commands import serve
-        from relay.errors import RelayError
-        from relay.proofs.keyfile import KeyFileError
-        from relay.stores.migrations import MigrationError
 
         try:
             return serve.run(settings)
-        except (RelayError, KeyFileError, MigrationError, ConfigError, OSError) as exc:
-            # Start-up refused (dstack agent unreachable, unusable key file, database
-            # down, a migration refused, the port taken, a setting found wrong only
-            # now: a port relay may not bind, a password Redis refuses): one line
-            # naming the cause, not a traceback.
-            return _refused("serve", exc)
+        except start_refusals() as exc:
+            return refused("serve", exc)
     if args.command == "migrate":
         from relay.errors import RelayError
         from relay.stores.migrations import MigrationError, migrate
@@ -94,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             applied = asyncio.run(migrate(settings.database_url, timeout=settings.database_timeout))
         except (MigrationError, RelayError, ConfigError) as exc:
-            return _refused("migrate", exc)
+            return refused("migrate", exc)
         print(
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
         )
@@ -104,10 +97,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         return clients.run(settings, args)
     except ConfigError as exc:  # the database refuses RELAY_DATABASE_URL's role or name
-        return _refused(f"clients {args.action}", exc)
+        return refused(f"clients {args.action}", exc)
 
 
-def _refused(command: str, error: BaseException) -> int:
+def start_refusals() -> tuple[type[BaseException], ...]:
+    """What relay's start-up refuses with (dstack agent unreachable, unusable key file,
+    database down, a migration refused, the port taken, a setting found wrong only now:
+    a port relay may not bind, a password Redis refuses): said in one line by
+    `refused`, not a traceback."""
+    from relay.errors import RelayError
+    from relay.proofs.keyfile import KeyFileError
+    from relay.stores.migrations import MigrationError
+
+    return (RelayError, KeyFileError, MigrationError, ConfigError, OSError)
+
+
+def refused(command: str, error: BaseException) -> int:
     """Say why `command` could not start, in one line; exit 2 if a setting or a file
     must change first (systemd's RestartPreventExitStatus=2 then stops retrying), else 1."""
     from relay.errors import operator_message

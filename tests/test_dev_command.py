@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from relay.devservers import free_port
+from relay.proofs.keyfile import KEY_FILE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 90.0
@@ -212,4 +213,24 @@ def test_a_busy_port_is_reported_and_everything_stops(dev_dir: Path):
             run.kill()
     run.stderr_reader.join(10)
     assert f"cannot listen on 127.0.0.1:{port}" in "".join(run.stderr)
+    assert processes_using(dev_dir) == []
+
+
+def test_a_start_up_refusal_is_one_line_and_everything_stops(dev_dir: Path):
+    # Said as `relay serve` says it (exit 2: a file to mend), not with a traceback.
+    key_file = dev_dir / "state" / KEY_FILE_NAME
+    key_file.parent.mkdir(parents=True, mode=0o700)
+    key_file.write_bytes(b"-----BEGIN GARBAGE-----\n")
+    key_file.chmod(0o600)
+    run = DevRun(dev_dir, free_port())
+    try:
+        assert run.proc.wait(timeout=START_TIMEOUT) == 2
+    finally:
+        run.kill()
+    run.stderr_reader.join(10)
+    said = "".join(run.stderr)
+    assert said.splitlines()[-1] == (
+        f"relay dev: signing key file {key_file} does not hold an unencrypted Ed25519 PEM key"
+    )
+    assert "Traceback" not in said
     assert processes_using(dev_dir) == []

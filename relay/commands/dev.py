@@ -24,6 +24,7 @@ from aiohttp import web
 
 from relay.app import create_app
 from relay.appkeys import CLIENTS
+from relay.cli import refused, start_refusals
 from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
 from relay.config_environment import gather
@@ -220,6 +221,8 @@ def run() -> int:
     except DevServerError as exc:
         print(f"relay dev: {exc}", file=sys.stderr)
         return 1
+    except start_refusals() as exc:  # as `relay serve` says them
+        return refused("dev", exc)
     except KeyboardInterrupt:
         return 130
     finally:
