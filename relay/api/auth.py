@@ -23,6 +23,11 @@ async def create_token(request: web.Request) -> web.Response:
     api_key = data.get("api_key")
     if not isinstance(api_key, str) or not api_key:
         raise InvalidRequestError("api_key is required.", param="api_key")
+    if api_key != api_key.strip():  # pasted with a newline, say: no key relay issues has one
+        raise InvalidRequestError(
+            "api_key begins or ends with whitespace; send the key exactly as it was issued.",
+            param="api_key",
+        )
     client, issued = await request.app[AUTHENTICATOR].exchange(api_key)
     request[CALLER] = Caller(client, issued.claims)  # so the access line names the client
     return json_response(
