@@ -398,3 +398,28 @@ async def test_a_turn_too_large_to_keep_is_refused_before_anything_is_sent(http,
     for fine in (asked, unkept):
         answer = await http.post("/v1/chat/completions", json=fine, headers=bearer(token))
         assert answer.status == 200, await answer.text()
+
+
+async def test_participant_names_are_kept_and_shown(http):
+    # OpenAI's `name` tells the people of one chat apart; a poller must see who said what.
+    _, token = await client_with_token(http)
+    response = await chat(
+        http,
+        token,
+        messages=[
+            {"role": "system", "content": "Moderate.", "name": "house_rules"},
+            {"role": "user", "content": "Greetings, everyone", "name": "alice"},
+            {"role": "user", "content": "Hello"},
+        ],
+    )
+    assert response.status == 200, await response.text()
+    conversation = response.headers[CONVERSATION]
+
+    read = await http.get(f"/v1/conversations/{conversation}", headers=bearer(token))
+    polled = await http.get("/v1/history", headers=bearer(token))
+    found = await http.get("/v1/history/search", params={"q": "greetings"}, headers=bearer(token))
+
+    expected = [("system", "house_rules"), ("user", "alice"), ("user", None), ("assistant", None)]
+    for messages in ((await read.json())["messages"], (await polled.json())["data"]):
+        assert [(message["role"], message["name"]) for message in messages] == expected
+    assert [message["name"] for message in (await found.json())["data"]] == ["alice"]

@@ -108,10 +108,10 @@ async def test_rows_written_before_the_migration_are_found_after_it(
     before = tmp_path / "sql"
     before.mkdir()
     for path in sorted(migrations_dir().glob("*.sql")):
-        if int(path.name[:3]) < 7:
+        if int(path.name[:3]) != 7:  # the columns today's code reads, 007's vectors aside
             shutil.copy(path, before)
     settings = make_settings(rate_limits=False, database_url=empty_database_url)
-    # A relay of the release before: its schema, its vectors, written through its API.
+    # A relay of the release before 007: its vectors, written through its API.
     monkeypatch.setattr("relay.stores.migrations.migrations_dir", lambda: before)
     old = await make_client(settings)
     _, token = await client_with_token(old)

@@ -138,6 +138,7 @@ def public_message(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "conversation_id": row["conversation_id"],
         "role": row["role"],
+        "name": row["name"],
         "content": row["content"],
         "tool_calls": row["tool_calls"],
         "tool_call_id": row["tool_call_id"],

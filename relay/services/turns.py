@@ -14,6 +14,7 @@ TITLE_CHARS = 120
 # held a batch past its timeout, failing every other client's answers in it.
 MAX_TURN_MESSAGES = 1000
 _ROLE_CHARS = 32
+_NAME_CHARS = 256  # OpenAI allows 64; a provider that takes longer ones is believed so far
 _INT4_MAX = 2**31 - 1
 
 
@@ -81,9 +82,11 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
     for index, message in enumerate(answer_turn(answer)):
         role = message.get("role")
         tool_call_id = message.get("tool_call_id")
+        name = message.get("name")
         rows.append(
             NewMessage(
                 role=clean_text(role)[:_ROLE_CHARS] if isinstance(role, str) else "user",
+                name=clean_text(name)[:_NAME_CHARS] if isinstance(name, str) and name else None,
                 content=content_text(message.get("content")),
                 tool_call_id=clean_text(tool_call_id) if isinstance(tool_call_id, str) else None,
                 # Stamped with the answer when its time is taken early (/v1/chat names

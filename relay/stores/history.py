@@ -24,6 +24,7 @@ class NewMessage:
     role: str
     content: str
     status: str = "complete"
+    name: str | None = None  # the participant's, as the request named it
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     prompt_tokens: int | None = None
@@ -132,6 +133,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
                     # How far below the client's new last number this row's number is.
                     "back": left[turn.client_id],
                     "role": message.role,
+                    "name": message.name,
                     "content": message.content,
                     "tool_calls": message.tool_calls,
                     "tool_call_id": message.tool_call_id,
@@ -146,15 +148,15 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
             )
     # The sequence rows hold this batch's last numbers: it has held their locks since.
     tx.defer(
-        "INSERT INTO messages (id, conversation_id, client_id, seq, role, content, tool_calls,"
-        " tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms, request_id,"
-        " created_at)"
+        "INSERT INTO messages (id, conversation_id, client_id, seq, role, name, content,"
+        " tool_calls, tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms,"
+        " request_id, created_at)"
         " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
-        " s.last_seq - m.back, m.role, m.content, m.tool_calls, m.tool_call_id, m.model,"
+        " s.last_seq - m.back, m.role, m.name, m.content, m.tool_calls, m.tool_call_id, m.model,"
         " m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
         " COALESCE(m.created_at, now())"
         " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
-        " client_id uuid, back bigint, role text, content text, tool_calls jsonb,"
+        " client_id uuid, back bigint, role text, name text, content text, tool_calls jsonb,"
         " tool_call_id text, model text, prompt_tokens integer, completion_tokens integer,"
         " status text, latency_ms float8, request_id text, created_at timestamptz)"
         " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",

@@ -8,7 +8,7 @@ from typing import Any
 from relay.stores.database import Cursor, fetch_all
 
 MESSAGE_COLUMNS = (
-    "id, conversation_id, role, content, tool_calls, tool_call_id, model, prompt_tokens,"
+    "id, conversation_id, role, name, content, tool_calls, tool_call_id, model, prompt_tokens,"
     " completion_tokens, status, latency_ms, request_id, created_at"
 )
 

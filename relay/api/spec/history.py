@@ -55,6 +55,7 @@ _MESSAGE_PROPERTIES: dict[str, Any] = {
     "id": {"type": "integer"},
     "conversation_id": {"type": "string", "format": "uuid"},
     "role": {"type": "string"},
+    "name": NULLABLE_STRING,
     "content": {"type": "string"},
     "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
     "tool_call_id": NULLABLE_STRING,
