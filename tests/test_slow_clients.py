@@ -97,6 +97,21 @@ async def test_a_head_sent_a_byte_at_a_time_is_408(relay, caplog):
     assert "not-for-the-log" not in caplog.text
 
 
+async def test_bytes_sent_after_the_408_are_dropped_not_answered_with_a_reset(relay):
+    # Closed at once, relay's kernel answered them with a reset, which discards a 408
+    # the client has not read yet; relay now half-closes and reads on for a while.
+    reader, writer = await connect(relay)
+    writer.write(b"GET /v1/me HTTP/1.1\r\nHost: relay\r\n")
+    answer = await read_answer(reader)
+    writer.write(b"X-Still-Coming: " + b"z" * 1000 + b"\r\n")  # the head goes on
+    await writer.drain()
+    await asyncio.sleep(0.2)  # a reset, were one sent, is back by now
+    assert_timeout_error(answer)
+    async with asyncio.timeout(CLOSED_WITHIN):
+        assert await reader.read() == b""  # the end relay sent, not a reset
+    writer.close()
+
+
 async def test_the_next_head_on_a_kept_alive_connection_has_a_deadline(relay):
     reader, writer = await connect(relay)
     assert (await exchange(reader, writer, "GET", "/health")).status == 200

@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 # mobile link room for a few retransmissions (TCP's first one waits 1 s, then 2,
 # then 4). nginx's client_header_timeout is 60 s; relay serves apps, not people.
 HEAD_SECONDS = 10.0
+# After a 408 to a late head, relay stops sending (FIN) but reads and drops what
+# more the client sends for this long before it closes: closing at once on bytes
+# still arriving makes the kernel answer them with a reset, and a reset that reaches
+# the client before it has read the 408 discards the 408 (nginx's lingering close).
+LINGER_SECONDS = 2.0
 
 
 class RelayRequestHandler(RequestHandler):
@@ -63,15 +68,17 @@ class RelayRequestHandler(RequestHandler):
     is reading is malformed, in when it keeps the connection, and in noting when it
     began to wait for a request head (`head_since`, for RelayServer's sweep)."""
 
-    __slots__ = ("_head_bytes", "_unsent", "_unsent_since", "head_since")
+    __slots__ = ("_head_bytes", "_linger", "_unsent", "_unsent_since", "head_since")
     head_since: float | None
     _head_bytes: int
+    _linger: bool  # close lingering once the answer is sent
     _unsent: int
     _unsent_since: float
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.head_since = self._loop.time()  # the first head is awaited from now
         self._head_bytes = 0
+        self._linger = False
         self._unsent, self._unsent_since = 0, self.head_since
         super().connection_made(transport)
 
@@ -167,6 +174,18 @@ class RelayRequestHandler(RequestHandler):
         self._messages.append((_ErrInfo(status=408, exc=error, message=""), EMPTY_PAYLOAD))
         waiter.set_result(None)
         self.close()  # what more arrives of the head is not parsed
+        self._linger = True  # the client may still be sending it
+
+    def _close_lingering(self) -> None:
+        """End the connection as LINGER_SECONDS says, the answer sent: no more bytes
+        out, those coming in dropped (data_received, the connection closing), closed
+        when the client closes its side or the time is up, whichever comes first."""
+        transport = self.transport
+        if transport is None or not transport.can_write_eof():
+            return
+        self._force_close = True  # aiohttp's connection task then leaves the transport open
+        transport.write_eof()
+        self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def end_after_answer(self) -> None:
         """Close the connection once the answer in progress is sent, without waiting
@@ -178,6 +197,8 @@ class RelayRequestHandler(RequestHandler):
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         resp, reset = await super().finish_response(request, resp, start_time)
+        if self._linger and not reset:
+            self._close_lingering()
         # An HTTP/1.0 connection persists only when the answer says so (RFC 9112
         # appendix C.2.2): aiohttp does not say it of an answer without a length,
         # whose end is the connection's, and must not keep the connection either.
