@@ -177,6 +177,9 @@ async def test_a_body_sent_a_byte_at_a_time_is_408(relay, monkeypatch, path):
         answer = await read_answer(reader)
     assert answer.status == 408
     assert orjson.loads(answer.body)["error"]["code"] == "request_timeout"
+    await asyncio.sleep(0.2)  # more of the body arrives: dropped, not answered with a reset
+    async with asyncio.timeout(CLOSED_WITHIN):
+        assert await reader.read() == b""
     dripping.cancel()
     writer.close()
 

@@ -55,10 +55,12 @@ log = logging.getLogger(__name__)
 # mobile link room for a few retransmissions (TCP's first one waits 1 s, then 2,
 # then 4). nginx's client_header_timeout is 60 s; relay serves apps, not people.
 HEAD_SECONDS = 10.0
-# After a 408 to a late head, relay stops sending (FIN) but reads and drops what
-# more the client sends for this long before it closes: closing at once on bytes
-# still arriving makes the kernel answer them with a reset, and a reset that reaches
-# the client before it has read the 408 discards the 408 (nginx's lingering close).
+# After an answer that ends its connection while the client may still be sending (a
+# 408 to a late head or body, a refused `Expect`, a malformed body), relay stops
+# sending (FIN) but reads and drops what more comes for this long before it closes:
+# closing at once on bytes still arriving makes the kernel answer them with a reset,
+# and a reset that reaches the client before it has read the answer discards the
+# answer (nginx's lingering close).
 LINGER_SECONDS = 2.0
 
 
@@ -188,10 +190,12 @@ class RelayRequestHandler(RequestHandler):
         self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def end_after_answer(self) -> None:
-        """Close the connection once the answer in progress is sent, without waiting
-        (aiohttp lingers up to 10 s) for the rest of a request body nobody will read."""
+        """End the connection once the answer in progress is sent, without reading
+        (aiohttp lingers up to 10 s for it) the rest of a request body nobody will
+        read: what still comes of it is dropped, as after a 408 to a late head."""
         self._lingering_time = 0.0
         self._close = True
+        self._linger = True
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
