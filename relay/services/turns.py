@@ -14,7 +14,7 @@ TITLE_CHARS = 120
 # held a batch past its timeout, failing every other client's answers in it.
 MAX_TURN_MESSAGES = 1000
 _ROLE_CHARS = 32
-_NAME_CHARS = 256  # OpenAI allows 64; a provider that takes longer ones is believed so far
+_NAME_CHARS = 256  # OpenAI allows 64; a longer one another provider took is kept up to this
 _INT4_MAX = 2**31 - 1
 
 
