@@ -65,21 +65,51 @@ async def test_streamed_answer_is_stored_as_the_text_the_client_read(http, datab
     assert rows[-1]["status"] == "complete"
 
 
-async def test_with_n_choices_history_keeps_the_first(http, database_url, simulator):
-    # The stored answer is choice 0, the one a conversation goes on from, never the
-    # choices run together; its usage counts every choice, as the provider bills them.
+async def test_with_n_choices_history_keeps_each_as_a_row_of_its_own(http, database_url, simulator):
+    # Every answer the client received is in history: choice 0, the one a conversation
+    # goes on from, first, with the usage (every choice's, as the provider bills
+    # them), then the others, numbered.
     client, token = await client_with_token(http)
     tokens = simulator.config.tokens
-    assert completion_text(tokens) != completion_text(tokens, choice=1)
+    texts = [completion_text(tokens, choice=index) for index in range(3)]
+    assert len(set(texts)) == 3
     for stream in (False, True):
-        response = await chat(http, token, n=2, stream=stream)
+        response = await chat(http, token, n=3, stream=stream)
         assert response.status == 200
         await response.read()
-        [*_, answer] = await stored_messages(database_url, client["id"])
-        assert (answer["role"], answer["status"]) == ("assistant", "complete")
-        assert answer["content"] == completion_text(tokens)
+        *_, first, second, third = await stored_messages(database_url, client["id"])
+        answers = [first, second, third]
+        assert [(row["role"], row["status"]) for row in answers] == [("assistant", "complete")] * 3
+        assert [row["content"] for row in answers] == texts
+        assert [row["choice"] for row in answers] == [0, 1, 2]
+        assert second["completion_tokens"] is None and third["prompt_tokens"] is None
         if not stream:
-            assert answer["completion_tokens"] == 2 * tokens
+            assert first["completion_tokens"] == 3 * tokens
+
+    polled = await (await http.get("/v1/history", headers=bearer(token))).json()
+    assert [message["choice"] for message in polled["data"]][-3:] == [0, 1, 2]
+    response = await chat(http, token)  # one answer asked for: no choice to number
+    await response.read()
+    *_, question, answer = await stored_messages(database_url, client["id"])
+    assert question["choice"] is None and answer["choice"] is None
+
+
+async def test_a_conversation_goes_on_from_choice_0(http, simulator):
+    _, token = await client_with_token(http)
+    response = await chat(http, token, "Pick one", n=3)
+    conversation = response.headers[CONVERSATION]
+    await response.read()
+    answered = await http.post(
+        "/v1/chat",
+        json={"message": "Go on", "conversation_id": conversation},
+        headers=bearer(token),
+    )
+    assert answered.status == 200, await answered.text()
+    assert simulator.state.requests[-1].json()["messages"] == [
+        {"role": "user", "content": "Pick one"},
+        {"role": "assistant", "content": completion_text(simulator.config.tokens)},
+        {"role": "user", "content": "Go on"},
+    ]
 
 
 async def test_a_prefill_ending_the_request_leaves_the_question_in_the_turn(http, database_url):

@@ -320,6 +320,28 @@ def test_each_choice_keeps_its_own_text() -> None:
     assert (observer.text, observer.choice_text(1), observer.finish_reason) == ("a", "bc", "stop")
 
 
+def test_the_choices_after_the_first_are_summarised_in_order() -> None:
+    call = {
+        "index": 0,
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": "{}"},
+    }
+    stream = event(chunk([delta({"content": "z"}, index=2), delta({"content": "a"}, index=0)]))
+    stream += event(
+        chunk([delta({"refusal": "no"}, index=1), delta({"tool_calls": [call]}, index=2)])
+    )
+    stream += event(chunk([delta({"content": "far"}, index=500)]))  # past OpenAI's 128
+    more = observe(stream).summary().more_choices
+    assert [(choice.index, choice.reply) for choice in more] == [(1, "no"), (2, "z")]
+    assert (more[0].tool_calls, more[1].tool_calls) == (
+        [],
+        [{k: v for k, v in call.items() if k != "index"}],
+    )
+    # One choice: nothing more to keep.
+    assert observe(event(chunk([delta({"content": "a"})]))).summary().more_choices == ()
+
+
 def test_the_answer_is_finished_by_its_own_choice_only() -> None:
     stream = event(chunk([delta({"content": "a"}, index=0), delta({}, "length", index=1)]))
     assert observe(stream).finish_reason is None

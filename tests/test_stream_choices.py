@@ -194,7 +194,8 @@ async def test_through_relay_a_paused_choice_arrives_and_is_stored_whole(
     response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
     assert await response.read() == sent("two-paused")
     rows = await stored_messages(database_url, client["id"])
-    assert [(row["role"], row["content"], row["status"]) for row in rows] == [
-        ("user", "Hi", "complete"),
-        ("assistant", "A", "complete"),  # choice 0 is the answer history keeps
+    assert [(row["role"], row["content"], row["status"], row["choice"]) for row in rows] == [
+        ("user", "Hi", "complete", None),
+        ("assistant", "A", "complete", 0),
+        ("assistant", "BC", "complete", 1),  # the paused choice, whole
     ]

@@ -142,6 +142,7 @@ def public_message(row: dict[str, Any]) -> dict[str, Any]:
         "content": row["content"],
         "tool_calls": row["tool_calls"],
         "tool_call_id": row["tool_call_id"],
+        "choice": row["choice"],
         "model": row["model"],
         "status": row["status"],
         "usage": usage,

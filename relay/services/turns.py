@@ -77,7 +77,8 @@ def _count(usage: dict[str, Any] | None, key: str) -> int | None:
 
 
 def turn_messages(answer: Answer) -> list[NewMessage]:
-    """The rows one answer adds to history, in order: the new turn, then the reply."""
+    """The rows one answer adds to history, in order: the new turn, then the replies
+    (one per choice, when several were asked for)."""
     rows = []
     for index, message in enumerate(answer_turn(answer)):
         role = message.get("role")
@@ -96,21 +97,47 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
             )
         )
     summary = answer.summary
-    usage = summary.usage
+    # With several answers asked for (`n`), the usage, the whole response's, goes with
+    # the first, the one a conversation goes on from.
     rows.append(
-        NewMessage(
-            role="assistant",
-            content=clean_text(summary.reply),
-            status=answer.status,
-            tool_calls=clean_json(summary.tool_calls) or None,
-            prompt_tokens=_count(usage, "prompt_tokens"),
-            completion_tokens=_count(usage, "completion_tokens"),
-            latency_ms=answer.latency_ms,
-            id=answer.message_id,
-            created_at=answer.message_created_at,
+        _reply_row(
+            answer,
+            summary.reply,
+            summary.tool_calls,
+            0 if summary.more_choices else None,
+            usage=summary.usage,
+            row_id=answer.message_id,
         )
     )
+    rows.extend(
+        _reply_row(answer, choice.reply, choice.tool_calls, choice.index)
+        for choice in summary.more_choices
+    )
     return rows
+
+
+def _reply_row(
+    answer: Answer,
+    reply: str,
+    tool_calls: list[dict[str, Any]],
+    choice: int | None,
+    *,
+    usage: dict[str, Any] | None = None,
+    row_id: int | None = None,
+) -> NewMessage:
+    """One of the answer's replies as its row."""
+    return NewMessage(
+        role="assistant",
+        content=clean_text(reply),
+        status=answer.status,
+        tool_calls=clean_json(tool_calls) or None,
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
+        latency_ms=answer.latency_ms,
+        id=row_id,
+        created_at=answer.message_created_at,
+        choice=choice,
+    )
 
 
 def title_of(messages: list[NewMessage]) -> str:
@@ -134,8 +161,10 @@ def answer_turn(answer: Answer) -> list[dict[str, Any]]:
 
 
 def rows_written(answer: Answer) -> int:
-    """The rows recording `answer` writes: its receipt, and its turn and reply if kept."""
-    return len(answer_turn(answer)) + 2 if answer.store else 1
+    """The rows recording `answer` writes: its receipt, and its turn and replies if kept."""
+    if not answer.store:
+        return 1
+    return len(answer_turn(answer)) + 2 + len(answer.summary.more_choices)
 
 
 # About what one receipt row adds to a batch's statements.

@@ -96,7 +96,7 @@ FROM (SELECT *, coalesce(sum(least(octet_length(content), 4 * %(chars)s::bigint)
   FROM (SELECT *, coalesce((role = 'assistant') = (min(seq * 2 + (role = 'assistant')::int)
       FILTER (WHERE role IS NOT NULL) OVER after_it %% 2 = 1), role = 'user') AS gives_way
     FROM (SELECT seq, content, CASE WHEN role IN ('user', 'assistant') AND content <> ''
-        AND status NOT IN ('failed', 'cut') THEN role END AS role
+        AND status NOT IN ('failed', 'cut') AND coalesce(choice, 0) = 0 THEN role END AS role
       FROM messages WHERE conversation_id = %(conversation)s AND {_CLIENTS_CONVERSATION}
     ) walked
     WINDOW after_it AS (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) turns

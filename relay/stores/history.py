@@ -25,6 +25,7 @@ class NewMessage:
     content: str
     status: str = "complete"
     name: str | None = None  # the participant's, as the request named it
+    choice: int | None = None  # which answer, when the request asked for several (`n`)
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     prompt_tokens: int | None = None
@@ -134,6 +135,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
                     "back": left[turn.client_id],
                     "role": message.role,
                     "name": message.name,
+                    "choice": message.choice,
                     "content": message.content,
                     "tool_calls": message.tool_calls,
                     "tool_call_id": message.tool_call_id,
@@ -150,15 +152,16 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     tx.defer(
         "INSERT INTO messages (id, conversation_id, client_id, seq, role, name, content,"
         " tool_calls, tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms,"
-        " request_id, created_at)"
+        " request_id, created_at, choice)"
         " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
         " s.last_seq - m.back, m.role, m.name, m.content, m.tool_calls, m.tool_call_id, m.model,"
         " m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
-        " COALESCE(m.created_at, now())"
+        " COALESCE(m.created_at, now()), m.choice"
         " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
         " client_id uuid, back bigint, role text, name text, content text, tool_calls jsonb,"
         " tool_call_id text, model text, prompt_tokens integer, completion_tokens integer,"
-        " status text, latency_ms float8, request_id text, created_at timestamptz)"
+        " status text, latency_ms float8, request_id text, created_at timestamptz,"
+        " choice smallint)"
         " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",
         (json_rows(rows),),
     )

@@ -39,6 +39,21 @@ _MALFORMED_BODY = {
 }
 
 
+# OpenAI's most choices one request may ask for (`n`): a provider's choice index past it
+# is not kept apart.
+MAX_CHOICES = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceReply:
+    """A choice after the first, when a request asked for several (`n`): its index,
+    its words (its text, or its refusal) and its tool calls."""
+
+    index: int
+    reply: str
+    tool_calls: list[dict[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class CompletionSummary:
     text: str = ""
@@ -52,6 +67,8 @@ class CompletionSummary:
     # The UTF-8 bytes the model generated, in every choice: text, refusals, tool calls'
     # names and arguments, reasoning. What the answer is charged for without usage.
     generated_bytes: int = 0
+    # The choices after the first (choice 0, the answer the fields above describe).
+    more_choices: tuple[ChoiceReply, ...] = ()
 
     @property
     def reply(self) -> str:
@@ -130,7 +147,8 @@ class CompletionAccumulator:
     """Folds chat completion objects, whole or streamed as chunks, into one answer.
 
     A streamed chunk's `delta` and a whole answer's `message` are read alike, so streamed
-    and non-streamed answers are summarised by the same rules. Choice 0 is the answer;
+    and non-streamed answers are summarised by the same rules. Choice 0 is the answer,
+    the others (a request's `n` > 1) are summarised apart (`more_choices`);
     `generated_bytes` counts what every choice generated, as it arrives.
 
     `surrogates` tells that an object lenient_json read was taken in: its strings are
@@ -280,23 +298,41 @@ class CompletionAccumulator:
         state = self._choices.get(index)
         return self._whole("".join(state.text)) if state else ""
 
+    def choice_refusal(self, index: int) -> str:
+        state = self._choices.get(index)
+        return self._whole("".join(state.refusal)) if state else ""
+
+    def choice_tool_calls(self, index: int) -> list[dict[str, Any]]:
+        state = self._choices.get(index)
+        if not state:
+            return []
+        # A stable sort: calls sharing an index keep the order they began in.
+        calls = [call.as_dict() for _, call in sorted(state.calls, key=lambda item: item[0])]
+        return self._whole(calls)
+
     @property
     def text(self) -> str:
         return self.choice_text(0)
 
     @property
     def refusal(self) -> str:
-        state = self._choices.get(0)
-        return self._whole("".join(state.refusal)) if state else ""
+        return self.choice_refusal(0)
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
-        state = self._choices.get(0)
-        if not state:
-            return []
-        # A stable sort: calls sharing an index keep the order they began in.
-        calls = [call.as_dict() for _, call in sorted(state.calls, key=lambda item: item[0])]
-        return self._whole(calls)
+        return self.choice_tool_calls(0)
+
+    def more_choices(self) -> tuple[ChoiceReply, ...]:
+        """Every choice but the first, in order of index (up to MAX_CHOICES)."""
+        return tuple(
+            ChoiceReply(
+                index,
+                self.choice_text(index) or self.choice_refusal(index),
+                self.choice_tool_calls(index),
+            )
+            for index in sorted(self._choices)
+            if 0 < index < MAX_CHOICES
+        )
 
     def summary(self) -> CompletionSummary:
         return CompletionSummary(
@@ -309,6 +345,7 @@ class CompletionAccumulator:
             response_id=self._whole(self.response_id),
             error=self.error,
             generated_bytes=self.generated_bytes,
+            more_choices=self.more_choices() if len(self._choices) > 1 else (),
         )
 
 

@@ -59,6 +59,7 @@ _MESSAGE_PROPERTIES: dict[str, Any] = {
     "content": {"type": "string"},
     "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
     "tool_call_id": NULLABLE_STRING,
+    "choice": NULLABLE_INTEGER,
     "model": NULLABLE_STRING,
     "status": {"type": "string", "enum": ["complete", "cut", "cancelled", "failed"]},
     "usage": {
