@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from relay.upstreams.choice_parts import ChoiceState, answer_text, text_bytes
 from relay.upstreams.provider_json import (
     error_object,
     lenient_json,
@@ -22,12 +23,6 @@ BYTES_PER_TOKEN = 4
 def estimated_tokens(size: int) -> int:
     """The tokens `size` bytes of text are taken for, rounded up."""
     return -(-size // BYTES_PER_TOKEN)
-
-
-def text_bytes(text: str) -> int:
-    """`text`'s UTF-8 length; an ASCII string (the usual one) is not encoded to learn it.
-    A lone surrogate (surrogate_json) counts the 3 bytes of the U+FFFD it is kept as."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 _JSON = TypeVar("_JSON")
@@ -76,73 +71,6 @@ class CompletionSummary:
         return self.text or self.refusal
 
 
-# The fields each kind of tool call always has: a function call its name and JSON
-# arguments, a custom tool call (free-form input) its name and input.
-_TOOL_CALL_FIELDS = {"function": ("name", "arguments"), "custom": ("name", "input")}
-
-
-class _ToolCall:
-    __slots__ = ("call_id", "fields", "kind")
-
-    def __init__(self) -> None:
-        self.call_id = ""
-        self.kind = "function"
-        # Fragments are joined once at the end: repeated str += would copy the arguments each time.
-        self.fields: dict[str, list[str]] = {}
-
-    def merge(self, call: dict[str, Any]) -> int:
-        """Take in one fragment (or a whole call): string fields are concatenated, as
-        the OpenAI SDK does; the name may come in fragments too. Returns the bytes
-        of those fields it took in."""
-        size = 0
-        if not self.call_id and isinstance(call_id := call.get("id"), str):
-            self.call_id = call_id
-        if isinstance(kind := call.get("type"), str) and kind:
-            self.kind = kind  # named by the first fragment only
-        if isinstance(payload := call.get(self.kind), dict):
-            for name, value in payload.items():
-                if isinstance(value, str):
-                    self.fields.setdefault(name, []).append(value)
-                    size += text_bytes(value)
-        return size
-
-    def as_dict(self) -> dict[str, Any]:
-        payload = dict.fromkeys(_TOOL_CALL_FIELDS.get(self.kind, ("name",)), "")
-        payload.update((name, "".join(parts)) for name, parts in self.fields.items())
-        return {"id": self.call_id, "type": self.kind, self.kind: payload}
-
-
-class _Choice:
-    __slots__ = ("calls", "refusal", "text", "tool_calls")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.refusal: list[str] = []
-        self.tool_calls: dict[int, _ToolCall] = {}  # the call each index names now
-        self.calls: list[tuple[int, _ToolCall]] = []  # every call, by index and in order begun
-
-
-def answer_text(part: dict[str, Any]) -> str:
-    """The words of a `delta` or `message`: its content as a string, or the text parts
-    of a content list (Mistral's reasoning models answer so; their `thinking` parts
-    are not the answer), or else the transcript of an audio answer."""
-    content = part.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            piece["text"]
-            for piece in content
-            if isinstance(piece, dict)
-            and piece.get("type") == "text"
-            and isinstance(piece.get("text"), str)
-        )
-    audio = part.get("audio")
-    if isinstance(audio, dict) and isinstance(transcript := audio.get("transcript"), str):
-        return transcript
-    return ""
-
-
 class CompletionAccumulator:
     """Folds chat completion objects, whole or streamed as chunks, into one answer.
 
@@ -170,7 +98,7 @@ class CompletionAccumulator:
         # Choice 0's, the answer's: a plain attribute, as a pipe asks for it after every read.
         self.finish_reason: str | None = None
         self.generated_bytes = 0
-        self._choices: dict[int, _Choice] = {}
+        self._choices: dict[int, ChoiceState] = {}
         self._choices_asked = choices
         self._finished: set[int] = set()  # the choices that have their finish_reason
         self.all_finished = False
@@ -208,7 +136,7 @@ class CompletionAccumulator:
             index = 0
         state = self._choices.get(index)
         if state is None:
-            state = self._choices[index] = _Choice()
+            state = self._choices[index] = ChoiceState()
         part = choice.get("delta")
         if part is None:
             part = choice.get("message")
@@ -235,7 +163,7 @@ class CompletionAccumulator:
                     self.generated_bytes += text_bytes(refusal)
                     saw_content = True
                 if (calls := part.get("tool_calls")) and isinstance(calls, list):
-                    self.generated_bytes += self._merge_tool_calls(state, calls)
+                    self.generated_bytes += state.merge_tool_calls(calls)
                     saw_content = True
                 # DeepSeek's and older vLLM's name, or OpenRouter's and newer vLLM's; a
                 # provider sending both sends the same text: it is counted once.
@@ -259,31 +187,6 @@ class CompletionAccumulator:
             self.all_finished = True
             self.finished_bytes = self.generated_bytes
 
-    @staticmethod
-    def _merge_tool_calls(state: _Choice, calls: list[Any]) -> int:
-        size = 0
-        for position, call in enumerate(calls):
-            if not isinstance(call, dict):
-                continue
-            # Streamed fragments name their call by `index`; a whole message lists calls in order.
-            index = call.get("index", position)
-            if not isinstance(index, int):
-                index = position
-            entry = state.tool_calls.get(index)
-            # Ollama sends parallel calls whole, each at index 0 with its own id: a
-            # fragment naming another id than the call at its index begins a new call
-            # (as the Vercel AI SDK reads them). One without an id continues it.
-            if entry is None or (
-                entry.call_id
-                and isinstance(call_id := call.get("id"), str)
-                and call_id
-                and call_id != entry.call_id
-            ):
-                entry = state.tool_calls[index] = _ToolCall()
-                state.calls.append((index, entry))
-            size += entry.merge(call)
-        return size
-
     def read_again(self, data: bytes) -> object:
         """An object orjson refused, read by lenient_json (None if no JSON even so)."""
         obj = lenient_json(data)
@@ -304,11 +207,7 @@ class CompletionAccumulator:
 
     def choice_tool_calls(self, index: int) -> list[dict[str, Any]]:
         state = self._choices.get(index)
-        if not state:
-            return []
-        # A stable sort: calls sharing an index keep the order they began in.
-        calls = [call.as_dict() for _, call in sorted(state.calls, key=lambda item: item[0])]
-        return self._whole(calls)
+        return self._whole(state.tool_call_list()) if state else []
 
     @property
     def text(self) -> str:

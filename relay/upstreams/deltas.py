@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.upstreams.completion import answer_text
+from relay.upstreams.choice_parts import answer_text
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.provider_json import well_formed
 
