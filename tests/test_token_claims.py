@@ -71,9 +71,8 @@ async def test_a_signed_token_with_impossible_dates_is_refused(http, caller, cha
 )
 async def test_a_token_with_numeric_dates_is_accepted(http, caller, changes):  # noqa: F811
     client, _ = caller
-    token = jwt.encode(claims_for(client["id"], **changes), JWT_SECRET, algorithm="HS256")
+    claims = claims_for(client["id"], **changes)  # once: a second later, exp would differ
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
     response = await http.get("/v1/me", headers=bearer(token))
     assert response.status == 200, await response.text()
-    assert (await response.json())["token_expires_at"] == int(
-        claims_for(client["id"], **changes)["exp"]
-    )
+    assert (await response.json())["token_expires_at"] == int(claims["exp"])
