@@ -18,7 +18,13 @@ from relay.upstreams.provider_json import lenient_json
 from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
 from relay.upstreams.rewording import reworded_events
 from relay.upstreams.routing import Route
-from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
+from relay.upstreams.sse import (
+    DONE_LINES,
+    MAX_EVENT_BYTES,
+    SSEDecoder,
+    end_of_stream_at,
+    last_event_end,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,56 +33,14 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
 }
-_DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
 # How long a client may take no bytes at all before relay gives up on it (the
 # same as nginx's send_timeout): its stream and provider request are held meanwhile.
 SEND_SECONDS = 60.0
-# A blank line ends an event: a line end straight after another. Whatever the line
-# endings (LF, CRLF, CR, mixed), that shows as LF LF, CR CR or LF CR (a CR LF alone is
-# one line end); a CR closing it may be the first half of a CRLF.
-_BLANK_LINES = (b"\n\n", b"\r\r", b"\n\r")
-_CR = 0x0D
-# Where an event ends, as above: a line end, then the blank line's; a CR followed by
-# LF is one line end (CRLF), never two.
 
 
 def error_event(error: RelayError) -> bytes:
     """The final event of a stream that cannot end normally; OpenAI's SDK raises on it."""
     return b"data: " + orjson.dumps(error.body()) + b"\n\n"
-
-
-def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:
-    """The index just past the last complete SSE event in `buffer` (0 if none),
-    looking for its end from `start` on.
-
-    Only whole events go to the client, so a provider that breaks off mid-event
-    never leaves the client holding half an event glued to relay's error event.
-    """
-    if buffer.endswith(b"\n\n"):  # the usual chunk: whole events, nothing after
-        return len(buffer)
-    end = 0
-    for blank_line in _BLANK_LINES:
-        at = buffer.rfind(blank_line, start)
-        if at >= 0:
-            end = max(end, at + 2)
-    if end and buffer[end - 1] == _CR and buffer[end : end + 1] == b"\n":
-        end += 1
-    return end
-
-
-def end_of_stream_at(buffer: bytes) -> int:
-    """Where the `data: [DONE]` line starts in `buffer`, or -1.
-
-    Only a line that is exactly the [DONE] event counts, not the word in content.
-    """
-    start = buffer.find(b"[DONE]")
-    while start >= 0:
-        line_start = max(buffer.rfind(b"\n", 0, start), buffer.rfind(b"\r", 0, start)) + 1
-        line_end = start + len(b"[DONE]")
-        if buffer[line_start:line_end] in _DONE_LINES:
-            return line_start
-        start = buffer.find(b"[DONE]", line_end)
-    return -1
 
 
 @dataclass
@@ -182,7 +146,7 @@ async def _body_ended(
         return PipeResult(_ended(observer, route), observer)
     # `data: [DONE]` short of its blank line: by the SSE rules that event never ended,
     # but the answer did. The client gets those bytes as sent.
-    if rest.strip() in _DONE_LINES:
+    if rest.strip() in DONE_LINES:
         return PipeResult("complete", observer, rest)
     if not _whole_data(rest):
         labelled(UPSTREAM_ERRORS, route.upstream.name, "cut").inc()

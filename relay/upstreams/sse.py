@@ -1,4 +1,6 @@
-"""The incremental Server-Sent Events decoder: raw bytes in, each event's `data` out."""
+"""Server-Sent Events: the incremental decoder (raw bytes in, each event's `data` out),
+and the framing relay reads off the bytes it passes through unchanged (where the last
+whole event ends, where the stream's `[DONE]` line begins)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,11 @@ MAX_EVENT_BYTES = 4 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
 _LF = 0x0A
+DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
+# A blank line ends an event: a line end straight after another. Whatever the line
+# endings (LF, CRLF, CR, mixed), that shows as LF LF, CR CR or LF CR (a CR LF alone is
+# one line end); a CR closing it may be the first half of a CRLF.
+_BLANK_LINES = (b"\n\n", b"\r\r", b"\n\r")
 
 
 class SSEDecoder:
@@ -155,3 +162,37 @@ def _data_lines_events(chunk: bytes) -> list[bytes] | None:
     payloads = chunk[6:-2].split(b"\n\ndata: ")
     # Every LF is in a separator or the last blank line exactly when no payload holds one.
     return payloads if chunk.count(b"\n") == 2 * len(payloads) else None
+
+
+def last_event_end(buffer: bytes | bytearray, start: int = 0) -> int:
+    """The index just past the last complete SSE event in `buffer` (0 if none),
+    looking for its end from `start` on.
+
+    Only whole events go to the client, so a provider that breaks off mid-event
+    never leaves the client holding half an event glued to relay's error event.
+    """
+    if buffer.endswith(b"\n\n"):  # the usual chunk: whole events, nothing after
+        return len(buffer)
+    end = 0
+    for blank_line in _BLANK_LINES:
+        at = buffer.rfind(blank_line, start)
+        if at >= 0:
+            end = max(end, at + 2)
+    if end and buffer[end - 1] == _CR and buffer[end : end + 1] == b"\n":
+        end += 1
+    return end
+
+
+def end_of_stream_at(buffer: bytes) -> int:
+    """Where the `data: [DONE]` line starts in `buffer`, or -1.
+
+    Only a line that is exactly the [DONE] event counts, not the word in content.
+    """
+    start = buffer.find(b"[DONE]")
+    while start >= 0:
+        line_start = max(buffer.rfind(b"\n", 0, start), buffer.rfind(b"\r", 0, start)) + 1
+        line_end = start + len(b"[DONE]")
+        if buffer[line_start:line_end] in DONE_LINES:
+            return line_start
+        start = buffer.find(b"[DONE]", line_end)
+    return -1
