@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from relay.ids import uuid7_text
-from relay.services.history import answer_horizon_s
+from relay.services.conversation_ids import answer_horizon_s
 from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, execute, query, waiting_for_lock

@@ -15,7 +15,7 @@ from relay.appkeys import CALLER, HISTORY, REQUEST_ID, ROUTER, SETTINGS
 from relay.errors import InvalidRequestError, PermissionDeniedError
 from relay.services.answers import Answer
 from relay.services.chat import quoted_keys, refuse_duplicate_keys
-from relay.services.history import conversation_id_or_404
+from relay.services.conversation_ids import conversation_id_or_404
 from relay.services.native_chat import (
     NATIVE_FIELDS,
     NativeChat,

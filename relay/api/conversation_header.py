@@ -7,7 +7,7 @@ from aiohttp import web
 from relay.appkeys import HISTORY
 from relay.errors import InvalidRequestError
 from relay.services.answers import Answer
-from relay.services.history import canonical_conversation_id
+from relay.services.conversation_ids import canonical_conversation_id
 
 CONVERSATION_HEADER = "Relay-Conversation-Id"
 

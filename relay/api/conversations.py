@@ -6,7 +6,7 @@ from aiohttp import web
 
 from relay.api.body import json_response, query_int, query_value
 from relay.appkeys import CALLER, HISTORY, SETTINGS
-from relay.services.history import answer_horizon_s
+from relay.services.conversation_ids import answer_horizon_s
 
 
 async def list_conversations(request: web.Request) -> web.Response:

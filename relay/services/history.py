@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import Settings
-from relay.errors import InvalidRequestError, NotFoundError
+from relay.errors import InvalidRequestError
 from relay.ids import uuid7_text
+from relay.services.conversation_ids import (
+    conversation_id_or_404,
+    conversation_not_found,
+    first_answer_deadline,
+)
 from relay.services.cursors import decode_cursor, encode_cursor, not_a_cursor
 from relay.services.history_watch import HistoryWatch, TooManyPollsError
 from relay.services.search_slots import SearchSlots
 from relay.stores.conversations import ConversationStore
 from relay.stores.messages import MessageStore
-from relay.upstreams.config import DEFAULT_TIMEOUT_S
-from relay.upstreams.pipe import SEND_SECONDS
 
 MAX_QUERY_CHARS = 1000
 # PostgreSQL's headline (the snippet) costs far more than linearly in the words of
@@ -29,39 +30,6 @@ MAX_QUERY_CHARS = 1000
 # so does the rank (relay.stores.messages bounds its cost).
 MAX_QUERY_WORDS = 32
 _WORDS = re.compile(r"\w+")
-
-# Timeouts of a group commit an answer may wait for: its batch and, its COMMIT lost,
-# the wait for its server process to end (the batch may commit until then:
-# relay.services.batch_write); the query for answers that can no longer be
-# written; the batch again; then itself alone, and that wait again.
-COMMIT_TRIES = 6
-# How far apart the clocks of relay's instances and PostgreSQL may be.
-CLOCK_SKEW_S = 60.0
-
-
-def answer_horizon_s(settings: Settings) -> float:
-    """How long after a new conversation's id was made its first answer may still
-    commit: the wait for the provider's headers, the stream, a last send to a slow
-    client, a drain at shutdown, the commit's tries, and the clocks' skew."""
-    provider_s = max(
-        (upstream.timeout_s for upstream in settings.upstreams), default=DEFAULT_TIMEOUT_S
-    )
-    return (
-        provider_s
-        + settings.max_answer_seconds
-        + SEND_SECONDS
-        + settings.drain_timeout
-        + COMMIT_TRIES * settings.database_timeout
-        + CLOCK_SKEW_S
-    )
-
-
-def uuid7_seconds(conversation_id: str) -> float | None:
-    """When a UUIDv7 (as relay makes conversation ids) was made; None for another kind."""
-    value = uuid.UUID(conversation_id)
-    if value.version != 7 or value.variant != uuid.RFC_4122:
-        return None
-    return (value.int >> 80) / 1000
 
 
 @dataclass(frozen=True)
@@ -110,23 +78,6 @@ def _page(rows: list[dict[str, Any]], more: bool, seq: int) -> Page:
     return Page([public_message(row) for row in rows], history_cursor(next_seq), more)
 
 
-def canonical_conversation_id(text: str) -> str | None:
-    """A conversation id as relay writes it (a uuid in lower case, dashed), however it
-    was spelt; None if it is no uuid."""
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return None
-
-
-def conversation_id_or_404(text: str) -> str:
-    """A well-formed conversation id; anything else cannot name one of the caller's."""
-    checked = canonical_conversation_id(text)
-    if checked is None:
-        raise NotFoundError("No conversation with that id.", code="conversation_not_found")
-    return checked
-
-
 def public_message(row: dict[str, Any]) -> dict[str, Any]:
     usage = None
     if row["prompt_tokens"] is not None or row["completion_tokens"] is not None:
@@ -169,7 +120,7 @@ class HistoryService:
         """The id, if it names one of this client's conversations; 404 otherwise."""
         checked = conversation_id_or_404(conversation_id)
         if not await self.conversations.exists(client_id, checked):
-            raise NotFoundError("No conversation with that id.", code="conversation_not_found")
+            raise conversation_not_found()
         return checked
 
     async def page(
@@ -277,7 +228,7 @@ class HistoryService:
     async def get_conversation(self, client_id: str, conversation_id: str) -> dict[str, Any]:
         found = await self.conversations.get(client_id, conversation_id_or_404(conversation_id))
         if found is None:
-            raise NotFoundError("No conversation with that id.", code="conversation_not_found")
+            raise conversation_not_found()
         return {**found, "messages": [public_message(row) for row in found["messages"]]}
 
     async def delete_conversation(
@@ -287,12 +238,9 @@ class HistoryService:
         this client within `horizon_s` (answer_horizon_s) may name one whose first
         answer has not committed yet: that answer does not create it."""
         checked = conversation_id_or_404(conversation_id)
-        tombstone_until = None
-        made, now = uuid7_seconds(checked), time.time()
-        if made is not None and now - horizon_s <= made <= now + CLOCK_SKEW_S:
-            tombstone_until = datetime.datetime.fromtimestamp(made + horizon_s, datetime.UTC)
-        if not await self.conversations.delete(client_id, checked, tombstone_until=tombstone_until):
-            raise NotFoundError("No conversation with that id.", code="conversation_not_found")
+        until = first_answer_deadline(checked, horizon_s)
+        if not await self.conversations.delete(client_id, checked, tombstone_until=until):
+            raise conversation_not_found()
 
 
 async def _first_of(events: tuple[asyncio.Event, ...], timeout: float) -> None:
