@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from relay.stores.database import Database, UniqueViolation
+from relay.stores.database import Database, UniqueViolation, prepared
+
+INSERT = prepared("test_batch_insert", "INSERT INTO batch_probe VALUES (%s::integer)")
 
 
 @pytest.fixture
@@ -63,3 +65,47 @@ async def test_execute_sends_the_deferred_statements_first(db):
         tx.defer("INSERT INTO batch_probe VALUES (5)")
         await tx.execute("SELECT n FROM batch_probe")
         assert await tx.fetchall() == [(5,)]
+
+
+async def runs_of(db: Database, statement_name: str) -> int | None:
+    """How often the pool's one connection ran its prepared statement (None: not prepared)."""
+    async with db.cursor() as cur:
+        await cur.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements WHERE name = %s",
+            (statement_name,),
+        )
+        row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def test_a_prepared_statement_is_prepared_once_then_only_executed(db):
+    for n in (1, 2, 3):
+        async with db.batch() as tx:
+            tx.defer(INSERT, (n,))
+    assert await count(db) == 3
+    assert await runs_of(db, INSERT.name) == 3
+
+
+async def test_a_prepared_statement_that_failed_before_its_prepare_ran_is_prepared_again(db):
+    """The batch's first statement fails: its PREPARE, after it, never ran."""
+    with pytest.raises(UniqueViolation):
+        async with db.batch() as tx:
+            tx.defer("INSERT INTO batch_probe VALUES (1), (1)")
+            tx.defer(INSERT, (2,))
+    assert await runs_of(db, INSERT.name) is None
+    async with db.batch() as tx:
+        tx.defer(INSERT, (3,))
+    assert await count(db) == 1
+
+
+async def test_a_prepared_statement_whose_batch_failed_after_its_prepare_is_prepared_afresh(db):
+    """PREPARE outlives the rollback; preparing it again must not meet the old one."""
+    with pytest.raises(UniqueViolation):
+        async with db.batch() as tx:
+            tx.defer(INSERT, (1,))
+            tx.defer(INSERT, (1,))
+    assert await runs_of(db, INSERT.name) == 2
+    async with db.batch() as tx:
+        tx.defer(INSERT, (3,))
+    assert await count(db) == 1
+    assert await runs_of(db, INSERT.name) == 1  # prepared anew

@@ -22,7 +22,7 @@ import psycopg2.extensions
 import pytest
 
 from relay.errors import DependencyUnavailableError
-from relay.stores.database import Database
+from relay.stores.database import Database, prepared
 from relay.stores.database_failures import OutcomeUnknownError
 from tests.api_calls import bearer, client_with_token
 from tests.history_calls import query
@@ -183,6 +183,27 @@ async def test_a_batch_that_opens_its_transaction_first_runs_once(proxy, db, dat
         await tx.execute("SELECT count(*) FROM clients")
         tx.defer(INSERT_CLIENT, ("in-batch",))
     assert await stored_clients(database_url) == ["in-batch"]
+
+
+COUNT_OTHERS = prepared(
+    "test_stale_count_others", "SELECT count(*) FROM clients WHERE name <> %s::text"
+)
+
+
+async def test_a_batch_opening_with_a_prepared_statement_runs_once_on_a_fresh_connection(
+    proxy, db, database_url
+):
+    """Sent again on a fresh connection, the statement is prepared there first."""
+    async with AsyncExitStack() as held:
+        for _ in range(POOL):  # every pooled connection has it prepared
+            tx = await held.enter_async_context(db.batch())
+            await tx.execute(COUNT_OTHERS, ("stale",))
+    proxy[0].forget()
+    async with db.batch() as tx:
+        await tx.execute(COUNT_OTHERS, ("stale",))
+        assert await tx.fetchone() == (0,)
+        tx.defer(INSERT_CLIENT, ("prepared",))
+    assert await stored_clients(database_url) == ["prepared"]
 
 
 async def test_a_one_trip_batch_is_not_sent_twice(proxy, db, database_url):

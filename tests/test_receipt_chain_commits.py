@@ -163,7 +163,8 @@ async def test_a_batch_that_overtakes_the_one_it_chains_on_is_tried_again_withou
     execute_now = aiopg.Cursor.execute
 
     async def slow_first(cursor, operation, *args, **kwargs):
-        if "INSERT INTO receipts" in operation and not first_on_its_way.is_set():
+        # The batch's receipts go as EXECUTE of the prepared insert (first PREPAREd).
+        if "relay_receipts_insert" in operation and not first_on_its_way.is_set():
             first_on_its_way.set()
             await asyncio.sleep(0.3)
         return await execute_now(cursor, operation, *args, **kwargs)

@@ -1,9 +1,10 @@
 """The PostgreSQL driver boundary: this module and its parts are the only ones that
 import aiopg or psycopg2: `database_connection` (each pooled connection's server
 process, and a cursor that survives a stale connection), `database_batch` (a
-transaction in as few round trips as it can take), `database_failures` (what the
-driver's failures mean) and `database_admin` (creating databases, reading
-connection strings).
+transaction in as few round trips as it can take), `database_statements`
+(statements prepared once per connection), `database_failures` (what the driver's
+failures mean) and `database_admin` (creating databases, reading connection
+strings).
 
 Stores get cursors from `Database` and write transactions through `Batch`; every
 driver failure on the way becomes `DependencyUnavailableError` (503) once, here.
@@ -38,6 +39,8 @@ from relay.stores.database_failures import (
     quiet_driver_noise,
     registered,
 )
+from relay.stores.database_statements import Prepared as Prepared
+from relay.stores.database_statements import prepared as prepared
 
 log = logging.getLogger(__name__)
 

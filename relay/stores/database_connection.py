@@ -9,6 +9,7 @@ import asyncio
 import logging
 import re
 import weakref
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import aiopg
@@ -163,8 +164,11 @@ class PooledCursor(aiopg.Cursor):
         *,
         timeout: float | None = None,
         repeatable: bool = False,
+        rebuild: Callable[[], str] | None = None,
     ) -> None:
-        """`repeatable`: the statement may be sent twice (see the class), whatever it says."""
+        """`repeatable`: the statement may be sent twice (see the class), whatever it says;
+        `rebuild`: what to send instead on a fresh connection (a statement bound to the
+        one it was first meant for: relay.stores.database_batch)."""
         retry, self._retry_first = self._retry_first, False
         if len(operation) > LARGE_STATEMENT_CHARS:
             self.sent_large = True
@@ -182,6 +186,8 @@ class PooledCursor(aiopg.Cursor):
                 log.warning("postgres connection was stale; statement sent again on a new one")
                 fresh = await self._db.fresh_cursor()
                 self._conn, self._impl, self.released = fresh.connection, fresh.raw, False
+                if rebuild is not None:
+                    operation = rebuild()
                 await super().execute(operation, parameters, timeout=timeout)
 
 

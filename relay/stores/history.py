@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.stores.database import Batch, Database, json_rows
+from relay.stores.database import Batch, Database, json_rows, prepared
 
 # Every instance LISTENs here; the payload names the clients with new messages.
 HISTORY_CHANNEL = "relay_history"
@@ -17,6 +17,57 @@ HISTORY_CHANNEL = "relay_history"
 EVERYONE = "*"
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 _PAYLOAD_BYTES = 7900
+
+# The statements of every batch (write_turns, notify_clients), each prepared once per
+# connection; write_turns says what each does and why in that order.
+_LOCK_CLIENTS = prepared(
+    "history_lock_clients",
+    "SELECT FROM clients WHERE id = ANY(%s::uuid[]) ORDER BY id FOR KEY SHARE",
+)
+_NUMBER_MESSAGES = prepared(
+    "history_number_messages",
+    "INSERT INTO history_sequences (client_id, last_seq)"
+    " SELECT * FROM unnest(%s::uuid[], %s::bigint[])"
+    " ON CONFLICT (client_id) DO UPDATE"
+    " SET last_seq = history_sequences.last_seq + EXCLUDED.last_seq",
+)
+_TOUCH_CONVERSATIONS = prepared(
+    "history_touch_conversations",
+    "UPDATE conversations SET updated_at = now() WHERE id IN ("
+    " SELECT x.id FROM conversations x"
+    " JOIN json_to_recordset(%s::json) AS c(id uuid, client_id uuid)"
+    " ON x.id = c.id AND x.client_id = c.client_id ORDER BY x.id FOR UPDATE OF x)",
+)
+_CREATE_CONVERSATIONS = prepared(
+    "history_create_conversations",
+    "INSERT INTO conversations (id, client_id, title)"
+    " SELECT c.id, c.client_id, c.title"
+    " FROM json_to_recordset(%s::json) AS c(id uuid, client_id uuid, title text)"
+    " WHERE NOT EXISTS (SELECT 1 FROM conversation_tombstones t"
+    " WHERE t.conversation_id = c.id AND t.client_id = c.client_id)"
+    " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
+    " WHERE conversations.client_id = EXCLUDED.client_id",
+)
+_INSERT_MESSAGES = prepared(
+    "history_insert_messages",
+    "INSERT INTO messages (id, conversation_id, client_id, seq, role, name, content,"
+    " tool_calls, tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms,"
+    " request_id, created_at, choice)"
+    " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
+    " s.last_seq - m.back, m.role, m.name, m.content, m.tool_calls, m.tool_call_id, m.model,"
+    " m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
+    " COALESCE(m.created_at, now()), m.choice"
+    " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
+    " client_id uuid, back bigint, role text, name text, content text, tool_calls jsonb,"
+    " tool_call_id text, model text, prompt_tokens integer, completion_tokens integer,"
+    " status text, latency_ms float8, request_id text, created_at timestamptz,"
+    " choice smallint)"
+    " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",
+)
+_NOTIFY = prepared(
+    "history_notify",
+    "SELECT pg_notify(%s::text, payload) FROM unnest(%s::text[]) AS payload",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +121,12 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     # The clients' rows first, in the share the foreign keys below take anyway:
     # deleting a client locks its row, then its sequence and conversations (ON
     # DELETE CASCADE). Taken after those, a batch and a deletion could deadlock.
-    tx.defer("SELECT FROM clients WHERE id = ANY(%s::uuid[]) ORDER BY id FOR KEY SHARE", (clients,))
+    tx.defer(_LOCK_CLIENTS, (clients,))
     # The sequence rows stay locked until commit, so one client's numbers commit
     # in increasing order and `seq > cursor` never passes a row that commits late.
     # Taken first: a DELETE that found no conversation takes this lock before it
     # leaves its tombstone, so the statements below, each reading afresh, see it.
-    tx.defer(
-        "INSERT INTO history_sequences (client_id, last_seq)"
-        " SELECT * FROM unnest(%s::uuid[], %s::bigint[])"
-        " ON CONFLICT (client_id) DO UPDATE"
-        " SET last_seq = history_sequences.last_seq + EXCLUDED.last_seq",
-        (clients, [counts[client] for client in clients]),
-    )
+    tx.defer(_NUMBER_MESSAGES, (clients, [counts[client] for client in clients]))
     # A continued conversation is locked (in id order) and touched, never inserted:
     # one erased since its request came in, even by a DELETE still committing when
     # this batch arrives, is then not there, the messages' foreign key refuses the
@@ -93,13 +138,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
         if turn.continued
     ]
     if continued:
-        tx.defer(
-            "UPDATE conversations SET updated_at = now() WHERE id IN ("
-            " SELECT x.id FROM conversations x"
-            " JOIN json_to_recordset(%s::json) AS c(id uuid, client_id uuid)"
-            " ON x.id = c.id AND x.client_id = c.client_id ORDER BY x.id FOR UPDATE OF x)",
-            (json_rows(continued),),
-        )
+        tx.defer(_TOUCH_CONVERSATIONS, (json_rows(continued),))
     # A new one is created, unless its client erased it while its first answer was
     # on its way (a tombstone): then it is not there either, and that answer fails
     # as above. The ON CONFLICT WHERE keeps a foreign conversation untouched (the
@@ -110,16 +149,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
         if not turn.continued
     ]
     if created:
-        tx.defer(
-            "INSERT INTO conversations (id, client_id, title)"
-            " SELECT c.id, c.client_id, c.title"
-            " FROM json_to_recordset(%s::json) AS c(id uuid, client_id uuid, title text)"
-            " WHERE NOT EXISTS (SELECT 1 FROM conversation_tombstones t"
-            " WHERE t.conversation_id = c.id AND t.client_id = c.client_id)"
-            " ON CONFLICT (id) DO UPDATE SET updated_at = now()"
-            " WHERE conversations.client_id = EXCLUDED.client_id",
-            (json_rows(created),),
-        )
+        tx.defer(_CREATE_CONVERSATIONS, (json_rows(created),))
     left = dict(counts)  # per client: its rows not yet placed, this one included
     rows: list[dict[str, Any]] = []
     for turn in turns:
@@ -149,22 +179,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
                 }
             )
     # The sequence rows hold this batch's last numbers: it has held their locks since.
-    tx.defer(
-        "INSERT INTO messages (id, conversation_id, client_id, seq, role, name, content,"
-        " tool_calls, tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms,"
-        " request_id, created_at, choice)"
-        " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
-        " s.last_seq - m.back, m.role, m.name, m.content, m.tool_calls, m.tool_call_id, m.model,"
-        " m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
-        " COALESCE(m.created_at, now()), m.choice"
-        " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
-        " client_id uuid, back bigint, role text, name text, content text, tool_calls jsonb,"
-        " tool_call_id text, model text, prompt_tokens integer, completion_tokens integer,"
-        " status text, latency_ms float8, request_id text, created_at timestamptz,"
-        " choice smallint)"
-        " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",
-        (json_rows(rows),),
-    )
+    tx.defer(_INSERT_MESSAGES, (json_rows(rows),))
 
 
 async def gone_conversations(db: Database, turns: Sequence[Turn]) -> set[tuple[str, str]]:
@@ -224,7 +239,4 @@ def notify_clients(tx: Batch, client_ids: Sequence[str]) -> None:
         names.append(client_id)
         size += len(client_id) + 1
     payloads.append(",".join(names))
-    tx.defer(
-        "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
-        (HISTORY_CHANNEL, payloads),
-    )
+    tx.defer(_NOTIFY, (HISTORY_CHANNEL, payloads))

@@ -5,11 +5,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.stores.database import Batch, Database, json_rows
+from relay.stores.database import Batch, Database, json_rows, prepared
 
 # How far back a receipt is found by its completion's id: a client asks for an
 # answer's proof soon after the answer; the cost of a miss stays bounded.
 RECENT_ANSWERS = 10_000
+
+# The statements of every batch, each prepared once per connection (see append_receipts).
+_READ_HEAD = prepared(
+    "receipts_read_head", "SELECT seq, sha256 FROM receipt_chain_head WHERE id FOR UPDATE"
+)
+_LOCK_HEAD = prepared("receipts_lock_head", "SELECT FROM receipt_chain_head WHERE id FOR UPDATE")
+_MOVE_HEAD = prepared(
+    "receipts_move_head",
+    "UPDATE receipt_chain_head SET sha256 = %s::text, seq = CASE WHEN seq = %s::bigint"
+    " AND sha256 IS NOT DISTINCT FROM %s::text THEN %s::bigint END WHERE id",
+)
+_INSERT_RECEIPTS = prepared(
+    "receipts_insert",
+    "INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256, response_id)"
+    " SELECT * FROM json_to_recordset(%s::json) AS r(id text, seq bigint, client_id uuid,"
+    " body text, sha256 text, prev_sha256 text, response_id text)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +52,7 @@ async def lock_chain_head(tx: Batch) -> ChainHead:
     Every instance's commit that reads the head this way queues here, so
     receipts link one after the other with no fork.
     """
-    await tx.execute("SELECT seq, sha256 FROM receipt_chain_head WHERE id FOR UPDATE")
+    await tx.execute(_READ_HEAD)
     row = await tx.fetchone()
     if row is None:
         raise RuntimeError("receipt_chain_head has no row; run the migrations")
@@ -57,18 +74,9 @@ def append_receipts(tx: Batch, after: ChainHead, rows: Sequence[ReceiptRow]) -> 
     if not rows:
         return after
     last = rows[-1]
-    tx.defer("SELECT FROM receipt_chain_head WHERE id FOR UPDATE")
-    tx.defer(
-        "UPDATE receipt_chain_head SET sha256 = %s,"
-        " seq = CASE WHEN seq = %s AND sha256 IS NOT DISTINCT FROM %s THEN %s END WHERE id",
-        (last.sha256, after.seq, after.sha256, last.seq),
-    )
-    tx.defer(
-        "INSERT INTO receipts (id, seq, client_id, body, sha256, prev_sha256, response_id)"
-        " SELECT * FROM json_to_recordset(%s::json) AS r(id text, seq bigint, client_id uuid,"
-        " body text, sha256 text, prev_sha256 text, response_id text)",
-        (json_rows(rows),),
-    )
+    tx.defer(_LOCK_HEAD)
+    tx.defer(_MOVE_HEAD, (last.sha256, after.seq, after.sha256, last.seq))
+    tx.defer(_INSERT_RECEIPTS, (json_rows(rows),))
     return ChainHead(last.seq, last.sha256)
 
 
