@@ -170,6 +170,18 @@ async def test_reads_on_connections_a_failover_left_behind_are_answered(proxy, d
         assert await count_clients(db) == 0
 
 
+async def test_a_connection_made_before_a_failover_is_taken_for_stale_though_never_used(proxy):
+    """The pool makes connections it does not hand out at once: its first, as it
+    opens; or one made for a request that took another, released meanwhile."""
+    database = await Database.open(proxy[1], size=POOL, timeout=TIMEOUT)
+    try:
+        assert database.pool_stats()["size"] == 1  # made, never used
+        proxy[0].forget()
+        assert await count_clients(database) == 0
+    finally:
+        await database.close()
+
+
 async def test_a_transaction_on_a_forgotten_connection_runs_once(proxy, db, database_url):
     proxy[0].forget()
     async with db.transaction() as cur:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +30,7 @@ from relay.stores.database_batch import Batch
 from relay.stores.database_connection import (
     PooledCursor,
     ServerProcess,
+    made_before,
     on_connect,
 )
 from relay.stores.database_failures import (
@@ -84,8 +85,6 @@ class Database:
         self.timeout = timeout
         self._probe: Connection | None = None  # `ping`'s own, outside the pool
         self._probing = asyncio.Lock()
-        # Pooled connections that served a cursor already: only such a one can be stale.
-        self._served: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     @classmethod
     async def open(
@@ -118,8 +117,8 @@ class Database:
         `transaction` and `batch` are built on it, so its error mapping covers theirs,
         their ROLLBACK and COMMIT included."""
         with driver_errors():
-            conn, served = await self._acquire()
-            cur = PooledCursor(self, await conn.cursor(), stale_maybe=served)
+            conn, old = await self._acquire()
+            cur = PooledCursor(self, await conn.cursor(), stale_maybe=old)
             try:
                 yield cur
             finally:
@@ -133,11 +132,11 @@ class Database:
                     await released
 
     async def _acquire(self) -> tuple[Connection, bool]:
-        """A pooled connection, and whether it served before: only then can it be stale."""
+        """A pooled connection, and whether it was made before it was asked for: only
+        then can it be stale."""
+        asked = time.monotonic()
         conn = await registered(self.pool.acquire)
-        served = conn in self._served
-        self._served.add(conn)
-        return conn, served
+        return conn, made_before(conn, asked)
 
     async def drop_stale(self, dead: Connection) -> None:
         """Forget `dead` (closed) and the pool's idle connections: what left one stale (a

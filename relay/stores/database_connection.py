@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
@@ -42,6 +43,20 @@ _PROCESSES: weakref.WeakKeyDictionary[Connection, ServerProcess] = weakref.WeakK
 def server_process(conn: Connection) -> ServerProcess | None:
     """The server process behind a pooled connection (None for one made elsewhere)."""
     return _PROCESSES.get(conn)
+
+
+# When each pooled connection was made (time.monotonic: the event loop's clock may read
+# the same for a whole turn of the loop), noted as it connects.
+_MADE_AT: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+
+
+def made_before(conn: Connection, moment: float) -> bool:
+    """Whether the pooled connection was made before `moment` (or it is not known when):
+    only such a one can have gone stale. Served before or not: the pool makes
+    connections it does not hand out at once (its first, as it opens; one made for a
+    waiter that took another, released meanwhile)."""
+    made = _MADE_AT.get(conn)
+    return made is None or made < moment
 
 
 # What PostgreSQL may write of relay's statements to its own log, per setting: nothing.
@@ -98,6 +113,7 @@ async def on_connect(conn: Connection) -> None:
         if statements:
             await cur.execute("; ".join(statements))
     _PROCESSES[conn] = ServerProcess(pid, started)
+    _MADE_AT[conn] = time.monotonic()
     if loud:
         _tell_loud_logging(role, loud)
 
