@@ -90,6 +90,7 @@ async def test_bytes_out_is_what_the_client_received(http, token, access, body):
     line = await access.of("counted-1")
     assert raw.startswith(b"HTTP/1.1 %d " % line.status)
     assert line.bytes_out == len(raw)
+    assert line.client_left is False
 
 
 async def test_a_client_leaving_mid_stream_is_logged_with_what_was_written(
@@ -105,8 +106,21 @@ async def test_a_client_leaving_mid_stream_is_logged_with_what_was_written(
     writer.close()
     line = await access.of("left-1")
     assert line.status == 200  # the status it was sent
+    assert line.client_left is True  # but not the whole answer
     assert b"[DONE]" not in received
     assert line.bytes_out >= len(received)  # not 0: relay wrote these, and maybe more
+
+
+async def test_a_client_leaving_before_the_answer_began_is_logged_as_499(
+    http, token, access, simulator
+):
+    simulator.config.first_byte_delay = 5
+    body = {"model": "gpt-sim", "messages": MESSAGES}
+    _, writer = await connect(http, "left-2", token, body)
+    await asyncio.sleep(0.3)  # the provider is asked, and slow to answer
+    writer.close()
+    line = await access.of("left-2")
+    assert (line.status, line.client_left, line.ttfb_ms) == (499, True, None)
 
 
 async def redirect(request: web.Request) -> web.StreamResponse:
