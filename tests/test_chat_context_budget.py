@@ -169,7 +169,7 @@ async def test_the_new_message_is_sent_whole_whatever_the_budget(relay, provider
 
 async def _rows(*messages: tuple[str, str]) -> AsyncIterator[dict[str, str]]:
     for role, content in messages:
-        yield {"role": role, "content": content}
+        yield {"role": role, "content": content, "name": None}
 
 
 async def test_an_exchange_cut_to_nothing_is_left_out():

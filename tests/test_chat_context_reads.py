@@ -63,7 +63,7 @@ async def chat(make_client, make_settings, provider_upstream, provider, database
             )
         whole = await query(
             database_url,
-            "SELECT role, content FROM messages WHERE conversation_id = %s"
+            "SELECT role, name, content FROM messages WHERE conversation_id = %s"
             " AND role IN ('user', 'assistant') AND content <> ''"
             " AND status NOT IN ('failed', 'cut') ORDER BY seq DESC",
             (conversation,),
@@ -169,7 +169,7 @@ async def store(make_client, make_settings, database_url):
             (conversation, conversation, client["id"], *map(list, zip(*messages, strict=True))),
         )
         whole = [
-            {"role": role, "content": content}
+            {"role": role, "content": content, "name": None}
             for role, content, status in reversed(messages)
             if content and status not in ("failed", "cut")
         ]

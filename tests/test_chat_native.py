@@ -102,6 +102,28 @@ async def test_the_context_comes_from_the_stored_conversation(http, simulator):
     }
 
 
+async def test_the_context_keeps_the_names_stored_with_its_messages(http, simulator):
+    """Names a chat completion gave its participants go on in the context, those every
+    provider takes; one only some do ("Ada Lovelace": OpenAI refuses spaces) is left out."""
+    _, token = await client_with_token(http)
+    conversation = None
+    for name in ("ada_1", "Ada Lovelace"):
+        headers = bearer(token) | ({CONVERSATION: conversation} if conversation else {})
+        body = {"model": "gpt-sim", "messages": [{"role": "user", "name": name, "content": name}]}
+        response = await http.post("/v1/chat/completions", json=body, headers=headers)
+        assert response.status == 200, await response.text()
+        conversation = response.headers[CONVERSATION]
+    answer = completion_text(simulator.config.tokens)
+    await native(http, token, "and you?", conversation_id=conversation)
+    assert simulator.state.requests[-1].json()["messages"] == [
+        {"role": "user", "name": "ada_1", "content": "ada_1"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "Ada Lovelace"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "and you?"},
+    ]
+
+
 async def test_each_turn_stores_only_what_it_added(http, database_url, simulator):
     # A failed answer leaves no assistant text in the context; the retry must
     # not store the system message and the earlier question again.

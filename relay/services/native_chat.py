@@ -84,7 +84,7 @@ def chat_messages(
         if turns and turns[-1]["role"] == row["role"]:
             turns.pop()
         if turns or row["role"] == "user":
-            turns.append({"role": row["role"], "content": row["content"]})
+            turns.append(row)  # as the context has it: with its name, if stored
     return [{"role": "system", "content": system}, *turns] if system else turns
 
 

@@ -3,6 +3,7 @@ exchanges within a character budget, read at a cost that follows the budget."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, AsyncIterable
 from contextlib import aclosing
 from typing import Any
@@ -88,14 +89,14 @@ async def read_context(
 _CONTEXT_WALK_SQL = f"""
 SET LOCAL jit = off;
 DECLARE context_walk NO SCROLL CURSOR FOR
-SELECT seq, role, gives_way, CASE WHEN role IS NULL OR gives_way
+SELECT seq, role, name, gives_way, CASE WHEN role IS NULL OR gives_way
     OR bytes_before >= 8 * %(chars)s::bigint THEN ''
   WHEN role = 'user' THEN right(content, %(chars)s) ELSE left(content, %(chars)s) END AS content
 FROM (SELECT *, coalesce(sum(least(octet_length(content), 4 * %(chars)s::bigint))
     FILTER (WHERE NOT gives_way) OVER after_it, 0) AS bytes_before
   FROM (SELECT *, coalesce((role = 'assistant') = (min(seq * 2 + (role = 'assistant')::int)
       FILTER (WHERE role IS NOT NULL) OVER after_it %% 2 = 1), role = 'user') AS gives_way
-    FROM (SELECT seq, content, CASE WHEN role IN ('user', 'assistant') AND content <> ''
+    FROM (SELECT seq, content, name, CASE WHEN role IN ('user', 'assistant') AND content <> ''
         AND status NOT IN ('failed', 'cut') AND coalesce(choice, 0) = 0 THEN role END AS role
       FROM messages WHERE conversation_id = %(conversation)s AND {_CLIENTS_CONVERSATION}
     ) walked
@@ -142,21 +143,24 @@ async def recent_exchanges(
     question follows; a message that will not be sent takes none of the budget.
     """
     taken: list[dict[str, str]] = []
-    later, answer = "user", ""
+    later, answer, answer_name = "user", "", None
     async for row in rows:
         role, content = row["role"], row["content"]
         if role == later:
             continue
         later = role
         if role == "assistant":
-            answer = content
+            answer, answer_name = content, row["name"]
             continue
         if len(content) + len(answer) > budget:
             cut = fit_exchange(content, answer, budget)
             if cut is not None:
-                taken += [_turn("assistant", cut[1]), _turn("user", cut[0])]
+                taken += [
+                    _turn("assistant", cut[1], answer_name),
+                    _turn("user", cut[0], row["name"]),
+                ]
             break
-        taken += [_turn("assistant", answer), _turn("user", content)]
+        taken += [_turn("assistant", answer, answer_name), _turn("user", content, row["name"])]
         budget -= len(content) + len(answer)
         if budget <= 0:
             break
@@ -196,5 +200,15 @@ def _keep_start(text: str, room: int) -> str:
     return text[:keep] + _END_CUT if keep > 0 else ""
 
 
-def _turn(role: str, content: str) -> dict[str, str]:
+# A participant's name as every provider takes it (OpenAI's first rule for it, the
+# strictest): one stored from another provider's request is left out rather than
+# have this one refuse the whole context.
+_PORTABLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _turn(role: str, content: str, name: str | None = None) -> dict[str, str]:
+    """A message of the context, named as it was stored (POST /v1/chat/completions
+    keeps the `name` of a request's messages)."""
+    if name is not None and _PORTABLE_NAME.fullmatch(name):
+        return {"role": role, "name": name, "content": content}
     return {"role": role, "content": content}
