@@ -109,3 +109,13 @@ async def test_a_prepared_statement_whose_batch_failed_after_its_prepare_is_prep
         tx.defer(INSERT, (3,))
     assert await count(db) == 1
     assert await runs_of(db, INSERT.name) == 1  # prepared anew
+
+
+def test_a_prepared_statement_names_the_type_of_each_value():
+    with pytest.raises(ValueError):
+        prepared("test_batch_untyped", "INSERT INTO batch_probe VALUES (%s)")
+    with pytest.raises(ValueError):
+        prepared("test_batch_named", "INSERT INTO batch_probe VALUES (%(n)s::integer)")
+    modulo = prepared("test_batch_modulo", "SELECT n %% 2 FROM batch_probe WHERE n = %s::integer")
+    assert modulo.prepare.endswith("AS SELECT n % 2 FROM batch_probe WHERE n = $1::integer")
+    assert modulo.execute == "EXECUTE relay_test_batch_modulo(%s::integer)"

@@ -45,7 +45,7 @@ def prepared(name: str, sql: str) -> Prepared:
     """`sql`, whose every `%s` names its type (`%s::bigint[]`), as a statement prepared
     once per connection; `name` is unique in the process."""
     types = _TYPED_PLACEHOLDER.findall(sql)
-    if sql.count("%s") != len(types):
+    if sql.count("%s") != len(types) or "%(" in sql:
         raise ValueError(f"statement {name}: every %s needs its type, as in %s::bigint")
     server_name = f"relay_{name}"
     if server_name in _NAMES:
@@ -53,6 +53,7 @@ def prepared(name: str, sql: str) -> Prepared:
     _NAMES.add(server_name)
     numbers = iter(range(1, len(types) + 1))
     body = _TYPED_PLACEHOLDER.sub(lambda typed: f"${next(numbers)}::{typed[1]}", sql)
+    body = body.replace("%%", "%")  # the PREPARE goes as written, never through mogrify
     if not types:
         return Prepared(server_name, f"PREPARE {server_name} AS {body}", f"EXECUTE {server_name}")
     values = ", ".join(f"%s::{kind}" for kind in types)
