@@ -38,6 +38,16 @@ def counting_writes(recorder: Any, monkeypatch: pytest.MonkeyPatch) -> list[list
     return writes
 
 
+def formed(writes: list[list[str]]) -> list[list[str]]:
+    """The batches as the recorder formed them: one written again whole (it overtook the
+    batch it chains its receipts on, and was refused) counted once."""
+    batches: list[list[str]] = []
+    for batch in writes:
+        if batch not in batches:
+            batches.append(batch)
+    return batches
+
+
 async def record_together(recorder: Any, answers: list[Answer]) -> list[object]:
     """Queued in one go, so the writer takes them as one batch."""
     return await asyncio.gather(
@@ -117,9 +127,11 @@ async def test_answers_of_many_rows_are_spread_over_batches(http, database_url, 
 
     assert await record_together(recorder, answers) == [None] * 9
 
-    # 1,001 rows each (turn, reply, receipt): four fit under 4,096, not five.
-    assert [len(batch) for batch in writes] == [4, 4, 1]
-    assert [request for batch in writes for request in batch] == [a.request_id for a in answers]
+    # 1,001 rows each (turn, reply, receipt): four fit under 4,096, not five. (PostgreSQL
+    # may let the last overtake the one before it, which it waits for: it is tried again.)
+    batches = formed(writes)
+    assert [len(batch) for batch in batches] == [4, 4, 1]
+    assert [request for batch in batches for request in batch] == [a.request_id for a in answers]
     stored = await query(
         database_url, "SELECT count(*) AS n FROM messages WHERE client_id = %s", (client.id,)
     )
