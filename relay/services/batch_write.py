@@ -1,15 +1,18 @@
 """One group-commit batch: the parts that write its rows (history, receipts), in one
-transaction, and a batch whose COMMIT relay lost settled by what was stored.
-(relay.services.recorder queues answers into batches and settles their outcomes.)"""
+transaction; a batch whose COMMIT relay lost settled by what was stored; and, of a
+batch that failed, the answers that can no longer be written. (relay.services.recorder
+queues answers into batches and settles their outcomes.)"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from relay.errors import RelayError
+from relay.errors import AuthenticationError, RelayError
 from relay.services.answers import Answer
+from relay.stores.clients import ClientStore
 from relay.stores.database import Batch, Database, ServerProcess
 from relay.stores.database_failures import OutcomeUnknownError
 
@@ -100,3 +103,36 @@ async def _committed_after_all(
         extra={"request_ids": [answer.request_id for answer in answers], "error": why},
     )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Unwritable:
+    error: RelayError  # what its client is told
+    content_only: bool  # only a part's content was refused: its receipt may still be written
+
+
+def client_deleted() -> AuthenticationError:
+    # Asking again would only meet a 401: the client's tokens went with it.
+    return AuthenticationError(
+        "The API client was deleted while this answer was on its way; it was not saved.",
+        code="token_revoked",
+        rejected=True,
+    )
+
+
+async def unwritable_answers(
+    database: Database, parts: Sequence[RecordPart], answers: Sequence[Answer]
+) -> dict[int, Unwritable]:
+    """Of the answers of a batch that failed, by id(answer), those that can no longer be
+    written: their client deleted since the request came in (which every part's rows
+    name), or what a part needs gone (such as their conversation)."""
+    gone = await ClientStore(database).missing(answer.client.id for answer in answers)
+    lost = {
+        id(answer): Unwritable(client_deleted(), content_only=False)
+        for answer in answers
+        if answer.client.id in gone
+    }
+    for part in parts:
+        for answer, why in await part.unwritable(database, answers):
+            lost.setdefault(id(answer), Unwritable(why, content_only=True))
+    return lost

@@ -23,12 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.errors import AuthenticationError, DependencyUnavailableError, RelayError
+from relay.errors import DependencyUnavailableError
 from relay.metrics import HISTORY_BATCH_SIZE, HISTORY_COMMIT_SECONDS
 from relay.services.answers import Answer
-from relay.services.batch_write import RecordPart, RolledBack, write_batch
+from relay.services.batch_write import RecordPart, RolledBack, unwritable_answers, write_batch
 from relay.services.turns import bytes_written, rows_written
-from relay.stores.clients import ClientStore
 from relay.stores.database import Database
 from relay.stores.database_failures import out_of_reach
 
@@ -64,15 +63,6 @@ def _database_gone(error: Exception) -> bool:
 def not_saved() -> DependencyUnavailableError:
     return DependencyUnavailableError(
         "The answer could not be saved to history; please retry.", code="history_unavailable"
-    )
-
-
-def client_deleted() -> AuthenticationError:
-    # Asking again would only meet a 401: the client's tokens went with it.
-    return AuthenticationError(
-        "The API client was deleted while this answer was on its way; it was not saved.",
-        code="token_revoked",
-        rejected=True,
     )
 
 
@@ -210,43 +200,35 @@ class AnswerRecorder:
             settled.set_result(None)
 
     async def _writable(self, batch: list[_Pending]) -> list[_Pending]:
-        """The batch less its answers that can no longer be written (their client
-        deleted since the request came in, which every part's rows name; or what a
-        part needs gone, such as their conversation), which fail at once: one such
-        answer would otherwise fail the batch again, and every other answer in it be
-        committed alone, one after another (a client could cause that at will).
-        If that cannot be told, the whole batch."""
+        """The batch less its answers that can no longer be written (see
+        batch_write.unwritable_answers), which fail at once: one such answer would
+        otherwise fail the batch again, and every other answer in it be committed
+        alone, one after another (a client could cause that at will). If that cannot
+        be told, the whole batch."""
         assert self._database is not None
-        answers = [pending.answer for pending in batch]
-        lost: dict[int, RelayError] = {}
         try:
-            gone = await ClientStore(self._database).missing(a.client.id for a in answers)
-            lost = {id(answer): client_deleted() for answer in answers if answer.client.id in gone}
-            refused = set()
-            for part in self._parts:
-                for answer, why in await part.unwritable(self._database, answers):
-                    lost.setdefault(id(answer), why)
-                    refused.add(id(answer))
+            lost = await unwritable_answers(self._database, self._parts, [p.answer for p in batch])
         except Exception:
             return batch
         kept = []
         for pending in batch:
             answer = pending.answer
-            error = lost.get(id(answer))
-            if error is None:
+            unwritable = lost.get(id(answer))
+            if unwritable is None:
                 kept.append(pending)
                 continue
             log.info(
-                "answer not recorded", extra={"request_id": answer.request_id, "error": error.code}
+                "answer not recorded",
+                extra={"request_id": answer.request_id, "error": unwritable.error.code},
             )
-            if id(answer) in refused and answer.client.id not in gone:
+            if unwritable.content_only:
                 # Only its content was refused (its conversation is gone): its client
                 # gets an error instead of the end, and the receipt of that may still
                 # be recorded, as for `store: false` (the handler records it again).
                 answer.store = False
                 answer.recorded = False
             if not pending.done.done():
-                pending.done.set_exception(error)
+                pending.done.set_exception(unwritable.error)
         return kept
 
     async def _commit(self, batch: list[_Pending]) -> bool:
