@@ -1,4 +1,4 @@
-"""The `relay` command: serve, migrate, dev, clients, simulate, verify."""
+"""The `relay` command: serve, migrate, dev, clients, token, simulate, verify."""
 
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "dev", help="run relay locally with private PostgreSQL, Redis and simulator"
     )
-    from relay.commands import clients
+    from relay.commands import clients, tokens
 
     clients.add_arguments(commands.add_parser("clients", help="manage API clients"))
+    tokens.add_arguments(
+        commands.add_parser("token", help="issue a client an access token, or inspect one")
+    )
     simulate.add_arguments(
         commands.add_parser("simulate", help="serve an OpenAI-compatible simulator")
     )
@@ -59,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
     held = HeldLogs()
     try:
         with held.holding():
-            # Of these, only serve forwards to providers and uses relay's secrets (JWTs,
-            # the admin token, rate-limit names, /metrics): migrate and clients (bcrypt
-            # hashes in PostgreSQL) run in an operator's shell, which need hold neither
-            # the provider keys nor the secrets only the service may read.
-            settings = load_settings(provider_keys=serving, secrets=SECRETS if serving else ())
+            # Of these, only serve forwards to providers and uses all relay's secrets
+            # (JWTs, the admin token, rate-limit names, /metrics); token signs and checks
+            # JWTs; migrate and clients (bcrypt hashes in PostgreSQL) need none. They run
+            # in an operator's shell, which need not hold what only the service may read.
+            settings = load_settings(provider_keys=serving, secrets=_secrets(args.command))
     except ConfigError as exc:
         held.print_plain()
         print(f"relay: {exc}", file=sys.stderr)
@@ -92,12 +95,21 @@ def run(args: argparse.Namespace) -> int:
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
         )
         return 0
-    from relay.commands import clients
+    from relay.commands import clients, tokens
 
     try:
-        return clients.run(settings, args)
+        return (tokens if args.command == "token" else clients).run(settings, args)
     except ConfigError as exc:  # the database refuses RELAY_DATABASE_URL's role or name
-        return refused(f"clients {args.action}", exc)
+        return refused(f"{args.command} {args.action}", exc)
+
+
+def _secrets(command: str) -> tuple[str, ...]:
+    """The secret settings `command` reads (relay.config_secrets.SECRETS)."""
+    if command == "serve":
+        return SECRETS
+    if command == "token":
+        return ("jwt_secret", "jwt_previous_secret")
+    return ()
 
 
 def start_refusals() -> tuple[type[BaseException], ...]:

@@ -184,13 +184,7 @@ async def auth_context(app: web.Application) -> AsyncIterator[None]:
     clients = ClientService(
         ClientStore(app[DATABASE]), hasher, on_change=app[CLIENT_CACHE].invalidate
     )
-    tokens = TokenIssuer(
-        settings.jwt_secret,
-        ttl=settings.jwt_ttl,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        previous=settings.jwt_previous_secret,
-    )
+    tokens = TokenIssuer.for_settings(settings)
     app[CLIENTS] = clients
     app[AUTHENTICATOR] = Authenticator(tokens, clients, app[CLIENT_CACHE])
     yield

@@ -38,6 +38,7 @@ def run_relay(
         [sys.executable, "-m", "relay", *command],
         env=env,
         cwd=REPO,
+        stdin=subprocess.DEVNULL,  # `relay token inspect` reads one: never the runner's
         capture_output=True,
         text=True,
         timeout=timeout,

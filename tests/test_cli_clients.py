@@ -18,7 +18,8 @@ from tests.test_revocation import eventually_status
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli_runner(database_url: str, state: Path, **settings: str) -> Any:
+def cli_runner(database_url: str, state: Path, command: str = "clients", **settings: str) -> Any:
+    """`run(*args, ok=True, stdin="")`: `relay <command> *args` against this database."""
     env = {
         **os.environ,
         "RELAY_DATABASE_URL": database_url,
@@ -27,9 +28,10 @@ def cli_runner(database_url: str, state: Path, **settings: str) -> Any:
         **settings,
     }
 
-    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, ok: bool = True, stdin: str = "") -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "relay", "clients", *args],
+            [sys.executable, "-m", "relay", command, *args],
+            input=stdin,
             env=env,
             cwd=REPO,
             capture_output=True,

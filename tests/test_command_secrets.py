@@ -1,5 +1,6 @@
-"""Each command demands only the secrets it uses: relay serve all three, relay migrate and
-relay clients none, so an operator's shell runs them without the service's credentials."""
+"""Each command demands only the secrets it uses: relay serve all three, relay token the
+JWT secret, relay migrate and relay clients none, so an operator's shell runs them
+without the service's credentials."""
 
 from __future__ import annotations
 
@@ -95,3 +96,18 @@ async def test_clients_need_no_secret(http, database_url, tmp_path: Path):
     listed = relay("clients", "list", **settings)
     assert listed.returncode == 0, listed.stderr
     assert [client["name"] for client in json.loads(listed.stdout)] == ["made without secrets"]
+
+
+def test_token_demands_the_jwt_secret_alone(database_url, tmp_path: Path):
+    settings = {"RELAY_DATABASE_URL": database_url, "RELAY_STATE_DIR": str(tmp_path / "state")}
+    done = relay("token", "inspect", **settings)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "relay: RELAY_JWT_SECRET is missing; production needs a random secret of 32+ bytes\n"
+    )
+    # Without the admin token or the identity key, it goes on to look the client up.
+    unknown = "00000000-0000-0000-0000-000000000000"
+    settings["RELAY_JWT_SECRET"] = STRONG["RELAY_JWT_SECRET"]
+    given = relay("token", "issue", unknown, **settings)
+    assert given.returncode == 1
+    assert given.stderr == f"relay token issue: No client '{unknown}'.\n"

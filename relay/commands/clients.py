@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import orjson
 
@@ -18,6 +19,8 @@ from relay.services.clients import ClientService
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database, QueryError
 from relay.stores.migrations import MigrationError, migrate, require_current
+
+T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,22 +89,28 @@ async def _run(settings: Settings, args: argparse.Namespace) -> object:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    return print_outcome(f"clients {args.action}", _run(settings, args))
+
+
+def print_outcome(
+    label: str, work: Coroutine[Any, Any, T], *, status: Callable[[T], int] = lambda _: 0
+) -> int:
+    """Run `work` and print what it returns as JSON on stdout; exit with `status` of
+    it. A refusal (relay's, a migration's, the database's) is one line on stderr and
+    exit status 1, `relay <label>: …`."""
     try:
-        result = asyncio.run(_run(settings, args))
+        result = asyncio.run(work)
     except RelayError as exc:
-        print(f"relay clients {args.action}: {operator_message(exc)}", file=sys.stderr)
+        print(f"relay {label}: {operator_message(exc)}", file=sys.stderr)
         return 1
     except MigrationError as exc:
-        print(f"relay clients {args.action}: {exc}", file=sys.stderr)
+        print(f"relay {label}: {exc}", file=sys.stderr)
         return 1
     except QueryError as exc:
         # Most likely a schema behind this version, with migrations turned off.
         # PostgreSQL's first line names relay's tables and columns, no client data.
         reason = str(exc).strip().splitlines()[0]
-        print(
-            f"relay clients {args.action}: {reason} (is the schema migrated? `relay migrate`)",
-            file=sys.stderr,
-        )
+        print(f"relay {label}: {reason} (is the schema migrated? `relay migrate`)", file=sys.stderr)
         return 1
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
+    return status(result)

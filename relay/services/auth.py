@@ -68,7 +68,12 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Caller:
         claims = self.tokens.verify(bearer_token(authorization))
-        client = await self.cache.get(claims.client_id)
-        if client is None or not client.active or client.key_version != claims.key_version:
-            raise token_revoked()
-        return Caller(client, claims)
+        return Caller(holder(await self.cache.get(claims.client_id), claims), claims)
+
+
+def holder(client: Client | None, claims: Claims) -> Client:
+    """The client a token with valid `claims` speaks for: one that still exists, is
+    active, and is at the key version the token was issued at; else token_revoked."""
+    if client is None or not client.active or client.key_version != claims.key_version:
+        raise token_revoked()
+    return client

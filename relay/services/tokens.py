@@ -9,7 +9,7 @@ from typing import Any
 
 import jwt
 
-from relay.config import LONGEST_JWT_TTL
+from relay.config import LONGEST_JWT_TTL, Settings
 from relay.errors import AuthenticationError
 from relay.stores.clients import Client
 
@@ -55,6 +55,17 @@ class TokenIssuer:
         self.audience = audience
         self._verified: dict[str, Claims] = {}
 
+    @classmethod
+    def for_settings(cls, settings: Settings, *, ttl: int | None = None) -> TokenIssuer:
+        """The issuer RELAY_JWT_* describe; `ttl` shortens the lifetime of what it issues."""
+        return cls(
+            settings.jwt_secret,
+            ttl=settings.jwt_ttl if ttl is None else ttl,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            previous=settings.jwt_previous_secret,
+        )
+
     def issue(self, client: Client, now: int | None = None) -> IssuedToken:
         issued_at = int(time.time()) if now is None else now
         payload: dict[str, Any] = {
@@ -84,9 +95,14 @@ class TokenIssuer:
         self._verified[token] = claims
         return claims
 
-    def _decode(self, token: str) -> Claims:
+    def expired_claims(self, token: str) -> Claims:
+        """The claims of a token refused only for having expired (for `relay token
+        inspect` to say whose it was); AuthenticationError for any other fault."""
+        return self._decode(token, expiry=False)
+
+    def _decode(self, token: str, *, expiry: bool = True) -> Claims:
         try:
-            payload = self._signed_payload(token)
+            payload = self._signed_payload(token, expiry)
         except jwt.ExpiredSignatureError:
             raise AuthenticationError(
                 "The access token has expired.", code="token_expired", rejected=True
@@ -98,16 +114,16 @@ class TokenIssuer:
         except (TypeError, ValueError, KeyError):
             raise AuthenticationError("The access token is invalid.", rejected=True) from None
 
-    def _signed_payload(self, token: str) -> dict[str, Any]:
+    def _signed_payload(self, token: str, expiry: bool) -> dict[str, Any]:
         *earlier, last = self._keys
         for key in earlier:
             try:
-                return self._payload(token, key)
+                return self._payload(token, key, expiry)
             except jwt.InvalidSignatureError:
                 continue  # signed with the next key, perhaps
-        return self._payload(token, last)
+        return self._payload(token, last, expiry)
 
-    def _payload(self, token: str, key: str) -> dict[str, Any]:
+    def _payload(self, token: str, key: str, expiry: bool) -> dict[str, Any]:
         payload: dict[str, Any] = jwt.decode(
             token,
             key,
@@ -115,7 +131,7 @@ class TokenIssuer:
             audience=self.audience,
             issuer=self.issuer,
             leeway=CLOCK_SKEW_SECONDS,
-            options={"require": _REQUIRED},
+            options={"require": _REQUIRED, "verify_exp": expiry},
         )
         return payload
 
