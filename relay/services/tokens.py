@@ -57,7 +57,7 @@ class TokenIssuer:
 
     @classmethod
     def for_settings(cls, settings: Settings, *, ttl: int | None = None) -> TokenIssuer:
-        """The issuer RELAY_JWT_* describe; `ttl` shortens the lifetime of what it issues."""
+        """The issuer the JWT settings describe; `ttl` shortens what it issues."""
         return cls(
             settings.jwt_secret,
             ttl=settings.jwt_ttl if ttl is None else ttl,
