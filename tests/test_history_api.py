@@ -71,6 +71,7 @@ async def test_history_of_one_conversation(http):
         ({"wait": "1_0"}, "wait"),  # float() reads these: 10,
         ({"wait": "\u0663"}, "wait"),  # 3 in Arabic-Indic digits,
         ({"wait": "1e1"}, "wait"),  # and 10 again
+        ({"conversation_id": ""}, "conversation_id"),  # not "every conversation"
     ],
 )
 async def test_bad_history_parameters_are_400(http, params, param):
@@ -344,6 +345,13 @@ async def test_hostile_search_queries_get_results_or_400(http, q):
     assert response.status in (200, 400), await response.text()
     if response.status == 200:
         assert isinstance((await response.json())["data"], list)
+
+
+async def test_an_empty_conversation_filter_on_search_is_400(http):
+    _, token = await client_with_token(http)
+    params = {"q": "anything", "conversation_id": ""}
+    response = await http.get("/v1/history/search", params=params, headers=bearer(token))
+    assert (await assert_error(response, 400))["param"] == "conversation_id"
 
 
 @pytest.mark.parametrize("q", ["", "   ", "y" * 1001, "z" * 10_000, "w " * 33])

@@ -29,6 +29,19 @@ def _wait_seconds(request: web.Request) -> float:
     return wait
 
 
+def _conversation_filter(request: web.Request) -> str | None:
+    """The conversation a read is narrowed to, or None for all. Given empty (a URL built
+    from an unset variable), it is refused rather than read as absent: that would
+    answer with every conversation where the client asked for one."""
+    conversation_id = query_value(request, "conversation_id")
+    if conversation_id == "":
+        raise InvalidRequestError(
+            "conversation_id is empty: name a conversation, or leave it out for all of them.",
+            param="conversation_id",
+        )
+    return conversation_id
+
+
 async def list_history(request: web.Request) -> web.Response:
     caller = request[CALLER]
     in_flight = request.app[IN_FLIGHT]
@@ -42,7 +55,7 @@ async def list_history(request: web.Request) -> web.Response:
             caller.client.id,
             after=query_value(request, "after") or None,
             limit=query_int(request, "limit", default=100, low=1, high=500),
-            conversation_id=query_value(request, "conversation_id") or None,
+            conversation_id=_conversation_filter(request),
             wait=wait,
             stops=(in_flight.draining, revoked),
         )
@@ -56,6 +69,6 @@ async def search_history(request: web.Request) -> web.Response:
         request[CALLER].client.id,
         query_value(request, "q") or "",
         limit=query_int(request, "limit", default=20, low=1, high=100),
-        conversation_id=query_value(request, "conversation_id") or None,
+        conversation_id=_conversation_filter(request),
     )
     return json_response({"object": "list", "data": results, "has_more": more})
