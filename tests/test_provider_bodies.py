@@ -15,7 +15,7 @@ from relay.upstreams import sse
 from tests.api_calls import assert_error, bearer
 from tests.history_calls import CONVERSATION, query
 from tests.receipt_calls import fetch_receipt
-from tests.test_provider_misbehaviour import CHUNK, FINISH, ask, start_relay
+from tests.test_provider_misbehaviour import CHUNK, FINISH, WHOLE, ask, start_relay
 
 USAGE_LINE = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
@@ -75,6 +75,8 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
         await response.write(FINISH + USAGE_LINE)
         await response.write_eof()
         return response
+    if model in WHOLE_LABELS:  # a whole answer, labelled as the model's name says
+        return web.Response(body=WHOLE_BODY, headers={"Content-Type": WHOLE_LABELS[model]})
     if model == "brotli":  # an encoding relay did not ask for
         return web.Response(
             body=b"\x1b\x00garbage",
@@ -86,7 +88,15 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
+WHOLE_BODY = orjson.dumps(WHOLE) + b"\n"
+WHOLE_LABELS = {
+    "json-text-plain": "text/plain; charset=utf-8",
+    "json-octet-stream": "application/octet-stream",
+    "json-charset": "application/json; charset=utf-8",
+    "json-problem": "application/vnd.example+json",
+}
 MODELS = (
+    *WHOLE_LABELS,
     "last-words-unended",
     "plain-error-unended",
     "usage-unended-late",
@@ -153,6 +163,24 @@ async def test_an_event_stream_labelled_text_plain_is_relayed(relay):
     response = await ask(http, token, "plain-sse")
     assert response.status == 200
     assert await response.read() == CHUNK + FINISH + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    "model,content_type",
+    [
+        # Read as the JSON it is: OpenAI's Node SDK parses only a JSON media type.
+        ("json-text-plain", "application/json"),
+        ("json-octet-stream", "application/json"),
+        ("json-charset", "application/json; charset=utf-8"),
+        ("json-problem", "application/vnd.example+json"),
+    ],
+)
+async def test_a_whole_answer_goes_out_labelled_as_json(relay, model, content_type):
+    http, token, _ = relay
+    response = await ask(http, token, model, stream=False)
+    assert response.status == 200
+    assert response.headers["Content-Type"] == content_type
+    assert await response.read() == WHOLE_BODY  # the bytes as sent
 
 
 @pytest.mark.parametrize("model", ["html", "empty-json", "sse-for-whole"])

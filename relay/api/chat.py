@@ -33,6 +33,7 @@ from relay.services.turns import check_turn_size, new_turn
 from relay.upstreams.forwarder import open_provider_response
 from relay.upstreams.observer import StreamObserver, summarize_completion
 from relay.upstreams.pipe import SSE_HEADERS, end_stream, error_event, pipe_stream
+from relay.upstreams.provider_json import json_media_type
 from relay.upstreams.reply import ProviderReply
 from relay.upstreams.rewording import reworded_body
 from relay.upstreams.routing import ModelRouter, Route
@@ -141,10 +142,7 @@ async def _relay_whole(
     answer.latency_ms = elapsed_ms(request)
     # Committed before the client gets a byte: an answer it saw is in history.
     await hooks.run_commit(answer)
-    headers = {
-        **answer.headers,
-        "Content-Type": provider.headers.get("Content-Type", "application/json"),
-    }
+    headers = {**answer.headers, "Content-Type": json_media_type(provider.headers)}
     return web.Response(body=body, headers=headers)
 
 

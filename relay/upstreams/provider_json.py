@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -119,3 +120,16 @@ def error_field_object(value: bytes) -> dict[str, Any]:
         return error
     words = value.decode(errors="replace").strip()
     return {"message": words or "The provider failed.", "type": "server_error"}
+
+
+def json_media_type(provider_headers: Mapping[str, str]) -> str:
+    """The Content-Type of a whole answer read as JSON: the provider's when it names
+    JSON (a charset or a +json type kept), else application/json. Some providers label
+    JSON text/plain or not at all, and OpenAI's Node SDK parses only a JSON type."""
+    declared = provider_headers.get("Content-Type", "")
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return declared
+    return "application/json"
