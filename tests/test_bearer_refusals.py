@@ -144,6 +144,23 @@ async def test_wrong_claims(http, caller, changes):
     await assert_refused(http, bearer(token))
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        str.upper,
+        lambda id: f"urn:uuid:{id}",
+        lambda id: f"{{{id}}}",
+        lambda id: id.replace("-", ""),
+    ],
+    ids=["upper", "urn", "braces", "undashed"],
+)
+async def test_the_client_id_spelled_otherwise_is_refused(http, caller, spelling):
+    # Read as the same client, it was cached under a spelling no revocation named.
+    client, _ = caller
+    token = jwt.encode(claims_for(spelling(client["id"])), JWT_SECRET, algorithm="HS256")
+    await assert_refused(http, bearer(token), "invalid_token")
+
+
 async def test_expired_has_its_own_code(http, caller):
     client, _ = caller
     claims = claims_for(client["id"], exp=int(time.time()) - 120, iat=int(time.time()) - 3600)

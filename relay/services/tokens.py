@@ -11,7 +11,7 @@ import jwt
 
 from relay.config import LONGEST_JWT_TTL, Settings
 from relay.errors import AuthenticationError
-from relay.stores.clients import Client
+from relay.stores.clients import Client, canonical_client_id
 
 ALGORITHM = "HS256"
 _MAX_REMEMBERED = 50_000
@@ -137,6 +137,12 @@ class TokenIssuer:
 
 
 def _claims(payload: dict[str, Any]) -> Claims:
+    # The client id as relay writes it, in the one spelling its client cache and
+    # revocation notices use: another (upper case, urn:uuid:, braces) named the same
+    # client under a cache entry no revocation cleared.
+    subject = payload["sub"]
+    if not isinstance(subject, str) or canonical_client_id(subject) != subject:
+        raise ValueError("sub")
     version = payload["key_version"]
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError("key_version")
@@ -149,7 +155,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
     if payload["exp"] - payload["iat"] > LONGEST_JWT_TTL + CLOCK_SKEW_SECONDS:
         raise ValueError("exp")
     return Claims(
-        client_id=str(payload["sub"]),
+        client_id=subject,
         key_version=version,
         expires_at=int(payload["exp"]),
         token_id=str(payload["jti"]),
