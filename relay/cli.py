@@ -66,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
             # (JWTs, the admin token, rate-limit names, /metrics); token signs and checks
             # JWTs; migrate and clients (bcrypt hashes in PostgreSQL) need none. They run
             # in an operator's shell, which need not hold what only the service may read.
-            settings = load_settings(provider_keys=serving, secrets=_secrets(args.command))
+            # A JWT secret token made up now would sign and accept only its own tokens.
+            settings = load_settings(
+                provider_keys=serving,
+                secrets=_secrets(args.command),
+                generate=args.command != "token",
+            )
     except ConfigError as exc:
         held.print_plain()
         print(f"relay: {exc}", file=sys.stderr)

@@ -263,8 +263,9 @@ def load_settings(
     *,
     provider_keys: bool = True,
     secrets: Collection[str] = SECRETS,
+    generate: bool = True,
 ) -> Settings:
     """Settings.from_env; in development, the required secrets among `secrets` that are
-    missing come from (or are generated in) the state dir."""
+    missing come from (or, if `generate`, are generated in) the state dir."""
     settings = Settings.from_env(environ, provider_keys=provider_keys, secrets=secrets)
-    return with_development_secrets(settings, secrets)
+    return with_development_secrets(settings, secrets, generate=generate)

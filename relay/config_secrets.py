@@ -77,21 +77,29 @@ def generated_secrets(settings: Settings) -> list[str]:
 
 
 def with_development_secrets(
-    settings: Settings, needed: Collection[str] = REQUIRED_SECRETS
+    settings: Settings, needed: Collection[str] = REQUIRED_SECRETS, *, generate: bool = True
 ) -> Settings:
     """In development, fill each missing required secret that is `needed` from the state dir.
 
     Each is generated once and kept (mode 0600) so restarting relay does not
     invalidate tokens, change the admin token or forget rate-limit buckets (a new
-    identity key would orphan every bucket in Redis).
+    identity key would orphan every bucket in Redis). With `generate` false (a
+    command that checks what a relay made, `relay token`), only one a relay kept is
+    read: a new one would match nothing, so its absence is a ConfigError.
     """
     if settings.production:
         return settings
-    changes = {
-        name: GeneratedSecret(kept_secret(settings.state_path / name))
-        for name in REQUIRED_SECRETS
-        if name in needed and not getattr(settings, name)
-    }
+    variables = {spec.name: spec.metadata["env"] for spec in dataclasses.fields(settings)}
+    changes = {}
+    for name in REQUIRED_SECRETS:
+        if name in needed and not getattr(settings, name):
+            path = settings.state_path / name
+            if not generate and not path.exists():
+                raise ConfigError(
+                    f"{variables[name]} is not set, and {path} holds none a development"
+                    " relay kept; set it to the secret the relay you mean uses"
+                )
+            changes[name] = GeneratedSecret(kept_secret(path))
     return settings.replace(**changes) if changes else settings
 
 

@@ -8,8 +8,10 @@ import time
 import jwt
 import pytest
 
+from relay.config import load_settings
 from tests.api_calls import bearer, create_client
 from tests.conftest import JWT_SECRET
+from tests.relay_process import run_relay
 from tests.test_bearer_refusals import claims_for
 from tests.test_cli_clients import cli_runner, output
 from tests.test_revocation import eventually_status
@@ -127,3 +129,21 @@ def test_inspect_without_a_token_says_how_to_give_one(token_cli):
         done = token_cli("inspect", stdin=given, ok=False)
         assert done.returncode == 2 and done.stdout == ""
         assert "no token on stdin" in done.stderr
+
+
+def test_in_development_it_uses_the_secret_a_relay_kept_and_makes_none(database_url, tmp_path):
+    state = tmp_path / "state"
+    settings = {"RELAY_DATABASE_URL": database_url, "RELAY_STATE_DIR": str(state)}
+    done = run_relay("token", "issue", "00000000-0000-0000-0000-000000000000", **settings)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "RELAY_JWT_SECRET is not set" in done.stderr
+    assert not state.exists()  # a secret made up now would match no relay's
+
+    kept = load_settings({"RELAY_STATE_DIR": str(state)}, secrets=("jwt_secret",))  # as serve
+    client = cli_runner(database_url, state)("create", "--name", "dev")
+    issued = run_relay("token", "issue", output(client)["id"], **settings)
+    assert issued.returncode == 0, issued.stderr
+    claims = jwt.decode(
+        output(issued)["access_token"], kept.jwt_secret, algorithms=["HS256"], audience="relay-api"
+    )
+    assert claims["sub"] == output(client)["id"]
