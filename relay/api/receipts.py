@@ -34,7 +34,8 @@ async def list_receipts(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", default=100, low=1, high=500)
     page, has_more = await request.app[RECEIPTS].chain_page(after, limit)
     # Spliced in as stored: re-encoding could change what was signed.
-    tail = {"last_seq": page[-1][0] if page else None, "has_more": has_more}
+    # An empty page (the chain's end) leaves a follower where it was, not at null.
+    tail = {"last_seq": page[-1][0] if page else after, "has_more": has_more}
     body = b"".join(
         (
             b'{"object":"list","data":[',

@@ -111,8 +111,9 @@ ADMIN_SCHEMAS: dict[str, Any] = {
                 "description": "In chain order, each byte for byte as signed.",
             },
             "last_seq": {
-                "type": ["integer", "null"],
-                "description": "The last receipt's position: `after` for the next page.",
+                "type": "integer",
+                "description": "The last receipt's position (`after` itself on an empty"
+                " page): `after` for the next page.",
             },
             "has_more": {"type": "boolean"},
         },
