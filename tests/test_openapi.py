@@ -85,6 +85,18 @@ def test_every_operation_is_fully_described():
                 assert 401 in statuses, (method, path)
 
 
+def test_a_401_is_described_with_its_challenge():
+    # RFC 9110 section 15.5.2: a 401 always sends WWW-Authenticate; relay's do.
+    unauthorized = build_spec()["components"]["responses"]["Unauthorized"]
+    assert "WWW-Authenticate" in unauthorized["headers"]
+
+
+async def test_a_401_sends_the_challenge_described(http):
+    response = await http.get("/v1/me")
+    await assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="relay"'
+
+
 def test_only_chats_are_described_with_token_limit_headers():
     # Token debt refuses chats alone, and only their answers carry the token headers.
     chats = {"/v1/chat/completions", "/v1/chat"}

@@ -40,6 +40,12 @@ def _string_header(description: str) -> dict[str, Any]:
 
 HEADERS: dict[str, Any] = {
     "RequestId": _string_header("This request's id: the client's X-Request-Id, or a new one."),
+    "WWWAuthenticate": {
+        "description": "The scheme to authenticate with (RFC 9110 section 11.6.1), and,"
+        " for a token that was sent and refused, RFC 6750's error attribute.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
     "RetryAfter": {
         "description": "Seconds to wait before retrying.",
         "schema": {"type": "integer", "minimum": 0},
@@ -256,6 +262,8 @@ def _error_response(status: int, description: str) -> dict[str, Any]:
     }
     if status in (429, 503):
         response["headers"]["Retry-After"] = ref("headers", "RetryAfter")
+    if status == 401:
+        response["headers"]["WWW-Authenticate"] = ref("headers", "WWWAuthenticate")
     return response
 
 
