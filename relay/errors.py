@@ -19,6 +19,7 @@
     │   └── UpstreamTimeoutError        504
     │       └── AnswerTooLongError          504 answer_too_long
     ├── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
+    │   └── WriteOutcomeUnknownError    503 outcome_unknown (not retried)
     ├── BusyError                   503 (+ Retry-After)
     │   ├── SearchesBusyError           503 searches_busy (relay.services.search_slots)
     │   └── KeyChecksBusyError          503 key_checks_busy (relay.services.apikeys)
@@ -217,6 +218,22 @@ class DependencyUnavailableError(RelayError):
         self.headers.setdefault("Retry-After", "1")
         # The driver's account of it, for operators (never in the client's answer).
         self.reason = reason
+
+
+class WriteOutcomeUnknownError(DependencyUnavailableError):
+    """A change whose COMMIT PostgreSQL did not confirm, and which relay could not settle
+    (the server still out of reach): it may yet be applied, so asking again blindly may
+    make it twice (a second client, a second new key)."""
+
+    code = "outcome_unknown"
+
+    def __init__(self, lost: DependencyUnavailableError, look: str) -> None:
+        super().__init__(
+            f"The database did not confirm the change, which may yet be applied: {look}",
+            reason=lost.reason,
+            headers=dict(NOT_RETRIED),
+        )
+        del self.headers["Retry-After"]
 
 
 def operator_message(error: BaseException) -> str:

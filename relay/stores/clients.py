@@ -10,7 +10,9 @@ from typing import Any
 
 import orjson
 
+from relay.errors import DependencyUnavailableError, WriteOutcomeUnknownError
 from relay.stores.database import Database, UniqueViolation, fetch_all, fetch_one
+from relay.stores.database_failures import OutcomeUnknownError
 
 _COLUMNS = (
     "id, name, key_id, key_hash, key_version, scopes, status, limits, store_history,"
@@ -71,17 +73,13 @@ class ClientStore:
         columns.update({key: _db_value(key, value) for key, value in values.items()})
         names = ", ".join(columns)
         marks = ", ".join(["%s"] * len(columns))
-        async with self.db.cursor() as cur:
-            try:
-                row = await fetch_one(
-                    cur,
-                    f"INSERT INTO clients ({names}) VALUES ({marks}) RETURNING {_COLUMNS}",
-                    tuple(columns.values()),
-                )
-            except UniqueViolation as exc:
-                raise KeyIdTaken from exc
-        assert row is not None
-        return Client.from_row(row)
+        client = await self._keyed_write(
+            f"INSERT INTO clients ({names}) VALUES ({marks}) RETURNING {_COLUMNS}",
+            tuple(columns.values()),
+            key_id,
+        )
+        assert client is not None
+        return client
 
     async def get(self, client_id: str) -> Client | None:
         checked = canonical_client_id(client_id)
@@ -144,17 +142,49 @@ class ClientStore:
         checked = canonical_client_id(client_id)
         if checked is None:
             return None
-        async with self.db.cursor() as cur:
-            try:
-                row = await fetch_one(
-                    cur,
-                    "UPDATE clients SET key_id = %s, key_hash = %s, key_version = key_version + 1,"
-                    f" updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
-                    (key_id, key_hash, checked),
-                )
-            except UniqueViolation as exc:
-                raise KeyIdTaken from exc
+        return await self._keyed_write(
+            "UPDATE clients SET key_id = %s, key_hash = %s, key_version = key_version + 1,"
+            f" updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
+            (key_id, key_hash, checked),
+            key_id,
+        )
+
+    async def _keyed_write(self, sql: str, params: tuple[Any, ...], key_id: str) -> Client | None:
+        """Run `sql`, a write storing the new key `key_id`, and return the row it
+        returns (None: it matched none). Its key is shown only in this answer, so the
+        write must not happen behind an error that says "try again":
+
+        - its COMMIT goes alone, after the statement answered: one relay gave up on
+          before that (the server paused, a lock held) rolls back when its connection
+          closes, rather than committing later on its own, as a lone statement would;
+        - one whose COMMIT relay lost is settled, once the server process that ran it
+          is gone, by whether `key_id` is stored (WriteOutcomeUnknownError if that
+          cannot be told).
+        """
+        try:
+            async with self.db.batch() as tx:
+                try:
+                    await tx.execute(sql, params)
+                except UniqueViolation as exc:
+                    raise KeyIdTaken from exc
+                row = await tx.fetch_mapping()
+        except OutcomeUnknownError as lost:
+            return await self._settle(lost, key_id)
         return Client.from_row(row) if row else None
+
+    async def _settle(self, lost: OutcomeUnknownError, key_id: str) -> Client:
+        """The client the lost write stored `key_id` in, if it committed; else the loss,
+        now known to have changed nothing (so it may be tried again)."""
+        try:
+            gone = await self.db.stop_backend(lost.backend)
+            stored = await self.get_by_key_id(key_id) if gone else None
+        except DependencyUnavailableError:
+            gone = False
+        if not gone:
+            raise WriteOutcomeUnknownError(lost, "list the clients before trying again.")
+        if stored is None:
+            raise DependencyUnavailableError(str(lost), reason=lost.reason) from lost
+        return stored
 
     async def rehash_key(
         self, client_id: str, *, key_id: str, old_hash: str, new_hash: str

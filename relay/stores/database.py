@@ -26,7 +26,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from relay.errors import DependencyUnavailableError
-from relay.stores.database_batch import Batch
+from relay.stores.database_batch import Batch, as_mappings
 from relay.stores.database_connection import (
     PooledCursor,
     ServerProcess,
@@ -262,8 +262,7 @@ def json_rows(rows: Sequence[Any]) -> str:
 
 async def fetch_all(cur: Cursor, query: str, args: Any = None) -> list[dict[str, Any]]:
     await cur.execute(query, args)
-    names = [column.name for column in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+    return as_mappings(cur, await cur.fetchall())
 
 
 async def fetch_one(cur: Cursor, query: str, args: Any = None) -> dict[str, Any] | None:

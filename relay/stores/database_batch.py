@@ -3,7 +3,7 @@ boundary, with `database`.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg2
@@ -69,6 +69,11 @@ class Batch:
     async def fetchone(self) -> Any:
         return await self.cur.fetchone()
 
+    async def fetch_mapping(self) -> dict[str, Any] | None:
+        """The last statement's first row, by column name (as `fetch_one` gives it)."""
+        row = await self.cur.fetchone()
+        return None if row is None else as_mappings(self.cur, [row])[0]
+
     async def commit(self) -> None:
         statements, self._deferred = self._deferred, []
         if self._open or statements:
@@ -105,3 +110,9 @@ class Batch:
             except psycopg2.Error:
                 # The connection is broken; closing it keeps it out of the pool.
                 self.cur.connection.close()
+
+
+def as_mappings(cur: Any, rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Rows the cursor's last statement returned, each by column name."""
+    names = [column.name for column in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in rows]
