@@ -5,13 +5,16 @@ taken for unreachable, in relay's terms, never a 500."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from typing import Any
 
 import orjson
 import pytest
 
 from relay.errors import DependencyUnavailableError, UpstreamError
-from relay.stores.database import Database
+from relay.sockets import purge_closed_handles
+from relay.stores.database import Database, connect
 from relay.stores.database_failures import registered
 from relay.upstreams.forwarder import create_session, open_provider_response
 from relay.upstreams.health import probe_provider
@@ -94,3 +97,42 @@ async def test_a_database_connection_meeting_closed_handles_is_unavailable(datab
 
     with pytest.raises(DependencyUnavailableError):
         await registered(failing)
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_a_database_that_refuses_connections_leaves_no_handle_behind(simulator):
+    # The real thing: aiopg, failing to connect, leaves its socket's closed poll handle
+    # in uvloop; the next sockets (a provider's) were given that number and failed.
+    refusing = f"postgresql://relay@127.0.0.1:{unused_port()}/relay"
+    for _ in range(3):
+        failures = await asyncio.gather(
+            *[connect(refusing, timeout=2) for _ in range(8)], return_exceptions=True
+        )
+        assert all(isinstance(failure, DependencyUnavailableError) for failure in failures)
+    async with create_session() as session:
+        for _ in range(10):  # not through `registered`: no second try to hide behind
+            async with session.get(
+                simulator.upstream().models_url, headers={"Connection": "close"}
+            ) as response:
+                assert response.status in (200, 401)
+
+
+async def test_a_purge_leaves_live_registrations_alone():
+    loop = asyncio.get_running_loop()
+    assert purge_closed_handles(loop) == 0
+    kept, peer = socket.socketpair()  # a registration of someone's, under a low number
+    readable = asyncio.Event()
+    loop.add_reader(kept.fileno(), readable.set)
+    try:
+        purge_closed_handles(loop)
+        peer.send(b"x")
+        await asyncio.wait_for(readable.wait(), 2)
+    finally:
+        loop.remove_reader(kept.fileno())
+        kept.close()
+        peer.close()

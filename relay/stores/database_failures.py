@@ -157,11 +157,17 @@ _UNCLOSED_AIOPG = "Unclosed connection\nconnection: <aiopg.connection::"
 
 async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
     """A new connection, or one from the pool, however uvloop fares (see
-    relay.sockets.registered); the server taken for unreachable when it keeps failing."""
+    relay.sockets.registered); the server taken for unreachable when it keeps failing.
+    A connection that could not be made leaves its closed poll handle behind: cleared at
+    once, before any other connection (a provider's, the dstack agent's) is given its
+    socket number."""
     try:
         return await sockets.registered(connecting)
     except RuntimeError as exc:
         raise unavailable(exc) from exc
+    except Exception:
+        sockets.purge_closed_handles(asyncio.get_running_loop())
+        raise
 
 
 def quiet_driver_noise() -> None:
