@@ -135,8 +135,15 @@ class Database:
         """A pooled connection, and whether it was made before it was asked for: only
         then can it be stale."""
         asked = time.monotonic()
-        conn = await registered(self.pool.acquire)
-        return conn, made_before(conn, asked)
+        for _ in range(self.pool.maxsize or 1):
+            try:
+                conn = await registered(self.pool.acquire)
+            except AssertionError as exc:
+                if _handed_out_closed(exc):
+                    continue  # dropped from the pool by that: the next one, then
+                raise
+            return conn, made_before(conn, asked)
+        return await registered(self.pool.acquire), True
 
     async def drop_stale(self, dead: Connection) -> None:
         """Forget `dead` (closed) and the pool's idle connections: what left one stale (a
@@ -236,6 +243,14 @@ class Database:
 
     def pool_stats(self) -> dict[str, int]:
         return {"size": self.pool.size, "free": self.pool.freesize, "max": self.pool.maxsize or 0}
+
+
+def _handed_out_closed(error: AssertionError) -> bool:
+    """Whether aiopg's pool refused to hand out a closed connection it found in its
+    free list (`assert not conn.closed, conn`), having taken it out. It checks only
+    before it waits: one closed meanwhile (a large one relay closes once released, one
+    the server closed) is found so while another task waits to connect."""
+    return bool(error.args) and isinstance(error.args[0], Connection) and error.args[0].closed
 
 
 async def listen(conn: Connection, channels: Iterable[str]) -> None:

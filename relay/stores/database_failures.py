@@ -165,7 +165,7 @@ async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
         return await sockets.registered(connecting)
     except RuntimeError as exc:
         raise unavailable(exc) from exc
-    except Exception:
+    except (psycopg2.Error, OSError, TimeoutError):
         sockets.purge_closed_handles(asyncio.get_running_loop())
         raise
 
