@@ -224,6 +224,7 @@ class Settings:
             raw = raw_setting(source, name, spec.metadata.get("file", False))
             if raw is not None and spec.metadata["parse"] is not None:
                 values[spec.name] = parse_value(spec, raw)
+        upstreams: tuple[Upstream, ...] = ()
         if source.get("RELAY_UPSTREAMS"):
             try:
                 upstreams = parse_upstreams(
@@ -231,14 +232,15 @@ class Settings:
                 )
             except UpstreamConfigError as exc:
                 raise ConfigError(f"RELAY_UPSTREAMS: {exc}") from None
-            default_model = values.get("default_model", "")
-            if default_model and not any(default_model in up.models for up in upstreams):
-                raise ConfigError(
-                    "RELAY_DEFAULT_MODEL names no model of RELAY_UPSTREAMS"
-                    " (a public id, a key of some upstream's models)"
-                )
             if provider_keys:
                 values["upstreams"] = upstreams
+        default_model = values.get("default_model", "")
+        if default_model and not any(default_model in up.models for up in upstreams):
+            raise ConfigError(
+                "RELAY_DEFAULT_MODEL names no model of RELAY_UPSTREAMS"
+                " (a public id, a key of some upstream's models)"
+                + ("" if upstreams else ", which configures none")
+            )
         warn_unknown(source, (spec.metadata["env"] for spec in dataclasses.fields(cls)))
         if not source.get("RELAY_STATE_DIR"):
             values["state_dir"] = source.get("STATE_DIRECTORY", "").split(":")[0] or (

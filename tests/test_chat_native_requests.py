@@ -90,3 +90,8 @@ def test_a_default_model_no_upstream_serves_stops_start_up(simulator):
     with pytest.raises(ConfigError, match="RELAY_DEFAULT_MODEL"):
         Settings.from_env(env)
     assert Settings.from_env({**env, "RELAY_DEFAULT_MODEL": "gpt-4o-mini"}).default_model
+
+
+def test_a_default_model_without_upstreams_stops_start_up():
+    with pytest.raises(ConfigError, match=r"RELAY_DEFAULT_MODEL .* which configures none"):
+        Settings.from_env({"RELAY_DEFAULT_MODEL": "gpt-4o"})
