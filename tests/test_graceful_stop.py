@@ -6,6 +6,7 @@ import asyncio
 import gc
 import hashlib
 import os
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -117,6 +118,29 @@ async def test_sigterm_lets_a_request_in_flight_finish(relay_process):
     finally:
         notify.close()
     assert "relay stopped" in relay.logs()
+
+
+async def test_sighup_is_ignored_and_said_so(relay_process):
+    notify = NotifySocket.abstract()
+    relay = relay_process(NOTIFY_SOCKET=notify.address)
+    relay.start()
+    try:
+        await notify.wait_for("READY=1")
+        kept_alive = await asyncio.open_connection("127.0.0.1", relay.port)
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "SIGHUP ignored" in relay.logs():
+                break
+            await asyncio.sleep(0.05)
+        assert "SIGHUP ignored" in relay.logs()
+        assert relay.running
+        assert (await exchange(*kept_alive, "GET", "/health")).status == 200
+        kept_alive[1].close()
+        relay.terminate()
+        assert await relay.wait(15) == 0, relay.logs()
+    finally:
+        notify.close()
 
 
 async def test_drain_ends_after_the_timeout(relay_process):

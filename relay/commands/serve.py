@@ -1,4 +1,5 @@
-"""`relay serve`: run the gateway on uvloop; on SIGINT or SIGTERM drain, clean up, exit 0."""
+"""`relay serve`: run the gateway on uvloop; on SIGINT or SIGTERM drain, clean up, exit 0;
+SIGHUP is logged and ignored."""
 
 from __future__ import annotations
 
@@ -186,6 +187,13 @@ def relay_runner(app: web.Application) -> RelayAppRunner:
     )
 
 
+def _on_hangup() -> None:
+    log.warning(
+        "SIGHUP ignored: relay reads its settings only as it starts and logs to its"
+        " standard streams; restart it to apply a change (SIGTERM drains first)"
+    )
+
+
 async def serve(settings: Settings, app: web.Application | None = None) -> None:
     app = app or create_app(settings)
     runner = relay_runner(app)
@@ -201,6 +209,10 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    # Many daemons reload on SIGHUP, and operators and logrotate hooks send it. By
+    # default it killed relay mid-answer, with no drain, and systemd counts death by
+    # SIGHUP as a clean stop (Restart=on-failure left the service down).
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup)
     notifier = Notifier.from_env()
     starting = asyncio.create_task(notifier.extend_start(), name="relay-starting")
     try:
