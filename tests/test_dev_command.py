@@ -131,6 +131,12 @@ def test_make_dev_prints_a_working_curl_and_stops_cleanly(dev_dir: Path):
         assert chat["object"] == "chat.completion"
         assert chat["choices"][0]["message"]["content"]
 
+        # The CLI, pointed at this instance as the banner says, reads what it made.
+        export = next(line.strip() for line in banner if line.strip().startswith("export "))
+        inspect = f'echo "$TOKEN" | {sys.executable} -m relay token inspect'
+        verdict = json.loads(shell(f"{export} && {me_line} >/dev/null && {inspect}"))
+        assert (verdict["accepted"], verdict["client_id"]) == (True, me["id"])
+
         kept = dev_dir / "demo-client.json"
         assert stat.S_IMODE(kept.stat().st_mode) == 0o600
         assert json.loads(kept.read_text()) == {"client_id": me["id"], "api_key": api_key}

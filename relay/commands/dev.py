@@ -113,6 +113,13 @@ def first_model(settings: Settings) -> str:
     return SIMULATOR_MODELS[0]
 
 
+def cli_settings(settings: Settings) -> str:
+    """The settings that point `relay clients` and `relay token` at this instance: its
+    database (on a port of this run's) and the state dir keeping its JWT secret."""
+    database, state = settings.database_url, str(settings.state_path.resolve())
+    return f"RELAY_DATABASE_URL={shlex.quote(database)} RELAY_STATE_DIR={shlex.quote(state)}"
+
+
 def banner(settings: Settings, api_key: str, key_file: Path, backends: str) -> str:
     host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
@@ -146,6 +153,10 @@ def banner(settings: Settings, api_key: str, key_file: Path, backends: str) -> s
             "Then chat (in the same shell, so $TOKEN is set):",
             "",
             f"  {completions}",
+            "",
+            "The relay CLI (relay clients …, relay token …) reaches this instance with:",
+            "",
+            f"  export {cli_settings(settings)}",
             "",
             "Ctrl-C stops relay, the simulator, PostgreSQL and Redis.",
             "",
