@@ -102,9 +102,11 @@ def test_env_example_comments_show_the_true_defaults():
 def test_env_example_examples_are_valid():
     examples = commented(_EXAMPLE)
     assert {"RELAY_TRUSTED_PROXIES", "RELAY_UPSTREAMS", "RELAY_ATTESTATION"} <= set(examples)
+    # Each with the example upstreams, which the model names of the others are of.
+    context = {**filled(), "RELAY_UPSTREAMS": examples["RELAY_UPSTREAMS"]}
     for name, value in examples.items():
         if name not in NOT_FIELDS:
-            Settings.from_env({**filled(), name: value, "OPENAI_API_KEY": "sk-example"})
+            Settings.from_env({**context, name: value, "OPENAI_API_KEY": "sk-example"})
 
 
 def test_unit_has_the_promised_shape():
