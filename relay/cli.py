@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             # (JWTs, the admin token, rate-limit names, /metrics); token signs and checks
             # JWTs; migrate and clients (bcrypt hashes in PostgreSQL) need none. They run
             # in an operator's shell, which need not hold what only the service may read.
-            # A JWT secret token made up now would sign and accept only its own tokens.
+            # A JWT secret `relay token` made up now would match no relay's: it reads a kept one.
             settings = load_settings(
                 provider_keys=serving,
                 secrets=_secrets(args.command),
