@@ -393,6 +393,41 @@ def test_a_whole_answer_counts_what_its_choices_generated_as_a_stream_does() -> 
     assert summarize_completion(body).generated_bytes == 2 + 3 + 2 + 7
 
 
+def test_a_legacy_function_call_is_counted_and_kept_as_a_tool_call() -> None:
+    # OpenAI's deprecated `functions` are still answered with `function_call`,
+    # streamed in fragments: what it generated is charged, and recorded.
+    stream = b"".join(
+        [
+            event(chunk([delta({"role": "assistant", "function_call": {"name": "essay"}})])),
+            *(
+                event(chunk([delta({"function_call": {"arguments": piece}})]))
+                for piece in ('{"text": "', "a" * 100, '"}')
+            ),
+            event(chunk([delta({}, "function_call")], usage=None)),
+        ]
+    )
+    summary = observe(stream).summary()
+    arguments = '{"text": "' + "a" * 100 + '"}'
+    assert summary.generated_bytes == len("essay") + len(arguments)
+    assert summary.tool_calls == [
+        {"id": "", "type": "function", "function": {"name": "essay", "arguments": arguments}}
+    ]
+    call = {"name": "f", "arguments": "{}"}
+    whole = {"role": "assistant", "content": None, "function_call": call}
+    body = orjson.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": whole}]})
+    assert summarize_completion(body).generated_bytes == 3
+
+
+def test_mistrals_thinking_parts_are_counted_but_are_not_the_answer() -> None:
+    content = [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "let me see"}]},
+        {"type": "thinking", "thinking": "hm"},
+        {"type": "text", "text": "42"},
+    ]
+    summary = observe(event(chunk([delta({"content": content}, "stop")], usage=None))).summary()
+    assert (summary.text, summary.generated_bytes) == ("42", 10 + 2 + 2)
+
+
 def test_time_to_first_token_waits_for_content() -> None:
     observer = StreamObserver()
     observer.feed(event(chunk([delta({"role": "assistant", "content": ""})])))

@@ -93,6 +93,26 @@ class ChoiceState:
         return [call.as_dict() for _, call in sorted(self.calls, key=lambda item: item[0])]
 
 
+def thinking_bytes(content: list[Any]) -> int:
+    """The bytes of the `thinking` parts of a content list (Mistral's reasoning: its
+    `thinking` a list of text parts, or a string), which are not the answer's words
+    but were generated all the same."""
+    size = 0
+    for piece in content:
+        if not isinstance(piece, dict) or piece.get("type") != "thinking":
+            continue
+        thinking = piece.get("thinking")
+        if isinstance(thinking, str):
+            size += text_bytes(thinking)
+        elif isinstance(thinking, list):
+            size += sum(
+                text_bytes(inner["text"])
+                for inner in thinking
+                if isinstance(inner, dict) and isinstance(inner.get("text"), str)
+            )
+    return size
+
+
 def answer_text(part: dict[str, Any]) -> str:
     """The words of a `delta` or `message`: its content as a string, or the text parts
     of a content list (Mistral's reasoning models answer so; their `thinking` parts

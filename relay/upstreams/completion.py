@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from relay.upstreams.choice_parts import ChoiceState, answer_text, text_bytes
+from relay.upstreams.choice_parts import ChoiceState, answer_text, text_bytes, thinking_bytes
 from relay.upstreams.provider_json import (
     error_object,
     lenient_json,
@@ -143,6 +143,8 @@ class CompletionAccumulator:
         if isinstance(part, dict):
             content = part.get("content")
             if not isinstance(content, str):  # the usual delta's is: no call for it
+                if isinstance(content, list):  # Mistral's reasoning is generated too
+                    self.generated_bytes += thinking_bytes(content)
                 content = answer_text(part)
             if content:
                 state.text.append(content)
@@ -164,6 +166,12 @@ class CompletionAccumulator:
                     saw_content = True
                 if (calls := part.get("tool_calls")) and isinstance(calls, list):
                     self.generated_bytes += state.merge_tool_calls(calls)
+                    saw_content = True
+                # OpenAI's deprecated `functions` are answered with one `function_call`
+                # (still sent, streamed in fragments as a tool call is): kept as one.
+                if (call := part.get("function_call")) and isinstance(call, dict):
+                    legacy = {"index": 0, "type": "function", "function": call}
+                    self.generated_bytes += state.merge_tool_calls([legacy])
                     saw_content = True
                 # DeepSeek's and older vLLM's name, or OpenRouter's and newer vLLM's; a
                 # provider sending both sends the same text: it is counted once.
