@@ -122,6 +122,40 @@ async def test_the_next_head_on_a_kept_alive_connection_has_a_deadline(relay):
     writer.close()
 
 
+async def test_a_next_head_begun_with_the_last_request_has_a_deadline(relay):
+    # Its first byte came in the packet that completed the request before it: the
+    # clock starts then, not at some later byte that never comes.
+    reader, writer = await connect(relay)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\nG")
+    assert (await read_answer(reader)).status == 200
+    assert_timeout_error(await answer_then_close(reader))
+    writer.close()
+
+
+async def test_a_next_head_begun_while_a_request_is_answered_has_a_deadline(relay):
+    _, token = await client_with_token(relay)
+    reader, writer = await connect(relay)
+    writer.write(
+        b"GET /v1/history?wait=1 HTTP/1.1\r\nHost: relay\r\n"
+        + f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    await asyncio.sleep(0.1)  # the long poll is held
+    writer.write(b"G")  # and the next head begins behind it, and stops
+    assert (await read_answer(reader)).status == 200
+    assert_timeout_error(await answer_then_close(reader))
+    writer.close()
+
+
+async def test_pipelined_whole_heads_are_all_answered(relay):
+    reader, writer = await connect(relay)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n" * 3)
+    for _ in range(3):
+        assert (await read_answer(reader)).status == 200
+    await asyncio.sleep(HEAD_SECONDS * 4)  # idle after them: not cut
+    assert (await exchange(reader, writer, "GET", "/health")).status == 200
+    writer.close()
+
+
 async def test_an_idle_kept_alive_connection_outlives_the_head_deadline(relay):
     reader, writer = await connect(relay)
     assert (await exchange(reader, writer, "GET", "/health")).status == 200

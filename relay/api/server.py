@@ -112,16 +112,24 @@ class RelayRequestHandler(RequestHandler):
         super().data_received(data)
         if len(self._messages) == queued:  # no head was completed: a piece of one, or of a body
             # Waiting for a request (idle), or for the first one before aiohttp's
-            # connection task first ran and made its waiter: a head begins. (Not the
-            # rest of a body aiohttp drains after an answer: that is no head.)
+            # connection task first ran and made its waiter, or with the request being
+            # answered whole already: a head begins. (Not the rest of a body, nor one
+            # aiohttp drains after an answer: that is no head.)
             waiter = self._waiter
             waiting = waiter is not None and not waiter.done()
-            if data and (waiting or (waiter is None and self._request_count == 0)):
-                if self.head_since is None:
-                    self.head_since, self._head_bytes = self._loop.time(), 0
-                self._head_bytes += len(data)
+            if data and (
+                waiting or (waiter is None and self._request_count == 0) or self._body_received()
+            ):
+                self._head_begun(len(data))
             return
         self.head_since = None
+        # The packet that completed a head may hold the start of the next (a client
+        # pipelining, or one sending a byte of it and nothing more): it is timed from
+        # now. Told apart when the last head has no body: it then ends the packet.
+        message, payload = self._messages[-1]
+        if payload is EMPTY_PAYLOAD and not isinstance(message, _ErrInfo):
+            if (left := len(data) - data.rfind(b"\r\n\r\n") - 4) > 0 and b"\r\n\r\n" in data:
+                self._head_begun(left)
         self._refuse_heads(queued)
         # aiohttp's C parser reports a body it cannot parse (a bad chunk size) that
         # arrives after its head was handed on as the error of a next request. That
@@ -138,6 +146,18 @@ class RelayRequestHandler(RequestHandler):
             self._messages.pop()
             request.content.set_exception(web.RequestPayloadError(error.message))
             self.end_after_answer()
+
+    def _head_begun(self, size: int) -> None:
+        """`size` bytes of a request head came in: timed from the first of them."""
+        if self.head_since is None:
+            self.head_since, self._head_bytes = self._loop.time(), 0
+        self._head_bytes += size
+
+    def _body_received(self) -> bool:
+        """Whether the request being answered has its whole body: what comes next is
+        the next request's head (pipelined behind it)."""
+        request = self._current_request
+        return request is not None and request.content.is_eof()
 
     def _refuse_heads(self, first: int) -> None:
         """Answer an error in place of each head parsed from `first` on that HTTP/1.1
@@ -156,8 +176,13 @@ class RelayRequestHandler(RequestHandler):
         a part of one, close a connection that sent none."""
         since, self.head_since = self.head_since, None
         waiter = self._waiter
-        if since is None or waiter is None or waiter.done():
-            return  # a head came in meanwhile (or a pipelined one waits behind a handler)
+        if since is None:
+            return  # a head came in meanwhile
+        if waiter is None or waiter.done():
+            # A handler is still answering: the next head is cut once it is done, if
+            # still not whole by then (timed from its first byte all the same).
+            self.head_since = since
+            return
         received = self._head_bytes
         log.info(
             "request head timed out",
