@@ -12,6 +12,7 @@ import pytest
 from relay.proofs.command import add_arguments, run
 from relay.proofs.keyfile import FileKeyProvider
 from relay.proofs.report import build_report
+from relay.proofs.verify import VerificationError, verify_all
 from tests.test_proofs_receipt import REQUEST, RESPONSE, make_chain
 
 NONCE_HEX = "cd" * 32
@@ -212,3 +213,34 @@ async def test_a_receipt_with_an_added_error_field_is_a_failed_check_not_unusabl
     )
     assert run(args) == 1
     assert "FAIL signature" in capsys.readouterr().out
+
+
+async def test_a_receipt_naming_a_field_twice_is_unusable(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Signed as "complete"; a reader keeping the first of two values would read "failed".
+    signed = files["paths"]["receipt"].read_bytes()
+    doubled = files["tmp"] / "doubled.json"
+    doubled.write_bytes(b'{"status":"failed","completed":false,' + signed[1:])
+    args = parse("--report", str(files["paths"]["report"]), "--receipt", str(doubled))
+    assert run(args) == 2
+    assert "names the same field twice" in capsys.readouterr().out
+    lines = files["tmp"] / "doubled.jsonl"
+    lines.write_bytes(files["paths"]["chain"].read_bytes() + doubled.read_bytes() + b"\n")
+    assert run(parse("--report", str(files["paths"]["report"]), "--receipt", str(lines))) == 2
+
+
+async def test_the_functions_take_the_nonce_as_asked_and_refuse_what_is_no_proof(
+    files: dict[str, Any],
+) -> None:
+    report = orjson.loads(files["paths"]["report"].read_bytes())
+    receipts = files["receipts"]
+    for nonce in (NONCE_HEX, bytes.fromhex(NONCE_HEX), NONCE_HEX.upper()):
+        assert verify_all(report, receipts, REQUEST, RESPONSE, nonce)
+    assert verify_all(report, receipts[-1])  # one receipt, not in a list
+    with pytest.raises(VerificationError, match="another nonce"):
+        verify_all(report, receipts, nonce="ee" * 32)
+    with pytest.raises(VerificationError, match="nonce: "):
+        verify_all(report, receipts, nonce="xyz")
+    with pytest.raises(VerificationError, match="request_body: give the bytes"):
+        verify_all(report, receipts, REQUEST.decode())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from typing import Any
 
@@ -20,6 +19,7 @@ from relay.errors import (
     UnsupportedMediaTypeError,
     UnsupportedTransferCodingError,
 )
+from relay.json_pairs import repeats_a_field
 from relay.upstreams.provider_json import surrogate_json
 
 # Time for a whole request body once its headers are in: 4 MB over a poor
@@ -137,17 +137,14 @@ async def read_json_object(request: web.Request, limit: int | None = None) -> di
 
 def _refuse_repeated_fields(body: bytes) -> None:
     # orjson keeps the last of a repeated field without a word: `{"status": "active",
-    # "status": "disabled"}` would be a guess. The standard library's parser shows
-    # every pair (these bodies are at most 64 KiB; the chat routes check their own).
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        if len({key for key, _ in items}) != len(items):
-            raise InvalidRequestError("The request body names the same field twice.")
-        return dict(items)
-
+    # "status": "disabled"}` would be a guess (these bodies are at most 64 KiB; the chat
+    # routes check their own).
     try:
-        json.loads(body, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):  # valid JSON, orjson read it: nested too deep
+        repeated = repeats_a_field(body)
+    except ValueError:  # valid JSON, orjson read it: nested too deep
         raise InvalidRequestError("The request body is nested too deeply.") from None
+    if repeated:
+        raise InvalidRequestError("The request body names the same field twice.")
 
 
 def query_value(request: web.Request, name: str) -> str | None:

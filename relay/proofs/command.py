@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from relay.json_pairs import repeats_a_field
 from relay.proofs.custody import kms_root_address
 from relay.proofs.nonce import parse_nonce
 from relay.proofs.verify import VerificationError, iter_checks
@@ -90,6 +91,7 @@ def load_receipts(path: Path) -> list[dict[str, Any]]:
         whole = orjson.loads(data)
     except orjson.JSONDecodeError:
         return [_json_object(line, path, "receipt") for line in data.splitlines() if line.strip()]
+    _refuse_repeated_fields(data, path)
     if isinstance(whole, dict) and whole.get("object") == "list":
         whole = whole.get("data")
         if not isinstance(whole, list):
@@ -101,15 +103,25 @@ def load_receipts(path: Path) -> list[dict[str, Any]]:
 def _json_object(value: Any, path: Path, what: str) -> dict[str, Any]:
     if isinstance(value, bytes):
         try:
-            value = orjson.loads(value)
+            parsed = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"{path}: not JSON ({exc})") from None
+        _refuse_repeated_fields(value, path)
+        value = parsed
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object")
     if set(value) == {"error"}:
         # What `curl -o` keeps of a 404 or a 429: the fetch failed, not a proof.
         raise ValueError(f"{path}: relay answered with an error, not a {what}: {_error(value)}")
     return value
+
+
+def _refuse_repeated_fields(data: bytes, path: Path) -> None:
+    """A receipt or report naming a field twice is refused: the signature may hold for
+    the value read here (orjson keeps the last) while another reader keeps the first,
+    and sees a receipt that says something else."""
+    if repeats_a_field(data):
+        raise ValueError(f"{path}: an object in it names the same field twice")
 
 
 def _error(body: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from relay.proofs.checks import Check, Report, VerificationError, check_algo, strict_hex
+from relay.proofs.nonce import parse_nonce
 from relay.proofs.receipt import check_receipt_body, receipt_sha256, sha256_hex, signing_payload
 from relay.proofs.report_checks import (
     recover_kms_root,
@@ -126,10 +127,10 @@ def verify_chain(receipts: list[dict[str, Any]]) -> str:
 
 def iter_checks(
     report: Reports,
-    receipts: list[dict[str, Any]],
+    receipts: list[dict[str, Any]] | dict[str, Any],
     request_body: bytes | None = None,
     response_body: bytes | None = None,
-    nonce: bytes | None = None,
+    nonce: bytes | str | None = None,
     *,
     require_tee: bool = False,
     kms_root: str | None = None,
@@ -139,8 +140,13 @@ def iter_checks(
     key chain does not end at that root). Given a list of reports, one per instance, each
     receipt is checked against the report naming its key, and every report's checks are
     made (the nonce, `require_tee` and `kms_root` apply to each), tagged with its place."""
+    receipts = [receipts] if isinstance(receipts, dict) else receipts
     if not receipts:
         raise VerificationError("chain: no receipts")
+    nonce = _nonce_bytes(nonce)
+    for name, body in (("request_body", request_body), ("response_body", response_body)):
+        if body is not None and not isinstance(body, bytes | bytearray | memoryview):
+            raise VerificationError(f"{name}: give the bytes as saved, not {type(body).__name__}")
     reports = _reports(report)
     for receipt in receipts:
         yield Check(True, verify_receipt_signature(receipt))
@@ -177,10 +183,10 @@ def _tagged(
 
 def verify_all(
     report: Reports,
-    receipts: list[dict[str, Any]],
+    receipts: list[dict[str, Any]] | dict[str, Any],
     request_body: bytes | None = None,
     response_body: bytes | None = None,
-    nonce: bytes | None = None,
+    nonce: bytes | str | None = None,
     *,
     require_tee: bool = False,
     kms_root: str | None = None,
@@ -200,6 +206,19 @@ def verify_all(
         kms_root=kms_root,
     )
     return [check.text for check in checks if check.held]
+
+
+def _nonce_bytes(nonce: bytes | str | None) -> bytes | None:
+    """The caller's nonce as the report holds it: 32 bytes, given so or as the 64 hex
+    characters it was asked with (as `relay verify --nonce` takes it)."""
+    if nonce is None or (isinstance(nonce, bytes) and len(nonce) == 32):
+        return nonce
+    if isinstance(nonce, str):
+        try:
+            return parse_nonce(nonce)
+        except ValueError as exc:
+            raise VerificationError(f"nonce: {exc}") from None
+    raise VerificationError("nonce: give the 32 bytes, or the 64 hex characters asked with")
 
 
 def _reports(report: Reports) -> Sequence[Report]:
