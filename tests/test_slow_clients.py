@@ -146,6 +146,25 @@ async def test_a_next_head_begun_while_a_request_is_answered_has_a_deadline(rela
     writer.close()
 
 
+async def test_a_body_ending_in_its_own_packet_starts_no_head_clock(relay):
+    # The last bytes of a body are not the next head: the connection then idles.
+    client = await create_client(relay)
+    body = orjson.dumps({"api_key": client["api_key"]})
+    reader, writer = await connect(relay)
+    writer.write(
+        b"POST /auth/token HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:5]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(body[5:])
+    assert (await read_answer(reader)).status == 200
+    await asyncio.sleep(HEAD_SECONDS * 4)
+    assert (await exchange(reader, writer, "GET", "/health")).status == 200
+    writer.close()
+
+
 async def test_pipelined_whole_heads_are_all_answered(relay):
     reader, writer = await connect(relay)
     writer.write(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n" * 3)

@@ -109,6 +109,7 @@ class RelayRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
+        answering_whole = self._body_received()  # before these bytes: they may end it
         super().data_received(data)
         if len(self._messages) == queued:  # no head was completed: a piece of one, or of a body
             # Waiting for a request (idle), or for the first one before aiohttp's
@@ -118,7 +119,7 @@ class RelayRequestHandler(RequestHandler):
             waiter = self._waiter
             waiting = waiter is not None and not waiter.done()
             if data and (
-                waiting or (waiter is None and self._request_count == 0) or self._body_received()
+                waiting or (waiter is None and self._request_count == 0) or answering_whole
             ):
                 self._head_begun(len(data))
             return
