@@ -63,6 +63,20 @@ async def answer_then_close(reader: asyncio.StreamReader) -> Answer:
     return answer
 
 
+async def begin_token_exchange(
+    relay: TestClient,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A token exchange's head and the first bytes of its body, sent; the rest returned."""
+    client = await create_client(relay)
+    body = orjson.dumps({"api_key": client["api_key"]})
+    reader, writer = await connect(relay)
+    writer.write(
+        b"POST /auth/token HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5])
+    )
+    return reader, writer, body[5:]
+
+
 def assert_timeout_error(answer: Answer) -> None:
     assert answer.status == 408
     assert answer.headers["content-type"] == "application/json"
@@ -148,17 +162,10 @@ async def test_a_next_head_begun_while_a_request_is_answered_has_a_deadline(rela
 
 async def test_a_body_ending_in_its_own_packet_starts_no_head_clock(relay):
     # The last bytes of a body are not the next head: the connection then idles.
-    client = await create_client(relay)
-    body = orjson.dumps({"api_key": client["api_key"]})
-    reader, writer = await connect(relay)
-    writer.write(
-        b"POST /auth/token HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body[:5]
-    )
+    reader, writer, rest = await begin_token_exchange(relay)
     await writer.drain()
     await asyncio.sleep(0.05)
-    writer.write(body[5:])
+    writer.write(rest)
     assert (await read_answer(reader)).status == 200
     await asyncio.sleep(HEAD_SECONDS * 4)
     assert (await exchange(reader, writer, "GET", "/health")).status == 200
@@ -202,15 +209,9 @@ async def test_a_stream_outlives_the_head_deadline(relay, simulator: Simulator):
 
 
 async def test_a_body_slower_than_the_head_deadline_is_read(relay):
-    client = await create_client(relay)
-    body = orjson.dumps({"api_key": client["api_key"]})
-    reader, writer = await connect(relay)
-    writer.write(
-        b"POST /auth/token HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5])
-    )
+    reader, writer, rest = await begin_token_exchange(relay)
     await asyncio.sleep(HEAD_SECONDS * 3)
-    writer.write(body[5:])
+    writer.write(rest)
     answer = await read_answer(reader)
     assert answer.status == 200, answer.body
     writer.close()
