@@ -52,7 +52,8 @@ def _page_size(raw: str) -> int:
 
 
 @asynccontextmanager
-async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
+async def client_store(settings: Settings) -> AsyncIterator[ClientStore]:
+    """The clients table of RELAY_DATABASE_URL, its schema brought up to date first."""
     # As `relay serve` does: during a rolling upgrade, RELAY_RUN_MIGRATIONS=false
     # keeps the new version's CLI from changing the schema under old instances.
     if settings.run_migrations:
@@ -61,12 +62,19 @@ async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
         await require_current(settings.database_url, timeout=settings.database_timeout)
     database = await Database.open(settings.database_url, size=2, timeout=settings.database_timeout)
     try:
+        yield ClientStore(database)
+    finally:
+        await database.close()
+
+
+@asynccontextmanager
+async def client_service(settings: Settings) -> AsyncIterator[ClientService]:
+    async with client_store(settings) as store:
+        # The dummy hash costs a bcrypt at RELAY_BCRYPT_ROUNDS: only what makes keys pays it.
         hasher = await asyncio.get_running_loop().run_in_executor(
             None, KeyHasher, settings.bcrypt_rounds
         )
-        yield ClientService(ClientStore(database), hasher)
-    finally:
-        await database.close()
+        yield ClientService(store, hasher)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> object:

@@ -8,10 +8,11 @@ import sys
 from datetime import UTC, datetime
 
 from relay.api.auth import token_json
-from relay.commands.clients import client_service, print_outcome
+from relay.commands.clients import client_store, print_outcome
 from relay.config import Settings
 from relay.errors import AuthenticationError, PermissionDeniedError
 from relay.services.auth import holder
+from relay.services.clients import client_or_404
 from relay.services.tokens import Claims, TokenIssuer
 
 
@@ -65,8 +66,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _issue(settings: Settings, client_id: str, ttl: int | None) -> object:
-    async with client_service(settings) as clients:
-        client = await clients.get(client_id)
+    async with client_store(settings) as store:
+        client = await client_or_404(store, client_id)
     if not client.active:
         raise PermissionDeniedError(
             f"Client {client.id!r} is disabled; `relay clients enable {client.id}` first."
@@ -81,8 +82,8 @@ async def _inspect(settings: Settings, token: str) -> dict[str, object]:
     claims: Claims | None = None
     try:
         claims = tokens.verify(token)
-        async with client_service(settings) as clients:
-            client = await clients.store.get(claims.client_id)
+        async with client_store(settings) as store:
+            client = await store.get(claims.client_id)
         holder(client, claims)
     except AuthenticationError as refusal:
         if refusal.code == "token_expired":

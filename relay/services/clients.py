@@ -53,6 +53,14 @@ class ClientPage:
     next_cursor: str | None  # the last client's position, else the one asked from
 
 
+async def client_or_404(store: ClientStore, client_id: str) -> Client:
+    """The client `client_id` names; NotFoundError if there is none."""
+    client = await store.get(client_id)
+    if client is None:
+        raise NotFoundError(f"No client {client_id!r}.")
+    return client
+
+
 class ClientService:
     def __init__(
         self,
@@ -80,10 +88,7 @@ class ClientService:
         raise RuntimeError("could not find a free key id")
 
     async def get(self, client_id: str) -> Client:
-        client = await self.store.get(client_id)
-        if client is None:
-            raise NotFoundError(f"No client {client_id!r}.")
-        return client
+        return await client_or_404(self.store, client_id)
 
     async def list_page(self, *, limit: int, after: str | None) -> ClientPage:
         position = await self._position(after) if after else None
