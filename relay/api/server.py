@@ -129,7 +129,8 @@ class RelayRequestHandler(RequestHandler):
         # now. Told apart when the last head has no body: it then ends the packet.
         message, payload = self._messages[-1]
         if payload is EMPTY_PAYLOAD and not isinstance(message, _ErrInfo):
-            if (left := len(data) - data.rfind(b"\r\n\r\n") - 4) > 0 and b"\r\n\r\n" in data:
+            head_end = data.rfind(b"\r\n\r\n")
+            if head_end >= 0 and (left := len(data) - head_end - 4) > 0:
                 self._head_begun(left)
         self._refuse_heads(queued)
         # aiohttp's C parser reports a body it cannot parse (a bad chunk size) that
