@@ -11,8 +11,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from relay.api.cors import setup_cors
+from relay.api.refusals import unparsed_error
 from relay.api.security_headers import setup_security_headers
-from relay.api.server import unparsed_error
 from relay.appkeys import SETTINGS
 from relay.config import Settings
 from tests.api_calls import assert_error, client_with_token, raw_exchange

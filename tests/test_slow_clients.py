@@ -88,7 +88,7 @@ def assert_timeout_error(answer: Answer) -> None:
 
 async def test_a_connection_that_sends_nothing_is_closed(relay, caplog):
     reader, writer = await connect(relay)
-    with caplog.at_level(logging.INFO, "relay.api.server"):
+    with caplog.at_level(logging.INFO, "relay.api.connection"):
         async with asyncio.timeout(CLOSED_WITHIN):
             assert await reader.read() == b""  # closed, and nothing said: nothing was asked
     writer.close()
@@ -271,7 +271,7 @@ async def test_a_client_that_takes_no_bytes_of_an_answer_is_cut_off(caplog):
         await loop.sock_connect(client, (server.host, server.port))
         await loop.sock_sendall(client, b"GET /large HTTP/1.1\r\nHost: relay\r\n\r\n")
         relay = server.runner.server
-        with caplog.at_level(logging.INFO, "relay.api.server"):
+        with caplog.at_level(logging.INFO, "relay.api.connection"):
             async with asyncio.timeout(CLOSED_WITHIN):
                 await until(lambda: bool(relay.connections))  # the request arrives
                 # and its connection is dropped, the answer unread

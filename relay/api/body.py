@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from aiohttp import StreamReader, web
 
+from relay.api.connection import RelayRequestHandler
 from relay.api.expect import send_continue
-from relay.api.server import RelayRequestHandler
 from relay.appkeys import SETTINGS
 from relay.errors import (
     InvalidRequestError,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from relay.api.server import RelayRequestHandler
+from relay.api.connection import RelayRequestHandler
 from relay.errors import InvalidRequestError
 
 # Set while a client waits for "100 Continue" relay has not sent yet.

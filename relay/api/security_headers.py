@@ -18,7 +18,7 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": API_CSP,
 }
-# Also on what relay answers before a request reaches the app (relay.api.server).
+# Also on what relay answers before a request reaches the app (relay.api.connection).
 # "Server" is set over aiohttp's own, which names Python, aiohttp and both versions.
 STATIC_HEADERS = {**_HEADERS, "Server": "relay"}
 
