@@ -199,6 +199,21 @@ async def test_a_conversation_header_given_twice_with_different_ids_is_refused(h
     assert response.headers[CONVERSATION] == mine
 
 
+async def test_an_empty_conversation_header_is_refused_not_taken_for_a_new_conversation(
+    http, simulator, database_url
+):
+    client, token = await client_with_token(http)
+    sent = len(simulator.state.requests)
+    for value in ("", "   "):
+        headers = {**bearer(token), CONVERSATION: value}
+        body = {"model": "gpt-sim", "messages": [{"role": "user", "content": "Hi"}]}
+        response = await http.post("/v1/chat/completions", json=body, headers=headers)
+        error = await assert_error(response, 400)
+        assert error["param"] == CONVERSATION
+    assert len(simulator.state.requests) == sent
+    assert await stored_messages(database_url, client["id"]) == []
+
+
 async def test_store_false_and_clients_without_history_store_nothing(http, database_url):
     client, token = await client_with_token(http)
     response = await chat(http, token, store=False)

@@ -15,12 +15,19 @@ CONVERSATION_HEADER = "Relay-Conversation-Id"
 def named_conversation(request: web.Request) -> str:
     """The conversation the request's header names ("" when none). Given twice with
     different values it is refused: taking either would file the answer in a
-    conversation the client may not have meant (a proxy that appends the header)."""
+    conversation the client may not have meant (a proxy that appends the header).
+    Given empty it is refused too: a client that sends it meant to continue a
+    conversation (an unset variable in a template, say), and a new one would split it."""
     values = [value.strip() for value in request.headers.getall(CONVERSATION_HEADER, ())]
     # Two spellings of one id (its letters' case, braces) name one conversation.
     if len(values) > 1 and len({canonical_conversation_id(v) or v for v in values}) > 1:
         raise InvalidRequestError(
             f"{CONVERSATION_HEADER} was given {len(values)} different values; give it once.",
+            param=CONVERSATION_HEADER,
+        )
+    if values and not values[0]:
+        raise InvalidRequestError(
+            f"{CONVERSATION_HEADER} is empty; leave it out to start a new conversation.",
             param=CONVERSATION_HEADER,
         )
     return values[0] if values else ""

@@ -20,9 +20,9 @@ CONVERSATION_PARAMETER = {
     "required": False,
     "description": (
         "Continue this conversation (yours), as `conversation_id` does; both, naming"
-        " different conversations, are a 400."
+        " different conversations, are a 400, and so is an empty value."
     ),
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "minLength": 1},
 }
 
 NATIVE_CHAT_SCHEMAS: dict[str, Any] = {}
