@@ -45,6 +45,18 @@ async def test_wrong_method_is_405_with_allow(http, method, path, allowed):
     assert options.headers["Allow"] == response.headers["Allow"]
 
 
+async def test_options_asterisk_names_every_method_the_server_answers(http):
+    reader, writer = await asyncio.open_connection(http.host, http.port)
+    writer.write(b"OPTIONS * HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    writer.close()
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 204 No Content"
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert set(fields["Allow"].split(", ")) == {"DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST"}
+    assert body == b""
+
+
 @pytest.mark.parametrize("body", [b"{", b"{'api_key': 1}", b"", b"\xff\xfe", b"nul\x00l"])
 async def test_malformed_json_is_400(http, body):
     response = await http.post(

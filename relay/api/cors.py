@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from relay.appkeys import SETTINGS
@@ -59,11 +59,20 @@ def _allowed_methods(request: web.Request) -> set[str] | None:
     return None
 
 
+def _server_methods(app: web.Application) -> str:
+    """Every method some path of `app` answers, OPTIONS included."""
+    methods = {route.method for route in app.router.routes() if route.method != hdrs.METH_ANY}
+    return ", ".join(sorted(methods | {"OPTIONS"}))
+
+
 @web.middleware
 async def preflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer OPTIONS for known paths before auth, and preflights for allowed origins."""
+    """Answer OPTIONS for known paths (and `*`, the server) before auth, and preflights
+    for allowed origins."""
     if request.method != "OPTIONS":
         return await handler(request)
+    if request.raw_path == "*":  # RFC 9110 9.3.7: a question about the server as a whole
+        return web.Response(status=204, headers={"Allow": _server_methods(request.app)})
     methods = _allowed_methods(request)
     if methods is None:
         return await handler(request)  # an unknown path stays a 404
