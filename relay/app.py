@@ -54,12 +54,18 @@ def create_app(settings: Settings) -> web.Application:
     app[ANSWER_RECORDER] = recorder
     app[ANSWER_HOOKS] = AnswerHooks(commit=[recorder.record], after=[count_answer])
     app.cleanup_ctx.extend(
-        [database_context, redis_context, notifications_context, auth_context, upstreams_context]
+        [
+            # First: an unreachable dstack agent stops start-up before anything else opens.
+            attestation_context,
+            database_context,
+            redis_context,
+            notifications_context,
+            auth_context,
+            upstreams_context,
+            rate_limit_context,  # after redis_context: it uses the client
+            receipts_context,  # after database_context
+            # Last, so it is cleaned up first: queued answers commit while the pool is open.
+            history_context,
+        ]
     )
-    app.cleanup_ctx.append(rate_limit_context)  # after redis_context: it uses the client
-    # First: an unreachable dstack agent stops start-up before anything else opens.
-    app.cleanup_ctx.insert(0, attestation_context)
-    app.cleanup_ctx.append(receipts_context)  # after database_context
-    # Last, so it is cleaned up first: queued answers commit while the pool is open.
-    app.cleanup_ctx.append(history_context)
     return app
