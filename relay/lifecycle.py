@@ -43,7 +43,7 @@ from relay.stores.clients import ClientStore
 from relay.stores.conversations import ConversationStore
 from relay.stores.database import Database
 from relay.stores.messages import MessageStore
-from relay.stores.migrations import migrate, require_current
+from relay.stores.migrations import prepare_schema
 from relay.stores.notifications import Notifications
 from relay.upstreams.forwarder import create_session
 from relay.upstreams.routing import ModelRouter
@@ -53,11 +53,11 @@ log = logging.getLogger(__name__)
 
 async def database_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    applied = await prepare_schema(
+        settings.database_url, apply=settings.run_migrations, timeout=settings.database_timeout
+    )
     if settings.run_migrations:
-        applied = await migrate(settings.database_url, timeout=settings.database_timeout)
         log.info("migrations checked", extra={"applied": len(applied)})
-    else:
-        await require_current(settings.database_url, timeout=settings.database_timeout)
     database = await Database.open(
         settings.database_url, size=settings.database_pool_size, timeout=settings.database_timeout
     )

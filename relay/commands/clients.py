@@ -18,7 +18,7 @@ from relay.services.apikeys import KeyHasher
 from relay.services.clients import ClientService
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database, QueryError
-from relay.stores.migrations import MigrationError, migrate, require_current
+from relay.stores.migrations import MigrationError, prepare_schema
 
 T = TypeVar("T")
 
@@ -54,12 +54,9 @@ def _page_size(raw: str) -> int:
 @asynccontextmanager
 async def client_store(settings: Settings) -> AsyncIterator[ClientStore]:
     """The clients table of RELAY_DATABASE_URL, its schema brought up to date first."""
-    # As `relay serve` does: during a rolling upgrade, RELAY_RUN_MIGRATIONS=false
-    # keeps the new version's CLI from changing the schema under old instances.
-    if settings.run_migrations:
-        await migrate(settings.database_url, timeout=settings.database_timeout)
-    else:
-        await require_current(settings.database_url, timeout=settings.database_timeout)
+    await prepare_schema(
+        settings.database_url, apply=settings.run_migrations, timeout=settings.database_timeout
+    )
     database = await Database.open(settings.database_url, size=2, timeout=settings.database_timeout)
     try:
         yield ClientStore(database)

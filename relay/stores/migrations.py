@@ -152,6 +152,16 @@ async def require_current(dsn: str, timeout: float = 30) -> None:
         )
 
 
+async def prepare_schema(dsn: str, *, apply: bool, timeout: float = 30) -> list[str]:
+    """Bring the schema up to date (`apply`, RELAY_RUN_MIGRATIONS) and name what was
+    applied, or require it current: during a rolling upgrade, with migrations off, a
+    new version must not change the schema under the old instances."""
+    if apply:
+        return await migrate(dsn, timeout=timeout)
+    await require_current(dsn, timeout=timeout)
+    return []
+
+
 async def _connect(dsn: str, timeout: float) -> Connection:
     """The first connection every command makes (`relay serve`, `migrate`, `clients`),
     its failure said so that it tells a setting to mend (ConfigError: a database or role
