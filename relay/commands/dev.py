@@ -31,8 +31,7 @@ from relay.config_environment import gather
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
 from relay.logs import setup_logging
 from relay.services.clients import ClientService
-from relay.stores.database import connect
-from relay.stores.database_admin import create_database
+from relay.stores.database_admin import ensure_database
 
 DATABASE = "relay"
 SIMULATOR_KEY = "sim"
@@ -52,18 +51,6 @@ def simulator_upstreams(port: int) -> str:
             }
         ]
     ).decode()
-
-
-async def ensure_database(admin_url: str, name: str) -> None:
-    conn = await connect(admin_url, timeout=10)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            exists = await cur.fetchone() is not None
-    finally:
-        await conn.close()
-    if not exists:
-        await create_database(admin_url, name)
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg2
 import psycopg2.extensions
 
-from relay.stores.database import connect, quote_identifier
+from relay.stores.database import Cursor, connect, quote_identifier
 
 
 async def create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
@@ -28,20 +28,36 @@ async def create_database(admin_dsn: str, name: str, template: str | None = None
         await conn.close()
 
 
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    """CREATE DATABASE unless it exists (`relay dev` keeps its database between runs)."""
+    conn = await connect(admin_dsn, timeout=10)
+    try:
+        async with conn.cursor() as cur:
+            exists = await _database_exists(cur, name)
+    finally:
+        await conn.close()
+    if not exists:
+        await create_database(admin_dsn, name)
+
+
 async def drop_database(admin_dsn: str, name: str) -> None:
     conn = await connect(admin_dsn, timeout=30)
     try:
         async with conn.cursor() as cur:
             # Refuse new connections first: a client that reconnects between FORCE's
             # termination of sessions and the drop itself would make the drop fail.
-            await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if await cur.fetchone():
+            if await _database_exists(cur, name):
                 await cur.execute(
                     f"ALTER DATABASE {quote_identifier(name)} ALLOW_CONNECTIONS false"
                 )
             await cur.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)} WITH (FORCE)")
     finally:
         await conn.close()
+
+
+async def _database_exists(cur: Cursor, name: str) -> bool:
+    await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    return await cur.fetchone() is not None
 
 
 def dsn_problem(dsn: str) -> str | None:
