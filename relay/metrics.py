@@ -122,7 +122,8 @@ HISTORY_COMMIT_FAILURES = Counter(
 ANSWERS = Counter(
     "relay_answers_total",
     "Answers relayed, by final status (complete, cut, cancelled, failed); counted once"
-    " each as it ends, before history's verdict (see relay_history_commit_failures_total).",
+    " each as it ends, after history's verdict: an answer whose commit failed is failed"
+    " (see relay_history_commit_failures_total).",
     ("outcome",),
 )
 REDIS_ERRORS = Counter(
