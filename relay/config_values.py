@@ -16,7 +16,7 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names the variable."""
 
 
-class WrongKind(ValueError):
+class WrongKindError(ValueError):
     """The raw text is not of the setting's kind; the message names the kind ("a whole
     number"), and parse_value says it in relay's words, not Python's."""
 
@@ -81,14 +81,14 @@ def integer(raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise WrongKind("a whole number") from None
+        raise WrongKindError("a whole number") from None
 
 
 def number(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise WrongKind("a number") from None
+        raise WrongKindError("a number") from None
     # float() accepts "nan" and "inf", which pass every minimum check.
     if not math.isfinite(value):
         raise ValueError("expected a finite number")
@@ -167,7 +167,7 @@ def parse_value(spec: dataclasses.Field[Any], raw: str) -> Any:
     secret = spec.metadata.get("file", False)
     try:
         value = spec.metadata["parse"](raw.strip())
-    except WrongKind as exc:
+    except WrongKindError as exc:
         raise ConfigError(f"{name} must be {exc}" + ("" if secret else f", got {raw!r}")) from None
     except ValueError as exc:
         shown = name if secret else f"{name}={raw!r}"

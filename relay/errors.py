@@ -5,7 +5,10 @@
     │   ├── UnsupportedMediaTypeError   415
     │   ├── PayloadTooLargeError        413
     │   ├── RequestTimeoutError         408
-    │   └── UnprocessableError          422
+    │   ├── UnprocessableError          422
+    │   │   └── SearchTooCostlyError        422 search_too_costly (relay.stores.messages)
+    │   ├── UnsupportedTransferCodingError  501 (not retried)
+    │   └── ExpectationFailedError      417 (relay.api.expect)
     ├── AuthenticationError         401
     ├── PermissionDeniedError       403
     ├── NotFoundError               404
@@ -14,12 +17,18 @@
     ├── ConflictError               409
     │   └── ConversationDeletedError    409 conversation_deleted
     ├── RateLimitError              429 rate_limit_exceeded (+ Retry-After)
+    │   ├── TooManyPollsError           429 too_many_polls (relay.services.history_watch)
+    │   └── TooManySearchesError        429 too_many_searches (relay.services.search_slots)
+    ├── ProviderRefusalError        the provider's 4xx (relay.upstreams.forwarder)
     ├── UpstreamError               502
     │   ├── UpstreamCutError            502 upstream_cut
     │   └── UpstreamTimeoutError        504
     │       └── AnswerTooLongError          504 answer_too_long
     ├── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
-    │   └── WriteOutcomeUnknownError    503 outcome_unknown (not retried)
+    │   ├── WriteOutcomeUnknownError    503 outcome_unknown (not retried)
+    │   ├── AttestationUnavailableError 503 attestation_unavailable (relay.proofs.agent)
+    │   └── UnconfirmedCommitError      a COMMIT sent, its outcome lost (relay.stores.database;
+    │                                   its callers settle it)
     ├── BusyError                   503 (+ Retry-After)
     │   ├── SearchesBusyError           503 searches_busy (relay.services.search_slots)
     │   └── KeyChecksBusyError          503 key_checks_busy (relay.services.apikeys)

@@ -27,7 +27,7 @@ from relay.services.receipts import ReceiptsPart
 from relay.services.recorder import AnswerRecorder
 from relay.stores.clients import Client, ClientStore
 from relay.stores.database import Database, ServerProcess, connect
-from relay.stores.database_failures import OutcomeUnknownError
+from relay.stores.database_failures import UnconfirmedCommitError
 from tests.api_calls import client_with_token
 from tests.history_calls import chat, execute, query, recorded_answer
 from tests.test_database_cancel import locked
@@ -269,7 +269,7 @@ async def test_a_batch_lost_before_its_commit_was_sent_is_known_not_committed(da
                     tx.defer("UPDATE receipt_chain_head SET sha256 = 'never'")
     finally:
         await db.close()
-    assert not isinstance(lost.value, OutcomeUnknownError)
+    assert not isinstance(lost.value, UnconfirmedCommitError)
 
 
 async def test_a_batch_lost_after_its_commit_was_sent_names_its_server_process(database_url):
@@ -282,7 +282,7 @@ async def test_a_batch_lost_after_its_commit_was_sent_names_its_server_process(d
                 "SELECT pid FROM pg_stat_activity"
                 " WHERE datname = current_database() AND wait_event_type = 'Lock'",
             )
-            with pytest.raises(OutcomeUnknownError) as lost:
+            with pytest.raises(UnconfirmedCommitError) as lost:
                 await batch
             assert lost.value.backend.pid == waiting["pid"]
             assert await db.stop_backend(lost.value.backend)

@@ -23,7 +23,7 @@ import pytest
 
 from relay.errors import DependencyUnavailableError
 from relay.stores.database import Database, prepared
-from relay.stores.database_failures import OutcomeUnknownError
+from relay.stores.database_failures import UnconfirmedCommitError
 from tests.api_calls import bearer, client_with_token
 from tests.history_calls import query
 
@@ -220,10 +220,10 @@ async def test_a_batch_opening_with_a_prepared_statement_runs_once_on_a_fresh_co
 
 async def test_a_one_trip_batch_is_not_sent_twice(proxy, db, database_url):
     """Its one round trip is the whole transaction, COMMIT included: lost after being
-    sent, it may have committed; relay settles that (OutcomeUnknownError), never by
+    sent, it may have committed; relay settles that (UnconfirmedCommitError), never by
     sending it again."""
     proxy[0].forget()
-    with pytest.raises(OutcomeUnknownError):
+    with pytest.raises(UnconfirmedCommitError):
         async with db.batch() as tx:
             tx.defer(INSERT_CLIENT, ("one-trip",))
     assert await stored_clients(database_url) == []

@@ -14,7 +14,7 @@ from relay.errors import AuthenticationError, RelayError
 from relay.services.answers import Answer
 from relay.stores.clients import ClientStore
 from relay.stores.database import Batch, Database, ServerProcess
-from relay.stores.database_failures import OutcomeUnknownError
+from relay.stores.database_failures import UnconfirmedCommitError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ async def write_batch(
         async with database.batch() as tx:
             for part in parts:
                 await part.write(tx, answers)
-    except OutcomeUnknownError as lost:
+    except UnconfirmedCommitError as lost:
         committed = await _committed_after_all(database, parts, answers, lost.backend)
         if committed is None or (not committed and lost.timed_out):
             raise

@@ -12,7 +12,7 @@ import orjson
 
 from relay.errors import DependencyUnavailableError, WriteOutcomeUnknownError
 from relay.stores.database import Database, UniqueViolation, fetch_all, fetch_one
-from relay.stores.database_failures import OutcomeUnknownError
+from relay.stores.database_failures import UnconfirmedCommitError
 
 _COLUMNS = (
     "id, name, key_id, key_hash, key_version, scopes, status, limits, store_history,"
@@ -168,11 +168,11 @@ class ClientStore:
                 except UniqueViolation as exc:
                     raise KeyIdTaken from exc
                 row = await tx.fetch_mapping()
-        except OutcomeUnknownError as lost:
+        except UnconfirmedCommitError as lost:
             return await self._settle(lost, key_id)
         return Client.from_row(row) if row else None
 
-    async def _settle(self, lost: OutcomeUnknownError, key_id: str) -> Client:
+    async def _settle(self, lost: UnconfirmedCommitError, key_id: str) -> Client:
         """The client the lost write stored `key_id` in, if it committed; else the loss,
         now known to have changed nothing (so it may be tried again)."""
         try:

@@ -34,7 +34,7 @@ from relay.stores.database_connection import (
     on_connect,
 )
 from relay.stores.database_failures import (
-    OutcomeUnknownError,
+    UnconfirmedCommitError,
     driver_errors,
     out_of_reach,
     quiet_driver_noise,
@@ -164,7 +164,7 @@ class Database:
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[Batch]:
         """A transaction in as few round trips as it can take (see `Batch`); committed
-        when the block ends, rolled back if it raises. OutcomeUnknownError if it may
+        when the block ends, rolled back if it raises. UnconfirmedCommitError if it may
         have committed although relay could not learn that it did."""
         batch: Batch | None = None
         try:
@@ -179,7 +179,7 @@ class Database:
         except DependencyUnavailableError as lost:
             if batch is None or batch.commit_backend is None or not out_of_reach(lost):
                 raise  # never sent its COMMIT, or the server refused it: rolled back
-            raise OutcomeUnknownError(lost, batch.commit_backend) from lost
+            raise UnconfirmedCommitError(lost, batch.commit_backend) from lost
 
     async def stop_backend(self, process: ServerProcess) -> bool:
         """Terminate the server process (one whose connection relay lost) and wait, for

@@ -116,7 +116,7 @@ def connection_died(error: psycopg2.Error, closed: int) -> bool:
     return bool(closed) and error.pgcode is None
 
 
-class OutcomeUnknownError(DependencyUnavailableError):
+class UnconfirmedCommitError(DependencyUnavailableError):
     """A transaction's COMMIT was sent, then the connection was lost or relay stopped
     waiting (`out_of_reach`): it may have committed all the same (a COMMIT waiting for
     its WAL flush, or for a synchronous standby, completes without its client).

@@ -34,7 +34,7 @@ _END_GRACE_SECONDS = 1.0
 _PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms", "x-should-retry")
 
 
-class ProviderRefusal(RelayError):
+class ProviderRefusalError(RelayError):
     """A provider's 4xx, passed through in OpenAI's shape with the provider's status."""
 
     def __init__(
@@ -114,7 +114,7 @@ async def _refusal(
             passed = error_body(
                 f"The provider answered {status} {reason}.", "invalid_request_error"
             )
-        return ProviderRefusal(status, passed, headers, route)
+        return ProviderRefusalError(status, passed, headers, route)
     return UpstreamError(
         f"The provider failed with status {status}.", code="upstream_error", headers=headers
     )
