@@ -10,7 +10,7 @@ from aiohttp import web
 from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import json_response, parse_json_object, read_json_body
 from relay.api.conversation_header import bind_conversation
-from relay.api.drain import answered_before_restart, stream_holder
+from relay.api.drain import answered_before_restart, key_holder
 from relay.api.rate_limit import reservation_of
 from relay.appkeys import (
     ANSWER_HOOKS,
@@ -157,7 +157,7 @@ async def _relay_stream(
     observer = StreamObserver.for_request(answer.request)
     # Past the drain timeout of a graceful stop, or once its client is revoked, relay
     # stops reading the provider.
-    with request.app[IN_FLIGHT].track(provider.close, stream_holder(request)) as stop:
+    with request.app[IN_FLIGHT].track(provider.close, key_holder(request)) as stop:
         try:
             result = await pipe_stream(
                 response, provider, observer, _abort_client(request), answer.route

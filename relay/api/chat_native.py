@@ -11,7 +11,7 @@ from aiohttp import web
 from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
 from relay.api.chat_native_request import new_native_answer
-from relay.api.drain import answered_before_restart, stream_holder
+from relay.api.drain import answered_before_restart, key_holder
 from relay.appkeys import (
     ANSWER_HOOKS,
     HISTORY,
@@ -144,7 +144,7 @@ async def _stream(
     observer = DeltaObserver()
     # Past the drain timeout of a graceful stop, or once its client is revoked, relay
     # stops reading the provider.
-    with request.app[IN_FLIGHT].track(provider.close, stream_holder(request)) as stop:
+    with request.app[IN_FLIGHT].track(provider.close, key_holder(request)) as stop:
         try:
             status = await _relay_deltas(response, provider, observer)
         finally:

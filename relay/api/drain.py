@@ -30,8 +30,9 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         response.force_close()
 
 
-def stream_holder(request: web.Request) -> Holder:
-    """Whom the answer is for, to end it should that client be revoked."""
+def key_holder(request: web.Request) -> Holder:
+    """Whose key the request came with: its answer, or its held poll, ends should that
+    key be revoked."""
     caller = request[CALLER]
     return caller.client.id, caller.claims.key_version
 
@@ -60,7 +61,7 @@ def answered_before_restart(request: web.Request, answer: Answer) -> Iterator[No
     in_flight = request.app[IN_FLIGHT]
     with (
         in_flight.watch(give_up) as deadline,
-        in_flight.revocable(stream_holder(request), give_up) as revoked,
+        in_flight.revocable(key_holder(request), give_up) as revoked,
     ):
         try:
             yield

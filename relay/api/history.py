@@ -8,6 +8,7 @@ import re
 from aiohttp import web
 
 from relay.api.body import json_response, query_int, query_value
+from relay.api.drain import key_holder
 from relay.appkeys import CALLER, HISTORY, IN_FLIGHT
 from relay.errors import InvalidRequestError
 
@@ -49,8 +50,7 @@ async def list_history(request: web.Request) -> web.Response:
     revoked = asyncio.Event()
     # Held polls end early: all of them at once on a graceful stop, and a revoked
     # client's with its 401.
-    holder = (caller.client.id, caller.claims.key_version) if wait else None
-    with in_flight.revocable(holder, revoked.set) as stop:
+    with in_flight.revocable(key_holder(request) if wait else None, revoked.set) as stop:
         page = await request.app[HISTORY].page(
             caller.client.id,
             after=query_value(request, "after") or None,

@@ -54,19 +54,19 @@ class RelayServer(web.Server):
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         if self._sweep is None:
-            self._sweep = self._loop.call_later(self._sweep_every(), self._sweep_heads)
+            self._sweep = self._loop.call_later(self._sweep_every(), self._sweep_connections)
 
     def _sweep_every(self) -> float:
         # A head is cut between head_seconds and a quarter more (at most a second more).
         return min(1.0, self.head_seconds / 4)
 
-    def _sweep_heads(self) -> None:
+    def _sweep_connections(self) -> None:
         """Cut the heads past their deadline, and the clients that took no bytes of
         their answers for the send deadline; runs while there are connections."""
         if not self._connections:
             self._sweep = None
             return
-        self._sweep = self._loop.call_later(self._sweep_every(), self._sweep_heads)
+        self._sweep = self._loop.call_later(self._sweep_every(), self._sweep_connections)
         now = self._loop.time()
         overdue = now - self.head_seconds
         for handler in self.connections:  # a copy: cutting one may end it

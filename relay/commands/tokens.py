@@ -11,7 +11,7 @@ from relay.api.auth import token_json
 from relay.commands.clients import client_store, print_outcome
 from relay.config import Settings
 from relay.errors import AuthenticationError, PermissionDeniedError
-from relay.services.auth import holder
+from relay.services.auth import client_for_token
 from relay.services.clients import client_or_404
 from relay.services.tokens import Claims, TokenIssuer
 
@@ -84,7 +84,7 @@ async def _inspect(settings: Settings, token: str) -> dict[str, object]:
         claims = tokens.verify(token)
         async with client_store(settings) as store:
             client = await store.get(claims.client_id)
-        holder(client, claims)
+        client_for_token(client, claims)
     except AuthenticationError as refusal:
         if refusal.code == "token_expired":
             claims = tokens.expired_claims(token)

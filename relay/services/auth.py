@@ -68,10 +68,10 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Caller:
         claims = self.tokens.verify(bearer_token(authorization))
-        return Caller(holder(await self.cache.get(claims.client_id), claims), claims)
+        return Caller(client_for_token(await self.cache.get(claims.client_id), claims), claims)
 
 
-def holder(client: Client | None, claims: Claims) -> Client:
+def client_for_token(client: Client | None, claims: Claims) -> Client:
     """The client a token with valid `claims` speaks for: one that still exists, is
     active, and is at the key version the token was issued at; else token_revoked."""
     if client is None or not client.active or client.key_version != claims.key_version:
