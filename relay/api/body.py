@@ -19,7 +19,7 @@ from relay.errors import (
     UnsupportedMediaTypeError,
     UnsupportedTransferCodingError,
 )
-from relay.json_pairs import repeats_a_field
+from relay.json_pairs import refuse_repeated_fields
 from relay.upstreams.provider_json import surrogate_json
 
 # Time for a whole request body once its headers are in: 4 MB over a poor
@@ -131,20 +131,11 @@ async def read_json_object(request: web.Request, limit: int | None = None) -> di
     object in it naming a field twice."""
     body = await read_json_body(request, limit)
     data = parse_json_object(body)
-    _refuse_repeated_fields(body)
-    return data
-
-
-def _refuse_repeated_fields(body: bytes) -> None:
     # orjson keeps the last of a repeated field without a word: `{"status": "active",
     # "status": "disabled"}` would be a guess (these bodies are at most 64 KiB; the chat
     # routes check their own).
-    try:
-        repeated = repeats_a_field(body)
-    except ValueError:  # valid JSON, orjson read it: nested too deep
-        raise InvalidRequestError("The request body is nested too deeply.") from None
-    if repeated:
-        raise InvalidRequestError("The request body names the same field twice.")
+    refuse_repeated_fields(body)
+    return data
 
 
 def query_value(request: web.Request, name: str) -> str | None:

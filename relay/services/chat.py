@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from relay.errors import InvalidRequestError
+from relay.json_pairs import refuse_repeated_fields
 from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS, labelled
 from relay.services.answers import Answer
 from relay.upstreams.completion import estimated_tokens
@@ -73,19 +74,7 @@ def refuse_duplicate_keys(body: bytes, read: tuple[bytes, ...]) -> None:
     if b"\\u" not in body and all(body.count(key) < 2 for key in read):
         return
     # The standard library's parser can show every pair (a few µs a request).
-    seen: list[list[tuple[str, Any]]] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        seen.append(items)
-        return items
-
-    try:
-        json.loads(body, object_pairs_hook=pairs)  # valid JSON already: orjson parsed it
-    except (ValueError, RecursionError):  # nested deeper than this parser goes
-        raise InvalidRequestError("The request body is nested too deeply.") from None
-    top = seen[-1]  # objects close inner first, so the top-level one closes last
-    if len({key for key, _ in top}) != len(top):
-        raise InvalidRequestError("The request body names the same field twice.")
+    refuse_repeated_fields(body, top_level_only=True)
 
 
 def forwarded_body(body: bytes, data: dict[str, Any], route: Route) -> bytes:
