@@ -10,7 +10,12 @@ import asyncio
 from relay.appkeys import DATABASE
 from tests.api_calls import ADMIN, assert_error, create_client, exchange
 from tests.history_calls import query
-from tests.test_commit_outcome import TIMEOUT, commits_wait_for_a_standby, make_durable
+from tests.test_commit_outcome import (
+    TIMEOUT,
+    commits_wait_for_a_standby,
+    make_durable,
+    standby_arrives_once_relay_gave_up,
+)
 from tests.test_database_cancel import locked
 
 
@@ -54,15 +59,35 @@ async def test_a_create_whose_commit_relay_lost_is_answered_as_committed(
     await make_durable(database_url)
     http = await make_client(make_settings(database_timeout=TIMEOUT))
 
-    async with commits_wait_for_a_standby(postgres_url, database_url):
+    async with (
+        commits_wait_for_a_standby(postgres_url, database_url),
+        standby_arrives_once_relay_gave_up(postgres_url, database_url),
+    ):
         response = await http.post("/admin/clients", json={"name": "held"}, headers=ADMIN)
 
-    # Committed locally before the wait: it exists, so its key is shown, once.
+    # Committed, and as durably as any commit: it exists, so its key is shown, once.
     assert response.status == 201, await response.text()
     created = await response.json()
     rows = await query(database_url, "SELECT id::text FROM clients WHERE name = 'held'")
     assert rows == [{"id": created["id"]}]
     assert await exchange(http, created["api_key"])
+
+
+async def test_a_create_committed_on_the_primary_alone_is_an_unknown_outcome(
+    make_settings, make_client, postgres_url, database_url
+):
+    # relay's terminating the server process that held the COMMIT ends its wait for the
+    # standby: the client is stored on this server alone, which a failover loses.
+    await make_durable(database_url)
+    http = await make_client(make_settings(database_timeout=TIMEOUT))
+
+    async with commits_wait_for_a_standby(postgres_url, database_url):
+        response = await http.post("/admin/clients", json={"name": "local"}, headers=ADMIN)
+
+    error = await assert_error(response, 503, "outcome_unknown")
+    (row,) = await query(database_url, "SELECT key_id FROM clients WHERE name = 'local'")
+    assert f"look for key_id {row['key_id']} among the clients" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
 
 
 async def test_a_create_whose_outcome_cannot_be_told_says_so_and_is_not_retried(
@@ -79,7 +104,7 @@ async def test_a_create_whose_outcome_cannot_be_told_says_so_and_is_not_retried(
         response = await http.post("/admin/clients", json={"name": "unknown"}, headers=ADMIN)
 
     error = await assert_error(response, 503, "outcome_unknown")
-    assert "list the clients before trying again" in error["message"]
+    assert "among the clients before trying again" in error["message"]
     # OpenAI's SDKs would ask again, making a second client; a load balancer likewise.
     assert response.headers["x-should-retry"] == "false"
     assert "Retry-After" not in response.headers

@@ -94,6 +94,36 @@ async def commits_wait_for_a_standby(postgres_url: str, database_url: str) -> As
         await execute(postgres_url, "SELECT pg_reload_conf()")
 
 
+@asynccontextmanager
+async def standby_arrives_once_relay_gave_up(
+    postgres_url: str, database_url: str
+) -> AsyncIterator[None]:
+    """Within commits_wait_for_a_standby: once relay has given up on a COMMIT held for
+    the standby (its server process is gone), the standby is no longer asked for, and
+    every commit waiting for it completes (so does relay's check, confirm_durable)."""
+
+    async def arrive() -> None:
+        (held,) = await wait_for(
+            database_url,
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+            " AND datname = current_database() ORDER BY backend_start LIMIT 1",
+        )
+        await wait_for(
+            database_url,
+            "SELECT true AS gone WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
+            (held["pid"],),
+        )
+        await execute(postgres_url, "ALTER SYSTEM RESET synchronous_standby_names")
+        await execute(postgres_url, "SELECT pg_reload_conf()")
+
+    arriving = asyncio.ensure_future(arrive())
+    try:
+        yield
+        await arriving
+    finally:
+        arriving.cancel()
+
+
 async def make_durable(database_url: str) -> None:
     """Sessions opened from now on commit with synchronous_commit on, as on a production
     server (the test server's default is off)."""
@@ -175,12 +205,36 @@ async def test_a_batch_committed_after_relay_gave_up_is_reported_saved_once(
     recorder, new_answer = await of_kind(http, recorder_for, kind)
     answer = new_answer(f"held {kind}")
 
-    async with commits_wait_for_a_standby(postgres_url, database_url):
+    async with (
+        commits_wait_for_a_standby(postgres_url, database_url),
+        standby_arrives_once_relay_gave_up(postgres_url, database_url),
+    ):
         outcome = await asyncio.gather(recorder.record(answer), return_exceptions=True)
 
-    # Committed (its rows are there): its client is told it was saved, and does not retry.
+    # Committed (its rows are there, and as durably as any commit): its client is told
+    # it was saved, and does not retry.
     assert (outcome, await stored(database_url, answer)) == ([None], expected_rows(kind))
     assert "answer batch committed after all" in [r.getMessage() for r in caplog.records]
+
+
+async def test_a_batch_committed_on_the_primary_alone_is_not_reported_saved(
+    http, postgres_url, database_url, recorder_for, caplog
+):
+    """relay terminating the server process that held the COMMIT ends its wait for the
+    standby: the rows are there, on this server alone, which a failover loses. Its
+    client is not told the answer was saved; the operator sees which may be."""
+    recorder, new_answer = await of_kind(http, recorder_for, "receipts and history")
+    answer = new_answer("on the primary alone")
+
+    async with commits_wait_for_a_standby(postgres_url, database_url):
+        with pytest.raises(DependencyUnavailableError):
+            await recorder.record(answer)
+
+    assert await stored(database_url, answer) == expected_rows("receipts and history")
+    unknown = [r for r in caplog.records if r.getMessage() == "answer batch outcome unknown"]
+    assert [record.__dict__["error"] for record in unknown] == [
+        "its commit was not confirmed durable in time"
+    ]
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -218,7 +272,10 @@ async def test_every_answer_of_batches_in_flight_is_reported_as_it_was_stored(
     recorder = await recorder_for(receipts=True, history=True)
     answers = [recorded_answer(http.app, client, f"many {n}") for n in range(6)]
 
-    async with commits_wait_for_a_standby(postgres_url, database_url):
+    async with (
+        commits_wait_for_a_standby(postgres_url, database_url),
+        standby_arrives_once_relay_gave_up(postgres_url, database_url),
+    ):
         outcomes = await asyncio.gather(
             *(recorder.record(answer) for answer in answers), return_exceptions=True
         )
@@ -343,7 +400,10 @@ async def test_a_client_whose_answer_committed_after_relay_gave_up_gets_its_answ
     http = await make_client(make_settings(database_timeout=TIMEOUT))
     _, token = await client_with_token(http)
 
-    async with commits_wait_for_a_standby(postgres_url, database_url):
+    async with (
+        commits_wait_for_a_standby(postgres_url, database_url),
+        standby_arrives_once_relay_gave_up(postgres_url, database_url),
+    ):
         response = await chat(http, token, "held over http")
 
     assert response.status == 200, await response.text()

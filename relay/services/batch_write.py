@@ -81,19 +81,24 @@ async def _committed_after_all(
 ) -> bool | None:
     """Settle a batch relay lost touch with after sending its COMMIT: it may have
     committed (its clients then told "not saved" would ask again and be stored
-    twice). Once the server process that ran it is gone, its rows say which.
-    None if that cannot be told (then logged)."""
+    twice). Once the server process that ran it is gone, its rows say which, and
+    whether it is as durable as any commit (Database.confirm_durable). None if that
+    cannot be told (then logged)."""
     why = "no row says"  # a history-only batch that only continues conversations
     try:
         if await database.stop_backend(backend):
             for part in parts:
                 written = await part.written(database, answers)
-                if written is not None:
-                    if written:
-                        log.info(
-                            "answer batch committed after all", extra={"answers": len(answers)}
-                        )
-                    return written
+                if written is None:
+                    continue
+                if not written:
+                    return False
+                # Stored, it may be so on this server alone (see Database.confirm_durable).
+                if await database.confirm_durable():
+                    log.info("answer batch committed after all", extra={"answers": len(answers)})
+                    return True
+                why = "its commit was not confirmed durable in time"
+                break
         else:
             why = "its server process outlived the wait"
     except Exception as exc:  # PostgreSQL could not be asked

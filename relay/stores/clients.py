@@ -158,8 +158,8 @@ class ClientStore:
           before that (the server paused, a lock held) rolls back when its connection
           closes, rather than committing later on its own, as a lone statement would;
         - one whose COMMIT relay lost is settled, once the server process that ran it
-          is gone, by whether `key_id` is stored (WriteOutcomeUnknownError if that
-          cannot be told).
+          is gone, by whether `key_id` is stored, and durably so
+          (WriteOutcomeUnknownError if that cannot be told).
         """
         try:
             async with self.db.batch() as tx:
@@ -176,12 +176,16 @@ class ClientStore:
         """The client the lost write stored `key_id` in, if it committed; else the loss,
         now known to have changed nothing (so it may be tried again)."""
         try:
-            gone = await self.db.stop_backend(lost.backend)
-            stored = await self.get_by_key_id(key_id) if gone else None
+            settled = await self.db.stop_backend(lost.backend)
+            stored = await self.get_by_key_id(key_id) if settled else None
+            # Stored, it may be so on this server alone (see Database.confirm_durable).
+            settled = settled and (stored is None or await self.db.confirm_durable())
         except DependencyUnavailableError:
-            gone = False
-        if not gone:
-            raise WriteOutcomeUnknownError(lost, "list the clients before trying again.")
+            settled = False
+        if not settled:
+            raise WriteOutcomeUnknownError(
+                lost, f"look for key_id {key_id} among the clients before trying again."
+            )
         if stored is None:
             raise DependencyUnavailableError(str(lost), reason=lost.reason) from lost
         return stored

@@ -207,6 +207,28 @@ class Database:
                     return False
                 await asyncio.sleep(_GONE_POLL_SECONDS)
 
+    async def confirm_durable(self) -> bool:
+        """Whether every transaction committed so far is as durable as the server
+        promises, one whose COMMIT relay lost included: terminating its server process
+        (`stop_backend`) ends a wait for a synchronous standby, and leaves it committed
+        on this server alone, which a failover loses.
+
+        A transaction of relay's own that writes to the log (a logical message, read by
+        nobody) commits as every commit does: its wait for the standbys
+        (synchronous_standby_names) covers all that committed before it. False if that
+        does not end within `timeout`, or cannot be asked."""
+        try:
+            async with self.transaction() as cur:
+                await cur.execute("SELECT pg_logical_emit_message(true, 'relay', 'durable?')")
+        except DependencyUnavailableError:
+            return False
+        except QueryError as exc:  # the function refused (a managed server, say)
+            log.warning(
+                "commit durability cannot be confirmed", extra={"error": type(exc).__name__}
+            )
+            return False
+        return True
+
     async def ping(self) -> None:
         """SELECT 1 on a connection of its own, outside the pool (for /health).
 
