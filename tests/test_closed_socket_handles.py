@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from relay import sockets
 from relay.errors import DependencyUnavailableError, UpstreamError
 from relay.sockets import purge_closed_handles
 from relay.stores.database import Database, connect
@@ -136,3 +137,19 @@ async def test_a_purge_leaves_live_registrations_alone():
         loop.remove_reader(kept.fileno())
         kept.close()
         peer.close()
+
+
+async def test_a_wait_for_a_busy_pool_clears_no_handles(database_url, monkeypatch):
+    # A timeout waiting for a free pooled connection made no connection: nothing was
+    # left behind, and clearing (a millisecond, the loop held) is not paid for it.
+    purges: list[object] = []
+    monkeypatch.setattr(sockets, "purge_closed_handles", purges.append)
+    db = await Database.open(database_url, size=1, timeout=0.2)
+    try:
+        async with db.cursor():
+            with pytest.raises(DependencyUnavailableError):
+                async with db.cursor():
+                    pass
+        assert purges == []
+    finally:
+        await db.close()

@@ -137,13 +137,19 @@ class Database:
         asked = time.monotonic()
         for _ in range(self.pool.maxsize or 1):
             try:
-                conn = await registered(self.pool.acquire)
+                conn = await registered(self.pool.acquire, only_waited=self._pool_full)
             except AssertionError as exc:
                 if _handed_out_closed(exc):
                     continue  # dropped from the pool by that: the next one, then
                 raise
             return conn, made_before(conn, asked)
-        return await registered(self.pool.acquire), True
+        return await registered(self.pool.acquire, only_waited=self._pool_full), True
+
+    def _pool_full(self) -> bool:
+        """Whether the pool has all the connections it may make: one asked for then waits
+        for a free one, and makes none."""
+        most = self.pool.maxsize
+        return most is not None and most > 0 and self.pool.size >= most
 
     async def drop_stale(self, dead: Connection) -> None:
         """Forget `dead` (closed) and the pool's idle connections: what left one stale (a

@@ -155,17 +155,25 @@ _CLOSED_WAITER = "Connection closed"  # what aiopg fails its waiter with as it c
 _UNCLOSED_AIOPG = "Unclosed connection\nconnection: <aiopg.connection::"
 
 
-async def registered(connecting: Callable[[], Awaitable[T]]) -> T:
+async def registered(
+    connecting: Callable[[], Awaitable[T]], *, only_waited: Callable[[], bool] = lambda: False
+) -> T:
     """A new connection, or one from the pool, however uvloop fares (see
     relay.sockets.registered); the server taken for unreachable when it keeps failing.
     A connection that could not be made leaves its closed poll handle behind: cleared at
     once, before any other connection (a provider's, the dstack agent's) is given its
-    socket number."""
+    socket number. A timeout that `only_waited` says made no connection (a wait for a
+    pool's free one) left nothing to clear: the clearing (a millisecond, the loop held)
+    is not paid by every request a busy pool turns away."""
     try:
         return await sockets.registered(connecting)
     except RuntimeError as exc:
         raise unavailable(exc) from exc
-    except (psycopg2.Error, OSError, TimeoutError):
+    except TimeoutError:
+        if not only_waited():
+            sockets.purge_closed_handles(asyncio.get_running_loop())
+        raise
+    except (psycopg2.Error, OSError):
         sockets.purge_closed_handles(asyncio.get_running_loop())
         raise
 
