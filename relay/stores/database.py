@@ -39,6 +39,7 @@ from relay.stores.database_failures import (
     out_of_reach,
     quiet_driver_noise,
     registered,
+    unavailable,
 )
 from relay.stores.database_statements import Prepared as Prepared
 from relay.stores.database_statements import prepared as prepared
@@ -135,15 +136,18 @@ class Database:
         """A pooled connection, and whether it was made before it was asked for: only
         then can it be stale."""
         asked = time.monotonic()
-        for _ in range(self.pool.maxsize or 1):
+        attempts = (self.pool.maxsize or 1) + 1
+        for attempt in range(attempts):
             try:
                 conn = await registered(self.pool.acquire, only_waited=self._pool_full)
             except AssertionError as exc:
-                if _handed_out_closed(exc):
-                    continue  # dropped from the pool by that: the next one, then
-                raise
-            return conn, made_before(conn, asked)
-        return await registered(self.pool.acquire, only_waited=self._pool_full), True
+                if not _handed_out_closed(exc):
+                    raise
+                closed = exc  # dropped from the pool by that: the next one, then
+                continue
+            return conn, attempt == attempts - 1 or made_before(conn, asked)
+        # Every one it handed out was closed (found so while others were being made).
+        raise unavailable(closed)
 
     def _pool_full(self) -> bool:
         """Whether the pool has all the connections it may make: one asked for then waits
