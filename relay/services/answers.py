@@ -16,7 +16,7 @@ from relay.ids import uuid7_hex, uuid7_text
 from relay.metrics import ANSWERS, HISTORY_COMMIT_FAILURES, labelled
 from relay.services.rate_verdicts import Reservation
 from relay.stores.clients import Client
-from relay.upstreams.completion import CompletionSummary, estimated_tokens
+from relay.upstreams.completion import CompletionSummary, estimated_tokens, usage_count
 from relay.upstreams.routing import Route
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,9 @@ class Answer:
         choice, tool calls and reasoning included. A failed answer that brought nothing
         back (the provider refused it or was never reached) used none: providers do not
         charge for those, and the SDKs retry them."""
-        usage = self.summary.usage or {}
-        total = usage.get("total_tokens")
-        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
-            return total
         summary = self.summary
+        if (total := usage_count(summary.usage, "total_tokens")) is not None:
+            return total
         if self.status == "failed" and not (summary.generated_bytes or summary.tool_calls):
             return 0
         return estimated_tokens(len(self.forwarded_body) + summary.generated_bytes)

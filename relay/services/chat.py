@@ -13,7 +13,7 @@ from relay.errors import InvalidRequestError
 from relay.json_pairs import refuse_repeated_fields
 from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS, labelled
 from relay.services.answers import Answer
-from relay.upstreams.completion import estimated_tokens
+from relay.upstreams.completion import estimated_tokens, usage_count
 from relay.upstreams.routing import Route
 
 
@@ -120,11 +120,9 @@ def count_answer(answer: Answer) -> None:
     provider's usage (a stream that did not ask for it, a cut, a client that left),
     the tokens the rate limiter was charged, estimated, kept apart by their label."""
     model = answer.route.model
-    usage = answer.summary.usage or {}
     reported = False
     for direction, key in (("in", "prompt_tokens"), ("out", "completion_tokens")):
-        count = usage.get(key)
-        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        if (count := usage_count(answer.summary.usage, key)) is not None:
             reported = True
             if count:
                 labelled(TOKENS, model, direction, "false").inc(count)

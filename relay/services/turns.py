@@ -7,6 +7,7 @@ from typing import Any
 from relay.errors import NOT_RETRIED, InvalidRequestError
 from relay.services.answers import Answer
 from relay.stores.history import NewMessage
+from relay.upstreams.completion import usage_count
 
 TITLE_CHARS = 120
 # The most history rows one request's new turn may add. Each row costs the group
@@ -70,10 +71,8 @@ def new_turn(messages: Any) -> list[dict[str, Any]]:
 
 def _count(usage: dict[str, Any] | None, key: str) -> int | None:
     """A token count the integer column can hold; anything else from a provider is dropped."""
-    value = (usage or {}).get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT4_MAX:
-        return value
-    return None
+    value = usage_count(usage, key)
+    return value if value is not None and value <= _INT4_MAX else None
 
 
 def turn_messages(answer: Answer) -> list[NewMessage]:
