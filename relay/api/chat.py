@@ -172,12 +172,7 @@ async def _relay_stream(
     final = result.final
     if result.status == "cut":
         final = error_event(stop.error or result.error or provider.cut_error())
-    answer.received(observer, final)
-    if (error := await hooks.commit_end(answer)) is not None:
-        final = error_event(error)  # never a silent loss: an error instead of the end
-        answer.status = "failed"
-        answer.received(observer, final)
-        await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
+    final = await hooks.commit_stream_end(answer, observer, final, error_event)
     await end_stream(response, observer, final, _abort_client(request))
     return response
 

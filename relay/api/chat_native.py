@@ -89,12 +89,7 @@ def _outcome(observer: DeltaObserver, provider: ProviderReply) -> str:
     observer.close(body_ended=True)
     if observer.overflowed:
         provider.close()  # not worth reading on
-        return "cut"
-    if observer.error is not None:
-        return "failed"  # the provider said why, in an error event
-    if observer.done or observer.all_finished:
-        return "complete"
-    return "cut"
+    return observer.outcome
 
 
 async def _whole(
@@ -112,7 +107,9 @@ async def _whole(
         note_stream_end(request, answer, observer)
     if answer.status != "complete":
         error = (
-            provider_stalled() if stalled else _broken_off(answer, observer, provider, stopped=None)
+            provider_stalled()
+            if stalled
+            else _why_incomplete(answer, observer, provider, stopped=None)
         )
         _finish(request, answer, error_json(error))
         await hooks.commit_quietly(answer)
@@ -163,22 +160,20 @@ async def _stream(
             await _reserve_message(request, answer)
             final = event_bytes("message.done", answer_object(answer))
         except RelayError as unsaved:
-            final = event_bytes("error", error_data(unsaved))  # nothing can be recorded
+            final = _error_event(unsaved)  # nothing can be recorded
         else:
-            answer.received(response, final)
-            if (refused := await hooks.commit_end(answer)) is not None:
-                # Never a silent loss: the client gets an error instead of message.done.
-                final = event_bytes("error", error_data(refused))
-                answer.status = "failed"
-                answer.received(response, final)
-                await hooks.commit_quietly(answer)  # its receipt, where one can still be kept
+            final = await hooks.commit_stream_end(answer, response, final, _error_event)
     else:
-        why = _broken_off(answer, observer, provider, stopped=stop.error)
-        final = event_bytes("error", error_data(why))
+        why = _why_incomplete(answer, observer, provider, stopped=stop.error)
+        final = _error_event(why)
         answer.received(response, final)
         await hooks.commit_quietly(answer)  # the client is told it did not complete
     await response.end(final)
     return response
+
+
+def _error_event(error: RelayError) -> bytes:
+    return event_bytes("error", error_data(error))
 
 
 async def _relay_deltas(
@@ -215,7 +210,7 @@ async def _pass_deltas(response: HashedEventSource, observer: DeltaObserver) -> 
     return True
 
 
-def _broken_off(
+def _why_incomplete(
     answer: Answer,
     observer: DeltaObserver,
     provider: ProviderReply,

@@ -176,6 +176,26 @@ class AnswerHooks:
                 await self.commit_end(answer, again=False)
         return None
 
+    async def commit_stream_end(
+        self,
+        answer: Answer,
+        sent: SentBytes,
+        final: bytes,
+        error_event: Callable[[RelayError], bytes],
+    ) -> bytes:
+        """Record a streamed answer before its client receives `final`, the end after
+        the bytes `sent` so far; the bytes to send then: `final`, or the error event
+        the client gets instead should the answer not be committed (never a silent
+        loss), whose receipt is kept where one still can be."""
+        answer.received(sent, final)
+        if (error := await self.commit_end(answer)) is None:
+            return final
+        final = error_event(error)
+        answer.status = "failed"
+        answer.received(sent, final)
+        await self.commit_quietly(answer)
+        return final
+
     def client_left(self, answer: Answer, latency_ms: float) -> None:
         """The answer's handler was cancelled: record it as it ended (Answer.client_left),
         in the background. One already queued for commit is written as it stood when

@@ -70,6 +70,17 @@ class StreamObserver(CompletionAccumulator):
         return self._decoder.overflowed or self.byte_count > MAX_RESPONSE_BYTES
 
     @property
+    def outcome(self) -> str:
+        """How the answer ended, its stream over: cut if it ran past what relay reads;
+        failed if the provider said why (an error event); complete at `[DONE]`, or
+        with every choice finished; else cut."""
+        if self.overflowed:
+            return "cut"
+        if self.error is not None:
+            return "failed"
+        return "complete" if self.done or self.all_finished else "cut"
+
+    @property
     def reading(self) -> bool:
         """Whether more of the stream is worth reading: no [DONE] yet, nothing overflowed."""
         return not self.done and not self.overflowed

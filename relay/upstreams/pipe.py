@@ -226,9 +226,7 @@ def _ended(observer: StreamObserver, route: Route) -> str:
     """A stream that ended without [DONE]: complete if the answer said it was finished,
     in every choice (a choice still open was cut, if another one has ended). A usage
     chunk asked for and never sent is not missed: some providers never send it."""
-    if observer.all_finished and observer.error is None:
-        return "complete"
-    if (status := _broken_off(observer)) == "cut":
+    if (status := observer.outcome) == "cut":
         labelled(UPSTREAM_ERRORS, route.upstream.name, "cut").inc()
     return status
 
