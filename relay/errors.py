@@ -19,7 +19,7 @@
     ├── RateLimitError              429 rate_limit_exceeded (+ Retry-After)
     │   ├── TooManyPollsError           429 too_many_polls (relay.services.history_watch)
     │   └── TooManySearchesError        429 too_many_searches (relay.services.search_slots)
-    ├── ProviderRefusalError        the provider's 4xx (relay.upstreams.forwarder)
+    ├── ProviderRefusalError        the provider's 4xx (relay.upstreams.provider_errors)
     ├── UpstreamError               502
     │   ├── UpstreamCutError            502 upstream_cut
     │   └── UpstreamTimeoutError        504
