@@ -15,6 +15,7 @@ from tests.test_commit_outcome import (
     commits_wait_for_a_standby,
     make_durable,
     standby_arrives_once_relay_gave_up,
+    waiting_for_the_standby,
 )
 from tests.test_database_cancel import locked
 
@@ -83,6 +84,7 @@ async def test_a_create_committed_on_the_primary_alone_is_an_unknown_outcome(
 
     async with commits_wait_for_a_standby(postgres_url, database_url):
         response = await http.post("/admin/clients", json={"name": "local"}, headers=ADMIN)
+        assert await waiting_for_the_standby(database_url) == 0
 
     error = await assert_error(response, 503, "outcome_unknown")
     (row,) = await query(database_url, "SELECT key_id FROM clients WHERE name = 'local'")

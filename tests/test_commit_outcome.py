@@ -124,6 +124,16 @@ async def standby_arrives_once_relay_gave_up(
         arriving.cancel()
 
 
+async def waiting_for_the_standby(database_url: str) -> int:
+    """How many server processes of this database wait for a synchronous standby."""
+    (row,) = await query(
+        database_url,
+        "SELECT count(*) AS n FROM pg_stat_activity"
+        " WHERE wait_event = 'SyncRep' AND datname = current_database()",
+    )
+    return int(row["n"])
+
+
 async def make_durable(database_url: str) -> None:
     """Sessions opened from now on commit with synchronous_commit on, as on a production
     server (the test server's default is off)."""
@@ -229,6 +239,8 @@ async def test_a_batch_committed_on_the_primary_alone_is_not_reported_saved(
     async with commits_wait_for_a_standby(postgres_url, database_url):
         with pytest.raises(DependencyUnavailableError):
             await recorder.record(answer)
+        # Nothing of relay's is left waiting for the standby, holding a connection.
+        assert await waiting_for_the_standby(database_url) == 0
 
     assert await stored(database_url, answer) == expected_rows("receipts and history")
     unknown = [r for r in caplog.records if r.getMessage() == "answer batch outcome unknown"]

@@ -13,6 +13,7 @@ driver failure on the way becomes `DependencyUnavailableError` (503) once, here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -226,10 +227,16 @@ class Database:
         A transaction of relay's own that writes to the log (a logical message, read by
         nobody) commits as every commit does: its wait for the standbys
         (synchronous_standby_names) covers all that committed before it. False if that
-        does not end within `timeout`, or cannot be asked."""
+        does not end within `timeout` (its server process is then ended too, not left
+        waiting, a connection slot held, for as long as the standbys are away), or
+        cannot be asked."""
         try:
-            async with self.transaction() as cur:
-                await cur.execute("SELECT pg_logical_emit_message(true, 'relay', 'durable?')")
+            async with self.batch() as tx:
+                tx.defer("SELECT pg_logical_emit_message(true, 'relay', 'durable?')")
+        except UnconfirmedCommitError as unconfirmed:
+            with contextlib.suppress(DependencyUnavailableError):
+                await self.stop_backend(unconfirmed.backend)
+            return False
         except DependencyUnavailableError:
             return False
         except QueryError as exc:  # the function refused (a managed server, say)
