@@ -13,6 +13,7 @@ from relay.services.attestation import Attestation
 from relay.services.auth import Authenticator, Caller
 from relay.services.client_cache import ClientCache
 from relay.services.clients import ClientService
+from relay.services.health import SharedProbes
 from relay.services.history import HistoryService
 from relay.services.rate_verdicts import Verdict
 from relay.services.ratelimit import RateLimiter
@@ -38,6 +39,7 @@ ATTESTATION = web.AppKey("attestation", Attestation)
 RECEIPTS = web.AppKey("receipts", ReceiptService)
 ANSWER_RECORDER = web.AppKey("answer_recorder", AnswerRecorder)
 HISTORY = web.AppKey("history", HistoryService)
+HEALTH_PROBES = web.AppKey("health_probes", SharedProbes)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", Caller)

@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from relay.api.health import HEALTH_PROBES, SharedProbes
 from relay.app import create_app
-from relay.appkeys import DATABASE, REDIS
+from relay.appkeys import DATABASE, HEALTH_PROBES, REDIS
 from relay.config import Settings
 from relay.devservers import PostgresServer, RedisServer
+from relay.services.health import SharedProbes
 from relay.stores.database_admin import create_database
 from relay.upstreams.config import Upstream
 from relay.upstreams.health import KEY_REFUSED, PROBE_INTERVAL_S, ProviderHealth

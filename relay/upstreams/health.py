@@ -148,7 +148,7 @@ async def probe_provider(
 class ProviderHealth:
     """Each upstream's last check, probed again once it is `interval` old.
 
-    Callers take turns (relay.api.health.SharedProbes runs one round at a time),
+    Callers take turns (relay.services.health.SharedProbes runs one round at a time),
     so an upstream is never probed twice at once. Nothing is probed until asked:
     a provider that is down must not keep relay from starting.
     """
