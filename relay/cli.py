@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from relay import __version__
+from relay.commands.refusals import refused, start_refusals
 from relay.config import SECRETS, ConfigError, load_settings
-from relay.logs import setup_logging
+from relay.logs import HeldLogs, setup_logging
 from relay.proofs import command as verify
 from relay.simulator import command as simulate
 
@@ -89,17 +87,9 @@ def run(args: argparse.Namespace) -> int:
         except start_refusals() as exc:
             return refused("serve", exc)
     if args.command == "migrate":
-        from relay.errors import RelayError
-        from relay.stores.migrations import MigrationError, migrate
+        from relay.commands import migrate
 
-        try:
-            applied = asyncio.run(migrate(settings.database_url, timeout=settings.database_timeout))
-        except (MigrationError, RelayError, ConfigError) as exc:
-            return refused("migrate", exc)
-        print(
-            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
-        )
-        return 0
+        return migrate.run(settings)
     from relay.commands import clients, tokens
 
     try:
@@ -115,85 +105,3 @@ def _secrets(command: str) -> tuple[str, ...]:
     if command == "token":
         return ("jwt_secret", "jwt_previous_secret")
     return ()
-
-
-def start_refusals() -> tuple[type[BaseException], ...]:
-    """What relay's start-up refuses with (dstack agent unreachable, unusable key file,
-    database down, a migration refused, the port taken, a setting found wrong only now:
-    a port relay may not bind, a password Redis refuses): said in one line by
-    `refused`, not a traceback."""
-    from relay.errors import RelayError
-    from relay.proofs.keyfile import KeyFileError
-    from relay.stores.migrations import MigrationError
-
-    return (RelayError, KeyFileError, MigrationError, ConfigError, OSError)
-
-
-def refused(command: str, error: BaseException) -> int:
-    """Say why `command` could not start, in one line; exit 2 if a setting or a file
-    must change first (systemd's RestartPreventExitStatus=2 then stops retrying), else 1."""
-    from relay.errors import operator_message
-    from relay.proofs.keyfile import KeyFileError
-    from relay.stores.database_failures import misconfigured
-    from relay.stores.migrations import MigrationError
-
-    # A ConfigError's message names the setting; a KeyFileError's, the signing key file
-    # (its mode, owner or content) an operator must mend: no restart reads it otherwise;
-    # so must a MigrationError's that says so (an applied migration edited, say).
-    if isinstance(error, ConfigError | KeyFileError) or (
-        isinstance(error, MigrationError) and error.must_mend
-    ):
-        print(f"relay {command}: {error}", file=sys.stderr)
-        return 2
-    if misconfigured(error):
-        reason = getattr(error, "reason", "")
-        print(f"relay {command}: RELAY_DATABASE_URL: {reason}", file=sys.stderr)
-        return 2
-    print(f"relay {command}: {operator_message(error)}", file=sys.stderr)
-    return 1
-
-
-class HeldLogs(logging.Handler):
-    """What is logged while settings are read (relay.config's warnings: unknown
-    variables, and any other a setting gives), before RELAY_LOG_FORMAT and
-    RELAY_LOG_LEVEL are known: held, then replayed through the log setup_logging
-    configured, so a JSON log is JSON from its first line."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    @contextmanager
-    def holding(self) -> Iterator[None]:
-        """Hold every record (RELAY_LOG_LEVEL is not known yet: replay decides), and
-        the warnings Python would print, while the block runs."""
-        root = logging.getLogger()
-        level = root.level
-        root.addHandler(self)
-        root.setLevel(logging.DEBUG)
-        logging.captureWarnings(True)
-        try:
-            yield
-        finally:
-            logging.captureWarnings(False)
-            root.removeHandler(self)
-            root.setLevel(level)
-
-    def replay(self) -> None:
-        """Each held record that relay's configured log level lets through, to its handlers."""
-        records, self.records = self.records, []
-        for record in records:
-            logger = logging.getLogger(record.name)
-            if logger.isEnabledFor(record.levelno):
-                logger.handle(record)
-
-    def print_plain(self) -> None:
-        """Without relay's log (its settings refused): the warnings, as Python would have
-        printed them."""
-        records, self.records = self.records, []
-        for record in records:
-            if record.levelno >= logging.WARNING:
-                print(record.getMessage(), file=sys.stderr)

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
@@ -179,3 +181,49 @@ def setup_logging(level: str, fmt: str = "json", stream: TextIO | None = None) -
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(each, MalformedRequestFilter) for each in server.filters):
         server.addFilter(MalformedRequestFilter())
+
+
+class HeldLogs(logging.Handler):
+    """What is logged while settings are read (relay.config's warnings: unknown
+    variables, and any other a setting gives), before RELAY_LOG_FORMAT and
+    RELAY_LOG_LEVEL are known: held, then replayed through the log setup_logging
+    configured, so a JSON log is JSON from its first line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold every record (RELAY_LOG_LEVEL is not known yet: replay decides), and
+        the warnings Python would print, while the block runs."""
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(self)
+        root.setLevel(logging.DEBUG)
+        logging.captureWarnings(True)
+        try:
+            yield
+        finally:
+            logging.captureWarnings(False)
+            root.removeHandler(self)
+            root.setLevel(level)
+
+    def replay(self) -> None:
+        """Each held record that relay's configured log level lets through, to its handlers."""
+        records, self.records = self.records, []
+        for record in records:
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+
+    def print_plain(self) -> None:
+        """Without relay's log (its settings refused): the warnings, as Python would have
+        printed them."""
+        records, self.records = self.records, []
+        for record in records:
+            if record.levelno >= logging.WARNING:
+                print(record.getMessage(), file=sys.stderr)

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from relay.app import create_app
 from relay.appkeys import CLIENTS
-from relay.cli import refused, start_refusals
+from relay.commands.refusals import refused, start_refusals
 from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
 from relay.config_environment import gather
