@@ -125,26 +125,49 @@ def test_relay_serve_exits_2_on_a_key_file_it_cannot_use(
 # Migrations
 
 
-async def test_relay_migrate_exits_2_on_an_applied_migration_edited_since(
-    empty_database_url, tmp_path
-):
-    # An exit 1 that systemd restarted every 2 s for ever: the file or the ledger must
-    # be mended first. (A migration that failed, or a lock held too long, stays 1.)
-    await migrate(empty_database_url)
-    conn = await connect(empty_database_url, timeout=10)
+EDITED = (
+    "001_create_clients.sql was edited after it was applied;"
+    " add a new migration instead of changing an applied one"
+)
+
+
+async def edit_an_applied_migration(database_url: str) -> None:
+    await migrate(database_url)
+    conn = await connect(database_url, timeout=10)
     try:
         async with conn.cursor() as cur:
             await cur.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
     finally:
         await conn.close()
+
+
+async def test_relay_migrate_exits_2_on_an_applied_migration_edited_since(
+    empty_database_url, tmp_path
+):
+    # An exit 1 that systemd restarted every 2 s for ever: the file or the ledger must
+    # be mended first. (A migration that failed, or a lock held too long, stays 1.)
+    await edit_an_applied_migration(empty_database_url)
     done = run_relay(
         "migrate", RELAY_DATABASE_URL=empty_database_url, RELAY_STATE_DIR=str(tmp_path / "s")
     )
     assert done.returncode == 2, done.stderr
-    assert done.stderr == (
-        "relay migrate: 001_create_clients.sql was edited after it was applied;"
-        " add a new migration instead of changing an applied one\n"
+    assert done.stderr == f"relay migrate: {EDITED}\n"
+
+
+async def test_relay_clients_exits_2_on_an_applied_migration_edited_since(
+    empty_database_url, tmp_path
+):
+    # `relay clients` brings the schema up to date first: the same refusal, the same status.
+    await edit_an_applied_migration(empty_database_url)
+    done = run_relay(
+        "clients",
+        "list",
+        RELAY_DATABASE_URL=empty_database_url,
+        RELAY_STATE_DIR=str(tmp_path / "s"),
     )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"relay clients list: {EDITED}\n"
+    assert done.stdout == ""
 
 
 # Ctrl-C

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import orjson
 
 from relay.api.client_object import client_json
+from relay.commands.refusals import refused
 from relay.config import Settings
 from relay.errors import RelayError, operator_message
 from relay.services.apikeys import KeyHasher
@@ -101,16 +102,16 @@ def print_outcome(
     label: str, work: Coroutine[Any, Any, T], *, status: Callable[[T], int] = lambda _: 0
 ) -> int:
     """Run `work` and print what it returns as JSON on stdout; exit with `status` of
-    it. A refusal (relay's, a migration's, the database's) is one line on stderr and
-    exit status 1, `relay <label>: …`."""
+    it. A refusal (relay's, a migration's, the database's) is one line on stderr,
+    `relay <label>: …`, and exit status 1; 2 for a migration an operator must mend
+    first, as `relay migrate` says it (relay.commands.refusals)."""
     try:
         result = asyncio.run(work)
     except RelayError as exc:
         print(f"relay {label}: {operator_message(exc)}", file=sys.stderr)
         return 1
     except MigrationError as exc:
-        print(f"relay {label}: {exc}", file=sys.stderr)
-        return 1
+        return refused(label, exc)
     except QueryError as exc:
         # Most likely a schema behind this version, with migrations turned off.
         # PostgreSQL's first line names relay's tables and columns, no client data.
