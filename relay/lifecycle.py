@@ -7,11 +7,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import redis.asyncio as redis
 from aiohttp import web
-from redis import exceptions as redis_errors
 
-from relay import sockets
 from relay.appkeys import (
     ANSWER_HOOKS,
     ANSWER_RECORDER,
@@ -28,7 +25,6 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
-from relay.config import ConfigError
 from relay.services.apikeys import BcryptPool, KeyHasher
 from relay.services.auth import Authenticator
 from relay.services.client_cache import ClientCache
@@ -45,6 +41,7 @@ from relay.stores.database import Database
 from relay.stores.messages import MessageStore
 from relay.stores.migrations import prepare_schema
 from relay.stores.notifications import Notifications
+from relay.stores.redis_connection import open_redis
 from relay.upstreams.forwarder import create_session
 from relay.upstreams.routing import ModelRouter
 
@@ -68,57 +65,10 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    try:
-        client = redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            health_check_interval=30,
-        )
-    except ValueError as exc:  # redis-py's message names the schemes, not the URL
-        raise ConfigError(f"RELAY_REDIS_URL: {exc}") from None
-    try:
-        await _check_redis_handshake(client)
-    except ConfigError:
-        await client.aclose()
-        raise
+    client = await open_redis(settings.redis_url, settings.redis_timeout)
     app[REDIS] = client
     yield
     await client.aclose()
-
-
-async def _check_redis_handshake(client: redis.Redis) -> None:
-    """Refuse (ConfigError) a Redis that answers but refuses relay's credentials or its
-    database number: no restart mends that, and rate limits would silently fall back
-    to each instance's own. A Redis out of reach is an outage: relay starts degraded
-    (the rate limiter says so) and returns to Redis when it is back."""
-    pool = client.connection_pool
-    try:
-        connection = await sockets.registered(pool.get_connection)  # AUTH (or HELLO), SELECT
-    except redis_errors.AuthenticationError as exc:
-        raise _refused_by_redis(client, "relay's credentials", exc) from None
-    except redis_errors.ResponseError as exc:
-        raise _refused_by_redis(client, "relay's connection", exc) from None  # SELECT
-    except redis_errors.InvalidResponse:
-        # Something answers there, but not in Redis's protocol: another service's port,
-        # or a TLS Redis reached with redis://. No restart mends it either.
-        raise ConfigError(
-            f"RELAY_REDIS_URL: the server at {_redis_address(client)} does not speak"
-            " Redis's protocol (a TLS Redis is reached with rediss://)"
-        ) from None
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, RuntimeError):
-        return
-    await pool.release(connection)
-
-
-def _refused_by_redis(client: redis.Redis, what: str, exc: BaseException) -> ConfigError:
-    # The URL is never quoted: it may hold the password. Redis's words hold neither.
-    return ConfigError(f"RELAY_REDIS_URL: Redis at {_redis_address(client)} refuses {what}: {exc}")
-
-
-def _redis_address(client: redis.Redis) -> str:
-    options = client.connection_pool.connection_kwargs
-    return str(options.get("path") or f"{options.get('host')}:{options.get('port')}")
 
 
 async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:
