@@ -24,6 +24,7 @@ from relay.lifecycle import (
     notifications_context,
     rate_limit_context,
     redis_context,
+    start_up_notes_context,
     upstreams_context,
 )
 from relay.proofs_lifecycle import attestation_context, receipts_context
@@ -55,7 +56,9 @@ def create_app(settings: Settings) -> web.Application:
     app[ANSWER_HOOKS] = AnswerHooks(commit=[recorder.record], after=[count_answer])
     app.cleanup_ctx.extend(
         [
-            # First: an unreachable dstack agent stops start-up before anything else opens.
+            # First: what the settings mean, before any resource logs its own warnings.
+            start_up_notes_context,
+            # Then: an unreachable dstack agent stops start-up before anything else opens.
             attestation_context,
             database_context,
             redis_context,

@@ -1,4 +1,4 @@
-"""Start-up and shutdown of each resource, one `cleanup_ctx` generator per resource."""
+"""Start-up and shutdown of each resource, a `cleanup_ctx` generator each; start-up notes first."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from relay.appkeys import (
     SETTINGS,
     UPSTREAM_SESSION,
 )
+from relay.config_notes import log_start_up
 from relay.services.apikeys import BcryptPool, KeyHasher
 from relay.services.auth import Authenticator
 from relay.services.client_cache import ClientCache
@@ -46,6 +47,13 @@ from relay.upstreams.forwarder import create_session
 from relay.upstreams.routing import ModelRouter
 
 log = logging.getLogger(__name__)
+
+
+async def start_up_notes_context(app: web.Application) -> AsyncIterator[None]:
+    """First of all contexts: what the settings mean (relay.config_notes), logged before
+    any resource opens or says its own warnings."""
+    log_start_up(app[SETTINGS])
+    yield
 
 
 async def database_context(app: web.Application) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from relay.stores.receipts import ReceiptStore
 
 
 async def attestation_context(app: web.Application) -> AsyncIterator[None]:
-    """First of all contexts: an unreachable dstack agent stops start-up before anything opens."""
+    """First resource: an unreachable dstack agent stops start-up before anything opens."""
     async with open_attestation(app[SETTINGS]) as attestation:
         app[ATTESTATION] = attestation
         yield

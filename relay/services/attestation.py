@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Settings
-from relay.config_notes import log_start_up
 from relay.errors import NOT_RETRIED, ConflictError
 from relay.proofs.agent import DstackAgent
 from relay.proofs.dstack_key import DstackKeyProvider
@@ -65,12 +64,7 @@ class Attestation:
 
 @asynccontextmanager
 async def open_attestation(settings: Settings) -> AsyncIterator[Attestation]:
-    """Load the signing key; raises AttestationUnavailableError if dstack is configured but down.
-
-    The first start-up step once logging is set up, so it logs what the settings
-    mean (relay.config_notes) before this one's own warning.
-    """
-    log_start_up(settings)
+    """Load the signing key; raises AttestationUnavailableError if dstack is configured but down."""
     if settings.attestation == "dstack":
         # Built only here: the SDK's constructor refuses a missing socket.
         async with DstackAgent(settings.dstack_endpoint or None) as agent:
