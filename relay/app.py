@@ -28,8 +28,8 @@ from relay.lifecycle import (
     upstreams_context,
 )
 from relay.proofs_lifecycle import attestation_context, receipts_context
+from relay.services.answer_metrics import count_answer
 from relay.services.answers import AnswerHooks
-from relay.services.chat import count_answer
 from relay.services.recorder import AnswerRecorder
 
 

@@ -11,9 +11,6 @@ import orjson
 
 from relay.errors import InvalidRequestError
 from relay.json_pairs import refuse_repeated_fields
-from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS, labelled
-from relay.services.answers import Answer
-from relay.upstreams.completion import estimated_tokens, usage_count
 from relay.upstreams.routing import Route
 
 
@@ -113,22 +110,3 @@ def with_model(body: bytes, model: str) -> bytes:
 def _past_blanks(text: str, at: int) -> int:
     blanks = _BLANK.match(text, at)
     return blanks.end() if blanks else at
-
-
-def count_answer(answer: Answer) -> None:
-    """After-hook: tokens and time to first token, by public model id. Without the
-    provider's usage (a stream that did not ask for it, a cut, a client that left),
-    the tokens the rate limiter was charged, estimated, kept apart by their label."""
-    model = answer.route.model
-    reported = False
-    for direction, key in (("in", "prompt_tokens"), ("out", "completion_tokens")):
-        if (count := usage_count(answer.summary.usage, key)) is not None:
-            reported = True
-            if count:
-                labelled(TOKENS, model, direction, "false").inc(count)
-    if not reported and (used := answer.tokens_used):
-        sent = min(estimated_tokens(len(answer.forwarded_body)), used)
-        labelled(TOKENS, model, "in", "true").inc(sent)
-        labelled(TOKENS, model, "out", "true").inc(used - sent)
-    if answer.first_token_ms is not None:
-        labelled(FIRST_TOKEN_SECONDS, model).observe(answer.first_token_ms / 1000)
