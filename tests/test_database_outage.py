@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 import uvloop
 
 from relay.devservers import free_port
 from relay.errors import DependencyUnavailableError
-from relay.stores.database import KEEPALIVE, Database, connect
+from relay.stores.database import KEEPALIVE, Database, QueryError, connect
 
 
 async def test_a_refused_server_is_unavailable_every_time_not_every_other():
@@ -73,4 +75,25 @@ async def test_a_pool_that_keeps_handing_out_closed_connections_is_unavailable(
         assert handed_out == 3  # every connection the pool may hold, and one more
     finally:
         monkeypatch.undo()
+        await db.close()
+
+
+async def test_a_connection_a_statement_failed_on_is_not_pooled_again(database_url):
+    # aiopg keeps a failed statement's error for its connection's life, and with it the
+    # frames of its traceback: what they held (a failed group commit's answers) with it.
+    db = await Database.open(database_url, size=1, timeout=5)
+    try:
+        async with db.cursor() as cur:
+            await cur.execute("SELECT pg_backend_pid()")
+            (first,) = await cur.fetchone()
+            with pytest.raises(QueryError) as failed:
+                await cur.execute("SELECT 1 / 0")
+        kept = weakref.ref(failed.value)
+        del failed
+        async with db.cursor() as cur:
+            await cur.execute("SELECT pg_backend_pid()")
+            assert (await cur.fetchone())[0] != first
+        gc.collect()
+        assert kept() is None
+    finally:
         await db.close()

@@ -127,9 +127,9 @@ class Database:
                 cur.close()
                 if not cur.released:
                     released = self.pool.release(cur.connection)  # and wakes who waits
-                    if cur.sent_large:
+                    if cur.sent_large or cur.failed:
                         # Closed once back (aiopg wakes no one for a closed one): the pool
-                        # drops it as it hands out the next, and its buffers go.
+                        # drops it as it hands out the next, and what it held goes.
                         cur.connection.close()
                     await released
 

@@ -6,11 +6,12 @@ driver boundary, with `database`.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol
 
 import aiopg
@@ -172,6 +173,10 @@ class PooledCursor(aiopg.Cursor):
         self._retry_first = stale_maybe
         self.released = False  # its connection is back in the pool (a dead one, replaced)
         self.sent_large = False  # a statement past LARGE_STATEMENT_CHARS: close, not pool
+        # A statement failed: aiopg keeps its error for the connection's life (in the
+        # queue of its notifications), and with it the frames of its traceback and all
+        # they hold (a failed group commit's answers): close, not pool.
+        self.failed = False
 
     async def execute(
         self,
@@ -185,26 +190,35 @@ class PooledCursor(aiopg.Cursor):
         """`repeatable`: the statement may be sent twice (see the class), whatever it says;
         `rebuild`: what to send instead on a fresh connection (a statement bound to the
         one it was first meant for: relay.stores.database_batch)."""
-        retry, self._retry_first = self._retry_first, False
-        if len(operation) > LARGE_STATEMENT_CHARS:
-            self.sent_large = True
-        deadline = asyncio.get_running_loop().time() + self._db.timeout
-        try:
-            await super().execute(operation, parameters, timeout=timeout)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            if not (retry and connection_died(exc, self.connection.closed)):
-                raise
-            self.released = True
-            async with asyncio.timeout_at(deadline):
-                await self._db.drop_stale(self.connection)
-                if not (repeatable or _repeatable(operation)):
-                    raise
-                log.warning("postgres connection was stale; statement sent again on a new one")
-                fresh = await self._db.fresh_cursor()
-                self._conn, self._impl, self.released = fresh.connection, fresh.raw, False
-                if rebuild is not None:
-                    operation = rebuild()
+        with self._noting_failure():
+            retry, self._retry_first = self._retry_first, False
+            if len(operation) > LARGE_STATEMENT_CHARS:
+                self.sent_large = True
+            deadline = asyncio.get_running_loop().time() + self._db.timeout
+            try:
                 await super().execute(operation, parameters, timeout=timeout)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if not (retry and connection_died(exc, self.connection.closed)):
+                    raise
+                self.released = True
+                async with asyncio.timeout_at(deadline):
+                    await self._db.drop_stale(self.connection)
+                    if not (repeatable or _repeatable(operation)):
+                        raise
+                    log.warning("postgres connection was stale; statement sent again on a new one")
+                    fresh = await self._db.fresh_cursor()
+                    self._conn, self._impl, self.released = fresh.connection, fresh.raw, False
+                    if rebuild is not None:
+                        operation = rebuild()
+                    await super().execute(operation, parameters, timeout=timeout)
+
+    @contextlib.contextmanager
+    def _noting_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg2.Error:
+            self.failed = True
+            raise
 
 
 def _repeatable(sql: str) -> bool:
