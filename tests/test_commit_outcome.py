@@ -12,7 +12,9 @@ constraint trigger waiting for a lock this test holds) is rolled back instead.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -431,3 +433,16 @@ async def test_a_client_whose_answer_committed_after_relay_gave_up_gets_its_answ
     assert body["choices"][0]["message"]["content"]
     settled = [r.getMessage() for r in caplog.records if "committed after all" in r.getMessage()]
     assert settled == ["answer batch committed after all"]
+
+
+async def test_a_committed_answer_is_not_kept_alive_while_the_recorder_waits(http, recorder_for):
+    # Its bodies may be megabytes: once committed, nothing of relay's holds it while
+    # the recorder waits, however long, for the next answer.
+    recorder, new_answer = await of_kind(http, recorder_for, "receipts and history")
+    answer = new_answer("let go once committed")
+    await recorder.record(answer)
+    await asyncio.sleep(0.05)  # its batch's task finishes
+    kept = weakref.ref(answer)
+    del answer
+    gc.collect()
+    assert kept() is None

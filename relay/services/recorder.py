@@ -158,6 +158,9 @@ class AnswerRecorder:
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
             previous = settled
+            # The batch (its answers' bodies too) is the task's now: not kept alive here
+            # while the next answer is awaited, however long that takes.
+            first, item, batch = None, None, []
         if previous is not None:
             await previous  # each batch settles after the one before it: this is the last
 
