@@ -16,8 +16,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from relay.appkeys import DATABASE
 from relay.ids import uuid7_text
 from relay.services.conversation_ids import answer_horizon_s
+from relay.stores.conversations import ConversationStore
 from relay.stores.database import connect
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, execute, query, waiting_for_lock
@@ -274,3 +276,12 @@ async def test_a_cut_answer_whose_conversation_is_erased_keeps_its_receipt(http,
     signed = await fetch_receipt(http, token, receipt)
     assert signed["status"] == "cut"
     assert signed["response_sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+async def test_a_delete_racing_its_clients_deletion_finds_nothing_rather_than_failing(http):
+    # The caller was authenticated, then its client deleted (and all it had with it)
+    # before the delete looked for a conversation still to come: nothing to erase.
+    conversations = ConversationStore(http.app[DATABASE])
+    until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=60)
+    gone = str(uuid.uuid4())
+    assert not await conversations.delete(gone, uuid7_text(), tombstone_until=until)

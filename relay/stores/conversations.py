@@ -91,12 +91,14 @@ class ConversationStore:
                 # is made if the client has none yet, waiting for a first batch making it.
                 # The client's row first, as a batch takes it (relay.stores.history): a
                 # client's deletion locks it before cascading to the rest.
+                await cur.execute("SELECT FROM clients WHERE id = %s FOR KEY SHARE", (client_id,))
+                if await cur.fetchone() is None:
+                    return False  # the client was deleted meanwhile, and all it had with it
                 await cur.execute(
-                    "SELECT FROM clients WHERE id = %s FOR KEY SHARE;"
-                    " INSERT INTO history_sequences (client_id, last_seq) VALUES (%s, 0)"
+                    "INSERT INTO history_sequences (client_id, last_seq) VALUES (%s, 0)"
                     " ON CONFLICT (client_id) DO NOTHING;"
                     " SELECT 1 FROM history_sequences WHERE client_id = %s FOR SHARE",
-                    (client_id, client_id, client_id),
+                    (client_id, client_id),
                 )
                 await cur.execute(
                     "DELETE FROM conversations WHERE id = %s AND client_id = %s",
