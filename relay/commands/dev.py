@@ -30,6 +30,7 @@ from relay.config import ConfigError, Settings, load_settings
 from relay.config_environment import gather
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
 from relay.logs import setup_logging
+from relay.memory import return_large_blocks
 from relay.services.clients import ClientService
 from relay.stores.database_admin import ensure_database
 
@@ -215,6 +216,7 @@ def run() -> int:
         redis.start()
         backends = f"PostgreSQL :{pg.port}, Redis :{redis.port}"
         env = dev_environment(dev_dir, pg, redis)
+        return_large_blocks()  # as `relay serve` does, before the first request body is read
         return uvloop.run(serve(env, pg.url, dev_dir, backends))
     except DevServerError as exc:
         print(f"relay dev: {exc}", file=sys.stderr)
