@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.appkeys import DATABASE
+from relay.stores import lost_commits
 from tests.api_calls import ADMIN, assert_error, create_client, exchange
 from tests.history_calls import query
 from tests.test_commit_outcome import (
@@ -98,10 +98,10 @@ async def test_a_create_whose_outcome_cannot_be_told_says_so_and_is_not_retried(
     await make_durable(database_url)
     http = await make_client(make_settings(database_timeout=TIMEOUT))
 
-    async def outlived(process):  # its server process still there when the wait ends
+    async def outlived(db, process):  # its server process still there when the wait ends
         return False
 
-    monkeypatch.setattr(http.app[DATABASE], "stop_backend", outlived)
+    monkeypatch.setattr(lost_commits, "stop_backend", outlived)
     async with commits_wait_for_a_standby(postgres_url, database_url):
         response = await http.post("/admin/clients", json={"name": "unknown"}, headers=ADMIN)
 

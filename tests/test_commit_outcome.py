@@ -30,6 +30,7 @@ from relay.services.recorder import AnswerRecorder
 from relay.stores.clients import Client, ClientStore
 from relay.stores.database import Database, ServerProcess, connect
 from relay.stores.database_failures import UnconfirmedCommitError
+from relay.stores.lost_commits import stop_backend
 from tests.api_calls import client_with_token
 from tests.history_calls import chat, execute, query, recorded_answer
 from tests.test_database_cancel import locked
@@ -356,7 +357,7 @@ async def test_a_batch_lost_after_its_commit_was_sent_names_its_server_process(d
             with pytest.raises(UnconfirmedCommitError) as lost:
                 await batch
             assert lost.value.backend.pid == waiting["pid"]
-            assert await db.stop_backend(lost.value.backend)
+            assert await stop_backend(db, lost.value.backend)
             gone = "SELECT pid FROM pg_stat_activity WHERE pid = %s"
             assert await query(database_url, gone, (waiting["pid"],)) == []
     finally:
@@ -373,7 +374,7 @@ async def test_a_pid_of_another_server_stops_no_process_here(database_url):
     try:
         pid = await bystander.get_backend_pid()
         elsewhere = ServerProcess(pid, "2001-02-03 04:05:06.789+00")
-        assert await db.stop_backend(elsewhere)  # not here: gone, as far as relay can tell
+        assert await stop_backend(db, elsewhere)  # not here: gone, as far as relay can tell
         async with bystander.cursor() as cur:
             await cur.execute("SELECT 1")  # untouched
     finally:
@@ -398,7 +399,7 @@ async def test_only_a_process_of_relays_own_database_is_stopped(postgres_url, da
             (pid,),
         )
         process = ServerProcess(pid, row["started"])
-        assert not await db.stop_backend(process)  # still there when the wait ends
+        assert not await stop_backend(db, process)  # still there when the wait ends
         async with other.cursor() as cur:
             await cur.execute("SELECT 1")
     finally:

@@ -15,6 +15,7 @@ from relay.services.answers import Answer
 from relay.stores.clients import ClientStore
 from relay.stores.database import Batch, Database, ServerProcess
 from relay.stores.database_failures import UnconfirmedCommitError
+from relay.stores.lost_commits import settle
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +83,25 @@ async def _committed_after_all(
     """Settle a batch relay lost touch with after sending its COMMIT: it may have
     committed (its clients then told "not saved" would ask again and be stored
     twice). Once the server process that ran it is gone, its rows say which, and
-    whether it is as durable as any commit (Database.confirm_durable). None if that
+    whether it is as durable as any commit (relay.stores.lost_commits). None if that
     cannot be told (then logged)."""
-    why = "no row says"  # a history-only batch that only continues conversations
+
+    async def stored() -> bool | None:
+        # The first part whose rows say; none, for a history-only batch that only
+        # continues conversations.
+        for part in parts:
+            if (written := await part.written(database, answers)) is not None:
+                return written
+        return None
+
     try:
-        if await database.stop_backend(backend):
-            for part in parts:
-                written = await part.written(database, answers)
-                if written is None:
-                    continue
-                if not written:
-                    return False
-                # Stored, it may be so on this server alone (see Database.confirm_durable).
-                if await database.confirm_durable():
-                    log.info("answer batch committed after all", extra={"answers": len(answers)})
-                    return True
-                why = "its commit was not confirmed durable in time"
-                break
-        else:
-            why = "its server process outlived the wait"
+        committed, why = await settle(database, backend, stored)
     except Exception as exc:  # PostgreSQL could not be asked
-        why = type(exc).__name__
+        committed, why = None, type(exc).__name__
+    if committed:
+        log.info("answer batch committed after all", extra={"answers": len(answers)})
+    if committed is not None:
+        return committed
     log.warning(
         "answer batch outcome unknown",
         extra={"request_ids": [answer.request_id for answer in answers], "error": why},

@@ -13,6 +13,7 @@ import orjson
 from relay.errors import DependencyUnavailableError, WriteOutcomeUnknownError
 from relay.stores.database import Database, UniqueViolation, fetch_all, fetch_one
 from relay.stores.database_failures import UnconfirmedCommitError
+from relay.stores.lost_commits import settle
 
 _COLUMNS = (
     "id, name, key_id, key_hash, key_version, scopes, status, limits, store_history,"
@@ -175,18 +176,22 @@ class ClientStore:
     async def _settle(self, lost: UnconfirmedCommitError, key_id: str) -> Client:
         """The client the lost write stored `key_id` in, if it committed; else the loss,
         now known to have changed nothing (so it may be tried again)."""
+        stored: Client | None = None
+
+        async def look() -> bool:
+            nonlocal stored
+            stored = await self.get_by_key_id(key_id)
+            return stored is not None
+
         try:
-            settled = await self.db.stop_backend(lost.backend)
-            stored = await self.get_by_key_id(key_id) if settled else None
-            # Stored, it may be so on this server alone (see Database.confirm_durable).
-            settled = settled and (stored is None or await self.db.confirm_durable())
+            committed, _ = await settle(self.db, lost.backend, look)
         except DependencyUnavailableError:
-            settled = False
-        if not settled:
+            committed = None
+        if committed is None:
             raise WriteOutcomeUnknownError(
                 lost, f"look for key_id {key_id} among the clients before trying again."
             )
-        if stored is None:
+        if stored is None or not committed:
             raise DependencyUnavailableError(str(lost), reason=lost.reason) from lost
         return stored
 

@@ -13,7 +13,6 @@ driver failure on the way becomes `DependencyUnavailableError` (503) once, here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -30,10 +29,10 @@ from relay.errors import DependencyUnavailableError
 from relay.stores.database_batch import Batch, as_mappings
 from relay.stores.database_connection import (
     PooledCursor,
-    ServerProcess,
     made_before,
     on_connect,
 )
+from relay.stores.database_connection import ServerProcess as ServerProcess
 from relay.stores.database_failures import (
     UnconfirmedCommitError,
     driver_errors,
@@ -74,8 +73,6 @@ KEEPALIVE: dict[str, Any] = {
 # a new connection (about 7 ms on one host) only while traffic is this sparse, nothing
 # per request otherwise (the pool compares times as it hands out connections).
 IDLE_RECYCLE_SECONDS = 30.0
-# How often `stop_backend` looks whether a terminated process has gone.
-_GONE_POLL_SECONDS = 0.01
 
 
 class Database:
@@ -191,60 +188,6 @@ class Database:
             if batch is None or batch.commit_backend is None or not out_of_reach(lost):
                 raise  # never sent its COMMIT, or the server refused it: rolled back
             raise UnconfirmedCommitError(lost, batch.commit_backend) from lost
-
-    async def stop_backend(self, process: ServerProcess) -> bool:
-        """Terminate the server process (one whose connection relay lost) and wait, for
-        at most `timeout`, until it is gone: a transaction it ran has then committed or
-        rolled back for good, and other sessions see which. True once it is gone.
-
-        The process is named by pid and start time, on whatever server relay reaches
-        now: after a failover the old primary's is simply not found (what the new one
-        holds is then the truth), and no other process is ever terminated; and only
-        one of this database and role.
-        """
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        this_one = "pid = %s AND backend_start = %s::timestamptz"
-        async with self.cursor() as cur:
-            await cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                f" WHERE {this_one} AND datname = current_database() AND usename = current_user",
-                process,
-            )
-            while True:
-                await cur.execute(f"SELECT FROM pg_stat_activity WHERE {this_one}", process)
-                if await cur.fetchone() is None:
-                    return True
-                if asyncio.get_running_loop().time() >= deadline:
-                    return False
-                await asyncio.sleep(_GONE_POLL_SECONDS)
-
-    async def confirm_durable(self) -> bool:
-        """Whether every transaction committed so far is as durable as the server
-        promises, one whose COMMIT relay lost included: terminating its server process
-        (`stop_backend`) ends a wait for a synchronous standby, and leaves it committed
-        on this server alone, which a failover loses.
-
-        A transaction of relay's own that writes to the log (a logical message, read by
-        nobody) commits as every commit does: its wait for the standbys
-        (synchronous_standby_names) covers all that committed before it. False if that
-        does not end within `timeout` (its server process is then ended too, not left
-        waiting, a connection slot held, for as long as the standbys are away), or
-        cannot be asked."""
-        try:
-            async with self.batch() as tx:
-                tx.defer("SELECT pg_logical_emit_message(true, 'relay', 'durable?')")
-        except UnconfirmedCommitError as unconfirmed:
-            with contextlib.suppress(DependencyUnavailableError):
-                await self.stop_backend(unconfirmed.backend)
-            return False
-        except DependencyUnavailableError:
-            return False
-        except QueryError as exc:  # the function refused (a managed server, say)
-            log.warning(
-                "commit durability cannot be confirmed", extra={"error": type(exc).__name__}
-            )
-            return False
-        return True
 
     async def ping(self) -> None:
         """SELECT 1 on a connection of its own, outside the pool (for /health).

@@ -120,7 +120,7 @@ class UnconfirmedCommitError(DependencyUnavailableError):
     """A transaction's COMMIT was sent, then the connection was lost or relay stopped
     waiting (`out_of_reach`): it may have committed all the same (a COMMIT waiting for
     its WAL flush, or for a synchronous standby, completes without its client).
-    `backend` is the server process that ran it (see `Database.stop_backend`);
+    `backend` is the server process that ran it (see relay.stores.lost_commits);
     `timed_out`, whether relay stopped waiting (rather than the connection dying)."""
 
     def __init__(self, lost: DependencyUnavailableError, backend: ServerProcess) -> None:
