@@ -134,35 +134,43 @@ class AnswerRecorder:
         previous: asyncio.Future[None] | None = None
         stopping = False
         while not stopping or self._carried is not None:
-            first, self._carried = self._carried, None
-            if first is None:
-                first = await self._queue.get()
-                if first is None:
-                    break
-            batch = [first]
-            rows, size = rows_written(first.answer), bytes_written(first.answer)
-            while not stopping and len(batch) < self.batch_size and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                rows += rows_written(item.answer)
-                size += bytes_written(item.answer)
-                if rows > BATCH_ROWS or size > BATCH_BYTES:
-                    self._carried = item
-                    break
-                batch.append(item)
+            batch, stopping = await self._next_batch(stopping)
+            if not batch:
+                break
             await slots.acquire()
             settled = asyncio.get_running_loop().create_future()
             task = asyncio.create_task(self._in_turn(batch, previous, settled, slots))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
             previous = settled
-            # The batch (its answers' bodies too) is the task's now: not kept alive here
-            # while the next answer is awaited, however long that takes.
-            first, item, batch = None, None, []
+            # The batch (its answers' bodies too) is the task's alone: not kept alive
+            # here while the next answer is awaited, however long that takes.
+            del batch
         if previous is not None:
             await previous  # each batch settles after the one before it: this is the last
+
+    async def _next_batch(self, stopping: bool) -> tuple[list[_Pending], bool]:
+        """The answers queued since the last batch (waiting for one), within the batch's
+        bounds, and whether the recorder is stopping; no answers once it has stopped."""
+        assert self._queue is not None
+        first, self._carried = self._carried, None
+        if first is None:
+            first = await self._queue.get()
+            if first is None:
+                return [], True
+        batch = [first]
+        rows, size = rows_written(first.answer), bytes_written(first.answer)
+        while not stopping and len(batch) < self.batch_size and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                return batch, True
+            rows += rows_written(item.answer)
+            size += bytes_written(item.answer)
+            if rows > BATCH_ROWS or size > BATCH_BYTES:
+                self._carried = item
+                break
+            batch.append(item)
+        return batch, stopping
 
     async def _in_turn(
         self,
