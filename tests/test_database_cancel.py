@@ -177,12 +177,14 @@ class BuggyOnce:
         self.purges = 0
         self.purged_again = asyncio.Event()
 
-    async def purge(self, older_than: datetime.datetime, *, batch: int) -> Purged:
+    async def purge(
+        self, older_than: datetime.datetime, *, batch: int, title: Callable[[str], str]
+    ) -> Purged:
         self.purges += 1
         if self.purges == 1:
             raise RuntimeError("a bug")
         self.purged_again.set()
-        return Purged(0, [])
+        return Purged(0, 0)
 
 
 async def test_retention_keeps_purging_after_an_unexpected_error(caplog):

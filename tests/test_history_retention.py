@@ -5,12 +5,13 @@ import asyncio
 import pytest
 
 from relay.config import ConfigError, Settings
+from relay.errors import DependencyUnavailableError
 from relay.services.retention import HistoryRetention
 from relay.services.turns import title_from
 from relay.stores.database import Database, connect
 from relay.stores.messages import MessageStore
 from tests.api_calls import bearer, client_with_token
-from tests.history_calls import CONVERSATION, chat, execute, query
+from tests.history_calls import CONVERSATION, chat, execute, query, waiting_for_lock
 
 
 async def age(database_url: str, conversation: str, days: int) -> None:
@@ -82,6 +83,39 @@ async def test_purge_keeps_a_conversation_continued_while_it_ran(http, database_
         await writer.close()
         await db.close()
     assert await query(database_url, "SELECT id FROM conversations WHERE id = %s", (old,))
+
+
+async def test_a_purge_that_fails_midway_leaves_no_purged_question_as_a_title(http, database_url):
+    """A purge the database fails part way (a statement cancelled, the connection lost,
+    relay stopped) is only retried at the next one: which must still find, and title
+    anew, the conversations whose first question the failed one purged."""
+    _, token = await client_with_token(http)
+    mixed = (await chat(http, token, "old question")).headers[CONVERSATION]
+    await age(database_url, mixed, 40)
+    await chat(http, token, "new question", conversation=mixed)
+    # A commit continuing the conversation holds its row while the purge reaches it,
+    # and the server cancels the purge's statement waiting for it.
+    writer = await connect(database_url, timeout=10)
+    db = await Database.open(database_url, size=2, timeout=5)
+    retention = HistoryRetention(MessageStore(db), 30)
+    try:
+        async with writer.cursor() as cur:
+            await cur.execute("BEGIN")
+            await cur.execute("SELECT FROM conversations WHERE id = %s FOR UPDATE", (mixed,))
+            purge = asyncio.ensure_future(retention.purge_once())
+            (pid,) = await waiting_for_lock(database_url)
+            await query(database_url, "SELECT pg_cancel_backend(%s)", (pid,))
+            with pytest.raises(DependencyUnavailableError):
+                await purge
+            await cur.execute("COMMIT")
+        await retention.purge_once()  # the next hour's
+    finally:
+        await writer.close()
+        await db.close()
+    listed = await (await http.get("/v1/conversations", headers=bearer(token))).json()
+    assert [(row["id"], row["title"]) for row in listed["data"]] == [(mixed, "new question")]
+    left = await query(database_url, "SELECT content FROM messages WHERE role = 'user'")
+    assert [row["content"] for row in left] == ["new question"]
 
 
 async def test_relay_purges_in_the_background_when_retention_is_set(

@@ -33,18 +33,13 @@ class HistoryRetention:
 
     async def purge_once(self) -> int:
         cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=self.days)
-        deleted, shortened = await self.messages.purge(cutoff, batch=self.batch)
         # A title is its conversation's first question: content, gone with it. A
         # conversation kept for newer messages is titled by its oldest one left.
-        for start in range(0, len(shortened), self.batch):
-            questions = await self.messages.first_questions(shortened[start : start + self.batch])
-            await self.messages.retitle(
-                {conversation: title_from(text) for conversation, text in questions.items()}
-            )
+        deleted, retitled = await self.messages.purge(cutoff, batch=self.batch, title=title_from)
         if deleted:
             log.info(
                 "history purged",
-                extra={"messages": deleted, "retitled": len(shortened), "days": self.days},
+                extra={"messages": deleted, "retitled": retitled, "days": self.days},
             )
         return deleted
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from relay.errors import NOT_RETRIED, DependencyUnavailableError, UnprocessableError
@@ -94,7 +95,7 @@ class SearchTooCostlyError(UnprocessableError):
 
 class Purged(NamedTuple):
     messages: int  # how many were deleted
-    shortened: list[str]  # conversations that lost messages and are still there
+    retitled: int  # conversations titled anew, having lost their first question
 
 
 class MessageStore:
@@ -176,28 +177,41 @@ class MessageStore:
             row["snippet"] = html_snippet(row["snippet"])
         return rows, more
 
-    async def purge(self, older_than: datetime.datetime, *, batch: int) -> Purged:
+    async def purge(
+        self, older_than: datetime.datetime, *, batch: int, title: Callable[[str], str]
+    ) -> Purged:
         """Delete messages, then conversations, last touched before `older_than`.
 
-        In batches, each its own short transaction, so a large purge never holds
-        locks that would stall the group commit. Returns the messages deleted and
-        the conversations that lost some and are still there.
+        In batches, each its own short statements, so a large purge never holds locks
+        that would stall the group commit. A title is its conversation's first question
+        (made by `title`), content too: before a batch of messages goes, the
+        conversations it shortens are titled by their oldest question that stays. So a
+        purge cut short (a statement failed, relay stopped) never leaves a purged
+        question as a title: the next one finds those messages again, and titles anew.
         """
-        deleted = 0
-        emptied: set[str] = set()
-        async with self.db.cursor() as cur:
-            while True:
+        deleted = retitled = 0
+        while True:
+            async with self.db.cursor() as cur:
                 await cur.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
-                    " WHERE created_at < %s ORDER BY created_at LIMIT %s)"
-                    " RETURNING conversation_id",
+                    "SELECT id, conversation_id FROM messages WHERE created_at < %s"
+                    " ORDER BY created_at LIMIT %s",
                     (older_than, batch),
                 )
                 rows = await cur.fetchall()
-                deleted += len(rows)
-                emptied.update(str(row[0]) for row in rows)
-                if len(rows) < batch:
-                    break
+            if not rows:
+                break
+            conversations = sorted({str(row[1]) for row in rows})
+            questions = await self.first_questions(conversations, since=older_than)
+            retitled += await self.retitle({key: title(text) for key, text in questions.items()})
+            async with self.db.cursor() as cur:
+                await cur.execute(
+                    "DELETE FROM messages WHERE id = ANY(%s::bigint[]) AND created_at < %s",
+                    ([row[0] for row in rows], older_than),
+                )
+                deleted += cur.rowcount
+            if len(rows) < batch:
+                break
+        async with self.db.cursor() as cur:
             # A conversation's title is content too: it goes once nothing newer is in it.
             # The age is checked again on the row itself: PostgreSQL re-reads only that
             # when a commit continuing the conversation held it, and must then keep it.
@@ -209,35 +223,37 @@ class MessageStore:
                 )
                 if cur.rowcount < batch:
                     break
-            await cur.execute(
-                "SELECT id FROM conversations WHERE id = ANY(%s::uuid[])", (sorted(emptied),)
-            )
-            kept = [str(row[0]) for row in await cur.fetchall()]
-        return Purged(deleted, kept)
+        return Purged(deleted, retitled)
 
-    async def first_questions(self, conversation_ids: list[str]) -> dict[str, str]:
-        """The opening of each conversation's oldest user message with words in it ('' if
-        none is left): what a title is made of, not the whole message (a batch of a
-        thousand messages of megabytes each would be gigabytes)."""
+    async def first_questions(
+        self, conversation_ids: list[str], *, since: datetime.datetime | None = None
+    ) -> dict[str, str]:
+        """The opening of each conversation's oldest user message with words in it (of
+        those made `since`, when given; '' if none is left): what a title is made of, not
+        the whole message (a batch of a thousand messages of megabytes each would be
+        gigabytes)."""
         async with self.db.cursor() as cur:
             await cur.execute(
                 "SELECT c.id, (SELECT"
                 " left(regexp_replace(left(m.content, %s), '\\s+', ' ', 'g'), %s)"
                 " FROM messages m WHERE m.conversation_id = c.id"
-                " AND m.role = 'user' AND btrim(m.content) <> '' ORDER BY m.seq LIMIT 1)"
+                " AND m.role = 'user' AND btrim(m.content) <> ''"
+                " AND (%s::timestamptz IS NULL OR m.created_at >= %s) ORDER BY m.seq LIMIT 1)"
                 " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
-                (QUESTION_SCAN_CHARS, QUESTION_CHARS, conversation_ids),
+                (QUESTION_SCAN_CHARS, QUESTION_CHARS, since, since, conversation_ids),
             )
             return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
 
-    async def retitle(self, titles: dict[str, str]) -> None:
-        """Give conversations new titles (their updated_at stays: nothing was said)."""
+    async def retitle(self, titles: dict[str, str]) -> int:
+        """Give conversations new titles (their updated_at stays: nothing was said); how
+        many changed."""
         async with self.db.cursor() as cur:
             await cur.execute(
                 "UPDATE conversations c SET title = t.title FROM json_to_recordset(%s::json)"
                 " AS t(id uuid, title text) WHERE c.id = t.id AND c.title <> t.title",
                 (json_rows([{"id": key, "title": value} for key, value in titles.items()]),),
             )
+            return int(cur.rowcount)
 
 
 def html_snippet(headline: str) -> str:
