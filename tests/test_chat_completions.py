@@ -247,6 +247,28 @@ async def test_malformed_requests_are_400_and_never_forwarded(http, token, simul
     assert not simulator.state.requests
 
 
+async def test_a_body_opening_with_a_byte_order_mark_is_read_and_forwarded_without_it(
+    http, token, simulator
+):
+    # .NET's and Python's UTF-8 encoders with a signature, and Windows editors, write one;
+    # JSON parsers may ignore it (RFC 8259 section 8.1) and Python's do. It was a 400.
+    raw = b'{"model":"sim-large","messages":[{"role":"user","content":"hi"}]}'
+    response = await http.post(
+        "/v1/chat/completions",
+        data=b"\xef\xbb\xbf" + raw,
+        headers={**bearer(token), "Content-Type": "application/json; charset=utf-8"},
+    )
+    assert response.status == 200, await response.text()
+    assert simulator.state.requests[-1].body == raw  # JSON sent on carries no BOM
+    renamed = await http.post(
+        "/v1/chat/completions",
+        data=b"\xef\xbb\xbf" + raw.replace(b"sim-large", b"gpt-sim"),
+        headers={**bearer(token), "Content-Type": "application/json"},
+    )
+    assert renamed.status == 200, await renamed.text()
+    assert simulator.state.requests[-1].body == raw.replace(b"sim-large", b"sim-small")
+
+
 @pytest.mark.parametrize(
     ("data", "content_type", "status"),
     [

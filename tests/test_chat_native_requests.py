@@ -95,3 +95,14 @@ def test_a_default_model_no_upstream_serves_stops_start_up(simulator):
 def test_a_default_model_without_upstreams_stops_start_up():
     with pytest.raises(ConfigError, match=r"RELAY_DEFAULT_MODEL .* which configures none"):
         Settings.from_env({"RELAY_DEFAULT_MODEL": "gpt-4o"})
+
+
+async def test_a_body_opening_with_a_byte_order_mark_is_read(http, simulator):
+    _, token = await client_with_token(http)
+    response = await http.post(
+        "/v1/chat",
+        data=b"\xef\xbb\xbf" + orjson.dumps({"message": "hi", "model": "gpt-sim"}),
+        headers={**bearer(token), "Content-Type": "application/json"},
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["message"]["role"] == "assistant"

@@ -20,7 +20,7 @@ from relay.errors import (
     UnsupportedTransferCodingError,
 )
 from relay.json_pairs import refuse_repeated_fields
-from relay.upstreams.provider_json import surrogate_json
+from relay.upstreams.provider_json import BOM, surrogate_json
 
 # Time for a whole request body once its headers are in: 4 MB over a poor
 # mobile link takes well under this.
@@ -109,7 +109,17 @@ async def read_json_body(request: web.Request, limit: int | None = None) -> byte
     return await read_body(request, limit)
 
 
+def json_text(body: bytes) -> bytes:
+    """The JSON text of a request body: past a UTF-8 byte order mark, which JSON parsers
+    may ignore (RFC 8259 section 8.1) and .NET's, Python's and Windows editors' output
+    carries. orjson refuses one; the bytes relay forwards leave it out, as JSON sent over
+    a network must (ibid.), while receipts hash the body as received."""
+    return body.removeprefix(BOM)
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The object in a request body (a leading byte order mark ignored: json_text)."""
+    body = json_text(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -134,7 +144,7 @@ async def read_json_object(request: web.Request, limit: int | None = None) -> di
     # orjson keeps the last of a repeated field without a word: `{"status": "active",
     # "status": "disabled"}` would be a guess (these bodies are at most 64 KiB; the chat
     # routes check their own).
-    refuse_repeated_fields(body)
+    refuse_repeated_fields(json_text(body))
     return data
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from relay.api.answer_timing import elapsed_ms, note_stream_end
-from relay.api.body import json_response, parse_json_object, read_json_body
+from relay.api.body import json_response, json_text, parse_json_object, read_json_body
 from relay.api.conversation_header import bind_conversation
 from relay.api.drain import answered_before_restart, key_holder
 from relay.api.rate_limit import reservation_of
@@ -76,7 +76,7 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
         stream=chat.stream,
         request=data,
         request_body=body,
-        forwarded_body=forwarded_body(body, data, route),
+        forwarded_body=forwarded_body(json_text(body), data, route),
         store=chat.store and caller.client.store_history,
         reservation=reservation_of(request),
     )

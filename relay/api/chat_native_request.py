@@ -8,7 +8,7 @@ import dataclasses
 import orjson
 from aiohttp import web
 
-from relay.api.body import parse_json_object, read_json_body
+from relay.api.body import json_text, parse_json_object, read_json_body
 from relay.api.conversation_header import CONVERSATION_HEADER, named_conversation
 from relay.api.rate_limit import reservation_of
 from relay.appkeys import CALLER, HISTORY, REQUEST_ID, ROUTER, SETTINGS
@@ -36,7 +36,7 @@ async def new_native_answer(request: web.Request) -> Answer:
     data = parse_json_object(body)
     chat = check_native_chat(data)
     # A field named twice is refused, not read as its last value.
-    refuse_duplicate_keys(body, quoted_keys(data, NATIVE_FIELDS))
+    refuse_duplicate_keys(json_text(body), quoted_keys(data, NATIVE_FIELDS))
     if not caller.client.store_history:
         raise PermissionDeniedError(
             "This client does not keep history, which /v1/chat needs;"
