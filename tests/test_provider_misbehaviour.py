@@ -311,4 +311,14 @@ async def test_relays_own_chat_cuts_an_event_without_end_too(relay, stream):
         assert b"event: error" in raw and b"upstream_too_large" in raw
     else:
         await assert_error(response, 502, "upstream_too_large")
+        # OpenAI's SDKs must not ask again, for as large an answer billed again.
+        assert response.headers["x-should-retry"] == "false"
     assert loop.time() - started < LINGER_SECONDS / 2
+
+
+async def test_a_whole_answer_too_large_is_a_502_the_sdks_do_not_retry(relay, monkeypatch):
+    http, token, _ = relay
+    monkeypatch.setattr(reply, "MAX_RESPONSE_BYTES", 64)  # the provider's answer is larger
+    response = await ask(http, token, "json-answer", stream=False)
+    await assert_error(response, 502, "upstream_too_large")
+    assert response.headers["x-should-retry"] == "false"

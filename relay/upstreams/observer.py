@@ -7,7 +7,7 @@ from typing import Any, Self
 
 import orjson
 
-from relay.errors import UpstreamError
+from relay.errors import NOT_RETRIED, UpstreamError
 from relay.upstreams.completion import (
     CompletionAccumulator,
     CompletionSummary,
@@ -158,7 +158,12 @@ def oversize_error(byte_count: int) -> UpstreamError:
         what = f"The provider's answer ran past the {MAX_RESPONSE_BYTES >> 20} MiB"
     else:
         what = f"The provider sent an event larger than the {MAX_EVENT_BYTES >> 20} MiB"
-    return UpstreamError(f"{what} relay accepts; relay cut it.", code="upstream_too_large")
+    # OpenAI's SDKs would ask again (502): for as large an answer, and as many tokens, again.
+    return UpstreamError(
+        f"{what} relay accepts; relay cut it.",
+        code="upstream_too_large",
+        headers=dict(NOT_RETRIED),
+    )
 
 
 def _is_done(payload: bytes) -> bool:

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from relay.errors import AnswerTooLongError, UpstreamCutError, UpstreamError, UpstreamTimeoutError
+from relay.errors import (
+    NOT_RETRIED,
+    AnswerTooLongError,
+    UpstreamCutError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from relay.upstreams.deadline import WaitDeadline
 
 if TYPE_CHECKING:
@@ -142,7 +148,11 @@ class ProviderReply:
         except aiohttp.ClientError:
             raise self.cut_error() from None
         if len(body) > MAX_RESPONSE_BYTES:
-            raise UpstreamError("The provider's answer is too large.", code="upstream_too_large")
+            raise UpstreamError(
+                "The provider's answer is too large.",
+                code="upstream_too_large",
+                headers=dict(NOT_RETRIED),  # as oversize_error: a retry costs as much again
+            )
         return body
 
     async def finish(self, seconds: float) -> None:
