@@ -46,6 +46,15 @@ async def test_token_response_fields_and_no_store(http):
     assert isinstance(body["access_token"], str) and body["access_token"].count(".") == 2
 
 
+async def test_a_body_opening_with_a_byte_order_mark_is_exchanged(http):
+    client = await create_client(http)
+    body = b'\xef\xbb\xbf{"api_key": "' + client["api_key"].encode() + b'"}'
+    response = await http.post(
+        "/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 200, await response.text()
+
+
 async def test_token_claims(http, settings):
     client = await create_client(http, scopes=["chat", "tools"])
     before = int(time.time())
