@@ -16,6 +16,7 @@ from relay.errors import (
     UpstreamTimeoutError,
 )
 from relay.upstreams.deadline import WaitDeadline
+from relay.upstreams.provider_json import BOM
 
 if TYPE_CHECKING:
     from relay.upstreams.completion import CompletionAccumulator
@@ -101,9 +102,16 @@ class ProviderReply:
         """Wait for the body's first bytes, before the client is answered at all: a
         provider silent past its timeout is then a 504 in OpenAI's error shape (one
         that hangs up, or ends the body before a byte of it, a 502), not a stream that
-        began with a 200 and broke off. The bytes are the next `chunk`'s."""
+        began with a 200 and broke off. The bytes are the next `chunk`'s.
+
+        A byte order mark opening the stream is left out: an SSE client per WHATWG
+        skips it anyway, but OpenAI's Python SDK reads it as part of the first line's
+        field name and loses the answer's first event (relay's observer skips it too)."""
         try:
-            self._early = await self.chunk()
+            early = await self.chunk()
+            if early.startswith(BOM):
+                early = early[len(BOM) :] or await self.chunk()
+            self._early = early
         except TimeoutError:
             raise provider_stalled() from None
         except aiohttp.ClientError:
