@@ -143,3 +143,19 @@ def test_relay_verify_without_the_report_of_one_signer_fails_naming_its_key(
     assert run(parse(*argv)) == 1
     fail = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
     assert len(fail) == 1 and keys(fleet)[2] in fail[0]
+
+
+@pytest.mark.parametrize("key", [["ab" * 32], {"key": "ab" * 32}], ids=["list", "object"])
+def test_a_report_whose_key_is_no_string_fails_as_malformed_never_a_crash(
+    fleet: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], key: Any
+) -> None:
+    hostile = {**fleet["reports"][2], "signing_public_key": key}
+    with pytest.raises(VerificationError, match=r"report_data: report is malformed.*report 3"):
+        verify_all([*fleet["reports"][:2], hostile], fleet["receipts"][:2])
+    path = tmp_path / "hostile.json"
+    path.write_bytes(orjson.dumps(hostile))
+    receipts = tmp_path / "receipts.json"
+    receipts.write_bytes(orjson.dumps(fleet["receipts"][:2]))  # signed by reports 1 and 2
+    argv = [*report_args([*fleet["report_paths"][:2], path]), *page_args([receipts])]
+    assert run(parse(*argv)) == 1
+    assert "FAIL report_data: report is malformed" in capsys.readouterr().out

@@ -171,8 +171,10 @@ def _tagged(
     index: int, report: Report, signers: set[Any], checks: Iterator[Check]
 ) -> Iterator[Check]:
     """One of several reports' checks, each line and failure naming the report."""
-    tag = f"report {index}, key {str(report.get('signing_public_key'))[:16]}…"
-    if report.get("signing_public_key") not in signers:
+    key = report.get("signing_public_key")
+    tag = f"report {index}, key {str(key)[:16]}…"
+    # A key that is no string (a list, say) signed nothing, and is no set member either.
+    if not isinstance(key, str) or key not in signers:
         yield Check(False, f"key  {tag} signed none of these receipts")
     try:
         for check in checks:
