@@ -20,6 +20,7 @@ NONCE = bytes.fromhex("ab" * 32)
 REPORT_FIELDS = {
     "signing_algo",
     "signing_public_key",
+    "signing_address",
     "request_nonce",
     "nonce_generated",
     "report_data",

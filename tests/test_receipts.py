@@ -180,6 +180,20 @@ async def test_the_signature_endpoint_answers_in_nears_shape(http, caller):
     verify_near_signature(near)
 
 
+async def test_a_near_client_finds_the_signers_report_by_its_signing_address(http, caller):
+    # As NEAR's chat verifier does: the signature names a signing_address, the report
+    # answering the client's nonce must name the same, and its report_data must start
+    # with that address (padded to 32 bytes) and end with the nonce.
+    _, token = caller
+    saved = await ask(http, token, stream=False)
+    near = await (await http.get(f"/v1/signature/{saved.receipt_id}", headers=bearer(token))).json()
+    report = await fetch_report(http)
+    assert report["signing_address"] == near["signing_address"]
+    report_data = bytes.fromhex(report["report_data"])
+    assert report_data[:32] == bytes.fromhex(report["signing_address"]).ljust(32, b"\0")
+    assert report_data[32:] == bytes.fromhex(NONCE)
+
+
 async def test_an_instance_does_not_sign_nears_text_for_another_keys_receipt(
     make_client, settings, caller
 ):

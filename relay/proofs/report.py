@@ -32,6 +32,8 @@ async def build_report(
     report: dict[str, Any] = {
         "signing_algo": "ed25519",
         "signing_public_key": identity.public_key_hex,
+        # NEAR's verifiers read the key by this name (and match it to the signature's).
+        "signing_address": identity.public_key_hex,
         "request_nonce": nonce.hex(),
         "nonce_generated": generated,
         "report_data": report_data.hex(),

@@ -28,6 +28,7 @@ PROOF_SCHEMAS: dict[str, Any] = {
         "required": [
             "signing_algo",
             "signing_public_key",
+            "signing_address",
             "request_nonce",
             "nonce_generated",
             "report_data",
@@ -41,6 +42,10 @@ PROOF_SCHEMAS: dict[str, Any] = {
         "properties": {
             "signing_algo": {"const": "ed25519"},
             "signing_public_key": {**HEX, "description": "The receipt key, 32 bytes."},
+            "signing_address": {
+                **HEX,
+                "description": "The same key, as NEAR's clients name it (and its signatures).",
+            },
             "request_nonce": {**HEX, "description": "Your nonce, or one made for you."},
             "nonce_generated": {"type": "boolean"},
             "report_data": {**HEX, "description": "signing_public_key ‖ request_nonce."},
