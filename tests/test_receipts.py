@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from relay.cli import main as relay_cli
 from relay.proofs.near import verify_near_signature
@@ -229,6 +231,40 @@ async def test_an_answer_is_found_by_its_completion_id_as_near_clients_ask(http,
     near = await response.json()
     assert near["text"] == f"{receipt['request_sha256']}:{receipt['response_sha256']}"
     verify_near_signature(near)
+    _, other = await client_with_token(http, name="other")
+    response = await http.get(f"/v1/signature/{chat_id}", headers=bearer(other))
+    await assert_error(response, 404, "receipt_not_found")
+
+
+async def test_a_completion_id_written_as_32_hex_digits_finds_its_answer(
+    make_settings, make_client, provider_upstream
+):
+    # Some providers' completion ids are a bare uuid4().hex: the very form of a receipt
+    # id. NEAR's clients ask /v1/signature/{the completion's id} all the same.
+    chat_id = uuid.uuid4().hex
+
+    async def provider(request: web.Request) -> web.Response:
+        message = {"role": "assistant", "content": "Hello"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return web.json_response(
+            {
+                "id": chat_id,
+                "object": "chat.completion",
+                "created": 1,
+                "model": "hex-ids",
+                "choices": [choice],
+            }
+        )
+
+    upstream = await provider_upstream(provider, "hex-ids", models={"gpt-sim": "hex-ids"})
+    http = await make_client(make_settings(upstreams=(upstream,)))
+    _, token = await client_with_token(http)
+    saved = await ask(http, token, stream=False)
+    assert completion_id(saved) == chat_id
+    receipt = await fetch_receipt(http, token, chat_id)
+    assert receipt["receipt_id"] == saved.receipt_id
+    near = await (await http.get(f"/v1/signature/{chat_id}", headers=bearer(token))).json()
+    assert near["text"] == f"{receipt['request_sha256']}:{receipt['response_sha256']}"
     _, other = await client_with_token(http, name="other")
     response = await http.get(f"/v1/signature/{chat_id}", headers=bearer(other))
     await assert_error(response, 404, "receipt_not_found")

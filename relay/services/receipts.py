@@ -162,12 +162,13 @@ class ReceiptService:
     async def receipt_body(self, answer_id: str, client_id: str) -> bytes:
         """The exact bytes of the receipt `answer_id` names (its receipt id, or the id
         of the completion it covers); NotFoundError unless it is the client's own."""
+        body = None
         if _RECEIPT_ID.fullmatch(answer_id):
             body = await self.store.body_for_client(answer_id, client_id)
-        elif _is_response_id(answer_id):
+        # Not one of its receipt ids: a completion id that looks like one (some providers
+        # write theirs as 32 hex digits, a uuid4().hex) is still a completion id.
+        if body is None and _is_response_id(answer_id):
             body = await self.store.body_by_response_id(answer_id, client_id)
-        else:
-            body = None
         if body is None:
             # The same answer for another client's receipt as for none at all.
             raise NotFoundError("No such receipt.", code="receipt_not_found")
