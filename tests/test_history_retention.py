@@ -118,6 +118,37 @@ async def test_a_purge_that_fails_midway_leaves_no_purged_question_as_a_title(ht
     assert [row["content"] for row in left] == ["new question"]
 
 
+async def test_retitling_locks_conversations_in_id_order(http, database_url):
+    """A group commit continuing conversations locks them in id order; retitling them
+    must too, or a purge and a commit each holding one the other waits for deadlock
+    (PostgreSQL then fails one of them after a second)."""
+    _, token = await client_with_token(http)
+    ids = sorted([(await chat(http, token, f"q{n}")).headers[CONVERSATION] for n in range(2)])
+    low, high = ids
+    # The lowest id's row rewritten, a scan of the table meets the highest first.
+    await execute(database_url, "UPDATE conversations SET title = title WHERE id = %s", (low,))
+    holder = await connect(database_url, timeout=10)
+    other = await connect(database_url, timeout=10)
+    db = await Database.open(database_url, size=2, timeout=5)
+    try:
+        async with holder.cursor() as held, other.cursor() as cur:
+            await held.execute("BEGIN")
+            await held.execute("SELECT FROM conversations WHERE id = %s FOR UPDATE", (low,))
+            # Named highest id first: retitling must still take the lowest first.
+            titles = {high: "new high", low: "new low"}
+            retitle = asyncio.ensure_future(MessageStore(db).retitle(titles))
+            await waiting_for_lock(database_url)
+            # Waiting for the lowest, it holds nothing yet: the highest is free.
+            await cur.execute("SET lock_timeout = '100ms'")
+            await cur.execute("SELECT FROM conversations WHERE id = %s FOR UPDATE", (high,))
+            await held.execute("COMMIT")
+            assert await retitle == 2
+    finally:
+        await holder.close()
+        await other.close()
+        await db.close()
+
+
 async def test_relay_purges_in_the_background_when_retention_is_set(
     make_client, make_settings, database_url
 ):

@@ -248,9 +248,14 @@ class MessageStore:
         """Give conversations new titles (their updated_at stays: nothing was said); how
         many changed."""
         async with self.db.cursor() as cur:
+            # Locked in id order, as a group commit continuing them locks them: in any
+            # other, a purge and a commit could each hold a row the other waits for.
             await cur.execute(
-                "UPDATE conversations c SET title = t.title FROM json_to_recordset(%s::json)"
-                " AS t(id uuid, title text) WHERE c.id = t.id AND c.title <> t.title",
+                "UPDATE conversations c SET title = t.title FROM ("
+                " SELECT x.id, r.title FROM conversations x"
+                " JOIN json_to_recordset(%s::json) AS r(id uuid, title text) ON x.id = r.id"
+                " WHERE x.title <> r.title ORDER BY x.id FOR NO KEY UPDATE OF x) AS t"
+                " WHERE c.id = t.id",
                 (json_rows([{"id": key, "title": value} for key, value in titles.items()]),),
             )
             return int(cur.rowcount)
