@@ -3,6 +3,7 @@ listing goes on past a client deleted between pages, skipping and repeating none
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import uuid
@@ -12,6 +13,7 @@ import orjson
 import pytest
 
 from relay.appkeys import DATABASE
+from relay.stores.database_batch import Batch
 from tests.api_calls import ADMIN, assert_error, create_client
 from tests.test_cli_clients import cli_runner, output
 
@@ -181,3 +183,37 @@ def test_relay_clients_list_pages_on_past_a_deleted_client(relay_cli):
 @pytest.fixture
 def relay_cli(database_url, tmp_path):
     return cli_runner(database_url, tmp_path / "cli-state")
+
+
+async def test_a_creation_that_commits_after_a_later_one_is_not_skipped(http, monkeypatch):
+    # A creation that began first (its created_at earlier) but commits after another:
+    # a page read in between must not put its cursor past where the first will sort.
+    first = (await create_client(http, name="first"))["id"]
+    committing, release = asyncio.Event(), asyncio.Event()
+    held = [True]
+    commit = Batch.commit
+
+    async def held_commit(self: Batch) -> None:
+        if held and held.pop():
+            committing.set()
+            await release.wait()
+        await commit(self)
+
+    monkeypatch.setattr(Batch, "commit", held_commit)
+    slow = asyncio.ensure_future(create_client(http, name="slow"))
+    await committing.wait()
+    fast = asyncio.ensure_future(create_client(http, name="fast"))
+    await asyncio.sleep(0.2)
+    listing = asyncio.ensure_future(page(http, limit=10))
+    await asyncio.sleep(0.2)
+    release.set()
+    created = [first, (await slow)["id"], (await fast)["id"]]
+
+    body = await listing
+    seen = ids(body)
+    while True:
+        body = await page(http, body["next_cursor"], limit=10)
+        seen += ids(body)
+        if not body["has_more"]:
+            break
+    assert sorted(seen) == sorted(created)

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from relay.errors import DependencyUnavailableError, WriteOutcomeUnknownError
-from relay.stores.database import Database, UniqueViolation, fetch_all, fetch_one
+from relay.stores.database import Database, UniqueViolation, fetch_one
+from relay.stores.database_batch import as_mappings
 from relay.stores.database_failures import UnconfirmedCommitError
 from relay.stores.lost_commits import settle
 
@@ -21,6 +22,11 @@ _COLUMNS = (
 )
 _JSON_COLUMNS = frozenset({"limits", "metadata"})
 UPDATABLE = frozenset({"name", "scopes", "status", "limits", "store_history", "metadata"})
+
+
+# Held by a transaction that creates a client (exclusively) and by one that reads a page
+# of the listing (shared): see ClientStore.list_page.
+_LISTING_LOCK = 0x72656C6179636C  # "relaycl"
 
 
 class KeyIdTaken(Exception):
@@ -74,10 +80,16 @@ class ClientStore:
         columns.update({key: _db_value(key, value) for key, value in values.items()})
         names = ", ".join(columns)
         marks = ", ".join(["%s"] * len(columns))
+        # Its listing position is read once this transaction holds the listing lock, so
+        # no page read before it commits can hold a client created after it.
         client = await self._keyed_write(
-            f"INSERT INTO clients ({names}) VALUES ({marks}) RETURNING {_COLUMNS}",
+            "WITH held AS (SELECT clock_timestamp() AS at)"
+            f" INSERT INTO clients ({names}, created_at, updated_at)"
+            f" VALUES ({marks}, (SELECT at FROM held), (SELECT at FROM held))"
+            f" RETURNING {_COLUMNS}",
             tuple(columns.values()),
             key_id,
+            lock=("SELECT pg_advisory_xact_lock(%s)", (_LISTING_LOCK,)),
         )
         assert client is not None
         return client
@@ -101,18 +113,23 @@ class ClientStore:
         self, *, limit: int, after: tuple[datetime.datetime, str] | None = None
     ) -> tuple[list[Client], bool]:
         """Clients oldest first; `after` is (created_at, id) of the last client of the
-        previous page, which need not exist any more."""
+        previous page, which need not exist any more.
+
+        A page is read once no client is being created: a creation that began before it
+        (its created_at earlier) but committed after it would sort before the page's
+        end, where a listing that follows the page's cursor never looks."""
         where = ""
         args: list[Any] = [limit + 1]
         if after is not None:
             where = "WHERE (created_at, id) > (%s, %s)"
             args[:0] = after
-        async with self.db.cursor() as cur:
-            rows = await fetch_all(
-                cur,
+        async with self.db.batch() as tx:
+            tx.defer("SELECT pg_advisory_xact_lock_shared(%s)", (_LISTING_LOCK,))
+            await tx.execute(
                 f"SELECT {_COLUMNS} FROM clients {where} ORDER BY created_at, id LIMIT %s",
                 tuple(args),
             )
+            rows = as_mappings(tx.cur, await tx.fetchall())
         return [Client.from_row(row) for row in rows[:limit]], len(rows) > limit
 
     async def update(self, client_id: str, changes: dict[str, Any]) -> Client | None:
@@ -150,7 +167,14 @@ class ClientStore:
             key_id,
         )
 
-    async def _keyed_write(self, sql: str, params: tuple[Any, ...], key_id: str) -> Client | None:
+    async def _keyed_write(
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        key_id: str,
+        *,
+        lock: tuple[str, tuple[Any, ...]] | None = None,
+    ) -> Client | None:
         """Run `sql`, a write storing the new key `key_id`, and return the row it
         returns (None: it matched none). Its key is shown only in this answer, so the
         write must not happen behind an error that says "try again":
@@ -164,6 +188,8 @@ class ClientStore:
         """
         try:
             async with self.db.batch() as tx:
+                if lock is not None:
+                    tx.defer(*lock)  # sent with the write, before it
                 try:
                     await tx.execute(sql, params)
                 except UniqueViolation as exc:
