@@ -29,7 +29,7 @@ from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
 from relay.config_environment import gather
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
-from relay.logs import setup_logging
+from relay.logs import HeldLogs, setup_logging
 from relay.memory import return_large_blocks
 from relay.services.clients import ClientService
 from relay.stores.database_admin import ensure_database
@@ -159,20 +159,29 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
         loop.add_signal_handler(signum, stop.set)
 
     async with contextlib.AsyncExitStack() as stack:
+        # What reading the settings logs (an unknown RELAY_* name) waits for the log
+        # format they give, as under `relay serve`.
+        held = HeldLogs()
         try:
-            # Upstreams given in RELAY_ENV_FILE count too: read as `relay serve` reads them.
-            if not gather(env).get("RELAY_UPSTREAMS"):
-                sim_port = free_port()
-                if await stack.enter_async_context(simulator(sim_port)):
-                    env["RELAY_UPSTREAMS"] = simulator_upstreams(sim_port)
-                    backends += f", simulator :{sim_port}"
-                else:
-                    backends += ", no upstream (relay.simulator is missing)"
-            settings = load_settings(env)
+            with held.holding():
+                # Upstreams given in RELAY_ENV_FILE count too: read as `relay serve` reads them.
+                if not gather(env).get("RELAY_UPSTREAMS"):
+                    sim_port = free_port()
+                    if await stack.enter_async_context(simulator(sim_port)):
+                        env["RELAY_UPSTREAMS"] = simulator_upstreams(sim_port)
+                        backends += f", simulator :{sim_port}"
+                    else:
+                        backends += ", no upstream (relay.simulator is missing)"
+                settings = load_settings(env)
         except ConfigError as exc:
+            held.print_plain()
             print(f"relay dev: {exc}", file=sys.stderr)
             return 2
+        except BaseException:
+            held.print_plain()
+            raise
         setup_logging(settings.log_level, settings.log_format)
+        held.replay()
         await ensure_database(admin_url, DATABASE)
 
         app = create_app(settings)
