@@ -1,4 +1,4 @@
-"""An upstream whose base_url holds credentials is refused at start-up, the URL unshown."""
+"""How RELAY_UPSTREAMS entries are refused at start-up: credentials unshown, the upstream named."""
 
 from __future__ import annotations
 
@@ -32,3 +32,17 @@ def test_an_at_sign_in_the_path_or_query_is_no_credential():
     upstream = {"name": "o", "base_url": "https://p.example/v1/a@b?x=y@z", "models": {"m": "m"}}
     settings = Settings.from_env({"RELAY_UPSTREAMS": orjson.dumps([upstream]).decode()})
     assert settings.upstreams[0].chat_completions_url.startswith("https://p.example/v1/a@b")
+
+
+@pytest.mark.parametrize("field", ["timeout_s", "connect_timeout_s"])
+def test_a_bad_timeout_names_its_upstream(field):
+    # Among several upstreams, the operator must see which one to mend.
+    upstreams = [
+        {"name": "first", "base_url": "https://a.example/v1", "models": {"a": "a"}},
+        {"name": "second", "base_url": "https://b.example/v1", "models": {"b": "b"}, field: "60"},
+    ]
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"RELAY_UPSTREAMS": orjson.dumps(upstreams).decode()})
+    assert str(refused.value) == (
+        f"RELAY_UPSTREAMS: upstream 'second': {field} must be a positive number of seconds"
+    )

@@ -67,7 +67,9 @@ class Upstream:
 def _positive(entry: Mapping[str, Any], key: str, default: float) -> float:
     value = entry.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise UpstreamConfigError(f"{key} must be a positive number of seconds")
+        raise UpstreamConfigError(
+            f"upstream {entry['name']!r}: {key} must be a positive number of seconds"
+        )
     return float(value)
 
 
