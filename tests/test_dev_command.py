@@ -258,3 +258,21 @@ def test_a_misspelt_setting_is_warned_about_in_relays_log_format(dev_dir: Path):
     assert line["level"] == "warning"
     assert line["logger"] == "relay.config"
     assert processes_using(dev_dir) == []
+
+
+def test_a_log_format_given_in_the_env_file_is_kept(dev_dir: Path, tmp_path: Path):
+    # relay dev logs text unless told otherwise, and RELAY_ENV_FILE tells it as well
+    # as the environment does (a real variable of relay dev's own would win over it).
+    env_file = tmp_path / "relay.env"
+    env_file.write_text("RELAY_LOG_FORMAT=json\n")
+    run = DevRun(dev_dir, free_port(), RELAY_ENV_FILE=str(env_file))
+    try:
+        run.wait_for_banner()
+        assert run.interrupt() == 0
+    finally:
+        run.kill()
+    run.stderr_reader.join(10)
+    logged = [line for line in run.stderr if "relay.config" in line]
+    assert logged, run.stderr
+    assert all(json.loads(line)["logger"] == "relay.config" for line in logged)
+    assert processes_using(dev_dir) == []

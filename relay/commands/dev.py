@@ -164,8 +164,12 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
         held = HeldLogs()
         try:
             with held.holding():
-                # Upstreams given in RELAY_ENV_FILE count too: read as `relay serve` reads them.
-                if not gather(env).get("RELAY_UPSTREAMS"):
+                # Upstreams and a log format given in RELAY_ENV_FILE count too: read as
+                # `relay serve` reads them.
+                given = gather(env)
+                if not given.get("RELAY_LOG_FORMAT"):
+                    env["RELAY_LOG_FORMAT"] = "text"
+                if not given.get("RELAY_UPSTREAMS"):
                     sim_port = free_port()
                     if await stack.enter_async_context(simulator(sim_port)):
                         env["RELAY_UPSTREAMS"] = simulator_upstreams(sim_port)
@@ -210,7 +214,6 @@ def dev_environment(dev_dir: Path, pg: PostgresServer, redis: RedisServer) -> di
             "RELAY_STATE_DIR": str(dev_dir / "state"),
         }
     )
-    env.setdefault("RELAY_LOG_FORMAT", "text")
     return env
 
 
