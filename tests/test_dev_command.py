@@ -276,3 +276,14 @@ def test_a_log_format_given_in_the_env_file_is_kept(dev_dir: Path, tmp_path: Pat
     assert logged, run.stderr
     assert all(json.loads(line)["logger"] == "relay.config" for line in logged)
     assert processes_using(dev_dir) == []
+
+
+def test_the_banner_brackets_an_ipv6_host():
+    # `curl http://::1:8080/…` reaches nothing; `http://[::1]:8080/…` does.
+    from relay.commands.dev import banner
+    from relay.config import Settings
+
+    settings = Settings.from_env({"RELAY_HOST": "::1", "RELAY_PORT": "8099"})
+    text = banner(settings, "rk_x_y", Path("demo-client.json"), "backends")
+    assert "http://[::1]:8099/auth/token" in text
+    assert "http://[::1]:8099/v1/chat/completions" in text

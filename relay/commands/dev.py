@@ -110,6 +110,8 @@ def cli_settings(settings: Settings) -> str:
 
 def banner(settings: Settings, api_key: str, key_file: Path, backends: str) -> str:
     host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    if ":" in host:  # an IPv6 address goes in brackets in a URL
+        host = f"[{host}]"
     base = f"http://{host}:{settings.port}"
     body = shlex.quote(orjson.dumps({"api_key": api_key}).decode())
     extract = shlex.quote('import json,sys;print(json.load(sys.stdin)["access_token"])')
