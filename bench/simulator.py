@@ -43,7 +43,7 @@ def main() -> None:
         error_status=args.error_status,
         cut_after=args.cut_after,
         api_key=args.api_key,
-        models=tuple(model for model in args.models.split(",") if model),
+        models=args.models,
     )
     app = create_simulator_app(config)
     app[SIMULATOR_STATE] = SimulatorState(requests=_Forgetful())

@@ -690,6 +690,34 @@ def test_only_an_error_status_can_be_asked_for(status: str) -> None:
         parser.parse_args(["--error-status", status])
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--tokens", "-1"],
+        ["--tokens", "many"],
+        ["--cut-after", "-3"],
+        ["--token-delay-ms", "-5"],
+        ["--first-byte-delay-ms", "nan"],
+        ["--token-delay-ms", "inf"],
+        ["--models", ""],
+        ["--models", ",,"],
+        ["--port", "70000"],
+    ],
+)
+def test_a_value_that_makes_no_sense_is_a_usage_error(given: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(given)
+
+
+def test_models_are_read_as_a_list_of_ids() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--models", "a,,b"]).models == ("a", "b")
+    assert parser.parse_args(["--tokens", "0"]).tokens == 0
+
+
 async def test_relay_simulate_serves_until_sigterm() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
