@@ -244,3 +244,11 @@ async def test_the_functions_take_the_nonce_as_asked_and_refuse_what_is_no_proof
         verify_all(report, receipts, nonce="xyz")
     with pytest.raises(VerificationError, match="request_body: give the bytes"):
         verify_all(report, receipts, REQUEST.decode())
+    # What is no receipt or report at all (client code passing the wrong thing) is
+    # refused as such, not met with an AttributeError from inside the checks.
+    for wrong in ([1], "receipt", [receipts[-1], None]):
+        with pytest.raises(VerificationError, match="receipt: "):
+            verify_all(report, wrong)
+    for wrong in ([1], "report", [report, []]):
+        with pytest.raises(VerificationError, match="report: "):
+            verify_all(wrong, receipts)

@@ -143,6 +143,8 @@ def iter_checks(
     receipts = [receipts] if isinstance(receipts, dict) else receipts
     if not receipts:
         raise VerificationError("chain: no receipts")
+    if not isinstance(receipts, list | tuple) or not all(isinstance(r, dict) for r in receipts):
+        raise VerificationError("receipt: give a receipt (a JSON object) or a list of them")
     nonce = _nonce_bytes(nonce)
     for name, body in (("request_body", request_body), ("response_body", response_body)):
         if body is not None and not isinstance(body, bytes | bytearray | memoryview):
@@ -227,6 +229,8 @@ def _reports(report: Reports) -> Sequence[Report]:
     reports = [report] if isinstance(report, dict) else report
     if not reports:
         raise VerificationError("report: no report given")
+    if not isinstance(reports, list | tuple) or not all(isinstance(r, dict) for r in reports):
+        raise VerificationError("report: give a report (a JSON object) or a list of them")
     return reports
 
 
