@@ -242,33 +242,18 @@ def test_a_start_up_refusal_is_one_line_and_everything_stops(dev_dir: Path):
     assert processes_using(dev_dir) == []
 
 
-def test_a_misspelt_setting_is_warned_about_in_relays_log_format(dev_dir: Path):
-    # As under `relay serve`: the warning is a line of relay's log, here JSON, not
-    # bare text written before relay's log was set up.
-    # Spelt in two parts: every whole RELAY_ name in the tests is one relay reads
-    # (tests/test_config.py checks that).
-    misspelt = "RELAY_" + "MISSPELT_SETTING"
-    run = DevRun(dev_dir, free_port(), RELAY_LOG_FORMAT="json", **{misspelt: "1"})
-    try:
-        run.wait_for_banner()
-        assert run.interrupt() == 0
-    finally:
-        run.kill()
-    run.stderr_reader.join(10)
-    naming = [line for line in run.stderr if misspelt in line]
-    assert len(naming) == 1, run.stderr
-    line = json.loads(naming[0])
-    assert line["level"] == "warning"
-    assert line["logger"] == "relay.config"
-    assert processes_using(dev_dir) == []
-
-
-def test_a_log_format_given_in_the_env_file_is_kept(dev_dir: Path, tmp_path: Path):
+def test_a_log_format_from_the_env_file_is_kept_and_the_first_warning_keeps_it(
+    dev_dir: Path, tmp_path: Path
+):
     # relay dev logs text unless told otherwise, and RELAY_ENV_FILE tells it as well
     # as the environment does (a real variable of relay dev's own would win over it).
+    # As under `relay serve`, a misspelt name's warning is a line of that log, not
+    # bare text written before relay's log was set up. (Spelt in two parts: every
+    # whole RELAY_ name in the tests is one relay reads, as tests/test_config.py checks.)
+    misspelt = "RELAY_" + "MISSPELT_SETTING"
     env_file = tmp_path / "relay.env"
     env_file.write_text("RELAY_LOG_FORMAT=json\n")
-    run = DevRun(dev_dir, free_port(), RELAY_ENV_FILE=str(env_file))
+    run = DevRun(dev_dir, free_port(), RELAY_ENV_FILE=str(env_file), **{misspelt: "1"})
     try:
         run.wait_for_banner()
         assert run.interrupt() == 0
@@ -278,6 +263,8 @@ def test_a_log_format_given_in_the_env_file_is_kept(dev_dir: Path, tmp_path: Pat
     logged = [line for line in run.stderr if "relay.config" in line]
     assert logged, run.stderr
     assert all(json.loads(line)["logger"] == "relay.config" for line in logged)
+    naming = [json.loads(line) for line in run.stderr if misspelt in line]
+    assert [(line["level"], line["logger"]) for line in naming] == [("warning", "relay.config")]
     assert processes_using(dev_dir) == []
 
 
