@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from relay import __version__
 from relay.commands.refusals import refused, start_refusals
 from relay.config import SECRETS, ConfigError, load_settings
-from relay.logs import HeldLogs, setup_logging
+from relay.logs import HeldLogs
 from relay.proofs import command as verify
 from relay.simulator import command as simulate
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     serving = args.command == "serve"
     held = HeldLogs()
     try:
-        with held.holding():
+        with held.reading_settings():
             # Of these, only serve forwards to providers and uses all relay's secrets
             # (JWTs, the admin token, rate-limit names, /metrics); token signs and checks
             # JWTs; migrate and clients (bcrypt hashes in PostgreSQL) need none. They run
@@ -71,14 +71,9 @@ def run(args: argparse.Namespace) -> int:
                 generate=args.command != "token",
             )
     except ConfigError as exc:
-        held.print_plain()
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    except BaseException:
-        held.print_plain()
-        raise
-    setup_logging(settings.log_level, settings.log_format)
-    held.replay()
+    held.start_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         from relay.commands import serve
 

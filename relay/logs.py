@@ -212,6 +212,22 @@ class HeldLogs(logging.Handler):
             root.removeHandler(self)
             root.setLevel(level)
 
+    @contextmanager
+    def reading_settings(self) -> Iterator[None]:
+        """Hold what the block logs; if it raises (settings refused), print the warnings
+        held, plain, before the error goes on: relay's log was never set up."""
+        try:
+            with self.holding():
+                yield
+        except BaseException:
+            self.print_plain()
+            raise
+
+    def start_logging(self, level: str, log_format: str) -> None:
+        """Set up relay's log (setup_logging), then replay into it what was held."""
+        setup_logging(level, log_format)
+        self.replay()
+
     def replay(self) -> None:
         """Each held record that relay's configured log level lets through, to its handlers."""
         records, self.records = self.records, []

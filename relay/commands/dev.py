@@ -29,7 +29,7 @@ from relay.commands.serve import relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
 from relay.config_environment import gather
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
-from relay.logs import HeldLogs, setup_logging
+from relay.logs import HeldLogs
 from relay.memory import return_large_blocks
 from relay.services.clients import ClientService
 from relay.stores.database_admin import ensure_database
@@ -165,7 +165,7 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
         # format they give, as under `relay serve`.
         held = HeldLogs()
         try:
-            with held.holding():
+            with held.reading_settings():
                 # Upstreams and a log format given in RELAY_ENV_FILE count too: read as
                 # `relay serve` reads them.
                 given = gather(env)
@@ -180,14 +180,9 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
                         backends += ", no upstream (relay.simulator is missing)"
                 settings = load_settings(env)
         except ConfigError as exc:
-            held.print_plain()
             print(f"relay dev: {exc}", file=sys.stderr)
             return 2
-        except BaseException:
-            held.print_plain()
-            raise
-        setup_logging(settings.log_level, settings.log_format)
-        held.replay()
+        held.start_logging(settings.log_level, settings.log_format)
         await ensure_database(admin_url, DATABASE)
 
         app = create_app(settings)
