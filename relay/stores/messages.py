@@ -226,21 +226,20 @@ class MessageStore:
         return Purged(deleted, retitled)
 
     async def first_questions(
-        self, conversation_ids: list[str], *, since: datetime.datetime | None = None
+        self, conversation_ids: list[str], *, since: datetime.datetime
     ) -> dict[str, str]:
-        """The opening of each conversation's oldest user message with words in it (of
-        those made `since`, when given; '' if none is left): what a title is made of, not
-        the whole message (a batch of a thousand messages of megabytes each would be
-        gigabytes)."""
+        """The opening of each conversation's oldest user message with words in it made
+        `since` ('' if there is none): what a title is made of, not the whole message (a
+        batch of a thousand messages of megabytes each would be gigabytes)."""
         async with self.db.cursor() as cur:
             await cur.execute(
                 "SELECT c.id, (SELECT"
                 " left(regexp_replace(left(m.content, %s), '\\s+', ' ', 'g'), %s)"
                 " FROM messages m WHERE m.conversation_id = c.id"
                 " AND m.role = 'user' AND btrim(m.content) <> ''"
-                " AND (%s::timestamptz IS NULL OR m.created_at >= %s) ORDER BY m.seq LIMIT 1)"
+                " AND m.created_at >= %s ORDER BY m.seq LIMIT 1)"
                 " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
-                (QUESTION_SCAN_CHARS, QUESTION_CHARS, since, since, conversation_ids),
+                (QUESTION_SCAN_CHARS, QUESTION_CHARS, since, conversation_ids),
             )
             return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
 
