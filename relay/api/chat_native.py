@@ -33,9 +33,8 @@ from relay.services.native_chat import (
 from relay.services.recorder import not_saved
 from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.forwarder import open_provider_response
-from relay.upstreams.observer import oversize_error
 from relay.upstreams.provider_errors import provider_failure
-from relay.upstreams.reply import ProviderReply, provider_stalled
+from relay.upstreams.reply import ProviderReply, oversize_error, provider_stalled
 
 
 async def create_chat(request: web.Request) -> web.StreamResponse:

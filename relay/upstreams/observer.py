@@ -7,7 +7,6 @@ from typing import Any, Self
 
 import orjson
 
-from relay.errors import NOT_RETRIED, UpstreamError
 from relay.upstreams.completion import (
     CompletionAccumulator,
     CompletionSummary,
@@ -15,7 +14,7 @@ from relay.upstreams.completion import (
 )
 from relay.upstreams.provider_json import error_field_object, listed_error
 from relay.upstreams.reply import MAX_RESPONSE_BYTES
-from relay.upstreams.sse import MAX_EVENT_BYTES, SSEDecoder
+from relay.upstreams.sse import SSEDecoder
 
 _UNREADABLE_EVENT = {
     "message": "it sent an event that is not JSON.",
@@ -23,7 +22,7 @@ _UNREADABLE_EVENT = {
     "code": "upstream_malformed",
 }
 
-__all__ = ["CompletionSummary", "StreamObserver", "oversize_error", "summarize_completion"]
+__all__ = ["CompletionSummary", "StreamObserver", "summarize_completion"]
 
 
 class StreamObserver(CompletionAccumulator):
@@ -149,21 +148,6 @@ class StreamObserver(CompletionAccumulator):
     def _on_error_field(self, value: bytes) -> None:
         # llama.cpp's `error: {"code": 500, "message": …, "type": …}`: the answer failed.
         self.apply({"error": error_field_object(value)})
-
-
-def oversize_error(byte_count: int) -> UpstreamError:
-    """Why relay stopped reading a provider that sent more than it accepts (`byte_count`
-    bytes so far): an answer past MAX_RESPONSE_BYTES, or one event past MAX_EVENT_BYTES."""
-    if byte_count > MAX_RESPONSE_BYTES:
-        what = f"The provider's answer ran past the {MAX_RESPONSE_BYTES >> 20} MiB"
-    else:
-        what = f"The provider sent an event larger than the {MAX_EVENT_BYTES >> 20} MiB"
-    # OpenAI's SDKs would ask again (502): for as large an answer, and as many tokens, again.
-    return UpstreamError(
-        f"{what} relay accepts; relay cut it.",
-        code="upstream_too_large",
-        headers=dict(NOT_RETRIED),
-    )
 
 
 def _is_done(payload: bytes) -> bool:

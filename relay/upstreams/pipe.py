@@ -13,9 +13,9 @@ from aiohttp import web
 from relay.errors import RelayError
 from relay.metrics import UPSTREAM_ERRORS, labelled
 from relay.upstreams.deadline import WaitDeadline
-from relay.upstreams.observer import StreamObserver, oversize_error
+from relay.upstreams.observer import StreamObserver
 from relay.upstreams.provider_json import lenient_json
-from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply
+from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply, oversize_error
 from relay.upstreams.rewording import reworded_events
 from relay.upstreams.routing import Route
 from relay.upstreams.sse import (

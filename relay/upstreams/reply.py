@@ -17,6 +17,7 @@ from relay.errors import (
 )
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.provider_json import BOM
+from relay.upstreams.sse import MAX_EVENT_BYTES
 
 if TYPE_CHECKING:
     from relay.upstreams.completion import CompletionAccumulator
@@ -156,11 +157,7 @@ class ProviderReply:
         except aiohttp.ClientError:
             raise self.cut_error() from None
         if len(body) > MAX_RESPONSE_BYTES:
-            raise UpstreamError(
-                "The provider's answer is too large.",
-                code="upstream_too_large",
-                headers=dict(NOT_RETRIED),  # as oversize_error: a retry costs as much again
-            )
+            raise oversize_error(len(body))
         return body
 
     async def finish(self, seconds: float) -> None:
@@ -201,3 +198,18 @@ class ProviderReply:
 def provider_stalled() -> UpstreamTimeoutError:
     """A provider that stopped sending before the client had a byte: a timeout (504)."""
     return UpstreamTimeoutError("The provider stopped answering.")
+
+
+def oversize_error(byte_count: int) -> UpstreamError:
+    """Why relay stopped reading a provider that sent more than it accepts (`byte_count`
+    bytes so far): an answer past MAX_RESPONSE_BYTES, or one event past MAX_EVENT_BYTES."""
+    if byte_count > MAX_RESPONSE_BYTES:
+        what = f"The provider's answer ran past the {MAX_RESPONSE_BYTES >> 20} MiB"
+    else:
+        what = f"The provider sent an event larger than the {MAX_EVENT_BYTES >> 20} MiB"
+    # OpenAI's SDKs would ask again (502): for as large an answer, and as many tokens, again.
+    return UpstreamError(
+        f"{what} relay accepts; relay cut it.",
+        code="upstream_too_large",
+        headers=dict(NOT_RETRIED),
+    )
