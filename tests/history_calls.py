@@ -48,18 +48,18 @@ async def refuse_history_writes(database_url: str) -> None:
     )
 
 
-async def waiting_for_lock(database_url: str) -> list[int]:
-    """The backends of this test's database waiting for a lock, once there are any."""
+async def waiting_for_lock(database_url: str, count: int = 1) -> list[int]:
+    """The backends of this test's database waiting for a lock, once there are `count`."""
     for _ in range(300):
         rows = await query(
             database_url,
             "SELECT pid FROM pg_stat_activity"
             " WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        if rows:
+        if len(rows) >= count:
             return [row["pid"] for row in rows]
         await asyncio.sleep(0.01)
-    raise AssertionError("no statement waited for the lock")
+    raise AssertionError(f"fewer than {count} statements waited for a lock")
 
 
 async def stored_messages(database_url: str, client_id: str | None = None) -> list[dict[str, Any]]:

@@ -86,6 +86,50 @@ async def test_purge_keeps_a_conversation_continued_while_it_ran(http, database_
     assert await query(database_url, "SELECT id FROM conversations WHERE id = %s", (old,))
 
 
+@pytest.mark.parametrize("commit_first", [True, False], ids=["commit-first", "purge-first"])
+async def test_a_conversation_continued_while_it_is_retitled_is_titled_by_its_new_question(
+    http, database_url, commit_first
+):
+    """A conversation whose every question is purged is retitled '' (its title went with
+    them) while a commit continues it with a new question. Whichever of the two takes
+    the conversation's row first, the new question is its title at the end: the commit
+    lands after the purge read that no question is left, either before the purge writes
+    '' (commit first) or after (purge first)."""
+    _, token = await client_with_token(http)
+    old = (await chat(http, token, "old question")).headers[CONVERSATION]
+    await age(database_url, old, 40)
+    holder = await connect(database_url, timeout=10)
+    db = await Database.open(database_url, size=2, timeout=5)
+
+    def continuing() -> asyncio.Future:
+        return asyncio.ensure_future(chat(http, token, "new question", conversation=old))
+
+    def purging() -> asyncio.Future:
+        return asyncio.ensure_future(HistoryRetention(MessageStore(db), 30).purge_once())
+
+    try:
+        async with holder.cursor() as held:
+            # Held as a commit continuing the conversation holds it: the two queue for it.
+            await held.execute("BEGIN")
+            await held.execute("SELECT FROM conversations WHERE id = %s FOR UPDATE", (old,))
+            first = continuing() if commit_first else purging()
+            await waiting_for_lock(database_url)
+            second = purging() if commit_first else continuing()
+            await waiting_for_lock(database_url, 2)
+            await held.execute("COMMIT")
+            done = await asyncio.gather(first, second)
+    finally:
+        await holder.close()
+        await db.close()
+    answer, deleted = done if commit_first else done[::-1]
+    assert answer.status == 200
+    assert deleted == 2
+    rows = await query(database_url, "SELECT id, title FROM conversations")
+    assert [(str(row["id"]), row["title"]) for row in rows] == [(old, "new question")]
+    left = await query(database_url, "SELECT content FROM messages WHERE role = 'user'")
+    assert [row["content"] for row in left] == ["new question"]
+
+
 async def test_a_purge_that_fails_midway_leaves_no_purged_question_as_a_title(http, database_url):
     """A purge the database fails part way (a statement cancelled, the connection lost,
     relay stopped) is only retried at the next one: which must still find, and title
@@ -136,8 +180,10 @@ async def test_retitling_locks_conversations_in_id_order(http, database_url):
             await held.execute("BEGIN")
             await held.execute("SELECT FROM conversations WHERE id = %s FOR UPDATE", (low,))
             # Named highest id first: retitling must still take the lowest first.
-            titles = {high: "new high", low: "new low"}
-            retitle = asyncio.ensure_future(MessageStore(db).retitle(titles))
+            since = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+            retitle = asyncio.ensure_future(
+                MessageStore(db).retitle([high, low], since=since, title=lambda q: f"new {q}")
+            )
             await waiting_for_lock(database_url)
             # Waiting for the lowest, it holds nothing yet: the highest is free.
             await cur.execute("SET lock_timeout = '100ms'")

@@ -33,10 +33,12 @@ _NUMBER_MESSAGES = prepared(
 )
 _TOUCH_CONVERSATIONS = prepared(
     "history_touch_conversations",
-    "UPDATE conversations SET updated_at = now() WHERE id IN ("
-    " SELECT x.id FROM conversations x"
-    " JOIN json_to_recordset(%s::json) AS c(id uuid, client_id uuid)"
-    " ON x.id = c.id AND x.client_id = c.client_id ORDER BY x.id FOR UPDATE OF x)",
+    "UPDATE conversations SET updated_at = now(),"
+    " title = CASE conversations.title WHEN '' THEN t.title ELSE conversations.title END"
+    " FROM (SELECT x.id, c.title FROM conversations x"
+    " JOIN json_to_recordset(%s::json) AS c(id uuid, client_id uuid, title text)"
+    " ON x.id = c.id AND x.client_id = c.client_id ORDER BY x.id FOR UPDATE OF x) AS t"
+    " WHERE conversations.id = t.id",
 )
 _CREATE_CONVERSATIONS = prepared(
     "history_create_conversations",
@@ -112,9 +114,11 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     if not turns:
         return
     first: dict[str, Turn] = {}
+    titles: dict[str, str] = {}  # per conversation: the first of its turns' titles
     counts = Counter[str]()
     for turn in turns:
         first.setdefault(turn.conversation_id, turn)
+        titles[turn.conversation_id] = titles.get(turn.conversation_id) or turn.title
         counts[turn.client_id] += len(turn.messages)
     ordered = [turn for _, turn in sorted(first.items())]
     clients = sorted(counts)
@@ -131,9 +135,16 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     # one erased since its request came in, even by a DELETE still committing when
     # this batch arrives, is then not there, the messages' foreign key refuses the
     # answer's rows, and the client is told the answer was not saved. (An insert
-    # that found it gone would bring it back, titled with the new question.)
+    # that found it gone would bring it back, titled with the new question.) One
+    # left untitled takes its title from the new question: retention empties the
+    # title of a conversation whose every question it purges, and one continued
+    # meanwhile has a question again (relay.stores.messages, `purge`).
     continued = [
-        {"id": turn.conversation_id, "client_id": turn.client_id}
+        {
+            "id": turn.conversation_id,
+            "client_id": turn.client_id,
+            "title": titles[turn.conversation_id],
+        }
         for turn in ordered
         if turn.continued
     ]
@@ -144,7 +155,11 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     # as above. The ON CONFLICT WHERE keeps a foreign conversation untouched (the
     # key refuses those rows too; ids are checked first).
     created = [
-        {"id": turn.conversation_id, "client_id": turn.client_id, "title": turn.title}
+        {
+            "id": turn.conversation_id,
+            "client_id": turn.client_id,
+            "title": titles[turn.conversation_id],
+        }
         for turn in ordered
         if not turn.continued
     ]

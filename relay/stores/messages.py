@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from relay.errors import NOT_RETRIED, DependencyUnavailableError, UnprocessableError
-from relay.stores.database import Database, json_rows
+from relay.stores.database import Cursor, Database, json_rows
 from relay.stores.database_failures import statement_cancelled
 from relay.stores.message_reads import (
     CONTENT_BYTES,
@@ -201,8 +201,7 @@ class MessageStore:
             if not rows:
                 break
             conversations = sorted({str(row[1]) for row in rows})
-            questions = await self.first_questions(conversations, since=older_than)
-            retitled += await self.retitle({key: title(text) for key, text in questions.items()})
+            retitled += await self.retitle(conversations, since=older_than, title=title)
             async with self.db.cursor() as cur:
                 await cur.execute(
                     "DELETE FROM messages WHERE id = ANY(%s::bigint[]) AND created_at < %s",
@@ -232,32 +231,67 @@ class MessageStore:
         `since` ('' if there is none): what a title is made of, not the whole message (a
         batch of a thousand messages of megabytes each would be gigabytes)."""
         async with self.db.cursor() as cur:
-            await cur.execute(
-                "SELECT c.id, (SELECT"
-                " left(regexp_replace(left(m.content, %s), '\\s+', ' ', 'g'), %s)"
-                " FROM messages m WHERE m.conversation_id = c.id"
-                " AND m.role = 'user' AND btrim(m.content) <> ''"
-                " AND m.created_at >= %s ORDER BY m.seq LIMIT 1)"
-                " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
-                (QUESTION_SCAN_CHARS, QUESTION_CHARS, since, conversation_ids),
-            )
-            return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
+            return await _first_questions(cur, conversation_ids, since)
 
-    async def retitle(self, titles: dict[str, str]) -> int:
-        """Give conversations new titles (their updated_at stays: nothing was said); how
-        many changed."""
+    async def retitle(
+        self, conversation_ids: list[str], *, since: datetime.datetime, title: Callable[[str], str]
+    ) -> int:
+        """Title conversations anew by their first question made `since` (made by `title`;
+        '' for one with none left); how many changed. Their updated_at stays: nothing
+        was said.
+
+        A conversation with no question left may be continued by a commit that lands
+        after that was read, and have one again: those are titled in a transaction that
+        holds them first (as that commit holds them) and reads their question again. A
+        commit that lands later finds the title empty, and fills it (relay.stores.history).
+        """
+        questions = await self.first_questions(conversation_ids, since=since)
         async with self.db.cursor() as cur:
-            # Locked in id order, as a group commit continuing them locks them: in any
-            # other, a purge and a commit could each hold a row the other waits for.
-            await cur.execute(
-                "UPDATE conversations c SET title = t.title FROM ("
-                " SELECT x.id, r.title FROM conversations x"
-                " JOIN json_to_recordset(%s::json) AS r(id uuid, title text) ON x.id = r.id"
-                " WHERE x.title <> r.title ORDER BY x.id FOR NO KEY UPDATE OF x) AS t"
-                " WHERE c.id = t.id",
-                (json_rows([{"id": key, "title": value} for key, value in titles.items()]),),
+            changed = await _set_titles(
+                cur, {k: title(text) for k, text in questions.items() if text}
             )
-            return int(cur.rowcount)
+        if questionless := sorted(key for key, text in questions.items() if not text):
+            async with self.db.transaction() as cur:
+                await cur.execute(
+                    "SELECT FROM conversations WHERE id = ANY(%s::uuid[])"
+                    " ORDER BY id FOR NO KEY UPDATE",
+                    (questionless,),
+                )
+                again = await _first_questions(cur, questionless, since)
+                changed += await _set_titles(cur, {k: title(text) for k, text in again.items()})
+        return changed
+
+
+async def _first_questions(
+    cur: Cursor, conversation_ids: list[str], since: datetime.datetime
+) -> dict[str, str]:
+    await cur.execute(
+        "SELECT c.id, (SELECT"
+        " left(regexp_replace(left(m.content, %s), '\\s+', ' ', 'g'), %s)"
+        " FROM messages m WHERE m.conversation_id = c.id"
+        " AND m.role = 'user' AND btrim(m.content) <> ''"
+        " AND m.created_at >= %s ORDER BY m.seq LIMIT 1)"
+        " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
+        (QUESTION_SCAN_CHARS, QUESTION_CHARS, since, conversation_ids),
+    )
+    return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
+
+
+async def _set_titles(cur: Cursor, titles: dict[str, str]) -> int:
+    """Give conversations new titles; how many changed."""
+    if not titles:
+        return 0
+    # Locked in id order, as a group commit continuing them locks them: in any
+    # other, a purge and a commit could each hold a row the other waits for.
+    await cur.execute(
+        "UPDATE conversations c SET title = t.title FROM ("
+        " SELECT x.id, r.title FROM conversations x"
+        " JOIN json_to_recordset(%s::json) AS r(id uuid, title text) ON x.id = r.id"
+        " WHERE x.title <> r.title ORDER BY x.id FOR NO KEY UPDATE OF x) AS t"
+        " WHERE c.id = t.id",
+        (json_rows([{"id": key, "title": value} for key, value in titles.items()]),),
+    )
+    return int(cur.rowcount)
 
 
 def html_snippet(headline: str) -> str:
