@@ -7,7 +7,7 @@ import pytest
 
 from relay.config import ConfigError, Settings
 from relay.errors import DependencyUnavailableError
-from relay.services.retention import HistoryRetention
+from relay.services.retention import HistoryRetention, retry_delay
 from relay.services.turns import title_from
 from relay.stores.database import Database, connect
 from relay.stores.messages import MessageStore
@@ -161,6 +161,52 @@ async def test_a_purge_that_fails_midway_leaves_no_purged_question_as_a_title(ht
     assert [(row["id"], row["title"]) for row in listed["data"]] == [(mixed, "new question")]
     left = await query(database_url, "SELECT content FROM messages WHERE role = 'user'")
     assert [row["content"] for row in left] == ["new question"]
+
+
+async def test_a_failed_purge_is_tried_again_soon_not_at_the_next_interval(
+    http, database_url, caplog
+):
+    _, token = await client_with_token(http)
+    old = (await chat(http, token, "old")).headers[CONVERSATION]
+    await age(database_url, old, 40)
+    holder = await connect(database_url, timeout=10)
+    db = await Database.open(database_url, size=2, timeout=5)
+    retention = HistoryRetention(MessageStore(db), 30, interval_s=3600, retry_s=0.05)
+    run = asyncio.ensure_future(retention.run())
+    try:
+        async with holder.cursor() as cur:
+            # The first run fails: its statement, kept waiting, cancelled by the server.
+            await cur.execute("BEGIN")
+            await cur.execute("SELECT FROM conversations WHERE id = %s FOR UPDATE", (old,))
+            (pid,) = await waiting_for_lock(database_url)
+            await query(database_url, "SELECT pg_cancel_backend(%s)", (pid,))
+            for _ in range(200):
+                if any(r.message == "history purge failed" for r in caplog.records):
+                    break
+                await asyncio.sleep(0.01)
+            await cur.execute("COMMIT")
+        for _ in range(200):
+            if not await query(database_url, "SELECT 1 FROM conversations WHERE id = %s", (old,)):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the failed purge was not tried again")
+    finally:
+        run.cancel()
+        await holder.close()
+        await db.close()
+    [failed] = [r for r in caplog.records if r.message == "history purge failed"]
+    assert (failed.error, failed.failures, failed.retry_s) == (
+        "DependencyUnavailableError",
+        1,
+        0.05,
+    )
+
+
+def test_failed_purges_back_off_up_to_the_interval():
+    delays = [retry_delay(failures, 30, 3600) for failures in range(1, 10)]
+    assert delays == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert retry_delay(10**6, 30, 3600) == 3600
 
 
 async def test_retitling_locks_conversations_in_id_order(http, database_url):
