@@ -133,6 +133,39 @@ async def test_a_long_poll_with_nothing_new_answers_empty_when_the_time_is_up(ht
     assert page == {"data": [], "next_cursor": start["next_cursor"], "has_more": False}
 
 
+async def test_a_long_poll_answers_when_the_time_is_up_though_postgres_stopped_answering(
+    make_client, make_settings, database_url
+):
+    """Nothing announced while the poll was held (its listener live throughout), there
+    is nothing new to read: a PostgreSQL that stopped answering meanwhile does not keep
+    it past its time (then with a 503)."""
+    http = await make_client(make_settings(database_timeout=3.0))
+    _, token = await client_with_token(http)
+    start = await (await history(http, token)).json()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    poll = asyncio.ensure_future(history(http, token, after=start["next_cursor"], wait=1))
+    await asyncio.sleep(0.3)  # held: it read nothing new
+    assert not poll.done()
+    holder = await connect(database_url, timeout=10)
+    try:
+        async with holder.cursor() as cur:
+            # No read of the messages is answered from now on.
+            await cur.execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            response = await poll
+            took = loop.time() - began
+            await cur.execute("ROLLBACK")
+    finally:
+        await holder.close()
+    assert response.status == 200
+    assert await response.json() == {
+        "data": [],
+        "next_cursor": start["next_cursor"],
+        "has_more": False,
+    }
+    assert 0.95 <= took < 2.0
+
+
 async def test_past_the_most_held_polls_of_a_client_a_poll_is_refused(http, monkeypatch):
     """Each commit wakes every held poll of its client to read again: a client may not
     make its every commit cost thousands of queries by holding thousands of polls."""

@@ -159,6 +159,11 @@ class HistoryService:
                 if rows or remaining <= 0 or any(stop.is_set() for stop in stops):
                     break
                 await _first_of((woken, *stops), remaining)
+                if not woken.is_set() and self.watch.live:
+                    # Nothing of this client's committed since the read: nothing new to
+                    # read again, and a database that stopped answering meanwhile must
+                    # not hold the poll past its time (a 503 a database timeout later).
+                    break
             finally:
                 self.watch.forget(client_id, woken)
         return _page(rows, more, seq)

@@ -20,9 +20,17 @@ class HistoryWatch:
 
     def __init__(self, notifications: Notifications) -> None:
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._notifications = notifications
         notifications.subscribe(HISTORY_CHANNEL, self._on_notify)
         # While the listener was down, commits may have gone unannounced.
         notifications.on_reset(self._wake_everyone)
+
+    @property
+    def live(self) -> bool:
+        """Whether commits are announced now. The listener going down or coming back
+        wakes every waiter: one not woken while it is live now was waiting for a commit
+        of its client that was not made (or whose NOTIFY is still on its way)."""
+        return self._notifications.live
 
     def waiter(self, client_id: str) -> asyncio.Event:
         """An event set at this client's next commit; register before reading, so none is missed."""
