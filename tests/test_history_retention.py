@@ -269,6 +269,24 @@ def test_retention_is_off_unless_set_and_must_be_positive():
             Settings.from_env({"RELAY_HISTORY_RETENTION_DAYS": bad})
 
 
+async def test_a_message_of_only_blanks_is_no_question_to_title_a_conversation_by(
+    http, database_url
+):
+    _, token = await client_with_token(http)
+    mixed = (await chat(http, token, "old question")).headers[CONVERSATION]
+    await age(database_url, mixed, 40)
+    for blank in ("\n\t\r", "\u3000\u00a0\x1c"):
+        await chat(http, token, blank, conversation=mixed)
+    await chat(http, token, "new question", conversation=mixed)
+    db = await Database.open(database_url, size=2, timeout=5)
+    try:
+        await HistoryRetention(MessageStore(db), 30).purge_once()
+    finally:
+        await db.close()
+    listed = await (await http.get("/v1/conversations", headers=bearer(token))).json()
+    assert [(row["id"], row["title"]) for row in listed["data"]] == [(mixed, "new question")]
+
+
 async def test_a_title_is_made_of_the_opening_of_a_long_first_question(http, database_url):
     _, token = await client_with_token(http)
     long_question = "\n\t  Why  is" + " " * 3000 + "\nthe sky blue? " + "Because " * 20_000

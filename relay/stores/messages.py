@@ -57,6 +57,11 @@ RANKED_MATCHES = 500
 # made one space within the first QUESTION_SCAN_CHARS, which bounds the server's work.
 QUESTION_CHARS = 2000
 QUESTION_SCAN_CHARS = 100_000
+# A question has words: something besides what Python's str.split() takes for whitespace,
+# which is what the title is made with (PostgreSQL's btrim and \s take fewer: a message
+# of line breaks, or of U+3000, was taken for the first question, and the title made of
+# it left empty). Every such character lies below U+3001.
+BLANKS = "".join(char for char in map(chr, range(0x3001)) if char.isspace())
 _QUERY = "websearch_to_tsquery('english', translate(%(query)s, %(taken)s, ' '))"
 _WORDS_QUERY = "websearch_to_tsquery('english', translate(%(marked)s, %(taken)s, ' '))"
 _FOUND = (
@@ -267,12 +272,19 @@ async def _first_questions(
 ) -> dict[str, str]:
     await cur.execute(
         "SELECT c.id, (SELECT"
-        " left(regexp_replace(left(m.content, %s), '\\s+', ' ', 'g'), %s)"
+        " left(regexp_replace(left(m.content, %s), %s, ' ', 'g'), %s)"
         " FROM messages m WHERE m.conversation_id = c.id"
-        " AND m.role = 'user' AND btrim(m.content) <> ''"
+        " AND m.role = 'user' AND m.content ~ %s"
         " AND m.created_at >= %s ORDER BY m.seq LIMIT 1)"
         " FROM conversations c WHERE c.id = ANY(%s::uuid[])",
-        (QUESTION_SCAN_CHARS, QUESTION_CHARS, since, conversation_ids),
+        (
+            QUESTION_SCAN_CHARS,
+            f"[{BLANKS}]+",
+            QUESTION_CHARS,
+            f"[^{BLANKS}]",
+            since,
+            conversation_ids,
+        ),
     )
     return {str(row[0]): row[1] or "" for row in await cur.fetchall()}
 
