@@ -11,11 +11,11 @@ import pytest
 from aiohttp import web
 from openai._streaming import SSEDecoder
 
-from relay.upstreams import sse
+from relay.upstreams import observer, pipe, sse
 from tests.api_calls import assert_error, bearer
 from tests.history_calls import CONVERSATION, query
 from tests.receipt_calls import fetch_receipt
-from tests.test_provider_misbehaviour import CHUNK, FINISH, WHOLE, ask, start_relay
+from tests.test_provider_misbehaviour import CHUNK, DONE, FINISH, WHOLE, ask, start_relay
 
 USAGE_LINE = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
@@ -82,6 +82,8 @@ async def provider_chat(request: web.Request) -> web.StreamResponse:
             body=b"\x1b\x00garbage",
             headers={"Content-Type": "text/event-stream", "Content-Encoding": "br"},
         )
+    if model == "done-past-cap":  # its [DONE], and a comment after it, in its last write
+        return await _stream(request, CHUNK * 4, CHUNK + FINISH + DONE + b": the end\n\n")
     if model == "huge-event":
         big = b'data: {"x":"' + b"y" * (sse.MAX_EVENT_BYTES + 16) + b'"}\n\n'
         return await _stream(request, CHUNK, big, FINISH)
@@ -113,6 +115,7 @@ MODELS = (
     "error-unended",
     "brotli",
     "huge-event",
+    "done-past-cap",
 )
 
 
@@ -355,3 +358,22 @@ async def test_the_sdk_reads_the_last_words_of_an_answer_the_body_ended(relay, d
     assert words == "Hi there" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
     [row] = await answers(database_url, client_id)
     assert (row["status"], row["content"]) == ("complete", "Hi there")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/chat"])
+async def test_an_answer_within_the_cap_is_complete_though_its_done_passes_it(
+    relay, database_url, monkeypatch, path
+):
+    """The cap on a streamed answer (64 MiB; here the answer's own size) bounds the answer,
+    not its `[DONE]` nor what the provider sent after it in the same read."""
+    for module in (observer, pipe):
+        monkeypatch.setattr(module, "MAX_RESPONSE_BYTES", len(CHUNK * 5 + FINISH))
+    http, token, client_id = relay
+    if path == "/v1/chat":
+        response = await ask_relays_own_chat(http, token, "done-past-cap", True)
+    else:
+        response = await ask(http, token, "done-past-cap")
+    body = await response.read()
+    assert b"upstream_too_large" not in body
+    [row] = await answers(database_url, client_id)
+    assert (row["status"], row["content"]) == ("complete", "Hi" * 5)

@@ -65,8 +65,12 @@ class StreamObserver(CompletionAccumulator):
 
     @property
     def overflowed(self) -> bool:
-        """An event too large to be a chunk, or an answer past MAX_RESPONSE_BYTES."""
-        return self._decoder.overflowed or self.byte_count > MAX_RESPONSE_BYTES
+        """An event too large to be a chunk, or an answer past MAX_RESPONSE_BYTES before
+        its end. relay stops at the first read that takes it past; a `[DONE]` in that
+        read still ends it whole: the `[DONE]`, and whatever came after it in the same
+        read, are no part of the answer (relay.upstreams.pipe passes on a read begun
+        within the cap the same way)."""
+        return self._decoder.overflowed or (not self.done and self.byte_count > MAX_RESPONSE_BYTES)
 
     @property
     def outcome(self) -> str:
