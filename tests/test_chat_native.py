@@ -17,8 +17,10 @@ from relay.appkeys import DATABASE, IN_FLIGHT
 from relay.services.native_chat import chat_messages
 from relay.simulator import completion_text
 from tests.api_calls import assert_error, bearer, client_with_token, post_and_never_read
-from tests.history_calls import CONVERSATION, refuse_history_writes, stored_messages
+from tests.history_calls import CONVERSATION, chat, refuse_history_writes, stored_messages
 from tests.receipt_calls import fetch_receipt, fetch_receipt_when_committed
+from tests.test_metrics import scrape, value
+from tests.test_metrics_outcomes import settled
 
 
 @pytest.fixture
@@ -291,25 +293,45 @@ async def test_a_provider_that_stalls_before_the_answer_is_a_504(
     ]
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    "path,stream",
+    [("/v1/chat", False), ("/v1/chat", True), ("/v1/chat/completions", True)],
+    ids=["whole", "streamed", "completions streamed"],
+)
 async def test_postgres_gone_before_the_answer_is_saved_is_history_unavailable(
-    http, database_url, simulator, stream
+    http, make_client, make_settings, simulator, path, stream
 ):
     # The answer's row id is taken from PostgreSQL first: that failing is the answer
-    # not being saved, and the client is told so in those words (README).
+    # not being saved, and the client is told so in those words (README), as for a
+    # commit that fails on /v1/chat/completions: the answer failed, and the
+    # x-receipt-id its client was sent names no receipt.
     _, token = await client_with_token(http)
+    text = await scrape(http)
+    failures = value(text, "relay_history_commit_failures_total")
+    failed = value(text, "relay_answers_total", outcome="failed")
     simulator.config.tokens, simulator.config.token_delay = 20, 0.05
-    asked = asyncio.ensure_future(native(http, token, stream=stream))
+    if path == "/v1/chat":
+        asked = asyncio.ensure_future(native(http, token, stream=stream))
+    else:
+        asked = asyncio.ensure_future(chat(http, token, stream=stream))
     await simulator.state.wait_for(lambda state: state.streams_open == 1, timeout=10)
     http.app[DATABASE].pool.close()  # nothing more can be had from it
     await http.app[DATABASE].pool.wait_closed()
     response = await asked
+    receipt_id = response.headers["x-receipt-id"]
     if stream:
-        events = sse_events(await response.read())
-        assert events[-1][0] == "error"
-        assert events[-1][1]["error"]["code"] == "history_unavailable"
+        raw = await response.read()
+        last = raw.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        assert last.startswith(b"event: error\n" if path == "/v1/chat" else b"data: ")
+        assert orjson.loads(last.split(b"data: ", 1)[1])["error"]["code"] == "history_unavailable"
     else:
         await assert_error(response, 503, "history_unavailable")
+    assert await settled(http, "relay_history_commit_failures_total", failures) == failures + 1
+    assert await settled(http, "relay_answers_total", failed, outcome="failed") == failed + 1
+    # Another instance, its database within reach, says so.
+    other = await make_client(make_settings(rate_limits=False))
+    found = await other.get(f"/v1/receipts/{receipt_id}", headers=bearer(token))
+    await assert_error(found, 404, "receipt_not_found")
 
 
 async def test_a_failed_answers_text_is_not_given_back_as_context(

@@ -114,12 +114,12 @@ async def _whole(
         _finish(request, answer, error_json(error))
         await hooks.commit_quietly(answer)
         raise error
-    # The body names the message row, so its id is taken first; then the
-    # body is known, hashed for the receipt, committed, and only then sent.
-    await _reserve_message(request, answer)
-    body = orjson.dumps(answer_object(answer))
-    _finish(request, answer, body)
     try:
+        # The body names the message row, so its id is taken first; then the
+        # body is known, hashed for the receipt, committed, and only then sent.
+        await _reserve_message(request, answer)
+        body = orjson.dumps(answer_object(answer))
+        _finish(request, answer, body)
         await hooks.run_commit(answer)
     except RelayError as refused:
         answer.status = "failed"
@@ -158,10 +158,10 @@ async def _stream(
     if answer.status == "complete":
         try:
             await _reserve_message(request, answer)
-            final = event_bytes("message.done", answer_object(answer))
-        except RelayError as unsaved:
-            final = _error_event(unsaved)  # nothing can be recorded
+        except RelayError as unsaved:  # as a commit that failed: the client is told so
+            final = await hooks.end_stream_instead(answer, response, _error_event(unsaved))
         else:
+            final = event_bytes("message.done", answer_object(answer))
             final = await hooks.commit_stream_end(answer, response, final, _error_event)
     else:
         why = _why_incomplete(answer, observer, provider, stopped=stop.error)
@@ -239,7 +239,9 @@ async def _reserve_message(request: web.Request, answer: Answer) -> None:
     try:
         ids, answer.message_created_at = await request.app[HISTORY].reserve_messages(len(turn) + 1)
     except DependencyUnavailableError as exc:
-        raise not_saved() from exc
+        unsaved = not_saved()
+        request.app[ANSWER_HOOKS].not_committed(answer, unsaved)
+        raise unsaved from exc
     *turn_ids, answer.message_id = ids
     answer.turn_ids = tuple(turn_ids)
 

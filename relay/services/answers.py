@@ -146,10 +146,19 @@ class AnswerHooks:
         try:
             for hook in self.commit:
                 await hook(answer)
-        except RelayError:
-            if answer.status == "complete":  # its client gets an error instead of its end
-                HISTORY_COMMIT_FAILURES.inc()
+        except RelayError as error:
+            self.not_committed(answer, error)
             raise
+
+    @staticmethod
+    def not_committed(answer: Answer, error: RelayError) -> None:
+        """`answer` could not be committed (`error` says why): logged, and counted if it
+        was complete, since its client then gets an error instead of its end."""
+        log.warning(
+            "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
+        )
+        if answer.status == "complete":
+            HISTORY_COMMIT_FAILURES.inc()
 
     async def commit_quietly(self, answer: Answer) -> None:
         """Record an answer whose end the client will not see; a failure is only logged."""
@@ -163,9 +172,6 @@ class AnswerHooks:
         try:
             await self.run_commit(answer)
         except RelayError as error:
-            log.warning(
-                "answer not committed", extra={"request_id": answer.request_id, "error": error.code}
-            )
             if answer.status == "complete":
                 return error  # the caller records the receipt of the error sent instead
             if again and not answer.recorded:
@@ -190,7 +196,12 @@ class AnswerHooks:
         answer.received(sent, final)
         if (error := await self.commit_end(answer)) is None:
             return final
-        final = error_event(error)
+        return await self.end_stream_instead(answer, sent, error_event(error))
+
+    async def end_stream_instead(self, answer: Answer, sent: SentBytes, final: bytes) -> bytes:
+        """`final`, the error event a streamed answer that could not be committed ends
+        with instead of its end: the answer is failed, and the receipt of what its client
+        received is kept where one still can be (else its x-receipt-id names none)."""
         answer.status = "failed"
         answer.received(sent, final)
         await self.commit_quietly(answer)
