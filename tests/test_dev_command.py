@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -16,10 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from relay.devservers import free_port
 from relay.proofs.keyfile import KEY_FILE_NAME
+from relay.simulator import SimulatorConfig, create_simulator_app
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 90.0
@@ -81,6 +84,20 @@ class DevRun:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def upstreams_at(port: int) -> str:
+    """RELAY_UPSTREAMS naming a simulator on `port` (relay dev then starts none)."""
+    return json.dumps(
+        [
+            {
+                "name": "paced",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "api_key": "k",
+                "models": {"sim-small": "sim-small"},
+            }
+        ]
+    )
 
 
 def processes_using(path: Path) -> list[str]:
@@ -277,3 +294,41 @@ def test_the_banner_brackets_an_ipv6_host():
     text = banner(settings, "rk_x_y", Path("demo-client.json"), "backends")
     assert "http://[::1]:8099/auth/token" in text
     assert "http://[::1]:8099/v1/chat/completions" in text
+
+
+async def test_sigterm_lets_a_stream_finish_then_stops_everything(dev_dir: Path, aiohttp_server):
+    # As `relay serve` does (tests/test_graceful_stop.py): SIGTERM drains what is open,
+    # then relay dev stops its servers. Before, it cut the stream a second later.
+    paced = SimulatorConfig(api_key="k", tokens=40, token_delay=0.05)
+    simulator = await aiohttp_server(create_simulator_app(paced))
+    port = free_port()
+    run = DevRun(dev_dir, port, RELAY_UPSTREAMS=upstreams_at(simulator.port))
+    try:
+        banner = await asyncio.to_thread(run.wait_for_banner)
+        api_key = next(line for line in banner if "demo API key:" in line).split(":", 1)[1]
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{base}/auth/token", json={"api_key": api_key.strip()}
+            ) as response:
+                token = (await response.json())["access_token"]
+            async with session.post(
+                f"{base}/v1/chat/completions",
+                json={
+                    "model": "sim-small",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "x"}],
+                },
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                first = await response.content.readline()
+                run.proc.send_signal(signal.SIGTERM)
+                rest = await response.content.read()
+        events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]" and len(events) >= 40
+        assert await asyncio.to_thread(run.proc.wait, 60) == 0
+    finally:
+        run.kill()
+    run.stderr_reader.join(10)
+    assert "relay draining" in "".join(run.stderr)
+    assert processes_using(dev_dir) == []

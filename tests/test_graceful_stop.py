@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from relay.appkeys import IN_FLIGHT as IN_FLIGHT_KEY
-from relay.commands.serve import YOUNG_COLLECTION_THRESHOLD, tune_collector
+from relay.commands.serve import YOUNG_COLLECTION_THRESHOLD, StopSignals, tune_collector
 from relay.drain import InFlight
 from relay.metrics import OPEN_STREAMS
 from relay.simulator.app import create_simulator_app
@@ -264,6 +264,22 @@ async def test_in_flight_counts_streams_and_waits():
         assert not await in_flight.wait_idle(0.01)
     assert OPEN_STREAMS._value.get() == before
     assert await in_flight.wait_idle(0.01)
+
+
+async def test_the_first_signal_asks_to_stop_and_another_ends_open_streams_at_once():
+    # What `relay serve` and `relay dev` both stop by (a real signal, to this process).
+    in_flight = InFlight()
+    signals = StopSignals(in_flight)
+    loop = asyncio.get_running_loop()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(signals.requested.wait(), 5)
+        assert not in_flight.deadline.is_set()  # the drain waits for what is open
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.wait_for(in_flight.deadline.wait(), 5)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def test_serving_tunes_the_collector_for_short_lived_objects():

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import shlex
-import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -23,9 +22,9 @@ import uvloop
 from aiohttp import web
 
 from relay.app import create_app
-from relay.appkeys import CLIENTS
+from relay.appkeys import CLIENTS, IN_FLIGHT
 from relay.commands.refusals import refused, start_refusals
-from relay.commands.serve import relay_runner, start_sites
+from relay.commands.serve import StopSignals, drain, relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
 from relay.config_environment import gather
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
@@ -155,10 +154,8 @@ def banner(settings: Settings, api_key: str, key_file: Path, backends: str) -> s
 
 
 async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: str) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    # As under `relay serve`: the first signal drains, another ends open streams at once.
+    stopping = StopSignals()
 
     async with contextlib.AsyncExitStack() as stack:
         # What reading the settings logs (an unknown RELAY_* name) waits for the log
@@ -186,18 +183,21 @@ async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: st
         await ensure_database(admin_url, DATABASE)
 
         app = create_app(settings)
+        stopping.in_flight = app[IN_FLIGHT]
         runner = relay_runner(app)
         await runner.setup()
+        # Run after the drain, before the simulator stops: what is pending is committed.
         stack.push_async_callback(runner.cleanup)
         try:
-            await start_sites(runner, settings)
+            sites = await start_sites(runner, settings)
         except OSError as exc:  # start_sites names where it could not listen
             print(f"relay dev: {exc.strerror}; try RELAY_PORT=…", file=sys.stderr)
             return 1
         key_file = dev_dir / DEMO_FILE
         api_key = await demo_key(app[CLIENTS], key_file)
         print(banner(settings, api_key, key_file, backends), flush=True)
-        await stop.wait()
+        await stopping.requested.wait()
+        await drain(app[IN_FLIGHT], sites, settings.drain_timeout)
     return 0
 
 

@@ -194,21 +194,30 @@ def _on_hangup() -> None:
     )
 
 
+class StopSignals:
+    """SIGINT and SIGTERM, under `relay serve` and `relay dev` alike: the first one sets
+    `requested` (relay then drains: see `drain`); another ends open streams at once."""
+
+    def __init__(self, in_flight: InFlight | None = None) -> None:
+        self.requested = asyncio.Event()
+        # What is in flight, once the app exists (`relay dev` listens for signals sooner).
+        self.in_flight = in_flight
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.on_signal)
+
+    def on_signal(self) -> None:
+        if self.requested.is_set() and self.in_flight is not None:
+            self.in_flight.end_now()
+        self.requested.set()
+
+
 async def serve(settings: Settings, app: web.Application | None = None) -> None:
     app = app or create_app(settings)
     runner = relay_runner(app)
-    stop = asyncio.Event()
     in_flight = app[IN_FLIGHT]
-
-    def on_signal() -> None:
-        # The first signal drains; another one ends open streams at once.
-        if stop.is_set():
-            in_flight.end_now()
-        stop.set()
-
+    stop = StopSignals(in_flight).requested
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
     # Many daemons reload on SIGHUP, and operators and logrotate hooks send it. By
     # default it killed relay mid-answer, with no drain, and systemd counts death by
     # SIGHUP as a clean stop (Restart=on-failure left the service down).
