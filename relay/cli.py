@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     serving = args.command == "serve"
     held = HeldLogs()
     try:
-        with held.reading_settings():
+        with held.before_logging():
             # Of these, only serve forwards to providers and uses all relay's secrets
             # (JWTs, the admin token, rate-limit names, /metrics); token signs and checks
             # JWTs; migrate and clients (bcrypt hashes in PostgreSQL) need none. They run

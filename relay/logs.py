@@ -213,9 +213,11 @@ class HeldLogs(logging.Handler):
             root.setLevel(level)
 
     @contextmanager
-    def reading_settings(self) -> Iterator[None]:
-        """Hold what the block logs; if it raises (settings refused), print the warnings
-        held, plain, before the error goes on: relay's log was never set up."""
+    def before_logging(self) -> Iterator[None]:
+        """Hold what the block logs (settings being read, `relay dev`'s servers
+        starting); if it raises (settings refused, a server that would not start),
+        print the warnings held, plain, before the error goes on: relay's log was
+        never set up."""
         try:
             with self.holding():
                 yield

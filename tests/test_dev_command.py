@@ -282,6 +282,12 @@ def test_a_log_format_from_the_env_file_is_kept_and_the_first_warning_keeps_it(
     assert all(json.loads(line)["logger"] == "relay.config" for line in logged)
     naming = [json.loads(line) for line in run.stderr if misspelt in line]
     assert [(line["level"], line["logger"]) for line in naming] == [("warning", "relay.config")]
+    if os.geteuid() == 0:  # postgres is let into pytest's private tmp_path, and says so
+        granting = [line for line in run.stderr if "granting search permission" in line]
+        assert granting, run.stderr
+        assert {json.loads(line)["logger"] for line in granting} == {
+            "relay.devservers.postgres_server"
+        }
     assert processes_using(dev_dir) == []
 
 

@@ -153,16 +153,18 @@ def banner(settings: Settings, api_key: str, key_file: Path, backends: str) -> s
     )
 
 
-async def serve(env: dict[str, str], admin_url: str, dev_dir: Path, backends: str) -> int:
+async def serve(
+    env: dict[str, str], admin_url: str, dev_dir: Path, backends: str, held: HeldLogs
+) -> int:
+    """Serve until a signal; `held`: what was logged before relay's log is set up."""
     # As under `relay serve`: the first signal drains, another ends open streams at once.
     stopping = StopSignals()
 
     async with contextlib.AsyncExitStack() as stack:
         # What reading the settings logs (an unknown RELAY_* name) waits for the log
         # format they give, as under `relay serve`.
-        held = HeldLogs()
         try:
-            with held.reading_settings():
+            with held.before_logging():
                 # Upstreams and a log format given in RELAY_ENV_FILE count too: read as
                 # `relay serve` reads them.
                 given = gather(env)
@@ -219,14 +221,18 @@ def run() -> int:
     dev_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pg = PostgresServer(dev_dir / "postgres")
     redis = RedisServer(dev_dir / "redis")
+    # What starting them logs (a directory made searchable for postgres) goes out in
+    # relay's log format, once the settings give it.
+    held = HeldLogs()
     try:
         print(f"starting PostgreSQL and Redis under {dev_dir} …", flush=True)
-        pg.start()
-        redis.start()
+        with held.before_logging():
+            pg.start()
+            redis.start()
         backends = f"PostgreSQL :{pg.port}, Redis :{redis.port}"
         env = dev_environment(dev_dir, pg, redis)
         return_large_blocks()  # as `relay serve` does, before the first request body is read
-        return uvloop.run(serve(env, pg.url, dev_dir, backends))
+        return uvloop.run(serve(env, pg.url, dev_dir, backends, held))
     except DevServerError as exc:
         print(f"relay dev: {exc}", file=sys.stderr)
         return 1
