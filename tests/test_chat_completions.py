@@ -406,6 +406,7 @@ async def test_provider_too_slow_is_a_504(make_settings, make_client, simulator)
     simulator.config.first_byte_delay = 2
     response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
     await assert_error(response, 504, "upstream_timeout")
+    assert "x-should-retry" not in response.headers  # the SDKs may ask again
 
 
 async def test_provider_refusing_connections_is_a_502(make_settings, make_client, simulator):
@@ -418,6 +419,7 @@ async def test_provider_refusing_connections_is_a_502(make_settings, make_client
         _, token = await client_with_token(http)
         response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
         await assert_error(response, 502, "upstream_unreachable")
+        assert "x-should-retry" not in response.headers  # the SDKs may ask again
 
 
 async def test_provider_hanging_up_without_answer_is_a_502(http, token, simulator):
@@ -425,6 +427,7 @@ async def test_provider_hanging_up_without_answer_is_a_502(http, token, simulato
     response = await post_chat(http, token, {"model": "gpt-sim", "messages": MESSAGES})
     # Reached, then gone: not "could not be reached" (it may have taken the request).
     await assert_error(response, 502, "upstream_closed")
+    assert "x-should-retry" not in response.headers  # the SDKs may ask again
 
 
 async def test_max_tokens_and_finish_reason_come_from_the_provider(http, token):

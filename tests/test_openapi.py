@@ -91,6 +91,14 @@ def test_a_401_is_described_with_its_challenge():
     assert "WWW-Authenticate" in unauthorized["headers"]
 
 
+def test_the_errors_openai_sdks_retry_are_described_with_x_should_retry():
+    responses = build_spec()["components"]["responses"]
+    for name in ("BadGateway", "GatewayTimeout", "ServiceUnavailable", "TooManyRequests"):
+        assert "x-should-retry" in responses[name]["headers"], name
+    assert "upstream_not_streamed" in responses["BadGateway"]["description"]
+    assert "x-should-retry" not in responses["BadRequest"]["headers"]
+
+
 async def test_a_401_sends_the_challenge_described(http):
     response = await http.get("/v1/me")
     await assert_error(response, 401)

@@ -157,6 +157,7 @@ async def test_a_stream_answered_with_an_html_page_is_a_whole_502(relay, databas
     response = await ask(http, token, "html")
     error = await assert_error(response, 502, "upstream_not_streamed")
     assert "text/html" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
     assert b"nginx" not in await response.read()
     assert [row["status"] for row in await answers(database_url, client_id)] == ["failed"]
 
@@ -192,6 +193,7 @@ async def test_a_whole_answer_that_is_no_json_object_is_a_502(relay, database_ur
     response = await ask(http, token, model, stream=False)
     body = await response.read()
     await assert_error(response, 502, "upstream_malformed")
+    assert response.headers["x-should-retry"] == "false"
     await assert_receipt_of(http, token, response, body, "failed")
     assert [row["status"] for row in await answers(database_url, client_id)] == ["failed"]
 
@@ -259,9 +261,11 @@ async def test_an_error_event_lacking_its_blank_line_is_passed_on_reworded(relay
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_an_answer_in_an_encoding_relay_cannot_read_says_so(relay, stream):
     http, token, _ = relay
-    error = await assert_error(await ask(http, token, "brotli", stream), 502)
-    assert error["code"] == "upstream_undecodable"
+    response = await ask(http, token, "brotli", stream)
+    error = await assert_error(response, 502, "upstream_undecodable")
     assert "could not be decoded" in error["message"]
+    # OpenAI's SDKs retry a 502: the provider would answer so again, and may bill each.
+    assert response.headers["x-should-retry"] == "false"
 
 
 async def test_an_event_too_large_is_cut_by_relay_and_says_so(relay, database_url):

@@ -231,9 +231,13 @@ async def test_relays_own_chat_passes_on_the_providers_error_as_a_failure(
 
 async def test_json_instead_of_a_stream_is_a_502_carrying_the_providers_message(relay):
     http, token, _ = relay
-    error = await assert_error(await ask(http, token, "json-error"), 502, "upstream_error")
+    response = await ask(http, token, "json-error")
+    error = await assert_error(response, 502, "upstream_error")
     assert "You exceeded your quota." in error["message"]
-    await assert_error(await ask(http, token, "json-answer"), 502, "upstream_not_streamed")
+    assert "x-should-retry" not in response.headers  # its own failure, as its 5xx: may pass
+    response = await ask(http, token, "json-answer")
+    await assert_error(response, 502, "upstream_not_streamed")
+    assert response.headers["x-should-retry"] == "false"  # it would answer so again
 
 
 @pytest.mark.parametrize(

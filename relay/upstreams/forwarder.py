@@ -13,7 +13,7 @@ import orjson
 from aiohttp import hdrs
 
 from relay import __version__
-from relay.errors import UpstreamError, UpstreamTimeoutError
+from relay.errors import NOT_RETRIED, UpstreamError, UpstreamTimeoutError
 from relay.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS, labelled
 from relay.sockets import registered
 from relay.upstreams.provider_errors import not_a_stream_error, refusal_error
@@ -103,10 +103,13 @@ async def open_provider_response(
             "provider answer undecodable",
             extra={"upstream": upstream.name, "error": type(exc).__name__},
         )
+        # Not asked again (a 502 OpenAI's SDKs would retry): the provider answers the
+        # same way again, and may bill each answer relay cannot read.
         raise UpstreamError(
             "The provider's answer could not be decoded (malformed, or in an encoding"
             " relay did not ask for).",
             code="upstream_undecodable",
+            headers=dict(NOT_RETRIED),
         ) from None
     except aiohttp.ClientError as exc:
         # Connected, then the connection failed before an answer's headers: the provider

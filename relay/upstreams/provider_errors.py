@@ -151,9 +151,13 @@ async def not_a_stream_error(
     failure = provider_failure(error_object(body), route)
     # The type is named, when it is a plain one, so the operator sees what came instead.
     said = kind if _MEDIA_TYPE.fullmatch(kind) else "something else"
+    # OpenAI's SDKs would ask again (502): a provider that answers a stream so (its
+    # configuration, a base_url missing its /v1) does so again, and may bill each.
+    # Its own error in JSON is its failure, like its 5xx: that may pass.
     return failure or UpstreamError(
         f"The provider answered a streamed request with {said}, not an event stream.",
         code="upstream_not_streamed",
+        headers=dict(NOT_RETRIED),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from relay.errors import UpstreamError, error_body
+from relay.errors import NOT_RETRIED, UpstreamError, error_body
 from relay.upstreams.provider_json import (
     BOM,
     error_field_object,
@@ -123,8 +123,12 @@ def reworded_body(body: bytes, route: Route) -> bytes:
     obj = provider_json(body)
     if not isinstance(obj, dict) and listed_error(obj) is None:
         log.info("provider answered with no JSON object", extra={"upstream": route.upstream.name})
+        # Not asked again: an answer that is a page or event stream bytes (a base_url
+        # pointing elsewhere, a provider streaming regardless) comes again, billed again.
         raise UpstreamError(
-            "The provider's answer is not a JSON object.", code="upstream_malformed"
+            "The provider's answer is not a JSON object.",
+            code="upstream_malformed",
+            headers=dict(NOT_RETRIED),
         )
     return reworded_json(obj, route) or body
 

@@ -24,9 +24,22 @@ ERROR_STATUSES: dict[int, tuple[str, str]] = {
     ),
     422: ("Unprocessable", "The body is well-formed but cannot be acted on."),
     429: ("TooManyRequests", "A rate limit refused the request; retry after Retry-After."),
-    502: ("BadGateway", "The provider failed or answered with an error."),
+    502: (
+        "BadGateway",
+        "The provider failed or answered with an error. Where asking again would meet"
+        " the same answer (`upstream_auth`, `upstream_quota`, `upstream_not_found`,"
+        " `upstream_not_streamed`, `upstream_undecodable`, `upstream_malformed`,"
+        " `upstream_too_large`), the answer says `x-should-retry: false`; the others"
+        " (`upstream_unreachable`, `upstream_closed`, `upstream_error`, `upstream_cut`)"
+        " may succeed when asked again.",
+    ),
     503: ("ServiceUnavailable", "A dependency (PostgreSQL, the TEE agent) is unavailable."),
-    504: ("GatewayTimeout", "The provider did not answer in time."),
+    504: (
+        "GatewayTimeout",
+        "The provider did not answer in time (`upstream_timeout`: may succeed when asked"
+        " again), or its answer ran longer than relay lets one run (`answer_too_long`,"
+        " with `x-should-retry: false`).",
+    ),
 }
 
 
@@ -49,6 +62,11 @@ HEADERS: dict[str, Any] = {
     "RetryAfter": {
         "description": "Seconds to wait before retrying.",
         "schema": {"type": "integer", "minimum": 0},
+    },
+    "ShouldRetry": {
+        "description": "`false` when asking again would meet the same answer: OpenAI's SDKs,"
+        " which retry a 408, 409, 429 or 5xx, then do not.",
+        "schema": {"type": "string", "enum": ["true", "false"]},
     },
 }
 for _kind in ("requests", "tokens"):
@@ -262,6 +280,8 @@ def _error_response(status: int, description: str) -> dict[str, Any]:
     }
     if status in (429, 503):
         response["headers"]["Retry-After"] = ref("headers", "RetryAfter")
+    if status in (408, 409, 429) or status >= 500:
+        response["headers"]["x-should-retry"] = ref("headers", "ShouldRetry")
     if status == 401:
         response["headers"]["WWW-Authenticate"] = ref("headers", "WWWAuthenticate")
     return response
