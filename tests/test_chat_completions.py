@@ -247,6 +247,20 @@ async def test_malformed_requests_are_400_and_never_forwarded(http, token, simul
     assert not simulator.state.requests
 
 
+async def test_a_body_in_utf16_is_refused_for_its_charset_before_the_provider(
+    http, token, simulator
+):
+    raw = '{"model":"gpt-sim","messages":[{"role":"user","content":"hi"}]}'.encode("utf-16")
+    response = await http.post(
+        "/v1/chat/completions",
+        data=raw,
+        headers={**bearer(token), "Content-Type": "application/json; Charset=UTF-16"},
+    )
+    error = await assert_error(response, 415, "unsupported_media_type")
+    assert "charset=UTF-16" in error["message"]
+    assert not simulator.state.requests
+
+
 async def test_a_body_opening_with_a_byte_order_mark_is_read_and_forwarded_without_it(
     http, token, simulator
 ):

@@ -83,13 +83,33 @@ async def test_non_json_content_type_is_415(http, content_type):
     await assert_error(response, 415)
 
 
-async def test_json_with_charset_is_accepted(http):
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", '"utf-8"', "utf8", "US-ASCII"])
+async def test_json_with_a_utf8_charset_is_accepted(http, charset):
     response = await http.post(
         "/auth/token",
         data=b'{"api_key": "rk_nope"}',
-        headers={"Content-Type": "application/json; charset=utf-8"},
+        headers={"Content-Type": f"application/json; charset={charset}"},
     )
     await assert_error(response, 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(
+    "charset,body",
+    [
+        ("utf-16", '{"api_key": "rk_nope"}'.encode("utf-16")),
+        ("UTF-16LE", '{"api_key": "rk_nope"}'.encode("utf-16-le")),
+        ("iso-8859-1", '{"api_key": "rk_caf\u00e9"}'.encode("latin-1")),
+    ],
+    ids=["utf-16", "utf-16le", "latin-1"],
+)
+async def test_json_in_another_charset_is_refused_naming_it(http, charset, body):
+    # JSON between systems is UTF-8 (RFC 8259 section 8.1): the body was refused as
+    # "not valid JSON", which did not say why.
+    response = await http.post(
+        "/auth/token", data=body, headers={"Content-Type": f"application/json; charset={charset}"}
+    )
+    error = await assert_error(response, 415, "unsupported_media_type")
+    assert f"charset={charset}" in error["message"] and "UTF-8" in error["message"]
 
 
 async def test_body_over_the_limit_with_content_length_is_413(small):

@@ -100,12 +100,29 @@ def _only_codings(request: web.Request, header: str, allowed: tuple[str, ...]) -
     )
 
 
+# JSON exchanged between systems is UTF-8 (RFC 8259 section 8.1); US-ASCII text is
+# UTF-8 too, and "utf8" is a label for it (WHATWG Encoding) some clients send.
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
+# A charset named back to the client only if it looks like one (not a header's worth).
+_CHARSET_NAME = re.compile(r"[A-Za-z0-9._:+-]{1,40}")
+
+
 async def read_json_body(request: web.Request, limit: int | None = None) -> bytes:
     """The raw body of a request that must be JSON (see read_body). Its type is checked
     from the head, before the body is read: a client that waits for "100 Continue" is
-    refused with the 415 instead of being invited to send a body relay will not read."""
+    refused with the 415 instead of being invited to send a body relay will not read.
+
+    A charset other than UTF-8 is refused alike (415, as a type relay does not read):
+    its bytes were refused as no JSON, without a word of why."""
     if request.content_type != "application/json":
         raise UnsupportedMediaTypeError("Send the body as 'Content-Type: application/json'.")
+    charset = request.charset
+    if charset is not None and charset.lower() not in _UTF8_CHARSETS:
+        said = f"charset={charset}" if _CHARSET_NAME.fullmatch(charset) else "that charset"
+        raise UnsupportedMediaTypeError(
+            f"relay reads JSON request bodies in UTF-8 only (RFC 8259 section 8.1), not in"
+            f" {said}: send the body in UTF-8, as 'Content-Type: application/json'."
+        )
     return await read_body(request, limit)
 
 

@@ -20,7 +20,7 @@ ERROR_STATUSES: dict[int, tuple[str, str]] = {
     ),
     415: (
         "UnsupportedMediaType",
-        "Send the body as application/json, without Content-Encoding.",
+        "Send the body as application/json, in UTF-8 (no other charset), without Content-Encoding.",
     ),
     422: ("Unprocessable", "The body is well-formed but cannot be acted on."),
     429: ("TooManyRequests", "A rate limit refused the request; retry after Retry-After."),
