@@ -65,7 +65,9 @@ def head_of(raw: bytes) -> tuple[str, dict[str, str], bytes]:
 def assert_refused(raw: bytes, status: int, code: str) -> dict[str, str]:
     """`raw` is one answer, `status` in OpenAI's error shape, and nothing after it."""
     status_line, headers, body = head_of(raw)
-    assert status_line.startswith("HTTP/1.") and status_line.split()[1] == str(status), raw
+    # In HTTP/1.1, relay's version, as every answer: aiohttp's own said HTTP/1.0.
+    assert status_line.startswith(f"HTTP/1.1 {status} "), raw
+    assert headers["connection"] == "close"
     assert headers["content-type"] == "application/json"
     assert len(body) == int(headers["content-length"])  # one answer, then the connection ended
     error = orjson.loads(body)["error"]

@@ -178,6 +178,8 @@ async def test_a_request_aiohttp_cannot_parse_gets_relays_error_shape(http, raw,
     answer = await raw_exchange(http, raw)  # returns once relay closed the connection
     status, headers, body = parsed_answer(answer)
     assert status == expected
+    # The client spoke HTTP/1.1, and relay does: aiohttp answered these in HTTP/1.0.
+    assert answer.startswith(b"HTTP/1.1 ") and headers["Connection"] == "close"
     assert headers["Content-Type"] == "application/json"
     assert headers["Server"] == "relay" and headers["X-Content-Type-Options"] == "nosniff"
     error = orjson.loads(body)["error"]

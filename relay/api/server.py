@@ -15,6 +15,12 @@ A stream's pipe cuts such a client itself; the same sweep does it for any answer
 so that a client asking for large pages and never reading them cannot make relay
 hold them in memory for as long as it keeps the connection.
 
+A request aiohttp could not parse (or relay refused as parsed, or whose head came
+too late) is answered on a stand-in head of aiohttp's, in HTTP/1.0: its answer's
+status line said HTTP/1.0 to clients speaking HTTP/1.1. relay's server makes that
+request in HTTP/1.1, the highest version relay speaks, which a server sends to any
+HTTP/1.x client (RFC 9110 section 6.2); the answer also says `Connection: close`.
+
 Request bodies reach relay as sent: aiohttp's decoding of a `Content-Encoding`
 is off. relay refuses compressed bodies (415, relay.api.body), and aiohttp would
 otherwise still inflate one while draining it after that answer, on the event
@@ -24,10 +30,12 @@ loop: a 2 MB gzip of zeros held every request of the instance for seconds.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.web_protocol import ERROR, RequestHandler
 
 from relay.api.connection import RelayRequestHandler
 from relay.api.refusals import REQUEST_LINE_BYTES
@@ -37,6 +45,10 @@ from relay.upstreams.pipe import SEND_SECONDS
 # mobile link room for a few retransmissions (TCP's first one waits 1 s, then 2,
 # then 4). nginx's client_header_timeout is 60 s; relay serves apps, not people.
 HEAD_SECONDS = 10.0
+
+# aiohttp's stand-in head for a request it answers without parsing it (ERROR), in HTTP/1.1.
+_UNPARSED_HEAD = ERROR._replace(version=HttpVersion11)
+RequestFactory = Callable[..., web.BaseRequest]
 
 
 class RelayServer(web.Server):
@@ -113,4 +125,16 @@ class RelayAppRunner(web.AppRunner):
         assert isinstance(server, RelayServer)
         server.head_seconds = self._head_seconds
         server.send_seconds = self._send_seconds
+        # Server's request_factory, which its connections call to make each request.
+        server.request_factory = unparsed_in_http11(server.request_factory)
         return server
+
+
+def unparsed_in_http11(make_request: RequestFactory) -> RequestFactory:
+    """`make_request`, making a request aiohttp could not parse in HTTP/1.1 (module
+    docstring): its answer's status line then says HTTP/1.1."""
+
+    def make(message: RawRequestMessage, *args: Any) -> web.BaseRequest:
+        return make_request(_UNPARSED_HEAD if message is ERROR else message, *args)
+
+    return make
