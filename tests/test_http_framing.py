@@ -122,6 +122,23 @@ async def test_an_event_stream_on_a_kept_alive_connection_is_chunked_and_says_no
     writer.close()
 
 
+@pytest.mark.parametrize("upgrade", ["h2c", "websocket"])
+async def test_a_request_asking_to_switch_protocols_is_answered_and_ends_its_connection(
+    relay, upgrade
+):
+    # As curl --http2 asks over plain HTTP. aiohttp's C parser dropped the request
+    # pipelined behind an h2c one: it was never answered, the connection left open.
+    asking = (
+        "GET /health HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        f"Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    ).encode()
+    pipelined = b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n"
+    raw = await until_closed(relay, asking + pipelined)  # closed, not left waiting
+    status_line, headers, body = head_of(raw)
+    assert status_line == "HTTP/1.1 200 OK" and headers["connection"] == "close"
+    assert len(body) == int(headers["content-length"])  # the one answer: resend the next
+
+
 async def test_transfer_encoding_in_an_http10_request_is_400_and_closes(relay):
     smuggled = b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n"
     raw = (

@@ -143,11 +143,22 @@ class RelayRequestHandler(RequestHandler):
 
     def _refuse_heads(self, first: int) -> None:
         """Answer an error in place of each head parsed from `first` on that HTTP/1.1
-        refuses, as aiohttp answers one it cannot parse (and then closes)."""
+        refuses, as aiohttp answers one it cannot parse (and then closes); end the
+        connection with the answer to one asking to switch protocols."""
         messages = self._messages
         for index in range(first, len(messages)):
-            message, _ = messages[index]
-            if isinstance(message, _ErrInfo) or message.version == HttpVersion11:
+            message, payload = messages[index]
+            if isinstance(message, _ErrInfo):
+                continue
+            if message.upgrade:
+                # relay switches to no protocol. aiohttp's C parser drops what came
+                # behind a head asking for one it does not know (`Upgrade: h2c` with
+                # `Connection: Upgrade`, as curl --http2 sends) in the same read: a
+                # request pipelined there was never answered, its client left waiting.
+                # Said closed, the connection ends with this answer, and the client
+                # sends again what it got no answer to (RFC 9112 section 9.3.2).
+                messages[index] = (message._replace(should_close=True), payload)
+            if message.version == HttpVersion11:
                 continue
             if (refusal := refused_head(message)) is not None:
                 # What the parser still feeds the request's body is never read.
