@@ -107,19 +107,30 @@ async def test_a_conversation_continued_while_it_is_retitled_is_titled_by_its_ne
     def purging() -> asyncio.Future:
         return asyncio.ensure_future(HistoryRetention(MessageStore(db), 30).purge_once())
 
+    # Purge first, the purge's next statements could also beat the woken commit to the
+    # row, and erase the conversation before it is continued (its client then gets a
+    # 409): the old messages are held too, so the purge waits at their deletion.
+    messages_holder = await connect(database_url, timeout=10)
     try:
-        async with holder.cursor() as held:
+        async with holder.cursor() as held, messages_holder.cursor() as held_messages:
             # Held as a commit continuing the conversation holds it: the two queue for it.
             await held.execute("BEGIN")
             await held.execute("SELECT FROM conversations WHERE id = %s FOR UPDATE", (old,))
+            await held_messages.execute("BEGIN")
+            await held_messages.execute(
+                "SELECT FROM messages WHERE conversation_id = %s FOR UPDATE", (old,)
+            )
             first = continuing() if commit_first else purging()
             await waiting_for_lock(database_url)
             second = purging() if commit_first else continuing()
             await waiting_for_lock(database_url, 2)
             await held.execute("COMMIT")
+            await (first if commit_first else second)  # the answer, committed
+            await held_messages.execute("COMMIT")
             done = await asyncio.gather(first, second)
     finally:
         await holder.close()
+        await messages_holder.close()
         await db.close()
     answer, deleted = done if commit_first else done[::-1]
     assert answer.status == 200
