@@ -9,7 +9,10 @@ import random
 import orjson
 import pytest
 
+from relay.api.chat_native import _read as read_native_chat
+from relay.upstreams import reply
 from relay.upstreams.config import Upstream
+from relay.upstreams.deltas import DeltaObserver
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.pipe import end_stream, pipe_stream
 from relay.upstreams.routing import Route
@@ -98,6 +101,39 @@ async def test_an_event_past_the_limit_is_never_passed_on_however_it_arrives(pie
     assert result.status == "cut" and provider.closed
     assert response.written == [first]
     assert result.error is not None and result.error.code == "upstream_too_large"
+
+
+@pytest.mark.parametrize(
+    "ends_apart,status",
+    [
+        (True, "cut"),  # the read past the cap holds no [DONE]: relay stops there
+        (False, "complete"),  # it holds the [DONE]: the answer is whole
+    ],
+    ids=["done-in-a-later-read", "done-in-that-read"],
+)
+async def test_both_chat_endpoints_stop_at_the_first_read_past_the_answer_cap(
+    monkeypatch, ends_apart, status
+):
+    """/v1/chat/completions (the pipe) and /v1/chat (its observer) stop by one rule.
+    Before, the pipe passed the read past the cap on and completed at the [DONE] after."""
+    first, second = event("a" * 40, b"\n\n"), event("b" * 40, b"\n\n")
+    monkeypatch.setattr(reply, "MAX_RESPONSE_BYTES", len(first) + 1)
+    pieces = [first, second, DONE] if ends_apart else [first, second + DONE]
+
+    provider, response = ChunkedProvider(list(pieces)), Collected()
+    piped = await pipe_stream(response, provider, StreamObserver(), lambda: None, ROUTE)
+    observer = DeltaObserver()
+    read = await read_native_chat(ChunkedProvider(list(pieces)), observer)
+
+    assert (piped.status, read) == (status, status)
+    if status == "cut":
+        assert piped.error is not None and piped.error.code == "upstream_too_large"
+        assert "answer ran past" in piped.error.message and provider.closed
+        assert response.written == [first]  # nothing of the read past the cap
+        assert observer.overflowed  # /v1/chat's upstream_too_large
+    else:
+        assert b"".join(response.written) == first + second and piped.error is None
+        assert not observer.overflowed
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from openai._streaming import SSEDecoder
 
-from relay.upstreams import observer, pipe, sse
+from relay.upstreams import reply, sse
 from tests.api_calls import assert_error, bearer
 from tests.history_calls import CONVERSATION, query
 from tests.receipt_calls import fetch_receipt
@@ -370,8 +370,7 @@ async def test_an_answer_within_the_cap_is_complete_though_its_done_passes_it(
 ):
     """The cap on a streamed answer (64 MiB; here the answer's own size) bounds the answer,
     not its `[DONE]` nor what the provider sent after it in the same read."""
-    for module in (observer, pipe):
-        monkeypatch.setattr(module, "MAX_RESPONSE_BYTES", len(CHUNK * 5 + FINISH))
+    monkeypatch.setattr(reply, "MAX_RESPONSE_BYTES", len(CHUNK * 5 + FINISH))
     http, token, client_id = relay
     if path == "/v1/chat":
         response = await ask_relays_own_chat(http, token, "done-past-cap", True)

@@ -13,7 +13,7 @@ from relay.upstreams.completion import (
     summarize_completion,
 )
 from relay.upstreams.provider_json import error_field_object, listed_error
-from relay.upstreams.reply import MAX_RESPONSE_BYTES
+from relay.upstreams.reply import past_the_cap
 from relay.upstreams.sse import SSEDecoder
 
 _UNREADABLE_EVENT = {
@@ -65,12 +65,10 @@ class StreamObserver(CompletionAccumulator):
 
     @property
     def overflowed(self) -> bool:
-        """An event too large to be a chunk, or an answer past MAX_RESPONSE_BYTES before
-        its end. relay stops at the first read that takes it past; a `[DONE]` in that
-        read still ends it whole: the `[DONE]`, and whatever came after it in the same
-        read, are no part of the answer (relay.upstreams.pipe passes on a read begun
-        within the cap the same way)."""
-        return self._decoder.overflowed or (not self.done and self.byte_count > MAX_RESPONSE_BYTES)
+        """An event too large to be a chunk, or an answer read past the cap on answers
+        (relay.upstreams.reply.past_the_cap: a `[DONE]` in the read that passed it
+        still ends the answer whole)."""
+        return self._decoder.overflowed or past_the_cap(self.byte_count, ended=self.done)
 
     @property
     def outcome(self) -> str:

@@ -15,7 +15,7 @@ from relay.metrics import UPSTREAM_ERRORS, labelled
 from relay.upstreams.deadline import WaitDeadline
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.provider_json import lenient_json
-from relay.upstreams.reply import MAX_RESPONSE_BYTES, ProviderReply, oversize_error
+from relay.upstreams.reply import ProviderReply, oversize_error, past_the_cap
 from relay.upstreams.rewording import reworded_events
 from relay.upstreams.routing import Route
 from relay.upstreams.sse import (
@@ -75,9 +75,11 @@ async def pipe_stream(
     SEND_SECONDS is cut off (`abort_client`), as if it had left.
     """
     pending = bytearray()  # an event not yet complete
+    received = 0  # bytes read from the provider
     stalled = WaitDeadline(SEND_SECONDS, abort_client)
     try:
         while chunk := await provider.chunk():
+            received += len(chunk)
             if pending:
                 # Only the new bytes can end the event (with the last 3 old ones: an
                 # end may straddle them), so a large event costs its size, not its square.
@@ -95,7 +97,8 @@ async def pipe_stream(
             # (The search for the word first: a call for each chunk costs more than it.)
             if whole.find(b"[DONE]") >= 0 and (done_at := end_of_stream_at(whole)) >= 0:
                 if not await _send(response, observer, stalled, whole[:done_at], route):
-                    return _too_large(provider, observer, route)
+                    # An event too large: the answer, [DONE] read, is within the cap.
+                    return _too_large(provider, observer, route, observer.byte_count)
                 # A provider may end with [DONE] after an error event (vLLM does): the
                 # answer still failed, and the client has the error already.
                 status = "complete" if observer.error is None else "failed"
@@ -104,10 +107,11 @@ async def pipe_stream(
                 # sent after [DONE] in the same chunk is reworded here, not in _send.
                 final = reworded_events(final, route)
                 return PipeResult(status, observer, final)
-            if len(pending) > MAX_EVENT_BYTES or observer.byte_count > MAX_RESPONSE_BYTES:
-                return _too_large(provider, observer, route)
+            # This read holds no [DONE]: past the cap, none of it is passed on.
+            if len(pending) > MAX_EVENT_BYTES or past_the_cap(received, ended=False):
+                return _too_large(provider, observer, route, received)
             if not await _send(response, observer, stalled, whole, route):
-                return _too_large(provider, observer, route)
+                return _too_large(provider, observer, route, received)
             provider.follow(observer)
         return await _body_ended(response, observer, stalled, bytes(pending), route)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -179,16 +183,16 @@ def _whole_data(event: bytes) -> bool:
     return True
 
 
-def _too_large(provider: ProviderReply, observer: StreamObserver, route: Route) -> PipeResult:
-    """relay stops reading a provider that sent more than it accepts: one event past
-    MAX_EVENT_BYTES, or an answer past MAX_RESPONSE_BYTES. The client is told so."""
-    log.info(
-        "provider sent too much",
-        extra={"upstream": route.upstream.name, "bytes": observer.byte_count},
-    )
+def _too_large(
+    provider: ProviderReply, observer: StreamObserver, route: Route, received: int
+) -> PipeResult:
+    """relay stops reading a provider that sent more than it accepts (`received` bytes so
+    far): one event past MAX_EVENT_BYTES, or an answer past the cap (past_the_cap).
+    The client is told so."""
+    log.info("provider sent too much", extra={"upstream": route.upstream.name, "bytes": received})
     labelled(UPSTREAM_ERRORS, route.upstream.name, "too_large").inc()
     provider.close()
-    return PipeResult("cut", observer, error=oversize_error(observer.byte_count))
+    return PipeResult("cut", observer, error=oversize_error(received))
 
 
 async def _send(

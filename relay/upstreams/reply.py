@@ -200,6 +200,15 @@ def provider_stalled() -> UpstreamTimeoutError:
     return UpstreamTimeoutError("The provider stopped answering.")
 
 
+def past_the_cap(received: int, *, ended: bool) -> bool:
+    """Whether relay stops reading a streamed answer, a read having taken it to `received`
+    bytes: at the first read past MAX_RESPONSE_BYTES, unless that read holds the answer's
+    `[DONE]` (`ended`): the answer is then whole, and the `[DONE]`, and whatever came
+    after it in the same read, are no part of it. /v1/chat/completions
+    (relay.upstreams.pipe) and /v1/chat (relay.upstreams.observer) both stop by it."""
+    return received > MAX_RESPONSE_BYTES and not ended
+
+
 def oversize_error(byte_count: int) -> UpstreamError:
     """Why relay stopped reading a provider that sent more than it accepts (`byte_count`
     bytes so far): an answer past MAX_RESPONSE_BYTES, or one event past MAX_EVENT_BYTES."""
