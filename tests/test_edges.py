@@ -112,6 +112,27 @@ async def test_json_in_another_charset_is_refused_naming_it(http, charset, body)
     assert f"charset={charset}" in error["message"] and "UTF-8" in error["message"]
 
 
+@pytest.mark.parametrize(
+    "encoding,named",
+    [
+        ("utf-16", "UTF-16"),  # with its byte order mark
+        ("utf-16-be", "UTF-16BE"),  # without one: told by its NULs (RFC 4627 section 3)
+        ("utf-16-le", "UTF-16LE"),
+        ("utf-32", "UTF-32"),
+        ("utf-32-be", "UTF-32BE"),
+        ("utf-32-le", "UTF-32LE"),
+    ],
+)
+async def test_json_in_utf16_or_utf32_without_a_charset_is_refused_naming_it(http, encoding, named):
+    # As with a charset said (above): it was refused as "not valid JSON", saying not why.
+    body = '{"api_key": "rk_nope"}'.encode(encoding)
+    response = await http.post(
+        "/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
+    error = await assert_error(response, 415, "unsupported_media_type")
+    assert named in error["message"] and "UTF-8 only" in error["message"]
+
+
 async def test_body_over_the_limit_with_content_length_is_413(small):
     body = b'{"api_key": "' + b"x" * (MAX_BODY * 2) + b'"}'
     response = await small.post(

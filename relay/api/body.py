@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import re
 from typing import Any
 
@@ -107,21 +108,59 @@ _UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
 _CHARSET_NAME = re.compile(r"[A-Za-z0-9._:+-]{1,40}")
 
 
+# A JSON text's first two characters are ASCII (RFC 4627 section 3): in UTF-16 or
+# UTF-32 without a byte order mark, where its first four bytes hold NULs tells which.
+# (Keyed by the first four bytes, each NUL as 0 and any other as 1.)
+_NULS_OF = {
+    b"\0\0\0\1": "UTF-32BE",
+    b"\0\1\0\1": "UTF-16BE",
+    b"\1\0\0\0": "UTF-32LE",
+    b"\1\0\1\0": "UTF-16LE",
+}
+# UTF-32LE's mark begins with UTF-16LE's: it is looked for first.
+_WIDE_MARKS = (
+    (codecs.BOM_UTF32_BE, "UTF-32BE"),
+    (codecs.BOM_UTF32_LE, "UTF-32LE"),
+    (codecs.BOM_UTF16_BE, "UTF-16BE"),
+    (codecs.BOM_UTF16_LE, "UTF-16LE"),
+)
+
+
+def _not_utf8(said: str) -> UnsupportedMediaTypeError:
+    """The refusal of a JSON body in another encoding than UTF-8, `said` naming it."""
+    return UnsupportedMediaTypeError(
+        f"relay reads JSON request bodies in UTF-8 only (RFC 8259 section 8.1), not in"
+        f" {said}: send the body in UTF-8, as 'Content-Type: application/json'."
+    )
+
+
+def _wide_encoding(body: bytes) -> str | None:
+    """The UTF-16 or UTF-32 `body` is in, as its client is told, by its byte order mark or
+    by the NULs in its first four bytes; None if it is in neither."""
+    if len(body) < 4:
+        return None
+    for mark, name in _WIDE_MARKS:
+        if body.startswith(mark):
+            return f"{name} (the body begins with its byte order mark)"
+    if (named := _NULS_OF.get(bytes(min(byte, 1) for byte in body[:4]))) is None:
+        return None
+    return f"{named} (the body's first bytes are {named}'s)"
+
+
 async def read_json_body(request: web.Request, limit: int | None = None) -> bytes:
     """The raw body of a request that must be JSON (see read_body). Its type is checked
     from the head, before the body is read: a client that waits for "100 Continue" is
     refused with the 415 instead of being invited to send a body relay will not read.
 
     A charset other than UTF-8 is refused alike (415, as a type relay does not read):
-    its bytes were refused as no JSON, without a word of why."""
+    its bytes were refused as no JSON, without a word of why. So is a body in UTF-16 or
+    UTF-32 with no charset said, once it fails to parse (parse_json_object)."""
     if request.content_type != "application/json":
         raise UnsupportedMediaTypeError("Send the body as 'Content-Type: application/json'.")
     charset = request.charset
     if charset is not None and charset.lower() not in _UTF8_CHARSETS:
-        said = f"charset={charset}" if _CHARSET_NAME.fullmatch(charset) else "that charset"
-        raise UnsupportedMediaTypeError(
-            f"relay reads JSON request bodies in UTF-8 only (RFC 8259 section 8.1), not in"
-            f" {said}: send the body in UTF-8, as 'Content-Type: application/json'."
+        raise _not_utf8(
+            f"charset={charset}" if _CHARSET_NAME.fullmatch(charset) else "that charset"
         )
     return await read_body(request, limit)
 
@@ -140,8 +179,12 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
+        # The body is refused for what it is, not as no JSON. Only a body orjson refused
+        # is looked at: no JSON holds a NUL, and no UTF-8 a UTF-16 or UTF-32 mark.
+        if (encoding := _wide_encoding(body)) is not None:
+            raise _not_utf8(encoding) from None
         # JSON's grammar allows a surrogate escaped alone, but no UTF-8 text (history's)
-        # can hold one: the body is refused for what it is, not as no JSON.
+        # can hold one.
         if surrogate_json(body) is not None:
             raise InvalidRequestError(
                 "The request body escapes half of a UTF-16 surrogate pair without the other"
