@@ -338,3 +338,46 @@ async def test_sigterm_lets_a_stream_finish_then_stops_everything(dev_dir: Path,
     run.stderr_reader.join(10)
     assert "relay draining" in "".join(run.stderr)
     assert processes_using(dev_dir) == []
+
+
+FAKE_POSTGRES = """#!/usr/bin/env python3
+# relay dev's postgres, for this test: it starts, and never gets ready to answer.
+import time
+print("fake postgres starting", flush=True)
+time.sleep(60)
+"""
+
+
+def test_signals_while_the_servers_start_stop_them_and_exit_cleanly(dev_dir: Path, tmp_path: Path):
+    # Before relay's own handlers listen (StopSignals, once its loop runs): SIGHUP was
+    # relay dev's end, and SIGTERM killed it leaving what it had started (here postgres'
+    # socket dir; a process with no death signal set, the process itself).
+    bindir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bindir.mkdir()
+    tmp.mkdir()
+    (bindir / "initdb").write_text("#!/bin/sh\nexit 1\n")  # found beside postgres
+    (bindir / "postgres").write_text(FAKE_POSTGRES)
+    for binary in bindir.iterdir():
+        binary.chmod(0o755)
+    (dev_dir / "postgres").mkdir(parents=True)
+    (dev_dir / "postgres" / "PG_VERSION").write_text("15\n")  # no initdb
+    path = f"{bindir}{os.pathsep}{os.environ['PATH']}"
+    run = DevRun(dev_dir, free_port(), PATH=path, TMPDIR=str(tmp))
+    log = dev_dir / "postgres.log"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (log.exists() and "fake postgres starting" in log.read_text()):
+            assert time.monotonic() < deadline and run.proc.poll() is None, run.stderr
+            time.sleep(0.05)
+        assert processes_using(dev_dir)  # postgres is starting
+        run.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+        assert run.proc.poll() is None, "SIGHUP ended relay dev"
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(timeout=30) == 0
+    finally:
+        run.kill()
+    run.stderr_reader.join(10)
+    assert "SIGHUP ignored" in "".join(run.stderr)
+    assert processes_using(dev_dir) == []
+    assert list(tmp.iterdir()) == []  # postgres' socket dir went with it

@@ -278,7 +278,26 @@ async def test_the_first_signal_asks_to_stop_and_another_ends_open_streams_at_on
         os.kill(os.getpid(), signal.SIGINT)
         await asyncio.wait_for(in_flight.deadline.wait(), 5)
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+async def test_sighup_is_logged_and_ignored_by_what_serve_and_dev_both_listen_with(caplog):
+    # `relay dev` let SIGHUP kill it (and leave its servers running), unlike `relay serve`.
+    signals = StopSignals(InFlight())
+    loop = asyncio.get_running_loop()
+    try:
+        # Else the signal below would end this test's process.
+        assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, None)
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if "SIGHUP ignored" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+        assert "SIGHUP ignored" in caplog.text
+        assert not signals.requested.is_set()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 

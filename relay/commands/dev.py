@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import os
 import shlex
+import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 import orjson
 import uvloop
@@ -24,7 +26,7 @@ from aiohttp import web
 from relay.app import create_app
 from relay.appkeys import CLIENTS, IN_FLIGHT
 from relay.commands.refusals import refused, start_refusals
-from relay.commands.serve import StopSignals, drain, relay_runner, start_sites
+from relay.commands.serve import StopSignals, drain, on_hangup, relay_runner, start_sites
 from relay.config import ConfigError, Settings, load_settings
 from relay.config_environment import gather
 from relay.devservers import DevServerError, PostgresServer, RedisServer, free_port
@@ -37,6 +39,7 @@ DATABASE = "relay"
 SIMULATOR_KEY = "sim"
 SIMULATOR_MODELS = ("sim-small", "sim-large")
 DEMO_FILE = "demo-client.json"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def simulator_upstreams(port: int) -> str:
@@ -197,7 +200,8 @@ async def serve(
             return 1
         key_file = dev_dir / DEMO_FILE
         api_key = await demo_key(app[CLIENTS], key_file)
-        print(banner(settings, api_key, key_file, backends), flush=True)
+        if not stopping.requested.is_set():  # not "running" when it is about to stop
+            print(banner(settings, api_key, key_file, backends), flush=True)
         await stopping.requested.wait()
         await drain(app[IN_FLIGHT], sites, settings.drain_timeout)
     return 0
@@ -216,6 +220,25 @@ def dev_environment(dev_dir: Path, pg: PostgresServer, redis: RedisServer) -> di
     return env
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    _hold_stop_signals()  # another would cut short the stop of what was started
+    raise KeyboardInterrupt
+
+
+def _hold_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _listen_before_the_loop() -> None:
+    """Until StopSignals listens (once the loop runs: PostgreSQL and Redis start before):
+    SIGTERM interrupts as SIGINT does, so that what was started is stopped (by default it
+    killed relay dev and left them running), and SIGHUP is logged and ignored, as later."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
+    signal.signal(signal.SIGHUP, lambda signum, frame: on_hangup())
+
+
 def run() -> int:
     dev_dir = Path(os.environ.get("RELAY_DEV_DIR") or ".dev").absolute()
     dev_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -225,6 +248,7 @@ def run() -> int:
     # relay's log format, once the settings give it.
     held = HeldLogs()
     try:
+        _listen_before_the_loop()
         print(f"starting PostgreSQL and Redis under {dev_dir} …", flush=True)
         with held.before_logging():
             pg.start()
@@ -239,7 +263,12 @@ def run() -> int:
     except start_refusals() as exc:  # as `relay serve` says them
         return refused("dev", exc)
     except KeyboardInterrupt:
-        return 130
+        # A stop asked for (Ctrl-C, SIGTERM) before relay served: done once what was
+        # started has stopped, so exit 0, as for a stop asked for later and as
+        # `relay serve` stopped during start-up. Not 130: nothing failed.
+        print("relay dev: stopped during start-up", flush=True)
+        return 0
     finally:
+        _hold_stop_signals()  # what was started stops whole
         redis.stop()
         pg.stop()

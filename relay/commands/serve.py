@@ -187,7 +187,11 @@ def relay_runner(app: web.Application) -> RelayAppRunner:
     )
 
 
-def _on_hangup() -> None:
+def on_hangup() -> None:
+    """SIGHUP, under `relay serve` and `relay dev` alike (StopSignals; `relay dev` also
+    before its loop runs). Many daemons reload on it, and operators and logrotate hooks
+    send it. By default it killed relay mid-answer, with no drain, and systemd counts
+    death by SIGHUP as a clean stop (Restart=on-failure left the service down)."""
     log.warning(
         "SIGHUP ignored: relay reads its settings only as it starts and logs to its"
         " standard streams; restart it to apply a change (SIGTERM drains first)"
@@ -196,7 +200,8 @@ def _on_hangup() -> None:
 
 class StopSignals:
     """SIGINT and SIGTERM, under `relay serve` and `relay dev` alike: the first one sets
-    `requested` (relay then drains: see `drain`); another ends open streams at once."""
+    `requested` (relay then drains: see `drain`); another ends open streams at once.
+    SIGHUP is logged and ignored (on_hangup)."""
 
     def __init__(self, in_flight: InFlight | None = None) -> None:
         self.requested = asyncio.Event()
@@ -205,6 +210,7 @@ class StopSignals:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.on_signal)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
     def on_signal(self) -> None:
         if self.requested.is_set() and self.in_flight is not None:
@@ -217,11 +223,6 @@ async def serve(settings: Settings, app: web.Application | None = None) -> None:
     runner = relay_runner(app)
     in_flight = app[IN_FLIGHT]
     stop = StopSignals(in_flight).requested
-    loop = asyncio.get_running_loop()
-    # Many daemons reload on SIGHUP, and operators and logrotate hooks send it. By
-    # default it killed relay mid-answer, with no drain, and systemd counts death by
-    # SIGHUP as a clean stop (Restart=on-failure left the service down).
-    loop.add_signal_handler(signal.SIGHUP, _on_hangup)
     notifier = Notifier.from_env()
     starting = asyncio.create_task(notifier.extend_start(), name="relay-starting")
     try:
