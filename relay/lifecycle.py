@@ -39,6 +39,7 @@ from relay.services.tokens import TokenIssuer
 from relay.stores.clients import ClientStore
 from relay.stores.conversations import ConversationStore
 from relay.stores.database import Database
+from relay.stores.message_purge import MessagePurge
 from relay.stores.messages import MessageStore
 from relay.stores.migrations import prepare_schema
 from relay.stores.notifications import Notifications
@@ -122,7 +123,7 @@ async def history_context(app: web.Application) -> AsyncIterator[None]:
     await recorder.start(app[DATABASE])
     purge = None
     if (days := app[SETTINGS].history_retention_days) is not None:
-        retention = HistoryRetention(MessageStore(app[DATABASE]), days)
+        retention = HistoryRetention(MessagePurge(app[DATABASE]), days)
         purge = asyncio.create_task(retention.run(), name="relay-history-retention")
     yield
     if purge is not None:

@@ -26,7 +26,8 @@ from relay.services.recorder import AnswerRecorder
 from relay.services.retention import HistoryRetention
 from relay.stores.clients import ClientStore
 from relay.stores.database import Database, connect
-from relay.stores.messages import MessageStore, Purged
+from relay.stores.message_purge import MessagePurge, Purged
+from relay.stores.messages import MessageStore
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import (
     CONVERSATION,
@@ -153,7 +154,7 @@ async def test_a_chat_lookup_the_server_cancels_is_a_503_not_a_client_leaving(ht
 
 async def test_retention_keeps_purging_after_a_purge_the_server_cancels(database_url, caplog):
     db = await Database.open(database_url, size=1, timeout=10)
-    retention = HistoryRetention(MessageStore(db), 30, interval_s=0.05)
+    retention = HistoryRetention(MessagePurge(db), 30, interval_s=0.05)
     try:
         async with locked(database_url, "messages"):
             loop = asyncio.create_task(retention.run())
@@ -171,7 +172,7 @@ async def test_retention_keeps_purging_after_a_purge_the_server_cancels(database
 
 
 class BuggyOnce:
-    """A message store whose first purge fails with something nobody expected."""
+    """A message purge whose first run fails with something nobody expected."""
 
     def __init__(self) -> None:
         self.purges = 0

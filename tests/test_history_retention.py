@@ -10,7 +10,7 @@ from relay.errors import DependencyUnavailableError
 from relay.services.retention import HistoryRetention, retry_delay
 from relay.services.turns import title_from
 from relay.stores.database import Database, connect
-from relay.stores.messages import MessageStore
+from relay.stores.message_purge import MessagePurge
 from tests.api_calls import bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, execute, query, waiting_for_lock
 
@@ -43,7 +43,7 @@ async def test_purge_deletes_only_what_is_older_than_the_retention(http, databas
     db = await Database.open(database_url, size=2, timeout=5)
     try:
         # A batch of 1 exercises the loop that deletes in batches.
-        deleted = await HistoryRetention(MessageStore(db), 30, batch=1).purge_once()
+        deleted = await HistoryRetention(MessagePurge(db), 30, batch=1).purge_once()
     finally:
         await db.close()
     assert deleted == 4
@@ -75,7 +75,7 @@ async def test_purge_keeps_a_conversation_continued_while_it_ran(http, database_
         async with writer.cursor() as cur:
             await cur.execute("BEGIN")
             await cur.execute("UPDATE conversations SET updated_at = now() WHERE id = %s", (old,))
-            purge = asyncio.ensure_future(HistoryRetention(MessageStore(db), 30).purge_once())
+            purge = asyncio.ensure_future(HistoryRetention(MessagePurge(db), 30).purge_once())
             await asyncio.sleep(0.5)  # the purge waits for the row
             assert not purge.done()
             await cur.execute("COMMIT")
@@ -105,7 +105,7 @@ async def test_a_conversation_continued_while_it_is_retitled_is_titled_by_its_ne
         return asyncio.ensure_future(chat(http, token, "new question", conversation=old))
 
     def purging() -> asyncio.Future:
-        return asyncio.ensure_future(HistoryRetention(MessageStore(db), 30).purge_once())
+        return asyncio.ensure_future(HistoryRetention(MessagePurge(db), 30).purge_once())
 
     # Purge first, the purge's next statements could also beat the woken commit to the
     # row, and erase the conversation before it is continued (its client then gets a
@@ -153,7 +153,7 @@ async def test_a_purge_that_fails_midway_leaves_no_purged_question_as_a_title(ht
     # and the server cancels the purge's statement waiting for it.
     writer = await connect(database_url, timeout=10)
     db = await Database.open(database_url, size=2, timeout=5)
-    retention = HistoryRetention(MessageStore(db), 30)
+    retention = HistoryRetention(MessagePurge(db), 30)
     try:
         async with writer.cursor() as cur:
             await cur.execute("BEGIN")
@@ -182,7 +182,7 @@ async def test_a_failed_purge_is_tried_again_soon_not_at_the_next_interval(
     await age(database_url, old, 40)
     holder = await connect(database_url, timeout=10)
     db = await Database.open(database_url, size=2, timeout=5)
-    retention = HistoryRetention(MessageStore(db), 30, interval_s=3600, retry_s=0.05)
+    retention = HistoryRetention(MessagePurge(db), 30, interval_s=3600, retry_s=0.05)
     run = asyncio.ensure_future(retention.run())
     try:
         async with holder.cursor() as cur:
@@ -239,7 +239,7 @@ async def test_retitling_locks_conversations_in_id_order(http, database_url):
             # Named highest id first: retitling must still take the lowest first.
             since = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
             retitle = asyncio.ensure_future(
-                MessageStore(db).retitle([high, low], since=since, title=lambda q: f"new {q}")
+                MessagePurge(db).retitle([high, low], since=since, title=lambda q: f"new {q}")
             )
             await waiting_for_lock(database_url)
             # Waiting for the lowest, it holds nothing yet: the highest is free.
@@ -291,7 +291,7 @@ async def test_a_message_of_only_blanks_is_no_question_to_title_a_conversation_b
     await chat(http, token, "new question", conversation=mixed)
     db = await Database.open(database_url, size=2, timeout=5)
     try:
-        await HistoryRetention(MessageStore(db), 30).purge_once()
+        await HistoryRetention(MessagePurge(db), 30).purge_once()
     finally:
         await db.close()
     listed = await (await http.get("/v1/conversations", headers=bearer(token))).json()
@@ -304,7 +304,7 @@ async def test_a_title_is_made_of_the_opening_of_a_long_first_question(http, dat
     conversation = (await chat(http, token, long_question)).headers[CONVERSATION]
     db = await Database.open(database_url, size=2, timeout=5)
     try:
-        store = MessageStore(db)
+        store = MessagePurge(db)
         since = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
         [question] = (await store.first_questions([conversation], since=since)).values()
     finally:

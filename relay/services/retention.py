@@ -9,7 +9,7 @@ import logging
 from relay.errors import DependencyUnavailableError
 from relay.services.turns import title_from
 from relay.stores.database import QueryError
-from relay.stores.messages import MessageStore
+from relay.stores.message_purge import MessagePurge
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def retry_delay(failures: int, first_s: float, most_s: float) -> float:
 class HistoryRetention:
     def __init__(
         self,
-        messages: MessageStore,
+        messages: MessagePurge,
         days: int,
         *,
         interval_s: float = PURGE_INTERVAL_S,

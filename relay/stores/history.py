@@ -138,7 +138,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
     # that found it gone would bring it back, titled with the new question.) One
     # left untitled takes its title from the new question: retention empties the
     # title of a conversation whose every question it purges, and one continued
-    # meanwhile has a question again (relay.stores.messages, `purge`).
+    # meanwhile has a question again (relay.stores.message_purge, `purge`).
     continued = [
         {
             "id": turn.conversation_id,
