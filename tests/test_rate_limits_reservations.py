@@ -96,6 +96,11 @@ async def remaining_tokens(http, token: str) -> int:
     return int(response.headers["x-ratelimit-remaining-tokens"]) + GATE
 
 
+async def chunked(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The body with no Content-Length: aiohttp sends it chunked."""
+    yield json.dumps(body).encode()
+
+
 @pytest.fixture(params=["redis", "in-process"])
 def backing(request, tmp_path) -> dict[str, Any]:
     """Limits decided in Redis, or in-process as while Redis is away."""
@@ -142,9 +147,11 @@ async def test_concurrent_large_chats_are_admitted_only_while_the_budget_lasts(
     assert (http.app[RATE_LIMITER].link.up) == (not backing)
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_a_chat_holds_its_reservation_until_settled_to_its_real_usage(
-    make_client, make_settings, provider_upstream, backing
+    make_client, make_settings, provider_upstream, backing, framing
 ):
+    """A chunked body reserves once read what a Content-Length reserves at admission."""
     release = asyncio.Event()
     http, token = await held_relay(
         make_client, make_settings, provider_upstream, release, **backing
@@ -154,9 +161,9 @@ async def test_a_chat_holds_its_reservation_until_settled_to_its_real_usage(
     assert reserve > 10 * USED
 
     started = time.monotonic()
-    held = asyncio.ensure_future(
-        http.post("/v1/chat/completions", json=body, headers=bearer(token))
-    )
+    sent = {"json": body} if framing == "content-length" else {"data": chunked(body)}
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    held = asyncio.ensure_future(http.post("/v1/chat/completions", headers=headers, **sent))
     await asyncio.sleep(0.2)
     assert not held.done()
     # While its answer is awaited, its estimate is out of the bucket.
@@ -198,21 +205,21 @@ async def test_an_answer_the_provider_refused_leaves_the_bucket_where_it_was(
     assert await remaining_tokens(http, token) == BUDGET
 
 
-async def test_a_chunked_chat_reserves_nothing_at_admission(make_client, make_settings):
+async def test_a_chunked_chat_reserves_as_one_with_a_content_length(make_client, make_settings):
     http = await make_client(make_settings(rate_limit_tokens_per_minute=BUDGET))
     _, token = await client_with_token(http)
 
-    async def chunks() -> AsyncIterator[bytes]:
-        yield json.dumps(UNSERVED_CHAT).encode()
-
     response = await http.post(
         "/v1/chat/completions",
-        data=chunks(),
+        data=chunked(UNSERVED_CHAT),
         headers={**bearer(token), "Content-Type": "application/json"},
     )
 
-    assert response.status == 404, await response.text()  # no Content-Length: read whole
-    assert response.headers["x-ratelimit-remaining-tokens"] == str(BUDGET)
+    assert response.status == 404, await response.text()
+    # What is left after its own reservation, as a token gate with a Content-Length shows.
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(BUDGET - GATE)
+    await asyncio.sleep(0.1)
+    assert await remaining_tokens(http, token) == BUDGET  # no answer: given back
 
 
 # A reservation is a gate that takes its cost; a settlement gives back, never past

@@ -11,7 +11,7 @@ from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.body import json_response, json_text, parse_json_object, read_json_body
 from relay.api.conversation_header import bind_conversation
 from relay.api.drain import answered_before_restart, key_holder
-from relay.api.rate_limit import reservation_of
+from relay.api.rate_limit import reservation_of, reserve_body
 from relay.appkeys import (
     ANSWER_HOOKS,
     CALLER,
@@ -65,6 +65,7 @@ async def new_answer(request: web.Request, endpoint: str) -> Answer:
     """Read, check and route a chat completion request; nothing is sent yet."""
     caller = request[CALLER]
     body = await read_json_body(request)
+    reserve_body(request, body)
     data = parse_json_object(body)
     chat = check_chat_completion(data)
     route = request.app[ROUTER].resolve(chat.model, caller.client.scopes)

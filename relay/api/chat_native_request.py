@@ -10,7 +10,7 @@ from aiohttp import web
 
 from relay.api.body import json_text, parse_json_object, read_json_body
 from relay.api.conversation_header import CONVERSATION_HEADER, named_conversation
-from relay.api.rate_limit import reservation_of
+from relay.api.rate_limit import reservation_of, reserve_body
 from relay.appkeys import CALLER, HISTORY, REQUEST_ID, ROUTER, SETTINGS
 from relay.errors import InvalidRequestError, PermissionDeniedError
 from relay.services.answers import Answer
@@ -33,6 +33,7 @@ async def new_native_answer(request: web.Request) -> Answer:
     """Check the request, load the conversation's context, build the provider request."""
     caller, app = request[CALLER], request.app
     body = await read_json_body(request)
+    reserve_body(request, body)
     data = parse_json_object(body)
     chat = check_native_chat(data)
     # A field named twice is refused, not read as its last value.

@@ -89,8 +89,8 @@ async def _check(request: web.Request) -> Verdict | None:
         return None
     if route not in CHAT_ROUTES:
         return await limiter.check_client(caller.client, chat=False)
-    # Known before the body is read: a chunked body (no Content-Length) reserves nothing,
-    # and is charged only its answer's usage.
+    # Known before the body is read; a chunked body (no Content-Length) reserves once
+    # read (reserve_body).
     reserve = estimated_tokens(request.content_length or 0)
     return await limiter.check_client(caller.client, chat=True, reserve=reserve)
 
@@ -112,6 +112,22 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         # An answer settled it with its usage as it ended; a request that ended
         # without one (refused, or its client gone first) gives it back.
         request.app[RATE_LIMITER].settle_tokens(request[CALLER].client, 0, verdict.reservation)
+
+
+def reserve_body(request: web.Request, body: bytes) -> None:
+    """A chat whose body came chunked (no Content-Length to estimate by at admission)
+    reserves its estimate now it is read, as one with a Content-Length did at admission,
+    and its x-ratelimit-remaining-tokens counts it."""
+    verdict = request.get(RATE_LIMIT)
+    if verdict is None or verdict.reservation is None or request.content_length is not None:
+        return
+    limiter = request.app[RATE_LIMITER]
+    added = limiter.reserve_more(
+        request[CALLER].client, verdict.reservation, estimated_tokens(len(body))
+    )
+    if added and verdict.tokens is not None:
+        left = max(0, verdict.tokens.remaining - added)
+        request[RATE_LIMIT] = verdict._replace(tokens=verdict.tokens._replace(remaining=left))
 
 
 def reservation_of(request: web.Request) -> Reservation | None:

@@ -147,8 +147,23 @@ class RateLimiter:
                 self.settle_tokens(client, 0, Reservation(reserve, in_redis=True))
 
         outcome, in_redis = await self._decide(plan.draws, taking, give_back)
-        reservation = Reservation(reserve, in_redis) if reserve and outcome.allowed else None
+        # Every chat admitted holds one, even of nothing: a chunked body reserves once read.
+        reservation = Reservation(reserve, in_redis) if outcome.allowed else None
         return verdict(plan.buckets, outcome, reservation)
+
+    def reserve_more(self, client: Client, reservation: Reservation, tokens: int) -> int:
+        """Add `tokens` to an admitted chat's reservation (the estimate of a chunked body,
+        known once read), keeping it within a minute's budget, where it was taken:
+        charged without waiting, as a settlement is. Returns the tokens added."""
+        if not self.enabled:
+            return 0
+        bucket = self._plan_of(client, True).tokens
+        assert bucket is not None, "a chat's plan draws on its tokens"
+        tokens = max(0, min(tokens, bucket.capacity - reservation.tokens))
+        if tokens:
+            reservation.tokens += tokens
+            self._charge_tokens(client, tokens, redis=reservation.in_redis)
+        return tokens
 
     async def check_address(self, address: str, name: str) -> Verdict:
         """Take one from the caller's address's bucket `name`: TOKEN_EXCHANGES or
