@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
@@ -32,3 +33,23 @@ async def token_refusal(http: TestClient, token: str) -> ClientResponse:
     error = await assert_error(response, 429, "rate_limit_exceeded")
     assert error["type"] == "tokens"
     return response
+
+
+def completion_body(used: int) -> bytes:
+    """A provider's whole chat completion whose usage is `used` tokens in all."""
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-held",
+            "object": "chat.completion",
+            "created": 1731000000,
+            "model": "gpt-sim",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": used - 1, "completion_tokens": 1, "total_tokens": used},
+        }
+    )

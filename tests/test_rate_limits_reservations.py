@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as redis
 from aiohttp import web
 
-from relay.appkeys import CLIENTS, RATE_LIMITER
+from relay.appkeys import CLIENT_CACHE, CLIENTS, RATE_LIMITER
 from relay.devservers import RedisServer
 from relay.services.rate_verdicts import Reservation
 from relay.stores.buckets import MAX_DEBT_PERIODS, Draw, Level, Mode, Outcome
@@ -23,7 +23,7 @@ from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import RedisBuckets
 from relay.upstreams.completion import estimated_tokens
 from tests.api_calls import bearer, client_with_token
-from tests.rate_limit_calls import UNSERVED_CHAT, token_gate
+from tests.rate_limit_calls import UNSERVED_CHAT, completion_body, token_gate
 
 BUDGET = 1000
 GATE = estimated_tokens(len(json.dumps(UNSERVED_CHAT)))  # what a token gate reserves
@@ -47,22 +47,7 @@ def reservation(body: dict[str, Any]) -> int:
 def answer(status: int = 200) -> bytes:
     if status != 200:
         return orjson.dumps({"error": {"message": "no", "type": "invalid_request_error"}})
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-held",
-            "object": "chat.completion",
-            "created": 1731000000,
-            "model": "gpt-sim",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "ok"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": USED - 1, "completion_tokens": 1, "total_tokens": USED},
-        }
-    )
+    return completion_body(USED)
 
 
 async def held_provider(provider_upstream, release: asyncio.Event, status: int = 200):
@@ -307,7 +292,7 @@ async def test_an_answer_settled_while_redis_is_away_is_charged_once(make_client
     http = await make_client(make_settings(rate_limit_tokens_per_minute=BUDGET))
     client, _ = await client_with_token(http)
     limiter = http.app[RATE_LIMITER]
-    row = await http.app[CLIENTS].get(client["id"])
+    row = await http.app[CLIENT_CACHE].get(client["id"])  # as relay holds it
     started = time.monotonic()
     verdict = await limiter.check_client(row, chat=True, reserve=500)
     assert verdict.reservation == Reservation(500, in_redis=True)

@@ -68,6 +68,11 @@ class ClientCache:
         # Shielded: a caller that leaves does not cancel the others' load.
         return await asyncio.shield(loading)
 
+    def cached(self, client_id: str) -> Client | None:
+        """The client's row as cached now, without reading: None when there is none
+        (not read since it changed, or deleted) or nothing says when it goes stale."""
+        return self._entries.get(client_id) if self.notifications.live else None
+
     async def _load(self, client_id: str, generation: int) -> Client | None:
         client = await self.store.get(client_id)
         # A deleted client's id is never notified again, and ids are random uuids no

@@ -14,6 +14,7 @@ the caller's address each.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 
 from relay.config import ConfigError, Settings, with_development_secrets
+from relay.errors import RelayError
 from relay.metrics import RATE_LIMIT_LOOP_LAG
+from relay.services.client_cache import ClientCache
 from relay.services.client_ip import TrustedProxies, limited_address
 from relay.services.identity import IdentityHasher
 from relay.services.rate_verdicts import (
@@ -106,6 +109,10 @@ class RateLimiter:
         self._redis = RedisBuckets(redis, timeout=timeout, on_levels=self.local.remember)
         self.link = RedisLink(self._redis.probe, timeout=timeout)
         self._plans: dict[tuple[str, bool], _Plan] = {}
+        # Client rows as they are now, once relay caches them: a settlement is charged
+        # by the limits in force as it is made, not those its chat was admitted by.
+        self.clients: ClientCache | None = None
+        self._settling: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis) -> RateLimiter:
@@ -127,6 +134,8 @@ class RateLimiter:
             await self.link.start()
 
     async def close(self) -> None:
+        if self._settling:  # settlements waiting for their client's row
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.link.close()
         await self._redis.close()
 
@@ -180,20 +189,44 @@ class RateLimiter:
         """Charge `used` tokens (an answer's usage; 0 for a request that ended without
         one) against what its chat reserved, in one charge: the difference, a debit or
         a credit (which never lifts the bucket past its limit), as if `used` had been
-        taken when the chat was admitted. A reservation is settled once, in the buckets
+        taken when the chat was admitted, by the client's limits in force now (its row
+        as cached, or read). A reservation is settled once, in the buckets
         in use now (one Redis took, settled while Redis is away, stays in Redis until it
         refills, a minute at most); one only this process took, settled while Redis is in
         use, is given back here and `used` charged in Redis. Without waiting: the charge
         rides with the next batch of checks, which it precedes. Never raises."""
         reserved = reservation.take() if reservation is not None else 0
+        charges: list[tuple[int, bool]] = []  # (cost, in Redis if in use)
         if reserved and reservation is not None and not reservation.in_redis and self.link.up:
             # Taken in this process only (Redis away, or relay's loop late): given back here.
-            self._charge_tokens(client, -reserved, redis=False)
+            charges.append((-reserved, False))
             reserved = 0
         # Otherwise one charge: while Redis is away, this process's buckets started from
         # the levels Redis last reported, its reservations included.
         if used != reserved:
-            self._charge_tokens(client, used - reserved, redis=True)
+            charges.append((used - reserved, True))
+        if not charges or not self.enabled:
+            return
+        current = self.clients.cached(client.id) if self.clients is not None else client
+        if current is not None:
+            self._charge_all(current, charges)
+            return
+        # Changed since it was cached (or relay is not listening): read as it is now.
+        settling = asyncio.ensure_future(self._read_and_charge(client, charges))
+        self._settling.add(settling)
+        settling.add_done_callback(self._settling.discard)
+
+    async def _read_and_charge(self, client: Client, charges: list[tuple[int, bool]]) -> None:
+        assert self.clients is not None
+        try:
+            current = await self.clients.get(client.id)
+        except RelayError:  # the database is away: the row its chat was admitted by
+            current = None
+        self._charge_all(current or client, charges)  # a deleted client: as admitted
+
+    def _charge_all(self, client: Client, charges: list[tuple[int, bool]]) -> None:
+        for cost, redis in charges:
+            self._charge_tokens(client, cost, redis=redis)
 
     def _charge_tokens(self, client: Client, cost: int, *, redis: bool) -> None:
         if not self.enabled:
