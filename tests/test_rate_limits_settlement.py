@@ -6,6 +6,9 @@ import asyncio
 
 from aiohttp import web
 
+from relay.appkeys import CLIENT_CACHE, RATE_LIMITER
+from relay.services.rate_verdicts import Reservation
+from relay.stores.redis_buckets import RedisBuckets
 from tests.api_calls import ADMIN, bearer, client_with_token
 from tests.rate_limit_calls import completion_body, token_gate
 
@@ -50,3 +53,31 @@ async def test_a_limit_lowered_while_an_answer_runs_charges_it_by_the_new_limit(
     assert refused.status == 429, await refused.text()
     assert refused.headers["x-ratelimit-limit-tokens"] == "100"
     assert int(refused.headers["Retry-After"]) > 45 * 60
+
+
+async def test_usage_settled_while_redis_is_away_is_charged_there_once_it_is_back(
+    make_client, make_settings
+):
+    """This process's buckets take it at once; Redis, shared by every instance, is
+    charged it when its link comes back, rather than forgiving it."""
+    http = await make_client(make_settings(rate_limit_tokens_per_minute=1_000))
+    client, token = await client_with_token(http)
+    limiter = http.app[RATE_LIMITER]
+    row = await http.app[CLIENT_CACHE].get(client["id"])
+    verdict = await limiter.check_client(row, chat=True, reserve=500)
+    assert verdict.reservation == Reservation(500, in_redis=True)
+    limiter.link.retry = 0.01  # Redis is there all along: the probe brings it back soon
+    limiter.link.lost(ConnectionError("Redis went away"))
+    limiter.settle_tokens(row, 3_000, verdict.reservation)  # 2,500 past the reservation
+    assert len(limiter.owed) == 1
+
+    for _ in range(100):
+        if limiter.link.up:
+            break
+        await asyncio.sleep(0.01)
+    assert limiter.link.up
+    assert len(limiter.owed) == 0
+    await asyncio.sleep(RedisBuckets.CHARGE_DELAY + 0.05)  # the debit goes as a charge
+    refused = await token_gate(http, token)
+    assert refused.status == 429, await refused.text()  # some 2,000 in debt, in Redis
+    assert int(refused.headers["Retry-After"]) > 100

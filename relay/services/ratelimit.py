@@ -15,6 +15,7 @@ the caller's address each.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from relay.metrics import RATE_LIMIT_LOOP_LAG
 from relay.services.client_cache import ClientCache
 from relay.services.client_ip import TrustedProxies, limited_address
 from relay.services.identity import IdentityHasher
+from relay.services.owed_tokens import OwedTokens
 from relay.services.rate_verdicts import (
     ATTESTATION_REPORTS,
     CHAT,
@@ -85,6 +87,14 @@ class _Plan(NamedTuple):
 _MAX_PLANS = 100_000
 
 
+class _To(enum.Enum):
+    """Where a token charge goes."""
+
+    HERE = 0  # this process's buckets only
+    REDIS = 1  # Redis, or while it is away this process's buckets, and Redis owed it
+    OWED = 2  # Redis only (this process's buckets took it already): owed while it is away
+
+
 class RateLimiter:
     """Decides whether a request may pass; the one thing the API and the chat relay call."""
 
@@ -108,6 +118,8 @@ class RateLimiter:
         self.local = LocalBuckets()
         self._redis = RedisBuckets(redis, timeout=timeout, on_levels=self.local.remember)
         self.link = RedisLink(self._redis.probe, timeout=timeout)
+        self.owed = OwedTokens()
+        self.link.on_up = self._pay_owed
         self._plans: dict[tuple[str, bool], _Plan] = {}
         # Client rows as they are now, once relay caches them: a settlement is charged
         # by the limits in force as it is made, not those its chat was admitted by.
@@ -171,7 +183,7 @@ class RateLimiter:
         tokens = max(0, min(tokens, bucket.capacity - reservation.tokens))
         if tokens:
             reservation.tokens += tokens
-            self._charge_tokens(client, tokens, redis=reservation.in_redis)
+            self._charge_tokens(client, tokens, _To.REDIS if reservation.in_redis else _To.HERE)
         return tokens
 
     async def check_address(self, address: str, name: str) -> Verdict:
@@ -196,15 +208,18 @@ class RateLimiter:
         use, is given back here and `used` charged in Redis. Without waiting: the charge
         rides with the next batch of checks, which it precedes. Never raises."""
         reserved = reservation.take() if reservation is not None else 0
-        charges: list[tuple[int, bool]] = []  # (cost, in Redis if in use)
-        if reserved and reservation is not None and not reservation.in_redis and self.link.up:
-            # Taken in this process only (Redis away, or relay's loop late): given back here.
-            charges.append((-reserved, False))
-            reserved = 0
-        # Otherwise one charge: while Redis is away, this process's buckets started from
-        # the levels Redis last reported, its reservations included.
-        if used != reserved:
-            charges.append((used - reserved, True))
+        charges: list[tuple[int, _To]] = []
+        if reservation is not None and not reservation.in_redis:
+            # Taken in this process only (Redis away, or relay's loop late): given back
+            # here, and Redis charged all the usage (owed it while away).
+            if self.link.up:
+                charges += [(-reserved, _To.HERE), (used, _To.REDIS)]
+            else:
+                charges += [(used - reserved, _To.HERE), (used, _To.OWED)]
+        elif used != reserved:
+            # One charge: while Redis is away, this process's buckets started from the
+            # levels Redis last reported, its reservations included (and Redis is owed it).
+            charges.append((used - reserved, _To.REDIS))
         if not charges or not self.enabled:
             return
         current = self.clients.cached(client.id) if self.clients is not None else client
@@ -216,7 +231,7 @@ class RateLimiter:
         self._settling.add(settling)
         settling.add_done_callback(self._settling.discard)
 
-    async def _read_and_charge(self, client: Client, charges: list[tuple[int, bool]]) -> None:
+    async def _read_and_charge(self, client: Client, charges: list[tuple[int, _To]]) -> None:
         assert self.clients is not None
         try:
             current = await self.clients.get(client.id)
@@ -224,26 +239,40 @@ class RateLimiter:
             current = None
         self._charge_all(current or client, charges)  # a deleted client: as admitted
 
-    def _charge_all(self, client: Client, charges: list[tuple[int, bool]]) -> None:
-        for cost, redis in charges:
-            self._charge_tokens(client, cost, redis=redis)
+    def _charge_all(self, client: Client, charges: list[tuple[int, _To]]) -> None:
+        for cost, to in charges:
+            if cost:
+                self._charge_tokens(client, cost, to)
 
-    def _charge_tokens(self, client: Client, cost: int, *, redis: bool) -> None:
+    def _pay_owed(self) -> None:
+        """Redis is back: charge it what was settled while it was away."""
+        for client, cost in self.owed.take():
+            self._charge_tokens(client, cost, _To.OWED)
+
+    def _charge_tokens(self, client: Client, cost: int, to: _To) -> None:
         if not self.enabled:
             return
         tokens = self._plan_of(client, True).tokens
         assert tokens is not None, "a chat's plan draws on its tokens"
         draws = (Draw(tokens.key, tokens.capacity, cost, Mode.DEBIT),)
-        if not (redis and self.link.up):
+        if to is _To.HERE:
             self.local.draw(draws)
+            return
+        if not self.link.up:
+            if to is _To.REDIS:
+                self.local.draw(draws)
+            self.owed.add(client, cost)
             return
 
         # A batch that failed charged nothing in Redis, however late it runs there
-        # (RedisBuckets' deadlines): charging it here charges it once. (A charge is
-        # never failed for relay's own lateness: RedisBuckets sends it again.)
+        # (RedisBuckets' deadlines): charging it here, and owing it to Redis, charges it
+        # once in each. (A charge is never failed for relay's own lateness: RedisBuckets
+        # sends it again.)
         def in_process(exc: BaseException) -> None:
             self.link.lost(exc)
-            self.local.draw(draws)
+            if to is _To.REDIS:
+                self.local.draw(draws)
+            self.owed.add(client, cost)
 
         self._redis.charge(draws, in_process)
 

@@ -42,6 +42,7 @@ class RedisLink:
         REDIS_UP.set(1)
         self._task: asyncio.Task[None] | None = None
         self._settling: asyncio.TimerHandle | None = None  # an outage said, not yet over
+        self.on_up: Callable[[], object] | None = None  # told each time a probe brings it back
 
     async def start(self) -> None:
         """Probe once at start-up; relay starts anyway when Redis is not there."""
@@ -79,6 +80,8 @@ class RedisLink:
             REDIS_UP.set(1)
             self._task = None
             self._settling = asyncio.get_running_loop().call_later(self.settle, self._settled)
+            if self.on_up is not None:
+                self.on_up()
             return
 
     def _settled(self) -> None:
