@@ -220,6 +220,9 @@ class RateLimiter:
             # One charge: while Redis is away, this process's buckets started from the
             # levels Redis last reported, its reservations included (and Redis is owed it).
             charges.append((used - reserved, _To.REDIS))
+        # (The final settlement of an answer already settled, say, charges nothing: no
+        # row is looked up for it.)
+        charges = [(cost, to) for cost, to in charges if cost]
         if not charges or not self.enabled:
             return
         current = self.clients.cached(client.id) if self.clients is not None else client
@@ -241,8 +244,7 @@ class RateLimiter:
 
     def _charge_all(self, client: Client, charges: list[tuple[int, _To]]) -> None:
         for cost, to in charges:
-            if cost:
-                self._charge_tokens(client, cost, to)
+            self._charge_tokens(client, cost, to)
 
     def _pay_owed(self) -> None:
         """Redis is back: charge it what was settled while it was away."""
