@@ -348,27 +348,62 @@ time.sleep(60)
 """
 
 
+FAKE_INITDB = """#!/usr/bin/env python3
+# relay dev's initdb, for these tests: it writes a cluster's first file, as initdb does
+# early, and who built it; then it finishes, or hangs as one cut short would.
+import os, sys, time
+data = sys.argv[sys.argv.index("-D") + 1]
+with open(os.path.join(data, "PG_VERSION"), "w") as f:
+    f.write("15\\n")
+with open(os.path.join(data, "built-by"), "w") as f:
+    f.write(str(os.getpid()))
+if os.environ.get("FAKE_INITDB_HANGS"):
+    time.sleep(60)
+"""
+
+
+def fake_server_binaries(tmp_path: Path) -> str:
+    """A PATH finding FAKE_INITDB and FAKE_POSTGRES first."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "initdb").write_text(FAKE_INITDB)
+    (bindir / "postgres").write_text(FAKE_POSTGRES)
+    for binary in bindir.iterdir():
+        binary.chmod(0o755)
+    return f"{bindir}{os.pathsep}{os.environ['PATH']}"
+
+
+def wait_for_initdb(run: DevRun, dev_dir: Path) -> int:
+    """The pid of the fake initdb once it has begun the cluster."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        for built_by in dev_dir.glob("postgres*/built-by"):
+            if text := built_by.read_text():
+                return int(text)
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.stderr
+        time.sleep(0.05)
+
+
+def wait_for_fake_postgres(run: DevRun, dev_dir: Path) -> None:
+    """Until the fake postgres has started on the cluster."""
+    log = dev_dir / "postgres.log"
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (log.exists() and "fake postgres starting" in log.read_text()):
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.stderr
+        time.sleep(0.05)
+
+
 def test_signals_while_the_servers_start_stop_them_and_exit_cleanly(dev_dir: Path, tmp_path: Path):
     # Before relay's own handlers listen (StopSignals, once its loop runs): SIGHUP was
     # relay dev's end, and SIGTERM killed it leaving what it had started (here postgres'
     # socket dir; a process with no death signal set, the process itself).
-    bindir, tmp = tmp_path / "bin", tmp_path / "tmp"
-    bindir.mkdir()
+    tmp = tmp_path / "tmp"
     tmp.mkdir()
-    (bindir / "initdb").write_text("#!/bin/sh\nexit 1\n")  # found beside postgres
-    (bindir / "postgres").write_text(FAKE_POSTGRES)
-    for binary in bindir.iterdir():
-        binary.chmod(0o755)
     (dev_dir / "postgres").mkdir(parents=True)
     (dev_dir / "postgres" / "PG_VERSION").write_text("15\n")  # no initdb
-    path = f"{bindir}{os.pathsep}{os.environ['PATH']}"
-    run = DevRun(dev_dir, free_port(), PATH=path, TMPDIR=str(tmp))
-    log = dev_dir / "postgres.log"
+    run = DevRun(dev_dir, free_port(), PATH=fake_server_binaries(tmp_path), TMPDIR=str(tmp))
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (log.exists() and "fake postgres starting" in log.read_text()):
-            assert time.monotonic() < deadline and run.proc.poll() is None, run.stderr
-            time.sleep(0.05)
+        wait_for_fake_postgres(run, dev_dir)
         assert processes_using(dev_dir)  # postgres is starting
         run.proc.send_signal(signal.SIGHUP)
         time.sleep(0.2)
@@ -381,3 +416,45 @@ def test_signals_while_the_servers_start_stop_them_and_exit_cleanly(dev_dir: Pat
     assert "SIGHUP ignored" in "".join(run.stderr)
     assert processes_using(dev_dir) == []
     assert list(tmp.iterdir()) == []  # postgres' socket dir went with it
+
+
+def test_a_signal_during_the_first_initdb_leaves_no_half_built_cluster(
+    dev_dir: Path, tmp_path: Path
+):
+    # The data dir was initdb's own: cut short, it was left with PG_VERSION, and the
+    # next relay dev took it for a cluster and started postgres on it.
+    path = fake_server_binaries(tmp_path)
+    run = DevRun(dev_dir, free_port(), PATH=path, FAKE_INITDB_HANGS="1")
+    try:
+        wait_for_initdb(run, dev_dir)
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(timeout=30) == 0
+    finally:
+        run.kill()
+    assert [path.name for path in dev_dir.iterdir() if path.name.startswith("postgres")] == []
+    assert processes_using(dev_dir) == []
+
+
+def test_a_first_initdb_cut_short_by_sigkill_is_built_again_on_the_next_run(
+    dev_dir: Path, tmp_path: Path
+):
+    # As a power loss would: relay dev gets no chance to clean up after initdb.
+    path = fake_server_binaries(tmp_path)
+    run = DevRun(dev_dir, free_port(), PATH=path, FAKE_INITDB_HANGS="1")
+    try:
+        cut_short = wait_for_initdb(run, dev_dir)
+    finally:
+        run.kill()
+    os.kill(cut_short, signal.SIGKILL)  # and initdb with it, as a power loss would
+
+    again = DevRun(dev_dir, free_port(), PATH=path)
+    try:
+        wait_for_fake_postgres(again, dev_dir)
+        built_by = int((dev_dir / "postgres" / "built-by").read_text())
+        assert built_by != cut_short
+        again.proc.send_signal(signal.SIGTERM)
+        assert again.proc.wait(timeout=30) == 0
+    finally:
+        again.kill()
+    assert [path.name for path in dev_dir.iterdir() if "initdb" in path.name] == []
+    assert processes_using(dev_dir) == []

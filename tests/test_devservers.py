@@ -32,6 +32,19 @@ def test_postgres_restart_keeps_port_and_data(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_a_data_dir_never_initialised_is_built_again(tmp_path: Path) -> None:
+    # What an older relay dev left when its first initdb was cut short before PG_VERSION.
+    data_dir = tmp_path / "pg"
+    data_dir.mkdir()
+    (data_dir / "global").mkdir()
+    with PostgresServer(data_dir, fast=True) as pg:
+        with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        conn.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pg", "pg.log"]
+
+
 def test_redis_restart_keeps_port(tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as server:
         client = redis.Redis.from_url(server.url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -71,6 +72,14 @@ def _grant_search(path: Path, uid: int, groups: list[int]) -> None:
             os.chmod(parent, stat.S_IMODE(st.st_mode) | bit)
 
 
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class PostgresServer(ServerProcess):
     """A PostgreSQL cluster in data_dir, initialised on first start, trusting local connections."""
 
@@ -95,10 +104,8 @@ class PostgresServer(ServerProcess):
         self._check_port()
         as_postgres = _postgres_user()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(mode=0o700, exist_ok=True)
         if as_postgres:
             _grant_search(self.data_dir, as_postgres["user"], as_postgres["extra_groups"])
-            os.chown(self.data_dir, as_postgres["user"], as_postgres["group"])
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(as_postgres)
         # A short private socket dir: the data dir's path may exceed the 107-byte socket limit.
@@ -124,12 +131,49 @@ class PostgresServer(ServerProcess):
         log.info("postgres ready on port %d in %.2fs", self.port, time.monotonic() - started)
 
     def _initdb(self, as_postgres: dict[str, Any]) -> None:
-        argv = [str(_postgres_bindir() / "initdb"), "-D", str(self.data_dir), "--no-sync"]
+        """Build the cluster beside data_dir and rename it into place once complete.
+
+        An initdb cut short (a signal, SIGKILL, power loss) thus leaves no data_dir that a
+        later start would take for a cluster, only the sibling, which the next start rebuilds.
+        """
+        building = self.data_dir.with_name(self.data_dir.name + ".initdb")
+        shutil.rmtree(building, ignore_errors=True)  # a build cut short before
+        if self.data_dir.exists():  # no PG_VERSION: an older relay's, never initialised
+            log.warning("rebuilding %s: it was never completely initialised", self.data_dir)
+            shutil.rmtree(self.data_dir)
+        building.mkdir(mode=0o700)
+        if as_postgres:
+            os.chown(building, as_postgres["user"], as_postgres["group"])
+        argv = [str(_postgres_bindir() / "initdb"), "-D", str(building)]
         argv += ["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"]
+        if self.fast:
+            argv.append("--no-sync")  # else what is renamed into place is on disk
         started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, cwd="/", **as_postgres)
-        if done.returncode != 0:
-            raise DevServerError(f"initdb failed for {self.data_dir}:\n{done.stdout}{done.stderr}")
+        # Its own session: it and the backends it runs are killed together if we stop.
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd="/",
+            start_new_session=True,
+            **as_postgres,
+        )
+        try:
+            output, _ = proc.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        if proc.returncode != 0:
+            shutil.rmtree(building, ignore_errors=True)
+            raise DevServerError(f"initdb failed for {self.data_dir}:\n{output}")
+        os.rename(building, self.data_dir)
+        if not self.fast:
+            _sync_directory(self.data_dir.parent)  # the rename itself
         log.info("initdb %s in %.2fs", self.data_dir, time.monotonic() - started)
 
     def _accepts_connections(self) -> bool:
