@@ -2,15 +2,18 @@
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
 from relay.appkeys import IN_FLIGHT
+from relay.services.history import HistoryService
 from relay.services.history_watch import HistoryWatch
 from relay.stores import conversations
-from relay.stores.database import connect
+from relay.stores.database import Cursor, connect
 from tests.api_calls import assert_error, bearer, client_with_token
 from tests.history_calls import CONVERSATION, chat, query, waiting_for_lock
 from tests.receipt_calls import fetch_receipt
@@ -133,6 +136,30 @@ async def test_a_long_poll_with_nothing_new_answers_empty_when_the_time_is_up(ht
     assert page == {"data": [], "next_cursor": start["next_cursor"], "has_more": False}
 
 
+async def held_poll(http, token, wait: float) -> tuple[asyncio.Future, str, float]:
+    """A poll from the end of this client's history, once it is held (it read nothing
+    new); with that cursor and when it was sent."""
+    start = (await (await history(http, token)).json())["next_cursor"]
+    began = asyncio.get_running_loop().time()
+    poll = asyncio.ensure_future(history(http, token, after=start, wait=wait))
+    await asyncio.sleep(0.2)
+    assert not poll.done()
+    return poll, start, began
+
+
+@contextlib.asynccontextmanager
+async def messages_unanswered(database_url: str) -> AsyncIterator[Cursor]:
+    """No read of the messages is answered while this holds them, on its cursor."""
+    holder = await connect(database_url, timeout=10)
+    try:
+        async with holder.cursor() as cur:
+            await cur.execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            yield cur
+            await cur.execute("ROLLBACK")
+    finally:
+        await holder.close()
+
+
 async def test_a_long_poll_answers_when_the_time_is_up_though_postgres_stopped_answering(
     make_client, make_settings, database_url
 ):
@@ -141,29 +168,42 @@ async def test_a_long_poll_answers_when_the_time_is_up_though_postgres_stopped_a
     it past its time (then with a 503)."""
     http = await make_client(make_settings(database_timeout=3.0))
     _, token = await client_with_token(http)
-    start = await (await history(http, token)).json()
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    poll = asyncio.ensure_future(history(http, token, after=start["next_cursor"], wait=1))
-    await asyncio.sleep(0.3)  # held: it read nothing new
-    assert not poll.done()
-    holder = await connect(database_url, timeout=10)
-    try:
-        async with holder.cursor() as cur:
-            # No read of the messages is answered from now on.
-            await cur.execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-            response = await poll
-            took = loop.time() - began
-            await cur.execute("ROLLBACK")
-    finally:
-        await holder.close()
+    poll, start, began = await held_poll(http, token, wait=1)
+    async with messages_unanswered(database_url):
+        response = await poll
+        took = asyncio.get_running_loop().time() - began
     assert response.status == 200
-    assert await response.json() == {
-        "data": [],
-        "next_cursor": start["next_cursor"],
-        "has_more": False,
-    }
+    assert await response.json() == {"data": [], "next_cursor": start, "has_more": False}
     assert 0.95 <= took < 2.0
+
+
+async def test_a_long_poll_woken_by_losing_its_listener_answers_503_by_its_time(
+    make_client, make_settings, database_url, monkeypatch
+):
+    """Losing the listener wakes every held poll to read again (commits may have gone
+    unannounced meanwhile). Against a PostgreSQL that is not answering, that read held
+    the poll RELAY_DATABASE_TIMEOUT past its wait (a 503 at 5.2 s here); it has what is
+    left of the wait and READ_GRACE_S, then the client is told the database did not
+    answer."""
+    monkeypatch.setattr(HistoryService, "READ_GRACE_S", 0.25)
+    http = await make_client(make_settings(database_timeout=5.0))
+    _, token = await client_with_token(http)
+    poll, start, began = await held_poll(http, token, wait=0.5)
+    async with messages_unanswered(database_url) as cur:
+        await cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+        )
+        assert await cur.fetchall() == [(True,)]
+        response = await poll
+        took = asyncio.get_running_loop().time() - began
+    error = await assert_error(response, 503, "dependency_unavailable")
+    assert error["type"] == "service_unavailable"
+    assert response.headers["Retry-After"] == "1"
+    assert 0.5 <= took < 1.25
+    # Its read was cut short, not its connection's pool: the next poll reads from there.
+    page = await (await history(http, token, after=start)).json()
+    assert page == {"data": [], "next_cursor": start, "has_more": False}
 
 
 async def test_past_the_most_held_polls_of_a_client_a_poll_is_refused(http, monkeypatch):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from relay.errors import InvalidRequestError
+from relay.errors import DependencyUnavailableError, InvalidRequestError
 from relay.ids import uuid7_text
 from relay.services.conversation_ids import (
     conversation_id_or_404,
@@ -30,6 +31,8 @@ MAX_QUERY_CHARS = 1000
 # so does the rank (relay.stores.messages bounds its cost).
 MAX_QUERY_WORDS = 32
 _WORDS = re.compile(r"\w+")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ def public_message(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class HistoryService:
+    # How long past its wait a held poll's read may still answer (see `page`).
+    READ_GRACE_S = 1.0
+
     def __init__(
         self,
         conversations: ConversationStore,
@@ -137,17 +143,47 @@ class HistoryService:
         until this client commits something new, the time is up, or one of `stops` is set
         (TooManyPollsError past HistoryWatch.MOST_HELD_PER_CLIENT of this client's)."""
         seq = history_position(after)
-        if conversation_id is not None:
-            conversation_id = await self.require_conversation(client_id, conversation_id)
         if not wait:
+            if conversation_id is not None:
+                conversation_id = await self.require_conversation(client_id, conversation_id)
             rows, more = await self.messages.page(
                 client_id, after_seq=seq, limit=limit, conversation_id=conversation_id
             )
             return _page(rows, more, seq)
-        if not self.watch.has_room(client_id):
-            raise TooManyPollsError()
+        deadline = asyncio.get_running_loop().time() + wait
+        # Its reads (the first, one each time it is woken, one at its time while commits
+        # go unannounced) get what is left of the wait and READ_GRACE_S: a PostgreSQL that
+        # stopped answering must not hold the poll RELAY_DATABASE_TIMEOUT past its time.
+        # A read cut short returns no rows: the cursor stays where it was.
+        bound = asyncio.timeout_at(deadline + self.READ_GRACE_S)
+        try:
+            async with bound:
+                if conversation_id is not None:
+                    conversation_id = await self.require_conversation(client_id, conversation_id)
+                if not self.watch.has_room(client_id):
+                    raise TooManyPollsError()
+                return await self._held_page(
+                    client_id, seq, limit, conversation_id, deadline, stops
+                )
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            log.warning("postgres did not answer a held history poll by its time")
+            raise DependencyUnavailableError(
+                "The database did not answer within the poll's wait; try again shortly.",
+                reason="history read past its poll's wait",
+            ) from None
+
+    async def _held_page(
+        self,
+        client_id: str,
+        seq: int,
+        limit: int,
+        conversation_id: str | None,
+        deadline: float,
+        stops: tuple[asyncio.Event, ...],
+    ) -> Page:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
         while True:
             # Registered before reading: a commit between the read and the wait still wakes us.
             woken = self.watch.waiter(client_id)
