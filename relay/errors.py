@@ -26,7 +26,7 @@
     │       └── AnswerTooLongError          504 answer_too_long
     ├── DependencyUnavailableError  503 (PostgreSQL, Redis, dstack; + Retry-After)
     │   ├── WriteOutcomeUnknownError    503 outcome_unknown (not retried)
-    │   ├── AttestationUnavailableError 503 attestation_unavailable (relay.proofs.agent)
+    │   ├── AttestationUnavailableError 503 attestation_unavailable (the dstack guest agent)
     │   └── UnconfirmedCommitError      a COMMIT sent, its outcome lost (relay.stores.database;
     │                                   its callers settle it)
     ├── BusyError                   503 (+ Retry-After)
@@ -227,6 +227,11 @@ class DependencyUnavailableError(RelayError):
         self.headers.setdefault("Retry-After", "1")
         # The driver's account of it, for operators (never in the client's answer).
         self.reason = reason
+
+
+class AttestationUnavailableError(DependencyUnavailableError):
+    # Here rather than in relay.proofs.agent: raising or catching it needs no dstack SDK.
+    code = "attestation_unavailable"
 
 
 class WriteOutcomeUnknownError(DependencyUnavailableError):

@@ -8,8 +8,11 @@ from aiohttp import web
 
 from relay.api.body import json_response, query_value
 from relay.appkeys import ATTESTATION
-from relay.errors import DependencyUnavailableError, InvalidRequestError
-from relay.proofs.agent import AttestationUnavailableError
+from relay.errors import (
+    AttestationUnavailableError,
+    DependencyUnavailableError,
+    InvalidRequestError,
+)
 from relay.proofs.nonce import parse_nonce
 
 log = logging.getLogger(__name__)

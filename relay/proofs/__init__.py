@@ -4,7 +4,7 @@
     receipt     sign_receipt, receipt_sha256, the receipt schema
     identity    SigningIdentity, KeyProvider
     keyfile     FileKeyProvider (RELAY_ATTESTATION=none)
-    agent       DstackAgent, AttestationUnavailableError (the dstack guest agent)
+    agent       DstackAgent (the dstack guest agent; AttestationUnavailableError is in relay.errors)
     dstack_key  DstackKeyProvider (RELAY_ATTESTATION=dstack)
     quote       where a TDX quote keeps report_data
     nonce       parse_nonce (a caller's 32 bytes, as 64 hex characters)

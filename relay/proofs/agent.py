@@ -8,15 +8,13 @@ from typing import Any, Self
 import httpx
 from dstack_sdk import AsyncDstackClient, GetKeyResponse, GetQuoteResponse
 
-from relay.errors import DependencyUnavailableError
+from relay.errors import AttestationUnavailableError
 
 # The SDK's 3 s default is too short for a quote on a busy host.
 AGENT_TIMEOUT = 10.0
 ENDPOINT_SETTING = "RELAY_DSTACK_ENDPOINT"
 
-
-class AttestationUnavailableError(DependencyUnavailableError):
-    code = "attestation_unavailable"
+__all__ = ["AGENT_TIMEOUT", "AttestationUnavailableError", "DstackAgent", "normalise_endpoint"]
 
 
 class DstackAgent:

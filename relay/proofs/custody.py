@@ -10,21 +10,22 @@ secp256k1 signature over keccak256 of:
 
 Recovering the signers needs no secret, but any well-formed chain recovers *some*
 root: only comparing it with the root the KMS publishes proves anything.
+
+eth_keys and eth_utils (which load pydantic) are imported by the functions that use
+them: `relay serve` without dstack, and `relay verify` of a report with no chain, never do.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from eth_keys.constants import SECPK1_N
-from eth_keys.datatypes import PublicKey, Signature
-from eth_keys.exceptions import BadSignature
-from eth_utils import is_checksum_address, keccak
-from eth_utils.exceptions import ValidationError
+
+if TYPE_CHECKING:
+    from eth_keys.datatypes import PublicKey
 
 CHAIN_LENGTH = 2
 APP_ID_SIZE = 20
@@ -61,6 +62,8 @@ def kms_root_address(name: str) -> str:
     """The address of the KMS root `name` gives: a 0x address, or its public key in hex
     (SEC1, compressed or not, with or without 0x). ValueError if it names no key."""
     if _ADDRESS.fullmatch(name):
+        from eth_utils import is_checksum_address
+
         mixed_case = name[2:] not in (name[2:].lower(), name[2:].upper())
         if mixed_case and not is_checksum_address(name):
             raise ValueError(f"KMS root {name} fails its EIP-55 checksum (a typo?)")
@@ -72,6 +75,8 @@ def kms_root_address(name: str) -> str:
 
 
 def _public_key(data: bytes, what: str) -> PublicKey:
+    from eth_keys.datatypes import PublicKey
+
     # cryptography checks the point is on the curve, which eth_keys does not.
     try:
         point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), data)
@@ -81,6 +86,12 @@ def _public_key(data: bytes, what: str) -> PublicKey:
 
 
 def _signer(message: bytes, signature: bytes, link: int) -> PublicKey:
+    from eth_keys.constants import SECPK1_N
+    from eth_keys.datatypes import Signature
+    from eth_keys.exceptions import BadSignature
+    from eth_utils import keccak
+    from eth_utils.exceptions import ValidationError
+
     name = f"chain[{link}]"
     if len(signature) != 65:
         raise ValueError(f"{name} is {len(signature)} bytes, not 65 (r‖s‖recovery id)")

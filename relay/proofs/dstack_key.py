@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -10,8 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from relay.proofs.agent import AttestationUnavailableError, DstackAgent
+from relay.errors import AttestationUnavailableError
 from relay.proofs.identity import SigningIdentity, public_key_hex
+
+if TYPE_CHECKING:
+    from relay.proofs.agent import DstackAgent
 
 KEY_PATH = "relay/receipts/ed25519"
 KEY_PURPOSE = "signing"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import relay
-from relay.proofs.agent import AttestationUnavailableError, DstackAgent
+from relay.errors import AttestationUnavailableError
 from relay.proofs.identity import SigningIdentity
 from relay.proofs.nonce import NONCE_SIZE
 from relay.proofs.quote import quote_report_data
+
+if TYPE_CHECKING:
+    from relay.proofs.agent import DstackAgent
 
 
 def report_data_for(public_key_hex: str, nonce: bytes) -> bytes:

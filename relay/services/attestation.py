@@ -6,16 +6,18 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.config import Settings
 from relay.errors import NOT_RETRIED, ConflictError
-from relay.proofs.agent import DstackAgent
 from relay.proofs.dstack_key import DstackKeyProvider
 from relay.proofs.identity import SigningIdentity
 from relay.proofs.keyfile import FileKeyProvider
 from relay.proofs.near import near_signature
 from relay.proofs.report import build_report
+
+if TYPE_CHECKING:
+    from relay.proofs.agent import DstackAgent
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,10 @@ class Attestation:
 async def open_attestation(settings: Settings) -> AsyncIterator[Attestation]:
     """Load the signing key; raises AttestationUnavailableError if dstack is configured but down."""
     if settings.attestation == "dstack":
-        # Built only here: the SDK's constructor refuses a missing socket.
+        # Built only here: the SDK's constructor refuses a missing socket. Imported only
+        # here too: the SDK (httpx, pydantic, eth_keys) is a tenth of a second at start-up.
+        from relay.proofs.agent import DstackAgent
+
         async with DstackAgent(settings.dstack_endpoint or None) as agent:
             identity = await DstackKeyProvider(agent).load()
             log.info("receipt signing key derived in the TEE", extra={"tee_type": "tdx"})
