@@ -1,13 +1,18 @@
-"""Each `relay` command imports what it uses: no command loads the dstack SDK
-(httpx, pydantic, eth_keys) unless RELAY_ATTESTATION=dstack asks for it."""
+"""Each `relay` command imports what it uses: `relay --help`, `relay verify` and
+`relay simulate` start without the database drivers or Redis, and no command loads
+the dstack SDK (httpx, pydantic, eth_keys) unless RELAY_ATTESTATION=dstack asks for it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+
 from tests.relay_process import REPO
 
+SERVING = ("aiohttp", "uvloop")
+STORAGE = ("aiopg", "psycopg2", "redis", "jwt")
 DSTACK = ("dstack_sdk", "httpx", "pydantic", "eth_utils", "eth_keys")
 
 
@@ -21,6 +26,27 @@ def loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
     return done.stdout.split()
 
 
-def test_serve_without_dstack_loads_no_dstack_sdk():
-    # Without dstack, serve signs with a key file: the SDK is imported only for dstack.
-    assert loaded_after("import relay.commands.serve", DSTACK) == []
+def parsed(*argv: str) -> str:
+    return f"from relay.cli import build_parser\nbuild_parser().parse_args({list(argv)!r})"
+
+
+@pytest.mark.parametrize(
+    ("code", "unused"),
+    [
+        pytest.param(
+            "from relay.cli import build_parser\nbuild_parser().format_help()",
+            SERVING + STORAGE + DSTACK,
+            id="relay-help",
+        ),
+        pytest.param(
+            parsed("verify", "--report", "r.json", "--receipt", "x.json"),
+            SERVING + STORAGE + DSTACK,
+            id="verify",
+        ),
+        pytest.param(parsed("simulate", "--port", "0"), STORAGE + DSTACK, id="simulate"),
+        # Without dstack, serve signs with a key file: the SDK is imported only for dstack.
+        pytest.param(parsed("serve"), DSTACK, id="serve"),
+    ],
+)
+def test_a_command_starts_without_what_it_does_not_use(code, unused):
+    assert loaded_after(code, unused) == []
