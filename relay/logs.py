@@ -18,7 +18,6 @@ from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -153,13 +152,21 @@ class MalformedRequestFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
+        if error is not None and _unparsed(error):
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
             record.msg, record.args = "malformed request", ()
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.error, record.peer = type(error).__name__, peer
         return True
+
+
+def _unparsed(error: BaseException) -> bool:
+    """Whether `error` is aiohttp's parser refusing a request. Looked up, not imported:
+    such an error exists only once aiohttp's server has loaded its module, and the
+    commands that serve nothing (relay clients, relay migrate) never load aiohttp."""
+    module = sys.modules.get("aiohttp.http_exceptions")
+    return module is not None and isinstance(error, module.HttpProcessingError)
 
 
 def setup_logging(level: str, fmt: str = "json", stream: TextIO | None = None) -> None:

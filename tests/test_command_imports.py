@@ -1,5 +1,6 @@
 """Each `relay` command imports what it uses: `relay --help`, `relay verify` and
-`relay simulate` start without the database drivers or Redis, and no command loads
+`relay simulate` start without the database drivers or Redis, `relay clients`,
+`relay migrate` and `relay token` without aiohttp, and no command loads
 the dstack SDK (httpx, pydantic, eth_keys) unless RELAY_ATTESTATION=dstack asks for it."""
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
     return done.stdout.split()
 
 
+# What relay.cli imports to run a command that reads settings (relay.cli._run_configured).
+_CONFIGURED = "import relay.commands.refusals, relay.config, relay.logs"
+
+
 def parsed(*argv: str) -> str:
     return f"from relay.cli import build_parser\nbuild_parser().parse_args({list(argv)!r})"
 
@@ -44,6 +49,14 @@ def parsed(*argv: str) -> str:
             id="verify",
         ),
         pytest.param(parsed("simulate", "--port", "0"), STORAGE + DSTACK, id="simulate"),
+        # Commands that read settings and reach the database serve nothing over HTTP.
+        pytest.param(
+            parsed("clients", "list") + f"\n{_CONFIGURED}", SERVING + DSTACK, id="clients"
+        ),
+        pytest.param(parsed("migrate") + f"\n{_CONFIGURED}", SERVING + DSTACK, id="migrate"),
+        pytest.param(
+            parsed("token", "issue", "x") + f"\n{_CONFIGURED}", SERVING + DSTACK, id="token"
+        ),
         # Without dstack, serve signs with a key file: the SDK is imported only for dstack.
         pytest.param(parsed("serve"), DSTACK, id="serve"),
     ],

@@ -10,7 +10,6 @@ from relay.api.body import json_response, read_json_object
 from relay.appkeys import AUTHENTICATOR, CALLER
 from relay.errors import InvalidRequestError
 from relay.services.auth import Caller
-from relay.services.tokens import IssuedToken
 
 # RFC 6749 §5.1: responses carrying tokens must not be cached.
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -31,17 +30,7 @@ async def create_token(request: web.Request) -> web.Response:
         )
     client, issued = await request.app[AUTHENTICATOR].exchange(api_key)
     request[CALLER] = Caller(client, issued.claims)  # so the access line names the client
-    return json_response(token_json(issued), headers=_NO_STORE)
-
-
-def token_json(issued: IssuedToken) -> dict[str, object]:
-    """An issued token as RFC 6749 §5.1 answers it (`relay token issue` prints the same)."""
-    return {
-        "access_token": issued.access_token,
-        "token_type": "Bearer",
-        "expires_in": issued.expires_in,
-        "scope": issued.claims.scope,
-    }
+    return json_response(issued.as_json(), headers=_NO_STORE)
 
 
 async def get_me(request: web.Request) -> web.Response:

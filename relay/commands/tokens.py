@@ -7,7 +7,6 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from relay.api.auth import token_json
 from relay.commands.clients import client_store, print_outcome
 from relay.config import Settings
 from relay.errors import AuthenticationError, PermissionDeniedError
@@ -72,7 +71,7 @@ async def _issue(settings: Settings, client_id: str, ttl: int | None) -> object:
         raise PermissionDeniedError(
             f"Client {client.id!r} is disabled; `relay clients enable {client.id}` first."
         )
-    return token_json(TokenIssuer.for_settings(settings, ttl=ttl).issue(client))
+    return TokenIssuer.for_settings(settings, ttl=ttl).issue(client).as_json()
 
 
 async def _inspect(settings: Settings, token: str) -> dict[str, object]:

@@ -40,6 +40,16 @@ class IssuedToken:
     expires_in: int
     claims: Claims
 
+    def as_json(self) -> dict[str, object]:
+        """The token as RFC 6749 §5.1 answers it: `POST /v1/auth/token` and `relay token
+        issue` print the same."""
+        return {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "scope": self.claims.scope,
+        }
+
 
 class TokenIssuer:
     """Issues tokens signed with `secret`; accepts those signed with `secret` or, while

@@ -7,16 +7,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from relay.config_environment import FILE_SUFFIX, pass_over, variable_or_file
 from relay.config_values import ConfigError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 KINDS = ("openai",)
 
@@ -59,6 +61,10 @@ class Upstream:
 
     @functools.cached_property
     def client_timeout(self) -> aiohttp.ClientTimeout:
+        # Imported here, once per upstream: reading settings (relay clients, relay
+        # migrate) needs no HTTP client.
+        import aiohttp
+
         # No total: a stream may run for minutes. The waits for headers and then for
         # bytes (timeout_s) are bounded by relay itself (relay.upstreams.reply).
         return aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)
