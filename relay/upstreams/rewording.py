@@ -20,7 +20,7 @@ from relay.upstreams.provider_json import (
     provider_json,
 )
 from relay.upstreams.routing import Route
-from relay.upstreams.sse import SSEDecoder
+from relay.upstreams.sse import DONE_LINES, SSEDecoder
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def reworded_events(events: bytes, route: Route) -> bytes:
     shape, error_object) quoting what is not the client's (provider_words) in any of its
     strings is re-serialised with those reworded and all else as sent; every other byte
     stays as it came."""
+    if events.rstrip(b"\r\n") in DONE_LINES:  # a stream's usual end: no error to reword
+        return events
     parts, start = [], 0
     for end in _EVENT_END.finditer(events):
         event = events[start : end.end()]
