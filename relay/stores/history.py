@@ -72,7 +72,8 @@ _NOTIFY = prepared(
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: two or more are built per answer, and a frozen __init__ costs 3x (as ReceiptRow).
+@dataclass(slots=True)
 class NewMessage:
     role: str
     content: str
@@ -89,7 +90,7 @@ class NewMessage:
     created_at: datetime.datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per answer (see NewMessage)
 class Turn:
     """One answer's rows, ready to write."""
 
