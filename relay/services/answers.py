@@ -8,7 +8,6 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Protocol
 
 from relay.errors import RelayError
@@ -23,6 +22,11 @@ log = logging.getLogger(__name__)
 
 CommitHook = Callable[["Answer"], Awaitable[None]]
 AfterHook = Callable[["Answer"], None]
+
+
+# What an answer knows of its reply until it has one: shared, as it never changes
+# (a frozen summary built per answer cost more than the rest of its Answer).
+NO_SUMMARY = CompletionSummary()
 
 
 class SentBytes(Protocol):
@@ -50,7 +54,7 @@ class Answer:
     continues_conversation: bool = False
     receipt_id: str = field(default_factory=uuid7_hex)
     status: str = "complete"  # one of relay.proofs.receipt.RECEIPT_STATUSES
-    summary: CompletionSummary = field(default_factory=CompletionSummary)
+    summary: CompletionSummary = NO_SUMMARY
     response_sha256: str = ""  # the exact bytes the client receives, its final event included
     response_bytes: int = 0
     latency_ms: float = 0.0
@@ -70,20 +74,30 @@ class Answer:
     recorded: bool = False  # queued for the group commit (relay.services.recorder)
     # The tokens its chat reserved as it was admitted, settled by its usage as it ends.
     reservation: Reservation | None = None
+    # The hashes of request_body and forwarded_body, once asked for (by its receipt).
+    _request_sha256: str = field(default="", init=False, repr=False)
+    _forwarded_sha256: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.store and self.conversation_id is None:
             self.conversation_id = uuid7_text()  # what is kept belongs to a conversation
 
-    @cached_property
+    # Worked out once, as functools.cached_property would, without the lock that
+    # takes on every first use (Python 3.11): an answer is only ever read on the loop.
+    @property
     def request_sha256(self) -> str:
-        return hashlib.sha256(self.request_body).hexdigest()
+        if not self._request_sha256:
+            self._request_sha256 = hashlib.sha256(self.request_body).hexdigest()
+        return self._request_sha256
 
-    @cached_property
+    @property
     def forwarded_sha256(self) -> str:
-        if self.forwarded_body is self.request_body:  # sent on as received: one hash serves
-            return self.request_sha256
-        return hashlib.sha256(self.forwarded_body).hexdigest()
+        if not self._forwarded_sha256:
+            if self.forwarded_body is self.request_body:  # sent on as received: one hash serves
+                self._forwarded_sha256 = self.request_sha256
+            else:
+                self._forwarded_sha256 = hashlib.sha256(self.forwarded_body).hexdigest()
+        return self._forwarded_sha256
 
     def received_body(self, body: bytes) -> None:
         """What the client receives, for the receipt: `body`, whole (an answer or an error)."""
