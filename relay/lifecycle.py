@@ -83,12 +83,12 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
 async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:
     limiter = RateLimiter.from_settings(app[SETTINGS], app[REDIS])
     app[RATE_LIMITER] = limiter
-    limiter.clients = app[CLIENT_CACHE]  # settlements charge by the limits in force then
+    limiter.charges.clients = app[CLIENT_CACHE]  # settlements charge by the limits in force then
     await limiter.start()  # loads the script; a missing Redis only degrades limiting
     # Each answer's real usage is charged to the tokens-per-minute bucket, settling what
     # its chat reserved there as it was admitted.
     app[ANSWER_HOOKS].after.append(
-        lambda answer: limiter.settle_tokens(answer.client, answer.tokens_used, answer.reservation)
+        lambda answer: limiter.charges.settle(answer.client, answer.tokens_used, answer.reservation)
     )
     yield
     await limiter.close()

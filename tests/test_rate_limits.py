@@ -154,7 +154,7 @@ async def test_a_large_answer_empties_the_token_bucket(make_client, make_setting
     # What the chat relay does once an answer is out: debit its real usage.
     row = await http.app[CLIENTS].get(client["id"])
     # Not waited for: the next check follows it.
-    http.app[RATE_LIMITER].settle_tokens(row, 1500, None)
+    http.app[RATE_LIMITER].charges.settle(row, 1500, None)
 
     response = await token_gate(http, token)
     error = await assert_error(response, 429, "rate_limit_exceeded")
@@ -170,7 +170,7 @@ async def test_a_wait_longer_than_the_sdks_wait_out_is_not_retried(make_client, 
     http = await make_client(make_settings(rate_limit_tokens_per_minute=10))
     client, token = await client_with_token(http)
     row = await http.app[CLIENTS].get(client["id"])
-    http.app[RATE_LIMITER].settle_tokens(row, 59, None)  # 49 in debt: back at zero in 4m54s
+    http.app[RATE_LIMITER].charges.settle(row, 59, None)  # 49 in debt: back at zero in 4m54s
 
     response = await token_gate(http, token)
 
@@ -202,8 +202,8 @@ async def test_a_debit_within_the_budget_only_lowers_remaining_tokens(make_clien
     client, token = await client_with_token(http)
     row = await http.app[CLIENTS].get(client["id"])
 
-    http.app[RATE_LIMITER].settle_tokens(row, 400, None)
-    http.app[RATE_LIMITER].settle_tokens(row, 0, None)  # nothing to charge
+    http.app[RATE_LIMITER].charges.settle(row, 400, None)
+    http.app[RATE_LIMITER].charges.settle(row, 0, None)  # nothing to charge
 
     response = await token_gate(http, token)
     await assert_error(response, 404, "model_not_found")  # past the token gate
@@ -284,7 +284,7 @@ async def test_limits_off_lets_everything_through_without_headers(make_client, m
     response = await http.get("/v1/me", headers=bearer(token))
     assert "x-ratelimit-limit-requests" not in response.headers
     row = await http.app[CLIENTS].get((await response.json())["id"])
-    http.app[RATE_LIMITER].settle_tokens(row, 10**9, None)  # a no-op, not an error
+    http.app[RATE_LIMITER].charges.settle(row, 10**9, None)  # a no-op, not an error
     assert (await http.get("/v1/me", headers=bearer(token))).status == 200
 
 
@@ -292,7 +292,7 @@ async def test_redis_holds_no_raw_client_id(make_client, make_settings, redis_ur
     http = await make_client(make_settings(rate_limit_tokens_per_minute=1000))
     client, token = await client_with_token(http)
     await _burst(http, 3, headers=bearer(token))
-    http.app[RATE_LIMITER].settle_tokens(await http.app[CLIENTS].get(client["id"]), 10, None)
+    http.app[RATE_LIMITER].charges.settle(await http.app[CLIENTS].get(client["id"]), 10, None)
     await _burst(http, 1, headers=bearer(token))  # answered after the debit reached Redis
 
     async with redis.from_url(redis_url) as connection:

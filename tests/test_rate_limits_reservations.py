@@ -301,7 +301,7 @@ async def test_an_answer_settled_while_redis_is_away_is_charged_once(make_client
     limiter.local.remember((tokens,), Outcome(True, (Level(800, 12_000, 0),)))
     limiter.link.lost(ConnectionError("Redis went away"))
 
-    limiter.settle_tokens(row, 600, verdict.reservation)  # 100 more than reserved
+    limiter.charges.settle(row, 600, verdict.reservation)  # 100 more than reserved
     level = limiter.local.draw((tokens,)).levels[0].remaining
     assert 700 <= level <= 700 + refilled_since(started)
 

@@ -68,15 +68,15 @@ async def test_usage_settled_while_redis_is_away_is_charged_there_once_it_is_bac
     assert verdict.reservation == Reservation(500, in_redis=True)
     limiter.link.retry = 0.01  # Redis is there all along: the probe brings it back soon
     limiter.link.lost(ConnectionError("Redis went away"))
-    limiter.settle_tokens(row, 3_000, verdict.reservation)  # 2,500 past the reservation
-    assert len(limiter.owed) == 1
+    limiter.charges.settle(row, 3_000, verdict.reservation)  # 2,500 past the reservation
+    assert len(limiter.charges.owed) == 1
 
     for _ in range(100):
         if limiter.link.up:
             break
         await asyncio.sleep(0.01)
     assert limiter.link.up
-    assert len(limiter.owed) == 0
+    assert len(limiter.charges.owed) == 0
     await asyncio.sleep(RedisBuckets.CHARGE_DELAY + 0.05)  # the debit goes as a charge
     refused = await token_gate(http, token)
     assert refused.status == 429, await refused.text()  # some 2,000 in debt, in Redis

@@ -111,7 +111,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     finally:
         # An answer settled it with its usage as it ended; a request that ended
         # without one (refused, or its client gone first) gives it back.
-        request.app[RATE_LIMITER].settle_tokens(request[CALLER].client, 0, verdict.reservation)
+        request.app[RATE_LIMITER].charges.settle(request[CALLER].client, 0, verdict.reservation)
 
 
 def reserve_body(request: web.Request, body: bytes) -> None:
@@ -121,8 +121,7 @@ def reserve_body(request: web.Request, body: bytes) -> None:
     verdict = request.get(RATE_LIMIT)
     if verdict is None or verdict.reservation is None or request.content_length is not None:
         return
-    limiter = request.app[RATE_LIMITER]
-    added = limiter.reserve_more(
+    added = request.app[RATE_LIMITER].charges.reserve_more(
         request[CALLER].client, verdict.reservation, estimated_tokens(len(body))
     )
     if added and verdict.tokens is not None:

@@ -30,7 +30,7 @@ class Reservation:
     """Tokens a chat took from its client's bucket as it was admitted (in Redis, or in
     this process while Redis was away or relay's loop too late for it), until its
     answer's usage settles them or its request ends without one
-    (`RateLimiter.settle_tokens`): taken back once."""
+    (`TokenCharges.settle`): taken back once."""
 
     tokens: int
     in_redis: bool
@@ -46,7 +46,7 @@ class Verdict(NamedTuple):
     refused: str | None = None  # the bucket that refused, when one did
     retry_after_ms: int = 0
     blocked: bool = False  # refused by a limit of 0: waiting never helps
-    reservation: Reservation | None = None  # a chat's, settled by `settle_tokens`
+    reservation: Reservation | None = None  # a chat's, settled by `TokenCharges.settle`
 
     @property
     def allowed(self) -> bool:

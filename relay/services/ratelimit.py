@@ -5,17 +5,15 @@ requests also on `chat`, and on `tokens`: a chat is refused while that one is
 below zero, and otherwise reserves there the tokens its body is estimated at
 (at most the bucket's capacity), in the same decision, so requests sent
 together see each other's share (as OpenAI's own token limits do). Its answer's
-real usage settles the reservation in one charge as it ends; a request that
-ends without an answer gives it back (other calls spend no tokens, so a client
-in debt may still read and erase).
+real usage settles the reservation in one charge as it ends; a request that ends
+without an answer gives it back (other calls spend no tokens, so a client in debt
+may still read and erase): both in token_charges.py.
 Token exchanges and attestation reports (unauthenticated) draw on a bucket of
 the caller's address each.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +22,9 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 
 from relay.config import ConfigError, Settings, with_development_secrets
-from relay.errors import RelayError
 from relay.metrics import RATE_LIMIT_LOOP_LAG
-from relay.services.client_cache import ClientCache
 from relay.services.client_ip import TrustedProxies, limited_address
 from relay.services.identity import IdentityHasher
-from relay.services.owed_tokens import OwedTokens
 from relay.services.rate_verdicts import (
     ATTESTATION_REPORTS,
     CHAT,
@@ -42,6 +37,7 @@ from relay.services.rate_verdicts import (
     verdict,
 )
 from relay.services.redis_link import RedisLink
+from relay.services.token_charges import TokenCharges
 from relay.stores.buckets import Draw, Mode, Outcome
 from relay.stores.clients import Client
 from relay.stores.local_buckets import LocalBuckets
@@ -87,16 +83,8 @@ class _Plan(NamedTuple):
 _MAX_PLANS = 100_000
 
 
-class _To(enum.Enum):
-    """Where a token charge goes."""
-
-    HERE = 0  # this process's buckets only
-    REDIS = 1  # Redis, or while it is away this process's buckets, and Redis owed it
-    OWED = 2  # Redis only (this process's buckets took it already): owed while it is away
-
-
 class RateLimiter:
-    """Decides whether a request may pass; the one thing the API and the chat relay call."""
+    """Decides whether a request may pass; its `charges` take an admitted chat's tokens after."""
 
     def __init__(
         self,
@@ -118,13 +106,11 @@ class RateLimiter:
         self.local = LocalBuckets()
         self._redis = RedisBuckets(redis, timeout=timeout, on_levels=self.local.remember)
         self.link = RedisLink(self._redis.probe, timeout=timeout)
-        self.owed = OwedTokens()
-        self.link.on_up = self._pay_owed
         self._plans: dict[tuple[str, bool], _Plan] = {}
-        # Client rows as they are now, once relay caches them: a settlement is charged
-        # by the limits in force as it is made, not those its chat was admitted by.
-        self.clients: ClientCache | None = None
-        self._settling: set[asyncio.Future[None]] = set()
+        # An admitted chat's tokens, charged after the fact to the buckets decided by here.
+        self.charges = TokenCharges(
+            self._tokens_of, self.local, self._redis, self.link, enabled=enabled
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis) -> RateLimiter:
@@ -146,8 +132,7 @@ class RateLimiter:
             await self.link.start()
 
     async def close(self) -> None:
-        if self._settling:  # settlements waiting for their client's row
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.charges.close()
         await self.link.close()
         await self._redis.close()
 
@@ -165,26 +150,12 @@ class RateLimiter:
 
         def give_back(outcome: Outcome) -> None:  # its client left while Redis decided
             if reserve and outcome.allowed:
-                self.settle_tokens(client, 0, Reservation(reserve, in_redis=True))
+                self.charges.settle(client, 0, Reservation(reserve, in_redis=True))
 
         outcome, in_redis = await self._decide(plan.draws, taking, give_back)
         # Every chat admitted holds one, even of nothing: a chunked body reserves once read.
         reservation = Reservation(reserve, in_redis) if outcome.allowed else None
         return verdict(plan.buckets, outcome, reservation)
-
-    def reserve_more(self, client: Client, reservation: Reservation, tokens: int) -> int:
-        """Add `tokens` to an admitted chat's reservation (the estimate of a chunked body,
-        known once read), keeping it within a minute's budget, where it was taken:
-        charged without waiting, as a settlement is. Returns the tokens added."""
-        if not self.enabled:
-            return 0
-        bucket = self._plan_of(client, True).tokens
-        assert bucket is not None, "a chat's plan draws on its tokens"
-        tokens = max(0, min(tokens, bucket.capacity - reservation.tokens))
-        if tokens:
-            reservation.tokens += tokens
-            self._charge_tokens(client, tokens, _To.REDIS if reservation.in_redis else _To.HERE)
-        return tokens
 
     async def check_address(self, address: str, name: str) -> Verdict:
         """Take one from the caller's address's bucket `name`: TOKEN_EXCHANGES or
@@ -197,92 +168,16 @@ class RateLimiter:
         bucket = Bucket(name, Draw(key, limit))
         return verdict((bucket,), await self._draw((bucket.draw,)))
 
-    def settle_tokens(self, client: Client, used: int, reservation: Reservation | None) -> None:
-        """Charge `used` tokens (an answer's usage; 0 for a request that ended without
-        one) against what its chat reserved, in one charge: the difference, a debit or
-        a credit (which never lifts the bucket past its limit), as if `used` had been
-        taken when the chat was admitted, by the client's limits in force now (its row
-        as cached, or read). A reservation is settled once, in the buckets
-        in use now (one Redis took, settled while Redis is away, stays in Redis until it
-        refills, a minute at most); one only this process took, settled while Redis is in
-        use, is given back here and `used` charged in Redis. Without waiting: the charge
-        rides with the next batch of checks, which it precedes. Never raises."""
-        reserved = reservation.take() if reservation is not None else 0
-        charges: list[tuple[int, _To]] = []
-        if reservation is not None and not reservation.in_redis:
-            # Taken in this process only (Redis away, or relay's loop late): given back
-            # here, and Redis charged all the usage (owed it while away).
-            if self.link.up:
-                charges += [(-reserved, _To.HERE), (used, _To.REDIS)]
-            else:
-                charges += [(used - reserved, _To.HERE), (used, _To.OWED)]
-        elif used != reserved:
-            # One charge: while Redis is away, this process's buckets started from the
-            # levels Redis last reported, its reservations included (and Redis is owed it).
-            charges.append((used - reserved, _To.REDIS))
-        # (The final settlement of an answer already settled, say, charges nothing: no
-        # row is looked up for it.)
-        charges = [(cost, to) for cost, to in charges if cost]
-        if not charges or not self.enabled:
-            return
-        current = self.clients.cached(client.id) if self.clients is not None else client
-        if current is not None:
-            self._charge_all(current, charges)
-            return
-        # Changed since it was cached (or relay is not listening): read as it is now.
-        settling = asyncio.ensure_future(self._read_and_charge(client, charges))
-        self._settling.add(settling)
-        settling.add_done_callback(self._settling.discard)
-
-    async def _read_and_charge(self, client: Client, charges: list[tuple[int, _To]]) -> None:
-        assert self.clients is not None
-        try:
-            current = await self.clients.get(client.id)
-        except RelayError:  # the database is away: the row its chat was admitted by
-            current = None
-        self._charge_all(current or client, charges)  # a deleted client: as admitted
-
-    def _charge_all(self, client: Client, charges: list[tuple[int, _To]]) -> None:
-        for cost, to in charges:
-            self._charge_tokens(client, cost, to)
-
-    def _pay_owed(self) -> None:
-        """Redis is back: charge it what was settled while it was away."""
-        for client, cost in self.owed.take():
-            self._charge_tokens(client, cost, _To.OWED)
-
-    def _charge_tokens(self, client: Client, cost: int, to: _To) -> None:
-        if not self.enabled:
-            return
-        tokens = self._plan_of(client, True).tokens
-        assert tokens is not None, "a chat's plan draws on its tokens"
-        draws = (Draw(tokens.key, tokens.capacity, cost, Mode.DEBIT),)
-        if to is _To.HERE:
-            self.local.draw(draws)
-            return
-        if not self.link.up:
-            if to is _To.REDIS:
-                self.local.draw(draws)
-            self.owed.add(client, cost)
-            return
-
-        # A batch that failed charged nothing in Redis, however late it runs there
-        # (RedisBuckets' deadlines): charging it here, and owing it to Redis, charges it
-        # once in each. (A charge is never failed for relay's own lateness: RedisBuckets
-        # sends it again.)
-        def in_process(exc: BaseException) -> None:
-            self.link.lost(exc)
-            if to is _To.REDIS:
-                self.local.draw(draws)
-            self.owed.add(client, cost)
-
-        self._redis.charge(draws, in_process)
-
     def _plan_of(self, client: Client, chat: bool) -> _Plan:
         plan = self._plans.get((client.id, chat))
         if plan is None or plan.client is not client:
             plan = self._plan(client, chat)
         return plan
+
+    def _tokens_of(self, client: Client) -> Draw:
+        tokens = self._plan_of(client, True).tokens
+        assert tokens is not None, "a chat's plan draws on its tokens"
+        return tokens
 
     def _plan(self, client: Client, chat: bool) -> _Plan:
         buckets = [self._bucket(client, REQUESTS, "requests_per_minute")]

@@ -1,0 +1,184 @@
+"""Token charges: an admitted chat's usage charged to its client's tokens bucket after the fact.
+
+A chat reserves its estimate as it is admitted (RateLimiter.check_client); here
+a chunked body's estimate is added once read, and the answer's real usage settles
+the reservation as it ends, in the buckets in use then, by the client's limits in
+force then. What Redis misses while it is away is kept (OwedTokens) and charged
+there once it is back, so an outage forgives no usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+
+from relay.errors import RelayError
+from relay.services.client_cache import ClientCache
+from relay.services.rate_verdicts import Reservation
+from relay.services.redis_link import RedisLink
+from relay.stores.buckets import Draw, Mode
+from relay.stores.clients import Client
+from relay.stores.local_buckets import LocalBuckets
+from relay.stores.redis_buckets import RedisBuckets
+
+# Past this many clients the longest owing is forgiven (some 200 bytes each).
+MAX_OWING = 100_000
+
+
+class OwedTokens:
+    """Per client, the sum of the token charges (debits and credits) that Redis missed.
+
+    This process's buckets took them at once; Redis, shared by every instance, is
+    charged them in one go per client when it is back, so an outage forgives no usage.
+    """
+
+    def __init__(self, max_owing: int = MAX_OWING) -> None:
+        self._max = max_owing
+        self._owed: dict[str, tuple[Client, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._owed)
+
+    def add(self, client: Client, cost: int) -> None:
+        entry = self._owed.pop(client.id, None)
+        if entry is None and len(self._owed) >= self._max:
+            del self._owed[next(iter(self._owed))]  # insertion order: the longest owing
+        total = cost + (entry[1] if entry is not None else 0)
+        if total:
+            self._owed[client.id] = (client, total)
+
+    def take(self) -> list[tuple[Client, int]]:
+        """Everything owed, forgotten here: the caller charges it."""
+        owed, self._owed = self._owed, {}
+        return list(owed.values())
+
+
+class _To(enum.Enum):
+    """Where a token charge goes."""
+
+    HERE = 0  # this process's buckets only
+    REDIS = 1  # Redis, or while it is away this process's buckets, and Redis owed it
+    OWED = 2  # Redis only (this process's buckets took it already): owed while it is away
+
+
+class TokenCharges:
+    """Charges admitted chats' tokens, without waiting, to the buckets RateLimiter decides by."""
+
+    def __init__(
+        self,
+        tokens_of: Callable[[Client], Draw],
+        local: LocalBuckets,
+        redis: RedisBuckets,
+        link: RedisLink,
+        *,
+        enabled: bool = True,
+    ) -> None:
+        self._tokens_of = tokens_of  # a client's tokens bucket, by its row's limits
+        self._local = local
+        self._redis = redis
+        self._link = link
+        self._enabled = enabled
+        self.owed = OwedTokens()
+        link.on_up = self._pay_owed
+        # Client rows as they are now, once relay caches them: a settlement is charged
+        # by the limits in force as it is made, not those its chat was admitted by.
+        self.clients: ClientCache | None = None
+        self._settling: set[asyncio.Future[None]] = set()
+
+    async def close(self) -> None:
+        if self._settling:  # settlements waiting for their client's row
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    def reserve_more(self, client: Client, reservation: Reservation, tokens: int) -> int:
+        """Add `tokens` to an admitted chat's reservation (the estimate of a chunked body,
+        known once read), keeping it within a minute's budget, where it was taken:
+        charged without waiting, as a settlement is. Returns the tokens added."""
+        if not self._enabled:
+            return 0
+        bucket = self._tokens_of(client)
+        tokens = max(0, min(tokens, bucket.capacity - reservation.tokens))
+        if tokens:
+            reservation.tokens += tokens
+            self._charge(client, tokens, _To.REDIS if reservation.in_redis else _To.HERE)
+        return tokens
+
+    def settle(self, client: Client, used: int, reservation: Reservation | None) -> None:
+        """Charge `used` tokens (an answer's usage; 0 for a request that ended without
+        one) against what its chat reserved, in one charge: the difference, a debit or
+        a credit (which never lifts the bucket past its limit), as if `used` had been
+        taken when the chat was admitted, by the client's limits in force now (its row
+        as cached, or read). A reservation is settled once, in the buckets
+        in use now (one Redis took, settled while Redis is away, stays in Redis until it
+        refills, a minute at most); one only this process took, settled while Redis is in
+        use, is given back here and `used` charged in Redis. Without waiting: the charge
+        rides with the next batch of checks, which it precedes. Never raises."""
+        reserved = reservation.take() if reservation is not None else 0
+        charges: list[tuple[int, _To]] = []
+        if reservation is not None and not reservation.in_redis:
+            # Taken in this process only (Redis away, or relay's loop late): given back
+            # here, and Redis charged all the usage (owed it while away).
+            if self._link.up:
+                charges += [(-reserved, _To.HERE), (used, _To.REDIS)]
+            else:
+                charges += [(used - reserved, _To.HERE), (used, _To.OWED)]
+        elif used != reserved:
+            # One charge: while Redis is away, this process's buckets started from the
+            # levels Redis last reported, its reservations included (and Redis is owed it).
+            charges.append((used - reserved, _To.REDIS))
+        # (The final settlement of an answer already settled, say, charges nothing: no
+        # row is looked up for it.)
+        charges = [(cost, to) for cost, to in charges if cost]
+        if not charges or not self._enabled:
+            return
+        current = self.clients.cached(client.id) if self.clients is not None else client
+        if current is not None:
+            self._charge_all(current, charges)
+            return
+        # Changed since it was cached (or relay is not listening): read as it is now.
+        settling = asyncio.ensure_future(self._read_and_charge(client, charges))
+        self._settling.add(settling)
+        settling.add_done_callback(self._settling.discard)
+
+    async def _read_and_charge(self, client: Client, charges: list[tuple[int, _To]]) -> None:
+        assert self.clients is not None
+        try:
+            current = await self.clients.get(client.id)
+        except RelayError:  # the database is away: the row its chat was admitted by
+            current = None
+        self._charge_all(current or client, charges)  # a deleted client: as admitted
+
+    def _charge_all(self, client: Client, charges: list[tuple[int, _To]]) -> None:
+        for cost, to in charges:
+            self._charge(client, cost, to)
+
+    def _pay_owed(self) -> None:
+        """Redis is back: charge it what was settled while it was away."""
+        for client, cost in self.owed.take():
+            self._charge(client, cost, _To.OWED)
+
+    def _charge(self, client: Client, cost: int, to: _To) -> None:
+        if not self._enabled:
+            return
+        tokens = self._tokens_of(client)
+        draws = (Draw(tokens.key, tokens.capacity, cost, Mode.DEBIT),)
+        if to is _To.HERE:
+            self._local.draw(draws)
+            return
+        if not self._link.up:
+            if to is _To.REDIS:
+                self._local.draw(draws)
+            self.owed.add(client, cost)
+            return
+
+        # A batch that failed charged nothing in Redis, however late it runs there
+        # (RedisBuckets' deadlines): charging it here, and owing it to Redis, charges it
+        # once in each. (A charge is never failed for relay's own lateness: RedisBuckets
+        # sends it again.)
+        def in_process(exc: BaseException) -> None:
+            self._link.lost(exc)
+            if to is _To.REDIS:
+                self._local.draw(draws)
+            self.owed.add(client, cost)
+
+        self._redis.charge(draws, in_process)
