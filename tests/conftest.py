@@ -39,6 +39,22 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop}
 
 
+# relay's development state dir when RELAY_STATE_DIR is not set, relative to the working
+# directory: the checkout, for tests. A test that lets relay make it there leaves secrets
+# (a JWT secret, the admin token) beside the code, which later runs of relay then use.
+_CHECKOUT_STATE = Path(__file__).resolve().parents[1] / ".relay-state"
+
+
+@pytest.fixture(autouse=True)
+def _keeps_no_state_in_the_checkout() -> Iterator[None]:
+    there = _CHECKOUT_STATE.exists()  # `make dev`'s own, say
+    yield
+    assert there or not _CHECKOUT_STATE.exists(), (
+        ".relay-state appeared in the checkout during this test (or one another worker ran"
+        " meanwhile): give relay a RELAY_STATE_DIR"
+    )
+
+
 ADMIN_TOKEN = "test-admin-token-" + "a" * 32
 JWT_SECRET = "test-jwt-secret-" + "s" * 32
 

@@ -514,11 +514,12 @@ KEYED_UPSTREAMS = orjson.dumps(
 ).decode()
 
 
-def test_a_missing_provider_key_variable_is_refused_by_name():
+def test_a_missing_provider_key_variable_is_refused_by_name(tmp_path: Path):
     # relay serve and relay dev forward: they refuse to start without the key.
+    env = {"RELAY_UPSTREAMS": KEYED_UPSTREAMS, "RELAY_STATE_DIR": str(tmp_path)}
     with pytest.raises(ConfigError, match=r"^RELAY_UPSTREAMS: upstream 'o': api_key_env 'O_KEY'"):
-        load_settings({"RELAY_UPSTREAMS": KEYED_UPSTREAMS})
-    settings = load_settings({"RELAY_UPSTREAMS": KEYED_UPSTREAMS, "O_KEY": "sk-o"})
+        load_settings(env)
+    settings = load_settings({**env, "O_KEY": "sk-o"})
     assert settings.upstreams[0].api_key == "sk-o"
 
 

@@ -28,7 +28,10 @@ def key_file(tmp_path: Path, content: str | bytes, name: str = "o_key") -> str:
 @pytest.mark.parametrize("line_end", ["", "\n", "\r\n", "  \r\n\n"])
 def test_the_key_is_read_from_the_file_without_its_line_end(tmp_path: Path, line_end: str):
     path = key_file(tmp_path, KEY + line_end)
-    settings = load_settings({"RELAY_UPSTREAMS": UPSTREAMS, "O_KEY_FILE": path})
+    state = str(tmp_path / "state")  # development secrets: not the checkout's .relay-state
+    settings = load_settings(
+        {"RELAY_UPSTREAMS": UPSTREAMS, "O_KEY_FILE": path, "RELAY_STATE_DIR": state}
+    )
     [upstream] = settings.upstreams
     assert upstream.api_key == KEY
     assert upstream.request_headers["Authorization"] == f"Bearer {KEY}"
@@ -61,7 +64,8 @@ def test_a_key_given_both_ways_is_refused_as_relay_refuses_its_own(tmp_path: Pat
 
 def test_an_empty_file_variable_leaves_the_variable_in_charge(tmp_path: Path):
     # As for relay's own: `NAME_FILE=` (empty) is not set.
-    settings = load_settings({"RELAY_UPSTREAMS": UPSTREAMS, "O_KEY": KEY, "O_KEY_FILE": ""})
+    environ = {"RELAY_UPSTREAMS": UPSTREAMS, "O_KEY": KEY, "O_KEY_FILE": ""}
+    settings = load_settings({**environ, "RELAY_STATE_DIR": str(tmp_path / "state")})
     assert settings.upstreams[0].api_key == KEY
 
 
