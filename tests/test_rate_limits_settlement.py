@@ -10,7 +10,7 @@ from relay.appkeys import CLIENT_CACHE, RATE_LIMITER
 from relay.services.rate_verdicts import Reservation
 from relay.stores.redis_buckets import RedisBuckets
 from tests.api_calls import ADMIN, bearer, client_with_token
-from tests.rate_limit_calls import completion_body, token_gate
+from tests.rate_limit_calls import completion_body, token_gate, token_refusal
 
 USED = 5_000
 
@@ -81,3 +81,39 @@ async def test_usage_settled_while_redis_is_away_is_charged_there_once_it_is_bac
     refused = await token_gate(http, token)
     assert refused.status == 429, await refused.text()  # some 2,000 in debt, in Redis
     assert int(refused.headers["Retry-After"]) > 100
+
+
+async def test_usage_owed_to_redis_is_charged_by_the_limit_in_force_once_it_is_back(
+    make_client, make_settings
+):
+    """Owed 5,000 while Redis was away, then the limit lowered from 60,000 to 100 before
+    Redis came back: charged by the old limit, the debt was capped at and refilled by
+    60,000 (so the next check, by 100, found the bucket full); by the new one it is some
+    fifty minutes' debt, and the next chat is refused."""
+    settings = make_settings(rate_limit_tokens_per_minute=60_000, rate_limit_chat_per_minute=100)
+    http = await make_client(settings)
+    client, token = await client_with_token(http)
+    limiter = http.app[RATE_LIMITER]
+    row = await http.app[CLIENT_CACHE].get(client["id"])
+    verdict = await limiter.check_client(row, chat=True)
+    back = asyncio.Event()
+    probe = limiter.link._probe
+
+    async def probe_once_back() -> object:
+        await back.wait()
+        return await probe()
+
+    limiter.link._probe = probe_once_back
+    limiter.link.retry = 0.01
+    limiter.link.lost(ConnectionError("Redis went away"))
+    limiter.charges.settle(row, USED, verdict.reservation)
+    assert len(limiter.charges.owed) == 1
+    patched = await http.patch(
+        f"/admin/clients/{client['id']}", json={"limits": {"tokens_per_minute": 100}}, headers=ADMIN
+    )
+    assert patched.status == 200, await patched.text()
+    back.set()
+
+    refused = await token_refusal(http, token)
+    assert refused.headers["x-ratelimit-limit-tokens"] == "100"
+    assert int(refused.headers["Retry-After"]) > 45 * 60

@@ -132,8 +132,10 @@ class RateLimiter:
             await self.link.start()
 
     async def close(self) -> None:
-        await self.charges.close()
+        # The link first: Redis back meanwhile starts no payment of what it is owed
+        # (a read of a client's row, maybe) after the charges have ended.
         await self.link.close()
+        await self.charges.close()
         await self._redis.close()
 
     async def check_client(self, client: Client, *, chat: bool, reserve: int = 0) -> Verdict:

@@ -129,8 +129,11 @@ class TokenCharges:
         # (The final settlement of an answer already settled, say, charges nothing: no
         # row is looked up for it.)
         charges = [(cost, to) for cost, to in charges if cost]
-        if not charges or not self._enabled:
-            return
+        if charges and self._enabled:
+            self._charge_by_current(client, charges)
+
+    def _charge_by_current(self, client: Client, charges: list[tuple[int, _To]]) -> None:
+        """Charge by the client's limits in force now: its row as cached, or read."""
         current = self.clients.cached(client.id) if self.clients is not None else client
         if current is not None:
             self._charge_all(current, charges)
@@ -153,9 +156,10 @@ class TokenCharges:
             self._charge(client, cost, to)
 
     def _pay_owed(self) -> None:
-        """Redis is back: charge it what was settled while it was away."""
+        """Redis is back: charge it what was settled while it was away, by the limits in
+        force now (the row kept with a debt may be older than a limit changed since)."""
         for client, cost in self.owed.take():
-            self._charge(client, cost, _To.OWED)
+            self._charge_by_current(client, [(cost, _To.OWED)])
 
     def _charge(self, client: Client, cost: int, to: _To) -> None:
         if not self._enabled:
