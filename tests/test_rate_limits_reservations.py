@@ -17,8 +17,9 @@ from aiohttp import web
 
 from relay.appkeys import CLIENT_CACHE, CLIENTS, RATE_LIMITER
 from relay.devservers import RedisServer
+from relay.durations import go_duration
 from relay.services.rate_verdicts import Reservation
-from relay.stores.buckets import MAX_DEBT_PERIODS, Draw, Level, Mode, Outcome
+from relay.stores.buckets import MAX_DEBT_PERIODS, REFILL_MS, Draw, Level, Mode, Outcome
 from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import RedisBuckets
 from relay.upstreams.completion import estimated_tokens
@@ -201,8 +202,11 @@ async def test_a_chunked_chat_reserves_as_one_with_a_content_length(make_client,
     )
 
     assert response.status == 404, await response.text()
-    # What is left after its own reservation, as a token gate with a Content-Length shows.
+    # What is left after its own reservation, as a token gate with a Content-Length shows,
+    # and when the bucket is full again (it was full before).
     assert response.headers["x-ratelimit-remaining-tokens"] == str(BUDGET - GATE)
+    refill_ms = math.ceil(GATE * REFILL_MS / BUDGET)
+    assert response.headers["x-ratelimit-reset-tokens"] == go_duration(refill_ms)
     await asyncio.sleep(0.1)
     assert await remaining_tokens(http, token) == BUDGET  # no answer: given back
 

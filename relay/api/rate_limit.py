@@ -125,8 +125,7 @@ def reserve_body(request: web.Request, body: bytes) -> None:
         request[CALLER].client, verdict.reservation, estimated_tokens(len(body))
     )
     if added and verdict.tokens is not None:
-        left = max(0, verdict.tokens.remaining - added)
-        request[RATE_LIMIT] = verdict._replace(tokens=verdict.tokens._replace(remaining=left))
+        request[RATE_LIMIT] = verdict._replace(tokens=verdict.tokens.taking(added))
 
 
 def reservation_of(request: web.Request) -> Reservation | None:

@@ -3,6 +3,7 @@ and a chat's reservation of tokens until its answer settles it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -23,6 +24,12 @@ class Quota(NamedTuple):
     limit: int
     remaining: int
     reset_ms: int
+
+    def taking(self, tokens: int) -> Quota:
+        """As if `tokens` more had been taken in the same decision: fewer left, and
+        longer until full again."""
+        refill_ms = math.ceil(tokens * REFILL_MS / self.limit) if self.limit > 0 else 0
+        return Quota(self.limit, max(0, self.remaining - tokens), self.reset_ms + refill_ms)
 
 
 @dataclass(slots=True)
