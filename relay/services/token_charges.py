@@ -22,7 +22,7 @@ from relay.stores.clients import Client
 from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import RedisBuckets
 
-# Past this many clients the longest owing is forgiven (some 200 bytes each).
+# Past this many clients the one charged least recently is forgiven (some 200 bytes each).
 MAX_OWING = 100_000
 
 
@@ -43,7 +43,7 @@ class OwedTokens:
     def add(self, client: Client, cost: int) -> None:
         entry = self._owed.pop(client.id, None)
         if entry is None and len(self._owed) >= self._max:
-            del self._owed[next(iter(self._owed))]  # insertion order: the longest owing
+            del self._owed[next(iter(self._owed))]  # insertion order: the least recently charged
         total = cost + (entry[1] if entry is not None else 0)
         if total:
             self._owed[client.id] = (client, total)
