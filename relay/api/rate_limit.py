@@ -117,7 +117,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
 def reserve_body(request: web.Request, body: bytes) -> None:
     """A chat whose body came chunked (no Content-Length to estimate by at admission)
     reserves its estimate now it is read, as one with a Content-Length did at admission,
-    and its x-ratelimit-remaining-tokens counts it."""
+    and its x-ratelimit-remaining-tokens and x-ratelimit-reset-tokens count it."""
     verdict = request.get(RATE_LIMIT)
     if verdict is None or verdict.reservation is None or request.content_length is not None:
         return
