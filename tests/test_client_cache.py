@@ -66,15 +66,6 @@ async def test_one_caller_leaving_does_not_fail_the_others():
     assert await staying is CLIENT and store.lookups == 1
 
 
-async def test_without_the_listener_every_lookup_reads_afresh():
-    store = Store()
-    listener = Listener()
-    listener.live = False
-    cache = ClientCache(store, listener)  # type: ignore[arg-type]
-    await asyncio.gather(*(cache.get(CLIENT.id) for _ in range(3)))
-    assert store.lookups == 3
-
-
 async def test_a_client_that_is_not_there_is_looked_up_once_until_a_notice():
     # The tokens of a deleted client go on arriving until they expire.
     store = Store()

@@ -7,6 +7,7 @@ import logging
 
 from relay.drain import InFlight, Stop
 from relay.errors import AuthenticationError, RelayError
+from relay.services.fresh_reads import FreshReads
 from relay.stores.clients import Client, ClientStore
 from relay.stores.notifications import Notifications
 
@@ -48,6 +49,9 @@ class ClientCache:
         # (a burst after a restart, or after the client changed) share one query
         # instead of each taking a database connection of the pool.
         self._loading: dict[tuple[str, int], asyncio.Future[Client | None]] = {}
+        # Lookups while not listening: each gets a read begun after it came, shared with
+        # the lookups of the same client that came while the read before it ran.
+        self._reads: FreshReads[str, Client | None] = FreshReads(store.get)
         notifications.subscribe(CHANNEL, self.invalidate)
         notifications.on_reset(self.clear)
         if in_flight is not None:
@@ -56,7 +60,7 @@ class ClientCache:
     async def get(self, client_id: str) -> Client | None:
         if not self.notifications.live:
             # Nothing says when a row goes stale: each lookup reads it afresh.
-            return await self.store.get(client_id)
+            return await self._reads.get(client_id)
         if client_id in self._entries:
             return self._entries[client_id]
         key = (client_id, self._generation)
