@@ -13,8 +13,11 @@ Group commits and rate-limit batches hold whatever queued meanwhile, so the coun
 depend on concurrency: one request at a time, relay spends a third more per request
 than here. At 32 concurrent requests (under callgrind a server runs some fifty
 times slower, so they queue as 64 connections do at full speed) the batches are
-full and repeated runs agree within about 1%. Streamed answers vary more (up to
-5%, baseline and relay alike): how many events one read brings depends on timing.
+full and repeated runs agree within about 1%. Streamed answers vary more (up to a
+fifth, baseline and relay alike): how many events one read brings depends on timing,
+and each read costs the work of waking up for it. So the socket reads are counted
+too, from the same dump: the calls to libuv's `uv__read`, which uvloop makes once per
+read (one read(2), one call of the stream's read callback).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SETTLE_SECONDS = 1.5
 ROUGH_SETTLE_SECONDS = 0.3
 # relay's own timeouts assume a process at full speed.
 _SLOW_PROCESS = {"RELAY_REDIS_TIMEOUT": "10", "RELAY_DATABASE_TIMEOUT": "60"}
+READ_FUNCTION = "uv__read"
 
 
 def callgrind_available() -> bool:
@@ -57,6 +61,8 @@ class Counted:
     requests: int
     errors: int
     warnings: int = 0  # lines logged at warning or above since start-up (timeouts, fallbacks)
+    reads_per_request: float = 0.0  # socket reads, from clients and upstream alike
+    instructions_per_read: float = 0.0
 
 
 async def _send(target: Target, body: bytes, count: int) -> int:
@@ -89,13 +95,41 @@ async def _callgrind_control(*args: str) -> None:
     await process.wait()
 
 
-def dumped_total(out_file: Path, before: set[Path]) -> int:
-    """The event total of the dump callgrind wrote since `before` was listed."""
+class Dump(NamedTuple):
+    instructions: int  # the event total
+    reads: int  # calls to READ_FUNCTION
+
+
+def dump_figures(text: str) -> Dump | None:
+    """The totals of one callgrind dump and its calls to READ_FUNCTION (None without totals).
+
+    Function names are compressed: `(id) name` the first time, `(id)` after, shared by
+    `fn=` and `cfn=` lines; a `calls=` line counts calls to the last `cfn=` named."""
+    names: dict[str, str] = {}
+    called = ""
+    total: int | None = None
+    reads = 0
+    for line in text.splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            key, _, name = line.partition("=")
+            if name.startswith("("):
+                ref, _, given = name.partition(")")
+                name = names.setdefault(ref, given.strip() or ref)
+            if key == "cfn":
+                called = name.split("'")[0]  # f'2: a recursion level of f
+        elif line.startswith("calls=") and called == READ_FUNCTION:
+            reads += int(line.removeprefix("calls=").split()[0])
+        elif line.startswith("totals:"):
+            total = int(line.split()[1])
+    return None if total is None else Dump(total, reads)
+
+
+def dumped(out_file: Path, before: set[Path]) -> Dump:
+    """The figures of the dump callgrind wrote since `before` was listed."""
     new = [path for path in out_file.parent.glob(out_file.name + "*") if path not in before]
     for path in sorted(new, key=lambda path: path.stat().st_mtime, reverse=True):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith("totals:"):
-                return int(line.split()[1])
+        if figures := dump_figures(path.read_text(errors="replace")):
+            return figures
     raise RuntimeError(f"callgrind wrote no totals next to {out_file}")
 
 
@@ -121,13 +155,17 @@ async def count_instructions(
     await _callgrind_control("--dump", pid)
     for _ in range(100):  # the dump is written asynchronously
         try:
-            total = dumped_total(out_file, before)
+            dump = dumped(out_file, before)
             break
         except RuntimeError:
             await asyncio.sleep(0.1)
     else:
-        total = dumped_total(out_file, before)
-    return Counted(total / requests, requests, errors)
+        dump = dumped(out_file, before)
+    return Counted(
+        dump.instructions / requests, requests, errors,
+        reads_per_request=dump.reads / requests,
+        instructions_per_read=dump.instructions / dump.reads if dump.reads else 0.0,
+    )  # fmt: skip
 
 
 def warnings_in(log: Path) -> int:

@@ -181,6 +181,8 @@ class PhaseRunner:
         for name, figures in counted.items():
             self.say(
                 f"  {name:<32} {figures.instructions_per_request / 1e6:6.3f} M instructions"
+                f"  {figures.reads_per_request:5.1f} reads"
+                f" ({figures.instructions_per_read / 1e3:4.0f} K instructions each)"
                 f"  errors {figures.errors}  warnings logged {figures.warnings}"
             )
         return dict(counted)

@@ -225,6 +225,13 @@ def _instruction_rows(counted: dict[str, Any]) -> list[Row]:
     def m(value: float) -> str:
         return f"{value / 1e6:.2f} M"
 
+    def reads(name: str) -> str:
+        """How many reads the streamed count took: fewer when events arrive together."""
+        figures: Counted = counted[name]
+        if not figures.reads_per_request:
+            return "—"
+        return f"{figures.reads_per_request:.1f} / {figures.instructions_per_read / 1e3:.0f} K"
+
     rows = [
         Row(
             "instructions per request (callgrind)", baseline=m(baseline), relay=m(relay),
@@ -240,6 +247,10 @@ def _instruction_rows(counted: dict[str, Any]) -> list[Row]:
             of_baseline="tokens/s ≈ "
             f"{per_request('baseline, streamed') / per_request('relay, streamed'):.0%} of baseline",
             target=f"≥ {TOKENS_OF_BASELINE:.0%} of baseline",
+        ),
+        Row(
+            "    reads per answer / instructions per read",
+            baseline=reads("baseline, streamed"), relay=reads("relay, streamed"),
         ),
     ]  # fmt: skip
     if "relay, receipts off" not in counted:  # a rough (--quick) run counts no more
@@ -264,7 +275,7 @@ def _instruction_rows(counted: dict[str, Any]) -> list[Row]:
             "  receipts on vs off", of_baseline=f"on ≈ {no_receipts / relay:.0%} of off",
             target=f"≥ {RECEIPTS_ON_OF_OFF:.0%} of off",
         ),
-        rows[2],
+        *rows[2:],
     ]  # fmt: skip
 
 

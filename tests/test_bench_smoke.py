@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from bench.figures import RequestFigures, Usage
-from bench.instructions import Counted, dumped_total
+from bench.instructions import Counted, dump_figures, dumped
 from bench.report import table_rows
 
 
@@ -49,7 +49,12 @@ def test_bench_runs_every_phase_kind_and_writes_its_figures(tmp_path: Path) -> N
     for figures in counted.values():
         assert figures["instructions_per_request"] > 100_000
         assert (figures["errors"], figures["warnings"]) == (0, 0)
+        # A request is read at least once; a streamed answer's events take more reads.
+        assert figures["reads_per_request"] >= 1
+        assert figures["instructions_per_read"] > 0
+    assert counted["relay, streamed"]["reads_per_request"] > counted["relay"]["reads_per_request"]
     assert "| instructions per request (callgrind)" in done.stdout
+    assert "|     reads per answer / instructions per read" in done.stdout
 
 
 def test_a_callgrind_dump_is_read_for_its_totals(tmp_path: Path) -> None:
@@ -57,7 +62,31 @@ def test_a_callgrind_dump_is_read_for_its_totals(tmp_path: Path) -> None:
     out.write_text("events: Ir\nsummary: 0\ntotals: 0\n")  # the empty dump at exit
     before = {out}
     (tmp_path / "callgrind.relay.1").write_text("desc: Trigger: dump\nsummary: 0\ntotals: 1234\n")
-    assert dumped_total(out, before) == 1234
+    assert dumped(out, before) == (1234, 0)
+
+
+def test_a_callgrind_dump_counts_the_socket_reads() -> None:
+    # Names are given once, then referred to by id alone, in fn= and cfn= lines alike.
+    dump = """events: Ir
+fn=(1) uv__io_poll
+cfn=(2) uv__stream_io
+calls=5 0
+0 900
+fn=(2)
+cfn=(3) uv__read
+calls=5 0
+0 800
+cfn=(4) uv__write
+calls=7 0
+0 70
+fn=(5) uv__run_timers
+cfn=(3)
+calls=2 0
+0 300
+totals: 5000
+"""
+    assert dump_figures(dump) == (5000, 7)
+    assert dump_figures("events: Ir\n") is None
 
 
 def test_instruction_rows_turn_counts_into_rate_ratios() -> None:
@@ -100,12 +129,14 @@ def test_a_rough_instruction_count_reports_what_it_counted() -> None:
         "baseline": counted(0.5),
         "relay": counted(2.0),
         "relay, store false": counted(1.8),
-        "baseline, streamed": counted(3.0),
+        "baseline, streamed": Counted(3e6, 32, 0, reads_per_request=60, instructions_per_read=5e4),
         "relay, streamed": counted(6.0),
     }
     rows = {row.measure.strip(): row for row in table_rows({"instructions": rough}, 64)}
     assert rows["history on vs off"].of_baseline == "on ≈ 90% of off"
     assert rows["a streamed answer"].of_baseline == "tokens/s ≈ 50% of baseline"
+    reads = rows["reads per answer / instructions per read"]
+    assert (reads.baseline, reads.relay) == ("60.0 / 50 K", "—")
     assert "receipts on vs off" not in rows and "rate limits on vs off" not in rows
 
 
