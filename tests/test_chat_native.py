@@ -1,21 +1,25 @@
 """POST /v1/chat: relay keeps the conversation, builds the context, stores both sides."""
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import re
 import socket
+import sys
 import tempfile
+import termios
 
 import orjson
 import pytest
 from aiohttp import web
 
-from relay.api.chat_events import PAD_STEP
+from relay.api.chat_events import PAD_STEP, HashedEventSource
 from relay.app import create_app
 from relay.appkeys import DATABASE, IN_FLIGHT
 from relay.services.native_chat import chat_messages
 from relay.simulator import completion_text
+from relay.upstreams import pipe
 from tests.api_calls import assert_error, bearer, client_with_token, post_and_never_read
 from tests.history_calls import CONVERSATION, chat, refuse_history_writes, stored_messages
 from tests.receipt_calls import fetch_receipt, fetch_receipt_when_committed
@@ -565,6 +569,14 @@ async def small_send_buffer(request: web.Request, response: web.StreamResponse) 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
+def unread(transport: asyncio.Transport) -> int:
+    """Bytes relay wrote to a client that it has not read yet: in the transport's buffer
+    and in the kernel's (SIOCOUTQ, the same number as TIOCOUTQ)."""
+    sock = transport.get_extra_info("socket")
+    queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+    return transport.get_write_buffer_size() + int.from_bytes(queued, sys.byteorder)
+
+
 async def post_stream(path: str, token: str, body: bytes) -> socket.socket:
     """POST a streamed /v1/chat request to relay's unix socket at `path`, as nginx does."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -607,11 +619,31 @@ async def test_a_client_that_stops_reading_at_the_last_event_is_cut_off_too(
     # that stops reading as it begins. Its write waits for the client like a delta's,
     # so it has the same deadline. On a unix socket (relay behind nginx) nothing else
     # bounds it: the kernel's TCP_USER_TIMEOUT, which aiohttp-sse sets, is TCP's.
-    monkeypatch.setattr("relay.upstreams.pipe.SEND_SECONDS", 0.5)
+    # Only that write's deadline is made short, and only once the client has taken every
+    # delta: at 0.5 s for the deltas too, a loaded machine's pause cut the stream before
+    # its last event.
+    transports: list[asyncio.Transport] = []
+    deadlines: list[float] = []
+    end = HashedEventSource.end
+
+    async def end_soon(self: HashedEventSource, final: bytes) -> None:
+        deadlines.append(self.send_seconds)
+        for _ in range(2000):  # the client reads on until the last event begins
+            if not unread(transports[-1]):
+                break
+            await asyncio.sleep(0.01)
+        self.send_seconds = 0.5
+        await end(self, final)
+
+    async def keep_transport(request: web.Request, response: web.StreamResponse) -> None:
+        assert request.transport is not None
+        transports.append(request.transport)
+
+    monkeypatch.setattr(HashedEventSource, "end", end_soon)
     caplog.set_level(logging.INFO, logger="relay.access")
     settings = make_settings(rate_limits=False)
     app = create_app(settings)
-    app.on_response_prepare.append(small_send_buffer)
+    app.on_response_prepare.extend((small_send_buffer, keep_transport))
     http = await make_client(settings, app)
     with tempfile.TemporaryDirectory(prefix="relay-") as directory:
         path = f"{directory}/relay.sock"  # AF_UNIX paths are short; pytest's tmp_path may not be
@@ -630,6 +662,7 @@ async def test_a_client_that_stops_reading_at_the_last_event_is_cut_off_too(
         received += await read_to_end(sock)
     finally:
         sock.close()
+    assert deadlines == [pipe.SEND_SECONDS]  # the deltas' deadline, until made short
     assert not received.endswith(b"0\r\n\r\n")  # the stream never ended
     [line] = [r for r in caplog.records if r.name == "relay.access" and r.route == "/v1/chat"]
     # Logged as any client that left mid-stream: the status it was sent, what was written.
