@@ -331,12 +331,14 @@ async def test_sigterm_lets_a_stream_finish_then_stops_everything(dev_dir: Path,
                 run.proc.send_signal(signal.SIGTERM)
                 rest = await response.content.read()
         events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
-        assert events[-1] == b"data: [DONE]" and len(events) >= 40
-        assert await asyncio.to_thread(run.proc.wait, 60) == 0
+        assert events[-1] == b"data: [DONE]" and len(events) >= 40, (first + rest)[-500:]
+        status = await asyncio.to_thread(run.proc.wait, 60)
     finally:
         run.kill()
     run.stderr_reader.join(10)
-    assert "relay draining" in "".join(run.stderr)
+    stderr = "".join(run.stderr)
+    assert status == 0, stderr[-3000:]
+    assert "relay draining" in stderr, stderr[-3000:]
     assert processes_using(dev_dir) == []
 
 
