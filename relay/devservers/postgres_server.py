@@ -25,6 +25,7 @@ from relay.devservers.process import (
     ServerProcess,
     port_open,
 )
+from relay.durable_files import sync_directory
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,6 @@ def _grant_search(path: Path, uid: int, groups: list[int]) -> None:
         if not st.st_mode & bit:
             log.warning("granting search permission on %s so postgres can reach its data", parent)
             os.chmod(parent, stat.S_IMODE(st.st_mode) | bit)
-
-
-def _sync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PostgresServer(ServerProcess):
@@ -173,7 +166,7 @@ class PostgresServer(ServerProcess):
             raise DevServerError(f"initdb failed for {self.data_dir}:\n{output}")
         os.rename(building, self.data_dir)
         if not self.fast:
-            _sync_directory(self.data_dir.parent)  # the rename itself
+            sync_directory(self.data_dir.parent)  # the rename itself
         log.info("initdb %s in %.2fs", self.data_dir, time.monotonic() - started)
 
     def _accepts_connections(self) -> bool:

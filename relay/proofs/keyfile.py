@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from relay.durable_files import sync_directory
 from relay.proofs.identity import SigningIdentity
 
 KEY_FILE_NAME = "receipt_signing_key.pem"
@@ -112,9 +113,5 @@ def _create_exclusively(path: Path, data: bytes) -> bool:
             return False
     finally:
         temp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_directory(path.parent)
     return True
