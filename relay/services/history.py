@@ -81,6 +81,14 @@ def _page(rows: list[dict[str, Any]], more: bool, seq: int) -> Page:
     return Page([public_message(row) for row in rows], history_cursor(next_seq), more)
 
 
+def served_content(row: dict[str, Any]) -> str | None:
+    """A stored message's content as OpenAI gives it: null for an answer of tool calls
+    and no text (stored as "", the column's default), "" for one with neither."""
+    if row["role"] == "assistant" and row["tool_calls"] and not row["content"]:
+        return None
+    return row["content"]
+
+
 def public_message(row: dict[str, Any]) -> dict[str, Any]:
     usage = None
     if row["prompt_tokens"] is not None or row["completion_tokens"] is not None:
@@ -93,7 +101,7 @@ def public_message(row: dict[str, Any]) -> dict[str, Any]:
         "conversation_id": row["conversation_id"],
         "role": row["role"],
         "name": row["name"],
-        "content": row["content"],
+        "content": served_content(row),
         "tool_calls": row["tool_calls"],
         "tool_call_id": row["tool_call_id"],
         "choice": row["choice"],

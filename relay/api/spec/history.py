@@ -56,7 +56,11 @@ _MESSAGE_PROPERTIES: dict[str, Any] = {
     "conversation_id": {"type": "string", "format": "uuid"},
     "role": {"type": "string"},
     "name": NULLABLE_STRING,
-    "content": {"type": "string"},
+    "content": {
+        "type": ["string", "null"],
+        "description": "null for an assistant message of tool calls and no text, as OpenAI"
+        ' gives it; otherwise the text (an answer with neither: "").',
+    },
     "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
     "tool_call_id": NULLABLE_STRING,
     "choice": NULLABLE_INTEGER,
