@@ -14,8 +14,9 @@ from relay.services.history import HistoryService
 from relay.services.history_watch import HistoryWatch
 from relay.stores import conversations
 from relay.stores.database import Cursor, connect
+from relay.stores.history import HISTORY_CHANNEL
 from tests.api_calls import assert_error, bearer, client_with_token
-from tests.history_calls import CONVERSATION, chat, query, waiting_for_lock
+from tests.history_calls import CONVERSATION, chat, execute, query, waiting_for_lock
 from tests.receipt_calls import fetch_receipt
 
 
@@ -204,6 +205,37 @@ async def test_a_long_poll_woken_by_losing_its_listener_answers_503_by_its_time(
     # Its read was cut short, not its connection's pool: the next poll reads from there.
     page = await (await history(http, token, after=start)).json()
     assert page == {"data": [], "next_cursor": start, "has_more": False}
+
+
+async def test_a_long_poll_woken_late_by_a_commit_reads_it_though_postgres_is_slow(
+    make_client, make_settings, database_url, monkeypatch
+):
+    """A poll woken by its client's commit reads with RELAY_DATABASE_TIMEOUT, as any read
+    does: PostgreSQL announced that commit, so it is up. Woken late in its wait, the read
+    had only the rest of the wait and READ_GRACE_S, and a database merely slow answered
+    503. Following next_cursor still sees each message once."""
+    monkeypatch.setattr(HistoryService, "READ_GRACE_S", 0.25)
+    http = await make_client(make_settings(database_timeout=5.0, rate_limits=False))
+    client, token = await client_with_token(http)
+    poll, _, began = await held_poll(http, token, wait=1)
+    loop = asyncio.get_running_loop()
+    async with messages_unanswered(database_url):
+        await asyncio.sleep(began + 0.9 - loop.time())
+        # What a commit of the client's announces (one made now would wait for the lock).
+        await execute(database_url, "SELECT pg_notify(%s, %s)", (HISTORY_CHANNEL, client["id"]))
+        await waiting_for_lock(database_url)  # the poll's read
+        answer = asyncio.ensure_future(chat(http, token, "slow"))
+        await waiting_for_lock(database_url, 2)  # and that answer's commit
+        await asyncio.sleep(began + 1.75 - loop.time())  # well past the wait and its grace
+    response = await poll
+    assert response.status == 200, await response.text()
+    assert loop.time() - began >= 1.75
+    assert (await answer).status == 200
+    first = await response.json()
+    rest = await (await history(http, token, after=first["next_cursor"])).json()
+    seen = first["data"] + rest["data"]
+    assert [(m["role"], m["content"]) for m in seen][:1] == [("user", "slow")]
+    assert len(seen) == 2 and seen[1]["role"] == "assistant"
 
 
 async def test_past_the_most_held_polls_of_a_client_a_poll_is_refused(http, monkeypatch):

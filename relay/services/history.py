@@ -159,10 +159,13 @@ class HistoryService:
             )
             return _page(rows, more, seq)
         deadline = asyncio.get_running_loop().time() + wait
-        # Its reads (the first, one each time it is woken, one at its time while commits
-        # go unannounced) get what is left of the wait and READ_GRACE_S: a PostgreSQL that
-        # stopped answering must not hold the poll RELAY_DATABASE_TIMEOUT past its time.
-        # A read cut short returns no rows: the cursor stays where it was.
+        # Its reads get what is left of the wait and READ_GRACE_S (the first, and one
+        # when the listener went down or came back, or at its time while it is down):
+        # a PostgreSQL that stopped answering must not hold the poll
+        # RELAY_DATABASE_TIMEOUT past its time. A read after a commit of this client's
+        # was announced gets RELAY_DATABASE_TIMEOUT, as any read: PostgreSQL just
+        # committed and announced it, so it is up, and slow at worst. A read cut short
+        # returns no rows: the cursor stays where it was.
         bound = asyncio.timeout_at(deadline + self.READ_GRACE_S)
         try:
             async with bound:
@@ -171,7 +174,7 @@ class HistoryService:
                 if not self.watch.has_room(client_id):
                     raise TooManyPollsError()
                 return await self._held_page(
-                    client_id, seq, limit, conversation_id, deadline, stops
+                    client_id, seq, limit, conversation_id, deadline, bound, stops
                 )
         except TimeoutError:
             if not bound.expired():
@@ -189,27 +192,32 @@ class HistoryService:
         limit: int,
         conversation_id: str | None,
         deadline: float,
+        bound: asyncio.Timeout,
         stops: tuple[asyncio.Event, ...],
     ) -> Page:
+        """`page` once held, its reads within `bound` (see `page`)."""
         loop = asyncio.get_running_loop()
+        announced = False
         while True:
             # Registered before reading: a commit between the read and the wait still wakes us.
-            woken = self.watch.waiter(client_id)
+            waiter = self.watch.waiter(client_id)
             try:
+                bound.reschedule(None if announced else deadline + self.READ_GRACE_S)
                 rows, more = await self.messages.page(
                     client_id, after_seq=seq, limit=limit, conversation_id=conversation_id
                 )
                 remaining = deadline - loop.time()
                 if rows or remaining <= 0 or any(stop.is_set() for stop in stops):
                     break
-                await _first_of((woken, *stops), remaining)
-                if not woken.is_set() and self.watch.live:
+                await _first_of((waiter.woken, *stops), remaining)
+                if not waiter.woken.is_set() and self.watch.live:
                     # Nothing of this client's committed since the read: nothing new to
                     # read again, and a database that stopped answering meanwhile must
                     # not hold the poll past its time (a 503 a database timeout later).
                     break
+                announced = waiter.announced
             finally:
-                self.watch.forget(client_id, woken)
+                self.watch.forget(client_id, waiter)
         return _page(rows, more, seq)
 
     async def context(

@@ -10,6 +10,22 @@ from relay.stores.history import EVERYONE, HISTORY_CHANNEL
 from relay.stores.notifications import Notifications
 
 
+class Waiter:
+    """One held poll's wake-up: `woken` is set at its client's next commit announced by
+    NOTIFY (then `announced` is true too), or when the listener goes down or comes back,
+    since commits may have gone unannounced meanwhile."""
+
+    __slots__ = ("announced", "woken")
+
+    def __init__(self) -> None:
+        self.woken = asyncio.Event()
+        self.announced = False
+
+    def announce(self) -> None:
+        self.announced = True
+        self.woken.set()
+
+
 class HistoryWatch:
     """Subscribes to the history channel; must be built before the listener starts."""
 
@@ -19,7 +35,7 @@ class HistoryWatch:
     MOST_HELD_PER_CLIENT = 32
 
     def __init__(self, notifications: Notifications) -> None:
-        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: defaultdict[str, set[Waiter]] = defaultdict(set)
         self._notifications = notifications
         notifications.subscribe(HISTORY_CHANNEL, self._on_notify)
         # While the listener was down, commits may have gone unannounced.
@@ -32,35 +48,34 @@ class HistoryWatch:
         of its client that was not made (or whose NOTIFY is still on its way)."""
         return self._notifications.live
 
-    def waiter(self, client_id: str) -> asyncio.Event:
-        """An event set at this client's next commit; register before reading, so none is missed."""
-        event = asyncio.Event()
-        self._waiters[client_id].add(event)
-        return event
+    def waiter(self, client_id: str) -> Waiter:
+        """Woken at this client's next commit; register before reading, so none is missed."""
+        waiter = Waiter()
+        self._waiters[client_id].add(waiter)
+        return waiter
 
     def has_room(self, client_id: str) -> bool:
         """Whether another poll of this client may be held (see MOST_HELD_PER_CLIENT)."""
         return len(self._waiters.get(client_id, ())) < self.MOST_HELD_PER_CLIENT
 
-    def forget(self, client_id: str, event: asyncio.Event) -> None:
+    def forget(self, client_id: str, waiter: Waiter) -> None:
         waiters = self._waiters.get(client_id)
         if waiters is not None:
-            waiters.discard(event)
+            waiters.discard(waiter)
             if not waiters:
                 del self._waiters[client_id]
 
     def _on_notify(self, payload: str) -> None:
-        if payload == EVERYONE:
-            self._wake_everyone()
-            return
-        for client_id in payload.split(","):
-            for event in self._waiters.get(client_id, ()):
-                event.set()
+        # EVERYONE, from an older instance, announces a commit of clients it did not name.
+        names = self._waiters.keys() if payload == EVERYONE else payload.split(",")
+        for client_id in names:
+            for waiter in self._waiters.get(client_id, ()):
+                waiter.announce()
 
     def _wake_everyone(self) -> None:
         for waiters in self._waiters.values():
-            for event in waiters:
-                event.set()
+            for waiter in waiters:
+                waiter.woken.set()
 
 
 class TooManyPollsError(RateLimitError):
