@@ -53,8 +53,9 @@ async def test_a_batch_redis_runs_after_relay_gave_up_charges_nothing(tmp_path):
             assert [type(exc) for exc in failures] == [TimeoutError]
             assert await watch.hgetall("late") == before
             assert not await watch.exists("late-too")
-            # And the next batch is decided (and charged) in Redis again, once.
-            assert (await shared.draw([Draw("late", 10)])).levels[0].remaining == 8
+            # And the next batch is decided (and charged) in Redis again, once, with the
+            # charge that failed: 9 - 5 - 1.
+            assert (await shared.draw([Draw("late", 10)])).levels[0].remaining == 3
             await shared.close()
 
 
@@ -96,8 +97,9 @@ async def test_a_batch_reaching_redis_past_its_deadline_is_refused_whole(redis_u
             await shared.draw([Draw("past", 10)])
         assert not await connection.exists("past")
         assert [type(exc) for exc in failures] == [LateBatchError]
-        # The refusal carried Redis's time: the next batch has a deadline it can meet.
-        assert (await shared.draw([Draw("past", 10)])).levels[0].remaining == 9
+        # The refusal carried Redis's time: the next batch has a deadline it can meet,
+        # and carries the charge refused: 10 - 5 - 1.
+        assert (await shared.draw([Draw("past", 10)])).levels[0].remaining == 4
         await shared.close()
 
 

@@ -175,14 +175,12 @@ class TokenCharges:
             self.owed.add(client, cost)
             return
 
-        # A batch that failed charged nothing in Redis, however late it runs there
-        # (RedisBuckets' deadlines): charging it here, and owing it to Redis, charges it
-        # once in each. (A charge is never failed for relay's own lateness: RedisBuckets
-        # sends it again.)
+        # Its batch failed: RedisBuckets keeps the charge and sends it again with the
+        # next batch, and Redis takes it once (whether it ran the failed batch or not),
+        # so it is not owed; this process's buckets take it now, deciding meanwhile.
         def in_process(exc: BaseException) -> None:
             self._link.lost(exc)
             if to is _To.REDIS:
                 self._local.draw(draws)
-            self.owed.add(client, cost)
 
         self._redis.charge(draws, in_process)

@@ -13,16 +13,22 @@ from relay.stores.buckets import MAX_DEBT_PERIODS, REFILL_MS, Draw, Level, Outco
 # written only when charged, and expires once it would have refilled, so idle
 # clients leave nothing behind. Mirrored by relay.stores.local_buckets.
 #
-# KEYS: the buckets of every call, call after call. ARGV: the refill period,
-# the batch's deadline (µs on Redis's clock, see RedisBuckets), then one spec
-# per call, "capacity,cost,mode" for each of its buckets joined by commas (one
-# argument per call is much cheaper for redis-py to send than three per bucket).
+# KEYS: the sending relay's charge mark, then the buckets of every call, call
+# after call. ARGV: the refill period, the batch's deadline (µs on Redis's clock,
+# see RedisBuckets), then one spec per call, "capacity,cost,mode" for each of its
+# buckets joined by commas (one argument per call is much cheaper for redis-py to
+# send than three per bucket).
 # Calls are decided one after the other, each all-or-nothing, as if each ran
 # alone; within a call every draw reads its bucket as it was before the call (so
 # one call never draws twice on a bucket). A negative cost gives back, never past
 # capacity (buckets.Draw). The reply: Redis's time in µs, then 0
 # when the deadline has passed (nothing touched) or 1 and, per call: allowed,
 # then (level, ms to full, ms to wait) per bucket.
+# A charge (a debit nobody waits for) is numbered: its spec starts "n:", n its
+# place among its relay's charges, which that relay sends in order. The mark keeps
+# the highest number taken, so a charge sent again (its batch's reply was lost) is
+# taken once: its levels are read, nothing is charged. The mark lives a day, as
+# long as the deepest debt takes to refill.
 SCRIPT = """
 local clock = redis.call('TIME')
 local micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -32,11 +38,20 @@ end
 local now = math.floor(micros / 1000)
 local period = tonumber(ARGV[1])
 local reply = {micros, 1}
-local k = 0
+local taken, newest = nil, 0
+local k = 1
 for c = 3, #ARGV do
+  local spec, again = ARGV[c], false
+  local charge, draws = string.match(spec, '^(%d+):(.*)$')
+  if charge then
+    charge, spec = tonumber(charge), draws
+    if taken == nil then taken = tonumber(redis.call('GET', KEYS[1]) or '0') end
+    again = charge <= taken
+    if not again then newest = math.max(newest, charge) end
+  end
   local caps, costs, modes = {}, {}, {}
   local n = 0
-  for cap, cost, mode in string.gmatch(ARGV[c], '(-?%d+),(-?%d+),(%d)') do
+  for cap, cost, mode in string.gmatch(spec, '(-?%d+),(-?%d+),(%d)') do
     n = n + 1
     caps[n], costs[n], modes[n] = tonumber(cap), tonumber(cost), tonumber(mode)
   end
@@ -68,7 +83,7 @@ for c = 3, #ARGV do
   for i = 1, n do
     local capacity, cost = caps[i], costs[i]
     local level = levels[i]
-    if allowed == 1 and cost ~= 0 then
+    if allowed == 1 and cost ~= 0 and not again then
       level = math.max(-capacity * MAX_DEBT_PERIODS, math.min(capacity, level - cost))
       local ttl = period
       if capacity > 0 then
@@ -87,14 +102,22 @@ for c = 3, #ARGV do
   end
   k = k + n
 end
+if newest > 0 then
+  redis.call('SET', KEYS[1], newest, 'PX', MARK_TTL)
+end
 return reply
-""".replace("MAX_DEBT_PERIODS", str(MAX_DEBT_PERIODS))
+"""
+SCRIPT = SCRIPT.replace("MAX_DEBT_PERIODS", str(MAX_DEBT_PERIODS))
+SCRIPT = SCRIPT.replace("MARK_TTL", str(MAX_DEBT_PERIODS * REFILL_MS))
 PERIOD = str(REFILL_MS).encode()  # ARGV[1]
 
 
-def encode(draws: Sequence[Draw]) -> list[bytes]:
-    """A call as the script reads it: each bucket's key, then one spec for them all."""
+def encode(draws: Sequence[Draw], charge: int = 0) -> list[bytes]:
+    """A call as the script reads it: each bucket's key, then one spec for them all;
+    a charge's (`charge`, its number, from 1) taken once however often it is sent."""
     spec = ",".join(f"{draw.capacity},{draw.cost},{int(draw.mode)}" for draw in draws)
+    if charge:
+        spec = f"{charge}:{spec}"
     return [*(draw.key.encode() for draw in draws), spec.encode()]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -33,6 +35,7 @@ class _Call(NamedTuple):
     extra: tuple[Draw, ...] = ()  # drawn after `draws`, encoded afresh every time
     # Told the outcome Redis decided for a caller that stopped waiting after it was sent.
     on_abandoned: Callable[[Outcome], object] | None = None
+    charge: int = 0  # a charge's number (from 1): Redis takes it once (bucket_script)
 
     @property
     def all_draws(self) -> tuple[Draw, ...]:
@@ -61,13 +64,17 @@ class RedisBuckets:
     start a batch of their own: they go with the next request's, or after
     `CHARGE_DELAY`, so a request never queues behind the debit of the one
     before it. `on_levels` hears every call Redis decided, with its levels.
+    A charge is taken in Redis once: one whose batch failed, even after Redis
+    ran it (its reply lost), is kept and goes again with the next batch, and
+    Redis, which marks the charges it took, skips it if it took it already.
 
     A batch relay gave up on is decided in-process; Redis may still run it
     once it is free (it was sent). So each batch carries a deadline on Redis's
     clock that certainly falls before relay gives up (see RedisClock), and the
     script charges nothing past it. The last REPLY_SHARE of the timeout, after
     the deadline, is for the reply to come back and be read (a loop stalled
-    for longer right across the give-up can still lose a charged reply).
+    for longer right across the give-up can still lose a charged reply: its
+    checks are then charged in Redis as well, its charges still once).
     """
 
     CHARGE_DELAY = 0.05
@@ -89,6 +96,10 @@ class RedisBuckets:
         self._reply_time = max(timeout * self.REPLY_SHARE, self.MIN_REPLY_TIME)
         self.sha = hashlib.sha1(bucket_script.SCRIPT.encode()).hexdigest()
         self._queue: list[_Call] = []
+        self._held: list[_Call] = []  # charges of failed batches: sent with the next
+        # This relay's charges, numbered in the order they are sent, and their mark in Redis.
+        self._charges = itertools.count(1)
+        self._mark = f"relay:rl:{{charges}}:{secrets.token_hex(8)}".encode()
         self._sender: asyncio.Task[None] | None = None
         self._charge_timer: asyncio.TimerHandle | None = None
         self._answered_at = -math.inf  # loop time the last batch's reply (or failure) came
@@ -114,10 +125,11 @@ class RedisBuckets:
         self.clock.observe(sent, time.monotonic(), seconds + micros / 1_000_000)
 
     async def close(self) -> None:
-        """Send the charges still queued (a failed send hands them to `on_error`), then stop."""
+        """Send the charges still queued or held (a failed send loses them), then stop."""
         if self._charge_timer is not None:
             self._charge_timer.cancel()
             self._charge_timer = None
+        self._queue, self._held = self._held + self._queue, []
         if self._queue and self._sender is None:
             self._start()
         sender, self._sender = self._sender, None
@@ -142,9 +154,12 @@ class RedisBuckets:
         return await future
 
     def charge(self, draws: Sequence[Draw], on_error: Callable[[BaseException], object]) -> None:
-        """Queue draws nobody waits for; if their batch fails, `on_error` is told."""
+        """Queue draws nobody waits for, taken in Redis once. If their batch fails they
+        are kept for the next, and `on_error` is told (the first time): Redis may not
+        have them yet, and may have them already."""
         loop = asyncio.get_running_loop()
-        self._queue.append(_Call(tuple(draws), None, on_error, loop.time()))
+        call = _Call(tuple(draws), None, on_error, loop.time(), charge=next(self._charges))
+        self._queue.append(call)
         if self._sender is None and self._charge_timer is None:
             self._charge_timer = loop.call_later(self.CHARGE_DELAY, self._send_charges)
 
@@ -160,7 +175,8 @@ class RedisBuckets:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                # Held charges first: each is sent after every charge numbered before it.
+                batch, self._queue, self._held = self._held + self._queue, [], []
                 # A caller that stopped waiting (its own timeout) drops out.
                 batch = [call for call in batch if call.future is None or not call.future.done()]
                 if not batch:
@@ -184,6 +200,9 @@ class RedisBuckets:
                     continue
                 except Exception as exc:  # the callers queued meanwhile fail too
                     batch, self._queue = batch + self._queue, []
+                    self._held = [
+                        call._replace(on_error=None) for call in batch if call.future is None
+                    ]
                     _fail(batch, exc)
                     continue
                 for call, outcome in zip(batch, outcomes, strict=True):
@@ -204,12 +223,12 @@ class RedisBuckets:
             if self._answered_at >= send_by:  # it queued behind a batch Redis was slow on
                 raise LateBatchError("Redis answered the batch before this one too late")
             raise LoopLagError("relay's loop was busy past the rate-limit batch's deadline")
-        keys: list[bytes] = []
+        keys: list[bytes] = [self._mark]
         specs: list[bytes] = []
         for call in batch:
             encoded = self._encoded.get(call.draws) if call.future is not None else None
             if encoded is None:
-                encoded = bucket_script.encode(call.draws)
+                encoded = bucket_script.encode(call.draws, call.charge)
                 if call.future is not None:
                     if len(self._encoded) >= _MAX_ENCODED:
                         self._encoded.clear()
@@ -252,7 +271,7 @@ class RedisBuckets:
 def _fail(calls: list[_Call], exc: Exception) -> None:
     for call in calls:
         if call.future is None:
-            assert call.on_error is not None
-            call.on_error(exc)
+            if call.on_error is not None:  # told once: a held charge was told already
+                call.on_error(exc)
         elif not call.future.done():
             call.future.set_exception(exc)
