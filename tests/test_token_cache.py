@@ -1,29 +1,14 @@
 """Verified tokens are remembered, but expiry is still checked on every request."""
 
-import datetime
 import time
 
 import pytest
 
 from relay.errors import AuthenticationError
 from relay.services.tokens import CLOCK_SKEW_SECONDS, TokenIssuer
-from relay.stores.clients import Client
+from tests.client_rows import client_row
 
-NOW = datetime.datetime.now(datetime.UTC)
-CLIENT = Client(
-    id="00000000-0000-0000-0000-000000000001",
-    name="c",
-    key_id="k",
-    key_hash="h",
-    key_version=1,
-    scopes=(),
-    status="active",
-    limits={},
-    store_history=True,
-    metadata={},
-    created_at=NOW,
-    updated_at=NOW,
-)
+CLIENT = client_row()
 
 
 def test_a_remembered_token_still_expires():

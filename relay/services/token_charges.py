@@ -15,43 +15,13 @@ from collections.abc import Callable
 
 from relay.errors import RelayError
 from relay.services.client_cache import ClientCache
+from relay.services.owed_tokens import OwedTokens
 from relay.services.rate_verdicts import Reservation
 from relay.services.redis_link import RedisLink
 from relay.stores.buckets import Draw, Mode
 from relay.stores.clients import Client
 from relay.stores.local_buckets import LocalBuckets
 from relay.stores.redis_buckets import RedisBuckets
-
-# Past this many clients the one charged least recently is forgiven (some 200 bytes each).
-MAX_OWING = 100_000
-
-
-class OwedTokens:
-    """Per client, the sum of the token charges (debits and credits) that Redis missed.
-
-    This process's buckets took them at once; Redis, shared by every instance, is
-    charged them in one go per client when it is back, so an outage forgives no usage.
-    """
-
-    def __init__(self, max_owing: int = MAX_OWING) -> None:
-        self._max = max_owing
-        self._owed: dict[str, tuple[Client, int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._owed)
-
-    def add(self, client: Client, cost: int) -> None:
-        entry = self._owed.pop(client.id, None)
-        if entry is None and len(self._owed) >= self._max:
-            del self._owed[next(iter(self._owed))]  # insertion order: the least recently charged
-        total = cost + (entry[1] if entry is not None else 0)
-        if total:
-            self._owed[client.id] = (client, total)
-
-    def take(self) -> list[tuple[Client, int]]:
-        """Everything owed, forgotten here: the caller charges it."""
-        owed, self._owed = self._owed, {}
-        return list(owed.values())
 
 
 class _To(enum.Enum):
