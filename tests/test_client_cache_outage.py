@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from relay.errors import DependencyUnavailableError
 from relay.services.client_cache import ClientCache
-from relay.stores.clients import Client, ClientStore
-from relay.stores.database import Database
 from relay.stores.notifications import Notifications
-
-
-class CountedStore(ClientStore):
-    """The real store, counting its reads; `held` keeps each read's answer (its query
-    done) until set, like a database slow to answer."""
-
-    def __init__(self, db: Database) -> None:
-        super().__init__(db)
-        self.reads = 0
-        self.read = asyncio.Event()
-        self.held = asyncio.Event()
-        self.held.set()
-
-    async def get(self, client_id: str) -> Client | None:
-        self.reads += 1
-        client = await super().get(client_id)
-        self.read.set()
-        await self.held.wait()
-        return client
+from tests.client_reads import CountedStore, counted_store, new_client
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[CountedStore]:
-    db = await Database.open(database_url, size=4, timeout=5)
-    try:
-        yield CountedStore(db)
-    finally:
-        await db.close()
+    async with counted_store(database_url) as counted:
+        yield counted
 
 
 @pytest.fixture
@@ -48,10 +24,6 @@ def cache(store: CountedStore, database_url: str) -> ClientCache:
     notifications = Notifications(database_url, timeout=5)  # never run: not listening
     assert not notifications.live
     return ClientCache(store, notifications)
-
-
-async def new_client(store: ClientStore) -> Client:
-    return await store.create(name="outage", key_id=uuid.uuid4().hex[:16], key_hash="x")
 
 
 async def test_lookups_of_one_client_that_come_together_make_one_query(store, cache):
