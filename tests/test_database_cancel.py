@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,12 +20,12 @@ import pytest
 
 from relay.appkeys import DATABASE
 from relay.errors import DependencyUnavailableError
-from relay.services.answers import AnswerHooks
+from relay.services.answers import Answer, AnswerHooks
 from relay.services.history_part import HistoryPart
 from relay.services.recorder import AnswerRecorder
 from relay.services.retention import HistoryRetention
 from relay.stores.clients import ClientStore
-from relay.stores.database import Database, connect
+from relay.stores.database import Batch, Database, connect
 from relay.stores.message_purge import MessagePurge, Purged
 from relay.stores.messages import MessageStore
 from tests.api_calls import assert_error, bearer, client_with_token
@@ -171,10 +171,11 @@ async def test_retention_keeps_purging_after_a_purge_the_server_cancels(database
         await db.close()
 
 
-class BuggyOnce:
-    """A message purge whose first run fails with something nobody expected."""
+class BuggyOnce(MessagePurge):
+    """relay's message purge, whose first run fails with something nobody expected."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
         self.purges = 0
         self.purged_again = asyncio.Event()
 
@@ -184,22 +185,27 @@ class BuggyOnce:
         self.purges += 1
         if self.purges == 1:
             raise RuntimeError("a bug")
+        purged = await super().purge(older_than, batch=batch, title=title)
         self.purged_again.set()
-        return Purged(0, 0)
+        return purged
 
 
-async def test_retention_keeps_purging_after_an_unexpected_error(caplog):
-    messages = BuggyOnce()
-    retention = HistoryRetention(messages, 30, interval_s=0.01)  # type: ignore[arg-type]
-    loop = asyncio.create_task(retention.run())
-    async with asyncio.timeout(5):
-        await messages.purged_again.wait()
-    assert not loop.done()
-    failed = [r for r in caplog.records if r.getMessage() == "history purge failed"]
-    assert len(failed) == 1 and failed[0].levelno == logging.ERROR and failed[0].exc_info
-    loop.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await loop
+async def test_retention_keeps_purging_after_an_unexpected_error(database_url, caplog):
+    db = await Database.open(database_url, size=1, timeout=10)
+    messages = BuggyOnce(db)
+    retention = HistoryRetention(messages, 30, interval_s=0.01)
+    try:
+        loop = asyncio.create_task(retention.run())
+        async with asyncio.timeout(5):
+            await messages.purged_again.wait()
+        assert not loop.done()
+        failed = [r for r in caplog.records if r.getMessage() == "history purge failed"]
+        assert len(failed) == 1 and failed[0].levelno == logging.ERROR and failed[0].exc_info
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+    finally:
+        await db.close()
 
 
 async def test_an_answer_whose_caller_left_while_waiting_for_room_is_still_recorded(
@@ -340,27 +346,18 @@ async def test_a_batch_the_server_cancels_is_tried_again(http, database_url):
     assert results == [None] * 5
 
 
-class SpoiledThenGone:
-    """A record part: a batch of several fails on its rows (one answer spoiled it),
-    and alone, each answer finds the database out of reach."""
+class SpoiledThenGone(HistoryPart):
+    """relay's history part, but a batch of several fails on its rows (one answer
+    spoiled it), and alone, each answer finds the database out of reach."""
 
     def __init__(self) -> None:
         self.writes: list[int] = []
 
-    def wants(self, answer: Any) -> bool:
-        return True
-
-    async def write(self, tx: Any, answers: Any) -> None:
+    async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         self.writes.append(len(answers))
         if len(answers) > 1:
             raise ValueError("one answer's rows spoil the batch")
         raise DependencyUnavailableError("The database is unavailable; try again shortly.")
-
-    async def unwritable(self, db: Any, answers: Any) -> list[Any]:
-        return []
-
-    async def written(self, db: Any, answers: Any) -> bool | None:
-        return None
 
 
 async def record_together(http: Any, part: Any, count: int) -> list[Any]:
@@ -390,9 +387,9 @@ async def test_answers_tried_one_by_one_stop_at_a_database_out_of_reach(http, da
 
 class SpoiledThenOneDeadlocks(SpoiledThenGone):
     """As SpoiledThenGone, but alone the first answer loses a deadlock (the server
-    refusing it, not being gone), and the others go through."""
+    refusing it, not being gone), and the others are written."""
 
-    async def write(self, tx: Any, answers: Any) -> None:
+    async def write(self, tx: Batch, answers: Sequence[Answer]) -> None:
         self.writes.append(len(answers))
         if len(answers) > 1:
             raise ValueError("one answer's rows spoil the batch")
@@ -401,6 +398,7 @@ class SpoiledThenOneDeadlocks(SpoiledThenGone):
                 raise psycopg2.errors.DeadlockDetected()
             except psycopg2.errors.DeadlockDetected as deadlock:
                 raise DependencyUnavailableError("The database is unavailable.") from deadlock
+        await HistoryPart.write(self, tx, answers)
 
 
 async def test_an_answer_alone_that_loses_a_deadlock_does_not_fail_the_rest(http, database_url):
@@ -409,3 +407,5 @@ async def test_an_answer_alone_that_loses_a_deadlock_does_not_fail_the_rest(http
     assert part.writes == [5, 5, 1, 1, 1, 1, 1]
     assert isinstance(results[0], DependencyUnavailableError)
     assert results[1:] == [None] * 4
+    stored = await query(database_url, "SELECT content FROM messages WHERE role = 'user'")
+    assert sorted(row["content"] for row in stored) == ["q1", "q2", "q3", "q4"]
