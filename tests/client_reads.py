@@ -8,11 +8,20 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from relay.appkeys import DATABASE
 from relay.services.client_cache import CHANNEL
 from relay.stores.clients import Client, ClientStore
-from relay.stores.database import Database
+from relay.stores.database import Database, fetch_all
 from relay.stores.notifications import Notifications
 from tests.history_calls import execute
+
+# The server processes of LISTEN connections on the current database.
+_LISTENERS = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+)
 
 
 class CountedStore(ClientStore):
@@ -89,10 +98,25 @@ async def notify(database_url: str, client_id: str) -> None:
 
 async def lose_listener(database_url: str, heard: Heard) -> None:
     """End the LISTEN connection's server process and wait until it is back."""
-    await execute(
-        database_url,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND query LIKE 'LISTEN %%'",
-    )
+    await execute(database_url, f"SELECT pg_terminate_backend(pid) FROM ({_LISTENERS}) listeners")
     assert await heard.reset() is False
     assert await heard.reset() is True
+
+
+async def listener_pids(app: web.Application) -> list[int]:
+    async with app[DATABASE].cursor() as cur:
+        rows = await fetch_all(cur, _LISTENERS)
+    return [row["pid"] for row in rows]
+
+
+async def lose_relay_listener(http: TestClient) -> None:
+    """End the server process of the LISTEN connection of relay under `http`; return
+    once another is up, so relay has noticed the loss."""
+    [listener] = await listener_pids(http.app)
+    async with http.app[DATABASE].cursor() as cur:
+        await cur.execute("SELECT pg_terminate_backend(%s)", (listener,))
+    pids = [listener]
+    async with asyncio.timeout(10):
+        while not pids or listener in pids:
+            await asyncio.sleep(0.02)
+            pids = await listener_pids(http.app)

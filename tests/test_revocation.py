@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 from relay.appkeys import DATABASE
-from relay.stores.database import fetch_all
 from tests.api_calls import ADMIN, bearer, client_with_token, exchange
+from tests.client_reads import lose_relay_listener
 
 # NOTIFY is asynchronous: a second instance learns of a change within milliseconds,
 # not synchronously with the admin call. Poll for it rather than sleep blindly.
@@ -77,16 +77,6 @@ async def test_delete_on_a_is_refused_on_b(make_client, settings):
     assert await eventually_status(b, token, 401) == 401
 
 
-async def listener_pids(http) -> list[int]:
-    async with http.app[DATABASE].cursor() as cur:
-        rows = await fetch_all(
-            cur,
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN %%'",
-        )
-    return [row["pid"] for row in rows]
-
-
 async def sql(http, statement: str, *args: Any) -> None:
     async with http.app[DATABASE].cursor() as cur:
         await cur.execute(statement, args or None)
@@ -96,7 +86,6 @@ async def test_losing_the_listener_drops_the_cache(make_client, settings):
     http = await make_client(settings)
     client, token = await client_with_token(http)
     assert await me_status(http, token) == 200  # cached
-    [listener] = await listener_pids(http)
 
     # Disable the client behind relay's back, without the trigger's NOTIFY:
     # the cached row is now stale, and relay still accepts the token.
@@ -109,15 +98,7 @@ async def test_losing_the_listener_drops_the_cache(make_client, settings):
 
     # Kill the LISTEN connection: notifications may have been missed, so the
     # whole cache must go, and the stale row with it.
-    await sql(http, "SELECT pg_terminate_backend(%s)", listener)
-    pids = [listener]
-    async with asyncio.timeout(10):
-        for _ in range(500):
-            pids = await listener_pids(http)
-            if pids and listener not in pids:
-                break  # a new listener is up, so the old one's loss was noticed
-            await asyncio.sleep(0.02)
-    assert pids and listener not in pids
+    await lose_relay_listener(http)
 
     assert await me_status(http, token) == 401
 

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.appkeys import CLIENT_CACHE
 from tests.api_calls import ADMIN, assert_error, bearer, client_with_token
+from tests.client_reads import lose_relay_listener
 from tests.history_calls import assistant_statuses, execute
 
 # NOTIFY reaches the other instance within milliseconds; the stream ends soon after.
@@ -166,7 +166,7 @@ async def test_a_client_disabled_while_no_notice_could_come_is_found_when_listen
         " UPDATE clients SET status = 'disabled' WHERE id = %s",
         (client["id"],),
     )
-    http.app[CLIENT_CACHE].clear()  # what the listener, live again, has the cache do
+    await lose_relay_listener(http)  # and it comes back: whatever changed meanwhile is read
     async with asyncio.timeout(PROMPTLY):
         raw = first + await response.content.read()
     assert orjson.loads(last_data(raw))["error"]["code"] == "token_revoked"
