@@ -402,7 +402,7 @@ def test_signals_while_the_servers_start_stop_them_and_exit_cleanly(dev_dir: Pat
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     (dev_dir / "postgres").mkdir(parents=True)
-    (dev_dir / "postgres" / "PG_VERSION").write_text("15\n")  # no initdb
+    (dev_dir / "postgres" / "postmaster.opts").write_text("postgres\n")  # run on: no initdb
     run = DevRun(dev_dir, free_port(), PATH=fake_server_binaries(tmp_path), TMPDIR=str(tmp))
     try:
         wait_for_fake_postgres(run, dev_dir)

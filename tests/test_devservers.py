@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import psycopg2
 import redis
 
 from relay.devservers import PostgresServer, RedisServer, free_port
+from relay.devservers.postgres_server import _grant_search, _postgres_bindir, _postgres_user
 from relay.devservers.process import HOST, _ephemeral_ports
 
 
@@ -41,6 +46,39 @@ def test_a_data_dir_never_initialised_is_built_again(tmp_path: Path) -> None:
         with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
+        conn.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pg", "pg.log"]
+
+
+def initdb_killed_after_bootstrap(data_dir: Path) -> None:
+    """Run initdb in data_dir, as an older relay dev did, and SIGKILL it once template1 is
+    bootstrapped, before it makes template0 and postgres: PG_VERSION, the configuration
+    files and pg_control are there, the cluster is not."""
+    as_postgres = _postgres_user()
+    data_dir.mkdir()
+    if as_postgres:
+        os.chown(data_dir, as_postgres["user"], as_postgres["group"])
+        _grant_search(data_dir, as_postgres["user"], as_postgres["extra_groups"])
+    argv = [str(_postgres_bindir() / "initdb"), "-D", str(data_dir), "-U", "postgres", "--no-sync"]
+    initdb = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, start_new_session=True, cwd="/", **as_postgres
+    )
+    deadline = time.monotonic() + 60
+    while not (data_dir / "base" / "1" / "PG_VERSION").exists():  # written after bootstrap
+        assert initdb.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    os.killpg(initdb.pid, signal.SIGKILL)
+    assert initdb.wait() == -signal.SIGKILL  # cut short, not finished already
+    assert (data_dir / "global" / "pg_control").exists()
+
+
+def test_a_data_dir_initdb_did_not_finish_is_built_again(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pg"
+    initdb_killed_after_bootstrap(data_dir)
+    with PostgresServer(data_dir, fast=True) as pg:
+        with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database ORDER BY datname")
+            assert cur.fetchall() == [("postgres",), ("template0",), ("template1",)]
         conn.close()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["pg", "pg.log"]
 

@@ -29,6 +29,12 @@ from relay.durable_files import sync_directory
 
 log = logging.getLogger(__name__)
 
+# Written by every postmaster as it starts, and left in place; initdb's own backends
+# (bootstrap, single-user) never write it. initdb writes no file of its own as it ends,
+# and PG_VERSION, the configuration files and pg_control all come before its longest
+# step: a data dir without this one was never run on, so holds nothing anyone put there.
+_RUN_ON = "postmaster.opts"
+
 
 @functools.cache
 def _postgres_bindir() -> Path:
@@ -99,7 +105,7 @@ class PostgresServer(ServerProcess):
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if as_postgres:
             _grant_search(self.data_dir, as_postgres["user"], as_postgres["extra_groups"])
-        if not (self.data_dir / "PG_VERSION").exists():
+        if not (self.data_dir / _RUN_ON).exists():
             self._initdb(as_postgres)
         # A short private socket dir: the data dir's path may exceed the 107-byte socket limit.
         socket_dir = Path(tempfile.mkdtemp(prefix="relay-pg-"))
@@ -128,11 +134,14 @@ class PostgresServer(ServerProcess):
 
         An initdb cut short (a signal, SIGKILL, power loss) thus leaves no data_dir that a
         later start would take for a cluster, only the sibling, which the next start rebuilds.
+        A data_dir PostgreSQL never ran on is replaced: an older relay's initdb ran in
+        place, and cut short left one half built (a complete one, never started, holds
+        nothing yet either).
         """
         building = self.data_dir.with_name(self.data_dir.name + ".initdb")
         shutil.rmtree(building, ignore_errors=True)  # a build cut short before
-        if self.data_dir.exists():  # no PG_VERSION: an older relay's, never initialised
-            log.warning("rebuilding %s: it was never completely initialised", self.data_dir)
+        if self.data_dir.exists():
+            log.warning("rebuilding %s: PostgreSQL never ran on it", self.data_dir)
             shutil.rmtree(self.data_dir)
         building.mkdir(mode=0o700)
         if as_postgres:
