@@ -12,7 +12,7 @@ from relay.appkeys import ROUTER
 from relay.services.answers import Answer
 from relay.stores.clients import Client
 from relay.stores.database import connect, fetch_all
-from tests.api_calls import bearer
+from tests.api_calls import bearer, client_with_token
 
 CONVERSATION = "Relay-Conversation-Id"
 
@@ -93,6 +93,32 @@ async def chat(
         headers[CONVERSATION] = conversation
     body = {"model": "gpt-sim", "messages": messages or [{"role": "user", "content": content}]}
     return await http.post("/v1/chat/completions", json={**body, **extra}, headers=headers)
+
+
+async def relay_answered_by(
+    handler: Any, make_client: Any, make_settings: Any, provider_upstream: Any
+) -> tuple[TestClient, str, str]:
+    """relay with one provider, whose model "m" `handler` answers, and no rate limits;
+    a new client's id and token."""
+    upstream = await provider_upstream(handler, "scripted", models={"m": "m"})
+    http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))
+    client, token = await client_with_token(http)
+    return http, client["id"], token
+
+
+async def ask_in_one_conversation(
+    http: TestClient, token: str, asked: list[tuple[str, dict[str, Any]]]
+) -> str:
+    """Each question of `asked` (with its request's other fields) in turn, through
+    /v1/chat/completions to model "m", all in one conversation; its id."""
+    conversation = None
+    for question, fields in asked:
+        response = await chat(http, token, question, conversation=conversation, model="m", **fields)
+        assert response.status == 200, await response.text()
+        await response.read()
+        conversation = response.headers[CONVERSATION]
+    assert conversation is not None
+    return conversation
 
 
 def recorded_answer(app: web.Application, client: Client, text: str, **fields: Any) -> Answer:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 HANG = "hang"  # the provider sends nothing more and keeps its body open
@@ -32,3 +34,40 @@ async def play(
 def sent(script: Sequence[bytes | float | str]) -> bytes:
     """The bytes `script` sends."""
     return b"".join(step for step in script if isinstance(step, bytes))
+
+
+class RecordingProvider:
+    """A provider that keeps the messages relay sent it (`seen`), then answers as its
+    subclass's `reply` says."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[dict[str, Any]]] = []
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        asked = await request.json()
+        self.seen.append(asked["messages"])
+        return await self.reply(request, asked)
+
+    async def reply(self, request: web.Request, asked: dict[str, Any]) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+def whole_answer(*messages: dict[str, Any]) -> web.Response:
+    """A non-streamed chat completion whose choices say `messages`, in order, as OpenAI
+    sends one (its finish_reason "tool_calls" for a message that calls tools)."""
+    body = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": index,
+                "message": message,
+                "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
+            }
+            for index, message in enumerate(messages)
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    return web.json_response(body, dumps=lambda value: orjson.dumps(value).decode())

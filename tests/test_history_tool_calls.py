@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp import web
 
-from tests.api_calls import bearer, client_with_token
-from tests.history_calls import CONVERSATION, stored_messages
-from tests.scripted_provider import play
+from tests.api_calls import bearer
+from tests.history_calls import ask_in_one_conversation, relay_answered_by, stored_messages
+from tests.scripted_provider import RecordingProvider, play, whole_answer
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
 # The provider's answer to each question: its message, as OpenAI sends it.
@@ -31,34 +30,14 @@ STREAMED_OK = [
 ]
 
 
-class Provider:
-    """Answers each question as ANSWERS says ("ok" otherwise), keeping what relay sent."""
+class Provider(RecordingProvider):
+    """Answers each question as ANSWERS says ("ok" otherwise)."""
 
-    def __init__(self) -> None:
-        self.seen: list[list[dict[str, Any]]] = []
-
-    async def answer(self, request: web.Request) -> web.StreamResponse:
-        asked = await request.json()
-        messages = asked["messages"]
-        self.seen.append(messages)
+    async def reply(self, request: web.Request, asked: dict[str, Any]) -> web.StreamResponse:
         if asked.get("stream"):  # /v1/chat's
             return await play(request, STREAMED_OK, asyncio.Event())
-        message = ANSWERS.get(messages[-1]["content"], {"role": "assistant", "content": "ok"})
-        body = {
-            "id": "c1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-        }
-        return web.json_response(body, dumps=lambda value: orjson.dumps(value).decode())
+        question = asked["messages"][-1]["content"]
+        return whole_answer(ANSWERS.get(question, {"role": "assistant", "content": "ok"}))
 
 
 @pytest.fixture
@@ -68,23 +47,12 @@ def provider() -> Provider:
 
 @pytest.fixture
 async def relay(make_client, make_settings, provider_upstream, provider):
-    upstream = await provider_upstream(provider.answer, "scripted", models={"m": "m"})
-    http = await make_client(make_settings(upstreams=(upstream,), rate_limits=False))
-    client, token = await client_with_token(http)
-    return http, client["id"], token
+    return await relay_answered_by(provider.answer, make_client, make_settings, provider_upstream)
 
 
 async def ask_all(http, token) -> str:
     """Every question of ANSWERS, in one conversation, through /v1/chat/completions."""
-    conversation = None
-    for question in ANSWERS:
-        headers = bearer(token) | ({CONVERSATION: conversation} if conversation else {})
-        body = {"model": "m", "messages": [{"role": "user", "content": question}]}
-        response = await http.post("/v1/chat/completions", json=body, headers=headers)
-        assert response.status == 200, await response.text()
-        conversation = response.headers[CONVERSATION]
-    assert conversation is not None
-    return conversation
+    return await ask_in_one_conversation(http, token, [(question, {}) for question in ANSWERS])
 
 
 def answers(messages: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
