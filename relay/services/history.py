@@ -83,8 +83,15 @@ def _page(rows: list[dict[str, Any]], more: bool, seq: int) -> Page:
 
 def served_content(row: dict[str, Any]) -> str | None:
     """A stored message's content as OpenAI gives it: null for an answer of tool calls
-    and no text (stored as "", the column's default), "" for one with neither."""
-    if row["role"] == "assistant" and row["tool_calls"] and not row["content"]:
+    and no text (stored as "", the column's default) and for a refusal and no text
+    (its words stored as its content too, relay.services.turns), "" for one with
+    neither. A refusal stored by a relay from before sql/011 has no `refusal`, only
+    its words as content: it reads as text, as it did."""
+    if row["role"] != "assistant":
+        return row["content"]
+    if row["refusal"] is not None and row["content"] == row["refusal"]:
+        return None
+    if row["tool_calls"] and not row["content"]:
         return None
     return row["content"]
 
@@ -102,6 +109,7 @@ def public_message(row: dict[str, Any]) -> dict[str, Any]:
         "role": row["role"],
         "name": row["name"],
         "content": served_content(row),
+        "refusal": row["refusal"],
         "tool_calls": row["tool_calls"],
         "tool_call_id": row["tool_call_id"],
         "choice": row["choice"],

@@ -7,7 +7,7 @@ from typing import Any
 from relay.errors import NOT_RETRIED, InvalidRequestError
 from relay.services.answers import Answer
 from relay.stores.history import NewMessage
-from relay.upstreams.completion import usage_count
+from relay.upstreams.completion import ChoiceReply, CompletionSummary, usage_count
 
 TITLE_CHARS = 120
 # The most history rows one request's new turn may add. Each row costs the group
@@ -101,35 +101,33 @@ def turn_messages(answer: Answer) -> list[NewMessage]:
     rows.append(
         _reply_row(
             answer,
-            summary.reply,
-            summary.tool_calls,
+            summary,
             0 if summary.more_choices else None,
             usage=summary.usage,
             row_id=answer.message_id,
         )
     )
-    rows.extend(
-        _reply_row(answer, choice.reply, choice.tool_calls, choice.index)
-        for choice in summary.more_choices
-    )
+    rows.extend(_reply_row(answer, choice, choice.index) for choice in summary.more_choices)
     return rows
 
 
 def _reply_row(
     answer: Answer,
-    reply: str,
-    tool_calls: list[dict[str, Any]],
+    said: CompletionSummary | ChoiceReply,
     choice: int | None,
     *,
     usage: dict[str, Any] | None = None,
     row_id: int | None = None,
 ) -> NewMessage:
-    """One of the answer's replies as its row."""
+    """One of the answer's replies as its row. A refusal's words are its content, as
+    they were before it was kept apart too (`refusal`): search and /v1/chat's context
+    read them there, and so do instances of the version before (sql/011)."""
     return NewMessage(
         role="assistant",
-        content=clean_text(reply),
+        content=clean_text(said.reply),
+        refusal=clean_text(said.refusal) or None,
         status=answer.status,
-        tool_calls=clean_json(tool_calls) or None,
+        tool_calls=clean_json(said.tool_calls) or None,
         prompt_tokens=_count(usage, "prompt_tokens"),
         completion_tokens=_count(usage, "completion_tokens"),
         latency_ms=answer.latency_ms,

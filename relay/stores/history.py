@@ -53,17 +53,17 @@ _CREATE_CONVERSATIONS = prepared(
 _INSERT_MESSAGES = prepared(
     "history_insert_messages",
     "INSERT INTO messages (id, conversation_id, client_id, seq, role, name, content,"
-    " tool_calls, tool_call_id, model, prompt_tokens, completion_tokens, status, latency_ms,"
-    " request_id, created_at, choice)"
+    " refusal, tool_calls, tool_call_id, model, prompt_tokens, completion_tokens, status,"
+    " latency_ms, request_id, created_at, choice)"
     " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
-    " s.last_seq - m.back, m.role, m.name, m.content, m.tool_calls, m.tool_call_id, m.model,"
-    " m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms, m.request_id,"
-    " COALESCE(m.created_at, now()), m.choice"
+    " s.last_seq - m.back, m.role, m.name, m.content, m.refusal, m.tool_calls,"
+    " m.tool_call_id, m.model, m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms,"
+    " m.request_id, COALESCE(m.created_at, now()), m.choice"
     " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
-    " client_id uuid, back bigint, role text, name text, content text, tool_calls jsonb,"
-    " tool_call_id text, model text, prompt_tokens integer, completion_tokens integer,"
-    " status text, latency_ms float8, request_id text, created_at timestamptz,"
-    " choice smallint)"
+    " client_id uuid, back bigint, role text, name text, content text, refusal text,"
+    " tool_calls jsonb, tool_call_id text, model text, prompt_tokens integer,"
+    " completion_tokens integer, status text, latency_ms float8, request_id text,"
+    " created_at timestamptz, choice smallint)"
     " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",
 )
 _NOTIFY = prepared(
@@ -80,6 +80,7 @@ class NewMessage:
     status: str = "complete"
     name: str | None = None  # the participant's, as the request named it
     choice: int | None = None  # which answer, when the request asked for several (`n`)
+    refusal: str | None = None  # an answer's refusal (OpenAI's), its words in `content` too
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     prompt_tokens: int | None = None
@@ -183,6 +184,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
                     "name": message.name,
                     "choice": message.choice,
                     "content": message.content,
+                    "refusal": message.refusal,
                     "tool_calls": message.tool_calls,
                     "tool_call_id": message.tool_call_id,
                     "model": turn.model,

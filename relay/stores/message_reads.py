@@ -8,8 +8,8 @@ from typing import Any
 from relay.stores.database import Cursor, fetch_all
 
 MESSAGE_COLUMNS = (
-    "id, conversation_id, role, name, content, tool_calls, tool_call_id, model, prompt_tokens,"
-    " completion_tokens, status, latency_ms, request_id, created_at, choice"
+    "id, conversation_id, role, name, content, refusal, tool_calls, tool_call_id, model,"
+    " prompt_tokens, completion_tokens, status, latency_ms, request_id, created_at, choice"
 )
 
 # A response carrying messages carries at most this many bytes of their contents and
@@ -20,11 +20,13 @@ MESSAGE_COLUMNS = (
 # still comes, alone: it was stored, so it must be readable.
 READ_BUDGET_BYTES = 8 * 1024 * 1024
 
-# What a message's content and tool calls weigh, in bytes. PostgreSQL knows a text's
-# length without reading it (octet_length of a TOASTed value does not detoast it); tool
-# calls, rare and short, are measured as the text they go out as.
+# What a message's content, refusal and tool calls weigh, in bytes: each is read (a
+# refusal's words twice, as its content too). PostgreSQL knows a text's length without
+# reading it (octet_length of a TOASTed value does not detoast it); tool calls, rare
+# and short, are measured as the text they go out as.
 CONTENT_BYTES = (
-    "octet_length(content) + coalesce(octet_length(tool_calls::text), 0) AS content_bytes"
+    "octet_length(content) + coalesce(octet_length(refusal), 0)"
+    " + coalesce(octet_length(tool_calls::text), 0) AS content_bytes"
 )
 
 

@@ -42,11 +42,17 @@ MAX_CHOICES = 128
 @dataclass(frozen=True, slots=True)
 class ChoiceReply:
     """A choice after the first, when a request asked for several (`n`): its index,
-    its words (its text, or its refusal) and its tool calls."""
+    its text, its refusal and its tool calls."""
 
     index: int
-    reply: str
+    text: str
+    refusal: str
     tool_calls: list[dict[str, Any]]
+
+    @property
+    def reply(self) -> str:
+        """The choice's words: its text, or its refusal when the model refused."""
+        return self.text or self.refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +249,8 @@ class CompletionAccumulator:
         return tuple(
             ChoiceReply(
                 index,
-                self.choice_text(index) or self.choice_refusal(index),
+                self.choice_text(index),
+                self.choice_refusal(index),
                 self.choice_tool_calls(index),
             )
             for index in sorted(self._choices)

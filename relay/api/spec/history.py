@@ -58,8 +58,14 @@ _MESSAGE_PROPERTIES: dict[str, Any] = {
     "name": NULLABLE_STRING,
     "content": {
         "type": ["string", "null"],
-        "description": "null for an assistant message of tool calls and no text, as OpenAI"
-        ' gives it; otherwise the text (an answer with neither: "").',
+        "description": "null for an assistant message of tool calls or a refusal and no"
+        ' text, as OpenAI gives it; otherwise the text (an answer with neither: "").',
+    },
+    "refusal": {
+        "type": ["string", "null"],
+        "description": "An assistant message's refusal (the model declined, as with OpenAI's"
+        " structured outputs), as OpenAI gives it; null when none, and for a refusal"
+        " stored before relay kept them apart, which reads as content.",
     },
     "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
     "tool_call_id": NULLABLE_STRING,
