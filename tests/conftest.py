@@ -73,6 +73,16 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield server.url
 
 
+@pytest.fixture
+def postgres_tmp_path() -> Iterator[Path]:
+    """A temporary directory for a test's own PostgreSQL (or `relay dev`), outside
+    pytest's temp tree: that tree is private to root, so relay lets postgres search
+    it, and any pytest session starting on this machine makes its root private again,
+    locking out a postgres about to start there (seen with two test runs at once)."""
+    with tempfile.TemporaryDirectory(prefix="relay-test-") as scratch:
+        yield Path(scratch)
+
+
 # Free memory asked of /dev/shm: a worker's cluster peaks under 100 MB in a whole run
 # (each test's database is dropped after it), and its WAL may grow to 1 GB (max_wal_size).
 CLUSTER_ROOM = 1 << 30

@@ -46,8 +46,8 @@ async def fail_with_canary(db: Database) -> None:
             batch.defer(ORPHAN_MESSAGE, (str(uuid.uuid4()), str(uuid.uuid4()), CANARY))
 
 
-async def test_a_failed_statement_leaves_its_content_out_of_the_server_log(tmp_path):
-    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+async def test_a_failed_statement_leaves_its_content_out_of_the_server_log(postgres_tmp_path):
+    with PostgresServer(postgres_tmp_path / "pg", fast=True) as pg:
         await create_database(pg.url, "relay")
         url = pg.url_for("relay")
         await migrate(url)

@@ -21,14 +21,14 @@ STALE = "postgres connection was stale; statement sent again on a new one"
 
 
 async def test_connections_failing_while_postgres_is_down_log_only_relays_warning(
-    tmp_path, caplog, recwarn
+    postgres_tmp_path, caplog, recwarn
 ):
     # What earlier tests in this process left to the collector is not this test's to
     # judge: collected later, before relay's filters are installed, it would be recorded.
     gc.collect()
     recwarn.clear()
     caplog.clear()
-    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+    with PostgresServer(postgres_tmp_path / "pg", fast=True) as pg:
         await create_database(pg.url, "relay")
         db = await Database.open(pg.url_for("relay"), size=2, timeout=5)
         caplog.set_level(logging.WARNING)

@@ -113,8 +113,8 @@ def processes_using(path: Path) -> list[str]:
 
 
 @pytest.fixture
-def dev_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "dev"
+def dev_dir(postgres_tmp_path: Path) -> Iterator[Path]:
+    path = postgres_tmp_path / "dev"
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -282,7 +282,7 @@ def test_a_log_format_from_the_env_file_is_kept_and_the_first_warning_keeps_it(
     assert all(json.loads(line)["logger"] == "relay.config" for line in logged)
     naming = [json.loads(line) for line in run.stderr if misspelt in line]
     assert [(line["level"], line["logger"]) for line in naming] == [("warning", "relay.config")]
-    if os.geteuid() == 0:  # postgres is let into pytest's private tmp_path, and says so
+    if os.geteuid() == 0:  # postgres is let into the test's private temp dir, and says so
         granting = [line for line in run.stderr if "granting search permission" in line]
         assert granting, run.stderr
         assert {json.loads(line)["logger"] for line in granting} == {
@@ -364,9 +364,10 @@ if os.environ.get("FAKE_INITDB_HANGS"):
 """
 
 
-def fake_server_binaries(tmp_path: Path) -> str:
-    """A PATH finding FAKE_INITDB and FAKE_POSTGRES first."""
-    bindir = tmp_path / "bin"
+def fake_server_binaries(where: Path) -> str:
+    """A PATH finding FAKE_INITDB and FAKE_POSTGRES first (in `where`, which postgres,
+    as whom relay dev runs them under root, must be able to reach)."""
+    bindir = where / "bin"
     bindir.mkdir()
     (bindir / "initdb").write_text(FAKE_INITDB)
     (bindir / "postgres").write_text(FAKE_POSTGRES)
@@ -395,15 +396,15 @@ def wait_for_fake_postgres(run: DevRun, dev_dir: Path) -> None:
         time.sleep(0.05)
 
 
-def test_signals_while_the_servers_start_stop_them_and_exit_cleanly(dev_dir: Path, tmp_path: Path):
+def test_signals_while_the_servers_start_stop_them_and_exit_cleanly(dev_dir: Path):
     # Before relay's own handlers listen (StopSignals, once its loop runs): SIGHUP was
     # relay dev's end, and SIGTERM killed it leaving what it had started (here postgres'
     # socket dir; a process with no death signal set, the process itself).
-    tmp = tmp_path / "tmp"
+    tmp = dev_dir.parent / "tmp"
     tmp.mkdir()
     (dev_dir / "postgres").mkdir(parents=True)
     (dev_dir / "postgres" / "postmaster.opts").write_text("postgres\n")  # run on: no initdb
-    run = DevRun(dev_dir, free_port(), PATH=fake_server_binaries(tmp_path), TMPDIR=str(tmp))
+    run = DevRun(dev_dir, free_port(), PATH=fake_server_binaries(dev_dir.parent), TMPDIR=str(tmp))
     try:
         wait_for_fake_postgres(run, dev_dir)
         assert processes_using(dev_dir)  # postgres is starting
@@ -420,12 +421,10 @@ def test_signals_while_the_servers_start_stop_them_and_exit_cleanly(dev_dir: Pat
     assert list(tmp.iterdir()) == []  # postgres' socket dir went with it
 
 
-def test_a_signal_during_the_first_initdb_leaves_no_half_built_cluster(
-    dev_dir: Path, tmp_path: Path
-):
+def test_a_signal_during_the_first_initdb_leaves_no_half_built_cluster(dev_dir: Path):
     # The data dir was initdb's own: cut short, it was left with PG_VERSION, and the
     # next relay dev took it for a cluster and started postgres on it.
-    path = fake_server_binaries(tmp_path)
+    path = fake_server_binaries(dev_dir.parent)
     run = DevRun(dev_dir, free_port(), PATH=path, FAKE_INITDB_HANGS="1")
     try:
         wait_for_initdb(run, dev_dir)
@@ -437,11 +436,9 @@ def test_a_signal_during_the_first_initdb_leaves_no_half_built_cluster(
     assert processes_using(dev_dir) == []
 
 
-def test_a_first_initdb_cut_short_by_sigkill_is_built_again_on_the_next_run(
-    dev_dir: Path, tmp_path: Path
-):
+def test_a_first_initdb_cut_short_by_sigkill_is_built_again_on_the_next_run(dev_dir: Path):
     # As a power loss would: relay dev gets no chance to clean up after initdb.
-    path = fake_server_binaries(tmp_path)
+    path = fake_server_binaries(dev_dir.parent)
     run = DevRun(dev_dir, free_port(), PATH=path, FAKE_INITDB_HANGS="1")
     try:
         cut_short = wait_for_initdb(run, dev_dir)

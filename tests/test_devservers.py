@@ -17,8 +17,8 @@ from relay.devservers.postgres_server import _grant_search, _postgres_bindir, _p
 from relay.devservers.process import HOST, _ephemeral_ports
 
 
-def test_postgres_restart_keeps_port_and_data(tmp_path: Path) -> None:
-    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+def test_postgres_restart_keeps_port_and_data(postgres_tmp_path: Path) -> None:
+    with PostgresServer(postgres_tmp_path / "pg", fast=True) as pg:
         with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
@@ -37,9 +37,9 @@ def test_postgres_restart_keeps_port_and_data(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_a_data_dir_never_initialised_is_built_again(tmp_path: Path) -> None:
+def test_a_data_dir_never_initialised_is_built_again(postgres_tmp_path: Path) -> None:
     # What an older relay dev left when its first initdb was cut short before PG_VERSION.
-    data_dir = tmp_path / "pg"
+    data_dir = postgres_tmp_path / "pg"
     data_dir.mkdir()
     (data_dir / "global").mkdir()
     with PostgresServer(data_dir, fast=True) as pg:
@@ -47,7 +47,7 @@ def test_a_data_dir_never_initialised_is_built_again(tmp_path: Path) -> None:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
         conn.close()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["pg", "pg.log"]
+    assert sorted(path.name for path in postgres_tmp_path.iterdir()) == ["pg", "pg.log"]
 
 
 def initdb_killed_after_bootstrap(data_dir: Path) -> None:
@@ -72,15 +72,15 @@ def initdb_killed_after_bootstrap(data_dir: Path) -> None:
     assert (data_dir / "global" / "pg_control").exists()
 
 
-def test_a_data_dir_initdb_did_not_finish_is_built_again(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_a_data_dir_initdb_did_not_finish_is_built_again(postgres_tmp_path: Path) -> None:
+    data_dir = postgres_tmp_path / "pg"
     initdb_killed_after_bootstrap(data_dir)
     with PostgresServer(data_dir, fast=True) as pg:
         with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database ORDER BY datname")
             assert cur.fetchall() == [("postgres",), ("template0",), ("template1",)]
         conn.close()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["pg", "pg.log"]
+    assert sorted(path.name for path in postgres_tmp_path.iterdir()) == ["pg", "pg.log"]
 
 
 def test_redis_restart_keeps_port(tmp_path: Path) -> None:

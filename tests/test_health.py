@@ -102,8 +102,8 @@ async def test_redis_stopped_and_restarted(make_client, make_settings, tmp_path)
         assert_ok(body["checks"]["redis"])
 
 
-async def test_postgres_stopped_is_503(make_client, make_settings, tmp_path):
-    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+async def test_postgres_stopped_is_503(make_client, make_settings, postgres_tmp_path):
+    with PostgresServer(postgres_tmp_path / "pg", fast=True) as pg:
         await create_database(pg.url, "relay")
         http = await make_client(
             make_settings(database_url=pg.url_for("relay"), health_timeout=HEALTH_TIMEOUT)
@@ -147,11 +147,11 @@ async def test_a_pool_busy_to_the_last_connection_is_not_a_postgres_that_is_down
 
 
 async def test_postgres_restarted_under_a_kept_probe_connection_is_ok_at_once(
-    make_client, make_settings, tmp_path
+    make_client, make_settings, postgres_tmp_path
 ):
     # The probe's own connection outlives a restart of the server; a stale
     # connection says nothing of the server now, so it is replaced, not reported.
-    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+    with PostgresServer(postgres_tmp_path / "pg", fast=True) as pg:
         await create_database(pg.url, "relay")
         http = await make_client(
             make_settings(database_url=pg.url_for("relay"), health_timeout=HEALTH_TIMEOUT)
@@ -412,10 +412,10 @@ async def test_no_upstreams_no_probe(make_client, make_settings):
 
 
 async def test_postgres_down_is_still_503_whatever_the_providers(
-    make_client, make_settings, fake_provider, tmp_path
+    make_client, make_settings, fake_provider, postgres_tmp_path
 ):
     provider = await fake_provider(500)
-    with PostgresServer(tmp_path / "pg", fast=True) as pg:
+    with PostgresServer(postgres_tmp_path / "pg", fast=True) as pg:
         await create_database(pg.url, "relay")
         http = await relay_for(
             make_client,
