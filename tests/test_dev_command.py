@@ -32,7 +32,7 @@ class DevRun:
     """`python -m relay dev` in a subprocess, its stdout read line by line on a thread."""
 
     def __init__(self, dev_dir: Path, port: int, **extra_env: str) -> None:
-        env = {**os.environ, "RELAY_DEV_DIR": str(dev_dir), "RELAY_PORT": str(port)}
+        env = {**without_venv_path(), "RELAY_DEV_DIR": str(dev_dir), "RELAY_PORT": str(port)}
         env.pop("RELAY_UPSTREAMS", None)
         env["RELAY_BCRYPT_ROUNDS"] = "4"
         env.update(extra_env)
@@ -119,9 +119,16 @@ def dev_dir(postgres_tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def shell(command: str) -> str:
+def without_venv_path() -> dict[str, str]:
+    """The environment with no PATH entry holding this Python's `relay` command."""
+    venv_bin = Path(sys.executable).parent
+    kept = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != venv_bin]
+    return {**os.environ, "PATH": os.pathsep.join(kept or ["/usr/bin", "/bin"])}
+
+
+def shell(command: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
-        ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False
+        ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False, env=env
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -148,10 +155,13 @@ def test_make_dev_prints_a_working_curl_and_stops_cleanly(dev_dir: Path):
         assert chat["object"] == "chat.completion"
         assert chat["choices"][0]["message"]["content"]
 
-        # The CLI, pointed at this instance as the banner says, reads what it made.
+        # The CLI, pointed at this instance as the banner says, reads what it made; in
+        # another terminal, whose PATH lacks the virtualenv `make dev` ran relay from.
         export = next(line.strip() for line in banner if line.strip().startswith("export "))
-        inspect = f'echo "$TOKEN" | {sys.executable} -m relay token inspect'
-        verdict = json.loads(shell(f"{export} && {me_line} >/dev/null && {inspect}"))
+        inspect = 'echo "$TOKEN" | relay token inspect'
+        verdict = json.loads(
+            shell(f"{export} && {me_line} >/dev/null && {inspect}", env=without_venv_path())
+        )
         assert (verdict["accepted"], verdict["client_id"]) == (True, me["id"])
 
         kept = dev_dir / "demo-client.json"
@@ -300,6 +310,17 @@ def test_the_banner_brackets_an_ipv6_host():
     text = banner(settings, "rk_x_y", Path("demo-client.json"), "backends")
     assert "http://[::1]:8099/auth/token" in text
     assert "http://[::1]:8099/v1/chat/completions" in text
+
+
+def test_the_export_line_names_no_path_when_relay_is_already_on_it(monkeypatch):
+    # A shell with the virtualenv active finds this relay itself: nothing to add.
+    from relay.commands.dev import cli_path
+
+    venv_bin = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", os.pathsep.join([str(venv_bin), "/usr/bin", "/bin"]))
+    assert cli_path() == ""
+    monkeypatch.setenv("PATH", without_venv_path()["PATH"])
+    assert cli_path() == f'PATH={venv_bin}:"$PATH" '
 
 
 async def test_sigterm_lets_a_stream_finish_then_stops_everything(dev_dir: Path, aiohttp_server):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -103,11 +104,26 @@ def first_model(settings: Settings) -> str:
     return SIMULATOR_MODELS[0]
 
 
+def cli_path() -> str:
+    """`PATH=<bin>:"$PATH" ` when the `relay` command beside this Python is not the one
+    PATH finds: `make dev` runs .venv/bin/relay, and another terminal knows no venv."""
+    venv_bin = Path(sys.executable).parent
+    command = venv_bin / "relay"
+    found = shutil.which("relay")
+    if not command.is_file() or (found is not None and Path(found).samefile(command)):
+        return ""
+    return f'PATH={shlex.quote(str(venv_bin))}:"$PATH" '
+
+
 def cli_settings(settings: Settings) -> str:
     """The settings that point `relay clients` and `relay token` at this instance: its
-    database (on a port of this run's) and the state dir keeping its JWT secret."""
+    database (on a port of this run's) and the state dir keeping its JWT secret, and
+    where the `relay` command is when PATH does not say."""
     database, state = settings.database_url, str(settings.state_path.resolve())
-    return f"RELAY_DATABASE_URL={shlex.quote(database)} RELAY_STATE_DIR={shlex.quote(state)}"
+    return (
+        f"{cli_path()}RELAY_DATABASE_URL={shlex.quote(database)}"
+        f" RELAY_STATE_DIR={shlex.quote(state)}"
+    )
 
 
 def banner(settings: Settings, api_key: str, key_file: Path, backends: str) -> str:
