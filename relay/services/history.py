@@ -18,6 +18,7 @@ from relay.services.conversation_ids import (
     first_answer_deadline,
 )
 from relay.services.cursors import decode_cursor, encode_cursor, not_a_cursor
+from relay.services.history_messages import public_message
 from relay.services.history_watch import HistoryWatch, TooManyPollsError
 from relay.services.search_slots import SearchSlots
 from relay.stores.conversations import ConversationStore
@@ -79,47 +80,6 @@ def _page(rows: list[dict[str, Any]], more: bool, seq: int) -> Page:
     """A page of `rows`, its cursor at the last of them (at `seq` when there are none)."""
     next_seq = rows[-1]["seq"] if rows else seq
     return Page([public_message(row) for row in rows], history_cursor(next_seq), more)
-
-
-def served_content(row: dict[str, Any]) -> str | None:
-    """A stored message's content as OpenAI gives it: null for an answer of tool calls
-    and no text (stored as "", the column's default) and for a refusal and no text
-    (its words stored as its content too, relay.services.turns), "" for one with
-    neither. A refusal stored by a relay from before sql/011 has no `refusal`, only
-    its words as content: it reads as text, as it did."""
-    if row["role"] != "assistant":
-        return row["content"]
-    if row["refusal"] is not None and row["content"] == row["refusal"]:
-        return None
-    if row["tool_calls"] and not row["content"]:
-        return None
-    return row["content"]
-
-
-def public_message(row: dict[str, Any]) -> dict[str, Any]:
-    usage = None
-    if row["prompt_tokens"] is not None or row["completion_tokens"] is not None:
-        usage = {
-            "prompt_tokens": row["prompt_tokens"],
-            "completion_tokens": row["completion_tokens"],
-        }
-    return {
-        "id": row["id"],
-        "conversation_id": row["conversation_id"],
-        "role": row["role"],
-        "name": row["name"],
-        "content": served_content(row),
-        "refusal": row["refusal"],
-        "tool_calls": row["tool_calls"],
-        "tool_call_id": row["tool_call_id"],
-        "choice": row["choice"],
-        "model": row["model"],
-        "status": row["status"],
-        "usage": usage,
-        "latency_ms": row["latency_ms"],
-        "request_id": row["request_id"],
-        "created_at": row["created_at"],
-    }
 
 
 class HistoryService:
