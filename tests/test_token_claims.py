@@ -34,6 +34,9 @@ NOW = int(time.time())
         # Longer-lived than any token relay issues (RELAY_JWT_TTL is at most a week).
         {"exp": NOW + LONGEST_JWT_TTL + 3600},
         {"iat": 0},
+        # Past the instances' clock skew (30 s): made by no clock relay trusts.
+        {"iat": NOW + 3600, "exp": NOW + 4200},
+        {"nbf": NOW + 3600},
     ],
     ids=[
         "exp-past-64-bits",
@@ -50,6 +53,8 @@ NOW = int(time.time())
         "nbf-huge-negative",
         "exp-past-the-longest-ttl",
         "iat-long-ago",
+        "iat-in-the-future",
+        "nbf-in-the-future",
     ],
 )
 async def test_a_signed_token_with_impossible_dates_is_refused(http, caller, changes):  # noqa: F811
