@@ -73,6 +73,18 @@ async def test_json_that_is_not_an_object_is_400(http, body):
     await assert_error(response, 400)
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/chat"])
+async def test_json_nested_as_deep_as_the_body_limit_allows_is_400(http, path):
+    # Two million levels in 4 MB (RELAY_MAX_BODY_BYTES' default): orjson before 3.9.15
+    # (CVE-2024-27454) recursed without a limit and took relay's process down with it.
+    depth = 2_000_000
+    _, token = await client_with_token(http)
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    response = await http.post(path, data=b"[" * depth + b"]" * depth, headers=headers)
+    await assert_error(response, 400, "invalid_request")
+    assert (await http.get("/v1/models", headers=headers)).status == 200
+
+
 @pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 )
