@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -29,6 +30,42 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _STANDARD}
+
+
+# What Python prints between an exception and the one it chains.
+_CAUSE = "The above exception was the direct cause of the following exception:"
+_CONTEXT = "During handling of the above exception, another exception occurred:"
+
+
+def traceback_by_class(exc_info: Any) -> str:
+    """An exception's traceback, and those of the ones it chains, as Python prints them
+    but with each exception named by its class alone: a message may quote data (a
+    PostgreSQL error's quotes the row it refused, a prompt included), the class and
+    the frames say where and what went wrong."""
+    chain: list[tuple[BaseException, str]] = []
+    error: BaseException | None = exc_info[1]
+    link = ""
+    while error is not None and all(error is not seen for seen, _ in chain):
+        chain.append((error, link))
+        if error.__cause__ is not None:
+            error, link = error.__cause__, _CAUSE
+        elif error.__context__ is not None and not error.__suppress_context__:
+            error, link = error.__context__, _CONTEXT
+        else:
+            error = None
+    parts: list[str] = []
+    for raised, link in reversed(chain):  # the oldest first, as Python prints them
+        kind = type(raised)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        frames = "".join(traceback.format_tb(raised.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{frames}{name}")
+        if link:
+            parts.append(link)
+    return "\n\n".join(parts)
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,6 +93,9 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
 
+    def formatException(self, ei: Any) -> str:
+        return traceback_by_class(ei)
+
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
@@ -67,6 +107,9 @@ class TextFormatter(logging.Formatter):
         if fields:
             text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
         return text
+
+    def formatException(self, ei: Any) -> str:
+        return traceback_by_class(ei)
 
 
 class TurnBufferedHandler(logging.StreamHandler[TextIO]):

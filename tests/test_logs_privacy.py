@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import psycopg2
 import pytest
 
-from relay.logs import JsonFormatter, setup_logging
+from relay.logs import JsonFormatter, TextFormatter, setup_logging
 from tests.api_calls import ADMIN, bearer, raw_exchange
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET
 
@@ -189,3 +191,26 @@ async def test_bytes_in_counts_a_chunked_body_as_received(http, captured):
     assert response.status == 201
     [line] = [line for line in lines(captured) if line.get("request_id") == "chunked-1"]
     assert line["bytes_in"] == len(body)
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
+def test_a_logged_exception_is_named_by_its_class_not_its_message(database_url, formatter):
+    # PostgreSQL quotes the row a constraint refused, a message's content included; a
+    # bug that let such an error reach `log.exception` ("unhandled error") put the
+    # prompt in the log. The traceback keeps its frames and each exception's class.
+    def insert_refused_row() -> None:
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE said (content text CHECK (content = ''))")
+            cur.execute("INSERT INTO said VALUES (%s)", (CANARY,))
+
+    try:
+        try:
+            insert_refused_row()
+        except psycopg2.Error as error:
+            raise RuntimeError(f"could not store {CANARY}") from error
+    except RuntimeError:
+        record = logging.LogRecord("relay.test", logging.ERROR, "", 0, "failed", (), sys.exc_info())
+    text = formatter().format(record)
+    assert CANARY not in text
+    assert "psycopg2.errors.CheckViolation" in text and "RuntimeError" in text
+    assert "direct cause" in text and "insert_refused_row" in text
