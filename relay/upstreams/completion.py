@@ -86,6 +86,15 @@ def usage_count(usage: dict[str, Any] | None, key: str) -> int | None:
     return None
 
 
+def _groq_usage(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Groq's usage, in its own `x_groq` object on a stream's last chunk (OpenAI's
+    `usage` chunk comes only when asked for): the same counts, believed alike."""
+    groq = obj.get("x_groq")
+    if isinstance(groq, dict) and isinstance(usage := groq.get("usage"), dict):
+        return usage
+    return None
+
+
 class CompletionAccumulator:
     """Folds chat completion objects, whole or streamed as chunks, into one answer.
 
@@ -121,6 +130,7 @@ class CompletionAccumulator:
         # end (some providers send a finish_reason with every chunk).
         self.finished_bytes = 0
         self.surrogates = False
+        self._openai_usage = False  # a `usage` in OpenAI's place was read: Groq's gives way
 
     def apply(self, obj: dict[str, Any]) -> None:
         """Take in one `chat.completion` or `chat.completion.chunk` object (or an error)."""
@@ -139,6 +149,10 @@ class CompletionAccumulator:
                 self.error = well_formed(self.error)
         # The usage chunk carries `"choices": []` (or null); other chunks carry `"usage": null`.
         if isinstance(usage := obj.get("usage"), dict):
+            self.usage = usage
+            self._openai_usage = True
+        # Groq's own place for it, where OpenAI's usage chunk was not asked for.
+        elif "x_groq" in obj and not self._openai_usage and (usage := _groq_usage(obj)):
             self.usage = usage
         if isinstance(choices := obj.get("choices"), list):
             for choice in choices:

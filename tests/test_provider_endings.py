@@ -1,0 +1,130 @@
+"""How real providers report an answer's usage and end, off OpenAI's own path: Groq's
+usage in `x_groq`, Azure's filter annotations.
+What relay charges and records follows what the provider said."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from relay.upstreams.observer import StreamObserver, summarize_completion
+from tests.api_calls import bearer, client_with_token
+from tests.history_calls import stored_messages
+from tests.rate_limit_calls import token_refusal
+from tests.scripted_provider import play, sent
+
+DONE = b"data: [DONE]\n\n"
+USAGE = {"prompt_tokens": 23, "completion_tokens": 19, "total_tokens": 42}
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        **extra,
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def groq_last(usage: dict[str, Any]) -> bytes:
+    """Groq's last chunk: its usage (with its timings) in `x_groq`, not `usage`."""
+    timings = {"queue_time": 0.07, "prompt_time": 0.006, "completion_time": 0.022}
+    return chunk({}, "stop", x_groq={"id": "req_01", "usage": {**usage, **timings}})
+
+
+# Azure's asynchronous filter: annotations with no delta, nameless, then its verdict.
+AZURE_ANNOTATION = b'data: {"id":"","object":"","created":0,"model":"","choices":[{"index":0,"finish_reason":null,"content_filter_results":{},"content_filter_offsets":{"check_offset":3,"start_offset":0,"end_offset":3}}],"usage":null}\n\n'  # noqa: E501
+AZURE_FILTERED = b'data: {"id":"","object":"","created":0,"model":"","choices":[{"index":0,"finish_reason":"content_filter","content_filter_results":{"protected_material_text":{"detected":true,"filtered":true}}}],"usage":null}\n\n'  # noqa: E501
+
+SCRIPTS: dict[str, list[Any]] = {
+    "groq": [chunk({"role": "assistant", "content": "Hi"}), groq_last(USAGE), DONE],
+    "groq-heavy": [chunk({"content": "Hi"}), groq_last({**USAGE, "total_tokens": 5000}), DONE],
+}
+
+
+def observe(stream: bytes) -> StreamObserver:
+    observer = StreamObserver()
+    observer.feed(stream)
+    observer.close(body_ended=True)
+    return observer
+
+
+def test_groqs_usage_in_x_groq_is_the_answers_usage():
+    observer = observe(sent(SCRIPTS["groq"]))
+    assert observer.usage is not None
+    assert {key: observer.usage[key] for key in USAGE} == USAGE
+
+
+def test_openais_usage_chunk_wins_over_groqs_own():
+    """Asked for one, Groq sends OpenAI's usage chunk too: the same counts, read once."""
+    usage_chunk = b"data: " + orjson.dumps({"choices": [], "usage": USAGE}) + b"\n\n"
+    observer = observe(chunk({"content": "Hi"}) + usage_chunk + groq_last({"total_tokens": 1}))
+    assert observer.usage == USAGE
+
+
+def test_a_whole_answer_with_groqs_usage_is_read_alike():
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"content": "Hi"}, "finish_reason": "stop"}],
+        "x_groq": {"id": "req_01", "usage": USAGE},
+    }
+    assert summarize_completion(orjson.dumps(body)).usage == USAGE
+
+
+def test_azures_filter_verdict_ends_the_answer_as_the_client_saw_it():
+    """Its annotations carry no words and no id; a verdict of content_filter after the
+    words is an ending the provider chose, as "length" is: the answer is complete,
+    with the words the client received."""
+    stream = chunk({"content": "Hey"}) + AZURE_ANNOTATION + AZURE_FILTERED + DONE
+    observer = observe(stream)
+    assert (observer.outcome, observer.text, observer.response_id) == (
+        "complete",
+        "Hey",
+        "chatcmpl-1",
+    )
+    assert observer.finish_reason == "content_filter"
+
+
+@pytest.fixture
+async def relay(make_client, make_settings, provider_upstream):
+    ended = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await play(request, SCRIPTS[(await request.json())["model"]], ended)
+
+    upstream = await provider_upstream(chat, "endings", models={model: model for model in SCRIPTS})
+    settings = make_settings(upstreams=(upstream,), rate_limit_tokens_per_minute=1000)
+    http = await make_client(settings)
+    client, token = await client_with_token(http)
+    yield http, client["id"], token
+    ended.set()
+
+
+async def stream(http, token: str, model: str) -> bytes:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    response = await http.post("/v1/chat/completions", json=body, headers=bearer(token))
+    assert response.status == 200
+    return await response.read()
+
+
+async def assistant_rows(database_url: str, client_id: str) -> list[dict[str, Any]]:
+    rows = await stored_messages(database_url, client_id)
+    return [row for row in rows if row["role"] == "assistant"]
+
+
+async def test_groqs_usage_is_recorded_and_charged(relay, database_url):
+    http, client_id, token = relay
+    assert await stream(http, token, "groq") == sent(SCRIPTS["groq"])
+    [row] = await assistant_rows(database_url, client_id)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (23, 19)
+    # 5000 tokens, as Groq counted them (not the few bytes' estimate), put the bucket in debt.
+    await stream(http, token, "groq-heavy")
+    await token_refusal(http, token)
