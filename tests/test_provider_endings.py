@@ -1,5 +1,5 @@
 """How real providers report an answer's usage and end, off OpenAI's own path: Groq's
-usage in `x_groq`, Azure's filter annotations.
+usage in `x_groq`, OpenRouter's `finish_reason: "error"`, Azure's filter annotations.
 What relay charges and records follows what the provider said."""
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def groq_last(usage: dict[str, Any]) -> bytes:
     return chunk({}, "stop", x_groq={"id": "req_01", "usage": {**usage, **timings}})
 
 
+# OpenRouter's error mid-stream: an error object and finish_reason "error" in one chunk.
+OPENROUTER_FAILURE = {"code": "server_error", "message": "Provider disconnected unexpectedly"}
+OPENROUTER_ERROR = chunk({"content": ""}, "error", error=OPENROUTER_FAILURE)
 # Azure's asynchronous filter: annotations with no delta, nameless, then its verdict.
 AZURE_ANNOTATION = b'data: {"id":"","object":"","created":0,"model":"","choices":[{"index":0,"finish_reason":null,"content_filter_results":{},"content_filter_offsets":{"check_offset":3,"start_offset":0,"end_offset":3}}],"usage":null}\n\n'  # noqa: E501
 AZURE_FILTERED = b'data: {"id":"","object":"","created":0,"model":"","choices":[{"index":0,"finish_reason":"content_filter","content_filter_results":{"protected_material_text":{"detected":true,"filtered":true}}}],"usage":null}\n\n'  # noqa: E501
@@ -46,6 +49,12 @@ AZURE_FILTERED = b'data: {"id":"","object":"","created":0,"model":"","choices":[
 SCRIPTS: dict[str, list[Any]] = {
     "groq": [chunk({"role": "assistant", "content": "Hi"}), groq_last(USAGE), DONE],
     "groq-heavy": [chunk({"content": "Hi"}), groq_last({**USAGE, "total_tokens": 5000}), DONE],
+    "error-finish": [chunk({"content": "Hel"}), chunk({}, "error"), DONE],
+    "openrouter-error": [
+        b": OPENROUTER PROCESSING\n\n",
+        chunk({"content": "Hel"}),
+        OPENROUTER_ERROR,
+    ],
 }
 
 
@@ -77,6 +86,18 @@ def test_a_whole_answer_with_groqs_usage_is_read_alike():
         "x_groq": {"id": "req_01", "usage": USAGE},
     }
     assert summarize_completion(orjson.dumps(body)).usage == USAGE
+
+
+def test_a_finish_reason_of_error_fails_the_answer_without_an_error_object():
+    observer = observe(sent(SCRIPTS["error-finish"]))
+    assert observer.outcome == "failed"
+    assert observer.error is not None and "error" in observer.error["message"]
+
+
+def test_openrouters_error_chunk_keeps_its_own_error():
+    observer = observe(sent(SCRIPTS["openrouter-error"]))
+    assert observer.outcome == "failed"
+    assert observer.error == OPENROUTER_FAILURE
 
 
 def test_azures_filter_verdict_ends_the_answer_as_the_client_saw_it():
@@ -128,3 +149,11 @@ async def test_groqs_usage_is_recorded_and_charged(relay, database_url):
     # 5000 tokens, as Groq counted them (not the few bytes' estimate), put the bucket in debt.
     await stream(http, token, "groq-heavy")
     await token_refusal(http, token)
+
+
+async def test_a_stream_ended_by_finish_reason_error_is_recorded_failed(relay, database_url):
+    http, client_id, token = relay
+    for model in ("error-finish", "openrouter-error"):
+        assert await stream(http, token, model) == sent(SCRIPTS[model])  # passed on as sent
+    rows = await assistant_rows(database_url, client_id)
+    assert [(row["content"], row["status"]) for row in rows] == [("Hel", "failed")] * 2

@@ -32,6 +32,13 @@ _MALFORMED_BODY = {
     "type": "upstream_error",
     "code": "malformed_response",
 }
+# OpenRouter's finish_reason for an answer its provider failed, most often with an error
+# object (which is kept), at times without one (Gemini's MALFORMED_FUNCTION_CALL).
+_FINISHED_IN_ERROR = {
+    "message": 'it ended the answer with finish_reason "error".',
+    "type": "upstream_error",
+    "code": "upstream_error",
+}
 
 
 # OpenAI's most choices one request may ask for (`n`): a provider's choice index past it
@@ -214,6 +221,8 @@ class CompletionAccumulator:
         if (finish_reason := choice.get("finish_reason")) and isinstance(finish_reason, str):
             if index == 0:
                 self.finish_reason = finish_reason
+            if finish_reason == "error" and self.error is None:
+                self.error = dict(_FINISHED_IN_ERROR)
             self._finish(index)
 
     def _finish(self, index: int) -> None:
