@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from relay.upstreams.choice_parts import ChoiceState, answer_text, text_bytes, thinking_bytes
 from relay.upstreams.provider_json import (
     error_object,
+    groq_usage,
     lenient_json,
     listed_error,
     provider_json,
@@ -93,15 +94,6 @@ def usage_count(usage: dict[str, Any] | None, key: str) -> int | None:
     return None
 
 
-def _groq_usage(obj: dict[str, Any]) -> dict[str, Any] | None:
-    """Groq's usage, in its own `x_groq` object on a stream's last chunk (OpenAI's
-    `usage` chunk comes only when asked for): the same counts, believed alike."""
-    groq = obj.get("x_groq")
-    if isinstance(groq, dict) and isinstance(usage := groq.get("usage"), dict):
-        return usage
-    return None
-
-
 class CompletionAccumulator:
     """Folds chat completion objects, whole or streamed as chunks, into one answer.
 
@@ -159,7 +151,7 @@ class CompletionAccumulator:
             self.usage = usage
             self._openai_usage = True
         # Groq's own place for it, where OpenAI's usage chunk was not asked for.
-        elif "x_groq" in obj and not self._openai_usage and (usage := _groq_usage(obj)):
+        elif "x_groq" in obj and not self._openai_usage and (usage := groq_usage(obj)):
             self.usage = usage
         if isinstance(choices := obj.get("choices"), list):
             for choice in choices:

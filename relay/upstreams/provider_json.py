@@ -133,3 +133,12 @@ def json_media_type(provider_headers: Mapping[str, str]) -> str:
     ):
         return declared
     return "application/json"
+
+
+def groq_usage(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Groq's usage, in its own `x_groq` object on a stream's last chunk (OpenAI's
+    `usage` chunk comes only when asked for): the same counts, believed alike."""
+    groq = obj.get("x_groq")
+    if isinstance(groq, dict) and isinstance(usage := groq.get("usage"), dict):
+        return usage
+    return None
