@@ -272,3 +272,28 @@ async def test_a_number_in_the_query_is_plain_digits(http, given):
         await http.get(f"/v1/history?limit={given}", headers=bearer(token)), 400
     )
     assert error["param"] == "limit"
+
+
+@pytest.mark.parametrize(
+    "path,api",
+    [
+        ("/v1/responses", "/v1/responses"),
+        ("/v1/responses/resp_123", "/v1/responses"),
+        ("/v1/completions", "/v1/completions"),
+        ("/v1/embeddings", "/v1/embeddings"),
+    ],
+)
+async def test_another_openai_api_is_a_404_naming_chat_completions(http, path, api):
+    """The Vercel AI SDK's `openai(model)` calls Responses: its user is told what to use."""
+    token = (await client_with_token(http))[1]
+    response = await http.post(
+        path, json={"model": "sim-small", "input": "hi"}, headers=bearer(token)
+    )
+    error = await assert_error(response, 404, "unknown_url")
+    assert f"not {api};" in error["message"]
+    assert "/v1/chat/completions" in error["message"]
+
+
+async def test_a_path_that_only_starts_like_another_api_is_a_plain_404(http):
+    error = await assert_error(await http.post("/v1/completionsx"), 404, "unknown_url")
+    assert error["message"] == "No such endpoint."

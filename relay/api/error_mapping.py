@@ -30,10 +30,28 @@ def error_response(error: RelayError) -> web.Response:
     )
 
 
-def _from_http(exc: web.HTTPException) -> RelayError:
+# OpenAI's APIs that relay does not serve, which some clients call by default (the
+# Vercel AI SDK's `openai(model)` and LangChain's `use_responses_api` call Responses).
+_OTHER_OPENAI_APIS = ("/v1/responses", "/v1/completions", "/v1/embeddings")
+
+
+def _unknown_url(path: str) -> NotFoundError:
+    api = next(
+        (api for api in _OTHER_OPENAI_APIS if path == api or path.startswith(api + "/")), None
+    )
+    if api is None:
+        return NotFoundError("No such endpoint.", code="unknown_url")
+    return NotFoundError(
+        f"No such endpoint: relay serves OpenAI's Chat Completions API "
+        f"(POST /v1/chat/completions), not {api}; ask your client for chat completions.",
+        code="unknown_url",
+    )
+
+
+def _from_http(exc: web.HTTPException, path: str) -> RelayError:
     """aiohttp's own refusals (no route, wrong method, too large) in relay's terms."""
     if isinstance(exc, web.HTTPNotFound):
-        return NotFoundError("No such endpoint.", code="unknown_url")
+        return _unknown_url(path)
     if isinstance(exc, web.HTTPMethodNotAllowed):
         # Every path relay routes answers OPTIONS too (relay.api.cors): RFC 9110's
         # Allow lists all the methods the resource supports.
@@ -60,7 +78,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and 204s are answers, not errors
-        return error_response(_from_http(exc))
+        return error_response(_from_http(exc, request.path))
     except Exception:
         log.exception("unhandled error", extra={"request_id": request.get(REQUEST_ID)})
         return web.Response(
