@@ -14,6 +14,7 @@ from aiohttp import web
 from relay.upstreams.config import Upstream
 from relay.upstreams.observer import StreamObserver
 from relay.upstreams.pipe import pipe_stream
+from relay.upstreams.rewording import provider_words
 from relay.upstreams.routing import Route
 from tests.api_calls import bearer, client_with_token
 from tests.conftest import SIMULATOR_KEY
@@ -207,3 +208,18 @@ async def test_an_error_after_done_in_the_same_chunk_is_reworded_too():
     assert bytes(client.written) == CHUNK
     assert result.final == DONE + b'data: {"error":{"message":"key [redacted]"}}\n\n'
     assert observer.sha256_with(result.final) == hashlib.sha256(CHUNK + result.final).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("key", "said", "read"),
+    [
+        # A placeholder key of a local server is redacted only where it stands whole.
+        ("sim", "simulated refusal for key sim.", "simulated refusal for key [redacted]."),
+        ("EMPTY", "EMPTY is not a key; got 'EMPTY'", "[redacted] is not a key; got '[redacted]'"),
+        # A real key is redacted wherever it appears, inside a longer run too.
+        ("sk-" + "a1" * 12, "key=sk-" + "a1" * 12 + "_x", "key=[redacted]_x"),
+    ],
+)
+def test_the_provider_key_is_redacted_where_it_is_the_key(key, said, read):
+    upstream = Upstream("local", "http://provider.test/v1", {"m": "m"}, api_key=key)
+    assert provider_words(said, Route("m", upstream, "m")) == read

@@ -36,12 +36,26 @@ def provider_words(message: str, route: Route) -> str:
     """A provider's message as relay's client may read it: the provider's own key
     (should it quote it), account id and model id (when relay renames it) are not
     the client's to see."""
-    if route.upstream.api_key and route.upstream.api_key in message:
-        message = message.replace(route.upstream.api_key, "[redacted]")
+    if (key := route.upstream.api_key) and key in message:
+        message = _whole_key(key).sub("[redacted]", message)
     if route.provider_model != route.model and route.provider_model in message:
         model = route.model
         message = _model_id(route.provider_model).sub(lambda _: model, message)
     return _ACCOUNT.sub(r"\1[redacted]", message)
+
+
+# A key this long is a secret wherever it appears; a shorter one is most often a
+# placeholder a local server takes ("sim", "ollama", "EMPTY"), found only standing whole.
+_SECRET_LENGTH = 20
+
+
+@functools.lru_cache(maxsize=64)
+def _whole_key(key: str) -> re.Pattern[str]:
+    """The provider key wherever it appears if it is long, else where it stands whole,
+    not inside a longer run of the characters keys are made of ("sim" in "simulated")."""
+    if len(key) >= _SECRET_LENGTH:
+        return re.compile(re.escape(key))
+    return re.compile(r"(?<![\w\-])" + re.escape(key) + r"(?![\w\-])")
 
 
 @functools.lru_cache(maxsize=256)
