@@ -190,3 +190,14 @@ async def test_the_providers_usage_is_what_is_charged(make_client, make_settings
 
     # Exactly the provider's count, less at most a second or two of refill.
     assert usage["total_tokens"] - 2 <= await charged(http, token) <= usage["total_tokens"]
+
+
+async def test_usage_without_a_total_is_charged_its_prompt_and_completion_tokens(
+    make_client, make_settings, provider_upstream
+):
+    # A provider that reports its two counts and no total_tokens (FastDeploy did).
+    usage = {"prompt_tokens": 30, "completion_tokens": 170}
+    body = sse(chunk({"content": "Hi"}, "stop"), {**chunk({}), "choices": [], "usage": usage})
+    charged_tokens = await charged_for_stream(make_client, make_settings, provider_upstream, body)
+    # Exactly 200, less at most a second or two of refill; the estimate would be ~30.
+    assert 198 <= charged_tokens <= 200

@@ -126,14 +126,19 @@ class Answer:
 
     @property
     def tokens_used(self) -> int:
-        """The provider's total_tokens; without usage (a stream that did not ask for it,
-        a cut), an estimate from the bytes that went in and all that came out: every
-        choice, tool calls and reasoning included. A failed answer that brought nothing
-        back (the provider refused it or was never reached) used none: providers do not
-        charge for those, and the SDKs retry them."""
+        """The provider's total_tokens (its prompt and completion tokens added, where it
+        gives those alone); without usage (a stream that did not ask for it, a cut), an
+        estimate from the bytes that went in and all that came out: every choice, tool
+        calls and reasoning included. A failed answer that brought nothing back (the
+        provider refused it or was never reached) used none: providers do not charge
+        for those, and the SDKs retry them."""
         summary = self.summary
         if (total := usage_count(summary.usage, "total_tokens")) is not None:
             return total
+        prompt = usage_count(summary.usage, "prompt_tokens")
+        completion = usage_count(summary.usage, "completion_tokens")
+        if prompt is not None and completion is not None:
+            return prompt + completion
         if self.status == "failed" and not (summary.generated_bytes or summary.tool_calls):
             return 0
         return estimated_tokens(len(self.forwarded_body) + summary.generated_bytes)
