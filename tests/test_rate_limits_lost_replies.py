@@ -34,9 +34,8 @@ async def test_a_charge_whose_reply_was_lost_is_taken_in_redis_once(
         limiter.charges.settle(row, 3_000, verdict.reservation)  # 2,500 past the reservation
         await until(lambda: not limiter.link.up)  # Redis took it; relay heard the link break
         assert proxy.cut == 1
-        await until(lambda: limiter.link.up)  # the probe, a second later
-        await until(lambda: not limiter.charges.owed)
-        await limiter._redis.close()  # whatever is still queued goes now
+        assert not limiter.charges.owed  # kept to be sent again, not owed as well
+        await until(lambda: limiter.link.up)  # the probe, a second later, carries it again
 
         [tokens] = await watch.keys("*:tokens")
         level = float(await watch.hget(tokens, "l"))
@@ -60,8 +59,11 @@ async def test_a_charge_sent_again_is_skipped_by_its_own_relay_only(redis_url):
         second.charge([Draw("shared", 100, 20, Mode.DEBIT)], failures.append)
         await second.close()
         # The next batch carries the charge again: Redis skips it, and takes the check.
-        assert (await first.draw([Draw("shared", 100)])).levels[0].remaining == 49
+        remaining = (await first.draw([Draw("shared", 100)])).levels[0].remaining
         await first.close()
         level = float(await direct.hget("shared", "l"))
     assert [type(exc) for exc in failures] == [redis_errors.ConnectionError]
-    assert 49 <= level < 49.1
+    # 100 - 30 - 20 - 1, plus the refill since the first charge (one token in 0.6 s: a
+    # loaded machine takes a while); charged twice it would be 19.
+    assert 49 <= remaining <= 51
+    assert 49 <= level < 52
