@@ -12,8 +12,9 @@ import time
 import pytest
 import redis.asyncio as redis
 
-from relay.appkeys import RATE_LIMITER
+from relay.appkeys import CLIENT_CACHE, RATE_LIMITER
 from relay.devservers import RedisServer
+from relay.services.rate_verdicts import Reservation
 from relay.stores.buckets import Draw, Mode
 from relay.stores.redis_buckets import LateBatchError, RedisBuckets
 from relay.stores.redis_clock import MAX_DRIFT, RESYNC_AFTER, RedisClock
@@ -81,6 +82,36 @@ async def test_requests_decided_without_a_hung_redis_are_not_charged_again_when_
             statuses = [(await http.get("/v1/me", headers=bearer(token))).status for _ in range(6)]
         # Redis woke to that request's batch, too late to charge it: 4 are still left there.
         assert statuses == [200] * 4 + [429] * 2
+
+
+async def test_a_charge_redis_never_took_goes_with_the_probe_that_brings_it_back(
+    make_client, make_settings, tmp_path
+):
+    """No request after it: the link's probe carries the charge kept from the failed batch."""
+    with RedisServer(tmp_path / "redis") as server:
+        http = await make_client(
+            make_settings(
+                redis_url=server.url, redis_timeout=0.2, rate_limit_tokens_per_minute=1_000
+            )
+        )
+        client, _ = await client_with_token(http)
+        limiter = http.app[RATE_LIMITER]
+        row = await http.app[CLIENT_CACHE].get(client["id"])
+        verdict = await limiter.check_client(row, chat=True, reserve=500)
+        assert verdict.reservation == Reservation(500, in_redis=True)
+        async with redis.from_url(server.url) as watch:
+            ran = await evalsha_calls(watch)
+            with paused(server):
+                limiter.charges.settle(row, 3_000, verdict.reservation)  # 2,500 past it
+                await until(lambda: not limiter.link.up)
+            await until_evalsha_calls(watch, ran + 1)  # woke to it too late: not taken
+            assert not limiter.charges.owed
+            await until(lambda: limiter.link.up)
+
+            [tokens] = await watch.keys("*:tokens")
+            level = float(await watch.hget(tokens, "l"))
+    # 1,000 - 500 - 2,500, plus a few seconds' refill; never taken it would be 500 or so.
+    assert -2_000 <= level < -1_900, level
 
 
 async def test_a_batch_reaching_redis_past_its_deadline_is_refused_whole(redis_url):
