@@ -6,15 +6,21 @@ connection as Redis answers, so relay cannot tell whether it ran.
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 import redis.asyncio as redis
 import redis.exceptions as redis_errors
 
 from relay.appkeys import CLIENT_CACHE, RATE_LIMITER
+from relay.devservers import RedisServer
 from relay.services.rate_verdicts import Reservation
 from relay.stores.buckets import Draw, Mode
 from relay.stores.redis_buckets import RedisBuckets
 from tests.api_calls import client_with_token
-from tests.redis_calls import reply_cutter, until
+from tests.redis_calls import paused, reply_cutter, until
+
+SENDER = "relay-rate-limit-batch"  # the name of RedisBuckets' sending task
 
 
 async def test_a_charge_whose_reply_was_lost_is_taken_in_redis_once(
@@ -67,3 +73,22 @@ async def test_a_charge_sent_again_is_skipped_by_its_own_relay_only(redis_url):
     # loaded machine takes a while); charged twice it would be 19.
     assert 49 <= remaining <= 51
     assert 49 <= level < 52
+
+
+async def test_a_charge_made_while_closing_joins_the_batch_under_way(tmp_path):
+    """One sender at a time, closing too: a second one's batch could reach Redis before
+    the first's, and its charges' numbers past the mark would make Redis skip those."""
+    with RedisServer(tmp_path / "redis") as server:
+        async with redis.from_url(server.url) as client, redis.from_url(server.url) as watch:
+            buckets = RedisBuckets(client, timeout=5.0)
+            await buckets.load()
+            buckets.charge([Draw("closing", 100, 10, Mode.DEBIT)], pytest.fail)
+            with paused(server):  # Redis slow to answer the batch close() sends
+                closing = asyncio.create_task(buckets.close())
+                await asyncio.sleep(0.05)
+                buckets.charge([Draw("closing", 100, 20, Mode.DEBIT)], pytest.fail)
+                await asyncio.sleep(2 * RedisBuckets.CHARGE_DELAY)
+                senders = [task for task in asyncio.all_tasks() if task.get_name() == SENDER]
+            await closing
+            assert len(senders) == 1
+            assert 70 <= float(await watch.hget("closing", "l")) < 71

@@ -132,8 +132,9 @@ class RedisBuckets:
         self._queue, self._held = self._held + self._queue, []
         if self._queue and self._sender is None:
             self._start()
-        sender, self._sender = self._sender, None
-        if sender is not None:
+        # Left in place until it ends: a charge made meanwhile joins its loop rather than
+        # starting a second sender, whose batch could pass one still under way.
+        if (sender := self._sender) is not None:
             await asyncio.gather(sender, return_exceptions=True)
 
     async def draw(
