@@ -120,7 +120,8 @@ def words(raw: str) -> tuple[str, ...]:
 
 
 # What a browser sends in Origin: scheme://host[:port], the host in ASCII (an IDN as
-# punycode) or an IPv6 address in brackets; a trailing slash is forgiven (relay.api.cors).
+# punycode) or an IPv6 address in brackets; a trailing slash and a scheme's default port
+# are forgiven (relay.api.cors).
 _ORIGIN = re.compile(
     r"[a-z][a-z0-9+.-]*://([a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?/?"
 )

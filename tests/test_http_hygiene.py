@@ -90,6 +90,34 @@ async def test_cors_for_a_configured_origin(make_client, make_settings):
     assert error.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
 
 
+@pytest.mark.parametrize(
+    ("configured", "sent"),
+    [
+        (APP_ORIGIN + ":443", APP_ORIGIN),
+        ("HTTP://127.0.0.1:80/", "http://127.0.0.1"),
+        (APP_ORIGIN, APP_ORIGIN + ":443"),
+    ],
+)
+async def test_a_default_port_is_the_same_origin(make_client, make_settings, configured, sent):
+    # A browser sends https://host, never https://host:443: an origin configured with
+    # its scheme's default port must still get CORS, not stay off without a word.
+    http = await make_client(make_settings(cors_origins=(configured,)))
+    preflight = await http.options(
+        "/v1/me", headers={"Origin": sent, "Access-Control-Request-Method": "GET"}
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == sent
+    assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
+    response = await http.get("/v1/me", headers={"Origin": sent})
+    assert response.headers["Access-Control-Allow-Origin"] == sent
+
+
+async def test_another_port_is_another_origin(make_client, make_settings):
+    http = await make_client(make_settings(cors_origins=(APP_ORIGIN + ":8443", "http://h:443")))
+    for sent in (APP_ORIGIN, "http://h"):
+        response = await http.get("/health", headers={"Origin": sent})
+        assert "Access-Control-Allow-Origin" not in response.headers
+
+
 async def test_other_origins_get_no_cors(make_client, make_settings):
     http = await make_client(make_settings(cors_origins=(APP_ORIGIN,)))
     response = await http.get("/health", headers={"Origin": "https://evil.example.com"})

@@ -33,8 +33,14 @@ MAX_AGE = "600"
 _TOKEN_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
 
 
+# A browser leaves a scheme's default port out of Origin (the Fetch spec's serialisation).
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
 def normalise_origin(origin: str) -> str:
-    return origin.strip().rstrip("/").lower()
+    origin = origin.strip().rstrip("/").lower()
+    default_port = _DEFAULT_PORTS.get(origin.partition("://")[0])
+    return origin.removesuffix(default_port) if default_port else origin
 
 
 def allowed_origin(request: web.Request) -> str | None:
