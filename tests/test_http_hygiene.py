@@ -284,3 +284,19 @@ async def test_answers_to_credentialed_requests_are_not_stored_by_any_cache(http
     assert refused.status == 401 and refused.headers["Cache-Control"] == "no-store"
     # What is public and the same for everyone may be kept as before.
     assert "no-store" not in (await http.get("/openapi.json")).headers["Cache-Control"]
+
+
+@pytest.mark.parametrize("asked", [None, "authorization,,content-type"])
+async def test_a_preflight_naming_no_headers_or_malformed_ones_is_granted_relays_own(
+    make_client, make_settings, asked
+):
+    http = await make_client(make_settings(cors_origins=(APP_ORIGIN,)))
+    headers = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST"}
+    if asked is not None:
+        headers["Access-Control-Request-Headers"] = asked
+    response = await http.options("/v1/chat/completions", headers=headers)
+    assert response.status == 204
+    granted = {
+        name.strip().lower() for name in response.headers["Access-Control-Allow-Headers"].split(",")
+    }
+    assert {"authorization", "content-type", "relay-conversation-id"} <= granted

@@ -7,6 +7,7 @@ import re
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from relay.api.conversation_header import CONVERSATION_HEADER
 from relay.appkeys import SETTINGS
 
 # Response headers a browser script may read (the Fetch spec hides any other but the
@@ -28,7 +29,8 @@ EXPOSED = ", ".join(
         "X-RateLimit-Reset-Tokens",
     )
 )
-ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-Id"
+# Granted when a preflight names no headers, or names them malformed: relay's own.
+ALLOWED_HEADERS = f"Authorization, Content-Type, X-Request-Id, {CONVERSATION_HEADER}"
 MAX_AGE = "600"
 _TOKEN_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
 
