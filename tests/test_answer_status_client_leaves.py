@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -209,3 +211,34 @@ async def test_a_client_leaving_cancels_only_an_answer_still_going_well(
     )
     http.app[ANSWER_HOOKS].client_left(answer, 1.0)
     assert await recorded_statuses(database_url, client.id) == [kept_as]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": HELLO, "stream": True}),
+        ("/v1/chat", {"model": "m", "message": "hi", "stream": True}),
+    ],
+)
+async def test_a_client_leaving_as_its_stream_begins_records_it_cancelled_quietly(
+    make_settings, make_client, provider_upstream, database_url, monkeypatch, caplog, path, body
+):
+    # The client's connection closes just as relay sends the stream's head, before
+    # aiohttp's cancellation of the handler arrives: the head cannot be written. That
+    # was an "unhandled error" logged with its traceback, and the answer a 500.
+    http, client_id, token = await relay_before(
+        make_settings, make_client, provider_upstream, ROLE, WORDS, linger=30
+    )
+    prepare = web.StreamResponse.prepare
+
+    async def closing_first(response: web.StreamResponse, request: web.Request):
+        if request.app is http.app and request.path == path and request.transport is not None:
+            request.transport.close()
+        return await prepare(response, request)
+
+    monkeypatch.setattr(web.StreamResponse, "prepare", closing_first)
+    with pytest.raises(aiohttp.ClientError):
+        async with http.post(path, json=body, headers=bearer(token)) as response:
+            await response.read()
+    assert await recorded_statuses(database_url, client_id) == ["cancelled"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

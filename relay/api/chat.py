@@ -12,6 +12,7 @@ from relay.api.body import json_response, json_text, parse_json_object, read_jso
 from relay.api.conversation_header import bind_conversation
 from relay.api.drain import answered_before_restart, key_holder
 from relay.api.rate_limit import reservation_of, reserve_body
+from relay.api.stream_start import began
 from relay.appkeys import (
     ANSWER_HOOKS,
     CALLER,
@@ -154,7 +155,9 @@ async def _relay_stream(
     # that is a whole error (504, 502) rather than a 200 stream that breaks off.
     await provider.first()
     response = web.StreamResponse(headers={**SSE_HEADERS, **answer.headers})
-    await response.prepare(request)
+    if not await began(response, request):
+        hooks.client_left(answer, elapsed_ms(request))
+        return response
     observer = StreamObserver.for_request(answer.request)
     # Past the drain timeout of a graceful stop, or once its client is revoked, relay
     # stops reading the provider.

@@ -12,6 +12,7 @@ from relay.api.answer_timing import elapsed_ms, note_stream_end
 from relay.api.chat_events import HashedEventSource, delta_data, error_data, event_bytes
 from relay.api.chat_native_request import new_native_answer
 from relay.api.drain import answered_before_restart, key_holder
+from relay.api.stream_start import began
 from relay.appkeys import (
     ANSWER_HOOKS,
     HISTORY,
@@ -137,7 +138,9 @@ async def _stream(
     # connection while a slow model thinks; a provider silent from the start ends the
     # stream with an error event, as one silent later does.
     response = HashedEventSource(headers=answer.headers)
-    await response.prepare(request)
+    if not await began(response, request):
+        hooks.client_left(answer, elapsed_ms(request))
+        return response
     observer = DeltaObserver()
     # Past the drain timeout of a graceful stop, or once its client is revoked, relay
     # stops reading the provider.
