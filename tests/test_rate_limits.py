@@ -39,15 +39,22 @@ async def _burst(http, count: int, path: str = "/v1/me", **kwargs) -> list[int]:
     return [response.status for response in responses]
 
 
+def _refilled(per_minute: int, started: float) -> int:
+    """Requests a bucket of `per_minute` can have regained since loop time `started`: on
+    a busy machine a burst can outlast a refill, and the request it allows is due."""
+    return int((asyncio.get_running_loop().time() - started) * per_minute / 60)
+
+
 async def test_exactly_the_limit_of_200_concurrent_requests_pass(make_client, make_settings):
-    # 25 a minute refills one every 2.4 s: far longer than the burst takes.
+    # 25 a minute refills one every 2.4 s: longer than the burst takes on a quiet machine.
     http = await make_client(make_settings(rate_limit_requests_per_minute=25))
     _, token = await client_with_token(http)
 
+    started = asyncio.get_running_loop().time()
     statuses = await _burst(http, 200, headers=bearer(token))
 
-    assert statuses.count(200) == 25
-    assert statuses.count(429) == 175
+    assert 25 <= statuses.count(200) <= 25 + _refilled(25, started)
+    assert statuses.count(429) == 200 - statuses.count(200)
 
 
 # Both instances run in the test's one process: under a burst, a Redis reply can wait
@@ -62,8 +69,10 @@ async def test_two_instances_enforce_one_combined_limit(make_client, make_settin
     _, token = await client_with_token(first)
 
     # Twenty on one instance, then twenty on the other: the second sees what is left.
+    started = asyncio.get_running_loop().time()
     assert (await _burst(first, 20, headers=bearer(token))).count(200) == 20
-    assert (await _burst(second, 20, headers=bearer(token))).count(200) == 10
+    passed = (await _burst(second, 20, headers=bearer(token))).count(200)
+    assert 10 <= passed <= 10 + _refilled(30, started)
 
 
 async def test_two_instances_hit_at_once_pass_exactly_the_limit(make_client, make_settings):
@@ -71,11 +80,12 @@ async def test_two_instances_hit_at_once_pass_exactly_the_limit(make_client, mak
     first, second = await make_client(settings), await make_client(settings)
     _, token = await client_with_token(first)
 
+    started = asyncio.get_running_loop().time()
     statuses = await asyncio.gather(
         _burst(first, 100, headers=bearer(token)), _burst(second, 100, headers=bearer(token))
     )
 
-    assert statuses[0].count(200) + statuses[1].count(200) == 30
+    assert 30 <= statuses[0].count(200) + statuses[1].count(200) <= 30 + _refilled(30, started)
 
 
 async def test_clients_have_separate_buckets(make_client, make_settings):
