@@ -96,9 +96,12 @@ async def test_cors_for_a_configured_origin(make_client, make_settings):
         (APP_ORIGIN + ":443", APP_ORIGIN),
         ("HTTP://127.0.0.1:80/", "http://127.0.0.1"),
         (APP_ORIGIN, APP_ORIGIN + ":443"),
+        # A browser writes an IPv6 address compressed, in lower case.
+        ("http://[0:0:0:0:0:0:0:1]:8080", "http://[::1]:8080"),
+        ("https://[2001:DB8:0::7]", "https://[2001:db8::7]"),
     ],
 )
-async def test_a_default_port_is_the_same_origin(make_client, make_settings, configured, sent):
+async def test_an_origin_written_another_way_is_the_same(make_client, make_settings, configured, sent):
     # A browser sends https://host, never https://host:443: an origin configured with
     # its scheme's default port must still get CORS, not stay off without a word.
     http = await make_client(make_settings(cors_origins=(configured,)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
 
 from aiohttp import hdrs, web
@@ -40,9 +42,15 @@ _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
 def normalise_origin(origin: str) -> str:
-    origin = origin.strip().rstrip("/").lower()
-    default_port = _DEFAULT_PORTS.get(origin.partition("://")[0])
-    return origin.removesuffix(default_port) if default_port else origin
+    scheme, _, host = origin.strip().rstrip("/").lower().partition("://")
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port:
+        host = host.removesuffix(default_port)
+    if host.startswith("["):  # an IPv6 address, which a browser writes compressed
+        address, _, port = host[1:].partition("]")
+        with contextlib.suppress(ValueError):
+            host = f"[{ipaddress.IPv6Address(address).compressed}]{port}"
+    return f"{scheme}://{host}"
 
 
 def allowed_origin(request: web.Request) -> str | None:
