@@ -105,8 +105,8 @@ async def test_redis_stopped_limits_in_process_and_recovers(
         assert _metric(await _scrape(http), "relay_redis_up") == 1
         statuses = await _burst(http, 10, token)
 
-        # Back in the restarted (empty) Redis: its bucket starts full again.
-        assert statuses.count(200) == 4
+        # The restarted (empty) Redis is charged the 2 this instance took meanwhile.
+        assert statuses.count(200) == 2
         assert await _keys(server.url)
         # Said once Redis has stayed back for a while (RedisLink.settle).
         await until(lambda: len(_link_messages(caplog)) == 2)

@@ -111,6 +111,7 @@ class RateLimiter:
         self.charges = TokenCharges(
             self._tokens_of, self.local, self._redis, self.link, enabled=enabled
         )
+        self.link.on_up = self._pay_owed
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis) -> RateLimiter:
@@ -137,6 +138,14 @@ class RateLimiter:
         await self.link.close()
         await self.charges.close()
         await self._redis.close()
+
+    def _pay_owed(self) -> None:
+        """Redis is back: charge it, with the next batch, what this process took while it
+        was away (the requests here, the tokens by TokenCharges), so that neither an
+        outage nor its end hands a client a fresh allowance."""
+        for draw in self.local.take_owed():
+            self._redis.charge((draw,), self.link.lost)  # this process took it already
+        self.charges.pay_owed()
 
     async def check_client(self, client: Client, *, chat: bool, reserve: int = 0) -> Verdict:
         """Take one request from the client's buckets; a chat also takes one from its chat
@@ -228,4 +237,6 @@ class RateLimiter:
                 RATE_LIMIT_LOOP_LAG.inc()
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
-        return self.local.draw(draws + extra if extra else draws), False
+        # What Redis is away for is owed to it (a chat's reservation: see TokenCharges).
+        owed = 0 if self.link.up else len(draws)
+        return self.local.draw(draws + extra if extra else draws, owed=owed), False

@@ -50,7 +50,6 @@ class TokenCharges:
         self._link = link
         self._enabled = enabled
         self.owed = OwedTokens()
-        link.on_up = self._pay_owed
         # Client rows as they are now, once relay caches them: a settlement is charged
         # by the limits in force as it is made, not those its chat was admitted by.
         self.clients: ClientCache | None = None
@@ -125,7 +124,7 @@ class TokenCharges:
         for cost, to in charges:
             self._charge(client, cost, to)
 
-    def _pay_owed(self) -> None:
+    def pay_owed(self) -> None:
         """Redis is back: charge it what was settled while it was away, by the limits in
         force now (the row kept with a debt may be older than a limit changed since)."""
         for client, cost in self.owed.take():

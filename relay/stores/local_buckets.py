@@ -3,6 +3,8 @@
 They also keep the last level Redis reported for each bucket (`remember`), so a
 bucket that falls back here carries on from what its client used in Redis: a
 brief Redis stall does not hand every client a fresh allowance on every instance.
+What they take for Redis while it is away is owed to it (`take_owed`), so its
+return does not hand one either.
 """
 
 from __future__ import annotations
@@ -31,16 +33,31 @@ class LocalBuckets:
         self._clock = clock
         self._max = max_buckets
         self._state: dict[str, tuple[float, float]] = {}  # key → (level, at ms)
+        # Buckets Redis is owed for: key → (level, at ms) before the first charge owed,
+        # and the capacity last drawn by. Only buckets kept in _state: bounded with them.
+        self._owed: dict[str, tuple[float, float, int]] = {}
 
     def __len__(self) -> int:
         return len(self._state)
 
-    def draw(self, draws: Sequence[Draw]) -> Outcome:
+    @property
+    def owed(self) -> int:
+        """How many buckets Redis is owed for."""
+        return len(self._owed)
+
+    def draw(self, draws: Sequence[Draw], *, owed: int = 0) -> Outcome:
+        """Decide `draws` here and charge them if allowed; the first `owed` of them are
+        charged for Redis, which is away, and owed to it."""
         now = self._clock()
         levels = [self._level(draw, now) for draw in draws]
         waits = [_wait(draw, level) for draw, level in zip(draws, levels, strict=True)]
         allowed = not any(waits)
         if allowed:
+            for draw, level in zip(draws[:owed], levels, strict=False):
+                if not draw.cost:
+                    continue
+                start = self._owed.pop(draw.key, (level, now, 0))
+                self._owed[draw.key] = (start[0], start[1], draw.capacity)
             levels = [
                 self._charge(draw, level, now) for draw, level in zip(draws, levels, strict=True)
             ]
@@ -62,23 +79,37 @@ class LocalBuckets:
             if draw.capacity > 0:
                 known = max(known, draw.capacity - level.reset_ms * draw.capacity / REFILL_MS)
             if known >= draw.capacity:
-                self._state.pop(draw.key, None)  # full: as if never seen
+                self._forget(draw.key)  # full: as if never seen
             else:
                 self._set(draw.key, known, now)
+
+    def take_owed(self) -> tuple[Draw, ...]:
+        """What Redis is owed, forgotten here: the caller charges it. Redis refilled
+        meanwhile as these buckets did, so each bucket owes how far it stands below the
+        level it would have reached untouched (an outage at a client's limit owes a
+        minute's budget at most, not every request taken)."""
+        now = self._clock()
+        owed = []
+        for key, (level, at, capacity) in self._owed.items():
+            untouched = _refilled(level, at, capacity, now)
+            cost = round(untouched - self._level(Draw(key, capacity), now))
+            if cost > 0:
+                owed.append(Draw(key, capacity, cost, Mode.DEBIT))
+        self._owed = {}
+        return tuple(owed)
 
     def _level(self, draw: Draw, now: float) -> float:
         state = self._state.get(draw.key)
         if state is None:
             return float(draw.capacity)
-        level, at = state
-        return min(draw.capacity, level + max(0.0, now - at) * draw.capacity / REFILL_MS)
+        return _refilled(*state, draw.capacity, now)
 
     def _charge(self, draw: Draw, level: float, now: float) -> float:
         if draw.cost == 0:
             return level
         level = max(-draw.capacity * MAX_DEBT_PERIODS, min(draw.capacity, level - draw.cost))
         if level >= draw.capacity:
-            self._state.pop(draw.key, None)  # full: as if never seen
+            self._forget(draw.key)  # full: as if never seen
         else:
             self._set(draw.key, level, now)
         return level
@@ -86,8 +117,17 @@ class LocalBuckets:
     def _set(self, key: str, level: float, now: float) -> None:
         if self._state.pop(key, None) is None and len(self._state) >= self._max:
             # dicts keep insertion order: the first key is the longest untouched one
-            del self._state[next(iter(self._state))]
+            self._forget(next(iter(self._state)))
         self._state[key] = (level, now)
+
+    def _forget(self, key: str) -> None:
+        """Back to full, or let go: Redis is owed nothing for it."""
+        self._state.pop(key, None)
+        self._owed.pop(key, None)
+
+
+def _refilled(level: float, at: float, capacity: int, now: float) -> float:
+    return min(capacity, level + max(0.0, now - at) * capacity / REFILL_MS)
 
 
 def _wait(draw: Draw, level: float) -> int:
