@@ -73,8 +73,10 @@ class RedisBuckets:
     clock that certainly falls before relay gives up (see RedisClock), and the
     script charges nothing past it. The last REPLY_SHARE of the timeout, after
     the deadline, is for the reply to come back and be read (a loop stalled
-    for longer right across the give-up can still lose a charged reply: its
-    checks are then charged in Redis as well, its charges still once).
+    for longer right across the give-up, or a connection cut as Redis replies,
+    can still lose a charged reply: its checks, decided in-process, are then
+    charged in Redis twice, by that run and as owed once the link is back; its
+    charges still once).
     """
 
     CHARGE_DELAY = 0.05
