@@ -52,21 +52,19 @@ class RecordingProvider:
         raise NotImplementedError
 
 
-def whole_answer(*messages: dict[str, Any]) -> web.Response:
+def whole_answer(*messages: dict[str, Any], finish_reasons: Sequence[Any] = ()) -> web.Response:
     """A non-streamed chat completion whose choices say `messages`, in order, as OpenAI
-    sends one (its finish_reason "tool_calls" for a message that calls tools)."""
+    sends one (its finish_reason "tool_calls" for a message that calls tools), or ending
+    as `finish_reasons` say, in order."""
+    endings = finish_reasons or ["tool_calls" if "tool_calls" in m else "stop" for m in messages]
     body = {
         "id": "c1",
         "object": "chat.completion",
         "created": 1,
         "model": "m",
         "choices": [
-            {
-                "index": index,
-                "message": message,
-                "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
-            }
-            for index, message in enumerate(messages)
+            {"index": index, "message": message, "finish_reason": ending}
+            for index, (message, ending) in enumerate(zip(messages, endings, strict=True))
         ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }

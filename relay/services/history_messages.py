@@ -39,6 +39,7 @@ def public_message(row: dict[str, Any]) -> dict[str, Any]:
         "choice": row["choice"],
         "model": row["model"],
         "status": row["status"],
+        "finish_reason": row["finish_reason"],
         "usage": usage,
         "latency_ms": row["latency_ms"],
         "request_id": row["request_id"],

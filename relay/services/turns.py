@@ -16,6 +16,9 @@ TITLE_CHARS = 120
 MAX_TURN_MESSAGES = 1000
 _ROLE_CHARS = 32
 _NAME_CHARS = 256  # OpenAI allows 64; a longer one another provider took is kept up to this
+# Providers' finish reasons are short words ("content_filter", Gemini's
+# "MALFORMED_FUNCTION_CALL"); a longer one is kept up to this, as a role or a name is.
+FINISH_REASON_CHARS = 64
 _INT4_MAX = 2**31 - 1
 
 
@@ -67,6 +70,12 @@ def new_turn(messages: Any) -> list[dict[str, Any]]:
         if message.get("role") == "assistant":
             start = index + 1
     return dicts[start:]
+
+
+def finish_reason_kept(reason: str | None) -> str | None:
+    """An answer's finish_reason (only a string that says something is taken in:
+    CompletionAccumulator) as history keeps it: NUL taken out, cut to FINISH_REASON_CHARS."""
+    return clean_text(reason)[:FINISH_REASON_CHARS] or None if reason else None
 
 
 def _count(usage: dict[str, Any] | None, key: str) -> int | None:
@@ -126,6 +135,7 @@ def _reply_row(
         role="assistant",
         content=clean_text(said.reply),
         refusal=clean_text(said.refusal) or None,
+        finish_reason=finish_reason_kept(said.finish_reason),
         status=answer.status,
         tool_calls=clean_json(said.tool_calls) or None,
         prompt_tokens=_count(usage, "prompt_tokens"),

@@ -54,16 +54,16 @@ _INSERT_MESSAGES = prepared(
     "history_insert_messages",
     "INSERT INTO messages (id, conversation_id, client_id, seq, role, name, content,"
     " refusal, tool_calls, tool_call_id, model, prompt_tokens, completion_tokens, status,"
-    " latency_ms, request_id, created_at, choice)"
+    " latency_ms, request_id, created_at, choice, finish_reason)"
     " SELECT COALESCE(m.id, nextval('messages_id_seq')), m.conversation_id, m.client_id,"
     " s.last_seq - m.back, m.role, m.name, m.content, m.refusal, m.tool_calls,"
     " m.tool_call_id, m.model, m.prompt_tokens, m.completion_tokens, m.status, m.latency_ms,"
-    " m.request_id, COALESCE(m.created_at, now()), m.choice"
+    " m.request_id, COALESCE(m.created_at, now()), m.choice, m.finish_reason"
     " FROM json_to_recordset(%s::json) AS m(position integer, id bigint, conversation_id uuid,"
     " client_id uuid, back bigint, role text, name text, content text, refusal text,"
     " tool_calls jsonb, tool_call_id text, model text, prompt_tokens integer,"
     " completion_tokens integer, status text, latency_ms float8, request_id text,"
-    " created_at timestamptz, choice smallint)"
+    " created_at timestamptz, choice smallint, finish_reason text)"
     " JOIN history_sequences s ON s.client_id = m.client_id ORDER BY m.position",
 )
 _NOTIFY = prepared(
@@ -81,6 +81,7 @@ class NewMessage:
     name: str | None = None  # the participant's, as the request named it
     choice: int | None = None  # which answer, when the request asked for several (`n`)
     refusal: str | None = None  # an answer's refusal (OpenAI's), its words in `content` too
+    finish_reason: str | None = None  # how an answer ended, as its provider said
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     prompt_tokens: int | None = None
@@ -185,6 +186,7 @@ def write_turns(tx: Batch, turns: Sequence[Turn]) -> None:
                     "choice": message.choice,
                     "content": message.content,
                     "refusal": message.refusal,
+                    "finish_reason": message.finish_reason,
                     "tool_calls": message.tool_calls,
                     "tool_call_id": message.tool_call_id,
                     "model": turn.model,

@@ -9,7 +9,8 @@ from relay.stores.database import Cursor, fetch_all
 
 MESSAGE_COLUMNS = (
     "id, conversation_id, role, name, content, refusal, tool_calls, tool_call_id, model,"
-    " prompt_tokens, completion_tokens, status, latency_ms, request_id, created_at, choice"
+    " prompt_tokens, completion_tokens, status, latency_ms, request_id, created_at, choice,"
+    " finish_reason"
 )
 
 # A response carrying messages carries at most this many bytes of their contents and

@@ -52,13 +52,15 @@ class ToolCall:
 
 
 class ChoiceState:
-    """What one choice has said so far: its text and refusal in pieces, its tool calls."""
+    """What one choice has said so far: its text and refusal in pieces, its tool calls,
+    and how it ended (its finish_reason, the last that said something)."""
 
-    __slots__ = ("calls", "refusal", "text", "tool_calls")
+    __slots__ = ("calls", "finish_reason", "refusal", "text", "tool_calls")
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.refusal: list[str] = []
+        self.finish_reason: str | None = None
         self.tool_calls: dict[int, ToolCall] = {}  # the call each index names now
         self.calls: list[tuple[int, ToolCall]] = []  # every call, by index and in order begun
 

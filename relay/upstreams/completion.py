@@ -50,12 +50,13 @@ MAX_CHOICES = 128
 @dataclass(frozen=True, slots=True)
 class ChoiceReply:
     """A choice after the first, when a request asked for several (`n`): its index,
-    its text, its refusal and its tool calls."""
+    its text, its refusal, its tool calls and its finish_reason (None: it never said)."""
 
     index: int
     text: str
     refusal: str
     tool_calls: list[dict[str, Any]]
+    finish_reason: str | None = None
 
     @property
     def reply(self) -> str:
@@ -211,6 +212,7 @@ class CompletionAccumulator:
         # SGLang (≤0.4.3) and older Ollama send `"finish_reason": ""` with every chunk:
         # only a reason that says something ends a choice.
         if (finish_reason := choice.get("finish_reason")) and isinstance(finish_reason, str):
+            state.finish_reason = finish_reason
             if index == 0:
                 self.finish_reason = finish_reason
             if finish_reason == "error" and self.error is None:
@@ -267,6 +269,7 @@ class CompletionAccumulator:
                 self.choice_text(index),
                 self.choice_refusal(index),
                 self.choice_tool_calls(index),
+                self._whole(self._choices[index].finish_reason),
             )
             for index in sorted(self._choices)
             if 0 < index < MAX_CHOICES

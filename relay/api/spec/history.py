@@ -72,6 +72,14 @@ _MESSAGE_PROPERTIES: dict[str, Any] = {
     "choice": NULLABLE_INTEGER,
     "model": NULLABLE_STRING,
     "status": {"type": "string", "enum": ["complete", "cut", "cancelled", "failed"]},
+    "finish_reason": {
+        "type": ["string", "null"],
+        "maxLength": 64,
+        "description": "Why the provider ended an assistant message, as it said (`stop`,"
+        " `length`, `content_filter`, `tool_calls`, or its own word), streamed or not; null"
+        " on other messages, when the provider never said (a cut stream), and for answers"
+        " stored before relay kept it.",
+    },
     "usage": {
         "type": ["object", "null"],
         "properties": {"prompt_tokens": NULLABLE_INTEGER, "completion_tokens": NULLABLE_INTEGER},
