@@ -1,5 +1,6 @@
 """How real providers report an answer's usage and end, off OpenAI's own path: Groq's
-usage in `x_groq`, OpenRouter's `finish_reason: "error"`, Azure's filter annotations.
+usage in `x_groq`, mlx-vlm's `input_tokens` and `output_tokens`, OpenRouter's
+`finish_reason: "error"`, Azure's filter annotations.
 What relay charges and records follows what the provider said."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.scripted_provider import play, sent
 
 DONE = b"data: [DONE]\n\n"
 USAGE = {"prompt_tokens": 23, "completion_tokens": 19, "total_tokens": 42}
+MLX_USAGE = {"input_tokens": 23, "output_tokens": 4977}
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -49,6 +51,8 @@ AZURE_FILTERED = b'data: {"id":"","object":"","created":0,"model":"","choices":[
 SCRIPTS: dict[str, list[Any]] = {
     "groq": [chunk({"role": "assistant", "content": "Hi"}), groq_last(USAGE), DONE],
     "groq-heavy": [chunk({"content": "Hi"}), groq_last({**USAGE, "total_tokens": 5000}), DONE],
+    # mlx-vlm's (and other local servers') names for the two counts, and no total.
+    "mlx": [chunk({"content": "Hi"}), chunk({}, "stop", usage=MLX_USAGE), DONE],
     "error-finish": [chunk({"content": "Hel"}), chunk({}, "error"), DONE],
     "openrouter-error": [
         b": OPENROUTER PROCESSING\n\n",
@@ -148,6 +152,15 @@ async def test_groqs_usage_is_recorded_and_charged(relay, database_url):
     assert (row["prompt_tokens"], row["completion_tokens"]) == (23, 19)
     # 5000 tokens, as Groq counted them (not the few bytes' estimate), put the bucket in debt.
     await stream(http, token, "groq-heavy")
+    await token_refusal(http, token)
+
+
+async def test_usage_named_input_and_output_tokens_is_recorded_and_charged(relay, database_url):
+    http, client_id, token = relay
+    assert await stream(http, token, "mlx") == sent(SCRIPTS["mlx"])
+    [row] = await assistant_rows(database_url, client_id)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (23, 4977)
+    # 5000 tokens, as counted (not the few bytes' estimate), put the bucket in debt.
     await token_refusal(http, token)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from relay.metrics import FIRST_TOKEN_SECONDS, TOKENS, labelled
 from relay.services.answers import Answer
-from relay.upstreams.completion import estimated_tokens, usage_count
+from relay.upstreams.completion import estimated_tokens
+from relay.upstreams.provider_json import usage_count
 
 
 def count_answer(answer: Answer) -> None:

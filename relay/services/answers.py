@@ -15,7 +15,8 @@ from relay.ids import uuid7_hex, uuid7_text
 from relay.metrics import ANSWERS, HISTORY_COMMIT_FAILURES, labelled
 from relay.services.rate_verdicts import Reservation
 from relay.stores.clients import Client
-from relay.upstreams.completion import CompletionSummary, estimated_tokens, usage_count
+from relay.upstreams.completion import CompletionSummary, estimated_tokens
+from relay.upstreams.provider_json import usage_count
 from relay.upstreams.routing import Route
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from typing import Any
 from relay.errors import NOT_RETRIED, InvalidRequestError
 from relay.services.answers import Answer
 from relay.stores.history import NewMessage
-from relay.upstreams.completion import ChoiceReply, CompletionSummary, usage_count
+from relay.upstreams.completion import ChoiceReply, CompletionSummary
+from relay.upstreams.provider_json import usage_count
 
 TITLE_CHARS = 120
 # The most history rows one request's new turn may add. Each row costs the group

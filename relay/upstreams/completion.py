@@ -86,15 +86,6 @@ class CompletionSummary:
         return self.text or self.refusal
 
 
-def usage_count(usage: dict[str, Any] | None, key: str) -> int | None:
-    """A count of a provider's `usage` (`total_tokens`, say) worth believing: a whole
-    number, not negative; None for anything else, or none given."""
-    value = (usage or {}).get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
 class CompletionAccumulator:
     """Folds chat completion objects, whole or streamed as chunks, into one answer.
 

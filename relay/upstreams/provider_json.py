@@ -1,6 +1,7 @@
 """Reading a provider's JSON as its clients' parsers read it: a UTF-8 BOM opening a
-body, UTF-16 surrogates escaped alone, and the error each shape of answer carries
-(OpenAI's, Gemini's list, vLLM's bare object, llama.cpp's `error:` field)."""
+body, UTF-16 surrogates escaped alone, the error each shape of answer carries
+(OpenAI's, Gemini's list, vLLM's bare object, llama.cpp's `error:` field), and the
+usage each names its own way (Groq's `x_groq`, mlx-vlm's `input_tokens`)."""
 
 from __future__ import annotations
 
@@ -141,4 +142,22 @@ def groq_usage(obj: dict[str, Any]) -> dict[str, Any] | None:
     groq = obj.get("x_groq")
     if isinstance(groq, dict) and isinstance(usage := groq.get("usage"), dict):
         return usage
+    return None
+
+
+# The names mlx-vlm and some other local servers give OpenAI's two counts.
+_COUNT_ALIASES = {"prompt_tokens": "input_tokens", "completion_tokens": "output_tokens"}
+
+
+def usage_count(usage: dict[str, Any] | None, key: str) -> int | None:
+    """A count of a provider's `usage` (`total_tokens`, say) worth believing: a whole
+    number, not negative; None for anything else, or none given. `prompt_tokens` and
+    `completion_tokens` are read as `input_tokens` and `output_tokens` where a provider
+    names them so and not OpenAI's way."""
+    usage = usage or {}
+    value = usage.get(key)
+    if value is None and key in _COUNT_ALIASES:
+        value = usage.get(_COUNT_ALIASES[key])
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
     return None
