@@ -101,7 +101,9 @@ async def test_cors_for_a_configured_origin(make_client, make_settings):
         ("https://[2001:DB8:0::7]", "https://[2001:db8::7]"),
     ],
 )
-async def test_an_origin_written_another_way_is_the_same(make_client, make_settings, configured, sent):
+async def test_an_origin_written_another_way_is_the_same(
+    make_client, make_settings, configured, sent
+):
     # A browser sends https://host, never https://host:443: an origin configured with
     # its scheme's default port must still get CORS, not stay off without a word.
     http = await make_client(make_settings(cors_origins=(configured,)))
