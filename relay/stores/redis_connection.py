@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from relay import sockets
 from relay.config import ConfigError
@@ -18,6 +20,9 @@ async def open_redis(url: str, timeout: float) -> redis.Redis:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
+            # Never resend a command: a check whose reply was lost may have run, and
+            # would be charged twice (charges are numbered; checks are not).
+            retry=Retry(NoBackoff(), 0),
         )
     except ValueError as exc:  # redis-py's message names the schemes, not the URL
         raise ConfigError(f"RELAY_REDIS_URL: {exc}") from None
