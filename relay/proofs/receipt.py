@@ -138,7 +138,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@functools.lru_cache(maxsize=100_000)
+@functools.lru_cache(maxsize=10_000)  # some 200 bytes each: 2 MiB at most
 def hash_client_key_id(key_id: str) -> str:
     # Receipts travel to third parties; the key id itself is not theirs to see.
     return sha256_hex(b"relay-client-key-id:" + key_id.encode())

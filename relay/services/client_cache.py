@@ -7,12 +7,14 @@ import logging
 
 from relay.drain import InFlight, Stop
 from relay.errors import AuthenticationError, RelayError
+from relay.lru import LruCache
 from relay.services.fresh_reads import FreshReads
 from relay.stores.clients import Client, ClientStore
 from relay.stores.notifications import Notifications
 
 CHANNEL = "relay_clients"  # notified by the clients table's trigger (sql/001)
-_MAX_ENTRIES = 100_000
+# A row takes some 650 bytes: 6.5 MiB at most.
+MAX_ENTRIES = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class ClientCache:
         self.notifications = notifications
         self.in_flight = in_flight
         self._checks: set[asyncio.Future[None]] = set()
-        self._entries: dict[str, Client | None] = {}
+        self._entries: LruCache[str, Client | None] = LruCache(MAX_ENTRIES)
         # Bumped on every invalidation; a row loaded before a bump may be stale.
         self._generation = 0
         # Loads under way, by client and generation: the requests that miss together
@@ -62,7 +64,7 @@ class ClientCache:
             # Nothing says when a row goes stale: each lookup reads it afresh.
             return await self._reads.get(client_id)
         if client_id in self._entries:
-            return self._entries[client_id]
+            return self._entries.get(client_id)
         key = (client_id, self._generation)
         loading = self._loading.get(key)
         if loading is None:
@@ -82,9 +84,7 @@ class ClientCache:
         # A deleted client's id is never notified again, and ids are random uuids no
         # new client takes (inserts notify nothing): its None stays until evicted.
         if self.notifications.live and generation == self._generation:
-            if len(self._entries) >= _MAX_ENTRIES:
-                self._entries.clear()
-            self._entries[client_id] = client
+            self._entries.put(client_id, client)
         return client
 
     def _loaded(self, key: tuple[str, int], done: asyncio.Future[Client | None]) -> None:
@@ -94,7 +94,7 @@ class ClientCache:
 
     def invalidate(self, client_id: str) -> None:
         self._generation += 1
-        self._entries.pop(client_id, None)
+        self._entries.pop(client_id)
         if self.in_flight is not None and self.in_flight.holds(client_id):
             self._check(self.in_flight, client_id)
 
@@ -107,7 +107,7 @@ class ClientCache:
         if not self.notifications.live or self.in_flight is None:
             return
         if client_id in self._entries:
-            entry = self._entries[client_id]
+            entry = self._entries.get(client_id)
             if entry is None or not entry.active or entry.key_version != stop.key_version:
                 # Once it has opened, as after a check that reads the database.
                 asyncio.get_running_loop().call_soon(_end_opened, stop, client_id)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-_MAX_KNOWN = 100_000
+from relay.lru import LruCache
+
+# Some 220 bytes each: 2 MiB at most.
+MAX_KNOWN = 10_000
 
 
 class IdentityHasher:
@@ -20,7 +23,7 @@ class IdentityHasher:
             raise ValueError("an identity hash key is required")
         self._key = key.encode()
         # Every request needs its client's pseudonym; an HMAC each time is waste.
-        self._known: dict[tuple[str, str], str] = {}
+        self._known: LruCache[tuple[str, str], str] = LruCache(MAX_KNOWN)
 
     def __repr__(self) -> str:
         return "IdentityHasher(key='***')"
@@ -30,7 +33,5 @@ class IdentityHasher:
         if known is None:
             # The kind keeps a client id and an address that happen to match apart.
             known = hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
-            if len(self._known) >= _MAX_KNOWN:
-                self._known.clear()
-            self._known[(kind, value)] = known
+            self._known.put((kind, value), known)
         return known

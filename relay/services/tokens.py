@@ -11,10 +11,12 @@ import jwt
 
 from relay.config import LONGEST_JWT_TTL, Settings
 from relay.errors import AuthenticationError
+from relay.lru import LruCache
 from relay.stores.clients import Client, canonical_client_id
 
 ALGORITHM = "HS256"
-_MAX_REMEMBERED = 50_000
+# A token and its claims take some 800 bytes: 16 MiB at most.
+MAX_REMEMBERED = 20_000
 # Instances' clocks differ a little: a token issued by one whose clock runs ahead
 # must not be refused by another as issued in the future (PyJWT checks iat), nor
 # expire earlier there than where it was issued.
@@ -63,7 +65,7 @@ class TokenIssuer:
         self.ttl = ttl
         self.issuer = issuer
         self.audience = audience
-        self._verified: dict[str, Claims] = {}
+        self._verified: LruCache[str, Claims] = LruCache(MAX_REMEMBERED)
 
     @classmethod
     def for_settings(cls, settings: Settings, *, ttl: int | None = None) -> TokenIssuer:
@@ -98,11 +100,9 @@ class TokenIssuer:
         if claims is not None:
             if claims.expires_at + CLOCK_SKEW_SECONDS > time.time():
                 return claims
-            del self._verified[token]
+            self._verified.pop(token)
         claims = self._decode(token)
-        if len(self._verified) >= _MAX_REMEMBERED:
-            self._verified.clear()
-        self._verified[token] = claims
+        self._verified.put(token, claims)
         return claims
 
     def expired_claims(self, token: str) -> Claims:

@@ -14,11 +14,13 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from relay.lru import LruCache
 from relay.stores import bucket_script
 from relay.stores.buckets import Draw, Mode, Outcome
 from relay.stores.redis_clock import RedisClock
 
-_MAX_ENCODED = 100_000
+# Some 460 bytes each: 4.5 MiB at most.
+MAX_ENCODED = 10_000
 
 
 # The link's probe: a real script run that writes, so a Redis that answers but
@@ -108,7 +110,7 @@ class RedisBuckets:
         # Checks as sent: their keys, then their spec. A client's checks draw the
         # same tuple request after request, so this is worked out once for them
         # (a debit's cost, or a check's `extra`, differs every time: encoded afresh).
-        self._encoded: dict[tuple[Draw, ...], list[bytes]] = {}
+        self._encoded: LruCache[tuple[Draw, ...], list[bytes]] = LruCache(MAX_ENCODED)
 
     async def probe(self) -> None:
         """Whether Redis runs the script and takes its writes now: the link's probe.
@@ -233,9 +235,7 @@ class RedisBuckets:
             if encoded is None:
                 encoded = bucket_script.encode(call.draws, call.charge)
                 if call.future is not None:
-                    if len(self._encoded) >= _MAX_ENCODED:
-                        self._encoded.clear()
-                    self._encoded[call.draws] = encoded
+                    self._encoded.put(call.draws, encoded)
             keys += encoded[:-1]
             if call.extra:
                 more = bucket_script.encode(call.extra)
