@@ -128,13 +128,23 @@ async def test_a_providers_junk_finish_reason_does_not_fail_the_write(relay, dat
     assert finish_reasons(stored) == kept * 2
 
 
-async def test_v1_chat_records_how_its_answer_ended(relay):
-    """/v1/chat streams from the provider: its answer is kept with the reason too."""
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_v1_chat_says_and_records_how_its_answer_ended(relay, stream):
+    """/v1/chat streams from the provider: its answer (the body, or `message.done`) says
+    why it ended, and is kept with the reason too."""
     http, _, token = relay
     response = await http.post(
-        "/v1/chat", json={"message": "length", "model": "m"}, headers=bearer(token)
+        "/v1/chat",
+        json={"message": "length", "model": "m", "stream": stream},
+        headers=bearer(token),
     )
     assert response.status == 200, await response.text()
+    if stream:
+        done = (await response.text()).split("event: message.done\ndata: ")[1].split("\n")[0]
+        answer = orjson.loads(done)
+    else:
+        answer = await response.json()
+    assert answer["message"]["finish_reason"] == "length"
     page = await (await http.get("/v1/history", headers=bearer(token))).json()
     assert [(m["role"], m["finish_reason"]) for m in page["data"]] == [
         ("user", None),

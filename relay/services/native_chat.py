@@ -8,6 +8,7 @@ from typing import Any
 from relay.errors import InvalidRequestError
 from relay.services.answers import Answer
 from relay.services.chat import optional_flag
+from relay.services.turns import finish_reason_kept
 
 MAX_MESSAGE_CHARS = 1_000_000
 
@@ -115,6 +116,7 @@ def answer_object(answer: Answer) -> dict[str, Any]:
             "id": answer.message_id,
             "role": "assistant",
             "content": answer.summary.reply,
+            "finish_reason": finish_reason_kept(answer.summary.finish_reason),
             "created_at": answer.message_created_at,
         },
         "usage": answer.summary.usage,

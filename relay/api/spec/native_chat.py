@@ -64,6 +64,11 @@ NATIVE_CHAT_SCHEMAS["NativeChatAnswer"] = {
                 "id": {"type": "integer"},
                 "role": {"const": "assistant"},
                 "content": {"type": "string"},
+                "finish_reason": {
+                    "type": ["string", "null"],
+                    "description": "Why the provider ended the answer, as history keeps it"
+                    " (`stop`, `length`: truncated, `content_filter`, …).",
+                },
                 "created_at": {"type": "string", "format": "date-time"},
             },
         },
