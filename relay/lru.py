@@ -48,6 +48,10 @@ class LruCache(Generic[K, V]):
             del entries[next(iter(entries))]
         entries[key] = value
 
+    def values(self) -> list[V]:
+        """Every entry, the least recently used first; none counts as used."""
+        return list(self._entries.values())
+
     def pop(self, key: K) -> None:
         self._entries.pop(key, None)
 

@@ -1,5 +1,5 @@
-"""What tests of relay's Redis side do, written once: hang a Redis, lose its reply, wait
-for a state."""
+"""What tests of relay's Redis side do, written once: hang a Redis, lose its reply, take
+it away from a limiter, wait for a state."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import urlsplit
 
 from relay.devservers import RedisServer
+from relay.services.ratelimit import RateLimiter
 
 
 @contextmanager
@@ -25,6 +26,22 @@ def paused(server: RedisServer) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def redis_away(limiter: RateLimiter) -> asyncio.Event:
+    """Take Redis away from `limiter` (it is there all along: its probe waits) until
+    the event returned is set; then the probe brings it back at once."""
+    back = asyncio.Event()
+    probe = limiter.link._probe
+
+    async def probe_once_back() -> object:
+        await back.wait()
+        return await probe()
+
+    limiter.link._probe = probe_once_back
+    limiter.link.retry = 0.01
+    limiter.link.lost(ConnectionError("Redis went away"))
+    return back
 
 
 async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:

@@ -40,7 +40,7 @@ async def test_a_charge_whose_reply_was_lost_is_taken_in_redis_once(
         limiter.charges.settle(row, 3_000, verdict.reservation)  # 2,500 past the reservation
         await until(lambda: not limiter.link.up)  # Redis took it; relay heard the link break
         assert proxy.cut == 1
-        assert not limiter.charges.owed  # kept to be sent again, not owed as well
+        assert not limiter.local.owed  # kept to be sent again, not owed as well
         await until(lambda: limiter.link.up)  # the probe, a second later, carries it again
 
         [tokens] = await watch.keys("*:tokens")

@@ -11,6 +11,7 @@ from relay.services.rate_verdicts import Reservation
 from relay.stores.redis_buckets import RedisBuckets
 from tests.api_calls import ADMIN, bearer, client_with_token
 from tests.rate_limit_calls import completion_body, token_gate, token_refusal
+from tests.redis_calls import redis_away
 
 USED = 5_000
 
@@ -69,14 +70,14 @@ async def test_usage_settled_while_redis_is_away_is_charged_there_once_it_is_bac
     limiter.link.retry = 0.01  # Redis is there all along: the probe brings it back soon
     limiter.link.lost(ConnectionError("Redis went away"))
     limiter.charges.settle(row, 3_000, verdict.reservation)  # 2,500 past the reservation
-    assert len(limiter.charges.owed) == 1
+    assert limiter.local.owed == 1
 
     for _ in range(100):
         if limiter.link.up:
             break
         await asyncio.sleep(0.01)
     assert limiter.link.up
-    assert len(limiter.charges.owed) == 0
+    assert limiter.local.owed == 0
     await asyncio.sleep(RedisBuckets.CHARGE_DELAY + 0.05)  # the debit goes as a charge
     refused = await token_gate(http, token)
     assert refused.status == 429, await refused.text()  # some 2,000 in debt, in Redis
@@ -96,18 +97,9 @@ async def test_usage_owed_to_redis_is_charged_by_the_limit_in_force_once_it_is_b
     limiter = http.app[RATE_LIMITER]
     row = await http.app[CLIENT_CACHE].get(client["id"])
     verdict = await limiter.check_client(row, chat=True)
-    back = asyncio.Event()
-    probe = limiter.link._probe
-
-    async def probe_once_back() -> object:
-        await back.wait()
-        return await probe()
-
-    limiter.link._probe = probe_once_back
-    limiter.link.retry = 0.01
-    limiter.link.lost(ConnectionError("Redis went away"))
+    back = redis_away(limiter)
     limiter.charges.settle(row, USED, verdict.reservation)
-    assert len(limiter.charges.owed) == 1
+    assert limiter.local.owed == 1
     patched = await http.patch(
         f"/admin/clients/{client['id']}", json={"limits": {"tokens_per_minute": 100}}, headers=ADMIN
     )

@@ -34,12 +34,13 @@ class Quota(NamedTuple):
 
 @dataclass(slots=True)
 class Reservation:
-    """Tokens a chat took from its client's bucket as it was admitted (in Redis, or in
-    this process while Redis was away or relay's loop too late for it), until its
+    """Tokens a chat took from its client's bucket as it was admitted, until its
     answer's usage settles them or its request ends without one
     (`TokenCharges.settle`): taken back once."""
 
     tokens: int
+    # Counted in Redis: taken there, or in this process while Redis was away (and owed
+    # to it). Not: taken in this process alone, relay's loop too late for Redis.
     in_redis: bool
 
     def take(self) -> int:

@@ -144,11 +144,19 @@ class RateLimiter:
 
     def _pay_owed(self) -> None:
         """Redis is back: charge it, with the next batch, what this process took while it
-        was away (the requests here, the tokens by TokenCharges), so that neither an
-        outage nor its end hands a client a fresh allowance."""
-        for draw in self.local.take_owed():
-            self._redis.charge((draw,), self.link.lost)  # this process took it already
-        self.charges.pay_owed()
+        was away, net of the refill, so that neither an outage nor its end hands a
+        client a fresh allowance. A client's tokens are charged by its limits in force
+        now (TokenCharges); its requests, and the tokens of a client no longer planned
+        here, by the limit they were last drawn by."""
+        owed = self.local.take_owed()
+        if not owed:
+            return
+        clients = {plan.tokens.key: plan.client for plan in self._plans.values() if plan.tokens}
+        for draw in owed:
+            if (client := clients.get(draw.key)) is not None:
+                self.charges.pay_owed(client, draw.cost)
+            else:  # this process took it already
+                self._redis.charge((draw,), self.link.lost)
 
     async def check_client(self, client: Client, *, chat: bool, reserve: int = 0) -> Verdict:
         """Take one request from the client's buckets; a chat also takes one from its chat
@@ -229,8 +237,9 @@ class RateLimiter:
         extra: tuple[Draw, ...] = (),
         on_abandoned: Callable[[Outcome], object] | None = None,
     ) -> tuple[Outcome, bool]:
-        """The outcome of `draws` (and `extra`, encoded afresh), and whether Redis decided
-        it (`on_abandoned`: see RedisBuckets.draw)."""
+        """The outcome of `draws` (and `extra`, encoded afresh), and whether it counts in
+        Redis: decided there, or here and owed to it (`on_abandoned`: see
+        RedisBuckets.draw)."""
         if self.link.up:
             try:
                 return await self._redis.draw(draws, extra, on_abandoned), True
@@ -238,6 +247,7 @@ class RateLimiter:
                 RATE_LIMIT_LOOP_LAG.inc()
             except Exception as exc:  # any Redis trouble (a late batch too): limit in-process
                 self.link.lost(exc)
-        # What Redis is away for is owed to it (a chat's reservation: see TokenCharges).
-        owed = 0 if self.link.up else len(draws)
-        return self.local.draw(draws + extra if extra else draws, owed=owed), False
+        # What Redis is away for is owed to it, a chat's reservation too, which is then
+        # settled as one Redis took; relay's own lateness leaves Redis out of it.
+        owed = 0 if self.link.up else len(draws) + len(extra)
+        return self.local.draw(draws + extra if extra else draws, owed=owed), bool(owed)

@@ -3,8 +3,9 @@
 A chat reserves its estimate as it is admitted (RateLimiter.check_client); here
 a chunked body's estimate is added once read, and the answer's real usage settles
 the reservation as it ends, in the buckets in use then, by the client's limits in
-force then. What Redis misses while it is away is kept (OwedTokens) and charged
-there once it is back, so an outage forgives no usage.
+force then. While Redis is away this process's bucket takes it for Redis, which is
+owed the bucket's drop once it is back (LocalBuckets.take_owed), so an outage
+forgives no usage, nor charges what Redis would have refilled meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable
 
 from relay.errors import RelayError
 from relay.services.client_cache import ClientCache
-from relay.services.owed_tokens import OwedTokens
 from relay.services.rate_verdicts import Reservation
 from relay.services.redis_link import RedisLink
 from relay.stores.buckets import Draw, Mode
@@ -28,8 +28,8 @@ class _To(enum.Enum):
     """Where a token charge goes."""
 
     HERE = 0  # this process's buckets only
-    REDIS = 1  # Redis, or while it is away this process's buckets, and Redis owed it
-    OWED = 2  # Redis only (this process's buckets took it already): owed while it is away
+    REDIS = 1  # Redis, or while it is away this process's buckets, for Redis: owed it
+    OWED = 2  # Redis only (this process's buckets took it already), held until it takes it
 
 
 class TokenCharges:
@@ -49,7 +49,6 @@ class TokenCharges:
         self._redis = redis
         self._link = link
         self._enabled = enabled
-        self.owed = OwedTokens()
         # Client rows as they are now, once relay caches them: a settlement is charged
         # by the limits in force as it is made, not those its chat was admitted by.
         self.clients: ClientCache | None = None
@@ -78,22 +77,15 @@ class TokenCharges:
         a credit (which never lifts the bucket past its limit), as if `used` had been
         taken when the chat was admitted, by the client's limits in force now (its row
         as cached, or read). A reservation is settled once, in the buckets
-        in use now (one Redis took, settled while Redis is away, stays in Redis until it
-        refills, a minute at most); one only this process took, settled while Redis is in
-        use, is given back here and `used` charged in Redis. Without waiting: the charge
-        rides with the next batch of checks, which it precedes. Never raises."""
+        in use now, for Redis (one taken here while Redis was away is owed to it as
+        one Redis took); one only this process took (relay's loop too late for Redis) is
+        given back here and `used` charged for Redis. Without waiting: the charge rides
+        with the next batch of checks, which it precedes. Never raises."""
         reserved = reservation.take() if reservation is not None else 0
         charges: list[tuple[int, _To]] = []
         if reservation is not None and not reservation.in_redis:
-            # Taken in this process only (Redis away, or relay's loop late): given back
-            # here, and Redis charged all the usage (owed it while away).
-            if self._link.up:
-                charges += [(-reserved, _To.HERE), (used, _To.REDIS)]
-            else:
-                charges += [(used - reserved, _To.HERE), (used, _To.OWED)]
+            charges += [(-reserved, _To.HERE), (used, _To.REDIS)]
         elif used != reserved:
-            # One charge: while Redis is away, this process's buckets started from the
-            # levels Redis last reported, its reservations included (and Redis is owed it).
             charges.append((used - reserved, _To.REDIS))
         # (The final settlement of an answer already settled, say, charges nothing: no
         # row is looked up for it.)
@@ -124,11 +116,11 @@ class TokenCharges:
         for cost, to in charges:
             self._charge(client, cost, to)
 
-    def pay_owed(self) -> None:
-        """Redis is back: charge it what was settled while it was away, by the limits in
-        force now (the row kept with a debt may be older than a limit changed since)."""
-        for client, cost in self.owed.take():
-            self._charge_by_current(client, [(cost, _To.OWED)])
+    def pay_owed(self, client: Client, cost: int) -> None:
+        """Redis is back: charge it the tokens this process took for it while it was away
+        (net of the refill), by the limits in force now (`client` may be a row older than
+        a limit changed since)."""
+        self._charge_by_current(client, [(cost, _To.OWED)])
 
     def _charge(self, client: Client, cost: int, to: _To) -> None:
         if not self._enabled:
@@ -138,10 +130,8 @@ class TokenCharges:
         if to is _To.HERE:
             self._local.draw(draws)
             return
-        if not self._link.up:
-            if to is _To.REDIS:
-                self._local.draw(draws)
-            self.owed.add(client, cost)
+        if to is _To.REDIS and not self._link.up:
+            self._local.draw(draws, owed=1)
             return
 
         # Its batch failed: RedisBuckets keeps the charge and sends it again with the

@@ -4,7 +4,8 @@ They also keep the last level Redis reported for each bucket (`remember`), so a
 bucket that falls back here carries on from what its client used in Redis: a
 brief Redis stall does not hand every client a fresh allowance on every instance.
 What they take for Redis while it is away is owed to it (`take_owed`), so its
-return does not hand one either.
+return does not hand one either: how far each such bucket stands below where it
+would be had only what is not owed been charged, net of the refill Redis made too.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ class LocalBuckets:
         self._clock = clock
         self._max = max_buckets
         self._state: dict[str, tuple[float, float]] = {}  # key → (level, at ms)
-        # Buckets Redis is owed for: key → (level, at ms) before the first charge owed,
-        # and the capacity last drawn by. Only buckets kept in _state: bounded with them.
-        self._owed: dict[str, tuple[float, float, int]] = {}
+        # Buckets Redis is owed for: key → (level, at ms) the bucket would be at untouched
+        # by the charges owed (from the first; the others move it too), the capacity
+        # last drawn by, and what was owed by an earlier one. Only buckets kept in
+        # _state: bounded with them.
+        self._owed: dict[str, tuple[float, float, int, float]] = {}
 
     def __len__(self) -> int:
         return len(self._state)
@@ -53,11 +56,9 @@ class LocalBuckets:
         waits = [_wait(draw, level) for draw, level in zip(draws, levels, strict=True)]
         allowed = not any(waits)
         if allowed:
-            for draw, level in zip(draws[:owed], levels, strict=False):
-                if not draw.cost:
-                    continue
-                start = self._owed.pop(draw.key, (level, now, 0))
-                self._owed[draw.key] = (start[0], start[1], draw.capacity)
+            for i, (draw, level) in enumerate(zip(draws, levels, strict=True)):
+                if draw.cost:
+                    self._untouched(draw, level, now, owed=i < owed)
             levels = [
                 self._charge(draw, level, now) for draw, level in zip(draws, levels, strict=True)
             ]
@@ -73,6 +74,8 @@ class LocalBuckets:
         """Take Redis's word for these buckets' levels, as of now."""
         now = self._clock()
         for draw, level in zip(draws, outcome.levels, strict=True):
+            if draw.key in self._owed:
+                continue  # Redis's word lacks what it is owed here: kept until paid
             # Both are lower bounds of the level Redis holds: whole tokens, and the
             # level the (rounded up) time to full implies. The higher one is closer.
             known = float(level.remaining)
@@ -87,16 +90,40 @@ class LocalBuckets:
         """What Redis is owed, forgotten here: the caller charges it. Redis refilled
         meanwhile as these buckets did, so each bucket owes how far it stands below the
         level it would have reached untouched (an outage at a client's limit owes a
-        minute's budget at most, not every request taken)."""
+        minute's budget at most, not all it took); one that stands above it (given back
+        more than it took: a reservation Redis held, settled for less) is owed a credit."""
         now = self._clock()
         owed = []
-        for key, (level, at, capacity) in self._owed.items():
+        for key, (level, at, capacity, carried) in self._owed.items():
             untouched = _refilled(level, at, capacity, now)
-            cost = round(untouched - self._level(Draw(key, capacity), now))
-            if cost > 0:
+            current = self._level(Draw(key, capacity), now)
+            if cost := round(carried + untouched - current):
                 owed.append(Draw(key, capacity, cost, Mode.DEBIT))
+            if current >= capacity:
+                self._state.pop(key, None)  # kept full only while owed
         self._owed = {}
         return tuple(owed)
+
+    def _untouched(self, draw: Draw, level: float, now: float, *, owed: bool) -> None:
+        """Follow `draw` (about to be charged from `level`) in the level its bucket would
+        be at untouched by what Redis is owed: it starts at the first charge owed, and
+        takes every charge not owed after that."""
+        start = self._owed.get(draw.key)
+        if start is None:
+            if owed:
+                self._owed[draw.key] = (level, now, draw.capacity, 0.0)
+            return
+        untouched, at, capacity, carried = start
+        untouched = _refilled(untouched, at, capacity, now)
+        if capacity != draw.capacity:
+            # Its limit changed: what is owed so far is measured by the old one and
+            # kept, and the bucket goes on from here by the new one.
+            state = self._state.get(draw.key)
+            carried += untouched - (_refilled(*state, capacity, now) if state else capacity)
+            untouched = level
+        if not owed:
+            untouched = _charged(draw, untouched)
+        self._owed[draw.key] = (untouched, now, draw.capacity, carried)
 
     def _level(self, draw: Draw, now: float) -> float:
         state = self._state.get(draw.key)
@@ -107,8 +134,8 @@ class LocalBuckets:
     def _charge(self, draw: Draw, level: float, now: float) -> float:
         if draw.cost == 0:
             return level
-        level = max(-draw.capacity * MAX_DEBT_PERIODS, min(draw.capacity, level - draw.cost))
-        if level >= draw.capacity:
+        level = _charged(draw, level)
+        if level >= draw.capacity and draw.key not in self._owed:
             self._forget(draw.key)  # full: as if never seen
         else:
             self._set(draw.key, level, now)
@@ -128,6 +155,10 @@ class LocalBuckets:
 
 def _refilled(level: float, at: float, capacity: int, now: float) -> float:
     return min(capacity, level + max(0.0, now - at) * capacity / REFILL_MS)
+
+
+def _charged(draw: Draw, level: float) -> float:
+    return max(-draw.capacity * MAX_DEBT_PERIODS, min(draw.capacity, level - draw.cost))
 
 
 def _wait(draw: Draw, level: float) -> int:
